@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# ferrox.sh: the one entry point for people and CI.
+#
+#   ./ferrox.sh demo    set this machine up and run ferrox's main job
+#   ./ferrox.sh test    set this machine up and run every check and test
+#   ./ferrox.sh bench   run the benchmarks (criterion; figures in target/criterion)
+#
+# Run as root on Debian. Every step is idempotent: packages are installed only
+# when missing, hugepages are reserved only up to what is needed, and what a
+# run reserves, mounts or creates is given back when it exits, also on failure.
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "$0")")"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Debian packages the build, the tests and the demo need.
+PACKAGES=(build-essential pkg-config procps iproute2 util-linux)
+# 2 MiB hugepages to have free while ferrox runs (1 GiB).
+HUGEPAGES_WANTED=512
+HUGEPAGES_DIR=/dev/hugepages
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'ferrox.sh: %s\n' "$*" >&2; exit 1; }
+
+CLEANUP=()
+on_exit() {
+  local i
+  for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[i]}" || true; done
+}
+trap on_exit EXIT
+
+need_root() {
+  [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and reserves hugepages)"
+}
+
+install_packages() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_rust() {
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v cargo >/dev/null; then
+    log "no Rust toolchain: installing rustup from Debian"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustup >/dev/null \
+      || die "install a Rust toolchain (1.85 or newer), e.g. with rustup, and run again"
+    rustup default stable
+  fi
+  local version
+  version=$(rustc --version | awk '{print $2}')
+  if [ "$(printf '%s\n1.85.0\n' "$version" | sort -V | head -n1)" != "1.85.0" ]; then
+    die "rustc $version is too old: ferrox needs 1.85 or newer (rustup update stable)"
+  fi
+}
+
+# Reserve hugepages and mount hugetlbfs; give back what we took on exit.
+setup_hugepages() {
+  local nr=/proc/sys/vm/nr_hugepages before free
+  if ! mountpoint -q "$HUGEPAGES_DIR" 2>/dev/null; then
+    mkdir -p "$HUGEPAGES_DIR"
+    if mount -t hugetlbfs -o pagesize=2M nodev "$HUGEPAGES_DIR" 2>/dev/null; then
+      CLEANUP+=("umount $HUGEPAGES_DIR")
+    fi
+  fi
+  before=$(cat "$nr")
+  free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+  if [ "$free" -lt "$HUGEPAGES_WANTED" ]; then
+    if echo $((before + HUGEPAGES_WANTED - free)) >"$nr" 2>/dev/null; then
+      CLEANUP+=("echo $before > $nr")
+    fi
+  fi
+  free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+  if [ "$free" -lt "$HUGEPAGES_WANTED" ]; then
+    log "only $free free hugepages (wanted $HUGEPAGES_WANTED): ferrox falls back to ordinary shared memory"
+  else
+    log "hugepages: $free x 2 MiB free at $HUGEPAGES_DIR"
+  fi
+}
+
+# Remove region files this run created and left behind (a crashed test).
+clean_regions_after() {
+  local stamp
+  stamp=$(mktemp)
+  CLEANUP+=("find /dev/shm $HUGEPAGES_DIR -maxdepth 1 -name 'ferrox-*' -newer $stamp -delete 2>/dev/null; rm -f $stamp")
+}
+
+setup() {
+  need_root
+  install_packages
+  ensure_rust
+  setup_hugepages
+  clean_regions_after
+}
+
+# Miri needs a nightly toolchain with the miri component; skip (and say so)
+# where rustup cannot provide one.
+run_miri() {
+  if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then
+    echo "miri: SKIPPED (no nightly toolchain on this machine)"
+    return 0
+  fi
+  rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 || {
+    echo "miri: SKIPPED (the miri component cannot be installed here)"
+    return 0
+  }
+  log "miri: heap-backed pool, ring and region tests"
+  # Tests that need files, /proc or blocking system calls cannot run under
+  # Miri's isolation; everything over heap-backed regions does.
+  MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -q -p hugepage-pool --lib -- \
+    pool:: mq::ends::tests:: region::tests::heap region::tests::offsets region::tests::directory \
+    --skip sleeping --skip busy_path --skip fanin --skip grows_the_region
+}
+
+cmd_test() {
+  setup
+  log "format"
+  cargo fmt --all -- --check
+  log "clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+  log "tests"
+  cargo test --workspace --locked
+  log "loom: ring and doorbell orderings"
+  RUSTFLAGS="--cfg loom" cargo test -q --locked -p hugepage-pool --lib --release --target-dir target/loom -- loom
+  run_miri
+}
+
+cmd_demo() {
+  setup
+  log "building (release)"
+  cargo build --release --locked -p hugepage-pool
+  log "demo: a shared-memory region, a chunk pool and a ring, moving chunks between"
+  log "two processes while a third grows the region under them"
+  ./target/release/ferrox-shm demo "$@"
+}
+
+cmd_bench() {
+  setup
+  cargo bench --locked -p hugepage-pool "$@"
+}
+
+case "${1:-}" in
+  demo) shift; cmd_demo "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  bench) shift; cmd_bench "$@" ;;
+  *) echo "usage: $0 demo|test|bench" >&2; exit 2 ;;
+esac
