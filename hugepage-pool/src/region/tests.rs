@@ -133,11 +133,8 @@ fn attach_sees_objects_and_segments_added_after_it_attached() {
         .unwrap()
         .copy_from_slice(b"grow");
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { peer.bytes(late, 4) }.unwrap(),
-        b"grow",
-        "peer maps segment 1 on demand"
-    );
+    let seen = unsafe { peer.bytes(late, 4) }.unwrap();
+    assert_eq!(seen, b"grow", "peer maps segment 1 on demand");
     assert_eq!(peer.stats().segments.len(), 2);
     assert!(std::path::Path::new(&format!("/dev/shm/ferrox-{name}.1")).exists());
     drop(peer);

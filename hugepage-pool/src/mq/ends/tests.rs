@@ -195,7 +195,12 @@ fn fanin_merges_lanes_and_wakes_its_consumer() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 256 }, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        // Miri is slow and may not touch files (proptest's failure store).
+        cases: if cfg!(miri) { 4 } else { 256 },
+        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
+        ..ProptestConfig::default()
+    })]
 
     /// Any interleaving of pushes and pops of any sizes keeps FIFO order and
     /// contents across many wrap-arounds of a small ring.

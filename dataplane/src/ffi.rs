@@ -1,0 +1,466 @@
+//! The dataplane's only door to DPDK: thin safe functions over `dpdk-sys`,
+//! each `unsafe` block with the invariant that makes it sound.
+//!
+//! Raw mbuf pointers never leave this module except inside the owning types
+//! [`Mbuf`] and [`RxBurst`], which free them exactly once.
+
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+
+use dpdk_sys as sys;
+
+/// Where Debian's shared DPDK keeps its drivers (plugins).
+pub const PMD_DIR: &str = "/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0";
+
+fn errno_string(code: i32) -> String {
+    // SAFETY: plain call; any code is accepted.
+    let msg = unsafe { sys::rte_strerror(code.abs()) };
+    // SAFETY: rte_strerror returns a NUL-terminated static or thread-local string.
+    let msg = unsafe { CStr::from_ptr(msg) };
+    format!("{} (errno {})", msg.to_string_lossy(), code.abs())
+}
+
+fn last_errno() -> i32 {
+    // SAFETY: reads DPDK's per-thread errno.
+    unsafe { sys::ferrox_errno() }
+}
+
+pub(crate) fn eal_init(args: Vec<CString>) -> Result<(), String> {
+    // DPDK keeps pointers into argv for the life of the process: leak it.
+    let args: &'static mut [CString] = Box::leak(args.into_boxed_slice());
+    let argv: &'static mut [*mut libc::c_char] = Box::leak(
+        args.iter()
+            .map(|a| a.as_ptr().cast_mut())
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    // SAFETY: argv holds argc valid NUL-terminated strings that live forever;
+    // the caller ensures this runs once per process.
+    let rc = unsafe { sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
+    if rc < 0 {
+        Err(errno_string(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn lcore_id() -> u32 {
+    // SAFETY: reads a thread-local set by the EAL.
+    unsafe { sys::ferrox_lcore_id() }
+}
+
+/// A pool of packet buffers in DPDK's hugepage memory.
+#[derive(Debug)]
+pub struct Mempool(NonNull<sys::rte_mempool>);
+
+// SAFETY: DPDK mempools are multi-thread safe (per-lcore caches plus a
+// lock-free ring) and live until freed.
+unsafe impl Send for Mempool {}
+// SAFETY: as above.
+unsafe impl Sync for Mempool {}
+
+impl Mempool {
+    pub fn create(name: &str, mbufs: u32, cache: u32, socket: i32) -> Result<Mempool, String> {
+        let name = CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: returns a constant.
+        let data_room = unsafe { sys::ferrox_mbuf_default_buf_size() };
+        // SAFETY: a valid C string; DPDK copies the name.
+        let pool = unsafe {
+            sys::rte_pktmbuf_pool_create(name.as_ptr(), mbufs, cache, 0, data_room, socket)
+        };
+        NonNull::new(pool)
+            .map(Mempool)
+            .ok_or_else(|| errno_string(last_errno()))
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::rte_mempool {
+        self.0.as_ptr()
+    }
+
+    /// Buffers free in the pool (including per-lcore caches).
+    pub fn available(&self) -> u32 {
+        // SAFETY: the pool is valid while self lives.
+        unsafe { sys::rte_mempool_avail_count(self.0.as_ptr()) }
+    }
+
+    /// Allocates one mbuf.
+    pub fn alloc(&self) -> Option<Mbuf> {
+        // SAFETY: the pool is valid while self lives.
+        NonNull::new(unsafe { sys::ferrox_pktmbuf_alloc(self.0.as_ptr()) }).map(Mbuf)
+    }
+}
+
+/// One owned packet buffer (single segment).
+#[derive(Debug)]
+pub struct Mbuf(NonNull<sys::rte_mbuf>);
+
+impl Mbuf {
+    /// Grows the packet by `len` bytes and returns them for writing.
+    pub fn append(&mut self, len: usize) -> Option<&mut [u8]> {
+        let len16 = u16::try_from(len).ok()?;
+        // SAFETY: we own the mbuf; append returns NULL when it has no room.
+        let data = unsafe { sys::ferrox_pktmbuf_append(self.0.as_ptr(), len16) };
+        // SAFETY: append returned `len` bytes of data room inside our mbuf.
+        NonNull::new(data).map(|p| unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), len) })
+    }
+
+    fn into_raw(self) -> *mut sys::rte_mbuf {
+        let raw = self.0.as_ptr();
+        std::mem::forget(self);
+        raw
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and free it once.
+        unsafe { sys::ferrox_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+/// Packets received by one `rx_burst`, freed together when dropped.
+#[derive(Debug)]
+pub struct RxBurst<const N: usize> {
+    mbufs: [*mut sys::rte_mbuf; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for RxBurst<N> {
+    fn default() -> Self {
+        RxBurst {
+            mbufs: [std::ptr::null_mut(); N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> RxBurst<N> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes of packet `i` (its first segment: ferrox never enables
+    /// scattered RX, so that is the whole frame).
+    pub fn frame(&self, i: usize) -> &[u8] {
+        assert!(i < self.len);
+        let m = self.mbufs[i];
+        // SAFETY: `m` is a received mbuf we own until `clear`.
+        let data = unsafe { sys::ferrox_pktmbuf_data(m) };
+        // SAFETY: as above.
+        let len = unsafe { sys::ferrox_pktmbuf_data_len(m) } as usize;
+        // SAFETY: data pointer and data_len describe the first segment, which
+        // stays valid and unwritten until the burst is cleared.
+        unsafe { std::slice::from_raw_parts(data, len) }
+    }
+
+    /// Frees every packet of the burst.
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the first `len` pointers are mbufs we own, freed once.
+            unsafe { sys::ferrox_pktmbuf_free_bulk(self.mbufs.as_mut_ptr(), self.len as u32) };
+            self.len = 0;
+        }
+    }
+}
+
+impl<const N: usize> Drop for RxBurst<N> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Mbufs waiting for one `tx_burst`.
+#[derive(Debug)]
+pub struct TxBurst<const N: usize> {
+    mbufs: [*mut sys::rte_mbuf; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for TxBurst<N> {
+    fn default() -> Self {
+        TxBurst {
+            mbufs: [std::ptr::null_mut(); N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> TxBurst<N> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == N
+    }
+
+    /// Queues a packet; the caller flushes when full.
+    pub fn push(&mut self, mbuf: Mbuf) {
+        assert!(self.len < N, "flush a full TxBurst before pushing");
+        self.mbufs[self.len] = mbuf.into_raw();
+        self.len += 1;
+    }
+}
+
+impl<const N: usize> Drop for TxBurst<N> {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the first `len` pointers are mbufs we own, freed once.
+            unsafe { sys::ferrox_pktmbuf_free_bulk(self.mbufs.as_mut_ptr(), self.len as u32) };
+        }
+    }
+}
+
+/// Receives up to N packets from `queue` of `port` into `burst` (which
+/// must be empty). Returns how many.
+pub(crate) fn rx_burst<const N: usize>(port: u16, queue: u16, burst: &mut RxBurst<N>) -> usize {
+    debug_assert!(burst.is_empty());
+    // SAFETY: the array has room for N pointers; the port and queue were
+    // set up and started by `Port`, and only this lcore polls this queue.
+    let n = unsafe { sys::ferrox_rx_burst(port, queue, burst.mbufs.as_mut_ptr(), N as u16) };
+    burst.len = n as usize;
+    burst.len
+}
+
+/// Sends the queued packets; those the NIC did not take are freed (the TCP
+/// layer retransmits). Returns (sent, dropped).
+pub(crate) fn tx_burst<const N: usize>(
+    port: u16,
+    queue: u16,
+    burst: &mut TxBurst<N>,
+) -> (usize, usize) {
+    if burst.len == 0 {
+        return (0, 0);
+    }
+    // SAFETY: the first `len` entries are valid mbufs we own; the PMD takes
+    // ownership of the ones it reports sent.
+    let sent =
+        unsafe { sys::ferrox_tx_burst(port, queue, burst.mbufs.as_mut_ptr(), burst.len as u16) }
+            as usize;
+    let dropped = burst.len - sent;
+    if dropped > 0 {
+        // SAFETY: entries sent..len are still ours; free them once.
+        unsafe {
+            sys::ferrox_pktmbuf_free_bulk(
+                burst.mbufs.as_mut_ptr().wrapping_add(sent),
+                dropped as u32,
+            )
+        };
+    }
+    burst.len = 0;
+    (sent, dropped)
+}
+
+/// What a port can do, from `rte_eth_dev_info_get`.
+#[derive(Debug, Clone)]
+pub struct DevInfo {
+    pub driver: String,
+    pub max_rx_queues: u16,
+    pub max_tx_queues: u16,
+    pub rx_offload_capa: u64,
+    pub tx_offload_capa: u64,
+    pub flow_type_rss_offloads: u64,
+}
+
+pub(crate) fn dev_info(port: u16) -> Result<DevInfo, String> {
+    let mut info = sys::rte_eth_dev_info::default();
+    // SAFETY: `info` is a valid out-parameter.
+    let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
+    if rc != 0 {
+        return Err(errno_string(rc));
+    }
+    let driver = if info.driver_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a NUL-terminated string owned by the driver.
+        unsafe { CStr::from_ptr(info.driver_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Ok(DevInfo {
+        driver,
+        max_rx_queues: info.max_rx_queues,
+        max_tx_queues: info.max_tx_queues,
+        rx_offload_capa: info.rx_offload_capa,
+        tx_offload_capa: info.tx_offload_capa,
+        flow_type_rss_offloads: info.flow_type_rss_offloads,
+    })
+}
+
+/// RSS hash types ferrox asks for: IP and TCP.
+pub(crate) fn rss_hf_ip_tcp() -> u64 {
+    // SAFETY: returns a constant.
+    unsafe { sys::ferrox_rss_hf_ip_tcp() }
+}
+
+/// The IPv4 + TCP checksum TX offload bits.
+pub(crate) fn tx_offload_ipv4_tcp_cksum() -> u64 {
+    // SAFETY: returns a constant.
+    unsafe { sys::ferrox_tx_offload_ipv4_tcp_cksum() }
+}
+
+pub(crate) fn port_count() -> u16 {
+    // SAFETY: plain query.
+    unsafe { sys::rte_eth_dev_count_avail() }
+}
+
+pub(crate) fn port_name(port: u16) -> String {
+    let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: the buffer holds RTE_ETH_NAME_MAX_LEN (64) bytes.
+    let rc = unsafe { sys::rte_eth_dev_get_name_by_port(port, buf.as_mut_ptr()) };
+    if rc != 0 {
+        return format!("port{port}");
+    }
+    // SAFETY: DPDK wrote a NUL-terminated name into the buffer.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub(crate) fn socket_of(port: u16) -> i32 {
+    // SAFETY: plain query.
+    let s = unsafe { sys::rte_eth_dev_socket_id(port) };
+    s.max(0)
+}
+
+/// Configures `port` with `queues` RX and TX queues, RSS when more than one
+/// queue and the driver has it, and the given TX offloads; starts it.
+pub(crate) fn port_start(
+    port: u16,
+    queues: u16,
+    rss_hf: u64,
+    tx_offloads: u64,
+    descriptors: u16,
+    pool: &Mempool,
+) -> Result<(), String> {
+    let mut conf = sys::rte_eth_conf::default();
+    if queues > 1 && rss_hf != 0 {
+        conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+    }
+    conf.txmode.offloads = tx_offloads;
+    // SAFETY: `conf` is a valid configuration that DPDK copies.
+    let rc = unsafe { sys::rte_eth_dev_configure(port, queues, queues, &conf) };
+    if rc != 0 {
+        return Err(format!("configure: {}", errno_string(rc)));
+    }
+    let (mut rxd, mut txd) = (descriptors, descriptors);
+    // SAFETY: valid out-parameters.
+    let rc = unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(port, &mut rxd, &mut txd) };
+    if rc != 0 {
+        return Err(format!("descriptors: {}", errno_string(rc)));
+    }
+    let socket = socket_of(port) as u32;
+    for q in 0..queues {
+        // SAFETY: a configured port; NULL rxconf means driver defaults; the
+        // pool outlives the port (the runtime drops the port first).
+        let rc = unsafe {
+            sys::rte_eth_rx_queue_setup(port, q, rxd, socket, std::ptr::null(), pool.raw())
+        };
+        if rc != 0 {
+            return Err(format!("rx queue {q}: {}", errno_string(rc)));
+        }
+        // SAFETY: as above; NULL txconf means driver defaults (plus the
+        // port-level offloads configured above).
+        let rc = unsafe { sys::rte_eth_tx_queue_setup(port, q, txd, socket, std::ptr::null()) };
+        if rc != 0 {
+            return Err(format!("tx queue {q}: {}", errno_string(rc)));
+        }
+    }
+    // SAFETY: all queues are set up.
+    let rc = unsafe { sys::rte_eth_dev_start(port) };
+    if rc != 0 {
+        return Err(format!("start: {}", errno_string(rc)));
+    }
+    Ok(())
+}
+
+pub(crate) fn port_stop(port: u16) {
+    // SAFETY: stopping and closing a started port; no lcore polls it any more
+    // (the runtime joins its lcores first).
+    unsafe {
+        sys::rte_eth_dev_stop(port);
+    }
+    // SAFETY: as above.
+    unsafe {
+        sys::rte_eth_dev_close(port);
+    }
+}
+
+pub(crate) fn mac_addr(port: u16) -> [u8; 6] {
+    let mut mac = sys::rte_ether_addr::default();
+    // SAFETY: valid out-parameter.
+    unsafe { sys::rte_eth_macaddr_get(port, &mut mac) };
+    mac.addr_bytes
+}
+
+/// Link state: (up, speed in Mb/s).
+pub(crate) fn link(port: u16) -> (bool, u32) {
+    let mut link = sys::rte_eth_link::default();
+    // SAFETY: valid out-parameter.
+    unsafe { sys::rte_eth_link_get_nowait(port, &mut link) };
+    let up = link.link_status() != 0;
+    (up, link.link_speed)
+}
+
+/// Basic counters: (rx packets, tx packets, rx missed, rx errors, tx errors).
+pub(crate) fn stats(port: u16) -> (u64, u64, u64, u64, u64) {
+    let mut s = sys::rte_eth_stats::default();
+    // SAFETY: valid out-parameter.
+    unsafe { sys::rte_eth_stats_get(port, &mut s) };
+    (s.ipackets, s.opackets, s.imissed, s.ierrors, s.oerrors)
+}
+
+/// Extended statistics as (name, value).
+pub(crate) fn xstats(port: u16) -> Vec<(String, u64)> {
+    // SAFETY: a NULL array with size 0 asks for the count.
+    let n = unsafe { sys::rte_eth_xstats_get_names(port, std::ptr::null_mut(), 0) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut names = vec![sys::rte_eth_xstat_name::default(); n as usize];
+    let mut values = vec![sys::rte_eth_xstat::default(); n as usize];
+    // SAFETY: both arrays hold `n` entries.
+    let got_names = unsafe { sys::rte_eth_xstats_get_names(port, names.as_mut_ptr(), n as u32) };
+    // SAFETY: as above.
+    let got = unsafe { sys::rte_eth_xstats_get(port, values.as_mut_ptr(), n as u32) };
+    if got_names != n || got != n {
+        return Vec::new();
+    }
+    values
+        .iter()
+        .filter_map(|v| {
+            let name = names.get(v.id as usize)?;
+            // SAFETY: DPDK NUL-terminates xstat names within their array.
+            let name = unsafe { CStr::from_ptr(name.name.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            Some((name, v.value))
+        })
+        .collect()
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM set the returned flag (and nothing else), so
+/// the poll loops finish their burst and the process cleans up.
+pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
+}

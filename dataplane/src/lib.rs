@@ -1,0 +1,27 @@
+//! ferrox's poll-mode dataplane.
+//!
+//! What it owns: DPDK (EAL, ports, queues, mbufs), the TCP stack on top of
+//! the queues (smoltcp, driven through its public API with our own flow
+//! table), and the per-core loop that runs services on the connections.
+//! What it never does: parse configuration files or talk to operators (the
+//! control process does), or touch a PCI device that is not allow-listed.
+//!
+//! ```text
+//!  rx_burst ─> flow::classify ─> flow table ─> one connection's SocketSet
+//!     │                                          │  Interface::poll_ingress_single
+//!     │                                          ▼
+//!     │                               service (sans-IO bytes in/out)
+//!     │                                          │  Interface::poll_egress
+//!     ▼                                          ▼
+//!  ARP/ICMP/RST (no connection)       TxToken::consume: mbuf ─> tx burst
+//! ```
+//!
+//! `unsafe` lives only in [`ffi`] (and the `dpdk-sys` crate below it).
+
+pub mod eal;
+#[allow(unsafe_code)]
+pub mod ffi;
+pub mod lcore;
+pub mod net;
+pub mod port;
+pub mod service;

@@ -1,0 +1,6 @@
+//! TCP on DPDK queues: frame classification, the smoltcp device view, and
+//! each core's stack.
+
+pub mod device;
+pub mod flow;
+pub mod stack;

@@ -1,0 +1,122 @@
+//! smoltcp's `phy::Device` over a DPDK queue, seen one frame at a time.
+//!
+//! The flow table has already picked the connection a frame belongs to; this
+//! device hands the interface exactly that frame (receive) and turns what the
+//! interface transmits into mbufs queued for the next TX burst. An mbuf is
+//! taken from the pool only inside `TxToken::consume`, so a token smoltcp
+//! drops unused costs nothing.
+
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::time::Instant;
+
+use crate::port::Queue;
+
+/// Largest Ethernet frame ferrox sends or accepts (MTU 1500 + 14).
+pub const MAX_FRAME: usize = 1514;
+
+/// The device view for one poll of the interface.
+#[derive(Debug)]
+pub struct FrameDevice<'a, 'p> {
+    rx: Option<&'a [u8]>,
+    queue: &'a mut Queue<'p>,
+    /// Frames smoltcp built while the mbuf pool was empty (dropped).
+    pub tx_no_mbuf: u64,
+}
+
+impl<'a, 'p> FrameDevice<'a, 'p> {
+    /// A device that receives `frame` once, then nothing.
+    pub fn ingress(frame: &'a [u8], queue: &'a mut Queue<'p>) -> Self {
+        FrameDevice {
+            rx: Some(frame),
+            queue,
+            tx_no_mbuf: 0,
+        }
+    }
+
+    /// A device that only transmits.
+    pub fn egress(queue: &'a mut Queue<'p>) -> Self {
+        FrameDevice {
+            rx: None,
+            queue,
+            tx_no_mbuf: 0,
+        }
+    }
+}
+
+pub fn capabilities() -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ethernet;
+    caps.max_transmission_unit = MAX_FRAME;
+    caps.max_burst_size = Some(crate::port::BURST);
+    caps
+}
+
+impl<'p> Device for FrameDevice<'_, 'p> {
+    type RxToken<'b>
+        = FrameRx<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = MbufTx<'b, 'p>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = self.rx.take()?;
+        Some((
+            FrameRx(frame),
+            MbufTx {
+                queue: self.queue,
+                no_mbuf: &mut self.tx_no_mbuf,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        Some(MbufTx {
+            queue: self.queue,
+            no_mbuf: &mut self.tx_no_mbuf,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        capabilities()
+    }
+}
+
+#[derive(Debug)]
+pub struct FrameRx<'a>(&'a [u8]);
+
+impl RxToken for FrameRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+#[derive(Debug)]
+pub struct MbufTx<'a, 'p> {
+    queue: &'a mut Queue<'p>,
+    no_mbuf: &'a mut u64,
+}
+
+impl TxToken for MbufTx<'_, '_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let Some(mut mbuf) = self.queue.port().pool().alloc() else {
+            // No buffer: build the frame into scratch space and drop it; TCP
+            // retransmits. smoltcp requires `f` to run either way.
+            *self.no_mbuf += 1;
+            let mut scratch = [0u8; MAX_FRAME];
+            return f(&mut scratch[..len.min(MAX_FRAME)]);
+        };
+        let result = match mbuf.append(len) {
+            Some(buf) => f(buf),
+            None => {
+                *self.no_mbuf += 1;
+                let mut scratch = [0u8; MAX_FRAME];
+                return f(&mut scratch[..len.min(MAX_FRAME)]);
+            }
+        };
+        self.queue.send(mbuf);
+        result
+    }
+}

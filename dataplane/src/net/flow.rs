@@ -1,0 +1,202 @@
+//! Classifying frames to connections without touching smoltcp's socket set.
+//!
+//! The core's flow table maps a TCP 4-tuple to the connection that owns it,
+//! so each frame reaches exactly one connection's one-socket `SocketSet`
+//! and per-packet cost does not grow with the number of connections.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
+};
+
+/// A TCP flow as seen from this host: the peer's address and port and our
+/// port (each core serves one local address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey(u64);
+
+impl FlowKey {
+    pub fn new(peer: Ipv4Address, peer_port: u16, local_port: u16) -> FlowKey {
+        let ip = u32::from_be_bytes(peer.octets()) as u64;
+        FlowKey((ip << 32) | ((peer_port as u64) << 16) | local_port as u64)
+    }
+
+    pub fn peer(&self) -> (Ipv4Address, u16) {
+        (
+            Ipv4Address::from_bits((self.0 >> 32) as u32),
+            (self.0 >> 16) as u16,
+        )
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.0 as u16
+    }
+}
+
+/// What a received frame is, as far as demultiplexing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// TCP to `dst`; `opens` is a bare SYN (a connection attempt).
+    Tcp {
+        key: FlowKey,
+        dst: Ipv4Address,
+        opens: bool,
+    },
+    /// Anything else (ARP, ICMP, other protocols, malformed): the interface
+    /// handles or drops it without any connection.
+    Other,
+}
+
+/// Parses just enough of `frame` to find its flow. Never panics: a frame
+/// too short for a header it claims is `Other`.
+pub fn classify(frame: &[u8]) -> Frame {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Frame::Other;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return Frame::Other;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return Frame::Other;
+    };
+    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return Frame::Other;
+    }
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return Frame::Other;
+    };
+    Frame::Tcp {
+        key: FlowKey::new(ip.src_addr(), tcp.src_port(), tcp.dst_port()),
+        dst: ip.dst_addr(),
+        opens: tcp.syn() && !tcp.ack() && !tcp.rst(),
+    }
+}
+
+/// Multiply-xorshift hasher for 64-bit flow keys (SipHash's DoS resistance
+/// costs ~20 ns a lookup; a peer can pick only its own port and address, and
+/// the multiplier is chosen per process).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlowHasher(u64);
+
+impl Hasher for FlowHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        let x = (self.0 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+/// 4-tuple → connection index.
+pub type FlowTable = HashMap<FlowKey, u32, BuildHasherDefault<FlowHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetRepr, IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber,
+    };
+
+    fn tcp_frame(control: TcpControl, ack: Option<u32>) -> Vec<u8> {
+        let (src, dst) = (
+            Ipv4Address::new(198, 18, 0, 1),
+            Ipv4Address::new(198, 18, 0, 2),
+        );
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 6379,
+            control,
+            seq_number: TcpSeqNumber(1),
+            ack_number: ack.map(|n| TcpSeqNumber(n as i32)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: b"",
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf);
+        eth.emit(&mut frame);
+        let mut ip_packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(
+            &mut ip_packet,
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+        let mut tcp_packet = TcpPacket::new_unchecked(ip_packet.payload_mut());
+        tcp.emit(
+            &mut tcp_packet,
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+        buf
+    }
+
+    #[test]
+    fn a_bare_syn_opens_and_carries_its_flow() {
+        let Frame::Tcp { key, dst, opens } = classify(&tcp_frame(TcpControl::Syn, None)) else {
+            panic!()
+        };
+        assert!(opens);
+        assert_eq!(dst, Ipv4Address::new(198, 18, 0, 2));
+        assert_eq!(key.peer(), (Ipv4Address::new(198, 18, 0, 1), 40000));
+        assert_eq!(key.local_port(), 6379);
+    }
+
+    #[test]
+    fn syn_ack_and_data_do_not_open() {
+        assert!(matches!(
+            classify(&tcp_frame(TcpControl::Syn, Some(5))),
+            Frame::Tcp { opens: false, .. }
+        ));
+        assert!(matches!(
+            classify(&tcp_frame(TcpControl::None, Some(5))),
+            Frame::Tcp { opens: false, .. }
+        ));
+    }
+
+    #[test]
+    fn truncated_and_foreign_frames_are_other() {
+        let frame = tcp_frame(TcpControl::Syn, None);
+        for len in 0..frame.len() - 20 {
+            assert_eq!(classify(&frame[..len]), Frame::Other, "length {len}");
+        }
+        let mut arp = frame.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(classify(&arp), Frame::Other);
+    }
+
+    #[test]
+    fn flow_keys_of_different_peers_differ() {
+        let a = FlowKey::new(Ipv4Address::new(1, 2, 3, 4), 1, 2);
+        let b = FlowKey::new(Ipv4Address::new(1, 2, 3, 4), 2, 1);
+        assert_ne!(a, b);
+        let mut table = FlowTable::default();
+        table.insert(a, 1);
+        table.insert(b, 2);
+        assert_eq!(table[&a], 1);
+    }
+}

@@ -1,0 +1,205 @@
+//! An Ethernet port owned by the dataplane: its queues, its mbuf pool, its
+//! counters.
+
+use crate::eal::Eal;
+use crate::ffi::{self, DevInfo, Mempool, RxBurst, TxBurst};
+
+/// Frames handled per rx/tx burst.
+pub const BURST: usize = 32;
+
+/// A started port. Dropping it stops and closes the device.
+#[derive(Debug)]
+pub struct Port {
+    id: u16,
+    name: String,
+    info: DevInfo,
+    queues: u16,
+    mac: [u8; 6],
+    tx_checksum_offload: bool,
+    pool: Mempool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("no DPDK port is available (check the vdev / PCI allow-list)")]
+    NoPort,
+    #[error("port {port} ({name}): {what}")]
+    Setup {
+        port: u16,
+        name: String,
+        what: String,
+    },
+}
+
+/// Per-port counters, from the driver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_missed: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+}
+
+impl Port {
+    /// Starts port `id` with one RX/TX queue pair per lcore.
+    pub fn start(_eal: &Eal, id: u16, queues: u16, mbufs: u32) -> Result<Port, PortError> {
+        if id >= ffi::port_count() {
+            return Err(PortError::NoPort);
+        }
+        let name = ffi::port_name(id);
+        let setup = |what: String| PortError::Setup {
+            port: id,
+            name: name.clone(),
+            what,
+        };
+        let info = ffi::dev_info(id).map_err(&setup)?;
+        if queues > info.max_rx_queues.min(info.max_tx_queues) {
+            return Err(setup(format!(
+                "{queues} queues requested, driver {} has {} rx / {} tx",
+                info.driver, info.max_rx_queues, info.max_tx_queues
+            )));
+        }
+        let pool = Mempool::create(&format!("mbufs_p{id}"), mbufs, 256, ffi::socket_of(id))
+            .map_err(&setup)?;
+        let rss_hf = info.flow_type_rss_offloads & ffi::rss_hf_ip_tcp();
+        let want_tx = ffi::tx_offload_ipv4_tcp_cksum();
+        // Reported, not yet used: smoltcp computes checksums in software
+        // until the pseudo-header seeding that PMDs expect is wired.
+        let tx_checksum_offload = info.tx_offload_capa & want_tx == want_tx;
+        ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
+        let mac = ffi::mac_addr(id);
+        tracing::info!(
+            port = id, %name, driver = %info.driver, queues, tx_checksum_offload,
+            mac = %format_mac(&mac), "port started"
+        );
+        Ok(Port {
+            id,
+            name,
+            info,
+            queues,
+            mac,
+            tx_checksum_offload,
+            pool,
+        })
+    }
+
+    /// Every port DPDK found (vdevs and allowed PCI devices).
+    pub fn available() -> Vec<(u16, String)> {
+        (0..ffi::port_count())
+            .map(|id| (id, ffi::port_name(id)))
+            .collect()
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn driver(&self) -> &str {
+        &self.info.driver
+    }
+
+    pub fn queues(&self) -> u16 {
+        self.queues
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Whether the PMD could fill IPv4/TCP checksums on transmit.
+    pub fn tx_checksum_offload(&self) -> bool {
+        self.tx_checksum_offload
+    }
+
+    pub fn pool(&self) -> &Mempool {
+        &self.pool
+    }
+
+    /// (up, speed in Mb/s).
+    pub fn link(&self) -> (bool, u32) {
+        ffi::link(self.id)
+    }
+
+    pub fn stats(&self) -> PortStats {
+        let (rx_packets, tx_packets, rx_missed, rx_errors, tx_errors) = ffi::stats(self.id);
+        PortStats {
+            rx_packets,
+            tx_packets,
+            rx_missed,
+            rx_errors,
+            tx_errors,
+        }
+    }
+
+    pub fn xstats(&self) -> Vec<(String, u64)> {
+        ffi::xstats(self.id)
+    }
+
+    /// One queue pair of this port, for the lcore that polls it.
+    pub fn queue(&self, queue: u16) -> Queue<'_> {
+        assert!(queue < self.queues);
+        Queue {
+            port: self,
+            queue,
+            tx: TxBurst::default(),
+            tx_dropped: 0,
+        }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        ffi::port_stop(self.id);
+    }
+}
+
+/// One RX/TX queue pair, polled by exactly one lcore.
+#[derive(Debug)]
+pub struct Queue<'p> {
+    port: &'p Port,
+    queue: u16,
+    tx: TxBurst<BURST>,
+    tx_dropped: u64,
+}
+
+impl Queue<'_> {
+    pub fn port(&self) -> &Port {
+        self.port
+    }
+
+    /// Receives a burst into `burst` (which must be empty).
+    pub fn rx_burst(&mut self, burst: &mut RxBurst<BURST>) -> usize {
+        ffi::rx_burst(self.port.id, self.queue, burst)
+    }
+
+    /// Queues a frame for the next TX burst, flushing when the burst is full.
+    pub fn send(&mut self, mbuf: ffi::Mbuf) {
+        if self.tx.is_full() {
+            self.flush();
+        }
+        self.tx.push(mbuf);
+    }
+
+    /// Sends what is queued. Frames the NIC refuses are dropped and counted
+    /// (TCP retransmits them).
+    pub fn flush(&mut self) {
+        let (_, dropped) = ffi::tx_burst(self.port.id, self.queue, &mut self.tx);
+        self.tx_dropped += dropped as u64;
+    }
+
+    pub fn tx_dropped(&self) -> u64 {
+        self.tx_dropped
+    }
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

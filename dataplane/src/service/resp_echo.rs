@@ -1,0 +1,257 @@
+//! A minimal Redis-protocol service for proving the dataplane: `PING`,
+//! `ECHO`, and enough of `CONFIG GET` for `redis-benchmark` to start. Every
+//! other command gets an error reply naming it; a malformed request gets a
+//! protocol error and the connection is closed gracefully.
+
+use super::{Service, Verdict};
+
+/// Longest request accepted (bytes of one command, arguments included).
+const MAX_REQUEST: usize = 64 << 10;
+/// Most arguments in one command.
+const MAX_ARGS: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct RespEcho;
+
+/// Parse outcome for one request at the front of the input (kept on the
+/// stack: the argument list is a fixed array, so parsing never allocates).
+#[derive(Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+enum Parsed<'a> {
+    Incomplete,
+    Request { used: usize, args: ArgList<'a> },
+    Invalid(&'static str),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ArgList<'a> {
+    args: [&'a [u8]; MAX_ARGS],
+    len: usize,
+}
+
+impl<'a> ArgList<'a> {
+    fn new() -> Self {
+        ArgList {
+            args: [&[]; MAX_ARGS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, arg: &'a [u8]) -> bool {
+        if self.len == MAX_ARGS {
+            return false;
+        }
+        self.args[self.len] = arg;
+        self.len += 1;
+        true
+    }
+
+    fn get(&self) -> &[&'a [u8]] {
+        &self.args[..self.len]
+    }
+}
+
+fn line(input: &[u8]) -> Option<(&[u8], usize)> {
+    let end = input.windows(2).position(|w| w == b"\r\n")?;
+    Some((&input[..end], end + 2))
+}
+
+fn number(digits: &[u8]) -> Option<i64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn parse(input: &[u8]) -> Parsed<'_> {
+    if input.is_empty() {
+        return Parsed::Incomplete;
+    }
+    if input[0] != b'*' {
+        // Inline command: words separated by spaces, ended by CRLF.
+        let Some((text, used)) = line(input) else {
+            return if input.len() > MAX_REQUEST {
+                Parsed::Invalid("too big inline request")
+            } else {
+                Parsed::Incomplete
+            };
+        };
+        let mut args = ArgList::new();
+        for word in text.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
+            if !args.push(word) {
+                return Parsed::Invalid("too many arguments");
+            }
+        }
+        return Parsed::Request { used, args };
+    }
+    let Some((head, mut at)) = line(input) else {
+        return if input.len() > 32 {
+            Parsed::Invalid("invalid multibulk length")
+        } else {
+            Parsed::Incomplete
+        };
+    };
+    let count = match number(&head[1..]) {
+        Some(n) if (0..=MAX_ARGS as i64).contains(&n) => n as usize,
+        Some(n) if n > MAX_ARGS as i64 => return Parsed::Invalid("too many arguments"),
+        _ => return Parsed::Invalid("invalid multibulk length"),
+    };
+    let mut args = ArgList::new();
+    for _ in 0..count {
+        let Some((head, used)) = line(&input[at..]) else {
+            return if input.len() - at > 32 {
+                Parsed::Invalid("invalid bulk length")
+            } else {
+                Parsed::Incomplete
+            };
+        };
+        if head.first() != Some(&b'$') {
+            return Parsed::Invalid("expected '$'");
+        }
+        let len = match number(&head[1..]) {
+            Some(n) if (0..=MAX_REQUEST as i64).contains(&n) => n as usize,
+            _ => return Parsed::Invalid("invalid bulk length"),
+        };
+        at += used;
+        if input.len() < at + len + 2 {
+            return Parsed::Incomplete;
+        }
+        if &input[at + len..at + len + 2] != b"\r\n" {
+            return Parsed::Invalid("bulk string not terminated by CRLF");
+        }
+        args.push(&input[at..at + len]);
+        at += len + 2;
+    }
+    Parsed::Request { used: at, args }
+}
+
+fn bulk(output: &mut Vec<u8>, data: &[u8]) {
+    output.push(b'$');
+    output.extend_from_slice(data.len().to_string().as_bytes());
+    output.extend_from_slice(b"\r\n");
+    output.extend_from_slice(data);
+    output.extend_from_slice(b"\r\n");
+}
+
+fn reply(args: &[&[u8]], output: &mut Vec<u8>) {
+    let Some(name) = args.first() else { return };
+    match (name.to_ascii_uppercase().as_slice(), args.len()) {
+        (b"PING", 1) => output.extend_from_slice(b"+PONG\r\n"),
+        (b"PING", 2) | (b"ECHO", 2) => bulk(output, args[1]),
+        (b"PING" | b"ECHO", _) => {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            output.extend_from_slice(
+                format!("-ERR wrong number of arguments for '{name}' command\r\n").as_bytes(),
+            );
+        }
+        // redis-benchmark asks for these before it starts.
+        (b"CONFIG", 3) if args[1].eq_ignore_ascii_case(b"GET") => {
+            output.extend_from_slice(b"*2\r\n");
+            bulk(output, args[2]);
+            bulk(output, b"");
+        }
+        _ => {
+            let shown: String = String::from_utf8_lossy(name).chars().take(64).collect();
+            output.extend_from_slice(format!("-ERR unknown command '{shown}'\r\n").as_bytes());
+        }
+    }
+}
+
+impl Service for RespEcho {
+    type Conn = ();
+
+    fn on_input(&mut self, _conn: &mut (), input: &[u8], output: &mut Vec<u8>) -> (usize, Verdict) {
+        let mut used = 0;
+        loop {
+            match parse(&input[used..]) {
+                Parsed::Incomplete => return (used, Verdict::Continue),
+                Parsed::Request { used: n, args } => {
+                    reply(args.get(), output);
+                    used += n;
+                }
+                Parsed::Invalid(what) => {
+                    output.extend_from_slice(format!("-ERR Protocol error: {what}\r\n").as_bytes());
+                    return (input.len(), Verdict::Close);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> (usize, Verdict, Vec<u8>) {
+        let mut out = Vec::new();
+        let (used, verdict) = RespEcho.on_input(&mut (), input, &mut out);
+        (used, verdict, out)
+    }
+
+    #[test]
+    fn ping_inline_and_multibulk() {
+        assert_eq!(
+            run(b"PING\r\n"),
+            (6, Verdict::Continue, b"+PONG\r\n".to_vec())
+        );
+        assert_eq!(
+            run(b"*1\r\n$4\r\nping\r\n"),
+            (14, Verdict::Continue, b"+PONG\r\n".to_vec())
+        );
+        assert_eq!(
+            run(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n").2,
+            b"$2\r\nhi\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_reply_in_order_and_partial_ones_wait() {
+        let (used, verdict, out) = run(b"PING\r\n*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n*1\r\n$4\r\nPI");
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(out, b"+PONG\r\n$1\r\nx\r\n".to_vec());
+        assert_eq!(
+            used,
+            6 + 21,
+            "PING and the ECHO are used; the partial request waits"
+        );
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_replies() {
+        let input = b"*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\nPING\r\n";
+        for cut in 0..input.len() {
+            let mut out = Vec::new();
+            let mut pending = input[..cut].to_vec();
+            let (used, _) = RespEcho.on_input(&mut (), &pending, &mut out);
+            pending.drain(..used);
+            pending.extend_from_slice(&input[cut..]);
+            let (used, _) = RespEcho.on_input(&mut (), &pending, &mut out);
+            assert_eq!(used, pending.len(), "cut at {cut}");
+            assert_eq!(out, b"$5\r\nhello\r\n+PONG\r\n".to_vec(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn malformed_requests_get_a_protocol_error_and_close() {
+        for bad in [
+            &b"*x\r\n"[..],
+            b"*1\r\n!4\r\nPING\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*1\r\n$4\r\nPINGxx",
+            b"*99999\r\n",
+        ] {
+            let (_, verdict, out) = run(bad);
+            assert_eq!(verdict, Verdict::Close, "{bad:?}");
+            assert!(out.starts_with(b"-ERR Protocol error: "), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_commands_are_named_in_the_error() {
+        assert_eq!(
+            run(b"GET k\r\n").2,
+            b"-ERR unknown command 'GET'\r\n".to_vec()
+        );
+        assert_eq!(
+            run(b"CONFIG GET save\r\n").2,
+            b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n".to_vec()
+        );
+    }
+}
