@@ -14,9 +14,11 @@ cd "$(dirname "$(readlink -f "$0")")"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # Debian packages the build, the tests and the demo need.
-PACKAGES=(build-essential pkg-config procps iproute2 util-linux)
-# 2 MiB hugepages to have free while ferrox runs (1 GiB).
-HUGEPAGES_WANTED=512
+PACKAGES=(build-essential pkg-config procps iproute2 util-linux ethtool
+  libdpdk-dev dpdk clang libclang-dev redis-tools redis-server)
+# 2 MiB hugepages to have free while ferrox runs (2 GiB: the test suite runs
+# several DPDK processes at once).
+HUGEPAGES_WANTED=1024
 HUGEPAGES_DIR=/dev/hugepages
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -91,12 +93,30 @@ clean_regions_after() {
   CLEANUP+=("find /dev/shm $HUGEPAGES_DIR -maxdepth 1 -name 'ferrox-*' -newer $stamp -delete 2>/dev/null; rm -f $stamp")
 }
 
+# Delete network namespaces this run created and left behind (a test that
+# was killed before its own guard ran); never touch pre-existing ones.
+NETNS_BEFORE=""
+remove_new_namespaces() {
+  local ns
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^fx'); do
+    case " $NETNS_BEFORE " in
+      *" $ns "*) ;;
+      *) ip netns del "$ns" ;;
+    esac
+  done
+}
+clean_namespaces_after() {
+  NETNS_BEFORE=$(ip netns list 2>/dev/null | awk '{print $1}' | tr '\n' ' ')
+  CLEANUP+=(remove_new_namespaces)
+}
+
 setup() {
   need_root
   install_packages
   ensure_rust
   setup_hugepages
   clean_regions_after
+  clean_namespaces_after
 }
 
 # Miri needs a nightly toolchain with the miri component; skip (and say so)

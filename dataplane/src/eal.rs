@@ -25,6 +25,10 @@ pub struct EalConfig {
     pub pci_allow: Vec<String>,
     /// DPDK's own log level (`--log-level`), e.g. "notice".
     pub log_level: String,
+    /// Keep DPDK's memory private to this process (`--in-memory`): no
+    /// hugepage files or runtime directory are left behind, whatever way the
+    /// process ends. A primary that secondaries attach to needs `false`.
+    pub in_memory: bool,
 }
 
 impl Default for EalConfig {
@@ -36,6 +40,7 @@ impl Default for EalConfig {
             vdevs: Vec::new(),
             pci_allow: Vec::new(),
             log_level: "notice".into(),
+            in_memory: true,
         }
     }
 }
@@ -56,7 +61,13 @@ impl EalConfig {
             // Debian's shared DPDK loads its drivers as plugins from here.
             "-d".into(),
             crate::ffi::PMD_DIR.into(),
+            // ferrox publishes its own statistics; DPDK's socket would also
+            // outlive the process in the runtime directory.
+            "--no-telemetry".into(),
         ];
+        if self.in_memory {
+            args.push("--in-memory".into());
+        }
         if self.pci_allow.is_empty() {
             args.push("--no-pci".into());
         }
@@ -83,7 +94,7 @@ pub enum EalError {
 /// Proof that the EAL runs in this process; ports and pools need it.
 #[derive(Debug)]
 pub struct Eal {
-    _private: (),
+    file_prefix: String,
 }
 
 static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -101,11 +112,54 @@ impl Eal {
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(args = %args.join(" "), "starting DPDK EAL");
         ffi::eal_init(c_args).map_err(|e| EalError::Init(e, args.join(" ")))?;
-        Ok(Eal { _private: () })
+        Ok(Eal {
+            file_prefix: config.file_prefix.clone(),
+        })
     }
 
     /// The lcore this thread runs on.
     pub fn lcore_id(&self) -> u32 {
         ffi::lcore_id()
+    }
+}
+
+impl Drop for Eal {
+    /// Gives DPDK's memory back (ports must be closed first: they borrow
+    /// the `Eal`).
+    fn drop(&mut self) {
+        ffi::eal_cleanup();
+        // DPDK leaves its (by now empty) runtime directory behind.
+        let _ = std::fs::remove_dir(format!("/var/run/dpdk/{}", self.file_prefix));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_is_off_unless_allow_listed() {
+        let args = EalConfig::default().args();
+        assert!(args.contains(&"--no-pci".to_owned()));
+        assert!(args.contains(&"--in-memory".to_owned()));
+        let config = EalConfig {
+            pci_allow: vec!["0000:00:04.0".into()],
+            ..EalConfig::default()
+        };
+        let args = config.args();
+        assert!(!args.contains(&"--no-pci".to_owned()));
+        assert!(args.windows(2).any(|w| w == ["-a", "0000:00:04.0"]));
+    }
+
+    #[test]
+    fn vdevs_are_passed_in_order() {
+        let config = EalConfig {
+            vdevs: vec!["net_tap0".into(), "net_null0".into()],
+            ..EalConfig::default()
+        };
+        let args = config.args();
+        assert!(args
+            .windows(4)
+            .any(|w| w == ["--vdev", "net_tap0", "--vdev", "net_null0"]));
     }
 }

@@ -44,6 +44,11 @@ pub(crate) fn eal_init(args: Vec<CString>) -> Result<(), String> {
     }
 }
 
+pub(crate) fn eal_cleanup() {
+    // SAFETY: called once, after every port is closed and every lcore joined.
+    unsafe { sys::rte_eal_cleanup() };
+}
+
 pub(crate) fn lcore_id() -> u32 {
     // SAFETY: reads a thread-local set by the EAL.
     unsafe { sys::ferrox_lcore_id() }
