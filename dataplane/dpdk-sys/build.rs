@@ -35,7 +35,7 @@ fn main() {
         .header("shim/shim.h")
         .clang_args(&cflags)
         .allowlist_function("rte_eal_init|rte_eal_cleanup|rte_eal_process_type")
-        .allowlist_function("rte_lcore_count|rte_get_main_lcore|rte_eal_remote_launch|rte_eal_wait_lcore|rte_eal_mp_wait_lcore")
+        .allowlist_function("rte_lcore_count|rte_get_main_lcore|rte_get_next_lcore|rte_eal_remote_launch|rte_eal_wait_lcore|rte_eal_mp_wait_lcore")
         .allowlist_function("rte_socket_id|rte_strerror|rte_exit")
         .allowlist_function("rte_pktmbuf_pool_create|rte_mempool_free|rte_mempool_avail_count|rte_mempool_in_use_count|rte_mempool_lookup")
         .allowlist_function("rte_eth_dev_count_avail|rte_eth_dev_get_port_by_name|rte_eth_dev_get_name_by_port")

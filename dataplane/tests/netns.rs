@@ -89,13 +89,15 @@ struct Dataplane {
 }
 
 impl Dataplane {
-    fn start(ns: &Netns, vdev: &str) -> Dataplane {
+    fn start(ns: &Netns, vdev: &str, lcores: &str) -> Dataplane {
         let prefix = format!("{}-{}", ns.0, std::process::id());
         let mut child = ns
             .command(&[
                 DATAPLANE,
                 "--vdev",
                 vdev,
+                "--lcores",
+                lcores,
                 "--address",
                 &format!("{FERROX_IP}/24"),
                 "--memory-mb",
@@ -160,8 +162,14 @@ impl Drop for Dataplane {
     }
 }
 
-/// A namespace with ferrox on `pmd` and the kernel side at KERNEL_IP.
-fn setup(pmd: Pmd) -> (Netns, Dataplane) {
+/// A namespace with ferrox on `pmd` (on `cores` lcores) and the kernel side
+/// at KERNEL_IP.
+fn setup(pmd: Pmd, cores: usize) -> (Netns, Dataplane) {
+    let lcores = if cores == 1 {
+        "0".to_owned()
+    } else {
+        format!("0-{}", cores - 1)
+    };
     let ns = Netns::new(match pmd {
         Pmd::Tap => "t",
         Pmd::AfPacket => "p",
@@ -169,7 +177,7 @@ fn setup(pmd: Pmd) -> (Netns, Dataplane) {
     });
     let dp = match pmd {
         Pmd::Tap => {
-            let dp = Dataplane::start(&ns, "net_tap0,iface=fxtap0");
+            let dp = Dataplane::start(&ns, "net_tap0,iface=fxtap0", &lcores);
             ns.run(&[
                 "ip",
                 "addr",
@@ -199,10 +207,10 @@ fn setup(pmd: Pmd) -> (Netns, Dataplane) {
             // veth hands over partial checksums; make the kernel fill them.
             ns.run(&["ethtool", "-K", "veth0", "tx", "off"]);
             let vdev = match pmd {
-                Pmd::AfPacket => "net_af_packet0,iface=veth1",
-                _ => "net_af_xdp0,iface=veth1,start_queue=0,queue_count=1",
+                Pmd::AfPacket => format!("net_af_packet0,iface=veth1,qpairs={cores}"),
+                _ => format!("net_af_xdp0,iface=veth1,start_queue=0,queue_count={cores}"),
             };
-            Dataplane::start(&ns, vdev)
+            Dataplane::start(&ns, &vdev, &lcores)
         }
     };
     (ns, dp)
@@ -236,8 +244,8 @@ fn stat(stats: &str, name: &str) -> u64 {
 }
 
 /// Everything a client should see, on one PMD.
-fn serves_redis_clients(pmd: Pmd) {
-    let (ns, dp) = setup(pmd);
+fn serves_redis_clients(pmd: Pmd, cores: usize) {
+    let (ns, dp) = setup(pmd, cores);
 
     assert_eq!(redis_cli(&ns, "PING"), "PONG");
     assert_eq!(redis_cli(&ns, "ECHO 'hello ferrox'"), "hello ferrox");
@@ -297,21 +305,40 @@ fn serves_redis_clients(pmd: Pmd) {
     assert!(stat(&stats, "accepted") >= 5000 + 20 + 50, "{stats}");
     assert_eq!(stat(&stats, "open"), 0, "{stats}");
     assert_eq!(stat(&stats, "protocol_errors"), 1, "{stats}");
+    for core in 0..cores {
+        assert!(
+            stat(&stats, &format!("core{core}_accepted")) > 100,
+            "core {core} served too little: {stats}"
+        );
+    }
 }
 
 #[test]
 fn serves_redis_clients_over_net_tap() {
-    serves_redis_clients(Pmd::Tap);
+    serves_redis_clients(Pmd::Tap, 1);
 }
 
 #[test]
 fn serves_redis_clients_over_net_af_packet() {
-    serves_redis_clients(Pmd::AfPacket);
+    serves_redis_clients(Pmd::AfPacket, 1);
 }
 
 #[test]
 fn serves_redis_clients_over_net_af_xdp() {
-    serves_redis_clients(Pmd::AfXdp);
+    serves_redis_clients(Pmd::AfXdp, 1);
+}
+
+/// Two lcores on a multi-queue tap: the kernel spreads flows over the
+/// queues its own way, ferrox steers each frame to the core that owns it.
+#[test]
+fn serves_redis_clients_over_net_tap_on_two_cores() {
+    serves_redis_clients(Pmd::Tap, 2);
+}
+
+/// Two lcores on af_packet with two queue pairs (kernel fanout).
+#[test]
+fn serves_redis_clients_over_net_af_packet_on_two_cores() {
+    serves_redis_clients(Pmd::AfPacket, 2);
 }
 
 /// Debian's shared DPDK loads PMDs as plugins: the vdevs must turn into ports.
@@ -322,7 +349,7 @@ fn plugin_pmds_are_found() {
         (Pmd::AfXdp, "net_af_xdp"),
         (Pmd::AfPacket, "net_af_packet"),
     ] {
-        let (_ns, dp) = setup(pmd);
+        let (_ns, dp) = setup(pmd, 1);
         assert!(
             dp.banner.contains(&format!("({driver}, mac ")),
             "{pmd:?}: {}",

@@ -7,10 +7,11 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferrox_dataplane::eal::{Eal, EalConfig};
-use ferrox_dataplane::lcore::{self, Clock, IdlePolicy};
-use ferrox_dataplane::net::stack::{Stack, StackConfig};
+use ferrox_dataplane::lcore::{Clock, Core, IdlePolicy, LoopStats, Steering, StopOnPanic};
+use ferrox_dataplane::net::stack::{Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port};
 use ferrox_dataplane::service::resp_echo::RespEcho;
+use hugepage_pool::Region;
 use smoltcp::wire::Ipv4Address;
 
 #[derive(Parser, Debug)]
@@ -95,7 +96,9 @@ fn run(args: Args) -> Result<()> {
     })?;
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
-    let port = Port::start(&eal, 0, 1, args.mbufs)?;
+    let lcores = ferrox_dataplane::ffi::lcores();
+    let cores = lcores.len();
+    let port = Port::start(&eal, 0, cores as u16, args.mbufs)?;
     let clock = Clock::default();
     let config = StackConfig {
         mac: port.mac(),
@@ -106,11 +109,32 @@ fn run(args: Args) -> Result<()> {
         max_connections: args.max_connections,
         ..StackConfig::default()
     };
-    let seed = std::process::id() as u64 ^ 0x5eed_f00d;
-    let mut stack = Stack::new(config, RespEcho, clock.now(), seed);
-    let mut queue = port.queue(0);
+    // Mailboxes between cores; private to this process for now.
+    let steering_region = Region::heap((cores * cores) as u64 * (STEER_RING + 8192) + (1 << 20));
+    let mut steering: Vec<Option<Steering>> = if cores > 1 {
+        Steering::build(&steering_region, cores, STEER_RING)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None]
+    };
+    let mut all: Vec<Core<'_, RespEcho>> = (0..cores)
+        .map(|id| Core {
+            id,
+            queue: port.queue(id as u16),
+            stack: Stack::new(
+                config.clone(),
+                RespEcho,
+                clock.now(),
+                std::process::id() as u64 ^ (id as u64) << 32,
+            ),
+            steering: steering[id].take(),
+            stats: LoopStats::default(),
+        })
+        .collect();
     println!(
-        "ferrox-dataplane: serving {address}:{:?} on {} ({}, mac {})",
+        "ferrox-dataplane: serving {address}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
         args.ports,
         port.name(),
         port.driver(),
@@ -118,15 +142,53 @@ fn run(args: Args) -> Result<()> {
     );
     std::io::stdout().flush()?;
 
-    let loop_stats = lcore::run(&mut queue, &mut stack, clock, IdlePolicy::default(), stop);
+    let tasks: Vec<ferrox_dataplane::ffi::Task<'_>> = all
+        .iter_mut()
+        .map(|core| {
+            Box::new(move || {
+                let _guard = StopOnPanic(stop);
+                core.run(clock, IdlePolicy::default(), stop);
+            }) as ferrox_dataplane::ffi::Task<'_>
+        })
+        .collect();
+    let failed = ferrox_dataplane::ffi::run_on_lcores(tasks);
 
-    let s = stack.stats();
+    let mut total = StackStats::default();
+    let mut loops = LoopStats::default();
+    let mut per_core = String::new();
+    for core in &all {
+        let s = core.stack_stats();
+        per_core.push_str(&format!(
+            " core{}_accepted={} core{}_frames={}",
+            core.id, s.accepted, core.id, s.frames
+        ));
+        total.frames += s.frames;
+        total.accepted += s.accepted;
+        total.closed += s.closed;
+        total.open += s.open;
+        total.backlog_drops += s.backlog_drops;
+        total.protocol_errors += s.protocol_errors;
+        total.tx_no_mbuf += s.tx_no_mbuf;
+        loops.iterations += core.stats.iterations;
+        loops.sleeps += core.stats.sleeps;
+        loops.steered += core.stats.steered;
+        loops.steer_drops += core.stats.steer_drops;
+    }
+    let tx_dropped: u64 = all.iter().map(|c| c.queue.tx_dropped()).sum();
     let p = port.stats();
     println!(
         "ferrox-dataplane: stopped; frames={} accepted={} closed={} open={} backlog_drops={} protocol_errors={} \
-         rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={}",
-        s.frames, s.accepted, s.closed, s.open, s.backlog_drops, s.protocol_errors, p.rx_packets, p.tx_packets,
-        p.rx_missed, queue.tx_dropped(), s.tx_no_mbuf, loop_stats.iterations, loop_stats.sleeps
+         rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={} \
+         steered={} steer_drops={}{per_core}",
+        total.frames, total.accepted, total.closed, total.open, total.backlog_drops, total.protocol_errors,
+        p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations, loops.sleeps,
+        loops.steered, loops.steer_drops
     );
+    if failed > 0 {
+        bail!("{failed} core(s) failed");
+    }
     Ok(())
 }
+
+/// Bytes of each steering lane between two cores.
+const STEER_RING: u64 = 1 << 20;

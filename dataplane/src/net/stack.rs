@@ -149,8 +149,13 @@ impl<S: Service> Stack<S> {
 
     /// Handles one received frame.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8], queue: &mut Queue<'_>) {
+        self.handle(now, frame, flow::classify(frame), queue);
+    }
+
+    /// Handles one received frame already classified as `class`.
+    pub fn handle(&mut self, now: Instant, frame: &[u8], class: Frame, queue: &mut Queue<'_>) {
         self.stats.frames += 1;
-        let id = match flow::classify(frame) {
+        let id = match class {
             Frame::Tcp { key, dst, opens } => match self.flows.get(&key) {
                 Some(&id) => Some(id),
                 None if opens
