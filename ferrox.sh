@@ -3,7 +3,8 @@
 #
 #   ./ferrox.sh demo    set this machine up and run ferrox's main job
 #   ./ferrox.sh test    set this machine up and run every check and test
-#   ./ferrox.sh bench   run the benchmarks (criterion; figures in target/criterion)
+#   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane harness)
+#   ./ferrox.sh demo-shm  the shared-memory foundation across three processes
 #
 # Run as root on Debian. Every step is idempotent: packages are installed only
 # when missing, hugepages are reserved only up to what is needed, and what a
@@ -151,23 +152,76 @@ cmd_test() {
   run_miri
 }
 
+# The appliance's main job on a machine with no DPDK NIC: ferrox on an
+# af_xdp virtual NIC in its own network namespace, until Ctrl-C (or
+# DEMO_SECONDS). Today it serves the RESP echo service (PING, ECHO); the
+# proxy and its backends come next.
+DEMO_NS=ferrox
 cmd_demo() {
   setup
   log "building (release)"
-  cargo build --release --locked -p hugepage-pool
-  log "demo: a shared-memory region, a chunk pool and a ring, moving chunks between"
-  log "two processes while a third grows the region under them"
+  cargo build --release --locked -q -p ferrox-dataplane
+  if ip netns list | grep -qw "$DEMO_NS"; then
+    die "namespace '$DEMO_NS' exists: is a demo already running? (ip netns del $DEMO_NS)"
+  fi
+  ip netns add "$DEMO_NS"
+  CLEANUP+=("ip netns del $DEMO_NS")
+  local ns="ip netns exec $DEMO_NS"
+  $ns ip link set lo up
+  $ns ip link add veth0 type veth peer name veth1
+  $ns ip addr add 198.18.0.1/24 dev veth0
+  $ns ip link set veth0 up
+  $ns ip link set veth1 up
+  $ns ethtool -K veth0 tx off >/dev/null
+  log "starting ferrox on net_af_xdp (veth1) in namespace '$DEMO_NS'"
+  $ns ./target/release/ferrox-dataplane --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
+    --address 198.18.0.2/24 --memory-mb 256 2>/tmp/ferrox-demo.log &
+  local pid=$!
+  CLEANUP+=("kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null")
+  local i
+  for i in $(seq 50); do
+    $ns redis-cli -h 198.18.0.2 PING >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat /tmp/ferrox-demo.log >&2; die "ferrox did not start"; }
+    sleep 0.2
+  done
+  log "redis-cli PING: $($ns redis-cli -h 198.18.0.2 PING)"
+  log "redis-benchmark (100,000 PINGs, 50 clients):"
+  $ns timeout 60 redis-benchmark -h 198.18.0.2 -t ping_mbulk -n 100000 -c 50 -q 2>&1 | tr '\r' '\n' | grep 'requests per second'
+  cat <<MSG
+
+ferrox is serving at 198.18.0.2:6379 inside network namespace '$DEMO_NS'
+(userspace TCP on DPDK af_xdp; service: PING and ECHO). Try:
+
+  ip netns exec $DEMO_NS redis-cli -h 198.18.0.2 PING
+  ip netns exec $DEMO_NS redis-benchmark -h 198.18.0.2 -t ping -q
+
+Ctrl-C here stops ferrox and removes the namespace. Logs: /tmp/ferrox-demo.log
+MSG
+  if [ -n "${DEMO_SECONDS:-}" ]; then
+    sleep "$DEMO_SECONDS"
+  else
+    wait "$pid" || true
+  fi
+}
+
+# The shared-memory foundation on its own: two processes move chunks through
+# a ring while a third grows the region under them.
+cmd_demo_shm() {
+  setup
+  cargo build --release --locked -q -p hugepage-pool
   ./target/release/ferrox-shm demo "$@"
 }
 
 cmd_bench() {
   setup
   cargo bench --locked -p hugepage-pool "$@"
+  bench/dataplane.sh
 }
 
 case "${1:-}" in
   demo) shift; cmd_demo "$@" ;;
+  demo-shm) shift; cmd_demo_shm "$@" ;;
   test) shift; cmd_test "$@" ;;
   bench) shift; cmd_bench "$@" ;;
-  *) echo "usage: $0 demo|test|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|test|bench|demo-shm" >&2; exit 2 ;;
 esac
