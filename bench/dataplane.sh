@@ -52,7 +52,7 @@ sleep 0.5
 
 # redis-benchmark --csv: "test","rps","avg","min","p50","p95","p99","max"
 bench() { # host clients requests
-  inc bash -c "ulimit -n 65536; timeout 120 redis-benchmark -h $1 -c $2 -n $3 -t ping_mbulk --csv" \
+  inc bash -c "ulimit -n 65536 2>/dev/null; timeout 120 redis-benchmark -h $1 -c $2 -n $3 -t ping_mbulk --csv" \
     | grep PING_MBULK | tr -d '"' | awk -F, '{printf "%.0f %s %s\n", $2, $5, $7}'
 }
 
@@ -100,7 +100,8 @@ for pmd in "${PMDS[@]}"; do
     inc ip link set veth1 up
     inc ethtool -K veth0 tx off >/dev/null
   fi
-  inc "$DP" --vdev "$vdev" --address 198.18.0.2/24 --memory-mb 512 --mbufs 32767 \
+  # Not through `inc`: $! must be the dataplane itself (ip netns exec execs it).
+  ip netns exec "$C" "$DP" --vdev "$vdev" --address 198.18.0.2/24 --memory-mb 512 --mbufs 32767 \
     --backlog 16384 --max-connections 20000 --file-prefix "fxb$$" >/dev/null 2>/tmp/ferrox-bench-dp.log &
   DP_PID=$!
   sleep 2

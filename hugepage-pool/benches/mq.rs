@@ -166,11 +166,14 @@ fn wakeup(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     group.bench_function("round trip, both sides asleep (= 2 wake-ups)", |b| {
         b.iter_custom(|n| {
+            let ready = Arc::new(std::sync::Barrier::new(2));
             let echo = {
                 let region = region.clone();
+                let ready = ready.clone();
                 std::thread::spawn(move || {
                     let mut rx = Consumer::attach(&region, "ping").unwrap();
                     let mut tx = Producer::attach(&region, "pong").unwrap();
+                    ready.wait();
                     let mut seen = 0;
                     while seen < n {
                         match rx.pop(|tag, _| tag) {
@@ -185,16 +188,8 @@ fn wakeup(c: &mut Criterion) {
                     }
                 })
             };
-            let mut tx = loop {
-                // The echo thread must hold the ping consumer before we start.
-                match Consumer::attach(&region, "ping") {
-                    Ok(probe) => {
-                        drop(probe);
-                        std::thread::yield_now();
-                    }
-                    Err(_) => break Producer::attach(&region, "ping").unwrap(),
-                }
-            };
+            ready.wait();
+            let mut tx = Producer::attach(&region, "ping").unwrap();
             let mut rx = Consumer::attach(&region, "pong").unwrap();
             let start = Instant::now();
             for _ in 0..n {

@@ -130,7 +130,7 @@ pub struct PoolStats {
 #[derive(Debug, Clone)]
 pub struct Pool {
     region: Arc<Region>,
-    header: Offset,
+    header: HeaderRef,
 }
 
 impl Pool {
@@ -140,7 +140,7 @@ impl Pool {
         let header_off = region.alloc(std::mem::size_of::<PoolHeader>() as u64, 64)?;
         let pool = Pool {
             region: region.clone(),
-            header: header_off,
+            header: HeaderRef::new(region, header_off)?,
         };
         let header = pool.header();
         header.version.store(VERSION, Ordering::Relaxed);
@@ -175,10 +175,10 @@ impl Pool {
 
     /// Finds pool `name` in `region` (created by this or another process).
     pub fn attach(region: &Arc<Region>, name: &str) -> Result<Pool> {
-        let header = region.lookup(name, KIND, VERSION)?;
+        let at = region.lookup(name, KIND, VERSION)?;
         let pool = Pool {
             region: region.clone(),
-            header,
+            header: HeaderRef::new(region, at)?,
         };
         let h = pool.header();
         if h.magic.load(Ordering::Acquire) != MAGIC {
@@ -197,10 +197,9 @@ impl Pool {
         Ok(pool)
     }
 
+    #[inline]
     fn header(&self) -> &PoolHeader {
-        self.region
-            .view(self.header)
-            .expect("pool header was checked at create/attach")
+        self.header.get()
     }
 
     pub fn region(&self) -> &Arc<Region> {

@@ -4,10 +4,13 @@
 //! (plain load + store, never a read-modify-write), and may be read by
 //! anyone (statistics), which is why they are atomics at all.
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
 
-use crate::region::Shared;
+use crate::region::{Region, RegionError, Shared};
 use crate::sync::ShmLock;
+use crate::Offset;
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FERROXPL");
 /// Kind number of a pool in the region directory.
@@ -124,3 +127,36 @@ pub(crate) struct PoolHeader {
 unsafe impl Shared for ChunkHeader {}
 // SAFETY: as above.
 unsafe impl Shared for PoolHeader {}
+
+/// A checked reference to a pool header, kept valid by the region handle
+/// it holds: the hot path reaches the header with one pointer instead of an
+/// offset translation with bounds checks.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderRef {
+    /// Keeps the mapping `header` points into alive.
+    _region: Arc<Region>,
+    header: NonNull<PoolHeader>,
+}
+
+impl HeaderRef {
+    pub(crate) fn new(region: &Arc<Region>, at: Offset) -> Result<HeaderRef, RegionError> {
+        let header: &PoolHeader = region.view(at)?;
+        Ok(HeaderRef {
+            _region: region.clone(),
+            header: NonNull::from(header),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> &PoolHeader {
+        // SAFETY: `header` came from `Region::view` (bounds and alignment
+        // checked) on `self._region`, whose mappings live while it does.
+        unsafe { self.header.as_ref() }
+    }
+}
+
+// SAFETY: the pointer targets shared memory kept mapped by the held region,
+// and `PoolHeader` is all atomics: safe to reach from any thread.
+unsafe impl Send for HeaderRef {}
+// SAFETY: as above.
+unsafe impl Sync for HeaderRef {}
