@@ -67,6 +67,10 @@ rate_with_idle() { # host idle-connections
   echo "$holder"
 }
 
+wake() { # host port: median round trip (us) of a PING after 0.2 s idle
+  inc python3 bench/idle_wake.py "$1" "$2" 20 0.2 | awk '{print $1}'
+}
+
 idle_cpu() { # pid: CPU-seconds used over 10 s of no traffic
   local t0 t1 hz
   hz=$(getconf CLK_TCK)
@@ -80,10 +84,11 @@ read -r k_pp k_p50 k_p99 < <(bench 198.18.1.2 1 "$N_PINGPONG")
 read -r k_rate _ _ < <(bench 198.18.1.2 50 "$N_RATE")
 k_idle100=$(rate_with_idle 198.18.1.2 100)
 k_idle10k=$(rate_with_idle 198.18.1.2 10000)
-printf '\n| path | ping-pong req/s | p50 ms | p99 ms | 50 clients req/s | +100 idle req/s | +10,000 idle req/s | 10k/100 | idle CPU |\n'
-printf '|---|---|---|---|---|---|---|---|---|\n'
-printf '| kernel stack (redis-server) | %s | %s | %s | %s | %s | %s | %.2f | n/a |\n' \
-  "$k_pp" "$k_p50" "$k_p99" "$k_rate" "$k_idle100" "$k_idle10k" "$(echo "$k_idle10k $k_idle100" | awk '{print $1/$2}')"
+k_wake=$(wake 198.18.1.2 6379)
+printf '\n| path | ping-pong req/s | p50 ms | p99 ms | 50 clients req/s | +100 idle req/s | +10,000 idle req/s | 10k/100 | idle CPU | PING after 0.2 s idle (median us) |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| kernel stack (redis-server) | %s | %s | %s | %s | %s | %s | %.2f | n/a | %s |\n' \
+  "$k_pp" "$k_p50" "$k_p99" "$k_rate" "$k_idle100" "$k_idle10k" "$(echo "$k_idle10k $k_idle100" | awk '{print $1/$2}')" "$k_wake"
 
 for pmd in "${PMDS[@]}"; do
   case "$pmd" in
@@ -115,10 +120,11 @@ for pmd in "${PMDS[@]}"; do
   read -r rate _ _ < <(bench 198.18.0.2 50 "$N_RATE")
   idle100=$(rate_with_idle 198.18.0.2 100)
   idle10k=$(rate_with_idle 198.18.0.2 10000)
-  printf '| ferrox %s | %s (%.2fx) | %s | %s | %s (%.2fx) | %s | %s | %.2f | %s |\n' "$pmd" \
+  wake_us=$(wake 198.18.0.2 6379)
+  printf '| ferrox %s | %s (%.2fx) | %s | %s | %s (%.2fx) | %s | %s | %.2f | %s | %s |\n' "$pmd" \
     "$pp" "$(echo "$pp $k_pp" | awk '{print $1/$2}')" "$p50" "$p99" \
     "$rate" "$(echo "$rate $k_rate" | awk '{print $1/$2}')" "$idle100" "$idle10k" \
-    "$(echo "$idle10k $idle100" | awk '{print $1/$2}')" "$cpu"
+    "$(echo "$idle10k $idle100" | awk '{print $1/$2}')" "$cpu" "$wake_us"
   kill -INT "$DP_PID"
   wait "$DP_PID" || true
   DP_PID=""

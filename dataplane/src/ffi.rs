@@ -345,6 +345,22 @@ pub(crate) fn socket_of(port: u16) -> i32 {
 
 /// Configures `port` with `queues` RX and TX queues, RSS when more than one
 /// queue and the driver has it, and the given TX offloads; starts it.
+/// Configures `port` (see [`port_start`]); RX interrupts when `rx_intr`.
+fn port_configure(port: u16, queues: u16, rss_hf: u64, tx_offloads: u64, rx_intr: bool) -> i32 {
+    let mut conf = sys::rte_eth_conf::default();
+    if queues > 1 && rss_hf != 0 {
+        conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+    }
+    conf.txmode.offloads = tx_offloads;
+    conf.intr_conf.set_rxq(rx_intr as u32);
+    // SAFETY: `conf` is a valid configuration that DPDK copies.
+    unsafe { sys::rte_eth_dev_configure(port, queues, queues, &conf) }
+}
+
+/// Configures `port` with `queues` RX and TX queues, RSS when more than one
+/// queue and the driver has it, RX interrupts when the driver has them, and
+/// the given TX offloads; starts it. Returns whether RX interrupts are on.
 pub(crate) fn port_start(
     port: u16,
     queues: u16,
@@ -352,15 +368,13 @@ pub(crate) fn port_start(
     tx_offloads: u64,
     descriptors: u16,
     pool: &Mempool,
-) -> Result<(), String> {
-    let mut conf = sys::rte_eth_conf::default();
-    if queues > 1 && rss_hf != 0 {
-        conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
-        conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+) -> Result<bool, String> {
+    let mut rx_intr = true;
+    let mut rc = port_configure(port, queues, rss_hf, tx_offloads, true);
+    if rc != 0 {
+        rx_intr = false;
+        rc = port_configure(port, queues, rss_hf, tx_offloads, false);
     }
-    conf.txmode.offloads = tx_offloads;
-    // SAFETY: `conf` is a valid configuration that DPDK copies.
-    let rc = unsafe { sys::rte_eth_dev_configure(port, queues, queues, &conf) };
     if rc != 0 {
         return Err(format!("configure: {}", errno_string(rc)));
     }
@@ -392,7 +406,54 @@ pub(crate) fn port_start(
     if rc != 0 {
         return Err(format!("start: {}", errno_string(rc)));
     }
-    Ok(())
+    Ok(rx_intr)
+}
+
+/// The file descriptor that becomes readable when `queue` has frames, once
+/// [`rx_intr_enable`] armed it; `None` where the PMD has no RX interrupts.
+pub(crate) fn rx_intr_fd(port: u16, queue: u16) -> Option<std::os::fd::RawFd> {
+    // SAFETY: plain query on a started port.
+    let fd = unsafe { sys::rte_eth_dev_rx_intr_ctl_q_get_fd(port, queue) };
+    (fd >= 0).then_some(fd)
+}
+
+/// Arms `queue`'s RX interrupt; 0 or a negative errno.
+pub(crate) fn rx_intr_enable(port: u16, queue: u16) -> i32 {
+    // SAFETY: plain call on a started port and one of its queues.
+    unsafe { sys::rte_eth_dev_rx_intr_enable(port, queue) }
+}
+
+pub(crate) fn rx_intr_disable(port: u16, queue: u16) {
+    // SAFETY: as above.
+    unsafe { sys::rte_eth_dev_rx_intr_disable(port, queue) };
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes (nanosecond
+/// resolution, unlike poll's milliseconds). Interrupted waits just return.
+pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
+    let mut pollfds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 4];
+    let n = fds.len().min(pollfds.len());
+    for (slot, &fd) in pollfds.iter_mut().zip(fds) {
+        slot.fd = fd;
+    }
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `pollfds` holds `n` initialised entries; `ts` is a valid
+    // timespec; a null sigmask keeps the current one.
+    unsafe {
+        libc::ppoll(
+            pollfds.as_mut_ptr(),
+            n as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
 }
 
 pub(crate) fn port_stop(port: u16) {

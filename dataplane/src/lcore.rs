@@ -9,17 +9,18 @@
 //! copied to every other core, so that each core's neighbour cache learns
 //! the same peers.
 //!
-//! **Adaptive polling.** The loop spins while frames arrive; after a run of
-//! empty polls it sleeps, from a few microseconds doubling up to a ceiling,
-//! never past the next TCP deadline, and polls again on waking. (RX
-//! interrupts for the PMDs that have them are not wired yet.)
-#![allow(clippy::disallowed_methods)] // the adaptive poller is the one place that sleeps
+//! **Adaptive polling.** The loop spins while frames arrive. After a run of
+//! empty polls it sleeps in `ppoll`: where the PMD has RX interrupts (tap),
+//! on the queue's interrupt descriptor until a frame arrives or the next TCP
+//! deadline; elsewhere for a short time, from a few microseconds doubling up
+//! to a ceiling. Either way the core also wakes when another core steers a
+//! frame to it (its inbox's eventfd), and polls again on waking.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hugepage_pool::mq::{self, fanin};
+use hugepage_pool::mq::{self, fanin, Sleep};
 use hugepage_pool::Region;
 
 use crate::ffi::RxBurst;
@@ -33,8 +34,11 @@ use crate::service::Service;
 pub struct IdlePolicy {
     /// Empty polls in a row before the first sleep.
     pub spin_polls: u32,
+    /// Without RX interrupts: first sleep, doubled up to `max_sleep`.
     pub min_sleep: Duration,
     pub max_sleep: Duration,
+    /// With RX interrupts: longest wait (the stop flag is checked after it).
+    pub max_wait: Duration,
 }
 
 impl Default for IdlePolicy {
@@ -43,6 +47,7 @@ impl Default for IdlePolicy {
             spin_polls: 2000,
             min_sleep: Duration::from_micros(20),
             max_sleep: Duration::from_millis(1),
+            max_wait: Duration::from_millis(100),
         }
     }
 }
@@ -57,6 +62,30 @@ pub struct LoopStats {
     pub steered: u64,
     /// Frames dropped because the owner's mailbox was full (TCP retransmits).
     pub steer_drops: u64,
+}
+
+/// One core's counters, written only by that core (plain stores) and read
+/// by anyone: the shape the control process's shared-memory statistics
+/// will take.
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    pub frames: AtomicU64,
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub open: AtomicU64,
+    pub steered: AtomicU64,
+    pub sleeps: AtomicU64,
+}
+
+impl CoreCounters {
+    fn publish(&self, stack: &StackStats, stats: &LoopStats) {
+        self.frames.store(stack.frames, Ordering::Relaxed);
+        self.accepted.store(stack.accepted, Ordering::Relaxed);
+        self.closed.store(stack.closed, Ordering::Relaxed);
+        self.open.store(stack.open, Ordering::Relaxed);
+        self.steered.store(stats.steered, Ordering::Relaxed);
+        self.sleeps.store(stats.sleeps, Ordering::Relaxed);
+    }
 }
 
 /// A monotonic clock in smoltcp's terms.
@@ -138,6 +167,8 @@ pub struct Core<'p, S: Service> {
     pub stack: Stack<S>,
     pub steering: Option<Steering>,
     pub stats: LoopStats,
+    /// Where this core publishes its counters for other threads.
+    pub counters: Arc<CoreCounters>,
 }
 
 impl<S: Service> std::fmt::Debug for Core<'_, S> {
@@ -216,6 +247,9 @@ impl<S: Service> Core<'_, S> {
         let mut sleep = idle.min_sleep;
         while !stop.load(Ordering::Relaxed) {
             self.stats.iterations += 1;
+            if self.stats.iterations % 1024 == 0 {
+                self.counters.publish(&self.stack.stats(), &self.stats);
+            }
             let now = clock.now();
             let received = self.queue.rx_burst(&mut rx);
             for i in 0..received {
@@ -241,10 +275,42 @@ impl<S: Service> Core<'_, S> {
                 .stack
                 .next_deadline()
                 .map(|at| Duration::from_micros((at - now).total_micros()))
-                .unwrap_or(idle.max_sleep);
-            std::thread::sleep(sleep.min(until_deadline));
+                .unwrap_or(Duration::MAX);
+            self.counters.publish(&self.stack.stats(), &self.stats);
+            self.idle_wait(until_deadline, sleep, idle);
             self.stats.sleeps += 1;
             sleep = (sleep * 2).min(idle.max_sleep);
+        }
+    }
+
+    /// Sleeps until a frame or a steered frame arrives, the next deadline
+    /// comes, or (without RX interrupts) `sleep` passes.
+    fn idle_wait(&mut self, until_deadline: Duration, sleep: Duration, idle: IdlePolicy) {
+        let mut fds = [0; 2];
+        let mut n = 0;
+        if let Some(steering) = self.steering.as_mut() {
+            if !steering.inbox.prepare_sleep() {
+                steering.inbox.woken();
+                return;
+            }
+            fds[n] = std::os::fd::AsRawFd::as_raw_fd(&steering.inbox.wake_fd());
+            n += 1;
+        }
+        let rx_fd = self.queue.rx_wake_arm();
+        let timeout = match rx_fd {
+            Some(fd) => {
+                fds[n] = fd;
+                n += 1;
+                until_deadline.min(idle.max_wait)
+            }
+            None => until_deadline.min(sleep),
+        };
+        crate::ffi::wait_readable(&fds[..n], timeout);
+        if rx_fd.is_some() {
+            self.queue.rx_wake_disarm();
+        }
+        if let Some(steering) = self.steering.as_mut() {
+            steering.inbox.woken();
         }
     }
 }

@@ -16,6 +16,7 @@ pub struct Port {
     queues: u16,
     mac: [u8; 6],
     tx_checksum_offload: bool,
+    rx_interrupts: bool,
     pool: Mempool,
 }
 
@@ -67,10 +68,10 @@ impl Port {
         // Reported, not yet used: smoltcp computes checksums in software
         // until the pseudo-header seeding that PMDs expect is wired.
         let tx_checksum_offload = info.tx_offload_capa & want_tx == want_tx;
-        ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
+        let rx_interrupts = ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
         let mac = ffi::mac_addr(id);
         tracing::info!(
-            port = id, %name, driver = %info.driver, queues, tx_checksum_offload,
+            port = id, %name, driver = %info.driver, queues, tx_checksum_offload, rx_interrupts,
             mac = %format_mac(&mac), "port started"
         );
         Ok(Port {
@@ -80,6 +81,7 @@ impl Port {
             queues,
             mac,
             tx_checksum_offload,
+            rx_interrupts,
             pool,
         })
     }
@@ -114,6 +116,11 @@ impl Port {
     /// Whether the PMD could fill IPv4/TCP checksums on transmit.
     pub fn tx_checksum_offload(&self) -> bool {
         self.tx_checksum_offload
+    }
+
+    /// Whether the queues can wake an idle core (see [`Queue::rx_wake_fd`]).
+    pub fn rx_interrupts(&self) -> bool {
+        self.rx_interrupts
     }
 
     pub fn pool(&self) -> &Mempool {
@@ -194,6 +201,29 @@ impl Queue<'_> {
 
     pub fn tx_dropped(&self) -> u64 {
         self.tx_dropped
+    }
+
+    /// Arms the queue's RX interrupt and returns the descriptor that turns
+    /// readable when a frame arrives; `None` where the PMD has none. Call
+    /// [`Queue::rx_wake_disarm`] after waking.
+    pub fn rx_wake_arm(&mut self) -> Option<std::os::fd::RawFd> {
+        if !self.port.rx_interrupts {
+            return None;
+        }
+        let fd = ffi::rx_intr_fd(self.port.id, self.queue)?;
+        match ffi::rx_intr_enable(self.port.id, self.queue) {
+            0 => Some(fd),
+            // tap's descriptor is the tun queue itself: readable whenever
+            // frames wait, with nothing to arm (the PMD has no enable op).
+            rc if rc == -libc::ENOTSUP && self.port.info.driver == "net_tap" => Some(fd),
+            _ => None,
+        }
+    }
+
+    pub fn rx_wake_disarm(&mut self) {
+        if self.port.rx_interrupts && self.port.info.driver != "net_tap" {
+            ffi::rx_intr_disable(self.port.id, self.queue);
+        }
     }
 }
 

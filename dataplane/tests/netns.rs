@@ -10,6 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const DATAPLANE: &str = env!("CARGO_BIN_EXE_ferrox-dataplane");
@@ -83,9 +84,13 @@ impl Drop for Netns {
 }
 
 /// A running dataplane; stopped with SIGINT (then SIGKILL) when dropped.
+/// Its stdout lines (banner, periodic statistics, closing line) are
+/// collected by a reader thread.
 struct Dataplane {
     child: Option<Child>,
     banner: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Dataplane {
@@ -106,6 +111,8 @@ impl Dataplane {
                 "8191",
                 "--backlog",
                 "8192",
+                "--stats-every",
+                "200",
                 "--file-prefix",
                 &prefix,
             ])
@@ -113,13 +120,23 @@ impl Dataplane {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut banner = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut banner)
-            .unwrap();
+        stdout.read_line(&mut banner).unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in stdout.lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
         let mut dp = Dataplane {
             child: Some(child),
             banner,
+            lines,
+            reader: Some(reader),
         };
         assert!(
             dp.banner.contains("serving"),
@@ -128,6 +145,33 @@ impl Dataplane {
         );
         assert!(dp.child.as_mut().unwrap().try_wait().unwrap().is_none());
         dp
+    }
+
+    /// The newest periodic statistics line.
+    fn latest_stats(&self) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| l.contains("stats;"))
+            .cloned()
+    }
+
+    /// Waits until ferrox itself reports no open connection.
+    fn wait_until_all_closed(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let latest = self.latest_stats();
+            if latest.as_deref().is_some_and(|l| stat(l, "open") == 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connections stayed open in ferrox: {latest:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops the dataplane and returns its closing statistics line.
@@ -139,13 +183,17 @@ impl Dataplane {
             assert!(Instant::now() < deadline, "dataplane ignored SIGINT");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut rest = String::new();
-        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut rest).unwrap();
         assert!(
             child.wait().unwrap().success(),
             "dataplane exited with an error"
         );
-        rest
+        self.reader.take().unwrap().join().unwrap();
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .find(|l| l.contains("stopped;"))
+            .cloned()
+            .expect("a closing statistics line")
     }
 }
 
@@ -300,7 +348,9 @@ fn serves_redis_clients(pmd: Pmd, cores: usize) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // On ferrox's side, a FIN whose ACK was lost is retransmitted on its
+    // timer: wait for ferrox's own count, not a fixed time.
+    dp.wait_until_all_closed(Duration::from_secs(30));
     let stats = dp.stop();
     assert!(stat(&stats, "accepted") >= 5000 + 20 + 50, "{stats}");
     assert_eq!(stat(&stats, "open"), 0, "{stats}");

@@ -7,7 +7,11 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferrox_dataplane::eal::{Eal, EalConfig};
-use ferrox_dataplane::lcore::{Clock, Core, IdlePolicy, LoopStats, Steering, StopOnPanic};
+use std::sync::Arc;
+
+use ferrox_dataplane::lcore::{
+    Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic,
+};
 use ferrox_dataplane::net::stack::{Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port};
 use ferrox_dataplane::service::resp_echo::RespEcho;
@@ -45,6 +49,9 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Print a statistics line on stdout this often (milliseconds; 0: never).
+    #[arg(long, default_value_t = 0)]
+    stats_every: u64,
 }
 
 fn main() {
@@ -131,8 +138,10 @@ fn run(args: Args) -> Result<()> {
             ),
             steering: steering[id].take(),
             stats: LoopStats::default(),
+            counters: Arc::new(CoreCounters::default()),
         })
         .collect();
+    let boards: Vec<Arc<CoreCounters>> = all.iter().map(|c| c.counters.clone()).collect();
     println!(
         "ferrox-dataplane: serving {address}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
         args.ports,
@@ -151,7 +160,14 @@ fn run(args: Args) -> Result<()> {
             }) as ferrox_dataplane::ffi::Task<'_>
         })
         .collect();
-    let failed = ferrox_dataplane::ffi::run_on_lcores(tasks);
+    let failed = std::thread::scope(|scope| {
+        if args.stats_every > 0 {
+            let every = std::time::Duration::from_millis(args.stats_every);
+            let boards = &boards;
+            scope.spawn(move || report_every(every, boards, stop));
+        }
+        ferrox_dataplane::ffi::run_on_lcores(tasks)
+    });
 
     let mut total = StackStats::default();
     let mut loops = LoopStats::default();
@@ -188,6 +204,32 @@ fn run(args: Args) -> Result<()> {
         bail!("{failed} core(s) failed");
     }
     Ok(())
+}
+
+/// Prints the cores' published counters every `every` until `stop`.
+#[allow(clippy::disallowed_methods)] // a reporting thread, not a poll loop
+fn report_every(
+    every: std::time::Duration,
+    boards: &[Arc<CoreCounters>],
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        std::thread::sleep(every);
+        let sum = |f: fn(&CoreCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+            boards.iter().map(|b| f(b).load(Relaxed)).sum()
+        };
+        println!(
+            "ferrox-dataplane: stats; frames={} accepted={} closed={} open={} steered={} sleeps={}",
+            sum(|b| &b.frames),
+            sum(|b| &b.accepted),
+            sum(|b| &b.closed),
+            sum(|b| &b.open),
+            sum(|b| &b.steered),
+            sum(|b| &b.sleeps)
+        );
+        let _ = std::io::stdout().flush();
+    }
 }
 
 /// Bytes of each steering lane between two cores.
