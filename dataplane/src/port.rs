@@ -68,7 +68,8 @@ impl Port {
         // Reported, not yet used: smoltcp computes checksums in software
         // until the pseudo-header seeding that PMDs expect is wired.
         let tx_checksum_offload = info.tx_offload_capa & want_tx == want_tx;
-        let rx_interrupts = ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
+        let configured = ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
+        let rx_interrupts = configured && rx_interrupts_work(id, &info.driver);
         let mac = ffi::mac_addr(id);
         tracing::info!(
             port = id, %name, driver = %info.driver, queues, tx_checksum_offload, rx_interrupts,
@@ -211,12 +212,11 @@ impl Queue<'_> {
             return None;
         }
         let fd = ffi::rx_intr_fd(self.port.id, self.queue)?;
-        match ffi::rx_intr_enable(self.port.id, self.queue) {
-            0 => Some(fd),
-            // tap's descriptor is the tun queue itself: readable whenever
-            // frames wait, with nothing to arm (the PMD has no enable op).
-            rc if rc == -libc::ENOTSUP && self.port.info.driver == "net_tap" => Some(fd),
-            _ => None,
+        if self.port.info.driver == "net_tap" || ffi::rx_intr_enable(self.port.id, self.queue) == 0
+        {
+            Some(fd)
+        } else {
+            None
         }
     }
 
@@ -224,6 +224,23 @@ impl Queue<'_> {
         if self.port.rx_interrupts && self.port.info.driver != "net_tap" {
             ffi::rx_intr_disable(self.port.id, self.queue);
         }
+    }
+}
+
+/// Whether queue 0 of a port configured for RX interrupts really has a
+/// descriptor to wait on, decided once so the idle path never asks again.
+fn rx_interrupts_work(port: u16, driver: &str) -> bool {
+    if ffi::rx_intr_fd(port, 0).is_none() {
+        return false;
+    }
+    match ffi::rx_intr_enable(port, 0) {
+        0 => {
+            ffi::rx_intr_disable(port, 0);
+            true
+        }
+        // tap's descriptor is the tun queue itself: readable whenever frames
+        // wait, with nothing to arm (the PMD has no enable op).
+        rc => rc == -libc::ENOTSUP && driver == "net_tap",
     }
 }
 
