@@ -95,6 +95,10 @@ struct Dataplane {
 
 impl Dataplane {
     fn start(ns: &Netns, vdev: &str, lcores: &str) -> Dataplane {
+        Dataplane::start_with(ns, vdev, lcores, &[])
+    }
+
+    fn start_with(ns: &Netns, vdev: &str, lcores: &str, extra: &[&str]) -> Dataplane {
         let prefix = format!("{}-{}", ns.0, std::process::id());
         let mut child = ns
             .command(&[
@@ -116,6 +120,7 @@ impl Dataplane {
                 "--file-prefix",
                 &prefix,
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -194,6 +199,14 @@ impl Dataplane {
             .find(|l| l.contains("stopped;"))
             .cloned()
             .expect("a closing statistics line")
+    }
+
+    /// Stops the dataplane and returns every line it printed after the banner.
+    fn stop_all_lines(self) -> Vec<String> {
+        let lines = self.lines.clone();
+        self.stop();
+        let all = lines.lock().unwrap().clone();
+        all
     }
 }
 
@@ -406,6 +419,36 @@ fn plugin_pmds_are_found() {
             dp.banner
         );
     }
+}
+
+/// The port layer's own counters: extended statistics from the driver.
+#[test]
+fn extended_statistics_count_the_traffic() {
+    let ns = Netns::new("s");
+    let dp = Dataplane::start_with(&ns, "net_tap0,iface=fxtap0", "0", &["--xstats"]);
+    ns.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{KERNEL_IP}/24"),
+        "dev",
+        "fxtap0",
+    ]);
+    ns.run(&["ip", "link", "set", "fxtap0", "up"]);
+    for _ in 0..10 {
+        assert_eq!(redis_cli(&ns, "PING"), "PONG");
+    }
+    let lines = dp.stop_all_lines();
+    let xstats = lines
+        .iter()
+        .find(|l| l.contains("xstats;"))
+        .expect("an xstats line");
+    let packets = stat(xstats, "rx_good_packets");
+    assert!(
+        packets >= 30,
+        "10 connections of at least 3 frames each: {xstats}"
+    );
+    assert!(stat(xstats, "tx_good_packets") >= 30, "{xstats}");
 }
 
 #[test]

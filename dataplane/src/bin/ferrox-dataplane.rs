@@ -49,6 +49,10 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Print the port's extended statistics (name=value, non-zero ones) on
+    /// stdout when stopping.
+    #[arg(long)]
+    xstats: bool,
     /// Print a statistics line on stdout this often (milliseconds; 0: never).
     #[arg(long, default_value_t = 0)]
     stats_every: u64,
@@ -106,6 +110,8 @@ fn run(args: Args) -> Result<()> {
     let lcores = ferrox_dataplane::ffi::lcores();
     let cores = lcores.len();
     let port = Port::start(&eal, 0, cores as u16, args.mbufs)?;
+    let (link_up, speed) = port.link();
+    tracing::info!(link_up, speed_mbps = speed, "link");
     let clock = Clock::default();
     let config = StackConfig {
         mac: port.mac(),
@@ -200,6 +206,15 @@ fn run(args: Args) -> Result<()> {
         p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations, loops.sleeps,
         loops.steered, loops.steer_drops
     );
+    if args.xstats {
+        let shown: Vec<String> = port
+            .xstats()
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        println!("ferrox-dataplane: xstats; {}", shown.join(" "));
+    }
     if failed > 0 {
         bail!("{failed} core(s) failed");
     }
