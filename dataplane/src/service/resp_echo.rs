@@ -122,35 +122,51 @@ fn parse(input: &[u8]) -> Parsed<'_> {
     Parsed::Request { used: at, args }
 }
 
+/// Appends `n` in decimal without allocating.
+fn decimal(output: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    output.extend_from_slice(&digits[at..]);
+}
+
 fn bulk(output: &mut Vec<u8>, data: &[u8]) {
     output.push(b'$');
-    output.extend_from_slice(data.len().to_string().as_bytes());
+    decimal(output, data.len());
     output.extend_from_slice(b"\r\n");
     output.extend_from_slice(data);
     output.extend_from_slice(b"\r\n");
 }
 
+/// Writes the reply to one request. The common commands allocate nothing
+/// (the output buffer is reused); error replies may.
 fn reply(args: &[&[u8]], output: &mut Vec<u8>) {
-    let Some(name) = args.first() else { return };
-    match (name.to_ascii_uppercase().as_slice(), args.len()) {
-        (b"PING", 1) => output.extend_from_slice(b"+PONG\r\n"),
-        (b"PING", 2) | (b"ECHO", 2) => bulk(output, args[1]),
-        (b"PING" | b"ECHO", _) => {
-            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-            output.extend_from_slice(
-                format!("-ERR wrong number of arguments for '{name}' command\r\n").as_bytes(),
-            );
-        }
+    let Some(&name) = args.first() else { return };
+    let is = |command: &[u8]| name.eq_ignore_ascii_case(command);
+    if is(b"PING") && args.len() == 1 {
+        output.extend_from_slice(b"+PONG\r\n");
+    } else if (is(b"PING") || is(b"ECHO")) && args.len() == 2 {
+        bulk(output, args[1]);
+    } else if is(b"PING") || is(b"ECHO") {
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        output.extend_from_slice(
+            format!("-ERR wrong number of arguments for '{name}' command\r\n").as_bytes(),
+        );
+    } else if is(b"CONFIG") && args.len() == 3 && args[1].eq_ignore_ascii_case(b"GET") {
         // redis-benchmark asks for these before it starts.
-        (b"CONFIG", 3) if args[1].eq_ignore_ascii_case(b"GET") => {
-            output.extend_from_slice(b"*2\r\n");
-            bulk(output, args[2]);
-            bulk(output, b"");
-        }
-        _ => {
-            let shown: String = String::from_utf8_lossy(name).chars().take(64).collect();
-            output.extend_from_slice(format!("-ERR unknown command '{shown}'\r\n").as_bytes());
-        }
+        output.extend_from_slice(b"*2\r\n");
+        bulk(output, args[2]);
+        bulk(output, b"");
+    } else {
+        let shown: String = String::from_utf8_lossy(name).chars().take(64).collect();
+        output.extend_from_slice(format!("-ERR unknown command '{shown}'\r\n").as_bytes());
     }
 }
 
@@ -241,6 +257,19 @@ mod tests {
             assert_eq!(verdict, Verdict::Close, "{bad:?}");
             assert!(out.starts_with(b"-ERR Protocol error: "), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn bulk_lengths_are_written_in_decimal() {
+        for len in [0usize, 1, 9, 10, 99, 100, 12345] {
+            let mut out = Vec::new();
+            bulk(&mut out, &vec![b'x'; len]);
+            assert!(out.starts_with(format!("${len}\r\n").as_bytes()), "{len}");
+        }
+        assert_eq!(
+            run(b"ping\r\nPiNg x\r\n").2,
+            b"+PONG\r\n$1\r\nx\r\n".to_vec()
+        );
     }
 
     #[test]
