@@ -138,7 +138,7 @@ fn run(args: Args) -> Result<()> {
             queue: port.queue(id as u16),
             stack: Stack::new(
                 config.clone(),
-                RespEcho,
+                RespEcho::default(),
                 clock.now(),
                 std::process::id() as u64 ^ (id as u64) << 32,
             ),

@@ -3,123 +3,31 @@
 //! other command gets an error reply naming it; a malformed request gets a
 //! protocol error and the connection is closed gracefully.
 
+use std::ops::Range;
+
+use ferrox_proto::resp::{self, Limits};
+
 use super::{Service, Verdict};
 
-/// Longest request accepted (bytes of one command, arguments included).
-const MAX_REQUEST: usize = 64 << 10;
-/// Most arguments in one command.
-const MAX_ARGS: usize = 64;
-
-#[derive(Debug, Default)]
-pub struct RespEcho;
-
-/// Parse outcome for one request at the front of the input (kept on the
-/// stack: the argument list is a fixed array, so parsing never allocates).
-#[derive(Debug, PartialEq, Eq)]
-#[allow(clippy::large_enum_variant)]
-enum Parsed<'a> {
-    Incomplete,
-    Request { used: usize, args: ArgList<'a> },
-    Invalid(&'static str),
+/// The echo service: the RESP framing of `ferrox-proto` with its own
+/// limits, and an argument list reused from request to request.
+#[derive(Debug)]
+pub struct RespEcho {
+    limits: Limits,
+    args: Vec<Range<usize>>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct ArgList<'a> {
-    args: [&'a [u8]; MAX_ARGS],
-    len: usize,
-}
-
-impl<'a> ArgList<'a> {
-    fn new() -> Self {
-        ArgList {
-            args: [&[]; MAX_ARGS],
-            len: 0,
+impl Default for RespEcho {
+    fn default() -> Self {
+        RespEcho {
+            limits: Limits {
+                max_bulk: 64 << 10,
+                max_array: 1024,
+                ..Limits::default()
+            },
+            args: Vec::with_capacity(16),
         }
     }
-
-    fn push(&mut self, arg: &'a [u8]) -> bool {
-        if self.len == MAX_ARGS {
-            return false;
-        }
-        self.args[self.len] = arg;
-        self.len += 1;
-        true
-    }
-
-    fn get(&self) -> &[&'a [u8]] {
-        &self.args[..self.len]
-    }
-}
-
-fn line(input: &[u8]) -> Option<(&[u8], usize)> {
-    let end = input.windows(2).position(|w| w == b"\r\n")?;
-    Some((&input[..end], end + 2))
-}
-
-fn number(digits: &[u8]) -> Option<i64> {
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-fn parse(input: &[u8]) -> Parsed<'_> {
-    if input.is_empty() {
-        return Parsed::Incomplete;
-    }
-    if input[0] != b'*' {
-        // Inline command: words separated by spaces, ended by CRLF.
-        let Some((text, used)) = line(input) else {
-            return if input.len() > MAX_REQUEST {
-                Parsed::Invalid("too big inline request")
-            } else {
-                Parsed::Incomplete
-            };
-        };
-        let mut args = ArgList::new();
-        for word in text.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
-            if !args.push(word) {
-                return Parsed::Invalid("too many arguments");
-            }
-        }
-        return Parsed::Request { used, args };
-    }
-    let Some((head, mut at)) = line(input) else {
-        return if input.len() > 32 {
-            Parsed::Invalid("invalid multibulk length")
-        } else {
-            Parsed::Incomplete
-        };
-    };
-    let count = match number(&head[1..]) {
-        Some(n) if (0..=MAX_ARGS as i64).contains(&n) => n as usize,
-        Some(n) if n > MAX_ARGS as i64 => return Parsed::Invalid("too many arguments"),
-        _ => return Parsed::Invalid("invalid multibulk length"),
-    };
-    let mut args = ArgList::new();
-    for _ in 0..count {
-        let Some((head, used)) = line(&input[at..]) else {
-            return if input.len() - at > 32 {
-                Parsed::Invalid("invalid bulk length")
-            } else {
-                Parsed::Incomplete
-            };
-        };
-        if head.first() != Some(&b'$') {
-            return Parsed::Invalid("expected '$'");
-        }
-        let len = match number(&head[1..]) {
-            Some(n) if (0..=MAX_REQUEST as i64).contains(&n) => n as usize,
-            _ => return Parsed::Invalid("invalid bulk length"),
-        };
-        at += used;
-        if input.len() < at + len + 2 {
-            return Parsed::Incomplete;
-        }
-        if &input[at + len..at + len + 2] != b"\r\n" {
-            return Parsed::Invalid("bulk string not terminated by CRLF");
-        }
-        args.push(&input[at..at + len]);
-        at += len + 2;
-    }
-    Parsed::Request { used: at, args }
 }
 
 /// Appends `n` in decimal without allocating.
@@ -145,24 +53,28 @@ fn bulk(output: &mut Vec<u8>, data: &[u8]) {
     output.extend_from_slice(b"\r\n");
 }
 
-/// Writes the reply to one request. The common commands allocate nothing
-/// (the output buffer is reused); error replies may.
-fn reply(args: &[&[u8]], output: &mut Vec<u8>) {
-    let Some(&name) = args.first() else { return };
+/// Writes the reply to the request whose arguments are `args` of `input`.
+/// The common commands allocate nothing (the output buffer is reused);
+/// error replies may.
+fn reply(input: &[u8], args: &[Range<usize>], output: &mut Vec<u8>) {
+    let arg = |i: usize| &input[args[i].clone()];
+    let Some(name) = args.first().map(|r| &input[r.clone()]) else {
+        return;
+    };
     let is = |command: &[u8]| name.eq_ignore_ascii_case(command);
     if is(b"PING") && args.len() == 1 {
         output.extend_from_slice(b"+PONG\r\n");
     } else if (is(b"PING") || is(b"ECHO")) && args.len() == 2 {
-        bulk(output, args[1]);
+        bulk(output, arg(1));
     } else if is(b"PING") || is(b"ECHO") {
         let name = String::from_utf8_lossy(name).to_ascii_lowercase();
         output.extend_from_slice(
             format!("-ERR wrong number of arguments for '{name}' command\r\n").as_bytes(),
         );
-    } else if is(b"CONFIG") && args.len() == 3 && args[1].eq_ignore_ascii_case(b"GET") {
+    } else if is(b"CONFIG") && args.len() == 3 && arg(1).eq_ignore_ascii_case(b"GET") {
         // redis-benchmark asks for these before it starts.
         output.extend_from_slice(b"*2\r\n");
-        bulk(output, args[2]);
+        bulk(output, arg(2));
         bulk(output, b"");
     } else {
         let shown: String = String::from_utf8_lossy(name).chars().take(64).collect();
@@ -176,14 +88,17 @@ impl Service for RespEcho {
     fn on_input(&mut self, _conn: &mut (), input: &[u8], output: &mut Vec<u8>) -> (usize, Verdict) {
         let mut used = 0;
         loop {
-            match parse(&input[used..]) {
-                Parsed::Incomplete => return (used, Verdict::Continue),
-                Parsed::Request { used: n, args } => {
-                    reply(args.get(), output);
+            let rest = &input[used..];
+            match resp::parse_request(rest, &self.limits, &mut self.args) {
+                Ok(None) => return (used, Verdict::Continue),
+                Ok(Some(n)) => {
+                    reply(rest, &self.args, output);
                     used += n;
                 }
-                Parsed::Invalid(what) => {
-                    output.extend_from_slice(format!("-ERR Protocol error: {what}\r\n").as_bytes());
+                Err(e) => {
+                    output.extend_from_slice(b"-ERR Protocol error: ");
+                    output.extend_from_slice(e.0.as_bytes());
+                    output.extend_from_slice(b"\r\n");
                     return (input.len(), Verdict::Close);
                 }
             }
@@ -197,7 +112,7 @@ mod tests {
 
     fn run(input: &[u8]) -> (usize, Verdict, Vec<u8>) {
         let mut out = Vec::new();
-        let (used, verdict) = RespEcho.on_input(&mut (), input, &mut out);
+        let (used, verdict) = RespEcho::default().on_input(&mut (), input, &mut out);
         (used, verdict, out)
     }
 
@@ -235,10 +150,10 @@ mod tests {
         for cut in 0..input.len() {
             let mut out = Vec::new();
             let mut pending = input[..cut].to_vec();
-            let (used, _) = RespEcho.on_input(&mut (), &pending, &mut out);
+            let (used, _) = RespEcho::default().on_input(&mut (), &pending, &mut out);
             pending.drain(..used);
             pending.extend_from_slice(&input[cut..]);
-            let (used, _) = RespEcho.on_input(&mut (), &pending, &mut out);
+            let (used, _) = RespEcho::default().on_input(&mut (), &pending, &mut out);
             assert_eq!(used, pending.len(), "cut at {cut}");
             assert_eq!(out, b"$5\r\nhello\r\n+PONG\r\n".to_vec(), "cut at {cut}");
         }

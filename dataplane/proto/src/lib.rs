@@ -1,0 +1,9 @@
+//! ferrox's protocol core, free of I/O.
+//!
+//! What it owns: turning bytes into requests and finding where replies end,
+//! under configured limits. What it never does: sockets, DPDK, clocks,
+//! allocation per request (callers pass reusable buffers). The dataplane
+//! drives it over smoltcp; the control process uses it to validate; tests
+//! drive it with literal wire bytes.
+
+pub mod resp;
