@@ -53,6 +53,11 @@ struct Args {
     /// stdout when stopping.
     #[arg(long)]
     xstats: bool,
+    /// On PMDs without RX interrupts (af_xdp, af_packet), the longest sleep of
+    /// an idle core in microseconds: lower wakes faster and costs more idle
+    /// CPU (see docs/performance.md).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=100_000))]
+    idle_max_sleep_us: u64,
     /// Print a statistics line on stdout this often (milliseconds; 0: never).
     #[arg(long, default_value_t = 0)]
     stats_every: u64,
@@ -157,12 +162,16 @@ fn run(args: Args) -> Result<()> {
     );
     std::io::stdout().flush()?;
 
+    let idle = IdlePolicy {
+        max_sleep: std::time::Duration::from_micros(args.idle_max_sleep_us),
+        ..IdlePolicy::default()
+    };
     let tasks: Vec<ferrox_dataplane::ffi::Task<'_>> = all
         .iter_mut()
         .map(|core| {
             Box::new(move || {
                 let _guard = StopOnPanic(stop);
-                core.run(clock, IdlePolicy::default(), stop);
+                core.run(clock, idle, stop);
             }) as ferrox_dataplane::ffi::Task<'_>
         })
         .collect();
