@@ -16,7 +16,7 @@ pub struct Port {
     queues: u16,
     mac: [u8; 6],
     tx_checksum_offload: bool,
-    rx_interrupts: bool,
+    rx_wake: RxWake,
     pool: Mempool,
 }
 
@@ -69,10 +69,14 @@ impl Port {
         // until the pseudo-header seeding that PMDs expect is wired.
         let tx_checksum_offload = info.tx_offload_capa & want_tx == want_tx;
         let configured = ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
-        let rx_interrupts = configured && rx_interrupts_work(id, &info.driver);
+        let rx_wake = if configured {
+            rx_wake_of(id, &info.driver)
+        } else {
+            RxWake::Poll
+        };
         let mac = ffi::mac_addr(id);
         tracing::info!(
-            port = id, %name, driver = %info.driver, queues, tx_checksum_offload, rx_interrupts,
+            port = id, %name, driver = %info.driver, queues, tx_checksum_offload, ?rx_wake,
             mac = %format_mac(&mac), "port started"
         );
         Ok(Port {
@@ -82,7 +86,7 @@ impl Port {
             queues,
             mac,
             tx_checksum_offload,
-            rx_interrupts,
+            rx_wake,
             pool,
         })
     }
@@ -119,9 +123,9 @@ impl Port {
         self.tx_checksum_offload
     }
 
-    /// Whether the queues can wake an idle core (see [`Queue::rx_wake_fd`]).
-    pub fn rx_interrupts(&self) -> bool {
-        self.rx_interrupts
+    /// How an idle core on this port learns that frames arrived.
+    pub fn rx_wake(&self) -> RxWake {
+        self.rx_wake
     }
 
     pub fn pool(&self) -> &Mempool {
@@ -151,11 +155,16 @@ impl Port {
     /// One queue pair of this port, for the lcore that polls it.
     pub fn queue(&self, queue: u16) -> Queue<'_> {
         assert!(queue < self.queues);
+        let wake_fd = match self.rx_wake {
+            RxWake::Poll => None,
+            _ => ffi::rx_intr_fd(self.id, queue),
+        };
         Queue {
             port: self,
             queue,
             tx: TxBurst::default(),
             tx_dropped: 0,
+            wake_fd,
         }
     }
 }
@@ -173,6 +182,8 @@ pub struct Queue<'p> {
     queue: u16,
     tx: TxBurst<BURST>,
     tx_dropped: u64,
+    /// The descriptor an idle core waits on (see [`RxWake`]), looked up once.
+    wake_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Queue<'_> {
@@ -204,43 +215,53 @@ impl Queue<'_> {
         self.tx_dropped
     }
 
-    /// Arms the queue's RX interrupt and returns the descriptor that turns
-    /// readable when a frame arrives; `None` where the PMD has none. Call
+    /// Arms the queue's wake-up and returns the descriptor that turns
+    /// readable when a frame arrives; `None` when the port has none (the
+    /// idle core then sleeps for a short time instead). Call
     /// [`Queue::rx_wake_disarm`] after waking.
     pub fn rx_wake_arm(&mut self) -> Option<std::os::fd::RawFd> {
-        if !self.port.rx_interrupts {
-            return None;
-        }
-        let fd = ffi::rx_intr_fd(self.port.id, self.queue)?;
-        if self.port.info.driver == "net_tap" || ffi::rx_intr_enable(self.port.id, self.queue) == 0
-        {
-            Some(fd)
-        } else {
-            None
+        match self.port.rx_wake {
+            RxWake::Poll => None,
+            RxWake::Readable => self.wake_fd,
+            RxWake::Interrupt => {
+                let fd = self.wake_fd?;
+                (ffi::rx_intr_enable(self.port.id, self.queue) == 0).then_some(fd)
+            }
         }
     }
 
     pub fn rx_wake_disarm(&mut self) {
-        if self.port.rx_interrupts && self.port.info.driver != "net_tap" {
+        if self.port.rx_wake == RxWake::Interrupt {
             ffi::rx_intr_disable(self.port.id, self.queue);
         }
     }
 }
 
-/// Whether queue 0 of a port configured for RX interrupts really has a
-/// descriptor to wait on, decided once so the idle path never asks again.
-fn rx_interrupts_work(port: u16, driver: &str) -> bool {
+/// How an idle core learns that its queue has frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxWake {
+    /// No RX interrupt (af_xdp, af_packet): sleep briefly and poll again.
+    Poll,
+    /// An interrupt descriptor that must be armed before waiting.
+    Interrupt,
+    /// A descriptor that is the queue itself (tap's tun queue): readable
+    /// whenever frames wait, nothing to arm (the PMD has no enable op).
+    Readable,
+}
+
+/// Decides once, on queue 0 of a port configured for RX interrupts, how
+/// its idle cores will wait, so the idle path never asks again.
+fn rx_wake_of(port: u16, driver: &str) -> RxWake {
     if ffi::rx_intr_fd(port, 0).is_none() {
-        return false;
+        return RxWake::Poll;
     }
     match ffi::rx_intr_enable(port, 0) {
         0 => {
             ffi::rx_intr_disable(port, 0);
-            true
+            RxWake::Interrupt
         }
-        // tap's descriptor is the tun queue itself: readable whenever frames
-        // wait, with nothing to arm (the PMD has no enable op).
-        rc => rc == -libc::ENOTSUP && driver == "net_tap",
+        rc if rc == -libc::ENOTSUP && driver == "net_tap" => RxWake::Readable,
+        _ => RxWake::Poll,
     }
 }
 

@@ -30,12 +30,6 @@ uint8_t *ferrox_pktmbuf_append(struct rte_mbuf *m, uint16_t len) {
     return (uint8_t *)rte_pktmbuf_append(m, len);
 }
 
-void ferrox_pktmbuf_tx_offload_ipv4_tcp(struct rte_mbuf *m, uint16_t l2_len, uint16_t l3_len) {
-    m->l2_len = l2_len;
-    m->l3_len = l3_len;
-    m->ol_flags |= RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM | RTE_MBUF_F_TX_TCP_CKSUM;
-}
-
 uint64_t ferrox_rss_hf_ip_tcp(void) { return RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP; }
 uint64_t ferrox_tx_offload_ipv4_tcp_cksum(void) {
     return RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM;

@@ -28,8 +28,6 @@ uint32_t ferrox_pktmbuf_pkt_len(const struct rte_mbuf *m);
 uint16_t ferrox_pktmbuf_nb_segs(const struct rte_mbuf *m);
 /* Appends len bytes to a single-segment mbuf; NULL when it has no room. */
 uint8_t *ferrox_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
-/* Asks the PMD to fill IPv4 and TCP checksums on transmit. */
-void ferrox_pktmbuf_tx_offload_ipv4_tcp(struct rte_mbuf *m, uint16_t l2_len, uint16_t l3_len);
 
 /* Constants DPDK defines with function-like macros (RTE_BIT64). */
 uint64_t ferrox_rss_hf_ip_tcp(void);

@@ -196,10 +196,11 @@ impl<S: Service> Stack<S> {
                 break;
             }
             self.timers.pop();
-            let live = self.generations.get(id as usize) == Some(&generation)
-                && self.conns[id as usize]
-                    .as_ref()
-                    .is_some_and(|c| c.timer == Some(at));
+            // A stale entry (the connection was retired, or re-filed
+            // earlier) is skipped.
+            let live = self.conns[id as usize]
+                .as_ref()
+                .is_some_and(|c| c.generation == generation && c.timer == Some(at));
             if live {
                 self.conns[id as usize]
                     .as_mut()
