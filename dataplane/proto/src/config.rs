@@ -1,0 +1,1 @@
+//! Configuration: ferrox TOML and twemproxy `nutcracker.yml`.

@@ -1,0 +1,1 @@
+//! memcached text and meta protocol framing.

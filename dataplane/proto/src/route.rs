@@ -1,0 +1,1 @@
+//! Key placement: twemproxy hash functions, distributions, hashtags.
