@@ -1,0 +1,435 @@
+//! The Redis command table: where each command's keys are, and what the
+//! proxy does with it.
+//!
+//! Lookup is by the upper-cased name in a sorted static table (binary
+//! search over a stack buffer, no allocation). A command missing from the
+//! table is unknown; a command present as [`Route::Refuse`] is known but
+//! cannot be proxied safely, and the client is told why.
+
+/// How the proxy handles a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Answered by the proxy itself.
+    Local(Local),
+    /// One key, at argument `1`; sent whole to the key's server.
+    Single,
+    /// Several keys that must live on one server (a hashtag puts them
+    /// there); refused when they do not.
+    Together(Keys),
+    /// Split per server and merged back in key order.
+    Split(Merge),
+    /// Known, but not safe to proxy; the reason is part of the reply.
+    Refuse(&'static str),
+}
+
+/// Where the keys of a [`Route::Together`] command are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Every argument from 1 on.
+    All,
+    /// Arguments 1 and 2.
+    Two,
+    /// Every argument from 2 on (`BITOP op dest src...`).
+    AfterFirst,
+    /// The count is argument `at`, the keys follow it; with `dest`,
+    /// argument 1 is a key too (`ZUNIONSTORE dest numkeys k...`).
+    Counted { at: usize, dest: bool },
+}
+
+/// How the replies of a split command's pieces are put back together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// `MGET`: an array with one element per key, in key order.
+    Array,
+    /// `DEL`, `UNLINK`, `EXISTS`, `TOUCH`: integers summed.
+    Sum,
+    /// `MSET`: `+OK` when every piece says so (key-value pairs).
+    Ok,
+}
+
+/// Commands the proxy answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Auth,
+    Client,
+    Command,
+    Config,
+    Echo,
+    Hello,
+    Ping,
+    Quit,
+    Select,
+}
+
+const BLOCKING: &str = "blocking commands are not supported by the proxy";
+const PUBSUB: &str = "pub/sub is not supported by the proxy";
+const TRANSACTION: &str = "transactions are not supported by the proxy";
+const CROSS_SHARD: &str = "the command would need every shard";
+const ADMIN: &str = "administrative commands go to the servers directly";
+const SCRIPT: &str = "scripts without keys cannot be routed";
+
+/// Sorted by name (a test checks), upper case.
+static TABLE: &[(&[u8], Route)] = {
+    use self::Local as L;
+    use Route::{Refuse, Single, Split, Together};
+    &[
+        (b"ACL", Refuse(ADMIN)),
+        (b"APPEND", Single),
+        (b"AUTH", Route::Local(L::Auth)),
+        (b"BGREWRITEAOF", Refuse(ADMIN)),
+        (b"BGSAVE", Refuse(ADMIN)),
+        (b"BITCOUNT", Single),
+        (b"BITFIELD", Single),
+        (b"BITFIELD_RO", Single),
+        (b"BITOP", Together(Keys::AfterFirst)),
+        (b"BITPOS", Single),
+        (b"BLMOVE", Refuse(BLOCKING)),
+        (b"BLMPOP", Refuse(BLOCKING)),
+        (b"BLPOP", Refuse(BLOCKING)),
+        (b"BRPOP", Refuse(BLOCKING)),
+        (b"BRPOPLPUSH", Refuse(BLOCKING)),
+        (b"BZMPOP", Refuse(BLOCKING)),
+        (b"BZPOPMAX", Refuse(BLOCKING)),
+        (b"BZPOPMIN", Refuse(BLOCKING)),
+        (b"CLIENT", Route::Local(L::Client)),
+        (b"CLUSTER", Refuse(ADMIN)),
+        (b"COMMAND", Route::Local(L::Command)),
+        (b"CONFIG", Route::Local(L::Config)),
+        (b"COPY", Together(Keys::Two)),
+        (b"DBSIZE", Refuse(CROSS_SHARD)),
+        (b"DEBUG", Refuse(ADMIN)),
+        (b"DECR", Single),
+        (b"DECRBY", Single),
+        (b"DEL", Split(Merge::Sum)),
+        (b"DISCARD", Refuse(TRANSACTION)),
+        (b"DUMP", Single),
+        (b"ECHO", Route::Local(L::Echo)),
+        (b"EVAL", Together(Keys::Counted { at: 2, dest: false })),
+        (b"EVALSHA", Together(Keys::Counted { at: 2, dest: false })),
+        (
+            b"EVALSHA_RO",
+            Together(Keys::Counted { at: 2, dest: false }),
+        ),
+        (b"EVAL_RO", Together(Keys::Counted { at: 2, dest: false })),
+        (b"EXEC", Refuse(TRANSACTION)),
+        (b"EXISTS", Split(Merge::Sum)),
+        (b"EXPIRE", Single),
+        (b"EXPIREAT", Single),
+        (b"EXPIRETIME", Single),
+        (b"FAILOVER", Refuse(ADMIN)),
+        (b"FCALL", Together(Keys::Counted { at: 2, dest: false })),
+        (b"FCALL_RO", Together(Keys::Counted { at: 2, dest: false })),
+        (b"FLUSHALL", Refuse(CROSS_SHARD)),
+        (b"FLUSHDB", Refuse(CROSS_SHARD)),
+        (b"FUNCTION", Refuse(ADMIN)),
+        (b"GEOADD", Single),
+        (b"GEODIST", Single),
+        (b"GEOHASH", Single),
+        (b"GEOPOS", Single),
+        (b"GEORADIUS", Single),
+        (b"GEORADIUSBYMEMBER", Single),
+        (b"GEORADIUSBYMEMBER_RO", Single),
+        (b"GEORADIUS_RO", Single),
+        (b"GEOSEARCH", Single),
+        (b"GEOSEARCHSTORE", Together(Keys::Two)),
+        (b"GET", Single),
+        (b"GETBIT", Single),
+        (b"GETDEL", Single),
+        (b"GETEX", Single),
+        (b"GETRANGE", Single),
+        (b"GETSET", Single),
+        (b"HDEL", Single),
+        (b"HELLO", Route::Local(L::Hello)),
+        (b"HEXISTS", Single),
+        (b"HGET", Single),
+        (b"HGETALL", Single),
+        (b"HINCRBY", Single),
+        (b"HINCRBYFLOAT", Single),
+        (b"HKEYS", Single),
+        (b"HLEN", Single),
+        (b"HMGET", Single),
+        (b"HMSET", Single),
+        (b"HRANDFIELD", Single),
+        (b"HSCAN", Single),
+        (b"HSET", Single),
+        (b"HSETNX", Single),
+        (b"HSTRLEN", Single),
+        (b"HVALS", Single),
+        (b"INCR", Single),
+        (b"INCRBY", Single),
+        (b"INCRBYFLOAT", Single),
+        (b"INFO", Refuse(ADMIN)),
+        (b"KEYS", Refuse(CROSS_SHARD)),
+        (b"LASTSAVE", Refuse(ADMIN)),
+        (b"LINDEX", Single),
+        (b"LINSERT", Single),
+        (b"LLEN", Single),
+        (b"LMOVE", Together(Keys::Two)),
+        (b"LMPOP", Together(Keys::Counted { at: 1, dest: false })),
+        (b"LPOP", Single),
+        (b"LPOS", Single),
+        (b"LPUSH", Single),
+        (b"LPUSHX", Single),
+        (b"LRANGE", Single),
+        (b"LREM", Single),
+        (b"LSET", Single),
+        (b"LTRIM", Single),
+        (b"MGET", Split(Merge::Array)),
+        (b"MIGRATE", Refuse(ADMIN)),
+        (b"MONITOR", Refuse(ADMIN)),
+        (b"MOVE", Refuse(ADMIN)),
+        (b"MSET", Split(Merge::Ok)),
+        (b"MSETNX", Together(Keys::All)),
+        (b"MULTI", Refuse(TRANSACTION)),
+        (b"OBJECT", Refuse(ADMIN)),
+        (b"PERSIST", Single),
+        (b"PEXPIRE", Single),
+        (b"PEXPIREAT", Single),
+        (b"PEXPIRETIME", Single),
+        (b"PFADD", Single),
+        (b"PFCOUNT", Together(Keys::All)),
+        (b"PFMERGE", Together(Keys::All)),
+        (b"PING", Route::Local(L::Ping)),
+        (b"PSETEX", Single),
+        (b"PSUBSCRIBE", Refuse(PUBSUB)),
+        (b"PTTL", Single),
+        (b"PUBLISH", Refuse(PUBSUB)),
+        (b"PUBSUB", Refuse(PUBSUB)),
+        (b"PUNSUBSCRIBE", Refuse(PUBSUB)),
+        (b"QUIT", Route::Local(L::Quit)),
+        (b"RANDOMKEY", Refuse(CROSS_SHARD)),
+        (b"RENAME", Together(Keys::Two)),
+        (b"RENAMENX", Together(Keys::Two)),
+        (b"REPLICAOF", Refuse(ADMIN)),
+        (b"RESTORE", Single),
+        (b"RPOP", Single),
+        (b"RPOPLPUSH", Together(Keys::Two)),
+        (b"RPUSH", Single),
+        (b"RPUSHX", Single),
+        (b"SADD", Single),
+        (b"SAVE", Refuse(ADMIN)),
+        (b"SCAN", Refuse(CROSS_SHARD)),
+        (b"SCARD", Single),
+        (b"SCRIPT", Refuse(SCRIPT)),
+        (b"SDIFF", Together(Keys::All)),
+        (b"SDIFFSTORE", Together(Keys::All)),
+        (b"SELECT", Route::Local(L::Select)),
+        (b"SET", Single),
+        (b"SETBIT", Single),
+        (b"SETEX", Single),
+        (b"SETNX", Single),
+        (b"SETRANGE", Single),
+        (b"SHUTDOWN", Refuse(ADMIN)),
+        (b"SINTER", Together(Keys::All)),
+        (
+            b"SINTERCARD",
+            Together(Keys::Counted { at: 1, dest: false }),
+        ),
+        (b"SINTERSTORE", Together(Keys::All)),
+        (b"SISMEMBER", Single),
+        (b"SLAVEOF", Refuse(ADMIN)),
+        (b"SLOWLOG", Refuse(ADMIN)),
+        (b"SMEMBERS", Single),
+        (b"SMISMEMBER", Single),
+        (b"SMOVE", Together(Keys::Two)),
+        (b"SORT", Single),
+        (b"SORT_RO", Single),
+        (b"SPOP", Single),
+        (b"SPUBLISH", Refuse(PUBSUB)),
+        (b"SRANDMEMBER", Single),
+        (b"SREM", Single),
+        (b"SSCAN", Single),
+        (b"SSUBSCRIBE", Refuse(PUBSUB)),
+        (b"STRLEN", Single),
+        (b"SUBSCRIBE", Refuse(PUBSUB)),
+        (b"SUBSTR", Single),
+        (b"SUNION", Together(Keys::All)),
+        (b"SUNIONSTORE", Together(Keys::All)),
+        (b"SUNSUBSCRIBE", Refuse(PUBSUB)),
+        (b"SWAPDB", Refuse(ADMIN)),
+        (b"TIME", Refuse(ADMIN)),
+        (b"TOUCH", Split(Merge::Sum)),
+        (b"TTL", Single),
+        (b"TYPE", Single),
+        (b"UNLINK", Split(Merge::Sum)),
+        (b"UNSUBSCRIBE", Refuse(PUBSUB)),
+        (b"UNWATCH", Refuse(TRANSACTION)),
+        (b"WAIT", Refuse(BLOCKING)),
+        (b"WATCH", Refuse(TRANSACTION)),
+        (b"XACK", Single),
+        (b"XADD", Single),
+        (b"XAUTOCLAIM", Single),
+        (b"XCLAIM", Single),
+        (b"XDEL", Single),
+        (b"XGROUP", Refuse(ADMIN)),
+        (b"XINFO", Refuse(ADMIN)),
+        (b"XLEN", Single),
+        (b"XPENDING", Single),
+        (b"XRANGE", Single),
+        (b"XREAD", Refuse(BLOCKING)),
+        (b"XREADGROUP", Refuse(BLOCKING)),
+        (b"XREVRANGE", Single),
+        (b"XSETID", Single),
+        (b"XTRIM", Single),
+        (b"ZADD", Single),
+        (b"ZCARD", Single),
+        (b"ZCOUNT", Single),
+        (b"ZDIFF", Together(Keys::Counted { at: 1, dest: false })),
+        (b"ZDIFFSTORE", Together(Keys::Counted { at: 2, dest: true })),
+        (b"ZINCRBY", Single),
+        (b"ZINTER", Together(Keys::Counted { at: 1, dest: false })),
+        (
+            b"ZINTERCARD",
+            Together(Keys::Counted { at: 1, dest: false }),
+        ),
+        (
+            b"ZINTERSTORE",
+            Together(Keys::Counted { at: 2, dest: true }),
+        ),
+        (b"ZLEXCOUNT", Single),
+        (b"ZMPOP", Together(Keys::Counted { at: 1, dest: false })),
+        (b"ZMSCORE", Single),
+        (b"ZPOPMAX", Single),
+        (b"ZPOPMIN", Single),
+        (b"ZRANDMEMBER", Single),
+        (b"ZRANGE", Single),
+        (b"ZRANGEBYLEX", Single),
+        (b"ZRANGEBYSCORE", Single),
+        (b"ZRANGESTORE", Together(Keys::Two)),
+        (b"ZRANK", Single),
+        (b"ZREM", Single),
+        (b"ZREMRANGEBYLEX", Single),
+        (b"ZREMRANGEBYRANK", Single),
+        (b"ZREMRANGEBYSCORE", Single),
+        (b"ZREVRANGE", Single),
+        (b"ZREVRANGEBYLEX", Single),
+        (b"ZREVRANGEBYSCORE", Single),
+        (b"ZREVRANK", Single),
+        (b"ZSCAN", Single),
+        (b"ZSCORE", Single),
+        (b"ZUNION", Together(Keys::Counted { at: 1, dest: false })),
+        (
+            b"ZUNIONSTORE",
+            Together(Keys::Counted { at: 2, dest: true }),
+        ),
+    ]
+};
+
+/// The longest command name in the table.
+const MAX_NAME: usize = 24;
+
+/// The route of the command named `name` (any case), or `None` when the
+/// command is unknown.
+pub fn lookup(name: &[u8]) -> Option<Route> {
+    upper(name, |upper| {
+        TABLE
+            .binary_search_by(|(entry, _)| (*entry).cmp(upper))
+            .ok()
+            .map(|i| TABLE[i].1)
+    })
+    .flatten()
+}
+
+/// Calls `f` with `name` upper-cased in a stack buffer; `None` if the name
+/// is longer than any known command.
+pub fn upper<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let mut buf = [0u8; MAX_NAME];
+    let upper = buf.get_mut(..name.len())?;
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+    Some(f(upper))
+}
+
+/// The argument indices that are keys, for a request of `argc` arguments
+/// whose arguments are read through `arg`. `Err` names what is wrong with
+/// the request (a missing or bad key count).
+pub fn key_positions(
+    route: Route,
+    argc: usize,
+    arg: impl Fn(usize) -> Option<i64>,
+) -> Result<std::ops::Range<usize>, &'static str> {
+    let keys = match route {
+        Route::Single if argc >= 2 => 1..2,
+        // Key-value pairs.
+        Route::Split(Merge::Ok) => match argc {
+            3.. if argc % 2 == 1 => 1..argc,
+            _ => return Err("wrong number of arguments"),
+        },
+        Route::Split(_) if argc >= 2 => 1..argc,
+        Route::Together(Keys::All) if argc >= 2 => 1..argc,
+        Route::Together(Keys::Two) if argc >= 3 => 1..3,
+        Route::Together(Keys::AfterFirst) if argc >= 4 => 2..argc,
+        Route::Together(Keys::Counted { at, .. }) if argc > at => {
+            let count = arg(at)
+                .filter(|&n| n >= 0)
+                .ok_or("the key count is not a valid number")? as usize;
+            let first = at + 1;
+            if count == 0 {
+                return Err("the command names no key to route by");
+            }
+            if first + count > argc {
+                return Err("the key count does not match the arguments");
+            }
+            // With `dest`, argument 1 is a key too; the caller checks it
+            // separately (see `dest_key`).
+            first..first + count
+        }
+        _ => return Err("wrong number of arguments"),
+    };
+    Ok(keys)
+}
+
+/// Whether argument 1 is a key besides the counted ones.
+pub fn dest_key(route: Route) -> bool {
+    matches!(route, Route::Together(Keys::Counted { dest: true, .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_upper_case_and_fits_the_buffer() {
+        for pair in TABLE.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0,
+                "{:?}",
+                std::str::from_utf8(pair[1].0)
+            );
+        }
+        for (name, _) in TABLE {
+            assert!(name.len() <= MAX_NAME);
+            assert!(name.iter().all(|b| !b.is_ascii_lowercase()));
+        }
+    }
+
+    #[test]
+    fn lookup_ignores_case_and_knows_unknown() {
+        assert_eq!(lookup(b"get"), Some(Route::Single));
+        assert_eq!(lookup(b"mGeT"), Some(Route::Split(Merge::Array)));
+        assert_eq!(lookup(b"BLPOP"), Some(Route::Refuse(BLOCKING)));
+        assert_eq!(lookup(b"NOPE"), None);
+        assert_eq!(lookup(b""), None);
+        assert_eq!(lookup(&[b'A'; 100]), None);
+    }
+
+    #[test]
+    fn key_positions_per_shape() {
+        let none = |_| None;
+        assert_eq!(key_positions(Route::Single, 3, none), Ok(1..2));
+        assert!(key_positions(Route::Single, 1, none).is_err());
+        assert_eq!(key_positions(Route::Split(Merge::Ok), 5, none), Ok(1..5));
+        assert!(key_positions(Route::Split(Merge::Ok), 4, none).is_err());
+        assert_eq!(key_positions(Route::Split(Merge::Array), 4, none), Ok(1..4));
+        let eval = lookup(b"EVAL").unwrap();
+        // EVAL script 2 k1 k2 arg
+        let two = |i| (i == 2).then_some(2);
+        assert_eq!(key_positions(eval, 6, two), Ok(3..5));
+        assert!(key_positions(eval, 4, two).is_err());
+        let zunionstore = lookup(b"ZUNIONSTORE").unwrap();
+        assert_eq!(key_positions(zunionstore, 6, two), Ok(3..5));
+        assert!(dest_key(zunionstore));
+        let bitop = lookup(b"BITOP").unwrap();
+        assert_eq!(key_positions(bitop, 5, none), Ok(2..5));
+    }
+}

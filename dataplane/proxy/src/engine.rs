@@ -1,0 +1,413 @@
+//! One core's proxy: its client sessions and its backend connections.
+//!
+//! ```text
+//!  client bytes ─▶ session: parse ─▶ local reply ─────────────┐
+//!                           │                                  ▼
+//!                           └▶ route ─▶ backend FIFO ─▶ ... ─▶ slot ─▶ ready prefix ─▶ client bytes
+//!                                        (server replies, in order per connection)
+//! ```
+//!
+//! **Pipeline.** Each session keeps a FIFO of request slots; slot `seq` is
+//! at index `seq - head` of the queue. A request sent to servers leaves a
+//! slot with the number of pieces it waits for; each backend connection
+//! keeps its own FIFO of what it was sent (client, session generation,
+//! slot, piece), since a server answers in order. Replies fill slots out of
+//! order across servers; the session writes out only the ready prefix, so
+//! the client sees replies in request order, batched into one output buffer
+//! per wake-up.
+//!
+//! **Buffers** (slot reply buffers, FIFOs, scratch lists) are recycled, so
+//! once warmed up the engine allocates nothing per request.
+
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::ops::Range;
+
+use ferrox_proto::resp;
+
+mod backend;
+mod session;
+mod slot;
+#[cfg(test)]
+mod tests;
+
+use backend::Backend;
+use session::Session;
+use slot::Slot;
+
+/// Microseconds on the runtime's monotonic clock.
+pub type Micros = u64;
+
+/// The runtime's name for a connection; opaque to the engine.
+pub type Handle = u64;
+
+/// The engine's name for a connection: a session or a backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag(u32);
+
+const BACKEND_BIT: u32 = 1 << 31;
+
+impl Tag {
+    fn session(index: u32) -> Tag {
+        Tag(index)
+    }
+
+    fn backend(index: u32) -> Tag {
+        Tag(index | BACKEND_BIT)
+    }
+
+    /// The tag as a plain integer, for the runtime to store.
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+
+    pub fn from_raw(raw: u32) -> Tag {
+        Tag(raw)
+    }
+
+    fn index(self) -> usize {
+        (self.0 & !BACKEND_BIT) as usize
+    }
+
+    fn is_backend(self) -> bool {
+        self.0 & BACKEND_BIT != 0
+    }
+}
+
+/// What the engine asks of the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to `addr` for backend connection `tag`; tell the
+    /// engine its handle with [`Engine::bind`], then
+    /// [`Engine::handle_connected`] or [`Engine::handle_gone`].
+    Connect { tag: Tag, addr: SocketAddrV4 },
+    /// The connection has output waiting in [`Engine::output`].
+    Send(Handle),
+    /// Send what is queued, then close gracefully. The engine has
+    /// forgotten the connection.
+    Close(Handle),
+    /// Reset the connection now (a backend that stopped answering). The
+    /// engine has forgotten the connection.
+    Abort(Handle),
+}
+
+/// The wire protocol of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Redis,
+    Memcache,
+}
+
+/// Where a key goes: the pool's route table.
+pub trait Placement: std::fmt::Debug {
+    /// The index of the server for `key`, or `None` when no server is
+    /// live. `random` is fresh randomness for random distribution.
+    fn server_for(&self, key: &[u8], random: u32) -> Option<usize>;
+}
+
+/// A backend server as the engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub addr: SocketAddrV4,
+    /// How errors name it.
+    pub name: String,
+}
+
+/// One pool of servers behind one listener.
+#[derive(Debug)]
+pub struct PoolSpec {
+    pub name: String,
+    pub protocol: Protocol,
+    pub servers: Vec<ServerSpec>,
+    pub placement: Box<dyn Placement>,
+    /// A request not answered within this is failed, and so is its
+    /// backend connection (its replies can no longer be matched).
+    pub timeout: Option<Micros>,
+    pub connect_timeout: Micros,
+    /// Clients must `AUTH` with this; backends are sent it on connect.
+    pub auth: Option<Vec<u8>>,
+    /// Backends `SELECT` this database on connect.
+    pub db: u32,
+    /// Connections per server (and per RESP version in use).
+    pub server_connections: usize,
+    /// Most sessions at once; 0 is no limit.
+    pub client_connections: usize,
+    /// Longest wait before reconnecting to a failed server (the wait
+    /// doubles from [`RETRY_MIN`] up to this).
+    pub retry_max: Micros,
+    /// Upper-case names of commands refused by configuration.
+    pub blocked: Vec<Vec<u8>>,
+    pub limits: resp::Limits,
+    /// Requests in flight per session; further input waits.
+    pub max_pipeline: usize,
+    /// Connect to every server at start rather than on first use.
+    pub preconnect: bool,
+}
+
+/// First wait before reconnecting to a failed server.
+pub const RETRY_MIN: Micros = 100_000;
+
+/// Counters of one engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub sessions_opened: u64,
+    pub sessions_refused: u64,
+    pub requests: u64,
+    /// Requests answered with an error the proxy made (routing, limits,
+    /// unavailable or timed-out servers, protocol errors).
+    pub errors: u64,
+    pub split_requests: u64,
+    pub backend_connects: u64,
+    pub backend_failures: u64,
+    pub timeouts: u64,
+}
+
+/// One core's proxy.
+#[derive(Debug)]
+pub struct Engine {
+    pools: Vec<Pool>,
+    sessions: Vec<Session>,
+    free_sessions: Vec<u32>,
+    backends: Vec<Backend>,
+    actions: VecDeque<Action>,
+    /// Slots returned by sessions, with their buffers, for reuse.
+    spare_slots: Vec<Slot>,
+    scratch: Scratch,
+    rng: u64,
+    stats: EngineStats,
+}
+
+#[derive(Debug)]
+struct Pool {
+    spec: PoolSpec,
+    /// Backend connections of server `s`, RESP version slot `v` (0: RESP2
+    /// or memcached, 1: RESP3) start at
+    /// `first_backend + (s * versions + v) * server_connections`.
+    first_backend: usize,
+    versions: usize,
+    /// Round-robin cursor over a server's connections.
+    next_conn: usize,
+    sessions: usize,
+}
+
+/// Lists reused from request to request.
+#[derive(Debug, Default)]
+struct Scratch {
+    args: Vec<Range<usize>>,
+    /// (server, key index) of a split request's keys.
+    groups: Vec<(u32, u32)>,
+    /// Positions in each piece's reply while merging.
+    cursors: Vec<usize>,
+    /// An error reply being made.
+    error: Vec<u8>,
+}
+
+impl Engine {
+    /// An engine for `pools`; `seed` feeds random distribution.
+    pub fn new(pools: Vec<PoolSpec>, seed: u64) -> Engine {
+        let mut backends = Vec::new();
+        let pools = pools
+            .into_iter()
+            .enumerate()
+            .map(|(p, spec)| {
+                let versions = match spec.protocol {
+                    Protocol::Redis => 2,
+                    Protocol::Memcache => 1,
+                };
+                let first_backend = backends.len();
+                let conns = spec.server_connections.max(1);
+                for server in 0..spec.servers.len() {
+                    for version in 0..versions {
+                        for _ in 0..conns {
+                            backends.push(Backend::new(p, server, version == 1));
+                        }
+                    }
+                }
+                Pool {
+                    spec,
+                    first_backend,
+                    versions,
+                    next_conn: 0,
+                    sessions: 0,
+                }
+            })
+            .collect();
+        Engine {
+            pools,
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            backends,
+            actions: VecDeque::new(),
+            spare_slots: Vec::new(),
+            scratch: Scratch::default(),
+            rng: seed | 1,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Asks for a connection to every server of pools that preconnect.
+    pub fn preconnect(&mut self, now: Micros) {
+        for b in 0..self.backends.len() {
+            let pool = &self.pools[self.backends[b].pool];
+            let resp3 = self.backends[b].resp3;
+            if pool.spec.preconnect && !resp3 {
+                self.backend_connect(b, now);
+            }
+        }
+    }
+
+    /// A client connected to pool `pool`. `None`: the pool is full, close
+    /// the connection.
+    pub fn accept(&mut self, pool: usize, handle: Handle) -> Option<Tag> {
+        let limit = self.pools[pool].spec.client_connections;
+        if limit != 0 && self.pools[pool].sessions >= limit {
+            self.stats.sessions_refused += 1;
+            return None;
+        }
+        self.pools[pool].sessions += 1;
+        self.stats.sessions_opened += 1;
+        let authed = self.pools[pool].spec.auth.is_none();
+        let index = match self.free_sessions.pop() {
+            Some(i) => {
+                self.sessions[i as usize].open(pool, handle, authed);
+                i
+            }
+            None => {
+                let mut session = Session::default();
+                session.open(pool, handle, authed);
+                self.sessions.push(session);
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        Some(Tag::session(index))
+    }
+
+    /// The backend connection `tag` asked for has `handle`.
+    pub fn bind(&mut self, tag: Tag, handle: Handle) {
+        debug_assert!(tag.is_backend());
+        self.backends[tag.index()].handle = Some(handle);
+    }
+
+    /// Bytes arrived on `tag`; returns how many were used (the rest is an
+    /// incomplete message, or input held back while the pipeline is full).
+    pub fn handle_input(&mut self, tag: Tag, input: &[u8], now: Micros) -> usize {
+        if tag.is_backend() {
+            self.backend_input(tag.index(), input, now)
+        } else {
+            self.session_input(tag.index(), input, now)
+        }
+    }
+
+    /// Whether `tag` would use more input now (a session whose pipeline
+    /// was full and has drained).
+    pub fn wants_input(&self, tag: Tag) -> bool {
+        if tag.is_backend() {
+            return true;
+        }
+        let session = &self.sessions[tag.index()];
+        !session.closing && session.slots.len() < self.pools[session.pool].spec.max_pipeline
+    }
+
+    /// Output waiting for `tag`: the runtime sends from the front and
+    /// drains what it sent.
+    pub fn output(&mut self, tag: Tag) -> &mut Vec<u8> {
+        if tag.is_backend() {
+            let backend = &mut self.backends[tag.index()];
+            backend.send_queued = false;
+            &mut backend.output
+        } else {
+            let session = &mut self.sessions[tag.index()];
+            session.send_queued = false;
+            &mut session.output
+        }
+    }
+
+    /// The backend connection `tag` is established.
+    pub fn handle_connected(&mut self, tag: Tag, now: Micros) {
+        if tag.is_backend() {
+            self.backend_connected(tag.index(), now);
+        }
+    }
+
+    /// The peer closed its side (FIN). A session finishes its replies and
+    /// is then closed; a backend connection has failed.
+    pub fn handle_peer_closed(&mut self, tag: Tag, now: Micros) {
+        if tag.is_backend() {
+            self.backend_failed(tag.index(), now, "closed the connection");
+        } else {
+            self.session_peer_closed(tag.index());
+        }
+    }
+
+    /// The connection `handle` of `tag` is gone (closed, reset, refused, or
+    /// it never connected); the runtime reports every connection's end
+    /// this way, also those the engine closed.
+    pub fn handle_gone(&mut self, tag: Tag, handle: Handle, now: Micros) {
+        if tag.is_backend() {
+            let backend = &mut self.backends[tag.index()];
+            if backend.handle != Some(handle) {
+                // A connection the engine already reset.
+                return;
+            }
+            backend.handle = None;
+            let why = if backend.state == backend::State::Connecting {
+                "refused the connection"
+            } else {
+                "reset the connection"
+            };
+            self.backend_failed(tag.index(), now, why);
+        } else {
+            let session = &self.sessions[tag.index()];
+            if session.live && session.handle == handle {
+                self.session_free(tag.index());
+            }
+        }
+    }
+
+    /// The next thing the engine asks of the network.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        self.backends
+            .iter()
+            .filter_map(|b| b.deadline(&self.pools[b.pool].spec))
+            .min()
+    }
+
+    /// Fails requests and connection attempts that waited too long, and
+    /// ends reconnect backoffs.
+    pub fn handle_timeout(&mut self, now: Micros) {
+        for b in 0..self.backends.len() {
+            self.backend_timeout(b, now);
+        }
+    }
+
+    fn random(&mut self) -> u32 {
+        // xorshift64*: randomness for random distribution, without a clock
+        // or an OS call.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    /// Queues a `Send` for a session, once per batch of output.
+    fn session_wants_send(&mut self, index: usize) {
+        let session = &mut self.sessions[index];
+        if !session.send_queued && !session.output.is_empty() {
+            session.send_queued = true;
+            self.actions.push_back(Action::Send(session.handle));
+        }
+    }
+}

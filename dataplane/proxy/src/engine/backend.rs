@@ -1,0 +1,339 @@
+//! Backend connections: connect and handshake, the FIFO of requests each
+//! connection was sent, matching replies to it, timeouts, and reconnecting
+//! with backoff after a failure.
+//!
+//! A failed connection costs exactly the requests it holds: each gets an
+//! error reply naming the server, the connection is reset, and requests
+//! routed to the server during the backoff fail at once instead of
+//! waiting.
+
+use std::collections::VecDeque;
+
+use crate::mcstub as memcache;
+use ferrox_proto::resp;
+
+use super::session::SlotRef;
+use super::{Action, Engine, Handle, Micros, PoolSpec, Protocol, Tag, RETRY_MIN};
+use crate::reply;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// No connection; one is opened for the next request.
+    Idle,
+    Connecting,
+    Ready,
+    /// Failed; requests fail at once until `since`.
+    Backoff,
+}
+
+/// How to find where a reply ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    Resp,
+    Memcache(memcache::ReplyKind),
+}
+
+/// Whether the client is owed the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Suppress {
+    No,
+    /// memcached `noreply`: the proxy asked for a reply (to keep the FIFO
+    /// in step) and drops it.
+    Always,
+    /// A meta command's `q` flag: drop the replies it would have hidden.
+    Quiet(memcache::Command),
+}
+
+/// A request a connection was sent and has not answered.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InFlight {
+    pub at: SlotRef,
+    pub shape: Shape,
+    pub suppress: Suppress,
+    pub sent: Micros,
+}
+
+#[derive(Debug)]
+pub(super) struct Backend {
+    pub pool: usize,
+    pub server: usize,
+    /// Speaks RESP3 (after `HELLO 3`), for sessions that asked for it.
+    pub resp3: bool,
+    pub state: State,
+    pub handle: Option<Handle>,
+    pub output: Vec<u8>,
+    pub send_queued: bool,
+    pub inflight: VecDeque<InFlight>,
+    /// Handshake replies (`AUTH`, `SELECT`, `HELLO`) still to come.
+    pub handshake: u8,
+    /// When connecting began, or when the backoff ends.
+    pub since: Micros,
+    /// Failures in a row.
+    pub failures: u32,
+}
+
+impl Backend {
+    pub fn new(pool: usize, server: usize, resp3: bool) -> Backend {
+        Backend {
+            pool,
+            server,
+            resp3,
+            state: State::Idle,
+            handle: None,
+            output: Vec::new(),
+            send_queued: false,
+            inflight: VecDeque::new(),
+            handshake: 0,
+            since: 0,
+            failures: 0,
+        }
+    }
+
+    /// When this connection next needs [`Engine::handle_timeout`].
+    pub fn deadline(&self, spec: &PoolSpec) -> Option<Micros> {
+        match self.state {
+            State::Idle => None,
+            State::Connecting => Some(self.since + spec.connect_timeout),
+            State::Ready => Some(self.inflight.front()?.sent + spec.timeout?),
+            State::Backoff => Some(self.since),
+        }
+    }
+}
+
+impl Engine {
+    /// Queues a request for `server` of `pool` on one of its connections;
+    /// `write` appends the request bytes. Fails the slot piece at once when
+    /// the server is in backoff.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_to_server(
+        &mut self,
+        pool: usize,
+        server: usize,
+        resp3: bool,
+        at: SlotRef,
+        shape: Shape,
+        suppress: Suppress,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let p = &mut self.pools[pool];
+        let conns = p.spec.server_connections.max(1);
+        let version = usize::from(resp3 && p.versions == 2);
+        let b = p.first_backend + (server * p.versions + version) * conns + p.next_conn % conns;
+        p.next_conn = p.next_conn.wrapping_add(1);
+        match self.backends[b].state {
+            State::Backoff => {
+                self.stats.errors += 1;
+                self.fail_piece(pool, server, "is unavailable", at, suppress);
+                return;
+            }
+            State::Idle => self.backend_connect(b, now),
+            State::Connecting | State::Ready => {}
+        }
+        let backend = &mut self.backends[b];
+        write(&mut backend.output);
+        backend.inflight.push_back(InFlight {
+            at,
+            shape,
+            suppress,
+            sent: now,
+        });
+        if backend.state == State::Ready && !backend.send_queued {
+            backend.send_queued = true;
+            let handle = backend.handle.expect("a ready connection has a handle");
+            self.actions.push_back(Action::Send(handle));
+        }
+    }
+
+    /// Answers one piece with an error naming the server.
+    fn fail_piece(
+        &mut self,
+        pool: usize,
+        server: usize,
+        why: &str,
+        at: SlotRef,
+        suppress: Suppress,
+    ) {
+        let mut error = std::mem::take(&mut self.scratch.error);
+        error.clear();
+        if suppress != Suppress::Always {
+            let spec = &self.pools[pool].spec;
+            let prefix = match spec.protocol {
+                Protocol::Redis => "-ERR ferrox: ",
+                Protocol::Memcache => "SERVER_ERROR ferrox: ",
+            };
+            let name = &spec.servers[server].name;
+            reply::error_fmt(&mut error, prefix, format_args!("server {name} {why}"));
+        }
+        self.fill_slot(at, &error);
+        self.scratch.error = error;
+    }
+
+    pub(super) fn backend_connect(&mut self, b: usize, now: Micros) {
+        let backend = &mut self.backends[b];
+        if backend.state != State::Idle {
+            return;
+        }
+        let spec = &self.pools[backend.pool].spec;
+        backend.state = State::Connecting;
+        backend.since = now;
+        backend.output.clear();
+        backend.handshake = 0;
+        if spec.protocol == Protocol::Redis {
+            if let Some(password) = &spec.auth {
+                write_command(&mut backend.output, &[b"AUTH", password]);
+                backend.handshake += 1;
+            }
+            if spec.db != 0 {
+                let mut db = Vec::new();
+                reply::decimal(&mut db, spec.db.into());
+                write_command(&mut backend.output, &[b"SELECT", &db]);
+                backend.handshake += 1;
+            }
+            if backend.resp3 {
+                write_command(&mut backend.output, &[b"HELLO", b"3"]);
+                backend.handshake += 1;
+            }
+        }
+        let addr = spec.servers[backend.server].addr;
+        self.stats.backend_connects += 1;
+        self.actions.push_back(Action::Connect {
+            tag: Tag::backend(b as u32),
+            addr,
+        });
+    }
+
+    pub(super) fn backend_connected(&mut self, b: usize, now: Micros) {
+        let backend = &mut self.backends[b];
+        if backend.state != State::Connecting {
+            return;
+        }
+        backend.state = State::Ready;
+        // Requests queued while connecting are timed from now.
+        for request in &mut backend.inflight {
+            request.sent = now;
+        }
+        if !backend.output.is_empty() && !backend.send_queued {
+            backend.send_queued = true;
+            let handle = backend.handle.expect("a connected backend has a handle");
+            self.actions.push_back(Action::Send(handle));
+        }
+    }
+
+    /// Takes replies from the front of `input`; returns the bytes used.
+    pub(super) fn backend_input(&mut self, b: usize, input: &[u8], now: Micros) -> usize {
+        let limits = self.pools[self.backends[b].pool].spec.limits;
+        let mut used = 0;
+        while used < input.len() {
+            let backend = &mut self.backends[b];
+            if backend.state != State::Ready {
+                break;
+            }
+            let rest = &input[used..];
+            let shape = match (backend.handshake, backend.inflight.front()) {
+                (1.., _) => Shape::Resp,
+                (0, Some(request)) => request.shape,
+                (0, None) => {
+                    self.backend_failed(b, now, "sent a reply to no request");
+                    return input.len();
+                }
+            };
+            let len = match shape {
+                Shape::Resp => resp::reply_len(rest, &limits).map_err(|_| ()),
+                Shape::Memcache(kind) => {
+                    memcache::reply_len(rest, kind, &memcache::Limits::default()).map_err(|_| ())
+                }
+            };
+            let len = match len {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(()) => {
+                    self.backend_failed(b, now, "sent a malformed reply");
+                    return input.len();
+                }
+            };
+            let reply = &rest[..len];
+            used += len;
+            if backend.handshake > 0 {
+                backend.handshake -= 1;
+                if reply.first() == Some(&b'-') {
+                    self.backend_failed(b, now, "refused the handshake (AUTH, SELECT or HELLO)");
+                    return input.len();
+                }
+                continue;
+            }
+            backend.failures = 0;
+            let request = backend.inflight.pop_front().expect("checked above");
+            let suppressed = match request.suppress {
+                Suppress::No => false,
+                Suppress::Always => true,
+                Suppress::Quiet(command) => memcache::quiet_suppresses(command, reply),
+            };
+            self.fill_slot(request.at, if suppressed { b"" } else { reply });
+        }
+        used
+    }
+
+    /// The connection failed: every request it holds gets an error reply,
+    /// the connection is reset, and the server waits out a backoff.
+    pub(super) fn backend_failed(&mut self, b: usize, now: Micros, why: &str) {
+        let backend = &mut self.backends[b];
+        if matches!(backend.state, State::Idle | State::Backoff) {
+            return;
+        }
+        if let Some(handle) = backend.handle.take() {
+            self.actions.push_back(Action::Abort(handle));
+        }
+        backend.failures += 1;
+        let spec = &self.pools[backend.pool].spec;
+        let shift = (backend.failures - 1).min(20);
+        backend.since = now + (RETRY_MIN << shift).min(spec.retry_max.max(RETRY_MIN));
+        backend.state = State::Backoff;
+        backend.output.clear();
+        backend.send_queued = false;
+        backend.handshake = 0;
+        self.stats.backend_failures += 1;
+        let (pool, server) = (backend.pool, backend.server);
+        let mut inflight = std::mem::take(&mut backend.inflight);
+        for request in inflight.drain(..) {
+            self.stats.errors += 1;
+            self.fail_piece(pool, server, why, request.at, request.suppress);
+        }
+        self.backends[b].inflight = inflight;
+    }
+
+    pub(super) fn backend_timeout(&mut self, b: usize, now: Micros) {
+        let backend = &self.backends[b];
+        let spec = &self.pools[backend.pool].spec;
+        let due = backend.deadline(spec).is_some_and(|at| at <= now);
+        if !due {
+            return;
+        }
+        match backend.state {
+            State::Connecting => {
+                self.stats.timeouts += 1;
+                self.backend_failed(b, now, "did not accept a connection in time");
+            }
+            State::Ready => {
+                self.stats.timeouts += 1;
+                self.backend_failed(b, now, "timed out");
+            }
+            State::Backoff => {
+                let preconnect = spec.preconnect && !backend.resp3;
+                self.backends[b].state = State::Idle;
+                if preconnect {
+                    self.backend_connect(b, now);
+                }
+            }
+            State::Idle => {}
+        }
+    }
+}
+
+/// A RESP command of bulk strings.
+fn write_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    reply::header(out, b'*', args.len() as u64);
+    for arg in args {
+        reply::bulk(out, arg);
+    }
+}

@@ -1,0 +1,206 @@
+//! Client sessions: the pipeline of slots, and what is common to both
+//! protocols (opening a slot, filling it, writing the ready prefix,
+//! closing).
+
+use std::collections::VecDeque;
+
+use super::slot::{Combine, Slot};
+use super::{Action, Engine, Handle, Micros, Protocol};
+
+mod memcache;
+mod redis;
+
+/// One client connection's state.
+#[derive(Debug, Default)]
+pub(super) struct Session {
+    /// Bumped when the session is freed, so late replies to a former
+    /// occupant are recognised and dropped.
+    pub generation: u32,
+    pub live: bool,
+    pub handle: Handle,
+    pub pool: usize,
+    pub resp3: bool,
+    pub authed: bool,
+    /// Closing: no more input is read; the engine waits for the runtime to
+    /// report the connection gone.
+    pub closing: bool,
+    /// The peer sent FIN: close once every slot is written.
+    pub peer_closed: bool,
+    /// Slot `seq` is `slots[seq - head]`.
+    pub slots: VecDeque<Slot>,
+    pub head: u64,
+    pub output: Vec<u8>,
+    pub send_queued: bool,
+}
+
+impl Session {
+    pub fn open(&mut self, pool: usize, handle: Handle, authed: bool) {
+        debug_assert!(!self.live && self.slots.is_empty() && self.output.is_empty());
+        self.live = true;
+        self.handle = handle;
+        self.pool = pool;
+        self.resp3 = false;
+        self.authed = authed;
+        self.closing = false;
+        self.peer_closed = false;
+        self.send_queued = false;
+    }
+}
+
+/// Names a slot from a backend's FIFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotRef {
+    pub session: u32,
+    pub generation: u32,
+    pub seq: u64,
+    pub piece: u16,
+}
+
+impl Engine {
+    pub(super) fn session_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
+        let session = &self.sessions[index];
+        if !session.live || session.closing {
+            return input.len();
+        }
+        let used = match self.pools[session.pool].spec.protocol {
+            Protocol::Redis => self.redis_input(index, input, now),
+            Protocol::Memcache => self.memcache_input(index, input, now),
+        };
+        self.flush_ready(index);
+        used
+    }
+
+    pub(super) fn slot_ref(&self, index: usize, seq: u64, piece: u16) -> SlotRef {
+        SlotRef {
+            session: index as u32,
+            generation: self.sessions[index].generation,
+            seq,
+            piece,
+        }
+    }
+
+    /// Whether the session may take another request now.
+    pub(super) fn has_room(&self, index: usize) -> bool {
+        let session = &self.sessions[index];
+        !session.closing && session.slots.len() < self.pools[session.pool].spec.max_pipeline
+    }
+
+    /// Opens a slot at the tail of the session's pipeline and returns its
+    /// sequence number.
+    pub(super) fn open_slot(&mut self, index: usize, combine: Combine, pieces: u16) -> u64 {
+        let mut slot = self.spare_slots.pop().unwrap_or_default();
+        slot.reset();
+        slot.combine = combine;
+        slot.pending = pieces;
+        let session = &mut self.sessions[index];
+        session.slots.push_back(slot);
+        self.stats.requests += 1;
+        session.head + session.slots.len() as u64 - 1
+    }
+
+    /// A slot answered by the proxy itself, with the reply `write` makes.
+    pub(super) fn local_reply(&mut self, index: usize, write: impl FnOnce(&mut Vec<u8>, bool)) {
+        let resp3 = self.sessions[index].resp3;
+        self.open_slot(index, Combine::Pass, 0);
+        let session = &mut self.sessions[index];
+        if session.slots.len() == 1 {
+            // Nothing ahead of it: straight to the output.
+            write(&mut session.output, resp3);
+        } else {
+            let slot = session.slots.back_mut().expect("just opened");
+            write(&mut slot.reply, resp3);
+        }
+    }
+
+    /// Like [`Engine::local_reply`], for an error the proxy makes.
+    pub(super) fn local_error(&mut self, index: usize, write: impl FnOnce(&mut Vec<u8>, bool)) {
+        self.stats.errors += 1;
+        self.local_reply(index, write);
+    }
+
+    /// Marks the newest slot to close the session once written.
+    pub(super) fn close_after_last(&mut self, index: usize) {
+        let session = &mut self.sessions[index];
+        if let Some(slot) = session.slots.back_mut() {
+            slot.close_after = true;
+        }
+        session.closing = true;
+    }
+
+    /// Puts piece `piece` of slot `at` in place; `reply` is what the
+    /// server (or the proxy, for a failure) answered.
+    pub(super) fn fill_slot(&mut self, at: SlotRef, reply: &[u8]) {
+        let Some(session) = self.sessions.get_mut(at.session as usize) else {
+            return;
+        };
+        if !session.live || session.generation != at.generation || at.seq < session.head {
+            return;
+        }
+        let position = (at.seq - session.head) as usize;
+        let Some(slot) = session.slots.get_mut(position) else {
+            return;
+        };
+        if position == 0 && slot.combine == Combine::Pass && slot.reply.is_empty() {
+            // The front slot's only piece: straight to the output.
+            session.output.extend_from_slice(reply);
+            slot.pending -= 1;
+        } else {
+            slot.fill(at.piece, reply);
+        }
+        if position == 0 && slot.pending == 0 {
+            self.flush_ready(at.session as usize);
+        }
+    }
+
+    /// Writes out every finished slot at the front of the pipeline.
+    pub(super) fn flush_ready(&mut self, index: usize) {
+        let session = &mut self.sessions[index];
+        let limits = self.pools[session.pool].spec.limits;
+        let mut close = false;
+        while session.slots.front().is_some_and(|s| s.pending == 0) {
+            let slot = session.slots.pop_front().expect("checked");
+            session.head += 1;
+            slot.write(&mut session.output, &limits, &mut self.scratch.cursors);
+            close |= slot.close_after;
+            self.spare_slots.push(slot);
+            if close {
+                break;
+            }
+        }
+        let drained = session.slots.is_empty();
+        if close || (drained && session.peer_closed && !session.closing) {
+            session.closing = true;
+            self.actions.push_back(Action::Close(session.handle));
+        } else {
+            self.session_wants_send(index);
+        }
+    }
+
+    pub(super) fn session_peer_closed(&mut self, index: usize) {
+        let session = &mut self.sessions[index];
+        if !session.live || session.closing {
+            return;
+        }
+        session.peer_closed = true;
+        if session.slots.is_empty() {
+            session.closing = true;
+            self.actions.push_back(Action::Close(session.handle));
+        }
+    }
+
+    /// Frees a session whose connection is gone. Replies still owed to it
+    /// are dropped when they arrive (the generation no longer matches).
+    pub(super) fn session_free(&mut self, index: usize) {
+        let session = &mut self.sessions[index];
+        if !session.live {
+            return;
+        }
+        session.live = false;
+        session.generation = session.generation.wrapping_add(1);
+        session.head += session.slots.len() as u64;
+        self.spare_slots.extend(session.slots.drain(..));
+        session.output.clear();
+        self.pools[session.pool].sessions -= 1;
+        self.free_sessions.push(index as u32);
+    }
+}

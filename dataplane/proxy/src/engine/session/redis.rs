@@ -1,0 +1,419 @@
+//! Redis sessions: parse, answer locally, route, or split.
+
+use std::ops::Range;
+
+use ferrox_proto::resp;
+
+use super::super::backend::{Shape, Suppress};
+use super::super::slot::Combine;
+use super::super::{Engine, Micros};
+use crate::command::{self, Local, Merge, Route};
+use crate::reply;
+
+impl Engine {
+    pub(in crate::engine) fn redis_input(
+        &mut self,
+        index: usize,
+        input: &[u8],
+        now: Micros,
+    ) -> usize {
+        let limits = self.pools[self.sessions[index].pool].spec.limits;
+        let mut args = std::mem::take(&mut self.scratch.args);
+        let mut used = 0;
+        while self.has_room(index) {
+            let rest = &input[used..];
+            match resp::parse_request(rest, &limits, &mut args) {
+                Ok(None) => break,
+                Ok(Some(len)) => {
+                    self.redis_request(index, &rest[..len], &args, now);
+                    used += len;
+                }
+                Err(error) => {
+                    self.local_error(index, |out, _| {
+                        reply::error_fmt(out, "-ERR Protocol error: ", format_args!("{error}"))
+                    });
+                    self.close_after_last(index);
+                    used = input.len();
+                }
+            }
+        }
+        self.scratch.args = args;
+        used
+    }
+
+    /// Handles one request: `request` is its bytes, `args` its arguments.
+    fn redis_request(&mut self, index: usize, request: &[u8], args: &[Range<usize>], now: Micros) {
+        let Some(name) = args.first().map(|r| &request[r.clone()]) else {
+            // `*0` or a blank inline line: no command, no reply.
+            return;
+        };
+        let arg = |i: usize| &request[args[i].clone()];
+        let pool = &self.pools[self.sessions[index].pool];
+        let route = command::lookup(name);
+        if !self.sessions[index].authed
+            && !matches!(
+                route,
+                Some(Route::Local(Local::Auth | Local::Hello | Local::Quit))
+            )
+        {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-NOAUTH Authentication required.\r\n")
+            });
+        }
+        let blocked = command::upper(name, |upper| {
+            pool.spec.blocked.iter().any(|b| b.as_slice() == upper)
+        });
+        if blocked == Some(true) {
+            return self.local_error(index, |out, _| {
+                reply::error_about(out, "command '", name, &["' is blocked by configuration"])
+            });
+        }
+        let Some(route) = route else {
+            return self.local_error(index, |out, _| {
+                reply::error_about(out, "unknown command '", name, &["'"])
+            });
+        };
+        let keys = match route {
+            Route::Local(local) => return self.redis_local(index, local, request, args),
+            Route::Refuse(why) => {
+                return self.local_error(index, |out, _| {
+                    reply::error_about(out, "'", name, &["' is not supported: ", why])
+                })
+            }
+            _ => command::key_positions(route, args.len(), |i| {
+                std::str::from_utf8(arg(i)).ok()?.parse().ok()
+            }),
+        };
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(why) => {
+                return self.local_error(index, |out, _| {
+                    reply::error_about(out, "", name, &[": ", why])
+                })
+            }
+        };
+        match route {
+            Route::Split(merge) => self.redis_split(index, merge, request, args, keys, now),
+            _ => {
+                // Every key must be on one server.
+                let mut server = None;
+                let key_args = keys.clone().chain(command::dest_key(route).then_some(1));
+                for i in key_args {
+                    let here = self.place(index, arg(i));
+                    if server.is_some() && server != Some(here) {
+                        return self.local_error(index, |out, _| {
+                            reply::error_about(
+                                out,
+                                "the keys of '",
+                                name,
+                                &["' are on different servers (a hashtag keeps them together)"],
+                            )
+                        });
+                    }
+                    server = Some(here);
+                }
+                let server = server.expect("a routed command has a key");
+                let seq = self.open_slot(index, Combine::Pass, 1);
+                self.send_redis(index, seq, 0, server, now, |out| {
+                    write_whole(out, request, args)
+                });
+            }
+        }
+    }
+
+    /// The server of `key` in the session's pool: `Some(server)`, or `None`
+    /// when the pool has no live server.
+    fn place(&mut self, index: usize, key: &[u8]) -> Option<usize> {
+        let random = self.random();
+        self.pools[self.sessions[index].pool]
+            .spec
+            .placement
+            .server_for(key, random)
+    }
+
+    /// Sends piece `piece` of slot `seq` to `server`, or fails it at once
+    /// when there is no server.
+    fn send_redis(
+        &mut self,
+        index: usize,
+        seq: u64,
+        piece: u16,
+        server: Option<usize>,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let at = self.slot_ref(index, seq, piece);
+        let Some(server) = server else {
+            self.stats.errors += 1;
+            return self.fill_slot(at, b"-ERR ferrox: no server is available\r\n");
+        };
+        let session = &self.sessions[index];
+        let resp3 = session.resp3;
+        let pool = session.pool;
+        self.send_to_server(
+            pool,
+            server,
+            resp3,
+            at,
+            Shape::Resp,
+            Suppress::No,
+            now,
+            write,
+        );
+    }
+
+    /// `MGET`, `MSET`, `DEL`, ...: one piece per server, in key order
+    /// within each; the replies are merged in the slot.
+    fn redis_split(
+        &mut self,
+        index: usize,
+        merge: Merge,
+        request: &[u8],
+        args: &[Range<usize>],
+        keys: Range<usize>,
+        now: Micros,
+    ) {
+        // MSET's keys are every other argument.
+        let step = if merge == Merge::Ok { 2 } else { 1 };
+        let mut groups = std::mem::take(&mut self.scratch.groups);
+        groups.clear();
+        let mut unplaced = false;
+        for (k, i) in keys.step_by(step).enumerate() {
+            match self.place(index, &request[args[i].clone()]) {
+                Some(server) => groups.push((server as u32, k as u32)),
+                None => unplaced = true,
+            }
+        }
+        groups.sort_unstable();
+        let one_server = groups.first().map(|g| g.0) == groups.last().map(|g| g.0);
+        if unplaced || one_server {
+            // One server (or none): the request goes as it is, and so
+            // does its reply.
+            let server = (!unplaced).then(|| groups[0].0 as usize);
+            let seq = self.open_slot(index, Combine::Pass, 1);
+            self.send_redis(index, seq, 0, server, now, |out| {
+                write_whole(out, request, args)
+            });
+            self.scratch.groups = groups;
+            return;
+        }
+        self.stats.split_requests += 1;
+        let pieces = groups.chunk_by(|a, b| a.0 == b.0).count() as u16;
+        let seq = self.open_slot(index, Combine::Redis(merge), pieces);
+        {
+            let session = &mut self.sessions[index];
+            let slot = &mut session.slots[(seq - session.head) as usize];
+            slot.key_piece.resize(groups.len(), 0);
+            for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
+                for &(_, key) in group {
+                    slot.key_piece[key as usize] = piece as u16;
+                }
+            }
+        }
+        for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
+            let server = group[0].0 as usize;
+            self.send_redis(index, seq, piece as u16, Some(server), now, |out| {
+                let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
+                write_piece(out, request, args, step, keys)
+            });
+        }
+        self.scratch.groups = groups;
+    }
+
+    /// Commands the proxy answers itself.
+    fn redis_local(&mut self, index: usize, local: Local, request: &[u8], args: &[Range<usize>]) {
+        let arg = |i: usize| &request[args[i].clone()];
+        let argc = args.len();
+        let pool = &self.pools[self.sessions[index].pool].spec;
+        match local {
+            Local::Ping if argc == 1 => {
+                self.local_reply(index, |out, _| out.extend_from_slice(b"+PONG\r\n"))
+            }
+            Local::Ping | Local::Echo if argc == 2 => {
+                self.local_reply(index, |out, _| reply::bulk(out, arg(1)))
+            }
+            Local::Quit => {
+                self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"));
+                self.close_after_last(index);
+            }
+            Local::Auth if argc == 2 || argc == 3 => {
+                let password = arg(argc - 1);
+                let user_ok = argc == 2 || arg(1) == b"default";
+                match pool.auth.as_deref().map(|expected| user_ok && expected == password) {
+                    None => self.local_error(index, |out, _| {
+                        out.extend_from_slice(
+                            b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+                        )
+                    }),
+                    Some(true) => {
+                        self.sessions[index].authed = true;
+                        self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+                    }
+                    Some(false) => self.local_error(index, |out, _| {
+                        out.extend_from_slice(
+                            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                        )
+                    }),
+                }
+            }
+            Local::Hello => self.redis_hello(index, request, args),
+            Local::Select if argc == 2 => {
+                let db: Option<u32> = std::str::from_utf8(arg(1)).ok().and_then(|d| d.parse().ok());
+                let configured = pool.db;
+                if db == Some(configured) {
+                    self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+                } else {
+                    self.local_error(index, |out, _| {
+                        reply::error_fmt(
+                            out,
+                            "-ERR ferrox: ",
+                            format_args!("the database is fixed to {configured} by configuration"),
+                        )
+                    })
+                }
+            }
+            Local::Client if argc >= 2 => {
+                let sub = arg(1);
+                if sub.eq_ignore_ascii_case(b"SETNAME") || sub.eq_ignore_ascii_case(b"SETINFO") {
+                    self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+                } else if sub.eq_ignore_ascii_case(b"GETNAME") {
+                    self.local_reply(index, |out, resp3| reply::null(out, resp3))
+                } else {
+                    self.local_error(index, |out, _| {
+                        reply::error_about(out, "'CLIENT ", sub, &["' is not supported"])
+                    })
+                }
+            }
+            Local::Command => {
+                let count = argc >= 2 && arg(1).eq_ignore_ascii_case(b"COUNT");
+                self.local_reply(index, |out, _| {
+                    if count {
+                        reply::integer(out, 0);
+                    } else {
+                        out.extend_from_slice(b"*0\r\n");
+                    }
+                })
+            }
+            // `redis-benchmark` reads `save` and `appendonly` before it
+            // starts; the proxy has no such settings.
+            Local::Config if argc >= 3 && arg(1).eq_ignore_ascii_case(b"GET") => {
+                self.local_reply(index, |out, resp3| reply::empty_map(out, resp3))
+            }
+            Local::Config => self.local_error(index, |out, _| {
+                out.extend_from_slice(
+                    b"-ERR ferrox: only CONFIG GET is answered (with nothing); configure the servers directly\r\n",
+                )
+            }),
+            _ => {
+                let name = arg(0);
+                self.local_error(index, |out, _| {
+                    reply::error_about(out, "wrong number of arguments for '", name, &["'"])
+                })
+            }
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    fn redis_hello(&mut self, index: usize, request: &[u8], args: &[Range<usize>]) {
+        let arg = |i: usize| &request[args[i].clone()];
+        let mut version = None;
+        if args.len() >= 2 {
+            match arg(1) {
+                b"2" => version = Some(false),
+                b"3" => version = Some(true),
+                _ => {
+                    return self.local_error(index, |out, _| {
+                        out.extend_from_slice(b"-NOPROTO unsupported protocol version\r\n")
+                    })
+                }
+            }
+        }
+        let mut i = 2;
+        let mut authed = self.sessions[index].authed;
+        while i < args.len() {
+            let option = arg(i);
+            if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+                let expected = &self.pools[self.sessions[index].pool].spec.auth;
+                let ok = arg(i + 1) == b"default"
+                    && expected.as_deref().is_some_and(|e| e == arg(i + 2));
+                if !ok {
+                    return self.local_error(index, |out, _| {
+                        out.extend_from_slice(
+                            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                        )
+                    });
+                }
+                authed = true;
+                i += 3;
+            } else if option.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+                i += 2;
+            } else {
+                return self.local_error(index, |out, _| {
+                    reply::error_about(out, "syntax error in HELLO option '", option, &["'"])
+                });
+            }
+        }
+        if !authed {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n")
+            });
+        }
+        let session = &mut self.sessions[index];
+        session.authed = true;
+        if let Some(resp3) = version {
+            session.resp3 = resp3;
+        }
+        let id = index as i64 + 1;
+        self.local_reply(index, |out, resp3| {
+            reply::header(
+                out,
+                if resp3 { b'%' } else { b'*' },
+                if resp3 { 7 } else { 14 },
+            );
+            reply::bulk(out, b"server");
+            reply::bulk(out, b"ferrox");
+            reply::bulk(out, b"version");
+            reply::bulk(out, env!("CARGO_PKG_VERSION").as_bytes());
+            reply::bulk(out, b"proto");
+            reply::integer(out, if resp3 { 3 } else { 2 });
+            reply::bulk(out, b"id");
+            reply::integer(out, id);
+            reply::bulk(out, b"mode");
+            reply::bulk(out, b"proxy");
+            reply::bulk(out, b"role");
+            reply::bulk(out, b"master");
+            reply::bulk(out, b"modules");
+            out.extend_from_slice(b"*0\r\n");
+        });
+    }
+}
+
+/// Writes a request in RESP (an inline request comes out as an array).
+fn write_whole(out: &mut Vec<u8>, request: &[u8], args: &[Range<usize>]) {
+    if request.first() == Some(&b'*') {
+        out.extend_from_slice(request);
+    } else {
+        reply::header(out, b'*', args.len() as u64);
+        for a in args {
+            reply::bulk(out, &request[a.clone()]);
+        }
+    }
+}
+
+/// Writes one piece of a split request: the command name, then for each
+/// of `keys` (argument indices) that argument and the `step - 1` after it.
+fn write_piece(
+    out: &mut Vec<u8>,
+    request: &[u8],
+    args: &[Range<usize>],
+    step: usize,
+    keys: impl Iterator<Item = usize> + Clone,
+) {
+    reply::header(out, b'*', (1 + keys.clone().count() * step) as u64);
+    reply::bulk(out, &request[args[0].clone()]);
+    for k in keys {
+        for arg in &args[k..k + step] {
+            reply::bulk(out, &request[arg.clone()]);
+        }
+    }
+}

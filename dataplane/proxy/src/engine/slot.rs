@@ -1,0 +1,252 @@
+//! A request's place in its session's pipeline, and how the replies of a
+//! split request's pieces are merged into one.
+
+use std::ops::Range;
+
+use ferrox_proto::resp;
+
+use crate::command::Merge;
+use crate::reply;
+
+/// How a slot's reply is made from its pieces' replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Combine {
+    /// One piece, or a reply the proxy made: written as it is.
+    #[default]
+    Pass,
+    /// A Redis multi-key command split per server.
+    Redis(Merge),
+    /// A memcached multi-get split per server.
+    MemcacheGet,
+}
+
+/// One request's slot. Slots and their buffers are recycled.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    /// Pieces whose replies have not arrived.
+    pub pending: u16,
+    pub combine: Combine,
+    /// The reply, or the pieces' replies one after another.
+    pub reply: Vec<u8>,
+    /// Where each piece's reply is in `reply` (merges only).
+    pub pieces: Vec<Range<usize>>,
+    /// The piece that holds each key, in key order (merges only).
+    pub key_piece: Vec<u16>,
+    /// Close the session once this slot's reply is written.
+    pub close_after: bool,
+}
+
+impl Slot {
+    /// Makes a recycled slot ready for a new request.
+    pub fn reset(&mut self) {
+        self.pending = 0;
+        self.combine = Combine::Pass;
+        self.reply.clear();
+        self.pieces.clear();
+        self.key_piece.clear();
+        self.close_after = false;
+    }
+
+    /// Stores piece `piece`'s reply.
+    pub fn fill(&mut self, piece: u16, bytes: &[u8]) {
+        let start = self.reply.len();
+        self.reply.extend_from_slice(bytes);
+        if self.combine != Combine::Pass {
+            let piece = piece as usize;
+            if self.pieces.len() <= piece {
+                self.pieces.resize(piece + 1, 0..0);
+            }
+            self.pieces[piece] = start..self.reply.len();
+        }
+        self.pending -= 1;
+    }
+
+    /// Writes the finished reply to `out`. `cursors` is scratch.
+    pub fn write(&self, out: &mut Vec<u8>, limits: &resp::Limits, cursors: &mut Vec<usize>) {
+        let piece = |i: usize| &self.reply[self.pieces[i].clone()];
+        match self.combine {
+            Combine::Pass => out.extend_from_slice(&self.reply),
+            Combine::Redis(merge) => {
+                // An error from any piece is the reply.
+                if let Some(error) = (0..self.pieces.len())
+                    .map(piece)
+                    .find(|p| p.first() == Some(&b'-'))
+                {
+                    out.extend_from_slice(error);
+                    return;
+                }
+                let merged = match merge {
+                    Merge::Array => self.merge_arrays(out, limits, cursors),
+                    Merge::Sum => merge_sum((0..self.pieces.len()).map(piece), out),
+                    Merge::Ok => merge_ok((0..self.pieces.len()).map(piece), out),
+                };
+                if merged.is_err() {
+                    out.extend_from_slice(b"-ERR ferrox: a server sent an unexpected reply\r\n");
+                }
+            }
+            Combine::MemcacheGet => {
+                for p in (0..self.pieces.len()).map(piece) {
+                    if !p.starts_with(b"VALUE ") && !p.starts_with(b"END\r\n") {
+                        // An error line from one server is the reply.
+                        out.extend_from_slice(p);
+                        return;
+                    }
+                }
+                for p in (0..self.pieces.len()).map(piece) {
+                    out.extend_from_slice(p.strip_suffix(b"END\r\n").unwrap_or(p));
+                }
+                out.extend_from_slice(b"END\r\n");
+            }
+        }
+    }
+
+    /// `MGET`: one array, its elements taken from each key's piece in key
+    /// order. On a malformed piece, `out` is left as it was.
+    fn merge_arrays(
+        &self,
+        out: &mut Vec<u8>,
+        limits: &resp::Limits,
+        cursors: &mut Vec<usize>,
+    ) -> Result<(), ()> {
+        let mark = out.len();
+        cursors.clear();
+        for range in &self.pieces {
+            let p = &self.reply[range.clone()];
+            let header = p.iter().position(|&b| b == b'\n').ok_or(())? + 1;
+            if p.first() != Some(&b'*') {
+                return Err(());
+            }
+            cursors.push(range.start + header);
+        }
+        reply::header(out, b'*', self.key_piece.len() as u64);
+        for &piece in &self.key_piece {
+            let piece = piece as usize;
+            let end = self.pieces[piece].end;
+            let at = cursors[piece];
+            match resp::reply_len(&self.reply[at..end], limits) {
+                Ok(Some(len)) => {
+                    out.extend_from_slice(&self.reply[at..at + len]);
+                    cursors[piece] = at + len;
+                }
+                _ => {
+                    out.truncate(mark);
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `DEL`, `EXISTS`, ...: the pieces' integers summed.
+fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> Result<(), ()> {
+    let mut sum = 0i64;
+    for p in pieces {
+        let digits = p
+            .strip_prefix(b":")
+            .and_then(|p| p.strip_suffix(b"\r\n"))
+            .ok_or(())?;
+        let n: i64 = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or(())?;
+        sum = sum.saturating_add(n);
+    }
+    reply::integer(out, sum);
+    Ok(())
+}
+
+/// `MSET`: `+OK` when every piece said so.
+fn merge_ok<'a>(mut pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> Result<(), ()> {
+    if pieces.all(|p| p == b"+OK\r\n") {
+        out.extend_from_slice(b"+OK\r\n");
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(combine: Combine, pieces: &[&[u8]], key_piece: &[u16]) -> Slot {
+        let mut slot = Slot {
+            combine,
+            pending: pieces.len() as u16,
+            key_piece: key_piece.to_vec(),
+            ..Slot::default()
+        };
+        // Fill in reverse to show arrival order does not matter.
+        for (i, p) in pieces.iter().enumerate().rev() {
+            slot.fill(i as u16, p);
+        }
+        assert_eq!(slot.pending, 0);
+        slot
+    }
+
+    fn written(slot: &Slot) -> Vec<u8> {
+        let mut out = Vec::new();
+        slot.write(&mut out, &resp::Limits::default(), &mut Vec::new());
+        out
+    }
+
+    #[test]
+    fn mget_pieces_merge_in_key_order() {
+        // Keys a (piece 0), b (piece 1), c (piece 0), d (piece 1).
+        let s = slot(
+            Combine::Redis(Merge::Array),
+            &[b"*2\r\n$1\r\nA\r\n$-1\r\n", b"*2\r\n$1\r\nB\r\n$1\r\nD\r\n"],
+            &[0, 1, 0, 1],
+        );
+        assert_eq!(
+            written(&s),
+            b"*4\r\n$1\r\nA\r\n$1\r\nB\r\n$-1\r\n$1\r\nD\r\n"
+        );
+    }
+
+    #[test]
+    fn sums_oks_and_errors() {
+        let s = slot(Combine::Redis(Merge::Sum), &[b":2\r\n", b":1\r\n"], &[]);
+        assert_eq!(written(&s), b":3\r\n");
+        let s = slot(Combine::Redis(Merge::Ok), &[b"+OK\r\n", b"+OK\r\n"], &[]);
+        assert_eq!(written(&s), b"+OK\r\n");
+        let s = slot(
+            Combine::Redis(Merge::Sum),
+            &[b":2\r\n", b"-ERR ferrox: server x unavailable\r\n"],
+            &[],
+        );
+        assert_eq!(written(&s), b"-ERR ferrox: server x unavailable\r\n");
+        let s = slot(Combine::Redis(Merge::Sum), &[b":2\r\n", b"+what\r\n"], &[]);
+        assert!(written(&s).starts_with(b"-ERR ferrox: a server sent"));
+        let s = slot(
+            Combine::Redis(Merge::Array),
+            &[b"*1\r\n$1\r\nA\r\n", b"*1\r\n"],
+            &[0, 1],
+        );
+        assert!(written(&s).starts_with(b"-ERR ferrox: a server sent"));
+    }
+
+    #[test]
+    fn memcache_gets_concatenate_values() {
+        let s = slot(
+            Combine::MemcacheGet,
+            &[
+                b"VALUE a 0 1\r\nA\r\nEND\r\n",
+                b"END\r\n",
+                b"VALUE c 0 1\r\nC\r\nEND\r\n",
+            ],
+            &[],
+        );
+        assert_eq!(
+            written(&s),
+            b"VALUE a 0 1\r\nA\r\nVALUE c 0 1\r\nC\r\nEND\r\n"
+        );
+        let s = slot(
+            Combine::MemcacheGet,
+            &[b"VALUE a 0 1\r\nA\r\nEND\r\n", b"SERVER_ERROR down\r\n"],
+            &[],
+        );
+        assert_eq!(written(&s), b"SERVER_ERROR down\r\n");
+    }
+}

@@ -1,0 +1,592 @@
+//! The engine driven by an in-memory network of clients and small fake
+//! Redis servers (enough of GET/SET/MGET/MSET/DEL/EXISTS/INCR, plus the
+//! handshake commands). Fake servers answer in order, but the harness
+//! lets them answer in any order relative to each other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddrV4;
+
+use ferrox_proto::resp;
+
+use super::*;
+
+/// Places a key by its first byte.
+#[derive(Debug)]
+struct FirstByte(usize);
+
+impl Placement for FirstByte {
+    fn server_for(&self, key: &[u8], _random: u32) -> Option<usize> {
+        Some(key.first().copied().unwrap_or(0) as usize % self.0)
+    }
+}
+
+fn spec(servers: usize) -> PoolSpec {
+    PoolSpec {
+        name: "test".into(),
+        protocol: Protocol::Redis,
+        servers: (0..servers)
+            .map(|i| ServerSpec {
+                addr: SocketAddrV4::new([10, 0, 0, 1].into(), 7000 + i as u16),
+                name: format!("s{i}"),
+            })
+            .collect(),
+        placement: Box::new(FirstByte(servers)),
+        timeout: Some(1_000),
+        connect_timeout: 5_000,
+        auth: None,
+        db: 0,
+        server_connections: 1,
+        client_connections: 0,
+        retry_max: 1_000_000,
+        blocked: vec![b"FLUSHALL".to_vec(), b"KEYS".to_vec()],
+        limits: resp::Limits::default(),
+        max_pipeline: 64,
+        preconnect: false,
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeServer {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Refuse connections.
+    down: bool,
+    /// Accept requests but never answer.
+    mute: bool,
+    password: Option<Vec<u8>>,
+    /// Every command name received, in order.
+    log: Vec<String>,
+}
+
+impl FakeServer {
+    /// Answers every complete request in `input`; returns bytes used.
+    fn serve(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let mut args = Vec::new();
+        let mut used = 0;
+        while let Ok(Some(len)) =
+            resp::parse_request(&input[used..], &Default::default(), &mut args)
+        {
+            let req = &input[used..used + len];
+            let a: Vec<&[u8]> = args.iter().map(|r| &req[r.clone()]).collect();
+            used += len;
+            let name = String::from_utf8_lossy(a[0]).to_ascii_uppercase();
+            self.log.push(name.clone());
+            if self.mute {
+                continue;
+            }
+            match name.as_str() {
+                "AUTH" if Some(a[1]) == self.password.as_deref() => out.extend(b"+OK\r\n"),
+                "AUTH" => out.extend(b"-WRONGPASS bad\r\n"),
+                "SELECT" => out.extend(b"+OK\r\n"),
+                "HELLO" => out.extend(b"%1\r\n+proto\r\n:3\r\n"),
+                "GET" => match self.data.get(a[1]) {
+                    Some(v) => crate::reply::bulk(out, v),
+                    None => out.extend(b"$-1\r\n"),
+                },
+                "SET" => {
+                    self.data.insert(a[1].to_vec(), a[2].to_vec());
+                    out.extend(b"+OK\r\n");
+                }
+                "MSET" => {
+                    for kv in a[1..].chunks(2) {
+                        self.data.insert(kv[0].to_vec(), kv[1].to_vec());
+                    }
+                    out.extend(b"+OK\r\n");
+                }
+                "MGET" => {
+                    crate::reply::header(out, b'*', a.len() as u64 - 1);
+                    for k in &a[1..] {
+                        match self.data.get(*k) {
+                            Some(v) => crate::reply::bulk(out, v),
+                            None => out.extend(b"$-1\r\n"),
+                        }
+                    }
+                }
+                "DEL" | "EXISTS" => {
+                    let n = a[1..]
+                        .iter()
+                        .filter(|k| self.data.contains_key(**k))
+                        .count();
+                    if name == "DEL" {
+                        for k in &a[1..] {
+                            self.data.remove(*k);
+                        }
+                    }
+                    crate::reply::integer(out, n as i64);
+                }
+                "INCR" => {
+                    let v = self.data.entry(a[1].to_vec()).or_insert(b"0".to_vec());
+                    let n: i64 = std::str::from_utf8(v).unwrap().parse::<i64>().unwrap() + 1;
+                    *v = n.to_string().into_bytes();
+                    crate::reply::integer(out, n);
+                }
+                _ => out.extend(b"-ERR unknown\r\n"),
+            }
+        }
+        used
+    }
+}
+
+#[derive(Debug)]
+enum Conn {
+    Client {
+        tag: Tag,
+        received: Vec<u8>,
+    },
+    Backend {
+        tag: Tag,
+        server: usize,
+        up: bool,
+        inbox: Vec<u8>,
+    },
+}
+
+/// Clients, servers and the engine on one in-memory network.
+#[derive(Debug)]
+struct Net {
+    engine: Engine,
+    now: Micros,
+    servers: Vec<FakeServer>,
+    conns: HashMap<Handle, Conn>,
+    next_handle: Handle,
+    /// Answer servers from the last to the first (replies arrive out of
+    /// order across servers).
+    reverse: bool,
+}
+
+impl Net {
+    fn new(spec: PoolSpec) -> Net {
+        let servers = (0..spec.servers.len())
+            .map(|_| FakeServer::default())
+            .collect();
+        Net {
+            engine: Engine::new(vec![spec], 7),
+            now: 1_000,
+            servers,
+            conns: HashMap::new(),
+            next_handle: 1,
+            reverse: true,
+        }
+    }
+
+    fn client(&mut self) -> Handle {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let tag = self.engine.accept(0, handle).expect("room for a session");
+        self.conns.insert(
+            handle,
+            Conn::Client {
+                tag,
+                received: Vec::new(),
+            },
+        );
+        handle
+    }
+
+    fn send(&mut self, client: Handle, bytes: &[u8]) {
+        let Some(Conn::Client { tag, .. }) = self.conns.get(&client) else {
+            panic!("no client {client}");
+        };
+        let tag = *tag;
+        let used = self.engine.handle_input(tag, bytes, self.now);
+        assert_eq!(used, bytes.len(), "the engine held input back");
+        self.pump();
+    }
+
+    fn take(&mut self, client: Handle) -> Vec<u8> {
+        match self.conns.get_mut(&client) {
+            Some(Conn::Client { received, .. }) => std::mem::take(received),
+            _ => panic!("no client {client}"),
+        }
+    }
+
+    /// Carries actions and bytes until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(action) = self.engine.poll_action() {
+                moved = true;
+                self.act(action);
+            }
+            let mut handles: Vec<Handle> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c, Conn::Backend { .. }))
+                .map(|(h, _)| *h)
+                .collect();
+            handles.sort_by_key(|h| {
+                let Some(Conn::Backend { server, .. }) = self.conns.get(h) else {
+                    unreachable!()
+                };
+                if self.reverse {
+                    usize::MAX - server
+                } else {
+                    *server
+                }
+            });
+            for handle in handles {
+                let Some(Conn::Backend {
+                    tag,
+                    server,
+                    up: true,
+                    inbox,
+                }) = self.conns.get_mut(&handle)
+                else {
+                    continue;
+                };
+                let mut reply = Vec::new();
+                let used = self.servers[*server].serve(inbox, &mut reply);
+                inbox.drain(..used);
+                if !reply.is_empty() {
+                    moved = true;
+                    let tag = *tag;
+                    let used = self.engine.handle_input(tag, &reply, self.now);
+                    assert_eq!(used, reply.len());
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network never settled");
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Connect { tag, addr } => {
+                let handle = self.next_handle;
+                self.next_handle += 1;
+                self.engine.bind(tag, handle);
+                let server = (addr.port() - 7000) as usize;
+                if self.servers[server].down {
+                    self.engine.handle_gone(tag, handle, self.now);
+                    return;
+                }
+                self.conns.insert(
+                    handle,
+                    Conn::Backend {
+                        tag,
+                        server,
+                        up: true,
+                        inbox: Vec::new(),
+                    },
+                );
+                self.engine.handle_connected(tag, self.now);
+            }
+            Action::Send(handle) => match self.conns.get_mut(&handle) {
+                Some(Conn::Client { tag, received }) => {
+                    received.append(self.engine.output(*tag));
+                }
+                Some(Conn::Backend { tag, inbox, .. }) => {
+                    inbox.append(self.engine.output(*tag));
+                }
+                None => panic!("send on unknown handle {handle}"),
+            },
+            Action::Close(handle) | Action::Abort(handle) => {
+                match self.conns.get_mut(&handle) {
+                    Some(Conn::Client { tag, received }) => {
+                        received.append(self.engine.output(*tag));
+                        received.extend_from_slice(b"<closed>");
+                    }
+                    Some(Conn::Backend { up, .. }) => *up = false,
+                    None => panic!("close of unknown handle {handle}"),
+                }
+                let tag = match &self.conns[&handle] {
+                    Conn::Client { tag, .. } | Conn::Backend { tag, .. } => *tag,
+                };
+                self.engine.handle_gone(tag, handle, self.now);
+            }
+        }
+    }
+
+    fn advance(&mut self, by: Micros) {
+        self.now += by;
+        if self.engine.poll_timeout().is_some_and(|at| at <= self.now) {
+            self.engine.handle_timeout(self.now);
+        }
+        self.pump();
+    }
+}
+
+fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::reply::header(&mut out, b'*', args.len() as u64);
+    for a in args {
+        crate::reply::bulk(&mut out, a.as_bytes());
+    }
+    out
+}
+
+#[test]
+fn single_key_commands_go_to_the_key_server() {
+    let mut net = Net::new(spec(2));
+    let c = net.client();
+    // 'a' = 97 -> server 1, 'b' = 98 -> server 0.
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    net.send(c, &cmd(&["SET", "b", "2"]));
+    net.send(c, &cmd(&["GET", "a"]));
+    assert_eq!(net.take(c), b"+OK\r\n+OK\r\n$1\r\n1\r\n");
+    assert!(net.servers[1].data.contains_key(&b"a"[..]));
+    assert!(net.servers[0].data.contains_key(&b"b"[..]));
+}
+
+#[test]
+fn pipelined_replies_keep_request_order_across_servers() {
+    let mut net = Net::new(spec(2));
+    net.servers[0].data.insert(b"b".to_vec(), b"B".to_vec());
+    net.servers[1].data.insert(b"a".to_vec(), b"A".to_vec());
+    let c = net.client();
+    let mut pipeline = Vec::new();
+    for _ in 0..3 {
+        pipeline.extend(cmd(&["GET", "a"]));
+        pipeline.extend(cmd(&["GET", "b"]));
+        pipeline.extend(cmd(&["PING"]));
+    }
+    // Server 1 ('a') answers before server 0, though 'a' came first: the
+    // order holds either way.
+    net.send(c, &pipeline);
+    assert_eq!(net.take(c), b"$1\r\nA\r\n$1\r\nB\r\n+PONG\r\n".repeat(3));
+    net.reverse = false;
+    net.send(c, &pipeline);
+    assert_eq!(net.take(c), b"$1\r\nA\r\n$1\r\nB\r\n+PONG\r\n".repeat(3));
+}
+
+#[test]
+fn multi_key_commands_split_and_merge_in_key_order() {
+    let mut net = Net::new(spec(2));
+    let c = net.client();
+    net.send(c, &cmd(&["MSET", "a", "1", "b", "2", "c", "3", "d", "4"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    // a, c on server 1; b, d on server 0.
+    assert_eq!(net.servers[1].data.len(), 2);
+    assert_eq!(net.servers[0].data.len(), 2);
+    net.send(c, &cmd(&["MGET", "a", "b", "x", "c", "d"]));
+    assert_eq!(
+        net.take(c),
+        b"*5\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$1\r\n3\r\n$1\r\n4\r\n"
+    );
+    net.send(c, &cmd(&["EXISTS", "a", "b", "zz", "d"]));
+    assert_eq!(net.take(c), b":3\r\n");
+    net.send(c, &cmd(&["DEL", "a", "b", "c"]));
+    assert_eq!(net.take(c), b":3\r\n");
+    assert_eq!(net.engine.stats().split_requests, 4);
+    // Keys that all live on one server go as one request.
+    net.send(c, &cmd(&["MGET", "a", "c"]));
+    assert_eq!(net.take(c), b"*2\r\n$-1\r\n$-1\r\n");
+    assert_eq!(net.engine.stats().split_requests, 4);
+}
+
+#[test]
+fn local_commands_and_refusals() {
+    let mut net = Net::new(spec(2));
+    let c = net.client();
+    net.send(c, b"PING\r\n");
+    net.send(c, &cmd(&["ECHO", "hi"]));
+    net.send(c, &cmd(&["BLPOP", "a", "0"]));
+    net.send(c, &cmd(&["nosuch"]));
+    net.send(c, &cmd(&["keys", "*"]));
+    net.send(c, &cmd(&["SINTER", "a", "b"]));
+    net.send(c, &cmd(&["SELECT", "1"]));
+    net.send(c, &cmd(&["SELECT", "0"]));
+    net.send(c, &cmd(&["GET"]));
+    let out = String::from_utf8(net.take(c)).unwrap();
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[0], "+PONG");
+    assert_eq!(lines[1..3], ["$2", "hi"]);
+    assert_eq!(
+        lines[3],
+        "-ERR ferrox: 'BLPOP' is not supported: blocking commands are not supported by the proxy"
+    );
+    assert_eq!(lines[4], "-ERR ferrox: unknown command 'nosuch'");
+    assert_eq!(
+        lines[5],
+        "-ERR ferrox: command 'keys' is blocked by configuration"
+    );
+    assert!(
+        lines[6].contains("'SINTER' are on different servers"),
+        "{}",
+        lines[6]
+    );
+    assert!(lines[7].contains("fixed to 0"));
+    assert_eq!(lines[8], "+OK");
+    assert_eq!(lines[9], "-ERR ferrox: GET: wrong number of arguments");
+    // Nothing reached a server.
+    assert!(net.servers.iter().all(|s| s.log.is_empty()));
+}
+
+#[test]
+fn hello_switches_to_resp3_on_separate_backend_connections() {
+    let mut net = Net::new(spec(1));
+    let c = net.client();
+    net.send(c, &cmd(&["HELLO", "4"]));
+    assert!(net.take(c).starts_with(b"-NOPROTO"));
+    net.send(c, &cmd(&["HELLO", "3"]));
+    let hello = net.take(c);
+    assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n$6\r\nferrox\r\n"));
+    net.send(c, &cmd(&["CONFIG", "GET", "save"]));
+    assert_eq!(net.take(c), b"%0\r\n");
+    net.send(c, &cmd(&["GET", "k"]));
+    assert_eq!(net.take(c), b"$-1\r\n");
+    assert_eq!(net.servers[0].log, ["HELLO", "GET"]);
+    let d = net.client();
+    net.send(d, &cmd(&["GET", "k"]));
+    assert_eq!(net.take(d), b"$-1\r\n");
+    // A RESP2 session uses another connection, without HELLO.
+    assert_eq!(net.servers[0].log, ["HELLO", "GET", "GET"]);
+    assert_eq!(net.engine.stats().backend_connects, 2);
+}
+
+#[test]
+fn auth_is_required_and_sent_to_backends() {
+    let mut s = spec(1);
+    s.auth = Some(b"sesame".to_vec());
+    s.db = 3;
+    let mut net = Net::new(s);
+    net.servers[0].password = Some(b"sesame".to_vec());
+    let c = net.client();
+    net.send(c, &cmd(&["GET", "k"]));
+    assert_eq!(net.take(c), b"-NOAUTH Authentication required.\r\n");
+    net.send(c, &cmd(&["AUTH", "wrong"]));
+    assert!(net.take(c).starts_with(b"-WRONGPASS"));
+    net.send(c, &cmd(&["AUTH", "sesame"]));
+    net.send(c, &cmd(&["GET", "k"]));
+    assert_eq!(net.take(c), b"+OK\r\n$-1\r\n");
+    assert_eq!(net.servers[0].log, ["AUTH", "SELECT", "GET"]);
+}
+
+#[test]
+fn a_backend_refusing_the_handshake_fails_only_its_requests() {
+    let mut s = spec(2);
+    s.auth = Some(b"sesame".to_vec());
+    let mut net = Net::new(s);
+    net.servers[0].password = Some(b"sesame".to_vec());
+    net.servers[1].password = Some(b"other".to_vec());
+    let c = net.client();
+    net.send(c, &cmd(&["AUTH", "sesame"]));
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    net.send(c, &cmd(&["SET", "b", "1"]));
+    let out = String::from_utf8(net.take(c)).unwrap();
+    assert_eq!(
+        out,
+        "+OK\r\n-ERR ferrox: server s1 refused the handshake (AUTH, SELECT or HELLO)\r\n+OK\r\n"
+    );
+}
+
+#[test]
+fn a_dead_backend_costs_only_its_requests_then_recovers() {
+    let mut net = Net::new(spec(2));
+    net.servers[1].down = true;
+    let c = net.client();
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    net.send(c, &cmd(&["SET", "b", "1"]));
+    assert_eq!(
+        net.take(c),
+        b"-ERR ferrox: server s1 refused the connection\r\n+OK\r\n"
+    );
+    // During the backoff requests fail at once, without a connection.
+    let connects = net.engine.stats().backend_connects;
+    net.send(c, &cmd(&["GET", "a"]));
+    assert_eq!(net.take(c), b"-ERR ferrox: server s1 is unavailable\r\n");
+    assert_eq!(net.engine.stats().backend_connects, connects);
+    // After the backoff, a new connection is tried.
+    net.servers[1].down = false;
+    net.advance(RETRY_MIN);
+    net.send(c, &cmd(&["SET", "a", "2"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    assert_eq!(net.engine.stats().backend_connects, connects + 1);
+}
+
+#[test]
+fn a_request_timeout_fails_the_requests_in_flight_on_that_connection() {
+    let mut net = Net::new(spec(2));
+    net.servers[1].mute = true;
+    let c = net.client();
+    net.send(c, &cmd(&["GET", "a"]));
+    net.send(c, &cmd(&["GET", "a"]));
+    net.send(c, &cmd(&["GET", "b"]));
+    assert_eq!(net.take(c), b"");
+    net.advance(999);
+    assert_eq!(net.take(c), b"");
+    net.advance(1);
+    assert_eq!(
+        net.take(c),
+        b"-ERR ferrox: server s1 timed out\r\n-ERR ferrox: server s1 timed out\r\n$-1\r\n"
+    );
+    assert_eq!(net.engine.stats().timeouts, 1);
+}
+
+#[test]
+fn protocol_errors_answer_then_close_and_other_sessions_go_on() {
+    let mut net = Net::new(spec(1));
+    let bad = net.client();
+    let good = net.client();
+    net.send(bad, b"*1\r\n$-5\r\n");
+    assert_eq!(
+        net.take(bad),
+        b"-ERR Protocol error: invalid bulk length\r\n<closed>"
+    );
+    net.send(good, &cmd(&["PING"]));
+    assert_eq!(net.take(good), b"+PONG\r\n");
+}
+
+#[test]
+fn quit_flushes_earlier_replies_then_closes() {
+    let mut net = Net::new(spec(1));
+    net.servers[0].mute = true;
+    let c = net.client();
+    let mut pipeline = cmd(&["GET", "a"]);
+    pipeline.extend(cmd(&["QUIT"]));
+    net.send(c, &pipeline);
+    assert_eq!(net.take(c), b"");
+    net.servers[0].mute = false;
+    net.servers[0].log.clear();
+    net.advance(2_000);
+    // The GET timed out (the server was mute); its error comes first.
+    assert_eq!(
+        net.take(c),
+        b"-ERR ferrox: server s0 timed out\r\n+OK\r\n<closed>"
+    );
+}
+
+#[test]
+fn replies_for_a_closed_session_are_dropped() {
+    let mut net = Net::new(spec(1));
+    net.servers[0].mute = true;
+    let c = net.client();
+    net.send(c, &cmd(&["GET", "a"]));
+    let Some(Conn::Client { tag, .. }) = net.conns.get(&c) else {
+        unreachable!()
+    };
+    net.engine.handle_gone(*tag, c, net.now);
+    net.servers[0].mute = false;
+    // A new session takes the freed place and must not see the old reply.
+    let d = net.client();
+    net.send(d, &cmd(&["PING"]));
+    assert_eq!(net.take(d), b"+PONG\r\n");
+}
+
+#[test]
+fn a_full_pipeline_holds_input_back() {
+    let mut s = spec(1);
+    s.max_pipeline = 2;
+    let mut net = Net::new(s);
+    net.servers[0].mute = true;
+    let c = net.client();
+    let Some(Conn::Client { tag, .. }) = net.conns.get(&c) else {
+        unreachable!()
+    };
+    let tag = *tag;
+    let three = [cmd(&["GET", "a"]), cmd(&["GET", "b"]), cmd(&["GET", "c"])].concat();
+    let used = net.engine.handle_input(tag, &three, net.now);
+    assert_eq!(used, cmd(&["GET", "a"]).len() * 2);
+    assert!(!net.engine.wants_input(tag));
+}
+
+#[test]
+fn client_connection_limit() {
+    let mut s = spec(1);
+    s.client_connections = 1;
+    let mut net = Net::new(s);
+    let _c = net.client();
+    assert_eq!(net.engine.accept(0, 99), None);
+    assert_eq!(net.engine.stats().sessions_refused, 1);
+}
