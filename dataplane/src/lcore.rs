@@ -24,10 +24,9 @@ use hugepage_pool::mq::{self, fanin, Sleep};
 use hugepage_pool::Region;
 
 use crate::ffi::RxBurst;
-use crate::net::flow::{self, FlowKey, Frame};
-use crate::net::stack::{Stack, StackStats};
+use crate::net::flow::{self, Frame};
+use crate::net::stack::{App, Stack, StackStats};
 use crate::port::{Queue, BURST};
-use crate::service::Service;
 
 /// When to stop spinning and how long to sleep.
 #[derive(Debug, Clone, Copy)]
@@ -104,14 +103,6 @@ impl Clock {
     }
 }
 
-/// The core that owns `key` among `cores`.
-pub fn owner(key: FlowKey, cores: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = flow::FlowHasher::default();
-    key.hash(&mut h);
-    (h.finish() % cores as u64) as usize
-}
-
 /// Mailboxes of one core: its inbox and an outbox to every other core.
 #[derive(Debug)]
 pub struct Steering {
@@ -161,17 +152,17 @@ impl Steering {
 }
 
 /// Everything one lcore owns.
-pub struct Core<'p, S: Service> {
+pub struct Core<'p, A: App> {
     pub id: usize,
     pub queue: Queue<'p>,
-    pub stack: Stack<S>,
+    pub stack: Stack<A>,
     pub steering: Option<Steering>,
     pub stats: LoopStats,
     /// Where this core publishes its counters for other threads.
     pub counters: Arc<CoreCounters>,
 }
 
-impl<S: Service> std::fmt::Debug for Core<'_, S> {
+impl<A: App> std::fmt::Debug for Core<'_, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
             .field("id", &self.id)
@@ -180,7 +171,7 @@ impl<S: Service> std::fmt::Debug for Core<'_, S> {
     }
 }
 
-impl<S: Service> Core<'_, S> {
+impl<A: App> Core<'_, A> {
     pub fn stack_stats(&self) -> StackStats {
         self.stack.stats()
     }
@@ -194,7 +185,7 @@ impl<S: Service> Core<'_, S> {
         };
         match class {
             Frame::Tcp { key, .. } => {
-                let to = owner(key, steering.cores());
+                let to = key.owner(steering.cores());
                 if to == steering.me {
                     self.stack.handle(now, frame, class, &mut self.queue);
                 } else {

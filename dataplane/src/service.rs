@@ -1,6 +1,14 @@
-//! Services the dataplane serves on its TCP connections, as sans-IO state
-//! machines: bytes in, bytes out, no sockets and no clock.
+//! Applications the dataplane runs on its connections.
+//!
+//! [`proxy`] is the product: the sans-IO proxy engine of `ferrox-proxy`
+//! behind the stack's [`App`] interface. [`Service`] is the smaller shape
+//! for a request/response service that needs no other connection (the
+//! echo service that proves the dataplane); [`PerConnection`] runs one on
+//! the stack.
 
+use crate::net::stack::{App, ConnHandle, NetAction};
+
+pub mod proxy;
 pub mod resp_echo;
 
 /// What a service tells the stack after handling input.
@@ -26,4 +34,107 @@ pub trait Service {
         input: &[u8],
         output: &mut Vec<u8>,
     ) -> (usize, Verdict);
+}
+
+/// Runs a [`Service`] as an [`App`]: each accepted connection gets its own
+/// state and output buffer; nothing else happens.
+#[derive(Debug, Default)]
+pub struct PerConnection<S: Service> {
+    service: S,
+    conns: Vec<Option<Open<S::Conn>>>,
+    free: Vec<u32>,
+    actions: Vec<NetAction>,
+    /// Connections closed for a malformed request.
+    pub protocol_errors: u64,
+}
+
+/// One open connection of a [`PerConnection`].
+#[derive(Debug)]
+struct Open<C> {
+    handle: ConnHandle,
+    state: C,
+    output: Vec<u8>,
+}
+
+impl<S: Service> PerConnection<S> {
+    pub fn new(service: S) -> Self {
+        PerConnection {
+            service,
+            conns: Vec::new(),
+            free: Vec::new(),
+            actions: Vec::new(),
+            protocol_errors: 0,
+        }
+    }
+
+    fn conn(&mut self, tag: u32) -> &mut Open<S::Conn> {
+        self.conns[tag as usize]
+            .as_mut()
+            .expect("the stack names live connections")
+    }
+}
+
+impl<S: Service> App for PerConnection<S> {
+    fn accept(&mut self, handle: ConnHandle, _local_port: u16) -> Option<u32> {
+        let state = Some(Open {
+            handle,
+            state: S::Conn::default(),
+            output: Vec::new(),
+        });
+        Some(match self.free.pop() {
+            Some(tag) => {
+                self.conns[tag as usize] = state;
+                tag
+            }
+            None => {
+                self.conns.push(state);
+                (self.conns.len() - 1) as u32
+            }
+        })
+    }
+
+    fn bind(&mut self, _tag: u32, _handle: ConnHandle) {}
+
+    fn input(&mut self, tag: u32, data: &[u8], _now: u64) -> usize {
+        let open = self.conns[tag as usize]
+            .as_mut()
+            .expect("the stack names live connections");
+        let (used, verdict) = self.service.on_input(&mut open.state, data, &mut open.output);
+        if verdict == Verdict::Close {
+            self.protocol_errors += 1;
+            self.actions.push(NetAction::Close(open.handle));
+            return data.len();
+        }
+        used
+    }
+
+    fn wants_input(&self, _tag: u32) -> bool {
+        true
+    }
+
+    fn output(&mut self, tag: u32) -> &mut Vec<u8> {
+        &mut self.conn(tag).output
+    }
+
+    fn connected(&mut self, _tag: u32, _now: u64) {}
+
+    fn peer_closed(&mut self, tag: u32, _now: u64) {
+        let handle = self.conn(tag).handle;
+        self.actions.push(NetAction::Close(handle));
+    }
+
+    fn gone(&mut self, tag: u32, _handle: ConnHandle, _now: u64) {
+        self.conns[tag as usize] = None;
+        self.free.push(tag);
+    }
+
+    fn poll_action(&mut self) -> Option<NetAction> {
+        self.actions.pop()
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _now: u64) {}
 }

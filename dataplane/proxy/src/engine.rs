@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::ops::Range;
 
-use ferrox_proto::resp;
+use ferrox_proto::{memcache, resp};
 
 mod backend;
 mod session;
@@ -99,7 +99,7 @@ pub enum Protocol {
 }
 
 /// Where a key goes: the pool's route table.
-pub trait Placement: std::fmt::Debug {
+pub trait Placement: std::fmt::Debug + Send {
     /// The index of the server for `key`, or `None` when no server is
     /// live. `random` is fresh randomness for random distribution.
     fn server_for(&self, key: &[u8], random: u32) -> Option<usize>;
@@ -138,6 +138,7 @@ pub struct PoolSpec {
     /// Upper-case names of commands refused by configuration.
     pub blocked: Vec<Vec<u8>>,
     pub limits: resp::Limits,
+    pub memcache_limits: memcache::Limits,
     /// Requests in flight per session; further input waits.
     pub max_pipeline: usize,
     /// Connect to every server at start rather than on first use.
@@ -200,6 +201,7 @@ struct Scratch {
     cursors: Vec<usize>,
     /// An error reply being made.
     error: Vec<u8>,
+    memcache: memcache::Request,
 }
 
 impl Engine {

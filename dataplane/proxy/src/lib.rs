@@ -11,8 +11,8 @@
 //! network.
 
 pub mod command;
+pub mod configure;
 pub mod engine;
-mod mcstub;
 mod reply;
 
 pub use engine::{

@@ -1,7 +1,9 @@
 //! `ferrox-dataplane`: one dataplane process on a DPDK port.
 //!
 //! Until the control process exists it is configured from the command line
-//! and serves the RESP echo service (PING, ECHO) on the userspace TCP stack.
+//! (the port, the address, cores) and a proxy config file (`--config`,
+//! ferrox TOML or a twemproxy `nutcracker.yml`). Without a config it serves
+//! the RESP echo service (PING, ECHO), which proves the dataplane alone.
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
@@ -12,9 +14,11 @@ use std::sync::Arc;
 use ferrox_dataplane::lcore::{
     Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic,
 };
-use ferrox_dataplane::net::stack::{Stack, StackConfig, StackStats};
+use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port};
+use ferrox_dataplane::service::proxy::Proxy;
 use ferrox_dataplane::service::resp_echo::RespEcho;
+use ferrox_dataplane::service::PerConnection;
 use hugepage_pool::Region;
 use smoltcp::wire::Ipv4Address;
 
@@ -30,7 +34,11 @@ struct Args {
     /// Address and prefix the stack answers on, e.g. 198.18.0.2/24.
     #[arg(long)]
     address: String,
-    /// TCP port to serve (repeatable).
+    /// Proxy configuration: ferrox TOML, or twemproxy YAML (.yml/.yaml).
+    /// Without it, the RESP echo service answers on --listen.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// TCP port of the echo service (repeatable; ignored with --config).
     #[arg(long = "listen", default_value = "6379")]
     ports: Vec<u16>,
     #[arg(long, default_value = "0")]
@@ -98,6 +106,17 @@ fn run(args: Args) -> Result<()> {
     if args.vdevs.is_empty() && args.pci_allow.is_empty() {
         bail!("name a port: --vdev (e.g. net_af_packet0,iface=veth1) or --pci");
     }
+    // The whole configuration is checked before anything starts.
+    let proxy = match &args.config {
+        Some(path) => {
+            let proxy = ferrox_dataplane::service::proxy::load(path, address)?;
+            for pool in &proxy.config.pools {
+                tracing::info!(pool = %pool.name, listen = %pool.listen, servers = pool.servers.len(), "pool");
+            }
+            Some(proxy)
+        }
+        None => None,
+    };
     let stop = ferrox_dataplane::ffi::stop_on_signals();
     let eal = Eal::init(&EalConfig {
         lcores: args.lcores.clone(),
@@ -112,21 +131,67 @@ fn run(args: Args) -> Result<()> {
     })?;
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
-    let lcores = ferrox_dataplane::ffi::lcores();
-    let cores = lcores.len();
+    let cores = ferrox_dataplane::ffi::lcores().len();
     let port = Port::start(&eal, 0, cores as u16, args.mbufs)?;
     let (link_up, speed) = port.link();
     tracing::info!(link_up, speed_mbps = speed, "link");
-    let clock = Clock::default();
-    let config = StackConfig {
+    let mut config = StackConfig {
         mac: port.mac(),
         address,
         prefix_len,
         ports: args.ports.clone(),
         backlog: args.backlog,
         max_connections: args.max_connections,
+        cores,
         ..StackConfig::default()
     };
+    let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;
+    match proxy {
+        None => serve(
+            &args,
+            stop,
+            &port,
+            config,
+            |_| PerConnection::new(RespEcho::default()),
+            |echo| {
+                let errors: u64 = echo.iter().map(|e| e.protocol_errors).sum();
+                format!(" protocol_errors={errors}")
+            },
+        ),
+        Some(proxy) => {
+            config.ports = proxy.ports.iter().map(|&(port, _)| port).collect();
+            serve(
+                &args,
+                stop,
+                &port,
+                config,
+                |core| Proxy::new(proxy.pools(), proxy.ports.clone(), seed(core)),
+                |proxies| {
+                    let s = Proxy::total(proxies);
+                    format!(
+                        " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={}",
+                        s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts
+                    )
+                },
+            )
+        }
+    }
+}
+
+/// Runs one core loop per lcore, each with the application `make_app`
+/// builds for it, until a signal; then prints the totals (with the
+/// applications' `summary`) on stdout.
+fn serve<A: App + Send>(
+    args: &Args,
+    stop: &'static std::sync::atomic::AtomicBool,
+    port: &Port,
+    config: StackConfig,
+    make_app: impl Fn(usize) -> A,
+    summary: impl Fn(&[&A]) -> String,
+) -> Result<()> {
+    let lcores = ferrox_dataplane::ffi::lcores();
+    let cores = lcores.len();
+    let clock = Clock::default();
     // Mailboxes between cores; private to this process for now.
     let steering_region = Region::heap((cores * cores) as u64 * (STEER_RING + 8192) + (1 << 20));
     let mut steering: Vec<Option<Steering>> = if cores > 1 {
@@ -137,13 +202,16 @@ fn run(args: Args) -> Result<()> {
     } else {
         vec![None]
     };
-    let mut all: Vec<Core<'_, RespEcho>> = (0..cores)
+    let mut all: Vec<Core<'_, A>> = (0..cores)
         .map(|id| Core {
             id,
             queue: port.queue(id as u16),
             stack: Stack::new(
-                config.clone(),
-                RespEcho::default(),
+                StackConfig {
+                    core: id,
+                    ..config.clone()
+                },
+                make_app(id),
                 clock.now(),
                 std::process::id() as u64 ^ (id as u64) << 32,
             ),
@@ -154,8 +222,9 @@ fn run(args: Args) -> Result<()> {
         .collect();
     let boards: Vec<Arc<CoreCounters>> = all.iter().map(|c| c.counters.clone()).collect();
     println!(
-        "ferrox-dataplane: serving {address}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
-        args.ports,
+        "ferrox-dataplane: serving {}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
+        config.address,
+        config.ports,
         port.name(),
         port.driver(),
         format_mac(&port.mac())
@@ -195,23 +264,26 @@ fn run(args: Args) -> Result<()> {
         ));
         total.frames += s.frames;
         total.accepted += s.accepted;
+        total.refused += s.refused;
+        total.connects += s.connects;
         total.closed += s.closed;
         total.open += s.open;
         total.backlog_drops += s.backlog_drops;
-        total.protocol_errors += s.protocol_errors;
         total.tx_no_mbuf += s.tx_no_mbuf;
         loops.iterations += core.stats.iterations;
         loops.sleeps += core.stats.sleeps;
         loops.steered += core.stats.steered;
         loops.steer_drops += core.stats.steer_drops;
     }
+    let apps: Vec<&A> = all.iter().map(|c| c.stack.app()).collect();
+    let app_summary = summary(&apps);
     let tx_dropped: u64 = all.iter().map(|c| c.queue.tx_dropped()).sum();
     let p = port.stats();
     println!(
-        "ferrox-dataplane: stopped; frames={} accepted={} closed={} open={} backlog_drops={} protocol_errors={} \
+        "ferrox-dataplane: stopped; frames={} accepted={} refused={} connects={} closed={} open={} backlog_drops={} \
          rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={} \
-         steered={} steer_drops={}{per_core}",
-        total.frames, total.accepted, total.closed, total.open, total.backlog_drops, total.protocol_errors,
+         steered={} steer_drops={}{app_summary}{per_core}",
+        total.frames, total.accepted, total.refused, total.connects, total.closed, total.open, total.backlog_drops,
         p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations, loops.sleeps,
         loops.steered, loops.steer_drops
     );

@@ -32,6 +32,13 @@ impl FlowKey {
     pub fn local_port(&self) -> u16 {
         self.0 as u16
     }
+
+    /// The core, of `cores`, that owns this flow.
+    pub fn owner(self, cores: usize) -> usize {
+        let mut h = FlowHasher::default();
+        h.write_u64(self.0);
+        (h.finish() % cores.max(1) as u64) as usize
+    }
 }
 
 /// What a received frame is, as far as demultiplexing cares.

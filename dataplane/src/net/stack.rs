@@ -1,5 +1,6 @@
 //! One core's TCP endpoint: an smoltcp `Interface`, a flow table, and one
-//! single-socket `SocketSet` per connection.
+//! single-socket `SocketSet` per connection, accepted from clients or
+//! opened to servers on behalf of the application ([`App`]).
 //!
 //! smoltcp visits every socket of the set it is polled with, so a set per
 //! connection keeps the cost of a frame independent of how many connections
@@ -14,6 +15,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::SocketAddrV4;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
@@ -23,7 +25,51 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 use super::device::{self, FrameDevice};
 use super::flow::{self, FlowKey, FlowTable, Frame};
 use crate::port::Queue;
-use crate::service::{Service, Verdict};
+
+/// A connection as the stack names it to its application: slot index and
+/// generation, so a stale handle never reaches a new connection.
+pub type ConnHandle = u64;
+
+/// What an application asks of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetAction {
+    /// Open a connection to `addr` for the application's `tag`.
+    Connect { tag: u32, addr: SocketAddrV4 },
+    /// The connection has output waiting.
+    Send(ConnHandle),
+    /// Send what is queued, then close gracefully.
+    Close(ConnHandle),
+    /// Reset now.
+    Abort(ConnHandle),
+}
+
+/// What runs on a core's connections: bytes in, bytes out, connection
+/// events, and actions for the stack. Times are microseconds of the
+/// core's clock.
+pub trait App {
+    /// A client connected to `local_port`; the application's tag for it,
+    /// or `None` to refuse it.
+    fn accept(&mut self, handle: ConnHandle, local_port: u16) -> Option<u32>;
+    /// The connection the application asked for with `Connect` has `handle`.
+    fn bind(&mut self, tag: u32, handle: ConnHandle);
+    /// Bytes arrived; returns how many were used (the rest is kept and
+    /// offered again with more).
+    fn input(&mut self, tag: u32, data: &[u8], now: u64) -> usize;
+    /// Whether the application takes input on `tag` now.
+    fn wants_input(&self, tag: u32) -> bool;
+    /// Output waiting for `tag`; the stack drains what it sends.
+    fn output(&mut self, tag: u32) -> &mut Vec<u8>;
+    /// A connection the application opened is established.
+    fn connected(&mut self, tag: u32, now: u64);
+    /// The peer closed its side.
+    fn peer_closed(&mut self, tag: u32, now: u64);
+    /// The connection has ended, whoever ended it; `handle` is dead.
+    fn gone(&mut self, tag: u32, handle: ConnHandle, now: u64);
+    fn poll_action(&mut self) -> Option<NetAction>;
+    /// When `handle_timeout` next has work.
+    fn poll_timeout(&self) -> Option<u64>;
+    fn handle_timeout(&mut self, now: u64);
+}
 
 /// How a core's stack serves.
 #[derive(Debug, Clone)]
@@ -31,15 +77,23 @@ pub struct StackConfig {
     pub mac: [u8; 6],
     pub address: Ipv4Address,
     pub prefix_len: u8,
-    /// TCP ports the service listens on.
+    /// TCP ports the application listens on.
     pub ports: Vec<u16>,
     /// Most connections in the handshake at once; further SYNs are dropped
     /// (the client retransmits), not refused.
     pub backlog: usize,
     /// Most connections at once.
     pub max_connections: usize,
+    /// Socket buffers of accepted connections.
     pub rx_buffer: usize,
     pub tx_buffer: usize,
+    /// Socket buffers of connections the application opens (to servers:
+    /// they carry many clients' traffic).
+    pub active_buffer: usize,
+    /// This core and how many there are: a connection this core opens
+    /// gets a local port whose flow hashes to it.
+    pub core: usize,
+    pub cores: usize,
 }
 
 impl Default for StackConfig {
@@ -53,6 +107,9 @@ impl Default for StackConfig {
             max_connections: 65536,
             rx_buffer: 16 << 10,
             tx_buffer: 16 << 10,
+            active_buffer: 256 << 10,
+            core: 0,
+            cores: 1,
         }
     }
 }
@@ -62,46 +119,55 @@ impl Default for StackConfig {
 pub struct StackStats {
     pub frames: u64,
     pub accepted: u64,
+    pub refused: u64,
+    pub connects: u64,
     pub closed: u64,
     pub open: u64,
     pub backlog_drops: u64,
     pub limit_drops: u64,
-    pub protocol_errors: u64,
     pub tx_no_mbuf: u64,
 }
 
-struct Conn<C> {
+/// First local port of connections the stack opens.
+const EPHEMERAL: std::ops::Range<u16> = 49152..65535;
+
+struct Conn {
     sockets: SocketSet<'static>,
     handle: SocketHandle,
     key: FlowKey,
     generation: u32,
+    tag: u32,
+    /// Opened by the application (a connection to a server).
+    active: bool,
     established: bool,
+    peer_closed: bool,
+    /// The application asked to close once its output is sent.
+    closing: bool,
+    /// The application reset it; it no longer owns `tag`'s buffers.
+    aborted: bool,
     /// The deadline this connection is filed under in the timer heap.
     timer: Option<Instant>,
-    /// Received bytes the service has not consumed yet.
+    /// Received bytes the application has not used yet.
     input: Vec<u8>,
-    /// Service output the socket had no room for yet.
-    output: Vec<u8>,
-    closing: bool,
-    app: C,
 }
 
-/// One core's TCP endpoint serving `S`.
-pub struct Stack<S: Service> {
+/// One core's TCP endpoint serving `A`.
+pub struct Stack<A: App> {
     iface: Interface,
     config: StackConfig,
     flows: FlowTable,
-    conns: Vec<Option<Conn<S::Conn>>>,
+    conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     generations: Vec<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     no_sockets: SocketSet<'static>,
     handshaking: usize,
-    service: S,
+    next_port: u16,
+    app: A,
     stats: StackStats,
 }
 
-impl<S: Service> std::fmt::Debug for Stack<S> {
+impl<A: App> std::fmt::Debug for Stack<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stack")
             .field("config", &self.config)
@@ -110,8 +176,16 @@ impl<S: Service> std::fmt::Debug for Stack<S> {
     }
 }
 
-impl<S: Service> Stack<S> {
-    pub fn new(config: StackConfig, service: S, now: Instant, seed: u64) -> Self {
+fn micros(at: Instant) -> u64 {
+    at.total_micros().max(0) as u64
+}
+
+fn handle_of(id: u32, generation: u32) -> ConnHandle {
+    ((generation as u64) << 32) | id as u64
+}
+
+impl<A: App> Stack<A> {
+    pub fn new(config: StackConfig, app: A, now: Instant, seed: u64) -> Self {
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut CapsOnly, now);
@@ -120,6 +194,7 @@ impl<S: Service> Stack<S> {
                 .push(IpCidr::new(config.address.into(), config.prefix_len))
                 .expect("one address fits");
         });
+        let next_port = EPHEMERAL.start + (seed % (EPHEMERAL.len() as u64)) as u16;
         Stack {
             iface,
             config,
@@ -130,7 +205,8 @@ impl<S: Service> Stack<S> {
             timers: BinaryHeap::new(),
             no_sockets: SocketSet::new(Vec::new()),
             handshaking: 0,
-            service,
+            next_port,
+            app,
             stats: StackStats::default(),
         }
     }
@@ -142,9 +218,23 @@ impl<S: Service> Stack<S> {
         }
     }
 
-    /// The earliest connection deadline, for the idle poller.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    pub fn app_mut(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// The earliest connection or application deadline, for the idle
+    /// poller.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        let tcp = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let app = self
+            .app
+            .poll_timeout()
+            .map(|at| Instant::from_micros(at as i64));
+        tcp.into_iter().chain(app).min()
     }
 
     /// Handles one received frame.
@@ -189,7 +279,8 @@ impl<S: Service> Stack<S> {
         }
     }
 
-    /// Polls connections whose deadline has come (retransmits, timeouts).
+    /// Polls connections whose deadline has come (retransmits, timeouts),
+    /// runs the application's timers, and carries out its actions.
     pub fn poll_timers(&mut self, now: Instant, queue: &mut Queue<'_>) {
         while let Some(&Reverse((at, id, generation))) = self.timers.peek() {
             if at > now {
@@ -209,29 +300,64 @@ impl<S: Service> Stack<S> {
                 self.service_conn(id, now, queue);
             }
         }
+        if self.app.poll_timeout().is_some_and(|at| at <= micros(now)) {
+            self.app.handle_timeout(micros(now));
+        }
+        self.poll_app(now, queue);
     }
 
-    /// A new connection for a SYN to a served port, or `None` (dropped) when
-    /// the backlog or the connection limit is reached.
-    fn open(&mut self, key: FlowKey) -> Option<u32> {
-        if self.handshaking >= self.config.backlog {
-            self.stats.backlog_drops += 1;
-            return None;
+    /// Carries out what the application asked for.
+    pub fn poll_app(&mut self, now: Instant, queue: &mut Queue<'_>) {
+        while let Some(action) = self.app.poll_action() {
+            match action {
+                NetAction::Send(handle) => {
+                    if let Some(id) = self.live(handle) {
+                        self.service_conn(id, now, queue);
+                    }
+                }
+                NetAction::Close(handle) => {
+                    if let Some(id) = self.live(handle) {
+                        self.conn_mut(id).closing = true;
+                        self.service_conn(id, now, queue);
+                    }
+                }
+                NetAction::Abort(handle) => {
+                    if let Some(id) = self.live(handle) {
+                        let conn = self.conn_mut(id);
+                        conn.aborted = true;
+                        conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+                        self.service_conn(id, now, queue);
+                    }
+                }
+                NetAction::Connect { tag, addr } => match self.connect(tag, addr) {
+                    Some(id) => self.service_conn(id, now, queue),
+                    None => {
+                        // No port or no room: the attempt fails at once.
+                        const NONE: ConnHandle = ConnHandle::MAX;
+                        self.app.bind(tag, NONE);
+                        self.app.gone(tag, NONE, micros(now));
+                    }
+                },
+            }
         }
-        if self.flows.len() >= self.config.max_connections {
-            self.stats.limit_drops += 1;
-            return None;
-        }
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.config.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.config.tx_buffer]),
-        );
-        // Request/response traffic: send at once, acknowledge at once.
-        socket.set_nagle_enabled(false);
-        socket.set_ack_delay(None);
-        socket
-            .listen(key.local_port())
-            .expect("a fresh socket listens on a non-zero port");
+    }
+
+    fn live(&self, handle: ConnHandle) -> Option<u32> {
+        let id = handle as u32;
+        let generation = (handle >> 32) as u32;
+        self.conns
+            .get(id as usize)?
+            .as_ref()
+            .filter(|c| c.generation == generation && !c.aborted)
+            .map(|_| id)
+    }
+
+    fn conn_mut(&mut self, id: u32) -> &mut Conn {
+        self.conns[id as usize].as_mut().expect("a live connection")
+    }
+
+    /// A connection slot for `key`.
+    fn insert(&mut self, key: FlowKey, socket: tcp::Socket<'static>, active: bool) -> u32 {
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
         let id = match self.free.pop() {
@@ -248,59 +374,144 @@ impl<S: Service> Stack<S> {
             handle,
             key,
             generation,
+            tag: u32::MAX,
+            active,
             established: false,
+            peer_closed: false,
+            closing: false,
+            aborted: false,
             timer: None,
             input: Vec::new(),
-            output: Vec::new(),
-            closing: false,
-            app: S::Conn::default(),
         });
         self.flows.insert(key, id);
+        id
+    }
+
+    /// A new connection for a SYN to a served port, or `None` (dropped) when
+    /// the backlog or the connection limit is reached, or the application
+    /// refuses it (RST).
+    fn open(&mut self, key: FlowKey) -> Option<u32> {
+        if self.handshaking >= self.config.backlog {
+            self.stats.backlog_drops += 1;
+            return None;
+        }
+        if self.flows.len() >= self.config.max_connections {
+            self.stats.limit_drops += 1;
+            return None;
+        }
+        let mut socket = new_socket(self.config.rx_buffer, self.config.tx_buffer);
+        socket
+            .listen(key.local_port())
+            .expect("a fresh socket listens on a non-zero port");
+        let id = self.insert(key, socket, false);
+        let handle = handle_of(id, self.generations[id as usize]);
+        let Some(tag) = self.app.accept(handle, key.local_port()) else {
+            self.stats.refused += 1;
+            self.conns[id as usize] = None;
+            self.flows.remove(&key);
+            self.free.push(id);
+            return None;
+        };
+        self.conn_mut(id).tag = tag;
         self.handshaking += 1;
         self.stats.accepted += 1;
         Some(id)
     }
 
-    /// Moves data between the socket and the service, sends what is ready,
-    /// files the next deadline, and retires a closed connection.
+    /// A connection to `addr` from a local port whose flow this core owns.
+    fn connect(&mut self, tag: u32, addr: SocketAddrV4) -> Option<u32> {
+        if self.flows.len() >= self.config.max_connections {
+            self.stats.limit_drops += 1;
+            return None;
+        }
+        let peer = *addr.ip();
+        let key = (0..EPHEMERAL.len()).find_map(|_| {
+            let port = self.next_port;
+            self.next_port = if port + 1 == EPHEMERAL.end {
+                EPHEMERAL.start
+            } else {
+                port + 1
+            };
+            let key = FlowKey::new(peer, addr.port(), port);
+            (key.owner(self.config.cores) == self.config.core
+                && !self.flows.contains_key(&key)
+                && !self.config.ports.contains(&port))
+            .then_some(key)
+        })?;
+        let mut socket = new_socket(self.config.active_buffer, self.config.active_buffer);
+        socket
+            .connect(
+                self.iface.context(),
+                (peer, addr.port()),
+                (self.config.address, key.local_port()),
+            )
+            .ok()?;
+        let id = self.insert(key, socket, true);
+        self.conn_mut(id).tag = tag;
+        self.stats.connects += 1;
+        self.app
+            .bind(tag, handle_of(id, self.generations[id as usize]));
+        Some(id)
+    }
+
+    /// Moves data between the socket and the application, sends what is
+    /// ready, files the next deadline, and retires a closed connection.
     fn service_conn(&mut self, id: u32, now: Instant, queue: &mut Queue<'_>) {
+        let now_us = micros(now);
         let conn = self.conns[id as usize].as_mut().expect("a live connection");
         let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
         let state = socket.state();
-        if !conn.established && state != State::Listen && state != State::SynReceived {
+        let tag = conn.tag;
+        if !conn.established && matches!(state, State::Established | State::CloseWait) {
             conn.established = true;
-            self.handshaking -= 1;
-        }
-
-        // Input → service → output, as far as the socket's buffers allow.
-        if !conn.closing {
-            while socket.can_recv() && conn.output.is_empty() {
-                let _ = socket.recv(|data| {
-                    conn.input.extend_from_slice(data);
-                    (data.len(), ())
-                });
-                let (used, verdict) =
-                    self.service
-                        .on_input(&mut conn.app, &conn.input, &mut conn.output);
-                conn.input.drain(..used);
-                if verdict == Verdict::Close {
-                    conn.closing = true;
-                    self.stats.protocol_errors += 1;
-                    break;
-                }
+            if conn.active {
+                self.app.connected(tag, now_us);
+            } else {
+                self.handshaking -= 1;
             }
         }
-        if !conn.output.is_empty() && socket.can_send() {
-            let sent = socket.send_slice(&conn.output).unwrap_or(0);
-            conn.output.drain(..sent);
+
+        if !conn.aborted && !conn.closing {
+            // Input held back earlier first, then what the socket has.
+            if !conn.input.is_empty() && self.app.wants_input(tag) {
+                let used = self.app.input(tag, &conn.input, now_us);
+                conn.input.drain(..used);
+            }
+            while socket.can_recv() && conn.input.len() < self.config.rx_buffer {
+                if !self.app.wants_input(tag) {
+                    break;
+                }
+                let app = &mut self.app;
+                let input = &mut conn.input;
+                let _ = socket.recv(|data| {
+                    if input.is_empty() {
+                        // The common case: parse straight from the socket.
+                        let used = app.input(tag, data, now_us);
+                        input.extend_from_slice(&data[used..]);
+                    } else {
+                        input.extend_from_slice(data);
+                        let used = app.input(tag, input, now_us);
+                        input.drain(..used);
+                    }
+                    (data.len(), ())
+                });
+            }
         }
-        // Close gracefully: after the peer closed, or when the service asked,
-        // once every reply is queued (the peer then holds TIME_WAIT).
-        if conn.output.is_empty()
-            && (conn.closing || state == State::CloseWait)
-            && socket.may_send()
-        {
-            socket.close();
+        if !conn.aborted {
+            let output = self.app.output(tag);
+            if !output.is_empty() && socket.can_send() {
+                let sent = socket.send_slice(output).unwrap_or(0);
+                output.drain(..sent);
+            }
+            if state == State::CloseWait && !conn.peer_closed {
+                conn.peer_closed = true;
+                self.app.peer_closed(tag, now_us);
+            }
+            // Close gracefully once every reply is queued (the peer then
+            // holds TIME_WAIT).
+            if conn.closing && self.app.output(tag).is_empty() && socket.may_send() {
+                socket.close();
+            }
         }
 
         let mut device = FrameDevice::egress(queue);
@@ -313,7 +524,7 @@ impl<S: Service> Stack<S> {
             socket.state(),
             State::Closed | State::Listen | State::TimeWait
         ) {
-            self.retire(id);
+            self.retire(id, now_us);
             return;
         }
         if let Some(at) = self.iface.poll_at(now, &conn.sockets) {
@@ -325,16 +536,30 @@ impl<S: Service> Stack<S> {
         }
     }
 
-    fn retire(&mut self, id: u32) {
+    fn retire(&mut self, id: u32, now: u64) {
         let conn = self.conns[id as usize].take().expect("a live connection");
-        if !conn.established {
+        if !conn.established && !conn.active {
             self.handshaking -= 1;
         }
         self.flows.remove(&conn.key);
         self.generations[id as usize] = conn.generation.wrapping_add(1);
         self.free.push(id);
         self.stats.closed += 1;
+        self.app.gone(conn.tag, handle_of(id, conn.generation), now);
     }
+}
+
+/// A socket for request/response traffic: send at once, acknowledge at
+/// once (smoltcp's defaults, Nagle and a 10 ms delayed ACK, cap small
+/// message rates).
+fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; rx]),
+        tcp::SocketBuffer::new(vec![0; tx]),
+    );
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket
 }
 
 /// Gives `Interface::new` the device capabilities; never sends or receives.

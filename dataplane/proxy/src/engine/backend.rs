@@ -9,8 +9,7 @@
 
 use std::collections::VecDeque;
 
-use crate::mcstub as memcache;
-use ferrox_proto::resp;
+use ferrox_proto::{memcache, resp};
 
 use super::session::SlotRef;
 use super::{Action, Engine, Handle, Micros, PoolSpec, Protocol, Tag, RETRY_MIN};
@@ -222,7 +221,8 @@ impl Engine {
 
     /// Takes replies from the front of `input`; returns the bytes used.
     pub(super) fn backend_input(&mut self, b: usize, input: &[u8], now: Micros) -> usize {
-        let limits = self.pools[self.backends[b].pool].spec.limits;
+        let spec = &self.pools[self.backends[b].pool].spec;
+        let (limits, memcache_limits) = (spec.limits, spec.memcache_limits);
         let mut used = 0;
         while used < input.len() {
             let backend = &mut self.backends[b];
@@ -241,7 +241,7 @@ impl Engine {
             let len = match shape {
                 Shape::Resp => resp::reply_len(rest, &limits).map_err(|_| ()),
                 Shape::Memcache(kind) => {
-                    memcache::reply_len(rest, kind, &memcache::Limits::default()).map_err(|_| ())
+                    memcache::reply_len(rest, kind, &memcache_limits).map_err(|_| ())
                 }
             };
             let len = match len {

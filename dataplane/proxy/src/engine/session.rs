@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use super::backend::{Shape, Suppress};
 use super::slot::{Combine, Slot};
 use super::{Action, Engine, Handle, Micros, Protocol};
 
@@ -76,6 +77,48 @@ impl Engine {
             generation: self.sessions[index].generation,
             seq,
             piece,
+        }
+    }
+
+    /// The server of `key` in the session's pool, or `None` when the pool
+    /// has no live server.
+    pub(super) fn place(&mut self, index: usize, key: &[u8]) -> Option<usize> {
+        let random = self.random();
+        self.pools[self.sessions[index].pool]
+            .spec
+            .placement
+            .server_for(key, random)
+    }
+
+    /// Sends piece `piece` of slot `seq` to `server`, or fails it at once
+    /// when there is no server.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_piece(
+        &mut self,
+        index: usize,
+        seq: u64,
+        piece: u16,
+        server: Option<usize>,
+        shape: Shape,
+        suppress: Suppress,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let at = self.slot_ref(index, seq, piece);
+        let session = &self.sessions[index];
+        let (pool, resp3) = (session.pool, session.resp3);
+        match server {
+            Some(server) => {
+                self.send_to_server(pool, server, resp3, at, shape, suppress, now, write)
+            }
+            None => {
+                self.stats.errors += 1;
+                let error: &[u8] = match self.pools[pool].spec.protocol {
+                    Protocol::Redis => b"-ERR ferrox: no server is available\r\n",
+                    Protocol::Memcache => b"SERVER_ERROR ferrox: no server is available\r\n",
+                };
+                self.fill_slot(at, error);
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use ferrox_proto::resp;
+use ferrox_proto::{memcache, resp};
 
 use crate::command::Merge;
 use crate::reply;
@@ -85,15 +85,22 @@ impl Slot {
                 }
             }
             Combine::MemcacheGet => {
+                // Each piece is VALUE blocks, then END or an error line;
+                // an error from any server is the reply.
+                let last_line = |p: &'_ [u8]| {
+                    let mut values = memcache::values(p);
+                    values.by_ref().for_each(drop);
+                    values.position()
+                };
                 for p in (0..self.pieces.len()).map(piece) {
-                    if !p.starts_with(b"VALUE ") && !p.starts_with(b"END\r\n") {
-                        // An error line from one server is the reply.
-                        out.extend_from_slice(p);
+                    let at = last_line(p);
+                    if &p[at..] != b"END\r\n" {
+                        out.extend_from_slice(&p[at..]);
                         return;
                     }
                 }
                 for p in (0..self.pieces.len()).map(piece) {
-                    out.extend_from_slice(p.strip_suffix(b"END\r\n").unwrap_or(p));
+                    out.extend_from_slice(&p[..last_line(p)]);
                 }
                 out.extend_from_slice(b"END\r\n");
             }
@@ -248,5 +255,12 @@ mod tests {
             &[],
         );
         assert_eq!(written(&s), b"SERVER_ERROR down\r\n");
+        // A server that fails part-way through its values.
+        let s = slot(
+            Combine::MemcacheGet,
+            &[b"END\r\n", b"VALUE b 0 1\r\nB\r\nSERVER_ERROR out of memory\r\n"],
+            &[],
+        );
+        assert_eq!(written(&s), b"SERVER_ERROR out of memory\r\n");
     }
 }

@@ -40,6 +40,7 @@ fn spec(servers: usize) -> PoolSpec {
         retry_max: 1_000_000,
         blocked: vec![b"FLUSHALL".to_vec(), b"KEYS".to_vec()],
         limits: resp::Limits::default(),
+        memcache_limits: Default::default(),
         max_pipeline: 64,
         preconnect: false,
     }
@@ -58,6 +59,62 @@ struct FakeServer {
 }
 
 impl FakeServer {
+    /// Answers every complete memcached request in `input`.
+    fn serve_memcache(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        use ferrox_proto::memcache::{parse_request, Command, Request};
+        let mut req = Request::new();
+        let mut used = 0;
+        while let Ok(Some(len)) = parse_request(&input[used..], &Default::default(), &mut req) {
+            let bytes = &input[used..used + len];
+            used += len;
+            let token = |i: usize| &bytes[req.tokens[i].clone()];
+            self.log.push(String::from_utf8_lossy(token(0)).into_owned());
+            if self.mute {
+                continue;
+            }
+            match req.command {
+                Command::Get | Command::Gets => {
+                    for k in req.key_ranges() {
+                        let key = &bytes[k.clone()];
+                        if let Some(v) = self.data.get(key) {
+                            out.extend(b"VALUE ");
+                            out.extend(key);
+                            out.extend(format!(" 0 {}\r\n", v.len()).as_bytes());
+                            out.extend(v);
+                            out.extend(b"\r\n");
+                        }
+                    }
+                    out.extend(b"END\r\n");
+                }
+                Command::Set => {
+                    let data = req.data.clone().unwrap();
+                    let value = bytes[data.start..data.end - 2].to_vec();
+                    self.data.insert(token(1).to_vec(), value);
+                    out.extend(b"STORED\r\n");
+                }
+                Command::Delete | Command::MetaDelete => {
+                    let found = self.data.remove(token(1)).is_some();
+                    out.extend(match (req.command, found) {
+                        (Command::Delete, true) => &b"DELETED\r\n"[..],
+                        (Command::Delete, false) => b"NOT_FOUND\r\n",
+                        (_, true) => b"HD\r\n",
+                        (_, false) => b"NF\r\n",
+                    });
+                }
+                Command::MetaGet => match self.data.get(token(1)) {
+                    Some(v) => {
+                        out.extend(format!("VA {}\r\n", v.len()).as_bytes());
+                        out.extend(v);
+                        out.extend(b"\r\n");
+                    }
+                    None => out.extend(b"EN\r\n"),
+                },
+                _ => out.extend(b"SERVER_ERROR unsupported by the fake\r\n"),
+            }
+        }
+        used
+    }
+
     /// Answers every complete request in `input`; returns bytes used.
     fn serve(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         let mut args = Vec::new();
@@ -151,10 +208,12 @@ struct Net {
     /// Answer servers from the last to the first (replies arrive out of
     /// order across servers).
     reverse: bool,
+    memcache: bool,
 }
 
 impl Net {
     fn new(spec: PoolSpec) -> Net {
+        let is_memcache = spec.protocol == Protocol::Memcache;
         let servers = (0..spec.servers.len())
             .map(|_| FakeServer::default())
             .collect();
@@ -165,6 +224,7 @@ impl Net {
             conns: HashMap::new(),
             next_handle: 1,
             reverse: true,
+            memcache: is_memcache,
         }
     }
 
@@ -234,7 +294,12 @@ impl Net {
                     continue;
                 };
                 let mut reply = Vec::new();
-                let used = self.servers[*server].serve(inbox, &mut reply);
+                let fake = &mut self.servers[*server];
+                let used = if self.memcache {
+                    fake.serve_memcache(inbox, &mut reply)
+                } else {
+                    fake.serve(inbox, &mut reply)
+                };
                 inbox.drain(..used);
                 if !reply.is_empty() {
                     moved = true;
@@ -589,4 +654,56 @@ fn client_connection_limit() {
     let _c = net.client();
     assert_eq!(net.engine.accept(0, 99), None);
     assert_eq!(net.engine.stats().sessions_refused, 1);
+}
+
+fn memcache_spec(servers: usize) -> PoolSpec {
+    PoolSpec {
+        protocol: Protocol::Memcache,
+        ..spec(servers)
+    }
+}
+
+#[test]
+fn memcache_multi_get_splits_and_merges() {
+    let mut net = Net::new(memcache_spec(2));
+    let c = net.client();
+    net.send(c, b"set a 0 0 1\r\nA\r\nset b 0 0 1 noreply\r\nB\r\nset c 0 0 1\r\nC\r\n");
+    // `noreply` was stripped on the way and its reply dropped.
+    assert_eq!(net.take(c), b"STORED\r\nSTORED\r\n");
+    assert_eq!(net.servers[0].log, ["set"]);
+    assert_eq!(net.servers[1].log, ["set", "set"]);
+    net.send(c, b"get a b x c\r\n");
+    assert_eq!(
+        net.take(c),
+        b"VALUE b 0 1\r\nB\r\nVALUE a 0 1\r\nA\r\nVALUE c 0 1\r\nC\r\nEND\r\n"
+    );
+    assert_eq!(net.engine.stats().split_requests, 1);
+    assert_eq!(net.servers[1].log.last().unwrap(), "get");
+}
+
+#[test]
+fn memcache_quiet_meta_and_local_commands() {
+    let mut net = Net::new(memcache_spec(1));
+    let c = net.client();
+    // A quiet miss is dropped, a quiet hit is not; mn answers in order.
+    net.send(c, b"mg nope v q\r\nset k 0 0 2\r\nhi\r\nmg k v q\r\nmn\r\n");
+    assert_eq!(net.take(c), b"STORED\r\nVA 2\r\nhi\r\nMN\r\n");
+    net.send(c, b"version\r\n");
+    assert!(net.take(c).starts_with(b"VERSION ferrox-"));
+    net.send(c, b"bogus\r\nget k\r\n");
+    assert_eq!(net.take(c), b"ERROR\r\nVALUE k 0 2\r\nhi\r\nEND\r\n");
+    net.send(c, b"quit\r\n");
+    assert_eq!(net.take(c), b"<closed>");
+}
+
+#[test]
+fn memcache_dead_server_answers_server_error() {
+    let mut net = Net::new(memcache_spec(2));
+    net.servers[0].down = true;
+    let c = net.client();
+    net.send(c, b"get b\r\nget a\r\n");
+    assert_eq!(
+        net.take(c),
+        b"SERVER_ERROR ferrox: server s0 refused the connection\r\nEND\r\n"
+    );
 }

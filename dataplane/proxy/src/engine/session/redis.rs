@@ -114,52 +114,18 @@ impl Engine {
                 }
                 let server = server.expect("a routed command has a key");
                 let seq = self.open_slot(index, Combine::Pass, 1);
-                self.send_redis(index, seq, 0, server, now, |out| {
-                    write_whole(out, request, args)
-                });
+                self.send_piece(
+                    index,
+                    seq,
+                    0,
+                    server,
+                    Shape::Resp,
+                    Suppress::No,
+                    now,
+                    |out| write_whole(out, request, args),
+                );
             }
         }
-    }
-
-    /// The server of `key` in the session's pool: `Some(server)`, or `None`
-    /// when the pool has no live server.
-    fn place(&mut self, index: usize, key: &[u8]) -> Option<usize> {
-        let random = self.random();
-        self.pools[self.sessions[index].pool]
-            .spec
-            .placement
-            .server_for(key, random)
-    }
-
-    /// Sends piece `piece` of slot `seq` to `server`, or fails it at once
-    /// when there is no server.
-    fn send_redis(
-        &mut self,
-        index: usize,
-        seq: u64,
-        piece: u16,
-        server: Option<usize>,
-        now: Micros,
-        write: impl FnOnce(&mut Vec<u8>),
-    ) {
-        let at = self.slot_ref(index, seq, piece);
-        let Some(server) = server else {
-            self.stats.errors += 1;
-            return self.fill_slot(at, b"-ERR ferrox: no server is available\r\n");
-        };
-        let session = &self.sessions[index];
-        let resp3 = session.resp3;
-        let pool = session.pool;
-        self.send_to_server(
-            pool,
-            server,
-            resp3,
-            at,
-            Shape::Resp,
-            Suppress::No,
-            now,
-            write,
-        );
     }
 
     /// `MGET`, `MSET`, `DEL`, ...: one piece per server, in key order
@@ -191,9 +157,16 @@ impl Engine {
             // does its reply.
             let server = (!unplaced).then(|| groups[0].0 as usize);
             let seq = self.open_slot(index, Combine::Pass, 1);
-            self.send_redis(index, seq, 0, server, now, |out| {
-                write_whole(out, request, args)
-            });
+            self.send_piece(
+                index,
+                seq,
+                0,
+                server,
+                Shape::Resp,
+                Suppress::No,
+                now,
+                |out| write_whole(out, request, args),
+            );
             self.scratch.groups = groups;
             return;
         }
@@ -212,10 +185,19 @@ impl Engine {
         }
         for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
             let server = group[0].0 as usize;
-            self.send_redis(index, seq, piece as u16, Some(server), now, |out| {
-                let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
-                write_piece(out, request, args, step, keys)
-            });
+            self.send_piece(
+                index,
+                seq,
+                piece as u16,
+                Some(server),
+                Shape::Resp,
+                Suppress::No,
+                now,
+                |out| {
+                    let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
+                    write_piece(out, request, args, step, keys)
+                },
+            );
         }
         self.scratch.groups = groups;
     }
@@ -277,7 +259,7 @@ impl Engine {
                 if sub.eq_ignore_ascii_case(b"SETNAME") || sub.eq_ignore_ascii_case(b"SETINFO") {
                     self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
                 } else if sub.eq_ignore_ascii_case(b"GETNAME") {
-                    self.local_reply(index, |out, resp3| reply::null(out, resp3))
+                    self.local_reply(index, reply::null)
                 } else {
                     self.local_error(index, |out, _| {
                         reply::error_about(out, "'CLIENT ", sub, &["' is not supported"])
@@ -297,7 +279,7 @@ impl Engine {
             // `redis-benchmark` reads `save` and `appendonly` before it
             // starts; the proxy has no such settings.
             Local::Config if argc >= 3 && arg(1).eq_ignore_ascii_case(b"GET") => {
-                self.local_reply(index, |out, resp3| reply::empty_map(out, resp3))
+                self.local_reply(index, reply::empty_map)
             }
             Local::Config => self.local_error(index, |out, _| {
                 out.extend_from_slice(

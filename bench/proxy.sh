@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Proxy benchmark: direct Redis, twemproxy (Debian's nutcracker) and ferrox,
+# in the same run, on the same four redis-server backends.
+#
+#   bench/proxy.sh            (N=requests per test, default 100000)
+#
+# One namespace holds the clients, the backends and twemproxy, on the kernel
+# stack; ferrox runs on DPDK af_xdp behind a veth pair:
+#   fxq (kernel)  clients, redis-server x4 (198.18.0.1:7001-7004),
+#                 nutcracker (0.0.0.0:22121)
+#                 veth0 198.18.0.1 ── veth1 (ferrox, 198.18.0.2:22121)
+# twemproxy and ferrox read the very same nutcracker.yml. Every request to
+# ferrox crosses the veth pair twice (client → ferrox → backend) where
+# twemproxy's stay on the host's loopback path, so the comparison leans
+# against ferrox.
+#
+# Scenarios (redis-benchmark, 50 clients, random keys out of 100,000): GET/SET
+# unpipelined; GET/SET with -P 16; GET/SET of 1 KiB values with -P 16.
+# Figures: requests/s, p50/p99 (ms), and the proxy's CPU-seconds per million
+# requests (user+system from /proc; ferrox's poll-mode core spins while
+# traffic flows, so its CPU time is close to wall time). Ratios are against
+# twemproxy and direct Redis measured in the same run. Needs root, hugepages.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+NS=fxq$$
+N=${N:-100000}
+DP=target/release/ferrox-dataplane
+CONF=$(mktemp /tmp/ferrox-bench-XXXXXX.yml)
+PIDS=()
+DP_PID=""
+NC_PID=""
+
+cleanup() {
+  [ -n "$DP_PID" ] && kill -INT "$DP_PID" 2>/dev/null && sleep 1
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  rm -f "$CONF"
+}
+trap cleanup EXIT
+
+in_ns() { ip netns exec "$NS" "$@"; }
+
+command -v nutcracker >/dev/null || { echo "nutcracker is not installed (apt-get install nutcracker)" >&2; exit 1; }
+cargo build --release --locked -q -p ferrox-dataplane
+
+ip netns add "$NS"
+in_ns ip link set lo up
+in_ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+in_ns sysctl -qw net.ipv4.tcp_tw_reuse=1
+in_ns ip link add veth0 type veth peer name veth1
+in_ns ip addr add 198.18.0.1/24 dev veth0
+in_ns ip link set veth0 up
+in_ns ip link set veth1 up
+in_ns ethtool -K veth0 tx off >/dev/null
+
+for port in 7001 7002 7003 7004; do
+  # Not through in_ns: $! must be the server itself (ip netns exec execs it).
+  ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
+    --protected-mode no --daemonize no --loglevel warning >/dev/null &
+  PIDS+=("$!")
+done
+
+cat >"$CONF" <<'EOF'
+bench:
+  listen: 0.0.0.0:22121
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  timeout: 2000
+  server_connections: 1
+  servers:
+    - 198.18.0.1:7001:1
+    - 198.18.0.1:7002:1
+    - 198.18.0.1:7003:1
+    - 198.18.0.1:7004:1
+EOF
+
+ip netns exec "$NS" nutcracker -c "$CONF" -s 22222 -o /tmp/ferrox-bench-nutcracker.log &
+NC_PID=$!
+PIDS+=("$NC_PID")
+ip netns exec "$NS" "$DP" --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
+  --address 198.18.0.2/24 --config "$CONF" --memory-mb 512 --mbufs 32767 \
+  --file-prefix "fxq$$" >/dev/null 2>/tmp/ferrox-bench-proxy.log &
+DP_PID=$!
+sleep 2
+for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
+  in_ns timeout 10 redis-cli -h "${target%:*}" -p "${target#*:}" SET warmup 1 | grep -q OK \
+    || { echo "no answer from $target" >&2; cat /tmp/ferrox-bench-proxy.log >&2; exit 1; }
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# redis-benchmark --csv: "test","rps","avg","min","p50","p95","p99","max"
+run() { # host port extra-args -> lines "TEST rps p50 p99"
+  in_ns bash -c "ulimit -n 65536 2>/dev/null; timeout 300 redis-benchmark -h $1 -p $2 -c 50 -n $N \
+    -r 100000 -t get,set $3 --csv" | grep -E '^"(GET|SET)"' | tr -d '"' | awk -F, '{print $1, $2, $5, $7}'
+}
+
+hz=$(getconf CLK_TCK)
+declare -A rps p50 p99 cpu
+for scenario in plain P16 P16-1KiB; do
+  case "$scenario" in
+    plain) args="" ;;
+    P16) args="-P 16" ;;
+    P16-1KiB) args="-P 16 -d 1024" ;;
+  esac
+  for target in direct twemproxy ferrox; do
+    case "$target" in
+      direct) host=198.18.0.1 port=7001 pid="" ;;
+      twemproxy) host=198.18.0.1 port=22121 pid=$NC_PID ;;
+      ferrox) host=198.18.0.2 port=22121 pid=$DP_PID ;;
+    esac
+    t0=0
+    [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+    while read -r test r l50 l99; do
+      key="$scenario/$test/$target"
+      rps[$key]=$r p50[$key]=$l50 p99[$key]=$l99
+    done < <(run "$host" "$port" "$args")
+    if [ -n "$pid" ]; then
+      t1=$(cpu_ticks "$pid")
+      # CPU-seconds per million requests (GET and SET together: 2N requests).
+      cpu[$scenario/$target]=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$N" \
+        'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }')
+    else
+      cpu[$scenario/$target]="n/a"
+    fi
+  done
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
+for scenario in plain P16 P16-1KiB; do
+  for test in GET SET; do
+    d=$scenario/$test/direct t=$scenario/$test/twemproxy f=$scenario/$test/ferrox
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s |\n' "$scenario" "$test" \
+      "${rps[$d]:-?}" "${rps[$t]:-?}" "${rps[$f]:-?}" \
+      "$(ratio "${rps[$f]:-0}" "${rps[$t]:-0}")" "$(ratio "${rps[$f]:-0}" "${rps[$d]:-0}")" \
+      "${p50[$d]:-?}" "${p50[$t]:-?}" "${p50[$f]:-?}" "${p99[$d]:-?}" "${p99[$t]:-?}" "${p99[$f]:-?}" \
+      "${cpu[$scenario/twemproxy]}" "${cpu[$scenario/ferrox]}"
+  done
+done

@@ -1,0 +1,151 @@
+//! The proxy on the stack: `ferrox-proxy`'s engine behind [`App`].
+//!
+//! Each core runs its own engine with its own backend connections
+//! (shared-nothing); a connection the engine opens gets a local port whose
+//! flow hashes to the same core, so replies come back to it.
+
+use std::path::Path;
+
+use ferrox_proto::config::{self, Config};
+use ferrox_proxy::{configure, Action, Engine, EngineStats, PoolSpec, Tag};
+use smoltcp::wire::Ipv4Address;
+
+use crate::net::stack::{App, ConnHandle, NetAction};
+
+/// One core's proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    engine: Engine,
+    /// Listening port → pool.
+    ports: Vec<(u16, usize)>,
+    started: bool,
+}
+
+impl Proxy {
+    /// A proxy for `pools`, the pool of each listening port in `ports`.
+    pub fn new(pools: Vec<PoolSpec>, ports: Vec<(u16, usize)>, seed: u64) -> Proxy {
+        Proxy {
+            engine: Engine::new(pools, seed),
+            ports,
+            started: false,
+        }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        self.engine.stats()
+    }
+
+    /// The counters of several cores' proxies, added up.
+    pub fn total(proxies: &[&Proxy]) -> EngineStats {
+        let mut t = EngineStats::default();
+        for s in proxies.iter().map(|p| p.stats()) {
+            t.sessions_opened += s.sessions_opened;
+            t.sessions_refused += s.sessions_refused;
+            t.requests += s.requests;
+            t.errors += s.errors;
+            t.split_requests += s.split_requests;
+            t.backend_connects += s.backend_connects;
+            t.backend_failures += s.backend_failures;
+            t.timeouts += s.timeouts;
+        }
+        t
+    }
+}
+
+/// A configuration checked against the dataplane it will run on.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Listening port → pool index.
+    pub ports: Vec<(u16, usize)>,
+}
+
+impl Loaded {
+    /// The engine's pools, one set per core (each core routes on its own).
+    pub fn pools(&self) -> Vec<PoolSpec> {
+        configure::pools(&self.config).expect("checked by load")
+    }
+}
+
+/// Reads and validates the configuration at `path` for a dataplane
+/// answering on `address`: every error names the file, the line and the
+/// reason.
+pub fn load(path: &Path, address: Ipv4Address) -> anyhow::Result<Loaded> {
+    let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    configure::pools(&config)?;
+    let mut ports = Vec::new();
+    for (i, pool) in config.pools.iter().enumerate() {
+        let ip = *pool.listen.ip();
+        if !ip.is_unspecified() && ip != address {
+            anyhow::bail!(
+                "{}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
+                path.display(),
+                pool.name,
+                pool.listen
+            );
+        }
+        ports.push((pool.listen.port(), i));
+    }
+    Ok(Loaded { config, ports })
+}
+
+impl App for Proxy {
+    fn accept(&mut self, handle: ConnHandle, local_port: u16) -> Option<u32> {
+        let &(_, pool) = self.ports.iter().find(|(port, _)| *port == local_port)?;
+        self.engine.accept(pool, handle).map(Tag::raw)
+    }
+
+    fn bind(&mut self, tag: u32, handle: ConnHandle) {
+        self.engine.bind(Tag::from_raw(tag), handle);
+    }
+
+    fn input(&mut self, tag: u32, data: &[u8], now: u64) -> usize {
+        self.engine.handle_input(Tag::from_raw(tag), data, now)
+    }
+
+    fn wants_input(&self, tag: u32) -> bool {
+        self.engine.wants_input(Tag::from_raw(tag))
+    }
+
+    fn output(&mut self, tag: u32) -> &mut Vec<u8> {
+        self.engine.output(Tag::from_raw(tag))
+    }
+
+    fn connected(&mut self, tag: u32, now: u64) {
+        self.engine.handle_connected(Tag::from_raw(tag), now);
+    }
+
+    fn peer_closed(&mut self, tag: u32, now: u64) {
+        self.engine.handle_peer_closed(Tag::from_raw(tag), now);
+    }
+
+    fn gone(&mut self, tag: u32, handle: ConnHandle, now: u64) {
+        self.engine.handle_gone(Tag::from_raw(tag), handle, now);
+    }
+
+    fn poll_action(&mut self) -> Option<NetAction> {
+        if !self.started {
+            // Pools that preconnect open their connections on the first
+            // poll, from the core that will own them.
+            self.started = true;
+            self.engine.preconnect(0);
+        }
+        Some(match self.engine.poll_action()? {
+            Action::Connect { tag, addr } => NetAction::Connect {
+                tag: tag.raw(),
+                addr,
+            },
+            Action::Send(handle) => NetAction::Send(handle),
+            Action::Close(handle) => NetAction::Close(handle),
+            Action::Abort(handle) => NetAction::Abort(handle),
+        })
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        self.engine.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: u64) {
+        self.engine.handle_timeout(now);
+    }
+}

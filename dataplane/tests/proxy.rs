@@ -1,0 +1,457 @@
+//! The proxy end to end: ferrox on a DPDK virtual NIC in a namespace this
+//! test creates, four `redis-server` and two `memcached` backends on the
+//! kernel side, and real clients (`redis-cli`, `redis-benchmark`, redis-py,
+//! pymemcache). Every key must be on exactly the backend the router names,
+//! checked by asking the backends directly.
+#![allow(clippy::disallowed_methods)] // tests wait for processes
+
+#[path = "support/net.rs"]
+mod net;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrox_proto::route::{Distribution, HashFn, Server, Table};
+use net::*;
+
+const REDIS_PORTS: [u16; 4] = [7001, 7002, 7003, 7004];
+const MEMCACHED_PORTS: [u16; 2] = [11311, 11312];
+
+/// The backends, stopped (by PID) when dropped.
+struct Backends {
+    children: Vec<(u16, Child)>,
+}
+
+impl Backends {
+    fn start(ns: &Netns) -> Backends {
+        let mut backends = Backends {
+            children: Vec::new(),
+        };
+        for port in REDIS_PORTS {
+            backends.start_redis(ns, port);
+        }
+        for port in MEMCACHED_PORTS {
+            let child = ns
+                .command(&[
+                    "memcached",
+                    "-u",
+                    "root",
+                    "-l",
+                    KERNEL_IP,
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "0",
+                    "-m",
+                    "32",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            backends.children.push((port, child));
+        }
+        for port in REDIS_PORTS.iter().chain(&MEMCACHED_PORTS) {
+            wait_for_port(ns, *port);
+        }
+        backends
+    }
+
+    fn start_redis(&mut self, ns: &Netns, port: u16) {
+        let child = ns
+            .command(&[
+                "redis-server",
+                "--bind",
+                KERNEL_IP,
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push((port, child));
+    }
+
+    fn kill(&mut self, port: u16) {
+        let at = self.children.iter().position(|(p, _)| *p == port).unwrap();
+        let (_, mut child) = self.children.remove(at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for_port(ns: &Netns, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = format!("exec 3<>/dev/tcp/{KERNEL_IP}/{port}");
+    while !ns
+        .command(&["bash", "-c", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "backend on {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A config file in the temporary directory, removed when dropped.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(extension: &str, text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "ferrox-proxy-test-{}-{}.{extension}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn config() -> String {
+    let redis: Vec<String> = REDIS_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{KERNEL_IP}:{p}:{}\"", 1 + i % 2))
+        .collect();
+    let memcached: Vec<String> = MEMCACHED_PORTS
+        .iter()
+        .map(|p| format!("\"{KERNEL_IP}:{p}:1\""))
+        .collect();
+    format!(
+        r#"
+[pools.cache]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+hash = "murmur"
+distribution = "ketama"
+hash_tag = "{{}}"
+timeout_ms = 2000
+server_retry_timeout_ms = 500
+blocked_commands = ["FLUSHDB"]
+servers = [{}]
+
+[pools.sessions]
+listen = "0.0.0.0:11211"
+protocol = "memcache"
+hash = "md5"
+distribution = "modula"
+timeout_ms = 2000
+servers = [{}]
+"#,
+        redis.join(", "),
+        memcached.join(", ")
+    )
+}
+
+/// The route table the dataplane must follow, built the same way.
+fn redis_table() -> (Table, Vec<u16>) {
+    redis_table_with("murmur")
+}
+
+fn redis_table_with(hash: &str) -> (Table, Vec<u16>) {
+    let servers: Vec<Server> = REDIS_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Server::new(format!("{KERNEL_IP}:{p}"), 1 + i as u32 % 2))
+        .collect();
+    let table = Table::build(
+        HashFn::from_name(hash).unwrap(),
+        Distribution::Ketama,
+        Some(*b"{}"),
+        &servers,
+        &[true; 4],
+    )
+    .unwrap();
+    (table, REDIS_PORTS.to_vec())
+}
+
+fn memcached_table() -> Table {
+    let servers: Vec<Server> = MEMCACHED_PORTS
+        .iter()
+        .map(|p| Server::new(format!("{KERNEL_IP}:{p}"), 1))
+        .collect();
+    Table::build(
+        HashFn::from_name("md5").unwrap(),
+        Distribution::Modula,
+        None,
+        &servers,
+        &[true; 2],
+    )
+    .unwrap()
+}
+
+fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
+    ns.shell(&format!("timeout 10 redis-cli -h {host} -p {port} {args}"))
+        .trim()
+        .to_owned()
+}
+
+fn python(ns: &Netns, script: &str) -> String {
+    // Debian's interpreter, which has python3-redis and python3-pymemcache.
+    let out = ns.command(&["/usr/bin/python3", "-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Keys of each Redis backend, asked directly.
+fn keys_on(ns: &Netns, port: u16, pattern: &str) -> Vec<String> {
+    let out = cli(ns, KERNEL_IP, port, &format!("--scan --pattern '{pattern}'"));
+    out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+}
+
+fn proxies_redis_and_memcached(pmd: Pmd, cores: usize) {
+    let config = ConfigFile::new("toml", &config());
+    let (ns, dp) = setup_with(pmd, cores, &["--config", config.path()]);
+    let mut backends = Backends::start(&ns);
+    let ferrox = |args: &str| cli(&ns, FERROX_IP, 6379, args);
+
+    // Plain commands, local commands, refusals.
+    assert_eq!(ferrox("PING"), "PONG");
+    assert_eq!(ferrox("SET greeting hello"), "OK");
+    assert_eq!(ferrox("GET greeting"), "hello");
+    assert_eq!(ferrox("INCR counter"), "1");
+    assert!(ferrox("BLPOP q 0").contains("'BLPOP' is not supported"));
+    assert!(ferrox("FLUSHDB").contains("blocked by configuration"));
+    assert!(ferrox("SUBSCRIBE ch").contains("not supported"));
+    // Multi-key commands split across servers and merge in key order.
+    let keys: Vec<String> = (0..40).map(|i| format!("multi:{i}")).collect();
+    let pairs: Vec<String> = keys.iter().map(|k| format!("{k} v{k}")).collect();
+    assert_eq!(ferrox(&format!("MSET {}", pairs.join(" "))), "OK");
+    let values = ferrox(&format!("MGET {} missing {}", keys[..20].join(" "), keys[20..].join(" ")));
+    let mut expected: Vec<String> = keys.iter().map(|k| format!("v{k}")).collect();
+    expected.insert(20, String::new());
+    assert_eq!(values.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(ferrox(&format!("EXISTS {} missing", keys.join(" "))), "40");
+    // Hashtags keep related keys on one server.
+    assert_eq!(ferrox("SET {user:7}:name ann"), "OK");
+    assert_eq!(ferrox("SADD {user:7}:tags a b"), "2");
+    assert_eq!(ferrox("RENAME {user:7}:name {user:7}:first"), "OK");
+
+    // Every key is on exactly the server the router names.
+    let (table, ports) = redis_table();
+    let mut found = 0;
+    for (i, &port) in ports.iter().enumerate() {
+        for key in keys_on(&ns, port, "*") {
+            assert_eq!(
+                table.server_for(key.as_bytes(), 0),
+                Some(i),
+                "{key} is on {port}"
+            );
+            found += 1;
+        }
+    }
+    assert_eq!(found, 40 + 4);
+    let spread = ports
+        .iter()
+        .filter(|p| !keys_on(&ns, **p, "multi:*").is_empty())
+        .count();
+    assert!(spread >= 3, "40 keys should reach most servers");
+
+    // redis-benchmark, pipelined, every test it runs must succeed.
+    let bench = ns.shell(&format!(
+        "timeout 120 redis-benchmark -h {FERROX_IP} -t set,get,incr,lpush,mset -P 16 -c 50 -n 20000 -r 10000 -q 2>&1"
+    ));
+    assert!(!bench.contains("rror"), "{bench}");
+    for test in ["SET:", "GET:", "INCR:", "LPUSH:", "MSET (10 keys):"] {
+        assert!(bench.contains(test), "{test} missing: {bench}");
+    }
+    assert!(rps(&bench) > 0.0, "{bench}");
+
+    // A client library: redis-py, pipelined and with multi-key commands.
+    let py = python(
+        &ns,
+        &format!(
+            r#"
+import redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+p = r.pipeline(transaction=False)
+for i in range(200):
+    p.set(f"py:{{i}}", i)
+p.execute()
+assert r.mget([f"py:{{i}}" for i in range(200)]) == [str(i).encode() for i in range(200)]
+assert r.delete(*[f"py:{{i}}" for i in range(100)]) == 100
+assert r.exists(*[f"py:{{i}}" for i in range(200)]) == 100
+try:
+    r.execute_command("KEYS", "*")
+    raise SystemExit("KEYS should be refused")
+except redis.ResponseError as e:
+    assert "ferrox" in str(e)
+print("redis-py ok")
+"#
+        ),
+    );
+    assert!(py.contains("redis-py ok"), "{py}");
+
+    // memcached through a client library, and placement on its backends.
+    let mc = python(
+        &ns,
+        &format!(
+            r#"
+from pymemcache.client.base import Client
+c = Client(("{FERROX_IP}", 11211), timeout=10)
+values = {{f"mc:{{i}}": f"value {{i}}".encode() for i in range(100)}}
+assert c.set_many(values) == []
+assert c.get_many(list(values) + ["mc:missing"]) == values
+assert c.incr("mc:n", 1) is None
+c.set("mc:n", "5")
+assert c.incr("mc:n", 2) == 7
+assert c.delete("mc:0")
+assert c.get("mc:0") is None
+direct = {{}}
+for port in {MEMCACHED_PORTS:?}:
+    d = Client(("{KERNEL_IP}", port), timeout=10)
+    direct[port] = [k for k in list(values) + ["mc:n"] if d.get(k) is not None]
+print(direct)
+"#
+        ),
+    );
+    let table = memcached_table();
+    for (i, port) in MEMCACHED_PORTS.iter().enumerate() {
+        let list = mc
+            .split(&format!("{port}: ["))
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_else(|| panic!("no keys listed for {port}: {mc}"));
+        for key in list.split(", ").filter(|k| !k.is_empty()) {
+            let key = key.trim_matches('\'');
+            assert_eq!(table.server_for(key.as_bytes(), 0), Some(i), "{key} on {port}");
+        }
+    }
+    let listed = mc.matches("'mc:").count();
+    assert_eq!(listed, 100, "{mc}");
+
+    // A malformed request: a protocol error and a close, nothing else lost.
+    let reply = ns.shell(&format!(
+        "exec 3<>/dev/tcp/{FERROX_IP}/6379; printf '*1\\r\\n$-7\\r\\n' >&3; timeout 5 cat <&3"
+    ));
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+    assert_eq!(ferrox("GET greeting"), "hello");
+
+    // A dead backend costs only the requests sent to it.
+    let (victim, victim_port) = (1, REDIS_PORTS[1]);
+    backends.kill(victim_port);
+    let mut failed = 0;
+    for key in &keys {
+        let reply = ferrox(&format!("GET {key}"));
+        if table_pick(key) == victim {
+            assert!(reply.contains(&format!("{KERNEL_IP}:{victim_port}")), "{reply}");
+            failed += 1;
+        } else {
+            assert_eq!(reply, format!("v{key}"));
+        }
+    }
+    assert!(failed > 0);
+    // Back after a restart, once the retry wait has passed.
+    backends.start_redis(&ns, victim_port);
+    wait_for_port(&ns, victim_port);
+    std::thread::sleep(Duration::from_millis(600));
+    let key = keys.iter().find(|k| table_pick(k) == victim).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ferrox(&format!("SET {key} again")) != "OK" {
+        assert!(Instant::now() < deadline, "the restarted backend was not used again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cli(&ns, KERNEL_IP, victim_port, &format!("GET {key}")), "again");
+
+    let stats = dp.stop();
+    assert!(stat(&stats, "backend_failures") >= 1, "{stats}");
+    assert!(stat(&stats, "split_requests") >= 3, "{stats}");
+}
+
+fn table_pick(key: &str) -> usize {
+    redis_table().0.server_for(key.as_bytes(), 0).unwrap()
+}
+
+#[test]
+fn proxy_on_af_xdp() {
+    proxies_redis_and_memcached(Pmd::AfXdp, 1);
+}
+
+#[test]
+fn proxy_on_af_packet_with_two_cores() {
+    proxies_redis_and_memcached(Pmd::AfPacket, 2);
+}
+
+#[test]
+fn reads_a_nutcracker_yml_as_it_is() {
+    let yml = format!(
+        "alpha:\n  listen: 0.0.0.0:6379\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n{}",
+        REDIS_PORTS
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("   - {KERNEL_IP}:{p}:{}\n", 1 + i % 2))
+            .collect::<String>()
+    );
+    let config = ConfigFile::new("yml", &yml);
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let _backends = Backends::start(&ns);
+    for i in 0..20 {
+        assert_eq!(cli(&ns, FERROX_IP, 6379, &format!("SET yml:{i} {i}")), "OK");
+    }
+    // fnv1a_64 and the same servers (the keys have no hashtag).
+    let (table, ports) = redis_table_with("fnv1a_64");
+    for (i, &port) in ports.iter().enumerate() {
+        for key in keys_on(&ns, port, "yml:*") {
+            assert_eq!(table.server_for(key.as_bytes(), 0), Some(i), "{key} on {port}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_config_is_refused_with_its_line() {
+    let config = ConfigFile::new(
+        "toml",
+        "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"sha1\"\nservers = [\"198.18.0.1:7001:1\"]\n",
+    );
+    let out = std::process::Command::new(DATAPLANE)
+        .args([
+            "--vdev",
+            "net_null0",
+            "--address",
+            "198.18.0.2/24",
+            "--config",
+            config.path(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4:", config.path())) && stderr.contains("sha1"),
+        "{stderr}"
+    );
+}
