@@ -3,7 +3,8 @@
 #
 #   ./ferrox.sh demo    set this machine up and run ferrox's main job
 #   ./ferrox.sh test    set this machine up and run every check and test
-#   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane harness)
+#   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane and proxy harnesses)
+#   ./ferrox.sh fuzz    run every fuzz target for FUZZ_SECONDS (default 60) each
 #   ./ferrox.sh demo-shm  the shared-memory foundation across three processes
 #
 # Run as root on Debian. Every step is idempotent: packages are installed only
@@ -16,7 +17,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # Debian packages the build, the tests and the demo need.
 PACKAGES=(build-essential pkg-config procps iproute2 util-linux ethtool
-  libdpdk-dev dpdk clang libclang-dev redis-tools redis-server)
+  libdpdk-dev dpdk clang libclang-dev redis-tools redis-server memcached nutcracker
+  python3 python3-redis python3-pymemcache)
 # 2 MiB hugepages to have free while ferrox runs (2 GiB: the test suite runs
 # several DPDK processes at once).
 HUGEPAGES_WANTED=1024
@@ -150,12 +152,14 @@ cmd_test() {
   log "loom: ring and doorbell orderings"
   RUSTFLAGS="--cfg loom" cargo test -q --locked -p hugepage-pool --lib --release --target-dir target/loom -- loom
   run_miri
+  run_fuzz "${FUZZ_SECONDS:-10}"
 }
 
-# The appliance's main job on a machine with no DPDK NIC: ferrox on an
-# af_xdp virtual NIC in its own network namespace, until Ctrl-C (or
-# DEMO_SECONDS). Today it serves the RESP echo service (PING, ECHO); the
-# proxy and its backends come next.
+# The appliance's main job on a machine with no DPDK NIC: in network
+# namespace 'ferrox', three redis-server and two memcached backends on the
+# kernel side (198.18.0.1), and ferrox on an af_xdp virtual NIC
+# (198.18.0.2) proxying to them with configs/demo.toml, until Ctrl-C (or
+# DEMO_SECONDS).
 DEMO_NS=ferrox
 cmd_demo() {
   setup
@@ -166,36 +170,66 @@ cmd_demo() {
   fi
   ip netns add "$DEMO_NS"
   CLEANUP+=("ip netns del $DEMO_NS")
-  local ns="ip netns exec $DEMO_NS"
+  local ns="ip netns exec $DEMO_NS" port pid i
   $ns ip link set lo up
   $ns ip link add veth0 type veth peer name veth1
   $ns ip addr add 198.18.0.1/24 dev veth0
   $ns ip link set veth0 up
   $ns ip link set veth1 up
   $ns ethtool -K veth0 tx off >/dev/null
-  log "starting ferrox on net_af_xdp (veth1) in namespace '$DEMO_NS'"
-  $ns ./target/release/ferrox-dataplane --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
+  log "starting backends: redis-server on 198.18.0.1:7001-7003, memcached on 198.18.0.1:11311-11312"
+  for port in 7001 7002 7003; do
+    # Not through $ns in a subshell: $! must be the server (ip netns exec execs it).
+    ip netns exec "$DEMO_NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
+      --protected-mode no --loglevel warning >/dev/null &
+    CLEANUP+=("kill $! 2>/dev/null")
+  done
+  for port in 11311 11312; do
+    ip netns exec "$DEMO_NS" memcached -u root -l 198.18.0.1 -p "$port" -U 0 -m 64 &
+    CLEANUP+=("kill $! 2>/dev/null")
+  done
+  log "starting ferrox on net_af_xdp (veth1) with configs/demo.toml"
+  ip netns exec "$DEMO_NS" ./target/release/ferrox-dataplane --config configs/demo.toml \
+    --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
     --address 198.18.0.2/24 --memory-mb 256 2>/tmp/ferrox-demo.log &
-  local pid=$!
+  pid=$!
   CLEANUP+=("kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null")
-  local i
   for i in $(seq 50); do
     $ns redis-cli -h 198.18.0.2 PING >/dev/null 2>&1 && break
     kill -0 "$pid" 2>/dev/null || { cat /tmp/ferrox-demo.log >&2; die "ferrox did not start"; }
     sleep 0.2
   done
-  log "redis-cli PING: $($ns redis-cli -h 198.18.0.2 PING)"
-  log "redis-benchmark (100,000 PINGs, 50 clients):"
-  $ns timeout 60 redis-benchmark -h 198.18.0.2 -t ping_mbulk -n 100000 -c 50 -q 2>&1 | tr '\r' '\n' | grep 'requests per second'
+  local cli="$ns redis-cli -h 198.18.0.2"
+  log "redis-cli through ferrox:"
+  echo "  SET greeting hello -> $($cli SET greeting hello)"
+  echo "  GET greeting       -> $($cli GET greeting)"
+  echo "  MSET k1..k6        -> $($cli MSET k1 a k2 b k3 c k4 d k5 e k6 f)"
+  echo "  MGET k1..k6        -> $($cli MGET k1 k2 k3 k4 k5 k6 | tr '\n' ' ')"
+  echo "  BLPOP q 0          -> $($cli BLPOP q 0)"
+  log "where the keys landed (asking each redis-server directly):"
+  for port in 7001 7002 7003; do
+    echo "  198.18.0.1:$port: $($ns redis-cli -h 198.18.0.1 -p "$port" --scan | sort | tr '\n' ' ')"
+  done
+  log "memcached through ferrox:"
+  $ns timeout 5 bash -c 'exec 3<>/dev/tcp/198.18.0.2/11211
+    printf "set m1 0 0 3\r\none\r\nset m2 0 0 3\r\ntwo\r\nget m1 m2 m3\r\nquit\r\n" >&3
+    cat <&3' | sed 's/^/  /'
+  log "redis-benchmark (GET and SET, 50 clients, pipelines of 16):"
+  $ns timeout 120 redis-benchmark -h 198.18.0.2 -t get,set -n 200000 -c 50 -P 16 -r 100000 -q 2>&1 \
+    | tr '\r' '\n' | grep 'requests per second' | sed 's/^/  /'
   cat <<MSG
 
-ferrox is serving at 198.18.0.2:6379 inside network namespace '$DEMO_NS'
-(userspace TCP on DPDK af_xdp; service: PING and ECHO). Try:
+ferrox is proxying at 198.18.0.2 inside network namespace '$DEMO_NS'
+(userspace TCP on DPDK af_xdp): Redis on port 6379 (pool "cache", three
+servers, ketama), memcached on port 11211 (pool "sessions", two servers).
+The configuration is configs/demo.toml. Try:
 
-  ip netns exec $DEMO_NS redis-cli -h 198.18.0.2 PING
-  ip netns exec $DEMO_NS redis-benchmark -h 198.18.0.2 -t ping -q
+  ip netns exec $DEMO_NS redis-cli -h 198.18.0.2
+  ip netns exec $DEMO_NS redis-benchmark -h 198.18.0.2 -t get,set -P 16 -q
+  ip netns exec $DEMO_NS bash -c 'exec 3<>/dev/tcp/198.18.0.2/11211; printf "get m1\r\n" >&3; timeout 1 cat <&3'
 
-Ctrl-C here stops ferrox and removes the namespace. Logs: /tmp/ferrox-demo.log
+Ctrl-C here stops ferrox and the backends and removes the namespace.
+Logs: /tmp/ferrox-demo.log
 MSG
   if [ -n "${DEMO_SECONDS:-}" ]; then
     sleep "$DEMO_SECONDS"
@@ -214,14 +248,38 @@ cmd_demo_shm() {
 
 cmd_bench() {
   setup
-  cargo bench --locked -p hugepage-pool "$@"
+  cargo bench --locked -p hugepage-pool -p ferrox-proto -p ferrox-proxy "$@"
   bench/dataplane.sh
+  bench/proxy.sh
+}
+
+# Every cargo-fuzz target of the protocol crate, FUZZ_SECONDS each. Needs a
+# nightly toolchain (libFuzzer's instrumentation); cargo-fuzz is installed
+# when missing.
+run_fuzz() {
+  local seconds=$1 target
+  if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then
+    echo "fuzz: SKIPPED (no nightly toolchain on this machine)"
+    return 0
+  fi
+  command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz
+  for target in $(cd dataplane/proto && cargo +nightly fuzz list); do
+    log "fuzz: $target for ${seconds}s"
+    (cd dataplane/proto && cargo +nightly fuzz run -s none "$target" -- \
+      -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
+  done
+}
+
+cmd_fuzz() {
+  setup
+  run_fuzz "${FUZZ_SECONDS:-60}"
 }
 
 case "${1:-}" in
   demo) shift; cmd_demo "$@" ;;
   demo-shm) shift; cmd_demo_shm "$@" ;;
+  fuzz) shift; cmd_fuzz "$@" ;;
   test) shift; cmd_test "$@" ;;
   bench) shift; cmd_bench "$@" ;;
-  *) echo "usage: $0 demo|test|bench|demo-shm" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|test|bench|fuzz|demo-shm" >&2; exit 2 ;;
 esac

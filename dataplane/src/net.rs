@@ -3,4 +3,6 @@
 
 pub mod device;
 pub mod flow;
+#[allow(unsafe_code)]
+pub mod memory;
 pub mod stack;

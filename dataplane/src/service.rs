@@ -99,7 +99,9 @@ impl<S: Service> App for PerConnection<S> {
         let open = self.conns[tag as usize]
             .as_mut()
             .expect("the stack names live connections");
-        let (used, verdict) = self.service.on_input(&mut open.state, data, &mut open.output);
+        let (used, verdict) = self
+            .service
+            .on_input(&mut open.state, data, &mut open.output);
         if verdict == Verdict::Close {
             self.protocol_errors += 1;
             self.actions.push(NetAction::Close(open.handle));

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use ferrox_dataplane::lcore::{
     Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic,
 };
+use ferrox_dataplane::net::memory::{Sizes, SocketPool};
 use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port};
 use ferrox_dataplane::service::proxy::Proxy;
@@ -66,6 +67,10 @@ struct Args {
     /// CPU (see docs/performance.md).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=100_000))]
     idle_max_sleep_us: u64,
+    /// How long an ACK may wait to ride on outgoing data, in microseconds
+    /// (0: acknowledge at once).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    ack_delay_us: u64,
     /// Print a statistics line on stdout this often (milliseconds; 0: never).
     #[arg(long, default_value_t = 0)]
     stats_every: u64,
@@ -143,6 +148,8 @@ fn run(args: Args) -> Result<()> {
         backlog: args.backlog,
         max_connections: args.max_connections,
         cores,
+        ack_delay: (args.ack_delay_us > 0)
+            .then(|| smoltcp::time::Duration::from_micros(args.ack_delay_us)),
         ..StackConfig::default()
     };
     let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;
@@ -202,8 +209,19 @@ fn serve<A: App + Send>(
     } else {
         vec![None]
     };
-    let mut all: Vec<Core<'_, A>> = (0..cores)
-        .map(|id| Core {
+    // Socket buffers: chunks of a pool in hugepages (or /dev/shm), removed
+    // when the process ends.
+    let sockets = SocketPool::create(
+        &format!("dataplane-{}", std::process::id()),
+        Sizes {
+            client: SOCKET_BUFFER,
+            server: SERVER_SOCKET_BUFFER,
+        },
+        (args.max_connections as u32).min(1024),
+    )?;
+    let mut all = Vec::with_capacity(cores);
+    for id in 0..cores {
+        all.push(Core {
             id,
             queue: port.queue(id as u16),
             stack: Stack::new(
@@ -212,14 +230,15 @@ fn serve<A: App + Send>(
                     ..config.clone()
                 },
                 make_app(id),
+                sockets.core(id)?,
                 clock.now(),
                 std::process::id() as u64 ^ (id as u64) << 32,
             ),
             steering: steering[id].take(),
             stats: LoopStats::default(),
             counters: Arc::new(CoreCounters::default()),
-        })
-        .collect();
+        });
+    }
     let boards: Vec<Arc<CoreCounters>> = all.iter().map(|c| c.counters.clone()).collect();
     println!(
         "ferrox-dataplane: serving {}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
@@ -327,6 +346,12 @@ fn report_every(
         let _ = std::io::stdout().flush();
     }
 }
+
+/// Receive and send buffer of each client connection.
+const SOCKET_BUFFER: u32 = 16 << 10;
+/// Receive and send buffer of each connection to a server (it carries
+/// many clients' requests).
+const SERVER_SOCKET_BUFFER: u32 = 256 << 10;
 
 /// Bytes of each steering lane between two cores.
 const STEER_RING: u64 = 1 << 20;

@@ -17,13 +17,14 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddrV4;
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::socket::tcp::{self, State};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::socket::tcp::State;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 use super::device::{self, FrameDevice};
 use super::flow::{self, FlowKey, FlowTable, Frame};
+use super::memory::{PooledSocket, Role, SocketMemory};
 use crate::port::Queue;
 
 /// A connection as the stack names it to its application: slot index and
@@ -84,16 +85,18 @@ pub struct StackConfig {
     pub backlog: usize,
     /// Most connections at once.
     pub max_connections: usize,
-    /// Socket buffers of accepted connections.
-    pub rx_buffer: usize,
-    pub tx_buffer: usize,
-    /// Socket buffers of connections the application opens (to servers:
-    /// they carry many clients' traffic).
-    pub active_buffer: usize,
+    /// Most received bytes held for the application beyond the socket's
+    /// own buffer (a request split across the buffer's end).
+    pub max_input: usize,
     /// This core and how many there are: a connection this core opens
     /// gets a local port whose flow hashes to it.
     pub core: usize,
     pub cores: usize,
+    /// How long an ACK may wait for data to ride on; `None` (the default)
+    /// sends it at once. With a delay, the ACK of a request usually rides
+    /// on its reply, but window updates wait too, which stalls pipelines
+    /// that fill the window (see docs/performance.md).
+    pub ack_delay: Option<smoltcp::time::Duration>,
 }
 
 impl Default for StackConfig {
@@ -105,11 +108,10 @@ impl Default for StackConfig {
             ports: vec![6379],
             backlog: 1024,
             max_connections: 65536,
-            rx_buffer: 16 << 10,
-            tx_buffer: 16 << 10,
-            active_buffer: 256 << 10,
+            max_input: 16 << 10,
             core: 0,
             cores: 1,
+            ack_delay: None,
         }
     }
 }
@@ -132,8 +134,7 @@ pub struct StackStats {
 const EPHEMERAL: std::ops::Range<u16> = 49152..65535;
 
 struct Conn {
-    sockets: SocketSet<'static>,
-    handle: SocketHandle,
+    socket: PooledSocket,
     key: FlowKey,
     generation: u32,
     tag: u32,
@@ -163,6 +164,7 @@ pub struct Stack<A: App> {
     no_sockets: SocketSet<'static>,
     handshaking: usize,
     next_port: u16,
+    memory: SocketMemory,
     app: A,
     stats: StackStats,
 }
@@ -185,7 +187,8 @@ fn handle_of(id: u32, generation: u32) -> ConnHandle {
 }
 
 impl<A: App> Stack<A> {
-    pub fn new(config: StackConfig, app: A, now: Instant, seed: u64) -> Self {
+    /// A stack whose sockets take their buffers from `memory`.
+    pub fn new(config: StackConfig, app: A, memory: SocketMemory, now: Instant, seed: u64) -> Self {
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut CapsOnly, now);
@@ -206,6 +209,7 @@ impl<A: App> Stack<A> {
             no_sockets: SocketSet::new(Vec::new()),
             handshaking: 0,
             next_port,
+            memory,
             app,
             stats: StackStats::default(),
         }
@@ -264,8 +268,7 @@ impl<A: App> Stack<A> {
                 let conn = self.conns[id as usize]
                     .as_mut()
                     .expect("flow table points at a live connection");
-                self.iface
-                    .poll_ingress_single(now, &mut device, &mut conn.sockets);
+                conn.socket.poll_ingress(&mut self.iface, now, &mut device);
                 self.stats.tx_no_mbuf += device.tx_no_mbuf;
                 self.service_conn(id, now, queue);
             }
@@ -325,7 +328,7 @@ impl<A: App> Stack<A> {
                     if let Some(id) = self.live(handle) {
                         let conn = self.conn_mut(id);
                         conn.aborted = true;
-                        conn.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+                        conn.socket.abort();
                         self.service_conn(id, now, queue);
                     }
                 }
@@ -338,6 +341,24 @@ impl<A: App> Stack<A> {
                         self.app.gone(tag, NONE, micros(now));
                     }
                 },
+            }
+        }
+    }
+
+    /// A socket for request/response traffic: send at once (no Nagle), and
+    /// acknowledge after the configured delay. `None` when the pool cannot
+    /// grow.
+    fn new_socket(&mut self, role: Role) -> Option<PooledSocket> {
+        let ack_delay = self.config.ack_delay;
+        let socket = self.memory.socket(role, |socket| {
+            socket.set_nagle_enabled(false);
+            socket.set_ack_delay(ack_delay);
+        });
+        match socket {
+            Ok(socket) => Some(socket),
+            Err(error) => {
+                tracing::warn!(%error, "no memory for a socket");
+                None
             }
         }
     }
@@ -357,9 +378,7 @@ impl<A: App> Stack<A> {
     }
 
     /// A connection slot for `key`.
-    fn insert(&mut self, key: FlowKey, socket: tcp::Socket<'static>, active: bool) -> u32 {
-        let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let handle = sockets.add(socket);
+    fn insert(&mut self, key: FlowKey, socket: PooledSocket, active: bool) -> u32 {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -370,8 +389,7 @@ impl<A: App> Stack<A> {
         };
         let generation = self.generations[id as usize];
         self.conns[id as usize] = Some(Conn {
-            sockets,
-            handle,
+            socket,
             key,
             generation,
             tag: u32::MAX,
@@ -399,7 +417,10 @@ impl<A: App> Stack<A> {
             self.stats.limit_drops += 1;
             return None;
         }
-        let mut socket = new_socket(self.config.rx_buffer, self.config.tx_buffer);
+        let Some(mut socket) = self.new_socket(Role::Client) else {
+            self.stats.limit_drops += 1;
+            return None;
+        };
         socket
             .listen(key.local_port())
             .expect("a fresh socket listens on a non-zero port");
@@ -407,7 +428,8 @@ impl<A: App> Stack<A> {
         let handle = handle_of(id, self.generations[id as usize]);
         let Some(tag) = self.app.accept(handle, key.local_port()) else {
             self.stats.refused += 1;
-            self.conns[id as usize] = None;
+            let conn = self.conns[id as usize].take().expect("just inserted");
+            self.memory.release(conn.socket);
             self.flows.remove(&key);
             self.free.push(id);
             return None;
@@ -438,14 +460,18 @@ impl<A: App> Stack<A> {
                 && !self.config.ports.contains(&port))
             .then_some(key)
         })?;
-        let mut socket = new_socket(self.config.active_buffer, self.config.active_buffer);
-        socket
+        let mut socket = self.new_socket(Role::Server)?;
+        if socket
             .connect(
-                self.iface.context(),
-                (peer, addr.port()),
-                (self.config.address, key.local_port()),
+                &mut self.iface,
+                (peer, addr.port()).into(),
+                key.local_port(),
             )
-            .ok()?;
+            .is_err()
+        {
+            self.memory.release(socket);
+            return None;
+        }
         let id = self.insert(key, socket, true);
         self.conn_mut(id).tag = tag;
         self.stats.connects += 1;
@@ -459,7 +485,7 @@ impl<A: App> Stack<A> {
     fn service_conn(&mut self, id: u32, now: Instant, queue: &mut Queue<'_>) {
         let now_us = micros(now);
         let conn = self.conns[id as usize].as_mut().expect("a live connection");
-        let socket = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let socket = &mut conn.socket;
         let state = socket.state();
         let tag = conn.tag;
         if !conn.established && matches!(state, State::Established | State::CloseWait) {
@@ -477,7 +503,7 @@ impl<A: App> Stack<A> {
                 let used = self.app.input(tag, &conn.input, now_us);
                 conn.input.drain(..used);
             }
-            while socket.can_recv() && conn.input.len() < self.config.rx_buffer {
+            while socket.can_recv() && conn.input.len() < self.config.max_input {
                 if !self.app.wants_input(tag) {
                     break;
                 }
@@ -515,19 +541,18 @@ impl<A: App> Stack<A> {
         }
 
         let mut device = FrameDevice::egress(queue);
-        self.iface.poll_egress(now, &mut device, &mut conn.sockets);
+        conn.socket.poll_egress(&mut self.iface, now, &mut device);
         self.stats.tx_no_mbuf += device.tx_no_mbuf;
 
-        let socket = conn.sockets.get::<tcp::Socket>(conn.handle);
         // A listening socket that did not take the SYN, or a finished one.
         if matches!(
-            socket.state(),
+            conn.socket.state(),
             State::Closed | State::Listen | State::TimeWait
         ) {
             self.retire(id, now_us);
             return;
         }
-        if let Some(at) = self.iface.poll_at(now, &conn.sockets) {
+        if let Some(at) = conn.socket.poll_at(&mut self.iface, now) {
             let at = at.max(now);
             if conn.timer.is_none_or(|filed| at < filed) {
                 conn.timer = Some(at);
@@ -542,24 +567,12 @@ impl<A: App> Stack<A> {
             self.handshaking -= 1;
         }
         self.flows.remove(&conn.key);
+        self.memory.release(conn.socket);
         self.generations[id as usize] = conn.generation.wrapping_add(1);
         self.free.push(id);
         self.stats.closed += 1;
         self.app.gone(conn.tag, handle_of(id, conn.generation), now);
     }
-}
-
-/// A socket for request/response traffic: send at once, acknowledge at
-/// once (smoltcp's defaults, Nagle and a 10 ms delayed ACK, cap small
-/// message rates).
-fn new_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; rx]),
-        tcp::SocketBuffer::new(vec![0; tx]),
-    );
-    socket.set_nagle_enabled(false);
-    socket.set_ack_delay(None);
-    socket
 }
 
 /// Gives `Interface::new` the device capabilities; never sends or receives.

@@ -1,0 +1,353 @@
+//! Socket buffers from the chunk pool.
+//!
+//! Each TCP connection's receive and send buffers are two chunks of the
+//! core's hugepage-backed pool instead of heap vectors: connection memory
+//! then lives where the rest of the dataplane's state lives (and where a
+//! later handover can find it), and a core takes chunks from its own cache
+//! without a lock.
+//!
+//! smoltcp borrows its buffers for the socket's lifetime, and a socket set
+//! that lives in the stack cannot borrow from the stack's own pool, so the
+//! buffers are handed to smoltcp as `'static` slices. That is sound because
+//! of how [`PooledSocket`] is built and taken apart, which is all in this
+//! module:
+//! - it owns the chunks (their tokens) for as long as the socket exists,
+//!   so no one else can hand the same bytes out;
+//! - it holds a reference to the region, so the mapping outlives the
+//!   socket whatever order things are dropped in;
+//! - the socket never leaves it: callers reach the socket only through
+//!   the methods below, never as `&mut tcp::Socket`, so it cannot be
+//!   swapped out, and [`SocketMemory::release`] drops the socket before it
+//!   frees the chunks.
+
+use std::sync::Arc;
+
+use hugepage_pool::pool::{Chunk, ClassConfig, CoreCache, Pool, PoolConfig, PoolError};
+use hugepage_pool::{Region, RegionOptions};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::phy::Device;
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::IpEndpoint;
+
+/// The chunk size whose payload holds `bytes` (chunk sizes are multiples
+/// of 64, header included).
+fn chunk_size(bytes: u32) -> u32 {
+    (bytes + hugepage_pool::pool::CHUNK_HEADER).next_multiple_of(64)
+}
+
+/// The two buffer sizes: accepted connections and connections to servers
+/// (the client size the smaller).
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub client: u32,
+    pub server: u32,
+}
+
+/// The pool's classes for `sizes`, with `clients` client connections' worth
+/// of chunks to start with.
+fn pool_config(sizes: Sizes, clients: u32) -> PoolConfig {
+    PoolConfig {
+        classes: vec![
+            ClassConfig {
+                chunk_size: chunk_size(sizes.client),
+                chunks: 2 * clients,
+            },
+            ClassConfig {
+                chunk_size: chunk_size(sizes.server),
+                chunks: 16,
+            },
+        ],
+    }
+}
+
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
+
+/// The socket buffer pool of a dataplane process, one cache per core.
+#[derive(Debug)]
+pub struct SocketPool {
+    pool: Pool,
+    sizes: Sizes,
+}
+
+impl SocketPool {
+    /// A pool in a new region `name` (hugepages when free, else `/dev/shm`),
+    /// removed when the last user drops it.
+    pub fn create(name: &str, sizes: Sizes, clients: u32) -> Result<SocketPool, PoolError> {
+        let config = pool_config(sizes, clients);
+        let region = Region::create(
+            name,
+            &RegionOptions {
+                size: config.bytes() + (1 << 20),
+                ..RegionOptions::default()
+            },
+        )?;
+        Ok(SocketPool {
+            pool: Pool::create(&region, "sockets", &config)?,
+            sizes,
+        })
+    }
+
+    /// A pool on the heap, for tests.
+    pub fn heap(sizes: Sizes, clients: u32) -> SocketPool {
+        let config = pool_config(sizes, clients);
+        let region = Region::heap(config.bytes() + (1 << 20));
+        SocketPool {
+            pool: Pool::create(&region, "sockets", &config).expect("a fresh heap region fits"),
+            sizes,
+        }
+    }
+
+    /// Core `core`'s share.
+    pub fn core(&self, core: usize) -> Result<SocketMemory, PoolError> {
+        Ok(SocketMemory {
+            cache: self.pool.core(core)?,
+            sizes: self.sizes,
+        })
+    }
+
+    pub fn region(&self) -> &Arc<Region> {
+        self.pool.region()
+    }
+}
+
+/// One core's socket buffers.
+#[derive(Debug)]
+pub struct SocketMemory {
+    cache: CoreCache,
+    sizes: Sizes,
+}
+
+/// Which buffers a socket gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepted from a client.
+    Client,
+    /// Opened to a server.
+    Server,
+}
+
+impl SocketMemory {
+    /// A chunk of `class`; when the pool has none left, it grows by as many
+    /// chunks as it has (geometric growth keeps the region's segment count
+    /// low).
+    fn chunk(&mut self, class: usize) -> Result<Chunk, PoolError> {
+        match self.cache.alloc(class) {
+            Err(PoolError::Exhausted { .. }) => {
+                let pool = self.cache.pool();
+                let total = pool.stats().classes[class].total as u32;
+                pool.add_chunks(class, total.max(16))?;
+                self.cache.alloc(class)
+            }
+            other => other,
+        }
+    }
+
+    /// A TCP socket for `role` whose buffers are chunks of this core's
+    /// pool, set up by `configure`.
+    pub fn socket(
+        &mut self,
+        role: Role,
+        configure: impl FnOnce(&mut tcp::Socket<'static>),
+    ) -> Result<PooledSocket, PoolError> {
+        let (class, size) = match role {
+            Role::Client => (CLIENT, self.sizes.client as usize),
+            Role::Server => (SERVER, self.sizes.server as usize),
+        };
+        let mut rx = self.chunk(class)?;
+        let mut tx = match self.chunk(class) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                self.cache.free(rx);
+                return Err(e);
+            }
+        };
+        let pool = self.cache.pool();
+        let rx_bytes = unbounded(&mut pool.payload_mut(&mut rx)[..size]);
+        let tx_bytes = unbounded(&mut pool.payload_mut(&mut tx)[..size]);
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(rx_bytes),
+            tcp::SocketBuffer::new(tx_bytes),
+        );
+        configure(&mut socket);
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        Ok(PooledSocket {
+            set,
+            handle,
+            chunks: [rx, tx],
+            _region: pool.region().clone(),
+        })
+    }
+
+    /// Drops the socket, then gives its buffers back.
+    pub fn release(&mut self, socket: PooledSocket) {
+        let PooledSocket {
+            set,
+            chunks,
+            _region,
+            ..
+        } = socket;
+        drop(set);
+        for chunk in chunks {
+            self.cache.free(chunk);
+        }
+    }
+}
+
+/// Extends a chunk payload borrow to `'static`.
+fn unbounded(bytes: &mut [u8]) -> &'static mut [u8] {
+    let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
+    // SAFETY: the bytes are a chunk payload inside a mapping of the pool's
+    // region. The only caller puts the slice into a socket that a
+    // `PooledSocket` owns together with the chunk's token and an `Arc` of
+    // the region: the token makes these bytes this socket's alone until
+    // `release` frees it, which happens after the socket is dropped, and
+    // the `Arc` keeps the mapping alive as long as the socket (module
+    // docs). Nothing else reads or writes the payload meanwhile.
+    unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+}
+
+/// A one-socket set whose buffers are pool chunks. Give it back with
+/// [`SocketMemory::release`]; dropping it instead leaks the chunks (the
+/// memory stays valid).
+#[derive(Debug)]
+#[must_use = "give a pooled socket back with SocketMemory::release"]
+pub struct PooledSocket {
+    // Dropped first: the socket borrows the chunks below.
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+    chunks: [Chunk; 2],
+    _region: Arc<Region>,
+}
+
+impl PooledSocket {
+    fn socket(&self) -> &tcp::Socket<'static> {
+        self.set.get::<tcp::Socket>(self.handle)
+    }
+
+    fn socket_mut(&mut self) -> &mut tcp::Socket<'static> {
+        self.set.get_mut::<tcp::Socket>(self.handle)
+    }
+
+    pub fn state(&self) -> tcp::State {
+        self.socket().state()
+    }
+
+    pub fn can_recv(&self) -> bool {
+        self.socket().can_recv()
+    }
+
+    pub fn can_send(&self) -> bool {
+        self.socket().can_send()
+    }
+
+    pub fn may_send(&self) -> bool {
+        self.socket().may_send()
+    }
+
+    /// Receives what is contiguous in the buffer; `f` returns how much it
+    /// took.
+    pub fn recv<R>(
+        &mut self,
+        f: impl FnOnce(&mut [u8]) -> (usize, R),
+    ) -> Result<R, tcp::RecvError> {
+        self.socket_mut().recv(f)
+    }
+
+    pub fn send_slice(&mut self, data: &[u8]) -> Result<usize, tcp::SendError> {
+        self.socket_mut().send_slice(data)
+    }
+
+    pub fn listen(&mut self, port: u16) -> Result<(), tcp::ListenError> {
+        self.socket_mut().listen(port)
+    }
+
+    pub fn connect(
+        &mut self,
+        iface: &mut Interface,
+        remote: IpEndpoint,
+        local_port: u16,
+    ) -> Result<(), tcp::ConnectError> {
+        self.socket_mut()
+            .connect(iface.context(), remote, local_port)
+    }
+
+    pub fn close(&mut self) {
+        self.socket_mut().close();
+    }
+
+    pub fn abort(&mut self) {
+        self.socket_mut().abort();
+    }
+
+    /// Hands one received frame to the socket.
+    pub fn poll_ingress<D: Device + ?Sized>(
+        &mut self,
+        iface: &mut Interface,
+        now: Instant,
+        device: &mut D,
+    ) {
+        iface.poll_ingress_single(now, device, &mut self.set);
+    }
+
+    /// Lets the socket send what it has.
+    pub fn poll_egress<D: Device + ?Sized>(
+        &mut self,
+        iface: &mut Interface,
+        now: Instant,
+        device: &mut D,
+    ) {
+        iface.poll_egress(now, device, &mut self.set);
+    }
+
+    /// When the socket next needs polling.
+    pub fn poll_at(&self, iface: &mut Interface, now: Instant) -> Option<Instant> {
+        iface.poll_at(now, &self.set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_take_chunks_and_give_them_back() {
+        let sizes = Sizes {
+            client: 4096,
+            server: 8192,
+        };
+        let pool = SocketPool::heap(sizes, 2);
+        let mut memory = pool.core(0).unwrap();
+        let socket = memory.socket(Role::Client, |_| {}).unwrap();
+        assert_eq!(socket.socket().recv_capacity(), 4096);
+        assert_eq!(socket.socket().send_capacity(), 4096);
+        let server = memory.socket(Role::Server, |_| {}).unwrap();
+        assert_eq!(server.socket().recv_capacity(), 8192);
+        assert_eq!(pool.pool.stats().classes[CLIENT].in_use, 2);
+        assert_eq!(pool.pool.stats().classes[SERVER].in_use, 2);
+        memory.release(socket);
+        memory.release(server);
+        let stats = pool.pool.stats();
+        assert_eq!(stats.classes[CLIENT].in_use, 0);
+        assert_eq!(stats.classes[SERVER].in_use, 0);
+    }
+
+    #[test]
+    fn the_pool_grows_when_sockets_outnumber_its_chunks() {
+        let sizes = Sizes {
+            client: 1024,
+            server: 2048,
+        };
+        let pool = SocketPool::heap(sizes, 1);
+        let mut memory = pool.core(0).unwrap();
+        let sockets: Vec<PooledSocket> = (0..40)
+            .map(|_| memory.socket(Role::Client, |_| {}).unwrap())
+            .collect();
+        assert!(pool.pool.stats().classes[CLIENT].total >= 80);
+        for socket in sockets {
+            memory.release(socket);
+        }
+    }
+}
