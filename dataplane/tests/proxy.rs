@@ -217,7 +217,10 @@ fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
 
 fn python(ns: &Netns, script: &str) -> String {
     // Debian's interpreter, which has python3-redis and python3-pymemcache.
-    let out = ns.command(&["/usr/bin/python3", "-c", script]).output().unwrap();
+    let out = ns
+        .command(&["/usr/bin/python3", "-c", script])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "python failed: {}\n{}",
@@ -229,8 +232,16 @@ fn python(ns: &Netns, script: &str) -> String {
 
 /// Keys of each Redis backend, asked directly.
 fn keys_on(ns: &Netns, port: u16, pattern: &str) -> Vec<String> {
-    let out = cli(ns, KERNEL_IP, port, &format!("--scan --pattern '{pattern}'"));
-    out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+    let out = cli(
+        ns,
+        KERNEL_IP,
+        port,
+        &format!("--scan --pattern '{pattern}'"),
+    );
+    out.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 fn proxies_redis_and_memcached(pmd: Pmd, cores: usize) {
@@ -251,7 +262,11 @@ fn proxies_redis_and_memcached(pmd: Pmd, cores: usize) {
     let keys: Vec<String> = (0..40).map(|i| format!("multi:{i}")).collect();
     let pairs: Vec<String> = keys.iter().map(|k| format!("{k} v{k}")).collect();
     assert_eq!(ferrox(&format!("MSET {}", pairs.join(" "))), "OK");
-    let values = ferrox(&format!("MGET {} missing {}", keys[..20].join(" "), keys[20..].join(" ")));
+    let values = ferrox(&format!(
+        "MGET {} missing {}",
+        keys[..20].join(" "),
+        keys[20..].join(" ")
+    ));
     let mut expected: Vec<String> = keys.iter().map(|k| format!("v{k}")).collect();
     expected.insert(20, String::new());
     assert_eq!(values.lines().collect::<Vec<_>>(), expected);
@@ -348,7 +363,11 @@ print(direct)
             .unwrap_or_else(|| panic!("no keys listed for {port}: {mc}"));
         for key in list.split(", ").filter(|k| !k.is_empty()) {
             let key = key.trim_matches('\'');
-            assert_eq!(table.server_for(key.as_bytes(), 0), Some(i), "{key} on {port}");
+            assert_eq!(
+                table.server_for(key.as_bytes(), 0),
+                Some(i),
+                "{key} on {port}"
+            );
         }
     }
     let listed = mc.matches("'mc:").count();
@@ -368,7 +387,10 @@ print(direct)
     for key in &keys {
         let reply = ferrox(&format!("GET {key}"));
         if table_pick(key) == victim {
-            assert!(reply.contains(&format!("{KERNEL_IP}:{victim_port}")), "{reply}");
+            assert!(
+                reply.contains(&format!("{KERNEL_IP}:{victim_port}")),
+                "{reply}"
+            );
             failed += 1;
         } else {
             assert_eq!(reply, format!("v{key}"));
@@ -382,10 +404,16 @@ print(direct)
     let key = keys.iter().find(|k| table_pick(k) == victim).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while ferrox(&format!("SET {key} again")) != "OK" {
-        assert!(Instant::now() < deadline, "the restarted backend was not used again");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted backend was not used again"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(cli(&ns, KERNEL_IP, victim_port, &format!("GET {key}")), "again");
+    assert_eq!(
+        cli(&ns, KERNEL_IP, victim_port, &format!("GET {key}")),
+        "again"
+    );
 
     let stats = dp.stop();
     assert!(stat(&stats, "backend_failures") >= 1, "{stats}");
@@ -426,7 +454,11 @@ fn reads_a_nutcracker_yml_as_it_is() {
     let (table, ports) = redis_table_with("fnv1a_64");
     for (i, &port) in ports.iter().enumerate() {
         for key in keys_on(&ns, port, "yml:*") {
-            assert_eq!(table.server_for(key.as_bytes(), 0), Some(i), "{key} on {port}");
+            assert_eq!(
+                table.server_for(key.as_bytes(), 0),
+                Some(i),
+                "{key} on {port}"
+            );
         }
     }
 }

@@ -220,7 +220,7 @@ fn serve<A: App + Send>(
         (args.max_connections as u32).min(1024),
     )?;
     let mut all = Vec::with_capacity(cores);
-    for id in 0..cores {
+    for (id, steering) in steering.iter_mut().enumerate() {
         all.push(Core {
             id,
             queue: port.queue(id as u16),
@@ -234,7 +234,7 @@ fn serve<A: App + Send>(
                 clock.now(),
                 std::process::id() as u64 ^ (id as u64) << 32,
             ),
-            steering: steering[id].take(),
+            steering: steering.take(),
             stats: LoopStats::default(),
             counters: Arc::new(CoreCounters::default()),
         });

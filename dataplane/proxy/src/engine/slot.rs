@@ -258,7 +258,10 @@ mod tests {
         // A server that fails part-way through its values.
         let s = slot(
             Combine::MemcacheGet,
-            &[b"END\r\n", b"VALUE b 0 1\r\nB\r\nSERVER_ERROR out of memory\r\n"],
+            &[
+                b"END\r\n",
+                b"VALUE b 0 1\r\nB\r\nSERVER_ERROR out of memory\r\n",
+            ],
             &[],
         );
         assert_eq!(written(&s), b"SERVER_ERROR out of memory\r\n");

@@ -68,7 +68,8 @@ impl FakeServer {
             let bytes = &input[used..used + len];
             used += len;
             let token = |i: usize| &bytes[req.tokens[i].clone()];
-            self.log.push(String::from_utf8_lossy(token(0)).into_owned());
+            self.log
+                .push(String::from_utf8_lossy(token(0)).into_owned());
             if self.mute {
                 continue;
             }
@@ -667,7 +668,10 @@ fn memcache_spec(servers: usize) -> PoolSpec {
 fn memcache_multi_get_splits_and_merges() {
     let mut net = Net::new(memcache_spec(2));
     let c = net.client();
-    net.send(c, b"set a 0 0 1\r\nA\r\nset b 0 0 1 noreply\r\nB\r\nset c 0 0 1\r\nC\r\n");
+    net.send(
+        c,
+        b"set a 0 0 1\r\nA\r\nset b 0 0 1 noreply\r\nB\r\nset c 0 0 1\r\nC\r\n",
+    );
     // `noreply` was stripped on the way and its reply dropped.
     assert_eq!(net.take(c), b"STORED\r\nSTORED\r\n");
     assert_eq!(net.servers[0].log, ["set"]);
