@@ -1,0 +1,410 @@
+//! The checks both formats share: value syntax (addresses, server specs,
+//! names) and the rules that span a pool or the whole file.
+//!
+//! Value checks return the reason as a `String`; the format modules add the
+//! file, the line and which pool and key the value belongs to.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::model::{Pool, Protocol, Server, DISTRIBUTIONS, HASHES};
+use super::{ConfigError, Diagnostic};
+
+/// The diagnostics found so far in one file.
+#[derive(Debug)]
+pub(super) struct Report {
+    file: String,
+    errors: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub(super) fn new(file: &str) -> Report {
+        Report {
+            file: file.to_owned(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub(super) fn error(&mut self, line: usize, message: impl Into<String>) {
+        self.errors.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// `value` if nothing was found wrong, else every diagnostic in line
+    /// order (found in the order of the checks, which is not the reader's).
+    pub(super) fn finish<T>(mut self, value: T) -> Result<T, ConfigError> {
+        if self.errors.is_empty() {
+            return Ok(value);
+        }
+        self.errors.sort_by_key(|d| d.line);
+        Err(ConfigError {
+            errors: self.errors,
+        })
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// The known word closest to a misspelt one, if any is close: a few edits
+/// away (among equals, one that only adds letters), else the only word it
+/// begins.
+pub(super) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    let close = known
+        .iter()
+        .map(|k| (distance(word, k), *k))
+        .filter(|&(d, k)| d <= 2.max(k.len() / 4) && d < k.len())
+        .min_by_key(|&(d, k)| (d, !is_subsequence(word, k)))
+        .map(|(_, k)| k);
+    let mut begun = known
+        .iter()
+        .filter(|k| word.len() >= 3 && k.starts_with(word));
+    close.or(match (begun.next(), begun.next()) {
+        (Some(k), None) => Some(*k),
+        _ => None,
+    })
+}
+
+fn is_subsequence(word: &str, of: &str) -> bool {
+    let mut of = of.bytes();
+    word.bytes().all(|b| of.any(|c| c == b))
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.as_bytes().iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// " (did you mean \"x\"?)" or nothing.
+pub(super) fn did_you_mean(word: &str, known: &[&str]) -> String {
+    suggest(word, known)
+        .map(|k| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+fn ipv4(host: &str) -> Result<Ipv4Addr, String> {
+    if host.is_empty() {
+        return Err("the address is missing before the port".into());
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err("the dataplane speaks IPv4 only".into());
+    }
+    if host.bytes().any(|b| b.is_ascii_alphabetic() || b == b'-') {
+        return Err("give an IPv4 address; the dataplane does not resolve names".into());
+    }
+    host.parse()
+        .map_err(|_| format!("{host:?} is not an IPv4 address (a.b.c.d)"))
+}
+
+fn port(text: &str) -> Result<u16, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the port is not a number".into());
+    }
+    match text.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err("port out of range".into()),
+    }
+}
+
+/// `a.b.c.d:port` as the address clients connect to.
+pub(super) fn listen(text: &str) -> Result<SocketAddrV4, String> {
+    if text.starts_with('/') {
+        return Err("ferrox listens on IPv4 only; unix sockets are not supported".into());
+    }
+    address(text)
+}
+
+/// `a.b.c.d:port`.
+fn address(text: &str) -> Result<SocketAddrV4, String> {
+    let Some((host, port_text)) = text.rsplit_once(':') else {
+        return Err("expected \"address:port\"".into());
+    };
+    Ok(SocketAddrV4::new(ipv4(host)?, port(port_text)?))
+}
+
+/// twemproxy's server name when none is given (`conf_add_server`): the
+/// address text up to the port, without the port when it is 11211.
+fn default_name(host: &str, addr_text: &str, addr: SocketAddrV4) -> String {
+    if addr.port() == 11211 {
+        host.to_owned()
+    } else {
+        addr_text.to_owned()
+    }
+}
+
+fn server_name(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("the server name is empty".into());
+    }
+    if name.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "server name {name:?} has spaces; twemproxy reads only the last word"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn weight(text: &str) -> Result<u32, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the weight is not a number".into());
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err("weight 0: a server needs a weight of at least 1".into()),
+        Ok(w) => Ok(w),
+        Err(_) => Err("weight too large".into()),
+    }
+}
+
+/// twemproxy's `host:port:weight [name]`. Without `weight_required` (TOML),
+/// `host:port [name]` means weight 1.
+pub(super) fn server(spec: &str, weight_required: bool) -> Result<Server, String> {
+    const FORMAT: &str = "expected \"address:port:weight [name]\"";
+    let spec = spec.trim();
+    if spec.starts_with('/') {
+        return Err("ferrox reaches servers over IPv4 only; unix sockets are not supported".into());
+    }
+    let (address_part, name) = match spec.split_once(char::is_whitespace) {
+        Some((a, n)) => (a, Some(server_name(n.trim())?)),
+        None => (spec, None),
+    };
+    let colons = address_part.bytes().filter(|&b| b == b':').count();
+    let (addr_text, weight) = match colons {
+        2 => {
+            let (a, w) = address_part.rsplit_once(':').unwrap_or_default();
+            (a, weight(w)?)
+        }
+        1 if !weight_required => (address_part, 1),
+        0 | 1 => return Err(FORMAT.into()),
+        _ if address_part.starts_with('[') => return Err("the dataplane speaks IPv4 only".into()),
+        _ => return Err(FORMAT.into()),
+    };
+    let addr = address(addr_text)?;
+    let host = addr_text.rsplit_once(':').map_or("", |(h, _)| h);
+    Ok(Server {
+        addr,
+        weight,
+        name: name.unwrap_or_else(|| default_name(host, addr_text, addr)),
+    })
+}
+
+/// The TOML table form `{ addr = "a.b.c.d:port", weight = 1, name = "x" }`.
+pub(super) fn server_parts(
+    addr_text: &str,
+    weight: u32,
+    name: Option<&str>,
+) -> Result<Server, String> {
+    let addr = address(addr_text)?;
+    if weight == 0 {
+        return Err("weight 0: a server needs a weight of at least 1".into());
+    }
+    let host = addr_text.rsplit_once(':').map_or("", |(h, _)| h);
+    Ok(Server {
+        addr,
+        weight,
+        name: match name {
+            Some(n) => server_name(n)?,
+            None => default_name(host, addr_text, addr),
+        },
+    })
+}
+
+pub(super) fn hash(name: &str) -> Result<String, String> {
+    if HASHES.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "unknown hash{}; expected one of {}",
+            did_you_mean(name, HASHES),
+            HASHES.join(", ")
+        ))
+    }
+}
+
+pub(super) fn distribution(name: &str) -> Result<String, String> {
+    if DISTRIBUTIONS.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "unknown distribution{}; expected one of {}",
+            did_you_mean(name, DISTRIBUTIONS),
+            DISTRIBUTIONS.join(", ")
+        ))
+    }
+}
+
+pub(super) fn hash_tag(text: &str) -> Result<[u8; 2], String> {
+    match text.as_bytes() {
+        &[open, close] if text.is_ascii() => Ok([open, close]),
+        _ => Err("a hash tag is exactly two characters, like \"{}\"".into()),
+    }
+}
+
+pub(super) fn auth(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// A command name to block, upper-cased.
+pub(super) fn command(name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a command name is one word of printable ASCII".into());
+    }
+    Ok(name.to_ascii_uppercase())
+}
+
+/// One pool while its keys are read, with the lines later checks point at.
+#[derive(Debug)]
+pub(super) struct Draft {
+    pub pool: Pool,
+    /// Where the pool's name is.
+    pub line: usize,
+    /// Where `listen` is, valid or not.
+    pub listen_line: Option<usize>,
+    /// `pool.listen` holds the address given (not a placeholder).
+    pub listen_ok: bool,
+    /// `pool.protocol` is known (its key was not given a bad value).
+    pub protocol_ok: bool,
+    pub auth_line: Option<usize>,
+    pub db_line: Option<usize>,
+    pub servers_line: Option<usize>,
+    /// Server entries read, valid or not (a `servers` value that is not a
+    /// list counts as one).
+    pub server_entries: usize,
+    /// Where each of `pool.servers` is.
+    pub server_lines: Vec<usize>,
+}
+
+impl Draft {
+    pub(super) fn new(name: &str, line: usize, protocol: Protocol) -> Draft {
+        Draft {
+            pool: Pool::new(name, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), protocol),
+            line,
+            listen_line: None,
+            listen_ok: false,
+            protocol_ok: true,
+            auth_line: None,
+            db_line: None,
+            servers_line: None,
+            server_entries: 0,
+            server_lines: Vec::new(),
+        }
+    }
+
+    /// Counts one server entry, keeping it if it is valid.
+    pub(super) fn add_server(&mut self, server: Option<Server>, line: usize) {
+        self.server_entries += 1;
+        if let Some(server) = server {
+            self.pool.servers.push(server);
+            self.server_lines.push(line);
+        }
+    }
+}
+
+/// The checks that need a whole pool or every pool; returns the pools in
+/// file order. `auth` and `db` are the keys' names in the file's format.
+pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report) -> Vec<Pool> {
+    let (auth_key, db_key) = keys;
+    for d in &drafts {
+        let pool = &d.pool;
+        let name = &pool.name;
+        if name.is_empty() {
+            report.error(d.line, "a pool needs a name");
+        }
+        if d.listen_line.is_none() {
+            report.error(d.line, format!("pool {name:?}: listen is missing"));
+        }
+        if d.server_entries == 0 {
+            report.error(
+                d.servers_line.unwrap_or(d.line),
+                format!("pool {name:?}: no servers"),
+            );
+        }
+        if d.protocol_ok && pool.protocol == Protocol::Memcache {
+            for (key, line) in [(auth_key, d.auth_line), (db_key, d.db_line)] {
+                if let Some(line) = line {
+                    report.error(
+                        line,
+                        format!("pool {name:?}: {key}: only a redis pool has it, and this pool speaks memcache"),
+                    );
+                }
+            }
+        }
+        let mut names = HashMap::new();
+        for (i, server) in pool.servers.iter().enumerate() {
+            let Some(&j) = names.get(server.name.as_str()) else {
+                names.insert(server.name.as_str(), i);
+                continue;
+            };
+            let unnamed = [server, &pool.servers[j]]
+                .iter()
+                .any(|s| s.name == s.addr.to_string() || s.name == s.addr.ip().to_string());
+            report.error(
+                d.server_lines[i],
+                format!(
+                    "pool {name:?}: server name {:?} is also the name of the server on line {}; \
+                     ketama places servers by name, so names must differ{}",
+                    server.name,
+                    d.server_lines[j],
+                    if unnamed {
+                        " (a server without a name is named \"address:port\", \
+                         or \"address\" for port 11211)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+    }
+    for (i, d) in drafts.iter().enumerate() {
+        let (Some(line), true) = (d.listen_line, d.listen_ok) else {
+            continue;
+        };
+        let clash = drafts[..i]
+            .iter()
+            .find(|other| other.listen_ok && overlaps(other.pool.listen, d.pool.listen));
+        if let Some(other) = clash {
+            report.error(
+                line,
+                format!(
+                    "pool {:?}: listen {}: taken by pool {:?}, which listens on {} (line {})",
+                    d.pool.name,
+                    d.pool.listen,
+                    other.pool.name,
+                    other.pool.listen,
+                    other.listen_line.unwrap_or(other.line)
+                ),
+            );
+        }
+    }
+    drafts.into_iter().map(|d| d.pool).collect()
+}
+
+/// Two listeners that would take the same connections: the same address,
+/// or the same port where one listens on every address.
+fn overlaps(a: SocketAddrV4, b: SocketAddrV4) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}

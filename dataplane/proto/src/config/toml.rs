@@ -1,0 +1,532 @@
+//! ferrox's own format, TOML: `[limits]` and one `[pools.NAME]` table per
+//! pool (see `configs/ferrox.toml`).
+//!
+//! The document is read into a tree of [`Node`]s that keeps the line of
+//! every key and list element, and the tree is then checked key by key.
+//! Serde structs with `deny_unknown_fields` would stop at the first wrong
+//! type or unknown key; this way a file with several mistakes shows all of
+//! them at once. Only a TOML syntax error stops the reading.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::check::{self, Draft, Report};
+use super::model::{Config, Limits, Protocol, MAX_DEPTH};
+use super::ConfigError;
+
+const POOL_KEYS: &[&str] = &[
+    "listen",
+    "protocol",
+    "hash",
+    "distribution",
+    "hash_tag",
+    "timeout_ms",
+    "backlog",
+    "client_connections",
+    "preconnect",
+    "tcp_keepalive",
+    "auth",
+    "db",
+    "server_connections",
+    "auto_eject_hosts",
+    "server_retry_timeout_ms",
+    "server_failure_limit",
+    "blocked_commands",
+    "servers",
+];
+
+const LIMIT_KEYS: &[&str] = &[
+    "max_bulk",
+    "max_array",
+    "max_depth",
+    "max_inline",
+    "max_pipeline",
+    "max_key",
+    "max_value",
+];
+
+/// twemproxy's names for keys that are spelt differently here.
+const TWEMPROXY_KEYS: &[(&str, &str)] = &[
+    ("timeout", "timeout_ms = 400"),
+    ("redis", "protocol = \"redis\""),
+    ("redis_auth", "auth = \"...\""),
+    ("redis_db", "db = 0"),
+    ("tcpkeepalive", "tcp_keepalive = true"),
+    ("server_retry_timeout", "server_retry_timeout_ms = 30000"),
+];
+
+/// Reads a ferrox TOML configuration; `file` names it in diagnostics.
+pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let mut report = Report::new(file);
+    let mut config = Config {
+        pools: Vec::new(),
+        limits: Limits::default(),
+    };
+    let root = match ::toml::from_str::<Node>(text) {
+        Ok(Node::Table(root)) => root,
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let line = e.span().map_or(1, |s| check::line_of(text, s.start));
+            report.error(line, syntax_message(e.message()));
+            return report.finish(config);
+        }
+    };
+    let mut cx = Cx { text, report };
+    let mut drafts = Vec::new();
+    let mut pools_seen = false;
+    for (key, node) in &root {
+        let line = cx.line(key.span().start);
+        match (key.get_ref().as_str(), node) {
+            ("pools", Node::Table(pools)) => {
+                pools_seen = true;
+                if pools.is_empty() {
+                    cx.report
+                        .error(line, "pools: no pools: add a [pools.NAME] table per pool");
+                }
+                for (name, node) in pools {
+                    drafts.push(cx.pool(name, node));
+                }
+            }
+            ("pools", other) => {
+                pools_seen = true;
+                cx.report.error(
+                    line,
+                    format!(
+                        "pools: expected a table of named pools ([pools.NAME]), found {}",
+                        other.kind()
+                    ),
+                )
+            }
+            ("limits", Node::Table(limits)) => config.limits = cx.limits(limits),
+            ("limits", other) => cx.report.error(
+                line,
+                format!(
+                    "limits: expected a table ([limits]), found {}",
+                    other.kind()
+                ),
+            ),
+            (key, _) => cx.report.error(
+                line,
+                format!(
+                    "unknown key {key:?}{}; the file has [limits] and [pools.NAME] tables",
+                    check::did_you_mean(key, &["pools", "limits"])
+                ),
+            ),
+        }
+    }
+    let mut report = cx.report;
+    if !pools_seen {
+        report.error(
+            1,
+            "no pools: the file defines nothing to proxy; add a [pools.NAME] table",
+        );
+    }
+    config.pools = check::finish(drafts, ("auth", "db"), &mut report);
+    report.finish(config)
+}
+
+/// toml's message on one line: its parse errors list expectations on
+/// further lines.
+///
+/// toml hands a date or time to a visitor as a map under a private key,
+/// which a [`Node`] table's spanned keys cannot take; the error that makes
+/// names that key, and is the only way to tell a date was written.
+fn syntax_message(message: &str) -> String {
+    let message = message.trim().replace('\n', "; ");
+    if message.contains("$__toml_private_datetime") {
+        return "a date or time, which no setting takes; put it in quotes if it is text".into();
+    }
+    message
+}
+
+/// A TOML value, with the place of each key and list element.
+#[derive(Debug)]
+enum Node {
+    Str(String),
+    Int(i64),
+    Float,
+    Bool(bool),
+    Array(Vec<::toml::Spanned<Node>>),
+    Table(Vec<(::toml::Spanned<String>, Node)>),
+}
+
+impl Node {
+    fn kind(&self) -> &'static str {
+        match self {
+            Node::Str(_) => "a string",
+            Node::Int(_) => "an integer",
+            Node::Float => "a float",
+            Node::Bool(_) => "a boolean",
+            Node::Array(_) => "a list",
+            Node::Table(_) => "a table",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Node, E> {
+        i64::try_from(v)
+            .map(Node::Int)
+            .map_err(|_| E::custom("integer too large"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+        Ok(Node::Float)
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Str(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Str(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key()? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Node::Table(entries))
+    }
+}
+
+/// What checking needs besides the tree.
+struct Cx<'t> {
+    text: &'t str,
+    report: Report,
+}
+
+impl Cx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        check::line_of(self.text, offset)
+    }
+
+    fn pool(&mut self, name: &::toml::Spanned<String>, node: &Node) -> Draft {
+        let pool_line = self.line(name.span().start);
+        let name = name.get_ref();
+        let mut draft = Draft::new(name, pool_line, Protocol::Memcache);
+        let Node::Table(entries) = node else {
+            self.report.error(
+                pool_line,
+                format!(
+                    "pool {name:?}: expected a table ([pools.{name}]), found {}",
+                    node.kind()
+                ),
+            );
+            // Counted as having servers: "no servers" would only repeat this.
+            draft.server_entries = 1;
+            draft.listen_line = Some(pool_line);
+            return draft;
+        };
+        let mut protocol_seen = false;
+        for (key, value) in entries {
+            let line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let pool = &mut draft.pool;
+            let result = match key {
+                "listen" => {
+                    draft.listen_line = Some(line);
+                    string(value)
+                        .and_then(|s| check::listen(s).map_err(|r| shown(s, r)))
+                        .map(|a| {
+                            pool.listen = a;
+                            draft.listen_ok = true;
+                        })
+                }
+                "protocol" => {
+                    protocol_seen = true;
+                    string(value)
+                        .and_then(|s| match s {
+                            "redis" => Ok(Protocol::Redis),
+                            "memcache" => Ok(Protocol::Memcache),
+                            _ => Err(shown(s, "expected \"redis\" or \"memcache\"".into())),
+                        })
+                        .inspect_err(|_| draft.protocol_ok = false)
+                        .map(|p| pool.protocol = p)
+                }
+                "hash" => string(value)
+                    .and_then(|s| check::hash(s).map_err(|r| shown(s, r)))
+                    .map(|h| pool.hash = h),
+                "distribution" => string(value)
+                    .and_then(|s| check::distribution(s).map_err(|r| shown(s, r)))
+                    .map(|d| pool.distribution = d),
+                "hash_tag" => string(value)
+                    .and_then(|s| check::hash_tag(s).map_err(|r| shown(s, r)))
+                    .map(|t| pool.hash_tag = Some(t)),
+                "timeout_ms" => match integer::<u64>(value) {
+                    Ok(0) => Err(": 0 is no timeout; leave timeout_ms out to wait forever".into()),
+                    t => t.map(|t| pool.timeout_ms = Some(t)),
+                },
+                "backlog" => integer(value).map(|n| pool.backlog = n),
+                "client_connections" => integer(value).map(|n| pool.client_connections = n),
+                "preconnect" => boolean(value).map(|b| pool.preconnect = b),
+                "tcp_keepalive" => boolean(value).map(|b| pool.tcp_keepalive = b),
+                "auth" => string(value)
+                    .and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
+                    .map(|a| {
+                        pool.auth = Some(a);
+                        draft.auth_line = Some(line);
+                    }),
+                "db" => integer(value).map(|n| {
+                    pool.db = n;
+                    draft.db_line = Some(line);
+                }),
+                "server_connections" => match integer(value) {
+                    Ok(0) => Err(": cannot be 0".into()),
+                    n => n.map(|n| pool.server_connections = n),
+                },
+                "auto_eject_hosts" => boolean(value).map(|b| pool.auto_eject_hosts = b),
+                "server_retry_timeout_ms" => {
+                    integer(value).map(|n| pool.server_retry_timeout_ms = n)
+                }
+                "server_failure_limit" => integer(value).map(|n| pool.server_failure_limit = n),
+                "blocked_commands" => {
+                    self.commands(name, value, line, &mut pool.blocked_commands);
+                    Ok(())
+                }
+                "servers" => {
+                    draft.servers_line = Some(line);
+                    self.servers(&mut draft, value, line);
+                    Ok(())
+                }
+                _ => Err(format!(": unknown key{}", unknown_hint(key))),
+            };
+            if let Err(reason) = result {
+                self.report
+                    .error(line, format!("pool {name:?}: {key}{reason}"));
+            }
+        }
+        if !protocol_seen {
+            draft.protocol_ok = false;
+            self.report.error(
+                pool_line,
+                format!("pool {name:?}: protocol is missing: say \"redis\" or \"memcache\""),
+            );
+        }
+        draft
+    }
+
+    fn servers(&mut self, draft: &mut Draft, value: &Node, line: usize) {
+        let name = draft.pool.name.clone();
+        let Node::Array(items) = value else {
+            draft.server_entries += 1;
+            self.report.error(
+                line,
+                format!(
+                    "pool {name:?}: servers: expected a list, found {}",
+                    value.kind()
+                ),
+            );
+            return;
+        };
+        for item in items {
+            let line = self.line(item.span().start);
+            let server = match item.get_ref() {
+                Node::Str(spec) => check::server(spec, false)
+                    .map_err(|r| format!("pool {name:?}: server {spec:?}: {r}")),
+                Node::Table(fields) => server_table(fields)
+                    .map_err(|r| format!("pool {name:?}: server: {r}")),
+                other => Err(format!(
+                    "pool {name:?}: server: expected \"address:port:weight [name]\" or {{ addr = ..., weight = ..., name = ... }}, found {}",
+                    other.kind()
+                )),
+            };
+            let server = server.map_err(|m| self.report.error(line, m)).ok();
+            draft.add_server(server, line);
+        }
+    }
+
+    fn commands(&mut self, pool: &str, value: &Node, line: usize, out: &mut Vec<String>) {
+        let Node::Array(items) = value else {
+            self.report.error(
+                line,
+                format!(
+                    "pool {pool:?}: blocked_commands: expected a list of command names, found {}",
+                    value.kind()
+                ),
+            );
+            return;
+        };
+        for item in items {
+            let line = self.line(item.span().start);
+            let result = match item.get_ref() {
+                Node::Str(s) => check::command(s).map_err(|r| format!("{s:?}: {r}")),
+                other => Err(format!("expected a command name, found {}", other.kind())),
+            };
+            match result {
+                Ok(c) if !out.contains(&c) => out.push(c),
+                Ok(_) => {}
+                Err(r) => self
+                    .report
+                    .error(line, format!("pool {pool:?}: blocked_commands: {r}")),
+            }
+        }
+    }
+
+    fn limits(&mut self, entries: &[(::toml::Spanned<String>, Node)]) -> Limits {
+        let mut limits = Limits::default();
+        let mut lines = [None; 7];
+        for (key, value) in entries {
+            let line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let Some(index) = LIMIT_KEYS.iter().position(|k| *k == key) else {
+                self.report.error(
+                    line,
+                    format!(
+                        "limits: unknown key {key:?}{}",
+                        check::did_you_mean(key, LIMIT_KEYS)
+                    ),
+                );
+                continue;
+            };
+            let is_size = matches!(key, "max_bulk" | "max_inline" | "max_key" | "max_value");
+            let parsed = match value {
+                Node::Str(s) if is_size => size(s).map_err(|r| format!(" {s:?}: {r}")),
+                _ => integer::<usize>(value),
+            };
+            let n = match parsed {
+                Ok(0) => Err(": must be at least 1".to_owned()),
+                Ok(n) if key == "max_depth" && n > MAX_DEPTH => Err(format!(
+                    " {n}: at most {MAX_DEPTH}, the deepest reply nesting the parser tracks"
+                )),
+                other => other,
+            };
+            match n {
+                Ok(n) => {
+                    lines[index] = Some(line);
+                    *match key {
+                        "max_bulk" => &mut limits.max_bulk,
+                        "max_array" => &mut limits.max_array,
+                        "max_depth" => &mut limits.max_depth,
+                        "max_inline" => &mut limits.max_inline,
+                        "max_pipeline" => &mut limits.max_pipeline,
+                        "max_key" => &mut limits.max_key,
+                        _ => &mut limits.max_value,
+                    } = n;
+                }
+                Err(r) => self.report.error(line, format!("limits: {key}{r}")),
+            }
+        }
+        if limits.max_key > limits.max_bulk {
+            // Whichever of the two was written is the one to fix.
+            let line = lines[5].or(lines[0]).unwrap_or(1);
+            self.report.error(
+                line,
+                format!(
+                    "limits: max_key ({}) is more than max_bulk ({}); a key is one bulk string",
+                    limits.max_key, limits.max_bulk
+                ),
+            );
+        }
+        limits
+    }
+}
+
+/// `{ addr = "a.b.c.d:port", weight = 1, name = "x" }`.
+fn server_table(fields: &[(::toml::Spanned<String>, Node)]) -> Result<super::Server, String> {
+    let (mut addr, mut weight, mut name) = (None, 1, None);
+    for (key, value) in fields {
+        match key.get_ref().as_str() {
+            "addr" => addr = Some(string(value).map_err(|r| format!("addr{r}"))?),
+            "weight" => weight = integer(value).map_err(|r| format!("weight{r}"))?,
+            "name" => name = Some(string(value).map_err(|r| format!("name{r}"))?),
+            other => {
+                return Err(format!(
+                    "unknown key {other:?}{}; a server has addr, weight and name",
+                    check::did_you_mean(other, &["addr", "weight", "name"])
+                ))
+            }
+        }
+    }
+    let Some(addr) = addr else {
+        return Err("addr is missing".into());
+    };
+    check::server_parts(addr, weight, name).map_err(|r| format!("{addr:?}: {r}"))
+}
+
+/// The hint for an unknown pool key: its ferrox spelling if it is a
+/// twemproxy key, else the closest known key.
+fn unknown_hint(key: &str) -> String {
+    match TWEMPROXY_KEYS.iter().find(|(k, _)| *k == key) {
+        Some((_, ours)) => format!(" (twemproxy's {key}; here it is {ours})"),
+        None => check::did_you_mean(key, POOL_KEYS),
+    }
+}
+
+/// ` "value": reason`, the way a rejected value is shown after its key.
+fn shown(value: &str, reason: String) -> String {
+    format!(" {value:?}: {reason}")
+}
+
+/// Type mismatches read `key: expected ..., found ...`, hence the leading
+/// colon on these reasons.
+fn string(node: &Node) -> Result<&str, String> {
+    match node {
+        Node::Str(s) => Ok(s),
+        other => Err(format!(": expected a string, found {}", other.kind())),
+    }
+}
+
+fn boolean(node: &Node) -> Result<bool, String> {
+    match node {
+        Node::Bool(b) => Ok(*b),
+        other => Err(format!(": expected true or false, found {}", other.kind())),
+    }
+}
+
+fn integer<T: TryFrom<i64>>(node: &Node) -> Result<T, String> {
+    match node {
+        Node::Int(n) if *n < 0 => Err(format!(" {n}: cannot be negative")),
+        Node::Int(n) => T::try_from(*n).map_err(|_| format!(" {n}: too large")),
+        other => Err(format!(": expected an integer, found {}", other.kind())),
+    }
+}
+
+/// A size with a unit: `"64 KiB"`, `"512MiB"`, `"1 GiB"`, `"100 B"`.
+fn size(text: &str) -> Result<usize, String> {
+    const UNITS: &str =
+        "expected a number of bytes, or a size like \"64 KiB\", \"512 MiB\" or \"1 GiB\"";
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let shift = match text[digits..].trim_start() {
+        "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return Err(UNITS.into()),
+    };
+    let n: usize = text[..digits].parse().map_err(|_| UNITS.to_owned())?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| "too large".to_owned())
+}
