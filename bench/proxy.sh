@@ -2,7 +2,8 @@
 # Proxy benchmark: direct Redis, twemproxy (Debian's nutcracker) and ferrox,
 # in the same run, on the same four redis-server backends.
 #
-#   bench/proxy.sh            (N=requests per test, default 100000)
+#   bench/proxy.sh     (N: requests per test, default 100000; SCENARIOS: a
+#                       subset of "plain P16 P16-1KiB")
 #
 # One namespace holds the clients, the backends and twemproxy, on the kernel
 # stack; ferrox runs on DPDK af_xdp behind a veth pair:
@@ -18,13 +19,15 @@
 # unpipelined; GET/SET with -P 16; GET/SET of 1 KiB values with -P 16.
 # Figures: requests/s, p50/p99 (ms), and the proxy's CPU-seconds per million
 # requests (user+system from /proc; ferrox's poll-mode core spins while
-# traffic flows, so its CPU time is close to wall time). Ratios are against
+# traffic flows, so its CPU time is close to wall time); with PERF_DATA=path,
+# a CPU profile of ferrox per scenario goes to path.<scenario>. Ratios are against
 # twemproxy and direct Redis measured in the same run. Needs root, hugepages.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 NS=fxq$$
 N=${N:-100000}
+SCENARIOS=${SCENARIOS:-plain P16 P16-1KiB}
 DP=target/release/ferrox-dataplane
 CONF=$(mktemp /tmp/ferrox-bench-XXXXXX.yml)
 PIDS=()
@@ -99,7 +102,7 @@ run() { # host port extra-args -> lines "TEST rps p50 p99"
 
 hz=$(getconf CLK_TCK)
 declare -A rps p50 p99 cpu
-for scenario in plain P16 P16-1KiB; do
+for scenario in $SCENARIOS; do
   case "$scenario" in
     plain) args="" ;;
     P16) args="-P 16" ;;
@@ -113,10 +116,16 @@ for scenario in plain P16 P16-1KiB; do
     esac
     t0=0
     [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+    perf_pid=""
+    if [ -n "${PERF_DATA:-}" ] && [ "$target" = ferrox ]; then
+      perf record -q -e cpu-clock -F 1999 -g -p "$DP_PID" -o "$PERF_DATA.$scenario" &
+      perf_pid=$!
+    fi
     while read -r test r l50 l99; do
       key="$scenario/$test/$target"
       rps[$key]=$r p50[$key]=$l50 p99[$key]=$l99
     done < <(run "$host" "$port" "$args")
+    [ -n "$perf_pid" ] && kill -INT "$perf_pid" && wait "$perf_pid" || true
     if [ -n "$pid" ]; then
       t1=$(cpu_ticks "$pid")
       # CPU-seconds per million requests (GET and SET together: 2N requests).
@@ -131,7 +140,7 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|\n'
-for scenario in plain P16 P16-1KiB; do
+for scenario in $SCENARIOS; do
   for test in GET SET; do
     d=$scenario/$test/direct t=$scenario/$test/twemproxy f=$scenario/$test/ferrox
     printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s |\n' "$scenario" "$test" \

@@ -67,6 +67,10 @@ struct Args {
     /// CPU (see docs/performance.md).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=100_000))]
     idle_max_sleep_us: u64,
+    /// Receive and send buffer of each client connection, in KiB (chunks of
+    /// the socket pool). A pipeline larger than this waits for the window.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=128))]
+    client_buffer_kib: u32,
     /// How long an ACK may wait to ride on outgoing data, in microseconds
     /// (0: acknowledge at once).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
@@ -214,7 +218,7 @@ fn serve<A: App + Send>(
     let sockets = SocketPool::create(
         &format!("dataplane-{}", std::process::id()),
         Sizes {
-            client: SOCKET_BUFFER,
+            client: args.client_buffer_kib << 10,
             server: SERVER_SOCKET_BUFFER,
         },
         (args.max_connections as u32).min(1024),
@@ -347,8 +351,6 @@ fn report_every(
     }
 }
 
-/// Receive and send buffer of each client connection.
-const SOCKET_BUFFER: u32 = 16 << 10;
 /// Receive and send buffer of each connection to a server (it carries
 /// many clients' requests).
 const SERVER_SOCKET_BUFFER: u32 = 256 << 10;
