@@ -260,6 +260,14 @@ impl Net {
         }
     }
 
+    /// What `client` has received so far, left in place.
+    fn take_peek(&self, client: Handle) -> &[u8] {
+        match self.conns.get(&client) {
+            Some(Conn::Client { received, .. }) => received,
+            _ => panic!("no client {client}"),
+        }
+    }
+
     /// Carries actions and bytes until nothing moves.
     fn pump(&mut self) {
         for _ in 0..100 {
@@ -710,4 +718,69 @@ fn memcache_dead_server_answers_server_error() {
         net.take(c),
         b"SERVER_ERROR ferrox: server s0 refused the connection\r\nEND\r\n"
     );
+}
+
+mod arbitrary_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pieces of client input: valid commands of both protocols, broken
+    /// ones, and noise.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(cmd(&["GET", "a"])),
+            Just(cmd(&["MGET", "a", "b", "c"])),
+            Just(cmd(&["MSET", "a", "1", "b"])),
+            Just(cmd(&["DEL", "a", "b"])),
+            Just(cmd(&["HELLO", "3"])),
+            Just(cmd(&["QUIT"])),
+            Just(b"PING\r\n".to_vec()),
+            Just(b"*2\r\n$3\r\nGET\r\n$-9\r\n".to_vec()),
+            Just(b"get a b c\r\nset a 0 0 1 noreply\r\nx\r\nmg a v q\r\nmn\r\n".to_vec()),
+            Just(b"set a 0 0 99\r\nshort\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client sends, in whatever pieces, the engine neither
+        /// panics nor loses its other sessions, and a session it closes
+        /// stays closed.
+        #[test]
+        fn any_client_input_is_answered_or_closed(
+            pieces in proptest::collection::vec(piece(), 0..12),
+            cuts in proptest::collection::vec(1usize..64, 0..12),
+            memcache in any::<bool>(),
+        ) {
+            let mut pool = if memcache { memcache_spec(2) } else { spec(2) };
+            pool.max_pipeline = 4096;
+            let mut net = Net::new(pool);
+            let fuzzed = net.client();
+            let bystander = net.client();
+            let stream = pieces.concat();
+            let mut at = 0;
+            let mut held = Vec::new();
+            for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+                let end = at + (*cut).min(stream.len() - at);
+                held.extend_from_slice(&stream[at..end]);
+                at = end;
+                let Some(Conn::Client { tag, .. }) = net.conns.get(&fuzzed) else {
+                    unreachable!()
+                };
+                let used = net.engine.handle_input(*tag, &held, net.now);
+                held.drain(..used);
+                net.pump();
+                if net.take_peek(fuzzed).ends_with(b"<closed>") {
+                    break;
+                }
+            }
+            let ping: &[u8] = if memcache { b"version\r\n" } else { b"PING\r\n" };
+            net.send(bystander, ping);
+            let answer = net.take(bystander);
+            prop_assert!(answer.starts_with(b"+PONG") || answer.starts_with(b"VERSION"));
+        }
+    }
 }
