@@ -130,7 +130,7 @@ impl<S: Service> App for PerConnection<S> {
         self.free.push(tag);
     }
 
-    fn poll_action(&mut self) -> Option<NetAction> {
+    fn poll_action(&mut self, _now: u64) -> Option<NetAction> {
         self.actions.pop()
     }
 

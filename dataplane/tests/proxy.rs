@@ -165,6 +165,8 @@ protocol = "memcache"
 hash = "md5"
 distribution = "modula"
 timeout_ms = 2000
+preconnect = true
+server_retry_timeout_ms = 500
 servers = [{}]
 "#,
         redis.join(", "),

@@ -251,10 +251,6 @@ impl Engine {
         &self.stats
     }
 
-    pub fn pool_count(&self) -> usize {
-        self.pools.len()
-    }
-
     /// Asks for a connection to every server of pools that preconnect.
     pub fn preconnect(&mut self, now: Micros) {
         for b in 0..self.backends.len() {
@@ -311,11 +307,7 @@ impl Engine {
     /// Whether `tag` would use more input now (a session whose pipeline
     /// was full and has drained).
     pub fn wants_input(&self, tag: Tag) -> bool {
-        if tag.is_backend() {
-            return true;
-        }
-        let session = &self.sessions[tag.index()];
-        !session.closing && session.slots.len() < self.pools[session.pool].spec.max_pipeline
+        tag.is_backend() || self.has_room(tag.index())
     }
 
     /// Output waiting for `tag`: the runtime sends from the front and

@@ -66,7 +66,8 @@ pub trait App {
     fn peer_closed(&mut self, tag: u32, now: u64);
     /// The connection has ended, whoever ended it; `handle` is dead.
     fn gone(&mut self, tag: u32, handle: ConnHandle, now: u64);
-    fn poll_action(&mut self) -> Option<NetAction>;
+    /// The next thing the application asks of the stack.
+    fn poll_action(&mut self, now: u64) -> Option<NetAction>;
     /// When `handle_timeout` next has work.
     fn poll_timeout(&self) -> Option<u64>;
     fn handle_timeout(&mut self, now: u64);
@@ -311,7 +312,7 @@ impl<A: App> Stack<A> {
 
     /// Carries out what the application asked for.
     pub fn poll_app(&mut self, now: Instant, queue: &mut Queue<'_>) {
-        while let Some(action) = self.app.poll_action() {
+        while let Some(action) = self.app.poll_action(micros(now)) {
             match action {
                 NetAction::Send(handle) => {
                     if let Some(id) = self.live(handle) {

@@ -123,12 +123,12 @@ impl App for Proxy {
         self.engine.handle_gone(Tag::from_raw(tag), handle, now);
     }
 
-    fn poll_action(&mut self) -> Option<NetAction> {
+    fn poll_action(&mut self, now: u64) -> Option<NetAction> {
         if !self.started {
             // Pools that preconnect open their connections on the first
             // poll, from the core that will own them.
             self.started = true;
-            self.engine.preconnect(0);
+            self.engine.preconnect(now);
         }
         Some(match self.engine.poll_action()? {
             Action::Connect { tag, addr } => NetAction::Connect {
