@@ -466,6 +466,64 @@ fn reads_a_nutcracker_yml_as_it_is() {
 }
 
 #[test]
+fn auto_eject_moves_a_dead_servers_keys_and_brings_them_back() {
+    let yml = format!(
+        "alpha:\n  listen: 0.0.0.0:6379\n  redis: true\n  hash: murmur\n  distribution: ketama\n  \
+         auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 1500\n  \
+         timeout: 1000\n  servers:\n{}",
+        REDIS_PORTS
+            .iter()
+            .map(|p| format!("   - {KERNEL_IP}:{p}:1\n"))
+            .collect::<String>()
+    );
+    let config = ConfigFile::new("yml", &yml);
+    let (ns, dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let mut backends = Backends::start(&ns);
+    let servers: Vec<Server> = REDIS_PORTS
+        .iter()
+        .map(|p| Server::new(format!("{KERNEL_IP}:{p}"), 1))
+        .collect();
+    let table = Table::build(
+        HashFn::from_name("murmur").unwrap(),
+        Distribution::Ketama,
+        None,
+        &servers,
+        &[true; 4],
+    )
+    .unwrap();
+    let victim = 2;
+    let key = (0..)
+        .map(|i| format!("eject:{i}"))
+        .find(|k| table.server_for(k.as_bytes(), 0) == Some(victim))
+        .unwrap();
+    let ferrox = |args: &str| cli(&ns, FERROX_IP, 6379, args);
+    assert_eq!(ferrox(&format!("SET {key} before")), "OK");
+    backends.kill(REDIS_PORTS[victim]);
+    // The server's connection closing is its failure (the limit is 1): it
+    // is ejected, and its keys go to the others meanwhile. A request that
+    // meets the connection before ferrox sees it close gets an error.
+    let first = ferrox(&format!("SET {key} during"));
+    assert!(first == "OK" || first.contains("ferrox: server"), "{first}");
+    assert_eq!(ferrox(&format!("SET {key} during")), "OK");
+    assert_eq!(ferrox(&format!("GET {key}")), "during");
+    // Restarted and past the retry time, the server takes its keys back.
+    backends.start_redis(&ns, REDIS_PORTS[victim]);
+    wait_for_port(&ns, REDIS_PORTS[victim]);
+    std::thread::sleep(Duration::from_millis(1600));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ferrox(&format!("SET {key} after")) != "OK" {
+        assert!(Instant::now() < deadline, "the server did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        cli(&ns, KERNEL_IP, REDIS_PORTS[victim], &format!("GET {key}")),
+        "after"
+    );
+    let stats = dp.stop();
+    assert_eq!(stat(&stats, "ejections"), 1, "{stats}");
+}
+
+#[test]
 fn a_bad_config_is_refused_with_its_line() {
     let config = ConfigFile::new(
         "toml",

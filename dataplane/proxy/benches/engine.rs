@@ -18,6 +18,8 @@ impl Placement for LastByte {
     fn server_for(&self, key: &[u8], _: u32) -> Option<usize> {
         Some(key.last().copied().unwrap_or(0) as usize % self.0)
     }
+
+    fn set_live(&mut self, _: &[bool]) {}
 }
 
 fn pool(servers: usize) -> PoolSpec {
@@ -43,6 +45,7 @@ fn pool(servers: usize) -> PoolSpec {
         memcache_limits: memcache::Limits::default(),
         max_pipeline: 1024,
         preconnect: false,
+        ejection: None,
     }
 }
 

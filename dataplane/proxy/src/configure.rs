@@ -4,11 +4,35 @@ use ferrox_proto::config::{self, Config};
 use ferrox_proto::memcache;
 use ferrox_proto::route::{self, Distribution, HashFn, Table};
 
-use crate::engine::{Placement, PoolSpec, Protocol, ServerSpec};
+use crate::engine::{Ejection, Placement, PoolSpec, Protocol, ServerSpec};
 
-impl Placement for Table {
+/// A pool's route table, rebuilt when servers leave or return.
+#[derive(Debug)]
+struct Routes {
+    hash: HashFn,
+    distribution: Distribution,
+    hash_tag: Option<[u8; 2]>,
+    servers: Vec<route::Server>,
+    table: Table,
+}
+
+impl Placement for Routes {
     fn server_for(&self, key: &[u8], random: u32) -> Option<usize> {
-        Table::server_for(self, key, random)
+        self.table.server_for(key, random)
+    }
+
+    fn set_live(&mut self, live: &[bool]) {
+        // Only the live set changes, and it matches the servers, so the
+        // build cannot fail; keep the old table if it somehow does.
+        if let Ok(table) = Table::build(
+            self.hash,
+            self.distribution,
+            self.hash_tag,
+            &self.servers,
+            live,
+        ) {
+            self.table = table;
+        }
     }
 }
 
@@ -65,7 +89,13 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
                 name: s.addr.to_string(),
             })
             .collect(),
-        placement: Box::new(table),
+        placement: Box::new(Routes {
+            hash,
+            distribution,
+            hash_tag: pool.hash_tag,
+            servers,
+            table,
+        }),
         timeout: pool.timeout_ms.map(ms),
         connect_timeout: ms(pool.timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)),
         auth: pool.auth.as_ref().map(|a| a.as_bytes().to_vec()),
@@ -86,5 +116,9 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         },
         max_pipeline: limits.max_pipeline,
         preconnect: pool.preconnect,
+        ejection: pool.auto_eject_hosts.then_some(Ejection {
+            failure_limit: pool.server_failure_limit.max(1),
+            retry: ms(pool.server_retry_timeout_ms),
+        }),
     })
 }

@@ -103,6 +103,19 @@ pub trait Placement: std::fmt::Debug + Send {
     /// The index of the server for `key`, or `None` when no server is
     /// live. `random` is fresh randomness for random distribution.
     fn server_for(&self, key: &[u8], random: u32) -> Option<usize>;
+
+    /// Places keys on the servers whose `live` entry is true only (after
+    /// an ejection or a return).
+    fn set_live(&mut self, live: &[bool]);
+}
+
+/// twemproxy's `auto_eject_hosts`: a server that fails `failure_limit`
+/// times in a row leaves the pool (its keys rehash onto the others) and is
+/// tried again after `retry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    pub failure_limit: u32,
+    pub retry: Micros,
 }
 
 /// A backend server as the engine needs it.
@@ -143,6 +156,9 @@ pub struct PoolSpec {
     pub max_pipeline: usize,
     /// Connect to every server at start rather than on first use.
     pub preconnect: bool,
+    /// Eject failing servers; `None` keeps them (requests to a failed
+    /// server fail during its backoff).
+    pub ejection: Option<Ejection>,
 }
 
 /// First wait before reconnecting to a failed server.
@@ -161,6 +177,7 @@ pub struct EngineStats {
     pub backend_connects: u64,
     pub backend_failures: u64,
     pub timeouts: u64,
+    pub ejections: u64,
 }
 
 /// One core's proxy.
@@ -189,6 +206,18 @@ struct Pool {
     /// Round-robin cursor over a server's connections.
     next_conn: usize,
     sessions: usize,
+    health: Vec<Health>,
+    /// Which servers keys are placed on (all but the ejected).
+    live: Vec<bool>,
+}
+
+/// A server's failures, for ejection.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    /// Connection failures since the last good reply.
+    failures: u32,
+    /// Ejected until then.
+    ejected_until: Option<Micros>,
 }
 
 /// Lists reused from request to request.
@@ -225,12 +254,15 @@ impl Engine {
                         }
                     }
                 }
+                let servers = spec.servers.len();
                 Pool {
                     spec,
                     first_backend,
                     versions,
                     next_conn: 0,
                     sessions: 0,
+                    health: vec![Health::default(); servers],
+                    live: vec![true; servers],
                 }
             })
             .collect();
@@ -373,17 +405,58 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Micros> {
-        self.backends
+        let backends = self
+            .backends
             .iter()
-            .filter_map(|b| b.deadline(&self.pools[b.pool].spec))
-            .min()
+            .filter_map(|b| b.deadline(&self.pools[b.pool].spec));
+        let returns = self
+            .pools
+            .iter()
+            .flat_map(|p| p.health.iter().filter_map(|h| h.ejected_until));
+        backends.chain(returns).min()
     }
 
-    /// Fails requests and connection attempts that waited too long, and
-    /// ends reconnect backoffs.
+    /// Fails requests and connection attempts that waited too long, ends
+    /// reconnect backoffs, and puts ejected servers back.
     pub fn handle_timeout(&mut self, now: Micros) {
         for b in 0..self.backends.len() {
             self.backend_timeout(b, now);
+        }
+        for pool in &mut self.pools {
+            let mut changed = false;
+            for (s, health) in pool.health.iter_mut().enumerate() {
+                if health.ejected_until.is_some_and(|at| at <= now) {
+                    health.ejected_until = None;
+                    pool.live[s] = true;
+                    changed = true;
+                }
+            }
+            if changed {
+                pool.spec.placement.set_live(&pool.live);
+            }
+        }
+    }
+
+    /// Whether server `server` of pool `pool` takes keys now.
+    pub fn is_live(&self, pool: usize, server: usize) -> bool {
+        self.pools[pool].live[server]
+    }
+
+    /// Counts a failure of `server`; with ejection on, the server leaves
+    /// the pool at the limit.
+    fn server_failed(&mut self, pool: usize, server: usize, now: Micros) {
+        let p = &mut self.pools[pool];
+        let health = &mut p.health[server];
+        health.failures += 1;
+        let Some(ejection) = p.spec.ejection else {
+            return;
+        };
+        if health.failures >= ejection.failure_limit && health.ejected_until.is_none() {
+            health.ejected_until = Some(now + ejection.retry);
+            health.failures = 0;
+            p.live[server] = false;
+            p.spec.placement.set_live(&p.live);
+            self.stats.ejections += 1;
         }
     }
 

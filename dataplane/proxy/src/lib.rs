@@ -16,5 +16,6 @@ pub mod engine;
 mod reply;
 
 pub use engine::{
-    Action, Engine, EngineStats, Handle, Micros, Placement, PoolSpec, Protocol, ServerSpec, Tag,
+    Action, Ejection, Engine, EngineStats, Handle, Micros, Placement, PoolSpec, Protocol,
+    ServerSpec, Tag,
 };

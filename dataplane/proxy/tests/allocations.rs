@@ -70,6 +70,8 @@ impl Placement for FirstByte {
     fn server_for(&self, key: &[u8], _: u32) -> Option<usize> {
         Some(key.first().copied().unwrap_or(0) as usize % 2)
     }
+
+    fn set_live(&mut self, _: &[bool]) {}
 }
 
 fn pool(protocol: Protocol, base_port: u16) -> PoolSpec {
@@ -95,6 +97,7 @@ fn pool(protocol: Protocol, base_port: u16) -> PoolSpec {
         memcache_limits: memcache::Limits::default(),
         max_pipeline: 1024,
         preconnect: false,
+        ejection: None,
     }
 }
 

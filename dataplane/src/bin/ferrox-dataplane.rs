@@ -180,8 +180,8 @@ fn run(args: Args) -> Result<()> {
                 |proxies| {
                     let s = Proxy::total(proxies);
                     format!(
-                        " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={}",
-                        s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts
+                        " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={} ejections={}",
+                        s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts, s.ejections
                     )
                 },
             )

@@ -47,6 +47,7 @@ impl Proxy {
             t.backend_connects += s.backend_connects;
             t.backend_failures += s.backend_failures;
             t.timeouts += s.timeouts;
+            t.ejections += s.ejections;
         }
         t
     }

@@ -263,7 +263,12 @@ impl Engine {
                 continue;
             }
             backend.failures = 0;
-            let request = backend.inflight.pop_front().expect("checked above");
+            let (pool, server) = (backend.pool, backend.server);
+            self.pools[pool].health[server].failures = 0;
+            let request = self.backends[b]
+                .inflight
+                .pop_front()
+                .expect("checked above");
             let suppressed = match request.suppress {
                 Suppress::No => false,
                 Suppress::Always => true,
@@ -300,6 +305,7 @@ impl Engine {
             self.fail_piece(pool, server, why, request.at, request.suppress);
         }
         self.backends[b].inflight = inflight;
+        self.server_failed(pool, server, now);
     }
 
     pub(super) fn backend_timeout(&mut self, b: usize, now: Micros) {

@@ -10,13 +10,19 @@ use ferrox_proto::resp;
 
 use super::*;
 
-/// Places a key by its first byte.
+/// Places a key by its first byte, on the next live server from there.
 #[derive(Debug)]
-struct FirstByte(usize);
+struct FirstByte(Vec<bool>);
 
 impl Placement for FirstByte {
     fn server_for(&self, key: &[u8], _random: u32) -> Option<usize> {
-        Some(key.first().copied().unwrap_or(0) as usize % self.0)
+        let n = self.0.len();
+        let first = key.first().copied().unwrap_or(0) as usize % n;
+        (0..n).map(|i| (first + i) % n).find(|&s| self.0[s])
+    }
+
+    fn set_live(&mut self, live: &[bool]) {
+        self.0 = live.to_vec();
     }
 }
 
@@ -30,7 +36,7 @@ fn spec(servers: usize) -> PoolSpec {
                 name: format!("s{i}"),
             })
             .collect(),
-        placement: Box::new(FirstByte(servers)),
+        placement: Box::new(FirstByte(vec![true; servers])),
         timeout: Some(1_000),
         connect_timeout: 5_000,
         auth: None,
@@ -43,6 +49,7 @@ fn spec(servers: usize) -> PoolSpec {
         memcache_limits: Default::default(),
         max_pipeline: 64,
         preconnect: false,
+        ejection: None,
     }
 }
 
@@ -567,6 +574,37 @@ fn a_dead_backend_costs_only_its_requests_then_recovers() {
     net.send(c, &cmd(&["SET", "a", "2"]));
     assert_eq!(net.take(c), b"+OK\r\n");
     assert_eq!(net.engine.stats().backend_connects, connects + 1);
+}
+
+#[test]
+fn a_failing_server_is_ejected_and_returns_after_the_retry_time() {
+    let mut s = spec(2);
+    s.ejection = Some(Ejection {
+        failure_limit: 2,
+        retry: 5_000_000,
+    });
+    let mut net = Net::new(s);
+    net.servers[1].down = true;
+    let c = net.client();
+    // 'a' lives on server 1: two failures eject it.
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    net.advance(RETRY_MIN);
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    let out = String::from_utf8(net.take(c)).unwrap();
+    assert_eq!(out.matches("refused the connection").count(), 2, "{out}");
+    assert_eq!(net.engine.stats().ejections, 1);
+    assert!(!net.engine.is_live(0, 1));
+    // Its keys now go to server 0.
+    net.send(c, &cmd(&["SET", "a", "2"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    assert_eq!(net.servers[0].data[&b"a"[..]], b"2");
+    // After the retry time it is back, and its keys with it.
+    net.servers[1].down = false;
+    net.advance(5_000_000);
+    assert!(net.engine.is_live(0, 1));
+    net.send(c, &cmd(&["SET", "a", "3"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    assert_eq!(net.servers[1].data[&b"a"[..]], b"3");
 }
 
 #[test]
