@@ -49,8 +49,10 @@ struct Args {
     /// DPDK runtime file prefix; default ferrox-<pid>.
     #[arg(long)]
     file_prefix: Option<String>,
-    #[arg(long, default_value_t = 1024)]
-    backlog: usize,
+    /// Most connections in the handshake at once, per core; default: the
+    /// largest `backlog` of the configuration's pools, else 1024.
+    #[arg(long)]
+    backlog: Option<usize>,
     #[arg(long, default_value_t = 65536)]
     max_connections: usize,
     #[arg(long, default_value_t = 16383)]
@@ -149,7 +151,7 @@ fn run(args: Args) -> Result<()> {
         address,
         prefix_len,
         ports: args.ports.clone(),
-        backlog: args.backlog,
+        backlog: args.backlog.unwrap_or(1024),
         max_connections: args.max_connections,
         cores,
         ack_delay: (args.ack_delay_us > 0)
@@ -171,12 +173,20 @@ fn run(args: Args) -> Result<()> {
         ),
         Some(proxy) => {
             config.ports = proxy.ports.iter().map(|&(port, _)| port).collect();
+            config.backlog = args.backlog.unwrap_or(proxy.backlog());
+            config.keep_alive_ports = proxy
+                .config
+                .pools
+                .iter()
+                .filter(|p| p.tcp_keepalive)
+                .map(|p| p.listen.port())
+                .collect();
             serve(
                 &args,
                 stop,
                 &port,
                 config,
-                |core| Proxy::new(proxy.pools(), proxy.ports.clone(), seed(core)),
+                |core| Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)),
                 |proxies| {
                     let s = Proxy::total(proxies);
                     format!(

@@ -98,7 +98,13 @@ pub struct StackConfig {
     /// on its reply, but window updates wait too, which stalls pipelines
     /// that fill the window (see docs/performance.md).
     pub ack_delay: Option<smoltcp::time::Duration>,
+    /// Listening ports whose connections get TCP keep-alives (every
+    /// [`KEEP_ALIVE`]), so a client that vanished is noticed.
+    pub keep_alive_ports: Vec<u16>,
 }
+
+/// Keep-alive interval of connections on `keep_alive_ports`.
+pub const KEEP_ALIVE: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(60);
 
 impl Default for StackConfig {
     fn default() -> Self {
@@ -113,6 +119,7 @@ impl Default for StackConfig {
             core: 0,
             cores: 1,
             ack_delay: None,
+            keep_alive_ports: Vec::new(),
         }
     }
 }
@@ -349,11 +356,16 @@ impl<A: App> Stack<A> {
     /// A socket for request/response traffic: send at once (no Nagle), and
     /// acknowledge after the configured delay. `None` when the pool cannot
     /// grow.
-    fn new_socket(&mut self, role: Role) -> Option<PooledSocket> {
+    fn new_socket(
+        &mut self,
+        role: Role,
+        keep_alive: Option<smoltcp::time::Duration>,
+    ) -> Option<PooledSocket> {
         let ack_delay = self.config.ack_delay;
         let socket = self.memory.socket(role, |socket| {
             socket.set_nagle_enabled(false);
             socket.set_ack_delay(ack_delay);
+            socket.set_keep_alive(keep_alive);
         });
         match socket {
             Ok(socket) => Some(socket),
@@ -418,7 +430,12 @@ impl<A: App> Stack<A> {
             self.stats.limit_drops += 1;
             return None;
         }
-        let Some(mut socket) = self.new_socket(Role::Client) else {
+        let keep_alive = self
+            .config
+            .keep_alive_ports
+            .contains(&key.local_port())
+            .then_some(KEEP_ALIVE);
+        let Some(mut socket) = self.new_socket(Role::Client, keep_alive) else {
             self.stats.limit_drops += 1;
             return None;
         };
@@ -461,7 +478,7 @@ impl<A: App> Stack<A> {
                 && !self.config.ports.contains(&port))
             .then_some(key)
         })?;
-        let mut socket = self.new_socket(Role::Server)?;
+        let mut socket = self.new_socket(Role::Server, None)?;
         if socket
             .connect(
                 &mut self.iface,

@@ -62,9 +62,25 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The engine's pools, one set per core (each core routes on its own).
-    pub fn pools(&self) -> Vec<PoolSpec> {
-        configure::pools(&self.config).expect("checked by load")
+    /// The engine's pools for one of `cores` cores (each core routes on
+    /// its own). A pool's client connection limit is shared out among the
+    /// cores.
+    pub fn pools(&self, cores: usize) -> Vec<PoolSpec> {
+        let mut pools = configure::pools(&self.config).expect("checked by load");
+        for pool in &mut pools {
+            pool.client_connections = pool.client_connections.div_ceil(cores.max(1));
+        }
+        pools
+    }
+
+    /// The largest handshake backlog any pool asks for.
+    pub fn backlog(&self) -> usize {
+        self.config
+            .pools
+            .iter()
+            .map(|p| p.backlog as usize)
+            .max()
+            .unwrap_or(0)
     }
 }
 
