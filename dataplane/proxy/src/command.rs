@@ -321,13 +321,20 @@ const MAX_NAME: usize = 24;
 /// The route of the command named `name` (any case), or `None` when the
 /// command is unknown.
 pub fn lookup(name: &[u8]) -> Option<Route> {
+    lookup_blocked(name, &[]).0
+}
+
+/// The route of the command named `name` (any case), and whether its
+/// upper-case name is in `blocked`, upper-casing it once.
+pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<Route>, bool) {
     upper(name, |upper| {
-        TABLE
+        let route = TABLE
             .binary_search_by(|(entry, _)| (*entry).cmp(upper))
             .ok()
-            .map(|i| TABLE[i].1)
+            .map(|i| TABLE[i].1);
+        (route, blocked.iter().any(|b| b.as_slice() == upper))
     })
-    .flatten()
+    .unwrap_or((None, false))
 }
 
 /// Calls `f` with `name` upper-cased in a stack buffer; `None` if the name

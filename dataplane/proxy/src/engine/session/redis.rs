@@ -48,8 +48,8 @@ impl Engine {
             return;
         };
         let arg = |i: usize| &request[args[i].clone()];
-        let pool = &self.pools[self.sessions[index].pool];
-        let route = command::lookup(name);
+        let blocked = &self.pools[self.sessions[index].pool].spec.blocked;
+        let (route, blocked) = command::lookup_blocked(name, blocked);
         if !self.sessions[index].authed
             && !matches!(
                 route,
@@ -60,10 +60,7 @@ impl Engine {
                 out.extend_from_slice(b"-NOAUTH Authentication required.\r\n")
             });
         }
-        let blocked = command::upper(name, |upper| {
-            pool.spec.blocked.iter().any(|b| b.as_slice() == upper)
-        });
-        if blocked == Some(true) {
+        if blocked {
             return self.local_error(index, |out, _| {
                 reply::error_about(out, "command '", name, &["' is blocked by configuration"])
             });
