@@ -339,7 +339,7 @@ pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<Route>, bool)
 
 /// Calls `f` with `name` upper-cased in a stack buffer; `None` if the name
 /// is longer than any known command.
-pub fn upper<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+fn upper<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     let mut buf = [0u8; MAX_NAME];
     let upper = buf.get_mut(..name.len())?;
     upper.copy_from_slice(name);
