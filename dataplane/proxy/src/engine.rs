@@ -26,6 +26,7 @@ use std::ops::Range;
 use ferrox_proto::{memcache, resp};
 
 mod backend;
+pub mod reconfigure;
 mod session;
 mod slot;
 #[cfg(test)]
@@ -187,6 +188,8 @@ pub struct Engine {
     sessions: Vec<Session>,
     free_sessions: Vec<u32>,
     backends: Vec<Backend>,
+    /// Backend slots of removed servers, for reuse.
+    free_backends: Vec<u32>,
     actions: VecDeque<Action>,
     /// Slots returned by sessions, with their buffers, for reuse.
     spare_slots: Vec<Slot>,
@@ -198,17 +201,26 @@ pub struct Engine {
 #[derive(Debug)]
 struct Pool {
     spec: PoolSpec,
-    /// Backend connections of server `s`, RESP version slot `v` (0: RESP2
-    /// or memcached, 1: RESP3) start at
-    /// `first_backend + (s * versions + v) * server_connections`.
-    first_backend: usize,
-    versions: usize,
+    /// Each server's backend connections (indices into `Engine::backends`).
+    conns: Vec<ServerConns>,
     /// Round-robin cursor over a server's connections.
     next_conn: usize,
     sessions: usize,
     health: Vec<Health>,
     /// Which servers keys are placed on (all but the ejected).
     live: Vec<bool>,
+    /// Left out of the configuration: takes no new sessions; its sessions
+    /// finish what they asked and are closed.
+    retired: bool,
+}
+
+/// One server's backend connections.
+#[derive(Debug, Default)]
+struct ServerConns {
+    /// RESP2 (or memcached) connections.
+    plain: Vec<u32>,
+    /// RESP3 connections (after `HELLO 3`), for sessions that asked for it.
+    resp3: Vec<u32>,
 }
 
 /// A server's failures, for ejection.
@@ -236,46 +248,70 @@ struct Scratch {
 impl Engine {
     /// An engine for `pools`; `seed` feeds random distribution.
     pub fn new(pools: Vec<PoolSpec>, seed: u64) -> Engine {
-        let mut backends = Vec::new();
-        let pools = pools
-            .into_iter()
-            .enumerate()
-            .map(|(p, spec)| {
-                let versions = match spec.protocol {
-                    Protocol::Redis => 2,
-                    Protocol::Memcache => 1,
-                };
-                let first_backend = backends.len();
-                let conns = spec.server_connections.max(1);
-                for server in 0..spec.servers.len() {
-                    for version in 0..versions {
-                        for _ in 0..conns {
-                            backends.push(Backend::new(p, server, version == 1));
-                        }
-                    }
-                }
-                let servers = spec.servers.len();
-                Pool {
-                    spec,
-                    first_backend,
-                    versions,
-                    next_conn: 0,
-                    sessions: 0,
-                    health: vec![Health::default(); servers],
-                    live: vec![true; servers],
-                }
-            })
-            .collect();
-        Engine {
-            pools,
+        let mut engine = Engine {
+            pools: Vec::new(),
             sessions: Vec::new(),
             free_sessions: Vec::new(),
-            backends,
+            backends: Vec::new(),
+            free_backends: Vec::new(),
             actions: VecDeque::new(),
             spare_slots: Vec::new(),
             scratch: Scratch::default(),
             rng: seed | 1,
             stats: EngineStats::default(),
+        };
+        for spec in pools {
+            engine.add_pool(spec);
+        }
+        engine
+    }
+
+    /// Appends a pool with fresh backend connections.
+    fn add_pool(&mut self, spec: PoolSpec) -> usize {
+        let p = self.pools.len();
+        let servers = spec.servers.len();
+        self.pools.push(Pool {
+            spec,
+            conns: Vec::new(),
+            next_conn: 0,
+            sessions: 0,
+            health: vec![Health::default(); servers],
+            live: vec![true; servers],
+            retired: false,
+        });
+        let conns = (0..servers).map(|s| self.server_conns(p, s)).collect();
+        self.pools[p].conns = conns;
+        p
+    }
+
+    /// Fresh connections (not yet connected) for server `server` of pool
+    /// `pool`, as many as the pool asks for.
+    fn server_conns(&mut self, pool: usize, server: usize) -> ServerConns {
+        let spec = &self.pools[pool].spec;
+        let count = spec.server_connections.max(1);
+        let resp3 = spec.protocol == Protocol::Redis;
+        ServerConns {
+            plain: (0..count)
+                .map(|_| self.new_backend(pool, server, false))
+                .collect(),
+            resp3: (0..if resp3 { count } else { 0 })
+                .map(|_| self.new_backend(pool, server, true))
+                .collect(),
+        }
+    }
+
+    fn new_backend(&mut self, pool: usize, server: usize, resp3: bool) -> u32 {
+        let name = self.pools[pool].spec.servers[server].name.clone();
+        let backend = Backend::new(pool, server, name, resp3);
+        match self.free_backends.pop() {
+            Some(b) => {
+                self.backends[b as usize] = backend;
+                b
+            }
+            None => {
+                self.backends.push(backend);
+                (self.backends.len() - 1) as u32
+            }
         }
     }
 
@@ -286,9 +322,9 @@ impl Engine {
     /// Asks for a connection to every server of pools that preconnect.
     pub fn preconnect(&mut self, now: Micros) {
         for b in 0..self.backends.len() {
-            let pool = &self.pools[self.backends[b].pool];
-            let resp3 = self.backends[b].resp3;
-            if pool.spec.preconnect && !resp3 {
+            let backend = &self.backends[b];
+            let pool = &self.pools[backend.pool];
+            if pool.spec.preconnect && !backend.resp3 && !backend.retiring {
                 self.backend_connect(b, now);
             }
         }
@@ -298,7 +334,8 @@ impl Engine {
     /// the connection.
     pub fn accept(&mut self, pool: usize, handle: Handle) -> Option<Tag> {
         let limit = self.pools[pool].spec.client_connections;
-        if limit != 0 && self.pools[pool].sessions >= limit {
+        let full = limit != 0 && self.pools[pool].sessions >= limit;
+        if full || self.pools[pool].retired {
             self.stats.sessions_refused += 1;
             return None;
         }

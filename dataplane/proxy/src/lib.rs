@@ -15,6 +15,7 @@ pub mod configure;
 pub mod engine;
 mod reply;
 
+pub use engine::reconfigure::Changes;
 pub use engine::{
     Action, Ejection, Engine, EngineStats, Handle, Micros, Placement, PoolSpec, Protocol,
     ServerSpec, Tag,

@@ -56,6 +56,9 @@ pub(super) struct InFlight {
 pub(super) struct Backend {
     pub pool: usize,
     pub server: usize,
+    /// How errors name the server (it outlives the server's place in the
+    /// pool while the connection retires).
+    pub name: String,
     /// Speaks RESP3 (after `HELLO 3`), for sessions that asked for it.
     pub resp3: bool,
     pub state: State,
@@ -69,13 +72,17 @@ pub(super) struct Backend {
     pub since: Micros,
     /// Failures in a row.
     pub failures: u32,
+    /// Its server left the configuration: it takes no new requests and is
+    /// closed once it has answered the ones it holds.
+    pub retiring: bool,
 }
 
 impl Backend {
-    pub fn new(pool: usize, server: usize, resp3: bool) -> Backend {
+    pub fn new(pool: usize, server: usize, name: String, resp3: bool) -> Backend {
         Backend {
             pool,
             server,
+            name,
             resp3,
             state: State::Idle,
             handle: None,
@@ -85,6 +92,7 @@ impl Backend {
             handshake: 0,
             since: 0,
             failures: 0,
+            retiring: false,
         }
     }
 
@@ -116,14 +124,18 @@ impl Engine {
         write: impl FnOnce(&mut Vec<u8>),
     ) {
         let p = &mut self.pools[pool];
-        let conns = p.spec.server_connections.max(1);
-        let version = usize::from(resp3 && p.versions == 2);
-        let b = p.first_backend + (server * p.versions + version) * conns + p.next_conn % conns;
+        let conns = &p.conns[server];
+        let list = if resp3 && !conns.resp3.is_empty() {
+            &conns.resp3
+        } else {
+            &conns.plain
+        };
+        let b = list[p.next_conn % list.len()] as usize;
         p.next_conn = p.next_conn.wrapping_add(1);
         match self.backends[b].state {
             State::Backoff => {
                 self.stats.errors += 1;
-                self.fail_piece(pool, server, "is unavailable", at, suppress);
+                self.fail_piece(b, "is unavailable", at, suppress);
                 return;
             }
             State::Idle => self.backend_connect(b, now),
@@ -144,24 +156,17 @@ impl Engine {
         }
     }
 
-    /// Answers one piece with an error naming the server.
-    fn fail_piece(
-        &mut self,
-        pool: usize,
-        server: usize,
-        why: &str,
-        at: SlotRef,
-        suppress: Suppress,
-    ) {
+    /// Answers one piece with an error naming backend `b`'s server.
+    fn fail_piece(&mut self, b: usize, why: &str, at: SlotRef, suppress: Suppress) {
         let mut error = std::mem::take(&mut self.scratch.error);
         error.clear();
         if suppress != Suppress::Always {
-            let spec = &self.pools[pool].spec;
-            let prefix = match spec.protocol {
+            let backend = &self.backends[b];
+            let prefix = match self.pools[backend.pool].spec.protocol {
                 Protocol::Redis => "-ERR ferrox: ",
                 Protocol::Memcache => "SERVER_ERROR ferrox: ",
             };
-            let name = &spec.servers[server].name;
+            let name = &backend.name;
             reply::error_fmt(&mut error, prefix, format_args!("server {name} {why}"));
         }
         self.fill_slot(at, &error);
@@ -263,8 +268,10 @@ impl Engine {
                 continue;
             }
             backend.failures = 0;
-            let (pool, server) = (backend.pool, backend.server);
-            self.pools[pool].health[server].failures = 0;
+            if !backend.retiring {
+                let (pool, server) = (backend.pool, backend.server);
+                self.pools[pool].health[server].failures = 0;
+            }
             let request = self.backends[b]
                 .inflight
                 .pop_front()
@@ -275,8 +282,33 @@ impl Engine {
                 Suppress::Quiet(command) => memcache::quiet_suppresses(command, reply),
             };
             self.fill_slot(request.at, if suppressed { b"" } else { reply });
+            if self.backends[b].retiring && self.backends[b].inflight.is_empty() {
+                self.backend_free(b);
+                return input.len();
+            }
         }
         used
+    }
+
+    /// Gives up a backend connection whose server left the configuration:
+    /// at once if it holds no request, else once it has answered them.
+    pub(super) fn backend_retire(&mut self, b: usize) {
+        self.backends[b].retiring = true;
+        if self.backends[b].inflight.is_empty() {
+            self.backend_free(b);
+        }
+    }
+
+    /// Closes a retiring connection and frees its slot.
+    fn backend_free(&mut self, b: usize) {
+        let backend = &mut self.backends[b];
+        if let Some(handle) = backend.handle.take() {
+            self.actions.push_back(Action::Close(handle));
+        }
+        backend.state = State::Idle;
+        backend.output.clear();
+        backend.send_queued = false;
+        self.free_backends.push(b as u32);
     }
 
     /// The connection failed: every request it holds gets an error reply,
@@ -302,9 +334,14 @@ impl Engine {
         let mut inflight = std::mem::take(&mut backend.inflight);
         for request in inflight.drain(..) {
             self.stats.errors += 1;
-            self.fail_piece(pool, server, why, request.at, request.suppress);
+            self.fail_piece(b, why, request.at, request.suppress);
         }
         self.backends[b].inflight = inflight;
+        if self.backends[b].retiring {
+            self.backends[b].state = State::Idle;
+            self.free_backends.push(b as u32);
+            return;
+        }
         self.server_failed(pool, server, now);
     }
 

@@ -125,7 +125,9 @@ impl Engine {
     /// Whether the session may take another request now.
     pub(super) fn has_room(&self, index: usize) -> bool {
         let session = &self.sessions[index];
-        !session.closing && session.slots.len() < self.pools[session.pool].spec.max_pipeline
+        !session.closing
+            && !session.peer_closed
+            && session.slots.len() < self.pools[session.pool].spec.max_pipeline
     }
 
     /// Opens a slot at the tail of the session's pipeline and returns its

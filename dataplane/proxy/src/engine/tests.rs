@@ -60,6 +60,8 @@ struct FakeServer {
     down: bool,
     /// Accept requests but never answer.
     mute: bool,
+    /// Leave requests unread (answered once this is off).
+    hold: bool,
     password: Option<Vec<u8>>,
     /// Every command name received, in order.
     log: Vec<String>,
@@ -311,6 +313,9 @@ impl Net {
                 };
                 let mut reply = Vec::new();
                 let fake = &mut self.servers[*server];
+                if fake.hold {
+                    continue;
+                }
                 let used = if self.memcache {
                     fake.serve_memcache(inbox, &mut reply)
                 } else {
@@ -820,5 +825,101 @@ mod arbitrary_input {
             let answer = net.take(bystander);
             prop_assert!(answer.starts_with(b"+PONG") || answer.starts_with(b"VERSION"));
         }
+    }
+}
+
+mod reconfiguration {
+    use super::*;
+
+    #[test]
+    fn servers_come_and_go_without_closing_clients_or_losing_requests() {
+        let mut net = Net::new(spec(2));
+        net.servers.push(FakeServer::default());
+        let c = net.client();
+        // A request in flight on server 1 while the change happens.
+        net.servers[1].hold = true;
+        net.send(c, &cmd(&["GET", "a"]));
+        // Three servers now: 'a' (97) goes to server 1, 'b' (98) to 2.
+        let (indices, changes) = net.engine.reconfigure(vec![spec(3)]);
+        assert_eq!(indices, [0]);
+        assert_eq!(changes.servers_added, 1);
+        net.servers[1].hold = false;
+        net.servers[1].data.insert(b"a".to_vec(), b"A".to_vec());
+        // The held request is answered by the server it was sent to.
+        net.send(c, &cmd(&["SET", "b", "2"]));
+        assert_eq!(net.take(c), b"$1\r\nA\r\n+OK\r\n");
+        assert!(net.servers[2].data.contains_key(&b"b"[..]));
+        // Back to one server: the others' connections close, the client's
+        // does not, and every key goes to server 0.
+        let (_, changes) = net.engine.reconfigure(vec![spec(1)]);
+        assert_eq!(changes.servers_removed, 2);
+        net.pump();
+        net.send(c, &cmd(&["SET", "a", "1"]));
+        net.send(c, &cmd(&["SET", "b", "1"]));
+        assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
+        assert_eq!(net.servers[0].data.len(), 2);
+        let open_backends = net
+            .conns
+            .values()
+            .filter(|c| matches!(c, Conn::Backend { up: true, .. }))
+            .count();
+        assert_eq!(open_backends, 1);
+    }
+
+    #[test]
+    fn a_removed_server_answers_what_it_holds_before_it_is_closed() {
+        let mut net = Net::new(spec(2));
+        let c = net.client();
+        net.servers[1].hold = true;
+        net.servers[1].data.insert(b"a".to_vec(), b"A".to_vec());
+        net.send(c, &cmd(&["GET", "a"]));
+        net.engine.reconfigure(vec![spec(1)]);
+        net.pump();
+        let backend = net
+            .conns
+            .iter()
+            .find_map(|(h, c)| match c {
+                Conn::Backend { server: 1, .. } => Some(*h),
+                _ => None,
+            })
+            .unwrap();
+        assert!(matches!(
+            net.conns[&backend],
+            Conn::Backend { up: true, .. }
+        ));
+        // Server 1 answers the GET it was sent; its connection is closed
+        // after that.
+        net.servers[1].hold = false;
+        net.pump();
+        assert_eq!(net.take(c), b"$1\r\nA\r\n");
+        assert!(matches!(
+            net.conns[&backend],
+            Conn::Backend { up: false, .. }
+        ));
+    }
+
+    #[test]
+    fn settings_change_in_place_and_removed_pools_close_their_clients() {
+        let mut net = Net::new(spec(1));
+        let c = net.client();
+        net.send(c, &cmd(&["GET", "a"]));
+        assert_eq!(net.take(c), b"$-1\r\n");
+        let mut blocking = spec(1);
+        blocking.blocked = vec![b"GET".to_vec()];
+        net.engine.reconfigure(vec![blocking]);
+        net.send(c, &cmd(&["GET", "a"]));
+        assert!(net
+            .take(c)
+            .starts_with(b"-ERR ferrox: command 'GET' is blocked"));
+        // A pool under another name: the old one's client is closed, the
+        // new one takes clients.
+        let mut renamed = spec(1);
+        renamed.name = "other".into();
+        let (indices, changes) = net.engine.reconfigure(vec![renamed]);
+        assert_eq!((changes.pools_added, changes.pools_removed), (1, 1));
+        net.pump();
+        assert_eq!(net.take(c), b"<closed>");
+        assert_eq!(net.engine.accept(0, 1000), None);
+        assert!(net.engine.accept(indices[0], 1001).is_some());
     }
 }
