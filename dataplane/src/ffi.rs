@@ -538,6 +538,26 @@ pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
     &STOP
 }
 
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_reload_signal(_: libc::c_int) {
+    RELOAD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGHUP set the returned flag (and nothing else): a request to
+/// read the configuration again.
+pub fn reload_on_sighup() -> &'static std::sync::atomic::AtomicBool {
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            on_reload_signal as *const () as libc::sighandler_t,
+        )
+    };
+    &RELOAD
+}
+
 /// The EAL's lcores: the main one first, then the workers, as `-l` listed.
 pub fn lcores() -> Vec<u32> {
     // SAFETY: plain queries after EAL init.

@@ -523,6 +523,112 @@ fn auto_eject_moves_a_dead_servers_keys_and_brings_them_back() {
     assert_eq!(stat(&stats, "ejections"), 1, "{stats}");
 }
 
+fn pool_toml(servers: &[(u16, u32)], blocked: &str) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|(port, weight)| format!("\"{KERNEL_IP}:{port}:{weight}\""))
+        .collect();
+    format!(
+        "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"murmur\"\n\
+         timeout_ms = 2000\nblocked_commands = [{blocked}]\nservers = [{}]\n",
+        servers.join(", ")
+    )
+}
+
+#[test]
+fn reloads_the_configuration_under_load_without_closing_a_client() {
+    let config = ConfigFile::new("toml", &pool_toml(&[(7001, 1), (7002, 1)], ""));
+    let (ns, dp) = setup_with(Pmd::AfXdp, 1, &["--config", config.path()]);
+    let _backends = Backends::start(&ns);
+    let ferrox = |args: &str| cli(&ns, FERROX_IP, 6379, args);
+    assert_eq!(ferrox("SET k 1"), "OK");
+    // Traffic that runs through every change below.
+    let bench = ns
+        .command(&[
+            "timeout",
+            "120",
+            "redis-benchmark",
+            "-h",
+            FERROX_IP,
+            "-t",
+            "set,get",
+            "-c",
+            "20",
+            "-P",
+            "4",
+            "-n",
+            "300000",
+            "-r",
+            "100000",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hup = || net::sh(&["kill", "-HUP", &dp.pid().to_string()]);
+    std::thread::sleep(Duration::from_millis(500));
+    // Two servers more, other weights, and LPUSH blocked.
+    let grown = [(7001, 1), (7002, 2), (7003, 1), (7004, 3)];
+    std::fs::write(&config.0, pool_toml(&grown, "\"LPUSH\"")).unwrap();
+    hup();
+    dp.wait_for_line("reloaded", 0, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    // A broken file is refused with its line; the running one stays.
+    std::fs::write(&config.0, "[pools.cache]\nlisten = 12\n").unwrap();
+    hup();
+    let refused = dp.wait_for_line("reload refused", 0, Duration::from_secs(10));
+    assert!(
+        refused.contains(&format!("{}:2:", config.path())),
+        "{refused}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // One server less.
+    let shrunk = [(7001, 1), (7002, 2), (7004, 3)];
+    std::fs::write(&config.0, pool_toml(&shrunk, "\"LPUSH\"")).unwrap();
+    hup();
+    dp.wait_for_line("reloaded", 1, Duration::from_secs(10));
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}{errors}");
+    assert!(
+        !report.contains("rror") && !errors.contains("rror"),
+        "the clients saw errors: {report}{errors}"
+    );
+    assert!(report.contains("GET:"), "{report}");
+    assert!(ferrox("LPUSH l x").contains("blocked by configuration"));
+    // Keys go where the new table says.
+    let servers: Vec<Server> = shrunk
+        .iter()
+        .map(|(p, w)| Server::new(format!("{KERNEL_IP}:{p}"), *w))
+        .collect();
+    let live = vec![true; servers.len()];
+    let table = Table::build(
+        HashFn::from_name("murmur").unwrap(),
+        Distribution::Ketama,
+        None,
+        &servers,
+        &live,
+    )
+    .unwrap();
+    for i in 0..60 {
+        let key = format!("after:{i}");
+        assert_eq!(ferrox(&format!("SET {key} {i}")), "OK");
+        let port = shrunk[table.server_for(key.as_bytes(), 0).unwrap()].0;
+        assert_eq!(
+            cli(&ns, KERNEL_IP, port, &format!("GET {key}")),
+            i.to_string()
+        );
+    }
+    let stats = dp.stop();
+    assert_eq!(stat(&stats, "reloads"), 2, "{stats}");
+    // The benchmark's connections (20 per test, two tests, and one or two
+    // for its CONFIG GET) and the 62 redis-cli calls were each accepted
+    // once: none was closed and reopened.
+    assert!(stat(&stats, "accepted") <= 2 * 20 + 2 + 62, "{stats}");
+}
+
 #[test]
 fn a_bad_config_is_refused_with_its_line() {
     let config = ConfigFile::new(

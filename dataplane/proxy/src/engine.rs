@@ -179,6 +179,7 @@ pub struct EngineStats {
     pub backend_failures: u64,
     pub timeouts: u64,
     pub ejections: u64,
+    pub reconfigurations: u64,
 }
 
 /// One core's proxy.

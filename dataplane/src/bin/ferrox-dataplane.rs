@@ -17,7 +17,7 @@ use ferrox_dataplane::lcore::{
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
 use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port};
-use ferrox_dataplane::service::proxy::Proxy;
+use ferrox_dataplane::service::proxy::{Proxy, ReloadBoard};
 use ferrox_dataplane::service::resp_echo::RespEcho;
 use ferrox_dataplane::service::PerConnection;
 use hugepage_pool::Region;
@@ -181,20 +181,37 @@ fn run(args: Args) -> Result<()> {
                 .filter(|p| p.tcp_keepalive)
                 .map(|p| p.listen.port())
                 .collect();
-            serve(
+            // SIGHUP: read the file again; the cores take it at a safe point.
+            let board = Arc::new(ReloadBoard::default());
+            let reloader = {
+                let (path, board) = (args.config.clone().expect("a config"), board.clone());
+                let hup = ferrox_dataplane::ffi::reload_on_sighup();
+                std::thread::spawn(move || reload_on_signal(&path, address, &board, hup, stop))
+            };
+            let served = serve(
                 &args,
                 stop,
                 &port,
                 config,
-                |core| Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)),
+                |core| {
+                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)).with_reload(
+                        board.clone(),
+                        core,
+                        cores,
+                    )
+                },
                 |proxies| {
                     let s = Proxy::total(proxies);
                     format!(
-                        " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={} ejections={}",
-                        s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts, s.ejections
+                        " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={} ejections={} reloads={}",
+                        s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts, s.ejections,
+                        board.version()
                     )
                 },
-            )
+            );
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = reloader.join();
+            served
         }
     }
 }
@@ -333,6 +350,43 @@ fn serve<A: App + Send>(
         bail!("{failed} core(s) failed");
     }
     Ok(())
+}
+
+/// Until `stop`: on SIGHUP (`hup`), reads and validates the configuration
+/// at `path` again and publishes it to the cores, or refuses it with the
+/// reason and keeps the running one. Says which on stdout.
+#[allow(clippy::disallowed_methods)] // a control thread, not a poll loop
+fn reload_on_signal(
+    path: &std::path::Path,
+    address: Ipv4Address,
+    board: &ReloadBoard,
+    hup: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if !hup.swap(false, Relaxed) {
+            continue;
+        }
+        match ferrox_dataplane::service::proxy::load(path, address) {
+            Ok(loaded) => {
+                let version = board.publish(loaded);
+                println!(
+                    "ferrox-dataplane: reloaded {}; version={version}",
+                    path.display()
+                );
+            }
+            Err(error) => {
+                tracing::error!("reload refused: {error:#}");
+                println!(
+                    "ferrox-dataplane: reload refused, the running configuration stays; {}",
+                    format!("{error:#}").replace('\n', " | ")
+                );
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
 }
 
 /// Prints the cores' published counters every `every` until `stop`.

@@ -70,6 +70,11 @@ pub trait App {
     fn poll_action(&mut self, now: u64) -> Option<NetAction>;
     /// When `handle_timeout` next has work.
     fn poll_timeout(&self) -> Option<u64>;
+    /// A new configuration to take at this safe point (between two
+    /// bursts), if one was published: the ports to listen on from now.
+    fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
+        None
+    }
     fn handle_timeout(&mut self, now: u64);
 }
 
@@ -319,6 +324,10 @@ impl<A: App> Stack<A> {
 
     /// Carries out what the application asked for.
     pub fn poll_app(&mut self, now: Instant, queue: &mut Queue<'_>) {
+        if let Some(ports) = self.app.poll_reconfigure() {
+            // Connections on a port no longer served stay until they end.
+            self.config.ports = ports;
+        }
         while let Some(action) = self.app.poll_action(micros(now)) {
             match action {
                 NetAction::Send(handle) => {

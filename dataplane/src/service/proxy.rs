@@ -5,6 +5,8 @@
 //! flow hashes to the same core, so replies come back to it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ferrox_proto::config::{self, Config};
 use ferrox_proxy::{configure, Action, Engine, EngineStats, PoolSpec, Tag};
@@ -19,6 +21,41 @@ pub struct Proxy {
     /// Listening port → pool.
     ports: Vec<(u16, usize)>,
     started: bool,
+    reload: Option<CoreReload>,
+}
+
+/// Where a core finds new configurations.
+#[derive(Debug)]
+struct CoreReload {
+    board: Arc<ReloadBoard>,
+    /// The version this core runs.
+    version: u64,
+    cores: usize,
+    core: usize,
+}
+
+/// A validated configuration published to every core: each takes it at
+/// its next safe point (between two bursts), so no core ever runs half of
+/// one, and none waits for another.
+#[derive(Debug, Default)]
+pub struct ReloadBoard {
+    version: AtomicU64,
+    latest: Mutex<Option<Arc<Loaded>>>,
+}
+
+impl ReloadBoard {
+    /// Publishes `loaded`; returns its version.
+    pub fn publish(&self, loaded: Loaded) -> u64 {
+        let mut latest = self.latest.lock().expect("no core panics holding it");
+        *latest = Some(Arc::new(loaded));
+        // Under the lock, so a core that sees the version sees the config.
+        self.version.fetch_add(1, Ordering::Release) + 1
+    }
+
+    /// How many configurations were published after the first.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
 }
 
 impl Proxy {
@@ -28,7 +65,20 @@ impl Proxy {
             engine: Engine::new(pools, seed),
             ports,
             started: false,
+            reload: None,
         }
+    }
+
+    /// Takes new configurations from `board`, as core `core` of `cores`.
+    pub fn with_reload(mut self, board: Arc<ReloadBoard>, core: usize, cores: usize) -> Proxy {
+        let version = board.version();
+        self.reload = Some(CoreReload {
+            board,
+            version,
+            cores,
+            core,
+        });
+        self
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -48,6 +98,7 @@ impl Proxy {
             t.backend_failures += s.backend_failures;
             t.timeouts += s.timeouts;
             t.ejections += s.ejections;
+            t.reconfigurations += s.reconfigurations;
         }
         t
     }
@@ -160,6 +211,31 @@ impl App for Proxy {
 
     fn poll_timeout(&self) -> Option<u64> {
         self.engine.poll_timeout()
+    }
+
+    fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
+        let reload = self.reload.as_mut()?;
+        let version = reload.board.version();
+        if version == reload.version {
+            return None;
+        }
+        let loaded = reload
+            .board
+            .latest
+            .lock()
+            .expect("no core panics holding it")
+            .clone()?;
+        reload.version = version;
+        let (indices, changes) = self.engine.reconfigure(loaded.pools(reload.cores));
+        self.ports = loaded
+            .ports
+            .iter()
+            .map(|&(port, pool)| (port, indices[pool]))
+            .collect();
+        if reload.core == 0 {
+            tracing::info!(version, ?changes, "configuration reloaded");
+        }
+        Some(self.ports.iter().map(|&(port, _)| port).collect())
     }
 
     fn handle_timeout(&mut self, now: u64) {

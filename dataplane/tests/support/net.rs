@@ -148,6 +148,31 @@ impl Dataplane {
         dp
     }
 
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for a printed line containing `text`, after `skip` earlier
+    /// matches; returns it.
+    pub fn wait_for_line(&self, text: &str, skip: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .nth(skip)
+            {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no line with {text:?} printed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The newest periodic statistics line.
     pub fn latest_stats(&self) -> Option<String> {
         self.lines

@@ -26,6 +26,7 @@ impl Engine {
     /// order, its index in this engine (the runtime maps listening ports to
     /// them), and what changed.
     pub fn reconfigure(&mut self, pools: Vec<PoolSpec>) -> (Vec<usize>, Changes) {
+        self.stats.reconfigurations += 1;
         let mut changes = Changes::default();
         let mut kept = vec![false; self.pools.len()];
         let mut indices = Vec::with_capacity(pools.len());
