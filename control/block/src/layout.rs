@@ -1,0 +1,93 @@
+//! The control block's shared layout: `repr(C)` records of atomic
+//! integers only, so any process may read any field at any time, and a
+//! later binary finds the same bytes where it expects them (the layout
+//! version says when it would not).
+
+// Records of thousands of atomics: no useful Debug output.
+#![allow(missing_debug_implementations)]
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use hugepage_pool::region::Shared;
+
+/// "FXBLOCK1".
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
+/// Bumped on any change below.
+pub const LAYOUT_VERSION: u32 = 1;
+/// The region directory entry's kind.
+pub const KIND: u32 = 0x4658_424b;
+
+pub const MAX_CORES: usize = 16;
+pub const MAX_POOLS: usize = 16;
+pub const MAX_SERVERS: usize = 64;
+/// Longest configuration text: each of the two buffers holds this much.
+pub const CONFIG_BYTES: usize = 256 << 10;
+/// Longest pool name kept in a record.
+pub const NAME_BYTES: usize = 64;
+/// Latency buckets: bucket `i` counts requests that took less than
+/// `2^i` microseconds (the last one: everything longer).
+pub const LATENCY_BUCKETS: usize = 24;
+
+#[repr(C)]
+pub struct BlockHeader {
+    pub magic: AtomicU64,
+    pub layout: AtomicU32,
+    pub cores: AtomicU32,
+    pub config: ConfigBoard,
+    pub core: [CoreRecord; MAX_CORES],
+}
+
+/// Two text buffers: the control process writes the one not in use, then
+/// flips `current` and bumps `version`; a reader copies the current one
+/// and checks that the version did not move meanwhile.
+#[repr(C)]
+pub struct ConfigBoard {
+    pub version: AtomicU64,
+    pub current: AtomicU32,
+    pub len: [AtomicU32; 2],
+    pub text: [[AtomicU64; CONFIG_BYTES / 8]; 2],
+    /// The version each core runs.
+    pub applied: [AtomicU64; MAX_CORES],
+}
+
+/// One core's statistics, written only by that core.
+#[repr(C)]
+pub struct CoreRecord {
+    /// Bumped by the core as it publishes: a reader sees a live core.
+    pub heartbeat: AtomicU64,
+    pub counters: [AtomicU64; COUNTERS],
+    pub pools: [PoolRecord; MAX_POOLS],
+}
+
+/// Core-wide counters, by [`crate::Counter`] index.
+pub const COUNTERS: usize = 16;
+
+#[repr(C)]
+pub struct PoolRecord {
+    /// 0: unused; otherwise the length of the name that follows.
+    pub name_len: AtomicU32,
+    pub server_count: AtomicU32,
+    pub name: [AtomicU64; NAME_BYTES / 8],
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub sessions: AtomicU64,
+    pub latency: [AtomicU64; LATENCY_BUCKETS],
+    pub servers: [ServerRecord; MAX_SERVERS],
+}
+
+#[repr(C)]
+pub struct ServerRecord {
+    /// IPv4 address << 16 | port.
+    pub addr: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    /// 1 while ejected.
+    pub ejected: AtomicU64,
+}
+
+// SAFETY: repr(C) structs made only of atomic integers (and arrays of
+// them); any bit pattern, zeroes included, is a valid value, and every
+// mutation through a shared reference is atomic.
+unsafe impl Shared for BlockHeader {}

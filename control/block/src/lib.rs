@@ -1,0 +1,498 @@
+//! ferrox's control block: what the control process and the dataplane
+//! share, in a hugepage-pool region.
+//!
+//! - **The configuration board.** The control process publishes a
+//!   validated configuration (its text) with a new version; every core
+//!   compares the version once per loop, reads the text, and swaps its
+//!   route tables at a safe point, then records the version it runs. The
+//!   text sits in two buffers: the writer fills the one not in use and
+//!   flips, a reader copies the current one and checks that the version
+//!   did not move, so no core ever reads half a configuration.
+//! - **Statistics.** Each core has a record it alone writes (plain stores
+//!   of atomics), with core-wide counters, and per pool (by name) and per
+//!   server (by address) counters and a latency histogram. The control
+//!   process reads them at any time without stopping anyone.
+//!
+//! Everything is plain, versioned data: no pointers, so a restarted
+//! control process or a new dataplane binary finds it as it was.
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hugepage_pool::{Offset, Region, RegionError};
+
+#[allow(unsafe_code)] // declares the layout `Shared`
+mod layout;
+
+pub use layout::{
+    BlockHeader, CoreRecord, PoolRecord, ServerRecord, CONFIG_BYTES, COUNTERS, LATENCY_BUCKETS,
+    LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS, NAME_BYTES,
+};
+
+/// The region directory name of the block.
+pub const ENTRY: &str = "control-block";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error("the control block is of another layout (found {found:#x}, version {version})")]
+    Layout { found: u64, version: u32 },
+    #[error("the configuration is {len} bytes; the board holds {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("{cores} cores; the block has room for {max}")]
+    TooManyCores { cores: usize, max: usize },
+}
+
+/// Core-wide counters, as indices into [`CoreRecord::counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    Frames = 0,
+    Accepted,
+    Closed,
+    Open,
+    Requests,
+    Errors,
+    SplitRequests,
+    BackendConnects,
+    BackendFailures,
+    Timeouts,
+    Ejections,
+    Reconfigurations,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 12] = [
+        Counter::Frames,
+        Counter::Accepted,
+        Counter::Closed,
+        Counter::Open,
+        Counter::Requests,
+        Counter::Errors,
+        Counter::SplitRequests,
+        Counter::BackendConnects,
+        Counter::BackendFailures,
+        Counter::Timeouts,
+        Counter::Ejections,
+        Counter::Reconfigurations,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Frames => "frames",
+            Counter::Accepted => "accepted",
+            Counter::Closed => "closed",
+            Counter::Open => "open",
+            Counter::Requests => "requests",
+            Counter::Errors => "errors",
+            Counter::SplitRequests => "split_requests",
+            Counter::BackendConnects => "backend_connects",
+            Counter::BackendFailures => "backend_failures",
+            Counter::Timeouts => "timeouts",
+            Counter::Ejections => "ejections",
+            Counter::Reconfigurations => "reconfigurations",
+        }
+    }
+}
+
+/// The control block in a region.
+#[derive(Debug, Clone)]
+pub struct Block {
+    region: Arc<Region>,
+    at: Offset,
+}
+
+impl Block {
+    /// Region bytes the block takes.
+    pub fn size() -> u64 {
+        std::mem::size_of::<BlockHeader>() as u64
+    }
+
+    /// A new block for `cores` cores in `region`, published under [`ENTRY`].
+    pub fn create(region: &Arc<Region>, cores: usize) -> Result<Block, BlockError> {
+        if cores > MAX_CORES {
+            return Err(BlockError::TooManyCores {
+                cores,
+                max: MAX_CORES,
+            });
+        }
+        let at = region.alloc(Block::size(), 64)?;
+        let block = Block {
+            region: region.clone(),
+            at,
+        };
+        let header = block.header();
+        header.cores.store(cores as u32, Ordering::Relaxed);
+        header.layout.store(LAYOUT_VERSION, Ordering::Relaxed);
+        header.magic.store(layout::MAGIC, Ordering::Release);
+        region.publish(ENTRY, layout::KIND, LAYOUT_VERSION, at)?;
+        Ok(block)
+    }
+
+    /// The block another process created in `region`.
+    pub fn attach(region: &Arc<Region>) -> Result<Block, BlockError> {
+        let at = region.lookup(ENTRY, layout::KIND, LAYOUT_VERSION)?;
+        let block = Block {
+            region: region.clone(),
+            at,
+        };
+        let header = block.header();
+        let found = header.magic.load(Ordering::Acquire);
+        let version = header.layout.load(Ordering::Relaxed);
+        if found != layout::MAGIC || version != LAYOUT_VERSION {
+            return Err(BlockError::Layout { found, version });
+        }
+        Ok(block)
+    }
+
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    fn header(&self) -> &BlockHeader {
+        self.region
+            .view::<BlockHeader>(self.at)
+            .expect("the block was checked when created or attached")
+    }
+
+    pub fn cores(&self) -> usize {
+        self.header().cores.load(Ordering::Relaxed) as usize
+    }
+
+    /// Publishes a configuration text; returns its version. One writer
+    /// (the control process) at a time.
+    pub fn publish_config(&self, text: &str) -> Result<u64, BlockError> {
+        if text.len() > CONFIG_BYTES {
+            return Err(BlockError::TooLarge {
+                len: text.len(),
+                max: CONFIG_BYTES,
+            });
+        }
+        let board = &self.header().config;
+        let next = 1 - board.current.load(Ordering::Relaxed) as usize;
+        for (word, chunk) in board.text[next].iter().zip(text.as_bytes().chunks(8)) {
+            let mut bytes = [0u8; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+        }
+        board.len[next].store(text.len() as u32, Ordering::Relaxed);
+        board.current.store(next as u32, Ordering::Release);
+        Ok(board.version.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// The newest published configuration version (0: none yet). Cheap:
+    /// one load, for every loop of every core.
+    pub fn config_version(&self) -> u64 {
+        self.header().config.version.load(Ordering::Acquire)
+    }
+
+    /// Copies the current configuration into `out`; returns its version.
+    /// Retries while a publish overtakes the copy.
+    pub fn read_config(&self, out: &mut String) -> u64 {
+        let board = &self.header().config;
+        loop {
+            let version = board.version.load(Ordering::Acquire);
+            let current = board.current.load(Ordering::Acquire) as usize;
+            let len = (board.len[current].load(Ordering::Relaxed) as usize).min(CONFIG_BYTES);
+            let mut bytes = Vec::with_capacity(len);
+            for word in &board.text[current][..len.div_ceil(8)] {
+                bytes.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+            bytes.truncate(len);
+            // The buffer read is only rewritten after a second publish; the
+            // version moves by then.
+            std::sync::atomic::fence(Ordering::Acquire);
+            if board.version.load(Ordering::Relaxed) == version {
+                *out = String::from_utf8_lossy(&bytes).into_owned();
+                return version;
+            }
+        }
+    }
+
+    /// Records that `core` runs configuration `version`.
+    pub fn set_applied(&self, core: usize, version: u64) {
+        self.header().config.applied[core].store(version, Ordering::Release);
+    }
+
+    /// The configuration version each core runs.
+    pub fn applied(&self) -> Vec<u64> {
+        let header = self.header();
+        (0..self.cores())
+            .map(|c| header.config.applied[c].load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Core `core`'s record, for that core to write.
+    pub fn core(&self, core: usize) -> &CoreRecord {
+        &self.header().core[core]
+    }
+
+    /// Everything every core published, read now.
+    pub fn snapshot(&self) -> Snapshot {
+        let cores = (0..self.cores())
+            .map(|c| {
+                let record = self.core(c);
+                CoreSnapshot {
+                    heartbeat: record.heartbeat.load(Ordering::Acquire),
+                    counters: std::array::from_fn(|i| record.counters[i].load(Ordering::Relaxed)),
+                    pools: record.pools.iter().filter_map(PoolSnapshot::read).collect(),
+                }
+            })
+            .collect();
+        Snapshot { cores }
+    }
+}
+
+impl CoreRecord {
+    pub fn set(&self, counter: Counter, value: u64) {
+        self.counters[counter as usize].store(value, Ordering::Relaxed);
+    }
+
+    /// Marks a publication done.
+    pub fn beat(&self) {
+        self.heartbeat.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl PoolRecord {
+    /// Names the record (empty: unused).
+    pub fn set_name(&self, name: &str) {
+        let bytes = &name.as_bytes()[..name.len().min(NAME_BYTES)];
+        for (i, word) in self.name.iter().enumerate() {
+            let mut w = [0u8; 8];
+            for (j, b) in w.iter_mut().enumerate() {
+                *b = bytes.get(i * 8 + j).copied().unwrap_or(0);
+            }
+            word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.name_len.store(bytes.len() as u32, Ordering::Release);
+    }
+
+    pub fn name(&self) -> String {
+        let len = (self.name_len.load(Ordering::Acquire) as usize).min(NAME_BYTES);
+        let bytes: Vec<u8> = self
+            .name
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take(len)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl ServerRecord {
+    pub fn set_addr(&self, addr: SocketAddrV4) {
+        let ip = u32::from(*addr.ip()) as u64;
+        self.addr
+            .store((ip << 16) | addr.port() as u64, Ordering::Relaxed);
+    }
+
+    pub fn addr(&self) -> SocketAddrV4 {
+        let raw = self.addr.load(Ordering::Relaxed);
+        SocketAddrV4::new(((raw >> 16) as u32).into(), raw as u16)
+    }
+}
+
+/// The latency bucket of a request that took `micros`.
+pub fn latency_bucket(micros: u64) -> usize {
+    ((u64::BITS - micros.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1)
+}
+
+/// What every core published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub cores: Vec<CoreSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreSnapshot {
+    pub heartbeat: u64,
+    pub counters: [u64; COUNTERS],
+    pub pools: Vec<PoolSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolSnapshot {
+    pub name: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub sessions: u64,
+    pub latency: [u64; LATENCY_BUCKETS],
+    pub servers: Vec<ServerSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSnapshot {
+    pub addr: SocketAddrV4,
+    pub requests: u64,
+    pub failures: u64,
+    pub ejected: bool,
+}
+
+impl PoolSnapshot {
+    fn read(record: &PoolRecord) -> Option<PoolSnapshot> {
+        if record.name_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let servers = (record.server_count.load(Ordering::Relaxed) as usize).min(MAX_SERVERS);
+        Some(PoolSnapshot {
+            name: record.name(),
+            requests: record.requests.load(Ordering::Relaxed),
+            errors: record.errors.load(Ordering::Relaxed),
+            bytes_in: record.bytes_in.load(Ordering::Relaxed),
+            bytes_out: record.bytes_out.load(Ordering::Relaxed),
+            sessions: record.sessions.load(Ordering::Relaxed),
+            latency: std::array::from_fn(|i| record.latency[i].load(Ordering::Relaxed)),
+            servers: record.servers[..servers]
+                .iter()
+                .map(|s| ServerSnapshot {
+                    addr: s.addr(),
+                    requests: s.requests.load(Ordering::Relaxed),
+                    failures: s.failures.load(Ordering::Relaxed),
+                    ejected: s.ejected.load(Ordering::Relaxed) != 0,
+                })
+                .collect(),
+        })
+    }
+
+    /// Adds another core's view of the same pool.
+    pub fn add(&mut self, other: &PoolSnapshot) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.sessions += other.sessions;
+        for (a, b) in self.latency.iter_mut().zip(other.latency) {
+            *a += b;
+        }
+        for server in &other.servers {
+            match self.servers.iter_mut().find(|s| s.addr == server.addr) {
+                Some(s) => {
+                    s.requests += server.requests;
+                    s.failures += server.failures;
+                    s.ejected |= server.ejected;
+                }
+                None => self.servers.push(server.clone()),
+            }
+        }
+    }
+
+    /// The latency below which `quantile` (0..=1) of the requests fell, in
+    /// microseconds (the upper bound of its bucket), or `None` before any
+    /// request.
+    pub fn latency_quantile(&self, quantile: f64) -> Option<u64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (quantile * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(1u64 << i);
+            }
+        }
+        Some(1u64 << (LATENCY_BUCKETS - 1))
+    }
+}
+
+impl Snapshot {
+    /// Every core's counter `counter`, added up.
+    pub fn total(&self, counter: Counter) -> u64 {
+        self.cores
+            .iter()
+            .map(|c| c.counters[counter as usize])
+            .sum()
+    }
+
+    /// Pools by name, every core's figures added up, in first-seen order.
+    pub fn pools(&self) -> Vec<PoolSnapshot> {
+        let mut pools: Vec<PoolSnapshot> = Vec::new();
+        for pool in self.cores.iter().flat_map(|c| &c.pools) {
+            match pools.iter_mut().find(|p| p.name == pool.name) {
+                Some(p) => p.add(pool),
+                None => pools.push(pool.clone()),
+            }
+        }
+        pools
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block() -> Block {
+        let region = Region::heap(Block::size() + (1 << 20));
+        Block::create(&region, 2).unwrap()
+    }
+
+    #[test]
+    fn a_published_configuration_is_read_whole_with_its_version() {
+        let block = block();
+        assert_eq!(block.config_version(), 0);
+        let v1 = block.publish_config("first = 1\n").unwrap();
+        let v2 = block.publish_config("second = \"two\"\n").unwrap();
+        assert_eq!((v1, v2), (1, 2));
+        let mut text = String::new();
+        assert_eq!(block.read_config(&mut text), 2);
+        assert_eq!(text, "second = \"two\"\n");
+        block.set_applied(1, 2);
+        assert_eq!(block.applied(), [0, 2]);
+        let big = "x".repeat(CONFIG_BYTES + 1);
+        assert!(matches!(
+            block.publish_config(&big),
+            Err(BlockError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn attach_finds_the_block_and_checks_its_layout() {
+        let block = block();
+        let again = Block::attach(block.region()).unwrap();
+        assert_eq!(again.cores(), 2);
+        let other = Region::heap(1 << 20);
+        assert!(Block::attach(&other).is_err());
+    }
+
+    #[test]
+    fn statistics_add_up_across_cores_by_pool_name() {
+        let block = block();
+        for core in 0..2 {
+            let record = block.core(core);
+            record.set(Counter::Requests, 10 + core as u64);
+            let pool = &record.pools[core]; // different slots, same name
+            pool.set_name("cache");
+            pool.requests.store(5, Ordering::Relaxed);
+            pool.latency[latency_bucket(300)].store(4, Ordering::Relaxed);
+            pool.latency[latency_bucket(3000)].store(1, Ordering::Relaxed);
+            pool.server_count.store(1, Ordering::Relaxed);
+            pool.servers[0].set_addr("10.0.0.1:7001".parse().unwrap());
+            pool.servers[0].requests.store(5, Ordering::Relaxed);
+            record.beat();
+        }
+        let snapshot = block.snapshot();
+        assert_eq!(snapshot.total(Counter::Requests), 21);
+        let pools = snapshot.pools();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].name, "cache");
+        assert_eq!(pools[0].requests, 10);
+        assert_eq!(pools[0].servers[0].requests, 10);
+        assert_eq!(pools[0].latency_quantile(0.5), Some(512));
+        assert_eq!(pools[0].latency_quantile(0.99), Some(4096));
+    }
+
+    #[test]
+    fn latency_buckets_are_powers_of_two() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 1);
+        assert_eq!(latency_bucket(511), 9);
+        assert_eq!(latency_bucket(512), 10);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+}
