@@ -165,6 +165,66 @@ pub struct PoolSpec {
 /// First wait before reconnecting to a failed server.
 pub const RETRY_MIN: Micros = 100_000;
 
+/// Latency histogram buckets: bucket `i` counts requests answered in less
+/// than `2^i` microseconds (the last: everything longer).
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// The latency bucket of a request answered in `micros`.
+pub fn latency_bucket(micros: Micros) -> usize {
+    ((u64::BITS - micros.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1)
+}
+
+/// Counters of one pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolCounters {
+    pub requests: u64,
+    pub errors: u64,
+    /// Request bytes read from clients.
+    pub bytes_in: u64,
+    /// Reply bytes written for clients.
+    pub bytes_out: u64,
+    /// From request to reply written out, by [`latency_bucket`].
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+/// One server as statistics see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerView {
+    pub addr: SocketAddrV4,
+    /// Requests (and pieces of split requests) sent.
+    pub requests: u64,
+    /// Connection failures.
+    pub failures: u64,
+    pub ejected: bool,
+}
+
+/// One pool as statistics see it.
+#[derive(Debug)]
+pub struct PoolView<'a> {
+    pub name: &'a str,
+    /// Left out of the configuration; finishing its sessions.
+    pub retired: bool,
+    pub sessions: usize,
+    pub counters: &'a PoolCounters,
+    pool: &'a Pool,
+}
+
+impl PoolView<'_> {
+    pub fn servers(&self) -> impl Iterator<Item = ServerView> + '_ {
+        let pool = self.pool;
+        pool.spec
+            .servers
+            .iter()
+            .zip(&pool.health)
+            .map(|(server, health)| ServerView {
+                addr: server.addr,
+                requests: health.requests,
+                failures: health.failures_total,
+                ejected: health.ejected_until.is_some(),
+            })
+    }
+}
+
 /// Counters of one engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -197,6 +257,8 @@ pub struct Engine {
     scratch: Scratch,
     rng: u64,
     stats: EngineStats,
+    /// The time of the call being handled.
+    now: Micros,
 }
 
 #[derive(Debug)]
@@ -210,6 +272,7 @@ struct Pool {
     health: Vec<Health>,
     /// Which servers keys are placed on (all but the ejected).
     live: Vec<bool>,
+    counters: PoolCounters,
     /// Left out of the configuration: takes no new sessions; its sessions
     /// finish what they asked and are closed.
     retired: bool,
@@ -224,13 +287,15 @@ struct ServerConns {
     resp3: Vec<u32>,
 }
 
-/// A server's failures, for ejection.
+/// A server's failures, for ejection, and its counters.
 #[derive(Debug, Clone, Copy, Default)]
 struct Health {
     /// Connection failures since the last good reply.
     failures: u32,
     /// Ejected until then.
     ejected_until: Option<Micros>,
+    requests: u64,
+    failures_total: u64,
 }
 
 /// Lists reused from request to request.
@@ -260,6 +325,7 @@ impl Engine {
             scratch: Scratch::default(),
             rng: seed | 1,
             stats: EngineStats::default(),
+            now: 0,
         };
         for spec in pools {
             engine.add_pool(spec);
@@ -278,6 +344,7 @@ impl Engine {
             sessions: 0,
             health: vec![Health::default(); servers],
             live: vec![true; servers],
+            counters: PoolCounters::default(),
             retired: false,
         });
         let conns = (0..servers).map(|s| self.server_conns(p, s)).collect();
@@ -318,6 +385,17 @@ impl Engine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// Every pool, retired ones included, with its counters and servers.
+    pub fn pools(&self) -> impl Iterator<Item = PoolView<'_>> {
+        self.pools.iter().map(|pool| PoolView {
+            name: &pool.spec.name,
+            retired: pool.retired,
+            sessions: pool.sessions,
+            counters: &pool.counters,
+            pool,
+        })
     }
 
     /// Asks for a connection to every server of pools that preconnect.
@@ -367,6 +445,7 @@ impl Engine {
     /// Bytes arrived on `tag`; returns how many were used (the rest is an
     /// incomplete message, or input held back while the pipeline is full).
     pub fn handle_input(&mut self, tag: Tag, input: &[u8], now: Micros) -> usize {
+        self.now = now;
         if tag.is_backend() {
             self.backend_input(tag.index(), input, now)
         } else {
@@ -396,6 +475,7 @@ impl Engine {
 
     /// The backend connection `tag` is established.
     pub fn handle_connected(&mut self, tag: Tag, now: Micros) {
+        self.now = now;
         if tag.is_backend() {
             self.backend_connected(tag.index(), now);
         }
@@ -404,6 +484,7 @@ impl Engine {
     /// The peer closed its side (FIN). A session finishes its replies and
     /// is then closed; a backend connection has failed.
     pub fn handle_peer_closed(&mut self, tag: Tag, now: Micros) {
+        self.now = now;
         if tag.is_backend() {
             self.backend_failed(tag.index(), now, "closed the connection");
         } else {
@@ -415,6 +496,7 @@ impl Engine {
     /// it never connected); the runtime reports every connection's end
     /// this way, also those the engine closed.
     pub fn handle_gone(&mut self, tag: Tag, handle: Handle, now: Micros) {
+        self.now = now;
         if tag.is_backend() {
             let backend = &mut self.backends[tag.index()];
             if backend.handle != Some(handle) {
@@ -457,6 +539,7 @@ impl Engine {
     /// Fails requests and connection attempts that waited too long, ends
     /// reconnect backoffs, and puts ejected servers back.
     pub fn handle_timeout(&mut self, now: Micros) {
+        self.now = now;
         for b in 0..self.backends.len() {
             self.backend_timeout(b, now);
         }
@@ -486,6 +569,7 @@ impl Engine {
         let p = &mut self.pools[pool];
         let health = &mut p.health[server];
         health.failures += 1;
+        health.failures_total += 1;
         let Some(ejection) = p.spec.ejection else {
             return;
         };

@@ -17,6 +17,6 @@ mod reply;
 
 pub use engine::reconfigure::Changes;
 pub use engine::{
-    Action, Ejection, Engine, EngineStats, Handle, Micros, Placement, PoolSpec, Protocol,
-    ServerSpec, Tag,
+    latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Placement, PoolCounters,
+    PoolSpec, PoolView, Protocol, ServerSpec, ServerView, Tag, LATENCY_BUCKETS,
 };

@@ -132,6 +132,7 @@ impl Engine {
         };
         let b = list[p.next_conn % list.len()] as usize;
         p.next_conn = p.next_conn.wrapping_add(1);
+        p.health[server].requests += 1;
         match self.backends[b].state {
             State::Backoff => {
                 self.stats.errors += 1;
@@ -158,6 +159,7 @@ impl Engine {
 
     /// Answers one piece with an error naming backend `b`'s server.
     fn fail_piece(&mut self, b: usize, why: &str, at: SlotRef, suppress: Suppress) {
+        self.pools[self.backends[b].pool].counters.errors += 1;
         let mut error = std::mem::take(&mut self.scratch.error);
         error.clear();
         if suppress != Suppress::Always {

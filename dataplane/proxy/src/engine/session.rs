@@ -63,10 +63,12 @@ impl Engine {
         if !session.live || session.closing {
             return input.len();
         }
-        let used = match self.pools[session.pool].spec.protocol {
+        let pool = session.pool;
+        let used = match self.pools[pool].spec.protocol {
             Protocol::Redis => self.redis_input(index, input, now),
             Protocol::Memcache => self.memcache_input(index, input, now),
         };
+        self.pools[pool].counters.bytes_in += used as u64;
         self.flush_ready(index);
         used
     }
@@ -113,6 +115,7 @@ impl Engine {
             }
             None => {
                 self.stats.errors += 1;
+                self.pools[pool].counters.errors += 1;
                 let error: &[u8] = match self.pools[pool].spec.protocol {
                     Protocol::Redis => b"-ERR ferrox: no server is available\r\n",
                     Protocol::Memcache => b"SERVER_ERROR ferrox: no server is available\r\n",
@@ -137,9 +140,11 @@ impl Engine {
         slot.reset();
         slot.combine = combine;
         slot.pending = pieces;
+        slot.opened = self.now;
         let session = &mut self.sessions[index];
         session.slots.push_back(slot);
         self.stats.requests += 1;
+        self.pools[session.pool].counters.requests += 1;
         session.head + session.slots.len() as u64 - 1
     }
 
@@ -150,7 +155,9 @@ impl Engine {
         let session = &mut self.sessions[index];
         if session.slots.len() == 1 {
             // Nothing ahead of it: straight to the output.
+            let before = session.output.len();
             write(&mut session.output, resp3);
+            self.pools[session.pool].counters.bytes_out += (session.output.len() - before) as u64;
         } else {
             let slot = session.slots.back_mut().expect("just opened");
             write(&mut slot.reply, resp3);
@@ -160,6 +167,7 @@ impl Engine {
     /// Like [`Engine::local_reply`], for an error the proxy makes.
     pub(super) fn local_error(&mut self, index: usize, write: impl FnOnce(&mut Vec<u8>, bool)) {
         self.stats.errors += 1;
+        self.pools[self.sessions[index].pool].counters.errors += 1;
         self.local_reply(index, write);
     }
 
@@ -188,6 +196,7 @@ impl Engine {
         if position == 0 && slot.combine == Combine::Pass && slot.reply.is_empty() {
             // The front slot's only piece: straight to the output.
             session.output.extend_from_slice(reply);
+            self.pools[session.pool].counters.bytes_out += reply.len() as u64;
             slot.pending -= 1;
         } else {
             slot.fill(at.piece, reply);
@@ -200,12 +209,17 @@ impl Engine {
     /// Writes out every finished slot at the front of the pipeline.
     pub(super) fn flush_ready(&mut self, index: usize) {
         let session = &mut self.sessions[index];
-        let limits = self.pools[session.pool].spec.limits;
+        let pool = &mut self.pools[session.pool];
+        let limits = pool.spec.limits;
         let mut close = false;
         while session.slots.front().is_some_and(|s| s.pending == 0) {
             let slot = session.slots.pop_front().expect("checked");
             session.head += 1;
+            let before = session.output.len();
             slot.write(&mut session.output, &limits, &mut self.scratch.cursors);
+            let counters = &mut pool.counters;
+            counters.bytes_out += (session.output.len() - before) as u64;
+            counters.latency[super::latency_bucket(self.now.saturating_sub(slot.opened))] += 1;
             close |= slot.close_after;
             self.spare_slots.push(slot);
             if close {

@@ -34,6 +34,8 @@ pub(super) struct Slot {
     pub key_piece: Vec<u16>,
     /// Close the session once this slot's reply is written.
     pub close_after: bool,
+    /// When the request arrived.
+    pub opened: super::Micros,
 }
 
 impl Slot {

@@ -416,6 +416,32 @@ fn single_key_commands_go_to_the_key_server() {
 }
 
 #[test]
+fn pools_count_requests_bytes_latency_and_server_traffic() {
+    let mut net = Net::new(spec(2));
+    let c = net.client();
+    let get = cmd(&["GET", "a"]);
+    net.send(c, &get);
+    net.advance(300);
+    net.send(c, &cmd(&["PING"]));
+    net.take(c);
+    let pools: Vec<_> = net.engine.pools().collect();
+    let pool = &pools[0];
+    assert_eq!(pool.name, "test");
+    assert_eq!(pool.sessions, 1);
+    assert_eq!(pool.counters.requests, 2);
+    assert_eq!(
+        pool.counters.bytes_in,
+        (get.len() + cmd(&["PING"]).len()) as u64
+    );
+    assert_eq!(pool.counters.bytes_out, b"$-1\r\n+PONG\r\n".len() as u64);
+    // Both answered within the same instant of the fake clock.
+    assert_eq!(pool.counters.latency[latency_bucket(0)], 2);
+    let servers: Vec<ServerView> = pool.servers().collect();
+    assert_eq!(servers[1].requests, 1);
+    assert_eq!(servers[0].requests, 0);
+}
+
+#[test]
 fn pipelined_replies_keep_request_order_across_servers() {
     let mut net = Net::new(spec(2));
     net.servers[0].data.insert(b"b".to_vec(), b"B".to_vec());
