@@ -240,6 +240,7 @@ impl<A: App> Core<'_, A> {
             self.stats.iterations += 1;
             if self.stats.iterations % 1024 == 0 {
                 self.counters.publish(&self.stack.stats(), &self.stats);
+                self.stack.publish();
             }
             let now = clock.now();
             let received = self.queue.rx_burst(&mut rx);
@@ -268,6 +269,7 @@ impl<A: App> Core<'_, A> {
                 .map(|at| Duration::from_micros((at - now).total_micros()))
                 .unwrap_or(Duration::MAX);
             self.counters.publish(&self.stack.stats(), &self.stats);
+            self.stack.publish();
             self.idle_wait(until_deadline, sleep, idle);
             self.stats.sleeps += 1;
             sleep = (sleep * 2).min(idle.max_sleep);

@@ -630,6 +630,56 @@ fn reloads_the_configuration_under_load_without_closing_a_client() {
 }
 
 #[test]
+fn takes_its_configuration_from_a_control_block_and_reports_there() {
+    use ferrox_block::{Block, Counter};
+    use hugepage_pool::{Region, RegionOptions};
+
+    let name = format!("fxtest-{}", std::process::id());
+    let region = Region::create(
+        &name,
+        &RegionOptions {
+            size: Block::size() + (1 << 20),
+            ..RegionOptions::default()
+        },
+    )
+    .unwrap();
+    let block = Block::create(&region, 2).unwrap();
+    block
+        .publish_config(&pool_toml(&[(7001, 1), (7002, 1)], ""))
+        .unwrap();
+    let (ns, dp) = setup_with(Pmd::AfPacket, 2, &["--control-region", &name]);
+    let _backends = Backends::start(&ns);
+    let ferrox = |args: &str| cli(&ns, FERROX_IP, 6379, args);
+    for i in 0..40 {
+        assert_eq!(ferrox(&format!("SET block:{i} {i}")), "OK");
+    }
+    assert_eq!(block.applied(), [1, 1]);
+    // A new version: a third server and a blocked command, taken by both
+    // cores.
+    let version = block
+        .publish_config(&pool_toml(&[(7001, 1), (7002, 1), (7003, 1)], "\"KEYS\""))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while block.applied() != [version, version] {
+        assert!(Instant::now() < deadline, "cores run {:?}", block.applied());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ferrox("KEYS *").contains("blocked by configuration"));
+    // The statistics the control process will read.
+    std::thread::sleep(Duration::from_millis(300));
+    let snapshot = block.snapshot();
+    assert!(snapshot.total(Counter::Requests) >= 41, "{snapshot:?}");
+    assert_eq!(snapshot.total(Counter::Reconfigurations), 2);
+    let pools = snapshot.pools();
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].name, "cache");
+    assert!(pools[0].latency_quantile(0.5).is_some());
+    assert_eq!(pools[0].servers.len(), 3);
+    assert!(pools[0].servers.iter().map(|s| s.requests).sum::<u64>() >= 40);
+    drop(dp);
+}
+
+#[test]
 fn a_bad_config_is_refused_with_its_line() {
     let config = ConfigFile::new(
         "toml",

@@ -11,6 +11,7 @@ use clap::Parser;
 use ferrox_dataplane::eal::{Eal, EalConfig};
 use std::sync::Arc;
 
+use ferrox_block::Block;
 use ferrox_dataplane::lcore::{
     Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic,
 };
@@ -20,7 +21,7 @@ use ferrox_dataplane::port::{format_mac, Port};
 use ferrox_dataplane::service::proxy::{Proxy, ReloadBoard};
 use ferrox_dataplane::service::resp_echo::RespEcho;
 use ferrox_dataplane::service::PerConnection;
-use hugepage_pool::Region;
+use hugepage_pool::{Region, RegionOptions};
 use smoltcp::wire::Ipv4Address;
 
 #[derive(Parser, Debug)]
@@ -39,6 +40,10 @@ struct Args {
     /// Without it, the RESP echo service answers on --listen.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// The control process's shared region: the configuration comes from
+    /// its control block (and changes there live), and statistics go there.
+    #[arg(long)]
+    control_region: Option<String>,
     /// TCP port of the echo service (repeatable; ignored with --config).
     #[arg(long = "listen", default_value = "6379")]
     ports: Vec<u16>,
@@ -118,16 +123,24 @@ fn run(args: Args) -> Result<()> {
         bail!("name a port: --vdev (e.g. net_af_packet0,iface=veth1) or --pci");
     }
     // The whole configuration is checked before anything starts.
-    let proxy = match &args.config {
-        Some(path) => {
-            let proxy = ferrox_dataplane::service::proxy::load(path, address)?;
-            for pool in &proxy.config.pools {
-                tracing::info!(pool = %pool.name, listen = %pool.listen, servers = pool.servers.len(), "pool");
-            }
-            Some(proxy)
+    let (proxy, block) = match (&args.config, &args.control_region) {
+        (Some(_), Some(_)) => bail!("give --config or --control-region, not both"),
+        (Some(path), None) => (
+            Some(ferrox_dataplane::service::proxy::load(path, address)?),
+            None,
+        ),
+        (None, Some(name)) => {
+            let region = Region::attach(name, &RegionOptions::default())
+                .with_context(|| format!("attaching the control region {name:?}"))?;
+            let block = Block::attach(&region)?;
+            let (version, proxy) = ferrox_dataplane::service::proxy::load_block(&block, address)?;
+            (Some(proxy), Some((block, version)))
         }
-        None => None,
+        (None, None) => (None, None),
     };
+    for pool in proxy.iter().flat_map(|p| &p.config.pools) {
+        tracing::info!(pool = %pool.name, listen = %pool.listen, servers = pool.servers.len(), "pool");
+    }
     let stop = ferrox_dataplane::ffi::stop_on_signals();
     let eal = Eal::init(&EalConfig {
         lcores: args.lcores.clone(),
@@ -181,24 +194,35 @@ fn run(args: Args) -> Result<()> {
                 .filter(|p| p.tcp_keepalive)
                 .map(|p| p.listen.port())
                 .collect();
-            // SIGHUP: read the file again; the cores take it at a safe point.
+            if let Some((block, _)) = &block {
+                anyhow::ensure!(
+                    block.cores() >= cores,
+                    "the control block has room for {} cores; the dataplane runs {cores}",
+                    block.cores()
+                );
+            }
+            // With a config file, SIGHUP reads it again; with a control
+            // block, the control process publishes there. Either way the
+            // cores take a new configuration at a safe point.
             let board = Arc::new(ReloadBoard::default());
-            let reloader = {
-                let (path, board) = (args.config.clone().expect("a config"), board.clone());
+            let reloader = args.config.clone().map(|path| {
+                let board = board.clone();
                 let hup = ferrox_dataplane::ffi::reload_on_sighup();
                 std::thread::spawn(move || reload_on_signal(&path, address, &board, hup, stop))
-            };
+            });
             let served = serve(
                 &args,
                 stop,
                 &port,
                 config,
                 |core| {
-                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)).with_reload(
-                        board.clone(),
-                        core,
-                        cores,
-                    )
+                    let proxy = Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core));
+                    match &block {
+                        Some((block, version)) => {
+                            proxy.with_block(block.clone(), *version, core, cores, address)
+                        }
+                        None => proxy.with_reload(board.clone(), core, cores),
+                    }
                 },
                 |proxies| {
                     let s = Proxy::total(proxies);
@@ -210,7 +234,9 @@ fn run(args: Args) -> Result<()> {
                 },
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = reloader.join();
+            if let Some(reloader) = reloader {
+                let _ = reloader.join();
+            }
             served
         }
     }

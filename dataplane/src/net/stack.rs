@@ -75,6 +75,9 @@ pub trait App {
     fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
         None
     }
+    /// Publishes the application's statistics (with the stack's) where
+    /// others can read them.
+    fn publish(&mut self, _stack: &StackStats) {}
     fn handle_timeout(&mut self, now: u64);
 }
 
@@ -237,6 +240,12 @@ impl<A: App> Stack<A> {
 
     pub fn app(&self) -> &A {
         &self.app
+    }
+
+    /// Lets the application publish its statistics with the stack's.
+    pub fn publish(&mut self) {
+        let stats = self.stats();
+        self.app.publish(&stats);
     }
 
     pub fn app_mut(&mut self) -> &mut A {

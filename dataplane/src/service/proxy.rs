@@ -8,11 +8,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ferrox_block::{Block, Counter};
 use ferrox_proto::config::{self, Config};
 use ferrox_proxy::{configure, Action, Engine, EngineStats, PoolSpec, Tag};
 use smoltcp::wire::Ipv4Address;
 
-use crate::net::stack::{App, ConnHandle, NetAction};
+use crate::net::stack::{App, ConnHandle, NetAction, StackStats};
 
 /// One core's proxy.
 #[derive(Debug)]
@@ -27,11 +28,20 @@ pub struct Proxy {
 /// Where a core finds new configurations.
 #[derive(Debug)]
 struct CoreReload {
-    board: Arc<ReloadBoard>,
+    source: Source,
     /// The version this core runs.
     version: u64,
     cores: usize,
     core: usize,
+    address: Ipv4Address,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// In this process (SIGHUP reloads).
+    Board(Arc<ReloadBoard>),
+    /// The control process's block in shared memory.
+    Block(Block),
 }
 
 /// A validated configuration published to every core: each takes it at
@@ -73,12 +83,71 @@ impl Proxy {
     pub fn with_reload(mut self, board: Arc<ReloadBoard>, core: usize, cores: usize) -> Proxy {
         let version = board.version();
         self.reload = Some(CoreReload {
-            board,
+            source: Source::Board(board),
             version,
             cores,
             core,
+            address: Ipv4Address::UNSPECIFIED,
         });
         self
+    }
+
+    /// Takes new configurations from the control process's `block`, and
+    /// publishes this core's statistics there, as core `core` of `cores`
+    /// answering on `address`. `version` is the configuration it starts
+    /// with.
+    pub fn with_block(
+        mut self,
+        block: Block,
+        version: u64,
+        core: usize,
+        cores: usize,
+        address: Ipv4Address,
+    ) -> Proxy {
+        block.set_applied(core, version);
+        self.reload = Some(CoreReload {
+            source: Source::Block(block),
+            version,
+            cores,
+            core,
+            address,
+        });
+        self
+    }
+
+    /// The newest configuration of the source, if this core does not run
+    /// it yet.
+    fn newer(reload: &mut CoreReload) -> Option<(u64, Arc<Loaded>)> {
+        match &reload.source {
+            Source::Board(board) => {
+                let version = board.version();
+                if version == reload.version {
+                    return None;
+                }
+                let latest = board.latest.lock().expect("no core panics holding it");
+                Some((version, latest.clone()?))
+            }
+            Source::Block(block) => {
+                if block.config_version() == reload.version {
+                    return None;
+                }
+                let mut text = String::new();
+                let version = block.read_config(&mut text);
+                match config::parse_toml(&text, "<control block>")
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|config| check(config, reload.address, "<control block>"))
+                {
+                    Ok(loaded) => Some((version, Arc::new(loaded))),
+                    Err(error) => {
+                        // The control process validated it the same way;
+                        // keep running what works, and do not claim it.
+                        tracing::error!(version, "configuration refused: {error:#}");
+                        reload.version = version;
+                        None
+                    }
+                }
+            }
+        }
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -140,14 +209,33 @@ impl Loaded {
 /// reason.
 pub fn load(path: &Path, address: Ipv4Address) -> anyhow::Result<Loaded> {
     let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    check(config, address, &path.display().to_string())
+}
+
+/// Reads the configuration the control process published in `block`, and
+/// its version.
+pub fn load_block(block: &Block, address: Ipv4Address) -> anyhow::Result<(u64, Loaded)> {
+    let mut text = String::new();
+    let version = block.read_config(&mut text);
+    anyhow::ensure!(
+        version > 0,
+        "the control process has published no configuration"
+    );
+    let config =
+        config::parse_toml(&text, "<control block>").map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((version, check(config, address, "<control block>")?))
+}
+
+/// Checks a parsed configuration against the dataplane: its pools must
+/// build, and listen on the dataplane's address (or 0.0.0.0).
+fn check(config: Config, address: Ipv4Address, source: &str) -> anyhow::Result<Loaded> {
     configure::pools(&config)?;
     let mut ports = Vec::new();
     for (i, pool) in config.pools.iter().enumerate() {
         let ip = *pool.listen.ip();
         if !ip.is_unspecified() && ip != address {
             anyhow::bail!(
-                "{}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
-                path.display(),
+                "{source}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
                 pool.name,
                 pool.listen
             );
@@ -155,6 +243,34 @@ pub fn load(path: &Path, address: Ipv4Address) -> anyhow::Result<Loaded> {
         ports.push((pool.listen.port(), i));
     }
     Ok(Loaded { config, ports })
+}
+
+/// Copies one pool's figures into its shared record.
+fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_proxy::PoolView<'_>) {
+    const _: () = assert!(ferrox_proxy::LATENCY_BUCKETS == ferrox_block::LATENCY_BUCKETS);
+    if slot.name() != pool.name {
+        slot.set_name(pool.name);
+    }
+    let c = pool.counters;
+    slot.requests.store(c.requests, Ordering::Relaxed);
+    slot.errors.store(c.errors, Ordering::Relaxed);
+    slot.bytes_in.store(c.bytes_in, Ordering::Relaxed);
+    slot.bytes_out.store(c.bytes_out, Ordering::Relaxed);
+    slot.sessions.store(pool.sessions as u64, Ordering::Relaxed);
+    for (shared, &n) in slot.latency.iter().zip(&c.latency) {
+        shared.store(n, Ordering::Relaxed);
+    }
+    let mut count = 0;
+    for (record, server) in slot.servers.iter().zip(pool.servers()) {
+        record.set_addr(server.addr);
+        record.requests.store(server.requests, Ordering::Relaxed);
+        record.failures.store(server.failures, Ordering::Relaxed);
+        record
+            .ejected
+            .store(server.ejected.into(), Ordering::Relaxed);
+        count += 1;
+    }
+    slot.server_count.store(count, Ordering::Relaxed);
 }
 
 impl App for Proxy {
@@ -215,16 +331,7 @@ impl App for Proxy {
 
     fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
         let reload = self.reload.as_mut()?;
-        let version = reload.board.version();
-        if version == reload.version {
-            return None;
-        }
-        let loaded = reload
-            .board
-            .latest
-            .lock()
-            .expect("no core panics holding it")
-            .clone()?;
+        let (version, loaded) = Proxy::newer(reload)?;
         reload.version = version;
         let (indices, changes) = self.engine.reconfigure(loaded.pools(reload.cores));
         self.ports = loaded
@@ -232,10 +339,51 @@ impl App for Proxy {
             .iter()
             .map(|&(port, pool)| (port, indices[pool]))
             .collect();
+        if let Source::Block(block) = &reload.source {
+            block.set_applied(reload.core, version);
+        }
         if reload.core == 0 {
             tracing::info!(version, ?changes, "configuration reloaded");
         }
         Some(self.ports.iter().map(|&(port, _)| port).collect())
+    }
+
+    fn publish(&mut self, stack: &StackStats) {
+        let Some(CoreReload {
+            source: Source::Block(block),
+            core,
+            ..
+        }) = &self.reload
+        else {
+            return;
+        };
+        let record = block.core(*core);
+        let engine = self.engine.stats();
+        for (counter, value) in [
+            (Counter::Frames, stack.frames),
+            (Counter::Accepted, stack.accepted),
+            (Counter::Closed, stack.closed),
+            (Counter::Open, stack.open),
+            (Counter::Requests, engine.requests),
+            (Counter::Errors, engine.errors),
+            (Counter::SplitRequests, engine.split_requests),
+            (Counter::BackendConnects, engine.backend_connects),
+            (Counter::BackendFailures, engine.backend_failures),
+            (Counter::Timeouts, engine.timeouts),
+            (Counter::Ejections, engine.ejections),
+            (Counter::Reconfigurations, engine.reconfigurations),
+        ] {
+            record.set(counter, value);
+        }
+        let mut slots = record.pools.iter();
+        for pool in self.engine.pools() {
+            let Some(slot) = slots.next() else { break };
+            publish_pool(slot, &pool);
+        }
+        for unused in slots {
+            unused.name_len.store(0, Ordering::Relaxed);
+        }
+        record.beat();
     }
 
     fn handle_timeout(&mut self, now: u64) {
