@@ -680,6 +680,63 @@ fn takes_its_configuration_from_a_control_block_and_reports_there() {
 }
 
 #[test]
+fn reaches_servers_behind_a_gateway() {
+    // The servers sit in a second namespace, 198.18.1.0/24, routed through
+    // the kernel side of the first.
+    let config = ConfigFile::new(
+        "toml",
+        "[pools.far]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nservers = [\"198.18.1.2:7101:1\"]\n",
+    );
+    let (ns, _dp) = setup_with(
+        Pmd::AfPacket,
+        1,
+        &["--config", config.path(), "--gateway", KERNEL_IP],
+    );
+    let far = Netns::new("g");
+    net::sh(&[
+        "ip", "link", "add", "fxg0", "netns", &ns.0, "type", "veth", "peer", "name", "fxg1",
+        "netns", &far.0,
+    ]);
+    ns.run(&["ip", "addr", "add", "198.18.1.1/24", "dev", "fxg0"]);
+    ns.run(&["ip", "link", "set", "fxg0", "up"]);
+    ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    far.run(&["ip", "addr", "add", "198.18.1.2/24", "dev", "fxg1"]);
+    far.run(&["ip", "link", "set", "fxg1", "up"]);
+    far.run(&["ip", "route", "add", "default", "via", "198.18.1.1"]);
+    let mut server = far
+        .command(&[
+            "redis-server",
+            "--bind",
+            "198.18.1.2",
+            "--port",
+            "7101",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reply = String::new();
+    while Instant::now() < deadline {
+        reply = cli(&ns, FERROX_IP, 6379, "SET far 1");
+        if reply == "OK" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let direct = far.shell("timeout 5 redis-cli -h 198.18.1.2 -p 7101 GET far");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(reply, "OK");
+    assert_eq!(direct.trim(), "1");
+}
+
+#[test]
 fn a_bad_config_is_refused_with_its_line() {
     let config = ConfigFile::new(
         "toml",

@@ -36,6 +36,9 @@ struct Args {
     /// Address and prefix the stack answers on, e.g. 198.18.0.2/24.
     #[arg(long)]
     address: String,
+    /// Router for servers outside the address's subnet.
+    #[arg(long)]
+    gateway: Option<Ipv4Address>,
     /// Proxy configuration: ferrox TOML, or twemproxy YAML (.yml/.yaml).
     /// Without it, the RESP echo service answers on --listen.
     #[arg(long)]
@@ -163,6 +166,7 @@ fn run(args: Args) -> Result<()> {
         mac: port.mac(),
         address,
         prefix_len,
+        gateway: args.gateway,
         ports: args.ports.clone(),
         backlog: args.backlog.unwrap_or(1024),
         max_connections: args.max_connections,

@@ -87,6 +87,8 @@ pub struct StackConfig {
     pub mac: [u8; 6],
     pub address: Ipv4Address,
     pub prefix_len: u8,
+    /// Where packets for other subnets go (servers behind a router).
+    pub gateway: Option<Ipv4Address>,
     /// TCP ports the application listens on.
     pub ports: Vec<u16>,
     /// Most connections in the handshake at once; further SYNs are dropped
@@ -120,6 +122,7 @@ impl Default for StackConfig {
             mac: [2, 0, 0, 0, 0, 1],
             address: Ipv4Address::new(198, 18, 0, 2),
             prefix_len: 24,
+            gateway: None,
             ports: vec![6379],
             backlog: 1024,
             max_connections: 65536,
@@ -213,6 +216,12 @@ impl<A: App> Stack<A> {
                 .push(IpCidr::new(config.address.into(), config.prefix_len))
                 .expect("one address fits");
         });
+        if let Some(gateway) = config.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gateway)
+                .expect("the route table has room for one route");
+        }
         let next_port = EPHEMERAL.start + (seed % (EPHEMERAL.len() as u64)) as u16;
         Stack {
             iface,
