@@ -1,8 +1,10 @@
 //! The Redis command table: where each command's keys are, and what the
 //! proxy does with it.
 //!
-//! Lookup is by the upper-cased name in a sorted static table (binary
-//! search over a stack buffer, no allocation). A command missing from the
+//! Lookup hashes the name with ASCII case folded and probes an
+//! open-addressing index over the static table, built once; no copy of
+//! the name and no allocation per request (a sorted-table binary search
+//! was a quarter of the engine's time on a GET). A command missing from the
 //! table is unknown; a command present as [`Route::Refuse`] is known but
 //! cannot be proxied safely, and the client is told why.
 
@@ -324,27 +326,63 @@ pub fn lookup(name: &[u8]) -> Option<Route> {
     lookup_blocked(name, &[]).0
 }
 
-/// The route of the command named `name` (any case), and whether its
-/// upper-case name is in `blocked`, upper-casing it once.
+/// The route of the command named `name` (any case), and whether it is
+/// one of the upper-case names in `blocked`.
 pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<Route>, bool) {
-    upper(name, |upper| {
-        let route = TABLE
-            .binary_search_by(|(entry, _)| (*entry).cmp(upper))
-            .ok()
-            .map(|i| TABLE[i].1);
-        (route, blocked.iter().any(|b| b.as_slice() == upper))
-    })
-    .unwrap_or((None, false))
+    if name.len() > MAX_NAME {
+        return (None, false);
+    }
+    let index = INDEX.get_or_init(Index::build);
+    let mut at = folded_hash(name) as usize & index.mask;
+    let route = loop {
+        match index.slots[at] {
+            0 => break None,
+            entry => {
+                let (known, route) = TABLE[entry as usize - 1];
+                if known.eq_ignore_ascii_case(name) {
+                    break Some(route);
+                }
+            }
+        }
+        at = (at + 1) & index.mask;
+    };
+    let blocked = blocked.iter().any(|b| b.eq_ignore_ascii_case(name));
+    (route, blocked)
 }
 
-/// Calls `f` with `name` upper-cased in a stack buffer; `None` if the name
-/// is longer than any known command.
-fn upper<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    let mut buf = [0u8; MAX_NAME];
-    let upper = buf.get_mut(..name.len())?;
-    upper.copy_from_slice(name);
-    upper.make_ascii_uppercase();
-    Some(f(upper))
+/// FNV-1a over the name with ASCII letters upper-cased.
+fn folded_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b.to_ascii_uppercase() as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Open addressing over [`TABLE`]: slot = table index + 1, 0 is empty; at
+/// most a quarter full, so probes stay short.
+#[derive(Debug)]
+struct Index {
+    slots: Vec<u16>,
+    mask: usize,
+}
+
+static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
+
+impl Index {
+    fn build() -> Index {
+        let size = (TABLE.len() * 4).next_power_of_two();
+        let mut slots = vec![0u16; size];
+        for (i, (name, _)) in TABLE.iter().enumerate() {
+            let mut at = folded_hash(name) as usize & (size - 1);
+            while slots[at] != 0 {
+                at = (at + 1) & (size - 1);
+            }
+            slots[at] = i as u16 + 1;
+        }
+        Index {
+            slots,
+            mask: size - 1,
+        }
+    }
 }
 
 /// The argument indices that are keys, for a request of `argc` arguments
@@ -408,6 +446,17 @@ mod tests {
             assert!(name.len() <= MAX_NAME);
             assert!(name.iter().all(|b| !b.is_ascii_lowercase()));
         }
+    }
+
+    #[test]
+    fn every_table_entry_is_found_in_any_case() {
+        for (name, route) in TABLE {
+            assert_eq!(lookup(name), Some(*route));
+            assert_eq!(lookup(&name.to_ascii_lowercase()), Some(*route));
+        }
+        let blocked = vec![b"KEYS".to_vec()];
+        assert!(lookup_blocked(b"keys", &blocked).1);
+        assert_eq!(lookup_blocked(b"key", &blocked), (None, false));
     }
 
     #[test]
