@@ -18,6 +18,7 @@
 //!   server names and duplicates.
 
 mod check;
+mod emit;
 mod model;
 mod nutcracker;
 mod toml;
@@ -26,6 +27,7 @@ mod yaml;
 use std::fmt;
 use std::path::Path;
 
+pub use emit::emit_toml;
 pub use model::{Config, Limits, Pool, Protocol, Server, DISTRIBUTIONS, HASHES, MAX_DEPTH};
 pub use nutcracker::parse_nutcracker;
 pub use toml::parse_toml;
