@@ -220,7 +220,7 @@ impl PoolView<'_> {
                 addr: server.addr,
                 requests: health.requests,
                 failures: health.failures_total,
-                ejected: health.ejected_until.is_some(),
+                ejected: !health.is_live(),
             })
     }
 }
@@ -294,6 +294,9 @@ struct Health {
     failures: u32,
     /// Ejected until then.
     ejected_until: Option<Micros>,
+    /// Held out of the pool by the control process (its health checks, or
+    /// an operator), until it says otherwise.
+    held_out: bool,
     requests: u64,
     failures_total: u64,
 }
@@ -548,7 +551,7 @@ impl Engine {
             for (s, health) in pool.health.iter_mut().enumerate() {
                 if health.ejected_until.is_some_and(|at| at <= now) {
                     health.ejected_until = None;
-                    pool.live[s] = true;
+                    pool.live[s] = health.is_live();
                     changed = true;
                 }
             }
@@ -561,6 +564,31 @@ impl Engine {
     /// Whether server `server` of pool `pool` takes keys now.
     pub fn is_live(&self, pool: usize, server: usize) -> bool {
         self.pools[pool].live[server]
+    }
+
+    /// Holds out of pool `pool` the servers whose bit is set in `held_out`
+    /// (bit `i`: the pool's server `i`, in configuration order), and lets
+    /// the others back, as the control process decides from its health
+    /// checks or an operator's word. A held-out server takes no keys (they
+    /// rehash onto the others, as an ejection does) but keeps its
+    /// connections and answers what it holds. Servers past the 64th are
+    /// never held out.
+    pub fn hold_out(&mut self, pool: usize, held_out: u64) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let mut changed = false;
+        for (s, health) in p.health.iter_mut().enumerate() {
+            let held = s < 64 && held_out & (1 << s) != 0;
+            if health.held_out != held {
+                health.held_out = held;
+                p.live[s] = health.is_live();
+                changed = true;
+            }
+        }
+        if changed {
+            p.spec.placement.set_live(&p.live);
+        }
     }
 
     /// Counts a failure of `server`; with ejection on, the server leaves
@@ -598,5 +626,12 @@ impl Engine {
             session.send_queued = true;
             self.actions.push_back(Action::Send(session.handle));
         }
+    }
+}
+
+impl Health {
+    /// Takes keys: neither ejected for failures nor held out.
+    fn is_live(&self) -> bool {
+        self.ejected_until.is_none() && !self.held_out
     }
 }

@@ -94,7 +94,7 @@ impl Engine {
                 self.backend_retire(b as usize);
             }
         }
-        let live: Vec<bool> = health.iter().map(|h| h.ejected_until.is_none()).collect();
+        let live: Vec<bool> = health.iter().map(Health::is_live).collect();
         spec.placement.set_live(&live);
         let pool = &mut self.pools[p];
         pool.spec = spec;

@@ -949,3 +949,38 @@ mod reconfiguration {
         assert!(net.engine.accept(indices[0], 1001).is_some());
     }
 }
+
+#[test]
+fn a_server_held_out_takes_no_keys_until_let_back_and_survives_a_reconfiguration() {
+    let mut net = Net::new(spec(2));
+    let c = net.client();
+    // 'a' lives on server 1; held out, its keys go to server 0.
+    net.engine.hold_out(0, 0b10);
+    assert!(!net.engine.is_live(0, 1));
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    assert_eq!(net.servers[0].data[&b"a"[..]], b"1");
+    assert!(
+        net.engine
+            .pools()
+            .next()
+            .unwrap()
+            .servers()
+            .nth(1)
+            .unwrap()
+            .ejected
+    );
+    // A new configuration with the same servers keeps it held out.
+    net.engine.reconfigure(vec![spec(2)]);
+    assert!(!net.engine.is_live(0, 1));
+    // Let back, it takes its keys again.
+    net.engine.hold_out(0, 0);
+    assert!(net.engine.is_live(0, 1));
+    net.send(c, &cmd(&["SET", "a", "2"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    assert_eq!(net.servers[1].data[&b"a"[..]], b"2");
+    // Out-of-range pools and bits are ignored.
+    net.engine.hold_out(7, u64::MAX);
+    net.engine.hold_out(0, 1 << 63);
+    assert!(net.engine.is_live(0, 0) && net.engine.is_live(0, 1));
+}
