@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -34,7 +34,22 @@ pub struct BlockHeader {
     pub layout: AtomicU32,
     pub cores: AtomicU32,
     pub config: ConfigBoard,
+    pub health: HealthBoard,
     pub core: [CoreRecord; MAX_CORES],
+}
+
+/// The servers the control process holds out of their pools (failed
+/// health checks, or an operator's `server eject`): one bit per server,
+/// in configuration order, per pool. A sequence lock: the writer makes
+/// `sequence` odd, writes, and makes it even again; a reader retries
+/// while it is odd or moved.
+#[repr(C)]
+pub struct HealthBoard {
+    pub sequence: AtomicU64,
+    /// The configuration version whose pool and server order the masks
+    /// follow; a core running another version waits for the next publish.
+    pub config_version: AtomicU64,
+    pub held_out: [AtomicU64; MAX_POOLS],
 }
 
 /// Two text buffers: the control process writes the one not in use, then

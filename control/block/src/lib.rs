@@ -211,6 +211,50 @@ impl Block {
         }
     }
 
+    /// Publishes which servers are held out of their pools: `masks[p]`
+    /// has bit `s` set for server `s` of pool `p` of configuration
+    /// `config_version`. One writer (the control process) at a time.
+    /// Returns the board's new sequence number.
+    pub fn publish_held_out(&self, config_version: u64, masks: &[u64]) -> u64 {
+        let board = &self.header().health;
+        board.sequence.fetch_add(1, Ordering::AcqRel);
+        board
+            .config_version
+            .store(config_version, Ordering::Relaxed);
+        for (p, word) in board.held_out.iter().enumerate() {
+            word.store(masks.get(p).copied().unwrap_or(0), Ordering::Relaxed);
+        }
+        board.sequence.fetch_add(1, Ordering::Release) + 1
+    }
+
+    /// The held-out board's sequence number: changes with every publish.
+    /// Cheap: one load, for every loop of every core.
+    pub fn held_out_sequence(&self) -> u64 {
+        self.header().health.sequence.load(Ordering::Acquire)
+    }
+
+    /// The held-out board as published last.
+    pub fn held_out(&self) -> HeldOut {
+        let board = &self.header().health;
+        loop {
+            let sequence = board.sequence.load(Ordering::Acquire);
+            if sequence % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let config_version = board.config_version.load(Ordering::Relaxed);
+            let masks = std::array::from_fn(|p| board.held_out[p].load(Ordering::Relaxed));
+            std::sync::atomic::fence(Ordering::Acquire);
+            if board.sequence.load(Ordering::Relaxed) == sequence {
+                return HeldOut {
+                    sequence,
+                    config_version,
+                    masks,
+                };
+            }
+        }
+    }
+
     /// Records that `core` runs configuration `version`.
     pub fn set_applied(&self, core: usize, version: u64) {
         self.header().config.applied[core].store(version, Ordering::Release);
@@ -293,6 +337,16 @@ impl ServerRecord {
         let raw = self.addr.load(Ordering::Relaxed);
         SocketAddrV4::new(((raw >> 16) as u32).into(), raw as u16)
     }
+}
+
+/// Which servers the control process holds out of their pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldOut {
+    pub sequence: u64,
+    /// The configuration whose order the masks follow.
+    pub config_version: u64,
+    /// Per pool, bit `s` for server `s`.
+    pub masks: [u64; MAX_POOLS],
 }
 
 /// The latency bucket of a request that took `micros`.
@@ -449,6 +503,19 @@ mod tests {
             block.publish_config(&big),
             Err(BlockError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn held_out_servers_are_read_whole_with_their_configuration_version() {
+        let block = block();
+        assert_eq!(block.held_out().masks, [0; MAX_POOLS]);
+        let before = block.held_out_sequence();
+        let after = block.publish_held_out(3, &[0b101, 0, 1 << 63]);
+        assert!(after > before && after % 2 == 0);
+        assert_eq!(block.held_out_sequence(), after);
+        let held = block.held_out();
+        assert_eq!(held.config_version, 3);
+        assert_eq!(held.masks[..4], [0b101, 0, 1 << 63, 0]);
     }
 
     #[test]
