@@ -179,6 +179,7 @@ fn run(args: Args) -> Result<()> {
     match proxy {
         None => serve(
             &args,
+            None,
             stop,
             &port,
             config,
@@ -216,6 +217,7 @@ fn run(args: Args) -> Result<()> {
             });
             let served = serve(
                 &args,
+                block.as_ref().map(|(block, _)| block.region()),
                 stop,
                 &port,
                 config,
@@ -248,9 +250,11 @@ fn run(args: Args) -> Result<()> {
 
 /// Runs one core loop per lcore, each with the application `make_app`
 /// builds for it, until a signal; then prints the totals (with the
-/// applications' `summary`) on stdout.
+/// applications' `summary`) on stdout. Socket buffers come from the control
+/// process's region when there is one, else from a region of this process.
 fn serve<A: App + Send>(
     args: &Args,
+    control_region: Option<&Arc<Region>>,
     stop: &'static std::sync::atomic::AtomicBool,
     port: &Port,
     config: StackConfig,
@@ -270,16 +274,17 @@ fn serve<A: App + Send>(
     } else {
         vec![None]
     };
-    // Socket buffers: chunks of a pool in hugepages (or /dev/shm), removed
-    // when the process ends.
-    let sockets = SocketPool::create(
-        &format!("dataplane-{}", std::process::id()),
-        Sizes {
-            client: args.client_buffer_kib << 10,
-            server: SERVER_SOCKET_BUFFER,
-        },
-        (args.max_connections as u32).min(1024),
-    )?;
+    // Socket buffers: chunks of a pool in hugepages (or /dev/shm); a
+    // region of our own is removed when the process ends.
+    let sizes = Sizes {
+        client: args.client_buffer_kib << 10,
+        server: SERVER_SOCKET_BUFFER,
+    };
+    let clients = (args.max_connections as u32).min(1024);
+    let sockets = match control_region {
+        Some(region) => SocketPool::in_region(region, sizes, clients)?,
+        None => SocketPool::create(&format!("dataplane-{}", std::process::id()), sizes, clients)?,
+    };
     let mut all = Vec::with_capacity(cores);
     for (id, steering) in steering.iter_mut().enumerate() {
         all.push(Core {

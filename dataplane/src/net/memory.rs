@@ -89,6 +89,36 @@ impl SocketPool {
         })
     }
 
+    /// The pool named `sockets` in another process's `region` (the
+    /// control process's), created there on first use. The region's owner
+    /// can then grow it while the cores run (`ferroxctl shm resize`); this
+    /// process grows it only into room the region already has. A pool
+    /// left by an earlier dataplane is taken over if its chunk sizes are
+    /// the ones asked for.
+    pub fn in_region(
+        region: &Arc<Region>,
+        sizes: Sizes,
+        clients: u32,
+    ) -> Result<SocketPool, PoolError> {
+        let config = pool_config(sizes, clients);
+        let pool = match Pool::attach(region, "sockets") {
+            Ok(pool) => {
+                let found: Vec<u32> = (0..pool.class_count())
+                    .map(|c| pool.chunk_size(c))
+                    .collect();
+                let wanted: Vec<u32> = config.classes.iter().map(|c| c.chunk_size).collect();
+                if found != wanted {
+                    return Err(PoolError::Config(format!(
+                        "the region's socket pool has chunks of {found:?} bytes; this dataplane wants {wanted:?} (another --client-buffer-kib?)"
+                    )));
+                }
+                pool
+            }
+            Err(_) => Pool::create(region, "sockets", &config)?,
+        };
+        Ok(SocketPool { pool, sizes })
+    }
+
     /// A pool on the heap, for tests.
     pub fn heap(sizes: Sizes, clients: u32) -> SocketPool {
         let config = pool_config(sizes, clients);

@@ -21,6 +21,8 @@ pub struct Proxy {
     engine: Engine,
     /// Listening port → pool.
     ports: Vec<(u16, usize)>,
+    /// The engine's index of each pool of the running configuration.
+    pool_index: Vec<usize>,
     started: bool,
     reload: Option<CoreReload>,
 }
@@ -34,6 +36,9 @@ struct CoreReload {
     cores: usize,
     core: usize,
     address: Ipv4Address,
+    /// The held-out board's sequence and the configuration version when
+    /// this core last applied it.
+    held_out_seen: (u64, u64),
 }
 
 #[derive(Debug)]
@@ -72,6 +77,7 @@ impl Proxy {
     /// A proxy for `pools`, the pool of each listening port in `ports`.
     pub fn new(pools: Vec<PoolSpec>, ports: Vec<(u16, usize)>, seed: u64) -> Proxy {
         Proxy {
+            pool_index: (0..pools.len()).collect(),
             engine: Engine::new(pools, seed),
             ports,
             started: false,
@@ -88,6 +94,7 @@ impl Proxy {
             cores,
             core,
             address: Ipv4Address::UNSPECIFIED,
+            held_out_seen: (0, 0),
         });
         self
     }
@@ -111,6 +118,7 @@ impl Proxy {
             cores,
             core,
             address,
+            held_out_seen: (0, 0),
         });
         self
     }
@@ -147,6 +155,35 @@ impl Proxy {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes the control process's held-out servers when its board moved
+    /// or this core took a new configuration: one load per loop otherwise.
+    /// Masks published for another configuration wait for the next
+    /// publish, which the control process makes after every configuration.
+    fn poll_held_out(&mut self) {
+        let Some(CoreReload {
+            source: Source::Block(block),
+            version,
+            held_out_seen,
+            ..
+        }) = &mut self.reload
+        else {
+            return;
+        };
+        let seen = (block.held_out_sequence(), *version);
+        if seen == *held_out_seen {
+            return;
+        }
+        *held_out_seen = seen;
+        let held = block.held_out();
+        if held.config_version != *version {
+            return;
+        }
+        for (config_pool, &engine_pool) in self.pool_index.iter().enumerate() {
+            let mask = held.masks.get(config_pool).copied().unwrap_or(0);
+            self.engine.hold_out(engine_pool, mask);
         }
     }
 
@@ -331,21 +368,28 @@ impl App for Proxy {
 
     fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
         let reload = self.reload.as_mut()?;
-        let (version, loaded) = Proxy::newer(reload)?;
-        reload.version = version;
-        let (indices, changes) = self.engine.reconfigure(loaded.pools(reload.cores));
-        self.ports = loaded
-            .ports
-            .iter()
-            .map(|&(port, pool)| (port, indices[pool]))
-            .collect();
-        if let Source::Block(block) = &reload.source {
-            block.set_applied(reload.core, version);
-        }
-        if reload.core == 0 {
-            tracing::info!(version, ?changes, "configuration reloaded");
-        }
-        Some(self.ports.iter().map(|&(port, _)| port).collect())
+        let ports = match Proxy::newer(reload) {
+            Some((version, loaded)) => {
+                reload.version = version;
+                let (indices, changes) = self.engine.reconfigure(loaded.pools(reload.cores));
+                self.ports = loaded
+                    .ports
+                    .iter()
+                    .map(|&(port, pool)| (port, indices[pool]))
+                    .collect();
+                self.pool_index = indices;
+                if let Source::Block(block) = &reload.source {
+                    block.set_applied(reload.core, version);
+                }
+                if reload.core == 0 {
+                    tracing::info!(version, ?changes, "configuration reloaded");
+                }
+                Some(self.ports.iter().map(|&(port, _)| port).collect())
+            }
+            None => None,
+        };
+        self.poll_held_out();
+        ports
     }
 
     fn publish(&mut self, stack: &StackStats) {
