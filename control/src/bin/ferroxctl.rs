@@ -1,0 +1,420 @@
+//! `ferroxctl`: the operator's command line for a running ferrox.
+//!
+//! Speaks the admin protocol (`ferrox_control::admin`) on the control
+//! process's Unix socket. Every error is one line on stderr and a
+//! non-zero exit code.
+#![allow(clippy::disallowed_methods)] // `top` sleeps between refreshes
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use ferrox_control::admin::{self, Request, Response};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "ferroxctl: operate a running ferrox")]
+struct Cli {
+    /// The control process's admin socket.
+    #[arg(long, global = true, default_value = "/run/ferrox/admin.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The dataplane, configuration versions and every server's health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests, errors, bytes, connections and latency per pool and server.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view refreshed once a second (Ctrl-C ends it).
+    Top {
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// The running configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
+    /// Servers of a pool.
+    Server {
+        #[command(subcommand)]
+        action: ServerCmd,
+    },
+    /// Refuse a command (in every pool, or in --pool).
+    Block {
+        command: String,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Forward a blocked command again.
+    Unblock {
+        command: String,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// The shared region and the socket buffer pool.
+    Shm {
+        #[command(subcommand)]
+        action: ShmCmd,
+    },
+    /// Prints shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Prints the running configuration as ferrox TOML.
+    Show,
+    /// Checks a file as a reload would, changing nothing.
+    Validate { file: PathBuf },
+    /// Reads the configuration file again (or FILE, which becomes it).
+    Reload { file: Option<PathBuf> },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCmd {
+    /// Adds SERVER ("ip:port:weight [name]") to POOL.
+    Add {
+        pool: String,
+        server: String,
+    },
+    Remove {
+        pool: String,
+        addr: String,
+    },
+    Weight {
+        pool: String,
+        addr: String,
+        weight: u32,
+    },
+    /// Holds a server out of its pool (its keys go to the others).
+    Eject {
+        pool: String,
+        addr: String,
+    },
+    /// Lets a held-out server back.
+    Restore {
+        pool: String,
+        addr: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShmCmd {
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grows the socket buffer pool by MB MiB while traffic flows.
+    Resize {
+        #[arg(long = "add-mb")]
+        add_mb: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("ferroxctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// One connection to the control process.
+struct Admin {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Admin {
+    fn connect(path: &PathBuf) -> Result<Admin> {
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("cannot reach the control process at {}", path.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Admin {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    fn call(&mut self, request: &Request) -> Result<serde_json::Value> {
+        writeln!(self.writer, "{}", admin::request_line(request))?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("the control process closed the connection");
+        }
+        let response: Response =
+            serde_json::from_str(&line).context("an answer that is not the admin protocol")?;
+        match (response.ok, response.result, response.error) {
+            (true, Some(result), _) => Ok(result),
+            (_, _, Some(error)) => bail!("{error}"),
+            _ => bail!("an empty answer"),
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "ferroxctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
+    let mut admin = Admin::connect(&cli.socket)?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Cmd::Completions { .. } => unreachable!("handled above"),
+        Cmd::Status { json } => {
+            let value = admin.call(&Request::Status {})?;
+            if json {
+                writeln!(out, "{value:#}")?;
+            } else {
+                write!(out, "{}", render_status(&serde_json::from_value(value)?))?;
+            }
+        }
+        Cmd::Stats { json } => {
+            let value = admin.call(&Request::Stats {})?;
+            if json {
+                writeln!(out, "{value:#}")?;
+            } else {
+                write!(out, "{}", render_stats(&serde_json::from_value(value)?))?;
+            }
+        }
+        Cmd::Top { count } => {
+            let mut shown = 0;
+            loop {
+                let stats: admin::Stats = serde_json::from_value(admin.call(&Request::Stats {})?)?;
+                // Clear the screen and go home, then the table.
+                write!(out, "\x1b[2J\x1b[H{}", render_stats(&stats))?;
+                out.flush()?;
+                shown += 1;
+                if count.is_some_and(|c| shown >= c) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        Cmd::Config { action } => match action {
+            ConfigCmd::Show => {
+                let value = admin.call(&Request::ConfigShow {})?;
+                writeln!(
+                    out,
+                    "# version {} from {}",
+                    value["version"],
+                    value["file"].as_str().unwrap_or("")
+                )?;
+                write!(out, "{}", value["text"].as_str().unwrap_or_default())?;
+            }
+            ConfigCmd::Validate { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("{}: cannot read", file.display()))?;
+                let value = admin.call(&Request::ConfigValidate {
+                    text,
+                    file: file.display().to_string(),
+                })?;
+                writeln!(out, "{}: valid ({} pools)", file.display(), value["pools"])?;
+            }
+            ConfigCmd::Reload { file } => {
+                let path = file
+                    .map(|f| std::path::absolute(&f).map(|p| p.display().to_string()))
+                    .transpose()?;
+                report_applied(&mut out, &admin.call(&Request::ConfigReload { path })?)?;
+            }
+        },
+        Cmd::Server { action } => {
+            let request = match action {
+                ServerCmd::Add { pool, server } => Request::ServerAdd { pool, server },
+                ServerCmd::Remove { pool, addr } => Request::ServerRemove { pool, addr },
+                ServerCmd::Weight { pool, addr, weight } => {
+                    Request::ServerWeight { pool, addr, weight }
+                }
+                ServerCmd::Eject { pool, addr } => Request::ServerEject { pool, addr },
+                ServerCmd::Restore { pool, addr } => Request::ServerRestore { pool, addr },
+            };
+            let value = admin.call(&request)?;
+            if value.get("held").is_some() {
+                let verb = if value["held"] == true {
+                    "held out of"
+                } else {
+                    "back in"
+                };
+                writeln!(
+                    out,
+                    "{} {verb} pool {}",
+                    value["server"].as_str().unwrap_or(""),
+                    value["pool"]
+                )?;
+            } else {
+                report_applied(&mut out, &value)?;
+            }
+        }
+        Cmd::Block { command, pool } => {
+            report_applied(&mut out, &admin.call(&Request::Block { pool, command })?)?
+        }
+        Cmd::Unblock { command, pool } => {
+            report_applied(&mut out, &admin.call(&Request::Unblock { pool, command })?)?
+        }
+        Cmd::Shm { action } => {
+            let (value, json) = match action {
+                ShmCmd::Show { json } => (admin.call(&Request::ShmShow {})?, json),
+                ShmCmd::Resize { add_mb } => {
+                    writeln!(out, "growing the socket pool by {add_mb} MiB ...")?;
+                    (admin.call(&Request::ShmResize { add_mb })?, false)
+                }
+            };
+            if json {
+                writeln!(out, "{value:#}")?;
+            } else {
+                write!(out, "{}", render_shm(&serde_json::from_value(value)?))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Says which configuration version the change became and whether every
+/// core runs it.
+fn report_applied(out: &mut impl Write, value: &serde_json::Value) -> Result<()> {
+    let version = &value["version"];
+    if value["applied"] == true {
+        writeln!(
+            out,
+            "configuration version {version}: running on every core"
+        )?;
+        Ok(())
+    } else {
+        bail!(
+            "configuration version {version} published, but not every core took it within 5 s (cores run {})",
+            value["cores"]
+        )
+    }
+}
+
+fn micros(us: Option<u64>) -> String {
+    match us {
+        None => "-".into(),
+        Some(us) if us < 1000 => format!("{us}µs"),
+        Some(us) => format!("{:.1}ms", us as f64 / 1000.0),
+    }
+}
+
+fn render_status(status: &admin::Status) -> String {
+    let mut s = String::new();
+    let dp = &status.dataplane;
+    s += &format!(
+        "control pid {}, up {}s; dataplane pid {} on {} core(s), {}, {} restart(s)\n",
+        status.control_pid,
+        status.uptime_s,
+        dp.pid.map_or("-".into(), |p| p.to_string()),
+        dp.cores,
+        if dp.alive { "alive" } else { "NOT publishing" },
+        dp.restarts
+    );
+    s += &format!(
+        "configuration {} version {}; cores run {:?}\n",
+        status.config_file, status.config_version, status.applied
+    );
+    for pool in &status.pools {
+        s += &format!(
+            "\npool {} ({} on {})\n",
+            pool.name, pool.protocol, pool.listen
+        );
+        s += &format!(
+            "  {:<22} {:<16} {:>6} {:<8} {:>8} {:>9}\n",
+            "SERVER", "NAME", "WEIGHT", "STATE", "FAILING", "EJECTIONS"
+        );
+        for server in &pool.servers {
+            s += &format!(
+                "  {:<22} {:<16} {:>6} {:<8} {:>8} {:>9}\n",
+                server.addr,
+                server.name,
+                server.weight,
+                server.state,
+                server.failures,
+                server.ejections
+            );
+        }
+    }
+    s
+}
+
+fn render_stats(stats: &admin::Stats) -> String {
+    let mut s = format!(
+        "{:<16} {:>10} {:>12} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8}\n",
+        "POOL", "REQ/S", "REQUESTS", "ERR/S", "ERRORS", "CONNS", "P50", "P99", "P999"
+    );
+    for pool in &stats.pools {
+        s += &format!(
+            "{:<16} {:>10.0} {:>12} {:>8.0} {:>10} {:>6} {:>8} {:>8} {:>8}\n",
+            pool.name,
+            pool.requests_per_s,
+            pool.requests,
+            pool.errors_per_s,
+            pool.errors,
+            pool.connections,
+            micros(pool.p50_us),
+            micros(pool.p99_us),
+            micros(pool.p999_us)
+        );
+    }
+    s += &format!(
+        "\n{:<16} {:<22} {:>10} {:>12} {:>9} {:>8}\n",
+        "POOL", "SERVER", "REQ/S", "REQUESTS", "FAILURES", "STATE"
+    );
+    for pool in &stats.pools {
+        for server in &pool.servers {
+            s += &format!(
+                "{:<16} {:<22} {:>10.0} {:>12} {:>9} {:>8}\n",
+                pool.name,
+                server.addr,
+                server.requests_per_s,
+                server.requests,
+                server.failures,
+                if server.ejected { "out" } else { "in" }
+            );
+        }
+    }
+    s
+}
+
+fn render_shm(shm: &admin::Shm) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let mut s = format!(
+        "region {}: {} segment(s), {:.1} MiB, {:.1} MiB used, {}\n",
+        shm.region,
+        shm.segments,
+        mib(shm.size_bytes),
+        mib(shm.used_bytes),
+        if shm.hugepages {
+            "hugepages"
+        } else {
+            "not all on hugepages"
+        }
+    );
+    s += &format!(
+        "{:<8} {:>10} {:>8} {:>8} {:>8}\n",
+        "BUFFERS", "CHUNK", "TOTAL", "IN USE", "FREE"
+    );
+    for c in &shm.classes {
+        s += &format!(
+            "{:<8} {:>10} {:>8} {:>8} {:>8}\n",
+            c.role, c.chunk_size, c.total, c.in_use, c.free
+        );
+    }
+    s
+}

@@ -1,0 +1,345 @@
+//! Statistics as the control process shows them: the cores' records in
+//! the control block added up per pool and server, rates over the last
+//! sampling interval, and the Prometheus text format.
+
+use std::fmt::Write;
+
+use ferrox_block::{Counter, PoolSnapshot, Snapshot, LATENCY_BUCKETS};
+
+use crate::admin::{CoreStats, PoolStats, ServerStats, Shm, Stats};
+
+/// Two snapshots `seconds` apart make the rates.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub previous: Snapshot,
+    pub current: Snapshot,
+    pub seconds: f64,
+}
+
+fn rate(now: u64, before: u64, seconds: f64) -> f64 {
+    if seconds <= 0.0 {
+        return 0.0;
+    }
+    // A restarted dataplane starts its counters again.
+    now.saturating_sub(before) as f64 / seconds
+}
+
+/// The `stats` answer from a sample.
+pub fn stats(sample: &Sample) -> Stats {
+    let before = sample.previous.pools();
+    let pools = sample
+        .current
+        .pools()
+        .into_iter()
+        .map(|pool| {
+            let old = before.iter().find(|p| p.name == pool.name);
+            pool_stats(&pool, old, sample.seconds)
+        })
+        .collect();
+    let cores = sample
+        .current
+        .cores
+        .iter()
+        .enumerate()
+        .map(|(core, c)| CoreStats {
+            core,
+            counters: Counter::ALL
+                .iter()
+                .map(|&counter| (counter.name().to_string(), c.counters[counter as usize]))
+                .collect(),
+        })
+        .collect();
+    Stats { pools, cores }
+}
+
+fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> PoolStats {
+    PoolStats {
+        name: pool.name.clone(),
+        requests: pool.requests,
+        requests_per_s: rate(pool.requests, old.map_or(0, |o| o.requests), seconds),
+        errors: pool.errors,
+        errors_per_s: rate(pool.errors, old.map_or(0, |o| o.errors), seconds),
+        bytes_in: pool.bytes_in,
+        bytes_out: pool.bytes_out,
+        connections: pool.sessions,
+        p50_us: pool.latency_quantile(0.5),
+        p99_us: pool.latency_quantile(0.99),
+        p999_us: pool.latency_quantile(0.999),
+        servers: pool
+            .servers
+            .iter()
+            .map(|s| {
+                let before = old
+                    .and_then(|o| o.servers.iter().find(|b| b.addr == s.addr))
+                    .map_or(0, |b| b.requests);
+                ServerStats {
+                    addr: s.addr.to_string(),
+                    requests: s.requests,
+                    requests_per_s: rate(s.requests, before, seconds),
+                    failures: s.failures,
+                    ejected: s.ejected,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Everything as Prometheus text (version 0.0.4).
+pub fn prometheus(snapshot: &Snapshot, config_version: u64, shm: Option<&Shm>) -> String {
+    let mut out = String::new();
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut out,
+        "ferrox_config_version",
+        "gauge",
+        "The newest published configuration version.",
+    );
+    let _ = writeln!(out, "ferrox_config_version {config_version}");
+
+    let cores: &[(Counter, &str)] = &[
+        (Counter::Frames, "Frames received."),
+        (Counter::Accepted, "Client connections accepted."),
+        (Counter::Closed, "Connections closed."),
+        (Counter::Requests, "Requests read from clients."),
+        (
+            Counter::Errors,
+            "Requests answered with an error the proxy made.",
+        ),
+        (
+            Counter::SplitRequests,
+            "Multi-key requests split over servers.",
+        ),
+        (Counter::BackendConnects, "Connections opened to servers."),
+        (Counter::BackendFailures, "Server connections that failed."),
+        (Counter::Timeouts, "Requests that timed out."),
+        (
+            Counter::Ejections,
+            "Servers ejected by the dataplane for failures.",
+        ),
+        (Counter::Reconfigurations, "Configurations taken."),
+    ];
+    for (counter, help) in cores {
+        let name = format!("ferrox_core_{}_total", counter.name());
+        family(&mut out, &name, "counter", help);
+        for (core, c) in snapshot.cores.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{core=\"{core}\"}} {}",
+                c.counters[*counter as usize]
+            );
+        }
+    }
+    family(
+        &mut out,
+        "ferrox_core_open_connections",
+        "gauge",
+        "Connections open.",
+    );
+    for (core, c) in snapshot.cores.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ferrox_core_open_connections{{core=\"{core}\"}} {}",
+            c.counters[Counter::Open as usize]
+        );
+    }
+
+    let pools = snapshot.pools();
+    type PoolFigure = (&'static str, &'static str, &'static str, fn(&PoolSnapshot) -> u64);
+    let per_pool: &[PoolFigure] = &[
+        ("ferrox_pool_requests_total", "counter", "Requests.", |p| {
+            p.requests
+        }),
+        (
+            "ferrox_pool_errors_total",
+            "counter",
+            "Requests answered with an error.",
+            |p| p.errors,
+        ),
+        (
+            "ferrox_pool_bytes_in_total",
+            "counter",
+            "Request bytes read from clients.",
+            |p| p.bytes_in,
+        ),
+        (
+            "ferrox_pool_bytes_out_total",
+            "counter",
+            "Reply bytes written to clients.",
+            |p| p.bytes_out,
+        ),
+        (
+            "ferrox_pool_connections",
+            "gauge",
+            "Client connections open.",
+            |p| p.sessions,
+        ),
+    ];
+    for (name, kind, help, value) in per_pool {
+        family(&mut out, name, kind, help);
+        for pool in &pools {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\"}} {}",
+                label(&pool.name),
+                value(pool)
+            );
+        }
+    }
+    let name = "ferrox_pool_request_duration_seconds";
+    family(
+        &mut out,
+        name,
+        "histogram",
+        "From request read to reply written.",
+    );
+    for pool in &pools {
+        let pool_label = label(&pool.name);
+        let mut cumulative = 0;
+        for (i, n) in pool.latency.iter().enumerate().take(LATENCY_BUCKETS - 1) {
+            cumulative += n;
+            let le = (1u64 << i) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{pool=\"{pool_label}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let total: u64 = pool.latency.iter().sum();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{pool=\"{pool_label}\",le=\"+Inf\"}} {total}"
+        );
+        let _ = writeln!(out, "{name}_count{{pool=\"{pool_label}\"}} {total}");
+    }
+    let per_server: &[(&str, &str, &str)] = &[
+        (
+            "ferrox_server_requests_total",
+            "counter",
+            "Requests (and pieces of split requests) sent.",
+        ),
+        (
+            "ferrox_server_failures_total",
+            "counter",
+            "Connection failures.",
+        ),
+        (
+            "ferrox_server_ejected",
+            "gauge",
+            "1 while the server is out of its pool.",
+        ),
+    ];
+    for (name, kind, help) in per_server {
+        family(&mut out, name, kind, help);
+        for pool in &pools {
+            for s in &pool.servers {
+                let value = match *name {
+                    "ferrox_server_requests_total" => s.requests,
+                    "ferrox_server_failures_total" => s.failures,
+                    _ => s.ejected as u64,
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\",server=\"{}\"}} {value}",
+                    label(&pool.name),
+                    s.addr
+                );
+            }
+        }
+    }
+    if let Some(shm) = shm {
+        family(
+            &mut out,
+            "ferrox_shm_bytes",
+            "gauge",
+            "Size of the shared region.",
+        );
+        let _ = writeln!(out, "ferrox_shm_bytes {}", shm.size_bytes);
+        family(
+            &mut out,
+            "ferrox_shm_chunks",
+            "gauge",
+            "Socket buffer chunks by role and state.",
+        );
+        for class in &shm.classes {
+            for (state, n) in [("in_use", class.in_use), ("free", class.free)] {
+                let _ = writeln!(
+                    out,
+                    "ferrox_shm_chunks{{role=\"{}\",state=\"{state}\"}} {n}",
+                    class.role
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrox_block::{CoreSnapshot, ServerSnapshot, COUNTERS};
+
+    fn snapshot(requests: u64) -> Snapshot {
+        let mut latency = [0; LATENCY_BUCKETS];
+        latency[8] = requests;
+        Snapshot {
+            cores: vec![CoreSnapshot {
+                heartbeat: 1,
+                counters: [requests; COUNTERS],
+                pools: vec![PoolSnapshot {
+                    name: "ca\"che".into(),
+                    requests,
+                    latency,
+                    servers: vec![ServerSnapshot {
+                        addr: "10.0.0.1:7001".parse().unwrap(),
+                        requests,
+                        failures: 0,
+                        ejected: false,
+                    }],
+                    ..PoolSnapshot::default()
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn rates_come_from_two_samples() {
+        let stats = stats(&Sample {
+            previous: snapshot(100),
+            current: snapshot(600),
+            seconds: 2.0,
+        });
+        assert_eq!(stats.pools[0].requests, 600);
+        assert_eq!(stats.pools[0].requests_per_s, 250.0);
+        assert_eq!(stats.pools[0].servers[0].requests_per_s, 250.0);
+        assert_eq!(stats.pools[0].p50_us, Some(256));
+        assert_eq!(stats.cores[0].counters[0], ("frames".to_string(), 600));
+    }
+
+    #[test]
+    fn prometheus_text_has_help_type_and_escaped_labels() {
+        let text = prometheus(&snapshot(7), 3, None);
+        assert!(text.contains("# TYPE ferrox_pool_requests_total counter\n"));
+        assert!(text.contains("ferrox_pool_requests_total{pool=\"ca\\\"che\"} 7\n"));
+        assert!(text.contains(
+            "ferrox_pool_request_duration_seconds_bucket{pool=\"ca\\\"che\",le=\"+Inf\"} 7\n"
+        ));
+        assert!(text.contains(
+            "ferrox_server_requests_total{pool=\"ca\\\"che\",server=\"10.0.0.1:7001\"} 7\n"
+        ));
+        assert!(text.contains("ferrox_config_version 3\n"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

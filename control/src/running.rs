@@ -1,0 +1,322 @@
+//! The running configuration and the changes an operator makes to it.
+//!
+//! Every change, whether a whole new file or one step (`server add`,
+//! `block`), produces a complete new [`Config`] that is checked exactly as
+//! the dataplane will check it (the same parser, the same pool building)
+//! before it is published; a change that fails leaves the running
+//! configuration as it was. One step changes are made on the model and
+//! then emitted as ferrox TOML and read back, so they meet the same
+//! validation as a file (names, duplicates, weights).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ferrox_proto::config::{self, Config, Server};
+
+/// Why a configuration or a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Parses and checks `text` for a dataplane answering on `address`: the
+/// same checks the dataplane makes before it takes a configuration.
+pub fn validate(text: &str, file: &str, address: Ipv4Addr) -> Result<Config, Refused> {
+    let config = config::parse(text, file).map_err(|e| Refused(e.to_string()))?;
+    check(&config, file, address)?;
+    Ok(config)
+}
+
+fn check(config: &Config, file: &str, address: Ipv4Addr) -> Result<(), Refused> {
+    ferrox_proxy::configure::pools(config).map_err(|e| Refused(format!("{file}: {e}")))?;
+    for pool in &config.pools {
+        let ip = *pool.listen.ip();
+        if !ip.is_unspecified() && ip != address {
+            return Err(Refused(format!(
+                "{file}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
+                pool.name, pool.listen
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One operator's step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `server` as a configuration writes it: `ip:port:weight [name]`.
+    AddServer {
+        pool: String,
+        server: String,
+    },
+    RemoveServer {
+        pool: String,
+        addr: String,
+    },
+    Weight {
+        pool: String,
+        addr: String,
+        weight: u32,
+    },
+    /// In one pool, or every pool.
+    Block {
+        pool: Option<String>,
+        command: String,
+    },
+    Unblock {
+        pool: Option<String>,
+        command: String,
+    },
+}
+
+/// `config` with `change` made, checked whole.
+pub fn apply(config: &Config, change: &Change, address: Ipv4Addr) -> Result<Config, Refused> {
+    let mut next = config.clone();
+    match change {
+        Change::AddServer { pool, server } => {
+            let server = parse_server(server)?;
+            let p = pool_mut(&mut next, pool)?;
+            if p.servers.iter().any(|s| s.addr == server.addr) {
+                return Err(Refused(format!(
+                    "pool {pool:?} already has server {}",
+                    server.addr
+                )));
+            }
+            p.servers.push(server);
+        }
+        Change::RemoveServer { pool, addr } => {
+            let p = pool_mut(&mut next, pool)?;
+            let at = server_index(p, pool, addr)?;
+            if p.servers.len() == 1 {
+                return Err(Refused(format!(
+                    "{addr} is the last server of pool {pool:?}; a pool needs one"
+                )));
+            }
+            p.servers.remove(at);
+        }
+        Change::Weight { pool, addr, weight } => {
+            let p = pool_mut(&mut next, pool)?;
+            let at = server_index(p, pool, addr)?;
+            p.servers[at].weight = *weight;
+        }
+        Change::Block { pool, command } | Change::Unblock { pool, command } => {
+            let command = command.to_ascii_uppercase();
+            if command.is_empty() || !command.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Refused(format!("{command:?} is not a command name")));
+            }
+            let block = matches!(change, Change::Block { .. });
+            let mut found = false;
+            for p in &mut next.pools {
+                if pool.as_ref().is_some_and(|name| *name != p.name) {
+                    continue;
+                }
+                found = true;
+                p.blocked_commands.retain(|c| *c != command);
+                if block {
+                    p.blocked_commands.push(command.clone());
+                }
+            }
+            if let (false, Some(pool)) = (found, pool) {
+                return Err(no_pool(pool));
+            }
+        }
+    }
+    // Read back what would be published: the file's own rules hold.
+    let text = config::emit_toml(&next);
+    validate(&text, "<change>", address)
+}
+
+fn no_pool(pool: &str) -> Refused {
+    Refused(format!("no pool {pool:?}"))
+}
+
+fn pool_mut<'a>(config: &'a mut Config, pool: &str) -> Result<&'a mut config::Pool, Refused> {
+    config
+        .pools
+        .iter_mut()
+        .find(|p| p.name == pool)
+        .ok_or_else(|| no_pool(pool))
+}
+
+/// Where `addr` (`ip:port`) is in `pool`'s servers.
+pub fn server_index(pool: &config::Pool, name: &str, addr: &str) -> Result<usize, Refused> {
+    let parsed: SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| Refused(format!("{addr:?} is not an address (ip:port)")))?;
+    pool.servers
+        .iter()
+        .position(|s| s.addr == parsed)
+        .ok_or_else(|| Refused(format!("pool {name:?} has no server {addr}")))
+}
+
+/// A server as a configuration file writes it, read by the file's own
+/// parser so that names and weights default exactly as they do there.
+fn parse_server(text: &str) -> Result<Server, Refused> {
+    let quoted = serde_json::to_string(text).expect("strings serialize");
+    let pool =
+        format!("[pools.p]\nlisten = \"0.0.0.0:1\"\nprotocol = \"redis\"\nservers = [{quoted}]\n");
+    match config::parse_toml(&pool, "<server>") {
+        Ok(mut config) => Ok(config.pools.remove(0).servers.remove(0)),
+        Err(e) => Err(Refused(
+            e.errors
+                .iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    fn config() -> Config {
+        validate(
+            "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nservers = [\"10.0.0.1:7001:1\", \"10.0.0.1:7002:1\"]\n\
+             [pools.sessions]\nlisten = \"0.0.0.0:11211\"\nprotocol = \"memcache\"\nservers = [\"10.0.0.1:11311:1\"]\n",
+            "t.toml",
+            ADDRESS,
+        )
+        .unwrap()
+    }
+
+    fn change(c: Change) -> Result<Config, Refused> {
+        apply(&config(), &c, ADDRESS)
+    }
+
+    #[test]
+    fn servers_are_added_reweighted_and_removed() {
+        let added = change(Change::AddServer {
+            pool: "cache".into(),
+            server: "10.0.0.1:7003:2 gamma".into(),
+        })
+        .unwrap();
+        let new = &added.pools[0].servers[2];
+        assert_eq!(
+            (new.addr.port(), new.weight, new.name.as_str()),
+            (7003, 2, "gamma")
+        );
+        let reweighted = apply(
+            &added,
+            &Change::Weight {
+                pool: "cache".into(),
+                addr: "10.0.0.1:7001".into(),
+                weight: 5,
+            },
+            ADDRESS,
+        )
+        .unwrap();
+        assert_eq!(reweighted.pools[0].servers[0].weight, 5);
+        let removed = apply(
+            &reweighted,
+            &Change::RemoveServer {
+                pool: "cache".into(),
+                addr: "10.0.0.1:7002".into(),
+            },
+            ADDRESS,
+        )
+        .unwrap();
+        let ports: Vec<u16> = removed.pools[0]
+            .servers
+            .iter()
+            .map(|s| s.addr.port())
+            .collect();
+        assert_eq!(ports, [7001, 7003]);
+    }
+
+    #[test]
+    fn commands_are_blocked_in_one_pool_or_all_and_unblocked() {
+        let one = change(Change::Block {
+            pool: Some("cache".into()),
+            command: "keys".into(),
+        })
+        .unwrap();
+        assert_eq!(one.pools[0].blocked_commands, ["KEYS"]);
+        assert!(one.pools[1].blocked_commands.is_empty());
+        let all = apply(
+            &one,
+            &Change::Block {
+                pool: None,
+                command: "KEYS".into(),
+            },
+            ADDRESS,
+        )
+        .unwrap();
+        assert_eq!(all.pools[0].blocked_commands, ["KEYS"]);
+        assert_eq!(all.pools[1].blocked_commands, ["KEYS"]);
+        let none = apply(
+            &all,
+            &Change::Unblock {
+                pool: None,
+                command: "Keys".into(),
+            },
+            ADDRESS,
+        )
+        .unwrap();
+        assert!(none.pools.iter().all(|p| p.blocked_commands.is_empty()));
+    }
+
+    #[test]
+    fn bad_changes_are_refused_with_the_reason() {
+        let refused = |c: Change| change(c).unwrap_err().0;
+        assert!(refused(Change::AddServer {
+            pool: "nope".into(),
+            server: "10.0.0.1:1:1".into()
+        })
+        .contains("no pool \"nope\""));
+        assert!(refused(Change::AddServer {
+            pool: "cache".into(),
+            server: "10.0.0.1:7001:1".into()
+        })
+        .contains("already has server"));
+        assert!(refused(Change::AddServer {
+            pool: "cache".into(),
+            server: "not a server".into()
+        })
+        .contains("not a server"));
+        assert!(refused(Change::AddServer {
+            pool: "cache".into(),
+            server: "10.0.0.1:7009:1 ".to_string() + "10.0.0.1:7001"
+        })
+        .contains("10.0.0.1:7001"));
+        assert!(refused(Change::RemoveServer {
+            pool: "sessions".into(),
+            addr: "10.0.0.1:11311".into()
+        })
+        .contains("last server"));
+        assert!(refused(Change::Weight {
+            pool: "cache".into(),
+            addr: "10.0.0.9:1".into(),
+            weight: 1
+        })
+        .contains("has no server 10.0.0.9:1"));
+        assert!(refused(Change::Weight {
+            pool: "cache".into(),
+            addr: "10.0.0.1:7001".into(),
+            weight: 0
+        })
+        .contains("weight"));
+        assert!(refused(Change::Block {
+            pool: None,
+            command: "two words".into()
+        })
+        .contains("not a command name"));
+    }
+
+    #[test]
+    fn a_pool_on_another_address_is_refused() {
+        let error = validate(
+            "[pools.x]\nlisten = \"10.9.9.9:6379\"\nprotocol = \"redis\"\nservers = [\"10.0.0.1:7001:1\"]\n",
+            "x.toml",
+            ADDRESS,
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .0
+                .contains("x.toml: pool \"x\" listens on 10.9.9.9:6379"),
+            "{error}"
+        );
+    }
+}

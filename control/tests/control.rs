@@ -1,0 +1,428 @@
+//! The control process end to end: `ferrox-control` starts the dataplane
+//! on `net_af_packet` in a network namespace this test creates, with four
+//! `redis-server` backends on the kernel side, and `ferroxctl` changes the
+//! configuration while `redis-benchmark` runs. Then a backend is killed
+//! (ejected by health checks) and started again (it returns).
+#![allow(clippy::disallowed_methods)] // tests wait for processes
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrox_proto::route::{Distribution, HashFn, Server, Table};
+
+const CONTROL: &str = env!("CARGO_BIN_EXE_ferrox-control");
+const CTL: &str = env!("CARGO_BIN_EXE_ferroxctl");
+const KERNEL_IP: &str = "198.18.0.1";
+const FERROX_IP: &str = "198.18.0.2";
+
+/// A namespace with a veth pair, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let ns = Netns(format!("fxc{}", std::process::id()));
+        let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
+        run(&["ip", "netns", "add", &ns.0]);
+        for script in [
+            "ip link set lo up",
+            "ip link add veth0 type veth peer name veth1",
+            &format!("ip addr add {KERNEL_IP}/24 dev veth0"),
+            "ip link set veth0 up",
+            "ip link set veth1 up",
+            "ethtool -K veth0 tx off",
+        ] {
+            let args: Vec<&str> = script.split(' ').collect();
+            ns.run(&args);
+        }
+        ns
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.0]).args(args);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn shell(&self, script: &str) -> String {
+        let out = self.command(&["bash", "-c", script]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A child stopped (by PID) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server(ns: &Netns, port: u16) -> Process {
+    let child = ns
+        .command(&[
+            "redis-server",
+            "--bind",
+            KERNEL_IP,
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(ns, KERNEL_IP, port, "PING") != "PONG" {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Process(child)
+}
+
+fn cli(ns: &Netns, host: &str, port: u16, command: &str) -> String {
+    let mut args = vec!["timeout", "10", "redis-cli", "-h", host, "-p"];
+    let port = port.to_string();
+    args.push(&port);
+    args.extend(command.split(' '));
+    let out = ns.command(&args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `ferroxctl ARGS` against `socket`; (success, stdout + stderr).
+fn ctl(socket: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(CTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn ctl_ok(socket: &str, args: &[&str]) -> String {
+    let (ok, text) = ctl(socket, args);
+    assert!(ok, "ferroxctl {args:?}: {text}");
+    text
+}
+
+fn json(socket: &str, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ctl_ok(socket, args)).unwrap()
+}
+
+fn server_state(socket: &str, port: u16) -> String {
+    let status = json(socket, &["status", "--json"]);
+    status["pools"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == format!("{KERNEL_IP}:{port}"))
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pool_toml(servers: &str) -> String {
+    format!(
+        "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"murmur\"\ndistribution = \"ketama\"\n\
+         timeout_ms = 2000\nauto_eject_hosts = true\nserver_failure_limit = 2\nserver_retry_timeout_ms = 1000\n\
+         servers = [{servers}]\n"
+    )
+}
+
+#[test]
+fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
+    let ns = Netns::new();
+    let mut backends: Vec<(u16, Process)> = [7001, 7002, 7003, 7004]
+        .into_iter()
+        .map(|p| (p, redis_server(&ns, p)))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("fxc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ferrox.toml");
+    let servers = |ports: &[u16]| -> String {
+        ports
+            .iter()
+            .map(|p| format!("\"{KERNEL_IP}:{p}:1\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    std::fs::write(&config, pool_toml(&servers(&[7001, 7002, 7003]))).unwrap();
+    let socket = dir.join("admin.sock").display().to_string();
+    let socket = socket.as_str();
+    let region = format!("fxc-{}", std::process::id());
+    let control = Process(
+        ns.command(&[
+            CONTROL,
+            "--config",
+            config.to_str().unwrap(),
+            "--address",
+            &format!("{FERROX_IP}/24"),
+            "--lcores",
+            "0-1",
+            "--vdev",
+            "net_af_packet0,iface=veth1,qpairs=2",
+            "--admin-socket",
+            socket,
+            "--metrics",
+            "127.0.0.1:9638",
+            "--region",
+            &region,
+            "--health-interval-ms",
+            "200",
+            "--",
+            "--memory-mb",
+            "256",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for("the proxy answers", Duration::from_secs(30), || {
+        cli(&ns, FERROX_IP, 6379, "PING") == "PONG"
+    });
+    wait_for("the dataplane publishes", Duration::from_secs(10), || {
+        json(socket, &["status", "--json"])["dataplane"]["alive"] == true
+    });
+
+    // Changes under load: a server added, a weight changed, a command
+    // blocked, shared memory grown, a server removed.
+    let bench = ns
+        .command(&[
+            "timeout",
+            "120",
+            "redis-benchmark",
+            "-h",
+            FERROX_IP,
+            "-t",
+            "set,get",
+            "-n",
+            "60000",
+            "-c",
+            "20",
+            "-P",
+            "4",
+            "-r",
+            "10000",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before = json(socket, &["shm", "show", "--json"]);
+    ctl_ok(
+        socket,
+        &["server", "add", "cache", &format!("{KERNEL_IP}:7004:1")],
+    );
+    ctl_ok(
+        socket,
+        &[
+            "server",
+            "weight",
+            "cache",
+            &format!("{KERNEL_IP}:7001"),
+            "3",
+        ],
+    );
+    ctl_ok(socket, &["block", "keys"]);
+    assert!(cli(&ns, FERROX_IP, 6379, "KEYS *").contains("blocked"));
+    let grown = ctl_ok(socket, &["shm", "resize", "--add-mb", "32"]);
+    assert!(grown.contains("client"), "{grown}");
+    ctl_ok(
+        socket,
+        &["server", "remove", "cache", &format!("{KERNEL_IP}:7002")],
+    );
+    let after = json(socket, &["shm", "show", "--json"]);
+    assert!(
+        after["classes"][0]["total"].as_u64() > before["classes"][0]["total"].as_u64(),
+        "{before} -> {after}"
+    );
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert_eq!(report.matches("requests per second").count(), 2, "{report}");
+    assert!(!report.to_lowercase().contains("error"), "{report}");
+    let stats = json(socket, &["stats", "--json"]);
+    // The one error is the blocked KEYS.
+    assert_eq!(stats["pools"][0]["errors"], 1, "{stats}");
+    let accepted: u64 = stats["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|kv| kv[0] == "accepted")
+                .unwrap()[1]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    // 20 benchmark clients per test (plus its CONFIG GET) and the few
+    // redis-cli calls: none was closed and opened again.
+    assert!(accepted <= 2 * 21 + 6, "accepted {accepted}");
+
+    // Every key on the backend the new table names.
+    let live = [(7001, 3), (7003, 1), (7004, 1)];
+    let table_servers: Vec<Server> = live
+        .iter()
+        .map(|(p, w)| Server::new(format!("{KERNEL_IP}:{p}"), *w))
+        .collect();
+    let table = Table::build(
+        HashFn::from_name("murmur").unwrap(),
+        Distribution::Ketama,
+        None,
+        &table_servers,
+        &[true; 3],
+    )
+    .unwrap();
+    for i in 0..40 {
+        let key = format!("after:{i}");
+        assert_eq!(cli(&ns, FERROX_IP, 6379, &format!("SET {key} {i}")), "OK");
+        let port = live[table.server_for(key.as_bytes(), 0).unwrap()].0;
+        assert_eq!(
+            cli(&ns, KERNEL_IP, port, &format!("GET {key}")),
+            i.to_string(),
+            "{key} on {port}"
+        );
+    }
+
+    // Bad input changes nothing.
+    let version = json(socket, &["status", "--json"])["config_version"].clone();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"sha1\"\nservers = [\"198.18.0.1:7001:1\"]\n").unwrap();
+    let (ok, text) = ctl(socket, &["config", "reload", bad.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("bad.toml:4:") && text.contains("sha1"),
+        "{text}"
+    );
+    let (ok, text) = ctl(socket, &["server", "weight", "cache", "10.9.9.9:1", "2"]);
+    assert!(!ok && text.contains("no server 10.9.9.9:1"), "{text}");
+    let raw = {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        stream
+            .write_all(b"hello\n{\"v\":1,\"cmd\":\"server.add\"}\n")
+            .unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        [
+            lines.next().unwrap().unwrap(),
+            lines.next().unwrap().unwrap(),
+        ]
+    };
+    assert!(
+        raw[0].contains("\"ok\":false") && raw[0].contains("not a JSON object"),
+        "{raw:?}"
+    );
+    assert!(raw[1].contains("missing field `pool`"), "{raw:?}");
+    assert_eq!(
+        json(socket, &["status", "--json"])["config_version"],
+        version
+    );
+
+    // Metrics on the kernel stack.
+    let metrics = ns.shell(
+        "exec 3<>/dev/tcp/127.0.0.1/9638; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; timeout 5 cat <&3",
+    );
+    assert!(
+        metrics.contains("ferrox_pool_requests_total{pool=\"cache\"}"),
+        "{metrics}"
+    );
+
+    // A backend dies: health checks eject it and its keys go elsewhere;
+    // started again, it returns.
+    let at = backends.iter().position(|(p, _)| *p == 7003).unwrap();
+    drop(backends.remove(at));
+    wait_for("7003 ejected", Duration::from_secs(10), || {
+        server_state(socket, 7003) == "ejected"
+    });
+    for i in 0..20 {
+        assert_eq!(
+            cli(&ns, FERROX_IP, 6379, &format!("SET dead:{i} {i}")),
+            "OK",
+            "dead:{i}"
+        );
+    }
+    backends.push((7003, redis_server(&ns, 7003)));
+    wait_for("7003 back", Duration::from_secs(10), || {
+        server_state(socket, 7003) == "up"
+    });
+    let status = ctl_ok(socket, &["status"]);
+    assert!(status.contains("7003"), "{status}");
+
+    // An operator's eject and restore.
+    ctl_ok(
+        socket,
+        &["server", "eject", "cache", &format!("{KERNEL_IP}:7004")],
+    );
+    assert_eq!(server_state(socket, 7004), "held");
+    ctl_ok(
+        socket,
+        &["server", "restore", "cache", &format!("{KERNEL_IP}:7004")],
+    );
+    assert_eq!(server_state(socket, 7004), "up");
+
+    drop(control);
+    drop(backends);
+    let _ = std::fs::remove_dir_all(&dir);
+}
