@@ -638,7 +638,8 @@ fn takes_its_configuration_from_a_control_block_and_reports_there() {
     let region = Region::create(
         &name,
         &RegionOptions {
-            size: Block::size() + (1 << 20),
+            // Room for the socket buffer pool the dataplane makes there.
+            size: Block::size() + (160 << 20),
             ..RegionOptions::default()
         },
     )
