@@ -32,6 +32,9 @@ use crate::running::{self, Change, Refused};
 /// `net::memory` makes it class 0, servers class 1).
 const CLIENT_CLASS: usize = 0;
 
+/// What `config show` prints for a password.
+const REDACTED: &str = "(redacted)";
+
 /// How long a change waits for every core to take it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
@@ -207,10 +210,17 @@ impl Control {
             Request::Stats {} => Ok(serde_json::to_value(self.stats()).expect("serializes")),
             Request::ConfigShow {} => {
                 let running = self.running.lock().expect("not poisoned");
+                // Passwords are not shown to whoever can read the output.
+                let mut shown = running.config.clone();
+                for pool in &mut shown.pools {
+                    if pool.auth.is_some() {
+                        pool.auth = Some(REDACTED.into());
+                    }
+                }
                 Ok(serde_json::json!({
                     "version": running.version,
                     "file": running.file.display().to_string(),
-                    "text": config::emit_toml(&running.config),
+                    "text": config::emit_toml(&shown),
                 }))
             }
             Request::ConfigValidate { text, file } => {

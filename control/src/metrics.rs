@@ -154,7 +154,12 @@ pub fn prometheus(snapshot: &Snapshot, config_version: u64, shm: Option<&Shm>) -
     }
 
     let pools = snapshot.pools();
-    type PoolFigure = (&'static str, &'static str, &'static str, fn(&PoolSnapshot) -> u64);
+    type PoolFigure = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&PoolSnapshot) -> u64,
+    );
     let per_pool: &[PoolFigure] = &[
         ("ferrox_pool_requests_total", "counter", "Requests.", |p| {
             p.requests

@@ -180,6 +180,26 @@ fn wait_for(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// SETs keys `load:N` one at a time for argv[2] seconds through ferrox at
+/// argv[1]; prints how many succeeded and which failed.
+const LOAD_SCRIPT: &str = r#"
+import json, sys, time
+import redis
+r = redis.Redis(host=sys.argv[1], port=6379, socket_timeout=5)
+ok, failed = 0, []
+deadline = time.time() + float(sys.argv[2])
+i = 0
+while time.time() < deadline and i < 200000:
+    key = "load:%d" % i
+    try:
+        r.set(key, i)
+        ok += 1
+    except redis.RedisError:
+        failed.append(key)
+    i += 1
+print(json.dumps({"ok": ok, "failed": failed}))
+"#;
+
 fn pool_toml(servers: &str) -> String {
     format!(
         "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"murmur\"\ndistribution = \"ketama\"\n\
@@ -389,13 +409,33 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
         "{metrics}"
     );
 
-    // A backend dies: health checks eject it and its keys go elsewhere;
-    // started again, it returns.
+    // A backend dies under load (redis-py, one request at a time): only
+    // requests for its keys fail, health checks eject it, and its keys go
+    // elsewhere; started again, it returns.
+    let load = ns
+        .command(&["/usr/bin/python3", "-c", LOAD_SCRIPT, FERROX_IP, "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
     let at = backends.iter().position(|(p, _)| *p == 7003).unwrap();
     drop(backends.remove(at));
     wait_for("7003 ejected", Duration::from_secs(10), || {
         server_state(socket, 7003) == "ejected"
     });
+    let out = load.wait_with_output().unwrap();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(load["ok"].as_u64().unwrap() > 100, "{load}");
+    eprintln!(
+        "while 7003 died: {} requests answered, {} failed",
+        load["ok"],
+        load["failed"].as_array().unwrap().len()
+    );
+    for key in load["failed"].as_array().unwrap() {
+        let key = key.as_str().unwrap();
+        let port = live[table.server_for(key.as_bytes(), 0).unwrap()].0;
+        assert_eq!(port, 7003, "{key} failed but lives on {port}: {load}");
+    }
     for i in 0..20 {
         assert_eq!(
             cli(&ns, FERROX_IP, 6379, &format!("SET dead:{i} {i}")),
