@@ -19,8 +19,8 @@ const FERROX_IP: &str = "198.18.0.2";
 struct Netns(String);
 
 impl Netns {
-    fn new() -> Netns {
-        let ns = Netns(format!("fxc{}", std::process::id()));
+    fn new(tag: &str) -> Netns {
+        let ns = Netns(format!("fxc{}{tag}", std::process::id()));
         let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
         run(&["ip", "netns", "add", &ns.0]);
         for script in [
@@ -208,60 +208,98 @@ fn pool_toml(servers: &str) -> String {
     )
 }
 
-#[test]
-fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
-    let ns = Netns::new();
-    let mut backends: Vec<(u16, Process)> = [7001, 7002, 7003, 7004]
-        .into_iter()
-        .map(|p| (p, redis_server(&ns, p)))
-        .collect();
-    let dir = std::env::temp_dir().join(format!("fxc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ferrox.toml");
-    let servers = |ports: &[u16]| -> String {
-        ports
+/// ferrox-control (with its dataplane) in a namespace of its own; stopped
+/// (by PID), then the namespace and files removed, when dropped.
+struct Appliance {
+    control: Option<Process>,
+    ns: Netns,
+    dir: std::path::PathBuf,
+    socket: String,
+}
+
+impl Appliance {
+    /// Starts ferrox-control on a configuration of one pool over
+    /// `servers`, with `control_args`, and `dataplane_args` for the
+    /// dataplane; returns once the proxy answers and every core publishes.
+    /// `start_backends` runs once the namespace exists.
+    fn start(
+        tag: &str,
+        servers: &[u16],
+        control_args: &[&str],
+        dataplane_args: &[&str],
+        start_backends: impl FnOnce(&Netns),
+    ) -> Appliance {
+        let ns = Netns::new(tag);
+        start_backends(&ns);
+        let dir = std::env::temp_dir().join(format!("fxc-{}{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("ferrox.toml");
+        let list: Vec<String> = servers
             .iter()
             .map(|p| format!("\"{KERNEL_IP}:{p}:1\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    std::fs::write(&config, pool_toml(&servers(&[7001, 7002, 7003]))).unwrap();
-    let socket = dir.join("admin.sock").display().to_string();
-    let socket = socket.as_str();
-    let region = format!("fxc-{}", std::process::id());
-    let control = Process(
-        ns.command(&[
+            .collect();
+        std::fs::write(&config, pool_toml(&list.join(", "))).unwrap();
+        let socket = dir.join("admin.sock").display().to_string();
+        let region = format!("fxc-{}{tag}", std::process::id());
+        let address = format!("{FERROX_IP}/24");
+        let mut args = vec![
             CONTROL,
             "--config",
             config.to_str().unwrap(),
             "--address",
-            &format!("{FERROX_IP}/24"),
+            &address,
             "--lcores",
             "0-1",
             "--vdev",
             "net_af_packet0,iface=veth1,qpairs=2",
             "--admin-socket",
-            socket,
+            &socket,
             "--metrics",
             "127.0.0.1:9638",
             "--region",
             &region,
             "--health-interval-ms",
             "200",
-            "--",
-            "--memory-mb",
-            "256",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    wait_for("the proxy answers", Duration::from_secs(30), || {
-        cli(&ns, FERROX_IP, 6379, "PING") == "PONG"
+        ];
+        args.extend_from_slice(control_args);
+        args.extend_from_slice(&["--", "--memory-mb", "256"]);
+        args.extend_from_slice(dataplane_args);
+        let control = Process(ns.command(&args).stdout(Stdio::null()).spawn().unwrap());
+        let appliance = Appliance {
+            control: Some(control),
+            ns,
+            dir,
+            socket,
+        };
+        wait_for("the proxy answers", Duration::from_secs(30), || {
+            cli(&appliance.ns, FERROX_IP, 6379, "PING") == "PONG"
+        });
+        wait_for("the dataplane publishes", Duration::from_secs(10), || {
+            json(&appliance.socket, &["status", "--json"])["dataplane"]["alive"] == true
+        });
+        appliance
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        drop(self.control.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
+    let mut backends: Vec<(u16, Process)> = Vec::new();
+    let appliance = Appliance::start("c", &[7001, 7002, 7003], &[], &[], |ns| {
+        backends = [7001, 7002, 7003, 7004]
+            .into_iter()
+            .map(|p| (p, redis_server(ns, p)))
+            .collect();
     });
-    wait_for("the dataplane publishes", Duration::from_secs(10), || {
-        json(socket, &["status", "--json"])["dataplane"]["alive"] == true
-    });
+    let ns = &appliance.ns;
+    let socket = appliance.socket.as_str();
+    let dir = &appliance.dir;
 
     // Changes under load: a server added, a weight changed, a command
     // blocked, shared memory grown, a server removed.
@@ -275,7 +313,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
             "-t",
             "set,get",
             "-n",
-            "60000",
+            "100000",
             "-c",
             "20",
             "-P",
@@ -304,7 +342,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
         ],
     );
     ctl_ok(socket, &["block", "keys"]);
-    assert!(cli(&ns, FERROX_IP, 6379, "KEYS *").contains("blocked"));
+    assert!(cli(ns, FERROX_IP, 6379, "KEYS *").contains("blocked"));
     let grown = ctl_ok(socket, &["shm", "resize", "--add-mb", "32"]);
     assert!(grown.contains("client"), "{grown}");
     ctl_ok(
@@ -358,10 +396,10 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     .unwrap();
     for i in 0..40 {
         let key = format!("after:{i}");
-        assert_eq!(cli(&ns, FERROX_IP, 6379, &format!("SET {key} {i}")), "OK");
+        assert_eq!(cli(ns, FERROX_IP, 6379, &format!("SET {key} {i}")), "OK");
         let port = live[table.server_for(key.as_bytes(), 0).unwrap()].0;
         assert_eq!(
-            cli(&ns, KERNEL_IP, port, &format!("GET {key}")),
+            cli(ns, KERNEL_IP, port, &format!("GET {key}")),
             i.to_string(),
             "{key} on {port}"
         );
@@ -438,12 +476,12 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     }
     for i in 0..20 {
         assert_eq!(
-            cli(&ns, FERROX_IP, 6379, &format!("SET dead:{i} {i}")),
+            cli(ns, FERROX_IP, 6379, &format!("SET dead:{i} {i}")),
             "OK",
             "dead:{i}"
         );
     }
-    backends.push((7003, redis_server(&ns, 7003)));
+    backends.push((7003, redis_server(ns, 7003)));
     wait_for("7003 back", Duration::from_secs(10), || {
         server_state(socket, 7003) == "up"
     });
@@ -462,7 +500,76 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     );
     assert_eq!(server_state(socket, 7004), "up");
 
-    drop(control);
+    drop(appliance);
     drop(backends);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens argv[2] connections to ferrox at argv[1], PINGs on each, says
+/// "open", and keeps them for argv[3] seconds.
+const CONNECTIONS_SCRIPT: &str = r#"
+import socket, sys, time
+conns = []
+for _ in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 6379), timeout=10)
+    s.sendall(b"PING\r\n")
+    assert s.recv(64) == b"+PONG\r\n"
+    conns.append(s)
+print("open", flush=True)
+time.sleep(float(sys.argv[3]))
+"#;
+
+#[test]
+fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
+    use std::io::BufRead;
+
+    // A pool for 32 clients (64 buffers), no automatic growth, and little
+    // room in the region: the 100 connections below need the memory that
+    // `shm resize` adds.
+    let mut backends = Vec::new();
+    let appliance = Appliance::start(
+        "m",
+        &[7001],
+        &["--shm-mb", "8", "--shm-grow-below", "0"],
+        &["--socket-pool-clients", "32"],
+        |ns| backends.push(redis_server(ns, 7001)),
+    );
+    let socket = appliance.socket.as_str();
+    let before = json(socket, &["shm", "show", "--json"]);
+    let initial = before["classes"][0]["total"].as_u64().unwrap();
+    assert!(initial < 200, "{before}");
+    let grown = ctl_ok(socket, &["shm", "resize", "--add-mb", "16"]);
+    assert!(
+        grown.contains("growing the socket pool by 16 MiB"),
+        "{grown}"
+    );
+    let after = json(socket, &["shm", "show", "--json"]);
+    assert!(
+        after["classes"][0]["total"].as_u64().unwrap() >= initial + 500,
+        "{after}"
+    );
+    let mut clients = appliance
+        .ns
+        .command(&[
+            "/usr/bin/python3",
+            "-c",
+            CONNECTIONS_SCRIPT,
+            FERROX_IP,
+            "100",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(clients.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "open");
+    let open = json(socket, &["shm", "show", "--json"]);
+    // Two buffers per client connection, more than the pool started with.
+    let in_use = open["classes"][0]["in_use"].as_u64().unwrap();
+    assert!(in_use >= 200 && in_use > initial, "{before}\n{open}");
+    let _ = clients.wait();
+    drop(appliance);
+    drop(backends);
 }

@@ -55,6 +55,10 @@ struct Args {
     /// Shared region to start with, MiB (socket buffers grow it).
     #[arg(long, default_value_t = 160)]
     shm_mb: u64,
+    /// Grow the socket buffer pool on its own when less than this share
+    /// of its client buffers is free (0: only `ferroxctl shm resize`).
+    #[arg(long, default_value_t = 0.125)]
+    shm_grow_below: f64,
     /// Health check period, milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     health_interval_ms: u64,
@@ -129,7 +133,7 @@ fn run(args: Args) -> Result<()> {
         config_file: args.config.clone(),
         address,
         health_interval: Duration::from_millis(args.health_interval_ms),
-        grow_below: 0.125,
+        grow_below: args.shm_grow_below,
     };
     // The whole configuration is checked here, before anything starts.
     let control = Control::start(settings, block)?;

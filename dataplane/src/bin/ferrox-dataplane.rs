@@ -65,6 +65,10 @@ struct Args {
     max_connections: usize,
     #[arg(long, default_value_t = 16383)]
     mbufs: u32,
+    /// Client connections' worth of socket buffers to start with (the pool
+    /// grows past it); default: --max-connections, at most 1024.
+    #[arg(long)]
+    socket_pool_clients: Option<u32>,
     /// Log as JSON lines.
     #[arg(long)]
     json: bool,
@@ -280,7 +284,9 @@ fn serve<A: App + Send>(
         client: args.client_buffer_kib << 10,
         server: SERVER_SOCKET_BUFFER,
     };
-    let clients = (args.max_connections as u32).min(1024);
+    let clients = args
+        .socket_pool_clients
+        .unwrap_or((args.max_connections as u32).min(1024));
     let sockets = match control_region {
         Some(region) => SocketPool::in_region(region, sizes, clients)?,
         None => SocketPool::create(&format!("dataplane-{}", std::process::id()), sizes, clients)?,
