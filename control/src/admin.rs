@@ -206,7 +206,18 @@ pub struct ServerHealth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub pools: Vec<PoolStats>,
+    /// Commands that were asked for, most requested first.
+    pub commands: Vec<CommandStats>,
     pub cores: Vec<CoreStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandStats {
+    /// "redis" or "memcache".
+    pub protocol: String,
+    pub command: String,
+    pub requests: u64,
+    pub requests_per_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -72,7 +72,9 @@ pub struct Control {
     block: Block,
     running: Mutex<Running>,
     health: Mutex<Health>,
-    sample: Mutex<Option<Sample>>,
+    /// The statistics of the sampling tick before the last, and when:
+    /// rates are taken from there to now (one to two seconds).
+    rate_base: Mutex<Option<(Snapshot, Instant)>>,
     /// When each core's heartbeat last moved.
     heartbeats: Mutex<Vec<(u64, Instant)>>,
     pub dataplane: Mutex<DataplaneState>,
@@ -97,7 +99,7 @@ impl Control {
                 version: 0,
             }),
             health: Mutex::new(Health::default()),
-            sample: Mutex::new(None),
+            rate_base: Mutex::new(None),
             heartbeats: Mutex::new(vec![(0, Instant::now()); cores]),
             dataplane: Mutex::new(DataplaneState::default()),
             started: Instant::now(),
@@ -300,17 +302,20 @@ impl Control {
         }
     }
 
+    /// Totals as the cores published them now, rates since the sampling
+    /// tick before the last.
     pub fn stats(&self) -> admin::Stats {
-        let sample = self.sample.lock().expect("not poisoned").clone();
-        let sample = sample.unwrap_or_else(|| {
-            let now = self.block.snapshot();
-            Sample {
-                previous: now.clone(),
-                current: now,
-                seconds: 0.0,
-            }
-        });
-        metrics::stats(&sample)
+        let current = self.block.snapshot();
+        let base = self.rate_base.lock().expect("not poisoned").clone();
+        let (previous, seconds) = match base {
+            Some((snapshot, at)) => (snapshot, at.elapsed().as_secs_f64()),
+            None => (current.clone(), 0.0),
+        };
+        metrics::stats(&Sample {
+            previous,
+            current,
+            seconds,
+        })
     }
 
     /// The socket pool, once the dataplane has made it.
@@ -365,8 +370,8 @@ impl Control {
         self.shm().ok_or_else(no_pool_yet)
     }
 
-    /// Takes a sample of the cores' statistics; grows the socket pool when
-    /// it runs low.
+    /// A sampling tick: notes which cores published and keeps the rate
+    /// base; grows the socket pool when it runs low.
     fn sample(&self, previous: &mut (Snapshot, Instant)) {
         let now = Instant::now();
         let current = self.block.snapshot();
@@ -378,12 +383,8 @@ impl Control {
                 }
             }
         }
-        *self.sample.lock().expect("not poisoned") = Some(Sample {
-            previous: previous.0.clone(),
-            current: current.clone(),
-            seconds: now.duration_since(previous.1).as_secs_f64(),
-        });
-        *previous = (current, now);
+        let base = std::mem::replace(previous, (current, now));
+        *self.rate_base.lock().expect("not poisoned") = Some(base);
         if let Some(shm) = self.shm() {
             let client = &shm.classes[CLIENT_CLASS];
             if client.total > 0

@@ -6,7 +6,9 @@ use std::fmt::Write;
 
 use ferrox_block::{Counter, PoolSnapshot, Snapshot, LATENCY_BUCKETS};
 
-use crate::admin::{CoreStats, PoolStats, ServerStats, Shm, Stats};
+use ferrox_proxy::command::CommandId;
+
+use crate::admin::{CommandStats, CoreStats, PoolStats, ServerStats, Shm, Stats};
 
 /// Two snapshots `seconds` apart make the rates.
 #[derive(Debug, Clone)]
@@ -49,7 +51,29 @@ pub fn stats(sample: &Sample) -> Stats {
                 .collect(),
         })
         .collect();
-    Stats { pools, cores }
+    let before = sample.previous.commands();
+    let mut commands: Vec<CommandStats> = sample
+        .current
+        .commands()
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .filter_map(|(id, &n)| {
+            let (protocol, command) = CommandId::describe(id)?;
+            Some(CommandStats {
+                protocol: protocol.into(),
+                command: command.into(),
+                requests: n,
+                requests_per_s: rate(n, before[id], sample.seconds),
+            })
+        })
+        .collect();
+    commands.sort_by_key(|c| std::cmp::Reverse(c.requests));
+    Stats {
+        pools,
+        commands,
+        cores,
+    }
 }
 
 fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> PoolStats {
@@ -225,6 +249,21 @@ pub fn prometheus(snapshot: &Snapshot, config_version: u64, shm: Option<&Shm>) -
         );
         let _ = writeln!(out, "{name}_count{{pool=\"{pool_label}\"}} {total}");
     }
+    let name = "ferrox_command_requests_total";
+    family(&mut out, name, "counter", "Requests per command.");
+    for (id, n) in snapshot
+        .commands()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, n)| *n > 0)
+    {
+        if let Some((protocol, command)) = CommandId::describe(id) {
+            let _ = writeln!(
+                out,
+                "{name}{{protocol=\"{protocol}\",command=\"{command}\"}} {n}"
+            );
+        }
+    }
     let per_server: &[(&str, &str, &str)] = &[
         (
             "ferrox_server_requests_total",
@@ -299,6 +338,11 @@ mod tests {
             cores: vec![CoreSnapshot {
                 heartbeat: 1,
                 counters: [requests; COUNTERS],
+                commands: {
+                    let mut c = vec![0; ferrox_block::COMMANDS];
+                    c[0] = requests;
+                    c
+                },
                 pools: vec![PoolSnapshot {
                     name: "ca\"che".into(),
                     requests,
@@ -327,6 +371,9 @@ mod tests {
         assert_eq!(stats.pools[0].servers[0].requests_per_s, 250.0);
         assert_eq!(stats.pools[0].p50_us, Some(256));
         assert_eq!(stats.cores[0].counters[0], ("frames".to_string(), 600));
+        assert_eq!(stats.commands.len(), 1);
+        assert_eq!(stats.commands[0].protocol, "redis");
+        assert_eq!(stats.commands[0].requests_per_s, 250.0);
     }
 
     #[test]
@@ -341,6 +388,9 @@ mod tests {
             "ferrox_server_requests_total{pool=\"ca\\\"che\",server=\"10.0.0.1:7001\"} 7\n"
         ));
         assert!(text.contains("ferrox_config_version 3\n"));
+        assert!(
+            text.contains("ferrox_command_requests_total{protocol=\"redis\",command=\"ACL\"} 7\n")
+        );
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

@@ -358,9 +358,23 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
     assert_eq!(report.matches("requests per second").count(), 2, "{report}");
     assert!(!report.to_lowercase().contains("error"), "{report}");
+    // Idle cores publish before they sleep.
+    std::thread::sleep(Duration::from_millis(300));
     let stats = json(socket, &["stats", "--json"]);
     // The one error is the blocked KEYS.
     assert_eq!(stats["pools"][0]["errors"], 1, "{stats}");
+    let commands = stats["commands"].as_array().unwrap();
+    let count = |name: &str| {
+        commands
+            .iter()
+            .find(|c| c["command"] == name)
+            .map_or(0, |c| c["requests"].as_u64().unwrap())
+    };
+    assert!(
+        count("SET") >= 100_000 && count("GET") >= 100_000,
+        "{stats}"
+    );
+    assert_eq!(count("KEYS"), 1, "{stats}");
     let accepted: u64 = stats["cores"]
         .as_array()
         .unwrap()

@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -71,8 +71,13 @@ pub struct CoreRecord {
     /// Bumped by the core as it publishes: a reader sees a live core.
     pub heartbeat: AtomicU64,
     pub counters: [AtomicU64; COUNTERS],
+    /// Requests per command, by the proxy's command id.
+    pub commands: [AtomicU64; COMMANDS],
     pub pools: [PoolRecord; MAX_POOLS],
 }
+
+/// Per-command counters in each core's record.
+pub const COMMANDS: usize = 256;
 
 /// Core-wide counters, by [`crate::Counter`] index.
 pub const COUNTERS: usize = 16;

@@ -26,8 +26,8 @@ use hugepage_pool::{Offset, Region, RegionError};
 mod layout;
 
 pub use layout::{
-    BlockHeader, CoreRecord, PoolRecord, ServerRecord, CONFIG_BYTES, COUNTERS, LATENCY_BUCKETS,
-    LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS, NAME_BYTES,
+    BlockHeader, CoreRecord, PoolRecord, ServerRecord, COMMANDS, CONFIG_BYTES, COUNTERS,
+    LATENCY_BUCKETS, LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS, NAME_BYTES,
 };
 
 /// The region directory name of the block.
@@ -281,6 +281,11 @@ impl Block {
                 CoreSnapshot {
                     heartbeat: record.heartbeat.load(Ordering::Acquire),
                     counters: std::array::from_fn(|i| record.counters[i].load(Ordering::Relaxed)),
+                    commands: record
+                        .commands
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .collect(),
                     pools: record.pools.iter().filter_map(PoolSnapshot::read).collect(),
                 }
             })
@@ -364,6 +369,8 @@ pub struct Snapshot {
 pub struct CoreSnapshot {
     pub heartbeat: u64,
     pub counters: [u64; COUNTERS],
+    /// Requests per command id ([`COMMANDS`] of them).
+    pub commands: Vec<u64>,
     pub pools: Vec<PoolSnapshot>,
 }
 
@@ -464,6 +471,17 @@ impl Snapshot {
             .sum()
     }
 
+    /// Requests per command id, every core's added up.
+    pub fn commands(&self) -> Vec<u64> {
+        let mut total = vec![0; COMMANDS];
+        for core in &self.cores {
+            for (t, n) in total.iter_mut().zip(&core.commands) {
+                *t += n;
+            }
+        }
+        total
+    }
+
     /// Pools by name, every core's figures added up, in first-seen order.
     pub fn pools(&self) -> Vec<PoolSnapshot> {
         let mut pools: Vec<PoolSnapshot> = Vec::new();
@@ -533,6 +551,7 @@ mod tests {
         for core in 0..2 {
             let record = block.core(core);
             record.set(Counter::Requests, 10 + core as u64);
+            record.commands[3].store(core as u64 + 1, Ordering::Relaxed);
             let pool = &record.pools[core]; // different slots, same name
             pool.set_name("cache");
             pool.requests.store(5, Ordering::Relaxed);
@@ -545,6 +564,7 @@ mod tests {
         }
         let snapshot = block.snapshot();
         assert_eq!(snapshot.total(Counter::Requests), 21);
+        assert_eq!(snapshot.commands()[3], 3);
         let pools = snapshot.pools();
         assert_eq!(pools.len(), 1);
         assert_eq!(pools[0].name, "cache");

@@ -353,6 +353,9 @@ fn render_status(status: &admin::Status) -> String {
     s
 }
 
+/// Commands shown by `stats` and `top`: the most requested.
+const TOP_COMMANDS: usize = 10;
+
 fn render_stats(stats: &admin::Stats) -> String {
     let mut s = format!(
         "{:<16} {:>10} {:>12} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8}\n",
@@ -386,6 +389,18 @@ fn render_stats(stats: &admin::Stats) -> String {
                 server.requests,
                 server.failures,
                 if server.ejected { "out" } else { "in" }
+            );
+        }
+    }
+    if !stats.commands.is_empty() {
+        s += &format!(
+            "\n{:<9} {:<20} {:>10} {:>12}\n",
+            "PROTOCOL", "COMMAND", "REQ/S", "REQUESTS"
+        );
+        for c in stats.commands.iter().take(TOP_COMMANDS) {
+            s += &format!(
+                "{:<9} {:<20} {:>10.0} {:>12}\n",
+                c.protocol, c.command, c.requests_per_s, c.requests
             );
         }
     }

@@ -8,6 +8,8 @@
 //! table is unknown; a command present as [`Route::Refuse`] is known but
 //! cannot be proxied safely, and the client is told why.
 
+use ferrox_proto::memcache;
+
 /// How the proxy handles a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -323,12 +325,70 @@ const MAX_NAME: usize = 24;
 /// The route of the command named `name` (any case), or `None` when the
 /// command is unknown.
 pub fn lookup(name: &[u8]) -> Option<Route> {
-    lookup_blocked(name, &[]).0
+    lookup_blocked(name, &[]).0.map(|(_, route)| route)
 }
 
-/// The route of the command named `name` (any case), and whether it is
-/// one of the upper-case names in `blocked`.
-pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<Route>, bool) {
+/// A command's place in the per-command statistics: the Redis table's
+/// entries in order, then memcached's commands in their declaration order.
+/// Plain numbers, so a statistics record in shared memory can be read by
+/// another binary that has the same table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandId(u16);
+
+/// How many [`CommandId`]s there can be (statistics records have this many
+/// counters).
+pub const COMMAND_IDS: usize = 256;
+
+/// memcached's commands, in declaration order (`Command as usize`).
+const MEMCACHE: [memcache::Command; 21] = {
+    use memcache::Command as C;
+    [
+        C::Get,
+        C::Gets,
+        C::Gat,
+        C::Gats,
+        C::Set,
+        C::Add,
+        C::Replace,
+        C::Append,
+        C::Prepend,
+        C::Cas,
+        C::Delete,
+        C::Incr,
+        C::Decr,
+        C::Touch,
+        C::Version,
+        C::Quit,
+        C::MetaGet,
+        C::MetaSet,
+        C::MetaDelete,
+        C::MetaArithmetic,
+        C::MetaNoop,
+    ]
+};
+
+impl CommandId {
+    pub fn memcache(command: memcache::Command) -> CommandId {
+        CommandId((TABLE.len() + command as usize) as u16)
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The protocol and the name of the command at `index`, if any.
+    pub fn describe(index: usize) -> Option<(&'static str, &'static str)> {
+        if let Some((name, _)) = TABLE.get(index) {
+            return Some(("redis", std::str::from_utf8(name).expect("ASCII names")));
+        }
+        let command = MEMCACHE.get(index.checked_sub(TABLE.len())?)?;
+        Some(("memcache", command.name()))
+    }
+}
+
+/// The statistics id and route of the command named `name` (any case),
+/// and whether it is one of the upper-case names in `blocked`.
+pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<(CommandId, Route)>, bool) {
     if name.len() > MAX_NAME {
         return (None, false);
     }
@@ -340,7 +400,7 @@ pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<Route>, bool)
             entry => {
                 let (known, route) = TABLE[entry as usize - 1];
                 if known.eq_ignore_ascii_case(name) {
-                    break Some(route);
+                    break Some((CommandId(entry - 1), route));
                 }
             }
         }
@@ -432,6 +492,23 @@ pub fn dest_key(route: Route) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_has_a_statistics_id_that_names_it() {
+        assert!(TABLE.len() + MEMCACHE.len() <= COMMAND_IDS);
+        for (i, command) in MEMCACHE.iter().enumerate() {
+            assert_eq!(*command as usize, i);
+            let id = CommandId::memcache(*command);
+            assert_eq!(
+                CommandId::describe(id.index()),
+                Some(("memcache", command.name()))
+            );
+        }
+        let (found, _) = lookup_blocked(b"mget", &[]);
+        let (id, _) = found.unwrap();
+        assert_eq!(CommandId::describe(id.index()), Some(("redis", "MGET")));
+        assert_eq!(CommandId::describe(TABLE.len() + MEMCACHE.len()), None);
+    }
 
     #[test]
     fn table_is_sorted_upper_case_and_fits_the_buffer() {

@@ -240,6 +240,9 @@ pub struct EngineStats {
     pub timeouts: u64,
     pub ejections: u64,
     pub reconfigurations: u64,
+    /// Requests per command, by [`crate::command::CommandId`]
+    /// ([`crate::command::COMMAND_IDS`] of them).
+    pub commands: Vec<u64>,
 }
 
 /// One core's proxy.
@@ -327,7 +330,10 @@ impl Engine {
             spare_slots: Vec::new(),
             scratch: Scratch::default(),
             rng: seed | 1,
-            stats: EngineStats::default(),
+            stats: EngineStats {
+                commands: vec![0; crate::command::COMMAND_IDS],
+                ..EngineStats::default()
+            },
             now: 0,
         };
         for spec in pools {

@@ -205,6 +205,10 @@ impl Proxy {
             t.timeouts += s.timeouts;
             t.ejections += s.ejections;
             t.reconfigurations += s.reconfigurations;
+            t.commands.resize(s.commands.len(), 0);
+            for (a, b) in t.commands.iter_mut().zip(&s.commands) {
+                *a += b;
+            }
         }
         t
     }
@@ -418,6 +422,10 @@ impl App for Proxy {
             (Counter::Reconfigurations, engine.reconfigurations),
         ] {
             record.set(counter, value);
+        }
+        const _: () = assert!(ferrox_proxy::command::COMMAND_IDS == ferrox_block::COMMANDS);
+        for (shared, &n) in record.commands.iter().zip(&engine.commands) {
+            shared.store(n, Ordering::Relaxed);
         }
         let mut slots = record.pools.iter();
         for pool in self.engine.pools() {

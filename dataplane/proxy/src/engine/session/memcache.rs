@@ -55,6 +55,7 @@ impl Engine {
 
     fn memcache_request(&mut self, index: usize, request: &[u8], req: &Request, now: Micros) {
         let command = req.command;
+        self.stats.commands[crate::command::CommandId::memcache(command).index()] += 1;
         match command {
             Command::Quit => {
                 self.local_reply(index, |_, _| {});

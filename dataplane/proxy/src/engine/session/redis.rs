@@ -49,7 +49,11 @@ impl Engine {
         };
         let arg = |i: usize| &request[args[i].clone()];
         let blocked = &self.pools[self.sessions[index].pool].spec.blocked;
-        let (route, blocked) = command::lookup_blocked(name, blocked);
+        let (found, blocked) = command::lookup_blocked(name, blocked);
+        let route = found.map(|(id, route)| {
+            self.stats.commands[id.index()] += 1;
+            route
+        });
         if !self.sessions[index].authed
             && !matches!(
                 route,
