@@ -1,8 +1,10 @@
 //! Any text: `parse_toml` never panics, every diagnostic points at a line
-//! of the text, and what it accepts is a usable configuration.
+//! of the text, and what it accepts is a usable configuration that
+//! `emit_toml` writes back as text that reads to the same configuration
+//! (what the control process publishes to the dataplane).
 #![no_main]
 
-use ferrox_proto::config::{parse_toml, Config, ConfigError};
+use ferrox_proto::config::{emit_toml, parse_toml, Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,6 +23,8 @@ fn check(text: &str, result: Result<Config, ConfigError>) {
                 assert!(!pool.servers.is_empty() && pool.server_connections > 0);
                 assert!(pool.servers.iter().all(|s| s.weight > 0));
             }
+            let emitted = emit_toml(&config);
+            assert_eq!(parse_toml(&emitted, "emitted.toml"), Ok(config), "{emitted}");
         }
         Err(e) => {
             assert!(!e.errors.is_empty());
