@@ -5,76 +5,17 @@
 //! (ejected by health checks) and started again (it returns).
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-use std::process::{Child, Command, Output, Stdio};
+#[path = "../../dataplane/tests/support/netns.rs"]
+mod netns;
+
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrox_proto::route::{Distribution, HashFn, Server, Table};
+use netns::{cli, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
 
 const CONTROL: &str = env!("CARGO_BIN_EXE_ferrox-control");
 const CTL: &str = env!("CARGO_BIN_EXE_ferroxctl");
-const KERNEL_IP: &str = "198.18.0.1";
-const FERROX_IP: &str = "198.18.0.2";
-
-/// A namespace with a veth pair, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let ns = Netns(format!("fxc{}{tag}", std::process::id()));
-        let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
-        run(&["ip", "netns", "add", &ns.0]);
-        for script in [
-            "ip link set lo up",
-            "ip link add veth0 type veth peer name veth1",
-            &format!("ip addr add {KERNEL_IP}/24 dev veth0"),
-            "ip link set veth0 up",
-            "ip link set veth1 up",
-            "ethtool -K veth0 tx off",
-        ] {
-            let args: Vec<&str> = script.split(' ').collect();
-            ns.run(&args);
-        }
-        ns
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.0]).args(args);
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn shell(&self, script: &str) -> String {
-        let out = self.command(&["bash", "-c", script]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// A child stopped (by PID) when dropped.
 struct Process(Child);
 
@@ -95,44 +36,11 @@ impl Drop for Process {
     }
 }
 
-fn redis_server(ns: &Netns, port: u16) -> Process {
-    let child = ns
-        .command(&[
-            "redis-server",
-            "--bind",
-            KERNEL_IP,
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--loglevel",
-            "warning",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cli(ns, KERNEL_IP, port, "PING") != "PONG" {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A `redis-server` on `port`, up and stopped when dropped.
+fn backend(ns: &Netns, port: u16) -> Process {
+    let child = redis_server(ns, port);
+    wait_for_port(ns, port);
     Process(child)
-}
-
-fn cli(ns: &Netns, host: &str, port: u16, command: &str) -> String {
-    let mut args = vec!["timeout", "10", "redis-cli", "-h", host, "-p"];
-    let port = port.to_string();
-    args.push(&port);
-    args.extend(command.split(' '));
-    let out = ns.command(&args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Runs `ferroxctl ARGS` against `socket`; (success, stdout + stderr).
@@ -230,6 +138,7 @@ impl Appliance {
         start_backends: impl FnOnce(&Netns),
     ) -> Appliance {
         let ns = Netns::new(tag);
+        ns.add_veth();
         start_backends(&ns);
         let dir = std::env::temp_dir().join(format!("fxc-{}{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -294,7 +203,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     let appliance = Appliance::start("c", &[7001, 7002, 7003], &[], &[], |ns| {
         backends = [7001, 7002, 7003, 7004]
             .into_iter()
-            .map(|p| (p, redis_server(ns, p)))
+            .map(|p| (p, backend(ns, p)))
             .collect();
     });
     let ns = &appliance.ns;
@@ -342,7 +251,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
         ],
     );
     ctl_ok(socket, &["block", "keys"]);
-    assert!(cli(ns, FERROX_IP, 6379, "KEYS *").contains("blocked"));
+    assert!(cli(ns, FERROX_IP, 6379, "KEYS '*'").contains("blocked"));
     let grown = ctl_ok(socket, &["shm", "resize", "--add-mb", "32"]);
     assert!(grown.contains("client"), "{grown}");
     ctl_ok(
@@ -495,7 +404,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
             "dead:{i}"
         );
     }
-    backends.push((7003, redis_server(ns, 7003)));
+    backends.push((7003, backend(ns, 7003)));
     wait_for("7003 back", Duration::from_secs(10), || {
         server_state(socket, 7003) == "up"
     });
@@ -545,7 +454,7 @@ fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
         &[7001],
         &["--shm-mb", "8", "--shm-grow-below", "0"],
         &["--socket-pool-clients", "32"],
-        |ns| backends.push(redis_server(ns, 7001)),
+        |ns| backends.push(backend(ns, 7001)),
     );
     let socket = appliance.socket.as_str();
     let before = json(socket, &["shm", "show", "--json"]);

@@ -57,26 +57,7 @@ impl Backends {
     }
 
     fn start_redis(&mut self, ns: &Netns, port: u16) {
-        let child = ns
-            .command(&[
-                "redis-server",
-                "--bind",
-                KERNEL_IP,
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-                "--loglevel",
-                "warning",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push((port, child));
+        self.children.push((port, redis_server(ns, port)));
     }
 
     fn kill(&mut self, port: u16) {
@@ -93,21 +74,6 @@ impl Drop for Backends {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_for_port(ns: &Netns, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let probe = format!("exec 3<>/dev/tcp/{KERNEL_IP}/{port}");
-    while !ns
-        .command(&["bash", "-c", &probe])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < deadline, "backend on {port} did not start");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -209,12 +175,6 @@ fn memcached_table() -> Table {
         &[true; 2],
     )
     .unwrap()
-}
-
-fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
-    ns.shell(&format!("timeout 10 redis-cli -h {host} -p {port} {args}"))
-        .trim()
-        .to_owned()
 }
 
 fn python(ns: &Netns, script: &str) -> String {

@@ -1,82 +1,23 @@
-//! Test support: network namespaces and a running `ferrox-dataplane`,
-//! both removed on every path (guards), failure included. Addresses are
-//! in 198.18.0.0/24, inside the namespace only.
+//! Test support: a running `ferrox-dataplane` in a network namespace
+//! (`netns.rs`), both removed on every path (guards), failure included.
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "netns.rs"]
+mod netns;
+pub use netns::*;
+
 pub const DATAPLANE: &str = env!("CARGO_BIN_EXE_ferrox-dataplane");
-pub const KERNEL_IP: &str = "198.18.0.1";
-pub const FERROX_IP: &str = "198.18.0.2";
 
 #[derive(Debug, Clone, Copy)]
 pub enum Pmd {
     Tap,
     AfPacket,
     AfXdp,
-}
-
-pub fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace that is deleted when dropped.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "fx{}{tag}{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0]).args(args);
-        cmd
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} in {}: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// A shell command in the namespace; returns its stdout.
-    pub fn shell(&self, script: &str) -> String {
-        String::from_utf8_lossy(&self.run(&["bash", "-c", script]).stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// A running dataplane; stopped with SIGINT (then SIGKILL) when dropped.
@@ -278,21 +219,7 @@ pub fn setup_with(pmd: Pmd, cores: usize, extra: &[&str]) -> (Netns, Dataplane) 
             dp
         }
         Pmd::AfPacket | Pmd::AfXdp => {
-            ns.run(&[
-                "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-            ]);
-            ns.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{KERNEL_IP}/24"),
-                "dev",
-                "veth0",
-            ]);
-            ns.run(&["ip", "link", "set", "veth0", "up"]);
-            ns.run(&["ip", "link", "set", "veth1", "up"]);
-            // veth hands over partial checksums; make the kernel fill them.
-            ns.run(&["ethtool", "-K", "veth0", "tx", "off"]);
+            ns.add_veth();
             let vdev = match pmd {
                 Pmd::AfPacket => format!("net_af_packet0,iface=veth1,qpairs={cores}"),
                 _ => format!("net_af_xdp0,iface=veth1,start_queue=0,queue_count={cores}"),
