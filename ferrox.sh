@@ -18,7 +18,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Debian packages the build, the tests and the demo need.
 PACKAGES=(build-essential pkg-config procps iproute2 util-linux ethtool
   libdpdk-dev dpdk clang libclang-dev redis-tools redis-server memcached nutcracker
-  python3 python3-redis python3-pymemcache)
+  python3 python3-redis python3-pymemcache
+  qemu-system-x86 busybox-static cpio kmod pciutils)
 # 2 MiB hugepages to have free while ferrox runs (2 GiB: the test suite runs
 # several DPDK processes at once).
 HUGEPAGES_WANTED=1024
@@ -149,6 +150,8 @@ cmd_test() {
   cargo clippy --workspace --all-targets --locked -- -D warnings
   log "tests"
   cargo test --workspace --locked
+  log "vm-testbed: ferrox on a virtio-net PCI NIC in a QEMU guest"
+  bash vm-testbed/run.sh
   log "loom: ring and doorbell orderings"
   RUSTFLAGS="--cfg loom" cargo test -q --locked -p hugepage-pool --lib --release --target-dir target/loom -- loom
   run_miri
@@ -161,10 +164,11 @@ cmd_test() {
 # (198.18.0.2) proxying to them with configs/demo.toml, until Ctrl-C (or
 # DEMO_SECONDS).
 DEMO_NS=ferrox
+DEMO_SOCKET=/run/ferrox/admin.sock
 cmd_demo() {
   setup
   log "building (release)"
-  cargo build --release --locked -q -p ferrox-dataplane
+  cargo build --release --locked -q -p ferrox-dataplane -p ferrox-control
   if ip netns list | grep -qw "$DEMO_NS"; then
     die "namespace '$DEMO_NS' exists: is a demo already running? (ip netns del $DEMO_NS)"
   fi
@@ -188,13 +192,16 @@ cmd_demo() {
     ip netns exec "$DEMO_NS" memcached -u root -l 198.18.0.1 -p "$port" -U 0 -m 64 &
     CLEANUP+=("kill $! 2>/dev/null")
   done
-  log "starting ferrox on net_af_xdp (veth1) with configs/demo.toml"
-  ip netns exec "$DEMO_NS" ./target/release/ferrox-dataplane --config configs/demo.toml \
-    --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
-    --address 198.18.0.2/24 --memory-mb 256 2>/tmp/ferrox-demo.log &
+  log "starting ferrox (control process and dataplane on net_af_xdp, veth1) with configs/demo.toml"
+  # The control process runs in the namespace too: its health checks reach
+  # the backends there, and its metrics endpoint is that namespace's
+  # 127.0.0.1:9638. ferroxctl talks to it through $DEMO_SOCKET.
+  ip netns exec "$DEMO_NS" ./target/release/ferrox-control --config configs/demo.toml \
+    --address 198.18.0.2/24 --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
+    --admin-socket "$DEMO_SOCKET" --region "demo-$$" -- --memory-mb 256 2>/tmp/ferrox-demo.log >&2 &
   pid=$!
   CLEANUP+=("kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null")
-  for i in $(seq 50); do
+  for i in $(seq 100); do
     $ns redis-cli -h 198.18.0.2 PING >/dev/null 2>&1 && break
     kill -0 "$pid" 2>/dev/null || { cat /tmp/ferrox-demo.log >&2; die "ferrox did not start"; }
     sleep 0.2
@@ -217,6 +224,12 @@ cmd_demo() {
   log "redis-benchmark (GET and SET, 50 clients, pipelines of 16):"
   $ns timeout 120 redis-benchmark -h 198.18.0.2 -t get,set -n 200000 -c 50 -P 16 -r 100000 -q 2>&1 \
     | tr '\r' '\n' | grep 'requests per second' | sed 's/^/  /'
+  local ctl=./target/release/ferroxctl # its default socket is $DEMO_SOCKET
+  sleep 1.5 # one sampling second for the rates
+  log "ferroxctl status:"
+  $ctl status | sed 's/^/  /'
+  log "ferroxctl stats:"
+  $ctl stats | sed 's/^/  /'
   cat <<MSG
 
 ferrox is proxying at 198.18.0.2 inside network namespace '$DEMO_NS'
@@ -227,6 +240,15 @@ The configuration is configs/demo.toml. Try:
   ip netns exec $DEMO_NS redis-cli -h 198.18.0.2
   ip netns exec $DEMO_NS redis-benchmark -h 198.18.0.2 -t get,set -P 16 -q
   ip netns exec $DEMO_NS bash -c 'exec 3<>/dev/tcp/198.18.0.2/11211; printf "get m1\r\n" >&3; timeout 1 cat <&3'
+
+and operate it with ferroxctl while traffic flows:
+
+  $ctl top
+  $ctl server weight cache 198.18.0.1:7001 2
+  $ctl block keys
+  $ctl shm resize --add-mb 64
+  $ctl config show
+  ip netns exec $DEMO_NS bash -c 'exec 3<>/dev/tcp/127.0.0.1/9638; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3'
 
 Ctrl-C here stops ferrox and the backends and removes the namespace.
 Logs: /tmp/ferrox-demo.log
@@ -253,20 +275,23 @@ cmd_bench() {
   bench/proxy.sh
 }
 
-# Every cargo-fuzz target of the protocol crate, FUZZ_SECONDS each. Needs a
-# nightly toolchain (libFuzzer's instrumentation); cargo-fuzz is installed
-# when missing.
+# Every cargo-fuzz target (the protocol crate's parsers, the admin
+# protocol), FUZZ_SECONDS each. Needs a nightly toolchain (libFuzzer's
+# instrumentation); cargo-fuzz is installed when missing.
+FUZZ_DIRS=(dataplane/proto control)
 run_fuzz() {
-  local seconds=$1 target
+  local seconds=$1 dir target
   if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then
     echo "fuzz: SKIPPED (no nightly toolchain on this machine)"
     return 0
   fi
   command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz
-  for target in $(cd dataplane/proto && cargo +nightly fuzz list); do
-    log "fuzz: $target for ${seconds}s"
-    (cd dataplane/proto && cargo +nightly fuzz run -s none "$target" -- \
-      -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
+  for dir in "${FUZZ_DIRS[@]}"; do
+    for target in $(cd "$dir" && cargo +nightly fuzz list); do
+      log "fuzz: $dir $target for ${seconds}s"
+      (cd "$dir" && cargo +nightly fuzz run -s none "$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
+    done
   done
 }
 
