@@ -11,8 +11,7 @@ mod netns;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrox_proto::route::{Distribution, HashFn, Server, Table};
-use netns::{cli, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
+use netns::{cli, ketama_ports, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
 
 const CONTROL: &str = env!("CARGO_BIN_EXE_ferrox-control");
 const CTL: &str = env!("CARGO_BIN_EXE_ferroxctl");
@@ -304,23 +303,11 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     assert!(accepted <= 2 * 21 + 6, "accepted {accepted}");
 
     // Every key on the backend the new table names.
-    let live = [(7001, 3), (7003, 1), (7004, 1)];
-    let table_servers: Vec<Server> = live
-        .iter()
-        .map(|(p, w)| Server::new(format!("{KERNEL_IP}:{p}"), *w))
-        .collect();
-    let table = Table::build(
-        HashFn::from_name("murmur").unwrap(),
-        Distribution::Ketama,
-        None,
-        &table_servers,
-        &[true; 3],
-    )
-    .unwrap();
+    let port_of = ketama_ports("murmur", &[(7001, 3), (7003, 1), (7004, 1)]);
     for i in 0..40 {
         let key = format!("after:{i}");
         assert_eq!(cli(ns, FERROX_IP, 6379, &format!("SET {key} {i}")), "OK");
-        let port = live[table.server_for(key.as_bytes(), 0).unwrap()].0;
+        let port = port_of(&key);
         assert_eq!(
             cli(ns, KERNEL_IP, port, &format!("GET {key}")),
             i.to_string(),
@@ -394,7 +381,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     );
     for key in load["failed"].as_array().unwrap() {
         let key = key.as_str().unwrap();
-        let port = live[table.server_for(key.as_bytes(), 0).unwrap()].0;
+        let port = port_of(key);
         assert_eq!(port, 7003, "{key} failed but lives on {port}: {load}");
     }
     for i in 0..20 {

@@ -179,22 +179,18 @@ fn run(cli: Cli) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Cmd::Completions { .. } => unreachable!("handled above"),
-        Cmd::Status { json } => {
-            let value = admin.call(&Request::Status {})?;
-            if json {
-                writeln!(out, "{value:#}")?;
-            } else {
-                write!(out, "{}", render_status(&serde_json::from_value(value)?))?;
-            }
-        }
-        Cmd::Stats { json } => {
-            let value = admin.call(&Request::Stats {})?;
-            if json {
-                writeln!(out, "{value:#}")?;
-            } else {
-                write!(out, "{}", render_stats(&serde_json::from_value(value)?))?;
-            }
-        }
+        Cmd::Status { json } => show(
+            &mut out,
+            admin.call(&Request::Status {})?,
+            json,
+            render_status,
+        )?,
+        Cmd::Stats { json } => show(
+            &mut out,
+            admin.call(&Request::Stats {})?,
+            json,
+            render_stats,
+        )?,
         Cmd::Top { count } => {
             let mut shown = 0;
             loop {
@@ -277,12 +273,23 @@ fn run(cli: Cli) -> Result<()> {
                     (admin.call(&Request::ShmResize { add_mb })?, false)
                 }
             };
-            if json {
-                writeln!(out, "{value:#}")?;
-            } else {
-                write!(out, "{}", render_shm(&serde_json::from_value(value)?))?;
-            }
+            show(&mut out, value, json, render_shm)?;
         }
+    }
+    Ok(())
+}
+
+/// Writes an answer as indented JSON, or as `render` shows it.
+fn show<T: serde::de::DeserializeOwned>(
+    out: &mut impl Write,
+    value: serde_json::Value,
+    json: bool,
+    render: fn(&T) -> String,
+) -> Result<()> {
+    if json {
+        writeln!(out, "{value:#}")?;
+    } else {
+        write!(out, "{}", render(&serde_json::from_value(value)?))?;
     }
     Ok(())
 }

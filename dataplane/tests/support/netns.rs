@@ -137,3 +137,24 @@ pub fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// Where the router puts keys over servers on [`KERNEL_IP`] given as
+/// (port, weight), with `hash` and ketama: the port of each key's server.
+pub fn ketama_ports(hash: &str, servers: &[(u16, u32)]) -> impl Fn(&str) -> u16 {
+    use ferrox_proto::route::{Distribution, HashFn, Server, Table};
+    let list: Vec<Server> = servers
+        .iter()
+        .map(|(port, weight)| Server::new(format!("{KERNEL_IP}:{port}"), *weight))
+        .collect();
+    let live = vec![true; list.len()];
+    let table = Table::build(
+        HashFn::from_name(hash).unwrap(),
+        Distribution::Ketama,
+        None,
+        &list,
+        &live,
+    )
+    .unwrap();
+    let ports: Vec<u16> = servers.iter().map(|(port, _)| *port).collect();
+    move |key| ports[table.server_for(key.as_bytes(), 0).unwrap()]
+}
