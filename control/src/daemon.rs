@@ -457,7 +457,9 @@ fn no_pool_yet() -> Refused {
     Refused("the dataplane has not made its socket pool yet".into())
 }
 
-fn read_config(path: &Path, address: Ipv4Addr) -> anyhow::Result<Config> {
+/// Reads and checks the configuration file at `path` for a dataplane on
+/// `address`; errors name the file, the line and the reason.
+pub fn read_config(path: &Path, address: Ipv4Addr) -> anyhow::Result<Config> {
     let file = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{file}: cannot read: {e}"))?;

@@ -480,6 +480,28 @@ fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
     let in_use = open["classes"][0]["in_use"].as_u64().unwrap();
     assert!(in_use >= 200 && in_use > initial, "{before}\n{open}");
     let _ = clients.wait();
+
+    // A dataplane that dies is started again on the same region: it takes
+    // over the socket pool (and its grown memory) and the configuration.
+    let status = json(socket, &["status", "--json"]);
+    let pid = status["dataplane"]["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("a new dataplane", Duration::from_secs(30), || {
+        let status = json(socket, &["status", "--json"]);
+        status["dataplane"]["restarts"] == 1 && status["dataplane"]["alive"] == true
+    });
+    wait_for("the proxy answers again", Duration::from_secs(30), || {
+        cli(&appliance.ns, FERROX_IP, 6379, "PING") == "PONG"
+    });
+    let again = json(socket, &["shm", "show", "--json"]);
+    assert_eq!(
+        again["classes"][0]["total"], after["classes"][0]["total"],
+        "{again}"
+    );
     drop(appliance);
     drop(backends);
 }

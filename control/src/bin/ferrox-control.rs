@@ -118,6 +118,8 @@ fn run(args: Args) -> Result<()> {
         ),
     };
 
+    // The whole configuration is checked before anything is created.
+    daemon::read_config(&args.config, address)?;
     let options = RegionOptions {
         size: Block::size() + (args.shm_mb << 20),
         ..RegionOptions::default()
@@ -135,7 +137,6 @@ fn run(args: Args) -> Result<()> {
         health_interval: Duration::from_millis(args.health_interval_ms),
         grow_below: args.shm_grow_below,
     };
-    // The whole configuration is checked here, before anything starts.
     let control = Control::start(settings, block)?;
     let stop = control.stop.clone();
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -183,7 +184,7 @@ fn run(args: Args) -> Result<()> {
 /// Runs the dataplane until the control process is told to stop; a
 /// dataplane that exits on its own is started again after a pause (the
 /// region, its configuration and its socket pool wait for it). One that
-/// fails at its very first start (a wrong port or lcore list) stops the
+/// fails before it ever served (a wrong port or lcore list) stops the
 /// control process with its exit status.
 fn supervise(control: &Arc<Control>, command: &mut Command) -> Result<()> {
     let mut first = true;
@@ -207,7 +208,9 @@ fn supervise(control: &Arc<Control>, command: &mut Command) -> Result<()> {
             tracing::info!(?status, "dataplane stopped");
             return Ok(());
         }
-        if first && started.elapsed() < Duration::from_secs(10) {
+        // A core records the configuration it runs once its port is up.
+        let ever_served = control.block().applied().iter().any(|&v| v > 0);
+        if first && !ever_served {
             anyhow::bail!("the dataplane did not start ({status:?}); its errors are above");
         }
         first = false;
