@@ -151,43 +151,50 @@ pub fn probe(pool: &Pool, addr: SocketAddrV4, timeout: Duration) -> Result<(), S
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (request, expect): (Vec<u8>, &[u8]) = match pool.protocol {
+    // The request, and the line that begins each expected answer in order.
+    let (request, expect): (Vec<u8>, &[&[u8]]) = match pool.protocol {
         Protocol::Redis => {
             let mut request = Vec::new();
+            let mut expect: &[&[u8]] = &[b"+PONG"];
             if let Some(auth) = &pool.auth {
                 request.extend_from_slice(
                     format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", auth.len()).as_bytes(),
                 );
                 request.extend_from_slice(auth.as_bytes());
                 request.extend_from_slice(b"\r\n");
+                expect = &[b"+OK", b"+PONG"];
             }
             request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-            (request, b"+PONG\r\n")
+            (request, expect)
         }
-        Protocol::Memcache => (b"version\r\n".to_vec(), b"VERSION "),
+        Protocol::Memcache => (b"version\r\n".to_vec(), &[b"VERSION "]),
     };
     stream
         .write_all(&request)
         .map_err(|e| format!("send: {e}"))?;
-    // Everything up to the answer to the last request.
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
-    while !reply.windows(expect.len()).any(|w| w == expect) {
+    let mut answered = 0;
+    while answered < expect.len() {
+        // Every whole line so far must be the answer expected next.
+        while let Some(end) = reply.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = reply.drain(..end + 2).take(end).collect();
+            if !line.starts_with(expect[answered]) {
+                return Err(format!("answered {}", String::from_utf8_lossy(&line)));
+            }
+            answered += 1;
+            if answered == expect.len() {
+                return Ok(());
+            }
+        }
+        if reply.len() > 4096 {
+            return Err("answered something else".into());
+        }
         let n = stream.read(&mut buf).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("closed the connection".into());
         }
         reply.extend_from_slice(&buf[..n]);
-        if reply.starts_with(b"-") {
-            let line = String::from_utf8_lossy(&reply);
-            return Err(format!(
-                "answered {}",
-                line.lines().next().unwrap_or_default()
-            ));
-        }
-        if reply.len() > 4096 {
-            return Err("answered something else".into());
-        }
     }
     Ok(())
 }
