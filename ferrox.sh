@@ -273,6 +273,7 @@ cmd_bench() {
   cargo bench --locked -p hugepage-pool -p ferrox-proto -p ferrox-proxy "$@"
   bench/dataplane.sh
   bench/proxy.sh
+  bench/control.sh
 }
 
 # Every cargo-fuzz target (the protocol crate's parsers, the admin

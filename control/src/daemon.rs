@@ -150,7 +150,7 @@ impl Control {
             if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
