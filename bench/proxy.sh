@@ -3,7 +3,8 @@
 # in the same run, on the same four redis-server backends.
 #
 #   bench/proxy.sh     (N: requests per test, default 100000; SCENARIOS: a
-#                       subset of "plain P16 P16-1KiB")
+#                       subset of "plain P16 P16-1KiB"; DP_ARGS: more
+#                       ferrox-dataplane arguments, to try a setting)
 #
 # One namespace holds the clients, the backends and twemproxy, on the kernel
 # stack; ferrox runs on DPDK af_xdp behind a veth pair:
@@ -84,7 +85,7 @@ NC_PID=$!
 PIDS+=("$NC_PID")
 ip netns exec "$NS" "$DP" --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
   --address 198.18.0.2/24 --config "$CONF" --memory-mb 512 --mbufs 32767 \
-  --file-prefix "fxq$$" >/dev/null 2>/tmp/ferrox-bench-proxy.log &
+  --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
 DP_PID=$!
 sleep 2
 for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
