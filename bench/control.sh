@@ -2,7 +2,7 @@
 # Control-plane figures: how long a configuration change takes to run on
 # every dataplane core (the admin answer comes once it does), idle and
 # under pipelined load, and how long a dead backend takes to leave its
-# pool. (A ferroxctl command adds its own process start, about 10 ms.)
+# pool. (A ferroxctl command adds its own process start, a few ms.)
 #
 #   bench/control.sh     (CHANGES: changes per phase, default 40; root,
 #                         hugepages reserved; release build)

@@ -522,30 +522,37 @@ pub fn serve_admin(
     let listener =
         UnixListener::bind(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
+    // Accepts block; [`wake`] lets the thread see `stop`.
     Ok(std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || {
-            while !control.stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let control = control.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("admin-client".into())
-                            .spawn(move || admin_client(&control, stream));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => tracing::warn!("admin socket: {e}"),
+        .spawn(move || loop {
+            let accepted = listener.accept();
+            if control.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match accepted {
+                Ok((stream, _)) => {
+                    let control = control.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("admin-client".into())
+                        .spawn(move || admin_client(&control, stream));
                 }
+                Err(e) => tracing::warn!("admin socket: {e}"),
             }
         })?)
 }
 
+/// Wakes the admin and metrics threads from `accept` once `stop` is set,
+/// so that they end.
+pub fn wake(admin: &Path, metrics: Option<SocketAddr>) {
+    let _ = UnixStream::connect(admin);
+    if let Some(addr) = metrics {
+        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    }
+}
+
 /// One admin client: a request per line, an answer per line.
 fn admin_client(control: &Control, stream: UnixStream) {
-    let _ = stream.set_nonblocking(false);
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -586,12 +593,15 @@ pub fn serve_metrics(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let listener =
         TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
-    listener.set_nonblocking(true)?;
+    // Accepts block; [`wake`] lets the thread see `stop`.
     Ok(std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        while !control.stop.load(Ordering::Relaxed) {
-            match listener.accept() {
+        loop {
+            let accepted = listener.accept();
+            if control.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match accepted {
                 Ok((mut stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                     let mut request = [0u8; 2048];
                     let n = stream.read(&mut request).unwrap_or(0);
@@ -606,9 +616,6 @@ pub fn serve_metrics(
                         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => tracing::warn!("metrics: {e}"),
             }

@@ -171,6 +171,7 @@ fn run(args: Args) -> Result<()> {
     let supervised = supervise(&control, &mut command);
 
     stop.store(true, Ordering::Relaxed);
+    daemon::wake(&args.admin_socket, metrics);
     for thread in threads {
         let _ = thread.join();
     }
