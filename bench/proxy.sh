@@ -3,7 +3,8 @@
 # in the same run, on the same four redis-server backends.
 #
 #   bench/proxy.sh     (N: requests per test, default 100000; SCENARIOS: a
-#                       subset of "plain P16 P16-1KiB"; DP_ARGS: more
+#                       subset of "plain P16 P16-1KiB"; ROUNDS: rounds of
+#                       every scenario, default 1; DP_ARGS: more
 #                       ferrox-dataplane arguments, to try a setting)
 #
 # One namespace holds the clients, the backends and twemproxy, on the kernel
@@ -28,6 +29,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 NS=fxq$$
 N=${N:-100000}
+ROUNDS=${ROUNDS:-1}
 SCENARIOS=${SCENARIOS:-plain P16 P16-1KiB}
 DP=target/release/ferrox-dataplane
 CONF=$(mktemp /tmp/ferrox-bench-XXXXXX.yml)
@@ -103,6 +105,10 @@ run() { # host port extra-args -> lines "TEST rps p50 p99"
 
 hz=$(getconf CLK_TCK)
 declare -A rps p50 p99 cpu
+# Rounds of every scenario, direct, twemproxy and ferrox back to back in
+# each: the machine's load drifts, so each round's ratios compare figures
+# taken within seconds of each other; the table shows medians.
+for round in $(seq "$ROUNDS"); do
 for scenario in $SCENARIOS; do
   case "$scenario" in
     plain) args="" ;;
@@ -118,36 +124,46 @@ for scenario in $SCENARIOS; do
     t0=0
     [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
     perf_pid=""
-    if [ -n "${PERF_DATA:-}" ] && [ "$target" = ferrox ]; then
+    if [ -n "${PERF_DATA:-}" ] && [ "$target" = ferrox ] && [ "$round" = 1 ]; then
       perf record -q -e cpu-clock -F 1999 -g -p "$DP_PID" -o "$PERF_DATA.$scenario" &
       perf_pid=$!
     fi
     while read -r test r l50 l99; do
       key="$scenario/$test/$target"
-      rps[$key]=$r p50[$key]=$l50 p99[$key]=$l99
+      rps[$key]+="$r " p50[$key]+="$l50 " p99[$key]+="$l99 "
     done < <(run "$host" "$port" "$args")
     [ -n "$perf_pid" ] && kill -INT "$perf_pid" && wait "$perf_pid" || true
     if [ -n "$pid" ]; then
       t1=$(cpu_ticks "$pid")
       # CPU-seconds per million requests (GET and SET together: 2N requests).
-      cpu[$scenario/$target]=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$N" \
-        'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }')
+      cpu[$scenario/$target]+="$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$N" \
+        'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }') "
     else
       cpu[$scenario/$target]="n/a"
     fi
   done
 done
+done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR] = $1} END { if (NR) print a[int((NR + 1) / 2)]; else print "?" }'; }
+# Per-round ratios of two lists, space-separated.
+ratios() {
+  paste -d' ' <(tr ' ' '\n' <<<"$1" | grep -v '^$') <(tr ' ' '\n' <<<"$2" | grep -v '^$') \
+    | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), ($2 > 0 ? $1 / $2 : 0) }'
+}
 printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for scenario in $SCENARIOS; do
   for test in GET SET; do
     d=$scenario/$test/direct t=$scenario/$test/twemproxy f=$scenario/$test/ferrox
+    vs_t=$(ratios "${rps[$f]:-}" "${rps[$t]:-}") vs_d=$(ratios "${rps[$f]:-}" "${rps[$d]:-}")
+    # The median ratio, and every round's when there are several.
+    show() { if [ "$ROUNDS" -gt 1 ]; then echo "$(median "$1") ($1)"; else echo "$1"; fi; }
     printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s |\n' "$scenario" "$test" \
-      "${rps[$d]:-?}" "${rps[$t]:-?}" "${rps[$f]:-?}" \
-      "$(ratio "${rps[$f]:-0}" "${rps[$t]:-0}")" "$(ratio "${rps[$f]:-0}" "${rps[$d]:-0}")" \
-      "${p50[$d]:-?}" "${p50[$t]:-?}" "${p50[$f]:-?}" "${p99[$d]:-?}" "${p99[$t]:-?}" "${p99[$f]:-?}" \
-      "${cpu[$scenario/twemproxy]}" "${cpu[$scenario/ferrox]}"
+      "$(median "${rps[$d]:-}")" "$(median "${rps[$t]:-}")" "$(median "${rps[$f]:-}")" \
+      "$(show "$vs_t")" "$(show "$vs_d")" \
+      "$(median "${p50[$d]:-}")" "$(median "${p50[$t]:-}")" "$(median "${p50[$f]:-}")" \
+      "$(median "${p99[$d]:-}")" "$(median "${p99[$t]:-}")" "$(median "${p99[$f]:-}")" \
+      "$(median "${cpu[$scenario/twemproxy]}")" "$(median "${cpu[$scenario/ferrox]}")"
   done
 done
