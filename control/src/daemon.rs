@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,6 @@ pub struct Control {
     pub dataplane: Mutex<DataplaneState>,
     started: Instant,
     pub stop: Arc<AtomicBool>,
-    grown_mb: AtomicU64,
 }
 
 impl Control {
@@ -104,7 +103,6 @@ impl Control {
             dataplane: Mutex::new(DataplaneState::default()),
             started: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
-            grown_mb: AtomicU64::new(0),
         });
         {
             let mut running = control.running.lock().expect("not poisoned");
@@ -365,7 +363,6 @@ impl Control {
         let chunks = ((add_mb << 20) / chunk).max(1) as u32;
         pool.add_chunks(CLIENT_CLASS, chunks)
             .map_err(|e| Refused(format!("growing the socket pool: {e}")))?;
-        self.grown_mb.fetch_add(add_mb, Ordering::Relaxed);
         tracing::info!(add_mb, chunks, "socket pool grown");
         self.shm().ok_or_else(no_pool_yet)
     }

@@ -60,27 +60,8 @@ fn local(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
 }
 
-#[test]
-fn redis_answers_ping_with_and_without_a_password() {
-    let port = free_port();
-    let p = port.to_string();
-    let common = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &p,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ];
-    let open = start("redis-server", &common, port);
-    assert_eq!(
-        probe(&pool(Protocol::Redis, None), local(port), TIMEOUT),
-        Ok(())
-    );
-    drop(open);
-
+/// A `redis-server` on a free loopback port, with `extra` arguments.
+fn redis(extra: &[&str]) -> (u16, Server) {
     let port = free_port();
     let p = port.to_string();
     let mut args = vec![
@@ -93,8 +74,20 @@ fn redis_answers_ping_with_and_without_a_password() {
         "--appendonly",
         "no",
     ];
-    args.extend(["--requirepass", "s3cret"]);
-    let _locked = start("redis-server", &args, port);
+    args.extend_from_slice(extra);
+    (port, start("redis-server", &args, port))
+}
+
+#[test]
+fn redis_answers_ping_with_and_without_a_password() {
+    let (port, open) = redis(&[]);
+    assert_eq!(
+        probe(&pool(Protocol::Redis, None), local(port), TIMEOUT),
+        Ok(())
+    );
+    drop(open);
+
+    let (port, _locked) = redis(&["--requirepass", "s3cret"]);
     assert_eq!(
         probe(&pool(Protocol::Redis, Some("s3cret")), local(port), TIMEOUT),
         Ok(())
