@@ -177,6 +177,9 @@ cmd_demo() {
   local ns="ip netns exec $DEMO_NS" port pid i
   $ns ip link set lo up
   $ns ip link add veth0 type veth peer name veth1
+  # Jumbo frames on this host-internal link (the most af_xdp carries; the
+  # dataplane sets veth1's MTU itself).
+  $ns ip link set veth0 mtu 3438
   $ns ip addr add 198.18.0.1/24 dev veth0
   $ns ip link set veth0 up
   $ns ip link set veth1 up
@@ -197,8 +200,8 @@ cmd_demo() {
   # the backends there, and its metrics endpoint is that namespace's
   # 127.0.0.1:9638. ferroxctl talks to it through $DEMO_SOCKET.
   ip netns exec "$DEMO_NS" ./target/release/ferrox-control --config configs/demo.toml \
-    --address 198.18.0.2/24 --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
-    --admin-socket "$DEMO_SOCKET" --region "demo-$$" -- --memory-mb 256 2>/tmp/ferrox-demo.log >&2 &
+    --address 198.18.0.2/24 --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 \
+    --admin-socket "$DEMO_SOCKET" --region "demo-$$" -- --memory-mb 256 --mtu 3438 2>/tmp/ferrox-demo.log >&2 &
   pid=$!
   CLEANUP+=("kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null")
   for i in $(seq 100); do

@@ -4,7 +4,9 @@
 #
 #   bench/proxy.sh     (N: requests per test, default 100000; SCENARIOS: a
 #                       subset of "plain P16 P16-1KiB"; ROUNDS: rounds of
-#                       every scenario, default 1; DP_ARGS: more
+#                       every scenario, default 1; MTU: of ferrox's port
+#                       and the veth pair, default 3438, the most af_xdp
+#                       carries; DP_ARGS: more
 #                       ferrox-dataplane arguments, to try a setting)
 #
 # One namespace holds the clients, the backends and twemproxy, on the kernel
@@ -15,20 +17,25 @@
 # twemproxy and ferrox read the very same nutcracker.yml. Every request to
 # ferrox crosses the veth pair twice (client → ferrox → backend) where
 # twemproxy's stay on the host's loopback path, so the comparison leans
-# against ferrox.
+# against ferrox. The veth pair carries jumbo frames (MTU 3438, the most
+# af_xdp takes) where loopback has an MTU of 65536 and GSO; MTU=1500 shows
+# ferrox on a standard frame size.
 #
 # Scenarios (redis-benchmark, 50 clients, random keys out of 100,000): GET/SET
 # unpipelined; GET/SET with -P 16; GET/SET of 1 KiB values with -P 16.
 # Figures: requests/s, p50/p99 (ms), and the proxy's CPU-seconds per million
 # requests (user+system from /proc; ferrox's poll-mode core spins while
 # traffic flows, so its CPU time is close to wall time); with PERF_DATA=path,
-# a CPU profile of ferrox per scenario goes to path.<scenario>. Ratios are against
+# a CPU profile of ferrox per scenario goes to path.<scenario>; and the
+# Ethernet frames ferrox sent and received per request (veth0's counters,
+# both directions). Ratios are against
 # twemproxy and direct Redis measured in the same run. Needs root, hugepages.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 NS=fxq$$
 N=${N:-100000}
+MTU=${MTU:-3438}
 ROUNDS=${ROUNDS:-1}
 SCENARIOS=${SCENARIOS:-plain P16 P16-1KiB}
 DP=target/release/ferrox-dataplane
@@ -55,6 +62,7 @@ in_ns ip link set lo up
 in_ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
 in_ns sysctl -qw net.ipv4.tcp_tw_reuse=1
 in_ns ip link add veth0 type veth peer name veth1
+in_ns ip link set veth0 mtu "$MTU"
 in_ns ip addr add 198.18.0.1/24 dev veth0
 in_ns ip link set veth0 up
 in_ns ip link set veth1 up
@@ -85,9 +93,9 @@ EOF
 ip netns exec "$NS" nutcracker -c "$CONF" -s 22222 -o /tmp/ferrox-bench-nutcracker.log &
 NC_PID=$!
 PIDS+=("$NC_PID")
-ip netns exec "$NS" "$DP" --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1 \
+ip netns exec "$NS" "$DP" --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 \
   --address 198.18.0.2/24 --config "$CONF" --memory-mb 512 --mbufs 32767 \
-  --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
+  --mtu "$MTU" --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
 DP_PID=$!
 sleep 2
 for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
@@ -96,6 +104,11 @@ for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Frames through ferrox's port, both ways (all of its traffic crosses veth0).
+veth_frames() {
+  in_ns cat /sys/class/net/veth0/statistics/rx_packets /sys/class/net/veth0/statistics/tx_packets \
+    | awk '{ n += $1 } END { print n }'
+}
 
 # redis-benchmark --csv: "test","rps","avg","min","p50","p95","p99","max"
 run() { # host port extra-args -> lines "TEST rps p50 p99"
@@ -104,7 +117,7 @@ run() { # host port extra-args -> lines "TEST rps p50 p99"
 }
 
 hz=$(getconf CLK_TCK)
-declare -A rps p50 p99 cpu
+declare -A rps p50 p99 cpu frames
 # Rounds of every scenario, direct, twemproxy and ferrox back to back in
 # each: the machine's load drifts, so each round's ratios compare figures
 # taken within seconds of each other; the table shows medians.
@@ -121,7 +134,7 @@ for scenario in $SCENARIOS; do
       twemproxy) host=198.18.0.1 port=22121 pid=$NC_PID ;;
       ferrox) host=198.18.0.2 port=22121 pid=$DP_PID ;;
     esac
-    t0=0
+    t0=0 f0=$(veth_frames)
     [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
     perf_pid=""
     if [ -n "${PERF_DATA:-}" ] && [ "$target" = ferrox ] && [ "$round" = 1 ]; then
@@ -138,6 +151,10 @@ for scenario in $SCENARIOS; do
       # CPU-seconds per million requests (GET and SET together: 2N requests).
       cpu[$scenario/$target]+="$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$N" \
         'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }') "
+      if [ "$target" = ferrox ]; then
+        frames[$scenario]+="$(awk -v a="$f0" -v b="$(veth_frames)" -v n="$N" \
+          'BEGIN { printf "%.2f", (b - a) / (2 * n) }') "
+      fi
     else
       cpu[$scenario/$target]="n/a"
     fi
@@ -151,19 +168,20 @@ ratios() {
   paste -d' ' <(tr ' ' '\n' <<<"$1" | grep -v '^$') <(tr ' ' '\n' <<<"$2" | grep -v '^$') \
     | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), ($2 > 0 ? $1 / $2 : 0) }'
 }
-printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) | ferrox frames per req |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for scenario in $SCENARIOS; do
   for test in GET SET; do
     d=$scenario/$test/direct t=$scenario/$test/twemproxy f=$scenario/$test/ferrox
     vs_t=$(ratios "${rps[$f]:-}" "${rps[$t]:-}") vs_d=$(ratios "${rps[$f]:-}" "${rps[$d]:-}")
     # The median ratio, and every round's when there are several.
     show() { if [ "$ROUNDS" -gt 1 ]; then echo "$(median "$1") ($1)"; else echo "$1"; fi; }
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s |\n' "$scenario" "$test" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s | %s |\n' "$scenario" "$test" \
       "$(median "${rps[$d]:-}")" "$(median "${rps[$t]:-}")" "$(median "${rps[$f]:-}")" \
       "$(show "$vs_t")" "$(show "$vs_d")" \
       "$(median "${p50[$d]:-}")" "$(median "${p50[$t]:-}")" "$(median "${p50[$f]:-}")" \
       "$(median "${p99[$d]:-}")" "$(median "${p99[$t]:-}")" "$(median "${p99[$f]:-}")" \
-      "$(median "${cpu[$scenario/twemproxy]}")" "$(median "${cpu[$scenario/ferrox]}")"
+      "$(median "${cpu[$scenario/twemproxy]}")" "$(median "${cpu[$scenario/ferrox]}")" \
+      "$(median "${frames[$scenario]}")"
   done
 done

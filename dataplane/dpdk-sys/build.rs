@@ -47,7 +47,7 @@ fn main() {
         .allowlist_function("rte_dev_probe|rte_dev_remove|rte_eth_iterator_.*")
         .allowlist_function("ferrox_.*")
         .allowlist_type("rte_eth_conf|rte_eth_dev_info|rte_eth_link|rte_eth_stats|rte_eth_xstat|rte_eth_xstat_name|rte_ether_addr|rte_mbuf|rte_mempool|rte_eth_rxconf|rte_eth_txconf")
-        .allowlist_var("RTE_ETH_.*|RTE_MBUF_.*|RTE_MAX_ETHPORTS|RTE_MAX_LCORE|RTE_ETHER_.*|RTE_PROC_.*|RTE_LCORE_.*")
+        .allowlist_var("RTE_ETH_.*|RTE_MBUF_.*|RTE_PKTMBUF_HEADROOM|RTE_MAX_ETHPORTS|RTE_MAX_LCORE|RTE_ETHER_.*|RTE_PROC_.*|RTE_LCORE_.*")
         .opaque_type("rte_mempool|rte_eth_dev_info_rte_eth_dev_info__bindgen_ty_.*")
         .derive_default(true)
         .layout_tests(false)

@@ -9,6 +9,11 @@ use std::ptr::NonNull;
 
 use dpdk_sys as sys;
 
+/// Bytes DPDK keeps free before each mbuf's data.
+pub const PKTMBUF_HEADROOM: u32 = sys::RTE_PKTMBUF_HEADROOM;
+/// DPDK's default mbuf buffer size (2 KiB of data after the headroom).
+pub const MBUF_DEFAULT_BUF_SIZE: u32 = sys::RTE_MBUF_DEFAULT_BUF_SIZE;
+
 /// Where Debian's shared DPDK keeps its drivers (plugins).
 pub const PMD_DIR: &str = "/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0";
 
@@ -65,10 +70,16 @@ unsafe impl Send for Mempool {}
 unsafe impl Sync for Mempool {}
 
 impl Mempool {
-    pub fn create(name: &str, mbufs: u32, cache: u32, socket: i32) -> Result<Mempool, String> {
+    /// A pool of `mbufs` packet buffers with `data_room` bytes each
+    /// (headroom included).
+    pub fn create(
+        name: &str,
+        mbufs: u32,
+        cache: u32,
+        data_room: u16,
+        socket: i32,
+    ) -> Result<Mempool, String> {
         let name = CString::new(name).map_err(|e| e.to_string())?;
-        // SAFETY: returns a constant.
-        let data_room = unsafe { sys::ferrox_mbuf_default_buf_size() };
         // SAFETY: a valid C string; DPDK copies the name.
         let pool = unsafe {
             sys::rte_pktmbuf_pool_create(name.as_ptr(), mbufs, cache, 0, data_room, socket)
@@ -280,6 +291,10 @@ pub struct DevInfo {
     pub rx_offload_capa: u64,
     pub tx_offload_capa: u64,
     pub flow_type_rss_offloads: u64,
+    pub min_mtu: u16,
+    pub max_mtu: u16,
+    /// Largest frame the driver receives (Ethernet header and CRC included).
+    pub max_rx_pktlen: u32,
 }
 
 pub(crate) fn dev_info(port: u16) -> Result<DevInfo, String> {
@@ -304,6 +319,9 @@ pub(crate) fn dev_info(port: u16) -> Result<DevInfo, String> {
         rx_offload_capa: info.rx_offload_capa,
         tx_offload_capa: info.tx_offload_capa,
         flow_type_rss_offloads: info.flow_type_rss_offloads,
+        min_mtu: info.min_mtu,
+        max_mtu: info.max_mtu,
+        max_rx_pktlen: info.max_rx_pktlen,
     })
 }
 
@@ -346,8 +364,16 @@ pub(crate) fn socket_of(port: u16) -> i32 {
 /// Configures `port` with `queues` RX and TX queues, RSS when more than one
 /// queue and the driver has it, and the given TX offloads; starts it.
 /// Configures `port` (see [`port_start`]); RX interrupts when `rx_intr`.
-fn port_configure(port: u16, queues: u16, rss_hf: u64, tx_offloads: u64, rx_intr: bool) -> i32 {
+fn port_configure(
+    port: u16,
+    queues: u16,
+    rss_hf: u64,
+    tx_offloads: u64,
+    mtu: u16,
+    rx_intr: bool,
+) -> i32 {
     let mut conf = sys::rte_eth_conf::default();
+    conf.rxmode.mtu = mtu as u32;
     if queues > 1 && rss_hf != 0 {
         conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
@@ -360,23 +386,32 @@ fn port_configure(port: u16, queues: u16, rss_hf: u64, tx_offloads: u64, rx_intr
 
 /// Configures `port` with `queues` RX and TX queues, RSS when more than one
 /// queue and the driver has it, RX interrupts when the driver has them, and
-/// the given TX offloads; starts it. Returns whether RX interrupts are on.
+/// the given TX offloads and MTU; starts it. Returns whether RX interrupts
+/// are on.
 pub(crate) fn port_start(
     port: u16,
     queues: u16,
     rss_hf: u64,
     tx_offloads: u64,
+    mtu: u16,
     descriptors: u16,
     pool: &Mempool,
 ) -> Result<bool, String> {
     let mut rx_intr = true;
-    let mut rc = port_configure(port, queues, rss_hf, tx_offloads, true);
+    let mut rc = port_configure(port, queues, rss_hf, tx_offloads, mtu, true);
     if rc != 0 {
         rx_intr = false;
-        rc = port_configure(port, queues, rss_hf, tx_offloads, false);
+        rc = port_configure(port, queues, rss_hf, tx_offloads, mtu, false);
     }
     if rc != 0 {
         return Err(format!("configure: {}", errno_string(rc)));
+    }
+    // Configuring only records the MTU; this applies it (the kernel-backed
+    // PMDs set their interface's MTU), before the queues size their buffers.
+    // SAFETY: plain call on a configured port.
+    let rc = unsafe { sys::rte_eth_dev_set_mtu(port, mtu) };
+    if rc != 0 && !(rc == -libc::ENOTSUP && u32::from(mtu) == sys::RTE_ETHER_MTU) {
+        return Err(format!("MTU {mtu}: {}", errno_string(rc)));
     }
     let (mut rxd, mut txd) = (descriptors, descriptors);
     // SAFETY: valid out-parameters.

@@ -249,7 +249,7 @@ impl<A: App> Core<'_, A> {
             }
             rx.clear();
             let steered_in = self.drain_inbox(now);
-            self.stack.poll_timers(now, &mut self.queue);
+            self.stack.poll(now, &mut self.queue);
             self.queue.flush();
             self.stats.rx_frames += received as u64;
 

@@ -3,9 +3,44 @@
 
 use crate::eal::Eal;
 use crate::ffi::{self, DevInfo, Mempool, RxBurst, TxBurst};
+use crate::net::device::MAX_MTU;
 
 /// Frames handled per rx/tx burst.
 pub const BURST: usize = 32;
+
+/// Bytes of each mbuf's buffer for a port with this MTU: one frame per mbuf,
+/// after DPDK's headroom and, for af_xdp (which receives straight into the
+/// mbuf), the kernel's XDP headroom; never less than DPDK's default.
+fn data_room(mtu: u16) -> u16 {
+    let needed = FRAME_HEADROOM + u32::from(mtu) + ETHERNET_OVERHEAD;
+    needed.max(ffi::MBUF_DEFAULT_BUF_SIZE) as u16
+}
+
+/// Room before a received frame in its mbuf: DPDK's headroom, then the
+/// kernel's XDP headroom (af_xdp).
+const FRAME_HEADROOM: u32 = ffi::PKTMBUF_HEADROOM + 256;
+/// Ethernet header and CRC around the MTU's payload.
+const ETHERNET_OVERHEAD: u32 = 14 + 4;
+
+/// The largest MTU ferrox can use on this driver: what the driver reports
+/// (in DPDK 22.11, tap and af_packet take no frame over 1518 bytes), at most
+/// [`MAX_MTU`].
+///
+/// af_xdp receives straight into the mbuf, and the kernel takes a UMEM chunk
+/// (the whole mempool object) of at most a page. DPDK 22.11's own figure
+/// forgets that the mempool pads objects to an odd number of cache lines, so
+/// the object must stay within 63 lines: 64 bytes of object header, 128 of
+/// `rte_mbuf`, and 3840 of data room.
+fn max_mtu(info: &DevInfo) -> u16 {
+    const AF_XDP_MAX_DATA_ROOM: u32 = 63 * 64 - 64 - 128;
+    let frames = info.max_rx_pktlen.saturating_sub(ETHERNET_OVERHEAD);
+    let mut max = info.max_mtu.min(MAX_MTU).min(frames.min(65535) as u16);
+    if info.driver == "net_af_xdp" {
+        let fits = (AF_XDP_MAX_DATA_ROOM - FRAME_HEADROOM - ETHERNET_OVERHEAD) as u16;
+        max = max.min(fits);
+    }
+    max
+}
 
 /// A started port. Dropping it stops and closes the device.
 #[derive(Debug)]
@@ -14,6 +49,7 @@ pub struct Port {
     name: String,
     info: DevInfo,
     queues: u16,
+    mtu: u16,
     mac: [u8; 6],
     tx_checksum_offload: bool,
     rx_wake: RxWake,
@@ -43,8 +79,15 @@ pub struct PortStats {
 }
 
 impl Port {
-    /// Starts port `id` with one RX/TX queue pair per lcore.
-    pub fn start(_eal: &Eal, id: u16, queues: u16, mbufs: u32) -> Result<Port, PortError> {
+    /// Starts port `id` with one RX/TX queue pair per lcore, `mbufs` packet
+    /// buffers and the given MTU.
+    pub fn start(
+        _eal: &Eal,
+        id: u16,
+        queues: u16,
+        mbufs: u32,
+        mtu: u16,
+    ) -> Result<Port, PortError> {
         if id >= ffi::port_count() {
             return Err(PortError::NoPort);
         }
@@ -61,14 +104,28 @@ impl Port {
                 info.driver, info.max_rx_queues, info.max_tx_queues
             )));
         }
-        let pool = Mempool::create(&format!("mbufs_p{id}"), mbufs, 256, ffi::socket_of(id))
-            .map_err(&setup)?;
+        let max_mtu = max_mtu(&info);
+        if mtu < info.min_mtu || mtu > max_mtu {
+            return Err(setup(format!(
+                "MTU {mtu} is outside what driver {} supports ({}..={max_mtu})",
+                info.driver, info.min_mtu
+            )));
+        }
+        let pool = Mempool::create(
+            &format!("mbufs_p{id}"),
+            mbufs,
+            256,
+            data_room(mtu),
+            ffi::socket_of(id),
+        )
+        .map_err(&setup)?;
         let rss_hf = info.flow_type_rss_offloads & ffi::rss_hf_ip_tcp();
         let want_tx = ffi::tx_offload_ipv4_tcp_cksum();
         // Reported, not yet used: smoltcp computes checksums in software
         // until the pseudo-header seeding that PMDs expect is wired.
         let tx_checksum_offload = info.tx_offload_capa & want_tx == want_tx;
-        let configured = ffi::port_start(id, queues, rss_hf, 0, 1024, &pool).map_err(&setup)?;
+        let configured =
+            ffi::port_start(id, queues, rss_hf, 0, mtu, 1024, &pool).map_err(&setup)?;
         let rx_wake = if configured {
             rx_wake_of(id, &info.driver)
         } else {
@@ -76,7 +133,7 @@ impl Port {
         };
         let mac = ffi::mac_addr(id);
         tracing::info!(
-            port = id, %name, driver = %info.driver, queues, tx_checksum_offload, ?rx_wake,
+            port = id, %name, driver = %info.driver, queues, mtu, tx_checksum_offload, ?rx_wake,
             mac = %format_mac(&mac), "port started"
         );
         Ok(Port {
@@ -84,6 +141,7 @@ impl Port {
             name,
             info,
             queues,
+            mtu,
             mac,
             tx_checksum_offload,
             rx_wake,
@@ -112,6 +170,11 @@ impl Port {
 
     pub fn queues(&self) -> u16 {
         self.queues
+    }
+
+    /// Largest IP packet the port sends and accepts.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
     }
 
     pub fn mac(&self) -> [u8; 6] {

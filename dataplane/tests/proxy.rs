@@ -206,9 +206,9 @@ fn keys_on(ns: &Netns, port: u16, pattern: &str) -> Vec<String> {
         .collect()
 }
 
-fn proxies_redis_and_memcached(pmd: Pmd, cores: usize) {
+fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
     let config = ConfigFile::new("toml", &config());
-    let (ns, dp) = setup_with(pmd, cores, &["--config", config.path()]);
+    let (ns, dp) = setup_with_mtu(pmd, cores, mtu, &["--config", config.path()]);
     let mut backends = Backends::start(&ns);
     let ferrox = |args: &str| cli(&ns, FERROX_IP, 6379, args);
 
@@ -292,6 +292,36 @@ print("redis-py ok")
         ),
     );
     assert!(py.contains("redis-py ok"), "{py}");
+
+    // A 400 KB value comes back intact, in frames as large as the MTU:
+    // veth0 receives what ferrox sends (the reply, and ACKs to the server).
+    let big = python(
+        &ns,
+        &format!(
+            r#"
+import os, redis
+def received():
+    s = "/sys/class/net/veth0/statistics/"
+    return int(open(s + "rx_bytes").read()), int(open(s + "rx_packets").read())
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+big = os.urandom(400_000)
+assert r.set("big", big)
+b0, p0 = received()
+assert r.get("big") == big
+b1, p1 = received()
+print(f"average frame {{(b1 - b0) // (p1 - p0)}}")
+"#
+        ),
+    );
+    let average: u32 = big
+        .trim()
+        .strip_prefix("average frame ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{big}"));
+    assert!(average <= u32::from(mtu) + 14, "{big}");
+    if mtu > 1500 {
+        assert!(average > 1514, "no jumbo frames at MTU {mtu}: {big}");
+    }
 
     // memcached through a client library, and placement on its backends.
     let mc = python(
@@ -387,13 +417,13 @@ fn table_pick(key: &str) -> usize {
 }
 
 #[test]
-fn proxy_on_af_xdp() {
-    proxies_redis_and_memcached(Pmd::AfXdp, 1);
+fn proxy_on_af_xdp_with_jumbo_frames() {
+    proxies_redis_and_memcached(Pmd::AfXdp, 1, 3438);
 }
 
 #[test]
 fn proxy_on_af_packet_with_two_cores() {
-    proxies_redis_and_memcached(Pmd::AfPacket, 2);
+    proxies_redis_and_memcached(Pmd::AfPacket, 2, 1500);
 }
 
 #[test]

@@ -34,4 +34,3 @@ uint64_t ferrox_rss_hf_ip_tcp(void) { return RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP; }
 uint64_t ferrox_tx_offload_ipv4_tcp_cksum(void) {
     return RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM;
 }
-uint16_t ferrox_mbuf_default_buf_size(void) { return RTE_MBUF_DEFAULT_BUF_SIZE; }

@@ -32,6 +32,5 @@ uint8_t *ferrox_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 /* Constants DPDK defines with function-like macros (RTE_BIT64). */
 uint64_t ferrox_rss_hf_ip_tcp(void);
 uint64_t ferrox_tx_offload_ipv4_tcp_cksum(void);
-uint16_t ferrox_mbuf_default_buf_size(void);
 
 #endif

@@ -44,6 +44,7 @@ fn pool(servers: usize) -> PoolSpec {
         limits: resp::Limits::default(),
         memcache_limits: memcache::Limits::default(),
         max_pipeline: 1024,
+        max_request: 1 << 30,
         preconnect: false,
         ejection: None,
     }

@@ -155,6 +155,8 @@ pub struct PoolSpec {
     pub memcache_limits: memcache::Limits,
     /// Requests in flight per session; further input waits.
     pub max_pipeline: usize,
+    /// Longest Redis request a session may send (it is held whole).
+    pub max_request: usize,
     /// Connect to every server at start rather than on first use.
     pub preconnect: bool,
     /// Eject failing servers; `None` keeps them (requests to a failed

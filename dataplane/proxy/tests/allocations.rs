@@ -96,6 +96,7 @@ fn pool(protocol: Protocol, base_port: u16) -> PoolSpec {
         limits: resp::Limits::default(),
         memcache_limits: memcache::Limits::default(),
         max_pipeline: 1024,
+        max_request: 1 << 30,
         preconnect: false,
         ejection: None,
     }

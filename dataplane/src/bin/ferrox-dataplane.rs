@@ -15,6 +15,7 @@ use ferrox_block::Block;
 use ferrox_dataplane::lcore::{
     Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic,
 };
+use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
 use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port};
@@ -65,6 +66,11 @@ struct Args {
     max_connections: usize,
     #[arg(long, default_value_t = 16383)]
     mbufs: u32,
+    /// MTU of the port, up to 9000 (jumbo frames) where the driver allows
+    /// it: af_xdp up to about 3500, af_packet as its framesz allows. The
+    /// kernel side of a veth pair needs the same MTU.
+    #[arg(long, default_value_t = DEFAULT_MTU, value_parser = clap::value_parser!(u16).range(576..=MAX_MTU as i64))]
+    mtu: u16,
     /// Client connections' worth of socket buffers to start with (the pool
     /// grows past it); default: --max-connections, at most 1024.
     #[arg(long)]
@@ -163,7 +169,7 @@ fn run(args: Args) -> Result<()> {
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
     let cores = ferrox_dataplane::ffi::lcores().len();
-    let port = Port::start(&eal, 0, cores as u16, args.mbufs)?;
+    let port = Port::start(&eal, 0, cores as u16, args.mbufs, args.mtu)?;
     let (link_up, speed) = port.link();
     tracing::info!(link_up, speed_mbps = speed, "link");
     let mut config = StackConfig {
@@ -177,6 +183,7 @@ fn run(args: Args) -> Result<()> {
         cores,
         ack_delay: (args.ack_delay_us > 0)
             .then(|| smoltcp::time::Duration::from_micros(args.ack_delay_us)),
+        mtu: port.mtu(),
         ..StackConfig::default()
     };
     let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;

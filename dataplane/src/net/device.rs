@@ -11,8 +11,14 @@ use smoltcp::time::Instant;
 
 use crate::port::Queue;
 
-/// Largest Ethernet frame ferrox sends or accepts (MTU 1500 + 14).
-pub const MAX_FRAME: usize = 1514;
+/// The MTU of a port unless `--mtu` says otherwise.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The largest MTU ferrox supports (jumbo frames; one mbuf per frame).
+pub const MAX_MTU: u16 = 9000;
+/// Ethernet header length: an Ethernet frame is at most MTU + this.
+pub const ETHERNET_HEADER: usize = 14;
+/// Largest Ethernet frame at [`MAX_MTU`].
+const MAX_FRAME: usize = MAX_MTU as usize + ETHERNET_HEADER;
 
 /// The device view for one poll of the interface.
 #[derive(Debug)]
@@ -43,11 +49,14 @@ impl<'a, 'p> FrameDevice<'a, 'p> {
     }
 }
 
-pub fn capabilities() -> DeviceCapabilities {
+/// What smoltcp may assume of a port with this MTU.
+pub fn capabilities(mtu: u16) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
-    caps.max_transmission_unit = MAX_FRAME;
+    caps.max_transmission_unit = mtu as usize + ETHERNET_HEADER;
     caps.max_burst_size = Some(crate::port::BURST);
+    caps.checksum.ipv4 = smoltcp::phy::Checksum::Tx;
+    caps.checksum.tcp = smoltcp::phy::Checksum::Tx;
     caps
 }
 
@@ -80,7 +89,7 @@ impl<'p> Device for FrameDevice<'_, 'p> {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities()
+        capabilities(self.queue.port().mtu())
     }
 }
 
@@ -101,22 +110,16 @@ pub struct MbufTx<'a, 'p> {
 
 impl TxToken for MbufTx<'_, '_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let Some(mut mbuf) = self.queue.port().pool().alloc() else {
+        let mut mbuf = self.queue.port().pool().alloc();
+        let Some(buf) = mbuf.as_mut().and_then(|mbuf| mbuf.append(len)) else {
             // No buffer: build the frame into scratch space and drop it; TCP
             // retransmits. smoltcp requires `f` to run either way.
             *self.no_mbuf += 1;
             let mut scratch = [0u8; MAX_FRAME];
             return f(&mut scratch[..len.min(MAX_FRAME)]);
         };
-        let result = match mbuf.append(len) {
-            Some(buf) => f(buf),
-            None => {
-                *self.no_mbuf += 1;
-                let mut scratch = [0u8; MAX_FRAME];
-                return f(&mut scratch[..len.min(MAX_FRAME)]);
-            }
-        };
-        self.queue.send(mbuf);
+        let result = f(buf);
+        self.queue.send(mbuf.expect("the frame was built in it"));
         result
     }
 }

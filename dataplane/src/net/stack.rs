@@ -4,10 +4,14 @@
 //!
 //! smoltcp visits every socket of the set it is polled with, so a set per
 //! connection keeps the cost of a frame independent of how many connections
-//! the core holds. Egress is driven the same way: a connection is polled
-//! when a frame for it arrived, when its service wrote output, or when its
-//! deadline (`Interface::poll_at`) is due; deadlines sit in a min-heap, so
-//! idle connections cost nothing per loop.
+//! the core holds. Egress is driven the same way: a connection is serviced
+//! (input to the application, its output out, `poll_egress`) once after a
+//! burst that brought frames for it, when its application has output, or
+//! when its deadline (`Interface::poll_at`) is due; deadlines sit in a
+//! min-heap, so idle connections cost nothing per loop. Servicing once per
+//! burst rather than per frame means one ACK for the burst's segments (as
+//! GRO and delayed ACKs give the kernel) and replies batched into fewer,
+//! fuller segments.
 //!
 //! smoltcp has no accept queue (a SYN that meets no listening socket gets a
 //! RST), so a SYN to a served port creates a listening socket on demand,
@@ -54,7 +58,9 @@ pub trait App {
     /// The connection the application asked for with `Connect` has `handle`.
     fn bind(&mut self, tag: u32, handle: ConnHandle);
     /// Bytes arrived; returns how many were used (the rest is kept and
-    /// offered again with more).
+    /// offered again with more). While the application wants input, the
+    /// stack keeps reading, so it is the application that bounds what it
+    /// leaves unused: it refuses a message longer than its limits.
     fn input(&mut self, tag: u32, data: &[u8], now: u64) -> usize;
     /// Whether the application takes input on `tag` now.
     fn wants_input(&self, tag: u32) -> bool;
@@ -96,9 +102,6 @@ pub struct StackConfig {
     pub backlog: usize,
     /// Most connections at once.
     pub max_connections: usize,
-    /// Most received bytes held for the application beyond the socket's
-    /// own buffer (a request split across the buffer's end).
-    pub max_input: usize,
     /// This core and how many there are: a connection this core opens
     /// gets a local port whose flow hashes to it.
     pub core: usize,
@@ -111,6 +114,8 @@ pub struct StackConfig {
     /// Listening ports whose connections get TCP keep-alives (every
     /// [`KEEP_ALIVE`]), so a client that vanished is noticed.
     pub keep_alive_ports: Vec<u16>,
+    /// The port's MTU: TCP segments are sized to it.
+    pub mtu: u16,
 }
 
 /// Keep-alive interval of connections on `keep_alive_ports`.
@@ -126,11 +131,11 @@ impl Default for StackConfig {
             ports: vec![6379],
             backlog: 1024,
             max_connections: 65536,
-            max_input: 16 << 10,
             core: 0,
             cores: 1,
             ack_delay: None,
             keep_alive_ports: Vec::new(),
+            mtu: device::DEFAULT_MTU,
         }
     }
 }
@@ -148,6 +153,9 @@ pub struct StackStats {
     pub limit_drops: u64,
     pub tx_no_mbuf: u64,
 }
+
+/// Room for held-back input a connection keeps between messages.
+const KEEP_INPUT_CAPACITY: usize = 64 << 10;
 
 /// First local port of connections the stack opens.
 const EPHEMERAL: std::ops::Range<u16> = 49152..65535;
@@ -167,6 +175,8 @@ struct Conn {
     aborted: bool,
     /// The deadline this connection is filed under in the timer heap.
     timer: Option<Instant>,
+    /// Frames arrived for it since the last service (it is in `received`).
+    received: bool,
     /// Received bytes the application has not used yet.
     input: Vec<u8>,
 }
@@ -180,6 +190,8 @@ pub struct Stack<A: App> {
     free: Vec<u32>,
     generations: Vec<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Connections that received frames in this burst, to service at its end.
+    received: Vec<u32>,
     no_sockets: SocketSet<'static>,
     handshaking: usize,
     next_port: u16,
@@ -210,7 +222,7 @@ impl<A: App> Stack<A> {
     pub fn new(config: StackConfig, app: A, memory: SocketMemory, now: Instant, seed: u64) -> Self {
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = seed;
-        let mut iface = Interface::new(iface_config, &mut CapsOnly, now);
+        let mut iface = Interface::new(iface_config, &mut CapsOnly(config.mtu), now);
         iface.update_ip_addrs(|addrs| {
             addrs
                 .push(IpCidr::new(config.address.into(), config.prefix_len))
@@ -231,6 +243,7 @@ impl<A: App> Stack<A> {
             free: Vec::new(),
             generations: Vec::new(),
             timers: BinaryHeap::new(),
+            received: Vec::new(),
             no_sockets: SocketSet::new(Vec::new()),
             handshaking: 0,
             next_port,
@@ -301,7 +314,10 @@ impl<A: App> Stack<A> {
                     .expect("flow table points at a live connection");
                 conn.socket.poll_ingress(&mut self.iface, now, &mut device);
                 self.stats.tx_no_mbuf += device.tx_no_mbuf;
-                self.service_conn(id, now, queue);
+                if !conn.received {
+                    conn.received = true;
+                    self.received.push(id);
+                }
             }
             // ARP, ICMP, and TCP for no connection (answered with RST by
             // smoltcp) or dropped for lack of backlog.
@@ -313,9 +329,18 @@ impl<A: App> Stack<A> {
         }
     }
 
-    /// Polls connections whose deadline has come (retransmits, timeouts),
+    /// After a burst of frames: services the connections they were for,
+    /// polls connections whose deadline has come (retransmits, timeouts),
     /// runs the application's timers, and carries out its actions.
-    pub fn poll_timers(&mut self, now: Instant, queue: &mut Queue<'_>) {
+    pub fn poll(&mut self, now: Instant, queue: &mut Queue<'_>) {
+        // Connections only retire in service, so every id here is live.
+        let mut received = std::mem::take(&mut self.received);
+        for &id in &received {
+            self.conn_mut(id).received = false;
+            self.service_conn(id, now, queue);
+        }
+        received.clear();
+        self.received = received;
         while let Some(&Reverse((at, id, generation))) = self.timers.peek() {
             if at > now {
                 break;
@@ -439,6 +464,7 @@ impl<A: App> Stack<A> {
             closing: false,
             aborted: false,
             timer: None,
+            received: false,
             input: Vec::new(),
         });
         self.flows.insert(key, id);
@@ -548,7 +574,9 @@ impl<A: App> Stack<A> {
                 let used = self.app.input(tag, &conn.input, now_us);
                 conn.input.drain(..used);
             }
-            while socket.can_recv() && conn.input.len() < self.config.max_input {
+            // The application bounds what it leaves unused (a message not
+            // yet complete): it refuses one longer than its limits allow.
+            while socket.can_recv() {
                 if !self.app.wants_input(tag) {
                     break;
                 }
@@ -566,6 +594,10 @@ impl<A: App> Stack<A> {
                     }
                     (data.len(), ())
                 });
+            }
+            if conn.input.is_empty() && conn.input.capacity() > KEEP_INPUT_CAPACITY {
+                // A large message passed through; do not keep its room.
+                conn.input = Vec::new();
             }
         }
         if !conn.aborted {
@@ -620,8 +652,9 @@ impl<A: App> Stack<A> {
     }
 }
 
-/// Gives `Interface::new` the device capabilities; never sends or receives.
-struct CapsOnly;
+/// Gives `Interface::new` the device capabilities of a port with this MTU;
+/// never sends or receives.
+struct CapsOnly(u16);
 
 /// A token that cannot exist.
 enum Never {}
@@ -648,6 +681,6 @@ impl smoltcp::phy::Device for CapsOnly {
         None
     }
     fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
-        device::capabilities()
+        device::capabilities(self.0)
     }
 }

@@ -30,6 +30,9 @@ impl Default for RespEcho {
     }
 }
 
+/// Longest request the echo service holds while waiting for its end.
+const MAX_REQUEST: usize = 1 << 20;
+
 /// Appends `n` in decimal without allocating.
 fn decimal(output: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 20];
@@ -90,6 +93,10 @@ impl Service for RespEcho {
         loop {
             let rest = &input[used..];
             match resp::parse_request(rest, &self.limits, &mut self.args) {
+                Ok(None) if rest.len() > MAX_REQUEST => {
+                    output.extend_from_slice(b"-ERR Protocol error: request too long\r\n");
+                    return (input.len(), Verdict::Close);
+                }
                 Ok(None) => return (used, Verdict::Continue),
                 Ok(Some(n)) => {
                     reply(rest, &self.args, output);
@@ -114,6 +121,24 @@ mod tests {
         let mut out = Vec::new();
         let (used, verdict) = RespEcho::default().on_input(&mut (), input, &mut out);
         (used, verdict, out)
+    }
+
+    #[test]
+    fn an_endless_request_is_refused() {
+        // Incomplete but short: waited for.
+        let mut input = b"*2\r\n$4\r\nECHO\r\n$100\r\n".to_vec();
+        input.resize(input.len() + 50, b'x');
+        assert_eq!(run(&input), (0, Verdict::Continue, Vec::new()));
+        // Incomplete and past MAX_REQUEST: refused.
+        let mut input = b"*20\r\n".to_vec();
+        while input.len() <= MAX_REQUEST {
+            input.extend_from_slice(b"$65536\r\n");
+            input.resize(input.len() + 65536, b'x');
+            input.extend_from_slice(b"\r\n");
+        }
+        let (used, verdict, out) = run(&input);
+        assert_eq!((used, verdict), (input.len(), Verdict::Close));
+        assert_eq!(out, b"-ERR Protocol error: request too long\r\n");
     }
 
     #[test]

@@ -193,6 +193,18 @@ pub fn setup(pmd: Pmd, cores: usize) -> (Netns, Dataplane) {
 
 /// [`setup`], with more arguments for the dataplane.
 pub fn setup_with(pmd: Pmd, cores: usize, extra: &[&str]) -> (Netns, Dataplane) {
+    setup_with_mtu(pmd, cores, 1500, extra)
+}
+
+/// [`setup_with`] on a link with this MTU (both ends of the veth pair).
+pub fn setup_with_mtu(pmd: Pmd, cores: usize, mtu: u16, extra: &[&str]) -> (Netns, Dataplane) {
+    let mtu = mtu.to_string();
+    let extra: Vec<&str> = ["--mtu", mtu.as_str()]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let extra = extra.as_slice();
     let lcores = if cores == 1 {
         "0".to_owned()
     } else {
@@ -220,6 +232,8 @@ pub fn setup_with(pmd: Pmd, cores: usize, extra: &[&str]) -> (Netns, Dataplane) 
         }
         Pmd::AfPacket | Pmd::AfXdp => {
             ns.add_veth();
+            // The dataplane sets veth1's MTU through its driver.
+            ns.run(&["ip", "link", "set", "veth0", "mtu", &mtu]);
             let vdev = match pmd {
                 Pmd::AfPacket => format!("net_af_packet0,iface=veth1,qpairs={cores}"),
                 _ => format!("net_af_xdp0,iface=veth1,start_queue=0,queue_count={cores}"),

@@ -45,6 +45,7 @@ pub fn emit_toml(config: &Config) -> String {
     entry(&mut out, "max_pipeline", limits.max_pipeline);
     entry(&mut out, "max_key", size(limits.max_key));
     entry(&mut out, "max_value", size(limits.max_value));
+    entry(&mut out, "max_request", size(limits.max_request));
     for pool in &config.pools {
         out.push('\n');
         emit_pool(&mut out, pool);
@@ -304,6 +305,7 @@ max_inline = 65536
 max_pipeline = 1024
 max_key = 65536
 max_value = 536870912
+max_request = 1073741824
 
 [pools.cache]
 listen = "0.0.0.0:6379"
@@ -594,9 +596,18 @@ servers = [
             any_size(),
             1..=max_usize(),
             any_size(),
+            any_size(),
         )
             .prop_map(
-                |((a, b), max_array, max_depth, max_inline, max_pipeline, max_value)| Limits {
+                |(
+                    (a, b),
+                    max_array,
+                    max_depth,
+                    max_inline,
+                    max_pipeline,
+                    max_value,
+                    max_request,
+                )| Limits {
                     max_bulk: a.max(b),
                     max_array,
                     max_depth,
@@ -604,6 +615,7 @@ servers = [
                     max_pipeline,
                     max_key: a.min(b),
                     max_value,
+                    max_request,
                 },
             )
     }

@@ -115,7 +115,14 @@ pub struct Limits {
     pub max_key: usize,
     /// Longest value.
     pub max_value: usize,
+    /// Longest Redis request, all of its arguments together: a request is
+    /// held whole before it is forwarded, so this bounds what one client
+    /// connection may make ferrox hold.
+    pub max_request: usize,
 }
+
+/// Redis's own bound on a client's query buffer (client-query-buffer-limit).
+pub const DEFAULT_MAX_REQUEST: usize = 1 << 30;
 
 /// The deepest reply nesting [`crate::resp::reply_len`] can track.
 pub const MAX_DEPTH: usize = 64;
@@ -133,6 +140,7 @@ impl Default for Limits {
             max_pipeline: 1024,
             max_key: 64 << 10,
             max_value: resp.max_bulk,
+            max_request: DEFAULT_MAX_REQUEST,
         }
     }
 }

@@ -70,6 +70,7 @@ max_inline = 4096
 max_pipeline = 16
 max_key = "250 B"
 max_value = "1 GiB"
+max_request = "2 GiB"
 
 [pools.cache]
 listen = "198.18.0.10:6380"
@@ -102,6 +103,7 @@ servers = ["198.18.0.1:7001:2 alpha"]
                 max_pipeline: 16,
                 max_key: 250,
                 max_value: 1 << 30,
+                max_request: 2 << 30,
             }
         );
         assert_eq!(

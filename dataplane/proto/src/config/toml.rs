@@ -44,6 +44,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_pipeline",
     "max_key",
     "max_value",
+    "max_request",
 ];
 
 /// twemproxy's names for keys that are spelt differently here.
@@ -397,7 +398,7 @@ impl Cx<'_> {
 
     fn limits(&mut self, entries: &[(::toml::Spanned<String>, Node)]) -> Limits {
         let mut limits = Limits::default();
-        let mut lines = [None; 7];
+        let mut lines = [None; LIMIT_KEYS.len()];
         for (key, value) in entries {
             let line = self.line(key.span().start);
             let key = key.get_ref().as_str();
@@ -411,7 +412,10 @@ impl Cx<'_> {
                 );
                 continue;
             };
-            let is_size = matches!(key, "max_bulk" | "max_inline" | "max_key" | "max_value");
+            let is_size = matches!(
+                key,
+                "max_bulk" | "max_inline" | "max_key" | "max_value" | "max_request"
+            );
             let parsed = match value {
                 Node::Str(s) if is_size => size(s).map_err(|r| format!(" {s:?}: {r}")),
                 _ => integer::<usize>(value),
@@ -433,7 +437,8 @@ impl Cx<'_> {
                         "max_inline" => &mut limits.max_inline,
                         "max_pipeline" => &mut limits.max_pipeline,
                         "max_key" => &mut limits.max_key,
-                        _ => &mut limits.max_value,
+                        "max_value" => &mut limits.max_value,
+                        _ => &mut limits.max_request,
                     } = n;
                 }
                 Err(r) => self.report.error(line, format!("limits: {key}{r}")),

@@ -48,6 +48,7 @@ fn spec(servers: usize) -> PoolSpec {
         limits: resp::Limits::default(),
         memcache_limits: Default::default(),
         max_pipeline: 64,
+        max_request: 1 << 20,
         preconnect: false,
         ejection: None,
     }
@@ -669,6 +670,37 @@ fn protocol_errors_answer_then_close_and_other_sessions_go_on() {
     );
     net.send(good, &cmd(&["PING"]));
     assert_eq!(net.take(good), b"+PONG\r\n");
+}
+
+#[test]
+fn a_large_value_is_held_until_whole_and_an_overlong_request_refused() {
+    let mut net = Net::new(spec(1));
+    let c = net.client();
+    let Some(Conn::Client { tag, .. }) = net.conns.get(&c) else {
+        unreachable!()
+    };
+    let tag = *tag;
+    // 900 KB of a 1 MB value: incomplete, within max_request (1 MiB).
+    let mut set = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000000\r\n".to_vec();
+    let header = set.len();
+    set.resize(header + 900_000, b'v');
+    assert_eq!(net.engine.handle_input(tag, &set, net.now), 0);
+    set.resize(header + 1_000_000, b'v');
+    set.extend_from_slice(b"\r\n");
+    assert_eq!(net.engine.handle_input(tag, &set, net.now), set.len());
+    net.pump();
+    assert_eq!(net.take(c), b"+OK\r\n");
+    // Two 600 KB arguments: past max_request before the second is whole.
+    let mut mset = b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n$600000\r\n".to_vec();
+    mset.resize(mset.len() + 600_000, b'a');
+    mset.extend_from_slice(b"\r\n$1\r\nb\r\n$600000\r\n");
+    mset.resize(mset.len() + 500_000, b'b');
+    assert_eq!(net.engine.handle_input(tag, &mset, net.now), mset.len());
+    net.pump();
+    assert_eq!(
+        net.take(c),
+        b"-ERR Protocol error: request longer than max_request (1048576 bytes)\r\n<closed>"
+    );
 }
 
 #[test]

@@ -17,12 +17,25 @@ impl Engine {
         input: &[u8],
         now: Micros,
     ) -> usize {
-        let limits = self.pools[self.sessions[index].pool].spec.limits;
+        let spec = &self.pools[self.sessions[index].pool].spec;
+        let (limits, max_request) = (spec.limits, spec.max_request);
         let mut args = std::mem::take(&mut self.scratch.args);
         let mut used = 0;
         while self.has_room(index) {
             let rest = &input[used..];
             match resp::parse_request(rest, &limits, &mut args) {
+                Ok(None) if rest.len() > max_request => {
+                    // Incomplete, and already longer than a request may be.
+                    self.local_error(index, |out, _| {
+                        reply::error_fmt(
+                            out,
+                            "-ERR Protocol error: ",
+                            format_args!("request longer than max_request ({max_request} bytes)"),
+                        )
+                    });
+                    self.close_after_last(index);
+                    used = input.len();
+                }
                 Ok(None) => break,
                 Ok(Some(len)) => {
                     self.redis_request(index, &rest[..len], &args, now);
