@@ -183,7 +183,6 @@ cmd_demo() {
   $ns ip addr add 198.18.0.1/24 dev veth0
   $ns ip link set veth0 up
   $ns ip link set veth1 up
-  $ns ethtool -K veth0 tx off >/dev/null
   log "starting backends: redis-server on 198.18.0.1:7001-7003, memcached on 198.18.0.1:11311-11312"
   for port in 7001 7002 7003; do
     # Not through $ns in a subshell: $! must be the server (ip netns exec execs it).

@@ -38,7 +38,6 @@ in_ns ip link add veth0 type veth peer name veth1
 in_ns ip addr add 198.18.0.1/24 dev veth0
 in_ns ip link set veth0 up
 in_ns ip link set veth1 up
-in_ns ethtool -K veth0 tx off >/dev/null
 for port in 7001 7002 7003; do
   ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
     --protected-mode no --loglevel warning >/dev/null &

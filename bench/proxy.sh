@@ -66,7 +66,6 @@ in_ns ip link set veth0 mtu "$MTU"
 in_ns ip addr add 198.18.0.1/24 dev veth0
 in_ns ip link set veth0 up
 in_ns ip link set veth1 up
-in_ns ethtool -K veth0 tx off >/dev/null
 
 for port in 7001 7002 7003 7004; do
   # Not through in_ns: $! must be the server itself (ip netns exec execs it).

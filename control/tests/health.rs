@@ -128,6 +128,11 @@ fn memcached_answers_version() {
 
 #[test]
 fn nothing_listening_is_a_failed_check() {
-    let error = probe(&pool(Protocol::Redis, None), local(free_port()), TIMEOUT).unwrap_err();
+    // The port stays taken on 127.0.0.1 (so no parallel test starts a
+    // server on it), and 127.0.0.2 is loopback too, with nothing there.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let nothing = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), port);
+    let error = probe(&pool(Protocol::Redis, None), nothing, TIMEOUT).unwrap_err();
     assert!(error.starts_with("connect:"), "{error}");
 }

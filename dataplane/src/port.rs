@@ -52,8 +52,57 @@ pub struct Port {
     mtu: u16,
     mac: [u8; 6],
     tx_checksum_offload: bool,
+    rx_checksum: RxChecksum,
     rx_wake: RxWake,
     pool: Mempool,
+}
+
+/// How a port is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortConfig {
+    /// RX/TX queue pairs: one per lcore.
+    pub queues: u16,
+    /// Packet buffers in the port's mempool.
+    pub mbufs: u32,
+    pub mtu: u16,
+    /// Who checks received checksums; `None` decides from the link.
+    pub rx_checksum: Option<RxChecksum>,
+}
+
+/// Who checks the IPv4 and TCP checksums of received frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// smoltcp verifies every frame in software.
+    Verify,
+    /// Frames are taken as they are: they were built in this host's memory
+    /// and crossed no wire (a veth pair, a tap), where the kernel does not
+    /// check them either (a veth marks them `CHECKSUM_UNNECESSARY`). The
+    /// kernel may then also leave its transmit checksums to the receiver,
+    /// as veth does with `tx` checksumming on.
+    Trust,
+}
+
+/// The kernel drivers of host-internal links: what arrives on them was
+/// built in this host's memory.
+const HOST_INTERNAL_DRIVERS: &[&str] = &["veth", "tun"];
+
+/// `Trust` when the port is a kernel interface whose driver is a
+/// host-internal link, else `Verify` (a PCI NIC, af_xdp on a physical NIC,
+/// anything unknown).
+fn rx_checksum_of(info: &DevInfo) -> (RxChecksum, Option<String>) {
+    let driver = (info.if_index != 0)
+        .then(|| ffi::interface_name(info.if_index))
+        .flatten()
+        .and_then(|name| ffi::interface_driver(&name));
+    let trusted = driver
+        .as_deref()
+        .is_some_and(|d| HOST_INTERNAL_DRIVERS.contains(&d));
+    let policy = if trusted {
+        RxChecksum::Trust
+    } else {
+        RxChecksum::Verify
+    };
+    (policy, driver)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,15 +128,14 @@ pub struct PortStats {
 }
 
 impl Port {
-    /// Starts port `id` with one RX/TX queue pair per lcore, `mbufs` packet
-    /// buffers and the given MTU.
-    pub fn start(
-        _eal: &Eal,
-        id: u16,
-        queues: u16,
-        mbufs: u32,
-        mtu: u16,
-    ) -> Result<Port, PortError> {
+    /// Starts port `id` as `config` says.
+    pub fn start(_eal: &Eal, id: u16, config: PortConfig) -> Result<Port, PortError> {
+        let PortConfig {
+            queues,
+            mbufs,
+            mtu,
+            rx_checksum,
+        } = config;
         if id >= ffi::port_count() {
             return Err(PortError::NoPort);
         }
@@ -132,8 +180,11 @@ impl Port {
             RxWake::Poll
         };
         let mac = ffi::mac_addr(id);
+        let (link_checksum, kernel_driver) = rx_checksum_of(&info);
+        let rx_checksum = rx_checksum.unwrap_or(link_checksum);
         tracing::info!(
-            port = id, %name, driver = %info.driver, queues, mtu, tx_checksum_offload, ?rx_wake,
+            port = id, %name, driver = %info.driver, ?kernel_driver, queues, mtu,
+            tx_checksum_offload, ?rx_checksum, ?rx_wake,
             mac = %format_mac(&mac), "port started"
         );
         Ok(Port {
@@ -144,6 +195,7 @@ impl Port {
             mtu,
             mac,
             tx_checksum_offload,
+            rx_checksum,
             rx_wake,
             pool,
         })
@@ -179,6 +231,11 @@ impl Port {
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// Who checks the checksums of received frames.
+    pub fn rx_checksum(&self) -> RxChecksum {
+        self.rx_checksum
     }
 
     /// Whether the PMD could fill IPv4/TCP checksums on transmit.

@@ -168,6 +168,33 @@ fn extended_statistics_count_the_traffic() {
     assert!(stat(xstats, "tx_good_packets") >= 30, "{xstats}");
 }
 
+/// The kernel leaves TCP checksums partial on a veth (checksum offload is
+/// on by default): ferrox trusts them there, as the kernel does, and when
+/// told to verify it really drops every frame that fails.
+#[test]
+fn trusts_checksums_on_a_veth_and_verifies_when_told() {
+    let (ns, dp) = setup(Pmd::AfPacket, 1);
+    assert_eq!(redis_cli(&ns, "PING"), "PONG");
+    drop(dp);
+    drop(ns);
+
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--rx-checksum", "verify"]);
+    let refused = ns.shell(&format!(
+        "timeout 3 redis-cli -h {FERROX_IP} PING 2>&1; echo exit=$?"
+    ));
+    assert!(
+        refused.contains("exit=124"),
+        "partial checksums passed: {refused}"
+    );
+    // With the kernel filling its checksums, the verified path serves.
+    ns.run(&["ethtool", "-K", "veth0", "tx", "off"]);
+    assert_eq!(redis_cli(&ns, "PING"), "PONG");
+    let bench = ns.shell(&format!(
+        "timeout 60 redis-benchmark -h {FERROX_IP} -t ping -n 20000 -c 20 -P 8 -q"
+    ));
+    assert!(rps(&bench) > 0.0, "{bench}");
+}
+
 #[test]
 fn a_bad_command_line_is_refused_with_a_reason() {
     let out = Command::new(DATAPLANE)

@@ -18,7 +18,7 @@ use ferrox_dataplane::lcore::{
 use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
 use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
-use ferrox_dataplane::port::{format_mac, Port};
+use ferrox_dataplane::port::{format_mac, Port, PortConfig, RxChecksum};
 use ferrox_dataplane::service::proxy::{Proxy, ReloadBoard};
 use ferrox_dataplane::service::resp_echo::RespEcho;
 use ferrox_dataplane::service::PerConnection;
@@ -71,6 +71,11 @@ struct Args {
     /// kernel side of a veth pair needs the same MTU.
     #[arg(long, default_value_t = DEFAULT_MTU, value_parser = clap::value_parser!(u16).range(576..=MAX_MTU as i64))]
     mtu: u16,
+    /// Who checks received IPv4/TCP checksums: `auto` trusts frames on a
+    /// host-internal link (a veth or tap, as the kernel does) and verifies
+    /// all others in software.
+    #[arg(long, value_enum, default_value_t = RxChecksumArg::Auto)]
+    rx_checksum: RxChecksumArg,
     /// Client connections' worth of socket buffers to start with (the pool
     /// grows past it); default: --max-connections, at most 1024.
     #[arg(long)]
@@ -98,6 +103,13 @@ struct Args {
     /// Print a statistics line on stdout this often (milliseconds; 0: never).
     #[arg(long, default_value_t = 0)]
     stats_every: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RxChecksumArg {
+    Auto,
+    Verify,
+    Trust,
 }
 
 fn main() {
@@ -169,7 +181,20 @@ fn run(args: Args) -> Result<()> {
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
     let cores = ferrox_dataplane::ffi::lcores().len();
-    let port = Port::start(&eal, 0, cores as u16, args.mbufs, args.mtu)?;
+    let port = Port::start(
+        &eal,
+        0,
+        PortConfig {
+            queues: cores as u16,
+            mbufs: args.mbufs,
+            mtu: args.mtu,
+            rx_checksum: match args.rx_checksum {
+                RxChecksumArg::Auto => None,
+                RxChecksumArg::Verify => Some(RxChecksum::Verify),
+                RxChecksumArg::Trust => Some(RxChecksum::Trust),
+            },
+        },
+    )?;
     let (link_up, speed) = port.link();
     tracing::info!(link_up, speed_mbps = speed, "link");
     let mut config = StackConfig {
@@ -184,6 +209,7 @@ fn run(args: Args) -> Result<()> {
         ack_delay: (args.ack_delay_us > 0)
             .then(|| smoltcp::time::Duration::from_micros(args.ack_delay_us)),
         mtu: port.mtu(),
+        rx_checksum: port.rx_checksum(),
         ..StackConfig::default()
     };
     let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;

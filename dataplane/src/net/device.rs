@@ -6,10 +6,10 @@
 //! taken from the pool only inside `TxToken::consume`, so a token smoltcp
 //! drops unused costs nothing.
 
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
-use crate::port::Queue;
+use crate::port::{Queue, RxChecksum};
 
 /// The MTU of a port unless `--mtu` says otherwise.
 pub const DEFAULT_MTU: u16 = 1500;
@@ -49,14 +49,17 @@ impl<'a, 'p> FrameDevice<'a, 'p> {
     }
 }
 
-/// What smoltcp may assume of a port with this MTU.
-pub fn capabilities(mtu: u16) -> DeviceCapabilities {
+/// What smoltcp may assume of a port with this MTU and checksum policy.
+pub fn capabilities(mtu: u16, rx_checksum: RxChecksum) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
     caps.max_transmission_unit = mtu as usize + ETHERNET_HEADER;
     caps.max_burst_size = Some(crate::port::BURST);
-    caps.checksum.ipv4 = smoltcp::phy::Checksum::Tx;
-    caps.checksum.tcp = smoltcp::phy::Checksum::Tx;
+    if rx_checksum == RxChecksum::Trust {
+        // Still computed on transmit: the peer may forward what it gets.
+        caps.checksum.ipv4 = Checksum::Tx;
+        caps.checksum.tcp = Checksum::Tx;
+    }
     caps
 }
 
@@ -89,7 +92,8 @@ impl<'p> Device for FrameDevice<'_, 'p> {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.queue.port().mtu())
+        let port = self.queue.port();
+        capabilities(port.mtu(), port.rx_checksum())
     }
 }
 

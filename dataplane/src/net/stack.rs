@@ -29,7 +29,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 use super::device::{self, FrameDevice};
 use super::flow::{self, FlowKey, FlowTable, Frame};
 use super::memory::{PooledSocket, Role, SocketMemory};
-use crate::port::Queue;
+use crate::port::{Queue, RxChecksum};
 
 /// A connection as the stack names it to its application: slot index and
 /// generation, so a stale handle never reaches a new connection.
@@ -116,6 +116,8 @@ pub struct StackConfig {
     pub keep_alive_ports: Vec<u16>,
     /// The port's MTU: TCP segments are sized to it.
     pub mtu: u16,
+    /// Whether received checksums are verified.
+    pub rx_checksum: RxChecksum,
 }
 
 /// Keep-alive interval of connections on `keep_alive_ports`.
@@ -136,6 +138,7 @@ impl Default for StackConfig {
             ack_delay: None,
             keep_alive_ports: Vec::new(),
             mtu: device::DEFAULT_MTU,
+            rx_checksum: RxChecksum::Verify,
         }
     }
 }
@@ -222,7 +225,11 @@ impl<A: App> Stack<A> {
     pub fn new(config: StackConfig, app: A, memory: SocketMemory, now: Instant, seed: u64) -> Self {
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = seed;
-        let mut iface = Interface::new(iface_config, &mut CapsOnly(config.mtu), now);
+        let mut iface = Interface::new(
+            iface_config,
+            &mut CapsOnly(device::capabilities(config.mtu, config.rx_checksum)),
+            now,
+        );
         iface.update_ip_addrs(|addrs| {
             addrs
                 .push(IpCidr::new(config.address.into(), config.prefix_len))
@@ -652,9 +659,8 @@ impl<A: App> Stack<A> {
     }
 }
 
-/// Gives `Interface::new` the device capabilities of a port with this MTU;
-/// never sends or receives.
-struct CapsOnly(u16);
+/// Gives `Interface::new` the device capabilities; never sends or receives.
+struct CapsOnly(smoltcp::phy::DeviceCapabilities);
 
 /// A token that cannot exist.
 enum Never {}
@@ -681,6 +687,6 @@ impl smoltcp::phy::Device for CapsOnly {
         None
     }
     fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
-        device::capabilities(self.0)
+        self.0.clone()
     }
 }
