@@ -43,7 +43,9 @@ pub struct IdlePolicy {
 impl Default for IdlePolicy {
     fn default() -> Self {
         IdlePolicy {
-            spin_polls: 2000,
+            // Tens of microseconds: past that, spinning on a shared machine
+            // takes the CPU the clients and servers need (docs/performance.md).
+            spin_polls: 200,
             min_sleep: Duration::from_micros(20),
             max_sleep: Duration::from_millis(1),
             max_wait: Duration::from_millis(100),

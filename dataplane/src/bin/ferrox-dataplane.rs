@@ -92,6 +92,11 @@ struct Args {
     /// CPU (see docs/performance.md).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=100_000))]
     idle_max_sleep_us: u64,
+    /// Empty polls in a row before an idle core first sleeps: more keeps
+    /// latency low on a dedicated core, fewer leaves CPU to other processes
+    /// on a shared one (see docs/performance.md).
+    #[arg(long, default_value_t = IdlePolicy::default().spin_polls)]
+    idle_spin_polls: u32,
     /// Receive and send buffer of each client connection, in KiB (chunks of
     /// the socket pool). A pipeline larger than this waits for the window.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=128))]
@@ -356,6 +361,7 @@ fn serve<A: App + Send>(
     std::io::stdout().flush()?;
 
     let idle = IdlePolicy {
+        spin_polls: args.idle_spin_polls,
         max_sleep: std::time::Duration::from_micros(args.idle_max_sleep_us),
         ..IdlePolicy::default()
     };
