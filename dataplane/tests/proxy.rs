@@ -338,6 +338,10 @@ c.set("mc:n", "5")
 assert c.incr("mc:n", 2) == 7
 assert c.delete("mc:0")
 assert c.get("mc:0") is None
+import os
+big = os.urandom(500_000)
+assert c.set("mc:big", big)
+assert c.get("mc:big") == big
 direct = {{}}
 for port in {MEMCACHED_PORTS:?}:
     d = Client(("{KERNEL_IP}", port), timeout=10)
