@@ -98,15 +98,21 @@ clean_regions_after() {
 }
 
 # Delete network namespaces this run created and left behind (a test that
-# was killed before its own guard ran); never touch pre-existing ones.
+# was killed before its own guard ran); never touch pre-existing ones, nor
+# one whose creator still runs (a concurrent run's). Every ferrox namespace
+# is named fx, letters, its creator's PID, then anything (fx1234p0, fxvm99).
 NETNS_BEFORE=""
 remove_new_namespaces() {
-  local ns
+  local ns owner
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^fx'); do
     case " $NETNS_BEFORE " in
-      *" $ns "*) ;;
-      *) ip netns del "$ns" ;;
+      *" $ns "*) continue ;;
     esac
+    owner=$(sed -E 's/^fx[a-z]*([0-9]+).*/\1/' <<<"$ns")
+    if [[ "$owner" =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null; then
+      continue
+    fi
+    ip netns del "$ns"
   done
 }
 clean_namespaces_after() {
