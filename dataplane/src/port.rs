@@ -391,3 +391,44 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(driver: &str, max_mtu: u16, max_rx_pktlen: u32) -> DevInfo {
+        DevInfo {
+            driver: driver.into(),
+            max_rx_queues: 1,
+            max_tx_queues: 1,
+            rx_offload_capa: 0,
+            tx_offload_capa: 0,
+            flow_type_rss_offloads: 0,
+            min_mtu: 68,
+            max_mtu,
+            max_rx_pktlen,
+            if_index: 0,
+        }
+    }
+
+    #[test]
+    fn the_largest_mtu_is_what_the_driver_carries_in_one_mbuf() {
+        // DPDK 22.11's af_xdp reports 3542; its UMEM chunk holds 3438.
+        assert_eq!(max_mtu(&info("net_af_xdp", 3542, 3560)), 3438);
+        // af_packet and tap take no frame over 1518 bytes.
+        assert_eq!(max_mtu(&info("net_af_packet", u16::MAX, 1518)), 1500);
+        // A NIC with jumbo frames stops at ferrox's own limit.
+        assert_eq!(max_mtu(&info("net_ice", 9702, 9728)), MAX_MTU);
+    }
+
+    #[test]
+    fn an_mbuf_holds_a_whole_frame_after_both_headrooms() {
+        assert_eq!(u32::from(data_room(1500)), ffi::MBUF_DEFAULT_BUF_SIZE);
+        // af_xdp's largest: the mempool object is exactly 63 cache lines.
+        assert_eq!(data_room(3438), 3840);
+        assert_eq!(
+            u32::from(data_room(MAX_MTU)),
+            FRAME_HEADROOM + u32::from(MAX_MTU) + ETHERNET_OVERHEAD
+        );
+    }
+}
