@@ -424,8 +424,13 @@ log "${#all_keys[@]} keys, each on the backend the router names; every SET and G
 echo stop >&"$CON_IN"
 wait_console "ferrox-vm: DONE" 60 || fail "the guest did not stop ferrox"
 stats=$(grep "stopped;" "$WORK/console.log" | tail -n 1 | tr -d '\r')
-echo "  ferrox: $(grep -o "requests=[0-9]* errors=[0-9]*\|steered=[0-9]*\|core[0-9]*_accepted=[0-9]*" <<<"$stats" | tr '\n' ' ')" >&2
+echo "  ferrox: $(grep -o "requests=[0-9]* errors=[0-9]*\|steered=[0-9]*\|bad_checksum=[0-9]*\|core[0-9]*_accepted=[0-9]*" <<<"$stats" | tr '\n' ' ')" >&2
 grep -q " errors=0 " <<<"$stats" || fail "ferrox counted errors: $stats"
+grep -q " bad_checksum=0 " <<<"$stats" || fail "ferrox dropped frames for their checksum: $stats"
+# QEMU's virtio-net offers checksum offload both ways: the NIC checks what
+# arrives (software only where it did not) and fills what leaves.
+port=$(grep -o "port started.*" "$WORK/console.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -n 1)
+grep -q "tx_checksum_offload=true rx_checksum=Nic" <<<"$port" || fail "checksum offload is not on: $port"
 for c in $(seq 0 $((LCORES - 1))); do
   grep -q " core${c}_accepted=[1-9]" <<<"$stats" || fail "lcore $c accepted no connection: $stats"
 done

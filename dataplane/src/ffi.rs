@@ -120,6 +120,13 @@ impl Mbuf {
         NonNull::new(data).map(|p| unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), len) })
     }
 
+    /// Leaves the TCP checksum of this Ethernet/IPv4/TCP frame to the NIC
+    /// (the IPv4 header is `l3_len` bytes).
+    pub fn offload_tcp_checksum(&mut self, l3_len: u8) {
+        // SAFETY: we own the mbuf, and it holds the frame described.
+        unsafe { sys::ferrox_pktmbuf_tx_tcp_cksum(self.0.as_ptr(), l3_len) }
+    }
+
     fn into_raw(self) -> *mut sys::rte_mbuf {
         let raw = self.0.as_ptr();
         std::mem::forget(self);
@@ -135,6 +142,16 @@ impl Drop for Mbuf {
 }
 
 /// Packets received by one `rx_burst`, freed together when dropped.
+/// What the NIC found of a received frame's L4 checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// Correct, or the data verified with the field left partial.
+    Good,
+    Bad,
+    /// Not checked (not TCP/UDP, or the NIC could not tell).
+    Unchecked,
+}
+
 #[derive(Debug)]
 pub struct RxBurst<const N: usize> {
     mbufs: [*mut sys::rte_mbuf; N],
@@ -174,6 +191,18 @@ impl<const N: usize> RxBurst<N> {
         // SAFETY: data pointer and data_len describe the first segment, which
         // stays valid and unwritten until the burst is cleared.
         unsafe { std::slice::from_raw_parts(data, len) }
+    }
+
+    /// What the NIC found of packet `i`'s L4 checksum, where the port has
+    /// RX checksum offload.
+    pub fn l4_checksum(&self, i: usize) -> L4Checksum {
+        assert!(i < self.len);
+        // SAFETY: `m` is a received mbuf we own until `clear`.
+        match unsafe { sys::ferrox_pktmbuf_rx_l4_cksum(self.mbufs[i]) } {
+            1 => L4Checksum::Good,
+            -1 => L4Checksum::Bad,
+            _ => L4Checksum::Unchecked,
+        }
     }
 
     /// Frees every packet of the burst.
@@ -334,10 +363,16 @@ pub(crate) fn rss_hf_ip_tcp() -> u64 {
     unsafe { sys::ferrox_rss_hf_ip_tcp() }
 }
 
-/// The IPv4 + TCP checksum TX offload bits.
-pub(crate) fn tx_offload_ipv4_tcp_cksum() -> u64 {
+/// The TCP checksum TX offload bit.
+pub(crate) fn tx_offload_tcp_cksum() -> u64 {
     // SAFETY: returns a constant.
-    unsafe { sys::ferrox_tx_offload_ipv4_tcp_cksum() }
+    unsafe { sys::ferrox_tx_offload_tcp_cksum() }
+}
+
+/// The TCP checksum RX offload bit.
+pub(crate) fn rx_offload_tcp_cksum() -> u64 {
+    // SAFETY: returns a constant.
+    unsafe { sys::ferrox_rx_offload_tcp_cksum() }
 }
 
 pub(crate) fn port_count() -> u16 {
@@ -364,47 +399,47 @@ pub(crate) fn socket_of(port: u16) -> i32 {
     s.max(0)
 }
 
-/// Configures `port` with `queues` RX and TX queues, RSS when more than one
-/// queue and the driver has it, and the given TX offloads; starts it.
-/// Configures `port` (see [`port_start`]); RX interrupts when `rx_intr`.
-fn port_configure(
-    port: u16,
-    queues: u16,
-    rss_hf: u64,
-    tx_offloads: u64,
-    mtu: u16,
-    rx_intr: bool,
-) -> i32 {
-    let mut conf = sys::rte_eth_conf::default();
-    conf.rxmode.mtu = mtu as u32;
-    if queues > 1 && rss_hf != 0 {
-        conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
-        conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
-    }
-    conf.txmode.offloads = tx_offloads;
-    conf.intr_conf.set_rxq(rx_intr as u32);
-    // SAFETY: `conf` is a valid configuration that DPDK copies.
-    unsafe { sys::rte_eth_dev_configure(port, queues, queues, &conf) }
+/// What a port is configured with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EthConf {
+    /// RX and TX queues.
+    pub queues: u16,
+    /// RSS hash types (used with more than one queue).
+    pub rss_hf: u64,
+    pub rx_offloads: u64,
+    pub tx_offloads: u64,
+    pub mtu: u16,
 }
 
-/// Configures `port` with `queues` RX and TX queues, RSS when more than one
-/// queue and the driver has it, RX interrupts when the driver has them, and
-/// the given TX offloads and MTU; starts it. Returns whether RX interrupts
-/// are on.
+/// Configures `port` (see [`port_start`]); RX interrupts when `rx_intr`.
+fn port_configure(port: u16, eth: &EthConf, rx_intr: bool) -> i32 {
+    let mut conf = sys::rte_eth_conf::default();
+    conf.rxmode.mtu = eth.mtu as u32;
+    if eth.queues > 1 && eth.rss_hf != 0 {
+        conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = eth.rss_hf;
+    }
+    conf.rxmode.offloads = eth.rx_offloads;
+    conf.txmode.offloads = eth.tx_offloads;
+    conf.intr_conf.set_rxq(rx_intr as u32);
+    // SAFETY: `conf` is a valid configuration that DPDK copies.
+    unsafe { sys::rte_eth_dev_configure(port, eth.queues, eth.queues, &conf) }
+}
+
+/// Configures `port` as `eth` says, with RX interrupts when the driver has
+/// them, and starts it. Returns whether RX interrupts are on.
 pub(crate) fn port_start(
     port: u16,
-    queues: u16,
-    rss_hf: u64,
-    tx_offloads: u64,
-    mtu: u16,
+    eth: &EthConf,
     descriptors: u16,
     pool: &Mempool,
 ) -> Result<bool, String> {
+    let (queues, mtu) = (eth.queues, eth.mtu);
     let mut rx_intr = true;
-    let mut rc = port_configure(port, queues, rss_hf, tx_offloads, mtu, true);
+    let mut rc = port_configure(port, eth, true);
     if rc != 0 {
         rx_intr = false;
-        rc = port_configure(port, queues, rss_hf, tx_offloads, mtu, false);
+        rc = port_configure(port, eth, false);
     }
     if rc != 0 {
         return Err(format!("configure: {}", errno_string(rc)));

@@ -23,10 +23,10 @@ use std::time::Duration;
 use hugepage_pool::mq::{self, fanin, Sleep};
 use hugepage_pool::Region;
 
-use crate::ffi::RxBurst;
+use crate::ffi::{L4Checksum, RxBurst};
 use crate::net::flow::{self, Frame};
 use crate::net::stack::{App, Stack, StackStats};
-use crate::port::{Queue, BURST};
+use crate::port::{Queue, RxChecksum, BURST};
 
 /// When to stop spinning and how long to sleep.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +63,9 @@ pub struct LoopStats {
     pub steered: u64,
     /// Frames dropped because the owner's mailbox was full (TCP retransmits).
     pub steer_drops: u64,
+    /// Frames dropped for a wrong checksum (found by the NIC, or by the
+    /// runtime where the NIC did not check).
+    pub bad_checksum: u64,
 }
 
 /// One core's counters, written only by that core (plain stores) and read
@@ -150,6 +153,16 @@ impl Steering {
 
     fn cores(&self) -> usize {
         self.outboxes.len()
+    }
+}
+
+/// Under RX checksum offload: whether a received frame may go on to the
+/// stack (which then verifies no TCP checksum itself).
+fn checksum_ok(nic: L4Checksum, frame: &[u8]) -> bool {
+    match nic {
+        L4Checksum::Good => true,
+        L4Checksum::Bad => false,
+        L4Checksum::Unchecked => flow::tcp_checksum_ok(frame),
     }
 }
 
@@ -246,8 +259,14 @@ impl<A: App> Core<'_, A> {
             }
             let now = clock.now();
             let received = self.queue.rx_burst(&mut rx);
+            let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
             for i in 0..received {
-                self.dispatch(now, rx.frame(i));
+                let frame = rx.frame(i);
+                if nic_checks && !checksum_ok(rx.l4_checksum(i), frame) {
+                    self.stats.bad_checksum += 1;
+                    continue;
+                }
+                self.dispatch(now, frame);
             }
             rx.clear();
             let steered_in = self.drain_inbox(now);

@@ -80,6 +80,9 @@ pub enum RxChecksum {
     /// kernel may then also leave its transmit checksums to the receiver,
     /// as veth does with `tx` checksumming on.
     Trust,
+    /// The NIC verifies (RX checksum offload): a frame it found bad is
+    /// dropped, one it did not check is verified in software.
+    Nic,
 }
 
 /// The kernel drivers of host-internal links: what arrives on them was
@@ -87,8 +90,8 @@ pub enum RxChecksum {
 const HOST_INTERNAL_DRIVERS: &[&str] = &["veth", "tun"];
 
 /// `Trust` when the port is a kernel interface whose driver is a
-/// host-internal link, else `Verify` (a PCI NIC, af_xdp on a physical NIC,
-/// anything unknown).
+/// host-internal link; else `Nic` where the driver offers TCP checksum
+/// offload, and `Verify` (in software) where it does not.
 fn rx_checksum_of(info: &DevInfo) -> (RxChecksum, Option<String>) {
     let driver = (info.if_index != 0)
         .then(|| ffi::interface_name(info.if_index))
@@ -99,6 +102,8 @@ fn rx_checksum_of(info: &DevInfo) -> (RxChecksum, Option<String>) {
         .is_some_and(|d| HOST_INTERNAL_DRIVERS.contains(&d));
     let policy = if trusted {
         RxChecksum::Trust
+    } else if info.rx_offload_capa & ffi::rx_offload_tcp_cksum() != 0 {
+        RxChecksum::Nic
     } else {
         RxChecksum::Verify
     };
@@ -167,21 +172,29 @@ impl Port {
             ffi::socket_of(id),
         )
         .map_err(&setup)?;
-        let rss_hf = info.flow_type_rss_offloads & ffi::rss_hf_ip_tcp();
-        let want_tx = ffi::tx_offload_ipv4_tcp_cksum();
-        // Reported, not yet used: smoltcp computes checksums in software
-        // until the pseudo-header seeding that PMDs expect is wired.
-        let tx_checksum_offload = info.tx_offload_capa & want_tx == want_tx;
-        let configured =
-            ffi::port_start(id, queues, rss_hf, 0, mtu, 1024, &pool).map_err(&setup)?;
+        let (link_checksum, kernel_driver) = rx_checksum_of(&info);
+        let rx_checksum = rx_checksum.unwrap_or(link_checksum);
+        let tx_checksum_offload = info.tx_offload_capa & ffi::tx_offload_tcp_cksum() != 0;
+        let eth = ffi::EthConf {
+            queues,
+            rss_hf: info.flow_type_rss_offloads & ffi::rss_hf_ip_tcp(),
+            rx_offloads: match rx_checksum {
+                RxChecksum::Nic => ffi::rx_offload_tcp_cksum(),
+                _ => 0,
+            },
+            tx_offloads: match tx_checksum_offload {
+                true => ffi::tx_offload_tcp_cksum(),
+                false => 0,
+            },
+            mtu,
+        };
+        let configured = ffi::port_start(id, &eth, 1024, &pool).map_err(&setup)?;
         let rx_wake = if configured {
             rx_wake_of(id, &info.driver)
         } else {
             RxWake::Poll
         };
         let mac = ffi::mac_addr(id);
-        let (link_checksum, kernel_driver) = rx_checksum_of(&info);
-        let rx_checksum = rx_checksum.unwrap_or(link_checksum);
         tracing::info!(
             port = id, %name, driver = %info.driver, ?kernel_driver, queues, mtu,
             tx_checksum_offload, ?rx_checksum, ?rx_wake,
@@ -238,7 +251,8 @@ impl Port {
         self.rx_checksum
     }
 
-    /// Whether the PMD could fill IPv4/TCP checksums on transmit.
+    /// Whether the NIC fills the TCP checksums of frames sent (smoltcp then
+    /// leaves them to it).
     pub fn tx_checksum_offload(&self) -> bool {
         self.tx_checksum_offload
     }

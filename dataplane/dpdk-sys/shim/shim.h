@@ -31,6 +31,13 @@ uint8_t *ferrox_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 
 /* Constants DPDK defines with function-like macros (RTE_BIT64). */
 uint64_t ferrox_rss_hf_ip_tcp(void);
-uint64_t ferrox_tx_offload_ipv4_tcp_cksum(void);
+uint64_t ferrox_tx_offload_tcp_cksum(void);
+uint64_t ferrox_rx_offload_tcp_cksum(void);
+/* What the NIC found of a received frame's L4 checksum: 1 good (or the data
+ * verified, the field left partial), -1 bad, 0 not checked. */
+int ferrox_pktmbuf_rx_l4_cksum(const struct rte_mbuf *m);
+/* Marks an Ethernet/IPv4/TCP frame (IPv4 header of l3_len bytes) for TCP
+ * checksum offload and seeds the pseudo-header sum the NIC adds to. */
+void ferrox_pktmbuf_tx_tcp_cksum(struct rte_mbuf *m, uint8_t l3_len);
 
 #endif

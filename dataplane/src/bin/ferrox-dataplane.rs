@@ -72,8 +72,8 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_MTU, value_parser = clap::value_parser!(u16).range(576..=MAX_MTU as i64))]
     mtu: u16,
     /// Who checks received IPv4/TCP checksums: `auto` trusts frames on a
-    /// host-internal link (a veth or tap, as the kernel does) and verifies
-    /// all others in software.
+    /// host-internal link (a veth or tap, as the kernel does), lets a NIC
+    /// with checksum offload check them, and verifies the rest in software.
     #[arg(long, value_enum, default_value_t = RxChecksumArg::Auto)]
     rx_checksum: RxChecksumArg,
     /// Client connections' worth of socket buffers to start with (the pool
@@ -215,6 +215,7 @@ fn run(args: Args) -> Result<()> {
             .then(|| smoltcp::time::Duration::from_micros(args.ack_delay_us)),
         mtu: port.mtu(),
         rx_checksum: port.rx_checksum(),
+        tx_checksum_offload: port.tx_checksum_offload(),
         ..StackConfig::default()
     };
     let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;
@@ -404,6 +405,7 @@ fn serve<A: App + Send>(
         loops.sleeps += core.stats.sleeps;
         loops.steered += core.stats.steered;
         loops.steer_drops += core.stats.steer_drops;
+        loops.bad_checksum += core.stats.bad_checksum;
     }
     let apps: Vec<&A> = all.iter().map(|c| c.stack.app()).collect();
     let app_summary = summary(&apps);
@@ -412,10 +414,10 @@ fn serve<A: App + Send>(
     println!(
         "ferrox-dataplane: stopped; frames={} accepted={} refused={} connects={} closed={} open={} backlog_drops={} \
          rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={} \
-         steered={} steer_drops={}{app_summary}{per_core}",
+         steered={} steer_drops={} bad_checksum={}{app_summary}{per_core}",
         total.frames, total.accepted, total.refused, total.connects, total.closed, total.open, total.backlog_drops,
         p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations, loops.sleeps,
-        loops.steered, loops.steer_drops
+        loops.steered, loops.steer_drops, loops.bad_checksum
     );
     if args.xstats {
         let shown: Vec<String> = port

@@ -49,18 +49,34 @@ impl<'a, 'p> FrameDevice<'a, 'p> {
     }
 }
 
-/// What smoltcp may assume of a port with this MTU and checksum policy.
-pub fn capabilities(mtu: u16, rx_checksum: RxChecksum) -> DeviceCapabilities {
+/// What smoltcp may assume of a port with this MTU and these checksum
+/// duties: smoltcp verifies received checksums only under
+/// [`RxChecksum::Verify`] (the NIC or the runtime does under `Nic`, nobody
+/// needs to under `Trust`), and fills TCP checksums unless the NIC does.
+pub fn capabilities(mtu: u16, rx: RxChecksum, tx_tcp_offload: bool) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
     caps.max_transmission_unit = mtu as usize + ETHERNET_HEADER;
     caps.max_burst_size = Some(crate::port::BURST);
-    if rx_checksum == RxChecksum::Trust {
-        // Still computed on transmit: the peer may forward what it gets.
-        caps.checksum.ipv4 = Checksum::Tx;
-        caps.checksum.tcp = Checksum::Tx;
-    }
+    let verify = rx == RxChecksum::Verify;
+    caps.checksum.ipv4 = if verify { Checksum::Both } else { Checksum::Tx };
+    caps.checksum.tcp = match (verify, tx_tcp_offload) {
+        (true, false) => Checksum::Both,
+        (true, true) => Checksum::Rx,
+        (false, false) => Checksum::Tx,
+        (false, true) => Checksum::None,
+    };
     caps
+}
+
+/// The IPv4 header length of an Ethernet/IPv4/TCP frame, else `None`.
+fn tcp_over_ipv4(frame: &[u8]) -> Option<u8> {
+    const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+    const PROTOCOL_TCP: u8 = 6;
+    let ip = frame.get(ETHERNET_HEADER..)?;
+    let is_tcp =
+        frame[12..14] == ETHERTYPE_IPV4 && ip.first()? >> 4 == 4 && *ip.get(9)? == PROTOCOL_TCP;
+    is_tcp.then(|| (ip[0] & 0x0f) * 4)
 }
 
 impl<'p> Device for FrameDevice<'_, 'p> {
@@ -93,7 +109,7 @@ impl<'p> Device for FrameDevice<'_, 'p> {
 
     fn capabilities(&self) -> DeviceCapabilities {
         let port = self.queue.port();
-        capabilities(port.mtu(), port.rx_checksum())
+        capabilities(port.mtu(), port.rx_checksum(), port.tx_checksum_offload())
     }
 }
 
@@ -123,7 +139,44 @@ impl TxToken for MbufTx<'_, '_> {
             return f(&mut scratch[..len.min(MAX_FRAME)]);
         };
         let result = f(buf);
-        self.queue.send(mbuf.expect("the frame was built in it"));
+        let offload = self.queue.port().tx_checksum_offload();
+        let l3_len = if offload { tcp_over_ipv4(buf) } else { None };
+        let mut mbuf = mbuf.expect("the frame was built in it");
+        if let Some(l3_len) = l3_len {
+            mbuf.offload_tcp_checksum(l3_len);
+        }
+        self.queue.send(mbuf);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoltcp_checks_and_fills_only_what_nobody_else_does() {
+        let tcp = |rx, offload| capabilities(1500, rx, offload).checksum.tcp;
+        assert!(matches!(tcp(RxChecksum::Verify, false), Checksum::Both));
+        assert!(matches!(tcp(RxChecksum::Verify, true), Checksum::Rx));
+        assert!(matches!(tcp(RxChecksum::Nic, false), Checksum::Tx));
+        assert!(matches!(tcp(RxChecksum::Trust, true), Checksum::None));
+        let caps = capabilities(3438, RxChecksum::Trust, false);
+        assert!(matches!(caps.checksum.ipv4, Checksum::Tx));
+        assert_eq!(caps.max_transmission_unit, 3438 + ETHERNET_HEADER);
+    }
+
+    #[test]
+    fn only_ipv4_tcp_frames_are_offloaded() {
+        let mut frame = [0u8; 60];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x46; // IPv4, 24-byte header
+        frame[14 + 9] = 6;
+        assert_eq!(tcp_over_ipv4(&frame), Some(24));
+        frame[14 + 9] = 17; // UDP
+        assert_eq!(tcp_over_ipv4(&frame), None);
+        frame[12..14].copy_from_slice(&[0x08, 0x06]); // ARP
+        assert_eq!(tcp_over_ipv4(&frame), None);
+        assert_eq!(tcp_over_ipv4(&frame[..14]), None);
     }
 }

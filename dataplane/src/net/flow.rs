@@ -80,6 +80,28 @@ pub fn classify(frame: &[u8]) -> Frame {
     }
 }
 
+/// Whether a frame's TCP checksum is right (a frame that is not an
+/// unfragmented IPv4/TCP one passes: the stack checks the rest). For the
+/// frames a NIC with checksum offload did not check.
+pub fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return true;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return true;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return true;
+    };
+    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return true;
+    }
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return true;
+    };
+    tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into())
+}
+
 /// Multiply-xorshift hasher for 64-bit flow keys (SipHash's DoS resistance
 /// costs ~20 ns a lookup; a peer can pick only its own port and address, and
 /// the multiplier is chosen per process).
@@ -194,6 +216,20 @@ mod tests {
         let mut arp = frame.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(classify(&arp), Frame::Other);
+    }
+
+    #[test]
+    fn a_wrong_tcp_checksum_is_found_and_other_frames_pass() {
+        let frame = tcp_frame(TcpControl::Syn, None);
+        assert!(tcp_checksum_ok(&frame));
+        // The sequence number's last byte: 14 (Ethernet) + 20 (IPv4) + 7.
+        let mut bad = frame.clone();
+        bad[14 + 20 + 7] ^= 1;
+        assert!(!tcp_checksum_ok(&bad));
+        let mut arp = bad.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(tcp_checksum_ok(&arp));
+        assert!(tcp_checksum_ok(&bad[..30]));
     }
 
     #[test]

@@ -116,8 +116,10 @@ pub struct StackConfig {
     pub keep_alive_ports: Vec<u16>,
     /// The port's MTU: TCP segments are sized to it.
     pub mtu: u16,
-    /// Whether received checksums are verified.
+    /// Who verifies received checksums.
     pub rx_checksum: RxChecksum,
+    /// The NIC fills TCP checksums on transmit.
+    pub tx_checksum_offload: bool,
 }
 
 /// Keep-alive interval of connections on `keep_alive_ports`.
@@ -139,6 +141,7 @@ impl Default for StackConfig {
             keep_alive_ports: Vec::new(),
             mtu: device::DEFAULT_MTU,
             rx_checksum: RxChecksum::Verify,
+            tx_checksum_offload: false,
         }
     }
 }
@@ -227,7 +230,11 @@ impl<A: App> Stack<A> {
         iface_config.random_seed = seed;
         let mut iface = Interface::new(
             iface_config,
-            &mut CapsOnly(device::capabilities(config.mtu, config.rx_checksum)),
+            &mut CapsOnly(device::capabilities(
+                config.mtu,
+                config.rx_checksum,
+                config.tx_checksum_offload,
+            )),
             now,
         );
         iface.update_ip_addrs(|addrs| {
