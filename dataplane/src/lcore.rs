@@ -23,6 +23,7 @@ use std::time::Duration;
 use hugepage_pool::mq::{self, fanin, Sleep};
 use hugepage_pool::Region;
 
+use crate::alloc_count;
 use crate::ffi::{L4Checksum, RxBurst};
 use crate::net::flow::{self, Frame};
 use crate::net::stack::{App, Stack, StackStats};
@@ -79,6 +80,8 @@ pub struct CoreCounters {
     pub open: AtomicU64,
     pub steered: AtomicU64,
     pub sleeps: AtomicU64,
+    /// Heap allocations the core's thread has made (see `alloc_count`).
+    pub allocations: AtomicU64,
 }
 
 impl CoreCounters {
@@ -89,6 +92,9 @@ impl CoreCounters {
         self.open.store(stack.open, Ordering::Relaxed);
         self.steered.store(stats.steered, Ordering::Relaxed);
         self.sleeps.store(stats.sleeps, Ordering::Relaxed);
+        // Called on the core's own thread.
+        self.allocations
+            .store(alloc_count::thread_allocations(), Ordering::Relaxed);
     }
 }
 

@@ -16,8 +16,11 @@
 //!  ARP/ICMP/RST (no connection)       TxToken::consume: mbuf ─> tx burst
 //! ```
 //!
-//! `unsafe` lives only in [`ffi`] (and the `dpdk-sys` crate below it).
+//! `unsafe` lives only in [`ffi`] (and the `dpdk-sys` crate below it), and
+//! in the counting allocator of [`alloc_count`].
 
+#[allow(unsafe_code)]
+pub mod alloc_count;
 pub mod eal;
 #[allow(unsafe_code)]
 pub mod ffi;

@@ -110,6 +110,11 @@ struct Args {
     stats_every: u64,
 }
 
+/// Counts each thread's allocations, for `core_allocations`.
+#[global_allocator]
+static ALLOCATOR: ferrox_dataplane::alloc_count::CountingAllocator =
+    ferrox_dataplane::alloc_count::CountingAllocator;
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum RxChecksumArg {
     Auto,
@@ -485,13 +490,15 @@ fn report_every(
             boards.iter().map(|b| f(b).load(Relaxed)).sum()
         };
         println!(
-            "ferrox-dataplane: stats; frames={} accepted={} closed={} open={} steered={} sleeps={}",
+            "ferrox-dataplane: stats; frames={} accepted={} closed={} open={} steered={} sleeps={} \
+             core_allocations={}",
             sum(|b| &b.frames),
             sum(|b| &b.accepted),
             sum(|b| &b.closed),
             sum(|b| &b.open),
             sum(|b| &b.steered),
-            sum(|b| &b.sleeps)
+            sum(|b| &b.sleeps),
+            sum(|b| &b.allocations)
         );
         let _ = std::io::stdout().flush();
     }

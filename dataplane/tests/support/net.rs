@@ -114,6 +114,16 @@ impl Dataplane {
         }
     }
 
+    /// Lines containing `text` printed so far.
+    pub fn count_lines(&self, text: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
     /// The newest periodic statistics line.
     pub fn latest_stats(&self) -> Option<String> {
         self.lines
