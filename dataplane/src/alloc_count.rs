@@ -61,13 +61,14 @@ mod tests {
     fn counts_what_this_thread_allocates() {
         let before = thread_allocations();
         let layout = Layout::from_size_align(64, 8).unwrap();
-        // SAFETY: a non-zero layout; the block is freed with the same one.
-        unsafe {
-            let p = CountingAllocator.alloc(layout);
-            assert!(!p.is_null());
-            let p = CountingAllocator.realloc(p, layout, 128);
-            CountingAllocator.dealloc(p, Layout::from_size_align(128, 8).unwrap());
-        }
+        // SAFETY: a non-zero layout.
+        let p = unsafe { CountingAllocator.alloc(layout) };
+        assert!(!p.is_null());
+        // SAFETY: `p` was allocated here with `layout`.
+        let p = unsafe { CountingAllocator.realloc(p, layout, 128) };
+        assert!(!p.is_null());
+        // SAFETY: `p` now holds 128 bytes, freed once with that layout.
+        unsafe { CountingAllocator.dealloc(p, Layout::from_size_align(128, 8).unwrap()) };
         assert_eq!(thread_allocations() - before, 2);
     }
 }
