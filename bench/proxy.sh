@@ -6,7 +6,8 @@
 #                       subset of "plain P16 P16-1KiB"; ROUNDS: rounds of
 #                       every scenario, default 1; MTU: of ferrox's port
 #                       and the veth pair, default 3438, the most af_xdp
-#                       carries; DP_ARGS: more
+#                       carries; IDLE: idle client connections for the
+#                       memory figure, default 5000, 0 to skip; DP_ARGS: more
 #                       ferrox-dataplane arguments, to try a setting)
 #
 # One namespace holds the clients, the backends and twemproxy, on the kernel
@@ -28,13 +29,15 @@
 # traffic flows, so its CPU time is close to wall time); with PERF_DATA=path,
 # a CPU profile of ferrox per scenario goes to path.<scenario>; and the
 # Ethernet frames ferrox sent and received per request (veth0's counters,
-# both directions). Ratios are against
+# both directions); and, first, each proxy's memory per idle client
+# connection (IDLE, below). Ratios are against
 # twemproxy and direct Redis measured in the same run. Needs root, hugepages.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 NS=fxq$$
 N=${N:-100000}
+IDLE=${IDLE:-5000}
 MTU=${MTU:-3438}
 ROUNDS=${ROUNDS:-1}
 SCENARIOS=${SCENARIOS:-plain P16 P16-1KiB}
@@ -48,7 +51,7 @@ cleanup() {
   [ -n "$DP_PID" ] && kill -INT "$DP_PID" 2>/dev/null && sleep 1
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
-  rm -f "$CONF"
+  rm -f "$CONF" "${HOLDER:-}"
 }
 trap cleanup EXIT
 
@@ -94,7 +97,7 @@ NC_PID=$!
 PIDS+=("$NC_PID")
 ip netns exec "$NS" "$DP" --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 \
   --address 198.18.0.2/24 --config "$CONF" --memory-mb 512 --mbufs 32767 \
-  --mtu "$MTU" --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
+  --mtu "$MTU" --socket-pool-clients 16 --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
 DP_PID=$!
 sleep 2
 for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
@@ -114,6 +117,51 @@ run() { # host port extra-args -> lines "TEST rps p50 p99"
   in_ns bash -c "ulimit -n 65536 2>/dev/null; timeout 300 redis-benchmark -h $1 -p $2 -c 50 -n $N \
     -r 100000 -t get,set $3 --csv" | grep -E '^"(GET|SET)"' | tr -d '"' | awk -F, '{print $1, $2, $5, $7}'
 }
+
+# Memory per idle client connection: IDLE connections that each sent one
+# PING (twemproxy answers it itself, as ferrox does) and stay open, against
+# the proxy's memory before. Memory is resident heap (VmRSS) plus hugepages
+# mapped (HugetlbPages: ferrox's socket buffers live there, and its pool
+# starts small, --socket-pool-clients 16, so it grows with the
+# connections). DPDK's fixed mempool reservation is in both readings, so
+# not in the difference. Measured first, on fresh proxies: after the
+# throughput runs their free lists would hide what a connection costs.
+memory_kib() { awk '/^(VmRSS|HugetlbPages):/ { n += $2 } END { print n }' "/proc/$1/status"; }
+HOLDER=$(mktemp /tmp/ferrox-bench-hold-XXXXXX.py)
+cat >"$HOLDER" <<'PY'
+import socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+socks = [socket.create_connection((host, 22121), timeout=30) for _ in range(n)]
+for s in socks:
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+for s in socks:
+    assert s.recv(64).startswith(b"+PONG")
+print("ready", flush=True)
+sys.stdin.readline()
+PY
+declare -A per_conn
+idle_memory() {
+  local target host pid before after ready
+  for target in twemproxy ferrox; do
+    case "$target" in
+      twemproxy) host=198.18.0.1 pid=$NC_PID ;;
+      ferrox) host=198.18.0.2 pid=$DP_PID ;;
+    esac
+    before=$(memory_kib "$pid")
+    # The holder prints "ready" once every connection has its reply, then
+    # holds them until its stdin closes.
+    coproc HOLD { in_ns bash -c "ulimit -n $((IDLE + 64)); exec timeout 120 /usr/bin/python3 $HOLDER $host $IDLE"; }
+    read -r ready <&"${HOLD[0]}" || true
+    [ "$ready" = ready ] || { echo "could not hold $IDLE connections to $target" >&2; exit 1; }
+    sleep 1
+    after=$(memory_kib "$pid")
+    exec {HOLD[1]}>&-
+    wait "$HOLD_PID" 2>/dev/null || true
+    per_conn[$target]=$(awk -v a="$before" -v b="$after" -v n="$IDLE" 'BEGIN { printf "%.1f", (b - a) / n }')
+    sleep 2
+  done
+}
+if [ "$IDLE" -gt 0 ]; then idle_memory; fi
 
 hz=$(getconf CLK_TCK)
 declare -A rps p50 p99 cpu frames
@@ -184,3 +232,7 @@ for scenario in $SCENARIOS; do
       "$(median "${frames[$scenario]}")"
   done
 done
+if [ "$IDLE" -gt 0 ]; then
+  printf '\n| %s idle client connections | twemproxy | ferrox |\n|---|---|---|\n' "$IDLE"
+  printf '| KiB per connection | %s | %s |\n' "${per_conn[twemproxy]}" "${per_conn[ferrox]}"
+fi
