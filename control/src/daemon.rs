@@ -28,9 +28,15 @@ use crate::health::{self, Event, Health};
 use crate::metrics::{self, Sample};
 use crate::running::{self, Change, Refused};
 
-/// The socket buffer pool's class of client buffers (the dataplane's
-/// `net::memory` makes it class 0, servers class 1).
-const CLIENT_CLASS: usize = 0;
+/// Whether class `class` of a socket pool with `classes` classes holds
+/// client buffers. The dataplane's `net::memory` orders classes by chunk
+/// size, and server buffers (256 KiB) are larger than any client buffer
+/// (at most 128 KiB), so the last class is the servers' and the others
+/// (receive and send, or one class when both are the same size) the
+/// clients'.
+fn is_client_class(class: usize, classes: usize) -> bool {
+    class + 1 < classes
+}
 
 /// What `config show` prints for a password.
 const REDACTED: &str = "(redacted)";
@@ -336,7 +342,7 @@ impl Control {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| admin::ShmClass {
-                    role: if i == CLIENT_CLASS {
+                    role: if is_client_class(i, stats.classes.len()) {
                         "client"
                     } else {
                         "server"
@@ -352,18 +358,37 @@ impl Control {
     }
 
     /// Adds `add_mb` MiB of client socket buffers to the pool, growing the
-    /// region by a segment when it is full. The cores find the new chunks
-    /// at their next refill; nothing pauses.
+    /// region by a segment when it is full. The client classes grow in
+    /// proportion to what they hold, which keeps the receive and send
+    /// buffers of a connection in step. The cores find the new chunks at
+    /// their next refill; nothing pauses.
     fn grow(&self, add_mb: u64) -> Result<admin::Shm, Refused> {
         if add_mb == 0 || add_mb > 64 << 10 {
             return Err(Refused(format!("{add_mb} MiB: give 1 to 65536")));
         }
         let pool = self.sockets().ok_or_else(no_pool_yet)?;
-        let chunk = pool.chunk_size(CLIENT_CLASS) as u64;
-        let chunks = ((add_mb << 20) / chunk).max(1) as u32;
-        pool.add_chunks(CLIENT_CLASS, chunks)
-            .map_err(|e| Refused(format!("growing the socket pool: {e}")))?;
-        tracing::info!(add_mb, chunks, "socket pool grown");
+        let classes = pool.stats().classes;
+        let clients: Vec<usize> = (0..classes.len())
+            .filter(|&c| is_client_class(c, classes.len()))
+            .collect();
+        let held: u64 = clients
+            .iter()
+            .map(|&c| classes[c].total * classes[c].chunk_size as u64)
+            .sum();
+        let add = add_mb << 20;
+        let mut added = 0;
+        for &c in &clients {
+            let class = &classes[c];
+            let chunks = match held {
+                0 => add / clients.len() as u64 / class.chunk_size as u64,
+                _ => class.total * add / held,
+            };
+            let chunks = chunks.max(1) as u32;
+            pool.add_chunks(c, chunks)
+                .map_err(|e| Refused(format!("growing the socket pool: {e}")))?;
+            added += chunks;
+        }
+        tracing::info!(add_mb, chunks = added, "socket pool grown");
         self.shm().ok_or_else(no_pool_yet)
     }
 
@@ -383,13 +408,15 @@ impl Control {
         let base = std::mem::replace(previous, (current, now));
         *self.rate_base.lock().expect("not poisoned") = Some(base);
         if let Some(shm) = self.shm() {
-            let client = &shm.classes[CLIENT_CLASS];
-            if client.total > 0
-                && (client.free as f64) < self.settings.grow_below * client.total as f64
-            {
+            let clients = shm.classes.iter().filter(|c| c.role == "client");
+            let low = clients.clone().any(|c| {
+                c.total > 0 && (c.free as f64) < self.settings.grow_below * c.total as f64
+            });
+            if low {
                 // Half as much again: geometric, so the region keeps few
                 // segments.
-                let add_mb = ((client.total / 2 * client.chunk_size as u64) >> 20).max(1);
+                let held: u64 = clients.map(|c| c.total * c.chunk_size as u64).sum();
+                let add_mb = ((held / 2) >> 20).max(1);
                 if let Err(e) = self.grow(add_mb) {
                     tracing::warn!("the socket pool is low and cannot grow: {e}");
                 }
@@ -600,8 +627,16 @@ pub fn serve_metrics(
             match accepted {
                 Ok((mut stream, _)) => {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                    // The whole head, so that closing after the answer
+                    // leaves nothing unread (which would reset it).
                     let mut request = [0u8; 2048];
-                    let n = stream.read(&mut request).unwrap_or(0);
+                    let mut n = 0;
+                    while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut request[n..]) {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => n += read,
+                        }
+                    }
                     let head = String::from_utf8_lossy(&request[..n]);
                     let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
                         ("200 OK", control.prometheus())

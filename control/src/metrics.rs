@@ -311,14 +311,14 @@ pub fn prometheus(snapshot: &Snapshot, config_version: u64, shm: Option<&Shm>) -
             &mut out,
             "ferrox_shm_chunks",
             "gauge",
-            "Socket buffer chunks by role and state.",
+            "Socket buffer chunks by role, chunk size and state.",
         );
         for class in &shm.classes {
             for (state, n) in [("in_use", class.in_use), ("free", class.free)] {
                 let _ = writeln!(
                     out,
-                    "ferrox_shm_chunks{{role=\"{}\",state=\"{state}\"}} {n}",
-                    class.role
+                    "ferrox_shm_chunks{{role=\"{}\",chunk_bytes=\"{}\",state=\"{state}\"}} {n}",
+                    class.role, class.chunk_size
                 );
             }
         }
@@ -378,7 +378,39 @@ mod tests {
 
     #[test]
     fn prometheus_text_has_help_type_and_escaped_labels() {
-        let text = prometheus(&snapshot(7), 3, None);
+        let class = |role: &str, chunk_size| crate::admin::ShmClass {
+            role: role.into(),
+            chunk_size,
+            total: 4,
+            in_use: 1,
+            free: 3,
+        };
+        let shm = Shm {
+            region: "r".into(),
+            segments: 1,
+            size_bytes: 1 << 20,
+            used_bytes: 1 << 19,
+            hugepages: true,
+            classes: vec![
+                class("client", 8256),
+                class("client", 32832),
+                class("server", 262208),
+            ],
+        };
+        let text = prometheus(&snapshot(7), 3, Some(&shm));
+        assert!(text.contains(
+            "ferrox_shm_chunks{role=\"client\",chunk_bytes=\"8256\",state=\"free\"} 3\n"
+        ));
+        // No series twice.
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0)
+            .collect();
+        let all = series.len();
+        series.sort_unstable();
+        series.dedup();
+        assert_eq!(series.len(), all);
         assert!(text.contains("# TYPE ferrox_pool_requests_total counter\n"));
         assert!(text.contains("ferrox_pool_requests_total{pool=\"ca\\\"che\"} 7\n"));
         assert!(text.contains(

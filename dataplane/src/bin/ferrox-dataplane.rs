@@ -97,10 +97,16 @@ struct Args {
     /// on a shared one (see docs/performance.md).
     #[arg(long, default_value_t = IdlePolicy::default().spin_polls)]
     idle_spin_polls: u32,
-    /// Receive and send buffer of each client connection, in KiB (chunks of
-    /// the socket pool). A pipeline larger than this waits for the window.
+    /// Receive buffer of each client connection, in KiB (a chunk of the
+    /// socket pool). A pipeline larger than this waits for the window.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=128))]
     client_buffer_kib: u32,
+    /// Send buffer of each client connection, in KiB: replies beyond it
+    /// wait in the proxy's output until the client acknowledges. Small by
+    /// default: every connection holds it from accept to close, and larger
+    /// did not serve pipelines faster (docs/performance.md).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(4..=128))]
+    client_send_buffer_kib: u32,
     /// How long an ACK may wait to ride on outgoing data, in microseconds
     /// (0: acknowledge at once).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
@@ -326,6 +332,7 @@ fn serve<A: App + Send>(
     // region of our own is removed when the process ends.
     let sizes = Sizes {
         client: args.client_buffer_kib << 10,
+        client_send: args.client_send_buffer_kib << 10,
         server: SERVER_SOCKET_BUFFER,
     };
     let clients = args

@@ -36,33 +36,46 @@ fn chunk_size(bytes: u32) -> u32 {
     (bytes + hugepage_pool::pool::CHUNK_HEADER).next_multiple_of(64)
 }
 
-/// The two buffer sizes: accepted connections and connections to servers
-/// (the client size the smaller).
+/// Buffer sizes: an accepted connection's receive and send buffers, and a
+/// connection to a server's (both).
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
+    /// Holds a client's pipeline: smaller, and a pipeline that outgrows
+    /// it waits a round trip for the window.
     pub client: u32,
+    /// Replies beyond it wait in the application's output.
+    pub client_send: u32,
     pub server: u32,
 }
 
-/// The pool's classes for `sizes`, with `clients` client connections' worth
-/// of chunks to start with.
+/// The pool's classes for `sizes` (one per distinct chunk size, in
+/// increasing order, as the pool wants them), with `clients` client
+/// connections' worth of chunks to start with.
 fn pool_config(sizes: Sizes, clients: u32) -> PoolConfig {
-    PoolConfig {
-        classes: vec![
-            ClassConfig {
-                chunk_size: chunk_size(sizes.client),
-                chunks: 2 * clients,
-            },
-            ClassConfig {
-                chunk_size: chunk_size(sizes.server),
-                chunks: 16,
-            },
-        ],
+    let mut classes: Vec<ClassConfig> = Vec::new();
+    for (bytes, chunks) in [
+        (sizes.client, clients),
+        (sizes.client_send, clients),
+        (sizes.server, 16),
+    ] {
+        let chunk_size = chunk_size(bytes);
+        match classes.iter_mut().find(|c| c.chunk_size == chunk_size) {
+            Some(class) => class.chunks += chunks,
+            None => classes.push(ClassConfig { chunk_size, chunks }),
+        }
     }
+    classes.sort_by_key(|c| c.chunk_size);
+    PoolConfig { classes }
 }
 
-const CLIENT: usize = 0;
-const SERVER: usize = 1;
+/// Which pool class holds buffers of `bytes` under `sizes`.
+fn class_of(sizes: Sizes, bytes: u32) -> usize {
+    pool_config(sizes, 0)
+        .classes
+        .iter()
+        .position(|c| c.chunk_size == chunk_size(bytes))
+        .expect("every buffer size has its class")
+}
 
 /// The socket buffer pool of a dataplane process, one cache per core.
 #[derive(Debug)]
@@ -109,7 +122,7 @@ impl SocketPool {
                 let wanted: Vec<u32> = config.classes.iter().map(|c| c.chunk_size).collect();
                 if found != wanted {
                     return Err(PoolError::Config(format!(
-                        "the region's socket pool has chunks of {found:?} bytes; this dataplane wants {wanted:?} (another --client-buffer-kib?)"
+                        "the region's socket pool has chunks of {found:?} bytes; this dataplane wants {wanted:?} (other --client-*-buffer-kib?)"
                     )));
                 }
                 pool
@@ -131,9 +144,15 @@ impl SocketPool {
 
     /// Core `core`'s share.
     pub fn core(&self, core: usize) -> Result<SocketMemory, PoolError> {
+        let sizes = self.sizes;
         Ok(SocketMemory {
             cache: self.pool.core(core)?,
-            sizes: self.sizes,
+            sizes,
+            classes: [
+                class_of(sizes, sizes.client),
+                class_of(sizes, sizes.client_send),
+                class_of(sizes, sizes.server),
+            ],
         })
     }
 
@@ -147,6 +166,9 @@ impl SocketPool {
 pub struct SocketMemory {
     cache: CoreCache,
     sizes: Sizes,
+    /// The pool classes of a client's receive and send buffers and a
+    /// server connection's.
+    classes: [usize; 3],
 }
 
 /// Which buffers a socket gets.
@@ -181,12 +203,16 @@ impl SocketMemory {
         role: Role,
         configure: impl FnOnce(&mut tcp::Socket<'static>),
     ) -> Result<PooledSocket, PoolError> {
-        let (class, size) = match role {
-            Role::Client => (CLIENT, self.sizes.client as usize),
-            Role::Server => (SERVER, self.sizes.server as usize),
+        let [client, client_send, server] = self.classes;
+        let ((rx_class, rx_size), (tx_class, tx_size)) = match role {
+            Role::Client => (
+                (client, self.sizes.client),
+                (client_send, self.sizes.client_send),
+            ),
+            Role::Server => ((server, self.sizes.server), (server, self.sizes.server)),
         };
-        let mut rx = self.chunk(class)?;
-        let mut tx = match self.chunk(class) {
+        let mut rx = self.chunk(rx_class)?;
+        let mut tx = match self.chunk(tx_class) {
             Ok(chunk) => chunk,
             Err(e) => {
                 self.cache.free(rx);
@@ -194,8 +220,8 @@ impl SocketMemory {
             }
         };
         let pool = self.cache.pool();
-        let rx_bytes = unbounded(&mut pool.payload_mut(&mut rx)[..size]);
-        let tx_bytes = unbounded(&mut pool.payload_mut(&mut tx)[..size]);
+        let rx_bytes = unbounded(&mut pool.payload_mut(&mut rx)[..rx_size as usize]);
+        let tx_bytes = unbounded(&mut pool.payload_mut(&mut tx)[..tx_size as usize]);
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(rx_bytes),
             tcp::SocketBuffer::new(tx_bytes),
@@ -346,28 +372,32 @@ mod tests {
     fn sockets_take_chunks_and_give_them_back() {
         let sizes = Sizes {
             client: 4096,
+            client_send: 2048,
             server: 8192,
         };
         let pool = SocketPool::heap(sizes, 2);
         let mut memory = pool.core(0).unwrap();
         let socket = memory.socket(Role::Client, |_| {}).unwrap();
         assert_eq!(socket.socket().recv_capacity(), 4096);
-        assert_eq!(socket.socket().send_capacity(), 4096);
+        assert_eq!(socket.socket().send_capacity(), 2048);
         let server = memory.socket(Role::Server, |_| {}).unwrap();
         assert_eq!(server.socket().recv_capacity(), 8192);
-        assert_eq!(pool.pool.stats().classes[CLIENT].in_use, 2);
-        assert_eq!(pool.pool.stats().classes[SERVER].in_use, 2);
+        assert_eq!(server.socket().send_capacity(), 8192);
+        // Classes by size: 2 KiB (client send), 4 KiB (client receive),
+        // 8 KiB (server).
+        let in_use: Vec<u64> = pool.pool.stats().classes.iter().map(|c| c.in_use).collect();
+        assert_eq!(in_use, [1, 1, 2]);
         memory.release(socket);
         memory.release(server);
         let stats = pool.pool.stats();
-        assert_eq!(stats.classes[CLIENT].in_use, 0);
-        assert_eq!(stats.classes[SERVER].in_use, 0);
+        assert!(stats.classes.iter().all(|c| c.in_use == 0));
     }
 
     #[test]
     fn the_pool_grows_when_sockets_outnumber_its_chunks() {
         let sizes = Sizes {
             client: 1024,
+            client_send: 1024,
             server: 2048,
         };
         let pool = SocketPool::heap(sizes, 1);
@@ -375,7 +405,9 @@ mod tests {
         let sockets: Vec<PooledSocket> = (0..40)
             .map(|_| memory.socket(Role::Client, |_| {}).unwrap())
             .collect();
-        assert!(pool.pool.stats().classes[CLIENT].total >= 80);
+        // One class holds both client buffers (the same size).
+        assert_eq!(pool.pool.stats().classes.len(), 2);
+        assert!(pool.pool.stats().classes[0].total >= 80);
         for socket in sockets {
             memory.release(socket);
         }
