@@ -731,23 +731,7 @@ fn reaches_servers_behind_a_gateway() {
     far.run(&["ip", "addr", "add", "198.18.1.2/24", "dev", "fxg1"]);
     far.run(&["ip", "link", "set", "fxg1", "up"]);
     far.run(&["ip", "route", "add", "default", "via", "198.18.1.1"]);
-    let mut server = far
-        .command(&[
-            "redis-server",
-            "--bind",
-            "198.18.1.2",
-            "--port",
-            "7101",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = redis_server_at(&far, "198.18.1.2", 7101);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut reply = String::new();
     while Instant::now() < deadline {

@@ -55,22 +55,29 @@ pub enum Frame {
     Other,
 }
 
-/// Parses just enough of `frame` to find its flow. Never panics: a frame
-/// too short for a header it claims is `Other`.
-pub fn classify(frame: &[u8]) -> Frame {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return Frame::Other;
-    };
+/// A received frame's IPv4 header and TCP segment.
+type Ipv4Tcp<'a> = (Ipv4Packet<&'a [u8]>, TcpPacket<&'a [u8]>);
+
+/// The IPv4 header and TCP segment of an unfragmented Ethernet/IPv4/TCP
+/// frame; `None` for any other frame, or one too short for a header it
+/// claims. Never panics.
+fn ipv4_tcp(frame: &[u8]) -> Option<Ipv4Tcp<'_>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
     if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return Frame::Other;
+        return None;
     }
-    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-        return Frame::Other;
-    };
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
     if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
-        return Frame::Other;
+        return None;
     }
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some((ip, tcp))
+}
+
+/// Parses just enough of `frame` to find its flow: anything but an
+/// unfragmented IPv4/TCP frame is `Other`.
+pub fn classify(frame: &[u8]) -> Frame {
+    let Some((ip, tcp)) = ipv4_tcp(frame) else {
         return Frame::Other;
     };
     Frame::Tcp {
@@ -84,22 +91,8 @@ pub fn classify(frame: &[u8]) -> Frame {
 /// unfragmented IPv4/TCP one passes: the stack checks the rest). For the
 /// frames a NIC with checksum offload did not check.
 pub fn tcp_checksum_ok(frame: &[u8]) -> bool {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return true;
-    };
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return true;
-    }
-    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-        return true;
-    };
-    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
-        return true;
-    }
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-        return true;
-    };
-    tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into())
+    ipv4_tcp(frame)
+        .is_none_or(|(ip, tcp)| tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()))
 }
 
 /// Multiply-xorshift hasher for 64-bit flow keys (SipHash's DoS resistance

@@ -98,10 +98,16 @@ impl Drop for Netns {
 /// A `redis-server` on [`KERNEL_IP`]:`port`, without persistence; the
 /// caller stops it.
 pub fn redis_server(ns: &Netns, port: u16) -> Child {
+    redis_server_at(ns, KERNEL_IP, port)
+}
+
+/// A `redis-server` on `ip`:`port` in `ns`, without persistence; the
+/// caller stops it.
+pub fn redis_server_at(ns: &Netns, ip: &str, port: u16) -> Child {
     ns.command(&[
         "redis-server",
         "--bind",
-        KERNEL_IP,
+        ip,
         "--port",
         &port.to_string(),
         "--save",
