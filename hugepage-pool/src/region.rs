@@ -79,6 +79,8 @@ pub enum RegionError {
         path: String,
         source: std::io::Error,
     },
+    #[error("region {name:?} belongs to process {pid}, which is alive")]
+    OwnerAlive { name: String, pid: u32 },
     #[error("region {name:?} is not initialised yet (creator still starting, or it crashed)")]
     NotInitialised { name: String },
     #[error("region {name:?} is not a ferrox region (magic {found:#018x})")]
@@ -289,6 +291,50 @@ impl Region {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the files of region `name` if the process recorded as its
+    /// owner is gone (it died without removing them); returns that
+    /// process's id, or `None` when there is no such region. A region
+    /// whose owner lives is refused ([`RegionError::OwnerAlive`]), and so
+    /// is one whose header cannot be read (the error says why; `ferrox-shm
+    /// remove` takes it away by hand).
+    ///
+    /// The owner counts as alive only while it still maps segment 0, so a
+    /// recorded pid that now names another process (pid reuse, a container
+    /// restarted with the same pids, this very process) does not keep a
+    /// dead region forever. Where that process's mappings cannot be read
+    /// (another user's), it counts as alive.
+    pub fn remove_if_orphaned(name: &str, options: &RegionOptions) -> Result<Option<u32>> {
+        validate_name(name)?;
+        let local = Region::new_local(name, options, false);
+        // Where `attach` finds it.
+        let seg0 = local
+            .huge_dir
+            .iter()
+            .chain(std::iter::once(&local.shm_dir))
+            .map(|dir| segment_path(dir, name, 0))
+            .find(|path| path.exists());
+        let Some(seg0) = seg0 else {
+            // Segment 0 is created first and removed last: without it,
+            // whatever is left has no owner.
+            Region::remove(name, options)?;
+            return Ok(None);
+        };
+        // Mapped only for this statement: unmapped before this process's
+        // own mappings are read.
+        let owner = Region::attach(name, options)?
+            .header()
+            .owner_pid
+            .load(Ordering::Acquire);
+        if maps_file(owner, &seg0) {
+            return Err(RegionError::OwnerAlive {
+                name: name.into(),
+                pid: owner,
+            });
+        }
+        Region::remove(name, options)?;
+        Ok(Some(owner))
     }
 
     fn new_local(name: &str, options: &RegionOptions, owner: bool) -> Region {
@@ -734,6 +780,33 @@ fn file_len(file: &File, path: &Path) -> Result<u64> {
             path: path_str(path),
             source,
         })
+}
+
+/// Whether process `pid` maps the file at `path` (the same inode), as its
+/// `/proc/<pid>/maps` says; `true` when it exists but its mappings cannot
+/// be read.
+fn maps_file(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if pid == 0 || !crate::sync::process_alive(pid) {
+        return false;
+    }
+    let Ok(inode) = std::fs::metadata(path).map(|m| m.ino()) else {
+        return true;
+    };
+    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+        return true;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        // address perms offset dev inode path
+        Ok(maps) => maps.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            let ino = fields.nth(4).and_then(|i| i.parse::<u64>().ok());
+            let mapped = fields.next().unwrap_or_default();
+            ino == Some(inode) && mapped.ends_with(&format!("/{file_name}"))
+        }),
+        // Gone meanwhile, or not ours to read.
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 fn round_up(value: u64, to: u64) -> u64 {

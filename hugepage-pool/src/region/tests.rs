@@ -246,3 +246,103 @@ fn explicit_hugepages_fail_cleanly_when_too_few_are_free() {
         "{err}"
     );
 }
+
+/// A pid that names no process: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Removes region files a test persisted, even when it fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Region::remove(&self.0, &shm(0));
+    }
+}
+
+fn exists(name: &str, seg: u32) -> bool {
+    std::path::Path::new(&format!("/dev/shm/ferrox-{name}.{seg}")).exists()
+}
+
+#[test]
+fn a_region_left_by_a_dead_owner_is_reclaimed() {
+    let name = unique("orphan");
+    let _cleanup = Cleanup(name.clone());
+    let options = RegionOptions {
+        persist: true,
+        ..shm(1 << 20)
+    };
+    let region = Region::create(&name, &options).unwrap();
+    region.grow(1 << 20).unwrap();
+    let dead = dead_pid();
+    region.header().owner_pid.store(dead, O::Relaxed);
+    drop(region);
+    assert!(exists(&name, 0) && exists(&name, 1));
+    assert!(matches!(
+        Region::create(&name, &shm(1 << 20)),
+        Err(RegionError::AlreadyExists { .. })
+    ));
+
+    assert_eq!(
+        Region::remove_if_orphaned(&name, &shm(0)).unwrap(),
+        Some(dead)
+    );
+    assert!(!exists(&name, 0) && !exists(&name, 1));
+    assert_eq!(Region::remove_if_orphaned(&name, &shm(0)).unwrap(), None);
+    drop(Region::create(&name, &shm(1 << 20)).unwrap());
+}
+
+#[test]
+fn a_region_whose_owner_lives_is_not_reclaimed() {
+    let name = unique("owned");
+    let owner = Region::create(&name, &shm(1 << 20)).unwrap();
+    let err = Region::remove_if_orphaned(&name, &shm(0)).unwrap_err();
+    assert!(
+        matches!(err, RegionError::OwnerAlive { pid, .. } if pid == std::process::id()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("alive"), "{err}");
+    // Still whole and usable.
+    assert!(Region::attach(&name, &shm(0)).is_ok());
+    owner.alloc(64, 64).unwrap();
+    drop(owner);
+}
+
+/// The recorded pid names a live process that does not map the region
+/// (pid reuse; here this very process, after dropping it).
+#[test]
+fn a_recorded_pid_that_no_longer_maps_the_region_does_not_keep_it() {
+    let name = unique("reused");
+    let _cleanup = Cleanup(name.clone());
+    let options = RegionOptions {
+        persist: true,
+        ..shm(1 << 20)
+    };
+    drop(Region::create(&name, &options).unwrap());
+    assert!(exists(&name, 0));
+    assert_eq!(
+        Region::remove_if_orphaned(&name, &shm(0)).unwrap(),
+        Some(std::process::id())
+    );
+    assert!(!exists(&name, 0));
+}
+
+#[test]
+fn segments_without_segment_zero_are_removed() {
+    let name = unique("stray");
+    let _cleanup = Cleanup(name.clone());
+    let options = RegionOptions {
+        persist: true,
+        ..shm(1 << 20)
+    };
+    let region = Region::create(&name, &options).unwrap();
+    region.grow(1 << 20).unwrap();
+    drop(region);
+    std::fs::remove_file(format!("/dev/shm/ferrox-{name}.0")).unwrap();
+    assert_eq!(Region::remove_if_orphaned(&name, &shm(0)).unwrap(), None);
+    assert!(!exists(&name, 1));
+}
