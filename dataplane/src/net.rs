@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod flow;
+pub mod link;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod stack;

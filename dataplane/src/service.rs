@@ -6,6 +6,8 @@
 //! echo service that proves the dataplane); [`PerConnection`] runs one on
 //! the stack.
 
+use ferrox_proxy::Output;
+
 use crate::net::stack::{App, ConnHandle, NetAction};
 
 pub mod proxy;
@@ -37,7 +39,8 @@ pub trait Service {
 }
 
 /// Runs a [`Service`] as an [`App`]: each accepted connection gets its own
-/// state and output buffer; nothing else happens.
+/// state and output buffer; nothing else happens. A connection whose
+/// unsent output reaches [`MAX_UNSENT`] is not read until it drains.
 #[derive(Debug, Default)]
 pub struct PerConnection<S: Service> {
     service: S,
@@ -48,12 +51,15 @@ pub struct PerConnection<S: Service> {
     pub protocol_errors: u64,
 }
 
+/// Unsent output at which a [`PerConnection`] stops reading a connection.
+pub const MAX_UNSENT: usize = 256 << 10;
+
 /// One open connection of a [`PerConnection`].
 #[derive(Debug)]
 struct Open<C> {
     handle: ConnHandle,
     state: C,
-    output: Vec<u8>,
+    output: Output,
 }
 
 impl<S: Service> PerConnection<S> {
@@ -79,7 +85,7 @@ impl<S: Service> App for PerConnection<S> {
         let state = Some(Open {
             handle,
             state: S::Conn::default(),
-            output: Vec::new(),
+            output: Output::default(),
         });
         Some(match self.free.pop() {
             Some(tag) => {
@@ -101,7 +107,7 @@ impl<S: Service> App for PerConnection<S> {
             .expect("the stack names live connections");
         let (used, verdict) = self
             .service
-            .on_input(&mut open.state, data, &mut open.output);
+            .on_input(&mut open.state, data, open.output.tail());
         if verdict == Verdict::Close {
             self.protocol_errors += 1;
             self.actions.push(NetAction::Close(open.handle));
@@ -110,12 +116,18 @@ impl<S: Service> App for PerConnection<S> {
         used
     }
 
-    fn wants_input(&self, _tag: u32) -> bool {
-        true
+    fn wants_input(&self, tag: u32) -> bool {
+        self.conns[tag as usize]
+            .as_ref()
+            .is_some_and(|open| open.output.len() < MAX_UNSENT)
     }
 
-    fn output(&mut self, tag: u32) -> &mut Vec<u8> {
-        &mut self.conn(tag).output
+    fn output(&mut self, tag: u32) -> &[u8] {
+        self.conn(tag).output.pending()
+    }
+
+    fn output_sent(&mut self, tag: u32, n: usize) {
+        self.conn(tag).output.consume(n);
     }
 
     fn connected(&mut self, _tag: u32, _now: u64) {}
@@ -132,6 +144,10 @@ impl<S: Service> App for PerConnection<S> {
 
     fn poll_action(&mut self, _now: u64) -> Option<NetAction> {
         self.actions.pop()
+    }
+
+    fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
     }
 
     fn poll_timeout(&self) -> Option<u64> {

@@ -116,6 +116,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         },
         max_pipeline: limits.max_pipeline,
         max_request: limits.max_request,
+        max_output: crate::engine::MAX_OUTPUT,
         preconnect: pool.preconnect,
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),

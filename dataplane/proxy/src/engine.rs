@@ -26,6 +26,7 @@ use std::ops::Range;
 use ferrox_proto::{memcache, resp};
 
 mod backend;
+mod output;
 pub mod reconfigure;
 mod session;
 mod slot;
@@ -33,6 +34,7 @@ mod slot;
 mod tests;
 
 use backend::Backend;
+pub use output::Output;
 use session::Session;
 use slot::Slot;
 
@@ -157,12 +159,21 @@ pub struct PoolSpec {
     pub max_pipeline: usize,
     /// Longest Redis request a session may send (it is held whole).
     pub max_request: usize,
+    /// Reply bytes a session may hold unsent (written out, or finished
+    /// behind an unfinished one) before its input waits: what one client
+    /// that does not read can cost (Redis's client-output-buffer-limit,
+    /// as back-pressure rather than a disconnect). Replies to requests
+    /// already read still complete.
+    pub max_output: usize,
     /// Connect to every server at start rather than on first use.
     pub preconnect: bool,
-    /// Eject failing servers; `None` keeps them (requests to a failed
-    /// server fail during its backoff).
+    /// Eject failing servers; `None` keeps them (a request for a failed
+    /// server reconnects, and fails if that attempt fails).
     pub ejection: Option<Ejection>,
 }
+
+/// The default of [`PoolSpec::max_output`].
+pub const MAX_OUTPUT: usize = 1 << 20;
 
 /// First wait before reconnecting to a failed server.
 pub const RETRY_MIN: Micros = 100_000;
@@ -239,6 +250,10 @@ pub struct EngineStats {
     pub split_requests: u64,
     pub backend_connects: u64,
     pub backend_failures: u64,
+    /// Failed first connection attempts made again at once (their failure
+    /// is in `backend_failures` too): a lost SYN, or a connect that raced
+    /// neighbour discovery.
+    pub connect_retries: u64,
     pub timeouts: u64,
     pub ejections: u64,
     pub reconfigurations: u64,
@@ -470,18 +485,34 @@ impl Engine {
         tag.is_backend() || self.has_room(tag.index())
     }
 
-    /// Output waiting for `tag`: the runtime sends from the front and
-    /// drains what it sent.
-    pub fn output(&mut self, tag: Tag) -> &mut Vec<u8> {
+    /// Output waiting for `tag`, oldest first; the runtime tells what it
+    /// sent with [`Engine::output_sent`]. A `Send` is queued again only
+    /// when more output is added after this call.
+    pub fn output(&mut self, tag: Tag) -> &[u8] {
         if tag.is_backend() {
             let backend = &mut self.backends[tag.index()];
             backend.send_queued = false;
-            &mut backend.output
+            backend.output.show()
         } else {
             let session = &mut self.sessions[tag.index()];
             session.send_queued = false;
-            &mut session.output
+            session.output.show()
         }
+    }
+
+    /// The runtime sent the first `n` bytes of [`Engine::output`]. A
+    /// session whose input waited for room may then take input again.
+    pub fn output_sent(&mut self, tag: Tag, n: usize) {
+        if tag.is_backend() {
+            self.backends[tag.index()].output.consume(n);
+        } else {
+            self.sessions[tag.index()].output.consume(n);
+        }
+    }
+
+    /// Whether actions wait for [`Engine::poll_action`].
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
     }
 
     /// The backend connection `tag` is established.
@@ -627,10 +658,16 @@ impl Engine {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
     }
 
-    /// Queues a `Send` for a session, once per batch of output.
+    /// Queues a `Send` for a session, once per batch of output, or when
+    /// its input waited for room and room is back (the runtime then
+    /// offers the input it held back).
     fn session_wants_send(&mut self, index: usize) {
+        let wake = self.sessions[index].input_waits && self.has_room(index);
         let session = &mut self.sessions[index];
-        if !session.send_queued && !session.output.is_empty() {
+        if wake {
+            session.input_waits = false;
+        }
+        if !session.send_queued && (session.output.has_news() || wake) {
             session.send_queued = true;
             self.actions.push_back(Action::Send(session.handle));
         }

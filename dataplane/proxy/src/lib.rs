@@ -17,6 +17,7 @@ mod reply;
 
 pub use engine::reconfigure::Changes;
 pub use engine::{
-    latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Placement, PoolCounters,
-    PoolSpec, PoolView, Protocol, ServerSpec, ServerView, Tag, LATENCY_BUCKETS,
+    latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Output, Placement,
+    PoolCounters, PoolSpec, PoolView, Protocol, ServerSpec, ServerView, Tag, LATENCY_BUCKETS,
+    MAX_OUTPUT,
 };

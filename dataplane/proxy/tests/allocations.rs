@@ -97,6 +97,7 @@ fn pool(protocol: Protocol, base_port: u16) -> PoolSpec {
         memcache_limits: memcache::Limits::default(),
         max_pipeline: 1024,
         max_request: 1 << 30,
+        max_output: ferrox_proxy::MAX_OUTPUT,
         preconnect: false,
         ejection: None,
     }
@@ -202,9 +203,9 @@ fn no_allocation_per_request_after_warm_up() {
                             memcache_client
                         };
                         step(&mut || {
-                            let out = engine.output(tag);
-                            client_bytes += out.len();
-                            out.clear();
+                            let n = engine.output(tag).len();
+                            client_bytes += n;
+                            engine.output_sent(tag, n);
                         });
                     }
                     Action::Send(handle) => {
@@ -212,8 +213,9 @@ fn no_allocation_per_request_after_warm_up() {
                         let tag = backend.1;
                         step(&mut || {
                             let out = engine.output(tag);
+                            let n = out.len();
                             backend.3.extend_from_slice(out);
-                            out.clear();
+                            engine.output_sent(tag, n);
                         });
                         replies.clear();
                         let used = serve(backend.2, &backend.3, &mut replies);

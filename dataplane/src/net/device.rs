@@ -1,14 +1,16 @@
-//! smoltcp's `phy::Device` over a DPDK queue, seen one frame at a time.
+//! smoltcp's `phy::Device` over a [`Link`], seen one frame at a time, and
+//! the DPDK queue as a link.
 //!
 //! The flow table has already picked the connection a frame belongs to; this
-//! device hands the interface exactly that frame (receive) and turns what the
-//! interface transmits into mbufs queued for the next TX burst. An mbuf is
-//! taken from the pool only inside `TxToken::consume`, so a token smoltcp
-//! drops unused costs nothing.
+//! device hands the interface exactly that frame (receive) and passes what
+//! the interface transmits to the link. On a DPDK queue an mbuf is taken
+//! from the pool only inside `TxToken::consume`, so a token smoltcp drops
+//! unused costs nothing.
 
 use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
+use super::link::Link;
 use crate::port::{Queue, RxChecksum};
 
 /// The MTU of a port unless `--mtu` says otherwise.
@@ -22,28 +24,28 @@ const MAX_FRAME: usize = MAX_MTU as usize + ETHERNET_HEADER;
 
 /// The device view for one poll of the interface.
 #[derive(Debug)]
-pub struct FrameDevice<'a, 'p> {
+pub struct FrameDevice<'a, L: Link> {
     rx: Option<&'a [u8]>,
-    queue: &'a mut Queue<'p>,
+    link: &'a mut L,
     /// Frames smoltcp built while the mbuf pool was empty (dropped).
     pub tx_no_mbuf: u64,
 }
 
-impl<'a, 'p> FrameDevice<'a, 'p> {
+impl<'a, L: Link> FrameDevice<'a, L> {
     /// A device that receives `frame` once, then nothing.
-    pub fn ingress(frame: &'a [u8], queue: &'a mut Queue<'p>) -> Self {
+    pub fn ingress(frame: &'a [u8], link: &'a mut L) -> Self {
         FrameDevice {
             rx: Some(frame),
-            queue,
+            link,
             tx_no_mbuf: 0,
         }
     }
 
     /// A device that only transmits.
-    pub fn egress(queue: &'a mut Queue<'p>) -> Self {
+    pub fn egress(link: &'a mut L) -> Self {
         FrameDevice {
             rx: None,
-            queue,
+            link,
             tx_no_mbuf: 0,
         }
     }
@@ -79,13 +81,13 @@ fn tcp_over_ipv4(frame: &[u8]) -> Option<u8> {
     is_tcp.then(|| (ip[0] & 0x0f) * 4)
 }
 
-impl<'p> Device for FrameDevice<'_, 'p> {
+impl<L: Link> Device for FrameDevice<'_, L> {
     type RxToken<'b>
         = FrameRx<'b>
     where
         Self: 'b;
     type TxToken<'b>
-        = MbufTx<'b, 'p>
+        = LinkTx<'b, L>
     where
         Self: 'b;
 
@@ -93,23 +95,22 @@ impl<'p> Device for FrameDevice<'_, 'p> {
         let frame = self.rx.take()?;
         Some((
             FrameRx(frame),
-            MbufTx {
-                queue: self.queue,
+            LinkTx {
+                link: self.link,
                 no_mbuf: &mut self.tx_no_mbuf,
             },
         ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
-        Some(MbufTx {
-            queue: self.queue,
+        Some(LinkTx {
+            link: self.link,
             no_mbuf: &mut self.tx_no_mbuf,
         })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        let port = self.queue.port();
-        capabilities(port.mtu(), port.rx_checksum(), port.tx_checksum_offload())
+        self.link.capabilities()
     }
 }
 
@@ -123,30 +124,44 @@ impl RxToken for FrameRx<'_> {
 }
 
 #[derive(Debug)]
-pub struct MbufTx<'a, 'p> {
-    queue: &'a mut Queue<'p>,
+pub struct LinkTx<'a, L: Link> {
+    link: &'a mut L,
     no_mbuf: &'a mut u64,
 }
 
-impl TxToken for MbufTx<'_, '_> {
+impl<L: Link> TxToken for LinkTx<'_, L> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut mbuf = self.queue.port().pool().alloc();
+        let (result, sent) = self.link.transmit(len, f);
+        if !sent {
+            *self.no_mbuf += 1;
+        }
+        result
+    }
+}
+
+impl Link for Queue<'_> {
+    fn capabilities(&self) -> DeviceCapabilities {
+        let port = self.port();
+        capabilities(port.mtu(), port.rx_checksum(), port.tx_checksum_offload())
+    }
+
+    fn transmit<R>(&mut self, len: usize, build: impl FnOnce(&mut [u8]) -> R) -> (R, bool) {
+        let mut mbuf = self.port().pool().alloc();
         let Some(buf) = mbuf.as_mut().and_then(|mbuf| mbuf.append(len)) else {
             // No buffer: build the frame into scratch space and drop it; TCP
-            // retransmits. smoltcp requires `f` to run either way.
-            *self.no_mbuf += 1;
+            // retransmits.
             let mut scratch = [0u8; MAX_FRAME];
-            return f(&mut scratch[..len.min(MAX_FRAME)]);
+            return (build(&mut scratch[..len.min(MAX_FRAME)]), false);
         };
-        let result = f(buf);
-        let offload = self.queue.port().tx_checksum_offload();
+        let result = build(buf);
+        let offload = self.port().tx_checksum_offload();
         let l3_len = if offload { tcp_over_ipv4(buf) } else { None };
         let mut mbuf = mbuf.expect("the frame was built in it");
         if let Some(l3_len) = l3_len {
             mbuf.offload_tcp_checksum(l3_len);
         }
-        self.queue.send(mbuf);
-        result
+        self.send(mbuf);
+        (result, true)
     }
 }
 

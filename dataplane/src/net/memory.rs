@@ -156,6 +156,11 @@ impl SocketPool {
         })
     }
 
+    /// Chunks handed out and not yet given back, over every class.
+    pub fn in_use(&self) -> u64 {
+        self.pool.stats().classes.iter().map(|c| c.in_use).sum()
+    }
+
     pub fn region(&self) -> &Arc<Region> {
         self.pool.region()
     }

@@ -16,6 +16,16 @@
 //! smoltcp has no accept queue (a SYN that meets no listening socket gets a
 //! RST), so a SYN to a served port creates a listening socket on demand,
 //! bounded by the backlog of connections still in the handshake.
+//!
+//! **Liveness.** Every call does bounded work: a burst services each
+//! connection it brought frames for once; the application's actions are
+//! carried out up to [`ACTION_BUDGET`] per poll (the rest wait for the
+//! next, and the core does not sleep meanwhile); and a connection asked to
+//! send again after a service in the same poll that moved nothing (no
+//! input used, no output queued, no state change) waits for the next poll
+//! instead of being serviced again. Input held back because the
+//! application stopped taking it is offered again only once the
+//! application wants input, never on every service.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,8 +38,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 use super::device::{self, FrameDevice};
 use super::flow::{self, FlowKey, FlowTable, Frame};
+use super::link::Link;
 use super::memory::{PooledSocket, Role, SocketMemory};
-use crate::port::{Queue, RxChecksum};
+use crate::port::RxChecksum;
 
 /// A connection as the stack names it to its application: slot index and
 /// generation, so a stale handle never reaches a new connection.
@@ -64,8 +75,10 @@ pub trait App {
     fn input(&mut self, tag: u32, data: &[u8], now: u64) -> usize;
     /// Whether the application takes input on `tag` now.
     fn wants_input(&self, tag: u32) -> bool;
-    /// Output waiting for `tag`; the stack drains what it sends.
-    fn output(&mut self, tag: u32) -> &mut Vec<u8>;
+    /// Output waiting for `tag`, oldest first.
+    fn output(&mut self, tag: u32) -> &[u8];
+    /// The stack sent the first `n` bytes of [`App::output`].
+    fn output_sent(&mut self, tag: u32, n: usize);
     /// A connection the application opened is established.
     fn connected(&mut self, tag: u32, now: u64);
     /// The peer closed its side.
@@ -74,6 +87,8 @@ pub trait App {
     fn gone(&mut self, tag: u32, handle: ConnHandle, now: u64);
     /// The next thing the application asks of the stack.
     fn poll_action(&mut self, now: u64) -> Option<NetAction>;
+    /// Whether actions wait (the last poll ran out of budget).
+    fn has_actions(&self) -> bool;
     /// When `handle_timeout` next has work.
     fn poll_timeout(&self) -> Option<u64>;
     /// A new configuration to take at this safe point (between two
@@ -156,8 +171,15 @@ pub struct StackStats {
     pub closed: u64,
     pub open: u64,
     pub backlog_drops: u64,
+    /// SYNs dropped at the connection limit or for want of socket memory.
     pub limit_drops: u64,
     pub tx_no_mbuf: u64,
+    /// Sends put off to the next poll (the connection made no progress).
+    pub deferred: u64,
+    /// Polls that ran out of action budget.
+    pub budget_exhausted: u64,
+    /// Closing connections reset because the peer never finished closing.
+    pub close_timeouts: u64,
 }
 
 /// Room for held-back input a connection keeps between messages.
@@ -165,6 +187,23 @@ const KEEP_INPUT_CAPACITY: usize = 64 << 10;
 
 /// First local port of connections the stack opens.
 const EPHEMERAL: std::ops::Range<u16> = 49152..65535;
+
+/// Most application actions carried out in one poll.
+pub const ACTION_BUDGET: usize = 4096;
+
+/// How long a connection may take to finish closing once the stack closed
+/// it (a peer that vanished, or never sends its FIN); then it is reset.
+pub const CLOSE_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
+
+/// What became of a SYN to a served port.
+enum Opened {
+    Conn(u32),
+    /// Dropped without an answer (backlog, limit, memory): the client
+    /// retransmits.
+    Dropped,
+    /// The application refused it: smoltcp answers with a RST.
+    Refused,
+}
 
 struct Conn {
     socket: PooledSocket,
@@ -185,6 +224,15 @@ struct Conn {
     received: bool,
     /// Received bytes the application has not used yet.
     input: Vec<u8>,
+    /// The application stopped taking input with `input` (or the socket)
+    /// holding some: offer it again once it wants input.
+    input_blocked: bool,
+    /// The poll of its last service, and whether that service moved
+    /// anything.
+    serviced_in: u64,
+    progressed: bool,
+    /// Reset if not closed by then (set when the stack closes it).
+    close_deadline: Option<Instant>,
 }
 
 /// One core's TCP endpoint serving `A`.
@@ -196,8 +244,11 @@ pub struct Stack<A: App> {
     free: Vec<u32>,
     generations: Vec<u32>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    /// Connections that received frames in this burst, to service at its end.
+    /// Connections to service at the end of this burst: frames arrived
+    /// for them, or a send was put off from the previous poll.
     received: Vec<u32>,
+    /// Polls so far.
+    epoch: u64,
     no_sockets: SocketSet<'static>,
     handshaking: usize,
     next_port: u16,
@@ -258,6 +309,7 @@ impl<A: App> Stack<A> {
             generations: Vec::new(),
             timers: BinaryHeap::new(),
             received: Vec::new(),
+            epoch: 0,
             no_sockets: SocketSet::new(Vec::new()),
             handshaking: 0,
             next_port,
@@ -289,8 +341,11 @@ impl<A: App> Stack<A> {
     }
 
     /// The earliest connection or application deadline, for the idle
-    /// poller.
+    /// poller: at once while work waits for the next poll.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.received.is_empty() || self.app.has_actions() {
+            return Some(Instant::from_micros(0));
+        }
         let tcp = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let app = self
             .app
@@ -300,12 +355,12 @@ impl<A: App> Stack<A> {
     }
 
     /// Handles one received frame.
-    pub fn handle_frame(&mut self, now: Instant, frame: &[u8], queue: &mut Queue<'_>) {
-        self.handle(now, frame, flow::classify(frame), queue);
+    pub fn handle_frame<L: Link>(&mut self, now: Instant, frame: &[u8], link: &mut L) {
+        self.handle(now, frame, flow::classify(frame), link);
     }
 
     /// Handles one received frame already classified as `class`.
-    pub fn handle(&mut self, now: Instant, frame: &[u8], class: Frame, queue: &mut Queue<'_>) {
+    pub fn handle<L: Link>(&mut self, now: Instant, frame: &[u8], class: Frame, link: &mut L) {
         self.stats.frames += 1;
         let id = match class {
             Frame::Tcp { key, dst, opens } => match self.flows.get(&key) {
@@ -314,13 +369,18 @@ impl<A: App> Stack<A> {
                     && dst == self.config.address
                     && self.config.ports.contains(&key.local_port()) =>
                 {
-                    self.open(key)
+                    match self.open(key) {
+                        Opened::Conn(id) => Some(id),
+                        // Counted; no RST, so the client tries again.
+                        Opened::Dropped => return,
+                        Opened::Refused => None,
+                    }
                 }
                 None => None,
             },
             Frame::Other => None,
         };
-        let mut device = FrameDevice::ingress(frame, queue);
+        let mut device = FrameDevice::ingress(frame, link);
         match id {
             Some(id) => {
                 let conn = self.conns[id as usize]
@@ -343,18 +403,28 @@ impl<A: App> Stack<A> {
         }
     }
 
-    /// After a burst of frames: services the connections they were for,
-    /// polls connections whose deadline has come (retransmits, timeouts),
-    /// runs the application's timers, and carries out its actions.
-    pub fn poll(&mut self, now: Instant, queue: &mut Queue<'_>) {
-        // Connections only retire in service, so every id here is live.
+    /// After a burst of frames: services the connections they were for
+    /// (and those put off from the last poll), polls connections whose
+    /// deadline has come (retransmits, timeouts), runs the application's
+    /// timers, and carries out its actions.
+    pub fn poll<L: Link>(&mut self, now: Instant, link: &mut L) {
+        self.epoch += 1;
         let mut received = std::mem::take(&mut self.received);
         for &id in &received {
-            self.conn_mut(id).received = false;
-            self.service_conn(id, now, queue);
+            // A connection put off in the last poll may have ended since
+            // (its slot is empty, or a new connection with `received`
+            // clear holds it).
+            match self.conns[id as usize].as_mut() {
+                Some(conn) if conn.received => conn.received = false,
+                _ => continue,
+            }
+            self.service_conn(id, now, link);
         }
         received.clear();
-        self.received = received;
+        if self.received.is_empty() {
+            // Keep the list's room (nothing was put off meanwhile).
+            self.received = received;
+        }
         while let Some(&Reverse((at, id, generation))) = self.timers.peek() {
             if at > now {
                 break;
@@ -370,32 +440,36 @@ impl<A: App> Stack<A> {
                     .as_mut()
                     .expect("checked live")
                     .timer = None;
-                self.service_conn(id, now, queue);
+                self.service_conn(id, now, link);
             }
         }
         if self.app.poll_timeout().is_some_and(|at| at <= micros(now)) {
             self.app.handle_timeout(micros(now));
         }
-        self.poll_app(now, queue);
+        self.poll_app(now, link);
     }
 
-    /// Carries out what the application asked for.
-    pub fn poll_app(&mut self, now: Instant, queue: &mut Queue<'_>) {
+    /// Carries out what the application asked for, up to
+    /// [`ACTION_BUDGET`] actions.
+    pub fn poll_app<L: Link>(&mut self, now: Instant, link: &mut L) {
         if let Some(ports) = self.app.poll_reconfigure() {
             // Connections on a port no longer served stay until they end.
             self.config.ports = ports;
         }
-        while let Some(action) = self.app.poll_action(micros(now)) {
+        for _ in 0..ACTION_BUDGET {
+            let Some(action) = self.app.poll_action(micros(now)) else {
+                return;
+            };
             match action {
                 NetAction::Send(handle) => {
                     if let Some(id) = self.live(handle) {
-                        self.service_conn(id, now, queue);
+                        self.service_again(id, now, link);
                     }
                 }
                 NetAction::Close(handle) => {
                     if let Some(id) = self.live(handle) {
                         self.conn_mut(id).closing = true;
-                        self.service_conn(id, now, queue);
+                        self.service_conn(id, now, link);
                     }
                 }
                 NetAction::Abort(handle) => {
@@ -403,11 +477,11 @@ impl<A: App> Stack<A> {
                         let conn = self.conn_mut(id);
                         conn.aborted = true;
                         conn.socket.abort();
-                        self.service_conn(id, now, queue);
+                        self.service_conn(id, now, link);
                     }
                 }
                 NetAction::Connect { tag, addr } => match self.connect(tag, addr) {
-                    Some(id) => self.service_conn(id, now, queue),
+                    Some(id) => self.service_conn(id, now, link),
                     None => {
                         // No port or no room: the attempt fails at once.
                         const NONE: ConnHandle = ConnHandle::MAX;
@@ -417,6 +491,26 @@ impl<A: App> Stack<A> {
                 },
             }
         }
+        if self.app.has_actions() {
+            self.stats.budget_exhausted += 1;
+        }
+    }
+
+    /// Services connection `id` for its application, unless a service in
+    /// this poll already found nothing to move: then it waits for the
+    /// next poll, so no connection can keep the core to itself.
+    fn service_again<L: Link>(&mut self, id: u32, now: Instant, link: &mut L) {
+        let epoch = self.epoch;
+        let conn = self.conn_mut(id);
+        if conn.serviced_in == epoch && !conn.progressed {
+            if !conn.received {
+                conn.received = true;
+                self.received.push(id);
+            }
+            self.stats.deferred += 1;
+            return;
+        }
+        self.service_conn(id, now, link);
     }
 
     /// A socket for request/response traffic: send at once (no Nagle), and
@@ -480,22 +574,26 @@ impl<A: App> Stack<A> {
             timer: None,
             received: false,
             input: Vec::new(),
+            input_blocked: false,
+            serviced_in: 0,
+            progressed: false,
+            close_deadline: None,
         });
         self.flows.insert(key, id);
         id
     }
 
-    /// A new connection for a SYN to a served port, or `None` (dropped) when
-    /// the backlog or the connection limit is reached, or the application
-    /// refuses it (RST).
-    fn open(&mut self, key: FlowKey) -> Option<u32> {
+    /// A new connection for a SYN to a served port; dropped (and counted)
+    /// when the backlog or the connection limit is reached or no socket
+    /// memory is left, refused when the application refuses it.
+    fn open(&mut self, key: FlowKey) -> Opened {
         if self.handshaking >= self.config.backlog {
             self.stats.backlog_drops += 1;
-            return None;
+            return Opened::Dropped;
         }
         if self.flows.len() >= self.config.max_connections {
             self.stats.limit_drops += 1;
-            return None;
+            return Opened::Dropped;
         }
         let keep_alive = self
             .config
@@ -504,7 +602,7 @@ impl<A: App> Stack<A> {
             .then_some(KEEP_ALIVE);
         let Some(mut socket) = self.new_socket(Role::Client, keep_alive) else {
             self.stats.limit_drops += 1;
-            return None;
+            return Opened::Dropped;
         };
         socket
             .listen(key.local_port())
@@ -517,12 +615,12 @@ impl<A: App> Stack<A> {
             self.memory.release(conn.socket);
             self.flows.remove(&key);
             self.free.push(id);
-            return None;
+            return Opened::Refused;
         };
         self.conn_mut(id).tag = tag;
         self.handshaking += 1;
         self.stats.accepted += 1;
-        Some(id)
+        Opened::Conn(id)
     }
 
     /// A connection to `addr` from a local port whose flow this core owns.
@@ -565,16 +663,20 @@ impl<A: App> Stack<A> {
         Some(id)
     }
 
-    /// Moves data between the socket and the application, sends what is
-    /// ready, files the next deadline, and retires a closed connection.
-    fn service_conn(&mut self, id: u32, now: Instant, queue: &mut Queue<'_>) {
+    /// Moves data between the socket and the application (output first,
+    /// so that room it frees can let input in, then input, then output
+    /// again), sends what is ready, files the next deadline, and retires a
+    /// closed connection. Records whether anything moved.
+    fn service_conn<L: Link>(&mut self, id: u32, now: Instant, link: &mut L) {
         let now_us = micros(now);
+        let epoch = self.epoch;
         let conn = self.conns[id as usize].as_mut().expect("a live connection");
-        let socket = &mut conn.socket;
-        let state = socket.state();
+        let state = conn.socket.state();
         let tag = conn.tag;
+        let mut progressed = false;
         if !conn.established && matches!(state, State::Established | State::CloseWait) {
             conn.established = true;
+            progressed = true;
             if conn.active {
                 self.app.connected(tag, now_us);
             } else {
@@ -582,58 +684,55 @@ impl<A: App> Stack<A> {
             }
         }
 
-        if !conn.aborted && !conn.closing {
-            // Input held back earlier first, then what the socket has.
-            if !conn.input.is_empty() && self.app.wants_input(tag) {
-                let used = self.app.input(tag, &conn.input, now_us);
-                conn.input.drain(..used);
-            }
-            // The application bounds what it leaves unused (a message not
-            // yet complete): it refuses one longer than its limits allow.
-            while socket.can_recv() {
-                if !self.app.wants_input(tag) {
-                    break;
-                }
-                let app = &mut self.app;
-                let input = &mut conn.input;
-                let _ = socket.recv(|data| {
-                    if input.is_empty() {
-                        // The common case: parse straight from the socket.
-                        let used = app.input(tag, data, now_us);
-                        input.extend_from_slice(&data[used..]);
-                    } else {
-                        input.extend_from_slice(data);
-                        let used = app.input(tag, input, now_us);
-                        input.drain(..used);
-                    }
-                    (data.len(), ())
-                });
-            }
-            if conn.input.is_empty() && conn.input.capacity() > KEEP_INPUT_CAPACITY {
-                // A large message passed through; do not keep its room.
-                conn.input = Vec::new();
-            }
-        }
         if !conn.aborted {
-            let output = self.app.output(tag);
-            if !output.is_empty() && socket.can_send() {
-                let sent = socket.send_slice(output).unwrap_or(0);
-                output.drain(..sent);
+            progressed |= send_output(&mut self.app, conn);
+        }
+        let mut more_input = false;
+        if !conn.aborted && !conn.closing {
+            let (took, more) = take_input(&mut self.app, conn, now_us);
+            progressed |= took;
+            more_input = more;
+            progressed |= send_output(&mut self.app, conn);
+        } else if conn.closing {
+            // Nothing more is read; drop what arrives, so the window stays
+            // open for the peer's FIN.
+            while conn.socket.can_recv() {
+                let _ = conn.socket.recv(|data| (data.len(), ()));
             }
+            conn.input = Vec::new();
+        }
+        let socket = &mut conn.socket;
+        if !conn.aborted {
             if state == State::CloseWait && !conn.peer_closed {
                 conn.peer_closed = true;
+                progressed = true;
                 self.app.peer_closed(tag, now_us);
             }
             // Close gracefully once every reply is queued (the peer then
             // holds TIME_WAIT).
-            if conn.closing && self.app.output(tag).is_empty() && socket.may_send() {
+            if conn.closing
+                && conn.close_deadline.is_none()
+                && self.app.output(tag).is_empty()
+                && socket.may_send()
+            {
                 socket.close();
+                conn.close_deadline = Some(now + CLOSE_TIMEOUT);
+                progressed = true;
+            }
+            if conn.close_deadline.is_some_and(|at| at <= now) {
+                // The peer never finished closing (or stopped reading):
+                // reset rather than hold its buffers for good.
+                socket.abort();
+                self.stats.close_timeouts += 1;
             }
         }
 
-        let mut device = FrameDevice::egress(queue);
+        let mut device = FrameDevice::egress(link);
         conn.socket.poll_egress(&mut self.iface, now, &mut device);
         self.stats.tx_no_mbuf += device.tx_no_mbuf;
+        progressed |= conn.socket.state() != state;
+        conn.serviced_in = epoch;
+        conn.progressed = progressed;
 
         // A listening socket that did not take the SYN, or a finished one.
         if matches!(
@@ -643,7 +742,13 @@ impl<A: App> Stack<A> {
             self.retire(id, now_us);
             return;
         }
-        if let Some(at) = conn.socket.poll_at(&mut self.iface, now) {
+        if more_input && !conn.received {
+            // Out of input rounds: the rest in the next poll.
+            conn.received = true;
+            self.received.push(id);
+        }
+        let deadline = conn.socket.poll_at(&mut self.iface, now);
+        if let Some(at) = deadline.into_iter().chain(conn.close_deadline).min() {
             let at = at.max(now);
             if conn.timer.is_none_or(|filed| at < filed) {
                 conn.timer = Some(at);
@@ -665,6 +770,86 @@ impl<A: App> Stack<A> {
         self.app.gone(conn.tag, handle_of(id, conn.generation), now);
     }
 }
+
+/// Moves the application's output for `conn` into its socket; whether any
+/// moved.
+fn send_output<A: App>(app: &mut A, conn: &mut Conn) -> bool {
+    let output = app.output(conn.tag);
+    if output.is_empty() || !conn.socket.can_send() {
+        return false;
+    }
+    let sent = conn.socket.send_slice(output).unwrap_or(0);
+    app.output_sent(conn.tag, sent);
+    sent > 0
+}
+
+/// Rounds of input one service offers a connection's application.
+const INPUT_ROUNDS: usize = 8;
+
+/// Offers `conn`'s input to the application while it wants input, for at
+/// most [`INPUT_ROUNDS`] rounds: input it held back if that may hold whole
+/// messages (the application stopped for room, not for want of bytes),
+/// else what the socket has. Returns whether any input was used or read,
+/// and whether more waits that a later service should offer.
+fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
+    let tag = conn.tag;
+    let mut progressed = false;
+    for _ in 0..INPUT_ROUNDS {
+        if !app.wants_input(tag) {
+            // Offered again when the application asks to be serviced.
+            conn.input_blocked |= !conn.input.is_empty();
+            return (progressed, false);
+        }
+        if conn.input_blocked && !conn.input.is_empty() {
+            let used = app.input(tag, &conn.input, now);
+            conn.input.drain(..used);
+            // Nothing used while wanting input: an incomplete message,
+            // which only new bytes can finish.
+            conn.input_blocked = used > 0 && !conn.input.is_empty();
+            progressed |= used > 0;
+            continue;
+        }
+        if !conn.socket.can_recv() {
+            break;
+        }
+        // The application bounds what it leaves unused (a message not yet
+        // complete): it refuses one longer than its limits allow.
+        let input = &mut conn.input;
+        let used_some = conn
+            .socket
+            .recv(|data| {
+                let used = if input.is_empty() {
+                    // The common case: parse straight from the socket.
+                    let used = app.input(tag, data, now);
+                    input.extend_from_slice(&data[used..]);
+                    used
+                } else {
+                    input.extend_from_slice(data);
+                    let used = app.input(tag, input, now);
+                    input.drain(..used);
+                    used
+                };
+                (data.len(), used > 0)
+            })
+            .unwrap_or(false);
+        progressed = true;
+        // Used some and left some: the rest may hold whole messages the
+        // application stopped short of.
+        conn.input_blocked = used_some && !conn.input.is_empty();
+    }
+    if conn.input.is_empty() {
+        conn.input_blocked = false;
+        if conn.input.capacity() > KEEP_INPUT_CAPACITY {
+            // A large message passed through; do not keep its room.
+            conn.input = Vec::new();
+        }
+    }
+    let more = app.wants_input(tag) && (conn.input_blocked || conn.socket.can_recv());
+    (progressed, more)
+}
+
+#[cfg(test)]
+mod tests;
 
 /// Gives `Interface::new` the device capabilities; never sends or receives.
 struct CapsOnly(smoltcp::phy::DeviceCapabilities);

@@ -332,8 +332,16 @@ impl App for Proxy {
         self.engine.wants_input(Tag::from_raw(tag))
     }
 
-    fn output(&mut self, tag: u32) -> &mut Vec<u8> {
+    fn output(&mut self, tag: u32) -> &[u8] {
         self.engine.output(Tag::from_raw(tag))
+    }
+
+    fn output_sent(&mut self, tag: u32, n: usize) {
+        self.engine.output_sent(Tag::from_raw(tag), n);
+    }
+
+    fn has_actions(&self) -> bool {
+        self.engine.has_actions()
     }
 
     fn connected(&mut self, tag: u32, now: u64) {

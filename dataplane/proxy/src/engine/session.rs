@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::backend::{Shape, Suppress};
 use super::slot::{Combine, Slot};
-use super::{Action, Engine, Handle, Micros, Protocol};
+use super::{Action, Engine, Handle, Micros, Output, Protocol};
 
 mod memcache;
 mod redis;
@@ -27,11 +27,19 @@ pub(super) struct Session {
     pub closing: bool,
     /// The peer sent FIN: close once every slot is written.
     pub peer_closed: bool,
+    /// How far the incomplete memcached request at the front of the
+    /// held-back input was read, so a long line is searched once.
+    pub memcache_progress: ferrox_proto::memcache::Progress,
     /// Slot `seq` is `slots[seq - head]`.
     pub slots: VecDeque<Slot>,
     pub head: u64,
-    pub output: Vec<u8>,
+    pub output: Output,
+    /// Reply bytes held in finished slots behind an unfinished one.
+    pub held: usize,
     pub send_queued: bool,
+    /// Input stopped for want of room (pipeline or output full); the
+    /// runtime is woken when room is back.
+    pub input_waits: bool,
 }
 
 impl Session {
@@ -44,7 +52,10 @@ impl Session {
         self.authed = authed;
         self.closing = false;
         self.peer_closed = false;
+        self.memcache_progress = Default::default();
         self.send_queued = false;
+        self.input_waits = false;
+        self.held = 0;
     }
 }
 
@@ -69,6 +80,9 @@ impl Engine {
             Protocol::Memcache => self.memcache_input(index, input, now),
         };
         self.pools[pool].counters.bytes_in += used as u64;
+        if !self.has_room(index) {
+            self.sessions[index].input_waits = true;
+        }
         self.flush_ready(index);
         used
     }
@@ -125,12 +139,16 @@ impl Engine {
         }
     }
 
-    /// Whether the session may take another request now.
+    /// Whether the session may take another request now: it is open, its
+    /// pipeline has a free slot, and the replies it has not sent stay
+    /// under the pool's `max_output`.
     pub(super) fn has_room(&self, index: usize) -> bool {
         let session = &self.sessions[index];
+        let spec = &self.pools[session.pool].spec;
         !session.closing
             && !session.peer_closed
-            && session.slots.len() < self.pools[session.pool].spec.max_pipeline
+            && session.slots.len() < spec.max_pipeline
+            && session.output.len() + session.held < spec.max_output
     }
 
     /// Opens a slot at the tail of the session's pipeline and returns its
@@ -160,7 +178,9 @@ impl Engine {
             self.pools[session.pool].counters.bytes_out += (session.output.len() - before) as u64;
         } else {
             let slot = session.slots.back_mut().expect("just opened");
+            let before = slot.reply.len();
             write(&mut slot.reply, resp3);
+            session.held += slot.reply.len() - before;
         }
     }
 
@@ -200,6 +220,7 @@ impl Engine {
             slot.pending -= 1;
         } else {
             slot.fill(at.piece, reply);
+            session.held += reply.len();
         }
         if position == 0 && slot.pending == 0 {
             self.flush_ready(at.session as usize);
@@ -213,14 +234,16 @@ impl Engine {
         let limits = pool.spec.limits;
         let mut close = false;
         while session.slots.front().is_some_and(|s| s.pending == 0) {
-            let slot = session.slots.pop_front().expect("checked");
+            let mut slot = session.slots.pop_front().expect("checked");
             session.head += 1;
             let before = session.output.len();
-            slot.write(&mut session.output, &limits, &mut self.scratch.cursors);
+            slot.write(session.output.tail(), &limits, &mut self.scratch.cursors);
             let counters = &mut pool.counters;
             counters.bytes_out += (session.output.len() - before) as u64;
             counters.latency[super::latency_bucket(self.now.saturating_sub(slot.opened))] += 1;
             close |= slot.close_after;
+            session.held = session.held.saturating_sub(slot.reply.len());
+            slot.shed();
             self.spare_slots.push(slot);
             if close {
                 break;
@@ -257,8 +280,12 @@ impl Engine {
         session.live = false;
         session.generation = session.generation.wrapping_add(1);
         session.head += session.slots.len() as u64;
-        self.spare_slots.extend(session.slots.drain(..));
+        for mut slot in session.slots.drain(..) {
+            slot.shed();
+            self.spare_slots.push(slot);
+        }
         session.output.clear();
+        session.held = 0;
         self.pools[session.pool].sessions -= 1;
         self.free_sessions.push(index as u32);
     }

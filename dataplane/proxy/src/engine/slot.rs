@@ -39,6 +39,14 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// Gives back a large reply buffer before the slot is kept for reuse,
+    /// so a client that once fetched a large value does not pin its room.
+    pub fn shed(&mut self) {
+        if self.reply.capacity() > super::output::KEEP_CAPACITY {
+            self.reply = Vec::new();
+        }
+    }
+
     /// Makes a recycled slot ready for a new request.
     pub fn reset(&mut self) {
         self.pending = 0;

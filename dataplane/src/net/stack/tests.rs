@@ -1,0 +1,547 @@
+//! The stack in memory: an smoltcp peer plays the clients and a small
+//! Redis server, the stack runs the real proxy engine, and frames move
+//! between them through [`MemoryLink`] on a fake clock. No DPDK, no root.
+//!
+//! Every exchange runs on a thread watched by a deadline, so a stack that
+//! livelocks fails the test instead of hanging it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ferrox_proto::resp;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+use super::{Stack, StackConfig};
+use crate::net::link::MemoryLink;
+use crate::net::memory::{Sizes, SocketPool};
+use crate::service::proxy::Proxy;
+
+const PEER_IP: IpAddress = IpAddress::v4(198, 18, 0, 1);
+const PROXY_IP: IpAddress = IpAddress::v4(198, 18, 0, 2);
+const REDIS_PORT: u16 = 7001;
+
+/// Runs `f` on its own thread; fails if it has not finished within
+/// `seconds` (a livelocked stack never returns from `poll`).
+fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    match result.recv_timeout(Duration::from_secs(seconds)) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("no answer within {seconds} s: the stack is stuck")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the exchange panicked"),
+    }
+}
+
+/// The peer's side of the wire.
+struct Wire {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+    caps: DeviceCapabilities,
+}
+
+struct WireRx(Vec<u8>);
+struct WireTx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl RxToken for WireRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for WireTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+impl Device for Wire {
+    type RxToken<'a> = WireRx;
+    type TxToken<'a> = WireTx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(WireRx, WireTx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((WireRx(frame), WireTx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<WireTx<'_>> {
+        Some(WireTx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+/// A connection of a test client.
+struct Client {
+    handle: SocketHandle,
+    /// Bytes still to write.
+    pending: VecDeque<u8>,
+    received: Vec<u8>,
+    /// Most bytes read per step (a slow reader); 0 reads nothing.
+    read_per_step: usize,
+}
+
+/// A Redis server on the peer: SET, GET, PING and the handshake.
+struct Backend {
+    handle: SocketHandle,
+    input: Vec<u8>,
+    output: VecDeque<u8>,
+}
+
+struct Peer {
+    iface: Interface,
+    wire: Wire,
+    sockets: SocketSet<'static>,
+    clients: Vec<Client>,
+    backends: Vec<Backend>,
+    store: HashMap<Vec<u8>, Vec<u8>>,
+    next_port: u16,
+}
+
+fn socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; rx]),
+        tcp::SocketBuffer::new(vec![0; tx]),
+    );
+    s.set_nagle_enabled(false);
+    s.set_ack_delay(None);
+    s
+}
+
+impl Peer {
+    fn new(now: Instant) -> Peer {
+        let mut wire = Wire {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            caps: MemoryLink::new(1500).caps,
+        };
+        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress([
+            2, 0, 0, 0, 0, 9,
+        ])));
+        let mut iface = Interface::new(config, &mut wire, now);
+        iface.update_ip_addrs(|a| a.push(IpCidr::new(PEER_IP, 24)).unwrap());
+        let mut peer = Peer {
+            iface,
+            wire,
+            sockets: SocketSet::new(Vec::new()),
+            clients: Vec::new(),
+            backends: Vec::new(),
+            store: HashMap::new(),
+            next_port: 40000,
+        };
+        // Room for the engine's connections (and reconnections).
+        for _ in 0..8 {
+            let mut s = socket(256 << 10, 256 << 10);
+            s.listen(REDIS_PORT).unwrap();
+            let handle = peer.sockets.add(s);
+            peer.backends.push(Backend {
+                handle,
+                input: Vec::new(),
+                output: VecDeque::new(),
+            });
+        }
+        peer
+    }
+
+    /// A client connection to the proxy on `port`; its index.
+    fn connect(&mut self, port: u16, read_per_step: usize) -> usize {
+        let mut s = socket(64 << 10, 128 << 10);
+        self.next_port += 1;
+        s.connect(self.iface.context(), (PROXY_IP, port), self.next_port)
+            .unwrap();
+        let handle = self.sockets.add(s);
+        self.clients.push(Client {
+            handle,
+            pending: VecDeque::new(),
+            received: Vec::new(),
+            read_per_step,
+        });
+        self.clients.len() - 1
+    }
+
+    /// Writes what clients have pending and serves the Redis backends
+    /// (clients read in [`Net::collect`]).
+    fn run_apps(&mut self) {
+        for client in &mut self.clients {
+            let s = self.sockets.get_mut::<tcp::Socket>(client.handle);
+            while !client.pending.is_empty() && s.can_send() {
+                let (a, _) = client.pending.as_slices();
+                let n = s.send_slice(a).unwrap_or(0);
+                client.pending.drain(..n);
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        for backend in &mut self.backends {
+            let s = self.sockets.get_mut::<tcp::Socket>(backend.handle);
+            while s.can_recv() {
+                let _ = s.recv(|d| {
+                    backend.input.extend_from_slice(d);
+                    (d.len(), ())
+                });
+            }
+            serve_redis(&mut backend.input, &mut backend.output, &mut self.store);
+            while !backend.output.is_empty() && s.can_send() {
+                let (a, _) = backend.output.as_slices();
+                let n = s.send_slice(a).unwrap_or(0);
+                backend.output.drain(..n);
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Answers every complete request in `input`.
+fn serve_redis(
+    input: &mut Vec<u8>,
+    output: &mut VecDeque<u8>,
+    store: &mut HashMap<Vec<u8>, Vec<u8>>,
+) {
+    let limits = resp::Limits::default();
+    let mut args = Vec::new();
+    let mut used = 0;
+    while let Ok(Some(n)) = resp::parse_request(&input[used..], &limits, &mut args) {
+        let req = &input[used..used + n];
+        let arg = |i: usize| req[args[i].clone()].to_vec();
+        let name = arg(0).to_ascii_uppercase();
+        let reply: Vec<u8> = match name.as_slice() {
+            b"SET" => {
+                store.insert(arg(1), arg(2));
+                b"+OK\r\n".to_vec()
+            }
+            b"GET" => match store.get(&arg(1)) {
+                Some(v) => {
+                    let mut r = format!("${}\r\n", v.len()).into_bytes();
+                    r.extend_from_slice(v);
+                    r.extend_from_slice(b"\r\n");
+                    r
+                }
+                None => b"$-1\r\n".to_vec(),
+            },
+            b"PING" => b"+PONG\r\n".to_vec(),
+            _ => b"+OK\r\n".to_vec(),
+        };
+        output.extend(reply);
+        used += n;
+    }
+    input.drain(..used);
+}
+
+/// The stack running the proxy, the peer, and the clock.
+struct Net {
+    stack: Stack<Proxy>,
+    link: MemoryLink,
+    peer: Peer,
+    pool: SocketPool,
+    now: Instant,
+}
+
+const CONFIG: &str = r#"
+[pools.cache]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+hash = "fnv1a_64"
+distribution = "ketama"
+timeout_ms = 5000
+servers = ["198.18.0.1:7001:1"]
+"#;
+
+impl Net {
+    fn new() -> Net {
+        let config = ferrox_proto::config::parse_toml(CONFIG, "test").expect("valid");
+        let pools = ferrox_proxy::configure::pools(&config).expect("builds");
+        let proxy = Proxy::new(pools, vec![(6379, 0)], 7);
+        let sizes = Sizes {
+            client: 32 << 10,
+            client_send: 8 << 10,
+            server: 256 << 10,
+        };
+        let pool = SocketPool::heap(sizes, 64);
+        let memory = pool.core(0).expect("core 0");
+        let now = Instant::from_millis(1);
+        let stack = Stack::new(
+            StackConfig {
+                gateway: None,
+                ..StackConfig::default()
+            },
+            proxy,
+            memory,
+            now,
+            1,
+        );
+        Net {
+            stack,
+            link: MemoryLink::new(1500),
+            peer: Peer::new(now),
+            pool,
+            now,
+        }
+    }
+
+    /// One round: the peer takes the stack's frames and answers, the
+    /// stack takes the peer's and polls. Time moves 100 µs.
+    fn step(&mut self) {
+        self.now += smoltcp::time::Duration::from_micros(100);
+        let now = self.now;
+        let peer = &mut self.peer;
+        peer.wire.rx.extend(self.link.sent.drain(..));
+        peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
+        self.collect();
+        let peer = &mut self.peer;
+        peer.run_apps();
+        peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
+        while let Some(frame) = self.peer.wire.tx.pop_front() {
+            self.stack.handle_frame(now, &frame, &mut self.link);
+        }
+        self.stack.poll(now, &mut self.link);
+    }
+
+    /// Reads what slow clients may read this step.
+    fn collect(&mut self) {
+        for client in &mut self.peer.clients {
+            let s = self.peer.sockets.get_mut::<tcp::Socket>(client.handle);
+            let mut budget = client.read_per_step;
+            while budget > 0 && s.can_recv() {
+                let got = s
+                    .recv(|d| {
+                        let n = d.len().min(budget);
+                        (n, d[..n].to_vec())
+                    })
+                    .unwrap_or_default();
+                if got.is_empty() {
+                    break;
+                }
+                budget -= got.len();
+                client.received.extend_from_slice(&got);
+            }
+        }
+    }
+
+    /// Steps until `done` holds, at most `steps` times.
+    fn run_until(&mut self, steps: usize, mut done: impl FnMut(&Net) -> bool) -> bool {
+        for _ in 0..steps {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    fn client(&mut self, read_per_step: usize) -> usize {
+        self.peer.connect(6379, read_per_step)
+    }
+
+    fn write(&mut self, client: usize, bytes: &[u8]) {
+        self.peer.clients[client].pending.extend(bytes);
+    }
+
+    fn received(&self, client: usize) -> &[u8] {
+        &self.peer.clients[client].received
+    }
+
+    fn state(&self, client: usize) -> tcp::State {
+        self.peer
+            .sockets
+            .get::<tcp::Socket>(self.peer.clients[client].handle)
+            .state()
+    }
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+#[test]
+fn a_ping_answers_over_the_in_memory_link() {
+    within(30, || {
+        let mut net = Net::new();
+        let c = net.client(usize::MAX);
+        net.write(c, b"*1\r\n$4\r\nPING\r\n");
+        assert!(net.run_until(2000, |n| n.received(c) == b"+PONG\r\n"));
+    });
+}
+
+/// The reliability issue's simplest reproduction: 4,681 pipelined PINGs
+/// (64 KiB) in one write from a client that reads slowly. Held-back
+/// input (a PING cut by a segment boundary) and a full send buffer used
+/// to make every service queue another, forever.
+#[test]
+fn a_deep_ping_pipeline_from_a_slow_reader_is_answered_in_full() {
+    within(60, || {
+        let mut net = Net::new();
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        let c = net.client(512);
+        let other = net.client(usize::MAX);
+        net.write(c, &ping.repeat(4681));
+        // Another client is served while the first reads slowly.
+        net.run_until(500, |_| false);
+        net.write(other, ping);
+        assert!(
+            net.run_until(20_000, |n| n.received(other) == b"+PONG\r\n"),
+            "a second client is served meanwhile"
+        );
+        let done = net.run_until(200_000, |n| n.received(c).len() == 4681 * 7);
+        assert!(done, "{} of {} PONG bytes", net.received(c).len(), 4681 * 7);
+        assert_eq!(count(net.received(c), b"+PONG\r\n"), 4681);
+    });
+}
+
+/// 64 KiB of random bytes gets a protocol error and a close; the stack
+/// keeps serving.
+#[test]
+fn random_bytes_get_an_error_and_a_close_and_others_are_still_served() {
+    within(60, || {
+        let mut net = Net::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let garbage: Vec<u8> = (0..64 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let c = net.client(usize::MAX);
+        net.write(c, &garbage);
+        let closed = net.run_until(20_000, |n| {
+            n.received(c).starts_with(b"-ERR")
+                && matches!(n.state(c), tcp::State::CloseWait | tcp::State::Closed)
+        });
+        assert!(
+            closed,
+            "got {:?}, state {}",
+            String::from_utf8_lossy(&net.received(c)[..net.received(c).len().min(300)]),
+            net.state(c)
+        );
+        let other = net.client(usize::MAX);
+        net.write(other, b"*1\r\n$4\r\nPING\r\n");
+        assert!(net.run_until(5000, |n| n.received(other) == b"+PONG\r\n"));
+    });
+}
+
+/// The redis-py pipeline that wedged the core: a batch that stores 50
+/// values, then ~40 commands mixing SETs of 5–19 KB and GETs, read back
+/// slowly; every reply checked.
+#[test]
+fn large_set_and_get_pipelines_are_answered_in_order() {
+    within(120, || {
+        let mut net = Net::new();
+        let c = net.client(2048);
+        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut x = 12345u64;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..4 {
+            let mut request = Vec::new();
+            let mut expected = Vec::new();
+            for i in 0..(if round == 0 { 50u64 } else { 40 }) {
+                let key = format!("key:{}", if round == 0 { i } else { rand(50) }).into_bytes();
+                if round == 0 || rand(2) == 0 {
+                    let len = 5000 + rand(14_000) as usize;
+                    let value: Vec<u8> = (0..len)
+                        .map(|j| b'a' + ((j as u64 + i) % 26) as u8)
+                        .collect();
+                    request.extend(command(&[b"SET", &key, &value]));
+                    expected.extend_from_slice(b"+OK\r\n");
+                    model.insert(key, value);
+                } else {
+                    request.extend(command(&[b"GET", &key]));
+                    match model.get(&key) {
+                        Some(v) => {
+                            expected.extend(format!("${}\r\n", v.len()).into_bytes());
+                            expected.extend_from_slice(v);
+                            expected.extend_from_slice(b"\r\n");
+                        }
+                        None => expected.extend_from_slice(b"$-1\r\n"),
+                    }
+                }
+            }
+            let before = net.received(c).len();
+            net.write(c, &request);
+            let want = before + expected.len();
+            assert!(
+                net.run_until(400_000, |n| n.received(c).len() >= want),
+                "round {round}: {} of {} reply bytes",
+                net.received(c).len() - before,
+                expected.len()
+            );
+            assert!(
+                net.received(c)[before..] == expected[..],
+                "round {round}: replies differ"
+            );
+        }
+    });
+}
+
+/// Connections that got an error and then closed normally give every
+/// socket buffer back, as do reset ones.
+#[test]
+fn every_kind_of_close_gives_the_socket_memory_back() {
+    within(60, || {
+        let mut net = Net::new();
+        let baseline = net.pool.in_use();
+        let mut clients = Vec::new();
+        for i in 0..12 {
+            let c = net.client(usize::MAX);
+            match i % 3 {
+                0 => net.write(c, b"\x01\x02garbage\r\n"),
+                1 => net.write(c, b"*1\r\n$4\r\nPING\r\n"),
+                _ => net.write(c, &b"x".repeat(40 << 10)),
+            }
+            clients.push(c);
+        }
+        net.run_until(5000, |_| false);
+        for (i, &c) in clients.iter().enumerate() {
+            let s = net
+                .peer
+                .sockets
+                .get_mut::<tcp::Socket>(net.peer.clients[c].handle);
+            if i % 2 == 0 {
+                s.close();
+            } else {
+                s.abort();
+            }
+        }
+        // The stack's own close deadline bounds the slowest case.
+        let released = net.run_until(400_000, |n| {
+            n.stack.stats().open == 0 && n.pool.in_use() == baseline
+        });
+        assert!(
+            released,
+            "open={} in_use={} (baseline {baseline})",
+            net.stack.stats().open,
+            net.pool.in_use()
+        );
+    });
+}
