@@ -15,6 +15,17 @@
 //! what to tell the client and whether the stream can go on
 //! ([`Error::fatal`]).
 //!
+//! A retrieval line (`get`, `gets`, `gat`, `gats`) may be far longer than
+//! other lines: memcached reads a multi-get of any length, so its bound is
+//! its own, [`Limits::max_retrieval_line`]. A stream whose line arrives in
+//! many pieces is parsed with [`parse_request_resumed`], which keeps in a
+//! [`Progress`] how much of the line it has searched, so each byte is
+//! searched once however many calls the line takes.
+//!
+//! A request in the binary protocol (first byte 0x80) is refused with
+//! [`Error::Binary`], whose reply is a binary error response
+//! ([`binary`]).
+//!
 //! The grammar is memcached's `doc/protocol.txt`; where that text is silent
 //! or out of date, memcached's own parser decides (quiet-mode rules, bare
 //! `\n` line endings from clients, duplicate meta flags, 20 meta tokens at
@@ -23,6 +34,8 @@
 
 use std::ops::Range;
 
+pub mod binary;
+
 /// Bounds on what a peer may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -30,23 +43,31 @@ pub struct Limits {
     pub max_key: usize,
     /// Longest data block, of a request or of a reply.
     pub max_value: usize,
-    /// Most bytes before a line's `\n`, request or reply.
+    /// Most bytes before a line's `\n`, request or reply, except a
+    /// retrieval request's.
     pub max_line: usize,
-    /// Most keys in one retrieval command.
+    /// Most bytes before the `\n` of a `get`, `gets`, `gat` or `gats`
+    /// line (at least `max_line`). The line is held whole until it ends,
+    /// so this bounds the memory one request takes.
+    pub max_retrieval_line: usize,
+    /// Most keys in one retrieval command. Each key costs a token range
+    /// (16 bytes) while the request is handled.
     pub max_keys: usize,
 }
 
 impl Default for Limits {
     /// memcached's key length and default item size. memcached closes a
     /// connection after 2048 bytes without a newline, except for `get` and
-    /// `gets` lines, which are unbounded; 64 KiB and 1024 keys let large
-    /// multi-gets through while bounding the fan-out of one request.
+    /// `gets` lines, which are unbounded: 64 KiB for other lines, and 1 GiB
+    /// (Redis's query buffer limit, ferrox's default `max_request`) and a
+    /// million keys for a retrieval line.
     fn default() -> Self {
         Limits {
             max_key: 250,
             max_value: 1 << 20,
             max_line: 64 << 10,
-            max_keys: 1024,
+            max_retrieval_line: 1 << 30,
+            max_keys: 1 << 20,
         }
     }
 }
@@ -342,9 +363,9 @@ impl Request {
     }
 }
 
-/// Why a request is refused, or a reply cannot be framed. The message is
-/// what the client is told; [`Error::fatal`] says whether the stream can
-/// go on.
+/// Why a request is refused, or a reply cannot be framed.
+/// [`Error::emit_reply`] writes what the client is told; [`Error::fatal`]
+/// says whether the stream can go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Not a command this codec knows. memcached answers `ERROR`; the
@@ -369,20 +390,40 @@ pub enum Error {
     /// connection and answer the client `SERVER_ERROR <message>`.
     #[error("{0}")]
     Backend(&'static str),
+    /// A request in memcached's binary protocol (its whole header is
+    /// here), which this codec does not speak: answer with a binary error
+    /// response, so that a binary client sees an error rather than waiting
+    /// for a reply it can read, then close.
+    #[error("the binary protocol is not supported")]
+    Binary { opcode: u8, opaque: u32 },
 }
 
+/// The text of the binary error response.
+const BINARY_REFUSED: &[u8] = b"binary protocol not supported: use the text protocol";
+
 impl Error {
-    /// The reply line for the client, in pieces to write in order (no
-    /// allocation; `reply().concat()` joins them).
-    pub fn reply(&self) -> [&'static [u8]; 3] {
-        match *self {
-            Error::UnknownCommand => [b"ERROR", b"", b"\r\n"],
-            Error::Client(message) | Error::Framing(message) => {
-                [b"CLIENT_ERROR ", message.as_bytes(), b"\r\n"]
+    /// Appends the reply for the client to `out`: memcached's error line,
+    /// or for [`Error::Binary`] a binary response with status "unknown
+    /// command" that echoes the request's opcode and opaque.
+    pub fn emit_reply(&self, out: &mut Vec<u8>) {
+        let (code, message): (&[u8], &str) = match *self {
+            Error::UnknownCommand => (b"ERROR", ""),
+            Error::Client(message) | Error::Framing(message) => (b"CLIENT_ERROR ", message),
+            Error::TooLarge => (b"SERVER_ERROR ", "object too large for cache"),
+            Error::Backend(message) => (b"SERVER_ERROR ", message),
+            Error::Binary { opcode, opaque } => {
+                let response = binary::ErrorRepr {
+                    opcode,
+                    opaque,
+                    status: binary::STATUS_UNKNOWN_COMMAND,
+                    message: BINARY_REFUSED,
+                };
+                return response.emit(out);
             }
-            Error::TooLarge => [b"SERVER_ERROR ", b"object too large for cache", b"\r\n"],
-            Error::Backend(message) => [b"SERVER_ERROR ", message.as_bytes(), b"\r\n"],
-        }
+        };
+        out.extend_from_slice(code);
+        out.extend_from_slice(message.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Whether the stream that produced the error cannot be resynchronised
@@ -390,7 +431,7 @@ impl Error {
     pub fn fatal(&self) -> bool {
         matches!(
             self,
-            Error::Framing(_) | Error::TooLarge | Error::Backend(_)
+            Error::Framing(_) | Error::TooLarge | Error::Backend(_) | Error::Binary { .. }
         )
     }
 }
@@ -450,13 +491,62 @@ fn signed32(text: &[u8]) -> Option<i32> {
     }
 }
 
+/// How far the incomplete request at the start of a stream's input has
+/// been read, kept between calls of [`parse_request_resumed`]: the bytes of
+/// its line already searched for the line's end. A stream starts with
+/// `Progress::default()`; every call that does not return `Ok(None)`
+/// resets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    searched: usize,
+}
+
+impl Progress {
+    pub const fn new() -> Progress {
+        Progress { searched: 0 }
+    }
+
+    /// Bytes of the incomplete request line already searched for its end:
+    /// the next call searches only what comes after them.
+    pub fn searched(&self) -> usize {
+        self.searched
+    }
+}
+
+/// The longest line the request at the start of `input` may have: a
+/// retrieval command's, once its name and a space are in, may be
+/// `max_retrieval_line` long; any other `max_line`. The name is looked for
+/// in the first 128 bytes only (memcached gives up on a long multi-get
+/// after 100 leading spaces), so this costs the same on every call.
+fn line_limit(input: &[u8], limits: &Limits) -> usize {
+    let head = &input[..input.len().min(128)];
+    match Tokens::new(head).next() {
+        Some(name)
+            if name.end < head.len()
+                && Command::from_name(&head[name.clone()]).is_some_and(Command::is_retrieval) =>
+        {
+            limits.max_retrieval_line.max(limits.max_line)
+        }
+        _ => limits.max_line,
+    }
+}
+
 /// The request line at the start of `input`: where its text ends (before
 /// `\r\n` or a bare `\n`) and the bytes it takes. memcached accepts a bare
-/// `\n` from clients.
-fn request_line(input: &[u8], max_line: usize) -> Result<Option<(usize, usize)>, Error> {
-    let window = &input[..input.len().min(max_line.saturating_add(1))];
-    match window.iter().position(|&b| b == b'\n') {
-        Some(lf) => {
+/// `\n` from clients. The search starts after what `progress` says was
+/// searched before, and records how far it got when there is no end yet.
+fn request_line(
+    input: &[u8],
+    limits: &Limits,
+    progress: &mut Progress,
+) -> Result<Option<(usize, usize)>, Error> {
+    let limit = line_limit(input, limits);
+    let window = &input[..input.len().min(limit.saturating_add(1))];
+    let from = progress.searched.min(window.len());
+    match window[from..].iter().position(|&b| b == b'\n') {
+        Some(at) => {
+            progress.searched = 0;
+            let lf = from + at;
             let end = if lf > 0 && input[lf - 1] == b'\r' {
                 lf - 1
             } else {
@@ -464,8 +554,14 @@ fn request_line(input: &[u8], max_line: usize) -> Result<Option<(usize, usize)>,
             };
             Ok(Some((end, lf + 1)))
         }
-        None if input.len() > max_line => Err(Error::Framing("line too long")),
-        None => Ok(None),
+        None if input.len() > limit => {
+            progress.searched = 0;
+            Err(Error::Framing("line too long"))
+        }
+        None => {
+            progress.searched = window.len();
+            Ok(None)
+        }
     }
 }
 
@@ -476,13 +572,45 @@ fn request_line(input: &[u8], max_line: usize) -> Result<Option<(usize, usize)>,
 /// A refused request that can be skipped ([`Error::fatal`] is false) is
 /// reported only once all of it is in `input`, and `req.len` then says how
 /// many bytes it takes, so the caller replies and skips exactly that.
+///
+/// Each call searches the request line from its start: a caller that
+/// offers a long line again and again as more of it arrives should use
+/// [`parse_request_resumed`].
 pub fn parse_request(
     input: &[u8],
     limits: &Limits,
     req: &mut Request,
 ) -> Result<Option<usize>, Error> {
+    parse_request_resumed(input, limits, req, &mut Progress::new())
+}
+
+/// [`parse_request`] for a stream that offers an incomplete request again,
+/// with more bytes after it: `progress` remembers how much of the request
+/// line earlier calls searched, and the search goes on from there, so a
+/// line costs time in proportion to its length, not to its length times
+/// the calls it takes. `input` must start with the bytes it started with
+/// when the last call returned `Ok(None)`.
+pub fn parse_request_resumed(
+    input: &[u8],
+    limits: &Limits,
+    req: &mut Request,
+    progress: &mut Progress,
+) -> Result<Option<usize>, Error> {
     req.clear();
-    let Some((end, line_len)) = request_line(input, limits.max_line)? else {
+    if input.first() == Some(&binary::REQUEST_MAGIC) {
+        *progress = Progress::new();
+        let Ok(header) = binary::Header::new_checked(input) else {
+            // The header is all a binary client sends at once; its opcode
+            // and opaque go into the reply.
+            return Ok(None);
+        };
+        req.len = binary::HEADER_LEN;
+        return Err(Error::Binary {
+            opcode: header.opcode(),
+            opaque: header.opaque(),
+        });
+    }
+    let Some((end, line_len)) = request_line(input, limits, progress)? else {
         return Ok(None);
     };
     let line = &input[..end];

@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         max_key: 250,
         max_value: 1 << 12,
         max_line: 1 << 10,
+        max_retrieval_line: 1 << 12,
         max_keys: 64,
     };
     let mut req = Request::new();

@@ -54,7 +54,9 @@ fn strings(list: &[&str]) -> Vec<String> {
 }
 
 fn reply_text(e: Error) -> String {
-    String::from_utf8(e.reply().concat()).unwrap()
+    let mut out = Vec::new();
+    e.emit_reply(&mut out);
+    String::from_utf8(out).unwrap()
 }
 
 #[test]
@@ -431,24 +433,33 @@ fn unrecoverable_streams_are_fatal() {
         );
         assert!(error.fatal());
     }
-    // A line too long is refused as soon as it is known to be.
+    // A line too long is refused as soon as it is known to be: a
+    // retrieval line past max_retrieval_line, any other past max_line.
     let limits = Limits {
         max_line: 16,
+        max_retrieval_line: 24,
         ..Limits::default()
     };
-    assert_eq!(parse_with(b"get 0123456789ab", &limits), Ok(None));
+    let too_long = Err(Error::Framing("line too long"));
+    assert_eq!(parse_with(b"delete 012345678", &limits), Ok(None));
     assert_eq!(
-        parse_with(b"get 0123456789ab\n", &limits).map(|p| p.is_some()),
+        parse_with(b"delete 012345678\n", &limits).map(|p| p.is_some()),
         Ok(true)
     );
+    assert_eq!(parse_with(b"delete 0123456789", &limits), too_long);
+    assert_eq!(parse_with(b"delete 0123456789\r\n", &limits), too_long);
+    assert_eq!(parse_with(b"get 0123 4567 89ab cdef", &limits), Ok(None));
     assert_eq!(
-        parse_with(b"get 0123456789abc", &limits),
-        Err(Error::Framing("line too long"))
+        parse_with(b"get 0123 4567 89ab cdef\n", &limits).map(|p| p.unwrap().keys.len()),
+        Ok(4)
     );
-    assert_eq!(
-        parse_with(b"get 0123456789abc\r\n", &limits),
-        Err(Error::Framing("line too long"))
-    );
+    assert_eq!(parse_with(b"get 0123 4567 89ab cdefgh", &limits), too_long);
+    assert_eq!(parse_with(b"gats 1 234 4567 89ab cdef", &limits), too_long);
+    // Until a retrieval name and its space are in, the line is held to
+    // max_line; leading spaces are skipped as memcached does.
+    assert_eq!(parse_with(b"  gets 0123456789ab", &limits), Ok(None));
+    assert_eq!(parse_with(b"getx 0123456789abc", &limits), too_long);
+    assert_eq!(parse_with(&[b' '; 17], &limits), too_long);
 }
 
 #[test]
@@ -457,6 +468,7 @@ fn limits_are_enforced() {
         max_key: 4,
         max_value: 3,
         max_line: 64,
+        max_retrieval_line: 64,
         max_keys: 2,
     };
     assert!(parse_with(b"get abcd efgh\r\n", &limits).unwrap().is_some());
@@ -998,7 +1010,13 @@ proptest! {
     /// the input.
     #[test]
     fn arbitrary_input_is_safe(input in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let limits = Limits { max_line: 64, max_value: 64, max_keys: 4, max_key: 8 };
+        let limits = Limits {
+            max_line: 64,
+            max_retrieval_line: 96,
+            max_value: 64,
+            max_keys: 4,
+            max_key: 8,
+        };
         let mut req = Request::new();
         match parse_request(&input, &limits, &mut req) {
             Ok(Some(used)) => {
@@ -1057,5 +1075,225 @@ proptest! {
         prop_assert_eq!(parsed.noreply.map(|i| parsed.tokens[i].clone()), case.noreply.then(|| "noreply".to_string()));
         prop_assert_eq!(parsed.quiet.map(|i| parsed.tokens[i].clone()), case.quiet.then(|| "q".to_string()));
         prop_assert_eq!(parse(&case.wire[..case.wire.len() - 1]), Ok(None));
+    }
+}
+
+/// `command` and `n` keys of 29 bytes: the line is 30 bytes a key.
+fn long_get(command: &str, n: usize) -> Vec<u8> {
+    let mut line = command.as_bytes().to_vec();
+    for i in 0..n {
+        line.extend_from_slice(format!(" key:{i:05}:padding-padding-xyz").as_bytes());
+    }
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+#[test]
+fn a_multi_get_of_5000_keys_is_one_request_within_the_default_limits() {
+    for command in ["get", "gets"] {
+        let line = long_get(command, 5_000);
+        assert!(line.len() > 145_000, "{}", line.len());
+        let p = whole(&line);
+        assert_eq!(p.keys.len(), 5_000);
+        assert_eq!(p.keys[0], "key:00000:padding-padding-xyz");
+        assert_eq!(p.keys[4_999], "key:04999:padding-padding-xyz");
+    }
+    let mut gat = b"gat 60".to_vec();
+    gat.extend_from_slice(&long_get("", 5_000));
+    let p = whole(&gat);
+    assert_eq!((p.command, p.keys.len()), (Command::Gat, 5_000));
+}
+
+#[test]
+fn a_long_line_arriving_in_pieces_is_searched_once() {
+    let limits = Limits::default();
+    let mut line = long_get("get", 5_000);
+    line.extend_from_slice(b"get next\r\n");
+    let first = line.len() - b"get next\r\n".len();
+    let mut req = Request::new();
+    let mut progress = Progress::new();
+    // TCP segments of a 1500-byte MTU, each offered with all before it,
+    // as a runtime that holds back unused input does.
+    let mut offered = 0;
+    while offered < first {
+        offered = (offered + 1448).min(first - 1);
+        let before = progress.searched();
+        assert_eq!(
+            parse_request_resumed(&line[..offered], &limits, &mut req, &mut progress),
+            Ok(None)
+        );
+        // The next search starts where this one stopped: nothing before
+        // is searched again.
+        assert!(before <= progress.searched() && progress.searched() == offered);
+        if offered == first - 1 {
+            break;
+        }
+    }
+    let used = parse_request_resumed(&line, &limits, &mut req, &mut progress);
+    assert_eq!(used, Ok(Some(first)));
+    assert_eq!(req.key_ranges().len(), 5_000);
+    assert_eq!(progress, Progress::new());
+    // The same request as parsed whole, in one call.
+    let mut whole_req = Request::new();
+    parse_request(&line, &limits, &mut whole_req).unwrap();
+    assert_eq!(req, whole_req);
+    // A complete request leaves nothing behind for the next one.
+    let rest = &line[first..];
+    assert_eq!(
+        parse_request_resumed(&rest[..4], &limits, &mut req, &mut progress),
+        Ok(None)
+    );
+    assert_eq!(
+        parse_request_resumed(rest, &limits, &mut req, &mut progress),
+        Ok(Some(rest.len()))
+    );
+    assert_eq!(req.key_ranges().len(), 1);
+    assert_eq!(req.key_ranges()[0], 4..8);
+}
+
+#[test]
+fn a_long_retrieval_line_is_bounded_by_its_own_limit_even_in_pieces() {
+    let limits = Limits {
+        max_line: 100,
+        max_retrieval_line: 1_000,
+        ..Limits::default()
+    };
+    let line = long_get("gets", 100);
+    let mut req = Request::new();
+    let mut progress = Progress::new();
+    assert_eq!(
+        parse_request_resumed(&line[..1_000], &limits, &mut req, &mut progress),
+        Ok(None)
+    );
+    assert_eq!(
+        parse_request_resumed(&line[..1_001], &limits, &mut req, &mut progress),
+        Err(Error::Framing("line too long"))
+    );
+    assert_eq!(progress, Progress::new());
+    // Other commands keep max_line, however large the retrieval limit.
+    let limits = Limits {
+        max_line: 100,
+        ..Limits::default()
+    };
+    let mut touch = b"touch ".to_vec();
+    touch.resize(101, b'k');
+    assert_eq!(
+        parse_request_resumed(&touch, &limits, &mut req, &mut progress),
+        Err(Error::Framing("line too long"))
+    );
+    // More keys than max_keys: refused, and skipped whole.
+    let limits = Limits {
+        max_keys: 4_999,
+        ..Limits::default()
+    };
+    let line = long_get("get", 5_000);
+    assert_eq!(
+        parse_request_resumed(&line, &limits, &mut req, &mut progress),
+        Err(Error::Client("too many keys"))
+    );
+    assert_eq!(req.len, line.len());
+}
+
+/// A binary `get foo` with opaque 0xdeadbeef.
+const BINARY_GET: &[u8] = &[
+    0x80, 0x00, 0x00, 0x03, // magic, opcode (get), key length 3
+    0x00, 0x00, 0x00, 0x00, // extras, data type, vbucket
+    0x00, 0x00, 0x00, 0x03, // body length 3
+    0xde, 0xad, 0xbe, 0xef, // opaque
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // cas
+    b'f', b'o', b'o',
+];
+
+#[test]
+fn a_binary_request_gets_a_binary_error_and_the_stream_ends() {
+    // Until the whole header is in, there is nothing to answer with.
+    for cut in 1..binary::HEADER_LEN {
+        assert_eq!(parse(&BINARY_GET[..cut]), Ok(None), "cut at {cut}");
+    }
+    let error = parse(BINARY_GET).unwrap_err();
+    assert_eq!(
+        error,
+        Error::Binary {
+            opcode: 0x00,
+            opaque: 0xdead_beef
+        }
+    );
+    assert!(error.fatal());
+    let mut out = Vec::new();
+    error.emit_reply(&mut out);
+    #[rustfmt::skip]
+    const EXPECTED: &[u8] = b"\
+        \x81\x00\x00\x00\
+        \x00\x00\x00\x81\
+        \x00\x00\x00\x34\
+        \xde\xad\xbe\xef\
+        \x00\x00\x00\x00\x00\x00\x00\x00\
+        binary protocol not supported: use the text protocol";
+    // Response magic, the opcode echoed, no key, no extras, raw data,
+    // status 0x0081 (unknown command), a body of 0x34 bytes (the message),
+    // the opaque echoed, no cas.
+    assert_eq!(out, EXPECTED);
+    let response = binary::Header::new_checked(&out[..]).unwrap();
+    assert_eq!(
+        response.body_length() as usize,
+        out.len() - binary::HEADER_LEN
+    );
+    // A binary quit (opcode 0x07) too: the opcode is echoed.
+    let mut quit = BINARY_GET[..binary::HEADER_LEN].to_vec();
+    quit[1] = 0x07;
+    assert!(matches!(
+        parse(&quit),
+        Err(Error::Binary { opcode: 0x07, .. })
+    ));
+}
+
+proptest! {
+    /// A stream offered in growing prefixes, as a runtime offers what it
+    /// holds back, parses to the same requests and errors with
+    /// `parse_request_resumed` as with `parse_request` on all of it.
+    #[test]
+    fn resumed_parsing_agrees_with_parsing_whole(
+        pieces in proptest::collection::vec(
+            prop_oneof![
+                Just(PIPELINE.concat()),
+                Just(long_get("get", 40)),
+                Just(long_get("gat 9", 40)),
+                Just(BINARY_GET.to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ],
+            1..6,
+        ),
+        cuts in proptest::collection::vec(1usize..300, 1..40),
+    ) {
+        let stream = pieces.concat();
+        let limits = Limits {
+            max_line: 200,
+            max_retrieval_line: 1_500,
+            ..Limits::default()
+        };
+        let mut whole_req = Request::new();
+        let mut req = Request::new();
+        let mut progress = Progress::new();
+        // Where the next request starts, and how much of the stream the
+        // runtime holds.
+        let (mut at, mut held) = (0usize, 0usize);
+        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            held = held.saturating_add(*cut).min(stream.len());
+            loop {
+                let input = &stream[at..held];
+                let resumed = parse_request_resumed(input, &limits, &mut req, &mut progress);
+                let fresh = parse_request(input, &limits, &mut whole_req);
+                prop_assert_eq!(resumed, fresh);
+                match resumed {
+                    Ok(Some(used)) => {
+                        prop_assert_eq!(&req, &whole_req);
+                        at += used;
+                    }
+                    Err(e) if !e.fatal() => at += req.len,
+                    Err(_) => return Ok(()),
+                    Ok(None) => break,
+                }
+            }
+        }
     }
 }

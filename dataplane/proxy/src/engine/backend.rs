@@ -1,11 +1,25 @@
 //! Backend connections: connect and handshake, the FIFO of requests each
 //! connection was sent, matching replies to it, timeouts, and reconnecting
-//! with backoff after a failure.
+//! after a failure.
 //!
 //! A failed connection costs exactly the requests it holds: each gets an
-//! error reply naming the server, the connection is reset, and requests
-//! routed to the server during the backoff fail at once instead of
-//! waiting.
+//! error reply naming the server, and the connection is reset.
+//!
+//! **Reconnecting.** A connection attempt that fails when the connection
+//! had no failure before it (the first attempt, or the first after a good
+//! reply) is made again at once, and the requests queued on it wait for
+//! that attempt: a lost SYN or ARP exchange, or a start-up race between
+//! the first connect and neighbour discovery, costs no request and no
+//! ejection. After any other failure the connection reconnects on demand:
+//! the next request routed to it opens a connection and waits for it, so
+//! the first request after a server comes back reaches it. At most one
+//! attempt per server is in flight while it fails: a request finds the
+//! server's other connection that is connected or connecting and goes
+//! there instead of starting another. Pools that preconnect also
+//! reconnect in the background, after a backoff (100 ms doubling up to
+//! `server_retry_timeout`). With ejection on, a server whose failures
+//! reach the limit takes no keys until its retry time, so it sees no
+//! attempt before then.
 
 use std::collections::VecDeque;
 
@@ -21,7 +35,8 @@ pub(super) enum State {
     Idle,
     Connecting,
     Ready,
-    /// Failed; requests fail at once until `since`.
+    /// Failed: the next request reconnects; a pool that preconnects
+    /// reconnects on its own at `since`.
     Backoff,
 }
 
@@ -63,7 +78,7 @@ pub(super) struct Backend {
     pub resp3: bool,
     pub state: State,
     pub handle: Option<Handle>,
-    pub output: Vec<u8>,
+    pub output: super::Output,
     pub send_queued: bool,
     pub inflight: VecDeque<InFlight>,
     /// Handshake replies (`AUTH`, `SELECT`, `HELLO`) still to come.
@@ -72,6 +87,9 @@ pub(super) struct Backend {
     pub since: Micros,
     /// Failures in a row.
     pub failures: u32,
+    /// The attempt in flight is the immediate retry of a failed first
+    /// attempt: if it fails too, the failure counts.
+    pub retrying: bool,
     /// Its server left the configuration: it takes no new requests and is
     /// closed once it has answered the ones it holds.
     pub retiring: bool,
@@ -86,12 +104,13 @@ impl Backend {
             resp3,
             state: State::Idle,
             handle: None,
-            output: Vec::new(),
+            output: super::Output::default(),
             send_queued: false,
             inflight: VecDeque::new(),
             handshake: 0,
             since: 0,
             failures: 0,
+            retrying: false,
             retiring: false,
         }
     }
@@ -108,9 +127,8 @@ impl Backend {
 }
 
 impl Engine {
-    /// Queues a request for `server` of `pool` on one of its connections;
-    /// `write` appends the request bytes. Fails the slot piece at once when
-    /// the server is in backoff.
+    /// Queues a request for `server` of `pool` on one of its connections,
+    /// opening it when needed; `write` appends the request bytes.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_to_server(
         &mut self,
@@ -130,16 +148,24 @@ impl Engine {
         } else {
             &conns.plain
         };
-        let b = list[p.next_conn % list.len()] as usize;
+        let mut b = list[p.next_conn % list.len()] as usize;
         p.next_conn = p.next_conn.wrapping_add(1);
         p.health[server].requests += 1;
-        match self.backends[b].state {
-            State::Backoff => {
-                self.stats.errors += 1;
-                self.fail_piece(b, "is unavailable", at, suppress);
-                return;
+        if self.backends[b].state == State::Backoff {
+            // A failed connection: use one of the server's connections
+            // that works, or that is being opened, rather than start a
+            // second attempt on a server that may be down.
+            let state = |c: &u32| self.backends[*c as usize].state;
+            let other = list
+                .iter()
+                .find(|c| state(c) == State::Ready)
+                .or_else(|| list.iter().find(|c| state(c) == State::Connecting));
+            if let Some(&other) = other {
+                b = other as usize;
             }
-            State::Idle => self.backend_connect(b, now),
+        }
+        match self.backends[b].state {
+            State::Idle | State::Backoff => self.backend_connect(b, now),
             State::Connecting | State::Ready => {}
         }
         let backend = &mut self.backends[b];
@@ -175,14 +201,14 @@ impl Engine {
         self.scratch.error = error;
     }
 
+    /// Opens backend connection `b` (idle, or failed and waiting), its
+    /// handshake first in its output.
     pub(super) fn backend_connect(&mut self, b: usize, now: Micros) {
         let backend = &mut self.backends[b];
-        if backend.state != State::Idle {
+        if !matches!(backend.state, State::Idle | State::Backoff) {
             return;
         }
         let spec = &self.pools[backend.pool].spec;
-        backend.state = State::Connecting;
-        backend.since = now;
         backend.output.clear();
         backend.handshake = 0;
         if spec.protocol == Protocol::Redis {
@@ -201,7 +227,16 @@ impl Engine {
                 backend.handshake += 1;
             }
         }
-        let addr = spec.servers[backend.server].addr;
+        self.backend_dial(b, now);
+    }
+
+    /// Asks the runtime for backend connection `b`'s TCP connection; its
+    /// output (handshake, then any queued requests) goes once connected.
+    fn backend_dial(&mut self, b: usize, now: Micros) {
+        let backend = &mut self.backends[b];
+        backend.state = State::Connecting;
+        backend.since = now;
+        let addr = self.pools[backend.pool].spec.servers[backend.server].addr;
         self.stats.backend_connects += 1;
         self.actions.push_back(Action::Connect {
             tag: Tag::backend(b as u32),
@@ -215,6 +250,7 @@ impl Engine {
             return;
         }
         backend.state = State::Ready;
+        backend.retrying = false;
         // Requests queued while connecting are timed from now.
         for request in &mut backend.inflight {
             request.sent = now;
@@ -313,8 +349,9 @@ impl Engine {
         self.free_backends.push(b as u32);
     }
 
-    /// The connection failed: every request it holds gets an error reply,
-    /// the connection is reset, and the server waits out a backoff.
+    /// The connection failed: it is reset, and every request it holds gets
+    /// an error reply; or, for a first connection attempt, it is tried
+    /// again at once and its requests wait for that attempt.
     pub(super) fn backend_failed(&mut self, b: usize, now: Micros, why: &str) {
         let backend = &mut self.backends[b];
         if matches!(backend.state, State::Idle | State::Backoff) {
@@ -323,6 +360,21 @@ impl Engine {
         if let Some(handle) = backend.handle.take() {
             self.actions.push_back(Action::Abort(handle));
         }
+        self.stats.backend_failures += 1;
+        let first_attempt = backend.state == State::Connecting
+            && backend.failures == 0
+            && !backend.retrying
+            && !backend.retiring;
+        if first_attempt {
+            // Nothing was sent: the handshake and the queued requests stay
+            // in the output for the new connection, and the failure is not
+            // counted against the server.
+            backend.retrying = true;
+            self.stats.connect_retries += 1;
+            self.backend_dial(b, now);
+            return;
+        }
+        backend.retrying = false;
         backend.failures += 1;
         let spec = &self.pools[backend.pool].spec;
         let shift = (backend.failures - 1).min(20);
@@ -331,7 +383,6 @@ impl Engine {
         backend.output.clear();
         backend.send_queued = false;
         backend.handshake = 0;
-        self.stats.backend_failures += 1;
         let (pool, server) = (backend.pool, backend.server);
         let mut inflight = std::mem::take(&mut backend.inflight);
         for request in inflight.drain(..) {

@@ -18,12 +18,21 @@ impl Engine {
         input: &[u8],
         now: Micros,
     ) -> usize {
-        let limits = self.pools[self.sessions[index].pool].spec.memcache_limits;
+        let spec = &self.pools[self.sessions[index].pool].spec;
+        // A retrieval line is held whole until it ends, as a Redis request
+        // is: the pool's max_request bounds both.
+        let limits = memcache::Limits {
+            max_retrieval_line: spec.max_request,
+            ..spec.memcache_limits
+        };
         let mut req = std::mem::take(&mut self.scratch.memcache);
+        // How far an incomplete request at the front of `input` was read
+        // on earlier calls: the runtime offers it again with more bytes.
+        let mut progress = self.sessions[index].memcache_progress;
         let mut used = 0;
         while self.has_room(index) {
             let rest = &input[used..];
-            match memcache::parse_request(rest, &limits, &mut req) {
+            match memcache::parse_request_resumed(rest, &limits, &mut req, &mut progress) {
                 Ok(None) => break,
                 Ok(Some(len)) => {
                     self.memcache_request(index, &rest[..len], &req, now);
@@ -33,12 +42,7 @@ impl Engine {
                     // memcached sends no error to a `noreply` request
                     // unless it must close the connection.
                     if req.noreply.is_none() || error.fatal() {
-                        self.local_error(index, |out, _| {
-                            error
-                                .reply()
-                                .iter()
-                                .for_each(|part| out.extend_from_slice(part))
-                        });
+                        self.local_error(index, |out, _| error.emit_reply(out));
                     }
                     if error.fatal() {
                         self.close_after_last(index);
@@ -49,6 +53,7 @@ impl Engine {
                 }
             }
         }
+        self.sessions[index].memcache_progress = progress;
         self.scratch.memcache = req;
         used
     }
