@@ -772,3 +772,134 @@ fn a_bad_config_is_refused_with_its_line() {
         "{stderr}"
     );
 }
+
+/// What wedged a core for good before (the reliability issue), each with
+/// real clients on one dataplane, one after the other: every step must
+/// leave the proxy serving the next, and the core may not stall.
+#[test]
+fn the_inputs_that_once_wedged_a_core_are_served() {
+    let config = ConfigFile::new("toml", &config());
+    let (ns, dp) = setup_with_mtu(Pmd::AfXdp, 1, 3438, &["--config", config.path()]);
+    let _backends = Backends::start(&ns);
+    let out = python(
+        &ns,
+        &format!(
+            r#"
+import random, socket, redis
+HOST = "{FERROX_IP}"
+rng = random.Random(12)
+
+def ping_ok():
+    r = redis.Redis(host=HOST, port=6379, socket_timeout=10)
+    assert r.ping()
+
+# redis-py: a batch that stores 50 values, then batches of about 40
+# commands mixing SETs of 5-19 KB values and GETs of the same keys.
+r = redis.Redis(host=HOST, port=6379, socket_timeout=10)
+model = {{}}
+p = r.pipeline(transaction=False)
+for i in range(50):
+    v = rng.randbytes(rng.randint(5000, 19000))
+    p.set(f"wedge:{{i}}", v)
+    model[f"wedge:{{i}}"] = v
+p.execute()
+for round in range(20):
+    p = r.pipeline(transaction=False)
+    expect = []
+    for _ in range(40):
+        k = f"wedge:{{rng.randrange(50)}}"
+        if rng.random() < 0.5:
+            v = rng.randbytes(rng.randint(5000, 19000))
+            p.set(k, v)
+            model[k] = v
+            expect.append(True)
+        else:
+            p.get(k)
+            expect.append(model[k])
+    assert p.execute() == expect, f"round {{round}}"
+print("redis-py pipelines ok")
+
+def exchange(port, payload, until, timeout=20):
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    s.sendall(payload)
+    got = b""
+    while not until(got):
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    return got
+
+# memcached: one write of set/get pairs whose replies add up to ~224 KB.
+pairs = b""
+expect = b""
+for i in range(28):
+    v = bytes([97 + i % 26]) * 8000
+    pairs += b"set big:%d 0 0 %d\r\n%s\r\nget big:%d\r\n" % (i, len(v), v, i)
+    expect += b"STORED\r\nVALUE big:%d 0 %d\r\n%s\r\nEND\r\n" % (i, len(v), v)
+got = exchange(11211, pairs, lambda g: len(g) >= len(expect))
+assert got == expect, (len(got), len(expect))
+print("memcached pipeline ok")
+
+# 4,681 pipelined PINGs (64 KiB) in one write, read back slowly.
+ping = b"*1\r\n$4\r\nPING\r\n"
+s = socket.create_connection((HOST, 6379), timeout=20)
+s.sendall(ping * 4681)
+got = b""
+while len(got) < 4681 * 7:
+    chunk = s.recv(512)
+    assert chunk, len(got)
+    got += chunk
+assert got == b"+PONG\r\n" * 4681
+s.close()
+print("ping pipeline ok")
+
+# 64 KiB of random bytes in one send: an error, then a close.
+got = exchange(6379, rng.randbytes(64 << 10), lambda g: False)
+assert got.startswith(b"-ERR"), got[:80]
+ping_ok()
+print("random bytes ok")
+
+# memcached binary protocol: an error and a close, not a hang.
+got = exchange(11211, b"\x80\x00\x00\x05" + bytes(20) + b"hello", lambda g: False)
+assert got[:1] == b"\x81", got[:40]
+print("binary protocol ok")
+
+# A memcached get of 5,000 keys (a line of about 150 KB).
+keys = [b"many:%05d:%s" % (i, b"k" * 16) for i in range(5000)]
+sets = b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in keys[::7])
+exchange(11211, sets + b"version\r\n", lambda g: g.endswith(b"\r\n"))
+got = exchange(11211, b"get " + b" ".join(keys) + b"\r\n", lambda g: g.endswith(b"END\r\n"))
+assert got.count(b"VALUE ") == len(keys[::7]), got[:200]
+ping_ok()
+print("long get ok")
+"#
+        ),
+    );
+    for step in [
+        "redis-py pipelines ok",
+        "memcached pipeline ok",
+        "ping pipeline ok",
+        "random bytes ok",
+        "binary protocol ok",
+        "long get ok",
+    ] {
+        assert!(out.contains(step), "{step} missing: {out}");
+    }
+    // Every client connection ended in the core too (only the six server
+    // connections stay open).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let line = dp.latest_stats().unwrap_or_default();
+        if stat(&line, "accepted") > 0 && stat(&line, "open") == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client connections stayed: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dp.stop();
+}
