@@ -903,3 +903,78 @@ print("long get ok")
     }
     dp.stop();
 }
+
+/// The dataplane's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A client that pipelines GETs of a 10 KB value and never reads costs a
+/// bounded amount of memory (its unsent replies stop its input), and the
+/// memory goes back when it leaves.
+#[test]
+fn a_client_that_never_reads_costs_bounded_memory() {
+    let config = ConfigFile::new("toml", &config());
+    let (ns, dp) = setup_with_mtu(Pmd::AfXdp, 1, 3438, &["--config", config.path()]);
+    let _backends = Backends::start(&ns);
+    assert_eq!(cli(&ns, FERROX_IP, 6379, "PING"), "PONG");
+    let before = rss_kib(dp.pid());
+    let out = python(
+        &ns,
+        &format!(
+            r#"
+import socket, time, redis
+HOST = "{FERROX_IP}"
+redis.Redis(host=HOST, port=6379).set("ten", "v" * 10000)
+s = socket.create_connection((HOST, 6379))
+s.setblocking(False)
+get = b"*2\r\n$3\r\nGET\r\n$3\r\nten\r\n"
+batch = get * 1000
+sent = 0
+deadline = time.time() + 6
+while sent < 200000 * len(get) and time.time() < deadline:
+    try:
+        sent += s.send(batch)
+    except BlockingIOError:
+        time.sleep(0.01)
+print("requests sent", sent // len(get))
+with open("/proc/{pid}/status") as f:
+    rss = [l for l in f if l.startswith("VmRSS")][0].split()[1]
+print("rss while stuck", rss)
+s.close()
+time.sleep(0.5)
+assert redis.Redis(host=HOST, port=6379, socket_timeout=10).get("ten") == b"v" * 10000
+print("served after")
+"#,
+            pid = dp.pid()
+        ),
+    );
+    assert!(out.contains("served after"), "{out}");
+    let sent: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("requests sent "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stuck: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rss while stuck "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("requests the client got in: {sent}; dataplane RSS {before} KiB before, {stuck} KiB while stuck");
+    assert!(
+        sent < 200_000,
+        "ferrox kept reading from a client that never reads ({sent} requests)"
+    );
+    assert!(
+        stuck < before + 64 * 1024,
+        "a client that never reads grew the dataplane from {before} to {stuck} KiB"
+    );
+    dp.stop();
+}
