@@ -4,6 +4,12 @@
 //! PCI devices are never probed unless the configuration names them in an
 //! allow-list: without one, `--no-pci` is always passed, so the machine's own
 //! NIC is never touched.
+//!
+//! DPDK reports a machine without free hugepages as `Permission denied`
+//! (it sets `EACCES` when it finds no usable page size) or `Cannot allocate
+//! memory`. When the init fails, the hugepage figures of `/proc/meminfo`,
+//! read before the attempt and after it, decide whether that is the cause,
+//! and the error then says so and how to fix it.
 
 use std::ffi::CString;
 
@@ -85,6 +91,14 @@ impl EalConfig {
 pub enum EalError {
     #[error("DPDK EAL init failed: {0} (args: {1})")]
     Init(String, String),
+    /// The init failed for want of hugepages: what is missing and how to
+    /// get it, then DPDK's own error and the arguments.
+    #[error("{advice} (DPDK EAL init failed: {error}; args: {args})")]
+    Hugepages {
+        advice: String,
+        error: String,
+        args: String,
+    },
     #[error("the EAL is already initialised in this process")]
     Twice,
     #[error("argument contains a NUL byte: {0:?}")]
@@ -111,7 +125,21 @@ impl Eal {
             .map(|a| CString::new(a.as_str()).map_err(|_| EalError::Nul(a.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(args = %args.join(" "), "starting DPDK EAL");
-        ffi::eal_init(c_args).map_err(|e| EalError::Init(e, args.join(" ")))?;
+        let before = Hugepages::read();
+        if let Err(error) = ffi::eal_init(c_args) {
+            let after = Hugepages::read();
+            let args = args.join(" ");
+            return Err(
+                match hugepage_advice(&error, config.memory_mb, before, after) {
+                    Some(advice) => EalError::Hugepages {
+                        advice,
+                        error,
+                        args,
+                    },
+                    None => EalError::Init(error, args),
+                },
+            );
+        }
         Ok(Eal {
             file_prefix: config.file_prefix.clone(),
         })
@@ -133,9 +161,232 @@ impl Drop for Eal {
     }
 }
 
+/// The default hugepages of `/proc/meminfo`: how many the kernel holds,
+/// how many of them are free, and their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hugepages {
+    pub total: u64,
+    pub free: u64,
+    pub size_kib: u64,
+}
+
+impl Hugepages {
+    /// The figures of this machine, if `/proc/meminfo` can be read.
+    pub fn read() -> Option<Hugepages> {
+        Hugepages::parse(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    }
+
+    /// The figures in the text of `/proc/meminfo`.
+    pub fn parse(meminfo: &str) -> Option<Hugepages> {
+        let field = |name: &str| {
+            meminfo.lines().find_map(|line| {
+                let value = line.strip_prefix(name)?.strip_prefix(':')?;
+                value.split_whitespace().next()?.parse::<u64>().ok()
+            })
+        };
+        Some(Hugepages {
+            total: field("HugePages_Total")?,
+            free: field("HugePages_Free")?,
+            size_kib: field("Hugepagesize")?,
+        })
+    }
+
+    /// "2 MiB", "1 GiB", as page sizes are named.
+    fn size(&self) -> String {
+        match self.size_kib {
+            kib if kib >= 1 << 20 && kib % (1 << 20) == 0 => format!("{} GiB", kib >> 20),
+            kib if kib >= 1 << 10 && kib % (1 << 10) == 0 => format!("{} MiB", kib >> 10),
+            kib => format!("{kib} KiB"),
+        }
+    }
+}
+
+/// The errno at the end of an error from `ffi::eal_init` ("... (errno 13)").
+fn errno_of(error: &str) -> Option<i32> {
+    error
+        .rsplit_once("(errno ")?
+        .1
+        .strip_suffix(')')?
+        .parse()
+        .ok()
+}
+
+const EACCES: i32 = 13;
+const ENOMEM: i32 = 12;
+
+/// What to tell the operator when the EAL failed with `error` while asked
+/// for `memory_mb` MiB, from the hugepage figures read `before` the
+/// attempt and `after` it; `None` when hugepages are not the cause (or
+/// cannot be known to be).
+///
+/// Pages free before the attempt may be gone after it (another process
+/// took them), so the smaller count decides.
+pub fn hugepage_advice(
+    error: &str,
+    memory_mb: u32,
+    before: Option<Hugepages>,
+    after: Option<Hugepages>,
+) -> Option<String> {
+    let pages = match (before, after) {
+        (Some(b), Some(a)) => Hugepages {
+            free: b.free.min(a.free),
+            ..b
+        },
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => return None,
+    };
+    let errno = errno_of(error);
+    if !matches!(errno, Some(EACCES | ENOMEM)) {
+        return None;
+    }
+    let size = pages.size();
+    let size_kib = pages.size_kib.max(1);
+    let needed = (u64::from(memory_mb) * 1024).div_ceil(size_kib);
+    // Reserve what is in use, what this dataplane needs, and room for the
+    // socket buffer pool: 512 pages (1 GiB of 2 MiB pages) at least.
+    let in_use = pages.total - pages.free.min(pages.total);
+    let reserve = (in_use + needed).max(512);
+    let how = format!(
+        "reserve some with 'echo {reserve} > /proc/sys/vm/nr_hugepages' and mount hugetlbfs \
+         at /dev/hugepages ('mount -t hugetlbfs -o pagesize={} nodev /dev/hugepages'), or run \
+         ./ferrox.sh which does it",
+        size.replace(' ', "").replace("iB", "")
+    );
+    if pages.total == 0 {
+        Some(format!(
+            "no free {size} hugepages (none are reserved): {how}"
+        ))
+    } else if pages.free == 0 {
+        Some(format!(
+            "no free {size} hugepages (all {} in use): {how}",
+            pages.total
+        ))
+    } else if pages.free < needed {
+        Some(format!(
+            "only {} free {size} hugepages, and DPDK is asked for {memory_mb} MiB \
+             (--memory-mb, {needed} pages): {how}, or give --memory-mb less",
+            pages.free
+        ))
+    } else if errno == Some(EACCES) {
+        Some(format!(
+            "{} free {size} hugepages, but this process may not use them: run the dataplane \
+             as root (DPDK maps hugepages and reads physical addresses), or through \
+             ./ferrox.sh",
+            pages.free
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /proc/meminfo's hugepage lines, among others.
+    fn meminfo(total: u64, free: u64) -> String {
+        format!(
+            "MemTotal:        8135028 kB\n\
+             MemFree:          421644 kB\n\
+             HugePages_Total:    {total}\n\
+             HugePages_Free:     {free}\n\
+             HugePages_Rsvd:        0\n\
+             HugePages_Surp:        0\n\
+             Hugepagesize:       2048 kB\n\
+             Hugetlb:          {} kB\n",
+            total * 2048
+        )
+    }
+
+    fn pages(total: u64, free: u64) -> Option<Hugepages> {
+        Hugepages::parse(&meminfo(total, free))
+    }
+
+    const EACCES_ERROR: &str = "Permission denied (errno 13)";
+    const ENOMEM_ERROR: &str = "Cannot allocate memory (errno 12)";
+
+    #[test]
+    fn meminfo_gives_the_hugepage_figures() {
+        assert_eq!(
+            pages(512, 100),
+            Some(Hugepages {
+                total: 512,
+                free: 100,
+                size_kib: 2048
+            })
+        );
+        assert_eq!(Hugepages::parse("MemTotal: 1 kB\n"), None);
+        assert_eq!(errno_of(EACCES_ERROR), Some(13));
+        assert_eq!(errno_of("Unknown error"), None);
+    }
+
+    #[test]
+    fn no_reserved_hugepages_is_named_with_the_fix() {
+        let advice = hugepage_advice(EACCES_ERROR, 256, pages(0, 0), pages(0, 0)).unwrap();
+        assert_eq!(
+            advice,
+            "no free 2 MiB hugepages (none are reserved): reserve some with 'echo 512 > \
+             /proc/sys/vm/nr_hugepages' and mount hugetlbfs at /dev/hugepages ('mount -t \
+             hugetlbfs -o pagesize=2M nodev /dev/hugepages'), or run ./ferrox.sh which does it"
+        );
+        let error = EalError::Hugepages {
+            advice,
+            error: EACCES_ERROR.into(),
+            args: "ferrox -l 0".into(),
+        };
+        assert!(error
+            .to_string()
+            .starts_with("no free 2 MiB hugepages (none are reserved): "));
+        assert!(error
+            .to_string()
+            .ends_with("(DPDK EAL init failed: Permission denied (errno 13); args: ferrox -l 0)"));
+    }
+
+    #[test]
+    fn none_free_or_too_few_free_are_told_apart() {
+        let advice = hugepage_advice(EACCES_ERROR, 256, pages(512, 0), pages(512, 0)).unwrap();
+        assert!(
+            advice.starts_with(
+                "no free 2 MiB hugepages (all 512 in use): reserve some with 'echo 640 >"
+            ),
+            "{advice}"
+        );
+        // Free before the attempt, gone after it: the smaller count decides.
+        let advice = hugepage_advice(EACCES_ERROR, 256, pages(512, 300), pages(512, 0)).unwrap();
+        assert!(advice.starts_with("no free 2 MiB hugepages"), "{advice}");
+        let advice = hugepage_advice(ENOMEM_ERROR, 256, pages(1024, 100), None).unwrap();
+        assert!(
+            advice.starts_with(
+                "only 100 free 2 MiB hugepages, and DPDK is asked for 256 MiB (--memory-mb, 128 \
+                 pages): reserve some with 'echo 1052 >"
+            ),
+            "{advice}"
+        );
+        assert!(advice.ends_with(", or give --memory-mb less"));
+    }
+
+    #[test]
+    fn free_hugepages_and_a_refusal_mean_privileges() {
+        let advice = hugepage_advice(EACCES_ERROR, 256, pages(512, 512), pages(512, 512)).unwrap();
+        assert!(
+            advice.starts_with("512 free 2 MiB hugepages, but this process may not use them: run"),
+            "{advice}"
+        );
+    }
+
+    #[test]
+    fn other_failures_keep_dpdks_own_error() {
+        // Enough hugepages and another errno: not a hugepage problem.
+        let busy = "Device or resource busy (errno 16)";
+        assert_eq!(hugepage_advice(busy, 256, pages(512, 512), None), None);
+        assert_eq!(hugepage_advice(busy, 256, pages(0, 0), None), None);
+        assert_eq!(
+            hugepage_advice(ENOMEM_ERROR, 256, pages(512, 512), None),
+            None
+        );
+        // Nothing known about hugepages: nothing to add.
+        assert_eq!(hugepage_advice(EACCES_ERROR, 256, None, None), None);
+    }
 
     #[test]
     fn pci_is_off_unless_allow_listed() {
