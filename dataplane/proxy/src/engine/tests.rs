@@ -1478,3 +1478,5 @@ mod reconnecting {
         assert!(net.servers[1].data.contains_key(&b"a"[..]));
     }
 }
+
+mod back_pressure;
