@@ -15,6 +15,13 @@
 //! deadline; elsewhere for a short time, from a few microseconds doubling up
 //! to a ceiling. Either way the core also wakes when another core steers a
 //! frame to it (its inbox's eventfd), and polls again on waking.
+//!
+//! **Heartbeat.** The core publishes its counters (and the application's,
+//! whose publication beats the core's heartbeat in the control block)
+//! every 1,024 loops, at least every [`PUBLISH_EVERY`], and before it
+//! sleeps; sleeps are at most 100 ms. A healthy core, idle or busy, so
+//! beats at least every ~100 ms, and the control process takes a silence of
+//! seconds for a stuck core.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,6 +60,14 @@ impl Default for IdlePolicy {
         }
     }
 }
+
+/// Longest time between two publications of a running core (between
+/// sleeps; a sleep is preceded by one).
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+
+/// Test-only fault injection: when this says so, the core wedges itself
+/// (see [`Core::test_stall`]).
+pub type TestStall = Box<dyn Fn() -> bool + Send>;
 
 /// Counters of one loop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,6 +196,10 @@ pub struct Core<'p, A: App> {
     pub stats: LoopStats,
     /// Where this core publishes its counters for other threads.
     pub counters: Arc<CoreCounters>,
+    /// Test-only (`--test-hooks`): asked at each publication; once it says
+    /// so, the core spins in its loop for ever, ignoring its stop flag and
+    /// publishing nothing, as a livelocked core does. `None` in service.
+    pub test_stall: Option<TestStall>,
 }
 
 impl<A: App> std::fmt::Debug for Core<'_, A> {
@@ -252,18 +271,32 @@ impl<A: App> Core<'_, A> {
         handled
     }
 
+    /// Publishes the core's counters and the application's (which beats
+    /// the heartbeat).
+    fn publish(&mut self) {
+        if let Some(stall) = &self.test_stall {
+            if stall() {
+                wedge(self.id);
+            }
+        }
+        self.counters.publish(&self.stack.stats(), &self.stats);
+        self.stack.publish();
+    }
+
     /// Runs this core until `stop` is set.
     pub fn run(&mut self, clock: Clock, idle: IdlePolicy, stop: &AtomicBool) {
         let mut rx = RxBurst::<BURST>::default();
         let mut empty_polls = 0u32;
         let mut sleep = idle.min_sleep;
+        let publish_every = smoltcp::time::Duration::from_micros(PUBLISH_EVERY.as_micros() as u64);
+        let mut published = clock.now();
         while !stop.load(Ordering::Relaxed) {
             self.stats.iterations += 1;
-            if self.stats.iterations % 1024 == 0 {
-                self.counters.publish(&self.stack.stats(), &self.stats);
-                self.stack.publish();
-            }
             let now = clock.now();
+            if self.stats.iterations % 1024 == 0 || now - published >= publish_every {
+                self.publish();
+                published = now;
+            }
             let received = self.queue.rx_burst(&mut rx);
             let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
             for i in 0..received {
@@ -295,8 +328,8 @@ impl<A: App> Core<'_, A> {
                 .next_deadline()
                 .map(|at| Duration::from_micros((at - now).total_micros()))
                 .unwrap_or(Duration::MAX);
-            self.counters.publish(&self.stack.stats(), &self.stats);
-            self.stack.publish();
+            self.publish();
+            published = now;
             self.idle_wait(until_deadline, sleep, idle);
             self.stats.sleeps += 1;
             sleep = (sleep * 2).min(idle.max_sleep);
@@ -332,6 +365,19 @@ impl<A: App> Core<'_, A> {
         if let Some(steering) = self.steering.as_mut() {
             steering.inbox.woken();
         }
+    }
+}
+
+/// The test hook's livelock: spins for ever, publishing nothing and
+/// ignoring the stop flag, until the process is killed.
+#[cold]
+fn wedge(core: usize) -> ! {
+    tracing::warn!(
+        core,
+        "test hook: this core wedges itself (spins, ignores stop)"
+    );
+    loop {
+        std::hint::spin_loop();
     }
 }
 

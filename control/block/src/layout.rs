@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -36,6 +36,16 @@ pub struct BlockHeader {
     pub config: ConfigBoard,
     pub health: HealthBoard,
     pub core: [CoreRecord; MAX_CORES],
+    pub test: TestBoard,
+}
+
+/// Requests for a dataplane started with `--test-hooks` only (any other
+/// ignores them): fault injection for the tests of the supervisor.
+#[repr(C)]
+pub struct TestBoard {
+    /// Bit `c`: core `c` is to wedge itself, spinning in its loop and
+    /// ignoring its stop flag, as a livelocked core would.
+    pub stall: AtomicU64,
 }
 
 /// The servers the control process holds out of their pools (failed

@@ -11,7 +11,12 @@
 //! - **Statistics.** Each core has a record it alone writes (plain stores
 //!   of atomics), with core-wide counters, and per pool (by name) and per
 //!   server (by address) counters and a latency histogram. The control
-//!   process reads them at any time without stopping anyone.
+//!   process reads them at any time without stopping anyone. The
+//!   heartbeat moves with every publication (at least every ~100 ms on a
+//!   healthy core); the control process's watchdog acts when it stops.
+//! - **Test hooks.** Per core, a request to wedge itself, honoured only by
+//!   a dataplane started with `--test-hooks`: the watchdog's fault
+//!   injection.
 //!
 //! Everything is plain, versioned data: no pointers, so a restarted
 //! control process or a new dataplane binary finds it as it was.
@@ -26,7 +31,7 @@ use hugepage_pool::{Offset, Region, RegionError};
 mod layout;
 
 pub use layout::{
-    BlockHeader, CoreRecord, PoolRecord, ServerRecord, COMMANDS, CONFIG_BYTES, COUNTERS,
+    BlockHeader, CoreRecord, PoolRecord, ServerRecord, TestBoard, COMMANDS, CONFIG_BYTES, COUNTERS,
     LATENCY_BUCKETS, LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS, NAME_BYTES,
 };
 
@@ -266,6 +271,43 @@ impl Block {
         (0..self.cores())
             .map(|c| header.config.applied[c].load(Ordering::Acquire))
             .collect()
+    }
+
+    /// Every core's heartbeat, read now (cheap: one load per core).
+    pub fn heartbeats(&self) -> Vec<u64> {
+        let header = self.header();
+        (0..self.cores())
+            .map(|c| header.core[c].heartbeat.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Forgets the configuration versions the cores ran: a dataplane
+    /// about to start has applied nothing yet. Only while no dataplane
+    /// runs (the cores write these).
+    pub fn clear_applied(&self) {
+        for applied in &self.header().config.applied {
+            applied.store(0, Ordering::Release);
+        }
+    }
+
+    /// Test hook: asks core `core` to wedge itself (honoured only by a
+    /// dataplane started with `--test-hooks`).
+    pub fn request_stall(&self, core: usize) {
+        self.header()
+            .test
+            .stall
+            .fetch_or(1 << core, Ordering::Release);
+    }
+
+    /// Test hook: whether core `core` is asked to wedge itself.
+    pub fn stall_requested(&self, core: usize) -> bool {
+        self.header().test.stall.load(Ordering::Acquire) & (1 << core) != 0
+    }
+
+    /// Test hook: withdraws every stall request (before a dataplane
+    /// starts, so that a new one does not wedge at once).
+    pub fn clear_stalls(&self) {
+        self.header().test.stall.store(0, Ordering::Release);
     }
 
     /// Core `core`'s record, for that core to write.
@@ -534,6 +576,22 @@ mod tests {
         let held = block.held_out();
         assert_eq!(held.config_version, 3);
         assert_eq!(held.masks[..4], [0b101, 0, 1 << 63, 0]);
+    }
+
+    #[test]
+    fn heartbeats_applied_versions_and_stall_requests() {
+        let block = block();
+        block.core(1).beat();
+        block.core(1).beat();
+        assert_eq!(block.heartbeats(), [0, 2]);
+        block.set_applied(0, 3);
+        block.clear_applied();
+        assert_eq!(block.applied(), [0, 0]);
+        assert!(!block.stall_requested(1));
+        block.request_stall(1);
+        assert!(block.stall_requested(1) && !block.stall_requested(0));
+        block.clear_stalls();
+        assert!(!block.stall_requested(1));
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! (the port, the address, cores) and a proxy config file (`--config`,
 //! ferrox TOML or a twemproxy `nutcracker.yml`). Without a config it serves
 //! the RESP echo service (PING, ECHO), which proves the dataplane alone.
+//!
+//! Started by `ferrox-control` (which says so with `FERROX_CONTROL_PID`),
+//! it dies with it: the parent-death signal is SIGKILL, so no orphan keeps
+//! polling the NIC queue at 100% CPU.
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +17,7 @@ use std::sync::Arc;
 
 use ferrox_block::Block;
 use ferrox_dataplane::lcore::{
-    Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic,
+    Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic, TestStall,
 };
 use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
@@ -114,6 +118,33 @@ struct Args {
     /// Print a statistics line on stdout this often (milliseconds; 0: never).
     #[arg(long, default_value_t = 0)]
     stats_every: u64,
+    /// Honour the control block's fault-injection requests (`ferroxctl
+    /// debug stall-core N` wedges core N). For tests only.
+    #[arg(long, hide = true)]
+    test_hooks: bool,
+}
+
+/// Set by `ferrox-control` to its pid in the dataplane's environment.
+const CONTROL_PID_ENV: &str = "FERROX_CONTROL_PID";
+
+/// Under a control process: dies (SIGKILL) when it does. The check of the
+/// parent's pid after `prctl` closes the race with a parent that died
+/// before it.
+fn die_with_control_process() -> Result<()> {
+    let Some(control) = std::env::var_os(CONTROL_PID_ENV) else {
+        return Ok(());
+    };
+    let control: i32 = control
+        .to_str()
+        .and_then(|pid| pid.parse().ok())
+        .with_context(|| format!("{CONTROL_PID_ENV}={control:?} is not a pid"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("setting the parent-death signal")?;
+    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if parent != control {
+        bail!("the control process (pid {control}) is gone");
+    }
+    Ok(())
 }
 
 /// Counts each thread's allocations, for `core_allocations`.
@@ -140,7 +171,7 @@ fn main() {
     } else {
         logs.init();
     }
-    if let Err(e) = run(args) {
+    if let Err(e) = die_with_control_process().and_then(|()| run(args)) {
         eprintln!("ferrox-dataplane: {e:#}");
         std::process::exit(1);
     }
@@ -264,6 +295,12 @@ fn run(args: Args) -> Result<()> {
             // block, the control process publishes there. Either way the
             // cores take a new configuration at a safe point.
             let board = Arc::new(ReloadBoard::default());
+            if args.control_region.is_some() {
+                // The control process reloads on SIGHUP and publishes on
+                // the board; a hangup of the terminal both run from must
+                // not end the dataplane. The flag is never read.
+                ferrox_dataplane::ffi::reload_on_sighup();
+            }
             let reloader = args.config.clone().map(|path| {
                 let board = board.clone();
                 let hup = ferrox_dataplane::ffi::reload_on_sighup();
@@ -342,6 +379,24 @@ fn serve<A: App + Send>(
         Some(region) => SocketPool::in_region(region, sizes, clients)?,
         None => SocketPool::create(&format!("dataplane-{}", std::process::id()), sizes, clients)?,
     };
+    // Fault injection, for tests only: the control block's stall
+    // requests.
+    let hooks = match (args.test_hooks, control_region) {
+        (false, _) => None,
+        (true, None) => {
+            tracing::warn!("--test-hooks needs --control-region; ignored");
+            None
+        }
+        (true, Some(region)) => {
+            tracing::warn!("test hooks on: the control block may wedge a core");
+            Some(Block::attach(region)?)
+        }
+    };
+    let test_stall = |core: usize| {
+        hooks
+            .clone()
+            .map(|block| Box::new(move || block.stall_requested(core)) as TestStall)
+    };
     let mut all = Vec::with_capacity(cores);
     for (id, steering) in steering.iter_mut().enumerate() {
         all.push(Core {
@@ -360,6 +415,7 @@ fn serve<A: App + Send>(
             steering: steering.take(),
             stats: LoopStats::default(),
             counters: Arc::new(CoreCounters::default()),
+            test_stall: test_stall(id),
         });
     }
     let boards: Vec<Arc<CoreCounters>> = all.iter().map(|c| c.counters.clone()).collect();
