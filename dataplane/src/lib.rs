@@ -28,3 +28,4 @@ pub mod lcore;
 pub mod net;
 pub mod port;
 pub mod service;
+pub mod signals;

@@ -1,0 +1,34 @@
+//! Signals as flags: a handler only sets an atomic (async-signal-safe),
+//! and the loops read it. Through `signal-hook`, as in the control
+//! process.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+
+fn flag_for(cell: &'static OnceLock<Arc<AtomicBool>>, signals: &[i32]) -> &'static AtomicBool {
+    cell.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for &signal in signals {
+            signal_hook::flag::register(signal, flag.clone())
+                .expect("a handler for a catchable signal");
+        }
+        flag
+    })
+}
+
+/// Makes SIGINT and SIGTERM set the returned flag (and nothing else), so
+/// the poll loops finish their burst and the process cleans up.
+pub fn stop_on_signals() -> &'static AtomicBool {
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    flag_for(
+        &STOP,
+        &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
+    )
+}
+
+/// Makes SIGHUP set the returned flag (and nothing else): a request to
+/// read the configuration again.
+pub fn reload_on_sighup() -> &'static AtomicBool {
+    static RELOAD: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    flag_for(&RELOAD, &[signal_hook::consts::SIGHUP])
+}
