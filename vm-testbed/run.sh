@@ -5,7 +5,10 @@
 # naming it alone; Redis backends and clients on the host side of the NIC's
 # tap, in a network namespace this script creates.
 #
-#   vm-testbed/run.sh        (root; the exit code is the verdict)
+#   vm-testbed/run.sh              (root; the exit code is the verdict)
+#   vm-testbed/run.sh --self-test  (any user, a few seconds: the KVM probe,
+#                                   its stop and the TCG fallback, against
+#                                   a stand-in QEMU; every run starts with it)
 #
 # The guest is built from Debian packages only (see vm-testbed/README.md)
 # and cached under $VM_CACHE, rebuilt when any input changes. KVM is used
@@ -16,9 +19,12 @@
 # release), VM_LCORES (vCPUs, NIC queue pairs and ferrox lcores; default
 # 2), VM_REQUESTS (redis-benchmark requests per test, default 20000),
 # VM_ACCEL (auto, kvm or tcg), KVM_WAIT, BOOT_WAIT, VM_CACHE, VM_BUILD=0
-# (use the binaries already built).
+# (use the binaries already built), VM_SELF_TEST=0 (skip the self-test).
 set -euo pipefail
-cd "$(dirname "$(readlink -f "$0")")/.."
+SCRIPT=$(readlink -f "$0")
+cd "$(dirname "$SCRIPT")/.."
+SELF_TEST=""
+[ "${1:-}" = --self-test ] && SELF_TEST=1
 
 PROFILE=${VM_PROFILE:-debug}
 REQUESTS=${VM_REQUESTS:-20000}
@@ -40,16 +46,32 @@ PYTHON=/usr/bin/python3
 DEVBIND=/usr/bin/dpdk-devbind.py
 WORK=$(mktemp -d /tmp/ferrox-vm-XXXXXX)
 QEMU_PID=""
+CON_PID=""
 PIDS=()
+# How QEMU is started: in the namespace (the self-test puts a stand-in here).
+QEMU_RUN=(ip netns exec "$NS" qemu-system-x86_64)
+# Tenths of a second a process has after SIGTERM before SIGKILL.
+STOP_WAIT=50
 
-# SIGTERM, then SIGKILL if it is still there after 5 s (a vCPU stuck in
-# KVM), so no way out waits forever.
+# SIGTERM, then SIGKILL if it is still there after STOP_WAIT tenths of a
+# second (a vCPU stuck in KVM ignores SIGTERM), so no way out waits
+# forever. Whatever state the process is in, gone already included, no
+# step fails: this runs under `set -e`. STOP_KILLED says whether it took
+# SIGKILL.
 stop_pid() {
-  local i
-  kill "$1" 2>/dev/null || return 0
-  for i in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null
-  wait "$1" 2>/dev/null
+  local pid=$1 i
+  STOP_KILLED=0
+  [ -n "$pid" ] || return 0
+  if kill "$pid" 2>/dev/null; then
+    for ((i = 0; i < STOP_WAIT; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null; then
+      STOP_KILLED=1
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
   return 0
 }
 
@@ -72,7 +94,7 @@ cleanup() {
   set +e
   [ -n "$QEMU_PID" ] && stop_pid "$QEMU_PID"
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  ip netns del "$NS" 2>/dev/null
+  [ -n "${NS_MADE:-}" ] && ip netns del "$NS" 2>/dev/null
   if [ "$rc" -ne 0 ] && [ "$ACCEL_USED" != none ]; then
     echo "---- guest console ($ACCEL_USED) ----" >&2
     cat "$WORK/console.log" >&2 2>/dev/null
@@ -89,6 +111,179 @@ ACCEL_USED=none
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ---- booting: KVM probe, stop, TCG fallback (also run by --self-test) -------
+# The serial console is a pair of FIFOs: QEMU opens both read-write, so
+# neither side blocks; the reader copies the guest's output into the log.
+# Each boot gets new ones, so nothing a killed QEMU wrote is read as the
+# next one's output.
+new_console() {
+  [ -n "${CON_IN:-}" ] && exec {CON_IN}>&-
+  rm -f "$WORK/con.in" "$WORK/con.out"
+  mkfifo "$WORK/con.in" "$WORK/con.out"
+  exec {CON_IN}<>"$WORK/con.in"
+}
+
+boot() { # accel cpu
+  new_console
+  : >"$WORK/console.log"
+  ACCEL_USED=$1
+  "${QEMU_RUN[@]}" -accel "$1" -cpu "$2" -m 1024 -smp "$LCORES" \
+    -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
+    -append "console=ttyS0 panic=-1 quiet fxlcores=0-$((LCORES - 1))" \
+    -nodefaults -display none -no-reboot \
+    -chardev pipe,id=con,path="$WORK/con" -serial chardev:con \
+    -netdev tap,id=n0,ifname="$TAP",script=no,downscript=no,vhost=off"$NIC_QUEUES" \
+    -device virtio-net-pci,netdev=n0,addr=0x4,mac=52:54:00:f0:0f:01"$NIC_MQ" \
+    >"$WORK/qemu.log" 2>&1 &
+  QEMU_PID=$!
+  cat "$WORK/con.out" >>"$WORK/console.log" &
+  CON_PID=$!
+  PIDS+=("$CON_PID")
+}
+
+wait_console() { # text seconds
+  local deadline=$((SECONDS + $2))
+  until grep -q "$1" "$WORK/console.log"; do
+    grep -q "ferrox-vm: FAILED" "$WORK/console.log" && return 1
+    kill -0 "$QEMU_PID" 2>/dev/null || return 1
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+# Stops QEMU and its console reader; QEMU_KILLED says whether QEMU took
+# SIGKILL.
+stop_qemu() {
+  stop_pid "$QEMU_PID"
+  QEMU_KILLED=$STOP_KILLED
+  stop_pid "$CON_PID"
+  QEMU_PID=""
+}
+
+kvm_usable() { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }
+
+# KVM with -cpu host first, kept if the guest reaches /init within
+# KVM_WAIT seconds; otherwise (or without /dev/kvm) TCG with -cpu max.
+# Sets accel, started, and KVM_KILLED (the KVM QEMU ignored SIGTERM).
+start_guest() {
+  local why
+  accel=""
+  KVM_KILLED=0
+  started=$SECONDS
+  if [ "$ACCEL" != tcg ] && kvm_usable; then
+    log "booting with KVM (up to ${KVM_WAIT}s to reach /init)"
+    boot kvm host
+    if wait_console "ferrox-vm: booted" "$KVM_WAIT"; then
+      accel=kvm
+    else
+      if kill -0 "$QEMU_PID" 2>/dev/null; then
+        why="no /init after ${KVM_WAIT}s"
+      else
+        why=$(grep -v '^$' "$WORK/qemu.log" | head -n 1 || true)
+        why=${why:-QEMU exited}
+      fi
+      stop_qemu
+      KVM_KILLED=$QEMU_KILLED
+      if [ "$KVM_KILLED" = 1 ]; then
+        why="$why; QEMU ignored SIGTERM and was killed"
+      fi
+      if [ "$ACCEL" = kvm ]; then
+        fail "KVM: $why"
+      fi
+      log "KVM did not work ($why): TCG instead"
+    fi
+  elif [ "$ACCEL" = kvm ]; then
+    fail "no usable /dev/kvm"
+  fi
+  if [ -z "$accel" ]; then
+    log "booting with TCG (-cpu max, $LCORES vCPUs)"
+    started=$SECONDS
+    boot tcg max
+    wait_console "ferrox-vm: booted" "$BOOT_WAIT" || fail "the guest did not boot"
+    accel=tcg
+  fi
+}
+
+# --self-test: start_guest as a real run calls it, against a stand-in for
+# qemu-system-x86_64 that opens the console FIFOs as QEMU does and then,
+# under KVM, behaves as each way KVM has failed here: it aborts at once;
+# it hangs but dies on SIGTERM (the QEMU that stop_pid once tripped over,
+# ending the script before TCG started); it hangs and ignores SIGTERM (a
+# vCPU stuck in KVM, which only SIGKILL ends); or it boots. Under TCG it
+# boots, and notes whether the KVM one still ran.
+self_test() {
+  STOP_WAIT=10 KVM_WAIT=1 BOOT_WAIT=10 ACCEL=auto LCORES=1
+  KDIR=$WORK INITRD=$WORK/initrd TAP=none NIC_QUEUES="" NIC_MQ=""
+  kvm_usable() { return 0; }
+  export FAKE_LOG=$WORK/fake-qemu.log
+  QEMU_RUN=("$WORK/fake-qemu")
+  cat >"$WORK/fake-qemu" <<'FAKE'
+#!/usr/bin/env bash
+accel="" con=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -accel) accel=$2; shift ;;
+    -chardev) con=${2##*path=}; con=${con%%,*}; shift ;;
+  esac
+  shift
+done
+exec 3<>"$con.out" 4<>"$con.in"
+echo "$accel $$" >>"$FAKE_LOG"
+if [ "$accel" = kvm ]; then
+  case "$FAKE_KVM" in
+    abort) echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2; exit 1 ;;
+    hang) exec sleep 600 ;;
+    stuck) trap '' TERM; exec sleep 600 ;;
+  esac
+else
+  kvm=$(awk '$1 == "kvm" {print $2}' "$FAKE_LOG")
+  if [ -n "$kvm" ] && kill -0 "$kvm" 2>/dev/null; then echo "kvm-alive" >>"$FAKE_LOG"; fi
+fi
+echo "ferrox-vm: booted ($accel)" >&3
+exec sleep 600
+FAKE
+  chmod +x "$WORK/fake-qemu"
+  local case want kvm_pid guest_pid
+  for case in abort hang stuck works; do
+    export FAKE_KVM=$case
+    : >"$FAKE_LOG"
+    want=tcg
+    [ "$case" = works ] && want=kvm
+    start_guest
+    [ "$accel" = "$want" ] || fail "self-test $case: booted with $accel, not $want"
+    grep -q "ferrox-vm: booted ($want)" "$WORK/console.log" \
+      || fail "self-test $case: no boot on the console: $(cat "$WORK/console.log")"
+    if [ "$want" = tcg ]; then
+      kvm_pid=$(awk '$1 == "kvm" {print $2}' "$FAKE_LOG")
+      if kill -0 "$kvm_pid" 2>/dev/null; then fail "self-test $case: the KVM QEMU still runs"; fi
+      if grep -q kvm-alive "$FAKE_LOG"; then
+        fail "self-test $case: TCG started while the KVM QEMU still ran"
+      fi
+      if [ "$case" = stuck ] && [ "$KVM_KILLED" != 1 ]; then
+        fail "self-test $case: the KVM QEMU ignored SIGTERM but was not killed"
+      fi
+    fi
+    guest_pid=$QEMU_PID
+    stop_qemu
+    if kill -0 "$guest_pid" 2>/dev/null; then fail "self-test $case: QEMU still runs"; fi
+  done
+  log "self-test passed: KVM aborting, hanging, ignoring SIGTERM and working"
+}
+
+if [ -n "$SELF_TEST" ]; then
+  self_test
+  exit 0
+fi
+# Every run checks first, in seconds, that a KVM that fails in any of the
+# ways seen here leads to TCG.
+if [ "${VM_SELF_TEST:-1}" = 1 ]; then
+  if ! self_test_out=$("$SCRIPT" --self-test 2>&1); then
+    echo "$self_test_out" >&2
+    fail "the self-test of the KVM probe and the TCG fallback failed"
+  fi
+  log "self-test: a KVM that aborts, hangs or ignores SIGTERM leads to TCG"
+fi
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (network namespace, tap, hugepages in the guest)"
 
@@ -292,71 +487,7 @@ for b in "${BACKENDS[@]}"; do
 done
 
 # ---- boot -------------------------------------------------------------------
-# The serial console is a pair of FIFOs: QEMU opens both read-write, so
-# neither side blocks; the reader copies the guest's output into the log.
-mkfifo "$WORK/con.in" "$WORK/con.out"
-exec {CON_IN}<>"$WORK/con.in"
-
-boot() { # accel cpu
-  : >"$WORK/console.log"
-  ACCEL_USED=$1
-  ip netns exec "$NS" qemu-system-x86_64 -accel "$1" -cpu "$2" -m 1024 -smp "$LCORES" \
-    -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
-    -append "console=ttyS0 panic=-1 quiet fxlcores=0-$((LCORES - 1))" \
-    -nodefaults -display none -no-reboot \
-    -chardev pipe,id=con,path="$WORK/con" -serial chardev:con \
-    -netdev tap,id=n0,ifname="$TAP",script=no,downscript=no,vhost=off"$NIC_QUEUES" \
-    -device virtio-net-pci,netdev=n0,addr=0x4,mac=52:54:00:f0:0f:01"$NIC_MQ" \
-    >"$WORK/qemu.log" 2>&1 &
-  QEMU_PID=$!
-  cat "$WORK/con.out" >>"$WORK/console.log" &
-  CON_PID=$!
-  PIDS+=("$CON_PID")
-}
-
-wait_console() { # text seconds
-  local deadline=$((SECONDS + $2))
-  until grep -q "$1" "$WORK/console.log"; do
-    grep -q "ferrox-vm: FAILED" "$WORK/console.log" && return 1
-    kill -0 "$QEMU_PID" 2>/dev/null || return 1
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
-
-stop_qemu() {
-  stop_pid "$QEMU_PID"
-  stop_pid "$CON_PID"
-  QEMU_PID=""
-}
-
-started=$SECONDS
-accel=""
-if [ "$ACCEL" != tcg ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-  log "booting with KVM (up to ${KVM_WAIT}s to reach /init)"
-  boot kvm host
-  if wait_console "ferrox-vm: booted" "$KVM_WAIT"; then
-    accel=kvm
-  else
-    if kill -0 "$QEMU_PID" 2>/dev/null; then
-      why="no /init after ${KVM_WAIT}s"
-    else
-      why=$(grep -v '^$' "$WORK/qemu.log" | head -n 1)
-    fi
-    stop_qemu
-    [ "$ACCEL" = kvm ] && fail "KVM: $why"
-    log "KVM did not work ($why): TCG instead"
-  fi
-elif [ "$ACCEL" = kvm ]; then
-  fail "no usable /dev/kvm"
-fi
-if [ -z "$accel" ]; then
-  log "booting with TCG (-cpu max, $LCORES vCPUs)"
-  started=$SECONDS
-  boot tcg max
-  wait_console "ferrox-vm: booted" "$BOOT_WAIT" || fail "the guest did not boot"
-  accel=tcg
-fi
+start_guest
 boot_s=$((SECONDS - started))
 wait_console "ferrox-vm: READY" "$BOOT_WAIT" || fail "the guest did not bring ferrox up"
 ready_s=$((SECONDS - started))
