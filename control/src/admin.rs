@@ -81,6 +81,11 @@ pub enum Request {
     /// Grows the socket buffer pool by `add_mb` MiB of client buffers.
     #[serde(rename = "shm.resize")]
     ShmResize { add_mb: u64 },
+    /// Test hook: makes core `core` wedge itself (spin, ignore its stop
+    /// flag, publish nothing), as a livelocked core would. Refused unless
+    /// the dataplane runs with `--test-hooks`.
+    #[serde(rename = "debug.stall_core")]
+    DebugStallCore { core: usize },
 }
 
 /// Why a request line was refused before it reached the control process.
@@ -175,9 +180,18 @@ pub struct Dataplane {
     /// `None` while it is (re)starting.
     pub pid: Option<u32>,
     pub cores: usize,
+    /// Times it was started again after it exited or was killed.
     pub restarts: u64,
-    /// Whether every core published within the last few seconds.
+    /// Times it was killed because a core's heartbeat stood still.
+    #[serde(default)]
+    pub stalls: u64,
+    /// Whether it runs and every core published since it started, within
+    /// the last second.
     pub alive: bool,
+    /// Per core, milliseconds since its heartbeat last moved (or since the
+    /// dataplane started).
+    #[serde(default)]
+    pub heartbeat_age_ms: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +307,7 @@ mod tests {
                 command: "KEYS".into(),
             },
             Request::ShmResize { add_mb: 64 },
+            Request::DebugStallCore { core: 1 },
         ] {
             assert_eq!(parse_request(&request_line(&request)), Ok(request));
         }

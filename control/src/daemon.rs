@@ -2,15 +2,17 @@
 //! buffer pool), publishes configurations, runs health checks, samples
 //! statistics, and answers the admin socket and the metrics endpoint.
 //!
-//! Threads, none on a data path: the admin socket (a thread per client),
-//! the metrics endpoint, the health checker, the sampler (statistics and
-//! the socket pool's growth) and the main thread, which supervises the
-//! dataplane process. State they share sits behind one mutex each; a
-//! publish to the control block happens under the `running` lock, so the
-//! block has one writer at a time.
+//! Threads, none on a data path: the admin socket and the metrics
+//! endpoint (a thread per client, each read under a deadline, so a silent
+//! client holds up nobody else), the health checker, the sampler
+//! (statistics and the socket pool's growth), the reloader (SIGHUP) and
+//! the main thread, which supervises the dataplane process and watches its
+//! cores' heartbeats ([`Control::watch`]). State they share sits behind one
+//! mutex each; a publish to the control block happens under the `running`
+//! lock, so the block has one writer at a time.
 #![allow(clippy::disallowed_methods)] // threads of a manager process sleep; no poll loop here
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -44,6 +46,21 @@ const REDACTED: &str = "(redacted)";
 /// How long a change waits for every core to take it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
+/// A core counts as alive while its heartbeat moved this recently (a
+/// healthy core beats at least every ~100 ms).
+const ALIVE: Duration = Duration::from_secs(1);
+
+/// How long a metrics client has to send its request head, and an admin
+/// client to finish a request line once it began.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long an admin connection may sit idle between requests.
+const ADMIN_IDLE: Duration = Duration::from_secs(60);
+
+/// Clients served at once (a thread each); more are turned away.
+const MAX_ADMIN_CLIENTS: usize = 64;
+const MAX_METRICS_CLIENTS: usize = 64;
+
 /// What the control process was started with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -54,6 +71,12 @@ pub struct Settings {
     /// Grow the socket pool when fewer than this share of client chunks is
     /// free.
     pub grow_below: f64,
+    /// A core whose heartbeat stands still this long, once the dataplane
+    /// served, is stuck; `None`: no watchdog.
+    pub stall: Option<Duration>,
+    /// The dataplane runs with `--test-hooks`: `debug.stall_core` is
+    /// allowed.
+    pub test_hooks: bool,
 }
 
 /// The running configuration and where it came from.
@@ -69,6 +92,72 @@ struct Running {
 pub struct DataplaneState {
     pub pid: Option<u32>,
     pub restarts: u64,
+    /// Dataplanes killed for a stuck core.
+    pub stalls: u64,
+}
+
+/// The watchdog's view of the running dataplane's cores, reset when one
+/// starts.
+#[derive(Debug)]
+struct Watch {
+    /// Per core: the heartbeat last seen, and when it last moved (or when
+    /// watching began).
+    beats: Vec<(u64, Instant)>,
+    /// Per core: whether its heartbeat moved since the dataplane started.
+    published: Vec<bool>,
+    /// When a core of this dataplane first ran a configuration (its port
+    /// is up): the watchdog's clock starts there.
+    served: Option<Instant>,
+}
+
+impl Watch {
+    fn new(beats: Vec<u64>, now: Instant) -> Watch {
+        Watch {
+            published: vec![false; beats.len()],
+            beats: beats.into_iter().map(|b| (b, now)).collect(),
+            served: None,
+        }
+    }
+
+    /// Takes the heartbeats and configuration versions read `now`; returns
+    /// the core silent longest and for how long, once the dataplane served.
+    fn update(
+        &mut self,
+        beats: &[u64],
+        applied: &[u64],
+        now: Instant,
+    ) -> Option<(usize, Duration)> {
+        for ((seen, published), &beat) in self.beats.iter_mut().zip(&mut self.published).zip(beats)
+        {
+            if beat != seen.0 {
+                *seen = (beat, now);
+                *published = true;
+            }
+        }
+        if self.served.is_none() && applied.iter().any(|&v| v > 0) {
+            // Start-up allowance: every core gets the whole stall time from
+            // here, published yet or not.
+            self.served = Some(now);
+            for seen in &mut self.beats {
+                seen.1 = now;
+            }
+        }
+        self.served?;
+        self.beats
+            .iter()
+            .enumerate()
+            .map(|(core, (_, at))| (core, now.saturating_duration_since(*at)))
+            .max_by_key(|&(_, silent)| silent)
+    }
+}
+
+/// A core whose heartbeat stood still for `silent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    pub core: usize,
+    pub silent: Duration,
+    /// Whether the core ever published since this dataplane started.
+    pub published: bool,
 }
 
 /// The control process's shared state.
@@ -81,11 +170,13 @@ pub struct Control {
     /// The statistics of the sampling tick before the last, and when:
     /// rates are taken from there to now (one to two seconds).
     rate_base: Mutex<Option<(Snapshot, Instant)>>,
-    /// When each core's heartbeat last moved.
-    heartbeats: Mutex<Vec<(u64, Instant)>>,
+    /// The cores' heartbeats.
+    watch: Mutex<Watch>,
     pub dataplane: Mutex<DataplaneState>,
     started: Instant,
     pub stop: Arc<AtomicBool>,
+    /// Set by SIGHUP: read the configuration file again.
+    pub reload_requested: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -105,10 +196,11 @@ impl Control {
             }),
             health: Mutex::new(Health::default()),
             rate_base: Mutex::new(None),
-            heartbeats: Mutex::new(vec![(0, Instant::now()); cores]),
+            watch: Mutex::new(Watch::new(vec![0; cores], Instant::now())),
             dataplane: Mutex::new(DataplaneState::default()),
             started: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
+            reload_requested: Arc::new(AtomicBool::new(false)),
         });
         {
             let mut running = control.running.lock().expect("not poisoned");
@@ -188,6 +280,76 @@ impl Control {
         Ok(self.applied_result(version))
     }
 
+    /// Reads the configuration file again on SIGHUP: logs the new
+    /// version, or why the file was refused (the running configuration
+    /// stays).
+    pub fn reload_on_signal(&self) {
+        let running = self.running.lock().expect("not poisoned").version;
+        match self.reload(None) {
+            Ok(result) => tracing::info!(
+                version = %result["version"],
+                applied = %result["applied"],
+                "SIGHUP: configuration file read again"
+            ),
+            Err(refused) => tracing::error!(
+                version = running,
+                "SIGHUP: reload refused, the running configuration stays: {refused}"
+            ),
+        }
+    }
+
+    /// Before a dataplane starts: it has applied nothing, published
+    /// nothing and been asked for no fault; the watchdog starts afresh.
+    pub fn dataplane_starting(&self) {
+        self.block.clear_applied();
+        self.block.clear_stalls();
+        *self.watch.lock().expect("not poisoned") =
+            Watch::new(self.block.heartbeats(), Instant::now());
+    }
+
+    /// The watchdog, called often (every 20 ms) while a dataplane runs:
+    /// reads the cores' heartbeats, and names a core whose heartbeat
+    /// stood still for the stall time once the dataplane served.
+    pub fn watch(&self) -> Option<Stall> {
+        let now = Instant::now();
+        let (beats, applied) = (self.block.heartbeats(), self.block.applied());
+        let mut watch = self.watch.lock().expect("not poisoned");
+        let (core, silent) = watch.update(&beats, &applied, now)?;
+        let stall = self.settings.stall?;
+        (silent >= stall).then(|| Stall {
+            core,
+            silent,
+            published: watch.published[core],
+        })
+    }
+
+    /// Per core, how long ago its heartbeat moved (or the dataplane
+    /// started), and whether every core published within [`ALIVE`].
+    fn heartbeat_ages(&self) -> (Vec<Duration>, bool) {
+        let watch = self.watch.lock().expect("not poisoned");
+        let ages: Vec<Duration> = watch.beats.iter().map(|(_, at)| at.elapsed()).collect();
+        let alive = watch.published.iter().all(|&p| p) && ages.iter().all(|&age| age < ALIVE);
+        (ages, alive)
+    }
+
+    /// Test hook: asks core `core` to wedge itself.
+    fn stall_core(&self, core: usize) -> Result<serde_json::Value, Refused> {
+        if !self.settings.test_hooks {
+            return Err(Refused(
+                "test hooks are off: the dataplane was not started with --test-hooks".into(),
+            ));
+        }
+        if core >= self.block.cores() {
+            return Err(Refused(format!(
+                "no core {core}; the dataplane has {}",
+                self.block.cores()
+            )));
+        }
+        self.block.request_stall(core);
+        tracing::warn!(core, "test hook: core asked to wedge itself");
+        Ok(serde_json::json!({ "core": core }))
+    }
+
     /// Holds a server out of its pool, or lets it back.
     fn hold(&self, pool: &str, addr: &str, held: bool) -> Result<serde_json::Value, Refused> {
         let addr = {
@@ -252,6 +414,7 @@ impl Control {
             Request::ShmResize { add_mb } => self
                 .grow(add_mb)
                 .map(|s| serde_json::to_value(s).expect("serializes")),
+            Request::DebugStallCore { core } => self.stall_core(core),
         };
         match result {
             Ok(value) => Response::ok(value),
@@ -263,12 +426,7 @@ impl Control {
         let running = self.running.lock().expect("not poisoned");
         let health = self.health.lock().expect("not poisoned");
         let dataplane = self.dataplane.lock().expect("not poisoned");
-        let alive = self
-            .heartbeats
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .all(|(beat, at)| *beat > 0 && at.elapsed() < Duration::from_secs(3));
+        let (ages, alive) = self.heartbeat_ages();
         admin::Status {
             control_pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -279,7 +437,9 @@ impl Control {
                 pid: dataplane.pid,
                 cores: self.block.cores(),
                 restarts: dataplane.restarts,
-                alive,
+                stalls: dataplane.stalls,
+                alive: alive && dataplane.pid.is_some(),
+                heartbeat_age_ms: ages.iter().map(|a| a.as_millis() as u64).collect(),
             },
             pools: running
                 .config
@@ -392,19 +552,11 @@ impl Control {
         self.shm().ok_or_else(no_pool_yet)
     }
 
-    /// A sampling tick: notes which cores published and keeps the rate
-    /// base; grows the socket pool when it runs low.
+    /// A sampling tick: keeps the rate base; grows the socket pool when it
+    /// runs low.
     fn sample(&self, previous: &mut (Snapshot, Instant)) {
         let now = Instant::now();
         let current = self.block.snapshot();
-        {
-            let mut beats = self.heartbeats.lock().expect("not poisoned");
-            for (seen, core) in beats.iter_mut().zip(&current.cores) {
-                if core.heartbeat != seen.0 {
-                    *seen = (core.heartbeat, now);
-                }
-            }
-        }
         let base = std::mem::replace(previous, (current, now));
         *self.rate_base.lock().expect("not poisoned") = Some(base);
         if let Some(shm) = self.shm() {
@@ -473,7 +625,20 @@ impl Control {
     /// The Prometheus text.
     pub fn prometheus(&self) -> String {
         let version = self.running.lock().expect("not poisoned").version;
-        metrics::prometheus(&self.block.snapshot(), version, self.shm().as_ref())
+        let supervision = {
+            let dataplane = self.dataplane.lock().expect("not poisoned");
+            metrics::Supervision {
+                restarts: dataplane.restarts,
+                stalls: dataplane.stalls,
+                heartbeat_age: self.heartbeat_ages().0,
+            }
+        };
+        metrics::prometheus(
+            &self.block.snapshot(),
+            version,
+            self.shm().as_ref(),
+            &supervision,
+        )
     }
 }
 
@@ -518,7 +683,25 @@ pub fn spawn_background(control: &Arc<Control>) -> Vec<std::thread::JoinHandle<(
             })
             .expect("a thread")
     };
-    vec![health, sampler]
+    // SIGHUP sets the flag; the reload (which waits for the cores) runs
+    // here, off the supervisor's watch.
+    let reloader = {
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                while !control.stop.load(Ordering::Relaxed) {
+                    sleep_until(Instant::now() + Duration::from_millis(100), &control.stop);
+                    if control.reload_requested.swap(false, Ordering::Relaxed)
+                        && !control.stop.load(Ordering::Relaxed)
+                    {
+                        control.reload_on_signal();
+                    }
+                }
+            })
+            .expect("a thread")
+    };
+    vec![health, sampler, reloader]
 }
 
 fn sleep_until(deadline: Instant, stop: &AtomicBool) {
@@ -528,6 +711,35 @@ fn sleep_until(deadline: Instant, stop: &AtomicBool) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Clients of one listener being served; a slot is given back when its
+/// guard drops.
+#[derive(Debug, Clone)]
+struct Slots(Arc<std::sync::atomic::AtomicUsize>, usize);
+
+#[derive(Debug)]
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots(Arc::default(), max)
+    }
+
+    fn take(&self) -> Option<Slot> {
+        let taken = self.0.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.1 {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.0.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -546,7 +758,9 @@ pub fn serve_admin(
     let listener =
         UnixListener::bind(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    // Accepts block; [`wake`] lets the thread see `stop`.
+    let slots = Slots::new(MAX_ADMIN_CLIENTS);
+    // Accepts block; [`wake`] lets the thread see `stop`. Each client has
+    // a thread of its own, so the loop only accepts.
     Ok(std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || loop {
@@ -555,11 +769,26 @@ pub fn serve_admin(
                 return;
             }
             match accepted {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    let Some(slot) = slots.take() else {
+                        let _ = stream.set_write_timeout(Some(READ_DEADLINE));
+                        let _ = writeln!(
+                            stream,
+                            "{}",
+                            Response::error(format!(
+                                "{MAX_ADMIN_CLIENTS} admin clients already; try again"
+                            ))
+                            .line()
+                        );
+                        continue;
+                    };
                     let control = control.clone();
                     let _ = std::thread::Builder::new()
                         .name("admin-client".into())
-                        .spawn(move || admin_client(&control, stream));
+                        .spawn(move || {
+                            admin_client(&control, stream);
+                            drop(slot);
+                        });
                 }
                 Err(e) => tracing::warn!("admin socket: {e}"),
             }
@@ -575,36 +804,119 @@ pub fn wake(admin: &Path, metrics: Option<SocketAddr>) {
     }
 }
 
-/// One admin client: a request per line, an answer per line.
-fn admin_client(control: &Control, stream: UnixStream) {
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    // One byte over the limit tells a long line from a full one.
-    let mut reader = BufReader::new(stream).take(admin::MAX_LINE as u64 + 1);
-    let mut line = String::new();
+/// What an admin client sent next.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Request(Vec<u8>),
+    Closed,
+    /// Longer than [`admin::MAX_LINE`] (bytes so far).
+    TooLong(usize),
+    /// Nothing for [`ADMIN_IDLE`], or a line begun and not finished within
+    /// [`READ_DEADLINE`].
+    TimedOut {
+        begun: bool,
+    },
+}
+
+/// Reads the next request line of `stream`; `pending` holds what was read
+/// past the previous one.
+fn next_line(
+    stream: &mut impl ReadTimeout,
+    pending: &mut Vec<u8>,
+    idle: Duration,
+    deadline: Duration,
+) -> Line {
+    let mut begun = (!pending.is_empty()).then(Instant::now);
+    let mut buf = [0u8; 16 << 10];
     loop {
-        line.clear();
-        reader.set_limit(admin::MAX_LINE as u64 + 1);
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
-                let _ = writeln!(
-                    writer,
-                    "{}",
-                    Response::error(format!("unreadable request: {e}")).line()
-                );
-                return;
-            }
+        if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = pending.drain(..=end).collect();
+            line.pop();
+            return Line::Request(line);
         }
-        let too_long = !line.ends_with('\n') && line.len() > admin::MAX_LINE;
-        let response = match admin::parse_request(line.trim_end()) {
-            _ if too_long => Response::error(admin::AdminError::TooLong(line.len())),
-            Ok(request) => control.handle(request),
-            Err(e) => Response::error(e),
+        if pending.len() > admin::MAX_LINE {
+            return Line::TooLong(pending.len());
+        }
+        let timeout = match begun {
+            None => idle,
+            Some(at) => deadline.saturating_sub(at.elapsed()),
         };
-        if writeln!(writer, "{}", response.line()).is_err() || too_long {
+        if timeout.is_zero() {
+            return Line::TimedOut { begun: true };
+        }
+        match stream.read_within(&mut buf, timeout) {
+            // The last line may lack its newline.
+            Ok(0) if !pending.is_empty() => return Line::Request(std::mem::take(pending)),
+            Ok(0) => return Line::Closed,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                begun.get_or_insert_with(Instant::now);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Line::TimedOut {
+                    begun: begun.is_some(),
+                }
+            }
+            Err(_) => return Line::Closed,
+        }
+    }
+}
+
+/// A stream read with a time limit.
+trait ReadTimeout {
+    fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize>;
+}
+
+impl ReadTimeout for UnixStream {
+    fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+        self.set_read_timeout(Some(timeout))?;
+        self.read(buf)
+    }
+}
+
+impl ReadTimeout for std::net::TcpStream {
+    fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+        self.set_read_timeout(Some(timeout))?;
+        self.read(buf)
+    }
+}
+
+/// One admin client: a request per line, an answer per line. It may wait
+/// [`ADMIN_IDLE`] between requests, and has [`READ_DEADLINE`] to finish a
+/// line it began.
+fn admin_client(control: &Control, mut stream: UnixStream) {
+    let _ = stream.set_write_timeout(Some(READ_DEADLINE));
+    let mut pending = Vec::new();
+    loop {
+        let (response, close) =
+            match next_line(&mut stream, &mut pending, ADMIN_IDLE, READ_DEADLINE) {
+                Line::Closed | Line::TimedOut { begun: false } => return,
+                Line::TimedOut { begun: true } => (
+                    Response::error(format!(
+                        "no whole request line within {} s",
+                        READ_DEADLINE.as_secs()
+                    )),
+                    true,
+                ),
+                Line::TooLong(len) => (Response::error(admin::AdminError::TooLong(len)), true),
+                Line::Request(line) => match String::from_utf8(line) {
+                    Ok(line) => {
+                        let response = match admin::parse_request(line.trim_end()) {
+                            Ok(request) => control.handle(request),
+                            Err(e) => Response::error(e),
+                        };
+                        (response, false)
+                    }
+                    Err(_) => (Response::error("unreadable request: not UTF-8"), true),
+                },
+            };
+        if writeln!(stream, "{}", response.line()).is_err() || close {
             return;
         }
     }
@@ -617,40 +929,199 @@ pub fn serve_metrics(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let listener =
         TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
-    // Accepts block; [`wake`] lets the thread see `stop`.
-    Ok(std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        loop {
+    let slots = Slots::new(MAX_METRICS_CLIENTS);
+    // Accepts block; [`wake`] lets the thread see `stop`. Each scrape has
+    // a thread of its own and [`READ_DEADLINE`] to send its request, so a
+    // silent or slow client holds up no other.
+    Ok(std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || loop {
             let accepted = listener.accept();
             if control.stop.load(Ordering::Relaxed) {
                 return;
             }
             match accepted {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    // The whole head, so that closing after the answer
-                    // leaves nothing unread (which would reset it).
-                    let mut request = [0u8; 2048];
-                    let mut n = 0;
-                    while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut request[n..]) {
-                            Ok(0) | Err(_) => break,
-                            Ok(read) => n += read,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&request[..n]);
-                    let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
-                        ("200 OK", control.prometheus())
-                    } else {
-                        ("404 Not Found", "GET /metrics\n".to_string())
-                    };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
+                Ok((stream, _)) => {
+                    // Too many at once: closed unanswered.
+                    let Some(slot) = slots.take() else { continue };
+                    let control = control.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-client".into())
+                        .spawn(move || {
+                            scrape(&control, stream);
+                            drop(slot);
+                        });
                 }
                 Err(e) => tracing::warn!("metrics: {e}"),
             }
+        })?)
+}
+
+/// Answers one metrics client.
+fn scrape(control: &Control, mut stream: std::net::TcpStream) {
+    let _ = stream.set_write_timeout(Some(READ_DEADLINE));
+    // The whole head, so that closing after the answer leaves nothing
+    // unread (which would reset it), within the deadline.
+    let deadline = Instant::now() + READ_DEADLINE;
+    let mut request = [0u8; 2048];
+    let mut n = 0;
+    while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
         }
-    })?)
+        match stream.read_within(&mut request[n..], left) {
+            Ok(0) => break,
+            Ok(read) => n += read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&request[..n]);
+    let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+        ("200 OK", control.prometheus())
+    } else {
+        ("404 Not Found", "GET /metrics\n".to_string())
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A stream that yields its chunks in order, then times out (`None`)
+    /// or ends (`Some(0)`), and records the timeouts it was given.
+    struct Script {
+        chunks: VecDeque<Option<&'static [u8]>>,
+        timeouts: Vec<Duration>,
+    }
+
+    impl ReadTimeout for Script {
+        fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+            self.timeouts.push(timeout);
+            match self.chunks.pop_front() {
+                Some(Some(chunk)) => {
+                    buf[..chunk.len()].copy_from_slice(chunk);
+                    Ok(chunk.len())
+                }
+                Some(None) => Err(std::io::ErrorKind::WouldBlock.into()),
+                None => Ok(0),
+            }
+        }
+    }
+
+    fn script(chunks: &[Option<&'static [u8]>]) -> Script {
+        Script {
+            chunks: chunks.iter().copied().collect(),
+            timeouts: Vec::new(),
+        }
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const LINE: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn request_lines_are_split_and_pipelined_ones_kept() {
+        let mut stream = script(&[Some(b"{\"a\"}\n{\"b"), Some(b"\"}\nlast")]);
+        let mut pending = Vec::new();
+        let mut next = || next_line(&mut stream, &mut pending, IDLE, LINE);
+        assert_eq!(next(), Line::Request(b"{\"a\"}".to_vec()));
+        assert_eq!(next(), Line::Request(b"{\"b\"}".to_vec()));
+        assert_eq!(next(), Line::Request(b"last".to_vec()));
+        assert_eq!(next(), Line::Closed);
+    }
+
+    #[test]
+    fn a_silent_client_times_out_idle_and_a_slow_line_within_its_deadline() {
+        let mut pending = Vec::new();
+        let mut silent = script(&[None]);
+        assert_eq!(
+            next_line(&mut silent, &mut pending, IDLE, LINE),
+            Line::TimedOut { begun: false }
+        );
+        assert_eq!(silent.timeouts, [IDLE]);
+        // Once a line began, every further read is bounded by what is
+        // left of its deadline.
+        let mut slow = script(&[Some(b"{\"v\":"), Some(b"1"), None]);
+        assert_eq!(
+            next_line(&mut slow, &mut pending, IDLE, LINE),
+            Line::TimedOut { begun: true }
+        );
+        assert_eq!(slow.timeouts[0], IDLE);
+        assert!(
+            slow.timeouts[1..].iter().all(|&t| t <= LINE),
+            "{:?}",
+            slow.timeouts
+        );
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        static BIG: [u8; 8 << 10] = [b'x'; 8 << 10];
+        let chunks: Vec<Option<&'static [u8]>> = (0..admin::MAX_LINE / BIG.len() + 2)
+            .map(|_| Some(&BIG[..]))
+            .collect();
+        let mut stream = script(&chunks);
+        let mut pending = Vec::new();
+        assert!(matches!(
+            next_line(&mut stream, &mut pending, IDLE, Duration::from_secs(3600)),
+            Line::TooLong(n) if n > admin::MAX_LINE
+        ));
+    }
+
+    #[test]
+    fn client_slots_are_bounded_and_given_back() {
+        let slots = Slots::new(2);
+        let a = slots.take().unwrap();
+        let _b = slots.take().unwrap();
+        assert!(slots.take().is_none());
+        drop(a);
+        assert!(slots.take().is_some());
+    }
+
+    #[test]
+    fn the_watchdog_starts_when_the_dataplane_served_and_names_the_silent_core() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A dataplane starting: old heartbeats, nothing applied yet.
+        let mut watch = Watch::new(vec![40, 7], t0);
+        assert_eq!(watch.update(&[40, 7], &[0, 0], at(30_000)), None);
+        // It served at 30 s: the clock starts there for every core.
+        assert_eq!(
+            watch.update(&[40, 7], &[3, 3], at(30_000)).map(|s| s.1),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            watch.update(&[41, 8], &[3, 3], at(30_100)).map(|s| s.1),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(watch.published, [true, true]);
+        // Core 1 beats on, core 0 stops.
+        for ms in (30_200..=32_100).step_by(100) {
+            let silent = watch.update(&[41, ms], &[3, 3], at(ms));
+            assert_eq!(silent.map(|s| s.0), Some(0));
+        }
+        assert_eq!(
+            watch.update(&[41, 99_999], &[3, 3], at(32_100)),
+            Some((0, Duration::from_millis(2000)))
+        );
+    }
+
+    #[test]
+    fn a_core_that_never_publishes_is_silent_from_when_the_dataplane_served() {
+        let t0 = Instant::now();
+        let mut watch = Watch::new(vec![5], t0);
+        watch.update(&[5], &[1], t0 + Duration::from_secs(10));
+        assert_eq!(
+            watch.update(&[5], &[1], t0 + Duration::from_secs(13)),
+            Some((0, Duration::from_secs(3)))
+        );
+        assert_eq!(watch.published, [false]);
+    }
 }

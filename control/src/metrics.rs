@@ -108,6 +108,17 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
     }
 }
 
+/// What the supervisor knows of the dataplane process.
+#[derive(Debug, Clone, Default)]
+pub struct Supervision {
+    /// Times it was started again.
+    pub restarts: u64,
+    /// Times it was killed for a stuck core.
+    pub stalls: u64,
+    /// Per core, since its heartbeat last moved.
+    pub heartbeat_age: Vec<std::time::Duration>,
+}
+
 /// Escapes a Prometheus label value.
 fn label(value: &str) -> String {
     value
@@ -117,7 +128,12 @@ fn label(value: &str) -> String {
 }
 
 /// Everything as Prometheus text (version 0.0.4).
-pub fn prometheus(snapshot: &Snapshot, config_version: u64, shm: Option<&Shm>) -> String {
+pub fn prometheus(
+    snapshot: &Snapshot,
+    config_version: u64,
+    shm: Option<&Shm>,
+    supervision: &Supervision,
+) -> String {
     let mut out = String::new();
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -129,6 +145,37 @@ pub fn prometheus(snapshot: &Snapshot, config_version: u64, shm: Option<&Shm>) -
         "The newest published configuration version.",
     );
     let _ = writeln!(out, "ferrox_config_version {config_version}");
+    family(
+        &mut out,
+        "ferrox_dataplane_restarts_total",
+        "counter",
+        "Times the dataplane was started again after it exited or was killed.",
+    );
+    let _ = writeln!(
+        out,
+        "ferrox_dataplane_restarts_total {}",
+        supervision.restarts
+    );
+    family(
+        &mut out,
+        "ferrox_core_stalls_total",
+        "counter",
+        "Times the dataplane was killed because a core's heartbeat stood still.",
+    );
+    let _ = writeln!(out, "ferrox_core_stalls_total {}", supervision.stalls);
+    family(
+        &mut out,
+        "ferrox_core_heartbeat_age_seconds",
+        "gauge",
+        "Since the core's heartbeat last moved (or the dataplane started).",
+    );
+    for (core, age) in supervision.heartbeat_age.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ferrox_core_heartbeat_age_seconds{{core=\"{core}\"}} {:.3}",
+            age.as_secs_f64()
+        );
+    }
 
     let cores: &[(Counter, &str)] = &[
         (Counter::Frames, "Frames received."),
@@ -397,7 +444,17 @@ mod tests {
                 class("server", 262208),
             ],
         };
-        let text = prometheus(&snapshot(7), 3, Some(&shm));
+        let supervision = Supervision {
+            restarts: 2,
+            stalls: 1,
+            heartbeat_age: vec![std::time::Duration::from_millis(1500)],
+        };
+        let text = prometheus(&snapshot(7), 3, Some(&shm), &supervision);
+        assert!(text.contains("ferrox_dataplane_restarts_total 2\n"));
+        assert!(
+            text.contains("# TYPE ferrox_core_stalls_total counter\nferrox_core_stalls_total 1\n")
+        );
+        assert!(text.contains("ferrox_core_heartbeat_age_seconds{core=\"0\"} 1.500\n"));
         assert!(text.contains(
             "ferrox_shm_chunks{role=\"client\",chunk_bytes=\"8256\",state=\"free\"} 3\n"
         ));

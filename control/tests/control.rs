@@ -3,26 +3,44 @@
 //! `redis-server` backends on the kernel side, and `ferroxctl` changes the
 //! configuration while `redis-benchmark` runs. Then a backend is killed
 //! (ejected by health checks) and started again (it returns).
+//!
+//! The supervisor's own tests: a core wedged on purpose (`--test-hooks`)
+//! is found by the watchdog and the dataplane restarted; a killed control
+//! process takes its dataplane with it and its region is reclaimed by the
+//! next one; SIGHUP reloads the configuration file; silent clients hold up
+//! no scrape and no admin command.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
 #[path = "../../dataplane/tests/support/netns.rs"]
 mod netns;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns::{cli, ketama_ports, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
+use rustix::process::{kill_process, Pid, Signal};
 
 const CONTROL: &str = env!("CARGO_BIN_EXE_ferrox-control");
 const CTL: &str = env!("CARGO_BIN_EXE_ferroxctl");
 /// A child stopped (by PID) when dropped.
 struct Process(Child);
 
+impl Process {
+    /// Sends `signal` (the child is not reaped before `wait`, so its pid
+    /// is still its own).
+    fn signal(&self, signal: Signal) {
+        let _ = kill_process(Pid::from_child(&self.0), signal);
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
+        // Reaped already (its pid may be another process's by now).
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        self.signal(Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -115,13 +133,18 @@ fn pool_toml(servers: &str) -> String {
     )
 }
 
-/// ferrox-control (with its dataplane) in a namespace of its own; stopped
-/// (by PID), then the namespace and files removed, when dropped.
+/// ferrox-control (with its dataplane) in a namespace of its own, logging
+/// to `control.log` in its directory; stopped (by PID), then the
+/// namespace, files and region removed, when dropped (the log is printed
+/// when the test failed).
 struct Appliance {
     control: Option<Process>,
     ns: Netns,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     socket: String,
+    region: String,
+    /// ferrox-control's command line.
+    args: Vec<String>,
 }
 
 impl Appliance {
@@ -151,7 +174,6 @@ impl Appliance {
         let region = format!("fxc-{}{tag}", std::process::id());
         let address = format!("{FERROX_IP}/24");
         let mut args = vec![
-            CONTROL,
             "--config",
             config.to_str().unwrap(),
             "--address",
@@ -172,27 +194,106 @@ impl Appliance {
         args.extend_from_slice(control_args);
         args.extend_from_slice(&["--", "--memory-mb", "256"]);
         args.extend_from_slice(dataplane_args);
-        let control = Process(ns.command(&args).stdout(Stdio::null()).spawn().unwrap());
-        let appliance = Appliance {
-            control: Some(control),
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut appliance = Appliance {
+            control: None,
             ns,
             dir,
             socket,
+            region,
+            args,
         };
+        appliance.spawn_control();
+        appliance.wait_ready();
+        appliance
+    }
+
+    /// Starts ferrox-control (again), its log appended to `control.log`.
+    fn spawn_control(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("control.log"))
+            .unwrap();
+        let mut command = self.ns.command(&[CONTROL]);
+        command.args(&self.args).stdout(Stdio::null()).stderr(log);
+        self.control = Some(Process(command.spawn().unwrap()));
+    }
+
+    /// Until the proxy answers and every core publishes.
+    fn wait_ready(&self) {
         wait_for("the proxy answers", Duration::from_secs(30), || {
-            cli(&appliance.ns, FERROX_IP, 6379, "PING") == "PONG"
+            cli(&self.ns, FERROX_IP, 6379, "PING") == "PONG"
         });
         wait_for("the dataplane publishes", Duration::from_secs(10), || {
-            json(&appliance.socket, &["status", "--json"])["dataplane"]["alive"] == true
+            json(&self.socket, &["status", "--json"])["dataplane"]["alive"] == true
         });
-        appliance
+    }
+
+    /// What ferrox-control and its dataplanes logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("control.log")).unwrap_or_default()
+    }
+
+    fn control(&mut self) -> &mut Process {
+        self.control.as_mut().expect("ferrox-control runs")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("ferrox.toml")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        json(&self.socket, &["status", "--json"])
+    }
+
+    fn dataplane_pid(&self) -> u32 {
+        self.status()["dataplane"]["pid"].as_u64().unwrap() as u32
+    }
+
+    /// `GET /metrics` in the namespace.
+    fn metrics(&self) -> String {
+        self.ns.shell(
+            "exec 3<>/dev/tcp/127.0.0.1/9638; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; timeout 5 cat <&3",
+        )
     }
 }
 
 impl Drop for Appliance {
     fn drop(&mut self) {
         drop(self.control.take());
+        if std::thread::panicking() {
+            eprintln!("--- ferrox-control's log ---\n{}", self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Left behind when ferrox-control was killed.
+        let _ = hugepage_pool::Region::remove(&self.region, &Default::default());
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
+    }
+}
+
+/// A dataplane that must not outlive the test: SIGKILLed on drop if it
+/// still runs (the test failed).
+struct Orphan(u32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if running(self.0) && String::from_utf8_lossy(&cmdline).contains("ferrox-dataplane") {
+            let pid = Pid::from_raw(self.0 as i32).unwrap();
+            let _ = kill_process(pid, Signal::KILL);
+        }
     }
 }
 
@@ -517,6 +618,295 @@ fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
         again["classes"][0]["total"], after["classes"][0]["total"],
         "{again}"
     );
+    drop(appliance);
+    drop(backends);
+}
+
+/// Milliseconds in the watchdog's log line ("no heartbeat for N ms").
+fn silent_ms(log: &str) -> Option<u64> {
+    let (_, rest) = log.split_once("no heartbeat for ")?;
+    rest.split_once(" ms")?.0.parse().ok()
+}
+
+#[test]
+fn a_stuck_core_is_found_and_the_dataplane_restarted() {
+    let mut backends = Vec::new();
+    let mut appliance = Appliance::start("s", &[7001], &[], &["--test-hooks"], |ns| {
+        backends.push(backend(ns, 7001))
+    });
+    let socket = appliance.socket.clone();
+    assert_eq!(
+        cli(&appliance.ns, FERROX_IP, 6379, "SET stall:before 1"),
+        "OK"
+    );
+    let first = appliance.dataplane_pid();
+    let _first = Orphan(first);
+    let status = appliance.status();
+    assert_eq!(status["dataplane"]["restarts"], 0, "{status}");
+    assert_eq!(status["dataplane"]["stalls"], 0, "{status}");
+
+    // Core 0 wedges itself, as a livelocked core would.
+    let triggered = Instant::now();
+    ctl_ok(&socket, &["debug", "stall-core", "0"]);
+    wait_for("the stall logged", Duration::from_secs(10), || {
+        appliance.log().contains("stalled: no heartbeat")
+    });
+    let detected = triggered.elapsed();
+    wait_for("a new dataplane", Duration::from_secs(10), || {
+        let status = appliance.status();
+        let pid = status["dataplane"]["pid"].as_u64();
+        status["dataplane"]["restarts"] == 1
+            && pid.is_some_and(|p| p != first as u64)
+            && status["dataplane"]["alive"] == true
+    });
+    let restarted = triggered.elapsed();
+    wait_for("the proxy answers again", Duration::from_secs(10), || {
+        cli(&appliance.ns, FERROX_IP, 6379, "PING") == "PONG"
+    });
+    let serving = triggered.elapsed();
+
+    assert!(!running(first), "the stuck dataplane {first} is gone");
+    let status = appliance.status();
+    assert_eq!(status["dataplane"]["restarts"], 1, "{status}");
+    assert_eq!(status["dataplane"]["stalls"], 1, "{status}");
+    let metrics = appliance.metrics();
+    assert!(
+        metrics.contains("\nferrox_core_stalls_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nferrox_dataplane_restarts_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferrox_core_heartbeat_age_seconds{core=\"1\"}"),
+        "{metrics}"
+    );
+    let log = appliance.log();
+    assert!(log.contains("test hook: this core wedges itself"), "{log}");
+    assert!(log.contains("dataplane core 0 stalled"), "{log}");
+    assert!(log.contains("starting the dataplane again"), "{log}");
+    let silent = silent_ms(&log).unwrap();
+    assert!((2000..4000).contains(&silent), "{log}");
+    assert_eq!(cli(&appliance.ns, FERROX_IP, 6379, "GET stall:before"), "1");
+    eprintln!(
+        "core 0 wedged: stall logged after {:.2} s (no heartbeat for {silent} ms, --stall-ms 2000), \
+         new dataplane alive after {:.2} s, PING answered after {:.2} s",
+        detected.as_secs_f64(),
+        restarted.as_secs_f64(),
+        serving.as_secs_f64()
+    );
+
+    // Stopping with a wedged core: SIGINT, then SIGKILL after the grace
+    // (--stop-grace-ms, 3 s).
+    let second = appliance.dataplane_pid();
+    let _second = Orphan(second);
+    ctl_ok(&socket, &["debug", "stall-core", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut control = appliance.control.take().unwrap();
+    let stopping = Instant::now();
+    control.signal(Signal::INT);
+    wait_for("ferrox-control stops", Duration::from_secs(10), || {
+        control.0.try_wait().unwrap().is_some()
+    });
+    let stopped = stopping.elapsed();
+    assert!(!running(second), "dataplane {second} is gone");
+    let log = appliance.log();
+    assert!(log.contains("the dataplane did not stop; SIGKILL"), "{log}");
+    assert!(
+        !log.contains("the dataplane exited\n") && !log.contains("the dataplane exited "),
+        "{log}"
+    );
+    assert!(stopped < Duration::from_secs(6), "stopped in {stopped:?}");
+    eprintln!(
+        "stop with a wedged core took {:.2} s",
+        stopped.as_secs_f64()
+    );
+    drop(appliance);
+    drop(backends);
+}
+
+#[test]
+fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaimed() {
+    let mut backends = Vec::new();
+    let mut appliance = Appliance::start("k", &[7001], &[], &[], |ns| {
+        backends.push(backend(ns, 7001))
+    });
+    let dataplane = appliance.dataplane_pid();
+    let _dataplane = Orphan(dataplane);
+    let control = appliance.control().0.id();
+    assert_eq!(appliance.status()["control_pid"], control);
+
+    appliance.control().signal(Signal::KILL);
+    let killed = Instant::now();
+    appliance.control().0.wait().unwrap();
+    wait_for("the dataplane dies too", Duration::from_secs(5), || {
+        !running(dataplane)
+    });
+    eprintln!(
+        "the dataplane died {:.3} s after its control process was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    // The region outlived its owner ...
+    drop(hugepage_pool::Region::attach(&appliance.region, &Default::default()).unwrap());
+
+    // ... and the next control process takes it back and serves.
+    appliance.spawn_control();
+    appliance.wait_ready();
+    let log = appliance.log();
+    assert!(
+        log.contains(&format!(
+            "removed the region a control process that is gone (pid {control}) left behind"
+        )),
+        "{log}"
+    );
+    assert_eq!(appliance.status()["dataplane"]["restarts"], 0);
+    drop(appliance);
+    drop(backends);
+}
+
+#[test]
+fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
+    let mut backends = Vec::new();
+    let mut appliance = Appliance::start("h", &[7001], &[], &[], |ns| {
+        backends.push(backend(ns, 7001));
+        backends.push(backend(ns, 7002));
+    });
+    let socket = appliance.socket.clone();
+    let v0 = appliance.status()["config_version"].as_u64().unwrap();
+
+    std::fs::write(
+        appliance.config(),
+        pool_toml(&format!("\"{KERNEL_IP}:7001:1\", \"{KERNEL_IP}:7002:1\"")),
+    )
+    .unwrap();
+    appliance.control().signal(Signal::HUP);
+    wait_for(
+        "the new version on every core",
+        Duration::from_secs(10),
+        || {
+            let status = appliance.status();
+            status["config_version"] == v0 + 1
+                && status["applied"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|v| *v == v0 + 1)
+        },
+    );
+    let shown = ctl_ok(&socket, &["config", "show"]);
+    assert!(shown.contains(&format!("{KERNEL_IP}:7002")), "{shown}");
+    assert!(appliance
+        .log()
+        .contains("SIGHUP: configuration file read again"));
+
+    // A bad file is refused with its line and reason; the process and the
+    // running configuration stay.
+    std::fs::write(
+        appliance.config(),
+        "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"sha1\"\nservers = [\"198.18.0.1:7001:1\"]\n",
+    )
+    .unwrap();
+    appliance.control().signal(Signal::HUP);
+    wait_for("the refusal logged", Duration::from_secs(10), || {
+        appliance.log().contains("reload refused")
+    });
+    let log = appliance.log();
+    let refusal = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        refusal.contains("ferrox.toml:4:") && refusal.contains("sha1"),
+        "{refusal}"
+    );
+    assert!(appliance.control().0.try_wait().unwrap().is_none());
+    let status = appliance.status();
+    assert_eq!(status["config_version"], v0 + 1, "{status}");
+    assert_eq!(status["pools"][0]["servers"].as_array().unwrap().len(), 2);
+    assert_eq!(cli(&appliance.ns, FERROX_IP, 6379, "PING"), "PONG");
+
+    // Fault injection is refused without --test-hooks.
+    let (ok, text) = ctl(&socket, &["debug", "stall-core", "0"]);
+    assert!(!ok && text.contains("--test-hooks"), "{text}");
+    drop(appliance);
+    drop(backends);
+}
+
+/// Holds argv[1] silent connections and one that sent half a request line
+/// to the metrics endpoint, then scrapes; prints how long the scrape took,
+/// its status line, and how long the server took to close the silent
+/// connections.
+const SILENT_METRICS_SCRIPT: &str = r#"
+import json, socket, sys, time
+addr = ("127.0.0.1", 9638)
+silent = [socket.create_connection(addr) for _ in range(int(sys.argv[1]))]
+slow = socket.create_connection(addr)
+slow.sendall(b"GET /met")
+start = time.time()
+s = socket.create_connection(addr, timeout=10)
+s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+scrape = time.time() - start
+for c in silent + [slow]:
+    c.settimeout(10)
+    try:
+        assert c.recv(1) == b""
+    except ConnectionResetError:
+        pass
+closed = time.time() - start
+print(json.dumps({"scrape_s": scrape, "status": data.split(b"\r\n")[0].decode(),
+                  "body": b"ferrox_config_version" in data, "closed_s": closed}))
+"#;
+
+#[test]
+fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+
+    let mut backends = Vec::new();
+    let appliance = Appliance::start("q", &[7001], &[], &[], |ns| {
+        backends.push(backend(ns, 7001))
+    });
+
+    // Metrics: ten silent clients and a slow one.
+    let out = appliance
+        .ns
+        .run(&["/usr/bin/python3", "-c", SILENT_METRICS_SCRIPT, "10"]);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["status"], "HTTP/1.1 200 OK", "{result}");
+    assert_eq!(result["body"], true, "{result}");
+    assert!(result["scrape_s"].as_f64().unwrap() < 1.0, "{result}");
+    // The server closed them at its 2 s deadline.
+    assert!(result["closed_s"].as_f64().unwrap() < 5.0, "{result}");
+    eprintln!("scrape beside 11 silent clients: {result}");
+
+    // Admin: silent clients and one that stops mid-line.
+    let silent: Vec<UnixStream> = (0..10)
+        .map(|_| UnixStream::connect(&appliance.socket).unwrap())
+        .collect();
+    let mut half = UnixStream::connect(&appliance.socket).unwrap();
+    half.write_all(b"{\"v\":1,\"cmd\":").unwrap();
+    let asked = Instant::now();
+    ctl_ok(&appliance.socket, &["status"]);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&half).read_line(&mut line).unwrap();
+    assert!(line.contains("no whole request line within 2 s"), "{line}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(silent);
     drop(appliance);
     drop(backends);
 }

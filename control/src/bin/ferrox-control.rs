@@ -2,15 +2,18 @@
 //!
 //! Validates the configuration completely before anything starts, creates
 //! the shared region (control block and room for the socket buffer pool),
-//! starts `ferrox-dataplane` attached to it and restarts it if it dies,
-//! and serves `ferroxctl` on a Unix socket and Prometheus on 127.0.0.1.
-//! SIGINT or SIGTERM stops the dataplane, then the control process, and
-//! removes the region.
+//! starts `ferrox-dataplane` attached to it and restarts it if it dies or
+//! a core of it stops beating (the watchdog), and serves `ferroxctl` on a
+//! Unix socket and Prometheus on 127.0.0.1. SIGINT or SIGTERM stops the
+//! dataplane (SIGINT, then SIGKILL after a grace), then the control
+//! process, and removes the region; SIGHUP reads the configuration file
+//! again. A region left by a control process that died is reclaimed.
 #![allow(clippy::disallowed_methods)] // a manager process: it sleeps and waits
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use ferrox_block::Block;
-use ferrox_control::daemon::{self, Control, Settings};
-use hugepage_pool::{Region, RegionOptions};
+use ferrox_control::daemon::{self, Control, Settings, Stall};
+use hugepage_pool::{Region, RegionError, RegionOptions};
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +66,14 @@ struct Args {
     /// Health check period, milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     health_interval_ms: u64,
+    /// A dataplane core whose heartbeat stands still this long (once the
+    /// dataplane served) is stuck: the dataplane is killed and started
+    /// again. 0: no watchdog.
+    #[arg(long, default_value_t = 2000)]
+    stall_ms: u64,
+    /// On stop, how long the dataplane has after SIGINT before SIGKILL.
+    #[arg(long, default_value_t = 3000)]
+    stop_grace_ms: u64,
     /// The dataplane binary; default: ferrox-dataplane next to this one.
     #[arg(long)]
     dataplane: Option<PathBuf>,
@@ -124,23 +136,48 @@ fn run(args: Args) -> Result<()> {
         size: Block::size() + (args.shm_mb << 20),
         ..RegionOptions::default()
     };
-    let region = Region::create(&args.region, &options).with_context(|| {
-        format!(
-            "creating region {:?} (another control process? else `ferrox-shm remove`)",
-            args.region
-        )
-    })?;
+    // Files a control process that died left behind are taken back
+    // (hugepages would leak otherwise); a live owner's are not touched.
+    match Region::remove_if_orphaned(&args.region, &options) {
+        Ok(Some(pid)) => tracing::warn!(
+            region = %args.region,
+            pid,
+            "removed the region a control process that is gone (pid {pid}) left behind"
+        ),
+        Ok(None) => {}
+        Err(e @ RegionError::OwnerAlive { .. }) => {
+            anyhow::bail!("{e}: another control process runs on region {:?}", args.region)
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "region {:?} is left from an earlier run and cannot be checked; `ferrox-shm remove {}` takes it away",
+                    args.region, args.region
+                )
+            })
+        }
+    }
+    let region = Region::create(&args.region, &options)
+        .with_context(|| format!("creating region {:?}", args.region))?;
     let block = Block::create(&region, cores)?;
     let settings = Settings {
         config_file: args.config.clone(),
         address,
         health_interval: Duration::from_millis(args.health_interval_ms),
         grow_below: args.shm_grow_below,
+        stall: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
+        test_hooks: args.dataplane_args.iter().any(|a| a == "--test-hooks"),
     };
     let control = Control::start(settings, block)?;
     let stop = control.stop.clone();
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    // Caught, so that its default action (the end of the process, leaving
+    // the region behind) cannot happen.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        control.reload_requested.clone(),
+    )?;
 
     let mut threads = daemon::spawn_background(&control);
     threads.push(daemon::serve_admin(control.clone(), &args.admin_socket)?);
@@ -167,8 +204,14 @@ fn run(args: Args) -> Result<()> {
         ])
         .args(args.vdevs.iter().flat_map(|v| ["--vdev", v.as_str()]))
         .args(args.pci_allow.iter().flat_map(|p| ["--pci", p.as_str()]))
-        .args(&args.dataplane_args);
-    let supervised = supervise(&control, &mut command);
+        .args(&args.dataplane_args)
+        // The dataplane dies with this process (its parent-death signal).
+        .env("FERROX_CONTROL_PID", std::process::id().to_string());
+    let supervised = supervise(
+        &control,
+        &mut command,
+        Duration::from_millis(args.stop_grace_ms),
+    );
 
     stop.store(true, Ordering::Relaxed);
     daemon::wake(&args.admin_socket, metrics);
@@ -183,15 +226,19 @@ fn run(args: Args) -> Result<()> {
 }
 
 /// Runs the dataplane until the control process is told to stop; a
-/// dataplane that exits on its own is started again after a pause (the
-/// region, its configuration and its socket pool wait for it). One that
-/// fails before it ever served (a wrong port or lcore list) stops the
-/// control process with its exit status.
-fn supervise(control: &Arc<Control>, command: &mut Command) -> Result<()> {
+/// dataplane that exits on its own, or is killed for a stuck core, is
+/// started again after a pause (the region, its configuration and its
+/// socket pool wait for it). One that fails before it ever served (a wrong
+/// port or lcore list) stops the control process with its exit status.
+///
+/// Runs on the main thread, which must spawn the dataplane: its
+/// parent-death signal follows the thread that forked it.
+fn supervise(control: &Arc<Control>, command: &mut Command, stop_grace: Duration) -> Result<()> {
     let mut first = true;
     let mut backoff = Duration::from_millis(500);
     while !control.stop.load(Ordering::Relaxed) {
-        let mut child = match command.spawn() {
+        control.dataplane_starting();
+        let child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!("cannot start the dataplane: {e}");
@@ -201,55 +248,151 @@ fn supervise(control: &Arc<Control>, command: &mut Command) -> Result<()> {
             }
         };
         let started = Instant::now();
-        control.dataplane.lock().expect("not poisoned").pid = Some(child.id());
-        tracing::info!(pid = child.id(), "dataplane started");
-        let status = wait_or_stop(control, &mut child);
+        let mut dataplane = Dataplane::new(child);
+        control.dataplane.lock().expect("not poisoned").pid = Some(dataplane.pid());
+        tracing::info!(pid = dataplane.pid(), "dataplane started");
+        let exit = wait_or_stop(control, &mut dataplane, stop_grace);
         control.dataplane.lock().expect("not poisoned").pid = None;
-        if control.stop.load(Ordering::Relaxed) {
-            tracing::info!(?status, "dataplane stopped");
+        if stopping(control) {
+            tracing::info!(status = ?exit.status, "dataplane stopped");
             return Ok(());
         }
         // A core records the configuration it runs once its port is up.
         let ever_served = control.block().applied().iter().any(|&v| v > 0);
-        if first && !ever_served {
-            anyhow::bail!("the dataplane did not start ({status:?}); its errors are above");
+        if first && !ever_served && exit.stall.is_none() {
+            anyhow::bail!(
+                "the dataplane did not start ({:?}); its errors are above",
+                exit.status
+            );
         }
         first = false;
-        tracing::error!(?status, "the dataplane exited; starting it again");
-        control.dataplane.lock().expect("not poisoned").restarts += 1;
+        match exit.stall {
+            Some(_) => {
+                tracing::error!(status = ?exit.status, "the dataplane was killed for a stuck core")
+            }
+            None => tracing::error!(status = ?exit.status, "the dataplane exited"),
+        }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(500);
         }
         sleep_unless_stopped(control, backoff);
         backoff = (backoff * 2).min(Duration::from_secs(10));
+        if control.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let restarts = {
+            let mut state = control.dataplane.lock().expect("not poisoned");
+            state.restarts += 1;
+            state.restarts
+        };
+        tracing::warn!(restarts, "starting the dataplane again");
     }
     Ok(())
 }
 
-/// Waits for the dataplane to exit; on stop, sends it SIGINT (its own
-/// clean shutdown) and, after 10 s, SIGKILL.
-fn wait_or_stop(control: &Control, child: &mut Child) -> Option<std::process::ExitStatus> {
-    let mut interrupted: Option<Instant> = None;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
+/// Whether the control process is stopping. A dataplane that exits just
+/// before the flag is seen was most likely hit by the same signal (a
+/// terminal's Ctrl-C, a service manager's stop to the whole group): wait a
+/// moment for it before taking the exit for a failure.
+fn stopping(control: &Control) -> bool {
+    if !control.stop.load(Ordering::Relaxed) {
+        sleep_unless_stopped(control, Duration::from_millis(200));
+    }
+    control.stop.load(Ordering::Relaxed)
+}
+
+/// The dataplane process, signalled through a pidfd (by pid where pidfds
+/// are missing; the child is not reaped before `wait`, so its pid cannot
+/// name another process meanwhile).
+struct Dataplane {
+    child: Child,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Dataplane {
+    fn new(child: Child) -> Dataplane {
+        let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
+            .map_err(|e| tracing::debug!("no pidfd for the dataplane ({e}); signals go by pid"))
+            .ok();
+        Dataplane { child, pidfd }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: Signal) {
+        let sent = match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, signal),
+            None => rustix::process::kill_process(Pid::from_child(&self.child), signal),
+        };
+        // ESRCH: it exited meanwhile, which `try_wait` sees next.
+        if let Err(e) = sent {
+            tracing::debug!(pid = self.pid(), ?signal, "signal not delivered: {e}");
         }
-        if control.stop.load(Ordering::Relaxed) {
-            match interrupted {
-                None => {
-                    let _ = Command::new("kill")
-                        .args(["-INT", &child.id().to_string()])
-                        .status();
-                    interrupted = Some(Instant::now());
-                }
-                Some(at) if at.elapsed() > Duration::from_secs(10) => {
-                    let _ = child.kill();
-                    return child.wait().ok();
-                }
-                Some(_) => {}
+    }
+}
+
+/// How the dataplane ended.
+#[derive(Debug)]
+struct Exit {
+    status: Option<ExitStatus>,
+    /// It was killed for this stuck core.
+    stall: Option<Stall>,
+}
+
+/// The grace a dataplane killed for a stuck core has between SIGINT and
+/// SIGKILL: its healthy cores stop at once, the stuck one never does.
+const STALL_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits for the dataplane to exit, watching its cores' heartbeats. On
+/// stop, sends it SIGINT (its own clean shutdown) and, after `stop_grace`,
+/// SIGKILL; on a stuck core, the same with a shorter grace.
+fn wait_or_stop(control: &Control, dataplane: &mut Dataplane, stop_grace: Duration) -> Exit {
+    let mut stall: Option<Stall> = None;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        if let Ok(Some(status)) = dataplane.child.try_wait() {
+            return Exit {
+                status: Some(status),
+                stall,
+            };
+        }
+        let now = Instant::now();
+        if kill_at.is_none() {
+            if control.stop.load(Ordering::Relaxed) {
+                tracing::info!(
+                    pid = dataplane.pid(),
+                    grace_ms = stop_grace.as_millis() as u64,
+                    "stopping the dataplane (SIGINT, then SIGKILL after the grace)"
+                );
+                dataplane.signal(Signal::INT);
+                kill_at = Some(now + stop_grace);
+            } else if let Some(stuck) = control.watch() {
+                tracing::error!(
+                    core = stuck.core,
+                    silent_ms = stuck.silent.as_millis() as u64,
+                    published = stuck.published,
+                    pid = dataplane.pid(),
+                    "dataplane core {} stalled: no heartbeat for {} ms; stopping the dataplane",
+                    stuck.core,
+                    stuck.silent.as_millis()
+                );
+                control.dataplane.lock().expect("not poisoned").stalls += 1;
+                stall = Some(stuck);
+                dataplane.signal(Signal::INT);
+                kill_at = Some(now + STALL_GRACE);
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if kill_at.is_some_and(|at| now >= at) {
+            tracing::warn!(pid = dataplane.pid(), "the dataplane did not stop; SIGKILL");
+            dataplane.signal(Signal::KILL);
+            return Exit {
+                status: dataplane.child.wait().ok(),
+                stall,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -71,6 +71,20 @@ enum Cmd {
     },
     /// Prints shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Fault injection, for tests (the dataplane must run with
+    /// --test-hooks).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        action: DebugCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// Makes dataplane core CORE wedge itself (spin for ever, ignoring its
+    /// stop flag), as a livelocked core would: the watchdog's test.
+    StallCore { core: usize },
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +289,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             show(&mut out, value, json, render_shm)?;
         }
+        Cmd::Debug {
+            action: DebugCmd::StallCore { core },
+        } => {
+            admin.call(&Request::DebugStallCore { core })?;
+            writeln!(out, "core {core} asked to wedge itself")?;
+        }
     }
     Ok(())
 }
@@ -324,14 +344,24 @@ fn render_status(status: &admin::Status) -> String {
     let mut s = String::new();
     let dp = &status.dataplane;
     s += &format!(
-        "control pid {}, up {}s; dataplane pid {} on {} core(s), {}, {} restart(s)\n",
+        "control pid {}, up {}s; dataplane pid {} on {} core(s), {}, {} restart(s), {} core stall(s)\n",
         status.control_pid,
         status.uptime_s,
         dp.pid.map_or("-".into(), |p| p.to_string()),
         dp.cores,
         if dp.alive { "alive" } else { "NOT publishing" },
-        dp.restarts
+        dp.restarts,
+        dp.stalls
     );
+    if !dp.alive && !dp.heartbeat_age_ms.is_empty() {
+        let ages: Vec<String> = dp
+            .heartbeat_age_ms
+            .iter()
+            .enumerate()
+            .map(|(core, ms)| format!("core {core} {ms} ms"))
+            .collect();
+        s += &format!("heartbeats last moved: {}\n", ages.join(", "));
+    }
     s += &format!(
         "configuration {} version {}; cores run {:?}\n",
         status.config_file, status.config_version, status.applied
