@@ -249,6 +249,11 @@ pub struct Stack<A: App> {
     received: Vec<u32>,
     /// Polls so far.
     epoch: u64,
+    /// Connections the application opened that are not established yet:
+    /// serviced again when a frame that may teach a neighbour arrives, so
+    /// a SYN held back for address resolution leaves at once rather than
+    /// after smoltcp's one-second neighbour-discovery pause.
+    opening: Vec<u32>,
     no_sockets: SocketSet<'static>,
     handshaking: usize,
     next_port: u16,
@@ -310,6 +315,7 @@ impl<A: App> Stack<A> {
             timers: BinaryHeap::new(),
             received: Vec::new(),
             epoch: 0,
+            opening: Vec::new(),
             no_sockets: SocketSet::new(Vec::new()),
             handshaking: 0,
             next_port,
@@ -394,11 +400,14 @@ impl<A: App> Stack<A> {
                 }
             }
             // ARP, ICMP, and TCP for no connection (answered with RST by
-            // smoltcp) or dropped for lack of backlog.
+            // smoltcp).
             None => {
                 self.iface
                     .poll_ingress_single(now, &mut device, &mut self.no_sockets);
                 self.stats.tx_no_mbuf += device.tx_no_mbuf;
+                if matches!(class, Frame::Other) {
+                    self.wake_opening();
+                }
             }
         }
     }
@@ -494,6 +503,25 @@ impl<A: App> Stack<A> {
         if self.app.has_actions() {
             self.stats.budget_exhausted += 1;
         }
+    }
+
+    /// Queues a service of every connection still opening (a neighbour
+    /// may just have been learned); drops those that no longer open.
+    fn wake_opening(&mut self) {
+        let (conns, received) = (&mut self.conns, &mut self.received);
+        self.opening.retain(|&id| {
+            let Some(conn) = conns[id as usize].as_mut() else {
+                return false;
+            };
+            if conn.established || !conn.active {
+                return false;
+            }
+            if !conn.received {
+                conn.received = true;
+                received.push(id);
+            }
+            true
+        });
     }
 
     /// Services connection `id` for its application, unless a service in
@@ -657,6 +685,15 @@ impl<A: App> Stack<A> {
         }
         let id = self.insert(key, socket, true);
         self.conn_mut(id).tag = tag;
+        if self.opening.len() >= 64 {
+            let conns = &self.conns;
+            self.opening.retain(|&id| {
+                conns[id as usize]
+                    .as_ref()
+                    .is_some_and(|c| c.active && !c.established)
+            });
+        }
+        self.opening.push(id);
         self.stats.connects += 1;
         self.app
             .bind(tag, handle_of(id, self.generations[id as usize]));

@@ -261,7 +261,11 @@ servers = ["198.18.0.1:7001:1"]
 
 impl Net {
     fn new() -> Net {
-        let config = ferrox_proto::config::parse_toml(CONFIG, "test").expect("valid");
+        Net::with_config(CONFIG)
+    }
+
+    fn with_config(text: &str) -> Net {
+        let config = ferrox_proto::config::parse_toml(text, "test").expect("valid");
         let pools = ferrox_proxy::configure::pools(&config).expect("builds");
         let proxy = Proxy::new(pools, vec![(6379, 0)], 7);
         let sizes = Sizes {
@@ -385,6 +389,29 @@ fn a_ping_answers_over_the_in_memory_link() {
         let c = net.client(usize::MAX);
         net.write(c, b"*1\r\n$4\r\nPING\r\n");
         assert!(net.run_until(2000, |n| n.received(c) == b"+PONG\r\n"));
+    });
+}
+
+/// The first request to a server does not wait out smoltcp's one-second
+/// neighbour-discovery pause: the SYN held back for ARP leaves as soon as
+/// the reply teaches the neighbour.
+#[test]
+fn a_first_request_to_a_server_waits_only_for_address_resolution() {
+    within(30, || {
+        // Preconnect: the server connections open before any client has
+        // taught the stack the server's address.
+        let mut net =
+            Net::with_config(&CONFIG.replace("timeout_ms", "preconnect = true\ntimeout_ms"));
+        let start = net.now;
+        net.run_until(3, |_| false);
+        let c = net.client(usize::MAX);
+        net.write(c, &command(&[b"SET", b"k", b"v"]));
+        assert!(net.run_until(20_000, |n| n.received(c) == b"+OK\r\n"));
+        let took = net.now - start;
+        assert!(
+            took < smoltcp::time::Duration::from_millis(100),
+            "the first request took {took} of fake time"
+        );
     });
 }
 
