@@ -198,6 +198,38 @@ pub fn prometheus(
             "Servers ejected by the dataplane for failures.",
         ),
         (Counter::Reconfigurations, "Configurations taken."),
+        (
+            Counter::Refused,
+            "Client connections refused (RST) by the proxy: a pool full or retired.",
+        ),
+        (
+            Counter::BacklogDrops,
+            "SYNs dropped unanswered with the handshake backlog full (the client retries).",
+        ),
+        (
+            Counter::LimitDrops,
+            "SYNs dropped unanswered at the connection limit or for want of socket memory.",
+        ),
+        (
+            Counter::TxNoMbuf,
+            "Frames dropped for want of a packet buffer (TCP retransmits).",
+        ),
+        (
+            Counter::Deferred,
+            "Sends put off to the next poll because the connection's last service moved nothing.",
+        ),
+        (
+            Counter::BudgetExhausted,
+            "Polls that ran out of their budget of application actions.",
+        ),
+        (
+            Counter::CloseTimeouts,
+            "Closing connections reset because the peer never finished closing.",
+        ),
+        (
+            Counter::ConnectRetries,
+            "First connection attempts to a server retried at once after failing.",
+        ),
     ];
     for (counter, help) in cores {
         let name = format!("ferrox_core_{}_total", counter.name());

@@ -66,10 +66,18 @@ pub enum Counter {
     Timeouts,
     Ejections,
     Reconfigurations,
+    Refused,
+    BacklogDrops,
+    LimitDrops,
+    TxNoMbuf,
+    Deferred,
+    BudgetExhausted,
+    CloseTimeouts,
+    ConnectRetries,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Frames,
         Counter::Accepted,
         Counter::Closed,
@@ -82,6 +90,14 @@ impl Counter {
         Counter::Timeouts,
         Counter::Ejections,
         Counter::Reconfigurations,
+        Counter::Refused,
+        Counter::BacklogDrops,
+        Counter::LimitDrops,
+        Counter::TxNoMbuf,
+        Counter::Deferred,
+        Counter::BudgetExhausted,
+        Counter::CloseTimeouts,
+        Counter::ConnectRetries,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +114,14 @@ impl Counter {
             Counter::Timeouts => "timeouts",
             Counter::Ejections => "ejections",
             Counter::Reconfigurations => "reconfigurations",
+            Counter::Refused => "refused",
+            Counter::BacklogDrops => "backlog_drops",
+            Counter::LimitDrops => "limit_drops",
+            Counter::TxNoMbuf => "tx_no_mbuf",
+            Counter::Deferred => "deferred_sends",
+            Counter::BudgetExhausted => "budget_exhausted",
+            Counter::CloseTimeouts => "close_timeouts",
+            Counter::ConnectRetries => "connect_retries",
         }
     }
 }

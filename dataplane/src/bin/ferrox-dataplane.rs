@@ -468,7 +468,11 @@ fn serve<A: App + Send>(
         total.closed += s.closed;
         total.open += s.open;
         total.backlog_drops += s.backlog_drops;
+        total.limit_drops += s.limit_drops;
         total.tx_no_mbuf += s.tx_no_mbuf;
+        total.deferred += s.deferred;
+        total.budget_exhausted += s.budget_exhausted;
+        total.close_timeouts += s.close_timeouts;
         loops.iterations += core.stats.iterations;
         loops.sleeps += core.stats.sleeps;
         loops.steered += core.stats.steered;
@@ -481,11 +485,12 @@ fn serve<A: App + Send>(
     let p = port.stats();
     println!(
         "ferrox-dataplane: stopped; frames={} accepted={} refused={} connects={} closed={} open={} backlog_drops={} \
-         rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={} \
-         steered={} steer_drops={} bad_checksum={}{app_summary}{per_core}",
+         limit_drops={} rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={} \
+         steered={} steer_drops={} bad_checksum={} deferred_sends={} budget_exhausted={} close_timeouts={}{app_summary}{per_core}",
         total.frames, total.accepted, total.refused, total.connects, total.closed, total.open, total.backlog_drops,
-        p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations, loops.sleeps,
-        loops.steered, loops.steer_drops, loops.bad_checksum
+        total.limit_drops, p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations,
+        loops.sleeps, loops.steered, loops.steer_drops, loops.bad_checksum, total.deferred, total.budget_exhausted,
+        total.close_timeouts
     );
     if args.xstats {
         let shown: Vec<String> = port

@@ -428,6 +428,14 @@ impl App for Proxy {
             (Counter::Timeouts, engine.timeouts),
             (Counter::Ejections, engine.ejections),
             (Counter::Reconfigurations, engine.reconfigurations),
+            (Counter::Refused, stack.refused),
+            (Counter::BacklogDrops, stack.backlog_drops),
+            (Counter::LimitDrops, stack.limit_drops),
+            (Counter::TxNoMbuf, stack.tx_no_mbuf),
+            (Counter::Deferred, stack.deferred),
+            (Counter::BudgetExhausted, stack.budget_exhausted),
+            (Counter::CloseTimeouts, stack.close_timeouts),
+            (Counter::ConnectRetries, engine.connect_retries),
         ] {
             record.set(counter, value);
         }
