@@ -32,6 +32,10 @@ pub(super) struct Slot {
     pub pieces: Vec<Range<usize>>,
     /// The piece that holds each key, in key order (merges only).
     pub key_piece: Vec<u16>,
+    /// A memcached multi-get's keys, one after another, and where each
+    /// ends in it: its values are merged back into key order.
+    pub keys: Vec<u8>,
+    pub key_ends: Vec<u32>,
     /// Close the session once this slot's reply is written.
     pub close_after: bool,
     /// When the request arrived.
@@ -45,6 +49,10 @@ impl Slot {
         if self.reply.capacity() > super::output::KEEP_CAPACITY {
             self.reply = Vec::new();
         }
+        if self.keys.capacity() > super::output::KEEP_CAPACITY {
+            self.keys = Vec::new();
+            self.key_ends = Vec::new();
+        }
     }
 
     /// Makes a recycled slot ready for a new request.
@@ -54,6 +62,8 @@ impl Slot {
         self.reply.clear();
         self.pieces.clear();
         self.key_piece.clear();
+        self.keys.clear();
+        self.key_ends.clear();
         self.close_after = false;
     }
 
@@ -109,11 +119,37 @@ impl Slot {
                         return;
                     }
                 }
-                for p in (0..self.pieces.len()).map(piece) {
-                    out.extend_from_slice(&p[..last_line(p)]);
-                }
+                self.merge_values(out, cursors);
                 out.extend_from_slice(b"END\r\n");
             }
+        }
+    }
+
+    /// A memcached multi-get: the `VALUE` blocks in the order of the keys
+    /// asked for, as one memcached would answer (each server answers its
+    /// keys in order and leaves misses out). Blocks a server sent in
+    /// another order still go out, after the others: nothing is dropped.
+    fn merge_values(&self, out: &mut Vec<u8>, cursors: &mut Vec<usize>) {
+        cursors.clear();
+        cursors.extend(self.pieces.iter().map(|r| r.start));
+        let mut key_start = 0;
+        for (&piece, &key_end) in self.key_piece.iter().zip(&self.key_ends) {
+            let key = &self.keys[key_start..key_end as usize];
+            key_start = key_end as usize;
+            let piece = piece as usize;
+            let (at, end) = (cursors[piece], self.pieces[piece].end);
+            if let Some((name, block)) = memcache::values(&self.reply[at..end]).next() {
+                if &self.reply[at + name.start..at + name.end] == key {
+                    out.extend_from_slice(&self.reply[at + block.start..at + block.end]);
+                    cursors[piece] = at + block.end;
+                }
+            }
+        }
+        for (piece, range) in self.pieces.iter().enumerate() {
+            let rest = &self.reply[cursors[piece]..range.end];
+            let mut values = memcache::values(rest);
+            values.by_ref().for_each(drop);
+            out.extend_from_slice(&rest[..values.position()]);
         }
     }
 
@@ -244,21 +280,53 @@ mod tests {
         assert!(written(&s).starts_with(b"-ERR ferrox: a server sent"));
     }
 
+    fn with_keys(mut s: Slot, keys: &[&str]) -> Slot {
+        for k in keys {
+            s.keys.extend_from_slice(k.as_bytes());
+            s.key_ends.push(s.keys.len() as u32);
+        }
+        s
+    }
+
     #[test]
-    fn memcache_gets_concatenate_values() {
-        let s = slot(
-            Combine::MemcacheGet,
-            &[
-                b"VALUE a 0 1\r\nA\r\nEND\r\n",
-                b"END\r\n",
-                b"VALUE c 0 1\r\nC\r\nEND\r\n",
-            ],
-            &[],
+    fn memcache_gets_merge_values_in_key_order() {
+        // Keys c, a, b, c, d: c and a on piece 0, b and d on piece 1, and
+        // d missing; memcached answers a repeated key each time.
+        let s = with_keys(
+            slot(
+                Combine::MemcacheGet,
+                &[
+                    b"VALUE c 0 1\r\nC\r\nVALUE a 0 1\r\nA\r\nVALUE c 0 1\r\nC\r\nEND\r\n",
+                    b"VALUE b 0 1\r\nB\r\nEND\r\n",
+                ],
+                &[0, 0, 1, 0, 1],
+            ),
+            &["c", "a", "b", "c", "d"],
         );
         assert_eq!(
             written(&s),
-            b"VALUE a 0 1\r\nA\r\nVALUE c 0 1\r\nC\r\nEND\r\n"
+            b"VALUE c 0 1\r\nC\r\nVALUE a 0 1\r\nA\r\nVALUE b 0 1\r\nB\r\nVALUE c 0 1\r\nC\r\nEND\r\n"
         );
+        // A server that answers out of order loses nothing.
+        let s = with_keys(
+            slot(
+                Combine::MemcacheGet,
+                &[
+                    b"VALUE b 0 1\r\nB\r\nVALUE a 0 1\r\nA\r\nEND\r\n",
+                    b"VALUE c 0 1\r\nC\r\nEND\r\n",
+                ],
+                &[0, 0, 1],
+            ),
+            &["a", "b", "c"],
+        );
+        assert_eq!(
+            written(&s),
+            b"VALUE b 0 1\r\nB\r\nVALUE c 0 1\r\nC\r\nVALUE a 0 1\r\nA\r\nEND\r\n"
+        );
+    }
+
+    #[test]
+    fn memcache_gets_concatenate_values() {
         let s = slot(
             Combine::MemcacheGet,
             &[b"VALUE a 0 1\r\nA\r\nEND\r\n", b"SERVER_ERROR down\r\n"],

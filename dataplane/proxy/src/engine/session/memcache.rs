@@ -142,6 +142,21 @@ impl Engine {
         // Tokens before the keys: the command, and gat's exptime.
         let head = &req.tokens[..req.keys.start];
         let keys = req.key_ranges();
+        {
+            // The keys in request order, for merging the values back.
+            let session = &mut self.sessions[index];
+            let slot = &mut session.slots[(seq - session.head) as usize];
+            slot.key_piece.resize(keys.len(), 0);
+            for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
+                for &(_, key) in group {
+                    slot.key_piece[key as usize] = piece as u16;
+                }
+            }
+            for key in keys {
+                slot.keys.extend_from_slice(&request[key.clone()]);
+                slot.key_ends.push(slot.keys.len() as u32);
+            }
+        }
         for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
             let server = Some(group[0].0 as usize);
             self.send_piece(
