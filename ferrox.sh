@@ -5,6 +5,7 @@
 #   ./ferrox.sh test    set this machine up and run every check and test
 #   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane and proxy harnesses)
 #   ./ferrox.sh fuzz    run every fuzz target for FUZZ_SECONDS (default 60) each
+#   ./ferrox.sh soak [SECONDS] [ARGS]  random clients against the real appliance, every reply checked
 #   ./ferrox.sh demo-shm  the shared-memory foundation across three processes
 #
 # Run as root on Debian. Every step is idempotent: packages are installed only
@@ -156,12 +157,56 @@ cmd_test() {
   cargo clippy --workspace --all-targets --locked -- -D warnings
   log "tests"
   cargo test --workspace --locked
+  run_soak_ci
   log "vm-testbed: ferrox on a virtio-net PCI NIC in a QEMU guest"
   bash vm-testbed/run.sh
   log "loom: ring and doorbell orderings"
   RUSTFLAGS="--cfg loom" cargo test -q --locked -p hugepage-pool --lib --release --target-dir target/loom -- loom
   run_miri
   run_fuzz "${FUZZ_SECONDS:-10}"
+}
+
+# The randomized, model-checked soak (tests/soak/README.md): ferrox on
+# af_xdp in a namespace of its own with four redis-server and two memcached
+# backends, Redis and memcached clients that pipeline, stall, dribble, vanish
+# and send garbage, every reply checked against a model and the backends
+# checked at the end. Debian's python3 has redis-py and pymemcache.
+SOAK_PYTHON=${SOAK_PYTHON:-/usr/bin/python3}
+soak_build() {
+  log "building (release) for the soak"
+  cargo build --release --locked -q -p ferrox-dataplane -p ferrox-control
+}
+
+# ./ferrox.sh soak [SECONDS] [ARGS]: SECONDS of load (default 300); ARGS go
+# to tests/soak/soak.py (--seed S replays a run, --mtu 1500, --only redis-2).
+cmd_soak() {
+  local seconds=300
+  if [[ "${1:-}" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+    seconds=$1
+    shift
+  fi
+  setup
+  soak_build
+  log "soak: ${seconds}s"
+  "$SOAK_PYTHON" tests/soak/soak.py --duration "$seconds" "$@"
+}
+
+# In `test`: a fixed seed (the same command streams every run) and a random
+# one (printed first, to replay), SOAK_SECONDS (default 50) each, Redis and
+# memcached clients at once. Both run; either failing fails the test.
+run_soak_ci() {
+  local seconds=${SOAK_SECONDS:-50} seed rc=0
+  if [ "$seconds" = 0 ]; then
+    echo "soak: SKIPPED (SOAK_SECONDS=0)"
+    return 0
+  fi
+  soak_build
+  seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+  log "soak: fixed seed 1, ${seconds}s"
+  "$SOAK_PYTHON" tests/soak/soak.py --seed 1 --duration "$seconds" || rc=1
+  log "soak: random seed $seed, ${seconds}s"
+  "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" || rc=1
+  return $rc
 }
 
 # The appliance's main job on a machine with no DPDK NIC: in network
@@ -315,5 +360,6 @@ case "${1:-}" in
   fuzz) shift; cmd_fuzz "$@" ;;
   test) shift; cmd_test "$@" ;;
   bench) shift; cmd_bench "$@" ;;
-  *) echo "usage: $0 demo|test|bench|fuzz|demo-shm" >&2; exit 2 ;;
+  soak) shift; cmd_soak "$@" ;;
+  *) echo "usage: $0 demo|test|bench|fuzz|soak|demo-shm" >&2; exit 2 ;;
 esac

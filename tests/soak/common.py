@@ -1,0 +1,216 @@
+"""What both protocols' workers share: the run's context, value sizes
+around every buffer the request path has, behaviour plans, and how a
+failure is described."""
+
+import collections
+import os
+import hashlib
+import threading
+import time
+import traceback
+
+import wire
+
+KIB = 1024
+
+
+class Failure(Exception):
+    """A check that failed: the message says what was sent, what was
+    expected and what came back. `since` is when the trouble began (for a
+    proxy that stopped answering, when the last byte moved), so that of
+    several workers' failures the first cause is reported first."""
+
+    def __init__(self, message, since=None):
+        super().__init__(message)
+        self.since = since if since is not None else time.monotonic()
+
+
+def show_bytes(data, limit=48):
+    """A value as a failure report shows it: short ones whole, long ones by
+    length, digest and head."""
+    if data is None:
+        return "nil"
+    if len(data) <= limit:
+        return repr(data)
+    return f"<{len(data)} bytes sha1:{hashlib.sha1(data).hexdigest()[:12]} {data[:limit]!r}...>"
+
+
+def show_value(v, limit=48):
+    if isinstance(v, (bytes, bytearray)):
+        return show_bytes(bytes(v), limit)
+    if isinstance(v, (list, tuple)):
+        inner = ", ".join(show_value(x, 24) for x in list(v)[:6])
+        more = f", ... ({len(v)} items)" if len(v) > 6 else ""
+        return f"{type(v).__name__}[{inner}{more}]"
+    if isinstance(v, dict):
+        items = list(v.items())[:4]
+        inner = ", ".join(f"{show_value(k, 20)}: {show_value(x, 20)}" for k, x in items)
+        more = f", ... ({len(v)} fields)" if len(v) > 4 else ""
+        return "{" + inner + more + "}"
+    if isinstance(v, (set, frozenset)):
+        return "set" + show_value(sorted(v), limit)
+    text = repr(v)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def show_args(args, limit=8):
+    parts = [show_bytes(a, 40) for a in args[:limit]]
+    if len(args) > limit:
+        parts.append(f"... ({len(args)} arguments)")
+    return " ".join(parts)
+
+
+class Context:
+    """One soak run as the workers see it."""
+
+    def __init__(self, args, seed, redis_table, mc_table, redis_ports, mc_ports):
+        self.args = args
+        self.seed = seed
+        self.host = args.proxy_host
+        self.redis_table = redis_table
+        self.mc_table = mc_table
+        self.redis_ports = redis_ports
+        self.mc_ports = mc_ports
+        self.stop = threading.Event()
+        self.deadline = time.monotonic() + args.duration
+        self.lock = threading.Lock()
+        self.failures = []
+        mtu = args.mtu
+        # TCP payload of one full segment at this MTU, with and without
+        # the timestamp option; the other common MTU's too.
+        segs = {mtu - 40, mtu - 52, 1460, 1448, 3398, 3386}
+        self.edges = sorted(segs | {4 * KIB, 8 * KIB, 16 * KIB, 32 * KIB, 64 * KIB})
+
+    def fail(self, who, message, since=None):
+        with self.lock:
+            self.failures.append((since if since is not None else time.monotonic(), who, message))
+        self.stop.set()
+
+    def ordered_failures(self):
+        """(who, message), the earliest trouble first."""
+        with self.lock:
+            return [(who, msg) for _, who, msg in sorted(self.failures, key=lambda f: f[0])]
+
+    def running(self):
+        return not self.stop.is_set() and time.monotonic() < self.deadline
+
+
+class Stats(collections.Counter):
+    """Per-worker counters, added up at the end."""
+
+
+def edge_size(rng, edges, largest, overhead=0):
+    """A size at, or 1 to 3 bytes around, a buffer size or a multiple of it;
+    with `overhead`, sometimes such that the whole request frame lands
+    there instead of the value."""
+    while True:
+        base = rng.choice(edges) * rng.choice((1, 1, 1, 2, 3))
+        size = base + rng.randint(-3, 3)
+        if overhead and rng.random() < 0.4:
+            size -= overhead
+        if 0 <= size <= largest:
+            return size
+
+
+def cut_points(rng, total, starts):
+    """Where to cut the writes of a pipeline of `total` bytes whose
+    requests start at `starts`: mid-request, on and around request
+    boundaries, and around the receive buffer sizes."""
+    cuts = set()
+    for _ in range(rng.randint(1, 8)):
+        r = rng.random()
+        if r < 0.3 and len(starts) > 1:
+            cuts.add(rng.choice(starts[1:]) + rng.randint(-2, 2))
+        elif r < 0.6:
+            cuts.add(rng.choice((8, 16, 32, 64)) * KIB + rng.randint(-3, 3))
+        else:
+            cuts.add(rng.randrange(1, max(2, total)))
+    return sorted(c for c in cuts if 0 < c < total)
+
+
+def make_plan(rng, total, starts, sizes, n, stats, allow_vanish=True):
+    """How one pipeline is written and read; `starts` and `sizes` are the
+    requests' offsets and lengths in the payload, `n` the replies due."""
+    plan = wire.Plan()
+    if rng.random() < 0.35:
+        plan.cuts = cut_points(rng, total, starts)
+        plan.behaviours.append("cut writes")
+    r = rng.random()
+    if r < 0.42:
+        plan.behaviours.append("normal")
+    elif r < 0.54:
+        plan.slow_bytes = rng.choice((300, 3000, 20000, 70000))
+        plan.slow_chunk = rng.randint(1, 97)
+        plan.slow_pause = rng.choice((0.0, 0.0005, 0.002))
+        if plan.slow_bytes > 20000 and plan.slow_chunk < 16:
+            plan.slow_pause = 0.0
+        plan.behaviours.append("slow reader")
+    elif r < 0.66:
+        plan.stall_after = rng.randrange(0, max(1, n))
+        plan.stall_secs = rng.uniform(0.5, 2.0)
+        plan.behaviours.append("stall")
+    elif r < 0.78 and allow_vanish:
+        plan.vanish_rst = rng.random() < 0.5
+        if rng.random() < 0.3 and total > 1:
+            plan.vanish_send = rng.randrange(1, total)
+            plan.behaviours.append("vanish mid-send " + ("RST" if plan.vanish_rst else "FIN"))
+        else:
+            plan.vanish_after = rng.randrange(0, max(1, n))
+            plan.behaviours.append("vanish " + ("RST" if plan.vanish_rst else "FIN"))
+    elif r < 0.9:
+        j = rng.randrange(len(starts))
+        plan.dribble = (starts[j], starts[j] + min(sizes[j], 1500))
+        plan.dribble_pause = rng.choice((0.0, 0.0, 0.0003))
+        plan.behaviours.append("byte-by-byte sender")
+    elif r < 0.95:
+        plan.stall_after = rng.randrange(0, max(1, n))
+        plan.stall_secs = rng.uniform(0.5, 1.0)
+        plan.slow_bytes = rng.choice((300, 3000))
+        plan.slow_chunk = rng.randint(1, 31)
+        plan.behaviours.append("slow reader + stall")
+    elif allow_vanish:
+        plan.half_close = True
+        plan.behaviours.append("half-close")
+    else:
+        plan.behaviours.append("normal")
+    for b in plan.behaviours:
+        stats["behaviour: " + b] += 1
+    return plan
+
+
+def vanished(plan):
+    return plan.vanish_after is not None or plan.vanish_send is not None
+
+
+def dump(ctx, who, label, request, conn):
+    """With --dump-dir: the failing pipeline's request bytes and what came
+    back on its connection, to replay or read at leisure. Returns a note
+    for the report."""
+    d = ctx.args.dump_dir
+    if not d or request is None:
+        return ""
+    os.makedirs(d, exist_ok=True)
+    base = os.path.join(d, f"seed{ctx.seed}-{who}-{label.split(' (')[0].replace(' ', '')}")
+    with open(base + ".request", "wb") as f:
+        f.write(request)
+    if conn is not None and conn.received is not None:
+        with open(base + ".reply", "wb") as f:
+            f.write(bytes(conn.received))
+    return f"\n    (request and reply bytes in {base}.request/.reply)"
+
+
+def connect(host, port, what, ctx_dumps=False):
+    """A client connection; a refused or timed-out connect is a failure of
+    the proxy, not of the soak."""
+    try:
+        conn = wire.Conn(host, port)
+        if ctx_dumps:
+            conn.received = bytearray()
+        return conn
+    except wire.Unreachable as e:
+        raise Failure(f"{e} (for {what}): the proxy does not accept connections", e.since) from None
+
+
+def harness_error(who, ctx, exc):
+    ctx.fail(who, "harness error (a bug in the soak itself, not necessarily in ferrox):\n"
+             + "".join(traceback.format_exception(exc)))

@@ -1,0 +1,752 @@
+"""A memcached client worker of the soak and the model it checks replies
+with.
+
+The model holds, per key, absent (None) or (flags, values): `values` is
+the set of byte strings the value may be, almost always one. It is more
+than one only after incr/decr: memcached rewrites a shorter number in
+place, padded with spaces to the old length, unless another reference to
+the item is held at that moment (a get just before it on the same
+connection may still hold one), so both forms are possible.
+
+CAS: every change memcached makes to a key gives it a new cas unique, so
+the model keeps, per key, a version bumped on each change; a cas id read
+with gets at version v is expected to succeed exactly while the version is
+still v. touch is not known to keep or change the unique, so it forgets it.
+
+Vanishes are handled as for Redis (see redis_worker): keys written by
+commands that were not acknowledged are retired with their candidate
+states, read back later and checked. A noreply command is known to have
+run when a later command on the same server was answered.
+"""
+
+import random
+import socket
+import time
+
+import common
+import wire
+from common import Failure, show_bytes, show_value
+
+SLOTS = 40
+SETTLE = 2.0
+U64 = 1 << 64
+WHITESPACE = b" \t\n\v\f\r"
+
+
+def strtoull(value):
+    """memcached's safe_strtoull over an item's data (which ends in CRLF),
+    or None where it refuses."""
+    data = value + b"\r\n"
+    i = 0
+    while i < len(data) and data[i] in WHITESPACE:
+        i += 1
+    neg = False
+    if i < len(data) and data[i] in b"+-":
+        neg = data[i] == 0x2D
+        i += 1
+    j = i
+    while j < len(data) and 0x30 <= data[j] <= 0x39:
+        j += 1
+    if j == i:
+        return None
+    n = int(data[i:j])
+    if n >= U64:
+        return None  # ERANGE
+    if neg:
+        n = (U64 - n) % U64
+    if data[j] not in WHITESPACE:
+        return None
+    if n >= (1 << 63) and b"-" in data[:j]:
+        return None
+    return n
+
+
+class Model:
+    def __init__(self):
+        self.data = {}     # key -> (flags, frozenset of values)
+        self.version = {}  # key -> changes so far
+        self.cas = {}      # key -> (cas unique, version it was read at)
+
+    def changed(self, k):
+        self.version[k] = self.version.get(k, 0) + 1
+
+    def store(self, cmd, k, flags, value, cas=None):
+        st = self.data.get(k)
+        if cmd == "set":
+            ok = True
+        elif cmd == "add":
+            ok = st is None
+        elif cmd in ("replace", "append", "prepend"):
+            ok = st is not None
+        else:  # cas
+            if st is None:
+                return "NOT_FOUND"
+            known = self.cas.get(k)
+            ok = known is not None and known[0] == cas and known[1] == self.version.get(k, 0)
+            if not ok:
+                return "EXISTS"
+        if not ok:
+            return "NOT_STORED"
+        if cmd == "append":
+            self.data[k] = (st[0], frozenset(v + value for v in st[1]))
+        elif cmd == "prepend":
+            self.data[k] = (st[0], frozenset(value + v for v in st[1]))
+        else:
+            self.data[k] = (flags, frozenset((value,)))
+        self.changed(k)
+        return "STORED"
+
+    def delete(self, k):
+        if k not in self.data:
+            return "NOT_FOUND"
+        del self.data[k]
+        self.changed(k)
+        return "DELETED"
+
+    def touch(self, k):
+        if k not in self.data:
+            return "NOT_FOUND"
+        self.cas.pop(k, None)
+        return "TOUCHED"
+
+    def arith(self, incr, k, delta):
+        st = self.data.get(k)
+        if st is None:
+            return "NOT_FOUND"
+        flags, values = st
+        numbers = {strtoull(v) for v in values}
+        if None in numbers:
+            if len(numbers) > 1:
+                raise Failure("model: candidates disagree on being numeric")
+            return "CLIENT_ERROR"
+        (n,) = numbers
+        new = (n + delta) % U64 if incr else max(n - delta, 0)
+        text = b"%d" % new
+        out = set()
+        for v in values:
+            out.add(text)
+            if len(text) <= len(v):
+                out.add(text.ljust(len(v), b" "))
+        self.data[k] = (flags, frozenset(out))
+        self.changed(k)
+        return text.decode()
+
+    def size(self, k):
+        st = self.data.get(k)
+        return max(len(v) for v in st[1]) if st else 0
+
+
+class Op:
+    __slots__ = ("line", "data", "kind", "expected", "keys", "pre", "server", "noreply", "name")
+
+    def __init__(self, name, line, data, kind, expected, keys=(), pre=None, noreply=False):
+        self.name = name
+        self.line = line
+        self.data = data
+        self.kind = kind
+        self.expected = expected
+        self.keys = keys
+        self.pre = pre or {}
+        self.noreply = noreply
+        self.server = None
+
+    def wire(self):
+        if self.data is None:
+            return self.line + b"\r\n"
+        return self.line + b"\r\n" + self.data + b"\r\n"
+
+    def show(self):
+        text = show_bytes(self.line, 160)
+        if self.data is not None:
+            text += " + data " + show_bytes(self.data, 32)
+        return text
+
+
+def check(op, got, server_of=None):
+    """None if `got` is what `op` expects, else why not. A multi-get split
+    over servers comes back as each server's VALUE blocks in key order, one
+    server after the other (ferrox concatenates the pieces, as twemproxy
+    does): with `server_of`, that order is accepted too."""
+    exp = op.expected
+    if op.kind == wire.LINE:
+        if exp == "CLIENT_ERROR":
+            return None if got.startswith("CLIENT_ERROR ") else "expected CLIENT_ERROR"
+        if isinstance(exp, tuple):  # ("one of", ...)
+            return None if got in exp[1:] else f"expected one of {exp[1:]}"
+        return None if got == exp else f"expected {exp}"
+    if isinstance(got, str):
+        return f"expected VALUE lines, got the line {got!r}"
+    want, with_cas = exp
+    if server_of is not None and len(got) == len(want) and [g[0] for g in got] != [w[0] for w in want]:
+        # Each server's share, in key order; the servers in any order.
+        shares = {}
+        for w in want:
+            shares.setdefault(server_of(w[0]), []).append(w)
+        order = [server_of(g[0]) for g in got]
+        seen = []
+        for srv in order:
+            if not seen or seen[-1] != srv:
+                seen.append(srv)
+        if len(seen) == len(set(seen)) and set(seen) == set(shares):
+            want = [w for srv in seen for w in shares[srv]]
+    if len(got) != len(want):
+        return (f"expected {len(want)} values, got {len(got)} (keys expected: "
+                f"{[show_bytes(w[0], 40) for w in want[:5]]}, got: {[show_bytes(g[0], 40) for g in got[:5]]})")
+    for i, ((k, flags, values), (gk, gflags, gdata, gcas)) in enumerate(zip(want, got)):
+        if gk != k:
+            return f"value #{i}: expected key {show_bytes(k)}, got {show_bytes(gk)}"
+        if gflags != flags:
+            return f"value #{i} ({show_bytes(k)}): expected flags {flags}, got {gflags}"
+        if gdata not in values:
+            return (f"value #{i} ({show_bytes(k)}): expected "
+                    + " or ".join(show_bytes(v) for v in values) + f", got {show_bytes(gdata)}")
+        if with_cas and gcas is None:
+            return f"value #{i}: gets without a cas unique"
+        if not with_cas and gcas is not None:
+            return f"value #{i}: get with a cas unique"
+    return None
+
+
+def state_in(observed, cands):
+    for c in cands:
+        if c is None and observed is None:
+            return True
+        if c is not None and observed is not None and c[0] == observed[0] and observed[1] in c[1]:
+            return True
+    return False
+
+
+def show_state(st):
+    if st is None:
+        return "absent"
+    return f"flags {st[0]} value " + " or ".join(show_bytes(v) for v in st[1])
+
+
+class McWorker:
+    def __init__(self, ctx, wid):
+        self.ctx = ctx
+        self.wid = wid
+        self.who = f"memcached-{wid}"
+        self.rng = random.Random(f"{ctx.seed}:memcached:{wid}")
+        self.model = Model()
+        self.gen = [0] * SLOTS
+        self.retired = {}
+        self.stats = common.Stats()
+        self.conn = None
+        self.iteration = 0
+        self.pipeline_no = 0
+        self.last = ("", None, None)  # label, request bytes, connection of the last exchange
+
+    def key(self, slot):
+        base = b"m%d:%d.%d" % (self.wid, slot, self.gen[slot])
+        if slot % 9 == 4:
+            base += b":" + b"x" * (200 + slot)  # long keys, up to 250 bytes
+        return base[:250]
+
+    def miss_key(self, i):
+        return b"m%d:miss%d" % (self.wid, i)
+
+    def server(self, k):
+        return self.ctx.mc_table.server_for(k)
+
+    def value(self, budget):
+        rng = self.rng
+        if budget[0] <= 0:
+            return rng.randbytes(rng.randint(0, 32))
+        r = rng.random()
+        if r < 0.4:
+            n = rng.randint(0, 32)
+        elif r < 0.62:
+            n = rng.randint(33, 1024)
+        elif r < 0.85:
+            edges = self.ctx.edges + [128 * 1024, 256 * 1024, 512 * 1024, 1000 * 1000]
+            n = common.edge_size(rng, edges, 1000 * 1000, overhead=40)
+        elif r < 0.95:
+            n = rng.randint(1025, 64 * 1024)
+        else:
+            n = rng.randint(64 * 1024, 1000 * 1000)
+        if n > 256 * 1024 and self.model_bytes() > 24 << 20:
+            n = rng.randint(0, 4096)  # keep the backends far from evicting
+        budget[0] -= n
+        if rng.random() < 0.2:
+            return (b"%d-" % n + b"0123456789" * (n // 10 + 1))[:n]
+        return rng.randbytes(n)
+
+    def model_bytes(self):
+        return sum(max(len(v) for v in st[1]) for st in self.model.data.values())
+
+    # ------------------------------------------------------ generation
+
+    def op(self, budget, reply_budget):
+        rng = self.rng
+        m = self.model
+        slot = rng.randrange(SLOTS)
+        k = self.key(slot)
+        r = rng.random()
+        noreply = rng.random() < 0.2
+        if r < 0.2:
+            flags = rng.choice((0, 0, 1, 42, 65535, 4294967295))
+            return self.storage("set", k, flags, self.value(budget), noreply)
+        if r < 0.26:
+            return self.storage("add", k, rng.randint(0, 9), self.value(budget), noreply)
+        if r < 0.31:
+            return self.storage("replace", k, rng.randint(0, 9), self.value(budget), noreply)
+        if r < 0.36:
+            v = self.value(budget) if m.size(k) < 512 * 1024 else b"z"
+            return self.storage("append", k, 0, v, noreply)
+        if r < 0.4:
+            v = self.value(budget) if m.size(k) < 512 * 1024 else b"z"
+            return self.storage("prepend", k, 0, v, noreply)
+        if r < 0.46:
+            known = m.cas.get(k)
+            c = rng.random()
+            if known is not None and c < 0.7:
+                cas = known[0]
+            else:
+                # Never a unique memcached could have handed out yet.
+                cas = rng.choice((12345678901234, (1 << 63) + rng.randrange(1 << 32), (1 << 64) - 1))
+            return self.storage("cas", k, rng.randint(0, 9), self.value(budget), False, cas)
+        if r < 0.53:
+            if m.size(k) > 64:
+                return self.get_op("get", [k], reply_budget)
+            incr = rng.random() < 0.55
+            delta = rng.choice((0, 1, 7, 1000, 10 ** 12, U64 - 1)) if incr else rng.choice((1, 5, 10 ** 6))
+            pre = {k: m.data.get(k)}
+            exp = m.arith(incr, k, delta)
+            # noreply only where no error is due: memcached would hide
+            # the error, and the reply stream would not say.
+            nr = noreply and exp != "CLIENT_ERROR"
+            line = b"%s %s %d" % (b"incr" if incr else b"decr", k, delta) + (b" noreply" if nr else b"")
+            return Op("incr" if incr else "decr", line, None, wire.NONE if nr else wire.LINE,
+                      exp, (k,), pre, nr)
+        if r < 0.6:
+            pre = {k: m.data.get(k)}
+            exp = m.delete(k)
+            line = b"delete " + k + (b" noreply" if noreply else b"")
+            return Op("delete", line, None, wire.NONE if noreply else wire.LINE, exp, (k,), pre, noreply)
+        if r < 0.63:
+            exp = m.touch(k)
+            line = b"touch %s %d" % (k, rng.choice((0, 86400))) + (b" noreply" if noreply else b"")
+            return Op("touch", line, None, wire.NONE if noreply else wire.LINE, exp, (), None, noreply)
+        if r < 0.78:
+            return self.get_op(rng.choice(("get", "get", "gets", "gat")), [k], reply_budget)
+        if r < 0.97:
+            n = rng.randint(2, 20) if rng.random() < 0.8 else rng.randint(21, 400)
+            return self.get_op(rng.choice(("get", "gets")), self.multi_keys(n, reply_budget), reply_budget)
+        return Op("mn", b"mn", None, wire.LINE, "MN")
+
+    def multi_keys(self, n, reply_budget):
+        """`n` keys, duplicates and never-stored ones among them; a stored
+        key's value counts against `reply_budget` (a copy is taken: the
+        caller charges the real get)."""
+        rng = self.rng
+        left = reply_budget[0]
+        keys = []
+        for _ in range(n):
+            r = rng.random()
+            if r < 0.05 and keys:
+                k = rng.choice(keys)
+            elif r < 0.5:
+                k = self.key(rng.randrange(SLOTS))
+            else:
+                k = self.miss_key(rng.randrange(100000))
+            size = self.model.size(k)
+            if size and size > left:
+                k = self.miss_key(rng.randrange(100000))
+            else:
+                left -= size
+            keys.append(k)
+        return keys
+
+    def storage(self, cmd, k, flags, value, noreply, cas=None):
+        m = self.model
+        pre = {k: m.data.get(k)}
+        exp = m.store(cmd, k, flags, value, cas)
+        line = b"%s %s %d %d %d" % (cmd.encode(), k, flags, self.rng.choice((0, 0, 0, 86400)), len(value))
+        if cas is not None:
+            line += b" %d" % cas
+        if noreply:
+            line += b" noreply"
+        return Op(cmd, line, value, wire.NONE if noreply else wire.LINE, exp, (k,), pre, noreply)
+
+    def get_op(self, cmd, keys, reply_budget):
+        m = self.model
+        want = []
+        for k in keys:
+            st = m.data.get(k)
+            if st is not None:
+                want.append((k, st[0], st[1]))
+                reply_budget[0] -= max(len(v) for v in st[1])
+        if cmd == "gat":
+            line = b"gat 0 " + b" ".join(keys)
+            for k in keys:
+                m.cas.pop(k, None)  # like touch
+        else:
+            line = cmd.encode() + b" " + b" ".join(keys)
+        op = Op(cmd, line, None, wire.RETRIEVAL, (want, cmd in ("gets", "gats")))
+        op.pre = {}
+        op.keys = ()
+        if cmd == "gets":
+            op.pre = {"versions": [(k, m.version.get(k, 0)) for k in keys]}
+        return op
+
+    # ------------------------------------------------------ connection
+
+    def connect(self):
+        self.close()
+        self.conn = common.connect(self.ctx.host, 11211, "a memcached client", bool(self.ctx.args.dump_dir))
+        self.stats["connections"] += 1
+
+    def close(self, rst=False):
+        if self.conn is not None:
+            self.conn.close(rst)
+            self.conn = None
+
+    def send(self, ops, plan, label, closing_ok=False):
+        conn = self.conn
+        if conn.leftover():
+            raise Failure(f"{conn.leftover()} bytes arrived that no request asked for, before {label}: "
+                          + show_bytes(bytes(conn.buf[conn.pos:])))
+        encoded = [op.wire() for op in ops]
+        payload = b"".join(encoded)
+        replying = [op for op in ops if op.kind != wire.NONE]
+        kinds = [op.kind for op in replying]
+        state = {"i": 0}
+
+        def parse(buf, pos):
+            reply, after = wire.parse_mc(buf, pos, kinds[state["i"]])
+            state["i"] += 1
+            return reply, after
+
+        if plan is None:
+            plan = wire.Plan()
+        self.last = (label, payload, conn)
+        try:
+            replies = wire.exchange(conn, payload, parse, len(replying), plan,
+                                    self.ctx.args.stuck_timeout, self.stats)
+        except wire.Stuck as e:
+            i = len(e.replies)
+            what = replying[i].show() if i < len(replying) else "?"
+            raise Failure(f"the proxy stopped answering: {e} in {label} "
+                          f"(behaviours: {', '.join(plan.behaviours) or 'normal'}); "
+                          f"waiting for the reply to {what}", e.since) from None
+        except wire.Closed as e:
+            if closing_ok:
+                return replying, e.replies, payload
+            i = len(e.replies)
+            what = replying[i].show() if i < len(replying) else "?"
+            raise Failure(f"{e} in {label} (behaviours: {', '.join(plan.behaviours) or 'normal'}); "
+                          f"waiting for the reply to {what}") from None
+        except wire.ProtocolError as e:
+            raise Failure(f"unparsable reply in {label}: {e}") from None
+        return replying, replies, payload
+
+    def check_replies(self, label, replying, replies):
+        for i, got in enumerate(replies):
+            op = replying[i]
+            why = check(op, got, self.server)
+            if why:
+                raise Failure(f"mismatch in {label}, reply #{i} of {len(replying)}: {op.show()}\n"
+                              f"    {why}\n    expected: {show_value(op.expected)}\n"
+                              f"    got:      {show_value(got)}")
+            if op.name == "gets" and op.pre:
+                versions = dict(op.pre["versions"])
+                for gk, _, _, gcas in got:
+                    # Known only while nothing after this gets changed the key.
+                    if self.model.version.get(gk, 0) == versions[gk]:
+                        self.model.cas[gk] = (gcas, versions[gk])
+            self.stats["memcached ops checked"] += 1
+
+    # ------------------------------------------------------- scenarios
+
+    def run(self):
+        ctx = self.ctx
+        try:
+            while ctx.running():
+                self.iteration += 1
+                self.settle_retired(force=False)
+                r = self.rng.random()
+                if r < 0.012:
+                    self.garbage()
+                elif r < 0.03:
+                    self.pymemcache_batch()
+                elif r < 0.03 + ctx.args.mc_long_share:
+                    self.long_multiget()
+                else:
+                    self.pipeline()
+        except Failure as e:
+            note = common.dump(ctx, self.who, self.last[0], self.last[1], self.last[2])
+            ctx.fail(self.who, f"{e}\n    (seed {ctx.seed}, worker {self.who}, "
+                               f"iteration {self.iteration}){note}", e.since)
+        except Exception as e:  # noqa: BLE001
+            common.harness_error(self.who, ctx, e)
+        finally:
+            self.close()
+
+    def pipeline(self):
+        rng = self.rng
+        if self.conn is None or rng.random() < 0.03:
+            self.connect()
+        r = rng.random()
+        n = rng.randint(1, 6) if r < 0.45 else rng.randint(7, 40) if r < 0.8 else rng.randint(41, 160)
+        budget = [rng.choice((256 * 1024, 512 * 1024, 2 << 20, 4 << 20))]
+        reply_budget = [4 << 20]
+        ops = []
+        history = {}
+        for i in range(n):
+            if reply_budget[0] <= 0 or budget[0] <= -(1 << 20):
+                break
+            op = self.op(budget, reply_budget)
+            ops.append(op)
+            for k, st in op.pre.items():
+                if k != "versions":
+                    history.setdefault(k, [(-1, st)])
+            for k in op.keys:
+                history[k].append((i, self.model.data.get(k)))
+        for op in ops:
+            op.server = self.server(op.line.split(b" ")[1]) if op.keys else None
+        self.pipeline_no += 1
+        self.stats["memcached pipelines"] += 1
+        encoded = [op.wire() for op in ops]
+        starts, at = [], 0
+        for e in encoded:
+            starts.append(at)
+            at += len(e)
+        replying_count = sum(1 for op in ops if op.kind != wire.NONE)
+        plan = common.make_plan(rng, at, starts, [len(e) for e in encoded], replying_count, self.stats)
+        if replying_count == 0 and plan.vanish_after is not None:
+            plan.vanish_after = None
+            plan.vanish_send = max(1, at // 2)
+        label = f"pipeline {self.pipeline_no} ({len(ops)} commands, {at} bytes)"
+        replying, replies, _ = self.send(ops, plan, label, closing_ok=plan.half_close)
+        self.check_replies(label, replying, replies)
+        if not (common.vanished(plan) or plan.half_close):
+            return
+        if plan.vanish_after is not None:
+            acked = self.acked_ops(ops, plan.vanish_after)
+        else:
+            acked = set()
+        self.retire(ops, acked, history)
+        if plan.half_close:
+            self.stats["half-close: replies " + ("complete" if len(replies) == len(replying)
+                                                 else "cut short")] += 1
+        self.close(rst=plan.vanish_rst)
+        self.stats["vanishes"] += 1
+
+    def acked_ops(self, ops, replies_read):
+        """Indices of the ops known to have run when the first
+        `replies_read` replies were read: those answered, and noreply ops
+        followed by an answered op on the same server."""
+        acked = set()
+        seen = 0
+        last_answered = {}  # server -> index of the last answered op
+        for i, op in enumerate(ops):
+            if op.kind == wire.NONE:
+                continue
+            if seen >= replies_read:
+                break
+            seen += 1
+            acked.add(i)
+            if op.server is not None:
+                last_answered[op.server] = i
+            elif op.kind == wire.RETRIEVAL or op.name == "mn":
+                pass
+        for i, op in enumerate(ops):
+            if op.kind == wire.NONE and op.server is not None and last_answered.get(op.server, -1) > i:
+                acked.add(i)
+        return acked
+
+    def retire(self, ops, acked, history):
+        now = time.monotonic()
+        current = {self.key(slot): slot for slot in range(SLOTS)}
+        for k, entries in history.items():
+            unknown = [(i, st) for i, st in entries[1:] if i not in acked]
+            if not unknown:
+                continue
+            # Per key, commands run in order: the state is the one after
+            # the last command known to have run, or after a later one.
+            first_unknown = unknown[0][0]
+            known = [st for i, st in entries if i < first_unknown]
+            cands = [known[-1]] + [st for i, st in entries if i >= first_unknown]
+            uniq = []
+            for c in cands:
+                if c not in uniq:
+                    uniq.append(c)
+            self.retired[k] = (uniq, now, self.iteration)
+            self.model.data.pop(k, None)
+            self.model.cas.pop(k, None)
+            if k in current:
+                self.gen[current[k]] += 1
+            self.stats["keys made uncertain"] += 1
+
+    def settle_retired(self, force):
+        due = sorted(k for k, (_, _, it) in self.retired.items() if force or it + 3 <= self.iteration)
+        if not due:
+            return
+        wait = max(self.retired[k][1] for k in due) + SETTLE - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        if self.conn is None:
+            self.connect()
+        ops = [Op("get", b"get " + k, None, wire.RETRIEVAL, None) for k in due]
+        replying, replies, _ = self.send(ops, None, f"read-back of {len(due)} uncertain keys")
+        for k, got in zip(due, replies):
+            if isinstance(got, str):
+                raise Failure(f"read-back of uncertain key {show_bytes(k)}: {got!r}")
+            observed = (got[0][1], got[0][2]) if got else None
+            cands = self.retired.pop(k)[0]
+            if not state_in(observed, cands):
+                raise Failure(
+                    f"uncertain key {show_bytes(k)} read back after a vanish is in none of the states "
+                    f"its commands allow\n    got: "
+                    + ("absent" if observed is None else f"flags {observed[0]} value {show_bytes(observed[1])}")
+                    + "\n    allowed: " + "; ".join(show_state(c) for c in cands))
+            self.stats["uncertain keys resolved"] += 1
+            if observed is not None:
+                self.model.data[k] = (observed[0], frozenset((observed[1],)))
+                self.model.changed(k)
+            if not force and self.rng.random() < 0.7:
+                op = Op("delete", b"delete " + k, None, wire.LINE, "DELETED" if observed else "NOT_FOUND")
+                replying, replies, _ = self.send([op], None, "delete of a resolved key")
+                self.check_replies("delete of a resolved key", replying, replies)
+                self.model.data.pop(k, None)
+
+    def long_multiget(self):
+        """A get of more keys, or a longer line, than the proxy's limits
+        (1,024 keys, 64 KiB lines) have allowed, alone on a fresh
+        connection: the full answer, or (unless --strict-long-lines) the
+        known refusal, which is counted."""
+        rng = self.rng
+        n = rng.randint(1025, self.ctx.args.mc_max_keys) if rng.random() < 0.7 else rng.randint(600, 1024)
+        keys = self.multi_keys(n, [256 * 1024])
+        if n <= 1024:
+            # Long keys make the line pass 64 KiB with fewer keys.
+            keys = [k if rng.random() < 0.5 else self.miss_key(rng.randrange(100000)) + b":" + b"p" * 90
+                    for k in keys]
+        op = self.get_op(rng.choice(("get", "gets")), keys, [1 << 30])
+        line_len = len(op.line)
+        conn, self.conn = self.conn, None
+        self.connect()
+        label = f"long multi-get ({len(keys)} keys, {line_len} byte line)"
+        try:
+            replying, replies, _ = self.send([op], None, label, closing_ok=True)
+            if not replies:
+                raise Failure(f"{label}: the proxy closed the connection without a reply")
+            got = replies[0]
+            if isinstance(got, str) and got.startswith("CLIENT_ERROR") and (
+                    "line too long" in got or "too many keys" in got) and not self.ctx.args.strict_long_lines:
+                self.stats[f"long multi-get refused ({got.split(' ', 1)[1]})"] += 1
+                return
+            self.check_replies(label, replying, replies)
+            self.stats["long multi-get answered in full"] += 1
+        finally:
+            self.close()
+            self.conn = conn
+            if self.conn is not None and self.conn.closed:
+                self.conn = None
+
+    def garbage(self):
+        rng = self.rng
+        data = rng.randbytes(64 * 1024)
+        if rng.random() < 0.3:
+            data = b"set " + self.miss_key(1) + b" 0 0 10\r\n" + data
+        closed = False
+        try:
+            s = socket.create_connection((self.ctx.host, 11211), timeout=5)
+        except OSError as e:
+            raise Failure(f"cannot connect for the garbage scenario: {e}") from None
+        try:
+            try:
+                s.sendall(data)
+            except OSError:
+                closed = True
+            deadline = time.monotonic() + 3
+            while not closed and time.monotonic() < deadline:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    break
+                except OSError:
+                    closed = True
+                    break
+                if not chunk:
+                    closed = True
+        finally:
+            s.close()
+        self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
+        c = common.connect(self.ctx.host, 11211, "a memcached client", bool(self.ctx.args.dump_dir))
+        try:
+            replies = wire.exchange(c, b"version\r\n", lambda b, p: wire.parse_mc(b, p, wire.LINE), 1,
+                                    wire.Plan(), self.ctx.args.stuck_timeout)
+            if not replies[0].startswith("VERSION"):
+                raise Failure(f"version after protocol garbage answered {replies[0]!r}")
+        except (wire.Stuck, wire.Closed) as e:
+            raise Failure(f"the memcached port stopped answering after protocol garbage: {e}") from None
+        finally:
+            c.close()
+
+    def pymemcache_batch(self):
+        """pymemcache as applications use it: set_many, get_many, gets/cas,
+        incr, delete."""
+        try:
+            from pymemcache.client.base import Client
+            from pymemcache.exceptions import MemcacheError
+        except ImportError:
+            self.stats["pymemcache batches skipped (no pymemcache)"] += 1
+            return
+        rng = self.rng
+        m = self.model
+        client = Client((self.ctx.host, 11211), timeout=self.ctx.args.stuck_timeout, connect_timeout=5,
+                        default_noreply=False)
+        checked = 0
+
+        def expect(what, got, want):
+            if got != want:
+                raise Failure(f"pymemcache {what}: expected {show_value(want)}, got {show_value(got)}")
+
+        try:
+            keys = [self.key(rng.randrange(SLOTS)) for _ in range(rng.randint(2, 30))]
+            keys = list(dict.fromkeys(k for k in keys if len(k) < 200))
+            values = {k: rng.randbytes(rng.randint(0, 20000)) for k in keys}
+            failed = client.set_many({k.decode(): v for k, v in values.items()}, noreply=False)
+            expect("set_many", failed, [])
+            for k, v in values.items():
+                m.store("set", k, 0, v)
+            got = client.get_many([k.decode() for k in keys] + [self.miss_key(7).decode()])
+            expect("get_many", {k.encode(): v for k, v in got.items()}, values)
+            checked += 2
+            k = keys[0]
+            value, cas = client.gets(k.decode())
+            expect("gets", value, values[k])
+            ok = client.cas(k.decode(), b"swapped", cas, noreply=False)
+            expect("cas with a fresh unique", ok, True)
+            m.data[k] = (0, frozenset((b"swapped",)))
+            m.changed(k)
+            ok = client.cas(k.decode(), b"stale", cas, noreply=False)
+            expect("cas with a stale unique", ok, False)
+            counter = keys[-1]
+            client.set(counter.decode(), b"41", noreply=False)
+            m.store("set", counter, 0, b"41")
+            expect("incr", client.incr(counter.decode(), 1, noreply=False), 42)
+            m.arith(True, counter, 1)
+            expect("delete", client.delete(counter.decode(), noreply=False), True)
+            m.delete(counter)
+            expect("get after delete", client.get(counter.decode()), None)
+            checked += 6
+        except MemcacheError as e:
+            raise Failure(f"pymemcache: {type(e).__name__}: {e}") from None
+        except socket.timeout:
+            raise Failure("the proxy stopped answering pymemcache (set_many/get_many/gets/cas/incr/delete)",
+                          time.monotonic() - self.ctx.args.stuck_timeout) from None
+        except OSError as e:
+            raise Failure(f"pymemcache: {e}") from None
+        finally:
+            client.close()
+        self.stats["memcached ops checked"] += checked
+        self.stats["scenario: pymemcache batch"] += 1
+
+    def finish(self):
+        if self.retired:
+            self.connect()
+            self.settle_retired(force=True)
+            self.close()

@@ -1,0 +1,872 @@
+"""A Redis client worker of the soak and the model it checks replies with.
+
+The model holds, per key, its exact state: absent (None), a string
+('s', bytes), a hash ('h', dict), a list ('l', tuple) or a set
+('z', frozenset). States are never changed in place, so keeping one costs
+a reference: each command's expected reply is computed when the pipeline
+is built, by applying the commands to the model in order, and the states
+each command left are kept for when a client vanishes mid-pipeline.
+
+After a vanish, what the unacknowledged commands did is unknown; but each
+key lives on one server, reached over one backend connection in order, so
+the key's state is its state after some prefix of those commands. The key
+is retired with that candidate list (the worker moves on to a fresh key
+name for the slot, so the command stream never depends on timing), read
+back once the proxy has had time to settle, checked against the
+candidates, then overwritten or kept as known.
+"""
+
+import random
+import socket
+import time
+
+import common
+import wire
+from common import Failure, show_args, show_value
+
+OK = ("ok",)
+PONG = ("pong",)
+WRONGTYPE = ("err", "WRONGTYPE")
+ERR = ("err", "ERR")
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+SETTLE = 2.0  # seconds a retired key rests before it is read back
+
+
+def string2ll(v):
+    """Redis's strict integer parse of a string value, or None."""
+    if not v or len(v) > 20:
+        return None
+    if v == b"0":
+        return 0
+    s = v[1:] if v[:1] == b"-" else v
+    if not s or not (0x31 <= s[0] <= 0x39) or not s.isdigit():
+        return None
+    n = int(v)
+    return n if INT64_MIN <= n <= INT64_MAX else None
+
+
+def lrange(items, start, stop):
+    n = len(items)
+    if start < 0:
+        start = max(n + start, 0)
+    if stop < 0:
+        stop = n + stop
+    if start > stop or start >= n:
+        return []
+    return list(items[start:min(stop, n - 1) + 1])
+
+
+def state_size(st):
+    if st is None:
+        return 0
+    kind, v = st
+    if kind == "s":
+        return len(v)
+    if kind == "h":
+        return sum(len(f) + len(x) for f, x in v.items())
+    return sum(len(x) for x in v)
+
+
+class Model:
+    """The exact state of one worker's keys."""
+
+    def __init__(self):
+        self.data = {}
+
+    def get(self, k):
+        return self.data.get(k)
+
+    def put(self, k, st):
+        if st is None or (st[0] != "s" and not st[1]):
+            self.data.pop(k, None)
+        else:
+            self.data[k] = st
+
+    # Each command: returns its expected reply and applies it.
+
+    def GET(self, k):
+        st = self.get(k)
+        if st is None:
+            return ("bulk", None)
+        return ("bulk", st[1]) if st[0] == "s" else WRONGTYPE
+
+    def SET(self, k, v):
+        self.put(k, ("s", v))
+        return OK
+
+    def APPEND(self, k, v):
+        st = self.get(k)
+        if st is not None and st[0] != "s":
+            return WRONGTYPE
+        new = (st[1] if st else b"") + v
+        self.put(k, ("s", new))
+        return ("int", len(new))
+
+    def GETSET(self, k, v):
+        st = self.get(k)
+        if st is not None and st[0] != "s":
+            return WRONGTYPE
+        self.put(k, ("s", v))
+        return ("bulk", st[1] if st else None)
+
+    def INCRBY(self, k, n):
+        st = self.get(k)
+        if st is not None and st[0] != "s":
+            return WRONGTYPE
+        n = int(n)
+        cur = string2ll(st[1]) if st else 0
+        if cur is None:
+            return ERR
+        new = cur + n
+        if not INT64_MIN <= new <= INT64_MAX:
+            return ERR
+        self.put(k, ("s", str(new).encode()))
+        return ("int", new)
+
+    def STRLEN(self, k):
+        st = self.get(k)
+        if st is None:
+            return ("int", 0)
+        return ("int", len(st[1])) if st[0] == "s" else WRONGTYPE
+
+    def DEL(self, *keys):
+        n = 0
+        for k in keys:
+            if k in self.data:
+                del self.data[k]
+                n += 1
+        return ("int", n)
+
+    def EXISTS(self, *keys):
+        return ("int", sum(1 for k in keys if k in self.data))
+
+    def MSET(self, *kv):
+        for i in range(0, len(kv), 2):
+            self.put(kv[i], ("s", kv[i + 1]))
+        return OK
+
+    def MGET(self, *keys):
+        out = []
+        for k in keys:
+            st = self.get(k)
+            out.append(st[1] if st is not None and st[0] == "s" else None)
+        return ("arr", out)
+
+    def _typed(self, k, kind, empty):
+        st = self.get(k)
+        if st is None:
+            return empty, None
+        if st[0] != kind:
+            return None, WRONGTYPE
+        return st[1], None
+
+    def HSET(self, k, *fv):
+        h, err = self._typed(k, "h", {})
+        if err:
+            return err
+        h = dict(h)
+        added = 0
+        for i in range(0, len(fv), 2):
+            if fv[i] not in h:
+                added += 1
+            h[fv[i]] = fv[i + 1]
+        self.put(k, ("h", h))
+        return ("int", added)
+
+    def HGET(self, k, f):
+        h, err = self._typed(k, "h", {})
+        return err or ("bulk", h.get(f))
+
+    def HDEL(self, k, *fields):
+        h, err = self._typed(k, "h", {})
+        if err:
+            return err
+        h = dict(h)
+        n = 0
+        for f in fields:
+            if f in h:
+                del h[f]
+                n += 1
+        self.put(k, ("h", h))
+        return ("int", n)
+
+    def HGETALL(self, k):
+        h, err = self._typed(k, "h", {})
+        return err or ("hash", dict(h))
+
+    def RPUSH(self, k, *items):
+        lst, err = self._typed(k, "l", ())
+        if err:
+            return err
+        lst = tuple(lst) + items
+        self.put(k, ("l", lst))
+        return ("int", len(lst))
+
+    def LPOP(self, k, count=None):
+        lst, err = self._typed(k, "l", ())
+        if err:
+            return err
+        if count is None:
+            if not lst:
+                return ("bulk", None)
+            self.put(k, ("l", lst[1:]))
+            return ("bulk", lst[0])
+        if not lst:
+            return ("arr", None)
+        c = int(count)
+        self.put(k, ("l", lst[c:]))
+        return ("arr", list(lst[:c]))
+
+    def LRANGE(self, k, start, stop):
+        lst, err = self._typed(k, "l", ())
+        return err or ("arr", lrange(lst, int(start), int(stop)))
+
+    def LLEN(self, k):
+        lst, err = self._typed(k, "l", ())
+        return err or ("int", len(lst))
+
+    def SADD(self, k, *members):
+        s, err = self._typed(k, "z", frozenset())
+        if err:
+            return err
+        new = s | frozenset(members)
+        self.put(k, ("z", new))
+        return ("int", len(new) - len(s))
+
+    def SREM(self, k, *members):
+        s, err = self._typed(k, "z", frozenset())
+        if err:
+            return err
+        new = s - frozenset(members)
+        self.put(k, ("z", new))
+        return ("int", len(s) - len(new))
+
+    def SCARD(self, k):
+        s, err = self._typed(k, "z", frozenset())
+        return err or ("int", len(s))
+
+    def SISMEMBER(self, k, m):
+        s, err = self._typed(k, "z", frozenset())
+        return err or ("int", int(m in s))
+
+    def SMEMBERS(self, k):
+        s, err = self._typed(k, "z", frozenset())
+        return err or ("smembers", frozenset(s))
+
+
+MUTATING = {"SET", "APPEND", "GETSET", "INCRBY", "DEL", "MSET", "HSET", "HDEL",
+            "RPUSH", "LPOP", "SADD", "SREM"}
+
+
+def check(expected, got, resp3):
+    """None if `got` is the reply `expected` describes, else why not."""
+    kind = expected[0]
+    if kind == "any":
+        return None
+    if kind == "err":
+        if isinstance(got, wire.Error) and got.kind() == expected[1]:
+            return None
+        return f"expected an error {expected[1]}"
+    if isinstance(got, wire.Error):
+        return "unexpected error"
+    if kind == "ok":
+        return None if got == "OK" and isinstance(got, wire.Status) else "expected +OK"
+    if kind == "pong":
+        return None if got == "PONG" and isinstance(got, wire.Status) else "expected +PONG"
+    if kind == "int":
+        return None if type(got) is int and got == expected[1] else f"expected integer {expected[1]}"
+    if kind == "bulk":
+        want = expected[1]
+        if want is None:
+            return None if got is None else "expected nil"
+        return None if isinstance(got, bytes) and got == want else "expected " + show_value(want)
+    if kind == "arr":
+        want = expected[1]
+        if want is None:
+            return None if got is None else "expected a nil array"
+        if not isinstance(got, list) or isinstance(got, (wire.Map, wire.Set)):
+            return "expected an array"
+        if len(got) != len(want):
+            return f"expected {len(want)} elements, got {len(got)}"
+        for i, (w, g) in enumerate(zip(want, got)):
+            if w != g:
+                return f"element {i}: expected {show_value(w)}, got {show_value(g)}"
+        return None
+    if kind == "hash":
+        want = expected[1]
+        if resp3:
+            if not isinstance(got, wire.Map):
+                return "expected a RESP3 map"
+            pairs = list(got)
+        else:
+            if not isinstance(got, list) or isinstance(got, (wire.Map, wire.Set)) or len(got) % 2:
+                return "expected a flat array of field-value pairs"
+            pairs = [(got[i], got[i + 1]) for i in range(0, len(got), 2)]
+        seen = dict(pairs)
+        if len(seen) != len(pairs):
+            return "a field appears twice"
+        return None if seen == want else "expected hash " + show_value(want)
+    if kind == "smembers":
+        want = expected[1]
+        if resp3 and not isinstance(got, wire.Set):
+            return "expected a RESP3 set"
+        if not isinstance(got, list):
+            return "expected an array"
+        return None if len(got) == len(want) and frozenset(got) == want else "expected " + show_value(want)
+    if kind == "echo":
+        return None if got == expected[1] else "expected the echo " + show_value(expected[1])
+    if kind == "hello":
+        if isinstance(got, wire.Map):
+            fields = dict(got)
+            return None if fields.get(b"proto") == 3 else "HELLO 3 reply without proto 3"
+        return "expected a RESP3 map for HELLO 3"
+    if kind == "any":
+        return None
+    return f"unknown expectation {kind}"
+
+
+PROBE_TYPES = {"none": None, "string": "s", "hash": "h", "list": "l", "set": "z"}
+
+
+def probe_commands(k):
+    return [[b"TYPE", k], [b"GET", k], [b"HGETALL", k], [b"LRANGE", k, b"0", b"-1"], [b"SMEMBERS", k]]
+
+
+def probe_state(replies, resp3=False):
+    """A key's state from the replies to `probe_commands`."""
+    t, get, hgetall, lr, members = replies
+    if not isinstance(t, wire.Status) or str(t) not in PROBE_TYPES:
+        raise Failure(f"TYPE answered {show_value(t)}")
+    kind = PROBE_TYPES[str(t)]
+    if kind is None:
+        return None
+    if kind == "s":
+        return ("s", get)
+    if kind == "h":
+        if isinstance(hgetall, wire.Map):
+            return ("h", dict(hgetall))
+        return ("h", {hgetall[i]: hgetall[i + 1] for i in range(0, len(hgetall), 2)})
+    if kind == "l":
+        return ("l", tuple(lr))
+    return ("z", frozenset(members))
+
+
+def show_state(st):
+    if st is None:
+        return "absent"
+    return f"{ {'s': 'string', 'h': 'hash', 'l': 'list', 'z': 'set'}[st[0]] } {show_value(st[1])}"
+
+
+# Each slot's home type: strings (one of them a counter), hashes, a list, a set.
+HOME = ("s", "s", "c", "h", "h", "l", "z", "s")
+SLOTS = 48
+
+
+class Op:
+    __slots__ = ("args", "expected", "name", "keys", "pre")
+
+    def __init__(self, args, expected, name, keys, pre):
+        self.args = args
+        self.expected = expected
+        self.name = name
+        self.keys = keys  # keys it may write
+        self.pre = pre  # their states before it
+
+
+class RedisWorker:
+    def __init__(self, ctx, wid):
+        self.ctx = ctx
+        self.wid = wid
+        self.who = f"redis-{wid}"
+        self.rng = random.Random(f"{ctx.seed}:redis:{wid}")
+        self.model = Model()
+        self.gen = [0] * SLOTS
+        self.retired = {}  # key -> (candidate states, retired at, iteration)
+        self.stats = common.Stats()
+        self.conn = None
+        self.iteration = 0
+        self.pipeline_no = 0
+        self.last = ("", None, None)  # label, request bytes, connection of the last exchange
+        self.history = []  # (key, at) of retirements, for the report
+
+    # ------------------------------------------------------------ keys
+
+    def key(self, slot):
+        w, g = self.wid, self.gen[slot]
+        if slot % 5 == 1:
+            return b"r%d:{r%dg%d}:%d.%d" % (w, w, slot % 3, slot, g)
+        if slot % 11 == 7:
+            return b"r%d:%d.%d:" % (w, slot, g) + b"L" * (300 if slot < 24 else 2000)
+        if slot % 13 == 9:
+            return b"r%d:\xe9\xff %d.%d" % (w, slot, g)
+        return b"r%d:%d.%d" % (w, slot, g)
+
+    def slot_of(self, home):
+        rng = self.rng
+        while True:
+            s = rng.randrange(SLOTS)
+            if HOME[s % len(HOME)] == home or (home == "s" and HOME[s % len(HOME)] == "c"):
+                return s
+
+    def value(self, budget, overhead=0):
+        rng = self.rng
+        if budget[0] <= 0:
+            return rng.randbytes(rng.randint(0, 32))
+        r = rng.random()
+        if r < 0.3:
+            n = rng.randint(0, 16)
+        elif r < 0.5:
+            n = rng.randint(17, 512)
+        elif r < 0.6:
+            n = rng.randint(513, 4096)
+        elif r < 0.87:
+            n = common.edge_size(rng, self.ctx.edges, 64 * 1024 + 3, overhead)
+        elif r < 0.97:
+            n = rng.randint(4097, 64 * 1024)
+        else:
+            n = rng.choice((0, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1))
+        budget[0] -= n
+        if rng.random() < 0.2:
+            return (b"%d-" % n + b"abcdefghij" * (n // 10 + 1))[:n]
+        return rng.randbytes(n)
+
+    def small(self):
+        rng = self.rng
+        return rng.choice((b"a", b"b", b"c", b"dd", b"ee", b"f" * 20, b"g" * 70, b"\x00\xff",
+                           b"m%d" % rng.randrange(40)))
+
+    # ----------------------------------------------------- generation
+
+    def op(self, budget, reply_budget):
+        """One command, applied to the model."""
+        rng = self.rng
+        m = self.model
+        r = rng.random()
+        if r < 0.03:
+            # A command of another type family on any slot: WRONGTYPE, or
+            # the key changes type.
+            home = rng.choice("shlz")
+            slot = rng.randrange(SLOTS)
+        else:
+            home = rng.choice("sssshhllzz")
+            slot = self.slot_of(home)
+        k = self.key(slot)
+        st = m.get(k)
+        size = state_size(st)
+        if rng.random() < 0.04:
+            c = rng.random()
+            if c < 0.5:
+                return Op([b"PING"], PONG, "PING", (), {})
+            payload = self.value(budget)
+            return Op([b"ECHO", payload], ("echo", payload), "ECHO", (), {})
+        if home == "s":
+            counter = HOME[slot % len(HOME)] == "c"
+            c = rng.random()
+            if counter and c < 0.5:
+                n = rng.randint(-1000, 1000)
+                return self.apply("INCRBY", [k, b"%d" % n], (k,))
+            if c < 0.22:
+                v = self.value(budget, overhead=len(k) + 30)
+                return self.apply("SET", [k, v], (k,))
+            if c < 0.42:
+                reply_budget[0] -= size
+                return self.apply("GET", [k], (k,))
+            if c < 0.5:
+                v = self.value(budget) if size < 256 * 1024 else b"x"
+                return self.apply("APPEND", [k, v], (k,))
+            if c < 0.55:
+                reply_budget[0] -= size
+                return self.apply("GETSET", [k, self.value(budget)], (k,))
+            if c < 0.6:
+                return self.apply("STRLEN", [k], (k,))
+            if c < 0.68:
+                keys = self.some_keys(rng.randint(1, 6))
+                return self.apply("DEL", keys, tuple(keys))
+            if c < 0.76:
+                keys = self.some_keys(rng.randint(1, 12))
+                return self.apply("EXISTS", keys, ())
+            if c < 0.86:
+                keys = self.some_keys(rng.randint(1, 8), home="s")
+                args = []
+                for key in keys:
+                    args += [key, self.value(budget)]
+                return self.apply("MSET", args, tuple(keys))
+            keys = self.some_keys(rng.randint(1, 24))
+            reply_budget[0] -= sum(state_size(m.get(x)) for x in keys)
+            return self.apply("MGET", keys, ())
+        if home == "h":
+            c = rng.random()
+            if c < 0.4 and (st is None or len(st[1]) < 64):
+                args = [k]
+                for _ in range(rng.randint(1, 4)):
+                    args += [self.small(), self.value(budget) if size < 512 * 1024 else b"v"]
+                return self.apply("HSET", args, (k,))
+            if c < 0.7:
+                return self.apply("HGET", [k, self.small()], (k,))
+            if c < 0.88:
+                return self.apply("HDEL", [k] + [self.small() for _ in range(rng.randint(1, 3))], (k,))
+            reply_budget[0] -= size
+            return self.apply("HGETALL", [k], (k,))
+        if home == "l":
+            c = rng.random()
+            if c < 0.35 and (st is None or len(st[1]) < 300):
+                v = [self.value(budget) if size < 512 * 1024 else b"e" for _ in range(rng.randint(1, 5))]
+                return self.apply("RPUSH", [k] + v, (k,))
+            if c < 0.55:
+                if rng.random() < 0.5:
+                    return self.apply("LPOP", [k], (k,))
+                return self.apply("LPOP", [k, b"%d" % rng.randint(1, 5)], (k,))
+            if c < 0.8:
+                reply_budget[0] -= size
+                a, b = rng.randint(-20, 20), rng.choice((-1, -2, 0, 3, 10, 50, 1000))
+                return self.apply("LRANGE", [k, b"%d" % a, b"%d" % b], (k,))
+            return self.apply("LLEN", [k], (k,))
+        c = rng.random()
+        if c < 0.35:
+            members = [self.small() if rng.random() < 0.8 else self.value(budget)
+                       for _ in range(rng.randint(1, 5))]
+            return self.apply("SADD", [k] + members, (k,))
+        if c < 0.5:
+            return self.apply("SREM", [k] + [self.small() for _ in range(rng.randint(1, 3))], (k,))
+        if c < 0.62:
+            return self.apply("SCARD", [k], (k,))
+        if c < 0.9:
+            return self.apply("SISMEMBER", [k, self.small()], (k,))
+        reply_budget[0] -= size
+        return self.apply("SMEMBERS", [k], (k,))
+
+    def some_keys(self, n, home=None):
+        rng = self.rng
+        keys = []
+        for _ in range(n):
+            if rng.random() < 0.15 and keys:
+                keys.append(rng.choice(keys))  # a duplicate
+            else:
+                keys.append(self.key(self.slot_of(home) if home else rng.randrange(SLOTS)))
+        return keys
+
+    def apply(self, name, args, keys):
+        keys = keys if name in MUTATING else ()
+        pre = {k: self.model.get(k) for k in keys}
+        expected = getattr(self.model, name)(*args)
+        return Op([name.encode()] + args, expected, name, keys, pre)
+
+    # ------------------------------------------------------ connection
+
+    def connect(self):
+        self.close()
+        self.conn = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
+        self.stats["connections"] += 1
+        if self.rng.random() < 0.15:
+            # RESP3 from the first command on.
+            self.roundtrip([[b"HELLO", b"3"]], [("hello",)], wire.Plan(), "HELLO 3")
+            self.conn.resp3 = True
+            self.stats["resp3 connections"] += 1
+
+    def close(self, rst=False):
+        if self.conn is not None:
+            self.conn.close(rst)
+            self.conn = None
+
+    def roundtrip(self, commands, expected, plan, label):
+        payload = b"".join(wire.encode_command(c) for c in commands)
+        replies = self.send(payload, len(commands), plan, label, commands)
+        for i, (exp, got) in enumerate(zip(expected, replies)):
+            why = check(exp, got, self.conn.resp3 if self.conn else False)
+            if why:
+                self.mismatch(label, i, len(commands), commands[i], exp, got, why)
+        return replies
+
+    def send(self, payload, n, plan, label, commands, closing_ok=False):
+        conn = self.conn
+        if conn.leftover():
+            raise Failure(f"{conn.leftover()} bytes arrived that no request asked for, before {label}: "
+                          + common.show_bytes(bytes(conn.buf[conn.pos:])))
+        self.last = (label, payload, conn)
+        try:
+            return wire.exchange(conn, payload, lambda b, p: wire.parse_resp(b, p), n, plan,
+                                 self.ctx.args.stuck_timeout, self.stats)
+        except wire.Stuck as e:
+            i = len(e.replies)
+            what = show_args(commands[i]) if i < len(commands) else "?"
+            raise Failure(f"the proxy stopped answering: {e} in {label} "
+                          f"(behaviours: {', '.join(plan.behaviours) or 'normal'}); "
+                          f"waiting for the reply to command #{i}: {what}", e.since) from None
+        except wire.Closed as e:
+            if closing_ok:
+                return e.replies
+            i = len(e.replies)
+            what = show_args(commands[i]) if i < len(commands) else "?"
+            raise Failure(f"{e} in {label} (behaviours: {', '.join(plan.behaviours) or 'normal'}); "
+                          f"waiting for the reply to command #{i}: {what}") from None
+        except wire.ProtocolError as e:
+            raise Failure(f"unparsable reply in {label}: {e}") from None
+
+    def mismatch(self, label, i, n, args, expected, got, why):
+        raise Failure(
+            f"mismatch in {label}, command #{i} of {n}: {show_args(args)}\n"
+            f"    {why}\n    expected: {show_value(expected)}\n    got:      {show_value(got)}")
+
+    # ------------------------------------------------------ scenarios
+
+    def run(self):
+        ctx = self.ctx
+        try:
+            while ctx.running():
+                self.iteration += 1
+                self.settle_retired(force=False)
+                r = self.rng.random()
+                if r < 0.015:
+                    self.ping_flood()
+                elif r < 0.027:
+                    self.garbage()
+                elif r < 0.045:
+                    self.redis_py_batch()
+                else:
+                    self.pipeline()
+            self.close()
+        except Failure as e:
+            note = common.dump(ctx, self.who, self.last[0], self.last[1], self.last[2])
+            ctx.fail(self.who, f"{e}\n    (seed {ctx.seed}, worker {self.who}, "
+                               f"iteration {self.iteration}){note}", e.since)
+        except Exception as e:  # noqa: BLE001 - any surprise is reported
+            common.harness_error(self.who, ctx, e)
+        finally:
+            self.close()
+
+    def pipeline(self):
+        rng = self.rng
+        if self.conn is None or rng.random() < 0.03:
+            self.connect()
+        r = rng.random()
+        n = rng.randint(1, 8) if r < 0.4 else rng.randint(9, 64) if r < 0.7 else rng.randint(65, 256)
+        budget = [rng.choice((256 * 1024, 256 * 1024, 1 << 20, 3 << 20))]
+        reply_budget = [4 << 20]
+        ops = []
+        # Per key written: its state before the pipeline, then the state
+        # each command that wrote it left, with the command's index.
+        history = {}
+        for i in range(n):
+            if reply_budget[0] <= 0:
+                break
+            op = self.op(budget, reply_budget)
+            ops.append(op)
+            for k, st in op.pre.items():
+                history.setdefault(k, [(-1, st)])
+            for k in op.keys:
+                history[k].append((i, self.model.get(k)))
+        self.pipeline_no += 1
+        self.stats["redis pipelines"] += 1
+        encoded = [wire.encode_command(op.args) for op in ops]
+        starts, at = [], 0
+        for e in encoded:
+            starts.append(at)
+            at += len(e)
+        payload = b"".join(encoded)
+        plan = common.make_plan(rng, len(payload), starts, [len(e) for e in encoded], len(ops),
+                                self.stats)
+        label = (f"pipeline {self.pipeline_no} ({len(ops)} commands, {len(payload)} bytes"
+                 + (", RESP3)" if self.conn.resp3 else ")"))
+        resp3 = self.conn.resp3
+        replies = self.send(payload, len(ops), plan, label, [op.args for op in ops],
+                            closing_ok=plan.half_close)
+        for i, got in enumerate(replies):
+            why = check(ops[i].expected, got, resp3)
+            if why:
+                self.mismatch(label, i, len(ops), ops[i].args, ops[i].expected, got, why)
+            self.stats["redis ops checked"] += 1
+        if not (common.vanished(plan) or plan.half_close):
+            return
+        if plan.vanish_after is not None:
+            acked = plan.vanish_after
+        else:
+            acked = 0  # mid-send or half-close: conservatively, none is known to have run
+        self.retire(acked, history)
+        if plan.half_close:
+            complete = len(replies) == len(ops)
+            self.stats["half-close: replies " + ("complete" if complete else "cut short")] += 1
+            if complete and self.conn is not None and not self.conn.closed:
+                extra = wire.drain_closed(self.conn, 3.0)
+                if extra is None:
+                    self.stats["half-close: proxy kept the connection open"] += 1
+                elif extra:
+                    raise Failure(f"after a half-close, {len(extra)} bytes beyond the replies: "
+                                  + common.show_bytes(extra))
+        self.close(rst=plan.vanish_rst)
+        self.stats["vanishes"] += 1
+
+    def retire(self, acked, history):
+        """Keys written by commands from `acked` on: their state is one of
+        the states those commands left, in order, or the one before them."""
+        now = time.monotonic()
+        current = {self.key(slot): slot for slot in range(SLOTS)}
+        for k, entries in history.items():
+            if not any(i >= acked for i, _ in entries[1:]):
+                continue
+            known = [st for i, st in entries if i < acked]
+            cands = [known[-1]] + [st for i, st in entries if i >= acked]
+            uniq = []
+            for c in cands:
+                if c not in uniq:
+                    uniq.append(c)
+            self.retired[k] = (uniq, now, self.iteration)
+            self.model.data.pop(k, None)
+            if k in current:
+                self.gen[current[k]] += 1
+            self.stats["keys made uncertain"] += 1
+
+    def settle_retired(self, force):
+        """Reads back retired keys that have rested SETTLE seconds (all of
+        them when `force`): each must be in one of its candidate states."""
+        due = [k for k, (_, _, it) in self.retired.items() if force or it + 3 <= self.iteration]
+        if not due:
+            return
+        due.sort()
+        oldest = max(self.retired[k][1] for k in due)
+        wait = oldest + SETTLE - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        if self.conn is None:
+            self.connect()
+        commands = []
+        for k in due:
+            commands += probe_commands(k)
+        replies = self.roundtrip(commands, [("any",)] * len(commands), wire.Plan(),
+                                 f"read-back of {len(due)} uncertain keys")
+        for j, k in enumerate(due):
+            st = probe_state(replies[5 * j:5 * j + 5], self.conn.resp3)
+            cands = self.retired.pop(k)[0]
+            if st not in cands:
+                raise Failure(
+                    f"uncertain key {show_value(k)} read back after a vanish is in none of the states "
+                    f"its commands allow\n    got: {show_state(st)}\n    allowed: "
+                    + "; ".join(show_state(c) for c in cands))
+            self.stats["uncertain keys resolved"] += 1
+            if st is not None:
+                self.model.data[k] = st
+            # Overwrite half of them, so they are trusted again either way.
+            if not force and self.rng.random() < 0.5:
+                self.roundtrip([[b"DEL", k]], [("int", int(st is not None))], wire.Plan(),
+                               "overwrite of a resolved key")
+                self.model.data.pop(k, None)
+
+    # ------------------------------------------------ special scenarios
+
+    def ping_flood(self):
+        """4,681 pipelined PINGs (65,534 bytes) in one write, on a fresh
+        connection."""
+        self.connect()
+        payload = wire.encode_command([b"PING"]) * 4681
+        plan = wire.Plan()
+        plan.behaviours.append("ping flood")
+        replies = self.send(payload, 4681, plan, "4,681 pipelined PINGs in one write", [[b"PING"]] * 4681)
+        for i, got in enumerate(replies):
+            if got != "PONG":
+                self.mismatch("PING flood", i, 4681, [b"PING"], PONG, got, "expected +PONG")
+        self.stats["redis ops checked"] += 4681
+        self.stats["scenario: 4,681-PING pipeline"] += 1
+
+    def garbage(self):
+        """64 KiB of random bytes on a separate short-lived connection: an
+        error or a close is fine, a wedge is not."""
+        rng = self.rng
+        data = rng.randbytes(64 * 1024)
+        if rng.random() < 0.3:
+            data = b"*3\r\n$3\r\nSET\r\n" + data  # a request that goes wrong midway
+        try:
+            s = socket.create_connection((self.ctx.host, 6379), timeout=5)
+        except OSError as e:
+            raise Failure(f"cannot connect for the garbage scenario: {e}") from None
+        closed = False
+        try:
+            s.settimeout(5)
+            try:
+                s.sendall(data)
+            except OSError:
+                closed = True
+            deadline = time.monotonic() + 3
+            while not closed and time.monotonic() < deadline:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    break
+                except OSError:
+                    closed = True
+                    break
+                if not chunk:
+                    closed = True
+        finally:
+            s.close()
+        self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
+        # The proxy must still answer.
+        c = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
+        try:
+            replies = wire.exchange(c, wire.encode_command([b"PING"]), wire.parse_resp, 1, wire.Plan(),
+                                    self.ctx.args.stuck_timeout)
+            if replies != ["PONG"]:
+                raise Failure(f"PING after protocol garbage answered {show_value(replies)}")
+        except (wire.Stuck, wire.Closed) as e:
+            raise Failure(f"the proxy stopped answering after protocol garbage: {e}") from None
+        finally:
+            c.close()
+
+    def redis_py_batch(self):
+        """redis-py's pipeline(transaction=False), as applications use it:
+        about 40 SETs of 5-19 KB values mixed with GETs."""
+        try:
+            import redis
+        except ImportError:
+            self.stats["redis-py batches skipped (no redis-py)"] += 1
+            return
+        rng = self.rng
+        ops = []
+        for _ in range(rng.randint(30, 48)):
+            slot = self.slot_of("s")
+            k = self.key(slot)
+            if rng.random() < 0.6:
+                ops.append(self.apply("SET", [k, rng.randbytes(rng.randint(5000, 19000))], (k,)))
+            else:
+                ops.append(self.apply("GET", [k], (k,)))
+        client = redis.Redis(host=self.ctx.host, port=6379, socket_timeout=self.ctx.args.stuck_timeout,
+                             socket_connect_timeout=5)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for op in ops:
+                pipe.execute_command(*op.args)
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except redis.exceptions.TimeoutError as e:
+                raise Failure(f"the proxy stopped answering a redis-py pipeline of {len(ops)} commands "
+                              f"(SET 5-19 KB / GET): {e}",
+                              time.monotonic() - self.ctx.args.stuck_timeout) from None
+            except redis.exceptions.ConnectionError as e:
+                raise Failure(f"redis-py pipeline of {len(ops)} commands: connection error {e}") from None
+        finally:
+            client.close()
+            client.connection_pool.disconnect()
+        for i, (op, got) in enumerate(zip(ops, results)):
+            exp = op.expected
+            if exp[0] == "err":
+                ok = isinstance(got, redis.exceptions.ResponseError) and str(got).startswith(exp[1])
+            elif exp[0] == "ok":
+                ok = got is True or got == b"OK"
+            else:
+                ok = got == exp[1]
+            if not ok:
+                self.mismatch("redis-py pipeline", i, len(ops), op.args, exp, got, "redis-py result differs")
+        self.stats["redis ops checked"] += len(ops)
+        self.stats["scenario: redis-py pipeline"] += 1
+
+    # ------------------------------------------------------ final state
+
+    def finish(self):
+        """After the run: reads back every key still uncertain."""
+        if self.retired:
+            self.connect_plain()
+            self.settle_retired(force=True)
+            self.close()
+
+    def connect_plain(self):
+        self.close()
+        self.conn = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
