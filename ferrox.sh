@@ -317,13 +317,13 @@ MSG
 # a ring while a third grows the region under them.
 cmd_demo_shm() {
   setup
-  cargo build --release --locked -q -p hugepage-pool
+  cargo build --release --locked -q -p ferrox-shm
   ./target/release/ferrox-shm demo "$@"
 }
 
 cmd_bench() {
   setup
-  cargo bench --locked -p hugepage-pool -p ferrox-proto -p ferrox-proxy "$@"
+  cargo bench --locked -p hugepage-pool -p ferrox-shm -p ferrox-proto -p ferrox-route -p ferrox-engine "$@"
   bench/dataplane.sh
   bench/proxy.sh
   bench/control.sh
@@ -332,7 +332,7 @@ cmd_bench() {
 # Every cargo-fuzz target (the protocol crate's parsers, the admin
 # protocol), FUZZ_SECONDS each. Needs a nightly toolchain (libFuzzer's
 # instrumentation); cargo-fuzz is installed when missing.
-FUZZ_DIRS=(dataplane/proto control)
+FUZZ_DIRS=(crates/proto crates/config control)
 run_fuzz() {
   local seconds=$1 dir target
   if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then

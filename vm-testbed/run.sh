@@ -305,7 +305,7 @@ if [ "${VM_BUILD:-1}" = 1 ]; then
   flags=(--locked -q)
   [ "$PROFILE" = release ] && flags+=(--release)
   cargo build "${flags[@]}" -p ferrox-dataplane
-  cargo build "${flags[@]}" -p ferrox-proto --example place
+  cargo build "${flags[@]}" -p ferrox-route --example place
 fi
 DATAPLANE=target/$PROFILE/ferrox-dataplane
 PLACE=target/$PROFILE/examples/place

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrox_block::{Block, Snapshot};
-use ferrox_proto::config::{self, Config};
+use ferrox_config::{self as config, Config};
 use hugepage_pool::pool::Pool;
 
 use crate::admin::{self, Request, Response};

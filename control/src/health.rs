@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::Duration;
 
-use ferrox_proto::config::{Config, Pool, Protocol};
+use ferrox_config::{Config, Pool, Protocol};
 
 /// What a check result changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,12 +258,12 @@ mod tests {
             limits: Default::default(),
         };
         config.pools[0].servers = vec![
-            ferrox_proto::config::Server {
+            ferrox_config::Server {
                 addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
                 weight: 1,
                 name: "x".into(),
             },
-            ferrox_proto::config::Server {
+            ferrox_config::Server {
                 addr: A,
                 weight: 1,
                 name: "a".into(),

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use ferrox_block::{Counter, PoolSnapshot, Snapshot, LATENCY_BUCKETS};
 
-use ferrox_proxy::command::CommandId;
+use ferrox_engine::command::CommandId;
 
 use crate::admin::{CommandStats, CoreStats, PoolStats, ServerStats, Shm, Stats};
 

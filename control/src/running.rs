@@ -10,7 +10,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ferrox_proto::config::{self, Config, Server};
+use ferrox_config::{self as config, Config, Server};
 
 /// Why a configuration or a change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +26,7 @@ pub fn validate(text: &str, file: &str, address: Ipv4Addr) -> Result<Config, Ref
 }
 
 fn check(config: &Config, file: &str, address: Ipv4Addr) -> Result<(), Refused> {
-    ferrox_proxy::configure::pools(config).map_err(|e| Refused(format!("{file}: {e}")))?;
+    ferrox_engine::configure::pools(config).map_err(|e| Refused(format!("{file}: {e}")))?;
     for pool in &config.pools {
         let ip = *pool.listen.ip();
         if !ip.is_unspecified() && ip != address {

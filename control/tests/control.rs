@@ -11,14 +11,11 @@
 //! no scrape and no admin command.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-#[path = "../../dataplane/tests/support/netns.rs"]
-mod netns;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns::{cli, ketama_ports, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
+use ferrox_testbed::{cli, ketama_ports, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
 use rustix::process::{kill_process, Pid, Signal};
 
 const CONTROL: &str = env!("CARGO_BIN_EXE_ferrox-control");

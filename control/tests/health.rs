@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrox_control::health::probe;
-use ferrox_proto::config::{Pool, Protocol};
+use ferrox_config::{Pool, Protocol};
 
 /// A server process, killed (by PID) when dropped.
 struct Server(Child);

@@ -6,7 +6,7 @@
 //! echo service that proves the dataplane); [`PerConnection`] runs one on
 //! the stack.
 
-use ferrox_proxy::Output;
+use ferrox_engine::Output;
 
 use crate::net::stack::{App, ConnHandle, NetAction};
 

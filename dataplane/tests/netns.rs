@@ -7,13 +7,11 @@
 //! namespace only.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-#[path = "support/net.rs"]
-mod net;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use net::*;
+use ferrox_testbed::*;
 
 fn redis_cli(ns: &Netns, args: &str) -> String {
     ns.shell(&format!("timeout 10 redis-cli -h {FERROX_IP} {args}"))
@@ -197,13 +195,13 @@ fn trusts_checksums_on_a_veth_and_verifies_when_told() {
 
 #[test]
 fn a_bad_command_line_is_refused_with_a_reason() {
-    let out = Command::new(DATAPLANE)
+    let out = Command::new(dataplane_binary())
         .args(["--address", "198.18.0.2/24"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("name a port"));
-    let out = Command::new(DATAPLANE)
+    let out = Command::new(dataplane_binary())
         .args(["--vdev", "net_null0", "--address", "300.1.2.3/24"])
         .output()
         .unwrap();

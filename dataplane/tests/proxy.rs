@@ -5,14 +5,12 @@
 //! checked by asking the backends directly.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-#[path = "support/net.rs"]
-mod net;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrox_proto::route::{Distribution, HashFn, Server, Table};
-use net::*;
+use ferrox_route::{Distribution, HashFn, Server, Table};
+use ferrox_testbed::*;
 
 const REDIS_PORTS: [u16; 4] = [7001, 7002, 7003, 7004];
 const MEMCACHED_PORTS: [u16; 2] = [11311, 11312];
@@ -605,7 +603,7 @@ fn reloads_the_configuration_under_load_without_closing_a_client() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let hup = || net::sh(&["kill", "-HUP", &dp.pid().to_string()]);
+    let hup = || sh(&["kill", "-HUP", &dp.pid().to_string()]);
     std::thread::sleep(Duration::from_millis(500));
     // Two servers more, other weights, and LPUSH blocked.
     let grown = [(7001, 1), (7002, 2), (7003, 1), (7004, 3)];
@@ -721,7 +719,7 @@ fn reaches_servers_behind_a_gateway() {
         &["--config", config.path(), "--gateway", KERNEL_IP],
     );
     let far = Netns::new("g");
-    net::sh(&[
+    sh(&[
         "ip", "link", "add", "fxg0", "netns", &ns.0, "type", "veth", "peer", "name", "fxg1",
         "netns", &far.0,
     ]);
@@ -754,7 +752,7 @@ fn a_bad_config_is_refused_with_its_line() {
         "toml",
         "[pools.cache]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\nhash = \"sha1\"\nservers = [\"198.18.0.1:7001:1\"]\n",
     );
-    let out = std::process::Command::new(DATAPLANE)
+    let out = std::process::Command::new(dataplane_binary())
         .args([
             "--vdev",
             "net_null0",

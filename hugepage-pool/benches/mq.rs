@@ -1,9 +1,9 @@
 //! Queue benchmarks: SPSC throughput against crossbeam's ArrayQueue and
-//! std's sync_channel in the same run, across processes, and the eventfd
-//! wake-up round trip. `cargo bench -p hugepage-pool --bench mq`
+//! std's sync_channel in the same run, and the eventfd wake-up round trip.
+//! `cargo bench -p hugepage-pool --bench mq` (across processes: the
+//! `ferrox-shm` tool's own bench).
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,54 +108,6 @@ fn spsc(c: &mut Criterion) {
     group.finish();
 }
 
-/// A consumer in another process (the ferrox-shm tool), found by name.
-fn cross_process(c: &mut Criterion) {
-    let region = region("xproc");
-    mq::create_ring(&region, "q", 1 << 20).unwrap();
-    let tool = env!("CARGO_BIN_EXE_ferrox-shm");
-    let mut group = c.benchmark_group("cross-process");
-    group
-        .throughput(Throughput::Elements(1))
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(6));
-    group.bench_function(
-        "ferrox ring, 8B messages, consumer in another process",
-        |b| {
-            b.iter_custom(|n| {
-                let n = n.max(1);
-                let mut child = Command::new(tool)
-                    .args([
-                        "consume",
-                        "--region",
-                        region.name(),
-                        "--queue",
-                        "q",
-                        "--count",
-                        &n.to_string(),
-                    ])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                // Wait until the consumer holds its end, then time the stream.
-                let mut tx = Producer::attach(&region, "q").unwrap();
-                while Consumer::attach(&region, "q").is_ok() {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                let start = Instant::now();
-                for seq in 0..n {
-                    while tx.push(2, &seq.to_le_bytes()).is_err() {
-                        std::hint::spin_loop();
-                    }
-                }
-                drop(tx);
-                assert!(child.wait().unwrap().success());
-                start.elapsed()
-            })
-        },
-    );
-    group.finish();
-}
-
 /// Ping-pong between two threads that both sleep on their eventfd between
 /// messages: half the round trip is one wake-up latency.
 fn wakeup(c: &mut Criterion) {
@@ -207,5 +159,5 @@ fn wakeup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, spsc, cross_process, wakeup);
+criterion_group!(benches, spsc, wakeup);
 criterion_main!(benches);

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrox_block::{Block, Counter};
-use ferrox_proto::config::{self, Config};
-use ferrox_proxy::{configure, Action, Engine, EngineStats, PoolSpec, Tag};
+use ferrox_config::{self as config, Config};
+use ferrox_engine::{configure, Action, Engine, EngineStats, PoolSpec, Tag};
 use smoltcp::wire::Ipv4Address;
 
 use crate::net::stack::{App, ConnHandle, NetAction, StackStats};
@@ -287,8 +287,8 @@ fn check(config: Config, address: Ipv4Address, source: &str) -> anyhow::Result<L
 }
 
 /// Copies one pool's figures into its shared record.
-fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_proxy::PoolView<'_>) {
-    const _: () = assert!(ferrox_proxy::LATENCY_BUCKETS == ferrox_block::LATENCY_BUCKETS);
+fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_engine::PoolView<'_>) {
+    const _: () = assert!(ferrox_engine::LATENCY_BUCKETS == ferrox_block::LATENCY_BUCKETS);
     if slot.name() != pool.name {
         slot.set_name(pool.name);
     }
@@ -439,7 +439,7 @@ impl App for Proxy {
         ] {
             record.set(counter, value);
         }
-        const _: () = assert!(ferrox_proxy::command::COMMAND_IDS == ferrox_block::COMMANDS);
+        const _: () = assert!(ferrox_engine::command::COMMAND_IDS == ferrox_block::COMMANDS);
         for (shared, &n) in record.commands.iter().zip(&engine.commands) {
             shared.store(n, Ordering::Relaxed);
         }

@@ -265,8 +265,8 @@ impl Net {
     }
 
     fn with_config(text: &str) -> Net {
-        let config = ferrox_proto::config::parse_toml(text, "test").expect("valid");
-        let pools = ferrox_proxy::configure::pools(&config).expect("builds");
+        let config = ferrox_config::parse_toml(text, "test").expect("valid");
+        let pools = ferrox_engine::configure::pools(&config).expect("builds");
         let proxy = Proxy::new(pools, vec![(6379, 0)], 7);
         let sizes = Sizes {
             client: 32 << 10,

@@ -1,0 +1,649 @@
+//! A [`Config`] written back out as ferrox TOML.
+//!
+//! The control process keeps the running configuration as a model, a
+//! [`Config`], and applies single-step changes to it (a server added or
+//! removed, a weight changed, a command blocked). The dataplane does not
+//! take the model: the result is published to it as ferrox TOML text
+//! through the control block, where the dataplane parses and validates it
+//! as it would a file, and `ferroxctl config show` shows the same text.
+//!
+//! So the text must read back as exactly the configuration it was written
+//! from, whichever file that came from, twemproxy YAML included:
+//! `parse_toml(&emit_toml(&c), file) == Ok(c)` for every valid `c`. Hence:
+//!
+//! - servers are written as twemproxy writes them, `"address:port:weight"`,
+//!   with the name after a space unless it is the one the address gives
+//!   by default (`address:port`, or `address` for port 11211);
+//! - settings that have no "off" value are left out when off (`timeout_ms`,
+//!   `hash_tag`, `auth`), and `auth` and `db` are written for redis pools
+//!   only, the only pools that may have them;
+//! - strings are TOML basic strings, with quotes, backslashes, control
+//!   characters and invisible or ambiguous spacing escaped, so that what is
+//!   shown on a terminal is what is there;
+//! - pool names that are not bare TOML keys are quoted;
+//! - every limit is written, as a plain integer; a size beyond TOML's
+//!   integers (more than `i64::MAX` bytes) is written as `"N B"`.
+//!
+//! Everything else is written too, defaults included, one key per line, so
+//! that the text shows every setting in effect.
+
+use std::fmt::Display;
+use std::net::SocketAddrV4;
+
+use super::model::{Config, Pool, Protocol, Server};
+
+/// Renders `config` as ferrox TOML that [`parse_toml`](super::parse_toml)
+/// reads back as `config` (when `config` is valid: a value the parsers
+/// would refuse is written as it is, and refused when read).
+pub fn emit_toml(config: &Config) -> String {
+    let mut out = String::from("# ferrox configuration\n\n[limits]\n");
+    let limits = &config.limits;
+    entry(&mut out, "max_bulk", size(limits.max_bulk));
+    entry(&mut out, "max_array", limits.max_array);
+    entry(&mut out, "max_depth", limits.max_depth);
+    entry(&mut out, "max_inline", size(limits.max_inline));
+    entry(&mut out, "max_pipeline", limits.max_pipeline);
+    entry(&mut out, "max_key", size(limits.max_key));
+    entry(&mut out, "max_value", size(limits.max_value));
+    entry(&mut out, "max_request", size(limits.max_request));
+    for pool in &config.pools {
+        out.push('\n');
+        emit_pool(&mut out, pool);
+    }
+    out
+}
+
+fn emit_pool(out: &mut String, pool: &Pool) {
+    out.push_str("[pools.");
+    out.push_str(&key(&pool.name));
+    out.push_str("]\n");
+    entry(out, "listen", string(&pool.listen.to_string()));
+    let protocol = match pool.protocol {
+        Protocol::Redis => "redis",
+        Protocol::Memcache => "memcache",
+    };
+    entry(out, "protocol", string(protocol));
+    entry(out, "hash", string(&pool.hash));
+    entry(out, "distribution", string(&pool.distribution));
+    if let Some(tag) = pool.hash_tag {
+        // Valid tags are ASCII, one char per byte.
+        let tag: String = tag.iter().map(|&b| char::from(b)).collect();
+        entry(out, "hash_tag", string(&tag));
+    }
+    if let Some(timeout) = pool.timeout_ms {
+        entry(out, "timeout_ms", timeout);
+    }
+    entry(out, "backlog", pool.backlog);
+    entry(out, "client_connections", pool.client_connections);
+    entry(out, "preconnect", pool.preconnect);
+    entry(out, "tcp_keepalive", pool.tcp_keepalive);
+    if pool.protocol == Protocol::Redis {
+        if let Some(auth) = &pool.auth {
+            entry(out, "auth", string(auth));
+        }
+        entry(out, "db", pool.db);
+    }
+    entry(out, "server_connections", pool.server_connections);
+    entry(out, "auto_eject_hosts", pool.auto_eject_hosts);
+    entry(out, "server_retry_timeout_ms", pool.server_retry_timeout_ms);
+    entry(out, "server_failure_limit", pool.server_failure_limit);
+    let commands: Vec<String> = pool.blocked_commands.iter().map(|c| string(c)).collect();
+    entry(
+        out,
+        "blocked_commands",
+        format_args!("[{}]", commands.join(", ")),
+    );
+    if pool.servers.is_empty() {
+        out.push_str("servers = []\n");
+        return;
+    }
+    out.push_str("servers = [\n");
+    for s in &pool.servers {
+        out.push_str("    ");
+        out.push_str(&server(s));
+        out.push_str(",\n");
+    }
+    out.push_str("]\n");
+}
+
+fn entry(out: &mut String, key: &str, value: impl Display) {
+    out.push_str(key);
+    out.push_str(" = ");
+    out.push_str(&value.to_string());
+    out.push('\n');
+}
+
+/// A size limit: an integer when TOML has one that large, else `"N B"`.
+fn size(n: usize) -> String {
+    if i64::try_from(n).is_ok() {
+        n.to_string()
+    } else {
+        string(&format!("{n} B"))
+    }
+}
+
+/// `"address:port:weight"`, and ` name` unless the address gives it. A name
+/// the string form cannot carry (empty, or with spaces: both invalid) is
+/// written in the table form, to be refused there with its reason.
+fn server(s: &Server) -> String {
+    let spec = format!("{}:{}", s.addr, s.weight);
+    if s.name == default_name(s.addr) {
+        string(&spec)
+    } else if !s.name.is_empty() && !s.name.contains(char::is_whitespace) {
+        string(&format!("{spec} {}", s.name))
+    } else {
+        format!(
+            "{{ addr = {}, weight = {}, name = {} }}",
+            string(&s.addr.to_string()),
+            s.weight,
+            string(&s.name)
+        )
+    }
+}
+
+/// twemproxy's name for a server given without one, as `check` derives it
+/// from the address written in canonical form.
+fn default_name(addr: SocketAddrV4) -> String {
+    if addr.port() == 11211 {
+        addr.ip().to_string()
+    } else {
+        addr.to_string()
+    }
+}
+
+/// A table key: bare when TOML allows it, else quoted.
+fn key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.to_owned()
+    } else {
+        string(name)
+    }
+}
+
+/// A TOML basic string. Beyond what TOML requires (quote, backslash,
+/// control characters), spacing other than a plain space and the
+/// invisible formatting characters are escaped too, so that a terminal
+/// shows every character that is there and nothing that is not.
+fn string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Control characters, whitespace other than ' ', and the zero-width and
+/// bidirectional formatting characters; all are in the BMP, so `\uXXXX`
+/// holds them.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{34f}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::super::model::{Limits, DISTRIBUTIONS, HASHES, MAX_DEPTH};
+    use super::super::{parse_nutcracker, parse_toml};
+    use super::*;
+
+    const FERROX_TOML: &str = include_str!("../../../configs/ferrox.toml");
+    const NUTCRACKER_YML: &str = include_str!("../../../configs/nutcracker.yml");
+    const DEMO_TOML: &str = include_str!("../../../configs/demo.toml");
+
+    /// Asserts that `config` survives being written and read back, showing
+    /// the text when it does not.
+    fn assert_round_trip(config: &Config) {
+        let text = emit_toml(config);
+        match parse_toml(&text, "emitted.toml") {
+            Ok(back) => assert_eq!(&back, config, "read back differently:\n{text}"),
+            Err(e) => panic!("emitted text does not parse:\n{e}\n--- text ---\n{text}"),
+        }
+    }
+
+    fn toml_ok(text: &str) -> Config {
+        parse_toml(text, "x.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn yml_ok(text: &str) -> Config {
+        parse_nutcracker(text, "x.yml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn ferrox_toml_round_trips() {
+        assert_round_trip(&toml_ok(FERROX_TOML));
+    }
+
+    #[test]
+    fn demo_round_trips() {
+        assert_round_trip(&toml_ok(DEMO_TOML));
+    }
+
+    #[test]
+    fn nutcracker_round_trips() {
+        assert_round_trip(&yml_ok(NUTCRACKER_YML));
+    }
+
+    #[test]
+    fn text_is_readable() {
+        let mut pool = Pool::new("cache", "0.0.0.0:6379".parse().unwrap(), Protocol::Redis);
+        pool.hash_tag = Some(*b"{}");
+        pool.timeout_ms = Some(400);
+        pool.auth = Some("se\"cr\\et\n".into());
+        pool.blocked_commands = vec!["FLUSHALL".into(), "KEYS".into()];
+        pool.servers = vec![
+            Server {
+                addr: "198.18.0.1:7001".parse().unwrap(),
+                weight: 1,
+                name: "198.18.0.1:7001".into(),
+            },
+            Server {
+                addr: "198.18.0.1:7002".parse().unwrap(),
+                weight: 3,
+                name: "beta".into(),
+            },
+        ];
+        let mut sessions = Pool::new(
+            "web sessions",
+            "10.0.0.1:11211".parse().unwrap(),
+            Protocol::Memcache,
+        );
+        sessions.servers = vec![
+            Server {
+                addr: "198.18.0.3:11211".parse().unwrap(),
+                weight: 1,
+                name: "198.18.0.3".into(),
+            },
+            Server {
+                addr: "198.18.0.4:11211".parse().unwrap(),
+                weight: 1,
+                name: "198.18.0.4:11211".into(),
+            },
+        ];
+        let config = Config {
+            pools: vec![pool, sessions],
+            limits: Limits::default(),
+        };
+        let expected = r#"# ferrox configuration
+
+[limits]
+max_bulk = 536870912
+max_array = 1048576
+max_depth = 32
+max_inline = 65536
+max_pipeline = 1024
+max_key = 65536
+max_value = 536870912
+max_request = 1073741824
+
+[pools.cache]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+hash = "fnv1a_64"
+distribution = "ketama"
+hash_tag = "{}"
+timeout_ms = 400
+backlog = 512
+client_connections = 0
+preconnect = false
+tcp_keepalive = false
+auth = "se\"cr\\et\n"
+db = 0
+server_connections = 1
+auto_eject_hosts = false
+server_retry_timeout_ms = 30000
+server_failure_limit = 2
+blocked_commands = ["FLUSHALL", "KEYS"]
+servers = [
+    "198.18.0.1:7001:1",
+    "198.18.0.1:7002:3 beta",
+]
+
+[pools."web sessions"]
+listen = "10.0.0.1:11211"
+protocol = "memcache"
+hash = "fnv1a_64"
+distribution = "ketama"
+backlog = 512
+client_connections = 0
+preconnect = false
+tcp_keepalive = false
+server_connections = 1
+auto_eject_hosts = false
+server_retry_timeout_ms = 30000
+server_failure_limit = 2
+blocked_commands = []
+servers = [
+    "198.18.0.3:11211:1",
+    "198.18.0.4:11211:1 198.18.0.4:11211",
+]
+"#;
+        assert_eq!(emit_toml(&config), expected);
+        assert_round_trip(&config);
+    }
+
+    /// What twemproxy's format allows and ferrox TOML writes differently:
+    /// names given that equal (or nearly equal) the default, ports written
+    /// with leading zeros, `timeout: 0`, escapes in quoted values.
+    #[test]
+    fn twemproxy_quirks_round_trip() {
+        let yml = r#"weird.pool name:
+  listen: 127.0.0.1:6380
+  redis: true
+  hash_tag: "\x01:"
+  redis_auth: "p\"a\\ss\tw\u00e9rd\x7f\u2028 #not a comment"
+  redis_db: 7
+  timeout: 0
+  server_retry_timeout: 9223372036854775807
+  servers:
+    - 10.0.0.1:11211:1
+    - 10.0.0.2:11211:2 10.0.0.2:11211
+    - 10.0.0.3:7000:3 10.0.0.3:7000
+    - 10.0.0.4:07001:1
+    - 10.0.0.5:7000:1 10.0.0.9
+    - 10.0.0.6:11211:1 10.0.0.6
+"quo\"ted":
+  listen: 127.0.0.1:11211
+  timeout: 250
+  servers:
+    - 10.0.0.7:11211:4 "#;
+        let yml = format!("{yml}caf\u{e9}\n");
+        let config = yml_ok(&yml);
+        let cache = &config.pools[0];
+        assert_eq!(cache.name, "weird.pool name");
+        assert_eq!(cache.hash_tag, Some([1, b':']));
+        assert_eq!(cache.timeout_ms, None);
+        assert_eq!(
+            cache.auth.as_deref(),
+            Some("p\"a\\ss\tw\u{e9}rd\x7f\u{2028} #not a comment")
+        );
+        let names: Vec<&str> = cache.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "10.0.0.1",
+                "10.0.0.2:11211",
+                "10.0.0.3:7000",
+                "10.0.0.4:07001",
+                "10.0.0.9",
+                "10.0.0.6",
+            ]
+        );
+        assert_eq!(config.pools[1].name, "quo\"ted");
+        assert_eq!(config.pools[1].servers[0].name, "caf\u{e9}");
+        let text = emit_toml(&config);
+        assert!(text.contains("[pools.\"weird.pool name\"]\n"), "{text}");
+        assert!(text.contains("[pools.\"quo\\\"ted\"]\n"), "{text}");
+        assert!(
+            text.contains("auth = \"p\\\"a\\\\ss\\tw\u{e9}rd\\u007F\\u2028 #not a comment\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("hash_tag = \"\\u0001:\"\n"), "{text}");
+        assert!(text.contains("\"10.0.0.1:11211:1\",\n"), "{text}");
+        assert!(
+            text.contains("\"10.0.0.4:7001:1 10.0.0.4:07001\",\n"),
+            "{text}"
+        );
+        assert!(text.contains("\"10.0.0.6:11211:1\",\n"), "{text}");
+        assert!(!text.contains("timeout_ms = 0"), "{text}");
+        assert_round_trip(&config);
+    }
+
+    #[test]
+    fn sizes_beyond_toml_integers_are_strings() {
+        let mut config = toml_ok(DEMO_TOML);
+        config.limits.max_bulk = usize::MAX;
+        config.limits.max_value = usize::MAX;
+        config.limits.max_inline = i64::MAX as usize + 1;
+        let text = emit_toml(&config);
+        assert!(
+            text.contains(&format!("max_bulk = \"{} B\"\n", usize::MAX)),
+            "{text}"
+        );
+        assert_round_trip(&config);
+    }
+
+    /// The largest integer TOML holds.
+    const MAX_INT: u64 = i64::MAX as u64;
+
+    fn max_usize() -> usize {
+        usize::try_from(MAX_INT).unwrap_or(usize::MAX)
+    }
+
+    /// Text from a broad set of characters: printable ASCII, control
+    /// characters, quotes and backslashes, invisible and spacing
+    /// characters, and any char at all.
+    fn text() -> impl Strategy<Value = String> {
+        let special = prop::sample::select(vec![
+            '"',
+            '\\',
+            '\'',
+            '\x7f',
+            '\u{85}',
+            '\u{a0}',
+            '\u{ad}',
+            '\u{2028}',
+            '\u{202e}',
+            '\u{200b}',
+            '\u{feff}',
+            '\u{e9}',
+            '\u{1f600}',
+            '\u{10ffff}',
+            '#',
+            '=',
+            '[',
+            '.',
+        ]);
+        prop::collection::vec(
+            prop_oneof![
+                4 => (0x20u8..0x7f).prop_map(char::from),
+                1 => (0u8..0x20).prop_map(char::from),
+                2 => special,
+                2 => any::<char>(),
+            ],
+            1..16,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    /// A valid server name: one word, no spaces of any kind.
+    fn word() -> impl Strategy<Value = String> {
+        text()
+            .prop_map(|t| t.chars().filter(|c| !c.is_whitespace()).collect::<String>())
+            .prop_filter("a name is not empty", |n| !n.is_empty())
+    }
+
+    fn ip() -> impl Strategy<Value = Ipv4Addr> {
+        any::<u32>().prop_map(Ipv4Addr::from)
+    }
+
+    fn server() -> impl Strategy<Value = Server> {
+        let port = prop_oneof![Just(11211u16), 1..=u16::MAX];
+        (ip(), port, 1..=u32::MAX, 0..3u8, word()).prop_map(|(ip, port, weight, how, word)| {
+            let addr = SocketAddrV4::new(ip, port);
+            let name = match how {
+                // Unnamed.
+                0 => default_name(addr),
+                // Named like the other default form.
+                1 if port == 11211 => addr.to_string(),
+                1 => ip.to_string(),
+                _ => word,
+            };
+            Server { addr, weight, name }
+        })
+    }
+
+    fn servers() -> impl Strategy<Value = Vec<Server>> {
+        prop::collection::vec(server(), 1..=5).prop_filter("server names differ", |servers| {
+            let mut names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+            names.sort_unstable();
+            names.windows(2).all(|w| w[0] != w[1])
+        })
+    }
+
+    fn pool_name() -> impl Strategy<Value = String> {
+        prop_oneof!["[A-Za-z0-9_-]{1,12}", text()]
+    }
+
+    fn pool() -> impl Strategy<Value = Pool> {
+        let identity = (
+            pool_name(),
+            prop_oneof![Just(Ipv4Addr::UNSPECIFIED), ip()],
+            1..=u16::MAX,
+            any::<bool>(),
+            prop::sample::select(HASHES),
+            prop::sample::select(DISTRIBUTIONS),
+        );
+        let options = (
+            prop::option::of(prop::array::uniform2(0u8..0x80)),
+            prop::option::of(1..=MAX_INT),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::of(text()),
+            any::<u32>(),
+        );
+        let servers_options = (
+            1..=u32::MAX,
+            any::<bool>(),
+            0..=MAX_INT,
+            any::<u32>(),
+            prop::collection::vec("[!-~]{1,10}", 0..5),
+            servers(),
+        );
+        (identity, options, servers_options).prop_map(
+            |(
+                (name, ip, port, redis, hash, distribution),
+                (hash_tag, timeout, backlog, clients, preconnect, keepalive, auth, db),
+                (connections, eject, retry, failures, commands, servers),
+            )| {
+                let protocol = if redis {
+                    Protocol::Redis
+                } else {
+                    Protocol::Memcache
+                };
+                let mut pool = Pool::new(name, SocketAddrV4::new(ip, port), protocol);
+                pool.hash = hash.into();
+                pool.distribution = distribution.into();
+                pool.hash_tag = hash_tag;
+                pool.timeout_ms = timeout;
+                pool.backlog = backlog;
+                pool.client_connections = clients;
+                pool.preconnect = preconnect;
+                pool.tcp_keepalive = keepalive;
+                if redis {
+                    pool.auth = auth;
+                    pool.db = db;
+                }
+                pool.server_connections = connections;
+                pool.auto_eject_hosts = eject;
+                pool.server_retry_timeout_ms = retry;
+                pool.server_failure_limit = failures;
+                for command in commands {
+                    let command = command.to_ascii_uppercase();
+                    if !pool.blocked_commands.contains(&command) {
+                        pool.blocked_commands.push(command);
+                    }
+                }
+                pool.servers = servers;
+                pool
+            },
+        )
+    }
+
+    /// Any size, small ones more often.
+    fn any_size() -> impl Strategy<Value = usize> {
+        prop_oneof![1..=1usize << 32, 1..=usize::MAX]
+    }
+
+    fn limits() -> impl Strategy<Value = Limits> {
+        (
+            (any_size(), any_size()),
+            1..=max_usize(),
+            1..=MAX_DEPTH,
+            any_size(),
+            1..=max_usize(),
+            any_size(),
+            any_size(),
+        )
+            .prop_map(
+                |(
+                    (a, b),
+                    max_array,
+                    max_depth,
+                    max_inline,
+                    max_pipeline,
+                    max_value,
+                    max_request,
+                )| Limits {
+                    max_bulk: a.max(b),
+                    max_array,
+                    max_depth,
+                    max_inline,
+                    max_pipeline,
+                    max_key: a.min(b),
+                    max_value,
+                    max_request,
+                },
+            )
+    }
+
+    fn config() -> impl Strategy<Value = Config> {
+        let pools = prop::collection::vec(pool(), 1..=3).prop_filter(
+            "pool names and listening ports differ",
+            |pools| {
+                pools.iter().enumerate().all(|(i, p)| {
+                    pools[..i]
+                        .iter()
+                        .all(|q| q.name != p.name && q.listen.port() != p.listen.port())
+                })
+            },
+        );
+        (pools, limits()).prop_map(|(pools, limits)| Config { pools, limits })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_valid_config_round_trips(config in config()) {
+            let text = emit_toml(&config);
+            match parse_toml(&text, "emitted.toml") {
+                Ok(back) => prop_assert_eq!(back, config, "read back differently:\n{}", text),
+                Err(e) => prop_assert!(false, "emitted text does not parse:\n{}\n--- text ---\n{}", e, text),
+            }
+        }
+    }
+}

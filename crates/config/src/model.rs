@@ -1,0 +1,194 @@
+//! What a validated configuration says, whichever file it came from.
+//!
+//! Pure data: every value here has passed validation, so the dataplane and
+//! the control process use it without checking again.
+
+use std::net::SocketAddrV4;
+
+use serde::Serialize;
+
+/// twemproxy's hash function names (`HASH_CODEC` in `nc_hashkit.h`), in
+/// its order.
+pub const HASHES: &[&str] = &[
+    "one_at_a_time",
+    "md5",
+    "crc16",
+    "crc32",
+    "crc32a",
+    "fnv1_64",
+    "fnv1a_64",
+    "fnv1_32",
+    "fnv1a_32",
+    "hsieh",
+    "murmur",
+    "jenkins",
+];
+
+/// Distribution names: twemproxy's three (`DIST_CODEC`), then jump
+/// consistent hashing, which ferrox adds.
+pub const DISTRIBUTIONS: &[&str] = &["ketama", "modula", "random", "jump"];
+
+/// A whole configuration: pools in file order, and the limits every
+/// connection is held to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub pools: Vec<Pool>,
+    pub limits: Limits,
+}
+
+/// The protocol a pool speaks to clients and servers alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Redis,
+    Memcache,
+}
+
+/// One listening address and the servers its keys are spread over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    pub name: String,
+    /// The dataplane has IPv4 only; `0.0.0.0:P` means the dataplane's own
+    /// address.
+    pub listen: SocketAddrV4,
+    pub protocol: Protocol,
+    /// One of [`HASHES`].
+    pub hash: String,
+    /// One of [`DISTRIBUTIONS`].
+    pub distribution: String,
+    /// Only the bytes between these two delimiters are hashed, when the
+    /// key has them.
+    #[serde(serialize_with = "hash_tag_text")]
+    pub hash_tag: Option<[u8; 2]>,
+    /// How long a request waits for its reply; `None` waits forever.
+    pub timeout_ms: Option<u64>,
+    pub backlog: u32,
+    /// Most client connections at once; 0 is unlimited.
+    pub client_connections: u32,
+    /// Connect to every server at start rather than on first use.
+    pub preconnect: bool,
+    /// TCP keep-alive on client connections (twemproxy's `tcpkeepalive`).
+    pub tcp_keepalive: bool,
+    /// Clients must `AUTH` with this; it is also sent to the servers.
+    pub auth: Option<String>,
+    /// The database servers `SELECT`.
+    pub db: u32,
+    /// Connections to each server, per dataplane core.
+    pub server_connections: u32,
+    /// Take a server off the ring after `server_failure_limit` failures in
+    /// a row, and try it again after `server_retry_timeout_ms`.
+    pub auto_eject_hosts: bool,
+    pub server_retry_timeout_ms: u64,
+    pub server_failure_limit: u32,
+    /// Commands refused with an error instead of forwarded, upper-cased.
+    pub blocked_commands: Vec<String>,
+    pub servers: Vec<Server>,
+}
+
+/// One backend server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Server {
+    pub addr: SocketAddrV4,
+    /// Share of the keys, relative to the other servers; at least 1.
+    pub weight: u32,
+    /// What ketama hashes to place the server on the ring: the name given
+    /// after the address, else the address exactly as twemproxy names it
+    /// (`host:port`, or just `host` when the port is 11211, for
+    /// libmemcached compatibility).
+    pub name: String,
+}
+
+/// Bounds on what a peer may send, for every pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Longest RESP bulk string.
+    pub max_bulk: usize,
+    /// Most elements in one RESP array (arguments in one request).
+    pub max_array: usize,
+    /// Deepest nesting of aggregates in a reply.
+    pub max_depth: usize,
+    /// Longest inline command line.
+    pub max_inline: usize,
+    /// Requests in flight per client connection.
+    pub max_pipeline: usize,
+    /// Longest key.
+    pub max_key: usize,
+    /// Longest value.
+    pub max_value: usize,
+    /// Longest Redis request, all of its arguments together: a request is
+    /// held whole before it is forwarded, so this bounds what one client
+    /// connection may make ferrox hold.
+    pub max_request: usize,
+}
+
+/// Redis's own bound on a client's query buffer (client-query-buffer-limit).
+pub const DEFAULT_MAX_REQUEST: usize = 1 << 30;
+
+/// The deepest reply nesting [`ferrox_proto::resp::reply_len`] can track.
+pub const MAX_DEPTH: usize = 64;
+
+impl Default for Limits {
+    /// The RESP limits are Redis's own defaults (see
+    /// [`ferrox_proto::resp::Limits`]); a value may be as long as a bulk string.
+    fn default() -> Self {
+        let resp = ferrox_proto::resp::Limits::default();
+        Limits {
+            max_bulk: resp.max_bulk,
+            max_array: resp.max_array,
+            max_depth: resp.max_depth,
+            max_inline: resp.max_inline,
+            max_pipeline: 1024,
+            max_key: 64 << 10,
+            max_value: resp.max_bulk,
+            max_request: DEFAULT_MAX_REQUEST,
+        }
+    }
+}
+
+impl Limits {
+    /// The part of these limits the RESP parser takes.
+    pub fn resp(&self) -> ferrox_proto::resp::Limits {
+        ferrox_proto::resp::Limits {
+            max_bulk: self.max_bulk,
+            max_array: self.max_array,
+            max_depth: self.max_depth,
+            max_inline: self.max_inline,
+        }
+    }
+}
+
+impl Pool {
+    /// A pool with twemproxy's defaults for everything but its name,
+    /// address and protocol, and no servers yet.
+    pub fn new(name: impl Into<String>, listen: SocketAddrV4, protocol: Protocol) -> Pool {
+        Pool {
+            name: name.into(),
+            listen,
+            protocol,
+            hash: "fnv1a_64".into(),
+            distribution: "ketama".into(),
+            hash_tag: None,
+            timeout_ms: None,
+            backlog: 512,
+            client_connections: 0,
+            preconnect: false,
+            tcp_keepalive: false,
+            auth: None,
+            db: 0,
+            server_connections: 1,
+            auto_eject_hosts: false,
+            server_retry_timeout_ms: 30_000,
+            server_failure_limit: 2,
+            blocked_commands: Vec::new(),
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// Shows a hash tag as the two characters it was written as.
+fn hash_tag_text<S: serde::Serializer>(tag: &Option<[u8; 2]>, s: S) -> Result<S::Ok, S::Error> {
+    match tag {
+        Some(tag) => s.serialize_some(&String::from_utf8_lossy(tag)),
+        None => s.serialize_none(),
+    }
+}

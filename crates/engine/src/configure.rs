@@ -1,0 +1,126 @@
+//! From a validated configuration to the engine's pools.
+
+use ferrox_config::{self as config, Config};
+use ferrox_proto::memcache;
+use ferrox_route::{self as route, Distribution, HashFn, Table};
+
+use crate::engine::{Ejection, Placement, PoolSpec, Protocol, ServerSpec};
+
+/// A pool's route table, rebuilt when servers leave or return.
+#[derive(Debug)]
+struct Routes {
+    hash: HashFn,
+    distribution: Distribution,
+    hash_tag: Option<[u8; 2]>,
+    servers: Vec<route::Server>,
+    table: Table,
+}
+
+impl Placement for Routes {
+    fn server_for(&self, key: &[u8], random: u32) -> Option<usize> {
+        self.table.server_for(key, random)
+    }
+
+    fn set_live(&mut self, live: &[bool]) {
+        // Only the live set changes, and it matches the servers, so the
+        // build cannot fail; keep the old table if it somehow does.
+        if let Ok(table) = Table::build(
+            self.hash,
+            self.distribution,
+            self.hash_tag,
+            &self.servers,
+            live,
+        ) {
+            self.table = table;
+        }
+    }
+}
+
+/// Why a pool cannot be built (the configuration was validated, so this
+/// is a name the router does not know, or a route table it refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool:?}: {reason}")]
+pub struct BuildError {
+    pub pool: String,
+    pub reason: String,
+}
+
+/// How long a connection attempt may take when the pool sets no timeout.
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// The engine's pools for `config`, every server live.
+pub fn pools(config: &Config) -> Result<Vec<PoolSpec>, BuildError> {
+    config
+        .pools
+        .iter()
+        .map(|p| pool(p, &config.limits))
+        .collect()
+}
+
+fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildError> {
+    let fail = |reason: String| BuildError {
+        pool: pool.name.clone(),
+        reason,
+    };
+    let hash = HashFn::from_name(&pool.hash)
+        .ok_or_else(|| fail(format!("unknown hash {:?}", pool.hash)))?;
+    let distribution = Distribution::from_name(&pool.distribution)
+        .ok_or_else(|| fail(format!("unknown distribution {:?}", pool.distribution)))?;
+    let servers: Vec<route::Server> = pool
+        .servers
+        .iter()
+        .map(|s| route::Server::new(s.name.clone(), s.weight))
+        .collect();
+    let live = vec![true; servers.len()];
+    let table = Table::build(hash, distribution, pool.hash_tag, &servers, &live)
+        .map_err(|e| fail(e.to_string()))?;
+    let ms = |ms: u64| ms.saturating_mul(1_000);
+    Ok(PoolSpec {
+        name: pool.name.clone(),
+        protocol: match pool.protocol {
+            config::Protocol::Redis => Protocol::Redis,
+            config::Protocol::Memcache => Protocol::Memcache,
+        },
+        servers: pool
+            .servers
+            .iter()
+            .map(|s| ServerSpec {
+                addr: s.addr,
+                name: s.addr.to_string(),
+            })
+            .collect(),
+        placement: Box::new(Routes {
+            hash,
+            distribution,
+            hash_tag: pool.hash_tag,
+            servers,
+            table,
+        }),
+        timeout: pool.timeout_ms.map(ms),
+        connect_timeout: ms(pool.timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)),
+        auth: pool.auth.as_ref().map(|a| a.as_bytes().to_vec()),
+        db: pool.db,
+        server_connections: pool.server_connections.max(1) as usize,
+        client_connections: pool.client_connections as usize,
+        retry_max: ms(pool.server_retry_timeout_ms),
+        blocked: pool
+            .blocked_commands
+            .iter()
+            .map(|c| c.to_ascii_uppercase().into_bytes())
+            .collect(),
+        limits: limits.resp(),
+        memcache_limits: memcache::Limits {
+            max_key: limits.max_key.min(memcache::Limits::default().max_key),
+            max_value: limits.max_value,
+            ..memcache::Limits::default()
+        },
+        max_pipeline: limits.max_pipeline,
+        max_request: limits.max_request,
+        max_output: crate::engine::MAX_OUTPUT,
+        preconnect: pool.preconnect,
+        ejection: pool.auto_eject_hosts.then_some(Ejection {
+            failure_limit: pool.server_failure_limit.max(1),
+            retry: ms(pool.server_retry_timeout_ms),
+        }),
+    })
+}

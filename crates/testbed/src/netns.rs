@@ -1,0 +1,168 @@
+//! Network namespaces (removed when dropped, failure included), the veth
+//! pair the dataplane runs on, `redis-server` backends and `redis-cli`.
+//! Addresses are in 198.18.0.0/24, inside the namespace only.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The kernel side of the namespace's link, where backends listen.
+pub const KERNEL_IP: &str = "198.18.0.1";
+/// The dataplane's address.
+pub const FERROX_IP: &str = "198.18.0.2";
+
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace that is deleted when dropped.
+#[derive(Debug)]
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "fx{}{tag}{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {}: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// A veth pair: `veth0` on the kernel side at [`KERNEL_IP`], `veth1`
+    /// for the dataplane.
+    pub fn add_veth(&self) {
+        self.run(&[
+            "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ]);
+        self.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{KERNEL_IP}/24"),
+            "dev",
+            "veth0",
+        ]);
+        self.run(&["ip", "link", "set", "veth0", "up"]);
+        self.run(&["ip", "link", "set", "veth1", "up"]);
+        // veth0 keeps checksum offload on (it hands ferrox partial TCP
+        // checksums, which ferrox trusts on a veth as the kernel does), but
+        // not TSO: af_packet takes no frame over the MTU. (Attaching af_xdp's
+        // XDP program turns TSO off by itself.)
+        self.run(&["ethtool", "-K", "veth0", "tso", "off"]);
+    }
+
+    /// A shell command in the namespace; returns its stdout.
+    pub fn shell(&self, script: &str) -> String {
+        String::from_utf8_lossy(&self.run(&["bash", "-c", script]).stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A `redis-server` on [`KERNEL_IP`]:`port`, without persistence; the
+/// caller stops it.
+pub fn redis_server(ns: &Netns, port: u16) -> Child {
+    redis_server_at(ns, KERNEL_IP, port)
+}
+
+/// A `redis-server` on `ip`:`port` in `ns`, without persistence; the
+/// caller stops it.
+pub fn redis_server_at(ns: &Netns, ip: &str, port: u16) -> Child {
+    ns.command(&[
+        "redis-server",
+        "--bind",
+        ip,
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--loglevel",
+        "warning",
+    ])
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits (up to 10 s) until something listens on [`KERNEL_IP`]:`port`.
+pub fn wait_for_port(ns: &Netns, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = format!("exec 3<>/dev/tcp/{KERNEL_IP}/{port}");
+    while !ns
+        .command(&["bash", "-c", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "backend on {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `redis-cli -h host -p port ARGS` (a shell line) in the namespace.
+pub fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
+    ns.shell(&format!("timeout 10 redis-cli -h {host} -p {port} {args}"))
+        .trim()
+        .to_owned()
+}
+
+/// Where the router puts keys over servers on [`KERNEL_IP`] given as
+/// (port, weight), with `hash` and ketama: the port of each key's server.
+pub fn ketama_ports(hash: &str, servers: &[(u16, u32)]) -> impl Fn(&str) -> u16 {
+    use ferrox_route::{Distribution, HashFn, Server, Table};
+    let list: Vec<Server> = servers
+        .iter()
+        .map(|(port, weight)| Server::new(format!("{KERNEL_IP}:{port}"), *weight))
+        .collect();
+    let live = vec![true; list.len()];
+    let table = Table::build(
+        HashFn::from_name(hash).unwrap(),
+        Distribution::Ketama,
+        None,
+        &list,
+        &live,
+    )
+    .unwrap();
+    let ports: Vec<u16> = servers.iter().map(|(port, _)| *port).collect();
+    move |key| ports[table.server_for(key.as_bytes(), 0).unwrap()]
+}
