@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrox_control::health::probe;
 use ferrox_config::{Pool, Protocol};
+use ferrox_control::health::probe;
 
 /// A server process, killed (by PID) when dropped.
 struct Server(Child);

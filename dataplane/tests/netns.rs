@@ -7,7 +7,6 @@
 //! namespace only.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,6 @@
 //! checked by asking the backends directly.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 

@@ -162,11 +162,10 @@ class Op:
         return text
 
 
-def check(op, got, server_of=None):
-    """None if `got` is what `op` expects, else why not. A multi-get split
-    over servers comes back as each server's VALUE blocks in key order, one
-    server after the other (ferrox concatenates the pieces, as twemproxy
-    does): with `server_of`, that order is accepted too."""
+def check(op, got):
+    """None if `got` is what `op` expects, else why not. A multi-get's
+    VALUE blocks come in the order of its keys, also when the proxy split
+    it over servers, as one memcached answers."""
     exp = op.expected
     if op.kind == wire.LINE:
         if exp == "CLIENT_ERROR":
@@ -177,18 +176,6 @@ def check(op, got, server_of=None):
     if isinstance(got, str):
         return f"expected VALUE lines, got the line {got!r}"
     want, with_cas = exp
-    if server_of is not None and len(got) == len(want) and [g[0] for g in got] != [w[0] for w in want]:
-        # Each server's share, in key order; the servers in any order.
-        shares = {}
-        for w in want:
-            shares.setdefault(server_of(w[0]), []).append(w)
-        order = [server_of(g[0]) for g in got]
-        seen = []
-        for srv in order:
-            if not seen or seen[-1] != srv:
-                seen.append(srv)
-        if len(seen) == len(set(seen)) and set(seen) == set(shares):
-            want = [w for srv in seen for w in shares[srv]]
     if len(got) != len(want):
         return (f"expected {len(want)} values, got {len(got)} (keys expected: "
                 f"{[show_bytes(w[0], 40) for w in want[:5]]}, got: {[show_bytes(g[0], 40) for g in got[:5]]})")
@@ -444,7 +431,7 @@ class McWorker:
     def check_replies(self, label, replying, replies):
         for i, got in enumerate(replies):
             op = replying[i]
-            why = check(op, got, self.server)
+            why = check(op, got)
             if why:
                 raise Failure(f"mismatch in {label}, reply #{i} of {len(replying)}: {op.show()}\n"
                               f"    {why}\n    expected: {show_value(op.expected)}\n"

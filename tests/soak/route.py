@@ -1,11 +1,11 @@
 """Key placement as twemproxy (and so ferrox) decides it, for the soak's
 final check that every key sits on exactly the server the router names.
 
-A Python copy of `ferrox_proto::route` for the distributions and hashes the
+A Python copy of ferrox's route crate for the distributions and hashes the
 soak configures: ketama and modula over twemproxy's hash functions (all but
-hsieh and jenkins). `self_test` checks it against the golden vectors in
-dataplane/proto/tests/golden (hashes from twemproxy's C code, placements
-recorded from nutcracker itself) before a soak trusts it.
+hsieh and jenkins). `self_test` checks it against the crate's golden
+vectors (tests/golden: hashes from twemproxy's C code, placements recorded
+from nutcracker itself) before a soak trusts it.
 """
 
 import bisect

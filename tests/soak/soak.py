@@ -42,6 +42,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ in the tree
 
 import common  # noqa: E402
 import mc_worker  # noqa: E402
@@ -90,6 +91,7 @@ def parse_args():
     p.add_argument("--findings", help="append a timestamped report of any failure to this file")
     p.add_argument("--dump-dir", help="save the request and reply bytes of a failing pipeline here")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory and logs")
+    p.add_argument("--golden", help="the route crate's golden vectors (default: found in the tree)")
     p.add_argument("--self-test", action="store_true", help="only check the router copy and exit")
     p.add_argument("--direct", action="store_true",
                    help="no ferrox: the workers talk to one redis-server and one memcached themselves "
@@ -559,6 +561,20 @@ def on_signal(signum, _frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
+def find_golden():
+    """The route crate's golden vectors (tests/golden/route.txt and
+    hash.txt), wherever the tree keeps the crate."""
+    for rel in ("crates/route/tests/golden", "dataplane/proto/tests/golden"):
+        path = os.path.join(REPO, rel)
+        if os.path.exists(os.path.join(path, "route.txt")):
+            return path
+    for top, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in ("target", ".git", "node_modules")]
+        if top.endswith(os.path.join("tests", "golden")) and "route.txt" in files and "hash.txt" in files:
+            return top
+    raise SystemExit("soak: no golden route vectors (tests/golden/route.txt) in the tree; give --golden DIR")
+
+
 def git_head():
     try:
         out = run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], check=False).stdout.decode().strip()
@@ -575,7 +591,8 @@ def main():
     log(f"seed {seed} (replay: tests/soak/soak.py --seed {seed} --duration {args.duration:g}"
         + (f" --mtu {args.mtu}" if args.mtu != 3438 else "") + (f" --only {args.only}" if args.only else "")
         + ")")
-    hashes, placements = route.self_test(os.path.join(REPO, "dataplane", "proto", "tests", "golden"))
+    golden = args.golden or find_golden()
+    hashes, placements = route.self_test(golden)
     log(f"router copy agrees with twemproxy's golden vectors ({hashes} hashes, {placements} placements)")
     if args.self_test:
         print("soak: 1 passed, 0 failed")

@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::net::SocketAddrV4;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferrox_proto::{memcache, resp};
 use ferrox_engine::{Action, Engine, Placement, PoolSpec, Protocol, ServerSpec, Tag};
+use ferrox_proto::{memcache, resp};
 
 /// Sends all of `tag`'s output (as a runtime with room would).
 fn drain(engine: &mut Engine, tag: Tag) -> usize {

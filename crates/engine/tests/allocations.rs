@@ -7,10 +7,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddrV4;
 
-use ferrox_proto::{memcache, resp};
 use ferrox_engine::{
     Action, Engine, Handle, Micros, Placement, PoolSpec, Protocol, ServerSpec, Tag,
 };
+use ferrox_proto::{memcache, resp};
 
 #[allow(unsafe_code)]
 mod counting {
