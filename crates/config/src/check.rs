@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::model::{Pool, Protocol, Server, DISTRIBUTIONS, HASHES};
+use super::model::{Distribution, HashFn, Pool, Protocol, Server, DISTRIBUTIONS, HASHES};
 use super::{ConfigError, Diagnostic};
 
 /// The diagnostics found so far in one file.
@@ -230,28 +230,24 @@ pub(super) fn server_parts(
     })
 }
 
-pub(super) fn hash(name: &str) -> Result<String, String> {
-    if HASHES.contains(&name) {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
+pub(super) fn hash(name: &str) -> Result<HashFn, String> {
+    HashFn::from_name(name).ok_or_else(|| {
+        format!(
             "unknown hash{}; expected one of {}",
-            did_you_mean(name, HASHES),
+            did_you_mean(name, &HASHES),
             HASHES.join(", ")
-        ))
-    }
+        )
+    })
 }
 
-pub(super) fn distribution(name: &str) -> Result<String, String> {
-    if DISTRIBUTIONS.contains(&name) {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
+pub(super) fn distribution(name: &str) -> Result<Distribution, String> {
+    Distribution::from_name(name).ok_or_else(|| {
+        format!(
             "unknown distribution{}; expected one of {}",
-            did_you_mean(name, DISTRIBUTIONS),
+            did_you_mean(name, &DISTRIBUTIONS),
             DISTRIBUTIONS.join(", ")
-        ))
-    }
+        )
+    })
 }
 
 pub(super) fn hash_tag(text: &str) -> Result<[u8; 2], String> {

@@ -63,8 +63,8 @@ fn emit_pool(out: &mut String, pool: &Pool) {
         Protocol::Memcache => "memcache",
     };
     entry(out, "protocol", string(protocol));
-    entry(out, "hash", string(&pool.hash));
-    entry(out, "distribution", string(&pool.distribution));
+    entry(out, "hash", string(pool.hash.name()));
+    entry(out, "distribution", string(pool.distribution.name()));
     if let Some(tag) = pool.hash_tag {
         // Valid tags are ASCII, one char per byte.
         let tag: String = tag.iter().map(|&b| char::from(b)).collect();
@@ -214,7 +214,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::model::{Limits, DISTRIBUTIONS, HASHES, MAX_DEPTH};
+    use super::super::model::{Distribution, HashFn, Limits, DISTRIBUTIONS, HASHES, MAX_DEPTH};
     use super::super::{parse_nutcracker, parse_toml};
     use super::*;
 
@@ -522,8 +522,8 @@ servers = [
             prop_oneof![Just(Ipv4Addr::UNSPECIFIED), ip()],
             1..=u16::MAX,
             any::<bool>(),
-            prop::sample::select(HASHES),
-            prop::sample::select(DISTRIBUTIONS),
+            prop::sample::select(HASHES.to_vec()),
+            prop::sample::select(DISTRIBUTIONS.to_vec()),
         );
         let options = (
             prop::option::of(prop::array::uniform2(0u8..0x80)),
@@ -555,8 +555,9 @@ servers = [
                     Protocol::Memcache
                 };
                 let mut pool = Pool::new(name, SocketAddrV4::new(ip, port), protocol);
-                pool.hash = hash.into();
-                pool.distribution = distribution.into();
+                pool.hash = HashFn::from_name(hash).expect("one of HASHES");
+                pool.distribution =
+                    Distribution::from_name(distribution).expect("one of DISTRIBUTIONS");
                 pool.hash_tag = hash_tag;
                 pool.timeout_ms = timeout;
                 pool.backlog = backlog;

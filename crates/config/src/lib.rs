@@ -28,7 +28,9 @@ use std::fmt;
 use std::path::Path;
 
 pub use emit::emit_toml;
-pub use model::{Config, Limits, Pool, Protocol, Server, DISTRIBUTIONS, HASHES, MAX_DEPTH};
+pub use model::{
+    Config, Distribution, HashFn, Limits, Pool, Protocol, Server, DISTRIBUTIONS, HASHES, MAX_DEPTH,
+};
 pub use nutcracker::parse_nutcracker;
 pub use toml::parse_toml;
 

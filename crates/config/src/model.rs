@@ -5,28 +5,32 @@
 
 use std::net::SocketAddrV4;
 
+pub use ferrox_route::{Distribution, HashFn};
 use serde::Serialize;
 
 /// twemproxy's hash function names (`HASH_CODEC` in `nc_hashkit.h`), in
 /// its order.
-pub const HASHES: &[&str] = &[
-    "one_at_a_time",
-    "md5",
-    "crc16",
-    "crc32",
-    "crc32a",
-    "fnv1_64",
-    "fnv1a_64",
-    "fnv1_32",
-    "fnv1a_32",
-    "hsieh",
-    "murmur",
-    "jenkins",
-];
+pub const HASHES: [&str; HashFn::ALL.len()] = {
+    let mut names = [""; HashFn::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = HashFn::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Distribution names: twemproxy's three (`DIST_CODEC`), then jump
 /// consistent hashing, which ferrox adds.
-pub const DISTRIBUTIONS: &[&str] = &["ketama", "modula", "random", "jump"];
+pub const DISTRIBUTIONS: [&str; Distribution::ALL.len()] = {
+    let mut names = [""; Distribution::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Distribution::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// A whole configuration: pools in file order, and the limits every
 /// connection is held to.
@@ -52,10 +56,10 @@ pub struct Pool {
     /// address.
     pub listen: SocketAddrV4,
     pub protocol: Protocol,
-    /// One of [`HASHES`].
-    pub hash: String,
-    /// One of [`DISTRIBUTIONS`].
-    pub distribution: String,
+    #[serde(serialize_with = "hash_name")]
+    pub hash: HashFn,
+    #[serde(serialize_with = "distribution_name")]
+    pub distribution: Distribution,
     /// Only the bytes between these two delimiters are hashed, when the
     /// key has them.
     #[serde(serialize_with = "hash_tag_text")]
@@ -165,8 +169,8 @@ impl Pool {
             name: name.into(),
             listen,
             protocol,
-            hash: "fnv1a_64".into(),
-            distribution: "ketama".into(),
+            hash: HashFn::Fnv1a_64,
+            distribution: Distribution::Ketama,
             hash_tag: None,
             timeout_ms: None,
             backlog: 512,
@@ -183,6 +187,16 @@ impl Pool {
             servers: Vec::new(),
         }
     }
+}
+
+/// Shows a hash function by its twemproxy name.
+fn hash_name<S: serde::Serializer>(hash: &HashFn, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(hash.name())
+}
+
+/// Shows a distribution by its name.
+fn distribution_name<S: serde::Serializer>(d: &Distribution, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.name())
 }
 
 /// Shows a hash tag as the two characters it was written as.

@@ -112,8 +112,8 @@ servers = ["198.18.0.1:7001:2 alpha"]
                 name: "cache".into(),
                 listen: addr("198.18.0.10:6380"),
                 protocol: Protocol::Redis,
-                hash: "murmur".into(),
-                distribution: "jump".into(),
+                hash: HashFn::from_name("murmur").unwrap(),
+                distribution: Distribution::from_name("jump").unwrap(),
                 hash_tag: Some(*b"{}"),
                 timeout_ms: Some(400),
                 backlog: 1024,
@@ -141,7 +141,7 @@ servers = ["198.18.0.1:7001:2 alpha"]
         assert_eq!(config.pools, vec![expected]);
         let pool = &config.pools[0];
         assert_eq!(
-            (pool.hash.as_str(), pool.distribution.as_str()),
+            (pool.hash.name(), pool.distribution.name()),
             ("fnv1a_64", "ketama")
         );
         assert_eq!((pool.timeout_ms, pool.backlog), (None, 512));
@@ -538,8 +538,8 @@ mod nutcracker_format {
                 name: "cache".into(),
                 listen: addr("198.18.0.10:6380"),
                 protocol: Protocol::Redis,
-                hash: "murmur".into(),
-                distribution: "modula".into(),
+                hash: HashFn::from_name("murmur").unwrap(),
+                distribution: Distribution::from_name("modula").unwrap(),
                 hash_tag: Some(*b"{}"),
                 timeout_ms: Some(400),
                 backlog: 1024,
@@ -677,7 +677,7 @@ omega:
         assert_eq!(pool.hash_tag, Some(*b"{}"));
         assert_eq!(pool.protocol, Protocol::Redis);
         assert_eq!(pool.auth.as_deref(), Some("p\"w\u{e9} #x"));
-        assert_eq!(pool.hash, "crc32a");
+        assert_eq!(pool.hash.name(), "crc32a");
         assert_eq!(
             pool.servers,
             [

@@ -62,10 +62,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         pool: pool.name.clone(),
         reason,
     };
-    let hash = HashFn::from_name(&pool.hash)
-        .ok_or_else(|| fail(format!("unknown hash {:?}", pool.hash)))?;
-    let distribution = Distribution::from_name(&pool.distribution)
-        .ok_or_else(|| fail(format!("unknown distribution {:?}", pool.distribution)))?;
+    let (hash, distribution) = (pool.hash, pool.distribution);
     let servers: Vec<route::Server> = pool
         .servers
         .iter()

@@ -81,7 +81,7 @@ impl HashFn {
     }
 
     /// The name twemproxy's config uses for this function.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             HashFn::OneAtATime => "one_at_a_time",
             HashFn::Md5 => "md5",

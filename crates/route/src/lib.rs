@@ -71,7 +71,7 @@ impl Distribution {
     }
 
     /// The name a config uses for this distribution.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Distribution::Ketama => "ketama",
             Distribution::Modula => "modula",
