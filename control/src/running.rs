@@ -27,16 +27,7 @@ pub fn validate(text: &str, file: &str, address: Ipv4Addr) -> Result<Config, Ref
 
 fn check(config: &Config, file: &str, address: Ipv4Addr) -> Result<(), Refused> {
     ferrox_engine::configure::pools(config).map_err(|e| Refused(format!("{file}: {e}")))?;
-    for pool in &config.pools {
-        let ip = *pool.listen.ip();
-        if !ip.is_unspecified() && ip != address {
-            return Err(Refused(format!(
-                "{file}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
-                pool.name, pool.listen
-            )));
-        }
-    }
-    Ok(())
+    config::check_listen(config, address, file).map_err(Refused)
 }
 
 /// One operator's step.

@@ -41,6 +41,3 @@ fn last_errno() -> i32 {
     // SAFETY: reads DPDK's per-thread errno.
     unsafe { sys::ferrox_errno() }
 }
-
-/// Kept here for the binary until it names `signals` directly.
-pub use crate::signals::{reload_on_sighup, stop_on_signals};

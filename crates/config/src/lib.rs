@@ -103,3 +103,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether every pool of `config` listens where a dataplane answering on
+/// `address` can serve it: on that address, or on 0.0.0.0 (which means
+/// it). Both processes check a configuration with this before they take
+/// it; the error names `file`, the pool and the fix.
+pub fn check_listen(
+    config: &Config,
+    address: std::net::Ipv4Addr,
+    file: &str,
+) -> Result<(), String> {
+    for pool in &config.pools {
+        let ip = *pool.listen.ip();
+        if !ip.is_unspecified() && ip != address {
+            return Err(format!(
+                "{file}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
+                pool.name, pool.listen
+            ));
+        }
+    }
+    Ok(())
+}

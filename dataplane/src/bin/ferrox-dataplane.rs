@@ -23,7 +23,7 @@ use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
 use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
 use ferrox_dataplane::port::{format_mac, Port, PortConfig, RxChecksum};
-use ferrox_dataplane::service::proxy::{Proxy, ReloadBoard};
+use ferrox_dataplane::service::proxy::{follow_block, Proxy, ReloadBoard};
 use ferrox_dataplane::service::resp_echo::RespEcho;
 use ferrox_dataplane::service::PerConnection;
 use hugepage_pool::{Region, RegionOptions};
@@ -213,7 +213,7 @@ fn run(args: Args) -> Result<()> {
     for pool in proxy.iter().flat_map(|p| &p.config.pools) {
         tracing::info!(pool = %pool.name, listen = %pool.listen, servers = pool.servers.len(), "pool");
     }
-    let stop = ferrox_dataplane::ffi::stop_on_signals();
+    let stop = ferrox_dataplane::signals::stop_on_signals();
     let eal = Eal::init(&EalConfig {
         lcores: args.lcores.clone(),
         memory_mb: args.memory_mb,
@@ -291,21 +291,32 @@ fn run(args: Args) -> Result<()> {
                     block.cores()
                 );
             }
-            // With a config file, SIGHUP reads it again; with a control
-            // block, the control process publishes there. Either way the
-            // cores take a new configuration at a safe point.
+            // One thread reads and checks each new configuration once and
+            // publishes it on the board, where every core takes it at a
+            // safe point: with a config file, on SIGHUP; with a control
+            // block, when the control process publishes there.
             let board = Arc::new(ReloadBoard::default());
-            if args.control_region.is_some() {
-                // The control process reloads on SIGHUP and publishes on
-                // the board; a hangup of the terminal both run from must
-                // not end the dataplane. The flag is never read.
-                ferrox_dataplane::ffi::reload_on_sighup();
-            }
-            let reloader = args.config.clone().map(|path| {
-                let board = board.clone();
-                let hup = ferrox_dataplane::ffi::reload_on_sighup();
-                std::thread::spawn(move || reload_on_signal(&path, address, &board, hup, stop))
-            });
+            let start_version = block.as_ref().map_or(0, |(_, version)| *version);
+            let reloader = match (&block, args.config.clone()) {
+                (Some((block, version)), _) => {
+                    // The control process reloads on SIGHUP; a hangup of
+                    // the terminal both run from must not end the
+                    // dataplane. The flag is never read.
+                    ferrox_dataplane::signals::reload_on_sighup();
+                    let (block, board, version) = (block.clone(), board.clone(), *version);
+                    Some(std::thread::spawn(move || {
+                        follow_block(&block, &board, address, version, stop)
+                    }))
+                }
+                (None, Some(path)) => {
+                    let board = board.clone();
+                    let hup = ferrox_dataplane::signals::reload_on_sighup();
+                    Some(std::thread::spawn(move || {
+                        reload_on_signal(&path, address, &board, hup, stop)
+                    }))
+                }
+                (None, None) => None,
+            };
             let served = serve(
                 &args,
                 block.as_ref().map(|(block, _)| block.region()),
@@ -313,20 +324,20 @@ fn run(args: Args) -> Result<()> {
                 &port,
                 config,
                 |core| {
-                    let proxy = Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core));
-                    match &block {
-                        Some((block, version)) => {
-                            proxy.with_block(block.clone(), *version, core, cores, address)
-                        }
-                        None => proxy.with_reload(board.clone(), core, cores),
-                    }
+                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)).with_board(
+                        board.clone(),
+                        start_version,
+                        block.as_ref().map(|(block, _)| block.clone()),
+                        core,
+                        cores,
+                    )
                 },
                 |proxies| {
                     let s = Proxy::total(proxies);
                     format!(
                         " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={} ejections={} reloads={}",
                         s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts, s.ejections,
-                        board.version()
+                        board.version().saturating_sub(start_version)
                     )
                 },
             );

@@ -27,31 +27,30 @@ pub struct Proxy {
     reload: Option<CoreReload>,
 }
 
-/// Where a core finds new configurations.
+/// Where a core finds new configurations, and (under a control process)
+/// where it reports.
 #[derive(Debug)]
 struct CoreReload {
-    source: Source,
+    board: Arc<ReloadBoard>,
     /// The version this core runs.
     version: u64,
     cores: usize,
     core: usize,
-    address: Ipv4Address,
+    /// The control process's block: the core records there which
+    /// configuration it runs, reads the held-out servers and publishes
+    /// its statistics.
+    block: Option<Block>,
     /// The held-out board's sequence and the configuration version when
     /// this core last applied it.
     held_out_seen: (u64, u64),
 }
 
-#[derive(Debug)]
-enum Source {
-    /// In this process (SIGHUP reloads).
-    Board(Arc<ReloadBoard>),
-    /// The control process's block in shared memory.
-    Block(Block),
-}
-
 /// A validated configuration published to every core: each takes it at
 /// its next safe point (between two bursts), so no core ever runs half of
-/// one, and none waits for another.
+/// one, and none waits for another. It is the only way configurations
+/// reach the cores: one thread reads and checks each configuration once
+/// (the control block's follower, or the SIGHUP reloader) and publishes
+/// it here.
 #[derive(Debug, Default)]
 pub struct ReloadBoard {
     version: AtomicU64,
@@ -59,17 +58,64 @@ pub struct ReloadBoard {
 }
 
 impl ReloadBoard {
-    /// Publishes `loaded`; returns its version.
-    pub fn publish(&self, loaded: Loaded) -> u64 {
+    /// Publishes `loaded` as `version` (the control block's, so that what
+    /// a core records as applied is what the control process published).
+    pub fn publish_as(&self, version: u64, loaded: Loaded) {
         let mut latest = self.latest.lock().expect("no core panics holding it");
         *latest = Some(Arc::new(loaded));
         // Under the lock, so a core that sees the version sees the config.
-        self.version.fetch_add(1, Ordering::Release) + 1
+        self.version.store(version, Ordering::Release);
     }
 
-    /// How many configurations were published after the first.
+    /// Publishes `loaded` as the next version; returns it.
+    pub fn publish(&self, loaded: Loaded) -> u64 {
+        let version = self.version() + 1;
+        self.publish_as(version, loaded);
+        version
+    }
+
+    /// The version last published (0: none since start).
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
+    }
+
+    fn latest(&self) -> Option<(u64, Arc<Loaded>)> {
+        let latest = self.latest.lock().expect("no core panics holding it");
+        Some((self.version(), latest.clone()?))
+    }
+}
+
+/// Until `stop`: reads each configuration the control process publishes
+/// in `block`, checks it for the dataplane answering on `address`, and
+/// publishes it on `board`, starting after `version` (what the cores were
+/// built with). A configuration that fails the check is logged and left
+/// out: the cores keep what they run, and the control process, which
+/// checked it the same way, sees them never apply it.
+#[allow(clippy::disallowed_methods)] // a follower thread, not a poll loop
+pub fn follow_block(
+    block: &Block,
+    board: &ReloadBoard,
+    address: Ipv4Address,
+    mut version: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    // Configurations are rare; a change reaches the cores within about a
+    // millisecond of being published.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+    let mut text = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        if block.config_version() == version {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        version = block.read_config(&mut text);
+        match config::parse_toml(&text, "<control block>")
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|config| check(config, address, "<control block>"))
+        {
+            Ok(loaded) => board.publish_as(version, loaded),
+            Err(error) => tracing::error!(version, "configuration refused: {error:#}"),
+        }
     }
 }
 
@@ -85,77 +131,30 @@ impl Proxy {
         }
     }
 
-    /// Takes new configurations from `board`, as core `core` of `cores`.
-    pub fn with_reload(mut self, board: Arc<ReloadBoard>, core: usize, cores: usize) -> Proxy {
-        let version = board.version();
-        self.reload = Some(CoreReload {
-            source: Source::Board(board),
-            version,
-            cores,
-            core,
-            address: Ipv4Address::UNSPECIFIED,
-            held_out_seen: (0, 0),
-        });
-        self
-    }
-
-    /// Takes new configurations from the control process's `block`, and
-    /// publishes this core's statistics there, as core `core` of `cores`
-    /// answering on `address`. `version` is the configuration it starts
-    /// with.
-    pub fn with_block(
+    /// Takes new configurations from `board`, as core `core` of `cores`,
+    /// starting with version `version`; under a control process, records
+    /// what it runs in `block`, takes the held-out servers from there and
+    /// publishes its statistics there.
+    pub fn with_board(
         mut self,
-        block: Block,
+        board: Arc<ReloadBoard>,
         version: u64,
+        block: Option<Block>,
         core: usize,
         cores: usize,
-        address: Ipv4Address,
     ) -> Proxy {
-        block.set_applied(core, version);
+        if let Some(block) = &block {
+            block.set_applied(core, version);
+        }
         self.reload = Some(CoreReload {
-            source: Source::Block(block),
+            board,
             version,
             cores,
             core,
-            address,
+            block,
             held_out_seen: (0, 0),
         });
         self
-    }
-
-    /// The newest configuration of the source, if this core does not run
-    /// it yet.
-    fn newer(reload: &mut CoreReload) -> Option<(u64, Arc<Loaded>)> {
-        match &reload.source {
-            Source::Board(board) => {
-                let version = board.version();
-                if version == reload.version {
-                    return None;
-                }
-                let latest = board.latest.lock().expect("no core panics holding it");
-                Some((version, latest.clone()?))
-            }
-            Source::Block(block) => {
-                if block.config_version() == reload.version {
-                    return None;
-                }
-                let mut text = String::new();
-                let version = block.read_config(&mut text);
-                match config::parse_toml(&text, "<control block>")
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .and_then(|config| check(config, reload.address, "<control block>"))
-                {
-                    Ok(loaded) => Some((version, Arc::new(loaded))),
-                    Err(error) => {
-                        // The control process validated it the same way;
-                        // keep running what works, and do not claim it.
-                        tracing::error!(version, "configuration refused: {error:#}");
-                        reload.version = version;
-                        None
-                    }
-                }
-            }
-        }
     }
 
     /// Takes the control process's held-out servers when its board moved
@@ -164,7 +163,7 @@ impl Proxy {
     /// publish, which the control process makes after every configuration.
     fn poll_held_out(&mut self) {
         let Some(CoreReload {
-            source: Source::Block(block),
+            block: Some(block),
             version,
             held_out_seen,
             ..
@@ -268,21 +267,17 @@ pub fn load_block(block: &Block, address: Ipv4Address) -> anyhow::Result<(u64, L
 }
 
 /// Checks a parsed configuration against the dataplane: its pools must
-/// build, and listen on the dataplane's address (or 0.0.0.0).
+/// build, and listen on the dataplane's address (or 0.0.0.0), as the
+/// control process checks them.
 fn check(config: Config, address: Ipv4Address, source: &str) -> anyhow::Result<Loaded> {
     configure::pools(&config)?;
-    let mut ports = Vec::new();
-    for (i, pool) in config.pools.iter().enumerate() {
-        let ip = *pool.listen.ip();
-        if !ip.is_unspecified() && ip != address {
-            anyhow::bail!(
-                "{source}: pool {:?} listens on {}, but the dataplane's address is {address} (use it or 0.0.0.0)",
-                pool.name,
-                pool.listen
-            );
-        }
-        ports.push((pool.listen.port(), i));
-    }
+    config::check_listen(&config, address, source).map_err(anyhow::Error::msg)?;
+    let ports = config
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| (pool.listen.port(), i))
+        .collect();
     Ok(Loaded { config, ports })
 }
 
@@ -380,8 +375,9 @@ impl App for Proxy {
 
     fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
         let reload = self.reload.as_mut()?;
-        let ports = match Proxy::newer(reload) {
-            Some((version, loaded)) => {
+        let mut ports = None;
+        if reload.board.version() != reload.version {
+            if let Some((version, loaded)) = reload.board.latest() {
                 reload.version = version;
                 let (indices, changes) = self.engine.reconfigure(loaded.pools(reload.cores));
                 self.ports = loaded
@@ -390,23 +386,22 @@ impl App for Proxy {
                     .map(|&(port, pool)| (port, indices[pool]))
                     .collect();
                 self.pool_index = indices;
-                if let Source::Block(block) = &reload.source {
+                if let Some(block) = &reload.block {
                     block.set_applied(reload.core, version);
                 }
                 if reload.core == 0 {
                     tracing::info!(version, ?changes, "configuration reloaded");
                 }
-                Some(self.ports.iter().map(|&(port, _)| port).collect())
+                ports = Some(self.ports.iter().map(|&(port, _)| port).collect());
             }
-            None => None,
-        };
+        }
         self.poll_held_out();
         ports
     }
 
     fn publish(&mut self, stack: &StackStats) {
         let Some(CoreReload {
-            source: Source::Block(block),
+            block: Some(block),
             core,
             ..
         }) = &self.reload
