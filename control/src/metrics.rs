@@ -230,6 +230,30 @@ pub fn prometheus(
             Counter::ConnectRetries,
             "First connection attempts to a server retried at once after failing.",
         ),
+        (
+            Counter::Connects,
+            "Connections the dataplane opened to servers.",
+        ),
+        (Counter::Iterations, "Poll loop iterations."),
+        (Counter::RxFrames, "Frames received from the NIC queue."),
+        (Counter::Sleeps, "Times the idle core slept."),
+        (
+            Counter::Steered,
+            "Frames copied to the core that owns their flow.",
+        ),
+        (
+            Counter::SteerDrops,
+            "Frames dropped because the owning core's mailbox was full.",
+        ),
+        (Counter::BadChecksum, "Frames dropped for a wrong checksum."),
+        (
+            Counter::Allocations,
+            "Heap allocations made by the core's thread.",
+        ),
+        (
+            Counter::TxDropped,
+            "Frames the NIC queue refused to send (TCP retransmits).",
+        ),
     ];
     for (counter, help) in cores {
         let name = format!("ferrox_core_{}_total", counter.name());

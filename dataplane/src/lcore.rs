@@ -16,17 +16,18 @@
 //! to a ceiling. Either way the core also wakes when another core steers a
 //! frame to it (its inbox's eventfd), and polls again on waking.
 //!
-//! **Heartbeat.** The core publishes its counters (and the application's,
-//! whose publication beats the core's heartbeat in the control block)
-//! every 1,024 loops, at least every [`PUBLISH_EVERY`], and before it
+//! **Heartbeat.** The core writes its statistics record (the stack's, the
+//! loop's and the service's counters, in the control block or one of the
+//! dataplane's own) and beats its heartbeat there every [`PUBLISH_EVERY`] while it runs, and before it
 //! sleeps; sleeps are at most 100 ms. A healthy core, idle or busy, so
 //! beats at least every ~100 ms, and the control process takes a silence of
 //! seconds for a stuck core.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrox_block::{Block, CoreRecord, Counter};
 use hugepage_pool::mq::{self, fanin, Sleep};
 use hugepage_pool::Region;
 
@@ -84,32 +85,51 @@ pub struct LoopStats {
     pub bad_checksum: u64,
 }
 
-/// One core's counters, written only by that core (plain stores) and read
-/// by anyone: the shape the control process's shared-memory statistics
-/// will take.
-#[derive(Debug, Default)]
-pub struct CoreCounters {
-    pub frames: AtomicU64,
-    pub accepted: AtomicU64,
-    pub closed: AtomicU64,
-    pub open: AtomicU64,
-    pub steered: AtomicU64,
-    pub sleeps: AtomicU64,
-    /// Heap allocations the core's thread has made (see `alloc_count`).
-    pub allocations: AtomicU64,
+/// What a core's loop asks of the service it runs, beyond its
+/// connections' traffic ([`App`]): a start, configurations at safe
+/// points, and its part of the core's statistics record.
+pub trait CoreService: App {
+    /// Before the first poll (pools that preconnect open their
+    /// connections, from the core that will own them).
+    fn start(&mut self, _now: u64) {}
+    /// A new configuration to take at this safe point (between two
+    /// bursts), if one was published: the ports to listen on from now.
+    fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
+        None
+    }
+    /// Writes the service's own counters into the core's record (the
+    /// loop has written the stack's and its own).
+    fn publish(&mut self, _record: &CoreRecord) {}
 }
 
-impl CoreCounters {
-    fn publish(&self, stack: &StackStats, stats: &LoopStats) {
-        self.frames.store(stack.frames, Ordering::Relaxed);
-        self.accepted.store(stack.accepted, Ordering::Relaxed);
-        self.closed.store(stack.closed, Ordering::Relaxed);
-        self.open.store(stack.open, Ordering::Relaxed);
-        self.steered.store(stats.steered, Ordering::Relaxed);
-        self.sleeps.store(stats.sleeps, Ordering::Relaxed);
+/// Writes everything the core and its stack count into `record`: the one
+/// statistics record per core that the stop line, `--stats-every`,
+/// `ferroxctl`, Prometheus and the tests all read.
+fn write_record(record: &CoreRecord, stack: &StackStats, loops: &LoopStats, tx_dropped: u64) {
+    for (counter, value) in [
+        (Counter::Frames, stack.frames),
+        (Counter::Accepted, stack.accepted),
+        (Counter::Refused, stack.refused),
+        (Counter::Connects, stack.connects),
+        (Counter::Closed, stack.closed),
+        (Counter::Open, stack.open),
+        (Counter::BacklogDrops, stack.backlog_drops),
+        (Counter::LimitDrops, stack.limit_drops),
+        (Counter::TxNoMbuf, stack.tx_no_mbuf),
+        (Counter::Deferred, stack.deferred),
+        (Counter::BudgetExhausted, stack.budget_exhausted),
+        (Counter::CloseTimeouts, stack.close_timeouts),
+        (Counter::Iterations, loops.iterations),
+        (Counter::RxFrames, loops.rx_frames),
+        (Counter::Sleeps, loops.sleeps),
+        (Counter::Steered, loops.steered),
+        (Counter::SteerDrops, loops.steer_drops),
+        (Counter::BadChecksum, loops.bad_checksum),
         // Called on the core's own thread.
-        self.allocations
-            .store(alloc_count::thread_allocations(), Ordering::Relaxed);
+        (Counter::Allocations, alloc_count::thread_allocations()),
+        (Counter::TxDropped, tx_dropped),
+    ] {
+        record.set(counter, value);
     }
 }
 
@@ -188,21 +208,22 @@ fn checksum_ok(nic: L4Checksum, frame: &[u8]) -> bool {
 }
 
 /// Everything one lcore owns.
-pub struct Core<'p, A: App> {
+pub struct Core<'p, A: CoreService> {
     pub id: usize,
     pub queue: Queue<'p>,
     pub stack: Stack<A>,
     pub steering: Option<Steering>,
     pub stats: LoopStats,
-    /// Where this core publishes its counters for other threads.
-    pub counters: Arc<CoreCounters>,
+    /// Where this core publishes its statistics record and heartbeat:
+    /// the control process's block, or one of the dataplane's own.
+    pub block: Block,
     /// Test-only (`--test-hooks`): asked at each publication; once it says
     /// so, the core spins in its loop for ever, ignoring its stop flag and
     /// publishing nothing, as a livelocked core does. `None` in service.
     pub test_stall: Option<TestStall>,
 }
 
-impl<A: App> std::fmt::Debug for Core<'_, A> {
+impl<A: CoreService> std::fmt::Debug for Core<'_, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
             .field("id", &self.id)
@@ -211,7 +232,7 @@ impl<A: App> std::fmt::Debug for Core<'_, A> {
     }
 }
 
-impl<A: App> Core<'_, A> {
+impl<A: CoreService> Core<'_, A> {
     pub fn stack_stats(&self) -> StackStats {
         self.stack.stats()
     }
@@ -279,8 +300,15 @@ impl<A: App> Core<'_, A> {
                 wedge(self.id);
             }
         }
-        self.counters.publish(&self.stack.stats(), &self.stats);
-        self.stack.publish();
+        let record = self.block.core(self.id);
+        write_record(
+            record,
+            &self.stack.stats(),
+            &self.stats,
+            self.queue.tx_dropped(),
+        );
+        self.stack.app_mut().publish(record);
+        record.beat();
     }
 
     /// Runs this core until `stop` is set.
@@ -290,10 +318,13 @@ impl<A: App> Core<'_, A> {
         let mut sleep = idle.min_sleep;
         let publish_every = smoltcp::time::Duration::from_micros(PUBLISH_EVERY.as_micros() as u64);
         let mut published = clock.now();
+        self.stack
+            .app_mut()
+            .start(published.total_micros().max(0) as u64);
         while !stop.load(Ordering::Relaxed) {
             self.stats.iterations += 1;
             let now = clock.now();
-            if self.stats.iterations % 1024 == 0 || now - published >= publish_every {
+            if now - published >= publish_every {
                 self.publish();
                 published = now;
             }
@@ -309,6 +340,9 @@ impl<A: App> Core<'_, A> {
             }
             rx.clear();
             let steered_in = self.drain_inbox(now);
+            if let Some(ports) = self.stack.app_mut().poll_reconfigure() {
+                self.stack.set_ports(ports);
+            }
             self.stack.poll(now, &mut self.queue);
             self.queue.flush();
             self.stats.rx_frames += received as u64;
@@ -334,6 +368,8 @@ impl<A: App> Core<'_, A> {
             self.stats.sleeps += 1;
             sleep = (sleep * 2).min(idle.max_sleep);
         }
+        // What the stop line reports.
+        self.publish();
     }
 
     /// Sleeps until a frame or a steered frame arrives, the next deadline

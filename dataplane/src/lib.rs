@@ -2,9 +2,12 @@
 //!
 //! What it owns: DPDK (EAL, ports, queues, mbufs), the TCP stack on top of
 //! the queues (smoltcp, driven through its public API with our own flow
-//! table), and the per-core loop that runs services on the connections.
-//! What it never does: parse configuration files or talk to operators (the
-//! control process does), or touch a PCI device that is not allow-listed.
+//! table, over a [`net::link::Link`] that is a DPDK queue in service and
+//! memory in tests), and the per-core loop that runs services on the
+//! connections. What it never does: talk to operators (the control
+//! process does), parse a configuration on a core (one thread checks each
+//! configuration once and publishes it), or touch a PCI device that is
+//! not allow-listed.
 //!
 //! ```text
 //!  rx_burst ─> flow::classify ─> flow table ─> one connection's SocketSet
@@ -16,8 +19,9 @@
 //!  ARP/ICMP/RST (no connection)       TxToken::consume: mbuf ─> tx burst
 //! ```
 //!
-//! `unsafe` lives only in [`ffi`] (and the `dpdk-sys` crate below it), and
-//! in the counting allocator of [`alloc_count`].
+//! `unsafe` lives only in [`ffi`] (and the `dpdk-sys` crate below it), in
+//! the socket buffers of `net::memory`, and in the counting allocator of
+//! [`alloc_count`].
 
 #[allow(unsafe_code)]
 pub mod alloc_count;

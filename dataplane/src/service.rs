@@ -8,7 +8,10 @@
 
 use ferrox_engine::Output;
 
-use crate::net::stack::{App, ConnHandle, NetAction};
+use ferrox_engine::{Action, Handle, Tag};
+
+use crate::lcore::CoreService;
+use crate::net::stack::App;
 
 pub mod proxy;
 pub mod resp_echo;
@@ -46,7 +49,7 @@ pub struct PerConnection<S: Service> {
     service: S,
     conns: Vec<Option<Open<S::Conn>>>,
     free: Vec<u32>,
-    actions: Vec<NetAction>,
+    actions: Vec<Action>,
     /// Connections closed for a malformed request.
     pub protocol_errors: u64,
 }
@@ -57,7 +60,7 @@ pub const MAX_UNSENT: usize = 256 << 10;
 /// One open connection of a [`PerConnection`].
 #[derive(Debug)]
 struct Open<C> {
-    handle: ConnHandle,
+    handle: Handle,
     state: C,
     output: Output,
 }
@@ -73,36 +76,37 @@ impl<S: Service> PerConnection<S> {
         }
     }
 
-    fn conn(&mut self, tag: u32) -> &mut Open<S::Conn> {
-        self.conns[tag as usize]
+    fn conn(&mut self, tag: Tag) -> &mut Open<S::Conn> {
+        self.conns[tag.raw() as usize]
             .as_mut()
             .expect("the stack names live connections")
     }
 }
 
 impl<S: Service> App for PerConnection<S> {
-    fn accept(&mut self, handle: ConnHandle, _local_port: u16) -> Option<u32> {
+    fn accept(&mut self, handle: Handle, _local_port: u16) -> Option<Tag> {
         let state = Some(Open {
             handle,
             state: S::Conn::default(),
             output: Output::default(),
         });
-        Some(match self.free.pop() {
-            Some(tag) => {
-                self.conns[tag as usize] = state;
-                tag
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.conns[index as usize] = state;
+                index
             }
             None => {
                 self.conns.push(state);
                 (self.conns.len() - 1) as u32
             }
-        })
+        };
+        Some(Tag::from_raw(index))
     }
 
-    fn bind(&mut self, _tag: u32, _handle: ConnHandle) {}
+    fn bind(&mut self, _tag: Tag, _handle: Handle) {}
 
-    fn input(&mut self, tag: u32, data: &[u8], _now: u64) -> usize {
-        let open = self.conns[tag as usize]
+    fn handle_input(&mut self, tag: Tag, data: &[u8], _now: u64) -> usize {
+        let open = self.conns[tag.raw() as usize]
             .as_mut()
             .expect("the stack names live connections");
         let (used, verdict) = self
@@ -110,39 +114,39 @@ impl<S: Service> App for PerConnection<S> {
             .on_input(&mut open.state, data, open.output.tail());
         if verdict == Verdict::Close {
             self.protocol_errors += 1;
-            self.actions.push(NetAction::Close(open.handle));
+            self.actions.push(Action::Close(open.handle));
             return data.len();
         }
         used
     }
 
-    fn wants_input(&self, tag: u32) -> bool {
-        self.conns[tag as usize]
+    fn wants_input(&self, tag: Tag) -> bool {
+        self.conns[tag.raw() as usize]
             .as_ref()
             .is_some_and(|open| open.output.len() < MAX_UNSENT)
     }
 
-    fn output(&mut self, tag: u32) -> &[u8] {
+    fn output(&mut self, tag: Tag) -> &[u8] {
         self.conn(tag).output.pending()
     }
 
-    fn output_sent(&mut self, tag: u32, n: usize) {
+    fn output_sent(&mut self, tag: Tag, n: usize) {
         self.conn(tag).output.consume(n);
     }
 
-    fn connected(&mut self, _tag: u32, _now: u64) {}
+    fn handle_connected(&mut self, _tag: Tag, _now: u64) {}
 
-    fn peer_closed(&mut self, tag: u32, _now: u64) {
+    fn handle_peer_closed(&mut self, tag: Tag, _now: u64) {
         let handle = self.conn(tag).handle;
-        self.actions.push(NetAction::Close(handle));
+        self.actions.push(Action::Close(handle));
     }
 
-    fn gone(&mut self, tag: u32, _handle: ConnHandle, _now: u64) {
-        self.conns[tag as usize] = None;
-        self.free.push(tag);
+    fn handle_gone(&mut self, tag: Tag, _handle: Handle, _now: u64) {
+        self.conns[tag.raw() as usize] = None;
+        self.free.push(tag.raw());
     }
 
-    fn poll_action(&mut self, _now: u64) -> Option<NetAction> {
+    fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop()
     }
 
@@ -155,4 +159,12 @@ impl<S: Service> App for PerConnection<S> {
     }
 
     fn handle_timeout(&mut self, _now: u64) {}
+}
+
+/// A per-connection service has no configuration to take; it counts the
+/// connections it closed for a malformed request as errors.
+impl<S: Service> CoreService for PerConnection<S> {
+    fn publish(&mut self, record: &ferrox_block::CoreRecord) {
+        record.set(ferrox_block::Counter::Errors, self.protocol_errors);
+    }
 }

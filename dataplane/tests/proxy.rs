@@ -319,7 +319,7 @@ print("done")
     let allocations = || {
         // A line printed after the load ended (every 200 ms).
         let line = dp.wait_for_line("stats;", dp.count_lines("stats;"), Duration::from_secs(5));
-        stat(&line, "core_allocations")
+        stat(&line, "allocations")
     };
     let warm = allocations();
     assert!(warm > 0, "the cores' allocations are not counted");

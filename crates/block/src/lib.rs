@@ -74,10 +74,19 @@ pub enum Counter {
     BudgetExhausted,
     CloseTimeouts,
     ConnectRetries,
+    Connects,
+    Iterations,
+    RxFrames,
+    Sleeps,
+    Steered,
+    SteerDrops,
+    BadChecksum,
+    Allocations,
+    TxDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Frames,
         Counter::Accepted,
         Counter::Closed,
@@ -98,6 +107,15 @@ impl Counter {
         Counter::BudgetExhausted,
         Counter::CloseTimeouts,
         Counter::ConnectRetries,
+        Counter::Connects,
+        Counter::Iterations,
+        Counter::RxFrames,
+        Counter::Sleeps,
+        Counter::Steered,
+        Counter::SteerDrops,
+        Counter::BadChecksum,
+        Counter::Allocations,
+        Counter::TxDropped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +140,15 @@ impl Counter {
             Counter::BudgetExhausted => "budget_exhausted",
             Counter::CloseTimeouts => "close_timeouts",
             Counter::ConnectRetries => "connect_retries",
+            Counter::Connects => "connects",
+            Counter::Iterations => "iterations",
+            Counter::RxFrames => "rx_frames",
+            Counter::Sleeps => "sleeps",
+            Counter::Steered => "steered",
+            Counter::SteerDrops => "steer_drops",
+            Counter::BadChecksum => "bad_checksum",
+            Counter::Allocations => "allocations",
+            Counter::TxDropped => "tx_dropped",
         }
     }
 }
@@ -383,6 +410,22 @@ impl PoolRecord {
             word.store(u64::from_le_bytes(w), Ordering::Relaxed);
         }
         self.name_len.store(bytes.len() as u32, Ordering::Release);
+    }
+
+    /// Whether the record holds `name` (without allocating: cores call
+    /// it as they publish).
+    pub fn name_is(&self, name: &str) -> bool {
+        let bytes = &name.as_bytes()[..name.len().min(NAME_BYTES)];
+        if self.name_len.load(Ordering::Acquire) as usize != bytes.len() {
+            return false;
+        }
+        self.name.iter().enumerate().all(|(i, word)| {
+            let mut w = [0u8; 8];
+            for (j, b) in w.iter_mut().enumerate() {
+                *b = bytes.get(i * 8 + j).copied().unwrap_or(0);
+            }
+            word.load(Ordering::Relaxed) == u64::from_le_bytes(w)
+        })
     }
 
     pub fn name(&self) -> String {

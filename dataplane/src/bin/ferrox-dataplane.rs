@@ -15,13 +15,13 @@ use clap::Parser;
 use ferrox_dataplane::eal::{Eal, EalConfig};
 use std::sync::Arc;
 
-use ferrox_block::Block;
+use ferrox_block::{Block, Counter, Snapshot};
 use ferrox_dataplane::lcore::{
-    Clock, Core, CoreCounters, IdlePolicy, LoopStats, Steering, StopOnPanic, TestStall,
+    Clock, Core, CoreService, IdlePolicy, LoopStats, Steering, StopOnPanic, TestStall,
 };
 use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
-use ferrox_dataplane::net::stack::{App, Stack, StackConfig, StackStats};
+use ferrox_dataplane::net::stack::{Stack, StackConfig};
 use ferrox_dataplane::port::{format_mac, Port, PortConfig, RxChecksum};
 use ferrox_dataplane::service::proxy::{follow_block, Proxy, ReloadBoard};
 use ferrox_dataplane::service::resp_echo::RespEcho;
@@ -118,6 +118,10 @@ struct Args {
     /// Print a statistics line on stdout this often (milliseconds; 0: never).
     #[arg(long, default_value_t = 0)]
     stats_every: u64,
+    /// With each statistics line, and at the stop, print the same figures
+    /// as one JSON line (per core and in total), for scripts.
+    #[arg(long)]
+    stats_json: bool,
     /// Honour the control block's fault-injection requests (`ferroxctl
     /// debug stall-core N` wedges core N). For tests only.
     #[arg(long, hide = true)]
@@ -332,14 +336,7 @@ fn run(args: Args) -> Result<()> {
                         cores,
                     )
                 },
-                |proxies| {
-                    let s = Proxy::total(proxies);
-                    format!(
-                        " requests={} errors={} split_requests={} backend_connects={} backend_failures={} timeouts={} ejections={} reloads={}",
-                        s.requests, s.errors, s.split_requests, s.backend_connects, s.backend_failures, s.timeouts, s.ejections,
-                        board.version().saturating_sub(start_version)
-                    )
-                },
+                |_| format!(" reloads={}", board.version().saturating_sub(start_version)),
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(reloader) = reloader {
@@ -354,7 +351,7 @@ fn run(args: Args) -> Result<()> {
 /// builds for it, until a signal; then prints the totals (with the
 /// applications' `summary`) on stdout. Socket buffers come from the control
 /// process's region when there is one, else from a region of this process.
-fn serve<A: App + Send>(
+fn serve<A: CoreService + Send>(
     args: &Args,
     control_region: Option<&Arc<Region>>,
     stop: &'static std::sync::atomic::AtomicBool,
@@ -408,6 +405,12 @@ fn serve<A: App + Send>(
             .clone()
             .map(|block| Box::new(move || block.stall_requested(core)) as TestStall)
     };
+    // Each core's statistics record and heartbeat: in the control
+    // process's block, or in one of this process's own.
+    let block = match control_region {
+        Some(region) => Block::attach(region)?,
+        None => Block::create(&Region::heap(Block::size() + (1 << 20)), cores)?,
+    };
     let mut all = Vec::with_capacity(cores);
     for (id, steering) in steering.iter_mut().enumerate() {
         all.push(Core {
@@ -425,11 +428,10 @@ fn serve<A: App + Send>(
             ),
             steering: steering.take(),
             stats: LoopStats::default(),
-            counters: Arc::new(CoreCounters::default()),
+            block: block.clone(),
             test_stall: test_stall(id),
         });
     }
-    let boards: Vec<Arc<CoreCounters>> = all.iter().map(|c| c.counters.clone()).collect();
     println!(
         "ferrox-dataplane: serving {}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
         config.address,
@@ -457,52 +459,35 @@ fn serve<A: App + Send>(
     let failed = std::thread::scope(|scope| {
         if args.stats_every > 0 {
             let every = std::time::Duration::from_millis(args.stats_every);
-            let boards = &boards;
-            scope.spawn(move || report_every(every, boards, stop));
+            let (block, json) = (&block, args.stats_json);
+            scope.spawn(move || report_every(every, block, cores, json, stop));
         }
         ferrox_dataplane::ffi::run_on_lcores(tasks)
     });
 
-    let mut total = StackStats::default();
-    let mut loops = LoopStats::default();
+    // The cores wrote their records one last time as they stopped.
+    let snapshot = block.snapshot();
     let mut per_core = String::new();
-    for core in &all {
-        let s = core.stack_stats();
+    for (id, core) in snapshot.cores.iter().take(cores).enumerate() {
         per_core.push_str(&format!(
-            " core{}_accepted={} core{}_frames={}",
-            core.id, s.accepted, core.id, s.frames
+            " core{id}_accepted={} core{id}_frames={}",
+            core.counters[Counter::Accepted as usize],
+            core.counters[Counter::Frames as usize]
         ));
-        total.frames += s.frames;
-        total.accepted += s.accepted;
-        total.refused += s.refused;
-        total.connects += s.connects;
-        total.closed += s.closed;
-        total.open += s.open;
-        total.backlog_drops += s.backlog_drops;
-        total.limit_drops += s.limit_drops;
-        total.tx_no_mbuf += s.tx_no_mbuf;
-        total.deferred += s.deferred;
-        total.budget_exhausted += s.budget_exhausted;
-        total.close_timeouts += s.close_timeouts;
-        loops.iterations += core.stats.iterations;
-        loops.sleeps += core.stats.sleeps;
-        loops.steered += core.stats.steered;
-        loops.steer_drops += core.stats.steer_drops;
-        loops.bad_checksum += core.stats.bad_checksum;
     }
     let apps: Vec<&A> = all.iter().map(|c| c.stack.app()).collect();
     let app_summary = summary(&apps);
-    let tx_dropped: u64 = all.iter().map(|c| c.queue.tx_dropped()).sum();
     let p = port.stats();
     println!(
-        "ferrox-dataplane: stopped; frames={} accepted={} refused={} connects={} closed={} open={} backlog_drops={} \
-         limit_drops={} rx_packets={} tx_packets={} rx_missed={} tx_dropped={} tx_no_mbuf={} iterations={} sleeps={} \
-         steered={} steer_drops={} bad_checksum={} deferred_sends={} budget_exhausted={} close_timeouts={}{app_summary}{per_core}",
-        total.frames, total.accepted, total.refused, total.connects, total.closed, total.open, total.backlog_drops,
-        total.limit_drops, p.rx_packets, p.tx_packets, p.rx_missed, tx_dropped, total.tx_no_mbuf, loops.iterations,
-        loops.sleeps, loops.steered, loops.steer_drops, loops.bad_checksum, total.deferred, total.budget_exhausted,
-        total.close_timeouts
+        "ferrox-dataplane: stopped; {} rx_packets={} tx_packets={} rx_missed={}{app_summary}{per_core}",
+        counters_line(&snapshot, cores),
+        p.rx_packets,
+        p.tx_packets,
+        p.rx_missed
     );
+    if args.stats_json {
+        println!("{}", stats_json(&snapshot, cores));
+    }
     if args.xstats {
         let shown: Vec<String> = port
             .xstats()
@@ -555,32 +540,64 @@ fn reload_on_signal(
     }
 }
 
-/// Prints the cores' published counters every `every` until `stop`.
+/// Prints the sum of the cores' records every `every` until `stop`: a
+/// `stats;` line, and with `json` a JSON line per core and in total.
 #[allow(clippy::disallowed_methods)] // a reporting thread, not a poll loop
 fn report_every(
     every: std::time::Duration,
-    boards: &[Arc<CoreCounters>],
+    block: &Block,
+    cores: usize,
+    json: bool,
     stop: &std::sync::atomic::AtomicBool,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     while !stop.load(Relaxed) {
         std::thread::sleep(every);
-        let sum = |f: fn(&CoreCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
-            boards.iter().map(|b| f(b).load(Relaxed)).sum()
-        };
+        let snapshot = block.snapshot();
         println!(
-            "ferrox-dataplane: stats; frames={} accepted={} closed={} open={} steered={} sleeps={} \
-             core_allocations={}",
-            sum(|b| &b.frames),
-            sum(|b| &b.accepted),
-            sum(|b| &b.closed),
-            sum(|b| &b.open),
-            sum(|b| &b.steered),
-            sum(|b| &b.sleeps),
-            sum(|b| &b.allocations)
+            "ferrox-dataplane: stats; {}",
+            counters_line(&snapshot, cores)
         );
+        if json {
+            println!("{}", stats_json(&snapshot, cores));
+        }
         let _ = std::io::stdout().flush();
     }
+}
+
+/// Every counter of the first `cores` records, summed: `name=value ...`.
+fn counters_line(snapshot: &Snapshot, cores: usize) -> String {
+    let line: Vec<String> = Counter::ALL
+        .iter()
+        .map(|&c| {
+            let sum: u64 = snapshot
+                .cores
+                .iter()
+                .take(cores)
+                .map(|r| r.counters[c as usize])
+                .sum();
+            format!("{}={sum}", c.name())
+        })
+        .collect();
+    line.join(" ")
+}
+
+/// The records as one JSON object: `{"cores":[{...},...],"total":{...}}`.
+fn stats_json(snapshot: &Snapshot, cores: usize) -> String {
+    let object = |value: &dyn Fn(Counter) -> u64| {
+        let fields: Vec<String> = Counter::ALL
+            .iter()
+            .map(|&c| format!("\"{}\":{}", c.name(), value(c)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let records = &snapshot.cores[..cores.min(snapshot.cores.len())];
+    let per_core: Vec<String> = records
+        .iter()
+        .map(|r| object(&|c| r.counters[c as usize]))
+        .collect();
+    let total = object(&|c| records.iter().map(|r| r.counters[c as usize]).sum());
+    format!("{{\"cores\":[{}],\"total\":{total}}}", per_core.join(","))
 }
 
 /// Receive and send buffer of each connection to a server (it carries

@@ -36,69 +36,51 @@ use smoltcp::socket::tcp::State;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
+use ferrox_engine::{Action, Handle, Tag};
+
 use super::device::{self, FrameDevice};
 use super::flow::{self, FlowKey, FlowTable, Frame};
 use super::link::Link;
 use super::memory::{PooledSocket, Role, SocketMemory};
 use crate::port::RxChecksum;
 
-/// A connection as the stack names it to its application: slot index and
-/// generation, so a stale handle never reaches a new connection.
-pub type ConnHandle = u64;
-
-/// What an application asks of the stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetAction {
-    /// Open a connection to `addr` for the application's `tag`.
-    Connect { tag: u32, addr: SocketAddrV4 },
-    /// The connection has output waiting.
-    Send(ConnHandle),
-    /// Send what is queued, then close gracefully.
-    Close(ConnHandle),
-    /// Reset now.
-    Abort(ConnHandle),
-}
-
-/// What runs on a core's connections: bytes in, bytes out, connection
-/// events, and actions for the stack. Times are microseconds of the
-/// core's clock.
+/// What runs on a core's connections, in the engine's vocabulary: events
+/// in (`handle_*`, with the time), bytes in and out, and actions out
+/// (`poll_*`). Tags ([`Tag`]) are the application's names for
+/// connections, handles ([`Handle`]: slot index and generation, so a
+/// stale handle never reaches a new connection) the stack's; times are
+/// microseconds of the core's clock. `ferrox_engine::Engine` has exactly
+/// these methods; reconfiguration and statistics are the core loop's
+/// business, not the connection's.
 pub trait App {
     /// A client connected to `local_port`; the application's tag for it,
     /// or `None` to refuse it.
-    fn accept(&mut self, handle: ConnHandle, local_port: u16) -> Option<u32>;
+    fn accept(&mut self, handle: Handle, local_port: u16) -> Option<Tag>;
     /// The connection the application asked for with `Connect` has `handle`.
-    fn bind(&mut self, tag: u32, handle: ConnHandle);
+    fn bind(&mut self, tag: Tag, handle: Handle);
     /// Bytes arrived; returns how many were used (the rest is kept and
     /// offered again with more). While the application wants input, the
     /// stack keeps reading, so it is the application that bounds what it
     /// leaves unused: it refuses a message longer than its limits.
-    fn input(&mut self, tag: u32, data: &[u8], now: u64) -> usize;
+    fn handle_input(&mut self, tag: Tag, data: &[u8], now: u64) -> usize;
     /// Whether the application takes input on `tag` now.
-    fn wants_input(&self, tag: u32) -> bool;
+    fn wants_input(&self, tag: Tag) -> bool;
     /// Output waiting for `tag`, oldest first.
-    fn output(&mut self, tag: u32) -> &[u8];
+    fn output(&mut self, tag: Tag) -> &[u8];
     /// The stack sent the first `n` bytes of [`App::output`].
-    fn output_sent(&mut self, tag: u32, n: usize);
+    fn output_sent(&mut self, tag: Tag, n: usize);
     /// A connection the application opened is established.
-    fn connected(&mut self, tag: u32, now: u64);
+    fn handle_connected(&mut self, tag: Tag, now: u64);
     /// The peer closed its side.
-    fn peer_closed(&mut self, tag: u32, now: u64);
+    fn handle_peer_closed(&mut self, tag: Tag, now: u64);
     /// The connection has ended, whoever ended it; `handle` is dead.
-    fn gone(&mut self, tag: u32, handle: ConnHandle, now: u64);
+    fn handle_gone(&mut self, tag: Tag, handle: Handle, now: u64);
     /// The next thing the application asks of the stack.
-    fn poll_action(&mut self, now: u64) -> Option<NetAction>;
+    fn poll_action(&mut self) -> Option<Action>;
     /// Whether actions wait (the last poll ran out of budget).
     fn has_actions(&self) -> bool;
     /// When `handle_timeout` next has work.
     fn poll_timeout(&self) -> Option<u64>;
-    /// A new configuration to take at this safe point (between two
-    /// bursts), if one was published: the ports to listen on from now.
-    fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
-        None
-    }
-    /// Publishes the application's statistics (with the stack's) where
-    /// others can read them.
-    fn publish(&mut self, _stack: &StackStats) {}
     fn handle_timeout(&mut self, now: u64);
 }
 
@@ -209,7 +191,7 @@ struct Conn {
     socket: PooledSocket,
     key: FlowKey,
     generation: u32,
-    tag: u32,
+    tag: Tag,
     /// Opened by the application (a connection to a server).
     active: bool,
     established: bool,
@@ -247,6 +229,8 @@ pub struct Stack<A: App> {
     /// Connections to service at the end of this burst: frames arrived
     /// for them, or a send was put off from the previous poll.
     received: Vec<u32>,
+    /// The list being serviced (the other half of `received`).
+    servicing: Vec<u32>,
     /// Polls so far.
     epoch: u64,
     /// Connections the application opened that are not established yet:
@@ -275,7 +259,7 @@ fn micros(at: Instant) -> u64 {
     at.total_micros().max(0) as u64
 }
 
-fn handle_of(id: u32, generation: u32) -> ConnHandle {
+fn handle_of(id: u32, generation: u32) -> Handle {
     ((generation as u64) << 32) | id as u64
 }
 
@@ -314,6 +298,7 @@ impl<A: App> Stack<A> {
             generations: Vec::new(),
             timers: BinaryHeap::new(),
             received: Vec::new(),
+            servicing: Vec::new(),
             epoch: 0,
             opening: Vec::new(),
             no_sockets: SocketSet::new(Vec::new()),
@@ -336,10 +321,10 @@ impl<A: App> Stack<A> {
         &self.app
     }
 
-    /// Lets the application publish its statistics with the stack's.
-    pub fn publish(&mut self) {
-        let stats = self.stats();
-        self.app.publish(&stats);
+    /// Listens on `ports` from now (a new configuration); connections on
+    /// a port no longer served stay until they end.
+    pub fn set_ports(&mut self, ports: Vec<u16>) {
+        self.config.ports = ports;
     }
 
     pub fn app_mut(&mut self) -> &mut A {
@@ -418,8 +403,11 @@ impl<A: App> Stack<A> {
     /// timers, and carries out its actions.
     pub fn poll<L: Link>(&mut self, now: Instant, link: &mut L) {
         self.epoch += 1;
-        let mut received = std::mem::take(&mut self.received);
-        for &id in &received {
+        // Two lists swapped, so that connections put off during this poll
+        // land in the other one and neither loses its room.
+        std::mem::swap(&mut self.received, &mut self.servicing);
+        let servicing = std::mem::take(&mut self.servicing);
+        for &id in &servicing {
             // A connection put off in the last poll may have ended since
             // (its slot is empty, or a new connection with `received`
             // clear holds it).
@@ -429,11 +417,8 @@ impl<A: App> Stack<A> {
             }
             self.service_conn(id, now, link);
         }
-        received.clear();
-        if self.received.is_empty() {
-            // Keep the list's room (nothing was put off meanwhile).
-            self.received = received;
-        }
+        self.servicing = servicing;
+        self.servicing.clear();
         while let Some(&Reverse((at, id, generation))) = self.timers.peek() {
             if at > now {
                 break;
@@ -461,27 +446,23 @@ impl<A: App> Stack<A> {
     /// Carries out what the application asked for, up to
     /// [`ACTION_BUDGET`] actions.
     pub fn poll_app<L: Link>(&mut self, now: Instant, link: &mut L) {
-        if let Some(ports) = self.app.poll_reconfigure() {
-            // Connections on a port no longer served stay until they end.
-            self.config.ports = ports;
-        }
         for _ in 0..ACTION_BUDGET {
-            let Some(action) = self.app.poll_action(micros(now)) else {
+            let Some(action) = self.app.poll_action() else {
                 return;
             };
             match action {
-                NetAction::Send(handle) => {
+                Action::Send(handle) => {
                     if let Some(id) = self.live(handle) {
                         self.service_again(id, now, link);
                     }
                 }
-                NetAction::Close(handle) => {
+                Action::Close(handle) => {
                     if let Some(id) = self.live(handle) {
                         self.conn_mut(id).closing = true;
                         self.service_conn(id, now, link);
                     }
                 }
-                NetAction::Abort(handle) => {
+                Action::Abort(handle) => {
                     if let Some(id) = self.live(handle) {
                         let conn = self.conn_mut(id);
                         conn.aborted = true;
@@ -489,13 +470,13 @@ impl<A: App> Stack<A> {
                         self.service_conn(id, now, link);
                     }
                 }
-                NetAction::Connect { tag, addr } => match self.connect(tag, addr) {
+                Action::Connect { tag, addr } => match self.connect(tag, addr) {
                     Some(id) => self.service_conn(id, now, link),
                     None => {
                         // No port or no room: the attempt fails at once.
-                        const NONE: ConnHandle = ConnHandle::MAX;
+                        const NONE: Handle = Handle::MAX;
                         self.app.bind(tag, NONE);
-                        self.app.gone(tag, NONE, micros(now));
+                        self.app.handle_gone(tag, NONE, micros(now));
                     }
                 },
             }
@@ -564,7 +545,7 @@ impl<A: App> Stack<A> {
         }
     }
 
-    fn live(&self, handle: ConnHandle) -> Option<u32> {
+    fn live(&self, handle: Handle) -> Option<u32> {
         let id = handle as u32;
         let generation = (handle >> 32) as u32;
         self.conns
@@ -593,7 +574,7 @@ impl<A: App> Stack<A> {
             socket,
             key,
             generation,
-            tag: u32::MAX,
+            tag: Tag::from_raw(u32::MAX),
             active,
             established: false,
             peer_closed: false,
@@ -652,7 +633,7 @@ impl<A: App> Stack<A> {
     }
 
     /// A connection to `addr` from a local port whose flow this core owns.
-    fn connect(&mut self, tag: u32, addr: SocketAddrV4) -> Option<u32> {
+    fn connect(&mut self, tag: Tag, addr: SocketAddrV4) -> Option<u32> {
         if self.flows.len() >= self.config.max_connections {
             self.stats.limit_drops += 1;
             return None;
@@ -715,7 +696,7 @@ impl<A: App> Stack<A> {
             conn.established = true;
             progressed = true;
             if conn.active {
-                self.app.connected(tag, now_us);
+                self.app.handle_connected(tag, now_us);
             } else {
                 self.handshaking -= 1;
             }
@@ -743,7 +724,7 @@ impl<A: App> Stack<A> {
             if state == State::CloseWait && !conn.peer_closed {
                 conn.peer_closed = true;
                 progressed = true;
-                self.app.peer_closed(tag, now_us);
+                self.app.handle_peer_closed(tag, now_us);
             }
             // Close gracefully once every reply is queued (the peer then
             // holds TIME_WAIT).
@@ -804,7 +785,8 @@ impl<A: App> Stack<A> {
         self.generations[id as usize] = conn.generation.wrapping_add(1);
         self.free.push(id);
         self.stats.closed += 1;
-        self.app.gone(conn.tag, handle_of(id, conn.generation), now);
+        self.app
+            .handle_gone(conn.tag, handle_of(id, conn.generation), now);
     }
 }
 
@@ -838,7 +820,7 @@ fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
             return (progressed, false);
         }
         if conn.input_blocked && !conn.input.is_empty() {
-            let used = app.input(tag, &conn.input, now);
+            let used = app.handle_input(tag, &conn.input, now);
             conn.input.drain(..used);
             // Nothing used while wanting input: an incomplete message,
             // which only new bytes can finish.
@@ -857,12 +839,12 @@ fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
             .recv(|data| {
                 let used = if input.is_empty() {
                     // The common case: parse straight from the socket.
-                    let used = app.input(tag, data, now);
+                    let used = app.handle_input(tag, data, now);
                     input.extend_from_slice(&data[used..]);
                     used
                 } else {
                     input.extend_from_slice(data);
-                    let used = app.input(tag, input, now);
+                    let used = app.handle_input(tag, input, now);
                     input.drain(..used);
                     used
                 };

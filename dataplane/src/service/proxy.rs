@@ -8,12 +8,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferrox_block::{Block, Counter};
+use ferrox_block::{Block, CoreRecord, Counter};
 use ferrox_config::{self as config, Config};
-use ferrox_engine::{configure, Action, Engine, EngineStats, PoolSpec, Tag};
+use ferrox_engine::{configure, Action, Engine, EngineStats, Handle, PoolSpec, Tag};
 use smoltcp::wire::Ipv4Address;
 
-use crate::net::stack::{App, ConnHandle, NetAction, StackStats};
+use crate::lcore::CoreService;
+use crate::net::stack::App;
 
 /// One core's proxy.
 #[derive(Debug)]
@@ -23,7 +24,6 @@ pub struct Proxy {
     ports: Vec<(u16, usize)>,
     /// The engine's index of each pool of the running configuration.
     pool_index: Vec<usize>,
-    started: bool,
     reload: Option<CoreReload>,
 }
 
@@ -126,7 +126,6 @@ impl Proxy {
             pool_index: (0..pools.len()).collect(),
             engine: Engine::new(pools, seed),
             ports,
-            started: false,
             reload: None,
         }
     }
@@ -188,28 +187,6 @@ impl Proxy {
 
     pub fn stats(&self) -> &EngineStats {
         self.engine.stats()
-    }
-
-    /// The counters of several cores' proxies, added up.
-    pub fn total(proxies: &[&Proxy]) -> EngineStats {
-        let mut t = EngineStats::default();
-        for s in proxies.iter().map(|p| p.stats()) {
-            t.sessions_opened += s.sessions_opened;
-            t.sessions_refused += s.sessions_refused;
-            t.requests += s.requests;
-            t.errors += s.errors;
-            t.split_requests += s.split_requests;
-            t.backend_connects += s.backend_connects;
-            t.backend_failures += s.backend_failures;
-            t.timeouts += s.timeouts;
-            t.ejections += s.ejections;
-            t.reconfigurations += s.reconfigurations;
-            t.commands.resize(s.commands.len(), 0);
-            for (a, b) in t.commands.iter_mut().zip(&s.commands) {
-                *a += b;
-            }
-        }
-        t
     }
 }
 
@@ -284,7 +261,7 @@ fn check(config: Config, address: Ipv4Address, source: &str) -> anyhow::Result<L
 /// Copies one pool's figures into its shared record.
 fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_engine::PoolView<'_>) {
     const _: () = assert!(ferrox_engine::LATENCY_BUCKETS == ferrox_block::LATENCY_BUCKETS);
-    if slot.name() != pool.name {
+    if !slot.name_is(pool.name) {
         slot.set_name(pool.name);
     }
     let c = pool.counters;
@@ -310,67 +287,65 @@ fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_engine::PoolView<
 }
 
 impl App for Proxy {
-    fn accept(&mut self, handle: ConnHandle, local_port: u16) -> Option<u32> {
+    fn accept(&mut self, handle: Handle, local_port: u16) -> Option<Tag> {
         let &(_, pool) = self.ports.iter().find(|(port, _)| *port == local_port)?;
-        self.engine.accept(pool, handle).map(Tag::raw)
+        self.engine.accept(pool, handle)
     }
 
-    fn bind(&mut self, tag: u32, handle: ConnHandle) {
-        self.engine.bind(Tag::from_raw(tag), handle);
+    fn bind(&mut self, tag: Tag, handle: Handle) {
+        self.engine.bind(tag, handle);
     }
 
-    fn input(&mut self, tag: u32, data: &[u8], now: u64) -> usize {
-        self.engine.handle_input(Tag::from_raw(tag), data, now)
+    fn handle_input(&mut self, tag: Tag, data: &[u8], now: u64) -> usize {
+        self.engine.handle_input(tag, data, now)
     }
 
-    fn wants_input(&self, tag: u32) -> bool {
-        self.engine.wants_input(Tag::from_raw(tag))
+    fn wants_input(&self, tag: Tag) -> bool {
+        self.engine.wants_input(tag)
     }
 
-    fn output(&mut self, tag: u32) -> &[u8] {
-        self.engine.output(Tag::from_raw(tag))
+    fn output(&mut self, tag: Tag) -> &[u8] {
+        self.engine.output(tag)
     }
 
-    fn output_sent(&mut self, tag: u32, n: usize) {
-        self.engine.output_sent(Tag::from_raw(tag), n);
+    fn output_sent(&mut self, tag: Tag, n: usize) {
+        self.engine.output_sent(tag, n);
+    }
+
+    fn handle_connected(&mut self, tag: Tag, now: u64) {
+        self.engine.handle_connected(tag, now);
+    }
+
+    fn handle_peer_closed(&mut self, tag: Tag, now: u64) {
+        self.engine.handle_peer_closed(tag, now);
+    }
+
+    fn handle_gone(&mut self, tag: Tag, handle: Handle, now: u64) {
+        self.engine.handle_gone(tag, handle, now);
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.engine.poll_action()
     }
 
     fn has_actions(&self) -> bool {
         self.engine.has_actions()
     }
 
-    fn connected(&mut self, tag: u32, now: u64) {
-        self.engine.handle_connected(Tag::from_raw(tag), now);
-    }
-
-    fn peer_closed(&mut self, tag: u32, now: u64) {
-        self.engine.handle_peer_closed(Tag::from_raw(tag), now);
-    }
-
-    fn gone(&mut self, tag: u32, handle: ConnHandle, now: u64) {
-        self.engine.handle_gone(Tag::from_raw(tag), handle, now);
-    }
-
-    fn poll_action(&mut self, now: u64) -> Option<NetAction> {
-        if !self.started {
-            // Pools that preconnect open their connections on the first
-            // poll, from the core that will own them.
-            self.started = true;
-            self.engine.preconnect(now);
-        }
-        Some(match self.engine.poll_action()? {
-            Action::Connect { tag, addr } => NetAction::Connect {
-                tag: tag.raw(),
-                addr,
-            },
-            Action::Send(handle) => NetAction::Send(handle),
-            Action::Close(handle) => NetAction::Close(handle),
-            Action::Abort(handle) => NetAction::Abort(handle),
-        })
-    }
-
     fn poll_timeout(&self) -> Option<u64> {
         self.engine.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: u64) {
+        self.engine.handle_timeout(now);
+    }
+}
+
+impl CoreService for Proxy {
+    fn start(&mut self, now: u64) {
+        // Pools that preconnect open their connections now, from the core
+        // that will own them.
+        self.engine.preconnect(now);
     }
 
     fn poll_reconfigure(&mut self) -> Option<Vec<u16>> {
@@ -399,22 +374,9 @@ impl App for Proxy {
         ports
     }
 
-    fn publish(&mut self, stack: &StackStats) {
-        let Some(CoreReload {
-            block: Some(block),
-            core,
-            ..
-        }) = &self.reload
-        else {
-            return;
-        };
-        let record = block.core(*core);
+    fn publish(&mut self, record: &CoreRecord) {
         let engine = self.engine.stats();
         for (counter, value) in [
-            (Counter::Frames, stack.frames),
-            (Counter::Accepted, stack.accepted),
-            (Counter::Closed, stack.closed),
-            (Counter::Open, stack.open),
             (Counter::Requests, engine.requests),
             (Counter::Errors, engine.errors),
             (Counter::SplitRequests, engine.split_requests),
@@ -423,13 +385,6 @@ impl App for Proxy {
             (Counter::Timeouts, engine.timeouts),
             (Counter::Ejections, engine.ejections),
             (Counter::Reconfigurations, engine.reconfigurations),
-            (Counter::Refused, stack.refused),
-            (Counter::BacklogDrops, stack.backlog_drops),
-            (Counter::LimitDrops, stack.limit_drops),
-            (Counter::TxNoMbuf, stack.tx_no_mbuf),
-            (Counter::Deferred, stack.deferred),
-            (Counter::BudgetExhausted, stack.budget_exhausted),
-            (Counter::CloseTimeouts, stack.close_timeouts),
             (Counter::ConnectRetries, engine.connect_retries),
         ] {
             record.set(counter, value);
@@ -446,10 +401,5 @@ impl App for Proxy {
         for unused in slots {
             unused.name_len.store(0, Ordering::Relaxed);
         }
-        record.beat();
-    }
-
-    fn handle_timeout(&mut self, now: u64) {
-        self.engine.handle_timeout(now);
     }
 }
