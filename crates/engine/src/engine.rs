@@ -19,7 +19,8 @@
 //! **Buffers** (slot reply buffers, FIFOs, scratch lists) are recycled, so
 //! once warmed up the engine allocates nothing per request.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddrV4;
 use std::ops::Range;
 
@@ -27,16 +28,16 @@ use ferrox_proto::{memcache, resp};
 
 mod backend;
 mod output;
+mod pipeline;
 pub mod reconfigure;
 mod session;
-mod slot;
 #[cfg(test)]
 mod tests;
 
 use backend::Backend;
 pub use output::Output;
+use pipeline::Slot;
 use session::Session;
-use slot::Slot;
 
 /// Microseconds on the runtime's monotonic clock.
 pub type Micros = u64;
@@ -272,6 +273,12 @@ pub struct Engine {
     /// Backend slots of removed servers, for reuse.
     free_backends: Vec<u32>,
     actions: VecDeque<Action>,
+    /// Backend deadlines (connect, request, backoff), earliest first; an
+    /// entry is live while it equals its backend's `armed`, so a lookup
+    /// costs O(log n) however many backends there are.
+    timers: BinaryHeap<Reverse<(Micros, u32)>>,
+    /// The earliest return of an ejected server, if any.
+    next_return: Option<Micros>,
     /// Slots returned by sessions, with their buffers, for reuse.
     spare_slots: Vec<Slot>,
     scratch: Scratch,
@@ -344,6 +351,8 @@ impl Engine {
             backends: Vec::new(),
             free_backends: Vec::new(),
             actions: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            next_return: None,
             spare_slots: Vec::new(),
             scratch: Scratch::default(),
             rng: seed | 1,
@@ -567,31 +576,56 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Micros> {
-        let backends = self
-            .backends
-            .iter()
-            .filter_map(|b| b.deadline(&self.pools[b.pool].spec));
-        let returns = self
-            .pools
-            .iter()
-            .flat_map(|p| p.health.iter().filter_map(|h| h.ejected_until));
-        backends.chain(returns).min()
+        // A stale entry on top only makes the call early: handle_timeout
+        // then finds nothing due and files the real deadline.
+        let backends = self.timers.peek().map(|Reverse((at, _))| *at);
+        backends.into_iter().chain(self.next_return).min()
+    }
+
+    /// Files backend `b`'s deadline, unless an earlier or equal one is
+    /// already filed for it.
+    fn arm(&mut self, b: usize) {
+        let backend = &mut self.backends[b];
+        let Some(at) = backend.deadline(&self.pools[backend.pool].spec) else {
+            return;
+        };
+        if backend.armed.is_none_or(|armed| at < armed) {
+            backend.armed = Some(at);
+            self.timers.push(Reverse((at, b as u32)));
+        }
     }
 
     /// Fails requests and connection attempts that waited too long, ends
     /// reconnect backoffs, and puts ejected servers back.
     pub fn handle_timeout(&mut self, now: Micros) {
         self.now = now;
-        for b in 0..self.backends.len() {
+        while let Some(&Reverse((at, b))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let b = b as usize;
+            if self.backends.get(b).is_none_or(|backend| backend.armed != Some(at)) {
+                continue; // filed again since, or for a former occupant
+            }
+            self.backends[b].armed = None;
             self.backend_timeout(b, now);
+            self.arm(b);
         }
+        self.next_return = None;
         for pool in &mut self.pools {
             let mut changed = false;
             for (s, health) in pool.health.iter_mut().enumerate() {
-                if health.ejected_until.is_some_and(|at| at <= now) {
-                    health.ejected_until = None;
-                    pool.live[s] = health.is_live();
-                    changed = true;
+                match health.ejected_until {
+                    Some(at) if at <= now => {
+                        health.ejected_until = None;
+                        pool.live[s] = health.is_live();
+                        changed = true;
+                    }
+                    Some(at) => {
+                        self.next_return = Some(self.next_return.map_or(at, |n| n.min(at)));
+                    }
+                    None => {}
                 }
             }
             if changed {
@@ -642,6 +676,8 @@ impl Engine {
         };
         if health.failures >= ejection.failure_limit && health.ejected_until.is_none() {
             health.ejected_until = Some(now + ejection.retry);
+            let at = now + ejection.retry;
+            self.next_return = Some(self.next_return.map_or(at, |n| n.min(at)));
             health.failures = 0;
             p.live[server] = false;
             p.spec.placement.set_live(&p.live);

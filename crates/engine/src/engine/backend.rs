@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 
 use ferrox_proto::{memcache, resp};
 
-use super::session::SlotRef;
+use super::pipeline::{Expect, Shape, SlotRef, Suppress};
 use super::{Action, Engine, Handle, Micros, PoolSpec, Protocol, Tag, RETRY_MIN};
 use crate::reply;
 
@@ -40,30 +40,11 @@ pub(super) enum State {
     Backoff,
 }
 
-/// How to find where a reply ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shape {
-    Resp,
-    Memcache(memcache::ReplyKind),
-}
-
-/// Whether the client is owed the reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Suppress {
-    No,
-    /// memcached `noreply`: the proxy asked for a reply (to keep the FIFO
-    /// in step) and drops it.
-    Always,
-    /// A meta command's `q` flag: drop the replies it would have hidden.
-    Quiet(memcache::Command),
-}
-
 /// A request a connection was sent and has not answered.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct InFlight {
     pub at: SlotRef,
-    pub shape: Shape,
-    pub suppress: Suppress,
+    pub expect: Expect,
     pub sent: Micros,
 }
 
@@ -93,6 +74,8 @@ pub(super) struct Backend {
     /// Its server left the configuration: it takes no new requests and is
     /// closed once it has answered the ones it holds.
     pub retiring: bool,
+    /// The deadline filed for it in the engine's timer heap.
+    pub armed: Option<Micros>,
 }
 
 impl Backend {
@@ -112,6 +95,7 @@ impl Backend {
             failures: 0,
             retrying: false,
             retiring: false,
+            armed: None,
         }
     }
 
@@ -127,20 +111,20 @@ impl Backend {
 }
 
 impl Engine {
-    /// Queues a request for `server` of `pool` on one of its connections,
-    /// opening it when needed; `write` appends the request bytes.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues the request of slot piece `at` for `server` of its
+    /// session's pool on one of the server's connections (RESP3 ones for
+    /// a RESP3 session), opening it when needed; `write` appends the
+    /// request bytes.
     pub(super) fn send_to_server(
         &mut self,
-        pool: usize,
         server: usize,
-        resp3: bool,
         at: SlotRef,
-        shape: Shape,
-        suppress: Suppress,
+        expect: Expect,
         now: Micros,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
+        let session = &self.sessions[at.session as usize];
+        let (pool, resp3) = (session.pool, session.resp3);
         let p = &mut self.pools[pool];
         let conns = &p.conns[server];
         let list = if resp3 && !conns.resp3.is_empty() {
@@ -172,8 +156,7 @@ impl Engine {
         write(&mut backend.output);
         backend.inflight.push_back(InFlight {
             at,
-            shape,
-            suppress,
+            expect,
             sent: now,
         });
         if backend.state == State::Ready && !backend.send_queued {
@@ -181,6 +164,7 @@ impl Engine {
             let handle = backend.handle.expect("a ready connection has a handle");
             self.actions.push_back(Action::Send(handle));
         }
+        self.arm(b);
     }
 
     /// Answers one piece with an error naming backend `b`'s server.
@@ -242,6 +226,7 @@ impl Engine {
             tag: Tag::backend(b as u32),
             addr,
         });
+        self.arm(b);
     }
 
     pub(super) fn backend_connected(&mut self, b: usize, now: Micros) {
@@ -260,6 +245,7 @@ impl Engine {
             let handle = backend.handle.expect("a connected backend has a handle");
             self.actions.push_back(Action::Send(handle));
         }
+        self.arm(b);
     }
 
     /// Takes replies from the front of `input`; returns the bytes used.
@@ -275,7 +261,7 @@ impl Engine {
             let rest = &input[used..];
             let shape = match (backend.handshake, backend.inflight.front()) {
                 (1.., _) => Shape::Resp,
-                (0, Some(request)) => request.shape,
+                (0, Some(request)) => request.expect.shape,
                 (0, None) => {
                     self.backend_failed(b, now, "sent a reply to no request");
                     return input.len();
@@ -314,7 +300,7 @@ impl Engine {
                 .inflight
                 .pop_front()
                 .expect("checked above");
-            let suppressed = match request.suppress {
+            let suppressed = match request.expect.suppress {
                 Suppress::No => false,
                 Suppress::Always => true,
                 Suppress::Quiet(command) => memcache::quiet_suppresses(command, reply),
@@ -325,6 +311,8 @@ impl Engine {
                 return input.len();
             }
         }
+        // The next request in flight is timed from its own sending.
+        self.arm(b);
         used
     }
 
@@ -387,7 +375,7 @@ impl Engine {
         let mut inflight = std::mem::take(&mut backend.inflight);
         for request in inflight.drain(..) {
             self.stats.errors += 1;
-            self.fail_piece(b, why, request.at, request.suppress);
+            self.fail_piece(b, why, request.at, request.expect.suppress);
         }
         self.backends[b].inflight = inflight;
         if self.backends[b].retiring {
@@ -395,6 +383,7 @@ impl Engine {
             self.free_backends.push(b as u32);
             return;
         }
+        self.arm(b);
         self.server_failed(pool, server, now);
     }
 

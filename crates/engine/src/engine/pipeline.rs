@@ -1,5 +1,8 @@
-//! A request's place in its session's pipeline, and how the replies of a
-//! split request's pieces are merged into one.
+//! The pipeline's vocabulary, shared by sessions and backend connections:
+//! a request's place in its session's pipeline ([`Slot`], named from a
+//! backend's FIFO by [`SlotRef`]), what reply to expect for it
+//! ([`Expect`]: where the reply ends, and whether the client is owed it),
+//! and how the replies of a split request's pieces are merged into one.
 
 use std::ops::Range;
 
@@ -7,6 +10,48 @@ use ferrox_proto::{memcache, resp};
 
 use crate::command::Merge;
 use crate::reply;
+
+/// Names a slot from a backend's FIFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotRef {
+    pub session: u32,
+    pub generation: u32,
+    pub seq: u64,
+    pub piece: u16,
+}
+
+/// How to find where a reply ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    Resp,
+    Memcache(memcache::ReplyKind),
+}
+
+/// Whether the client is owed the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Suppress {
+    No,
+    /// memcached `noreply`: the proxy asked for a reply (to keep the FIFO
+    /// in step) and drops it.
+    Always,
+    /// A meta command's `q` flag: drop the replies it would have hidden.
+    Quiet(memcache::Command),
+}
+
+/// What reply a request sent to a server waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Expect {
+    pub shape: Shape,
+    pub suppress: Suppress,
+}
+
+impl Expect {
+    /// A RESP reply, owed to the client.
+    pub const RESP: Expect = Expect {
+        shape: Shape::Resp,
+        suppress: Suppress::No,
+    };
+}
 
 /// How a slot's reply is made from its pieces' replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,8 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::backend::{Shape, Suppress};
-use super::slot::{Combine, Slot};
+use super::pipeline::{Combine, Expect, Slot, SlotRef};
 use super::{Action, Engine, Handle, Micros, Output, Protocol};
 
 mod memcache;
@@ -59,15 +58,6 @@ impl Session {
     }
 }
 
-/// Names a slot from a backend's FIFO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct SlotRef {
-    pub session: u32,
-    pub generation: u32,
-    pub seq: u64,
-    pub piece: u16,
-}
-
 impl Engine {
     pub(super) fn session_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
         let session = &self.sessions[index];
@@ -106,27 +96,19 @@ impl Engine {
             .server_for(key, random)
     }
 
-    /// Sends piece `piece` of slot `seq` to `server`, or fails it at once
-    /// when there is no server.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends slot piece `at` to `server`, or fails it at once when there
+    /// is no server.
     pub(super) fn send_piece(
         &mut self,
-        index: usize,
-        seq: u64,
-        piece: u16,
+        at: SlotRef,
         server: Option<usize>,
-        shape: Shape,
-        suppress: Suppress,
+        expect: Expect,
         now: Micros,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
-        let at = self.slot_ref(index, seq, piece);
-        let session = &self.sessions[index];
-        let (pool, resp3) = (session.pool, session.resp3);
+        let pool = self.sessions[at.session as usize].pool;
         match server {
-            Some(server) => {
-                self.send_to_server(pool, server, resp3, at, shape, suppress, now, write)
-            }
+            Some(server) => self.send_to_server(server, at, expect, now, write),
             None => {
                 self.stats.errors += 1;
                 self.pools[pool].counters.errors += 1;

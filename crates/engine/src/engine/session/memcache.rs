@@ -7,8 +7,7 @@
 
 use ferrox_proto::memcache::{self, Command, Request};
 
-use super::super::backend::{Shape, Suppress};
-use super::super::slot::Combine;
+use super::super::pipeline::{Combine, Expect, Shape, Suppress};
 use super::super::{Engine, Micros};
 
 impl Engine {
@@ -98,12 +97,9 @@ impl Engine {
         let seq = self.open_slot(index, Combine::Pass, 1);
         let skip = req.noreply.or(req.quiet);
         self.send_piece(
-            index,
-            seq,
-            0,
+            self.slot_ref(index, seq, 0),
             server,
-            shape,
-            suppress,
+            Expect { shape, suppress },
             now,
             |out| match skip {
                 None => out.extend_from_slice(request),
@@ -130,9 +126,16 @@ impl Engine {
         if unplaced || one_server {
             let server = (!unplaced).then(|| groups[0].0 as usize);
             let seq = self.open_slot(index, Combine::Pass, 1);
-            self.send_piece(index, seq, 0, server, shape, Suppress::No, now, |out| {
-                out.extend_from_slice(request)
-            });
+            self.send_piece(
+                self.slot_ref(index, seq, 0),
+                server,
+                Expect {
+                    shape,
+                    suppress: Suppress::No,
+                },
+                now,
+                |out| out.extend_from_slice(request),
+            );
             self.scratch.groups = groups;
             return;
         }
@@ -160,12 +163,12 @@ impl Engine {
         for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
             let server = Some(group[0].0 as usize);
             self.send_piece(
-                index,
-                seq,
-                piece as u16,
+                self.slot_ref(index, seq, piece as u16),
                 server,
-                shape,
-                Suppress::No,
+                Expect {
+                    shape,
+                    suppress: Suppress::No,
+                },
                 now,
                 |out| {
                     let words = head

@@ -4,8 +4,7 @@ use std::ops::Range;
 
 use ferrox_proto::resp;
 
-use super::super::backend::{Shape, Suppress};
-use super::super::slot::Combine;
+use super::super::pipeline::{Combine, Expect};
 use super::super::{Engine, Micros};
 use crate::command::{self, Local, Merge, Route};
 use crate::reply;
@@ -129,12 +128,9 @@ impl Engine {
                 let server = server.expect("a routed command has a key");
                 let seq = self.open_slot(index, Combine::Pass, 1);
                 self.send_piece(
-                    index,
-                    seq,
-                    0,
+                    self.slot_ref(index, seq, 0),
                     server,
-                    Shape::Resp,
-                    Suppress::No,
+                    Expect::RESP,
                     now,
                     |out| write_whole(out, request, args),
                 );
@@ -172,12 +168,9 @@ impl Engine {
             let server = (!unplaced).then(|| groups[0].0 as usize);
             let seq = self.open_slot(index, Combine::Pass, 1);
             self.send_piece(
-                index,
-                seq,
-                0,
+                self.slot_ref(index, seq, 0),
                 server,
-                Shape::Resp,
-                Suppress::No,
+                Expect::RESP,
                 now,
                 |out| write_whole(out, request, args),
             );
@@ -200,12 +193,9 @@ impl Engine {
         for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
             let server = group[0].0 as usize;
             self.send_piece(
-                index,
-                seq,
-                piece as u16,
+                self.slot_ref(index, seq, piece as u16),
                 Some(server),
-                Shape::Resp,
-                Suppress::No,
+                Expect::RESP,
                 now,
                 |out| {
                     let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
