@@ -233,7 +233,8 @@ impl Port {
         &self.info.driver
     }
 
-    pub fn queues(&self) -> u16 {
+    /// How many queue pairs the port has.
+    pub fn queue_count(&self) -> u16 {
         self.queues
     }
 
@@ -286,20 +287,26 @@ impl Port {
         ffi::xstats(self.id)
     }
 
-    /// One queue pair of this port, for the lcore that polls it.
-    pub fn queue(&self, queue: u16) -> Queue<'_> {
-        assert!(queue < self.queues);
-        let wake_fd = match self.rx_wake {
-            RxWake::Poll => None,
-            _ => ffi::rx_intr_fd(self.id, queue),
-        };
-        Queue {
-            port: self,
-            queue,
-            tx: TxBurst::default(),
-            tx_dropped: 0,
-            wake_fd,
-        }
+    /// Every queue pair of this port, each for the one lcore that polls
+    /// it. The port is borrowed mutably while they live, so no queue can
+    /// be handed out twice and polled from two threads.
+    pub fn queues(&mut self) -> Vec<Queue<'_>> {
+        let port: &Port = self;
+        (0..port.queues)
+            .map(|queue| {
+                let wake_fd = match port.rx_wake {
+                    RxWake::Poll => None,
+                    _ => ffi::rx_intr_fd(port.id, queue),
+                };
+                Queue {
+                    port,
+                    queue,
+                    tx: TxBurst::default(),
+                    tx_dropped: 0,
+                    wake_fd,
+                }
+            })
+            .collect()
     }
 }
 

@@ -87,16 +87,10 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    ferrox_log::init(ferrox_log::Options {
+        json: args.json,
+        targets: true,
+    });
     if let Err(e) = run(args) {
         eprintln!("ferrox-control: {e:#}");
         std::process::exit(1);

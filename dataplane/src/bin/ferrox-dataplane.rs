@@ -165,16 +165,10 @@ enum RxChecksumArg {
 
 fn main() {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    ferrox_log::init(ferrox_log::Options {
+        json: args.json,
+        targets: true,
+    });
     if let Err(e) = die_with_control_process().and_then(|()| run(args)) {
         eprintln!("ferrox-dataplane: {e:#}");
         std::process::exit(1);
@@ -232,7 +226,7 @@ fn run(args: Args) -> Result<()> {
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
     let cores = ferrox_dataplane::ffi::lcores().len();
-    let port = Port::start(
+    let mut port = Port::start(
         &eal,
         0,
         PortConfig {
@@ -270,7 +264,7 @@ fn run(args: Args) -> Result<()> {
             &args,
             None,
             stop,
-            &port,
+            &mut port,
             config,
             |_| PerConnection::new(RespEcho::default()),
             |echo| {
@@ -325,7 +319,7 @@ fn run(args: Args) -> Result<()> {
                 &args,
                 block.as_ref().map(|(block, _)| block.region()),
                 stop,
-                &port,
+                &mut port,
                 config,
                 |core| {
                     Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)).with_board(
@@ -355,7 +349,7 @@ fn serve<A: CoreService + Send>(
     args: &Args,
     control_region: Option<&Arc<Region>>,
     stop: &'static std::sync::atomic::AtomicBool,
-    port: &Port,
+    port: &mut Port,
     config: StackConfig,
     make_app: impl Fn(usize) -> A,
     summary: impl Fn(&[&A]) -> String,
@@ -412,10 +406,13 @@ fn serve<A: CoreService + Send>(
         None => Block::create(&Region::heap(Block::size() + (1 << 20)), cores)?,
     };
     let mut all = Vec::with_capacity(cores);
+    let mut queues = port.queues().into_iter();
     for (id, steering) in steering.iter_mut().enumerate() {
         all.push(Core {
             id,
-            queue: port.queue(id as u16),
+            queue: queues
+                .next()
+                .context("the port has a queue for every lcore")?,
             stack: Stack::new(
                 StackConfig {
                     core: id,
@@ -432,6 +429,8 @@ fn serve<A: CoreService + Send>(
             test_stall: test_stall(id),
         });
     }
+    // The queues hold the port now; it is reached through them.
+    let port = all[0].queue.port();
     println!(
         "ferrox-dataplane: serving {}:{:?} on {} ({}, mac {}) with {cores} core(s) on lcores {lcores:?}",
         config.address,
@@ -477,6 +476,7 @@ fn serve<A: CoreService + Send>(
     }
     let apps: Vec<&A> = all.iter().map(|c| c.stack.app()).collect();
     let app_summary = summary(&apps);
+    let port = all[0].queue.port();
     let p = port.stats();
     println!(
         "ferrox-dataplane: stopped; {} rx_packets={} tx_packets={} rx_missed={}{app_summary}{per_core}",

@@ -86,10 +86,7 @@ const TAG_CHUNK: u32 = 1;
 const TAG_INLINE: u32 = 2;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    ferrox_log::init(ferrox_log::Options::default());
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
