@@ -57,13 +57,13 @@ ensure_rust() {
   if ! command -v cargo >/dev/null; then
     log "no Rust toolchain: installing rustup from Debian"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustup >/dev/null \
-      || die "install a Rust toolchain (1.85 or newer), e.g. with rustup, and run again"
+      || die "install a Rust toolchain (1.91 or newer), e.g. with rustup, and run again"
     rustup default stable
   fi
   local version
   version=$(rustc --version | awk '{print $2}')
-  if [ "$(printf '%s\n1.85.0\n' "$version" | sort -V | head -n1)" != "1.85.0" ]; then
-    die "rustc $version is too old: ferrox needs 1.85 or newer (rustup update stable)"
+  if [ "$(printf '%s\n1.91.0\n' "$version" | sort -V | head -n1)" != "1.91.0" ]; then
+    die "rustc $version is too old: ferrox needs 1.91 or newer (smoltcp 0.14) (rustup update stable)"
   fi
 }
 
