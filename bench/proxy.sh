@@ -41,7 +41,7 @@ IDLE=${IDLE:-5000}
 MTU=${MTU:-3438}
 ROUNDS=${ROUNDS:-1}
 SCENARIOS=${SCENARIOS:-plain P16 P16-1KiB}
-DP=target/release/ferrox-dataplane
+DP=${DP:-target/release/ferrox-dataplane}  # another build to compare: DP=path
 CONF=$(mktemp /tmp/ferrox-bench-XXXXXX.yml)
 PIDS=()
 DP_PID=""
