@@ -89,6 +89,9 @@ def parse_args():
                    "each worker's command stream depends on the seed and its own id alone, so one can "
                    "be replayed on its own")
     p.add_argument("--findings", help="append a timestamped report of any failure to this file")
+    p.add_argument("--inject-stall", type=float, metavar="SECONDS",
+                   help="wedge dataplane core 0 this many seconds in (ferroxctl debug stall-core; the "
+                        "dataplane runs with --test-hooks): the soak must then fail, which checks the soak")
     p.add_argument("--dump-dir", help="save the request and reply bytes of a failing pipeline here")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory and logs")
     p.add_argument("--golden", help="the route crate's golden vectors (default: found in the tree)")
@@ -109,6 +112,19 @@ def parse_args():
 
 def run(cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def memory_mib(pid):
+    """Resident heap plus hugepages mapped, MiB."""
+    kib = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "HugetlbPages:")):
+                    kib += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return kib / 1024
 
 
 def cpu_ticks(pid):
@@ -209,6 +225,8 @@ class Appliance:
         cmd = exec_ns + [control, "--config", self.config, "--address", f"{PROXY_IP}/24", "--vdev", vdev,
                          "--admin-socket", self.socket, "--region", self.region, "--metrics", "off", "--",
                          "--memory-mb", "256", "--mtu", str(args.mtu)] + args.dp_arg
+        if args.inject_stall is not None:
+            cmd.append("--test-hooks")
         self.control_log = open(self.log_path, "wb")
         self.control = subprocess.Popen(cmd, stdout=self.control_log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -342,6 +360,8 @@ servers = [{mc}]
         if self.stopped:
             return
         self.stopped = True
+        # The dataplane now running (the watchdog may have started another).
+        self.dataplane_pid = self.child_dataplane() or self.dataplane_pid
         if self.control is not None and self.control.poll() is None:
             try:
                 os.kill(self.control.pid, signal.SIGINT)
@@ -701,9 +721,16 @@ def monitor(ctx, appliance, workers, threads):
     last_t = time.monotonic()
     last_cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
     next_print = last_t + 10
+    stall_at = None if ctx.args.inject_stall is None else last_t + ctx.args.inject_stall
     while ctx.running() and any(t.is_alive() for t in threads):
         time.sleep(0.25)
         now = time.monotonic()
+        if stall_at is not None and now >= stall_at:
+            stall_at = None
+            out = subprocess.run([appliance.ctl, "--socket", appliance.socket, "debug", "stall-core", "0"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+            log(f"injected a stall of core 0 (ferroxctl debug stall-core 0: "
+                f"{out.stdout.decode(errors='replace').strip() or 'ok'})")
         if now >= next_print:
             cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
             pct = "?"
@@ -713,7 +740,8 @@ def monitor(ctx, appliance, workers, threads):
             log(f"{ctx.args.duration - left:5.0f}s: redis ops {worker_total(workers, 'redis ops checked')}, "
                 f"memcached ops {worker_total(workers, 'memcached ops checked')}, "
                 f"pipelines {worker_total(workers, 'redis pipelines') + worker_total(workers, 'memcached pipelines')}, "
-                f"vanishes {worker_total(workers, 'vanishes')}, dataplane CPU {pct}")
+                f"vanishes {worker_total(workers, 'vanishes')}, dataplane CPU {pct}, memory "
+                + (f"{mem:.0f} MiB" if (mem := memory_mib(appliance.dataplane_pid)) is not None else "?"))
             last_t, last_cpu, next_print = now, cpu, now + 10
 
 
@@ -735,7 +763,13 @@ def report_failure(ctx, appliance, workers, elapsed):
         lines.append("  -> the dataplane spins at full CPU and answers nothing: a livelock")
     status = appliance.status(timeout=3)
     if status:
-        lines.append(f"  ferroxctl status: dataplane {json.dumps(status.get('dataplane'))}")
+        dp = status.get("dataplane") or {}
+        lines.append(f"  ferroxctl status: dataplane {json.dumps(dp)}")
+        if dp.get("pid") and dp.get("pid") != appliance.dataplane_pid:
+            appliance.dataplane_pid = dp["pid"]
+        if dp.get("stalls", 0) or dp.get("restarts", 0):
+            lines.append(f"  -> the dataplane was restarted {dp.get('restarts', 0)} time(s), "
+                         f"{dp.get('stalls', 0)} of them by the watchdog for a core whose heartbeat stood still")
     lines.append("  ferrox log (last lines):\n" + appliance.log_tail())
     text = "\n".join(lines)
     print("soak: " + text, flush=True)
