@@ -358,7 +358,7 @@ impl Pool {
             start.segment() == offset.segment()
                 && offset.byte() >= start.byte()
                 && offset.byte() < start.byte() + len
-                && (offset.byte() - start.byte()) % size == 0
+                && (offset.byte() - start.byte()).is_multiple_of(size)
         });
         if found {
             Ok(())

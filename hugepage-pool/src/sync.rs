@@ -54,8 +54,8 @@ impl ShmLock {
                 return ShmLockGuard { lock: self };
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
-                if seen != 0 && seen != me && spins % 4096 == 0 && !process_alive(seen) {
+            if spins.is_multiple_of(64) {
+                if seen != 0 && seen != me && spins.is_multiple_of(4096) && !process_alive(seen) {
                     // The holder died inside its critical section. The data it
                     // guarded is only ever changed by single-word publishes, so
                     // taking the lock over is safe.

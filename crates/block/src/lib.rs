@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(block.held_out().masks, [0; MAX_POOLS]);
         let before = block.held_out_sequence();
         let after = block.publish_held_out(3, &[0b101, 0, 1 << 63]);
-        assert!(after > before && after % 2 == 0);
+        assert!(after > before && after.is_multiple_of(2));
         assert_eq!(block.held_out_sequence(), after);
         let held = block.held_out();
         assert_eq!(held.config_version, 3);

@@ -167,7 +167,7 @@ impl Region {
     /// The shared object of type `T` at `offset`.
     pub fn view<T: Shared>(&self, offset: Offset) -> Result<&T, RegionError> {
         let ptr = self.ptr(offset, std::mem::size_of::<T>() as u64)?;
-        if ptr as usize % std::mem::align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return Err(RegionError::Misaligned {
                 offset,
                 type_name: std::any::type_name::<T>(),
