@@ -13,7 +13,6 @@
 pub mod command;
 pub mod configure;
 pub mod engine;
-mod reply;
 
 pub use engine::reconfigure::Changes;
 pub use engine::{

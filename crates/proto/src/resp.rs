@@ -6,12 +6,19 @@
 //! request to request, so nothing is allocated once it has grown).
 //! [`reply_len`] finds where one complete RESP2/RESP3 value ends, so a
 //! backend's reply can be passed to the client as it is, without decoding.
+//! The `write_*` functions emit the values the proxy makes itself.
 //!
 //! "Not enough bytes yet" is `Ok(None)`, never an error; an error means the
 //! stream can never become valid and names what is wrong, for a
 //! `-ERR Protocol error: ...` reply.
 
 use std::ops::Range;
+
+mod emit;
+pub use emit::{
+    write_array_header, write_bulk, write_bulk_array, write_error, write_integer, write_map_header,
+    write_null,
+};
 
 /// Bounds on what a peer may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

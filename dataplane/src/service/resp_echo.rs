@@ -33,29 +33,6 @@ impl Default for RespEcho {
 /// Longest request the echo service holds while waiting for its end.
 const MAX_REQUEST: usize = 1 << 20;
 
-/// Appends `n` in decimal without allocating.
-fn decimal(output: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    output.extend_from_slice(&digits[at..]);
-}
-
-fn bulk(output: &mut Vec<u8>, data: &[u8]) {
-    output.push(b'$');
-    decimal(output, data.len());
-    output.extend_from_slice(b"\r\n");
-    output.extend_from_slice(data);
-    output.extend_from_slice(b"\r\n");
-}
-
 /// Writes the reply to the request whose arguments are `args` of `input`.
 /// The common commands allocate nothing (the output buffer is reused);
 /// error replies may.
@@ -68,20 +45,19 @@ fn reply(input: &[u8], args: &[Range<usize>], output: &mut Vec<u8>) {
     if is(b"PING") && args.len() == 1 {
         output.extend_from_slice(b"+PONG\r\n");
     } else if (is(b"PING") || is(b"ECHO")) && args.len() == 2 {
-        bulk(output, arg(1));
+        resp::write_bulk(output, arg(1));
     } else if is(b"PING") || is(b"ECHO") {
         let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        output.extend_from_slice(
-            format!("-ERR wrong number of arguments for '{name}' command\r\n").as_bytes(),
+        resp::write_error(
+            output,
+            format_args!("ERR wrong number of arguments for '{name}' command"),
         );
     } else if is(b"CONFIG") && args.len() == 3 && arg(1).eq_ignore_ascii_case(b"GET") {
         // redis-benchmark asks for these before it starts.
-        output.extend_from_slice(b"*2\r\n");
-        bulk(output, arg(2));
-        bulk(output, b"");
+        resp::write_bulk_array(output, [arg(2), b""]);
     } else {
         let shown: String = String::from_utf8_lossy(name).chars().take(64).collect();
-        output.extend_from_slice(format!("-ERR unknown command '{shown}'\r\n").as_bytes());
+        resp::write_error(output, format_args!("ERR unknown command '{shown}'"));
     }
 }
 
@@ -94,7 +70,7 @@ impl Service for RespEcho {
             let rest = &input[used..];
             match resp::parse_request(rest, &self.limits, &mut self.args) {
                 Ok(None) if rest.len() > MAX_REQUEST => {
-                    output.extend_from_slice(b"-ERR Protocol error: request too long\r\n");
+                    resp::write_error(output, format_args!("ERR Protocol error: request too long"));
                     return (input.len(), Verdict::Close);
                 }
                 Ok(None) => return (used, Verdict::Continue),
@@ -103,9 +79,7 @@ impl Service for RespEcho {
                     used += n;
                 }
                 Err(e) => {
-                    output.extend_from_slice(b"-ERR Protocol error: ");
-                    output.extend_from_slice(e.0.as_bytes());
-                    output.extend_from_slice(b"\r\n");
+                    resp::write_error(output, format_args!("ERR Protocol error: {e}"));
                     return (input.len(), Verdict::Close);
                 }
             }
@@ -200,12 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn bulk_lengths_are_written_in_decimal() {
-        for len in [0usize, 1, 9, 10, 99, 100, 12345] {
-            let mut out = Vec::new();
-            bulk(&mut out, &vec![b'x'; len]);
-            assert!(out.starts_with(format!("${len}\r\n").as_bytes()), "{len}");
-        }
+    fn commands_are_matched_without_case() {
         assert_eq!(
             run(b"ping\r\nPiNg x\r\n").2,
             b"+PONG\r\n$1\r\nx\r\n".to_vec()

@@ -22,12 +22,12 @@
 //! attempt before then.
 
 use std::collections::VecDeque;
+use std::io::Write;
 
 use ferrox_proto::{memcache, resp};
 
 use super::pipeline::{Expect, Shape, SlotRef, Suppress};
 use super::{Action, Engine, Handle, Micros, PoolSpec, Protocol, Tag, RETRY_MIN};
-use crate::reply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -179,7 +179,8 @@ impl Engine {
                 Protocol::Memcache => "SERVER_ERROR ferrox: ",
             };
             let name = &backend.name;
-            reply::error_fmt(&mut error, prefix, format_args!("server {name} {why}"));
+            // Writing to a Vec cannot fail.
+            let _ = write!(error, "{prefix}server {name} {why}\r\n");
         }
         self.fill_slot(at, &error);
         self.scratch.error = error;
@@ -197,17 +198,16 @@ impl Engine {
         backend.handshake = 0;
         if spec.protocol == Protocol::Redis {
             if let Some(password) = &spec.auth {
-                write_command(&mut backend.output, &[b"AUTH", password]);
+                resp::write_bulk_array(&mut backend.output, [&b"AUTH"[..], password]);
                 backend.handshake += 1;
             }
             if spec.db != 0 {
-                let mut db = Vec::new();
-                reply::decimal(&mut db, spec.db.into());
-                write_command(&mut backend.output, &[b"SELECT", &db]);
+                let db = spec.db.to_string();
+                resp::write_bulk_array(&mut backend.output, [&b"SELECT"[..], db.as_bytes()]);
                 backend.handshake += 1;
             }
             if backend.resp3 {
-                write_command(&mut backend.output, &[b"HELLO", b"3"]);
+                resp::write_bulk_array(&mut backend.output, [&b"HELLO"[..], b"3"]);
                 backend.handshake += 1;
             }
         }
@@ -412,13 +412,5 @@ impl Engine {
             }
             State::Idle => {}
         }
-    }
-}
-
-/// A RESP command of bulk strings.
-fn write_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    reply::header(out, b'*', args.len() as u64);
-    for arg in args {
-        reply::bulk(out, arg);
     }
 }

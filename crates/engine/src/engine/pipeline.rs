@@ -9,7 +9,6 @@ use std::ops::Range;
 use ferrox_proto::{memcache, resp};
 
 use crate::command::Merge;
-use crate::reply;
 
 /// Names a slot from a backend's FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +215,7 @@ impl Slot {
             }
             cursors.push(range.start + header);
         }
-        reply::header(out, b'*', self.key_piece.len() as u64);
+        resp::write_array_header(out, self.key_piece.len());
         for &piece in &self.key_piece {
             let piece = piece as usize;
             let end = self.pieces[piece].end;
@@ -250,7 +249,7 @@ fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> R
             .ok_or(())?;
         sum = sum.saturating_add(n);
     }
-    reply::integer(out, sum);
+    resp::write_integer(out, sum);
     Ok(())
 }
 

@@ -148,7 +148,7 @@ impl FakeServer {
                 "SELECT" => out.extend(b"+OK\r\n"),
                 "HELLO" => out.extend(b"%1\r\n+proto\r\n:3\r\n"),
                 "GET" => match self.data.get(a[1]) {
-                    Some(v) => crate::reply::bulk(out, v),
+                    Some(v) => resp::write_bulk(out, v),
                     None => out.extend(b"$-1\r\n"),
                 },
                 "SET" => {
@@ -162,10 +162,10 @@ impl FakeServer {
                     out.extend(b"+OK\r\n");
                 }
                 "MGET" => {
-                    crate::reply::header(out, b'*', a.len() as u64 - 1);
+                    resp::write_array_header(out, a.len() - 1);
                     for k in &a[1..] {
                         match self.data.get(*k) {
-                            Some(v) => crate::reply::bulk(out, v),
+                            Some(v) => resp::write_bulk(out, v),
                             None => out.extend(b"$-1\r\n"),
                         }
                     }
@@ -180,13 +180,13 @@ impl FakeServer {
                             self.data.remove(*k);
                         }
                     }
-                    crate::reply::integer(out, n as i64);
+                    resp::write_integer(out, n as i64);
                 }
                 "INCR" => {
                     let v = self.data.entry(a[1].to_vec()).or_insert(b"0".to_vec());
                     let n: i64 = std::str::from_utf8(v).unwrap().parse::<i64>().unwrap() + 1;
                     *v = n.to_string().into_bytes();
-                    crate::reply::integer(out, n);
+                    resp::write_integer(out, n);
                 }
                 _ => out.extend(b"-ERR unknown\r\n"),
             }
@@ -405,10 +405,7 @@ fn take_output(engine: &mut Engine, tag: Tag, into: &mut Vec<u8>) {
 
 fn cmd(args: &[&str]) -> Vec<u8> {
     let mut out = Vec::new();
-    crate::reply::header(&mut out, b'*', args.len() as u64);
-    for a in args {
-        crate::reply::bulk(&mut out, a.as_bytes());
-    }
+    resp::write_bulk_array(&mut out, args.iter().map(|a| a.as_bytes()));
     out
 }
 

@@ -168,6 +168,47 @@ fn malformed_replies_are_refused() {
     }
 }
 
+#[test]
+fn writers_emit_resp() {
+    let mut out = Vec::new();
+    write_array_header(&mut out, 12);
+    write_bulk(&mut out, b"ab");
+    write_bulk(&mut out, b"");
+    write_integer(&mut out, -7);
+    write_integer(&mut out, 0);
+    write_error(&mut out, format_args!("ERR unknown command '{}'", "x"));
+    assert_eq!(
+        out,
+        b"*12\r\n$2\r\nab\r\n$0\r\n\r\n:-7\r\n:0\r\n-ERR unknown command 'x'\r\n"
+    );
+    for (resp3, null, map) in [
+        (false, &b"$-1\r\n"[..], &b"*4\r\n"[..]),
+        (true, b"_\r\n", b"%2\r\n"),
+    ] {
+        out.clear();
+        write_null(&mut out, resp3);
+        assert_eq!(out, null);
+        out.clear();
+        write_map_header(&mut out, 2, resp3);
+        assert_eq!(out, map);
+    }
+    out.clear();
+    write_bulk_array(&mut out, [&b"SELECT"[..], b"3"]);
+    assert_eq!(out, b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n");
+}
+
+#[test]
+fn bulk_lengths_are_written_in_decimal() {
+    for len in [0usize, 1, 9, 10, 99, 100, 12345] {
+        let mut out = Vec::new();
+        write_bulk(&mut out, &vec![b'x'; len]);
+        assert!(out.starts_with(format!("${len}\r\n").as_bytes()), "{len}");
+    }
+    let mut out = Vec::new();
+    write_integer(&mut out, i64::MIN);
+    assert_eq!(out, b":-9223372036854775808\r\n");
+}
+
 proptest! {
     /// Arbitrary bytes never panic and never claim more than they have.
     #[test]
@@ -193,5 +234,9 @@ proptest! {
         }
         prop_assert_eq!(request(&wire), Ok(Some((wire.len(), parts.clone()))));
         prop_assert_eq!(request(&wire[..wire.len() - 1]), Ok(None));
+        // The writer emits the same bytes.
+        let mut written = Vec::new();
+        write_bulk_array(&mut written, parts.iter().map(Vec::as_slice));
+        prop_assert_eq!(written, wire);
     }
 }

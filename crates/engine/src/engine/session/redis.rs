@@ -7,7 +7,6 @@ use ferrox_proto::resp;
 use super::super::pipeline::{Combine, Expect};
 use super::super::{Engine, Micros};
 use crate::command::{self, Local, Merge, Route};
-use crate::reply;
 
 impl Engine {
     pub(in crate::engine) fn redis_input(
@@ -26,10 +25,11 @@ impl Engine {
                 Ok(None) if rest.len() > max_request => {
                     // Incomplete, and already longer than a request may be.
                     self.local_error(index, |out, _| {
-                        reply::error_fmt(
+                        resp::write_error(
                             out,
-                            "-ERR Protocol error: ",
-                            format_args!("request longer than max_request ({max_request} bytes)"),
+                            format_args!(
+                                "ERR Protocol error: request longer than max_request ({max_request} bytes)"
+                            ),
                         )
                     });
                     self.close_after_last(index);
@@ -42,7 +42,7 @@ impl Engine {
                 }
                 Err(error) => {
                     self.local_error(index, |out, _| {
-                        reply::error_fmt(out, "-ERR Protocol error: ", format_args!("{error}"))
+                        resp::write_error(out, format_args!("ERR Protocol error: {error}"))
                     });
                     self.close_after_last(index);
                     used = input.len();
@@ -78,19 +78,19 @@ impl Engine {
         }
         if blocked {
             return self.local_error(index, |out, _| {
-                reply::error_about(out, "command '", name, &["' is blocked by configuration"])
+                error_about(out, "command '", name, &["' is blocked by configuration"])
             });
         }
         let Some(route) = route else {
             return self.local_error(index, |out, _| {
-                reply::error_about(out, "unknown command '", name, &["'"])
+                error_about(out, "unknown command '", name, &["'"])
             });
         };
         let keys = match route {
             Route::Local(local) => return self.redis_local(index, local, request, args),
             Route::Refuse(why) => {
                 return self.local_error(index, |out, _| {
-                    reply::error_about(out, "'", name, &["' is not supported: ", why])
+                    error_about(out, "'", name, &["' is not supported: ", why])
                 })
             }
             _ => command::key_positions(route, args.len(), |i| {
@@ -100,9 +100,7 @@ impl Engine {
         let keys = match keys {
             Ok(keys) => keys,
             Err(why) => {
-                return self.local_error(index, |out, _| {
-                    reply::error_about(out, "", name, &[": ", why])
-                })
+                return self.local_error(index, |out, _| error_about(out, "", name, &[": ", why]))
             }
         };
         match route {
@@ -115,7 +113,7 @@ impl Engine {
                     let here = self.place(index, arg(i));
                     if server.is_some() && server != Some(here) {
                         return self.local_error(index, |out, _| {
-                            reply::error_about(
+                            error_about(
                                 out,
                                 "the keys of '",
                                 name,
@@ -216,7 +214,7 @@ impl Engine {
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+PONG\r\n"))
             }
             Local::Ping | Local::Echo if argc == 2 => {
-                self.local_reply(index, |out, _| reply::bulk(out, arg(1)))
+                self.local_reply(index, |out, _| resp::write_bulk(out, arg(1)))
             }
             Local::Quit => {
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"));
@@ -250,10 +248,11 @@ impl Engine {
                     self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
                 } else {
                     self.local_error(index, |out, _| {
-                        reply::error_fmt(
+                        resp::write_error(
                             out,
-                            "-ERR ferrox: ",
-                            format_args!("the database is fixed to {configured} by configuration"),
+                            format_args!(
+                                "ERR ferrox: the database is fixed to {configured} by configuration"
+                            ),
                         )
                     })
                 }
@@ -263,10 +262,10 @@ impl Engine {
                 if sub.eq_ignore_ascii_case(b"SETNAME") || sub.eq_ignore_ascii_case(b"SETINFO") {
                     self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
                 } else if sub.eq_ignore_ascii_case(b"GETNAME") {
-                    self.local_reply(index, reply::null)
+                    self.local_reply(index, resp::write_null)
                 } else {
                     self.local_error(index, |out, _| {
-                        reply::error_about(out, "'CLIENT ", sub, &["' is not supported"])
+                        error_about(out, "'CLIENT ", sub, &["' is not supported"])
                     })
                 }
             }
@@ -274,7 +273,7 @@ impl Engine {
                 let count = argc >= 2 && arg(1).eq_ignore_ascii_case(b"COUNT");
                 self.local_reply(index, |out, _| {
                     if count {
-                        reply::integer(out, 0);
+                        resp::write_integer(out, 0);
                     } else {
                         out.extend_from_slice(b"*0\r\n");
                     }
@@ -283,7 +282,7 @@ impl Engine {
             // `redis-benchmark` reads `save` and `appendonly` before it
             // starts; the proxy has no such settings.
             Local::Config if argc >= 3 && arg(1).eq_ignore_ascii_case(b"GET") => {
-                self.local_reply(index, reply::empty_map)
+                self.local_reply(index, |out, resp3| resp::write_map_header(out, 0, resp3))
             }
             Local::Config => self.local_error(index, |out, _| {
                 out.extend_from_slice(
@@ -293,7 +292,7 @@ impl Engine {
             _ => {
                 let name = arg(0);
                 self.local_error(index, |out, _| {
-                    reply::error_about(out, "wrong number of arguments for '", name, &["'"])
+                    error_about(out, "wrong number of arguments for '", name, &["'"])
                 })
             }
         }
@@ -335,7 +334,7 @@ impl Engine {
                 i += 2;
             } else {
                 return self.local_error(index, |out, _| {
-                    reply::error_about(out, "syntax error in HELLO option '", option, &["'"])
+                    error_about(out, "syntax error in HELLO option '", option, &["'"])
                 });
             }
         }
@@ -351,24 +350,20 @@ impl Engine {
         }
         let id = index as i64 + 1;
         self.local_reply(index, |out, resp3| {
-            reply::header(
-                out,
-                if resp3 { b'%' } else { b'*' },
-                if resp3 { 7 } else { 14 },
-            );
-            reply::bulk(out, b"server");
-            reply::bulk(out, b"ferrox");
-            reply::bulk(out, b"version");
-            reply::bulk(out, env!("CARGO_PKG_VERSION").as_bytes());
-            reply::bulk(out, b"proto");
-            reply::integer(out, if resp3 { 3 } else { 2 });
-            reply::bulk(out, b"id");
-            reply::integer(out, id);
-            reply::bulk(out, b"mode");
-            reply::bulk(out, b"proxy");
-            reply::bulk(out, b"role");
-            reply::bulk(out, b"master");
-            reply::bulk(out, b"modules");
+            resp::write_map_header(out, 7, resp3);
+            resp::write_bulk(out, b"server");
+            resp::write_bulk(out, b"ferrox");
+            resp::write_bulk(out, b"version");
+            resp::write_bulk(out, env!("CARGO_PKG_VERSION").as_bytes());
+            resp::write_bulk(out, b"proto");
+            resp::write_integer(out, if resp3 { 3 } else { 2 });
+            resp::write_bulk(out, b"id");
+            resp::write_integer(out, id);
+            resp::write_bulk(out, b"mode");
+            resp::write_bulk(out, b"proxy");
+            resp::write_bulk(out, b"role");
+            resp::write_bulk(out, b"master");
+            resp::write_bulk(out, b"modules");
             out.extend_from_slice(b"*0\r\n");
         });
     }
@@ -379,10 +374,7 @@ fn write_whole(out: &mut Vec<u8>, request: &[u8], args: &[Range<usize>]) {
     if request.first() == Some(&b'*') {
         out.extend_from_slice(request);
     } else {
-        reply::header(out, b'*', args.len() as u64);
-        for a in args {
-            reply::bulk(out, &request[a.clone()]);
-        }
+        resp::write_bulk_array(out, args.iter().map(|a| &request[a.clone()]));
     }
 }
 
@@ -395,11 +387,44 @@ fn write_piece(
     step: usize,
     keys: impl Iterator<Item = usize> + Clone,
 ) {
-    reply::header(out, b'*', (1 + keys.clone().count() * step) as u64);
-    reply::bulk(out, &request[args[0].clone()]);
+    resp::write_array_header(out, 1 + keys.clone().count() * step);
+    resp::write_bulk(out, &request[args[0].clone()]);
     for k in keys {
         for arg in &args[k..k + step] {
-            reply::bulk(out, &request[arg.clone()]);
+            resp::write_bulk(out, &request[arg.clone()]);
         }
+    }
+}
+
+/// `-ERR ferrox: <before><token><after...>`, where the token is
+/// client-visible (a command or key), shown lossily and cut at 64
+/// characters.
+fn error_about(out: &mut Vec<u8>, before: &str, token: &[u8], after: &[&str]) {
+    out.extend_from_slice(b"-ERR ferrox: ");
+    out.extend_from_slice(before.as_bytes());
+    let shown = &token[..token.len().min(64)];
+    for &b in shown {
+        // Keep the error a single printable line.
+        out.push(if b.is_ascii_graphic() || b == b' ' {
+            b
+        } else {
+            b'?'
+        });
+    }
+    for part in after {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_about_a_token_stay_one_printable_line() {
+        let mut out = Vec::new();
+        error_about(&mut out, "unknown command '", b"x\r\ny", &["'"]);
+        assert_eq!(out, b"-ERR ferrox: unknown command 'x??y'\r\n");
     }
 }
