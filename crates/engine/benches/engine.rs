@@ -4,11 +4,10 @@
 //! MGET of 8 keys split over 4 servers and merged.
 
 use std::hint::black_box;
-use std::net::SocketAddrV4;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferrox_engine::{Action, Engine, Placement, PoolSpec, Protocol, ServerSpec, Tag};
-use ferrox_proto::{memcache, resp};
+use ferrox_engine::testing::pool_spec;
+use ferrox_engine::{Action, Engine, Placement, PoolSpec, Protocol, Tag};
 
 /// Sends all of `tag`'s output (as a runtime with room would).
 fn drain(engine: &mut Engine, tag: Tag) -> usize {
@@ -30,32 +29,7 @@ impl Placement for LastByte {
 }
 
 fn pool(servers: usize) -> PoolSpec {
-    PoolSpec {
-        name: "bench".into(),
-        protocol: Protocol::Redis,
-        servers: (0..servers)
-            .map(|i| ServerSpec {
-                addr: SocketAddrV4::new([10, 0, 0, 1].into(), 7000 + i as u16),
-                name: format!("s{i}"),
-            })
-            .collect(),
-        placement: Box::new(LastByte(servers)),
-        timeout: None,
-        connect_timeout: 1_000_000,
-        auth: None,
-        db: 0,
-        server_connections: 1,
-        client_connections: 0,
-        retry_max: 1_000_000,
-        blocked: Vec::new(),
-        limits: resp::Limits::default(),
-        memcache_limits: memcache::Limits::default(),
-        max_pipeline: 1024,
-        max_request: 1 << 30,
-        max_output: ferrox_engine::MAX_OUTPUT,
-        preconnect: false,
-        ejection: None,
-    }
+    pool_spec(Protocol::Redis, servers, 7000, Box::new(LastByte(servers)))
 }
 
 /// An engine with one client whose backend connections are up; returns

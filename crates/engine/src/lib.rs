@@ -13,6 +13,8 @@
 pub mod command;
 pub mod configure;
 pub mod engine;
+#[doc(hidden)]
+pub mod testing;
 
 pub use engine::reconfigure::Changes;
 pub use engine::{

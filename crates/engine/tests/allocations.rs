@@ -5,11 +5,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::SocketAddrV4;
 
-use ferrox_engine::{
-    Action, Engine, Handle, Micros, Placement, PoolSpec, Protocol, ServerSpec, Tag,
-};
+use ferrox_engine::testing::pool_spec;
+use ferrox_engine::{Action, Engine, Handle, Micros, Placement, PoolSpec, Protocol, Tag};
 use ferrox_proto::{memcache, resp};
 
 #[allow(unsafe_code)]
@@ -76,30 +74,8 @@ impl Placement for FirstByte {
 
 fn pool(protocol: Protocol, base_port: u16) -> PoolSpec {
     PoolSpec {
-        name: "p".into(),
-        protocol,
-        servers: (0..2)
-            .map(|i| ServerSpec {
-                addr: SocketAddrV4::new([10, 0, 0, 1].into(), base_port + i),
-                name: format!("s{i}"),
-            })
-            .collect(),
-        placement: Box::new(FirstByte),
         timeout: Some(1_000_000),
-        connect_timeout: 1_000_000,
-        auth: None,
-        db: 0,
-        server_connections: 1,
-        client_connections: 0,
-        retry_max: 1_000_000,
-        blocked: Vec::new(),
-        limits: resp::Limits::default(),
-        memcache_limits: memcache::Limits::default(),
-        max_pipeline: 1024,
-        max_request: 1 << 30,
-        max_output: ferrox_engine::MAX_OUTPUT,
-        preconnect: false,
-        ejection: None,
+        ..pool_spec(protocol, 2, base_port, Box::new(FirstByte))
     }
 }
 

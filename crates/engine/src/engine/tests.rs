@@ -4,7 +4,6 @@
 //! lets them answer in any order relative to each other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddrV4;
 
 use ferrox_proto::resp;
 
@@ -27,31 +26,14 @@ impl Placement for FirstByte {
 }
 
 fn spec(servers: usize) -> PoolSpec {
+    let placement = Box::new(FirstByte(vec![true; servers]));
     PoolSpec {
-        name: "test".into(),
-        protocol: Protocol::Redis,
-        servers: (0..servers)
-            .map(|i| ServerSpec {
-                addr: SocketAddrV4::new([10, 0, 0, 1].into(), 7000 + i as u16),
-                name: format!("s{i}"),
-            })
-            .collect(),
-        placement: Box::new(FirstByte(vec![true; servers])),
         timeout: Some(1_000),
         connect_timeout: 5_000,
-        auth: None,
-        db: 0,
-        server_connections: 1,
-        client_connections: 0,
-        retry_max: 1_000_000,
         blocked: vec![b"FLUSHALL".to_vec(), b"KEYS".to_vec()],
-        limits: resp::Limits::default(),
-        memcache_limits: Default::default(),
         max_pipeline: 64,
         max_request: 1 << 20,
-        max_output: crate::engine::MAX_OUTPUT,
-        preconnect: false,
-        ejection: None,
+        ..crate::testing::pool_spec(Protocol::Redis, servers, 7000, placement)
     }
 }
 
