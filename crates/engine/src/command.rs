@@ -76,6 +76,11 @@ const SCRIPT: &str = "scripts without keys cannot be routed";
 static TABLE: &[(&[u8], Route)] = {
     use self::Local as L;
     use Route::{Refuse, Single, Split, Together};
+    // `numkeys` is argument 1 or 2 and the keys follow it; with a
+    // destination, argument 1 is a key too.
+    const NUMKEYS_1: Route = Together(Keys::Counted { at: 1, dest: false });
+    const NUMKEYS_2: Route = Together(Keys::Counted { at: 2, dest: false });
+    const DEST_NUMKEYS_2: Route = Together(Keys::Counted { at: 2, dest: true });
     &[
         (b"ACL", Refuse(ADMIN)),
         (b"APPEND", Single),
@@ -108,21 +113,18 @@ static TABLE: &[(&[u8], Route)] = {
         (b"DISCARD", Refuse(TRANSACTION)),
         (b"DUMP", Single),
         (b"ECHO", Route::Local(L::Echo)),
-        (b"EVAL", Together(Keys::Counted { at: 2, dest: false })),
-        (b"EVALSHA", Together(Keys::Counted { at: 2, dest: false })),
-        (
-            b"EVALSHA_RO",
-            Together(Keys::Counted { at: 2, dest: false }),
-        ),
-        (b"EVAL_RO", Together(Keys::Counted { at: 2, dest: false })),
+        (b"EVAL", NUMKEYS_2),
+        (b"EVALSHA", NUMKEYS_2),
+        (b"EVALSHA_RO", NUMKEYS_2),
+        (b"EVAL_RO", NUMKEYS_2),
         (b"EXEC", Refuse(TRANSACTION)),
         (b"EXISTS", Split(Merge::Sum)),
         (b"EXPIRE", Single),
         (b"EXPIREAT", Single),
         (b"EXPIRETIME", Single),
         (b"FAILOVER", Refuse(ADMIN)),
-        (b"FCALL", Together(Keys::Counted { at: 2, dest: false })),
-        (b"FCALL_RO", Together(Keys::Counted { at: 2, dest: false })),
+        (b"FCALL", NUMKEYS_2),
+        (b"FCALL_RO", NUMKEYS_2),
         (b"FLUSHALL", Refuse(CROSS_SHARD)),
         (b"FLUSHDB", Refuse(CROSS_SHARD)),
         (b"FUNCTION", Refuse(ADMIN)),
@@ -169,7 +171,7 @@ static TABLE: &[(&[u8], Route)] = {
         (b"LINSERT", Single),
         (b"LLEN", Single),
         (b"LMOVE", Together(Keys::Two)),
-        (b"LMPOP", Together(Keys::Counted { at: 1, dest: false })),
+        (b"LMPOP", NUMKEYS_1),
         (b"LPOP", Single),
         (b"LPOS", Single),
         (b"LPUSH", Single),
@@ -225,10 +227,7 @@ static TABLE: &[(&[u8], Route)] = {
         (b"SETRANGE", Single),
         (b"SHUTDOWN", Refuse(ADMIN)),
         (b"SINTER", Together(Keys::All)),
-        (
-            b"SINTERCARD",
-            Together(Keys::Counted { at: 1, dest: false }),
-        ),
+        (b"SINTERCARD", NUMKEYS_1),
         (b"SINTERSTORE", Together(Keys::All)),
         (b"SISMEMBER", Single),
         (b"SLAVEOF", Refuse(ADMIN)),
@@ -278,20 +277,14 @@ static TABLE: &[(&[u8], Route)] = {
         (b"ZADD", Single),
         (b"ZCARD", Single),
         (b"ZCOUNT", Single),
-        (b"ZDIFF", Together(Keys::Counted { at: 1, dest: false })),
-        (b"ZDIFFSTORE", Together(Keys::Counted { at: 2, dest: true })),
+        (b"ZDIFF", NUMKEYS_1),
+        (b"ZDIFFSTORE", DEST_NUMKEYS_2),
         (b"ZINCRBY", Single),
-        (b"ZINTER", Together(Keys::Counted { at: 1, dest: false })),
-        (
-            b"ZINTERCARD",
-            Together(Keys::Counted { at: 1, dest: false }),
-        ),
-        (
-            b"ZINTERSTORE",
-            Together(Keys::Counted { at: 2, dest: true }),
-        ),
+        (b"ZINTER", NUMKEYS_1),
+        (b"ZINTERCARD", NUMKEYS_1),
+        (b"ZINTERSTORE", DEST_NUMKEYS_2),
         (b"ZLEXCOUNT", Single),
-        (b"ZMPOP", Together(Keys::Counted { at: 1, dest: false })),
+        (b"ZMPOP", NUMKEYS_1),
         (b"ZMSCORE", Single),
         (b"ZPOPMAX", Single),
         (b"ZPOPMIN", Single),
@@ -311,11 +304,8 @@ static TABLE: &[(&[u8], Route)] = {
         (b"ZREVRANK", Single),
         (b"ZSCAN", Single),
         (b"ZSCORE", Single),
-        (b"ZUNION", Together(Keys::Counted { at: 1, dest: false })),
-        (
-            b"ZUNIONSTORE",
-            Together(Keys::Counted { at: 2, dest: true }),
-        ),
+        (b"ZUNION", NUMKEYS_1),
+        (b"ZUNIONSTORE", DEST_NUMKEYS_2),
     ]
 };
 

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use super::pipeline::{Combine, Expect, Slot, SlotRef};
-use super::{Action, Engine, Handle, Micros, Output, Protocol};
+use super::{Action, Engine, Handle, Micros, Output, PoolSpec, Protocol};
 
 mod memcache;
 mod redis;
@@ -86,14 +86,16 @@ impl Engine {
         }
     }
 
+    /// The configuration of the session's pool.
+    fn session_spec(&self, index: usize) -> &PoolSpec {
+        &self.pools[self.sessions[index].pool].spec
+    }
+
     /// The server of `key` in the session's pool, or `None` when the pool
     /// has no live server.
     pub(super) fn place(&mut self, index: usize, key: &[u8]) -> Option<usize> {
         let random = self.random();
-        self.pools[self.sessions[index].pool]
-            .spec
-            .placement
-            .server_for(key, random)
+        self.session_spec(index).placement.server_for(key, random)
     }
 
     /// Sends slot piece `at` to `server`, or fails it at once when there
@@ -119,6 +121,93 @@ impl Engine {
                 self.fill_slot(at, error);
             }
         }
+    }
+
+    /// Sends a request whole to `server` (or fails it at once when there
+    /// is none), in a slot of its own whose reply passes as it is.
+    pub(super) fn send_whole(
+        &mut self,
+        index: usize,
+        server: Option<usize>,
+        expect: Expect,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let seq = self.open_slot(index, Combine::Pass, 1);
+        self.send_piece(self.slot_ref(index, seq, 0), server, expect, now, write);
+    }
+
+    /// Places the keys of a multi-key request and groups them by server:
+    /// `(server, key number)` sorted, one piece per server. `Err(server)`
+    /// when splitting buys nothing and the request goes whole to
+    /// `server`: every key is on one server, or some key has none
+    /// (`None`, and the request fails). The groups are the scratch
+    /// list's; [`Self::send_pieces`] gives them back.
+    pub(super) fn group_keys<'k>(
+        &mut self,
+        index: usize,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Result<Vec<(u32, u32)>, Option<usize>> {
+        let mut groups = std::mem::take(&mut self.scratch.groups);
+        groups.clear();
+        let mut unplaced = false;
+        for (k, key) in keys.enumerate() {
+            match self.place(index, key) {
+                Some(server) => groups.push((server as u32, k as u32)),
+                None => unplaced = true,
+            }
+        }
+        groups.sort_unstable();
+        let one_server = groups.first().map(|g| g.0) == groups.last().map(|g| g.0);
+        if unplaced || one_server {
+            let server = (!unplaced).then(|| groups[0].0 as usize);
+            self.scratch.groups = groups;
+            return Err(server);
+        }
+        Ok(groups)
+    }
+
+    /// Opens the slot of a request split into `groups` (from
+    /// [`Self::group_keys`]): one piece per server, each key's piece
+    /// recorded for the merge. Returns the slot's sequence number.
+    pub(super) fn open_split_slot(
+        &mut self,
+        index: usize,
+        combine: Combine,
+        groups: &[(u32, u32)],
+    ) -> u64 {
+        self.stats.split_requests += 1;
+        let pieces = groups.chunk_by(|a, b| a.0 == b.0).count() as u16;
+        let seq = self.open_slot(index, combine, pieces);
+        let session = &mut self.sessions[index];
+        let slot = &mut session.slots[(seq - session.head) as usize];
+        slot.key_piece.resize(groups.len(), 0);
+        for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
+            for &(_, key) in group {
+                slot.key_piece[key as usize] = piece as u16;
+            }
+        }
+        seq
+    }
+
+    /// Sends each server its piece of split request `seq`, written by
+    /// `write` from the piece's group of keys, and gives the groups back
+    /// to the scratch list.
+    pub(super) fn send_pieces(
+        &mut self,
+        index: usize,
+        seq: u64,
+        groups: Vec<(u32, u32)>,
+        expect: Expect,
+        now: Micros,
+        mut write: impl FnMut(&mut Vec<u8>, &[(u32, u32)]),
+    ) {
+        for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
+            let server = Some(group[0].0 as usize);
+            let at = self.slot_ref(index, seq, piece as u16);
+            self.send_piece(at, server, expect, now, |out| write(out, group));
+        }
+        self.scratch.groups = groups;
     }
 
     /// Whether the session may take another request now: it is open, its

@@ -37,6 +37,18 @@ fn spec(servers: usize) -> PoolSpec {
     }
 }
 
+/// Two servers, a server ejected after `failure_limit` failures for
+/// `retry`.
+fn ejecting(failure_limit: u32, retry: Micros) -> PoolSpec {
+    PoolSpec {
+        ejection: Some(Ejection {
+            failure_limit,
+            retry,
+        }),
+        ..spec(2)
+    }
+}
+
 #[derive(Debug, Default)]
 struct FakeServer {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -236,11 +248,16 @@ impl Net {
         handle
     }
 
-    fn send(&mut self, client: Handle, bytes: &[u8]) {
+    /// The engine's tag for `client`.
+    fn client_tag(&self, client: Handle) -> Tag {
         let Some(Conn::Client { tag, .. }) = self.conns.get(&client) else {
             panic!("no client {client}");
         };
-        let tag = *tag;
+        *tag
+    }
+
+    fn send(&mut self, client: Handle, bytes: &[u8]) {
+        let tag = self.client_tag(client);
         let used = self.engine.handle_input(tag, bytes, self.now);
         assert_eq!(used, bytes.len(), "the engine held input back");
         self.pump();
@@ -601,12 +618,7 @@ fn a_dead_backend_costs_only_its_requests_then_recovers() {
 
 #[test]
 fn a_failing_server_is_ejected_and_returns_after_the_retry_time() {
-    let mut s = spec(2);
-    s.ejection = Some(Ejection {
-        failure_limit: 2,
-        retry: 5_000_000,
-    });
-    let mut net = Net::new(s);
+    let mut net = Net::new(ejecting(2, 5_000_000));
     net.servers[1].down = true;
     let c = net.client();
     // 'a' lives on server 1: two failures eject it.
@@ -630,11 +642,18 @@ fn a_failing_server_is_ejected_and_returns_after_the_retry_time() {
     assert_eq!(net.servers[1].data[&b"a"[..]], b"3");
 }
 
+/// A net whose server `server` takes requests but never answers, and a
+/// client.
+fn muted(spec: PoolSpec, server: usize) -> (Net, Handle) {
+    let mut net = Net::new(spec);
+    net.servers[server].mute = true;
+    let c = net.client();
+    (net, c)
+}
+
 #[test]
 fn a_request_timeout_fails_the_requests_in_flight_on_that_connection() {
-    let mut net = Net::new(spec(2));
-    net.servers[1].mute = true;
-    let c = net.client();
+    let (mut net, c) = muted(spec(2), 1);
     net.send(c, &cmd(&["GET", "a"]));
     net.send(c, &cmd(&["GET", "a"]));
     net.send(c, &cmd(&["GET", "b"]));
@@ -667,10 +686,7 @@ fn protocol_errors_answer_then_close_and_other_sessions_go_on() {
 fn a_large_value_is_held_until_whole_and_an_overlong_request_refused() {
     let mut net = Net::new(spec(1));
     let c = net.client();
-    let Some(Conn::Client { tag, .. }) = net.conns.get(&c) else {
-        unreachable!()
-    };
-    let tag = *tag;
+    let tag = net.client_tag(c);
     // 900 KB of a 1 MB value: incomplete, within max_request (1 MiB).
     let mut set = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000000\r\n".to_vec();
     let header = set.len();
@@ -696,9 +712,7 @@ fn a_large_value_is_held_until_whole_and_an_overlong_request_refused() {
 
 #[test]
 fn quit_flushes_earlier_replies_then_closes() {
-    let mut net = Net::new(spec(1));
-    net.servers[0].mute = true;
-    let c = net.client();
+    let (mut net, c) = muted(spec(1), 0);
     let mut pipeline = cmd(&["GET", "a"]);
     pipeline.extend(cmd(&["QUIT"]));
     net.send(c, &pipeline);
@@ -715,14 +729,9 @@ fn quit_flushes_earlier_replies_then_closes() {
 
 #[test]
 fn replies_for_a_closed_session_are_dropped() {
-    let mut net = Net::new(spec(1));
-    net.servers[0].mute = true;
-    let c = net.client();
+    let (mut net, c) = muted(spec(1), 0);
     net.send(c, &cmd(&["GET", "a"]));
-    let Some(Conn::Client { tag, .. }) = net.conns.get(&c) else {
-        unreachable!()
-    };
-    net.engine.handle_gone(*tag, c, net.now);
+    net.engine.handle_gone(net.client_tag(c), c, net.now);
     net.servers[0].mute = false;
     // A new session takes the freed place and must not see the old reply.
     let d = net.client();
@@ -732,15 +741,14 @@ fn replies_for_a_closed_session_are_dropped() {
 
 #[test]
 fn a_full_pipeline_holds_input_back() {
-    let mut s = spec(1);
-    s.max_pipeline = 2;
-    let mut net = Net::new(s);
-    net.servers[0].mute = true;
-    let c = net.client();
-    let Some(Conn::Client { tag, .. }) = net.conns.get(&c) else {
-        unreachable!()
-    };
-    let tag = *tag;
+    let (mut net, c) = muted(
+        PoolSpec {
+            max_pipeline: 2,
+            ..spec(1)
+        },
+        0,
+    );
+    let tag = net.client_tag(c);
     let three = [cmd(&["GET", "a"]), cmd(&["GET", "b"]), cmd(&["GET", "c"])].concat();
     let used = net.engine.handle_input(tag, &three, net.now);
     assert_eq!(used, cmd(&["GET", "a"]).len() * 2);
@@ -749,9 +757,10 @@ fn a_full_pipeline_holds_input_back() {
 
 #[test]
 fn client_connection_limit() {
-    let mut s = spec(1);
-    s.client_connections = 1;
-    let mut net = Net::new(s);
+    let mut net = Net::new(PoolSpec {
+        client_connections: 1,
+        ..spec(1)
+    });
     let _c = net.client();
     assert_eq!(net.engine.accept(0, 99), None);
     assert_eq!(net.engine.stats().sessions_refused, 1);
@@ -860,10 +869,7 @@ mod arbitrary_input {
                 let end = at + (*cut).min(stream.len() - at);
                 held.extend_from_slice(&stream[at..end]);
                 at = end;
-                let Some(Conn::Client { tag, .. }) = net.conns.get(&fuzzed) else {
-                    unreachable!()
-                };
-                let used = net.engine.handle_input(*tag, &held, net.now);
+                let used = net.engine.handle_input(net.client_tag(fuzzed), &held, net.now);
                 held.drain(..used);
                 net.pump();
                 if net.take_peek(fuzzed).ends_with(b"<closed>") {
@@ -1102,9 +1108,10 @@ mod memcache_client_requests {
 
     #[test]
     fn a_retrieval_line_is_bounded_by_max_request_and_other_lines_by_max_line() {
-        let mut spec = memcache_spec(2);
-        spec.max_request = 100_000;
-        let mut net = Net::new(spec);
+        let mut net = Net::new(PoolSpec {
+            max_request: 100_000,
+            ..memcache_spec(2)
+        });
         let c = net.client();
         let keys = many_keys(4_000);
         let line = format!("get {}\r\n", keys.join(" "));
@@ -1245,11 +1252,7 @@ mod reconnecting {
             connect_timeout: 1_000_000,
             timeout: None,
             retry_max: 2_000_000,
-            ejection: Some(Ejection {
-                failure_limit: 3,
-                retry: 2_000_000,
-            }),
-            ..spec(2)
+            ..ejecting(3, 2_000_000)
         }
     }
 
@@ -1415,12 +1418,7 @@ mod reconnecting {
 
     #[test]
     fn an_ejected_server_gets_no_attempt_until_its_retry_time() {
-        let mut s = spec(2);
-        s.ejection = Some(Ejection {
-            failure_limit: 2,
-            retry: 1_000_000,
-        });
-        let mut net = Net::new(s);
+        let mut net = Net::new(ejecting(2, 1_000_000));
         let c = net.client();
         net.send(c, &[set("a"), set("b")].concat());
         assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");

@@ -11,13 +11,8 @@ use super::super::pipeline::{Combine, Expect, Shape, Suppress};
 use super::super::{Engine, Micros};
 
 impl Engine {
-    pub(in crate::engine) fn memcache_input(
-        &mut self,
-        index: usize,
-        input: &[u8],
-        now: Micros,
-    ) -> usize {
-        let spec = &self.pools[self.sessions[index].pool].spec;
+    pub(super) fn memcache_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
+        let spec = self.session_spec(index);
         // A retrieval line is held whole until it ends, as a Redis request
         // is: the pool's max_request bounds both.
         let limits = memcache::Limits {
@@ -94,10 +89,9 @@ impl Engine {
             });
         };
         let server = self.place(index, &request[key.clone()]);
-        let seq = self.open_slot(index, Combine::Pass, 1);
         let skip = req.noreply.or(req.quiet);
-        self.send_piece(
-            self.slot_ref(index, seq, 0),
+        self.send_whole(
+            index,
             server,
             Expect { shape, suppress },
             now,
@@ -111,80 +105,37 @@ impl Engine {
     /// A multi-key `get`/`gets`/`gat`/`gats`: one piece per server; the
     /// `VALUE` blocks are concatenated and end with one `END`.
     fn memcache_split(&mut self, index: usize, request: &[u8], req: &Request, now: Micros) {
-        let mut groups = std::mem::take(&mut self.scratch.groups);
-        groups.clear();
-        let mut unplaced = false;
-        for (k, key) in req.key_ranges().iter().enumerate() {
-            match self.place(index, &request[key.clone()]) {
-                Some(server) => groups.push((server as u32, k as u32)),
-                None => unplaced = true,
-            }
-        }
-        groups.sort_unstable();
-        let shape = Shape::Memcache(req.command.reply_kind());
-        let one_server = groups.first().map(|g| g.0) == groups.last().map(|g| g.0);
-        if unplaced || one_server {
-            let server = (!unplaced).then(|| groups[0].0 as usize);
-            let seq = self.open_slot(index, Combine::Pass, 1);
-            self.send_piece(
-                self.slot_ref(index, seq, 0),
-                server,
-                Expect {
-                    shape,
-                    suppress: Suppress::No,
-                },
-                now,
-                |out| out.extend_from_slice(request),
-            );
-            self.scratch.groups = groups;
-            return;
-        }
-        self.stats.split_requests += 1;
-        let pieces = groups.chunk_by(|a, b| a.0 == b.0).count() as u16;
-        let seq = self.open_slot(index, Combine::MemcacheGet, pieces);
-        // Tokens before the keys: the command, and gat's exptime.
-        let head = &req.tokens[..req.keys.start];
+        let expect = Expect {
+            shape: Shape::Memcache(req.command.reply_kind()),
+            suppress: Suppress::No,
+        };
         let keys = req.key_ranges();
+        let groups = match self.group_keys(index, keys.iter().map(|k| &request[k.clone()])) {
+            Ok(groups) => groups,
+            Err(server) => {
+                return self.send_whole(index, server, expect, now, |out| {
+                    out.extend_from_slice(request)
+                })
+            }
+        };
+        let seq = self.open_split_slot(index, Combine::MemcacheGet, &groups);
         {
             // The keys in request order, for merging the values back.
             let session = &mut self.sessions[index];
             let slot = &mut session.slots[(seq - session.head) as usize];
-            slot.key_piece.resize(keys.len(), 0);
-            for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
-                for &(_, key) in group {
-                    slot.key_piece[key as usize] = piece as u16;
-                }
-            }
             for key in keys {
                 slot.keys.extend_from_slice(&request[key.clone()]);
                 slot.key_ends.push(slot.keys.len() as u32);
             }
         }
-        for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
-            let server = Some(group[0].0 as usize);
-            self.send_piece(
-                self.slot_ref(index, seq, piece as u16),
-                server,
-                Expect {
-                    shape,
-                    suppress: Suppress::No,
-                },
-                now,
-                |out| {
-                    let words = head
-                        .iter()
-                        .chain(group.iter().map(|&(_, k)| &keys[k as usize]));
-                    for (i, word) in words.enumerate() {
-                        if i > 0 {
-                            out.push(b' ');
-                        }
-                        out.extend_from_slice(&request[word.clone()]);
-                    }
-                    out.extend_from_slice(b"\r\n");
-                },
-            );
-        }
-        self.scratch.groups = groups;
+        // Tokens before the keys: the command, and gat's exptime.
+        let head = &req.tokens[..req.keys.start];
+        self.send_pieces(index, seq, groups, expect, now, |out, group| {
+            let words = head
+                .iter()
+                .chain(group.iter().map(|&(_, k)| &keys[k as usize]));
+            write_line(out, words.map(|word| &request[word.clone()]));
+        });
     }
 }
 
@@ -196,6 +147,14 @@ fn write_without(out: &mut Vec<u8>, request: &[u8], req: &Request, skip: usize) 
         .enumerate()
         .filter(|&(i, _)| i != skip)
         .map(|(_, t)| &request[t.clone()]);
+    write_line(out, words);
+    if let Some(data) = &req.data {
+        out.extend_from_slice(&request[data.clone()]);
+    }
+}
+
+/// A request line: `words` separated by spaces, then CRLF.
+fn write_line<'a>(out: &mut Vec<u8>, words: impl Iterator<Item = &'a [u8]>) {
     for (i, word) in words.enumerate() {
         if i > 0 {
             out.push(b' ');
@@ -203,7 +162,4 @@ fn write_without(out: &mut Vec<u8>, request: &[u8], req: &Request, skip: usize) 
         out.extend_from_slice(word);
     }
     out.extend_from_slice(b"\r\n");
-    if let Some(data) = &req.data {
-        out.extend_from_slice(&request[data.clone()]);
-    }
 }

@@ -9,13 +9,8 @@ use super::super::{Engine, Micros};
 use crate::command::{self, Local, Merge, Route};
 
 impl Engine {
-    pub(in crate::engine) fn redis_input(
-        &mut self,
-        index: usize,
-        input: &[u8],
-        now: Micros,
-    ) -> usize {
-        let spec = &self.pools[self.sessions[index].pool].spec;
+    pub(super) fn redis_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
+        let spec = self.session_spec(index);
         let (limits, max_request) = (spec.limits, spec.max_request);
         let mut args = std::mem::take(&mut self.scratch.args);
         let mut used = 0;
@@ -60,7 +55,7 @@ impl Engine {
             return;
         };
         let arg = |i: usize| &request[args[i].clone()];
-        let blocked = &self.pools[self.sessions[index].pool].spec.blocked;
+        let blocked = &self.session_spec(index).blocked;
         let (found, blocked) = command::lookup_blocked(name, blocked);
         let route = found.map(|(id, route)| {
             self.stats.commands[id.index()] += 1;
@@ -124,14 +119,9 @@ impl Engine {
                     server = Some(here);
                 }
                 let server = server.expect("a routed command has a key");
-                let seq = self.open_slot(index, Combine::Pass, 1);
-                self.send_piece(
-                    self.slot_ref(index, seq, 0),
-                    server,
-                    Expect::RESP,
-                    now,
-                    |out| write_whole(out, request, args),
-                );
+                self.send_whole(index, server, Expect::RESP, now, |out| {
+                    write_whole(out, request, args)
+                });
             }
         }
     }
@@ -149,66 +139,29 @@ impl Engine {
     ) {
         // MSET's keys are every other argument.
         let step = if merge == Merge::Ok { 2 } else { 1 };
-        let mut groups = std::mem::take(&mut self.scratch.groups);
-        groups.clear();
-        let mut unplaced = false;
-        for (k, i) in keys.step_by(step).enumerate() {
-            match self.place(index, &request[args[i].clone()]) {
-                Some(server) => groups.push((server as u32, k as u32)),
-                None => unplaced = true,
-            }
-        }
-        groups.sort_unstable();
-        let one_server = groups.first().map(|g| g.0) == groups.last().map(|g| g.0);
-        if unplaced || one_server {
+        let key_args = keys.step_by(step).map(|i| &request[args[i].clone()]);
+        let groups = match self.group_keys(index, key_args) {
+            Ok(groups) => groups,
             // One server (or none): the request goes as it is, and so
             // does its reply.
-            let server = (!unplaced).then(|| groups[0].0 as usize);
-            let seq = self.open_slot(index, Combine::Pass, 1);
-            self.send_piece(
-                self.slot_ref(index, seq, 0),
-                server,
-                Expect::RESP,
-                now,
-                |out| write_whole(out, request, args),
-            );
-            self.scratch.groups = groups;
-            return;
-        }
-        self.stats.split_requests += 1;
-        let pieces = groups.chunk_by(|a, b| a.0 == b.0).count() as u16;
-        let seq = self.open_slot(index, Combine::Redis(merge), pieces);
-        {
-            let session = &mut self.sessions[index];
-            let slot = &mut session.slots[(seq - session.head) as usize];
-            slot.key_piece.resize(groups.len(), 0);
-            for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
-                for &(_, key) in group {
-                    slot.key_piece[key as usize] = piece as u16;
-                }
+            Err(server) => {
+                return self.send_whole(index, server, Expect::RESP, now, |out| {
+                    write_whole(out, request, args)
+                })
             }
-        }
-        for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
-            let server = group[0].0 as usize;
-            self.send_piece(
-                self.slot_ref(index, seq, piece as u16),
-                Some(server),
-                Expect::RESP,
-                now,
-                |out| {
-                    let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
-                    write_piece(out, request, args, step, keys)
-                },
-            );
-        }
-        self.scratch.groups = groups;
+        };
+        let seq = self.open_split_slot(index, Combine::Redis(merge), &groups);
+        self.send_pieces(index, seq, groups, Expect::RESP, now, |out, group| {
+            let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
+            write_piece(out, request, args, step, keys)
+        });
     }
 
     /// Commands the proxy answers itself.
     fn redis_local(&mut self, index: usize, local: Local, request: &[u8], args: &[Range<usize>]) {
         let arg = |i: usize| &request[args[i].clone()];
         let argc = args.len();
-        let pool = &self.pools[self.sessions[index].pool].spec;
+        let pool = self.session_spec(index);
         match local {
             Local::Ping if argc == 1 => {
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+PONG\r\n"))
@@ -318,7 +271,7 @@ impl Engine {
         while i < args.len() {
             let option = arg(i);
             if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
-                let expected = &self.pools[self.sessions[index].pool].spec.auth;
+                let expected = &self.session_spec(index).auth;
                 let ok = arg(i + 1) == b"default"
                     && expected.as_deref().is_some_and(|e| e == arg(i + 2));
                 if !ok {
