@@ -83,11 +83,8 @@ impl FakeServer {
                     for k in req.key_ranges() {
                         let key = &bytes[k.clone()];
                         if let Some(v) = self.data.get(key) {
-                            out.extend(b"VALUE ");
-                            out.extend(key);
-                            out.extend(format!(" 0 {}\r\n", v.len()).as_bytes());
-                            out.extend(v);
-                            out.extend(b"\r\n");
+                            let flags_len = format!(" 0 {}\r\n", v.len());
+                            out.extend([b"VALUE ", key, flags_len.as_bytes(), v, b"\r\n"].concat());
                         }
                     }
                     out.extend(b"END\r\n");

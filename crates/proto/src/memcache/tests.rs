@@ -258,6 +258,10 @@ fn every_split_point_of_a_pipeline_waits_then_parses_the_same() {
 
 #[test]
 fn refused_requests_are_skipped_whole() {
+    const BAD_FORMAT: Error = Error::Client("bad command line format");
+    const BAD_EXPTIME: Error = Error::Client("invalid exptime argument");
+    const CONTROL_CHARS: Error = Error::Client("key contains control characters");
+    const BAD_DELTA: Error = Error::Client("invalid numeric delta argument");
     let long_key = format!("get {}\r\n", "k".repeat(251));
     let long_set = format!("set {} 0 0 2\r\nhi\r\n", "k".repeat(251));
     let cases: Vec<(&[u8], Error)> = vec![
@@ -267,85 +271,37 @@ fn refused_requests_are_skipped_whole() {
         (b"stats\r\n", Error::UnknownCommand),
         (b"flush_all\r\n", Error::UnknownCommand),
         (b"me k\r\n", Error::UnknownCommand),
-        (b"get\r\n", Error::Client("bad command line format")),
-        (b"gat 10\r\n", Error::Client("bad command line format")),
-        (b"gat x k\r\n", Error::Client("invalid exptime argument")),
-        (
-            b"gat 99999999999 k\r\n",
-            Error::Client("invalid exptime argument"),
-        ),
+        (b"get\r\n", BAD_FORMAT),
+        (b"gat 10\r\n", BAD_FORMAT),
+        (b"gat x k\r\n", BAD_EXPTIME),
+        (b"gat 99999999999 k\r\n", BAD_EXPTIME),
         (long_key.as_bytes(), Error::Client("key too long")),
-        (
-            b"get a\tb\r\n",
-            Error::Client("key contains control characters"),
-        ),
-        (
-            b"get a\rb\r\n",
-            Error::Client("key contains control characters"),
-        ),
-        (
-            b"get a\x7f\r\n",
-            Error::Client("key contains control characters"),
-        ),
+        (b"get a\tb\r\n", CONTROL_CHARS),
+        (b"get a\rb\r\n", CONTROL_CHARS),
+        (b"get a\x7f\r\n", CONTROL_CHARS),
         // Storage commands are skipped with their data block.
         (long_set.as_bytes(), Error::Client("key too long")),
-        (
-            b"set k x 0 2\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"set k 4294967296 0 2\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"set k 0 x 2\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"set k 0 0 2 norepl\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"set k 0 0 2 noreply x\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"cas k 0 0 2\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"cas k 0 0 2 -1\r\nhi\r\n",
-            Error::Client("bad command line format"),
-        ),
+        (b"set k x 0 2\r\nhi\r\n", BAD_FORMAT),
+        (b"set k 4294967296 0 2\r\nhi\r\n", BAD_FORMAT),
+        (b"set k 0 x 2\r\nhi\r\n", BAD_FORMAT),
+        (b"set k 0 0 2 norepl\r\nhi\r\n", BAD_FORMAT),
+        (b"set k 0 0 2 noreply x\r\nhi\r\n", BAD_FORMAT),
+        (b"cas k 0 0 2\r\nhi\r\n", BAD_FORMAT),
+        (b"cas k 0 0 2 -1\r\nhi\r\n", BAD_FORMAT),
         (b"ms k 2 q q\r\nhi\r\n", Error::Client("duplicate flag")),
-        (b"delete\r\n", Error::Client("bad command line format")),
-        (b"delete k 5\r\n", Error::Client("bad command line format")),
-        (
-            b"delete k 0 0\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (
-            b"delete k noreply 0\r\n",
-            Error::Client("bad command line format"),
-        ),
-        (b"incr k\r\n", Error::Client("bad command line format")),
-        (
-            b"incr k -1\r\n",
-            Error::Client("invalid numeric delta argument"),
-        ),
-        (
-            b"decr k 18446744073709551616\r\n",
-            Error::Client("invalid numeric delta argument"),
-        ),
-        (
-            b"touch k soon\r\n",
-            Error::Client("invalid exptime argument"),
-        ),
-        (b"touch k 1 2\r\n", Error::Client("bad command line format")),
-        (b"version 2\r\n", Error::Client("bad command line format")),
-        (b"quit now\r\n", Error::Client("bad command line format")),
-        (b"mn k\r\n", Error::Client("bad command line format")),
-        (b"mg\r\n", Error::Client("bad command line format")),
+        (b"delete\r\n", BAD_FORMAT),
+        (b"delete k 5\r\n", BAD_FORMAT),
+        (b"delete k 0 0\r\n", BAD_FORMAT),
+        (b"delete k noreply 0\r\n", BAD_FORMAT),
+        (b"incr k\r\n", BAD_FORMAT),
+        (b"incr k -1\r\n", BAD_DELTA),
+        (b"decr k 18446744073709551616\r\n", BAD_DELTA),
+        (b"touch k soon\r\n", BAD_EXPTIME),
+        (b"touch k 1 2\r\n", BAD_FORMAT),
+        (b"version 2\r\n", BAD_FORMAT),
+        (b"quit now\r\n", BAD_FORMAT),
+        (b"mn k\r\n", BAD_FORMAT),
+        (b"mg\r\n", BAD_FORMAT),
         (b"mg k v v\r\n", Error::Client("duplicate flag")),
         (b"md k \xff\r\n", Error::Client("duplicate flag")),
         (
@@ -401,26 +357,16 @@ fn noreply_is_reported_even_when_refused() {
 
 #[test]
 fn unrecoverable_streams_are_fatal() {
+    const BAD_FORMAT: Error = Error::Framing("bad command line format");
+    const BAD_CHUNK: Error = Error::Framing("bad data chunk");
     let cases: [(&[u8], Error); 9] = [
-        (b"set k 0 0 3\r\nabcd\r\n", Error::Framing("bad data chunk")),
-        (b"set k 0 0 3\r\nabc\n\n", Error::Framing("bad data chunk")),
-        (
-            b"set k 0 0\r\nabc\r\n",
-            Error::Framing("bad command line format"),
-        ),
-        (
-            b"set k 0 0 -1\r\n",
-            Error::Framing("bad command line format"),
-        ),
-        (
-            b"set k 0 0 x\r\n",
-            Error::Framing("bad command line format"),
-        ),
-        (b"ms k\r\n", Error::Framing("bad command line format")),
-        (
-            b"ms k S2 T0\r\nhi\r\n",
-            Error::Framing("bad command line format"),
-        ),
+        (b"set k 0 0 3\r\nabcd\r\n", BAD_CHUNK),
+        (b"set k 0 0 3\r\nabc\n\n", BAD_CHUNK),
+        (b"set k 0 0\r\nabc\r\n", BAD_FORMAT),
+        (b"set k 0 0 -1\r\n", BAD_FORMAT),
+        (b"set k 0 0 x\r\n", BAD_FORMAT),
+        (b"ms k\r\n", BAD_FORMAT),
+        (b"ms k S2 T0\r\nhi\r\n", BAD_FORMAT),
         (b"set k 0 0 1048577\r\n", Error::TooLarge),
         (b"ms k 99999999999999999999999\r\n", Error::TooLarge),
     ];
@@ -553,24 +499,11 @@ fn commands_know_their_names_and_reply_shapes() {
     }
     assert_eq!(Command::from_name(b"Get"), None);
     assert_eq!(Command::from_name(b"me"), None);
+    use Command::*;
     let retrieval: Vec<_> = COMMANDS.into_iter().filter(|c| c.is_retrieval()).collect();
-    assert_eq!(
-        retrieval,
-        [Command::Get, Command::Gets, Command::Gat, Command::Gats]
-    );
+    assert_eq!(retrieval, [Get, Gets, Gat, Gats]);
     let storage: Vec<_> = COMMANDS.into_iter().filter(|c| c.is_storage()).collect();
-    assert_eq!(
-        storage,
-        [
-            Command::Set,
-            Command::Add,
-            Command::Replace,
-            Command::Append,
-            Command::Prepend,
-            Command::Cas,
-            Command::MetaSet
-        ]
-    );
+    assert_eq!(storage, [Set, Add, Replace, Append, Prepend, Cas, MetaSet]);
     for command in COMMANDS {
         let expected = if command.is_retrieval() {
             ReplyKind::Retrieval
@@ -608,51 +541,54 @@ fn measured_whole(reply: &[u8], kind: ReplyKind) {
 
 #[test]
 fn replies_of_every_shape_are_measured() {
-    for line in [
-        &b"STORED\r\n"[..],
-        b"NOT_STORED\r\n",
-        b"EXISTS\r\n",
-        b"NOT_FOUND\r\n",
-        b"DELETED\r\n",
-        b"TOUCHED\r\n",
-        b"42\r\n",
-        b"18446744073709551615\r\n",
-        b"VERSION 1.6.21\r\n",
-        b"ERROR\r\n",
-        b"CLIENT_ERROR bad command line format\r\n",
-        b"SERVER_ERROR out of memory storing object\r\n",
-    ] {
-        measured_whole(line, ReplyKind::Line);
-    }
-    for retrieval in [
-        &b"END\r\n"[..],
-        b"VALUE k 0 5\r\nhello\r\nEND\r\n",
-        b"VALUE k 7 5 1234\r\nhello\r\nEND\r\n",
-        b"VALUE a 0 0\r\n\r\nVALUE b 1 5\r\nEND\r\n\r\nEND\r\n",
-        b"VALUE k 0 2\r\n\r\n\r\nEND\r\n",
-        b"ERROR\r\n",
-        b"CLIENT_ERROR bad command line format\r\n",
-        b"SERVER_ERROR out of memory writing get response\r\n",
+    use ReplyKind::{Line, Meta, Retrieval};
+    let cases: &[(ReplyKind, &[u8])] = &[
+        (Line, b"STORED\r\n"),
+        (Line, b"NOT_STORED\r\n"),
+        (Line, b"EXISTS\r\n"),
+        (Line, b"NOT_FOUND\r\n"),
+        (Line, b"DELETED\r\n"),
+        (Line, b"TOUCHED\r\n"),
+        (Line, b"42\r\n"),
+        (Line, b"18446744073709551615\r\n"),
+        (Line, b"VERSION 1.6.21\r\n"),
+        (Line, b"ERROR\r\n"),
+        (Line, b"CLIENT_ERROR bad command line format\r\n"),
+        (Line, b"SERVER_ERROR out of memory storing object\r\n"),
+        (Retrieval, b"END\r\n"),
+        (Retrieval, b"VALUE k 0 5\r\nhello\r\nEND\r\n"),
+        (Retrieval, b"VALUE k 7 5 1234\r\nhello\r\nEND\r\n"),
+        (
+            Retrieval,
+            b"VALUE a 0 0\r\n\r\nVALUE b 1 5\r\nEND\r\n\r\nEND\r\n",
+        ),
+        (Retrieval, b"VALUE k 0 2\r\n\r\n\r\nEND\r\n"),
+        (Retrieval, b"ERROR\r\n"),
+        (Retrieval, b"CLIENT_ERROR bad command line format\r\n"),
+        (
+            Retrieval,
+            b"SERVER_ERROR out of memory writing get response\r\n",
+        ),
         // memcached can fail part-way through a multi-get.
-        b"VALUE a 0 1\r\nx\r\nSERVER_ERROR out of memory writing get response\r\n",
-    ] {
-        measured_whole(retrieval, ReplyKind::Retrieval);
-    }
-    for meta in [
-        &b"HD\r\n"[..],
-        b"HD c123 t-1 Oabc k/foo b\r\n",
-        b"VA 5 s5 f0\r\nhello\r\n",
-        b"VA 0\r\n\r\n",
-        b"VA 4 t10\r\n\r\n\r\n\r\n",
-        b"EN\r\n",
-        b"NF\r\n",
-        b"NS\r\n",
-        b"EX\r\n",
-        b"MN\r\n",
-        b"CLIENT_ERROR bad data chunk\r\n",
-        b"SERVER_ERROR out of memory\r\n",
-    ] {
-        measured_whole(meta, ReplyKind::Meta);
+        (
+            Retrieval,
+            b"VALUE a 0 1\r\nx\r\nSERVER_ERROR out of memory writing get response\r\n",
+        ),
+        (Meta, b"HD\r\n"),
+        (Meta, b"HD c123 t-1 Oabc k/foo b\r\n"),
+        (Meta, b"VA 5 s5 f0\r\nhello\r\n"),
+        (Meta, b"VA 0\r\n\r\n"),
+        (Meta, b"VA 4 t10\r\n\r\n\r\n\r\n"),
+        (Meta, b"EN\r\n"),
+        (Meta, b"NF\r\n"),
+        (Meta, b"NS\r\n"),
+        (Meta, b"EX\r\n"),
+        (Meta, b"MN\r\n"),
+        (Meta, b"CLIENT_ERROR bad data chunk\r\n"),
+        (Meta, b"SERVER_ERROR out of memory\r\n"),
+    ];
+    for &(kind, reply) in cases {
+        measured_whole(reply, kind);
     }
     assert_eq!(
         reply_len(b"", ReplyKind::Close, &Limits::default()),
@@ -856,45 +792,50 @@ struct Case {
     quiet: bool,
 }
 
+impl Case {
+    /// The request line `<name><args>\r\n`, with no data block, no
+    /// `noreply` and no `q`.
+    fn line(command: Command, keys: Vec<Vec<u8>>, args: &[u8]) -> Case {
+        let wire = [command.name().as_bytes(), args, b"\r\n"].concat();
+        Case {
+            wire,
+            command,
+            keys,
+            data: None,
+            noreply: false,
+            quiet: false,
+        }
+    }
+
+    /// The line followed by the data block `data`.
+    fn with_data(mut self, data: &[u8]) -> Case {
+        let block = [data, b"\r\n"].concat();
+        self.wire.extend_from_slice(&block);
+        self.data = Some(block);
+        self
+    }
+}
+
 fn case() -> impl Strategy<Value = Case> {
+    use Command::*;
     let retrieval = (
-        prop::sample::select(vec![
-            Command::Get,
-            Command::Gets,
-            Command::Gat,
-            Command::Gats,
-        ]),
+        prop::sample::select(vec![Get, Gets, Gat, Gats]),
         proptest::collection::vec(key(), 1..6),
         any::<i32>(),
     )
         .prop_map(|(command, keys, exptime)| {
-            let mut wire = command.name().as_bytes().to_vec();
-            if matches!(command, Command::Gat | Command::Gats) {
-                wire.extend_from_slice(format!(" {exptime}").as_bytes());
+            let mut args = Vec::new();
+            if matches!(command, Gat | Gats) {
+                args.extend_from_slice(format!(" {exptime}").as_bytes());
             }
             for k in &keys {
-                wire.push(b' ');
-                wire.extend_from_slice(k);
+                args.push(b' ');
+                args.extend_from_slice(k);
             }
-            wire.extend_from_slice(b"\r\n");
-            Case {
-                wire,
-                command,
-                keys,
-                data: None,
-                noreply: false,
-                quiet: false,
-            }
+            Case::line(command, keys, &args)
         });
     let storage = (
-        prop::sample::select(vec![
-            Command::Set,
-            Command::Add,
-            Command::Replace,
-            Command::Append,
-            Command::Prepend,
-            Command::Cas,
-        ]),
+        prop::sample::select(vec![Set, Add, Replace, Append, Prepend, Cas]),
         key(),
         any::<u32>(),
         any::<i32>(),
@@ -903,103 +844,67 @@ fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
     )
         .prop_map(|(command, key, flags, exptime, cas, data, noreply)| {
-            let mut wire = format!("{} ", command.name()).into_bytes();
-            wire.extend_from_slice(&key);
-            wire.extend_from_slice(format!(" {flags} {exptime} {}", data.len()).as_bytes());
-            if command == Command::Cas {
-                wire.extend_from_slice(format!(" {cas}").as_bytes());
+            let mut args = [b" ", &key[..]].concat();
+            args.extend_from_slice(format!(" {flags} {exptime} {}", data.len()).as_bytes());
+            if command == Cas {
+                args.extend_from_slice(format!(" {cas}").as_bytes());
             }
             if noreply {
-                wire.extend_from_slice(b" noreply");
+                args.extend_from_slice(b" noreply");
             }
-            wire.extend_from_slice(b"\r\n");
-            wire.extend_from_slice(&data);
-            wire.extend_from_slice(b"\r\n");
-            let mut block = data;
-            block.extend_from_slice(b"\r\n");
+            let line = Case::line(command, vec![key], &args);
             Case {
-                wire,
-                command,
-                keys: vec![key],
-                data: Some(block),
                 noreply,
-                quiet: false,
+                ..line.with_data(&data)
             }
         });
     let keyed = (
-        prop::sample::select(vec![
-            Command::Delete,
-            Command::Incr,
-            Command::Decr,
-            Command::Touch,
-        ]),
+        prop::sample::select(vec![Delete, Incr, Decr, Touch]),
         key(),
         any::<u64>(),
         any::<i32>(),
         any::<bool>(),
     )
         .prop_map(|(command, key, delta, exptime, noreply)| {
-            let mut wire = format!("{} ", command.name()).into_bytes();
-            wire.extend_from_slice(&key);
+            let mut args = [b" ", &key[..]].concat();
             match command {
-                Command::Incr | Command::Decr => {
-                    wire.extend_from_slice(format!(" {delta}").as_bytes())
-                }
-                Command::Touch => wire.extend_from_slice(format!(" {exptime}").as_bytes()),
+                Incr | Decr => args.extend_from_slice(format!(" {delta}").as_bytes()),
+                Touch => args.extend_from_slice(format!(" {exptime}").as_bytes()),
                 _ => {}
             }
             if noreply {
-                wire.extend_from_slice(b" noreply");
+                args.extend_from_slice(b" noreply");
             }
-            wire.extend_from_slice(b"\r\n");
             Case {
-                wire,
-                command,
-                keys: vec![key],
-                data: None,
                 noreply,
-                quiet: false,
+                ..Case::line(command, vec![key], &args)
             }
         });
     let meta = (
-        prop::sample::select(vec![
-            Command::MetaGet,
-            Command::MetaSet,
-            Command::MetaDelete,
-            Command::MetaArithmetic,
-        ]),
+        prop::sample::select(vec![MetaGet, MetaSet, MetaDelete, MetaArithmetic]),
         key(),
         proptest::sample::subsequence(b"bcfhklOqstuvNTR".to_vec(), 0..8),
         proptest::collection::vec(any::<u8>(), 0..64),
     )
         .prop_map(|(command, key, flags, data)| {
-            let mut wire = format!("{} ", command.name()).into_bytes();
-            wire.extend_from_slice(&key);
-            if command == Command::MetaSet {
-                wire.extend_from_slice(format!(" {}", data.len()).as_bytes());
+            let mut args = [b" ", &key[..]].concat();
+            if command == MetaSet {
+                args.extend_from_slice(format!(" {}", data.len()).as_bytes());
             }
-            for f in &flags {
-                wire.push(b' ');
-                wire.push(*f);
+            for &f in &flags {
+                args.extend_from_slice(&[b' ', f]);
                 if f.is_ascii_uppercase() {
-                    wire.extend_from_slice(b"123");
+                    args.extend_from_slice(b"123");
                 }
             }
-            wire.extend_from_slice(b"\r\n");
-            let block = (command == Command::MetaSet).then(|| {
-                wire.extend_from_slice(&data);
-                wire.extend_from_slice(b"\r\n");
-                let mut block = data;
-                block.extend_from_slice(b"\r\n");
-                block
-            });
+            let line = Case::line(command, vec![key], &args);
             Case {
-                wire,
-                command,
-                keys: vec![key],
-                data: block,
-                noreply: false,
                 quiet: flags.contains(&b'q'),
+                ..if command == MetaSet {
+                    line.with_data(&data)
+                } else {
+                    line
+                }
             }
         });
     prop_oneof![retrieval, storage, keyed, meta]

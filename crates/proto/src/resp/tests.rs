@@ -86,22 +86,18 @@ fn limits_are_enforced() {
     };
     let mut args = Vec::new();
     assert!(parse_request(b"*1\r\n$4\r\nPING\r\n", &limits, &mut args).is_ok());
-    assert_eq!(
-        parse_request(b"*1\r\n$5\r\nHELLO\r\n", &limits, &mut args),
-        Err(ProtocolError("invalid bulk length"))
-    );
-    assert_eq!(
-        parse_request(b"*3\r\n", &limits, &mut args),
-        Err(ProtocolError("invalid multibulk length"))
-    );
-    assert_eq!(
-        parse_request(b"a b c\r\n", &limits, &mut args),
-        Err(ProtocolError("too many arguments"))
-    );
-    assert_eq!(
-        parse_request(b"123456789", &limits, &mut args),
-        Err(ProtocolError("too big inline request"))
-    );
+    for (request, why) in [
+        (&b"*1\r\n$5\r\nHELLO\r\n"[..], "invalid bulk length"),
+        (b"*3\r\n", "invalid multibulk length"),
+        (b"a b c\r\n", "too many arguments"),
+        (b"123456789", "too big inline request"),
+    ] {
+        assert_eq!(
+            parse_request(request, &limits, &mut args),
+            Err(ProtocolError(why)),
+            "{request:?}"
+        );
+    }
     assert_eq!(
         reply_len(b"*1\r\n*1\r\n*1\r\n:1\r\n", &limits),
         Err(ProtocolError("reply nested too deeply"))
