@@ -41,6 +41,31 @@ fn server(address: &str, weight: u32, name: &str) -> Server {
     }
 }
 
+/// The pool of the `every_key` tests, which set every key of a pool.
+fn every_key_pool() -> Pool {
+    Pool {
+        name: "cache".into(),
+        listen: addr("198.18.0.10:6380"),
+        protocol: Protocol::Redis,
+        hash: HashFn::from_name("murmur").unwrap(),
+        distribution: Distribution::from_name("jump").unwrap(),
+        hash_tag: Some(*b"{}"),
+        timeout_ms: Some(400),
+        backlog: 1024,
+        client_connections: 10000,
+        preconnect: true,
+        tcp_keepalive: true,
+        auth: Some("s3cret".into()),
+        db: 3,
+        server_connections: 2,
+        auto_eject_hosts: true,
+        server_retry_timeout_ms: 2000,
+        server_failure_limit: 5,
+        blocked_commands: vec!["FLUSHALL".into(), "KEYS".into()],
+        servers: vec![server("198.18.0.1:7001", 2, "alpha")],
+    }
+}
+
 /// A valid pool on lines 1-4, for error tests to add lines to from 5 on.
 const POOL: &str = "[pools.a]
 listen = \"0.0.0.0:6379\"
@@ -106,30 +131,7 @@ servers = ["198.18.0.1:7001:2 alpha"]
                 max_request: 2 << 30,
             }
         );
-        assert_eq!(
-            config.pools,
-            vec![Pool {
-                name: "cache".into(),
-                listen: addr("198.18.0.10:6380"),
-                protocol: Protocol::Redis,
-                hash: HashFn::from_name("murmur").unwrap(),
-                distribution: Distribution::from_name("jump").unwrap(),
-                hash_tag: Some(*b"{}"),
-                timeout_ms: Some(400),
-                backlog: 1024,
-                client_connections: 10000,
-                preconnect: true,
-                tcp_keepalive: true,
-                auth: Some("s3cret".into()),
-                db: 3,
-                server_connections: 2,
-                auto_eject_hosts: true,
-                server_retry_timeout_ms: 2000,
-                server_failure_limit: 5,
-                blocked_commands: vec!["FLUSHALL".into(), "KEYS".into()],
-                servers: vec![server("198.18.0.1:7001", 2, "alpha")],
-            }]
-        );
+        assert_eq!(config.pools, vec![every_key_pool()]);
     }
 
     #[test]
@@ -534,29 +536,17 @@ mod nutcracker_format {
         assert_eq!(config.limits, Limits::default());
         assert_eq!(
             config.pools,
+            // The TOML test's pool, in the format's own spellings; it
+            // has no blocked commands, and a server without a name is
+            // named by its address.
             vec![Pool {
-                name: "cache".into(),
-                listen: addr("198.18.0.10:6380"),
-                protocol: Protocol::Redis,
-                hash: HashFn::from_name("murmur").unwrap(),
                 distribution: Distribution::from_name("modula").unwrap(),
-                hash_tag: Some(*b"{}"),
-                timeout_ms: Some(400),
-                backlog: 1024,
-                client_connections: 10000,
-                preconnect: true,
-                tcp_keepalive: true,
-                auth: Some("s3cret".into()),
-                db: 3,
-                server_connections: 2,
-                auto_eject_hosts: true,
-                server_retry_timeout_ms: 2000,
-                server_failure_limit: 5,
                 blocked_commands: vec![],
                 servers: vec![
                     server("198.18.0.1:7001", 2, "alpha"),
                     server("198.18.0.1:11211", 1, "198.18.0.1"),
                 ],
+                ..every_key_pool()
             }]
         );
     }
