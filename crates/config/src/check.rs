@@ -231,23 +231,21 @@ pub(super) fn server_parts(
 }
 
 pub(super) fn hash(name: &str) -> Result<HashFn, String> {
-    HashFn::from_name(name).ok_or_else(|| {
-        format!(
-            "unknown hash{}; expected one of {}",
-            did_you_mean(name, &HASHES),
-            HASHES.join(", ")
-        )
-    })
+    HashFn::from_name(name).ok_or_else(|| unknown("hash", name, &HASHES))
 }
 
 pub(super) fn distribution(name: &str) -> Result<Distribution, String> {
-    Distribution::from_name(name).ok_or_else(|| {
-        format!(
-            "unknown distribution{}; expected one of {}",
-            did_you_mean(name, &DISTRIBUTIONS),
-            DISTRIBUTIONS.join(", ")
-        )
-    })
+    Distribution::from_name(name).ok_or_else(|| unknown("distribution", name, &DISTRIBUTIONS))
+}
+
+/// Why `name` is not one of `names`: the closest when one is close, and
+/// all of them.
+fn unknown(what: &str, name: &str, names: &[&str]) -> String {
+    format!(
+        "unknown {what}{}; expected one of {}",
+        did_you_mean(name, names),
+        names.join(", ")
+    )
 }
 
 pub(super) fn hash_tag(text: &str) -> Result<[u8; 2], String> {

@@ -215,11 +215,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::model::{Distribution, HashFn, Limits, DISTRIBUTIONS, HASHES, MAX_DEPTH};
-    use super::super::{parse_nutcracker, parse_toml};
+    use super::super::parse_toml;
     use super::*;
 
-    const FERROX_TOML: &str = include_str!("../../../configs/ferrox.toml");
-    const NUTCRACKER_YML: &str = include_str!("../../../configs/nutcracker.yml");
+    use crate::tests::{server as named, toml_ok, yml_ok, FERROX_TOML, NUTCRACKER_YML};
+
     const DEMO_TOML: &str = include_str!("../../../configs/demo.toml");
 
     /// Asserts that `config` survives being written and read back, showing
@@ -230,14 +230,6 @@ mod tests {
             Ok(back) => assert_eq!(&back, config, "read back differently:\n{text}"),
             Err(e) => panic!("emitted text does not parse:\n{e}\n--- text ---\n{text}"),
         }
-    }
-
-    fn toml_ok(text: &str) -> Config {
-        parse_toml(text, "x.toml").unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn yml_ok(text: &str) -> Config {
-        parse_nutcracker(text, "x.yml").unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -263,16 +255,8 @@ mod tests {
         pool.auth = Some("se\"cr\\et\n".into());
         pool.blocked_commands = vec!["FLUSHALL".into(), "KEYS".into()];
         pool.servers = vec![
-            Server {
-                addr: "198.18.0.1:7001".parse().unwrap(),
-                weight: 1,
-                name: "198.18.0.1:7001".into(),
-            },
-            Server {
-                addr: "198.18.0.1:7002".parse().unwrap(),
-                weight: 3,
-                name: "beta".into(),
-            },
+            named("198.18.0.1:7001", 1, "198.18.0.1:7001"),
+            named("198.18.0.1:7002", 3, "beta"),
         ];
         let mut sessions = Pool::new(
             "web sessions",
@@ -280,16 +264,8 @@ mod tests {
             Protocol::Memcache,
         );
         sessions.servers = vec![
-            Server {
-                addr: "198.18.0.3:11211".parse().unwrap(),
-                weight: 1,
-                name: "198.18.0.3".into(),
-            },
-            Server {
-                addr: "198.18.0.4:11211".parse().unwrap(),
-                weight: 1,
-                name: "198.18.0.4:11211".into(),
-            },
+            named("198.18.0.3:11211", 1, "198.18.0.3"),
+            named("198.18.0.4:11211", 1, "198.18.0.4:11211"),
         ];
         let config = Config {
             pools: vec![pool, sessions],
@@ -554,32 +530,35 @@ servers = [
                 } else {
                     Protocol::Memcache
                 };
-                let mut pool = Pool::new(name, SocketAddrV4::new(ip, port), protocol);
-                pool.hash = HashFn::from_name(hash).expect("one of HASHES");
-                pool.distribution =
-                    Distribution::from_name(distribution).expect("one of DISTRIBUTIONS");
-                pool.hash_tag = hash_tag;
-                pool.timeout_ms = timeout;
-                pool.backlog = backlog;
-                pool.client_connections = clients;
-                pool.preconnect = preconnect;
-                pool.tcp_keepalive = keepalive;
-                if redis {
-                    pool.auth = auth;
-                    pool.db = db;
-                }
-                pool.server_connections = connections;
-                pool.auto_eject_hosts = eject;
-                pool.server_retry_timeout_ms = retry;
-                pool.server_failure_limit = failures;
+                let mut blocked_commands = Vec::new();
                 for command in commands {
                     let command = command.to_ascii_uppercase();
-                    if !pool.blocked_commands.contains(&command) {
-                        pool.blocked_commands.push(command);
+                    if !blocked_commands.contains(&command) {
+                        blocked_commands.push(command);
                     }
                 }
-                pool.servers = servers;
-                pool
+                let pool = Pool::new(name, SocketAddrV4::new(ip, port), protocol);
+                Pool {
+                    hash: HashFn::from_name(hash).expect("one of HASHES"),
+                    distribution: Distribution::from_name(distribution)
+                        .expect("one of DISTRIBUTIONS"),
+                    hash_tag,
+                    timeout_ms: timeout,
+                    backlog,
+                    client_connections: clients,
+                    preconnect,
+                    tcp_keepalive: keepalive,
+                    // Only Redis pools have these.
+                    auth: if redis { auth } else { None },
+                    db: if redis { db } else { 0 },
+                    server_connections: connections,
+                    auto_eject_hosts: eject,
+                    server_retry_timeout_ms: retry,
+                    server_failure_limit: failures,
+                    blocked_commands,
+                    servers,
+                    ..pool
+                }
             },
         )
     }

@@ -8,29 +8,26 @@ use std::net::SocketAddrV4;
 pub use ferrox_route::{Distribution, HashFn};
 use serde::Serialize;
 
+/// The names of every value of `$t` (its `ALL`, in order), as a constant.
+macro_rules! names_of {
+    ($t:ty) => {{
+        let mut names = [""; <$t>::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = <$t>::ALL[i].name();
+            i += 1;
+        }
+        names
+    }};
+}
+
 /// twemproxy's hash function names (`HASH_CODEC` in `nc_hashkit.h`), in
 /// its order.
-pub const HASHES: [&str; HashFn::ALL.len()] = {
-    let mut names = [""; HashFn::ALL.len()];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = HashFn::ALL[i].name();
-        i += 1;
-    }
-    names
-};
+pub const HASHES: [&str; HashFn::ALL.len()] = names_of!(HashFn);
 
 /// Distribution names: twemproxy's three (`DIST_CODEC`), then jump
 /// consistent hashing, which ferrox adds.
-pub const DISTRIBUTIONS: [&str; Distribution::ALL.len()] = {
-    let mut names = [""; Distribution::ALL.len()];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = Distribution::ALL[i].name();
-        i += 1;
-    }
-    names
-};
+pub const DISTRIBUTIONS: [&str; Distribution::ALL.len()] = names_of!(Distribution);
 
 /// A whole configuration: pools in file order, and the limits every
 /// connection is held to.

@@ -2,14 +2,14 @@ use super::*;
 use proptest::prelude::*;
 use std::net::SocketAddrV4;
 
-const FERROX_TOML: &str = include_str!("../../../configs/ferrox.toml");
-const NUTCRACKER_YML: &str = include_str!("../../../configs/nutcracker.yml");
+pub(crate) const FERROX_TOML: &str = include_str!("../../../configs/ferrox.toml");
+pub(crate) const NUTCRACKER_YML: &str = include_str!("../../../configs/nutcracker.yml");
 
-fn toml_ok(text: &str) -> Config {
+pub(crate) fn toml_ok(text: &str) -> Config {
     parse_toml(text, "x.toml").unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn yml_ok(text: &str) -> Config {
+pub(crate) fn yml_ok(text: &str) -> Config {
     parse_nutcracker(text, "x.yml").unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -33,7 +33,7 @@ fn addr(text: &str) -> SocketAddrV4 {
     text.parse().unwrap()
 }
 
-fn server(address: &str, weight: u32, name: &str) -> Server {
+pub(crate) fn server(address: &str, weight: u32, name: &str) -> Server {
     Server {
         addr: addr(address),
         weight,

@@ -339,22 +339,35 @@ impl Cx<'_> {
         draft
     }
 
+    /// The items of list `value`, each with its line; when `value` is not
+    /// a list, `None`, and the error `<what>: expected <expected>, found
+    /// <kind>` is reported at `line`.
+    fn list<'v>(
+        &mut self,
+        value: &'v Node,
+        line: usize,
+        what: &str,
+        expected: &str,
+    ) -> Option<Vec<(usize, &'v Node)>> {
+        let Node::Array(items) = value else {
+            let found = value.kind();
+            self.report
+                .error(line, format!("{what}: expected {expected}, found {found}"));
+            return None;
+        };
+        let lines = items.iter().map(|item| self.line(item.span().start));
+        Some(lines.zip(items.iter().map(|item| item.get_ref())).collect())
+    }
+
     fn servers(&mut self, draft: &mut Draft, value: &Node, line: usize) {
         let name = draft.pool.name.clone();
-        let Node::Array(items) = value else {
+        let what = format!("pool {name:?}: servers");
+        let Some(items) = self.list(value, line, &what, "a list") else {
             draft.server_entries += 1;
-            self.report.error(
-                line,
-                format!(
-                    "pool {name:?}: servers: expected a list, found {}",
-                    value.kind()
-                ),
-            );
             return;
         };
-        for item in items {
-            let line = self.line(item.span().start);
-            let server = match item.get_ref() {
+        for (line, item) in items {
+            let server = match item {
                 Node::Str(spec) => check::server(spec, false)
                     .map_err(|r| format!("pool {name:?}: server {spec:?}: {r}")),
                 Node::Table(fields) => server_table(fields)
@@ -370,19 +383,12 @@ impl Cx<'_> {
     }
 
     fn commands(&mut self, pool: &str, value: &Node, line: usize, out: &mut Vec<String>) {
-        let Node::Array(items) = value else {
-            self.report.error(
-                line,
-                format!(
-                    "pool {pool:?}: blocked_commands: expected a list of command names, found {}",
-                    value.kind()
-                ),
-            );
+        let what = format!("pool {pool:?}: blocked_commands");
+        let Some(items) = self.list(value, line, &what, "a list of command names") else {
             return;
         };
-        for item in items {
-            let line = self.line(item.span().start);
-            let result = match item.get_ref() {
+        for (line, item) in items {
+            let result = match item {
                 Node::Str(s) => check::command(s).map_err(|r| format!("{s:?}: {r}")),
                 other => Err(format!("expected a command name, found {}", other.kind())),
             };
