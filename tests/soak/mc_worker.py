@@ -173,6 +173,16 @@ def check(op, got):
         if isinstance(exp, tuple):  # ("one of", ...)
             return None if got in exp[1:] else f"expected one of {exp[1:]}"
         return None if got == exp else f"expected {exp}"
+    if op.kind == wire.META:
+        line, data = got
+        if exp[0] != "VA":
+            return None if line == exp[0] and data is None else f"expected {exp[0]}"
+        _, flags, values = exp
+        if data is None:
+            return "expected VA and the value"
+        if line.split(" ") != ["VA", str(len(data)), f"f{flags}"]:
+            return f"expected VA {len(data)} f{flags}"
+        return None if data in values else "expected the value " + " or ".join(show_bytes(v) for v in values)
     if isinstance(got, str):
         return f"expected VALUE lines, got the line {got!r}"
     want, with_cas = exp
@@ -269,6 +279,8 @@ class McWorker:
         m = self.model
         slot = rng.randrange(SLOTS)
         k = self.key(slot)
+        if rng.random() < 0.08:
+            return self.meta_op(k, budget, reply_budget)
         r = rng.random()
         noreply = rng.random() < 0.2
         if r < 0.2:
@@ -321,6 +333,36 @@ class McWorker:
             n = rng.randint(2, 20) if rng.random() < 0.8 else rng.randint(21, 400)
             return self.get_op(rng.choice(("get", "gets")), self.multi_keys(n, reply_budget), reply_budget)
         return Op("mn", b"mn", None, wire.LINE, "MN")
+
+    def meta_op(self, k, budget, reply_budget):
+        """ms, mg and md, a third of them quiet (q): the proxy strips q and
+        leaves out, itself, the replies memcached would have left out
+        (HD of ms and md, EN of mg); what is left out is known here, so
+        are the replies due."""
+        rng = self.rng
+        m = self.model
+        self.stats["meta commands (ms, mg, md)"] += 1
+        quiet = rng.random() < 0.35
+        q = b" q" if quiet else b""
+        c = rng.random()
+        pre = {k: m.data.get(k)}
+        if c < 0.4:
+            flags = rng.choice((0, 7, 65535, 4294967295))
+            v = self.value(budget) if m.size(k) < 512 * 1024 else b"s"
+            m.store("set", k, flags, v)
+            line = b"ms %s %d F%d T0" % (k, len(v), flags) + q
+            return Op("ms", line, v, wire.NONE if quiet else wire.META, ("HD",), (k,), pre, quiet)
+        if c < 0.75:
+            st = m.data.get(k)
+            line = b"mg %s v f" % k + q
+            if st is None:
+                return Op("mg", line, None, wire.NONE if quiet else wire.META, ("EN",), (), None, quiet)
+            reply_budget[0] -= m.size(k)
+            return Op("mg", line, None, wire.META, ("VA", st[0], st[1]))
+        exp = "HD" if m.delete(k) == "DELETED" else "NF"
+        suppressed = quiet and exp == "HD"
+        return Op("md", b"md %s" % k + q, None, wire.NONE if suppressed else wire.META, (exp,), (k,), pre,
+                  suppressed)
 
     def multi_keys(self, n, reply_budget):
         """`n` keys, duplicates and never-stored ones among them; a stored

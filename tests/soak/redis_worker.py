@@ -326,6 +326,18 @@ def check(expected, got, resp3):
     return f"unknown expectation {kind}"
 
 
+def inline_safe(args):
+    """Whether a command can be written inline (one line, split on
+    spaces) and mean the same: no empty argument, nothing a quote,
+    backslash or blank could change, and a short line."""
+    if sum(len(a) + 1 for a in args) > 4096:
+        return False
+    for a in args:
+        if not a or any(b <= 0x20 or b >= 0x7F or b in b"\"'\\" for b in a):
+            return False
+    return True
+
+
 PROBE_TYPES = {"none": None, "string": "s", "hash": "h", "list": "l", "set": "z"}
 
 
@@ -413,6 +425,10 @@ class RedisWorker:
         rng = self.rng
         if budget[0] <= 0:
             return rng.randbytes(rng.randint(0, 32))
+        if budget[0] >= 1 << 20 and rng.random() < 0.006:
+            n = rng.randint(100 * 1024, 1 << 20)  # now and then, far past every buffer
+            budget[0] -= n
+            return rng.randbytes(n)
         r = rng.random()
         if r < 0.3:
             n = rng.randint(0, 16)
@@ -623,6 +639,8 @@ class RedisWorker:
                     self.garbage()
                 elif r < 0.045:
                     self.redis_py_batch()
+                elif r < 0.06:
+                    self.pipeline(deep=True)
                 else:
                     self.pipeline()
             self.close()
@@ -635,13 +653,19 @@ class RedisWorker:
         finally:
             self.close()
 
-    def pipeline(self):
+    def pipeline(self, deep=False):
+        """One pipeline: 1 to 256 commands; or, `deep`, 1,500 to 3,000
+        small ones, past the proxy's max_pipeline (1,024 in flight)."""
         rng = self.rng
         if self.conn is None or rng.random() < 0.03:
             self.connect()
         r = rng.random()
         n = rng.randint(1, 8) if r < 0.4 else rng.randint(9, 64) if r < 0.7 else rng.randint(65, 256)
         budget = [rng.choice((256 * 1024, 256 * 1024, 1 << 20, 3 << 20))]
+        if deep:
+            n = rng.randint(1500, 3000)
+            budget = [0]  # values of 0 to 32 bytes
+            self.stats["scenario: deep pipeline"] += 1
         reply_budget = [4 << 20]
         ops = []
         # Per key written: its state before the pipeline, then the state
@@ -658,7 +682,14 @@ class RedisWorker:
                 history[k].append((i, self.model.get(k)))
         self.pipeline_no += 1
         self.stats["redis pipelines"] += 1
-        encoded = [wire.encode_command(op.args) for op in ops]
+        inline = rng.random() < 0.15
+        encoded = []
+        for op in ops:
+            if inline and rng.random() < 0.3 and inline_safe(op.args):
+                encoded.append(b" ".join(op.args) + b"\r\n")  # as telnet sends
+                self.stats["inline commands"] += 1
+            else:
+                encoded.append(wire.encode_command(op.args))
         starts, at = [], 0
         for e in encoded:
             starts.append(at)

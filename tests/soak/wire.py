@@ -171,8 +171,9 @@ def encode_command(args):
 
 # ----------------------------------------------------------- memcached
 
-# How a memcached reply is framed: one line, or VALUE blocks up to END.
-LINE, RETRIEVAL, NONE = "line", "retrieval", "none"
+# How a memcached reply is framed: one line, VALUE blocks up to END, a
+# meta reply (a line, and a data block after "VA <len>"), or nothing.
+LINE, RETRIEVAL, META, NONE = "line", "retrieval", "meta", "none"
 
 
 def parse_mc(buf, pos, kind):
@@ -182,6 +183,17 @@ def parse_mc(buf, pos, kind):
     if kind == LINE:
         line, after = _line(buf, pos)
         return line.decode("latin-1"), after
+    if kind == META:
+        line, after = _line(buf, pos)
+        if not line.startswith(b"VA "):
+            return (line.decode("latin-1"), None), after
+        n = _int(line.split(b" ")[1])
+        end = after + n
+        if len(buf) < end + 2:
+            raise Incomplete(end + 2)
+        if buf[end:end + 2] != b"\r\n":
+            raise ProtocolError(f"VA block of {n} bytes not ended by CRLF")
+        return (line.decode("latin-1"), bytes(buf[after:end])), end + 2
     values = []
     at = pos
     while True:
