@@ -12,6 +12,11 @@ fn all_live(pool: &[Server]) -> Vec<bool> {
     vec![true; pool.len()]
 }
 
+/// The table of `pool` with every server live.
+fn live_table(hash: HashFn, distribution: Distribution, pool: &[Server]) -> Table {
+    table(hash, distribution, pool, &all_live(pool))
+}
+
 fn keys(n: usize) -> impl Iterator<Item = Vec<u8>> {
     (0..n).map(|i| format!("key:{i}").into_bytes())
 }
@@ -313,20 +318,10 @@ fn continuum(t: &Table) -> Vec<(u32, u32)> {
 #[test]
 fn ketama_points_scale_with_weight() {
     let equal = four();
-    let points = continuum(&table(
-        HashFn::Md5,
-        Distribution::Ketama,
-        &equal,
-        &all_live(&equal),
-    ));
+    let points = continuum(&live_table(HashFn::Md5, Distribution::Ketama, &equal));
     assert_eq!(points.len(), 4 * 160);
     let weighted = servers(&[("a", 1), ("b", 2), ("c", 3), ("d", 1)]);
-    let points = continuum(&table(
-        HashFn::Md5,
-        Distribution::Ketama,
-        &weighted,
-        &all_live(&weighted),
-    ));
+    let points = continuum(&live_table(HashFn::Md5, Distribution::Ketama, &weighted));
     // floor(w / 7 * 40 * 4) * 4 points each: 22, 45, 68, 22 groups of 4.
     let count = |s: u32| points.iter().filter(|p| p.1 == s).count();
     assert_eq!([count(0), count(1), count(2), count(3)], [88, 180, 272, 88]);
@@ -350,7 +345,7 @@ fn ketama_points_are_md5_of_name_dash_group() {
 #[test]
 fn ketama_key_goes_to_the_first_point_at_or_after_its_hash_wrapping() {
     let pool = four();
-    let t = table(HashFn::Md5, Distribution::Ketama, &pool, &all_live(&pool));
+    let t = live_table(HashFn::Md5, Distribution::Ketama, &pool);
     let points = continuum(&t);
     let Some(Placement::Ketama(c)) = &t.placement else {
         unreachable!()
@@ -395,7 +390,7 @@ fn ejection_equals_the_pool_without_the_server() {
     ] {
         for hash in HashFn::ALL {
             let ejected = table(hash, distribution, &pool, &live);
-            let smaller = table(hash, distribution, &without, &all_live(&without));
+            let smaller = live_table(hash, distribution, &without);
             for (r, key) in keys(500).enumerate() {
                 let expected = smaller.server_for(&key, r as u32).map(|i| [0, 2, 3][i]);
                 assert_eq!(ejected.server_for(&key, r as u32), expected);
@@ -404,21 +399,19 @@ fn ejection_equals_the_pool_without_the_server() {
     }
 }
 
+/// The ketama tables of `pool` with every server live, and with `live`.
+fn ketama_before_and_after(pool: &[Server], live: &[bool]) -> (Table, Table) {
+    let before = live_table(HashFn::Fnv1a_64, Distribution::Ketama, pool);
+    (
+        before,
+        table(HashFn::Fnv1a_64, Distribution::Ketama, pool, live),
+    )
+}
+
 #[test]
 fn ketama_ejection_moves_only_the_ejected_servers_keys() {
     let pool = four();
-    let full = table(
-        HashFn::Fnv1a_64,
-        Distribution::Ketama,
-        &pool,
-        &all_live(&pool),
-    );
-    let ejected = table(
-        HashFn::Fnv1a_64,
-        Distribution::Ketama,
-        &pool,
-        &[true, true, false, true],
-    );
+    let (full, ejected) = ketama_before_and_after(&pool, &[true, true, false, true]);
     let mut moved = 0;
     for key in keys(20_000) {
         let (before, after) = (full.server_for(&key, 0), ejected.server_for(&key, 0));
@@ -437,18 +430,7 @@ fn ketama_ejection_with_unequal_weights_moves_few_other_keys() {
     // Point counts are recomputed for the new total weight and rounded
     // down, so a live server may gain or lose a group of points.
     let pool = servers(&[("a", 1), ("b", 2), ("c", 3), ("d", 1)]);
-    let full = table(
-        HashFn::Fnv1a_64,
-        Distribution::Ketama,
-        &pool,
-        &all_live(&pool),
-    );
-    let ejected = table(
-        HashFn::Fnv1a_64,
-        Distribution::Ketama,
-        &pool,
-        &[true, false, true, true],
-    );
+    let (full, ejected) = ketama_before_and_after(&pool, &[true, false, true, true]);
     let between_live = keys(20_000)
         .filter(|k| {
             let before = full.server_for(k, 0);
@@ -468,12 +450,7 @@ fn modula_slots_follow_twemproxys_name_order() {
     // twemproxy sorts servers by name length, then bytes: "a" (index 1)
     // takes slot 0, "bb" (index 2) slots 1-2, "ccc" (index 0) slot 3.
     let pool = servers(&[("ccc", 1), ("a", 1), ("bb", 2)]);
-    let t = table(
-        HashFn::Crc32a,
-        Distribution::Modula,
-        &pool,
-        &all_live(&pool),
-    );
+    let t = live_table(HashFn::Crc32a, Distribution::Modula, &pool);
     let by_slot = [1, 2, 2, 0];
     for key in keys(200) {
         let slot = (HashFn::Crc32a.hash(&key) % 4) as usize;
@@ -481,20 +458,21 @@ fn modula_slots_follow_twemproxys_name_order() {
     }
 }
 
-#[test]
-fn modula_spreads_by_weight() {
+/// A server of weight 3 and one of weight 1 take about 3/4 and 1/4 of
+/// the keys.
+fn assert_spreads_by_weight(hash: HashFn, distribution: Distribution) {
     let pool = servers(&[("a", 1), ("b", 3)]);
-    let t = table(
-        HashFn::Murmur,
-        Distribution::Modula,
-        &pool,
-        &all_live(&pool),
-    );
+    let t = live_table(hash, distribution, &pool);
     let on_b = keys(8000).filter(|k| t.server_for(k, 0) == Some(1)).count();
     assert!(
         (5_600..6_400).contains(&on_b),
         "{on_b} of 8000 on the 3/4 server"
     );
+}
+
+#[test]
+fn modula_spreads_by_weight() {
+    assert_spreads_by_weight(HashFn::Murmur, Distribution::Modula);
 }
 
 // ---- random
@@ -567,20 +545,10 @@ fn jump_moves_keys_only_to_a_new_bucket() {
 #[test]
 fn jump_appending_a_server_moves_keys_only_onto_it() {
     let mut pool = four();
-    let before = table(
-        HashFn::Fnv1a_64,
-        Distribution::Jump,
-        &pool,
-        &all_live(&pool),
-    );
+    let before = live_table(HashFn::Fnv1a_64, Distribution::Jump, &pool);
     // A name that sorts first in twemproxy's order: jump keeps config order.
     pool.push(Server::new("e", 1));
-    let after = table(
-        HashFn::Fnv1a_64,
-        Distribution::Jump,
-        &pool,
-        &all_live(&pool),
-    );
+    let after = live_table(HashFn::Fnv1a_64, Distribution::Jump, &pool);
     let mut moved = 0;
     for key in keys(10_000) {
         let (b, a) = (before.server_for(&key, 0), after.server_for(&key, 0));
@@ -594,13 +562,7 @@ fn jump_appending_a_server_moves_keys_only_onto_it() {
 
 #[test]
 fn jump_spreads_by_weight() {
-    let pool = servers(&[("a", 1), ("b", 3)]);
-    let t = table(HashFn::Md5, Distribution::Jump, &pool, &all_live(&pool));
-    let on_b = keys(8000).filter(|k| t.server_for(k, 0) == Some(1)).count();
-    assert!(
-        (5_600..6_400).contains(&on_b),
-        "{on_b} of 8000 on the 3/4 server"
-    );
+    assert_spreads_by_weight(HashFn::Md5, Distribution::Jump);
 }
 
 // ---- any pool
