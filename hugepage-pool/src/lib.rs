@@ -75,6 +75,8 @@ mod offset;
 pub mod pool;
 pub mod region;
 mod sync;
+#[cfg(test)]
+mod testing;
 
 pub use offset::{Offset, SegmentId};
 pub use region::{Backing, Region, RegionError, RegionOptions};

@@ -242,13 +242,7 @@ impl Region {
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(RegionError::Io {
-                        what: "open",
-                        path: path_str(&path),
-                        source,
-                    })
-                }
+                Err(source) => return Err(io_error("open", &path)(source)),
             }
         }
         let Some((file, path)) = found else {
@@ -267,11 +261,7 @@ impl Region {
             });
         }
         region.mapping.install(0, || {
-            SegmentMemory::map_file(&file, len).map_err(|source| RegionError::Io {
-                what: "map",
-                path: path_str(&path),
-                source,
-            })
+            SegmentMemory::map_file(&file, len).map_err(io_error("map", &path))
         })?;
         region.check_header(len)?;
         Ok(Arc::new(region))
@@ -522,11 +512,7 @@ impl Region {
             }
         }
         let path = segment_path(dir, &self.name, id);
-        let io = |what, source| RegionError::Io {
-            what,
-            path: path_str(&path),
-            source,
-        };
+        let io = |what, source| io_error(what, &path)(source);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -588,16 +574,11 @@ impl Region {
         };
         let path = segment_path(&dir, &self.name, seg as SegmentId);
         self.mapping.install(seg, || {
-            let io = |what, source| RegionError::Io {
-                what,
-                path: path_str(&path),
-                source,
-            };
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| io("open", e))?;
+                .map_err(io_error("open", &path))?;
             let len = file_len(&file, &path)?;
             if len != size {
                 return Err(RegionError::Corrupt {
@@ -605,7 +586,7 @@ impl Region {
                     reason: format!("segment {seg} file is {len} bytes, header says {size}"),
                 });
             }
-            SegmentMemory::map_file(&file, len).map_err(|e| io("map", e))
+            SegmentMemory::map_file(&file, len).map_err(io_error("map", &path))
         })?;
         Ok(self
             .mapping
@@ -772,14 +753,22 @@ fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// Makes an I/O error of `what` (open, map, ...) on `path`.
+fn io_error<'p>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> RegionError + 'p {
+    move |source| RegionError::Io {
+        what,
+        path: path_str(path),
+        source,
+    }
+}
+
 fn file_len(file: &File, path: &Path) -> Result<u64> {
     file.metadata()
         .map(|m| m.len())
-        .map_err(|source| RegionError::Io {
-            what: "stat",
-            path: path_str(path),
-            source,
-        })
+        .map_err(io_error("stat", path))
 }
 
 /// Whether process `pid` maps the file at `path` (the same inode), as its

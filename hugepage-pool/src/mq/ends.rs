@@ -236,6 +236,18 @@ impl Waiter {
             .view(self.doorbell)
             .expect("doorbell checked at register")
     }
+
+    /// [`Sleep::prepare_sleep`] for a consumer whose queue is empty when
+    /// `is_empty` says so.
+    fn prepare_sleep(&self, is_empty: impl FnOnce() -> bool) -> bool {
+        doorbell::prepare_sleep(&self.bell().sleeping, is_empty)
+    }
+
+    /// [`Sleep::woken`].
+    fn woken(&self) {
+        self.eventfd.drain();
+        doorbell::awake(&self.bell().sleeping);
+    }
 }
 
 impl Drop for Waiter {
@@ -320,7 +332,7 @@ impl Consumer {
 impl Sleep for Consumer {
     fn prepare_sleep(&mut self) -> bool {
         let ring = self.ring.header();
-        doorbell::prepare_sleep(&self.waiter.bell().sleeping, || ring::is_empty(ring))
+        self.waiter.prepare_sleep(|| ring::is_empty(ring))
     }
 
     fn wake_fd(&self) -> BorrowedFd<'_> {
@@ -328,8 +340,7 @@ impl Sleep for Consumer {
     }
 
     fn woken(&mut self) {
-        self.waiter.eventfd.drain();
-        doorbell::awake(&self.waiter.bell().sleeping);
+        self.waiter.woken();
     }
 }
 
@@ -463,9 +474,8 @@ pub mod fanin {
     impl Sleep for Consumer {
         fn prepare_sleep(&mut self) -> bool {
             let lanes = &self.lanes;
-            doorbell::prepare_sleep(&self.waiter.bell().sleeping, || {
-                lanes.iter().all(|lane| ring::is_empty(lane.header()))
-            })
+            self.waiter
+                .prepare_sleep(|| lanes.iter().all(|lane| ring::is_empty(lane.header())))
         }
 
         fn wake_fd(&self) -> BorrowedFd<'_> {
@@ -473,8 +483,7 @@ pub mod fanin {
         }
 
         fn woken(&mut self) {
-            self.waiter.eventfd.drain();
-            doorbell::awake(&self.waiter.bell().sleeping);
+            self.waiter.woken();
         }
     }
 

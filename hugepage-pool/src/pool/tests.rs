@@ -21,10 +21,16 @@ fn heap_pool(config: &PoolConfig) -> Pool {
     Pool::create(&region, "pool", config).unwrap()
 }
 
+/// A [`small`] pool on the heap, and its core 0.
+fn small_pool() -> (Pool, CoreCache) {
+    let pool = heap_pool(&small());
+    let core = pool.core(0).unwrap();
+    (pool, core)
+}
+
 #[test]
 fn alloc_and_free_keep_counts() {
-    let pool = heap_pool(&small());
-    let mut core = pool.core(0).unwrap();
+    let (pool, mut core) = small_pool();
     let chunks: Vec<_> = (0..50).map(|_| core.alloc(0).unwrap()).collect();
     let stats = pool.stats();
     assert_eq!(stats.classes[0].total, 100);
@@ -41,8 +47,7 @@ fn alloc_and_free_keep_counts() {
 
 #[test]
 fn exhaustion_is_an_error_and_recovers_after_free() {
-    let pool = heap_pool(&small());
-    let mut core = pool.core(0).unwrap();
+    let (_pool, mut core) = small_pool();
     let held: Vec<_> = (0..10).map(|_| core.alloc(1).unwrap()).collect();
     let err = core.alloc(1).unwrap_err();
     assert!(
@@ -64,8 +69,7 @@ fn exhaustion_is_an_error_and_recovers_after_free() {
 
 #[test]
 fn payload_round_trips_and_respects_capacity() {
-    let pool = heap_pool(&small());
-    let mut core = pool.core(0).unwrap();
+    let (pool, mut core) = small_pool();
     let mut chunk = core.alloc(0).unwrap();
     assert_eq!(
         pool.payload_mut(&mut chunk).len(),
@@ -115,8 +119,7 @@ fn chunks_freed_by_another_core_return_to_their_home() {
 
 #[test]
 fn adopt_refuses_offsets_that_are_not_chunks_in_transit() {
-    let pool = heap_pool(&small());
-    let mut core = pool.core(0).unwrap();
+    let (_pool, mut core) = small_pool();
     let owned = core.alloc(0).unwrap();
     assert!(matches!(
         core.adopt(owned.offset()),
@@ -152,8 +155,7 @@ fn core_slots_are_exclusive_and_reusable() {
 
 #[test]
 fn nodes_chain_chunks_for_large_values() {
-    let pool = heap_pool(&small());
-    let mut core = pool.core(0).unwrap();
+    let (pool, mut core) = small_pool();
     let mut node = Node::new(0);
     let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
     core.append(&mut node, &data[..5]).unwrap();
@@ -172,8 +174,7 @@ fn nodes_chain_chunks_for_large_values() {
 
 #[test]
 fn a_node_append_that_cannot_fit_changes_nothing() {
-    let pool = heap_pool(&small());
-    let mut core = pool.core(0).unwrap();
+    let (pool, mut core) = small_pool();
     let mut node = Node::new(1);
     core.append(&mut node, &[1; 2000]).unwrap();
     let before = pool.stats();
@@ -269,12 +270,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        // Miri is slow and may not touch files (proptest's failure store).
-        cases: if cfg!(miri) { 4 } else { 256 },
-        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::testing::proptest_config())]
 
     /// Any sequence of allocs, frees and hand-overs between three cores
     /// never hands out a chunk twice, keeps contents intact, and ends with

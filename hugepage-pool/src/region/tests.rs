@@ -268,15 +268,22 @@ fn exists(name: &str, seg: u32) -> bool {
     std::path::Path::new(&format!("/dev/shm/ferrox-{name}.{seg}")).exists()
 }
 
-#[test]
-fn a_region_left_by_a_dead_owner_is_reclaimed() {
-    let name = unique("orphan");
-    let _cleanup = Cleanup(name.clone());
+/// A region whose files outlive its handle, as a crashed owner's do: its
+/// name, the guard that removes the files, and the region.
+fn persisted(prefix: &str) -> (String, Cleanup, Arc<Region>) {
+    let name = unique(prefix);
+    let cleanup = Cleanup(name.clone());
     let options = RegionOptions {
         persist: true,
         ..shm(1 << 20)
     };
     let region = Region::create(&name, &options).unwrap();
+    (name, cleanup, region)
+}
+
+#[test]
+fn a_region_left_by_a_dead_owner_is_reclaimed() {
+    let (name, _cleanup, region) = persisted("orphan");
     region.grow(1 << 20).unwrap();
     let dead = dead_pid();
     region.header().owner_pid.store(dead, O::Relaxed);
@@ -316,13 +323,8 @@ fn a_region_whose_owner_lives_is_not_reclaimed() {
 /// (pid reuse; here this very process, after dropping it).
 #[test]
 fn a_recorded_pid_that_no_longer_maps_the_region_does_not_keep_it() {
-    let name = unique("reused");
-    let _cleanup = Cleanup(name.clone());
-    let options = RegionOptions {
-        persist: true,
-        ..shm(1 << 20)
-    };
-    drop(Region::create(&name, &options).unwrap());
+    let (name, _cleanup, region) = persisted("reused");
+    drop(region);
     assert!(exists(&name, 0));
     assert_eq!(
         Region::remove_if_orphaned(&name, &shm(0)).unwrap(),
@@ -333,13 +335,7 @@ fn a_recorded_pid_that_no_longer_maps_the_region_does_not_keep_it() {
 
 #[test]
 fn segments_without_segment_zero_are_removed() {
-    let name = unique("stray");
-    let _cleanup = Cleanup(name.clone());
-    let options = RegionOptions {
-        persist: true,
-        ..shm(1 << 20)
-    };
-    let region = Region::create(&name, &options).unwrap();
+    let (name, _cleanup, region) = persisted("stray");
     region.grow(1 << 20).unwrap();
     drop(region);
     std::fs::remove_file(format!("/dev/shm/ferrox-{name}.0")).unwrap();

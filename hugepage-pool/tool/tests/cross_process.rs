@@ -58,6 +58,18 @@ fn summary(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Waits for `consumer` and checks that it received the values 0 to
+/// `count - 1`, each once; returns its summary line.
+fn received_all(consumer: Peer, count: u64) -> String {
+    let line = summary(&consumer.finish());
+    let sum: u64 = (0..count).sum();
+    assert!(
+        line.starts_with(&format!("received={count} sum={sum} ")),
+        "{line}"
+    );
+    line
+}
+
 fn region(name: &str, size: u64, backing: Backing) -> Arc<Region> {
     Region::create(
         name,
@@ -117,12 +129,7 @@ fn the_region_grows_while_other_processes_produce_and_consume() {
     assert!(region.stats().segments.len() >= 3);
 
     producer.finish();
-    let line = summary(&consumer.finish());
-    let sum: u64 = (0..count).sum();
-    assert!(
-        line.starts_with(&format!("received={count} sum={sum} ")),
-        "{line}"
-    );
+    let line = received_all(consumer, count);
     let max_segment: u16 = line.rsplit('=').next().unwrap().parse().unwrap();
     assert!(
         max_segment >= 1,
@@ -148,12 +155,7 @@ fn a_consumer_process_sleeps_and_is_woken_by_a_producer_process() {
         "produce", "--region", &name, "--queue", "q", "--count", "20000",
     ])
     .finish();
-    let line = summary(&consumer.finish());
-    let sum: u64 = (0..20_000).sum();
-    assert!(
-        line.starts_with(&format!("received=20000 sum={sum} ")),
-        "{line}"
-    );
+    received_all(consumer, 20_000);
 }
 
 #[test]
@@ -173,12 +175,7 @@ fn two_producer_processes_feed_one_fanin() {
     ]);
     a.finish();
     b.finish();
-    let line = summary(&consumer.finish());
-    let sum: u64 = (0..20_000).sum();
-    assert!(
-        line.starts_with(&format!("received=20000 sum={sum} ")),
-        "{line}"
-    );
+    received_all(consumer, 20_000);
 }
 
 #[test]

@@ -198,12 +198,7 @@ fn fanin_merges_lanes_and_wakes_its_consumer() {
 const MAX_STEPS: usize = if cfg!(miri) { 60 } else { 400 };
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        // Miri is slow and may not touch files (proptest's failure store).
-        cases: if cfg!(miri) { 4 } else { 256 },
-        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::testing::proptest_config())]
 
     /// Any interleaving of pushes and pops of any sizes keeps FIFO order and
     /// contents across many wrap-arounds of a small ring.
