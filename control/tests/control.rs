@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrox_testbed::{cli, ketama_ports, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP};
+use ferrox_testbed::{
+    cli, ketama_ports, redis_benchmark, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP,
+};
 use rustix::process::{kill_process, Pid, Signal};
 
 const CONTROL: &str = env!("CARGO_BIN_EXE_ferrox-control");
@@ -309,29 +311,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
 
     // Changes under load: a server added, a weight changed, a command
     // blocked, shared memory grown, a server removed.
-    let bench = ns
-        .command(&[
-            "timeout",
-            "120",
-            "redis-benchmark",
-            "-h",
-            FERROX_IP,
-            "-t",
-            "set,get",
-            "-n",
-            "100000",
-            "-c",
-            "20",
-            "-P",
-            "4",
-            "-r",
-            "10000",
-            "-q",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bench = redis_benchmark(ns, FERROX_IP, "-t set,get -n 100000 -c 20 -P 4 -r 10000 -q");
     let before = json(socket, &["shm", "show", "--json"]);
     ctl_ok(
         socket,

@@ -140,15 +140,7 @@ fn plugin_pmds_are_found() {
 fn extended_statistics_count_the_traffic() {
     let ns = Netns::new("s");
     let dp = Dataplane::start_with(&ns, "net_tap0,iface=fxtap0", "0", &["--xstats"]);
-    ns.run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{KERNEL_IP}/24"),
-        "dev",
-        "fxtap0",
-    ]);
-    ns.run(&["ip", "link", "set", "fxtap0", "up"]);
+    ns.tap_up(&[]);
     for _ in 0..10 {
         assert_eq!(redis_cli(&ns, "PING"), "PONG");
     }

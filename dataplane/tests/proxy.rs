@@ -189,20 +189,6 @@ fn python(ns: &Netns, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Keys of each Redis backend, asked directly.
-fn keys_on(ns: &Netns, port: u16, pattern: &str) -> Vec<String> {
-    let out = cli(
-        ns,
-        KERNEL_IP,
-        port,
-        &format!("--scan --pattern '{pattern}'"),
-    );
-    out.lines()
-        .map(str::to_owned)
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
     let config = ConfigFile::new("toml", &config());
     let (ns, dp) = setup_with_mtu(pmd, cores, mtu, &["--config", config.path()]);
@@ -237,18 +223,7 @@ fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
 
     // Every key is on exactly the server the router names.
     let (table, ports) = redis_table();
-    let mut found = 0;
-    for (i, &port) in ports.iter().enumerate() {
-        for key in keys_on(&ns, port, "*") {
-            assert_eq!(
-                table.server_for(key.as_bytes(), 0),
-                Some(i),
-                "{key} is on {port}"
-            );
-            found += 1;
-        }
-    }
-    assert_eq!(found, 40 + 4);
+    assert_eq!(assert_keys_placed(&ns, &table, &ports, "*"), 40 + 4);
     let spread = ports
         .iter()
         .filter(|p| !keys_on(&ns, **p, "multi:*").is_empty())
@@ -490,15 +465,7 @@ fn reads_a_nutcracker_yml_as_it_is() {
     }
     // fnv1a_64 and the same servers (the keys have no hashtag).
     let (table, ports) = redis_table_with("fnv1a_64");
-    for (i, &port) in ports.iter().enumerate() {
-        for key in keys_on(&ns, port, "yml:*") {
-            assert_eq!(
-                table.server_for(key.as_bytes(), 0),
-                Some(i),
-                "{key} on {port}"
-            );
-        }
-    }
+    assert_keys_placed(&ns, &table, &ports, "yml:*");
 }
 
 #[test]
@@ -579,29 +546,11 @@ fn reloads_the_configuration_under_load_without_closing_a_client() {
     let ferrox = |args: &str| cli(&ns, FERROX_IP, 6379, args);
     assert_eq!(ferrox("SET k 1"), "OK");
     // Traffic that runs through every change below.
-    let bench = ns
-        .command(&[
-            "timeout",
-            "120",
-            "redis-benchmark",
-            "-h",
-            FERROX_IP,
-            "-t",
-            "set,get",
-            "-c",
-            "20",
-            "-P",
-            "4",
-            "-n",
-            "300000",
-            "-r",
-            "100000",
-            "-q",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bench = redis_benchmark(
+        &ns,
+        FERROX_IP,
+        "-t set,get -c 20 -P 4 -n 300000 -r 100000 -q",
+    );
     let hup = || sh(&["kill", "-HUP", &dp.pid().to_string()]);
     std::thread::sleep(Duration::from_millis(500));
     // Two servers more, other weights, and LPUSH blocked.

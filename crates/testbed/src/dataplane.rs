@@ -239,16 +239,8 @@ pub fn setup_with_mtu(pmd: Pmd, cores: usize, mtu: u16, extra: &[&str]) -> (Netn
     let dp = match pmd {
         Pmd::Tap => {
             let dp = Dataplane::start_with(&ns, "net_tap0,iface=fxtap0", &lcores, extra);
-            ns.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{KERNEL_IP}/24"),
-                "dev",
-                "fxtap0",
-            ]);
             // Bursts of thousands of connections overflow the default queue.
-            ns.run(&["ip", "link", "set", "fxtap0", "txqueuelen", "10000", "up"]);
+            ns.tap_up(&["txqueuelen", "10000"]);
             dp
         }
         Pmd::AfPacket | Pmd::AfXdp => {

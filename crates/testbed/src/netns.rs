@@ -48,6 +48,14 @@ impl Netns {
         cmd
     }
 
+    /// The kernel side of the dataplane's tap, `fxtap0`: [`KERNEL_IP`], and
+    /// the link up with `link` settings (`txqueuelen N`, ...).
+    pub fn tap_up(&self, link: &[&str]) {
+        let address = format!("{KERNEL_IP}/24");
+        self.run(&["ip", "addr", "add", &address, "dev", "fxtap0"]);
+        self.run(&[&["ip", "link", "set", "fxtap0"], link, &["up"]].concat());
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let out = self.command(args).output().unwrap();
         assert!(
@@ -139,11 +147,62 @@ pub fn wait_for_port(ns: &Netns, port: u16) {
     }
 }
 
+/// `redis-benchmark -h host ARGS` (words split at spaces) in the
+/// namespace, in the background for at most two minutes, its output piped
+/// for `wait_with_output`: traffic that runs while a test changes things.
+pub fn redis_benchmark(ns: &Netns, host: &str, args: &str) -> Child {
+    let command = ["timeout", "120", "redis-benchmark", "-h", host].into_iter();
+    let words: Vec<&str> = command.chain(args.split_whitespace()).collect();
+    ns.command(&words)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `redis-cli -h host -p port ARGS` (a shell line) in the namespace.
 pub fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
     ns.shell(&format!("timeout 10 redis-cli -h {host} -p {port} {args}"))
         .trim()
         .to_owned()
+}
+
+/// Keys of the Redis backend on [`KERNEL_IP`]:`port` that match
+/// `pattern`, asked directly.
+pub fn keys_on(ns: &Netns, port: u16, pattern: &str) -> Vec<String> {
+    let out = cli(
+        ns,
+        KERNEL_IP,
+        port,
+        &format!("--scan --pattern '{pattern}'"),
+    );
+    out.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Checks that every key matching `pattern` on each Redis backend (`ports`
+/// in the order of `table`'s servers) is on the server `table` places it
+/// on; returns how many keys there are.
+pub fn assert_keys_placed(
+    ns: &Netns,
+    table: &ferrox_route::Table,
+    ports: &[u16],
+    pattern: &str,
+) -> usize {
+    let mut found = 0;
+    for (i, &port) in ports.iter().enumerate() {
+        for key in keys_on(ns, port, pattern) {
+            assert_eq!(
+                table.server_for(key.as_bytes(), 0),
+                Some(i),
+                "{key} is on {port}"
+            );
+            found += 1;
+        }
+    }
+    found
 }
 
 /// Where the router puts keys over servers on [`KERNEL_IP`] given as
