@@ -400,6 +400,7 @@ class RedisWorker:
         self.iteration = 0
         self.pipeline_no = 0
         self.last = ("", None, None)  # label, request bytes, connection of the last exchange
+        self.fans = 0  # fan-out connections so far (each has a key of its own)
         self.history = []  # (key, at) of retirements, for the report
 
     # ------------------------------------------------------------ keys
@@ -594,8 +595,8 @@ class RedisWorker:
                 self.mismatch(label, i, len(commands), commands[i], exp, got, why)
         return replies
 
-    def send(self, payload, n, plan, label, commands, closing_ok=False):
-        conn = self.conn
+    def send(self, payload, n, plan, label, commands, closing_ok=False, conn=None):
+        conn = conn or self.conn
         if conn.leftover():
             raise Failure(f"{conn.leftover()} bytes arrived that no request asked for, before {label}: "
                           + common.show_bytes(bytes(conn.buf[conn.pos:])))
@@ -641,6 +642,8 @@ class RedisWorker:
                     self.redis_py_batch()
                 elif r < 0.06:
                     self.pipeline(deep=True)
+                elif r < 0.072:
+                    self.fan_out()
                 else:
                     self.pipeline()
             self.close()
@@ -783,6 +786,61 @@ class RedisWorker:
                 self.model.data.pop(k, None)
 
     # ------------------------------------------------ special scenarios
+
+    def fan_out(self):
+        """20 to 150 connections at once, each with a key of its own and a
+        small pipeline on it; some reset right after sending. Every
+        request is written before any reply is read."""
+        rng = self.rng
+        count = rng.randint(20, 150)
+        self.stats["scenario: fan-out connections"] += 1
+        conns = []
+        try:
+            for c in range(count):
+                self.fans += 1
+                k = b"r%d:fan%d" % (self.wid, self.fans)
+                ops = []
+                history = {k: [(-1, None)]}  # a key no one used before
+                for i in range(rng.randint(1, 6)):
+                    c2 = rng.random()
+                    if c2 < 0.35:
+                        ops.append(self.apply("SET", [k, self.value([64 * 1024])], (k,)))
+                    elif c2 < 0.55:
+                        ops.append(self.apply("APPEND", [k, self.small()], (k,)))
+                    elif c2 < 0.85:
+                        ops.append(self.apply("GET", [k], (k,)))
+                    else:
+                        ops.append(self.apply("DEL", [k], (k,)))
+                    if k in ops[-1].pre:
+                        history[k].append((i, self.model.get(k)))
+                conn = common.connect(self.ctx.host, 6379, "a fan-out client")
+                vanish = rng.random() < 0.15
+                conns.append((conn, ops, vanish, history))
+                payload = b"".join(wire.encode_command(op.args) for op in ops)
+                try:
+                    sent = conn.sock.send(payload)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as e:
+                    raise Failure(f"fan-out connection {c + 1} of {count}: send failed: {e}") from None
+                conn.pending = payload[sent:]  # written while reading, below
+                if vanish:
+                    conn.close(rst=True)
+            for conn, ops, vanish, history in conns:
+                if vanish:
+                    self.retire(0, history)
+                    continue
+                plan = wire.Plan()
+                replies = self.send(conn.pending, len(ops), plan, f"fan-out connection ({count} open)",
+                                    [op.args for op in ops], conn=conn)
+                for i, got in enumerate(replies):
+                    why = check(ops[i].expected, got, False)
+                    if why:
+                        self.mismatch("fan-out connection", i, len(ops), ops[i].args, ops[i].expected, got, why)
+                    self.stats["redis ops checked"] += 1
+        finally:
+            for conn, _, _, _ in conns:
+                conn.close(rst=True)
 
     def ping_flood(self):
         """4,681 pipelined PINGs (65,534 bytes) in one write, on a fresh
