@@ -5,13 +5,14 @@
 //! non-zero exit code.
 #![allow(clippy::disallowed_methods)] // `top` sleeps between refreshes
 
+use std::fmt::{Display, Write as _};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use ferrox_control::admin::{self, Request, Response};
 
 #[derive(Parser, Debug)]
@@ -104,25 +105,24 @@ enum ServerCmd {
         pool: String,
         server: String,
     },
-    Remove {
-        pool: String,
-        addr: String,
-    },
+    Remove(ServerAt),
     Weight {
         pool: String,
         addr: String,
         weight: u32,
     },
     /// Holds a server out of its pool (its keys go to the others).
-    Eject {
-        pool: String,
-        addr: String,
-    },
+    Eject(ServerAt),
     /// Lets a held-out server back.
-    Restore {
-        pool: String,
-        addr: String,
-    },
+    Restore(ServerAt),
+}
+
+// A server of a pool, by its address. (A plain comment: clap would show
+// a doc comment as the help of `server remove`.)
+#[derive(Args, Debug)]
+struct ServerAt {
+    pool: String,
+    addr: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,16 +195,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Completions { .. } => unreachable!("handled above"),
         Cmd::Status { json } => show(
             &mut out,
-            admin.call(&Request::Status {})?,
+            &mut admin,
+            &Request::Status {},
             json,
             render_status,
         )?,
-        Cmd::Stats { json } => show(
-            &mut out,
-            admin.call(&Request::Stats {})?,
-            json,
-            render_stats,
-        )?,
+        Cmd::Stats { json } => show(&mut out, &mut admin, &Request::Stats {}, json, render_stats)?,
         Cmd::Top { count } => {
             let mut shown = 0;
             loop {
@@ -249,12 +245,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Server { action } => {
             let request = match action {
                 ServerCmd::Add { pool, server } => Request::ServerAdd { pool, server },
-                ServerCmd::Remove { pool, addr } => Request::ServerRemove { pool, addr },
+                ServerCmd::Remove(ServerAt { pool, addr }) => Request::ServerRemove { pool, addr },
                 ServerCmd::Weight { pool, addr, weight } => {
                     Request::ServerWeight { pool, addr, weight }
                 }
-                ServerCmd::Eject { pool, addr } => Request::ServerEject { pool, addr },
-                ServerCmd::Restore { pool, addr } => Request::ServerRestore { pool, addr },
+                ServerCmd::Eject(ServerAt { pool, addr }) => Request::ServerEject { pool, addr },
+                ServerCmd::Restore(ServerAt { pool, addr }) => {
+                    Request::ServerRestore { pool, addr }
+                }
             };
             let value = admin.call(&request)?;
             if value.get("held").is_some() {
@@ -280,14 +278,14 @@ fn run(cli: Cli) -> Result<()> {
             report_applied(&mut out, &admin.call(&Request::Unblock { pool, command })?)?
         }
         Cmd::Shm { action } => {
-            let (value, json) = match action {
-                ShmCmd::Show { json } => (admin.call(&Request::ShmShow {})?, json),
+            let (request, json) = match action {
+                ShmCmd::Show { json } => (Request::ShmShow {}, json),
                 ShmCmd::Resize { add_mb } => {
                     writeln!(out, "growing the socket pool by {add_mb} MiB ...")?;
-                    (admin.call(&Request::ShmResize { add_mb })?, false)
+                    (Request::ShmResize { add_mb }, false)
                 }
             };
-            show(&mut out, value, json, render_shm)?;
+            show(&mut out, &mut admin, &request, json, render_shm)?;
         }
         Cmd::Debug {
             action: DebugCmd::StallCore { core },
@@ -299,13 +297,16 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Writes an answer as indented JSON, or as `render` shows it.
+/// Writes the answer to `request` as indented JSON, or as `render` shows
+/// it.
 fn show<T: serde::de::DeserializeOwned>(
     out: &mut impl Write,
-    value: serde_json::Value,
+    admin: &mut Admin,
+    request: &Request,
     json: bool,
     render: fn(&T) -> String,
 ) -> Result<()> {
+    let value = admin.call(request)?;
     if json {
         writeln!(out, "{value:#}")?;
     } else {
@@ -330,6 +331,41 @@ fn report_applied(out: &mut impl Write, value: &serde_json::Value) -> Result<()>
             value["cores"]
         )
     }
+}
+
+/// The columns of a text table: each a heading and a width, negative for
+/// left-aligned text, positive for right-aligned numbers. Headings and
+/// rows share the widths.
+struct Columns(&'static [(&'static str, isize)]);
+
+impl Columns {
+    fn header(&self) -> String {
+        let headings: Vec<&dyn Display> = self.0.iter().map(|(h, _)| h as &dyn Display).collect();
+        self.row(&headings)
+    }
+
+    /// One line: `cells` in column order, one space apart.
+    fn row(&self, cells: &[&dyn Display]) -> String {
+        let mut line = String::new();
+        for (i, (cell, &(_, width))) in cells.iter().zip(self.0).enumerate() {
+            if i > 0 {
+                line.push(' ');
+            }
+            let w = width.unsigned_abs();
+            if width < 0 {
+                let _ = write!(line, "{cell:<w$}");
+            } else {
+                let _ = write!(line, "{cell:>w$}");
+            }
+        }
+        line.push('\n');
+        line
+    }
+}
+
+/// A per-second rate, whole.
+fn rate(per_s: f64) -> String {
+    format!("{per_s:.0}")
 }
 
 fn micros(us: Option<u64>) -> String {
@@ -371,20 +407,26 @@ fn render_status(status: &admin::Status) -> String {
             "\npool {} ({} on {})\n",
             pool.name, pool.protocol, pool.listen
         );
-        s += &format!(
-            "  {:<22} {:<16} {:>6} {:<8} {:>8} {:>9}\n",
-            "SERVER", "NAME", "WEIGHT", "STATE", "FAILING", "EJECTIONS"
-        );
+        const SERVERS: Columns = Columns(&[
+            ("SERVER", -22),
+            ("NAME", -16),
+            ("WEIGHT", 6),
+            ("STATE", -8),
+            ("FAILING", 8),
+            ("EJECTIONS", 9),
+        ]);
+        s += "  ";
+        s += &SERVERS.header();
         for server in &pool.servers {
-            s += &format!(
-                "  {:<22} {:<16} {:>6} {:<8} {:>8} {:>9}\n",
-                server.addr,
-                server.name,
-                server.weight,
-                server.state,
-                server.failures,
-                server.ejections
-            );
+            s += "  ";
+            s += &SERVERS.row(&[
+                &server.addr,
+                &server.name,
+                &server.weight,
+                &server.state,
+                &server.failures,
+                &server.ejections,
+            ]);
         }
     }
     s
@@ -394,51 +436,69 @@ fn render_status(status: &admin::Status) -> String {
 const TOP_COMMANDS: usize = 10;
 
 fn render_stats(stats: &admin::Stats) -> String {
-    let mut s = format!(
-        "{:<16} {:>10} {:>12} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8}\n",
-        "POOL", "REQ/S", "REQUESTS", "ERR/S", "ERRORS", "CONNS", "P50", "P99", "P999"
-    );
+    const POOLS: Columns = Columns(&[
+        ("POOL", -16),
+        ("REQ/S", 10),
+        ("REQUESTS", 12),
+        ("ERR/S", 8),
+        ("ERRORS", 10),
+        ("CONNS", 6),
+        ("P50", 8),
+        ("P99", 8),
+        ("P999", 8),
+    ]);
+    const SERVERS: Columns = Columns(&[
+        ("POOL", -16),
+        ("SERVER", -22),
+        ("REQ/S", 10),
+        ("REQUESTS", 12),
+        ("FAILURES", 9),
+        ("STATE", 8),
+    ]);
+    const COMMANDS: Columns = Columns(&[
+        ("PROTOCOL", -9),
+        ("COMMAND", -20),
+        ("REQ/S", 10),
+        ("REQUESTS", 12),
+    ]);
+    let mut s = POOLS.header();
     for pool in &stats.pools {
-        s += &format!(
-            "{:<16} {:>10.0} {:>12} {:>8.0} {:>10} {:>6} {:>8} {:>8} {:>8}\n",
-            pool.name,
-            pool.requests_per_s,
-            pool.requests,
-            pool.errors_per_s,
-            pool.errors,
-            pool.connections,
-            micros(pool.p50_us),
-            micros(pool.p99_us),
-            micros(pool.p999_us)
-        );
+        s += &POOLS.row(&[
+            &pool.name,
+            &rate(pool.requests_per_s),
+            &pool.requests,
+            &rate(pool.errors_per_s),
+            &pool.errors,
+            &pool.connections,
+            &micros(pool.p50_us),
+            &micros(pool.p99_us),
+            &micros(pool.p999_us),
+        ]);
     }
-    s += &format!(
-        "\n{:<16} {:<22} {:>10} {:>12} {:>9} {:>8}\n",
-        "POOL", "SERVER", "REQ/S", "REQUESTS", "FAILURES", "STATE"
-    );
+    s += "\n";
+    s += &SERVERS.header();
     for pool in &stats.pools {
         for server in &pool.servers {
-            s += &format!(
-                "{:<16} {:<22} {:>10.0} {:>12} {:>9} {:>8}\n",
-                pool.name,
-                server.addr,
-                server.requests_per_s,
-                server.requests,
-                server.failures,
-                if server.ejected { "out" } else { "in" }
-            );
+            s += &SERVERS.row(&[
+                &pool.name,
+                &server.addr,
+                &rate(server.requests_per_s),
+                &server.requests,
+                &server.failures,
+                &if server.ejected { "out" } else { "in" },
+            ]);
         }
     }
     if !stats.commands.is_empty() {
-        s += &format!(
-            "\n{:<9} {:<20} {:>10} {:>12}\n",
-            "PROTOCOL", "COMMAND", "REQ/S", "REQUESTS"
-        );
+        s += "\n";
+        s += &COMMANDS.header();
         for c in stats.commands.iter().take(TOP_COMMANDS) {
-            s += &format!(
-                "{:<9} {:<20} {:>10.0} {:>12}\n",
-                c.protocol, c.command, c.requests_per_s, c.requests
-            );
+            s += &COMMANDS.row(&[
+                &c.protocol,
+                &c.command,
+                &rate(c.requests_per_s),
+                &c.requests,
+            ]);
         }
     }
     s
@@ -458,15 +518,16 @@ fn render_shm(shm: &admin::Shm) -> String {
             "not all on hugepages"
         }
     );
-    s += &format!(
-        "{:<8} {:>10} {:>8} {:>8} {:>8}\n",
-        "BUFFERS", "CHUNK", "TOTAL", "IN USE", "FREE"
-    );
+    const CLASSES: Columns = Columns(&[
+        ("BUFFERS", -8),
+        ("CHUNK", 10),
+        ("TOTAL", 8),
+        ("IN USE", 8),
+        ("FREE", 8),
+    ]);
+    s += &CLASSES.header();
     for c in &shm.classes {
-        s += &format!(
-            "{:<8} {:>10} {:>8} {:>8} {:>8}\n",
-            c.role, c.chunk_size, c.total, c.in_use, c.free
-        );
+        s += &CLASSES.row(&[&c.role, &c.chunk_size, &c.total, &c.in_use, &c.free]);
     }
     s
 }
