@@ -177,92 +177,15 @@ pub fn prometheus(
         );
     }
 
-    let cores: &[(Counter, &str)] = &[
-        (Counter::Frames, "Frames received."),
-        (Counter::Accepted, "Client connections accepted."),
-        (Counter::Closed, "Connections closed."),
-        (Counter::Requests, "Requests read from clients."),
-        (
-            Counter::Errors,
-            "Requests answered with an error the proxy made.",
-        ),
-        (
-            Counter::SplitRequests,
-            "Multi-key requests split over servers.",
-        ),
-        (Counter::BackendConnects, "Connections opened to servers."),
-        (Counter::BackendFailures, "Server connections that failed."),
-        (Counter::Timeouts, "Requests that timed out."),
-        (
-            Counter::Ejections,
-            "Servers ejected by the dataplane for failures.",
-        ),
-        (Counter::Reconfigurations, "Configurations taken."),
-        (
-            Counter::Refused,
-            "Client connections refused (RST) by the proxy: a pool full or retired.",
-        ),
-        (
-            Counter::BacklogDrops,
-            "SYNs dropped unanswered with the handshake backlog full (the client retries).",
-        ),
-        (
-            Counter::LimitDrops,
-            "SYNs dropped unanswered at the connection limit or for want of socket memory.",
-        ),
-        (
-            Counter::TxNoMbuf,
-            "Frames dropped for want of a packet buffer (TCP retransmits).",
-        ),
-        (
-            Counter::Deferred,
-            "Sends put off to the next poll because the connection's last service moved nothing.",
-        ),
-        (
-            Counter::BudgetExhausted,
-            "Polls that ran out of their budget of application actions.",
-        ),
-        (
-            Counter::CloseTimeouts,
-            "Closing connections reset because the peer never finished closing.",
-        ),
-        (
-            Counter::ConnectRetries,
-            "First connection attempts to a server retried at once after failing.",
-        ),
-        (
-            Counter::Connects,
-            "Connections the dataplane opened to servers.",
-        ),
-        (Counter::Iterations, "Poll loop iterations."),
-        (Counter::RxFrames, "Frames received from the NIC queue."),
-        (Counter::Sleeps, "Times the idle core slept."),
-        (
-            Counter::Steered,
-            "Frames copied to the core that owns their flow.",
-        ),
-        (
-            Counter::SteerDrops,
-            "Frames dropped because the owning core's mailbox was full.",
-        ),
-        (Counter::BadChecksum, "Frames dropped for a wrong checksum."),
-        (
-            Counter::Allocations,
-            "Heap allocations made by the core's thread.",
-        ),
-        (
-            Counter::TxDropped,
-            "Frames the NIC queue refused to send (TCP retransmits).",
-        ),
-    ];
-    for (counter, help) in cores {
+    // Every counter counts up, but for the open connections: a gauge.
+    for counter in Counter::ALL.into_iter().filter(|&c| c != Counter::Open) {
         let name = format!("ferrox_core_{}_total", counter.name());
-        family(&mut out, &name, "counter", help);
+        family(&mut out, &name, "counter", counter.help());
         for (core, c) in snapshot.cores.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "{name}{{core=\"{core}\"}} {}",
-                c.counters[*counter as usize]
+                c.counters[counter as usize]
             );
         }
     }
@@ -270,7 +193,7 @@ pub fn prometheus(
         &mut out,
         "ferrox_core_open_connections",
         "gauge",
-        "Connections open.",
+        Counter::Open.help(),
     );
     for (core, c) in snapshot.cores.iter().enumerate() {
         let _ = writeln!(

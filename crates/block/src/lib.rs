@@ -50,107 +50,95 @@ pub enum BlockError {
     TooManyCores { cores: usize, max: usize },
 }
 
-/// Core-wide counters, as indices into [`CoreRecord::counters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Counter {
-    Frames = 0,
-    Accepted,
-    Closed,
-    Open,
-    Requests,
-    Errors,
-    SplitRequests,
-    BackendConnects,
-    BackendFailures,
-    Timeouts,
-    Ejections,
-    Reconfigurations,
-    Refused,
-    BacklogDrops,
-    LimitDrops,
-    TxNoMbuf,
-    Deferred,
-    BudgetExhausted,
-    CloseTimeouts,
-    ConnectRetries,
-    Connects,
-    Iterations,
-    RxFrames,
-    Sleeps,
-    Steered,
-    SteerDrops,
-    BadChecksum,
-    Allocations,
-    TxDropped,
+/// Defines [`Counter`] from one table: each counter's variant, its name in
+/// statistics lines and metrics, and (its doc comment) what it counts.
+macro_rules! counters {
+    ($(#[doc = $help:literal] $variant:ident $name:literal,)*) => {
+        /// Core-wide counters, as indices into [`CoreRecord::counters`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter {
+            $(#[doc = $help] $variant,)*
+        }
+
+        impl Counter {
+            pub const ALL: [Counter; [$(Counter::$variant),*].len()] = [$(Counter::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            /// What the counter counts, one sentence (its doc comment).
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $help.trim_start(),)*
+                }
+            }
+        }
+    };
 }
 
-impl Counter {
-    pub const ALL: [Counter; 29] = [
-        Counter::Frames,
-        Counter::Accepted,
-        Counter::Closed,
-        Counter::Open,
-        Counter::Requests,
-        Counter::Errors,
-        Counter::SplitRequests,
-        Counter::BackendConnects,
-        Counter::BackendFailures,
-        Counter::Timeouts,
-        Counter::Ejections,
-        Counter::Reconfigurations,
-        Counter::Refused,
-        Counter::BacklogDrops,
-        Counter::LimitDrops,
-        Counter::TxNoMbuf,
-        Counter::Deferred,
-        Counter::BudgetExhausted,
-        Counter::CloseTimeouts,
-        Counter::ConnectRetries,
-        Counter::Connects,
-        Counter::Iterations,
-        Counter::RxFrames,
-        Counter::Sleeps,
-        Counter::Steered,
-        Counter::SteerDrops,
-        Counter::BadChecksum,
-        Counter::Allocations,
-        Counter::TxDropped,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::Frames => "frames",
-            Counter::Accepted => "accepted",
-            Counter::Closed => "closed",
-            Counter::Open => "open",
-            Counter::Requests => "requests",
-            Counter::Errors => "errors",
-            Counter::SplitRequests => "split_requests",
-            Counter::BackendConnects => "backend_connects",
-            Counter::BackendFailures => "backend_failures",
-            Counter::Timeouts => "timeouts",
-            Counter::Ejections => "ejections",
-            Counter::Reconfigurations => "reconfigurations",
-            Counter::Refused => "refused",
-            Counter::BacklogDrops => "backlog_drops",
-            Counter::LimitDrops => "limit_drops",
-            Counter::TxNoMbuf => "tx_no_mbuf",
-            Counter::Deferred => "deferred_sends",
-            Counter::BudgetExhausted => "budget_exhausted",
-            Counter::CloseTimeouts => "close_timeouts",
-            Counter::ConnectRetries => "connect_retries",
-            Counter::Connects => "connects",
-            Counter::Iterations => "iterations",
-            Counter::RxFrames => "rx_frames",
-            Counter::Sleeps => "sleeps",
-            Counter::Steered => "steered",
-            Counter::SteerDrops => "steer_drops",
-            Counter::BadChecksum => "bad_checksum",
-            Counter::Allocations => "allocations",
-            Counter::TxDropped => "tx_dropped",
-        }
-    }
+counters! {
+    /// Frames received.
+    Frames "frames",
+    /// Client connections accepted.
+    Accepted "accepted",
+    /// Connections closed.
+    Closed "closed",
+    /// Connections open.
+    Open "open",
+    /// Requests read from clients.
+    Requests "requests",
+    /// Requests answered with an error the proxy made.
+    Errors "errors",
+    /// Multi-key requests split over servers.
+    SplitRequests "split_requests",
+    /// Connections opened to servers.
+    BackendConnects "backend_connects",
+    /// Server connections that failed.
+    BackendFailures "backend_failures",
+    /// Requests that timed out.
+    Timeouts "timeouts",
+    /// Servers ejected by the dataplane for failures.
+    Ejections "ejections",
+    /// Configurations taken.
+    Reconfigurations "reconfigurations",
+    /// Client connections refused (RST) by the proxy: a pool full or retired.
+    Refused "refused",
+    /// SYNs dropped unanswered with the handshake backlog full (the client retries).
+    BacklogDrops "backlog_drops",
+    /// SYNs dropped unanswered at the connection limit or for want of socket memory.
+    LimitDrops "limit_drops",
+    /// Frames dropped for want of a packet buffer (TCP retransmits).
+    TxNoMbuf "tx_no_mbuf",
+    /// Sends put off to the next poll because the connection's last service moved nothing.
+    Deferred "deferred_sends",
+    /// Polls that ran out of their budget of application actions.
+    BudgetExhausted "budget_exhausted",
+    /// Closing connections reset because the peer never finished closing.
+    CloseTimeouts "close_timeouts",
+    /// First connection attempts to a server retried at once after failing.
+    ConnectRetries "connect_retries",
+    /// Connections the dataplane opened to servers.
+    Connects "connects",
+    /// Poll loop iterations.
+    Iterations "iterations",
+    /// Frames received from the NIC queue.
+    RxFrames "rx_frames",
+    /// Times the idle core slept.
+    Sleeps "sleeps",
+    /// Frames copied to the core that owns their flow.
+    Steered "steered",
+    /// Frames dropped because the owning core's mailbox was full.
+    SteerDrops "steer_drops",
+    /// Frames dropped for a wrong checksum.
+    BadChecksum "bad_checksum",
+    /// Heap allocations made by the core's thread.
+    Allocations "allocations",
+    /// Frames the NIC queue refused to send (TCP retransmits).
+    TxDropped "tx_dropped",
 }
 
 /// The control block in a region.
