@@ -581,6 +581,25 @@ def on_signal(signum, _frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
+def replay_command(args, seed):
+    """The command line that sends the same streams again: the seed and
+    every option that changes what is sent or how it is judged."""
+    parts = [f"tests/soak/soak.py --seed {seed} --duration {args.duration:g}"]
+    defaults = {"mtu": 3438, "redis_workers": 6, "mc_workers": 3, "redis_hash": "murmur", "mc_hash": "md5",
+                "server_connections": 1, "timeout_ms": 5000, "mc_long_share": 0.02, "mc_max_keys": 5000,
+                "only": None}
+    for name, default in defaults.items():
+        value = getattr(args, name)
+        if value != default:
+            parts.append(f"--{name.replace('_', '-')} {value}")
+    if args.strict_long_lines:
+        parts.append("--strict-long-lines")
+    if args.direct:
+        parts.append("--direct")
+    parts += [f"--dp-arg={a}" for a in args.dp_arg]
+    return " ".join(parts)
+
+
 def find_golden():
     """The route crate's golden vectors (tests/golden/route.txt and
     hash.txt), wherever the tree keeps the crate."""
@@ -608,9 +627,7 @@ def git_head():
 def main():
     args = parse_args()
     seed = args.seed if args.seed is not None else secrets.randbits(32)
-    log(f"seed {seed} (replay: tests/soak/soak.py --seed {seed} --duration {args.duration:g}"
-        + (f" --mtu {args.mtu}" if args.mtu != 3438 else "") + (f" --only {args.only}" if args.only else "")
-        + ")")
+    log(f"seed {seed} (replay: {replay_command(args, seed)})")
     golden = args.golden or find_golden()
     hashes, placements = route.self_test(golden)
     log(f"router copy agrees with twemproxy's golden vectors ({hashes} hashes, {placements} placements)")
@@ -777,9 +794,8 @@ def report_failure(ctx, appliance, workers, elapsed):
         with open(ctx.args.findings, "a") as f:
             stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
             f.write(f"\n## {stamp}: soak failure, seed {ctx.seed}\n\n")
-            f.write(f"tree: {git_head()}; MTU {ctx.args.mtu}; replay: `tests/soak/soak.py --seed {ctx.seed} "
-                    f"--duration {ctx.args.duration:g}" + (f" --mtu {ctx.args.mtu}" if ctx.args.mtu != 3438 else "")
-                    + "`\n\n```\n" + text + "\n```\n")
+            f.write(f"tree: {git_head()}; MTU {ctx.args.mtu}; replay: `{replay_command(ctx.args, ctx.seed)}`"
+                    + "\n\n```\n" + text + "\n```\n")
 
 
 def report_totals(ctx, workers, elapsed, seed):
