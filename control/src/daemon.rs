@@ -655,53 +655,49 @@ pub fn read_config(path: &Path, address: Ipv4Addr) -> anyhow::Result<Config> {
     Ok(running::validate(&text, &file, address)?)
 }
 
-/// Runs the health checker and the sampler until `stop`.
+/// Runs the health checker, the sampler and the reloader until `stop`.
 pub fn spawn_background(control: &Arc<Control>) -> Vec<std::thread::JoinHandle<()>> {
-    let health = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("health".into())
-            .spawn(move || {
-                while !control.stop.load(Ordering::Relaxed) {
-                    let round = Instant::now();
-                    control.check_health();
-                    sleep_until(round + control.settings.health_interval, &control.stop);
-                }
-            })
-            .expect("a thread")
-    };
-    let sampler = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("sampler".into())
-            .spawn(move || {
-                let mut previous = (control.block.snapshot(), Instant::now());
-                while !control.stop.load(Ordering::Relaxed) {
-                    sleep_until(Instant::now() + Duration::from_secs(1), &control.stop);
-                    control.sample(&mut previous);
-                }
-            })
-            .expect("a thread")
-    };
+    let health = background(control, "health", |control| {
+        while !control.stop.load(Ordering::Relaxed) {
+            let round = Instant::now();
+            control.check_health();
+            sleep_until(round + control.settings.health_interval, &control.stop);
+        }
+    });
+    let sampler = background(control, "sampler", |control| {
+        let mut previous = (control.block.snapshot(), Instant::now());
+        while !control.stop.load(Ordering::Relaxed) {
+            sleep_until(Instant::now() + Duration::from_secs(1), &control.stop);
+            control.sample(&mut previous);
+        }
+    });
     // SIGHUP sets the flag; the reload (which waits for the cores) runs
     // here, off the supervisor's watch.
-    let reloader = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
-                while !control.stop.load(Ordering::Relaxed) {
-                    sleep_until(Instant::now() + Duration::from_millis(100), &control.stop);
-                    if control.reload_requested.swap(false, Ordering::Relaxed)
-                        && !control.stop.load(Ordering::Relaxed)
-                    {
-                        control.reload_on_signal();
-                    }
-                }
-            })
-            .expect("a thread")
-    };
+    let reloader = background(control, "reload", |control| {
+        while !control.stop.load(Ordering::Relaxed) {
+            sleep_until(Instant::now() + Duration::from_millis(100), &control.stop);
+            if control.reload_requested.swap(false, Ordering::Relaxed)
+                && !control.stop.load(Ordering::Relaxed)
+            {
+                control.reload_on_signal();
+            }
+        }
+    });
     vec![health, sampler, reloader]
+}
+
+/// Runs `work` on a thread named `name` with a handle of its own on
+/// `control`.
+fn background(
+    control: &Arc<Control>,
+    name: &str,
+    work: impl FnOnce(&Control) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let control = control.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || work(&control))
+        .expect("a thread")
 }
 
 fn sleep_until(deadline: Instant, stop: &AtomicBool) {
@@ -758,41 +754,74 @@ pub fn serve_admin(
     let listener =
         UnixListener::bind(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let slots = Slots::new(MAX_ADMIN_CLIENTS);
-    // Accepts block; [`wake`] lets the thread see `stop`. Each client has
-    // a thread of its own, so the loop only accepts.
-    Ok(std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || loop {
-            let accepted = listener.accept();
-            if control.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match accepted {
-                Ok((mut stream, _)) => {
-                    let Some(slot) = slots.take() else {
-                        let _ = stream.set_write_timeout(Some(READ_DEADLINE));
-                        let _ = writeln!(
-                            stream,
-                            "{}",
-                            Response::error(format!(
-                                "{MAX_ADMIN_CLIENTS} admin clients already; try again"
-                            ))
-                            .line()
-                        );
-                        continue;
-                    };
-                    let control = control.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("admin-client".into())
-                        .spawn(move || {
-                            admin_client(&control, stream);
-                            drop(slot);
-                        });
+    let clients = Clients {
+        thread: "admin",
+        what: "admin socket",
+        max: MAX_ADMIN_CLIENTS,
+    };
+    let refuse = |mut stream: UnixStream| {
+        let _ = stream.set_write_timeout(Some(READ_DEADLINE));
+        let _ = writeln!(
+            stream,
+            "{}",
+            Response::error(format!(
+                "{MAX_ADMIN_CLIENTS} admin clients already; try again"
+            ))
+            .line()
+        );
+    };
+    let accept = move || listener.accept().map(|(stream, _)| stream);
+    Ok(clients.serve(control, accept, refuse, admin_client)?)
+}
+
+/// The clients of a listening socket: each served on a thread of its own
+/// (`<thread>-client`), at most `max` at once.
+struct Clients {
+    /// The accepting thread's name.
+    thread: &'static str,
+    /// The socket, as accept errors name it in the log.
+    what: &'static str,
+    max: usize,
+}
+
+impl Clients {
+    /// Starts the thread that accepts with `accept` until `stop`, and
+    /// gives each client to `serve` on a thread of its own, or to `refuse`
+    /// when `max` are served already. Accepts block; [`wake`] lets the
+    /// thread see `stop`.
+    fn serve<S: Send + 'static>(
+        self,
+        control: Arc<Control>,
+        mut accept: impl FnMut() -> std::io::Result<S> + Send + 'static,
+        refuse: impl Fn(S) + Send + 'static,
+        serve: fn(&Control, S),
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let slots = Slots::new(self.max);
+        std::thread::Builder::new()
+            .name(self.thread.into())
+            .spawn(move || loop {
+                let accepted = accept();
+                if control.stop.load(Ordering::Relaxed) {
+                    return;
                 }
-                Err(e) => tracing::warn!("admin socket: {e}"),
-            }
-        })?)
+                match accepted {
+                    Ok(stream) => {
+                        let Some(slot) = slots.take() else {
+                            refuse(stream);
+                            continue;
+                        };
+                        let control = control.clone();
+                        let _ = std::thread::Builder::new()
+                            .name(format!("{}-client", self.thread))
+                            .spawn(move || {
+                                serve(&control, stream);
+                                drop(slot);
+                            });
+                    }
+                    Err(e) => tracing::warn!("{}: {e}", self.what),
+                }
+            })
+    }
 }
 
 /// Wakes the admin and metrics threads from `accept` once `stop` is set,
@@ -929,32 +958,16 @@ pub fn serve_metrics(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let listener =
         TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
-    let slots = Slots::new(MAX_METRICS_CLIENTS);
-    // Accepts block; [`wake`] lets the thread see `stop`. Each scrape has
-    // a thread of its own and [`READ_DEADLINE`] to send its request, so a
-    // silent or slow client holds up no other.
-    Ok(std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || loop {
-            let accepted = listener.accept();
-            if control.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match accepted {
-                Ok((stream, _)) => {
-                    // Too many at once: closed unanswered.
-                    let Some(slot) = slots.take() else { continue };
-                    let control = control.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("metrics-client".into())
-                        .spawn(move || {
-                            scrape(&control, stream);
-                            drop(slot);
-                        });
-                }
-                Err(e) => tracing::warn!("metrics: {e}"),
-            }
-        })?)
+    let clients = Clients {
+        thread: "metrics",
+        what: "metrics",
+        max: MAX_METRICS_CLIENTS,
+    };
+    // Each scrape has [`READ_DEADLINE`] to send its request, so a silent
+    // or slow client holds up no other; too many at once are closed
+    // unanswered.
+    let accept = move || listener.accept().map(|(stream, _)| stream);
+    Ok(clients.serve(control, accept, drop, scrape)?)
 }
 
 /// Answers one metrics client.
