@@ -176,38 +176,37 @@ mod tests {
         apply(&config(), &c, ADDRESS)
     }
 
+    fn add(pool: &str, server: &str) -> Change {
+        let (pool, server) = (pool.into(), server.into());
+        Change::AddServer { pool, server }
+    }
+
+    fn remove(pool: &str, addr: &str) -> Change {
+        let (pool, addr) = (pool.into(), addr.into());
+        Change::RemoveServer { pool, addr }
+    }
+
+    fn weight(pool: &str, addr: &str, weight: u32) -> Change {
+        let (pool, addr) = (pool.into(), addr.into());
+        Change::Weight { pool, addr, weight }
+    }
+
+    fn block(pool: Option<&str>, command: &str) -> Change {
+        let (pool, command) = (pool.map(Into::into), command.into());
+        Change::Block { pool, command }
+    }
+
     #[test]
     fn servers_are_added_reweighted_and_removed() {
-        let added = change(Change::AddServer {
-            pool: "cache".into(),
-            server: "10.0.0.1:7003:2 gamma".into(),
-        })
-        .unwrap();
+        let added = change(add("cache", "10.0.0.1:7003:2 gamma")).unwrap();
         let new = &added.pools[0].servers[2];
         assert_eq!(
             (new.addr.port(), new.weight, new.name.as_str()),
             (7003, 2, "gamma")
         );
-        let reweighted = apply(
-            &added,
-            &Change::Weight {
-                pool: "cache".into(),
-                addr: "10.0.0.1:7001".into(),
-                weight: 5,
-            },
-            ADDRESS,
-        )
-        .unwrap();
+        let reweighted = apply(&added, &weight("cache", "10.0.0.1:7001", 5), ADDRESS).unwrap();
         assert_eq!(reweighted.pools[0].servers[0].weight, 5);
-        let removed = apply(
-            &reweighted,
-            &Change::RemoveServer {
-                pool: "cache".into(),
-                addr: "10.0.0.1:7002".into(),
-            },
-            ADDRESS,
-        )
-        .unwrap();
+        let removed = apply(&reweighted, &remove("cache", "10.0.0.1:7002"), ADDRESS).unwrap();
         let ports: Vec<u16> = removed.pools[0]
             .servers
             .iter()
@@ -218,22 +217,10 @@ mod tests {
 
     #[test]
     fn commands_are_blocked_in_one_pool_or_all_and_unblocked() {
-        let one = change(Change::Block {
-            pool: Some("cache".into()),
-            command: "keys".into(),
-        })
-        .unwrap();
+        let one = change(block(Some("cache"), "keys")).unwrap();
         assert_eq!(one.pools[0].blocked_commands, ["KEYS"]);
         assert!(one.pools[1].blocked_commands.is_empty());
-        let all = apply(
-            &one,
-            &Change::Block {
-                pool: None,
-                command: "KEYS".into(),
-            },
-            ADDRESS,
-        )
-        .unwrap();
+        let all = apply(&one, &block(None, "KEYS"), ADDRESS).unwrap();
         assert_eq!(all.pools[0].blocked_commands, ["KEYS"]);
         assert_eq!(all.pools[1].blocked_commands, ["KEYS"]);
         let none = apply(
@@ -250,49 +237,22 @@ mod tests {
 
     #[test]
     fn bad_changes_are_refused_with_the_reason() {
-        let refused = |c: Change| change(c).unwrap_err().0;
-        assert!(refused(Change::AddServer {
-            pool: "nope".into(),
-            server: "10.0.0.1:1:1".into()
-        })
-        .contains("no pool \"nope\""));
-        assert!(refused(Change::AddServer {
-            pool: "cache".into(),
-            server: "10.0.0.1:7001:1".into()
-        })
-        .contains("already has server"));
-        assert!(refused(Change::AddServer {
-            pool: "cache".into(),
-            server: "not a server".into()
-        })
-        .contains("not a server"));
-        assert!(refused(Change::AddServer {
-            pool: "cache".into(),
-            server: "10.0.0.1:7009:1 ".to_string() + "10.0.0.1:7001"
-        })
-        .contains("10.0.0.1:7001"));
-        assert!(refused(Change::RemoveServer {
-            pool: "sessions".into(),
-            addr: "10.0.0.1:11311".into()
-        })
-        .contains("last server"));
-        assert!(refused(Change::Weight {
-            pool: "cache".into(),
-            addr: "10.0.0.9:1".into(),
-            weight: 1
-        })
-        .contains("has no server 10.0.0.9:1"));
-        assert!(refused(Change::Weight {
-            pool: "cache".into(),
-            addr: "10.0.0.1:7001".into(),
-            weight: 0
-        })
-        .contains("weight"));
-        assert!(refused(Change::Block {
-            pool: None,
-            command: "two words".into()
-        })
-        .contains("not a command name"));
+        for (bad, why) in [
+            (add("nope", "10.0.0.1:1:1"), "no pool \"nope\""),
+            (add("cache", "10.0.0.1:7001:1"), "already has server"),
+            (add("cache", "not a server"), "not a server"),
+            (
+                add("cache", "10.0.0.1:7009:1 10.0.0.1:7001"),
+                "10.0.0.1:7001",
+            ),
+            (remove("sessions", "10.0.0.1:11311"), "last server"),
+            (weight("cache", "10.0.0.9:1", 1), "has no server 10.0.0.9:1"),
+            (weight("cache", "10.0.0.1:7001", 0), "weight"),
+            (block(None, "two words"), "not a command name"),
+        ] {
+            let refused = change(bad.clone()).unwrap_err().0;
+            assert!(refused.contains(why), "{bad:?}: {refused}");
+        }
     }
 
     #[test]
