@@ -901,18 +901,8 @@ print("served after")
         ),
     );
     assert!(out.contains("served after"), "{out}");
-    let sent: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("requests sent "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let stuck: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rss while stuck "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let sent = line_value(&out, "requests sent ");
+    let stuck = line_value(&out, "rss while stuck ");
     eprintln!("requests the client got in: {sent}; dataplane RSS {before} KiB before, {stuck} KiB while stuck");
     assert!(
         sent < 200_000,

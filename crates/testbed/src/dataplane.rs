@@ -277,3 +277,13 @@ pub fn stat(stats: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {stats:?}"))
 }
+
+/// The number that follows `prefix` on the first line of `output` that
+/// starts with it.
+pub fn line_value(output: &str, prefix: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {output:?}"))
+}

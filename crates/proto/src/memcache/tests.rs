@@ -705,17 +705,18 @@ fn values_walks_the_blocks_of_a_retrieval_reply() {
 
 #[test]
 fn error_lines_are_recognised() {
-    for line in [
-        &b"ERROR"[..],
-        b"ERROR\r\n",
-        b"ERROR unknown",
-        b"CLIENT_ERROR bad data chunk\r\n",
-        b"SERVER_ERROR out of memory\r\n",
+    for (line, error) in [
+        (&b"ERROR"[..], true),
+        (b"ERROR\r\n", true),
+        (b"ERROR unknown", true),
+        (b"CLIENT_ERROR bad data chunk\r\n", true),
+        (b"SERVER_ERROR out of memory\r\n", true),
+        (b"ERRORS\r\n", false),
+        (b"END\r\n", false),
+        (b"SERVER_ERRORX\r\n", false),
+        (b"", false),
     ] {
-        assert!(is_error(line), "{line:?}");
-    }
-    for line in [&b"ERRORS\r\n"[..], b"END\r\n", b"SERVER_ERRORX\r\n", b""] {
-        assert!(!is_error(line), "{line:?}");
+        assert_eq!(is_error(line), error, "{line:?}");
     }
 }
 
