@@ -373,14 +373,19 @@ impl PooledSocket {
 mod tests {
     use super::*;
 
+    /// A heap pool of `clients` client sockets' worth, with these sizes.
+    fn heap_pool(client: u32, client_send: u32, server: u32, clients: u32) -> SocketPool {
+        let sizes = Sizes {
+            client,
+            client_send,
+            server,
+        };
+        SocketPool::heap(sizes, clients)
+    }
+
     #[test]
     fn sockets_take_chunks_and_give_them_back() {
-        let sizes = Sizes {
-            client: 4096,
-            client_send: 2048,
-            server: 8192,
-        };
-        let pool = SocketPool::heap(sizes, 2);
+        let pool = heap_pool(4096, 2048, 8192, 2);
         let mut memory = pool.core(0).unwrap();
         let socket = memory.socket(Role::Client, |_| {}).unwrap();
         assert_eq!(socket.socket().recv_capacity(), 4096);
@@ -400,12 +405,7 @@ mod tests {
 
     #[test]
     fn the_pool_grows_when_sockets_outnumber_its_chunks() {
-        let sizes = Sizes {
-            client: 1024,
-            client_send: 1024,
-            server: 2048,
-        };
-        let pool = SocketPool::heap(sizes, 1);
+        let pool = heap_pool(1024, 1024, 2048, 1);
         let mut memory = pool.core(0).unwrap();
         let sockets: Vec<PooledSocket> = (0..40)
             .map(|_| memory.socket(Role::Client, |_| {}).unwrap())

@@ -349,6 +349,13 @@ impl Net {
         self.peer.connect(6379, read_per_step)
     }
 
+    /// Whether a new client's PING gets its PONG within `steps`.
+    fn pings(&mut self, steps: usize) -> bool {
+        let c = self.client(usize::MAX);
+        self.write(c, PING);
+        self.run_until(steps, |n| n.received(c) == b"+PONG\r\n")
+    }
+
     fn write(&mut self, client: usize, bytes: &[u8]) {
         self.peer.clients[client].pending.extend(bytes);
     }
@@ -364,6 +371,8 @@ impl Net {
             .state()
     }
 }
+
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
 fn command(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
@@ -385,10 +394,7 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 #[test]
 fn a_ping_answers_over_the_in_memory_link() {
     within(30, || {
-        let mut net = Net::new();
-        let c = net.client(usize::MAX);
-        net.write(c, b"*1\r\n$4\r\nPING\r\n");
-        assert!(net.run_until(2000, |n| n.received(c) == b"+PONG\r\n"));
+        assert!(Net::new().pings(2000));
     });
 }
 
@@ -423,7 +429,7 @@ fn a_first_request_to_a_server_waits_only_for_address_resolution() {
 fn a_deep_ping_pipeline_from_a_slow_reader_is_answered_in_full() {
     within(60, || {
         let mut net = Net::new();
-        let ping = b"*1\r\n$4\r\nPING\r\n";
+        let ping = PING;
         let c = net.client(512);
         let other = net.client(usize::MAX);
         net.write(c, &ping.repeat(4681));
@@ -467,9 +473,7 @@ fn random_bytes_get_an_error_and_a_close_and_others_are_still_served() {
             String::from_utf8_lossy(&net.received(c)[..net.received(c).len().min(300)]),
             net.state(c)
         );
-        let other = net.client(usize::MAX);
-        net.write(other, b"*1\r\n$4\r\nPING\r\n");
-        assert!(net.run_until(5000, |n| n.received(other) == b"+PONG\r\n"));
+        assert!(net.pings(5000), "others are still served");
     });
 }
 
@@ -543,7 +547,7 @@ fn every_kind_of_close_gives_the_socket_memory_back() {
             let c = net.client(usize::MAX);
             match i % 3 {
                 0 => net.write(c, b"\x01\x02garbage\r\n"),
-                1 => net.write(c, b"*1\r\n$4\r\nPING\r\n"),
+                1 => net.write(c, PING),
                 _ => net.write(c, &b"x".repeat(40 << 10)),
             }
             clients.push(c);
