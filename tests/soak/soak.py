@@ -74,6 +74,8 @@ def parse_args():
     p.add_argument("--mc-hash", default="md5", choices=sorted(route.HASHES))
     p.add_argument("--server-connections", type=int, default=1)
     p.add_argument("--timeout-ms", type=int, default=5000, help="the pools' timeout_ms")
+    p.add_argument("--max-pipeline", type=int, default=1024,
+                   help="[limits] max_pipeline: requests in flight per client before ferrox stops reading")
     p.add_argument("--stuck-timeout", type=float, default=10.0,
                    help="seconds without a byte moving before the proxy counts as stopped")
     p.add_argument("--mc-long-share", type=float, default=0.02,
@@ -258,7 +260,7 @@ class Appliance:
         mc = ", ".join(f'"{KERNEL_IP}:{p}:1"' for p in MC_PORTS)
         return f"""# Written by tests/soak/soak.py for one run.
 [limits]
-max_pipeline = 1024
+max_pipeline = {a.max_pipeline}
 
 [pools.cache]
 listen = "0.0.0.0:6379"
@@ -586,7 +588,7 @@ def replay_command(args, seed):
     every option that changes what is sent or how it is judged."""
     parts = [f"tests/soak/soak.py --seed {seed} --duration {args.duration:g}"]
     defaults = {"mtu": 3438, "redis_workers": 6, "mc_workers": 3, "redis_hash": "murmur", "mc_hash": "md5",
-                "server_connections": 1, "timeout_ms": 5000, "mc_long_share": 0.02, "mc_max_keys": 5000,
+                "server_connections": 1, "timeout_ms": 5000, "max_pipeline": 1024, "mc_long_share": 0.02, "mc_max_keys": 5000,
                 "only": None}
     for name, default in defaults.items():
         value = getattr(args, name)
