@@ -293,8 +293,6 @@ struct Pool {
     spec: PoolSpec,
     /// Each server's backend connections (indices into `Engine::backends`).
     conns: Vec<ServerConns>,
-    /// Round-robin cursor over a server's connections.
-    next_conn: usize,
     sessions: usize,
     health: Vec<Health>,
     /// Which servers keys are placed on (all but the ejected).
@@ -375,7 +373,6 @@ impl Engine {
         self.pools.push(Pool {
             spec,
             conns: Vec::new(),
-            next_conn: 0,
             sessions: 0,
             health: vec![Health::default(); servers],
             live: vec![true; servers],
@@ -605,7 +602,11 @@ impl Engine {
             }
             self.timers.pop();
             let b = b as usize;
-            if self.backends.get(b).is_none_or(|backend| backend.armed != Some(at)) {
+            if self
+                .backends
+                .get(b)
+                .is_none_or(|backend| backend.armed != Some(at))
+            {
                 continue; // filed again since, or for a former occupant
             }
             self.backends[b].armed = None;

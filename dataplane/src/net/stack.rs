@@ -721,7 +721,12 @@ impl<A: App> Stack<A> {
         }
         let socket = &mut conn.socket;
         if !conn.aborted {
-            if state == State::CloseWait && !conn.peer_closed {
+            // The peer's FIN is told only once the application has taken
+            // every byte sent before it (what is left is a message the FIN
+            // cut short): a client that half-closes after a pipeline gets
+            // every reply.
+            let input_taken = !socket.can_recv() && !conn.input_blocked;
+            if state == State::CloseWait && !conn.peer_closed && (input_taken || conn.closing) {
                 conn.peer_closed = true;
                 progressed = true;
                 self.app.handle_peer_closed(tag, now_us);

@@ -132,8 +132,10 @@ impl Engine {
         } else {
             &conns.plain
         };
-        let mut b = list[p.next_conn % list.len()] as usize;
-        p.next_conn = p.next_conn.wrapping_add(1);
+        // A session always uses the same one of a server's connections, so
+        // its requests reach the server in the order it sent them (a read
+        // after a write sees the write); sessions spread over them.
+        let mut b = list[at.session as usize % list.len()] as usize;
         p.health[server].requests += 1;
         if self.backends[b].state == State::Backoff {
             // A failed connection: use one of the server's connections

@@ -1447,4 +1447,34 @@ mod reconnecting {
     }
 }
 
+/// With several connections to a server, a session's requests all take
+/// the same one, so a read pipelined after a write sees it; other
+/// sessions spread over the others.
+#[test]
+fn a_sessions_requests_to_a_server_stay_on_one_connection() {
+    let mut s = spec(1);
+    s.server_connections = 2;
+    let mut net = Net::new(s);
+    net.servers[0].hold = true;
+    let (a, b) = (net.client(), net.client());
+    net.send(a, &[cmd(&["SET", "k", "v"]), cmd(&["GET", "k"])].concat());
+    net.send(b, &cmd(&["GET", "other"]));
+    let inboxes: Vec<usize> = net
+        .conns
+        .values()
+        .filter_map(|c| match c {
+            Conn::Backend { inbox, .. } if !inbox.is_empty() => Some(inbox.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inboxes.len(), 2, "two sessions, two connections");
+    assert!(
+        inboxes.contains(&(cmd(&["SET", "k", "v"]).len() + cmd(&["GET", "k"]).len())),
+        "the write and the read on one connection: {inboxes:?}"
+    );
+    net.servers[0].hold = false;
+    net.pump();
+    assert_eq!(net.take(a), b"+OK\r\n$1\r\nv\r\n");
+}
+
 mod back_pressure;

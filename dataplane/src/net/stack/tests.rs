@@ -535,6 +535,36 @@ fn large_set_and_get_pipelines_are_answered_in_order() {
     });
 }
 
+/// A client that half-closes right after a pipeline longer than the
+/// session takes at once (so part of it is still unread when the FIN
+/// arrives) gets every reply, then the close.
+#[test]
+fn a_half_close_after_a_long_pipeline_still_gets_every_reply() {
+    within(120, || {
+        // A short pipeline limit, so that most of the requests are still
+        // unread when the FIN arrives.
+        let mut net = Net::with_config(&format!("[limits]\nmax_pipeline = 4\n{CONFIG}"));
+        let c = net.client(4096);
+        let value = vec![b'v'; 100_000];
+        net.write(c, &command(&[b"SET", b"big", &value]));
+        assert!(net.run_until(20_000, |n| n.received(c) == b"+OK\r\n"));
+        let gets = 40; // 4 MB of replies against a 1 MiB max_output
+        net.write(c, &command(&[b"GET", b"big"]).repeat(gets));
+        let written = net.run_until(20_000, |n| n.peer.clients[c].pending.is_empty());
+        assert!(written);
+        net.peer
+            .sockets
+            .get_mut::<tcp::Socket>(net.peer.clients[c].handle)
+            .close();
+        let reply_len = format!("${}\r\n", value.len()).len() + value.len() + 2;
+        let done = net.run_until(1_000_000, |n| {
+            matches!(n.state(c), tcp::State::TimeWait | tcp::State::Closed)
+        });
+        assert!(done, "state {}", net.state(c));
+        assert_eq!(net.received(c).len(), 5 + gets * reply_len, "every reply");
+    });
+}
+
 /// Connections that got an error and then closed normally give every
 /// socket buffer back, as do reset ones.
 #[test]
