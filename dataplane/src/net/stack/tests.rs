@@ -265,6 +265,10 @@ impl Net {
     }
 
     fn with_config(text: &str) -> Net {
+        Net::with(text, StackConfig::default())
+    }
+
+    fn with(text: &str, stack_config: StackConfig) -> Net {
         let config = ferrox_config::parse_toml(text, "test").expect("valid");
         let pools = ferrox_engine::configure::pools(&config).expect("builds");
         let proxy = Proxy::new(pools, vec![(6379, 0)], 7);
@@ -276,16 +280,7 @@ impl Net {
         let pool = SocketPool::heap(sizes, 64);
         let memory = pool.core(0).expect("core 0");
         let now = Instant::from_millis(1);
-        let stack = Stack::new(
-            StackConfig {
-                gateway: None,
-                ..StackConfig::default()
-            },
-            proxy,
-            memory,
-            now,
-            1,
-        );
+        let stack = Stack::new(stack_config, proxy, memory, now, 1);
         Net {
             stack,
             link: MemoryLink::new(1500),
@@ -562,6 +557,64 @@ fn a_half_close_after_a_long_pipeline_still_gets_every_reply() {
         });
         assert!(done, "state {}", net.state(c));
         assert_eq!(net.received(c).len(), 5 + gets * reply_len, "every reply");
+    });
+}
+
+/// SYNs beyond the handshake backlog are dropped without an answer (no
+/// RST): the clients retransmit and are all served.
+#[test]
+fn a_full_backlog_drops_syns_and_the_clients_get_in_on_retry() {
+    within(60, || {
+        let config = StackConfig {
+            backlog: 2,
+            ..StackConfig::default()
+        };
+        let mut net = Net::with(CONFIG, config);
+        let clients: Vec<usize> = (0..6).map(|_| net.client(usize::MAX)).collect();
+        for &c in &clients {
+            net.write(c, PING);
+        }
+        let all = net.run_until(200_000, |n| {
+            clients.iter().all(|&c| n.received(c) == b"+PONG\r\n")
+        });
+        let stats = net.stack.stats();
+        assert!(all, "{stats:?}");
+        assert!(stats.backlog_drops > 0, "{stats:?}");
+        assert_eq!(stats.accepted, 6);
+        assert_eq!(stats.refused, 0);
+    });
+}
+
+/// Every connection's end is told to the application exactly once, and
+/// its socket memory comes back: after clients and the server connection
+/// close, nothing is open and the stack counts each close once.
+#[test]
+fn every_connection_ends_once() {
+    within(60, || {
+        let mut net = Net::new();
+        let baseline = net.pool.in_use();
+        let c = net.client(usize::MAX);
+        net.write(c, &command(&[b"SET", b"k", b"v"]));
+        assert!(net.run_until(20_000, |n| n.received(c) == b"+OK\r\n"));
+        assert!(net.pings(20_000));
+        for client in &net.peer.clients {
+            net.peer
+                .sockets
+                .get_mut::<tcp::Socket>(client.handle)
+                .close();
+        }
+        // The server side goes too: the engine sees its connection fail.
+        for backend in &net.peer.backends {
+            net.peer
+                .sockets
+                .get_mut::<tcp::Socket>(backend.handle)
+                .abort();
+        }
+        let ended = net.run_until(400_000, |n| n.stack.stats().open == 0);
+        let stats = net.stack.stats();
+        assert!(ended, "{stats:?}");
+        assert_eq!(stats.closed, stats.accepted + stats.connects, "{stats:?}");
+        assert_eq!(net.pool.in_use(), baseline);
     });
 }
 
