@@ -79,10 +79,13 @@ struct ConfigFile(std::path::PathBuf);
 
 impl ConfigFile {
     fn new(extension: &str, text: &str) -> ConfigFile {
+        // One name per file: tests run in parallel, and several write the
+        // same text.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
-            "ferrox-proxy-test-{}-{}.{extension}",
-            std::process::id(),
-            text.len()
+            "ferrox-proxy-test-{}-{n}.{extension}",
+            std::process::id()
         ));
         std::fs::write(&path, text).unwrap();
         ConfigFile(path)
