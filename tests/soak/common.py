@@ -4,6 +4,7 @@ failure is described."""
 
 import collections
 import os
+import socket
 import hashlib
 import threading
 import time
@@ -197,6 +198,37 @@ def dump(ctx, who, label, request, conn):
         with open(base + ".reply", "wb") as f:
             f.write(bytes(conn.received))
     return f"\n    (request and reply bytes in {base}.request/.reply)"
+
+
+def send_garbage(host, port, data):
+    """Sends `data` on a fresh connection and reads for up to 3 s; whether
+    the proxy closed the connection (the expected answer to garbage, after
+    an error reply)."""
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+    except OSError as e:
+        raise Failure(f"cannot connect for the garbage scenario: {e}") from None
+    closed = False
+    try:
+        s.settimeout(5)
+        try:
+            s.sendall(data)
+        except OSError:
+            closed = True
+        deadline = time.monotonic() + 3
+        while not closed and time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+    finally:
+        s.close()
+    return closed
 
 
 def connect(host, port, what, ctx_dumps=False):

@@ -679,29 +679,7 @@ class McWorker:
         data = rng.randbytes(64 * 1024)
         if rng.random() < 0.3:
             data = b"set " + self.miss_key(1) + b" 0 0 10\r\n" + data
-        closed = False
-        try:
-            s = socket.create_connection((self.ctx.host, 11211), timeout=5)
-        except OSError as e:
-            raise Failure(f"cannot connect for the garbage scenario: {e}") from None
-        try:
-            try:
-                s.sendall(data)
-            except OSError:
-                closed = True
-            deadline = time.monotonic() + 3
-            while not closed and time.monotonic() < deadline:
-                try:
-                    chunk = s.recv(65536)
-                except socket.timeout:
-                    break
-                except OSError:
-                    closed = True
-                    break
-                if not chunk:
-                    closed = True
-        finally:
-            s.close()
+        closed = common.send_garbage(self.ctx.host, 11211, data)
         self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
         c = common.connect(self.ctx.host, 11211, "a memcached client", bool(self.ctx.args.dump_dir))
         try:

@@ -17,7 +17,6 @@ candidates, then overwritten or kept as known.
 """
 
 import random
-import socket
 import time
 
 import common
@@ -863,30 +862,7 @@ class RedisWorker:
         data = rng.randbytes(64 * 1024)
         if rng.random() < 0.3:
             data = b"*3\r\n$3\r\nSET\r\n" + data  # a request that goes wrong midway
-        try:
-            s = socket.create_connection((self.ctx.host, 6379), timeout=5)
-        except OSError as e:
-            raise Failure(f"cannot connect for the garbage scenario: {e}") from None
-        closed = False
-        try:
-            s.settimeout(5)
-            try:
-                s.sendall(data)
-            except OSError:
-                closed = True
-            deadline = time.monotonic() + 3
-            while not closed and time.monotonic() < deadline:
-                try:
-                    chunk = s.recv(65536)
-                except socket.timeout:
-                    break
-                except OSError:
-                    closed = True
-                    break
-                if not chunk:
-                    closed = True
-        finally:
-            s.close()
+        closed = common.send_garbage(self.ctx.host, 6379, data)
         self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
         # The proxy must still answer.
         c = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
