@@ -430,17 +430,6 @@ impl Engine {
         })
     }
 
-    /// Asks for a connection to every server of pools that preconnect.
-    pub fn preconnect(&mut self, now: Micros) {
-        for b in 0..self.backends.len() {
-            let backend = &self.backends[b];
-            let pool = &self.pools[backend.pool];
-            if pool.spec.preconnect && !backend.resp3 && !backend.retiring {
-                self.backend_connect(b, now);
-            }
-        }
-    }
-
     /// A client connected to pool `pool`. `None`: the pool is full, close
     /// the connection.
     pub fn accept(&mut self, pool: usize, handle: Handle) -> Option<Tag> {
@@ -471,7 +460,7 @@ impl Engine {
     /// The backend connection `tag` asked for has `handle`.
     pub fn bind(&mut self, tag: Tag, handle: Handle) {
         debug_assert!(tag.is_backend());
-        self.backends[tag.index()].handle = Some(handle);
+        self.backends[tag.index()].bind(handle);
     }
 
     /// Bytes arrived on `tag`; returns how many were used (the rest is an
@@ -496,13 +485,9 @@ impl Engine {
     /// when more output is added after this call.
     pub fn output(&mut self, tag: Tag) -> &[u8] {
         if tag.is_backend() {
-            let backend = &mut self.backends[tag.index()];
-            backend.send_queued = false;
-            backend.output.show()
+            self.backends[tag.index()].show_output()
         } else {
-            let session = &mut self.sessions[tag.index()];
-            session.send_queued = false;
-            session.output.show()
+            self.sessions[tag.index()].show_output()
         }
     }
 
@@ -510,9 +495,9 @@ impl Engine {
     /// session whose input waited for room may then take input again.
     pub fn output_sent(&mut self, tag: Tag, n: usize) {
         if tag.is_backend() {
-            self.backends[tag.index()].output.consume(n);
+            self.backends[tag.index()].output_sent(n);
         } else {
-            self.sessions[tag.index()].output.consume(n);
+            self.sessions[tag.index()].output_sent(n);
         }
     }
 
@@ -546,23 +531,9 @@ impl Engine {
     pub fn handle_gone(&mut self, tag: Tag, handle: Handle, now: Micros) {
         self.now = now;
         if tag.is_backend() {
-            let backend = &mut self.backends[tag.index()];
-            if backend.handle != Some(handle) {
-                // A connection the engine already reset.
-                return;
-            }
-            backend.handle = None;
-            let why = if backend.state == backend::State::Connecting {
-                "refused the connection"
-            } else {
-                "reset the connection"
-            };
-            self.backend_failed(tag.index(), now, why);
-        } else {
-            let session = &self.sessions[tag.index()];
-            if session.live && session.handle == handle {
-                self.session_free(tag.index());
-            }
+            self.backend_gone(tag.index(), handle, now);
+        } else if self.sessions[tag.index()].is_on(handle) {
+            self.session_free(tag.index());
         }
     }
 
@@ -579,19 +550,6 @@ impl Engine {
         backends.into_iter().chain(self.next_return).min()
     }
 
-    /// Files backend `b`'s deadline, unless an earlier or equal one is
-    /// already filed for it.
-    fn arm(&mut self, b: usize) {
-        let backend = &mut self.backends[b];
-        let Some(at) = backend.deadline(&self.pools[backend.pool].spec) else {
-            return;
-        };
-        if backend.armed.is_none_or(|armed| at < armed) {
-            backend.armed = Some(at);
-            self.timers.push(Reverse((at, b as u32)));
-        }
-    }
-
     /// Fails requests and connection attempts that waited too long, ends
     /// reconnect backoffs, and puts ejected servers back.
     pub fn handle_timeout(&mut self, now: Micros) {
@@ -602,14 +560,13 @@ impl Engine {
             }
             self.timers.pop();
             let b = b as usize;
-            if self
+            if !self
                 .backends
-                .get(b)
-                .is_none_or(|backend| backend.armed != Some(at))
+                .get_mut(b)
+                .is_some_and(|backend| backend.disarm(at))
             {
                 continue; // filed again since, or for a former occupant
             }
-            self.backends[b].armed = None;
             self.backend_timeout(b, now);
             self.arm(b);
         }
@@ -693,21 +650,6 @@ impl Engine {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-    }
-
-    /// Queues a `Send` for a session, once per batch of output, or when
-    /// its input waited for room and room is back (the runtime then
-    /// offers the input it held back).
-    fn session_wants_send(&mut self, index: usize) {
-        let wake = self.sessions[index].input_waits && self.has_room(index);
-        let session = &mut self.sessions[index];
-        if wake {
-            session.input_waits = false;
-        }
-        if !session.send_queued && (session.output.has_news() || wake) {
-            session.send_queued = true;
-            self.actions.push_back(Action::Send(session.handle));
-        }
     }
 }
 

@@ -50,35 +50,68 @@ pub(super) struct InFlight {
 
 #[derive(Debug)]
 pub(super) struct Backend {
-    pub pool: usize,
-    pub server: usize,
+    pool: usize,
+    server: usize,
     /// How errors name the server (it outlives the server's place in the
     /// pool while the connection retires).
-    pub name: String,
+    name: String,
     /// Speaks RESP3 (after `HELLO 3`), for sessions that asked for it.
-    pub resp3: bool,
-    pub state: State,
-    pub handle: Option<Handle>,
-    pub output: super::Output,
-    pub send_queued: bool,
-    pub inflight: VecDeque<InFlight>,
+    resp3: bool,
+    state: State,
+    handle: Option<Handle>,
+    output: super::Output,
+    send_queued: bool,
+    inflight: VecDeque<InFlight>,
     /// Handshake replies (`AUTH`, `SELECT`, `HELLO`) still to come.
-    pub handshake: u8,
+    handshake: u8,
     /// When connecting began, or when the backoff ends.
-    pub since: Micros,
+    since: Micros,
     /// Failures in a row.
-    pub failures: u32,
+    failures: u32,
     /// The attempt in flight is the immediate retry of a failed first
     /// attempt: if it fails too, the failure counts.
-    pub retrying: bool,
+    retrying: bool,
     /// Its server left the configuration: it takes no new requests and is
     /// closed once it has answered the ones it holds.
-    pub retiring: bool,
+    retiring: bool,
     /// The deadline filed for it in the engine's timer heap.
-    pub armed: Option<Micros>,
+    armed: Option<Micros>,
 }
 
 impl Backend {
+    /// The runtime's connection for it is `handle`.
+    pub fn bind(&mut self, handle: Handle) {
+        self.handle = Some(handle);
+    }
+
+    /// Its output for the runtime to send (the request that follows asks
+    /// for another `Send`).
+    pub fn show_output(&mut self) -> &[u8] {
+        self.send_queued = false;
+        self.output.show()
+    }
+
+    /// The runtime sent the first `n` bytes of its output.
+    pub fn output_sent(&mut self, n: usize) {
+        self.output.consume(n);
+    }
+
+    /// Its server is now the pool's server `server` (a reconfiguration
+    /// renumbered the servers).
+    pub fn renumber(&mut self, server: usize) {
+        self.server = server;
+    }
+
+    /// Whether `at` is its live entry in the timer heap; if so, it is no
+    /// longer filed.
+    pub fn disarm(&mut self, at: Micros) -> bool {
+        let live = self.armed == Some(at);
+        if live {
+            self.armed = None;
+        }
+        live
+    }
+
     pub fn new(pool: usize, server: usize, name: String, resp3: bool) -> Backend {
         Backend {
             pool,
@@ -111,6 +144,46 @@ impl Backend {
 }
 
 impl Engine {
+    /// Asks for a connection to every server of pools that preconnect.
+    pub fn preconnect(&mut self, now: Micros) {
+        for b in 0..self.backends.len() {
+            let backend = &self.backends[b];
+            let pool = &self.pools[backend.pool];
+            if pool.spec.preconnect && !backend.resp3 && !backend.retiring {
+                self.backend_connect(b, now);
+            }
+        }
+    }
+
+    /// Files backend `b`'s deadline in the timer heap, unless an earlier
+    /// or equal one is already filed for it.
+    pub(super) fn arm(&mut self, b: usize) {
+        let backend = &mut self.backends[b];
+        let Some(at) = backend.deadline(&self.pools[backend.pool].spec) else {
+            return;
+        };
+        if backend.armed.is_none_or(|armed| at < armed) {
+            backend.armed = Some(at);
+            self.timers.push(std::cmp::Reverse((at, b as u32)));
+        }
+    }
+
+    /// The runtime's connection `handle` of backend `b` is gone.
+    pub(super) fn backend_gone(&mut self, b: usize, handle: Handle, now: Micros) {
+        let backend = &mut self.backends[b];
+        if backend.handle != Some(handle) {
+            // A connection the engine already reset.
+            return;
+        }
+        backend.handle = None;
+        let why = if backend.state == State::Connecting {
+            "refused the connection"
+        } else {
+            "reset the connection"
+        };
+        self.backend_failed(b, now, why);
+    }
+
     /// Queues the request of slot piece `at` for `server` of its
     /// session's pool on one of the server's connections (RESP3 ones for
     /// a RESP3 session), opening it when needed; `write` appends the
@@ -123,8 +196,7 @@ impl Engine {
         now: Micros,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
-        let session = &self.sessions[at.session as usize];
-        let (pool, resp3) = (session.pool, session.resp3);
+        let (pool, resp3) = self.sessions[at.session as usize].route();
         let p = &mut self.pools[pool];
         let conns = &p.conns[server];
         let list = if resp3 && !conns.resp3.is_empty() {

@@ -119,7 +119,7 @@ impl Engine {
         let want = self.pools[p].spec.server_connections.max(1);
         for list in [&mut conns.plain, &mut conns.resp3] {
             for &b in list.iter() {
-                self.backends[b as usize].server = s;
+                self.backends[b as usize].renumber(s);
             }
         }
         let resp3 = !conns.resp3.is_empty();
@@ -147,8 +147,7 @@ impl Engine {
             self.backend_retire(*b as usize);
         }
         for index in 0..self.sessions.len() {
-            let session = &self.sessions[index];
-            if session.live && session.pool == p {
+            if self.sessions[index].is_in(p) {
                 self.session_peer_closed(index);
             }
         }

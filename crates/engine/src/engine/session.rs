@@ -15,33 +15,67 @@ mod redis;
 pub(super) struct Session {
     /// Bumped when the session is freed, so late replies to a former
     /// occupant are recognised and dropped.
-    pub generation: u32,
-    pub live: bool,
-    pub handle: Handle,
-    pub pool: usize,
+    generation: u32,
+    live: bool,
+    handle: Handle,
+    pool: usize,
     pub resp3: bool,
-    pub authed: bool,
+    authed: bool,
     /// Closing: no more input is read; the engine waits for the runtime to
     /// report the connection gone.
-    pub closing: bool,
+    closing: bool,
     /// The peer sent FIN: close once every slot is written.
-    pub peer_closed: bool,
+    peer_closed: bool,
     /// How far the incomplete memcached request at the front of the
     /// held-back input was read, so a long line is searched once.
-    pub memcache_progress: ferrox_proto::memcache::Progress,
+    memcache_progress: ferrox_proto::memcache::Progress,
     /// Slot `seq` is `slots[seq - head]`.
-    pub slots: VecDeque<Slot>,
-    pub head: u64,
-    pub output: Output,
+    slots: VecDeque<Slot>,
+    head: u64,
+    output: Output,
     /// Reply bytes held in finished slots behind an unfinished one.
-    pub held: usize,
-    pub send_queued: bool,
+    held: usize,
+    send_queued: bool,
     /// Input stopped for want of room (pipeline or output full); the
     /// runtime is woken when room is back.
-    pub input_waits: bool,
+    input_waits: bool,
 }
 
 impl Session {
+    /// Its output for the runtime to send; what it shows now is no longer
+    /// news, so only later output asks for another `Send`.
+    pub fn show_output(&mut self) -> &[u8] {
+        self.send_queued = false;
+        self.output.show()
+    }
+
+    /// The runtime sent the first `n` bytes of its output.
+    pub fn output_sent(&mut self, n: usize) {
+        self.output.consume(n);
+    }
+
+    /// Whether it is open on the runtime's connection `handle`.
+    pub fn is_on(&self, handle: Handle) -> bool {
+        self.live && self.handle == handle
+    }
+
+    /// Whether it is open in pool `pool`.
+    pub fn is_in(&self, pool: usize) -> bool {
+        self.live && self.pool == pool
+    }
+
+    /// Its pool, and whether it speaks RESP3 (its requests take the
+    /// servers' RESP3 connections).
+    pub fn route(&self) -> (usize, bool) {
+        (self.pool, self.resp3)
+    }
+
+    /// How far the incremental parse of a long memcached line got.
+    #[cfg(test)]
+    pub fn memcache_searched(&self) -> usize {
+        self.memcache_progress.searched()
+    }
+
     pub fn open(&mut self, pool: usize, handle: Handle, authed: bool) {
         debug_assert!(!self.live && self.slots.is_empty() && self.output.is_empty());
         self.live = true;
@@ -208,6 +242,21 @@ impl Engine {
             self.send_piece(at, server, expect, now, |out| write(out, group));
         }
         self.scratch.groups = groups;
+    }
+
+    /// Queues a `Send` for a session, once per batch of output, or when
+    /// its input waited for room and room is back (the runtime then
+    /// offers the input it held back).
+    fn session_wants_send(&mut self, index: usize) {
+        let wake = self.sessions[index].input_waits && self.has_room(index);
+        let session = &mut self.sessions[index];
+        if wake {
+            session.input_waits = false;
+        }
+        if !session.send_queued && (session.output.has_news() || wake) {
+            session.send_queued = true;
+            self.actions.push_back(Action::Send(session.handle));
+        }
     }
 
     /// Whether the session may take another request now: it is open, its

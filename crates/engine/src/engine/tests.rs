@@ -1073,7 +1073,7 @@ mod memcache_client_requests {
                     // searching where this one stopped.
                     assert_eq!(used, 0);
                     let session = &net.engine.sessions[tag.index()];
-                    assert_eq!(session.memcache_progress.searched(), held.len());
+                    assert_eq!(session.memcache_searched(), held.len());
                 }
             }
             assert!(held.is_empty());
