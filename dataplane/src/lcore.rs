@@ -106,7 +106,7 @@ pub trait CoreService: App {
 /// statistics record per core that the stop line, `--stats-every`,
 /// `ferroxctl`, Prometheus and the tests all read.
 fn write_record(record: &CoreRecord, stack: &StackStats, loops: &LoopStats, tx_dropped: u64) {
-    for (counter, value) in [
+    record.set_all([
         (Counter::Frames, stack.frames),
         (Counter::Accepted, stack.accepted),
         (Counter::Refused, stack.refused),
@@ -128,9 +128,7 @@ fn write_record(record: &CoreRecord, stack: &StackStats, loops: &LoopStats, tx_d
         // Called on the core's own thread.
         (Counter::Allocations, alloc_count::thread_allocations()),
         (Counter::TxDropped, tx_dropped),
-    ] {
-        record.set(counter, value);
-    }
+    ]);
 }
 
 /// A monotonic clock in smoltcp's terms.

@@ -380,6 +380,13 @@ impl CoreRecord {
         self.counters[counter as usize].store(value, Ordering::Relaxed);
     }
 
+    /// Sets each counter to its value.
+    pub fn set_all<const N: usize>(&self, values: [(Counter, u64); N]) {
+        for (counter, value) in values {
+            self.set(counter, value);
+        }
+    }
+
     /// Marks a publication done.
     pub fn beat(&self) {
         self.heartbeat.fetch_add(1, Ordering::Release);

@@ -376,7 +376,7 @@ impl CoreService for Proxy {
 
     fn publish(&mut self, record: &CoreRecord) {
         let engine = self.engine.stats();
-        for (counter, value) in [
+        record.set_all([
             (Counter::Requests, engine.requests),
             (Counter::Errors, engine.errors),
             (Counter::SplitRequests, engine.split_requests),
@@ -386,9 +386,7 @@ impl CoreService for Proxy {
             (Counter::Ejections, engine.ejections),
             (Counter::Reconfigurations, engine.reconfigurations),
             (Counter::ConnectRetries, engine.connect_retries),
-        ] {
-            record.set(counter, value);
-        }
+        ]);
         const _: () = assert!(ferrox_engine::command::COMMAND_IDS == ferrox_block::COMMANDS);
         for (shared, &n) in record.commands.iter().zip(&engine.commands) {
             shared.store(n, Ordering::Relaxed);

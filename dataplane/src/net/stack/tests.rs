@@ -174,14 +174,7 @@ impl Peer {
     fn run_apps(&mut self) {
         for client in &mut self.clients {
             let s = self.sockets.get_mut::<tcp::Socket>(client.handle);
-            while !client.pending.is_empty() && s.can_send() {
-                let (a, _) = client.pending.as_slices();
-                let n = s.send_slice(a).unwrap_or(0);
-                client.pending.drain(..n);
-                if n == 0 {
-                    break;
-                }
-            }
+            send_pending(s, &mut client.pending);
         }
         for backend in &mut self.backends {
             let s = self.sockets.get_mut::<tcp::Socket>(backend.handle);
@@ -192,14 +185,19 @@ impl Peer {
                 });
             }
             serve_redis(&mut backend.input, &mut backend.output, &mut self.store);
-            while !backend.output.is_empty() && s.can_send() {
-                let (a, _) = backend.output.as_slices();
-                let n = s.send_slice(a).unwrap_or(0);
-                backend.output.drain(..n);
-                if n == 0 {
-                    break;
-                }
-            }
+            send_pending(s, &mut backend.output);
+        }
+    }
+}
+
+/// Sends what of `pending` the socket takes.
+fn send_pending(socket: &mut tcp::Socket, pending: &mut VecDeque<u8>) {
+    while !pending.is_empty() && socket.can_send() {
+        let (front, _) = pending.as_slices();
+        let n = socket.send_slice(front).unwrap_or(0);
+        pending.drain(..n);
+        if n == 0 {
+            break;
         }
     }
 }
