@@ -623,14 +623,38 @@ impl Control {
     }
 
     /// The Prometheus text.
+    /// Whether the appliance serves: the dataplane runs, every core beats
+    /// and runs the newest configuration. `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        let status = self.status();
+        if !status.dataplane.alive {
+            return Err("the dataplane is not running, or a core is not beating".into());
+        }
+        let behind = status
+            .applied
+            .iter()
+            .take(status.dataplane.cores)
+            .filter(|&&v| v != status.config_version)
+            .count();
+        if behind > 0 {
+            return Err(format!(
+                "{behind} core(s) do not run configuration {} yet",
+                status.config_version
+            ));
+        }
+        Ok(())
+    }
+
     pub fn prometheus(&self) -> String {
         let version = self.running.lock().expect("not poisoned").version;
+        let up = self.ready().is_ok();
         let supervision = {
             let dataplane = self.dataplane.lock().expect("not poisoned");
             metrics::Supervision {
                 restarts: dataplane.restarts,
                 stalls: dataplane.stalls,
                 heartbeat_age: self.heartbeat_ages().0,
+                up,
             }
         };
         metrics::prometheus(
@@ -649,10 +673,21 @@ fn no_pool_yet() -> Refused {
 /// Reads and checks the configuration file at `path` for a dataplane on
 /// `address`; errors name the file, the line and the reason.
 pub fn read_config(path: &Path, address: Ipv4Addr) -> anyhow::Result<Config> {
+    let (text, file) = read_text(path)?;
+    Ok(running::validate(&text, &file, address)?)
+}
+
+/// Like [`read_config`], without knowing the dataplane's address.
+pub fn read_config_anywhere(path: &Path) -> anyhow::Result<Config> {
+    let (text, file) = read_text(path)?;
+    Ok(running::validate_anywhere(&text, &file)?)
+}
+
+fn read_text(path: &Path) -> anyhow::Result<(String, String)> {
     let file = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{file}: cannot read: {e}"))?;
-    Ok(running::validate(&text, &file, address)?)
+    Ok((text, file))
 }
 
 /// Runs the health checker, the sampler and the reloader until `stop`.
@@ -993,8 +1028,20 @@ fn scrape(control: &Control, mut stream: std::net::TcpStream) {
     let head = String::from_utf8_lossy(&request[..n]);
     let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
         ("200 OK", control.prometheus())
+    } else if head.starts_with("GET /ready ") {
+        // For load balancers and orchestrators: serving, or why not.
+        match control.ready() {
+            Ok(()) => ("200 OK", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+        }
+    } else if head.starts_with("GET /healthz ") {
+        // The control process answers: it is alive.
+        ("200 OK", "ok\n".to_string())
     } else {
-        ("404 Not Found", "GET /metrics\n".to_string())
+        (
+            "404 Not Found",
+            "GET /metrics, /ready or /healthz\n".to_string(),
+        )
     };
     let _ = write!(
         stream,

@@ -117,6 +117,9 @@ pub struct Supervision {
     pub stalls: u64,
     /// Per core, since its heartbeat last moved.
     pub heartbeat_age: Vec<std::time::Duration>,
+    /// The dataplane serves: it runs, every core beats and runs the
+    /// newest configuration.
+    pub up: bool,
 }
 
 /// Escapes a Prometheus label value.
@@ -138,6 +141,24 @@ pub fn prometheus(
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
+    family(
+        &mut out,
+        "ferrox_build_info",
+        "gauge",
+        "The running ferrox-control's version (always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "ferrox_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        &mut out,
+        "ferrox_dataplane_up",
+        "gauge",
+        "1 while the dataplane runs, every core beats and runs the newest configuration.",
+    );
+    let _ = writeln!(out, "ferrox_dataplane_up {}", u8::from(supervision.up));
     family(
         &mut out,
         "ferrox_config_version",
@@ -427,9 +448,15 @@ mod tests {
             restarts: 2,
             stalls: 1,
             heartbeat_age: vec![std::time::Duration::from_millis(1500)],
+            up: true,
         };
         let text = prometheus(&snapshot(7), 3, Some(&shm), &supervision);
         assert!(text.contains("ferrox_dataplane_restarts_total 2\n"));
+        assert!(text.contains("ferrox_dataplane_up 1\n"));
+        assert!(text.contains(&format!(
+            "ferrox_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
         assert!(
             text.contains("# TYPE ferrox_core_stalls_total counter\nferrox_core_stalls_total 1\n")
         );

@@ -25,6 +25,14 @@ pub fn validate(text: &str, file: &str, address: Ipv4Addr) -> Result<Config, Ref
     Ok(config)
 }
 
+/// Like [`validate`], for a dataplane whose address is not known yet:
+/// every check but where the pools listen.
+pub fn validate_anywhere(text: &str, file: &str) -> Result<Config, Refused> {
+    let config = config::parse(text, file).map_err(|e| Refused(e.to_string()))?;
+    ferrox_engine::configure::pools(&config).map_err(|e| Refused(format!("{file}: {e}")))?;
+    Ok(config)
+}
+
 fn check(config: &Config, file: &str, address: Ipv4Addr) -> Result<(), Refused> {
     ferrox_engine::configure::pools(config).map_err(|e| Refused(format!("{file}: {e}")))?;
     config::check_listen(config, address, file).map_err(Refused)

@@ -252,9 +252,15 @@ impl Appliance {
 
     /// `GET /metrics` in the namespace.
     fn metrics(&self) -> String {
-        self.ns.shell(
-            "exec 3<>/dev/tcp/127.0.0.1/9638; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; timeout 5 cat <&3",
-        )
+        self.get("/metrics")
+    }
+
+    /// `GET path` of the metrics endpoint, in the namespace: the whole
+    /// answer, status line first.
+    fn get(&self, path: &str) -> String {
+        self.ns.shell(&format!(
+            "exec 3<>/dev/tcp/127.0.0.1/9638; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; timeout 5 cat <&3"
+        ))
     }
 }
 
@@ -651,6 +657,12 @@ fn a_stuck_core_is_found_and_the_dataplane_restarted() {
         metrics.contains("\nferrox_core_stalls_total 1\n"),
         "{metrics}"
     );
+    // Serving again: ready, and the main alert's metric says so.
+    wait_for("the appliance is ready", Duration::from_secs(5), || {
+        appliance.get("/ready").starts_with("HTTP/1.1 200")
+    });
+    assert!(appliance.get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(appliance.metrics().contains("\nferrox_dataplane_up 1\n"));
     assert!(
         metrics.contains("\nferrox_dataplane_restarts_total 1\n"),
         "{metrics}"

@@ -32,11 +32,16 @@ use rustix::process::{Pid, PidfdFlags, Signal};
 )]
 struct Args {
     /// Proxy configuration: ferrox TOML, or twemproxy YAML (.yml/.yaml).
-    #[arg(long)]
+    #[arg(short = 'c', long, default_value = "/etc/ferrox/ferrox.toml")]
     config: PathBuf,
+    /// Check the configuration completely (with --address, also that its
+    /// pools listen where the dataplane answers) and exit: 0 when it is
+    /// valid, 1 with every error's line and reason. nutcracker's -t.
+    #[arg(short = 't', long = "check", visible_alias = "test-conf")]
+    check: bool,
     /// The dataplane's address and prefix, e.g. 198.18.0.2/24.
-    #[arg(long)]
-    address: String,
+    #[arg(long, required_unless_present = "check")]
+    address: Option<String>,
     /// DPDK lcores of the dataplane.
     #[arg(long, default_value = "0")]
     lcores: String,
@@ -97,14 +102,36 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> Result<()> {
-    let address: Ipv4Addr = args
-        .address
-        .split('/')
+/// `--address`'s IPv4 address (without the prefix).
+fn parse_address(text: &str) -> Result<Ipv4Addr> {
+    text.split('/')
         .next()
         .unwrap_or_default()
         .parse()
-        .with_context(|| format!("--address {:?} is not an IPv4 address", args.address))?;
+        .with_context(|| format!("--address {text:?} is not an IPv4 address"))
+}
+
+/// `--check`: the whole check the running daemon makes, offline.
+fn check(args: &Args) -> Result<()> {
+    let config = match &args.address {
+        Some(address) => daemon::read_config(&args.config, parse_address(address)?)?,
+        None => daemon::read_config_anywhere(&args.config)?,
+    };
+    println!(
+        "ferrox-control: {} is valid: {} pool(s), {} server(s)",
+        args.config.display(),
+        config.pools.len(),
+        config.pools.iter().map(|p| p.servers.len()).sum::<usize>()
+    );
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.check {
+        return check(&args);
+    }
+    let address_text = args.address.clone().unwrap_or_default();
+    let address = parse_address(&address_text)?;
     let cores = ferrox_control::lcore_count(&args.lcores)
         .with_context(|| format!("--lcores {:?} is not an lcore list", args.lcores))?;
     let dataplane = match &args.dataplane {
@@ -192,7 +219,7 @@ fn run(args: Args) -> Result<()> {
             "--control-region",
             &args.region,
             "--address",
-            &args.address,
+            &address_text,
             "--lcores",
             &args.lcores,
         ])
