@@ -405,8 +405,8 @@ impl<A: App> Stack<A> {
         self.epoch += 1;
         // Two lists swapped, so that connections put off during this poll
         // land in the other one and neither loses its room.
-        std::mem::swap(&mut self.received, &mut self.servicing);
-        let servicing = std::mem::take(&mut self.servicing);
+        let mut servicing = std::mem::take(&mut self.servicing);
+        std::mem::swap(&mut self.received, &mut servicing);
         for &id in &servicing {
             // A connection put off in the last poll may have ended since
             // (its slot is empty, or a new connection with `received`
@@ -417,8 +417,8 @@ impl<A: App> Stack<A> {
             }
             self.service_conn(id, now, link);
         }
+        servicing.clear();
         self.servicing = servicing;
-        self.servicing.clear();
         while let Some(&Reverse((at, id, generation))) = self.timers.peek() {
             if at > now {
                 break;

@@ -227,7 +227,7 @@ impl Engine {
             State::Connecting | State::Ready => {}
         }
         let backend = &mut self.backends[b];
-        write(&mut backend.output);
+        write(backend.output.tail());
         backend.inflight.push_back(InFlight {
             at,
             expect,
@@ -272,16 +272,16 @@ impl Engine {
         backend.handshake = 0;
         if spec.protocol == Protocol::Redis {
             if let Some(password) = &spec.auth {
-                resp::write_bulk_array(&mut backend.output, [&b"AUTH"[..], password]);
+                resp::write_bulk_array(backend.output.tail(), [&b"AUTH"[..], password]);
                 backend.handshake += 1;
             }
             if spec.db != 0 {
                 let db = spec.db.to_string();
-                resp::write_bulk_array(&mut backend.output, [&b"SELECT"[..], db.as_bytes()]);
+                resp::write_bulk_array(backend.output.tail(), [&b"SELECT"[..], db.as_bytes()]);
                 backend.handshake += 1;
             }
             if backend.resp3 {
-                resp::write_bulk_array(&mut backend.output, [&b"HELLO"[..], b"3"]);
+                resp::write_bulk_array(backend.output.tail(), [&b"HELLO"[..], b"3"]);
                 backend.handshake += 1;
             }
         }

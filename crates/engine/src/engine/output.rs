@@ -90,21 +90,6 @@ impl Output {
     }
 }
 
-/// Lets existing writers append with `&mut output` where they take a
-/// `&mut Vec<u8>`; reads go through [`Output::pending`].
-impl std::ops::Deref for Output {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
-        &self.buf
-    }
-}
-
-impl std::ops::DerefMut for Output {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,7 +294,7 @@ impl Engine {
         if session.slots.len() == 1 {
             // Nothing ahead of it: straight to the output.
             let before = session.output.len();
-            write(&mut session.output, resp3);
+            write(session.output.tail(), resp3);
             self.pools[session.pool].counters.bytes_out += (session.output.len() - before) as u64;
         } else {
             let slot = session.slots.back_mut().expect("just opened");
@@ -335,7 +335,7 @@ impl Engine {
         };
         if position == 0 && slot.combine == Combine::Pass && slot.reply.is_empty() {
             // The front slot's only piece: straight to the output.
-            session.output.extend_from_slice(reply);
+            session.output.tail().extend_from_slice(reply);
             self.pools[session.pool].counters.bytes_out += reply.len() as u64;
             slot.pending -= 1;
         } else {
