@@ -18,8 +18,8 @@
 //!
 //! **Heartbeat.** The core writes its statistics record (the stack's, the
 //! loop's and the service's counters, in the control block or one of the
-//! dataplane's own) and beats its heartbeat there every [`PUBLISH_EVERY`] while it runs, and before it
-//! sleeps; sleeps are at most 100 ms. A healthy core, idle or busy, so
+//! dataplane's own) and beats its heartbeat there every [`PUBLISH_EVERY`]
+//! while it runs, and before it sleeps; sleeps are at most 100 ms. A healthy core, idle or busy, so
 //! beats at least every ~100 ms, and the control process takes a silence of
 //! seconds for a stuck core.
 
@@ -290,8 +290,8 @@ impl<A: CoreService> Core<'_, A> {
         handled
     }
 
-    /// Publishes the core's counters and the application's (which beats
-    /// the heartbeat).
+    /// Writes the core's record (its own, its stack's and its service's
+    /// counters) and beats its heartbeat.
     fn publish(&mut self) {
         if let Some(stall) = &self.test_stall {
             if stall() {

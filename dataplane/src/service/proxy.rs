@@ -108,11 +108,9 @@ pub fn follow_block(
             std::thread::sleep(POLL);
             continue;
         }
-        version = block.read_config(&mut text);
-        match config::parse_toml(&text, "<control block>")
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|config| check(config, address, "<control block>"))
-        {
+        let (read, loaded) = read_block(block, address, &mut text);
+        version = read;
+        match loaded {
             Ok(loaded) => board.publish_as(version, loaded),
             Err(error) => tracing::error!(version, "configuration refused: {error:#}"),
         }
@@ -232,15 +230,27 @@ pub fn load(path: &Path, address: Ipv4Address) -> anyhow::Result<Loaded> {
 /// Reads the configuration the control process published in `block`, and
 /// its version.
 pub fn load_block(block: &Block, address: Ipv4Address) -> anyhow::Result<(u64, Loaded)> {
-    let mut text = String::new();
-    let version = block.read_config(&mut text);
+    let (version, loaded) = read_block(block, address, &mut String::new());
     anyhow::ensure!(
         version > 0,
         "the control process has published no configuration"
     );
-    let config =
-        config::parse_toml(&text, "<control block>").map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((version, check(config, address, "<control block>")?))
+    Ok((version, loaded?))
+}
+
+/// The configuration published in `block` (read into `text`), its
+/// version, and whether it checks for the dataplane answering on
+/// `address`.
+fn read_block(
+    block: &Block,
+    address: Ipv4Address,
+    text: &mut String,
+) -> (u64, anyhow::Result<Loaded>) {
+    let version = block.read_config(text);
+    let loaded = config::parse_toml(text, "<control block>")
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|config| check(config, address, "<control block>"));
+    (version, loaded)
 }
 
 /// Checks a parsed configuration against the dataplane: its pools must
