@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use ferrox_block::{Block, CoreRecord, Counter};
 use ferrox_config::{self as config, Config};
-use ferrox_engine::{configure, Action, Engine, EngineStats, Handle, PoolSpec, Tag};
+use ferrox_engine::{configure, Action, Engine, Handle, PoolSpec, Tag};
 use smoltcp::wire::Ipv4Address;
 
 use crate::lcore::CoreService;
@@ -181,10 +181,6 @@ impl Proxy {
             let mask = held.masks.get(config_pool).copied().unwrap_or(0);
             self.engine.hold_out(engine_pool, mask);
         }
-    }
-
-    pub fn stats(&self) -> &EngineStats {
-        self.engine.stats()
     }
 }
 
