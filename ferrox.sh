@@ -332,7 +332,7 @@ cmd_bench() {
 # Every cargo-fuzz target (the protocol crate's parsers, the admin
 # protocol), FUZZ_SECONDS each. Needs a nightly toolchain (libFuzzer's
 # instrumentation); cargo-fuzz is installed when missing.
-FUZZ_DIRS=(crates/proto crates/config control)
+FUZZ_DIRS=(crates/proto crates/config crates/handover control)
 run_fuzz() {
   local seconds=$1 dir target
   if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then
