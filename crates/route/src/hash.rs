@@ -319,41 +319,27 @@ fn jenkins(key: &[u8]) -> u32 {
     final_mix(a, b, c)
 }
 
-fn mix(mut a: u32, mut b: u32, mut c: u32) -> (u32, u32, u32) {
-    a = a.wrapping_sub(c);
-    a ^= c.rotate_left(4);
-    c = c.wrapping_add(b);
-    b = b.wrapping_sub(a);
-    b ^= a.rotate_left(6);
-    a = a.wrapping_add(c);
-    c = c.wrapping_sub(b);
-    c ^= b.rotate_left(8);
-    b = b.wrapping_add(a);
-    a = a.wrapping_sub(c);
-    a ^= c.rotate_left(16);
-    c = c.wrapping_add(b);
-    b = b.wrapping_sub(a);
-    b ^= a.rotate_left(19);
-    a = a.wrapping_add(c);
-    c = c.wrapping_sub(b);
-    c ^= b.rotate_left(4);
-    b = b.wrapping_add(a);
-    (a, b, c)
+/// lookup3's `mix`: six rounds of `x -= z; x ^= z <<< r; z += y`, the
+/// triple turned one place each round: (a, b, c), (b, c, a), (c, a, b), and
+/// after six rounds back to (a, b, c).
+fn mix(a: u32, b: u32, c: u32) -> (u32, u32, u32) {
+    let (mut x, mut y, mut z) = (a, b, c);
+    for r in [4, 6, 8, 16, 19, 4] {
+        x = x.wrapping_sub(z) ^ z.rotate_left(r);
+        z = z.wrapping_add(y);
+        (x, y, z) = (y, z, x);
+    }
+    (x, y, z)
 }
 
-fn final_mix(mut a: u32, mut b: u32, mut c: u32) -> u32 {
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(14));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(11));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(25));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(16));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(4));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(14));
-    c ^= b;
-    c.wrapping_sub(b.rotate_left(24))
+/// lookup3's `final`: seven rounds of `x ^= y; x -= y <<< r`, where each
+/// round's `x` is the next round's `y`: c, a, b, c, a, b, c in turn.
+fn final_mix(a: u32, b: u32, c: u32) -> u32 {
+    let (mut x, mut y, mut z) = (c, b, a);
+    for r in [14, 11, 25, 16, 4, 14, 24] {
+        x = (x ^ y).wrapping_sub(y.rotate_left(r));
+        (x, y, z) = (z, x, y);
+    }
+    // The last round changed c, now in `y`.
+    y
 }

@@ -13,24 +13,16 @@
 
 typedef uint32_t (*hash_t)(const char *key, size_t len);
 
-uint32_t hash_one_at_a_time(const char *, size_t);
-uint32_t hash_md5(const char *, size_t);
-uint32_t hash_crc16(const char *, size_t);
-uint32_t hash_crc32(const char *, size_t);
-uint32_t hash_crc32a(const char *, size_t);
-uint32_t hash_fnv1_64(const char *, size_t);
-uint32_t hash_fnv1a_64(const char *, size_t);
-uint32_t hash_fnv1_32(const char *, size_t);
-uint32_t hash_fnv1a_32(const char *, size_t);
-uint32_t hash_hsieh(const char *, size_t);
-uint32_t hash_murmur(const char *, size_t);
-uint32_t hash_jenkins(const char *, size_t);
+/* twemproxy's hashes, in its order: declared and listed from this one list. */
+#define HASHES(X)                                                            \
+    X(one_at_a_time) X(md5) X(crc16) X(crc32) X(crc32a) X(fnv1_64)           \
+    X(fnv1a_64) X(fnv1_32) X(fnv1a_32) X(hsieh) X(murmur) X(jenkins)
 
-static const hash_t hashes[] = {
-    hash_one_at_a_time, hash_md5, hash_crc16, hash_crc32, hash_crc32a,
-    hash_fnv1_64, hash_fnv1a_64, hash_fnv1_32, hash_fnv1a_32, hash_hsieh,
-    hash_murmur, hash_jenkins,
-};
+#define DECLARE(name) uint32_t hash_##name(const char *, size_t);
+HASHES(DECLARE)
+
+#define ENTRY(name) hash_##name,
+static const hash_t hashes[] = {HASHES(ENTRY)};
 
 static int nibble(char c) {
     if (c >= '0' && c <= '9') return c - '0';

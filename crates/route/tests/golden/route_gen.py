@@ -75,21 +75,19 @@ def pools():
     return out
 
 
+# Numbered keys: (pattern, how many), tagged, half-tagged and untagged.
+NUMBERED_KEYS = [
+    (b"key:%d", 150), (b"{user:%d}:profile", 20), (b"{}x%d", 8), (b"x{%d", 8),
+    (b"{%d}{y}", 8), (b"a}b{c}%d", 8), (b"{{%d}}", 4), (b"$tag%d$rest", 12),
+    (b"$$%d", 6), (b"%d$x", 6), (b"pre{%d}$q$<a>post", 12), (b"<slot%d>", 8),
+]
+
+
 def keys():
     rng = random.Random(20240611)
     ks = [b""]
-    ks += [b"key:%d" % i for i in range(150)]
-    ks += [b"{user:%d}:profile" % i for i in range(20)]
-    ks += [b"{}x%d" % i for i in range(8)]
-    ks += [b"x{%d" % i for i in range(8)]
-    ks += [b"{%d}{y}" % i for i in range(8)]
-    ks += [b"a}b{c}%d" % i for i in range(8)]
-    ks += [b"{{%d}}" % i for i in range(4)]
-    ks += [b"$tag%d$rest" % i for i in range(12)]
-    ks += [b"$$%d" % i for i in range(6)]
-    ks += [b"%d$x" % i for i in range(6)]
-    ks += [b"pre{%d}$q$<a>post" % i for i in range(12)]
-    ks += [b"<slot%d>" % i for i in range(8)]
+    for pattern, count in NUMBERED_KEYS:
+        ks += [pattern % i for i in range(count)]
     ks += [b"{", b"}", b"{}", b"$", b"$$", b"<>", b"{x}", b"$x$"]
     ks += [s.encode() for s in ["ключ", "日本語キー", "🔑emoji", "café", "{ключ}:1"]]
     # Every tail length of the block-wise hashes, with bytes >= 0x80 (where
