@@ -296,16 +296,8 @@ impl Consumer {
         let ring = RingRef::new(region, ring)?;
         claim(&ring.header().meta.consumer_claim, name, "consumer")?;
         let doorbell = Offset::from_raw(ring.header().meta.doorbell.load(Ordering::Relaxed));
-        let waiter = match Waiter::register(region, doorbell) {
-            Ok(w) => w,
-            Err(e) => {
-                ring.header()
-                    .meta
-                    .consumer_claim
-                    .store(0, Ordering::Release);
-                return Err(e);
-            }
-        };
+        let waiter = Waiter::register(region, doorbell)
+            .inspect_err(|_| release_consumers(std::slice::from_ref(&ring)))?;
         Ok(Consumer { ring, waiter })
     }
 
@@ -327,27 +319,44 @@ impl Consumer {
     pub fn is_empty(&self) -> bool {
         ring::is_empty(self.ring.header())
     }
-}
 
-impl Sleep for Consumer {
-    fn prepare_sleep(&mut self) -> bool {
-        let ring = self.ring.header();
-        self.waiter.prepare_sleep(|| ring::is_empty(ring))
-    }
-
-    fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.waiter.eventfd.borrow()
-    }
-
-    fn woken(&mut self) {
-        self.waiter.woken();
+    fn rings(&self) -> &[RingRef] {
+        std::slice::from_ref(&self.ring)
     }
 }
 
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.ring
-            .header()
+/// [`Sleep`], and the release of its claims when dropped, for a consumer
+/// end with a `waiter` field and `is_empty` and `rings` methods.
+macro_rules! consumer_end {
+    ($consumer:ty) => {
+        impl Sleep for $consumer {
+            fn prepare_sleep(&mut self) -> bool {
+                self.waiter.prepare_sleep(|| self.is_empty())
+            }
+
+            fn wake_fd(&self) -> BorrowedFd<'_> {
+                self.waiter.eventfd.borrow()
+            }
+
+            fn woken(&mut self) {
+                self.waiter.woken();
+            }
+        }
+
+        impl Drop for $consumer {
+            fn drop(&mut self) {
+                release_consumers(self.rings());
+            }
+        }
+    };
+}
+
+consumer_end!(Consumer);
+
+/// Gives up the consumer claim on each of `rings`.
+fn release_consumers(rings: &[RingRef]) {
+    for ring in rings {
+        ring.header()
             .meta
             .consumer_claim
             .store(0, Ordering::Release);
@@ -460,38 +469,13 @@ pub mod fanin {
         pub fn is_empty(&self) -> bool {
             self.lanes.iter().all(|lane| ring::is_empty(lane.header()))
         }
-    }
 
-    fn release_consumers(lanes: &[RingRef]) {
-        for lane in lanes {
-            lane.header()
-                .meta
-                .consumer_claim
-                .store(0, Ordering::Release);
+        fn rings(&self) -> &[RingRef] {
+            &self.lanes
         }
     }
 
-    impl Sleep for Consumer {
-        fn prepare_sleep(&mut self) -> bool {
-            let lanes = &self.lanes;
-            self.waiter
-                .prepare_sleep(|| lanes.iter().all(|lane| ring::is_empty(lane.header())))
-        }
-
-        fn wake_fd(&self) -> BorrowedFd<'_> {
-            self.waiter.eventfd.borrow()
-        }
-
-        fn woken(&mut self) {
-            self.waiter.woken();
-        }
-    }
-
-    impl Drop for Consumer {
-        fn drop(&mut self) {
-            release_consumers(&self.lanes);
-        }
-    }
+    consumer_end!(Consumer);
 }
 
 #[cfg(test)]
