@@ -89,7 +89,6 @@ impl Drop for Mbuf {
     }
 }
 
-/// Packets received by one `rx_burst`, freed together when dropped.
 /// What the NIC found of a received frame's L4 checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Checksum {
@@ -100,25 +99,44 @@ pub enum L4Checksum {
     Unchecked,
 }
 
+/// Up to N owned mbufs, freed together when dropped: [`RxBurst`] and
+/// [`TxBurst`].
 #[derive(Debug)]
-pub struct RxBurst<const N: usize> {
+pub struct Burst<D, const N: usize> {
     mbufs: [*mut sys::rte_mbuf; N],
     len: usize,
+    direction: std::marker::PhantomData<D>,
 }
 
-impl<const N: usize> Default for RxBurst<N> {
+/// Marks a [`Burst`] filled by `rx_burst`.
+#[derive(Debug)]
+pub enum Rx {}
+
+/// Marks a [`Burst`] emptied by `tx_burst`.
+#[derive(Debug)]
+pub enum Tx {}
+
+/// Packets received by one `rx_burst`, freed together when dropped.
+pub type RxBurst<const N: usize> = Burst<Rx, N>;
+
+/// Mbufs waiting for one `tx_burst`.
+pub type TxBurst<const N: usize> = Burst<Tx, N>;
+
+impl<D, const N: usize> Default for Burst<D, N> {
     fn default() -> Self {
-        RxBurst {
+        Burst {
             mbufs: [std::ptr::null_mut(); N],
             len: 0,
+            direction: std::marker::PhantomData,
         }
     }
 }
 
-// SAFETY: the burst owns its mbufs; DPDK mbufs may be freed from any thread.
-unsafe impl<const N: usize> Send for RxBurst<N> {}
+// SAFETY: the burst owns its mbufs; DPDK mbufs may be sent or freed from any
+// thread.
+unsafe impl<D, const N: usize> Send for Burst<D, N> {}
 
-impl<const N: usize> RxBurst<N> {
+impl<D, const N: usize> Burst<D, N> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -127,6 +145,23 @@ impl<const N: usize> RxBurst<N> {
         self.len == 0
     }
 
+    /// Frees every packet of the burst.
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the first `len` pointers are mbufs we own, freed once.
+            unsafe { sys::ferrox_pktmbuf_free_bulk(self.mbufs.as_mut_ptr(), self.len as u32) };
+            self.len = 0;
+        }
+    }
+}
+
+impl<D, const N: usize> Drop for Burst<D, N> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl<const N: usize> RxBurst<N> {
     /// The bytes of packet `i` (its first segment: ferrox never enables
     /// scattered RX, so that is the whole frame).
     pub fn frame(&self, i: usize) -> &[u8] {
@@ -152,52 +187,9 @@ impl<const N: usize> RxBurst<N> {
             _ => L4Checksum::Unchecked,
         }
     }
-
-    /// Frees every packet of the burst.
-    pub fn clear(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the first `len` pointers are mbufs we own, freed once.
-            unsafe { sys::ferrox_pktmbuf_free_bulk(self.mbufs.as_mut_ptr(), self.len as u32) };
-            self.len = 0;
-        }
-    }
 }
-
-impl<const N: usize> Drop for RxBurst<N> {
-    fn drop(&mut self) {
-        self.clear();
-    }
-}
-
-/// Mbufs waiting for one `tx_burst`.
-#[derive(Debug)]
-pub struct TxBurst<const N: usize> {
-    mbufs: [*mut sys::rte_mbuf; N],
-    len: usize,
-}
-
-impl<const N: usize> Default for TxBurst<N> {
-    fn default() -> Self {
-        TxBurst {
-            mbufs: [std::ptr::null_mut(); N],
-            len: 0,
-        }
-    }
-}
-
-// SAFETY: the burst owns its mbufs; DPDK mbufs may be sent or freed from any
-// thread.
-unsafe impl<const N: usize> Send for TxBurst<N> {}
 
 impl<const N: usize> TxBurst<N> {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn is_full(&self) -> bool {
         self.len == N
     }
@@ -207,15 +199,6 @@ impl<const N: usize> TxBurst<N> {
         assert!(self.len < N, "flush a full TxBurst before pushing");
         self.mbufs[self.len] = mbuf.into_raw();
         self.len += 1;
-    }
-}
-
-impl<const N: usize> Drop for TxBurst<N> {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the first `len` pointers are mbufs we own, freed once.
-            unsafe { sys::ferrox_pktmbuf_free_bulk(self.mbufs.as_mut_ptr(), self.len as u32) };
-        }
     }
 }
 
