@@ -90,32 +90,28 @@ fn serves_redis_clients(pmd: Pmd, cores: usize) {
     }
 }
 
-#[test]
-fn serves_redis_clients_over_net_tap() {
-    serves_redis_clients(Pmd::Tap, 1);
+/// A test of [`serves_redis_clients`] per PMD and core count.
+macro_rules! serves_redis_clients_over {
+    ($($(#[$doc:meta])* $test:ident: $pmd:ident on $cores:literal;)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $test() {
+                serves_redis_clients(Pmd::$pmd, $cores);
+            }
+        )*
+    };
 }
 
-#[test]
-fn serves_redis_clients_over_net_af_packet() {
-    serves_redis_clients(Pmd::AfPacket, 1);
-}
-
-#[test]
-fn serves_redis_clients_over_net_af_xdp() {
-    serves_redis_clients(Pmd::AfXdp, 1);
-}
-
-/// Two lcores on a multi-queue tap: the kernel spreads flows over the
-/// queues its own way, ferrox steers each frame to the core that owns it.
-#[test]
-fn serves_redis_clients_over_net_tap_on_two_cores() {
-    serves_redis_clients(Pmd::Tap, 2);
-}
-
-/// Two lcores on af_packet with two queue pairs (kernel fanout).
-#[test]
-fn serves_redis_clients_over_net_af_packet_on_two_cores() {
-    serves_redis_clients(Pmd::AfPacket, 2);
+serves_redis_clients_over! {
+    serves_redis_clients_over_net_tap: Tap on 1;
+    serves_redis_clients_over_net_af_packet: AfPacket on 1;
+    serves_redis_clients_over_net_af_xdp: AfXdp on 1;
+    /// Two lcores on a multi-queue tap: the kernel spreads flows over the
+    /// queues its own way, ferrox steers each frame to the core that owns it.
+    serves_redis_clients_over_net_tap_on_two_cores: Tap on 2;
+    /// Two lcores on af_packet with two queue pairs (kernel fanout).
+    serves_redis_clients_over_net_af_packet_on_two_cores: AfPacket on 2;
 }
 
 /// Debian's shared DPDK loads PMDs as plugins: the vdevs must turn into ports.
