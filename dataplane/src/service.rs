@@ -11,7 +11,7 @@ use ferrox_engine::Output;
 use ferrox_engine::{Action, Handle, Tag};
 
 use crate::lcore::CoreService;
-use crate::net::stack::App;
+use crate::net::stack::{App, Carry};
 
 pub mod proxy;
 pub mod resp_echo;
@@ -130,7 +130,7 @@ impl<S: Service> App for PerConnection<S> {
         self.conn(tag).output.pending()
     }
 
-    fn output_sent(&mut self, tag: Tag, n: usize) {
+    fn output_acked(&mut self, tag: Tag, n: usize) {
         self.conn(tag).output.consume(n);
     }
 
@@ -159,6 +159,19 @@ impl<S: Service> App for PerConnection<S> {
     }
 
     fn handle_timeout(&mut self, _now: u64) {}
+
+    fn export(&mut self, tag: Tag) -> Option<Carry> {
+        let open = self.conns.get_mut(tag.raw() as usize)?.take()?;
+        self.free.push(tag.raw());
+        drop(open);
+        Some(Carry::default())
+    }
+
+    fn import(&mut self, handle: Handle, _carry: Carry, output: &[u8]) -> Option<Tag> {
+        let tag = self.accept(handle, 0)?;
+        self.conn(tag).output.tail().extend_from_slice(output);
+        Some(tag)
+    }
 }
 
 /// A per-connection service has no configuration to take; it counts the

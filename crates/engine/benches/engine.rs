@@ -12,7 +12,7 @@ use ferrox_engine::{Action, Engine, Placement, PoolSpec, Protocol, Tag};
 /// Sends all of `tag`'s output (as a runtime with room would).
 fn drain(engine: &mut Engine, tag: Tag) -> usize {
     let n = engine.output(tag).len();
-    engine.output_sent(tag, n);
+    engine.output_acked(tag, n);
     n
 }
 
@@ -125,7 +125,7 @@ fn large_replies(c: &mut Criterion) {
                     if n == 0 {
                         break;
                     }
-                    engine.output_sent(client, n);
+                    engine.output_acked(client, n);
                 }
                 while engine.poll_action().is_some() {}
             })

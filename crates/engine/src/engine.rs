@@ -27,6 +27,7 @@ use std::ops::Range;
 use ferrox_proto::{memcache, resp};
 
 mod backend;
+pub mod handover;
 mod output;
 mod pipeline;
 pub mod reconfigure;
@@ -286,6 +287,8 @@ pub struct Engine {
     stats: EngineStats,
     /// The time of the call being handled.
     now: Micros,
+    /// A handover is coming: no new requests are taken.
+    draining: bool,
 }
 
 #[derive(Debug)]
@@ -359,6 +362,7 @@ impl Engine {
                 ..EngineStats::default()
             },
             now: 0,
+            draining: false,
         };
         for spec in pools {
             engine.add_pool(spec);
@@ -480,9 +484,12 @@ impl Engine {
         tag.is_backend() || self.has_room(tag.index())
     }
 
-    /// Output waiting for `tag`, oldest first; the runtime tells what it
-    /// sent with [`Engine::output_sent`]. A `Send` is queued again only
-    /// when more output is added after this call.
+    /// Output owed on `tag`, oldest first: what the peer has not
+    /// acknowledged yet, sent or not (the runtime keeps its own count of
+    /// what it handed its socket, and resends from here after a
+    /// handover). The runtime tells what was acknowledged with
+    /// [`Engine::output_acked`]. A `Send` is queued again only when more
+    /// output is added after this call.
     pub fn output(&mut self, tag: Tag) -> &[u8] {
         if tag.is_backend() {
             self.backends[tag.index()].show_output()
@@ -491,13 +498,14 @@ impl Engine {
         }
     }
 
-    /// The runtime sent the first `n` bytes of [`Engine::output`]. A
-    /// session whose input waited for room may then take input again.
-    pub fn output_sent(&mut self, tag: Tag, n: usize) {
+    /// The peer acknowledged the first `n` bytes of [`Engine::output`]:
+    /// they are dropped. A session whose input waited for room may then
+    /// take input again.
+    pub fn output_acked(&mut self, tag: Tag, n: usize) {
         if tag.is_backend() {
-            self.backends[tag.index()].output_sent(n);
+            self.backends[tag.index()].output_acked(n);
         } else {
-            self.sessions[tag.index()].output_sent(n);
+            self.sessions[tag.index()].output_acked(n);
         }
     }
 

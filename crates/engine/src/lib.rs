@@ -16,6 +16,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod testing;
 
+pub use engine::handover::Carried;
 pub use engine::reconfigure::Changes;
 pub use engine::{
     latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Output, Placement,

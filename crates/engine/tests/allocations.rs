@@ -181,7 +181,7 @@ fn no_allocation_per_request_after_warm_up() {
                         step(&mut || {
                             let n = engine.output(tag).len();
                             client_bytes += n;
-                            engine.output_sent(tag, n);
+                            engine.output_acked(tag, n);
                         });
                     }
                     Action::Send(handle) => {
@@ -191,7 +191,7 @@ fn no_allocation_per_request_after_warm_up() {
                             let out = engine.output(tag);
                             let n = out.len();
                             backend.3.extend_from_slice(out);
-                            engine.output_sent(tag, n);
+                            engine.output_acked(tag, n);
                         });
                         replies.clear();
                         let used = serve(backend.2, &backend.3, &mut replies);

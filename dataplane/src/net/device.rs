@@ -10,6 +10,8 @@
 use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
+use ferrox_handover::segment::{flags, Segment};
+
 use super::link::Link;
 use crate::port::{Queue, RxChecksum};
 
@@ -29,6 +31,13 @@ pub struct FrameDevice<'a, L: Link> {
     link: &'a mut L,
     /// Frames smoltcp built while the mbuf pool was empty (dropped).
     pub tx_no_mbuf: u64,
+    /// Δ of a restored connection, added to the sequence number of every
+    /// frame sent.
+    xlate: Option<u32>,
+    /// Whether to note the sequence number of a SYN sent.
+    capture_syn: bool,
+    /// The (real) sequence number of the SYN this device sent, if asked.
+    pub syn_seq: Option<u32>,
 }
 
 impl<'a, L: Link> FrameDevice<'a, L> {
@@ -38,6 +47,9 @@ impl<'a, L: Link> FrameDevice<'a, L> {
             rx: Some(frame),
             link,
             tx_no_mbuf: 0,
+            xlate: None,
+            capture_syn: false,
+            syn_seq: None,
         }
     }
 
@@ -47,6 +59,31 @@ impl<'a, L: Link> FrameDevice<'a, L> {
             rx: None,
             link,
             tx_no_mbuf: 0,
+            xlate: None,
+            capture_syn: false,
+            syn_seq: None,
+        }
+    }
+
+    /// Frames sent are translated by `xlate` (a restored connection's Δ).
+    pub fn translated(mut self, xlate: Option<u32>) -> Self {
+        self.xlate = xlate;
+        self
+    }
+
+    /// Notes the sequence number of a SYN sent (the ISN a handover must
+    /// carry; smoltcp keeps it private).
+    pub fn capturing_syn(mut self) -> Self {
+        self.capture_syn = true;
+        self
+    }
+
+    fn tx(&mut self) -> LinkTx<'_, L> {
+        LinkTx {
+            link: self.link,
+            no_mbuf: &mut self.tx_no_mbuf,
+            xlate: self.xlate,
+            syn_seq: self.capture_syn.then_some(&mut self.syn_seq),
         }
     }
 }
@@ -93,20 +130,11 @@ impl<L: Link> Device for FrameDevice<'_, L> {
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = self.rx.take()?;
-        Some((
-            FrameRx(frame),
-            LinkTx {
-                link: self.link,
-                no_mbuf: &mut self.tx_no_mbuf,
-            },
-        ))
+        Some((FrameRx(frame), self.tx()))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
-        Some(LinkTx {
-            link: self.link,
-            no_mbuf: &mut self.tx_no_mbuf,
-        })
+        Some(self.tx())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -127,11 +155,27 @@ impl RxToken for FrameRx<'_> {
 pub struct LinkTx<'a, L: Link> {
     link: &'a mut L,
     no_mbuf: &'a mut u64,
+    xlate: Option<u32>,
+    syn_seq: Option<&'a mut Option<u32>>,
 }
 
 impl<L: Link> TxToken for LinkTx<'_, L> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let (result, sent) = self.link.transmit(len, f);
+        let (xlate, syn_seq) = (self.xlate, self.syn_seq);
+        let (result, sent) = self.link.transmit(len, |frame| {
+            let result = f(frame);
+            if let Some(delta) = xlate {
+                ferrox_handover::xlate::egress(frame, delta);
+            }
+            if let Some(syn_seq) = syn_seq {
+                if let Some(segment) = Segment::parse(frame) {
+                    if segment.has(flags::SYN) {
+                        *syn_seq = Some(segment.seq);
+                    }
+                }
+            }
+            result
+        });
         if !sent {
             *self.no_mbuf += 1;
         }

@@ -317,6 +317,24 @@ impl PooledSocket {
         self.socket_mut().recv(f)
     }
 
+    /// Bytes in the send buffer: sent and unacknowledged, or unsent.
+    pub fn send_queue(&self) -> usize {
+        self.socket().send_queue()
+    }
+
+    /// Bytes received in order and not yet read.
+    pub fn recv_queue(&self) -> usize {
+        self.socket().recv_queue()
+    }
+
+    pub fn recv_capacity(&self) -> usize {
+        self.socket().recv_capacity()
+    }
+
+    pub fn send_capacity(&self) -> usize {
+        self.socket().send_capacity()
+    }
+
     pub fn send_slice(&mut self, data: &[u8]) -> Result<usize, tcp::SendError> {
         self.socket_mut().send_slice(data)
     }

@@ -37,6 +37,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 use ferrox_engine::{Action, Handle, Tag};
+use ferrox_handover::segment::{Handshake, Segment};
 
 use super::device::{self, FrameDevice};
 use super::flow::{self, FlowKey, FlowTable, Frame};
@@ -65,10 +66,13 @@ pub trait App {
     fn handle_input(&mut self, tag: Tag, data: &[u8], now: u64) -> usize;
     /// Whether the application takes input on `tag` now.
     fn wants_input(&self, tag: Tag) -> bool;
-    /// Output waiting for `tag`, oldest first.
+    /// Output owed on `tag`, oldest first: everything the peer has not
+    /// acknowledged, whether the socket took it already or not (the
+    /// stack counts what it handed the socket). smoltcp cannot show the
+    /// bytes in its send buffer, so this is what a handover resends.
     fn output(&mut self, tag: Tag) -> &[u8];
-    /// The stack sent the first `n` bytes of [`App::output`].
-    fn output_sent(&mut self, tag: Tag, n: usize);
+    /// The peer acknowledged the first `n` bytes of [`App::output`].
+    fn output_acked(&mut self, tag: Tag, n: usize);
     /// A connection the application opened is established.
     fn handle_connected(&mut self, tag: Tag, now: u64);
     /// The peer closed its side.
@@ -82,6 +86,38 @@ pub trait App {
     /// When `handle_timeout` next has work.
     fn poll_timeout(&self) -> Option<u64>;
     fn handle_timeout(&mut self, now: u64);
+
+    /// A handover is coming: take no new requests (those in flight go on).
+    fn begin_drain(&mut self) {}
+    /// The handover was called off.
+    fn end_drain(&mut self) {}
+    /// Whether no request is in flight.
+    fn drained(&self) -> bool {
+        true
+    }
+    /// Hands over client connection `tag`: its state, and the
+    /// application forgets it (the stack reports no `handle_gone`). Its
+    /// output has been read with [`App::output`] just before.
+    fn export(&mut self, tag: Tag) -> Option<Carry>;
+    /// Takes over a client connection a predecessor exported, on
+    /// `handle`, owing `output`; `None` refuses it (it is reset).
+    fn import(&mut self, handle: Handle, carry: Carry, output: &[u8]) -> Option<Tag>;
+}
+
+/// What the application keeps of a client connection across a handover,
+/// beyond the bytes it owes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carry {
+    /// The pool it belongs to, by index and by name
+    /// ([`ferrox_handover::record::name_hash`]).
+    pub pool: u32,
+    pub pool_name_hash: u32,
+    pub resp3: bool,
+    pub authed: bool,
+    /// The application was told the peer closed.
+    pub peer_closed: bool,
+    /// The application asked to close it once its output is sent.
+    pub closing: bool,
 }
 
 /// How a core's stack serves.
@@ -215,6 +251,37 @@ struct Conn {
     progressed: bool,
     /// Reset if not closed by then (set when the stack closes it).
     close_deadline: Option<Instant>,
+    /// Bytes of the application's output the socket holds (sent and not
+    /// yet acknowledged, or waiting to be sent): output is dropped only
+    /// once acknowledged, so it can be sent again after a handover.
+    in_socket: usize,
+    /// What a handover needs that the socket does not show.
+    wire: WireTrack,
+}
+
+/// The real sequence numbers of a client connection and the handshake
+/// options its peer chose: what a successor needs to take the connection
+/// over, and what smoltcp keeps private. Byte counts against bases, so
+/// the hot path only adds.
+#[derive(Debug, Clone, Copy, Default)]
+struct WireTrack {
+    /// Options of the peer's SYN.
+    handshake: Handshake,
+    /// The MAC the peer's frames come from (the next hop).
+    peer_mac: [u8; 6],
+    /// The window field of the peer's last segment, unscaled.
+    peer_window: u16,
+    /// The real sequence number of the first byte the socket received
+    /// (the peer's ISN + 1), and bytes read from the socket since.
+    rcv_base: u32,
+    read: u32,
+    /// The real sequence number of our first byte (our ISN + 1, learnt
+    /// from the SYN-ACK on its way out), and bytes acknowledged since.
+    snd_base: Option<u32>,
+    acked: u32,
+    /// Δ of a restored connection: its socket's sequence numbers plus Δ
+    /// are the real ones ([`ferrox_handover::xlate`]).
+    xlate: Option<u32>,
 }
 
 /// One core's TCP endpoint serving `A`.
@@ -239,11 +306,17 @@ pub struct Stack<A: App> {
     /// after smoltcp's one-second neighbour-discovery pause.
     opening: Vec<u32>,
     no_sockets: SocketSet<'static>,
+    /// Room to translate a restored connection's frame in.
+    scratch: Vec<u8>,
     handshaking: usize,
     next_port: u16,
     memory: SocketMemory,
     app: A,
     stats: StackStats,
+    /// Whether restored connections are translated; off only in the
+    /// negative-control test, which shows that they must be.
+    #[cfg(test)]
+    translate: bool,
 }
 
 impl<A: App> std::fmt::Debug for Stack<A> {
@@ -302,11 +375,14 @@ impl<A: App> Stack<A> {
             epoch: 0,
             opening: Vec::new(),
             no_sockets: SocketSet::new(Vec::new()),
+            scratch: Vec::new(),
             handshaking: 0,
             next_port,
             memory,
             app,
             stats: StackStats::default(),
+            #[cfg(test)]
+            translate: true,
         }
     }
 
@@ -360,7 +436,7 @@ impl<A: App> Stack<A> {
                     && dst == self.config.address
                     && self.config.ports.contains(&key.local_port()) =>
                 {
-                    match self.open(key) {
+                    match self.open(key, frame) {
                         Opened::Conn(id) => Some(id),
                         // Counted; no RST, so the client tries again.
                         Opened::Dropped => return,
@@ -371,12 +447,26 @@ impl<A: App> Stack<A> {
             },
             Frame::Other => None,
         };
-        let mut device = FrameDevice::ingress(frame, link);
         match id {
             Some(id) => {
                 let conn = self.conns[id as usize]
                     .as_mut()
                     .expect("flow table points at a live connection");
+                if !conn.active {
+                    conn.wire.observe(frame);
+                }
+                let frame = match conn.wire.xlate {
+                    // A restored connection: the peer acknowledges in
+                    // the real sequence space, the socket counts in its own.
+                    Some(delta) => {
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(frame);
+                        ferrox_handover::xlate::ingress(&mut self.scratch, delta);
+                        &self.scratch[..]
+                    }
+                    None => frame,
+                };
+                let mut device = FrameDevice::ingress(frame, link);
                 conn.socket.poll_ingress(&mut self.iface, now, &mut device);
                 self.stats.tx_no_mbuf += device.tx_no_mbuf;
                 if !conn.received {
@@ -387,6 +477,7 @@ impl<A: App> Stack<A> {
             // ARP, ICMP, and TCP for no connection (answered with RST by
             // smoltcp).
             None => {
+                let mut device = FrameDevice::ingress(frame, link);
                 self.iface
                     .poll_ingress_single(now, &mut device, &mut self.no_sockets);
                 self.stats.tx_no_mbuf += device.tx_no_mbuf;
@@ -587,6 +678,8 @@ impl<A: App> Stack<A> {
             serviced_in: 0,
             progressed: false,
             close_deadline: None,
+            in_socket: 0,
+            wire: WireTrack::default(),
         });
         self.flows.insert(key, id);
         id
@@ -595,7 +688,7 @@ impl<A: App> Stack<A> {
     /// A new connection for a SYN to a served port; dropped (and counted)
     /// when the backlog or the connection limit is reached or no socket
     /// memory is left, refused when the application refuses it.
-    fn open(&mut self, key: FlowKey) -> Opened {
+    fn open(&mut self, key: FlowKey, syn: &[u8]) -> Opened {
         if self.handshaking >= self.config.backlog {
             self.stats.backlog_drops += 1;
             return Opened::Dropped;
@@ -626,7 +719,13 @@ impl<A: App> Stack<A> {
             self.free.push(id);
             return Opened::Refused;
         };
-        self.conn_mut(id).tag = tag;
+        let conn = self.conn_mut(id);
+        conn.tag = tag;
+        if let Some(syn) = Segment::parse(syn) {
+            conn.wire.handshake = syn.options;
+            conn.wire.peer_mac = syn.src_mac;
+            conn.wire.rcv_base = syn.seq.wrapping_add(1);
+        }
         self.handshaking += 1;
         self.stats.accepted += 1;
         Opened::Conn(id)
@@ -715,7 +814,8 @@ impl<A: App> Stack<A> {
             // Nothing more is read; drop what arrives, so the window stays
             // open for the peer's FIN.
             while conn.socket.can_recv() {
-                let _ = conn.socket.recv(|data| (data.len(), ()));
+                let read = conn.socket.recv(|data| (data.len(), data.len()));
+                conn.wire.read = conn.wire.read.wrapping_add(read.unwrap_or(0) as u32);
             }
             conn.input = Vec::new();
         }
@@ -735,7 +835,7 @@ impl<A: App> Stack<A> {
             // holds TIME_WAIT).
             if conn.closing
                 && conn.close_deadline.is_none()
-                && self.app.output(tag).is_empty()
+                && self.app.output(tag).len() <= conn.in_socket
                 && socket.may_send()
             {
                 socket.close();
@@ -750,9 +850,16 @@ impl<A: App> Stack<A> {
             }
         }
 
-        let mut device = FrameDevice::egress(link);
+        let mut device = FrameDevice::egress(link).translated(conn.wire.xlate);
+        let learn_isn = !conn.active && conn.wire.snd_base.is_none();
+        if learn_isn {
+            device = device.capturing_syn();
+        }
         conn.socket.poll_egress(&mut self.iface, now, &mut device);
         self.stats.tx_no_mbuf += device.tx_no_mbuf;
+        if learn_isn {
+            conn.wire.snd_base = device.syn_seq.map(|isn| isn.wrapping_add(1));
+        }
         progressed |= conn.socket.state() != state;
         conn.serviced_in = epoch;
         conn.progressed = progressed;
@@ -795,16 +902,25 @@ impl<A: App> Stack<A> {
     }
 }
 
-/// Moves the application's output for `conn` into its socket; whether any
-/// moved.
+/// Drops the output the peer acknowledged, then hands the socket what it
+/// has not taken yet; whether anything moved.
 fn send_output<A: App>(app: &mut A, conn: &mut Conn) -> bool {
-    let output = app.output(conn.tag);
-    if output.is_empty() || !conn.socket.can_send() {
-        return false;
+    let acked = conn.in_socket - conn.socket.send_queue().min(conn.in_socket);
+    if acked > 0 {
+        app.output_acked(conn.tag, acked);
+        conn.in_socket -= acked;
+        conn.wire.acked = conn.wire.acked.wrapping_add(acked as u32);
     }
-    let sent = conn.socket.send_slice(output).unwrap_or(0);
-    app.output_sent(conn.tag, sent);
-    sent > 0
+    let output = app.output(conn.tag);
+    if output.len() <= conn.in_socket || !conn.socket.can_send() {
+        return acked > 0;
+    }
+    let sent = conn
+        .socket
+        .send_slice(&output[conn.in_socket..])
+        .unwrap_or(0);
+    conn.in_socket += sent;
+    acked > 0 || sent > 0
 }
 
 /// Rounds of input one service offers a connection's application.
@@ -853,7 +969,11 @@ fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
                     input.drain(..used);
                     used
                 };
-                (data.len(), used > 0)
+                (data.len(), (used > 0, data.len()))
+            })
+            .map(|(used_some, read)| {
+                conn.wire.read = conn.wire.read.wrapping_add(read as u32);
+                used_some
             })
             .unwrap_or(false);
         progressed = true;
@@ -871,6 +991,21 @@ fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
     let more = app.wants_input(tag) && (conn.input_blocked || conn.socket.can_recv());
     (progressed, more)
 }
+
+impl WireTrack {
+    /// Notes what a handover needs from a frame of the peer's.
+    fn observe(&mut self, frame: &[u8]) {
+        if let Some(segment) = Segment::parse(frame) {
+            if segment.ack.is_some() {
+                self.peer_window = segment.window;
+            }
+            self.peer_mac = segment.src_mac;
+        }
+    }
+}
+
+mod handover;
+pub use handover::{Export, HandoverStats};
 
 #[cfg(test)]
 mod tests;

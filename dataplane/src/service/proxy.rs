@@ -14,7 +14,8 @@ use ferrox_engine::{configure, Action, Engine, Handle, PoolSpec, Tag};
 use smoltcp::wire::Ipv4Address;
 
 use crate::lcore::CoreService;
-use crate::net::stack::App;
+use crate::net::stack::{App, Carry};
+use ferrox_handover::record::name_hash;
 
 /// One core's proxy.
 #[derive(Debug)]
@@ -314,8 +315,50 @@ impl App for Proxy {
         self.engine.output(tag)
     }
 
-    fn output_sent(&mut self, tag: Tag, n: usize) {
-        self.engine.output_sent(tag, n);
+    fn output_acked(&mut self, tag: Tag, n: usize) {
+        self.engine.output_acked(tag, n);
+    }
+
+    fn begin_drain(&mut self) {
+        self.engine.begin_drain();
+    }
+
+    fn end_drain(&mut self) {
+        self.engine.end_drain();
+    }
+
+    fn drained(&self) -> bool {
+        self.engine.drained()
+    }
+
+    fn export(&mut self, tag: Tag) -> Option<Carry> {
+        let carried = self.engine.export_session(tag)?;
+        let name = self.engine.pools().nth(carried.pool)?.name;
+        Some(Carry {
+            pool: carried.pool as u32,
+            pool_name_hash: name_hash(name),
+            resp3: carried.resp3,
+            authed: carried.authed,
+            peer_closed: carried.peer_closed,
+            closing: carried.closing,
+        })
+    }
+
+    fn import(&mut self, handle: Handle, carry: Carry, output: &[u8]) -> Option<Tag> {
+        // The pool by name: its index may have moved with a new
+        // configuration.
+        let pool = self
+            .engine
+            .pools()
+            .position(|pool| name_hash(pool.name) == carry.pool_name_hash)?;
+        let carried = ferrox_engine::Carried {
+            pool,
+            resp3: carry.resp3,
+            authed: carry.authed,
+            peer_closed: carry.peer_closed,
+            closing: carry.closing,
+        };
+        self.engine.import_session(handle, carried, output)
     }
 
     fn handle_connected(&mut self, tag: Tag, now: u64) {

@@ -91,8 +91,8 @@ impl Backend {
         self.output.show()
     }
 
-    /// The runtime sent the first `n` bytes of its output.
-    pub fn output_sent(&mut self, n: usize) {
+    /// The peer acknowledged the first `n` bytes of its output.
+    pub fn output_acked(&mut self, n: usize) {
         self.output.consume(n);
     }
 

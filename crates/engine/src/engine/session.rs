@@ -49,9 +49,37 @@ impl Session {
         self.output.show()
     }
 
-    /// The runtime sent the first `n` bytes of its output.
-    pub fn output_sent(&mut self, n: usize) {
+    /// The peer acknowledged the first `n` bytes of its output.
+    pub fn output_acked(&mut self, n: usize) {
         self.output.consume(n);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Whether no request of it is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Its state for a successor.
+    pub fn carried(&self) -> super::handover::Carried {
+        super::handover::Carried {
+            pool: self.pool,
+            resp3: self.resp3,
+            authed: self.authed,
+            peer_closed: self.peer_closed,
+            closing: self.closing,
+        }
+    }
+
+    /// Opens it with a predecessor's state, on `handle`, owing `output`.
+    pub fn import(&mut self, carried: super::handover::Carried, handle: Handle, output: &[u8]) {
+        self.open(carried.pool, handle, carried.authed);
+        self.resp3 = carried.resp3;
+        self.closing = carried.closing;
+        self.output.tail().extend_from_slice(output);
     }
 
     /// Whether it is open on the runtime's connection `handle`.
@@ -247,7 +275,7 @@ impl Engine {
     /// Queues a `Send` for a session, once per batch of output, or when
     /// its input waited for room and room is back (the runtime then
     /// offers the input it held back).
-    fn session_wants_send(&mut self, index: usize) {
+    pub(super) fn session_wants_send(&mut self, index: usize) {
         let wake = self.sessions[index].input_waits && self.has_room(index);
         let session = &mut self.sessions[index];
         if wake {
@@ -265,7 +293,8 @@ impl Engine {
     pub(super) fn has_room(&self, index: usize) -> bool {
         let session = &self.sessions[index];
         let spec = &self.pools[session.pool].spec;
-        !session.closing
+        !self.draining
+            && !session.closing
             && !session.peer_closed
             && session.slots.len() < spec.max_pipeline
             && session.output.len() + session.held < spec.max_output

@@ -396,7 +396,7 @@ fn take_output(engine: &mut Engine, tag: Tag, into: &mut Vec<u8>) {
     let output = engine.output(tag);
     let n = output.len();
     into.extend_from_slice(output);
-    engine.output_sent(tag, n);
+    engine.output_acked(tag, n);
 }
 
 fn cmd(args: &[&str]) -> Vec<u8> {
@@ -1478,3 +1478,4 @@ fn a_sessions_requests_to_a_server_stay_on_one_connection() {
 }
 
 mod back_pressure;
+mod handover;

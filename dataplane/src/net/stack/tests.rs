@@ -178,6 +178,12 @@ impl Peer {
         }
         for backend in &mut self.backends {
             let s = self.sockets.get_mut::<tcp::Socket>(backend.handle);
+            if s.state() == tcp::State::Closed {
+                // A server takes connections again after one ends.
+                s.listen(REDIS_PORT).unwrap();
+                backend.input.clear();
+                backend.output.clear();
+            }
             while s.can_recv() {
                 let _ = s.recv(|d| {
                     backend.input.extend_from_slice(d);
@@ -245,6 +251,8 @@ struct Net {
     peer: Peer,
     pool: SocketPool,
     now: Instant,
+    /// RSTs the stack sent toward clients.
+    client_resets: usize,
 }
 
 const CONFIG: &str = r#"
@@ -285,6 +293,7 @@ impl Net {
             peer: Peer::new(now),
             pool,
             now,
+            client_resets: 0,
         }
     }
 
@@ -293,6 +302,7 @@ impl Net {
     fn step(&mut self) {
         self.now += smoltcp::time::Duration::from_micros(100);
         let now = self.now;
+        self.client_resets += self.resets_to_clients();
         let peer = &mut self.peer;
         peer.wire.rx.extend(self.link.sent.drain(..));
         peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
@@ -657,3 +667,5 @@ fn every_kind_of_close_gives_the_socket_memory_back() {
         );
     });
 }
+
+mod handover;

@@ -33,7 +33,7 @@ fn input_that_adds_no_output_asks_for_no_send() {
     assert_eq!(engine.handle_input(client, PING, 0), 14);
     assert_eq!(actions(&mut engine), vec![Action::Send(1)]);
     assert_eq!(engine.output(client).len(), 21);
-    engine.output_sent(client, 21);
+    engine.output_acked(client, 21);
     assert!(engine.output(client).is_empty());
 }
 
@@ -46,7 +46,7 @@ fn unsent_replies_stop_input_until_they_leave() {
     assert!(!engine.wants_input(client));
     assert_eq!(actions(&mut engine), vec![Action::Send(1)]);
     let n = engine.output(client).len();
-    engine.output_sent(client, n);
+    engine.output_acked(client, n);
     assert!(engine.wants_input(client), "room again once they left");
     assert_eq!(engine.handle_input(client, &input[used..], 0), 10 * 14);
 }
@@ -66,7 +66,7 @@ fn a_full_pipeline_asks_for_service_when_replies_make_room() {
     engine.handle_connected(backend, 0);
     assert_eq!(actions(&mut engine), vec![Action::Send(100)]);
     let n = engine.output(backend).len();
-    engine.output_sent(backend, n);
+    engine.output_acked(backend, n);
     // The server answers: the pipeline drains, and the runtime is asked
     // to service the client (its replies, and its held-back input).
     let replies = b"$1\r\nA\r\n$-1\r\n";
@@ -95,7 +95,7 @@ fn a_wake_without_output_still_asks_for_service() {
     engine.handle_connected(backend, 0);
     let _ = actions(&mut engine);
     let n = engine.output(backend).len();
-    engine.output_sent(backend, n);
+    engine.output_acked(backend, n);
     assert_eq!(engine.handle_input(backend, b"STORED\r\n", 0), 8);
     assert!(engine.output(client).is_empty(), "noreply: nothing to say");
     assert_eq!(actions(&mut engine), vec![Action::Send(1)]);

@@ -1,0 +1,438 @@
+//! Hot handover in memory: the smoltcp peer's clients keep their
+//! connections while the stack serving them is exported, dropped, and
+//! restored in a fresh stack (another Interface, another random seed,
+//! hence another ISN on every connection), with frames buffered or lost
+//! during the pause. Each test checks the exact byte stream every client
+//! receives, that no client connection ever leaves its state, and that
+//! the stack never sends a client a RST.
+
+use ferrox_handover::segment::{flags, Segment};
+
+use super::*;
+use crate::net::stack::{Export, HandoverStats};
+
+/// What happens to frames on the wire while no stack serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// The port buffers them (af_packet overlap, a secondary's queue).
+    Buffered,
+    /// They are lost (af_xdp reopen): the peer retransmits.
+    Dropped,
+}
+
+impl Net {
+    /// RSTs among the frames the stack sent, toward clients (not the
+    /// servers' port).
+    pub(super) fn resets_to_clients(&self) -> usize {
+        self.link
+            .sent
+            .iter()
+            .filter_map(|f| Segment::parse(f))
+            .filter(|s| s.has(flags::RST) && s.src_port != REDIS_PORT && s.dst_port != REDIS_PORT)
+            .count()
+    }
+
+    /// Moves the stack's frames to the peer, counting RSTs to clients.
+    fn deliver(&mut self) {
+        self.client_resets += self.resets_to_clients();
+        self.peer.wire.rx.extend(self.link.sent.drain(..));
+    }
+
+    /// One step of the peer alone (no stack serves): its frames are kept
+    /// in `held` or lost.
+    fn peer_step(&mut self, pause: Pause, held: &mut Vec<Vec<u8>>) {
+        self.now += smoltcp::time::Duration::from_micros(100);
+        let now = self.now;
+        let peer = &mut self.peer;
+        peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
+        self.collect();
+        let peer = &mut self.peer;
+        peer.run_apps();
+        peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
+        let frames = self.peer.wire.tx.drain(..);
+        if pause == Pause::Buffered {
+            held.extend(frames);
+        }
+    }
+
+    /// Drains the stack, exports it, pauses `pause_steps` steps, and
+    /// restores every connection in a fresh stack of the same
+    /// configuration (generation `generation` picks the pool core bank and
+    /// the seed). Returns what export and restore counted.
+    fn hand_over(
+        &mut self,
+        generation: u64,
+        pause: Pause,
+        pause_steps: usize,
+        translate: bool,
+    ) -> (HandoverStats, HandoverStats) {
+        self.stack.begin_drain();
+        for _ in 0..20_000 {
+            if self.stack.drained() {
+                break;
+            }
+            self.step();
+        }
+        assert!(self.stack.drained(), "requests in flight never finished");
+        let mut export = Export::default();
+        let exported = self.stack.export(self.now, &mut self.link, &mut export);
+        self.deliver();
+        let mut held = Vec::new();
+        // The old stack is gone: a fresh one on the other bank of pool
+        // cores, with another seed.
+        let config = ferrox_config::parse_toml(CONFIG, "test").expect("valid");
+        let pools = ferrox_engine::configure::pools(&config).expect("builds");
+        let proxy = Proxy::new(pools, vec![(6379, 0)], 7 + generation);
+        let memory = self
+            .pool
+            .core((generation % 2) as usize)
+            .expect("the other bank is free");
+        let fresh = Stack::new(
+            StackConfig::default(),
+            proxy,
+            memory,
+            self.now,
+            1000 + generation,
+        );
+        drop(std::mem::replace(&mut self.stack, fresh));
+        for _ in 0..pause_steps {
+            self.peer_step(pause, &mut held);
+        }
+        self.stack.translate = translate;
+        let restored = self.stack.restore(&export, self.now, &mut self.link);
+        for frame in held {
+            self.stack.handle_frame(self.now, &frame, &mut self.link);
+        }
+        self.stack.poll(self.now, &mut self.link);
+        (exported, restored)
+    }
+}
+
+/// A client's model: the requests it sends and the replies they must get.
+struct Script {
+    requests: Vec<Vec<u8>>,
+    replies: Vec<u8>,
+}
+
+/// SETs and GETs of values sized around the buffer boundaries, keyed per
+/// client so that the model is exact.
+fn script(client: usize, n: usize, seed: u64) -> Script {
+    let mut x = seed | 1;
+    let mut rand = move |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    let sizes = [1usize, 100, 1400, 1460, 4096, 8191, 8192, 8193, 20_000];
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let (mut requests, mut replies) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let key = format!("c{client}:{}", rand(8)).into_bytes();
+        if rand(2) == 0 {
+            let len = sizes[rand(sizes.len() as u64) as usize];
+            let value: Vec<u8> = (0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+            requests.push(command(&[b"SET", &key, &value]));
+            replies.extend_from_slice(b"+OK\r\n");
+            model.insert(key, value);
+        } else {
+            requests.push(command(&[b"GET", &key]));
+            match model.get(&key) {
+                Some(v) => {
+                    replies.extend(format!("${}\r\n", v.len()).into_bytes());
+                    replies.extend_from_slice(v);
+                    replies.extend_from_slice(b"\r\n");
+                }
+                None => replies.extend_from_slice(b"$-1\r\n"),
+            }
+        }
+    }
+    Script { requests, replies }
+}
+
+/// Runs `clients` clients through `handovers` handovers, each client
+/// pipelining its script in batches; returns whether every client got
+/// exactly its replies.
+fn pipelines_across_handovers(
+    handovers: u64,
+    pause: Pause,
+    translate: bool,
+    read_per_step: usize,
+) -> Result<(), String> {
+    let mut net = Net::new();
+    let clients: Vec<(usize, Script)> = (0..3)
+        .map(|i| (net.client(read_per_step), script(i, 60, 7 + i as u64)))
+        .collect();
+    let mut sent = vec![0usize; clients.len()];
+    let states_ok = |net: &Net, clients: &[(usize, Script)]| {
+        clients
+            .iter()
+            .all(|(c, _)| net.state(*c) == tcp::State::Established)
+    };
+    let mut generation = 0;
+    for round in 0..200 {
+        for (i, (c, script)) in clients.iter().enumerate() {
+            // A batch of up to 8 requests whenever the last has been sent.
+            if net.peer.clients[*c].pending.is_empty() && sent[i] < script.requests.len() {
+                let end = (sent[i] + 8).min(script.requests.len());
+                for request in &script.requests[sent[i]..end] {
+                    net.write(*c, request);
+                }
+                sent[i] = end;
+            }
+        }
+        for _ in 0..50 {
+            net.step();
+            net.deliver();
+        }
+        if round % 10 == 5 && generation < handovers {
+            generation += 1;
+            let (exported, restored) = net.hand_over(generation, pause, 30, translate);
+            if exported.exported != clients.len() as u64 || restored.restored != exported.exported {
+                return Err(format!(
+                    "handover {generation}: exported {exported:?}, restored {restored:?}"
+                ));
+            }
+        }
+        if !states_ok(&net, &clients) {
+            return Err(format!("a client left ESTABLISHED in round {round}"));
+        }
+        let done = clients
+            .iter()
+            .all(|(c, s)| net.received(*c).len() >= s.replies.len());
+        if done && generation == handovers {
+            break;
+        }
+    }
+    for _ in 0..20_000 {
+        let done = clients
+            .iter()
+            .all(|(c, s)| net.received(*c).len() >= s.replies.len());
+        if done {
+            break;
+        }
+        net.step();
+        net.deliver();
+    }
+    if net.client_resets != 0 {
+        return Err(format!("{} RSTs sent to clients", net.client_resets));
+    }
+    for (c, script) in &clients {
+        let got = net.received(*c);
+        if got != &script.replies[..] {
+            let at = got
+                .iter()
+                .zip(&script.replies)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(script.replies.len()));
+            return Err(format!(
+                "client {c}: {} of {} reply bytes, first difference at {at}",
+                got.len(),
+                script.replies.len()
+            ));
+        }
+    }
+    if generation != handovers {
+        return Err(format!("only {generation} of {handovers} handovers ran"));
+    }
+    Ok(())
+}
+
+#[test]
+fn pipelined_clients_keep_their_connections_across_a_handover_with_frames_buffered() {
+    within(120, || {
+        pipelines_across_handovers(1, Pause::Buffered, true, usize::MAX).unwrap();
+    });
+}
+
+#[test]
+fn pipelined_clients_keep_their_connections_when_frames_are_lost_in_the_pause() {
+    within(120, || {
+        pipelines_across_handovers(1, Pause::Dropped, true, usize::MAX).unwrap();
+    });
+}
+
+#[test]
+fn ten_chained_handovers_of_slow_readers() {
+    within(240, || {
+        pipelines_across_handovers(10, Pause::Dropped, true, 3000).unwrap();
+    });
+}
+
+/// The negative control: without translation the restored connections
+/// cannot go on (the test above can fail).
+#[test]
+fn without_translation_the_restored_connections_stall() {
+    within(240, || {
+        let result = pipelines_across_handovers(1, Pause::Buffered, false, usize::MAX);
+        assert!(
+            result.is_err(),
+            "a handover without translation went through"
+        );
+    });
+}
+
+/// A client that reads nothing: the proxy's replies fill its window, so
+/// the peer's window is zero at the freeze, and unsent replies wait in
+/// the output. Once it reads, every byte arrives.
+#[test]
+fn a_zero_window_and_replies_owed_survive_a_handover() {
+    within(120, || {
+        let mut net = Net::new();
+        let c = net.client(0);
+        let value = vec![b'v'; 20_000];
+        net.write(c, &command(&[b"SET", b"big", &value]));
+        let get = command(&[b"GET", b"big"]);
+        for _ in 0..10 {
+            net.write(c, &get);
+        }
+        net.run_until(3000, |_| false);
+        net.deliver();
+        let (exported, restored) = net.hand_over(1, Pause::Buffered, 20, true);
+        assert_eq!((exported.exported, restored.restored), (1, 1));
+        net.peer.clients[c].read_per_step = usize::MAX;
+        let reply_len = 5 + "$20000\r\n".len() + 20_000 + 2;
+        let want = 5 + 10 * (reply_len - 5);
+        assert!(
+            net.run_until(50_000, |n| n.received(c).len() >= want),
+            "{} of {want} bytes",
+            net.received(c).len()
+        );
+        net.deliver();
+        assert_eq!(&net.received(c)[..5], b"+OK\r\n");
+        assert_eq!(count(net.received(c), &value), 10);
+        assert_eq!(net.client_resets, 0);
+    });
+}
+
+/// Requests sent while the stack drains stay unread in the socket, and
+/// part of a request waits in the stack: both cross the handover and are
+/// answered by the successor.
+#[test]
+fn unread_and_partial_input_is_answered_after_the_handover() {
+    within(120, || {
+        let mut net = Net::new();
+        let c = net.client(usize::MAX);
+        assert!(net.pings(5000));
+        net.stack.begin_drain();
+        let request = [PING.repeat(20), b"*1\r\n$4\r\nPI".to_vec()].concat();
+        net.write(c, &request);
+        net.run_until(200, |_| false);
+        net.deliver();
+        assert_eq!(net.received(c), b"", "nothing is answered while draining");
+        net.hand_over(1, Pause::Buffered, 10, true);
+        net.write(c, b"NG\r\n");
+        assert!(net.run_until(20_000, |n| n.received(c).len() >= 21 * 7));
+        assert_eq!(net.received(c), &b"+PONG\r\n".repeat(21)[..]);
+        net.deliver();
+        assert_eq!(net.client_resets, 0);
+    });
+}
+
+/// A client that half-closed after a pipeline it reads slowly
+/// (CLOSE-WAIT, replies owed), and one the proxy closed after a protocol
+/// error while it had not read the error yet (FIN-WAIT): both end
+/// cleanly after the handover, with every byte.
+#[test]
+fn half_closed_and_closing_connections_finish_after_a_handover() {
+    within(120, || {
+        let mut net = Net::new();
+        let half = net.client(0);
+        let value = vec![b'h'; 20_000];
+        let mut pipeline = command(&[b"SET", b"h", &value]);
+        let mut expected = b"+OK\r\n".to_vec();
+        for _ in 0..10 {
+            pipeline.extend(command(&[b"GET", b"h"]));
+            expected.extend_from_slice(b"$20000\r\n");
+            expected.extend_from_slice(&value);
+            expected.extend_from_slice(b"\r\n");
+        }
+        net.write(half, &pipeline);
+        let s = net.peer.clients[half].handle;
+        // Its FIN once the pipeline is out.
+        assert!(net.run_until(2000, |n| n.peer.clients[half].pending.is_empty()));
+        net.peer.sockets.get_mut::<tcp::Socket>(s).close();
+        let bad = net.client(0);
+        net.write(bad, b"*x\r\n");
+        net.run_until(20, |_| false);
+        net.deliver();
+        assert!(
+            matches!(net.state(half), tcp::State::FinWait1 | tcp::State::FinWait2),
+            "half-closed, replies owed: {}",
+            net.state(half)
+        );
+        assert_eq!(
+            net.state(bad),
+            tcp::State::CloseWait,
+            "closed by the proxy, unread"
+        );
+        let (exported, restored) = net.hand_over(1, Pause::Dropped, 10, true);
+        assert_eq!(exported.exported, 2, "{exported:?}");
+        assert_eq!(restored.restored, 2, "{restored:?}");
+        net.peer.clients[bad].read_per_step = usize::MAX;
+        net.peer.clients[half].read_per_step = 3000;
+        assert!(
+            net.run_until(50_000, |n| n.received(half).len() >= expected.len()
+                && !n.received(bad).is_empty())
+        );
+        assert!(
+            net.received(half) == &expected[..],
+            "{} of {} bytes",
+            net.received(half).len(),
+            expected.len()
+        );
+        assert!(
+            net.received(bad).starts_with(b"-ERR"),
+            "{:?}",
+            net.received(bad)
+        );
+        // Both finish closing.
+        assert!(net.run_until(50_000, |n| matches!(
+            n.state(half),
+            tcp::State::Closed | tcp::State::TimeWait
+        ) && matches!(
+            n.state(bad),
+            tcp::State::CloseWait | tcp::State::Closed
+        )));
+        net.deliver();
+        assert_eq!(net.client_resets, 0);
+    });
+}
+
+/// A client still in its handshake at the freeze (its ACK lost): the
+/// restored half-open connection completes with its retransmission.
+#[test]
+fn a_connection_in_its_handshake_is_restored_half_open() {
+    within(120, || {
+        let mut net = Net::new();
+        let c = net.client(usize::MAX);
+        // SYN to the stack; SYN-ACK to the peer; the peer's ACK is lost.
+        let syn_ack = |n: &Net| {
+            n.link
+                .sent
+                .iter()
+                .filter_map(|f| Segment::parse(f))
+                .any(|s| s.has(flags::SYN) && s.has(flags::ACK) && s.src_port == 6379)
+        };
+        assert!(net.run_until(1000, syn_ack));
+        net.deliver();
+        let peer = &mut net.peer;
+        peer.iface.poll(net.now, &mut peer.wire, &mut peer.sockets);
+        peer.wire.tx.clear();
+        assert_eq!(
+            net.state(c),
+            tcp::State::Established,
+            "the client thinks it is open"
+        );
+        let (exported, restored) = net.hand_over(1, Pause::Dropped, 5, true);
+        assert_eq!((exported.exported, restored.restored), (1, 1));
+        net.write(c, PING);
+        assert!(
+            net.run_until(50_000, |n| n.received(c) == b"+PONG\r\n"),
+            "{:?}",
+            net.received(c)
+        );
+        net.deliver();
+        assert_eq!(net.client_resets, 0);
+    });
+}
