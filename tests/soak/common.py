@@ -4,6 +4,7 @@ failure is described."""
 
 import collections
 import os
+import random
 import socket
 import hashlib
 import threading
@@ -13,6 +14,7 @@ import traceback
 import wire
 
 KIB = 1024
+SETTLE = 2.0  # seconds a retired key rests before it is read back
 
 
 class Failure(Exception):
@@ -111,6 +113,25 @@ def edge_size(rng, edges, largest, overhead=0):
             size -= overhead
         if 0 <= size <= largest:
             return size
+
+
+def draw(rng, shares):
+    """Draws r in [0, 1) and returns the value of the first (share, value)
+    entry with r < share (shares ascending, the last 1): a random number in
+    a (low, high) range, or what a function returns."""
+    r = rng.random()
+    for share, value in shares:
+        if r < share:
+            return rng.randint(*value) if isinstance(value, tuple) else value()
+    raise ValueError(f"no share above {r}")
+
+
+def value_bytes(rng, n, pattern):
+    """`n` random bytes, or now and then `pattern` after the length, which
+    is easier to follow in a dump."""
+    if rng.random() < 0.2:
+        return (b"%d-" % n + pattern * (n // 10 + 1))[:n]
+    return rng.randbytes(n)
 
 
 def cut_points(rng, total, starts):
@@ -246,3 +267,167 @@ def connect(host, port, what, ctx_dumps=False):
 def harness_error(who, ctx, exc):
     ctx.fail(who, "harness error (a bug in the soak itself, not necessarily in ferrox):\n"
              + "".join(traceback.format_exception(exc)))
+
+
+def offsets(encoded):
+    """Where each of the `encoded` requests starts in their concatenation,
+    and its length."""
+    starts, at = [], 0
+    for e in encoded:
+        starts.append(at)
+        at += len(e)
+    return starts, at
+
+
+class Worker:
+    """What a Redis and a memcached worker share: the run loop, the
+    connection, an exchange and its failure reports, protocol garbage, and
+    keys retired after a vanish and read back later. A subclass has a
+    model whose `data` holds the keys' states, and `key`, `connect`,
+    `connect_for_read_back`, `scenario`, `probe_after_garbage` and
+    `settle_retired`."""
+
+    def __init__(self, ctx, wid, protocol, model, slots, port, client, stopped):
+        self.ctx = ctx
+        self.wid = wid
+        self.port = port
+        self.client = client  # what a connection is, for reports
+        self.stopped = stopped  # what a wedged proxy is, for reports
+        self.who = f"{protocol}-{wid}"
+        self.rng = random.Random(f"{ctx.seed}:{protocol}:{wid}")
+        self.model = model
+        self.gen = [0] * slots
+        self.retired = {}  # key -> (candidate states, retired at, iteration)
+        self.stats = Stats()
+        self.conn = None
+        self.iteration = 0
+        self.pipeline_no = 0
+        self.last = ("", None, None)  # label, request bytes, connection of the last exchange
+
+    def run(self):
+        ctx = self.ctx
+        try:
+            while ctx.running():
+                self.iteration += 1
+                self.settle_retired(force=False)
+                self.scenario(self.rng.random())
+        except Failure as e:
+            note = dump(ctx, self.who, self.last[0], self.last[1], self.last[2])
+            ctx.fail(self.who, f"{e}\n    (seed {ctx.seed}, worker {self.who}, "
+                               f"iteration {self.iteration}){note}", e.since)
+        except Exception as e:  # noqa: BLE001 - any surprise is reported
+            harness_error(self.who, ctx, e)
+        finally:
+            self.close()
+
+    def connect_plain(self):
+        """A fresh connection, nothing sent on it yet."""
+        self.close()
+        self.conn = connect(self.ctx.host, self.port, self.client, bool(self.ctx.args.dump_dir))
+
+    def finish(self):
+        """After the run: reads back every key still uncertain."""
+        if self.retired:
+            self.connect_for_read_back()
+            self.settle_retired(force=True)
+            self.close()
+
+    def close(self, rst=False):
+        if self.conn is not None:
+            self.conn.close(rst)
+            self.conn = None
+
+    def exchange(self, conn, payload, parse, n, plan, label, waiting_for, closing_ok=False):
+        """Writes `payload` and reads `n` replies as `plan` says; a stuck or
+        closed connection or a bad reply is a failure that names what was
+        awaited (`waiting_for(i)` describes request `i`). With `closing_ok`,
+        a close returns the replies read so far."""
+        if conn.leftover():
+            raise Failure(f"{conn.leftover()} bytes arrived that no request asked for, before {label}: "
+                          + show_bytes(bytes(conn.buf[conn.pos:])))
+        self.last = (label, payload, conn)
+        behaviours = ", ".join(plan.behaviours) or "normal"
+        try:
+            return wire.exchange(conn, payload, parse, n, plan, self.ctx.args.stuck_timeout, self.stats)
+        except wire.Stuck as e:
+            raise Failure(f"the proxy stopped answering: {e} in {label} (behaviours: {behaviours}); "
+                          f"waiting for the reply to {waiting_for(len(e.replies))}", e.since) from None
+        except wire.Closed as e:
+            if closing_ok:
+                return e.replies
+            raise Failure(f"{e} in {label} (behaviours: {behaviours}); "
+                          f"waiting for the reply to {waiting_for(len(e.replies))}") from None
+        except wire.ProtocolError as e:
+            raise Failure(f"unparsable reply in {label}: {e}") from None
+
+    def garbage(self, head):
+        """64 KiB of random bytes on a separate short-lived connection, now
+        and then after `head`, a request that goes wrong midway: an error or
+        a close is fine, a wedge is not."""
+        rng = self.rng
+        data = rng.randbytes(64 * KIB)
+        if rng.random() < 0.3:
+            data = head + data
+        closed = send_garbage(self.ctx.host, self.port, data)
+        self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
+        # The proxy must still answer.
+        c = connect(self.ctx.host, self.port, self.client, bool(self.ctx.args.dump_dir))
+        try:
+            self.probe_after_garbage(c)
+        except (wire.Stuck, wire.Closed) as e:
+            raise Failure(f"{self.stopped} after protocol garbage: {e}") from None
+        finally:
+            c.close()
+
+    def start_pipeline(self, lengths, budgets):
+        """Now and then a fresh connection (always, without one); then how
+        many commands, drawn from `lengths` (see `draw`), and the budget of
+        value bytes, one of `budgets`, as a one-item list to spend from."""
+        if self.conn is None or self.rng.random() < 0.03:
+            self.connect()
+        n = draw(self.rng, lengths)
+        return n, [self.rng.choice(budgets)]
+
+    def retire(self, history, ran):
+        """Keys written by commands not known to have run (`ran(i)` says
+        whether command `i` did). Per key, commands run in order: its state
+        is the one after the last command known to have run, or after a
+        later one. `history` holds per key its state before the pipeline,
+        then the state each command that wrote it left, with the command's
+        index. The key's slot moves on to a fresh key name."""
+        now = time.monotonic()
+        current = {self.key(slot): slot for slot in range(len(self.gen))}
+        for k, entries in history.items():
+            unknown = [i for i, _ in entries[1:] if not ran(i)]
+            if not unknown:
+                continue
+            first_unknown = unknown[0]
+            known = [st for i, st in entries if i < first_unknown]
+            cands = [known[-1]] + [st for i, st in entries if i >= first_unknown]
+            uniq = []
+            for c in cands:
+                if c not in uniq:
+                    uniq.append(c)
+            self.retired[k] = (uniq, now, self.iteration)
+            self.forget(k)
+            if k in current:
+                self.gen[current[k]] += 1
+            self.stats["keys made uncertain"] += 1
+
+    def forget(self, k):
+        """The model no longer knows key `k`."""
+        self.model.data.pop(k, None)
+
+    def due_retired(self, force):
+        """The retired keys that have rested SETTLE seconds (all of them
+        when `force`), sorted, once they have, with a connection to read
+        them back on."""
+        due = sorted(k for k, (_, _, it) in self.retired.items() if force or it + 3 <= self.iteration)
+        if not due:
+            return due
+        wait = max(self.retired[k][1] for k in due) + SETTLE - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        if self.conn is None:
+            self.connect()
+        return due

@@ -19,7 +19,6 @@ states, read back later and checked. A noreply command is known to have
 run when a later command on the same server was answered.
 """
 
-import random
 import socket
 import time
 
@@ -28,7 +27,6 @@ import wire
 from common import Failure, show_bytes, show_value
 
 SLOTS = 40
-SETTLE = 2.0
 U64 = 1 << 64
 WHITESPACE = b" \t\n\v\f\r"
 
@@ -219,20 +217,10 @@ def show_state(st):
     return f"flags {st[0]} value " + " or ".join(show_bytes(v) for v in st[1])
 
 
-class McWorker:
+class McWorker(common.Worker):
     def __init__(self, ctx, wid):
-        self.ctx = ctx
-        self.wid = wid
-        self.who = f"memcached-{wid}"
-        self.rng = random.Random(f"{ctx.seed}:memcached:{wid}")
-        self.model = Model()
-        self.gen = [0] * SLOTS
-        self.retired = {}
-        self.stats = common.Stats()
-        self.conn = None
-        self.iteration = 0
-        self.pipeline_no = 0
-        self.last = ("", None, None)  # label, request bytes, connection of the last exchange
+        super().__init__(ctx, wid, "memcached", Model(), SLOTS, port=11211, client="a memcached client",
+                         stopped="the memcached port stopped answering")
 
     def key(self, slot):
         base = b"m%d:%d.%d" % (self.wid, slot, self.gen[slot])
@@ -250,24 +238,14 @@ class McWorker:
         rng = self.rng
         if budget[0] <= 0:
             return rng.randbytes(rng.randint(0, 32))
-        r = rng.random()
-        if r < 0.4:
-            n = rng.randint(0, 32)
-        elif r < 0.62:
-            n = rng.randint(33, 1024)
-        elif r < 0.85:
-            edges = self.ctx.edges + [128 * 1024, 256 * 1024, 512 * 1024, 1000 * 1000]
-            n = common.edge_size(rng, edges, 1000 * 1000, overhead=40)
-        elif r < 0.95:
-            n = rng.randint(1025, 64 * 1024)
-        else:
-            n = rng.randint(64 * 1024, 1000 * 1000)
+        edges = self.ctx.edges + [128 * 1024, 256 * 1024, 512 * 1024, 1000 * 1000]
+        n = common.draw(rng, [(0.4, (0, 32)), (0.62, (33, 1024)),
+                              (0.85, lambda: common.edge_size(rng, edges, 1000 * 1000, overhead=40)),
+                              (0.95, (1025, 64 * 1024)), (1, (64 * 1024, 1000 * 1000))])
         if n > 256 * 1024 and self.model_bytes() > 24 << 20:
             n = rng.randint(0, 4096)  # keep the backends far from evicting
         budget[0] -= n
-        if rng.random() < 0.2:
-            return (b"%d-" % n + b"0123456789" * (n // 10 + 1))[:n]
-        return rng.randbytes(n)
+        return common.value_bytes(rng, n, b"0123456789")
 
     def model_bytes(self):
         return sum(max(len(v) for v in st[1]) for st in self.model.data.values())
@@ -422,20 +400,10 @@ class McWorker:
     # ------------------------------------------------------ connection
 
     def connect(self):
-        self.close()
-        self.conn = common.connect(self.ctx.host, 11211, "a memcached client", bool(self.ctx.args.dump_dir))
+        self.connect_plain()
         self.stats["connections"] += 1
 
-    def close(self, rst=False):
-        if self.conn is not None:
-            self.conn.close(rst)
-            self.conn = None
-
     def send(self, ops, plan, label, closing_ok=False):
-        conn = self.conn
-        if conn.leftover():
-            raise Failure(f"{conn.leftover()} bytes arrived that no request asked for, before {label}: "
-                          + show_bytes(bytes(conn.buf[conn.pos:])))
         encoded = [op.wire() for op in ops]
         payload = b"".join(encoded)
         replying = [op for op in ops if op.kind != wire.NONE]
@@ -449,25 +417,12 @@ class McWorker:
 
         if plan is None:
             plan = wire.Plan()
-        self.last = (label, payload, conn)
-        try:
-            replies = wire.exchange(conn, payload, parse, len(replying), plan,
-                                    self.ctx.args.stuck_timeout, self.stats)
-        except wire.Stuck as e:
-            i = len(e.replies)
-            what = replying[i].show() if i < len(replying) else "?"
-            raise Failure(f"the proxy stopped answering: {e} in {label} "
-                          f"(behaviours: {', '.join(plan.behaviours) or 'normal'}); "
-                          f"waiting for the reply to {what}", e.since) from None
-        except wire.Closed as e:
-            if closing_ok:
-                return replying, e.replies, payload
-            i = len(e.replies)
-            what = replying[i].show() if i < len(replying) else "?"
-            raise Failure(f"{e} in {label} (behaviours: {', '.join(plan.behaviours) or 'normal'}); "
-                          f"waiting for the reply to {what}") from None
-        except wire.ProtocolError as e:
-            raise Failure(f"unparsable reply in {label}: {e}") from None
+
+        def waiting_for(i):
+            return replying[i].show() if i < len(replying) else "?"
+
+        replies = self.exchange(self.conn, payload, parse, len(replying), plan, label, waiting_for,
+                                closing_ok)
         return replying, replies, payload
 
     def check_replies(self, label, replying, replies):
@@ -488,37 +443,20 @@ class McWorker:
 
     # ------------------------------------------------------- scenarios
 
-    def run(self):
-        ctx = self.ctx
-        try:
-            while ctx.running():
-                self.iteration += 1
-                self.settle_retired(force=False)
-                r = self.rng.random()
-                if r < 0.012:
-                    self.garbage()
-                elif r < 0.03:
-                    self.pymemcache_batch()
-                elif r < 0.03 + ctx.args.mc_long_share:
-                    self.long_multiget()
-                else:
-                    self.pipeline()
-        except Failure as e:
-            note = common.dump(ctx, self.who, self.last[0], self.last[1], self.last[2])
-            ctx.fail(self.who, f"{e}\n    (seed {ctx.seed}, worker {self.who}, "
-                               f"iteration {self.iteration}){note}", e.since)
-        except Exception as e:  # noqa: BLE001
-            common.harness_error(self.who, ctx, e)
-        finally:
-            self.close()
+    def scenario(self, r):
+        if r < 0.012:
+            self.garbage(b"set " + self.miss_key(1) + b" 0 0 10\r\n")
+        elif r < 0.03:
+            self.pymemcache_batch()
+        elif r < 0.03 + self.ctx.args.mc_long_share:
+            self.long_multiget()
+        else:
+            self.pipeline()
 
     def pipeline(self):
         rng = self.rng
-        if self.conn is None or rng.random() < 0.03:
-            self.connect()
-        r = rng.random()
-        n = rng.randint(1, 6) if r < 0.45 else rng.randint(7, 40) if r < 0.8 else rng.randint(41, 160)
-        budget = [rng.choice((256 * 1024, 512 * 1024, 2 << 20, 4 << 20))]
+        n, budget = self.start_pipeline([(0.45, (1, 6)), (0.8, (7, 40)), (1, (41, 160))],
+                                        (256 * 1024, 512 * 1024, 2 << 20, 4 << 20))
         reply_budget = [4 << 20]
         ops = []
         history = {}
@@ -537,10 +475,7 @@ class McWorker:
         self.pipeline_no += 1
         self.stats["memcached pipelines"] += 1
         encoded = [op.wire() for op in ops]
-        starts, at = [], 0
-        for e in encoded:
-            starts.append(at)
-            at += len(e)
+        starts, at = common.offsets(encoded)
         replying_count = sum(1 for op in ops if op.kind != wire.NONE)
         plan = common.make_plan(rng, at, starts, [len(e) for e in encoded], replying_count, self.stats)
         if replying_count == 0 and plan.vanish_after is not None:
@@ -555,7 +490,7 @@ class McWorker:
             acked = self.acked_ops(ops, plan.vanish_after)
         else:
             acked = set()
-        self.retire(ops, acked, history)
+        self.retire(history, lambda i: i in acked)
         if plan.half_close:
             self.stats["half-close: replies " + ("complete" if len(replies) == len(replying)
                                                  else "cut short")] += 1
@@ -585,38 +520,14 @@ class McWorker:
                 acked.add(i)
         return acked
 
-    def retire(self, ops, acked, history):
-        now = time.monotonic()
-        current = {self.key(slot): slot for slot in range(SLOTS)}
-        for k, entries in history.items():
-            unknown = [(i, st) for i, st in entries[1:] if i not in acked]
-            if not unknown:
-                continue
-            # Per key, commands run in order: the state is the one after
-            # the last command known to have run, or after a later one.
-            first_unknown = unknown[0][0]
-            known = [st for i, st in entries if i < first_unknown]
-            cands = [known[-1]] + [st for i, st in entries if i >= first_unknown]
-            uniq = []
-            for c in cands:
-                if c not in uniq:
-                    uniq.append(c)
-            self.retired[k] = (uniq, now, self.iteration)
-            self.model.data.pop(k, None)
-            self.model.cas.pop(k, None)
-            if k in current:
-                self.gen[current[k]] += 1
-            self.stats["keys made uncertain"] += 1
+    def forget(self, k):
+        super().forget(k)
+        self.model.cas.pop(k, None)
 
     def settle_retired(self, force):
-        due = sorted(k for k, (_, _, it) in self.retired.items() if force or it + 3 <= self.iteration)
+        due = self.due_retired(force)
         if not due:
             return
-        wait = max(self.retired[k][1] for k in due) + SETTLE - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        if self.conn is None:
-            self.connect()
         ops = [Op("get", b"get " + k, None, wire.RETRIEVAL, None) for k in due]
         replying, replies, _ = self.send(ops, None, f"read-back of {len(due)} uncertain keys")
         for k, got in zip(due, replies):
@@ -674,23 +585,11 @@ class McWorker:
             if self.conn is not None and self.conn.closed:
                 self.conn = None
 
-    def garbage(self):
-        rng = self.rng
-        data = rng.randbytes(64 * 1024)
-        if rng.random() < 0.3:
-            data = b"set " + self.miss_key(1) + b" 0 0 10\r\n" + data
-        closed = common.send_garbage(self.ctx.host, 11211, data)
-        self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
-        c = common.connect(self.ctx.host, 11211, "a memcached client", bool(self.ctx.args.dump_dir))
-        try:
-            replies = wire.exchange(c, b"version\r\n", lambda b, p: wire.parse_mc(b, p, wire.LINE), 1,
-                                    wire.Plan(), self.ctx.args.stuck_timeout)
-            if not replies[0].startswith("VERSION"):
-                raise Failure(f"version after protocol garbage answered {replies[0]!r}")
-        except (wire.Stuck, wire.Closed) as e:
-            raise Failure(f"the memcached port stopped answering after protocol garbage: {e}") from None
-        finally:
-            c.close()
+    def probe_after_garbage(self, c):
+        replies = wire.exchange(c, b"version\r\n", lambda b, p: wire.parse_mc(b, p, wire.LINE), 1,
+                                wire.Plan(), self.ctx.args.stuck_timeout)
+        if not replies[0].startswith("VERSION"):
+            raise Failure(f"version after protocol garbage answered {replies[0]!r}")
 
     def pymemcache_batch(self):
         """pymemcache as applications use it: set_many, get_many, gets/cas,
@@ -752,8 +651,5 @@ class McWorker:
         self.stats["memcached ops checked"] += checked
         self.stats["scenario: pymemcache batch"] += 1
 
-    def finish(self):
-        if self.retired:
-            self.connect()
-            self.settle_retired(force=True)
-            self.close()
+    def connect_for_read_back(self):
+        self.connect()

@@ -16,7 +16,6 @@ back once the proxy has had time to settle, checked against the
 candidates, then overwritten or kept as known.
 """
 
-import random
 import time
 
 import common
@@ -29,7 +28,6 @@ WRONGTYPE = ("err", "WRONGTYPE")
 ERR = ("err", "ERR")
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-SETTLE = 2.0  # seconds a retired key rests before it is read back
 
 
 def string2ll(v):
@@ -160,35 +158,39 @@ class Model:
             return None, WRONGTYPE
         return st[1], None
 
-    def HSET(self, k, *fv):
+    def _change_hash(self, k, change):
+        """Applies `change` to a copy of hash `k` (states are never changed
+        in place); the reply is the count `change` returns."""
         h, err = self._typed(k, "h", {})
         if err:
             return err
         h = dict(h)
-        added = 0
-        for i in range(0, len(fv), 2):
-            if fv[i] not in h:
-                added += 1
-            h[fv[i]] = fv[i + 1]
+        n = change(h)
         self.put(k, ("h", h))
-        return ("int", added)
+        return ("int", n)
+
+    def HSET(self, k, *fv):
+        def set_fields(h):
+            added = 0
+            for i in range(0, len(fv), 2):
+                added += fv[i] not in h
+                h[fv[i]] = fv[i + 1]
+            return added
+        return self._change_hash(k, set_fields)
 
     def HGET(self, k, f):
         h, err = self._typed(k, "h", {})
         return err or ("bulk", h.get(f))
 
     def HDEL(self, k, *fields):
-        h, err = self._typed(k, "h", {})
-        if err:
-            return err
-        h = dict(h)
-        n = 0
-        for f in fields:
-            if f in h:
-                del h[f]
-                n += 1
-        self.put(k, ("h", h))
-        return ("int", n)
+        def delete_fields(h):
+            deleted = 0
+            for f in fields:
+                if f in h:
+                    del h[f]
+                    deleted += 1
+            return deleted
+        return self._change_hash(k, delete_fields)
 
     def HGETALL(self, k):
         h, err = self._typed(k, "h", {})
@@ -385,20 +387,10 @@ class Op:
         self.pre = pre  # their states before it
 
 
-class RedisWorker:
+class RedisWorker(common.Worker):
     def __init__(self, ctx, wid):
-        self.ctx = ctx
-        self.wid = wid
-        self.who = f"redis-{wid}"
-        self.rng = random.Random(f"{ctx.seed}:redis:{wid}")
-        self.model = Model()
-        self.gen = [0] * SLOTS
-        self.retired = {}  # key -> (candidate states, retired at, iteration)
-        self.stats = common.Stats()
-        self.conn = None
-        self.iteration = 0
-        self.pipeline_no = 0
-        self.last = ("", None, None)  # label, request bytes, connection of the last exchange
+        super().__init__(ctx, wid, "redis", Model(), SLOTS, port=6379, client="a Redis client",
+                         stopped="the proxy stopped answering")
         self.fans = 0  # fan-out connections so far (each has a key of its own)
         self.history = []  # (key, at) of retirements, for the report
 
@@ -429,23 +421,12 @@ class RedisWorker:
             n = rng.randint(100 * 1024, 1 << 20)  # now and then, far past every buffer
             budget[0] -= n
             return rng.randbytes(n)
-        r = rng.random()
-        if r < 0.3:
-            n = rng.randint(0, 16)
-        elif r < 0.5:
-            n = rng.randint(17, 512)
-        elif r < 0.6:
-            n = rng.randint(513, 4096)
-        elif r < 0.87:
-            n = common.edge_size(rng, self.ctx.edges, 64 * 1024 + 3, overhead)
-        elif r < 0.97:
-            n = rng.randint(4097, 64 * 1024)
-        else:
-            n = rng.choice((0, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1))
+        n = common.draw(rng, [(0.3, (0, 16)), (0.5, (17, 512)), (0.6, (513, 4096)),
+                              (0.87, lambda: common.edge_size(rng, self.ctx.edges, 64 * 1024 + 3, overhead)),
+                              (0.97, (4097, 64 * 1024)),
+                              (1, lambda: rng.choice((0, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1)))])
         budget[0] -= n
-        if rng.random() < 0.2:
-            return (b"%d-" % n + b"abcdefghij" * (n // 10 + 1))[:n]
-        return rng.randbytes(n)
+        return common.value_bytes(rng, n, b"abcdefghij")
 
     def small(self):
         rng = self.rng
@@ -571,19 +552,13 @@ class RedisWorker:
     # ------------------------------------------------------ connection
 
     def connect(self):
-        self.close()
-        self.conn = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
+        self.connect_plain()
         self.stats["connections"] += 1
         if self.rng.random() < 0.15:
             # RESP3 from the first command on.
             self.roundtrip([[b"HELLO", b"3"]], [("hello",)], wire.Plan(), "HELLO 3")
             self.conn.resp3 = True
             self.stats["resp3 connections"] += 1
-
-    def close(self, rst=False):
-        if self.conn is not None:
-            self.conn.close(rst)
-            self.conn = None
 
     def roundtrip(self, commands, expected, plan, label):
         payload = b"".join(wire.encode_command(c) for c in commands)
@@ -595,29 +570,11 @@ class RedisWorker:
         return replies
 
     def send(self, payload, n, plan, label, commands, closing_ok=False, conn=None):
-        conn = conn or self.conn
-        if conn.leftover():
-            raise Failure(f"{conn.leftover()} bytes arrived that no request asked for, before {label}: "
-                          + common.show_bytes(bytes(conn.buf[conn.pos:])))
-        self.last = (label, payload, conn)
-        try:
-            return wire.exchange(conn, payload, lambda b, p: wire.parse_resp(b, p), n, plan,
-                                 self.ctx.args.stuck_timeout, self.stats)
-        except wire.Stuck as e:
-            i = len(e.replies)
-            what = show_args(commands[i]) if i < len(commands) else "?"
-            raise Failure(f"the proxy stopped answering: {e} in {label} "
-                          f"(behaviours: {', '.join(plan.behaviours) or 'normal'}); "
-                          f"waiting for the reply to command #{i}: {what}", e.since) from None
-        except wire.Closed as e:
-            if closing_ok:
-                return e.replies
-            i = len(e.replies)
-            what = show_args(commands[i]) if i < len(commands) else "?"
-            raise Failure(f"{e} in {label} (behaviours: {', '.join(plan.behaviours) or 'normal'}); "
-                          f"waiting for the reply to command #{i}: {what}") from None
-        except wire.ProtocolError as e:
-            raise Failure(f"unparsable reply in {label}: {e}") from None
+        def waiting_for(i):
+            return f"command #{i}: {show_args(commands[i]) if i < len(commands) else '?'}"
+
+        return self.exchange(conn or self.conn, payload, lambda b, p: wire.parse_resp(b, p), n, plan,
+                             label, waiting_for, closing_ok)
 
     def mismatch(self, label, i, n, args, expected, got, why):
         raise Failure(
@@ -626,44 +583,26 @@ class RedisWorker:
 
     # ------------------------------------------------------ scenarios
 
-    def run(self):
-        ctx = self.ctx
-        try:
-            while ctx.running():
-                self.iteration += 1
-                self.settle_retired(force=False)
-                r = self.rng.random()
-                if r < 0.015:
-                    self.ping_flood()
-                elif r < 0.027:
-                    self.garbage()
-                elif r < 0.045:
-                    self.redis_py_batch()
-                elif r < 0.06:
-                    self.pipeline(deep=True)
-                elif r < 0.072:
-                    self.fan_out()
-                else:
-                    self.pipeline()
-            self.close()
-        except Failure as e:
-            note = common.dump(ctx, self.who, self.last[0], self.last[1], self.last[2])
-            ctx.fail(self.who, f"{e}\n    (seed {ctx.seed}, worker {self.who}, "
-                               f"iteration {self.iteration}){note}", e.since)
-        except Exception as e:  # noqa: BLE001 - any surprise is reported
-            common.harness_error(self.who, ctx, e)
-        finally:
-            self.close()
+    def scenario(self, r):
+        if r < 0.015:
+            self.ping_flood()
+        elif r < 0.027:
+            self.garbage(b"*3\r\n$3\r\nSET\r\n")
+        elif r < 0.045:
+            self.redis_py_batch()
+        elif r < 0.06:
+            self.pipeline(deep=True)
+        elif r < 0.072:
+            self.fan_out()
+        else:
+            self.pipeline()
 
     def pipeline(self, deep=False):
         """One pipeline: 1 to 256 commands; or, `deep`, 1,500 to 3,000
         small ones, past the proxy's max_pipeline (1,024 in flight)."""
         rng = self.rng
-        if self.conn is None or rng.random() < 0.03:
-            self.connect()
-        r = rng.random()
-        n = rng.randint(1, 8) if r < 0.4 else rng.randint(9, 64) if r < 0.7 else rng.randint(65, 256)
-        budget = [rng.choice((256 * 1024, 256 * 1024, 1 << 20, 3 << 20))]
+        n, budget = self.start_pipeline([(0.4, (1, 8)), (0.7, (9, 64)), (1, (65, 256))],
+                                        (256 * 1024, 256 * 1024, 1 << 20, 3 << 20))
         if deep:
             n = rng.randint(1500, 3000)
             budget = [0]  # values of 0 to 32 bytes
@@ -692,10 +631,7 @@ class RedisWorker:
                 self.stats["inline commands"] += 1
             else:
                 encoded.append(wire.encode_command(op.args))
-        starts, at = [], 0
-        for e in encoded:
-            starts.append(at)
-            at += len(e)
+        starts, _ = common.offsets(encoded)
         payload = b"".join(encoded)
         plan = common.make_plan(rng, len(payload), starts, [len(e) for e in encoded], len(ops),
                                 self.stats)
@@ -715,7 +651,7 @@ class RedisWorker:
             acked = plan.vanish_after
         else:
             acked = 0  # mid-send or half-close: conservatively, none is known to have run
-        self.retire(acked, history)
+        self.retire(history, lambda i: i < acked)
         if plan.half_close:
             complete = len(replies) == len(ops)
             self.stats["half-close: replies " + ("complete" if complete else "cut short")] += 1
@@ -729,39 +665,12 @@ class RedisWorker:
         self.close(rst=plan.vanish_rst)
         self.stats["vanishes"] += 1
 
-    def retire(self, acked, history):
-        """Keys written by commands from `acked` on: their state is one of
-        the states those commands left, in order, or the one before them."""
-        now = time.monotonic()
-        current = {self.key(slot): slot for slot in range(SLOTS)}
-        for k, entries in history.items():
-            if not any(i >= acked for i, _ in entries[1:]):
-                continue
-            known = [st for i, st in entries if i < acked]
-            cands = [known[-1]] + [st for i, st in entries if i >= acked]
-            uniq = []
-            for c in cands:
-                if c not in uniq:
-                    uniq.append(c)
-            self.retired[k] = (uniq, now, self.iteration)
-            self.model.data.pop(k, None)
-            if k in current:
-                self.gen[current[k]] += 1
-            self.stats["keys made uncertain"] += 1
-
     def settle_retired(self, force):
         """Reads back retired keys that have rested SETTLE seconds (all of
         them when `force`): each must be in one of its candidate states."""
-        due = [k for k, (_, _, it) in self.retired.items() if force or it + 3 <= self.iteration]
+        due = self.due_retired(force)
         if not due:
             return
-        due.sort()
-        oldest = max(self.retired[k][1] for k in due)
-        wait = oldest + SETTLE - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        if self.conn is None:
-            self.connect()
         commands = []
         for k in due:
             commands += probe_commands(k)
@@ -827,7 +736,7 @@ class RedisWorker:
                     conn.close(rst=True)
             for conn, ops, vanish, history in conns:
                 if vanish:
-                    self.retire(0, history)
+                    self.retire(history, lambda i: False)
                     continue
                 plan = wire.Plan()
                 replies = self.send(conn.pending, len(ops), plan, f"fan-out connection ({count} open)",
@@ -855,26 +764,11 @@ class RedisWorker:
         self.stats["redis ops checked"] += 4681
         self.stats["scenario: 4,681-PING pipeline"] += 1
 
-    def garbage(self):
-        """64 KiB of random bytes on a separate short-lived connection: an
-        error or a close is fine, a wedge is not."""
-        rng = self.rng
-        data = rng.randbytes(64 * 1024)
-        if rng.random() < 0.3:
-            data = b"*3\r\n$3\r\nSET\r\n" + data  # a request that goes wrong midway
-        closed = common.send_garbage(self.ctx.host, 6379, data)
-        self.stats["scenario: protocol garbage" + (" (closed)" if closed else " (left open)")] += 1
-        # The proxy must still answer.
-        c = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
-        try:
-            replies = wire.exchange(c, wire.encode_command([b"PING"]), wire.parse_resp, 1, wire.Plan(),
-                                    self.ctx.args.stuck_timeout)
-            if replies != ["PONG"]:
-                raise Failure(f"PING after protocol garbage answered {show_value(replies)}")
-        except (wire.Stuck, wire.Closed) as e:
-            raise Failure(f"the proxy stopped answering after protocol garbage: {e}") from None
-        finally:
-            c.close()
+    def probe_after_garbage(self, c):
+        replies = wire.exchange(c, wire.encode_command([b"PING"]), wire.parse_resp, 1, wire.Plan(),
+                                self.ctx.args.stuck_timeout)
+        if replies != ["PONG"]:
+            raise Failure(f"PING after protocol garbage answered {show_value(replies)}")
 
     def redis_py_batch(self):
         """redis-py's pipeline(transaction=False), as applications use it:
@@ -923,15 +817,6 @@ class RedisWorker:
         self.stats["redis ops checked"] += len(ops)
         self.stats["scenario: redis-py pipeline"] += 1
 
-    # ------------------------------------------------------ final state
-
-    def finish(self):
-        """After the run: reads back every key still uncertain."""
-        if self.retired:
-            self.connect_plain()
-            self.settle_retired(force=True)
-            self.close()
-
-    def connect_plain(self):
-        self.close()
-        self.conn = common.connect(self.ctx.host, 6379, "a Redis client", bool(self.ctx.args.dump_dir))
+    def connect_for_read_back(self):
+        # Plain RESP2, whatever the run chose for its connections.
+        self.connect_plain()

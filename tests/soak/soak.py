@@ -256,31 +256,27 @@ class Appliance:
 
     def config_text(self):
         a = self.args
-        redis = ", ".join(f'"{KERNEL_IP}:{p}:1"' for p in REDIS_PORTS)
-        mc = ", ".join(f'"{KERNEL_IP}:{p}:1"' for p in MC_PORTS)
-        return f"""# Written by tests/soak/soak.py for one run.
+
+        def pool(name, port, protocol, hash_name, tag, servers):
+            servers = ", ".join(f'"{KERNEL_IP}:{p}:1"' for p in servers)
+            tag_line = f'hash_tag = "{tag}"\n' if tag else ""
+            return f"""
+[pools.{name}]
+listen = "0.0.0.0:{port}"
+protocol = "{protocol}"
+hash = "{hash_name}"
+distribution = "ketama"
+{tag_line}timeout_ms = {a.timeout_ms}
+server_connections = {a.server_connections}
+servers = [{servers}]
+"""
+
+        return (f"""# Written by tests/soak/soak.py for one run.
 [limits]
 max_pipeline = {a.max_pipeline}
-
-[pools.cache]
-listen = "0.0.0.0:6379"
-protocol = "redis"
-hash = "{a.redis_hash}"
-distribution = "ketama"
-hash_tag = "{{}}"
-timeout_ms = {a.timeout_ms}
-server_connections = {a.server_connections}
-servers = [{redis}]
-
-[pools.sessions]
-listen = "0.0.0.0:11211"
-protocol = "memcache"
-hash = "{a.mc_hash}"
-distribution = "ketama"
-timeout_ms = {a.timeout_ms}
-server_connections = {a.server_connections}
-servers = [{mc}]
 """
+                + pool("cache", 6379, "redis", a.redis_hash, "{}", REDIS_PORTS)
+                + pool("sessions", 11211, "memcache", a.mc_hash, None, MC_PORTS))
 
     def child_dataplane(self):
         if not self.control:
@@ -312,32 +308,27 @@ servers = [{mc}]
         except ValueError:
             return None
 
-    def ping(self, timeout=3.0):
+    def answers(self, port, request, parse, good, timeout):
+        """Whether the proxy gives `request` on `port` a reply that `good`
+        accepts, within `timeout`."""
         try:
-            c = wire.Conn(self.args.proxy_host, 6379, connect_timeout=timeout)
+            c = wire.Conn(self.args.proxy_host, port, connect_timeout=timeout)
         except OSError:
             return False
         try:
-            return wire.exchange(c, wire.encode_command([b"PING"]), wire.parse_resp, 1, wire.Plan(),
-                                 timeout) == ["PONG"]
+            return good(wire.exchange(c, request, parse, 1, wire.Plan(), timeout))
         except (wire.Stuck, wire.Closed, wire.ProtocolError):
             return False
         finally:
             c.close(rst=True)
 
+    def ping(self, timeout=3.0):
+        return self.answers(6379, wire.encode_command([b"PING"]), wire.parse_resp,
+                            lambda replies: replies == ["PONG"], timeout)
+
     def mc_version(self, timeout=3.0):
-        try:
-            c = wire.Conn(self.args.proxy_host, 11211, connect_timeout=timeout)
-        except OSError:
-            return False
-        try:
-            r = wire.exchange(c, b"version\r\n", lambda b, p: wire.parse_mc(b, p, wire.LINE), 1,
-                              wire.Plan(), timeout)
-            return r[0].startswith("VERSION")
-        except (wire.Stuck, wire.Closed, wire.ProtocolError):
-            return False
-        finally:
-            c.close(rst=True)
+        return self.answers(11211, b"version\r\n", lambda b, p: wire.parse_mc(b, p, wire.LINE),
+                            lambda replies: replies[0].startswith("VERSION"), timeout)
 
     def dataplane_cpu(self, seconds=1.0):
         pid = self.dataplane_pid
@@ -432,11 +423,7 @@ class Verifier:
         self.checked = 0
 
     def redis(self):
-        model = {}
-        for w in self.rw:
-            for k in w.retired:
-                raise common.Failure(f"{w.who}: key {common.show_bytes(k)} still uncertain at the end")
-            model.update(w.model.data)
+        model = final_model(self.rw)
         table = self.ctx.redis_table
         held = {}
         for i, port in enumerate(REDIS_PORTS):
@@ -453,13 +440,7 @@ class Verifier:
                         break
                 held[i] = keys
                 for k in keys:
-                    if not re.match(rb"^r\d+:", k):
-                        raise common.Failure(f"redis {KERNEL_IP}:{port} holds {common.show_bytes(k)}, "
-                                             "which no worker wrote")
-                    if k not in model:
-                        raise common.Failure(
-                            f"redis {KERNEL_IP}:{port} holds {common.show_bytes(k)}, which the model says "
-                            "is absent (deleted, or never written)")
+                    check_written(k, f"redis {KERNEL_IP}:{port}", rb"^r\d+:", model, "deleted, or never written")
                     want = table.server_for(k)
                     if want != i:
                         raise common.Failure(
@@ -489,11 +470,7 @@ class Verifier:
         return len(model)
 
     def memcached(self):
-        model = {}
-        for w in self.mw:
-            for k in w.retired:
-                raise common.Failure(f"{w.who}: key {common.show_bytes(k)} still uncertain at the end")
-            model.update(w.model.data)
+        model = final_model(self.mw)
         table = self.ctx.mc_table
         conns = [wire.Conn(KERNEL_IP, port) for port in MC_PORTS]
         try:
@@ -527,19 +504,33 @@ class Verifier:
                     for k in chunk:
                         if k not in found:
                             continue  # gone since the listing
-                        if not re.match(rb"^m\d+:", k):
-                            raise common.Failure(f"memcached {KERNEL_IP}:{port} holds {common.show_bytes(k)}, "
-                                                 "which no worker wrote")
-                        if k not in model:
-                            raise common.Failure(
-                                f"memcached {KERNEL_IP}:{port} holds {common.show_bytes(k)}, which the model "
-                                "says is absent (deleted, never stored, or refused)")
+                        check_written(k, f"memcached {KERNEL_IP}:{port}", rb"^m\d+:", model,
+                                      "deleted, never stored, or refused")
                         raise common.Failure(f"key {common.show_bytes(k)} is on {KERNEL_IP}:{port}, the router "
                                              f"names {KERNEL_IP}:{MC_PORTS[table.server_for(k)]}")
         finally:
             for c in conns:
                 c.close()
         return len(model)
+
+
+def final_model(workers):
+    """The workers' models together; by the end every key is known."""
+    model = {}
+    for w in workers:
+        for k in w.retired:
+            raise common.Failure(f"{w.who}: key {common.show_bytes(k)} still uncertain at the end")
+        model.update(w.model.data)
+    return model
+
+
+def check_written(k, server, worker_key, model, why_absent):
+    """Key `k`, held by `server`, must be a worker's (match `worker_key`)
+    and in the model (else it should be gone: `why_absent`)."""
+    if not re.match(worker_key, k):
+        raise common.Failure(f"{server} holds {common.show_bytes(k)}, which no worker wrote")
+    if k not in model:
+        raise common.Failure(f"{server} holds {common.show_bytes(k)}, which the model says is absent ({why_absent})")
 
 
 def mc_get(conn, keys):
