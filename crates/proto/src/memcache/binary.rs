@@ -36,14 +36,15 @@ pub const STATUS_UNKNOWN_COMMAND: u16 = 0x0081;
 /// Response status: the command is known but not supported.
 pub const STATUS_NOT_SUPPORTED: u16 = 0x0083;
 
+/// Where each field is; a field is as wide as its accessor's type.
 mod field {
     use std::ops::Range;
 
-    pub const MAGIC: usize = 0;
-    pub const OPCODE: usize = 1;
+    pub const MAGIC: Range<usize> = 0..1;
+    pub const OPCODE: Range<usize> = 1..2;
     pub const KEY_LENGTH: Range<usize> = 2..4;
-    pub const EXTRAS_LENGTH: usize = 4;
-    pub const DATA_TYPE: usize = 5;
+    pub const EXTRAS_LENGTH: Range<usize> = 4..5;
+    pub const DATA_TYPE: Range<usize> = 5..6;
     /// vbucket id in a request, status in a response.
     pub const STATUS: Range<usize> = 6..8;
     pub const BODY_LENGTH: Range<usize> = 8..12;
@@ -57,6 +58,18 @@ pub enum Error {
     /// Fewer than [`HEADER_LEN`] bytes.
     #[error("binary header truncated")]
     Truncated,
+}
+
+/// An accessor per header field: `name: type = field::RANGE;`.
+macro_rules! header_fields {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $at:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> $ty {
+                self.number(field::$at) as $ty
+            }
+        )*
+    };
 }
 
 /// A binary protocol header over `buffer`. Once [`Header::new_checked`]
@@ -88,54 +101,26 @@ impl<T: AsRef<[u8]>> Header<T> {
         }
     }
 
-    fn u16_at(&self, at: std::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[at];
-        u16::from_be_bytes([b[0], b[1]])
+    /// The big-endian number in bytes `at`.
+    fn number(&self, at: std::ops::Range<usize>) -> u64 {
+        self.buffer.as_ref()[at]
+            .iter()
+            .fold(0, |n, &b| n << 8 | u64::from(b))
     }
 
-    fn u32_at(&self, at: std::ops::Range<usize>) -> u32 {
-        let b = &self.buffer.as_ref()[at];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    pub fn magic(&self) -> u8 {
-        self.buffer.as_ref()[field::MAGIC]
-    }
-
-    pub fn opcode(&self) -> u8 {
-        self.buffer.as_ref()[field::OPCODE]
-    }
-
-    pub fn key_length(&self) -> u16 {
-        self.u16_at(field::KEY_LENGTH)
-    }
-
-    pub fn extras_length(&self) -> u8 {
-        self.buffer.as_ref()[field::EXTRAS_LENGTH]
-    }
-
-    pub fn data_type(&self) -> u8 {
-        self.buffer.as_ref()[field::DATA_TYPE]
-    }
-
-    /// The status of a response (a request's vbucket id).
-    pub fn status(&self) -> u16 {
-        self.u16_at(field::STATUS)
-    }
-
-    /// Bytes after the header: extras, key and value.
-    pub fn body_length(&self) -> u32 {
-        self.u32_at(field::BODY_LENGTH)
-    }
-
-    /// Copied from request to response, for the client to match them.
-    pub fn opaque(&self) -> u32 {
-        self.u32_at(field::OPAQUE)
-    }
-
-    pub fn cas(&self) -> u64 {
-        let b = &self.buffer.as_ref()[field::CAS];
-        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    header_fields! {
+        magic: u8 = MAGIC;
+        opcode: u8 = OPCODE;
+        key_length: u16 = KEY_LENGTH;
+        extras_length: u8 = EXTRAS_LENGTH;
+        data_type: u8 = DATA_TYPE;
+        /// The status of a response (a request's vbucket id).
+        status: u16 = STATUS;
+        /// Bytes after the header: extras, key and value.
+        body_length: u32 = BODY_LENGTH;
+        /// Copied from request to response, for the client to match them.
+        opaque: u32 = OPAQUE;
+        cas: u64 = CAS;
     }
 }
 
@@ -162,8 +147,8 @@ impl ErrorRepr<'_> {
         let start = out.len();
         out.resize(start + HEADER_LEN, 0);
         let header = &mut out[start..];
-        header[field::MAGIC] = RESPONSE_MAGIC;
-        header[field::OPCODE] = self.opcode;
+        header[field::MAGIC].copy_from_slice(&[RESPONSE_MAGIC]);
+        header[field::OPCODE].copy_from_slice(&[self.opcode]);
         // Key length, extras length and data type stay zero, and so does
         // the cas.
         header[field::STATUS].copy_from_slice(&self.status.to_be_bytes());
