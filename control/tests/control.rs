@@ -144,23 +144,27 @@ struct Appliance {
     region: String,
     /// ferrox-control's command line.
     args: Vec<String>,
+    /// `redis-server`s on the kernel side, by port; stopped after the
+    /// namespace is removed, as fields drop in order.
+    backends: Vec<(u16, Process)>,
 }
 
 impl Appliance {
     /// Starts ferrox-control on a configuration of one pool over
     /// `servers`, with `control_args`, and `dataplane_args` for the
     /// dataplane; returns once the proxy answers and every core publishes.
-    /// `start_backends` runs once the namespace exists.
+    /// A `redis-server` is started on each of `backends` once the namespace
+    /// exists.
     fn start(
         tag: &str,
         servers: &[u16],
+        backends: &[u16],
         control_args: &[&str],
         dataplane_args: &[&str],
-        start_backends: impl FnOnce(&Netns),
     ) -> Appliance {
         let ns = Netns::new(tag);
         ns.add_veth();
-        start_backends(&ns);
+        let backends = backends.iter().map(|&p| (p, backend(&ns, p))).collect();
         let dir = std::env::temp_dir().join(format!("fxc-{}{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("ferrox.toml");
@@ -201,6 +205,7 @@ impl Appliance {
             socket,
             region,
             args,
+            backends,
         };
         appliance.spawn_control();
         appliance.wait_ready();
@@ -304,13 +309,13 @@ impl Drop for Orphan {
 
 #[test]
 fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
-    let mut backends: Vec<(u16, Process)> = Vec::new();
-    let appliance = Appliance::start("c", &[7001, 7002, 7003], &[], &[], |ns| {
-        backends = [7001, 7002, 7003, 7004]
-            .into_iter()
-            .map(|p| (p, backend(ns, p)))
-            .collect();
-    });
+    let mut appliance = Appliance::start(
+        "c",
+        &[7001, 7002, 7003],
+        &[7001, 7002, 7003, 7004],
+        &[],
+        &[],
+    );
     let ns = &appliance.ns;
     let socket = appliance.socket.as_str();
     let dir = &appliance.dir;
@@ -450,8 +455,12 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    let at = backends.iter().position(|(p, _)| *p == 7003).unwrap();
-    drop(backends.remove(at));
+    let at = appliance
+        .backends
+        .iter()
+        .position(|(p, _)| *p == 7003)
+        .unwrap();
+    drop(appliance.backends.remove(at));
     wait_for("7003 ejected", Duration::from_secs(10), || {
         server_state(socket, 7003) == "ejected"
     });
@@ -475,7 +484,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
             "dead:{i}"
         );
     }
-    backends.push((7003, backend(ns, 7003)));
+    appliance.backends.push((7003, backend(ns, 7003)));
     wait_for("7003 back", Duration::from_secs(10), || {
         server_state(socket, 7003) == "up"
     });
@@ -495,7 +504,6 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     assert_eq!(server_state(socket, 7004), "up");
 
     drop(appliance);
-    drop(backends);
 }
 
 /// Opens argv[2] connections to ferrox at argv[1], PINGs on each, says
@@ -519,13 +527,12 @@ fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
     // A pool for 32 clients (64 buffers), no automatic growth, and little
     // room in the region: the 100 connections below need the memory that
     // `shm resize` adds.
-    let mut backends = Vec::new();
     let appliance = Appliance::start(
         "m",
         &[7001],
+        &[7001],
         &["--shm-mb", "8", "--shm-grow-below", "0"],
         &["--socket-pool-clients", "32"],
-        |ns| backends.push(backend(ns, 7001)),
     );
     let socket = appliance.socket.as_str();
     // Client buffers: one class to receive, one to send (their sizes
@@ -602,7 +609,6 @@ fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
         "{again}"
     );
     drop(appliance);
-    drop(backends);
 }
 
 /// Milliseconds in the watchdog's log line ("no heartbeat for N ms").
@@ -613,10 +619,7 @@ fn silent_ms(log: &str) -> Option<u64> {
 
 #[test]
 fn a_stuck_core_is_found_and_the_dataplane_restarted() {
-    let mut backends = Vec::new();
-    let mut appliance = Appliance::start("s", &[7001], &[], &["--test-hooks"], |ns| {
-        backends.push(backend(ns, 7001))
-    });
+    let mut appliance = Appliance::start("s", &[7001], &[7001], &[], &["--test-hooks"]);
     let socket = appliance.socket.clone();
     assert_eq!(
         cli(&appliance.ns, FERROX_IP, 6379, "SET stall:before 1"),
@@ -712,15 +715,11 @@ fn a_stuck_core_is_found_and_the_dataplane_restarted() {
         stopped.as_secs_f64()
     );
     drop(appliance);
-    drop(backends);
 }
 
 #[test]
 fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaimed() {
-    let mut backends = Vec::new();
-    let mut appliance = Appliance::start("k", &[7001], &[], &[], |ns| {
-        backends.push(backend(ns, 7001))
-    });
+    let mut appliance = Appliance::start("k", &[7001], &[7001], &[], &[]);
     let dataplane = appliance.dataplane_pid();
     let _dataplane = Orphan(dataplane);
     let control = appliance.control().0.id();
@@ -751,16 +750,11 @@ fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaime
     );
     assert_eq!(appliance.status()["dataplane"]["restarts"], 0);
     drop(appliance);
-    drop(backends);
 }
 
 #[test]
 fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
-    let mut backends = Vec::new();
-    let mut appliance = Appliance::start("h", &[7001], &[], &[], |ns| {
-        backends.push(backend(ns, 7001));
-        backends.push(backend(ns, 7002));
-    });
+    let mut appliance = Appliance::start("h", &[7001], &[7001, 7002], &[], &[]);
     let socket = appliance.socket.clone();
     let v0 = appliance.status()["config_version"].as_u64().unwrap();
 
@@ -816,7 +810,6 @@ fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
     let (ok, text) = ctl(&socket, &["debug", "stall-core", "0"]);
     assert!(!ok && text.contains("--test-hooks"), "{text}");
     drop(appliance);
-    drop(backends);
 }
 
 /// Holds argv[1] silent connections and one that sent half a request line
@@ -855,10 +848,7 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixStream;
 
-    let mut backends = Vec::new();
-    let appliance = Appliance::start("q", &[7001], &[], &[], |ns| {
-        backends.push(backend(ns, 7001))
-    });
+    let appliance = Appliance::start("q", &[7001], &[7001], &[], &[]);
 
     // Metrics: ten silent clients and a slow one.
     let out = appliance
@@ -897,5 +887,4 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     );
     drop(silent);
     drop(appliance);
-    drop(backends);
 }
