@@ -23,7 +23,7 @@
 //! beats at least every ~100 ms, and the control process takes a silence of
 //! seconds for a stuck core.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,6 +219,32 @@ pub struct Core<'p, A: CoreService> {
     /// so, the core spins in its loop for ever, ignoring its stop flag and
     /// publishing nothing, as a livelocked core does. `None` in service.
     pub test_stall: Option<TestStall>,
+    /// In-process handover on request (`--handover-on-sigusr2`); `None`
+    /// in service.
+    pub renewal: Option<Renewal<'p, A>>,
+}
+
+/// How a core hands its connections to a fresh stack of its own (the
+/// in-process handover): the requests it follows, and how to build the
+/// successor.
+pub struct Renewal<'a, A: CoreService> {
+    /// Handovers asked for so far; the core runs one whenever this is
+    /// ahead of `done`.
+    pub requested: &'static AtomicU64,
+    pub done: u64,
+    /// The longest wait for requests in flight; then they fail.
+    pub drain_for: Duration,
+    /// Builds generation `n`'s stack (another bank of pool cores,
+    /// another seed).
+    pub build: Box<dyn FnMut(u64) -> anyhow::Result<Stack<A>> + Send + 'a>,
+}
+
+impl<A: CoreService> std::fmt::Debug for Renewal<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A: CoreService> std::fmt::Debug for Core<'_, A> {
@@ -309,6 +335,76 @@ impl<A: CoreService> Core<'_, A> {
         record.beat();
     }
 
+    /// Starts, and finishes, the in-process handover a request asks for:
+    /// the stack drains (no new requests; those in flight finish, for at
+    /// most `drain_for`), then every connection moves to a fresh stack.
+    fn poll_renewal(
+        &mut self,
+        clock: Clock,
+        now: smoltcp::time::Instant,
+        draining: &mut Option<smoltcp::time::Instant>,
+    ) {
+        let Some(renewal) = self.renewal.as_mut() else {
+            return;
+        };
+        if renewal.requested.load(Ordering::Relaxed) <= renewal.done {
+            return;
+        }
+        let since = *draining.get_or_insert_with(|| {
+            self.stack.begin_drain();
+            now
+        });
+        let waited = Duration::from_micros((now - since).total_micros());
+        if !self.stack.drained() && waited < renewal.drain_for {
+            return;
+        }
+        *draining = None;
+        renewal.done += 1;
+        let generation = renewal.done;
+        let fresh = match (renewal.build)(generation) {
+            Ok(stack) => stack,
+            Err(error) => {
+                tracing::error!(core = self.id, %error, "handover: no successor stack; this one goes on");
+                self.stack.end_drain();
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let mut export = crate::net::stack::Export::default();
+        let exported = self.stack.export(clock.now(), &mut self.queue, &mut export);
+        self.queue.flush();
+        drop(std::mem::replace(&mut self.stack, fresh));
+        let now = clock.now();
+        self.stack.app_mut().start(now.total_micros().max(0) as u64);
+        let restored = self.stack.restore(&export, now, &mut self.queue);
+        self.queue.flush();
+        // The event line on stdout, as for reloads: what scripts and
+        // tests wait for.
+        println!(
+            "ferrox-dataplane: handover done core={} generation={generation} exported={} skipped={} servers_reset={} restored={} reset_on_restore={} drain_us={} blackout_us={}",
+            self.id,
+            exported.exported,
+            exported.skipped,
+            exported.servers_reset,
+            restored.restored,
+            restored.reset_on_restore,
+            waited.as_micros(),
+            started.elapsed().as_micros()
+        );
+        tracing::info!(
+            core = self.id,
+            generation,
+            exported = exported.exported,
+            skipped = exported.skipped,
+            servers_reset = exported.servers_reset,
+            restored = restored.restored,
+            reset_on_restore = restored.reset_on_restore,
+            drain_us = waited.as_micros() as u64,
+            blackout_us = started.elapsed().as_micros() as u64,
+            "handover done"
+        );
+    }
+
     /// Runs this core until `stop` is set.
     pub fn run(&mut self, clock: Clock, idle: IdlePolicy, stop: &AtomicBool) {
         let mut rx = RxBurst::<BURST>::default();
@@ -316,6 +412,7 @@ impl<A: CoreService> Core<'_, A> {
         let mut sleep = idle.min_sleep;
         let publish_every = smoltcp::time::Duration::from_micros(PUBLISH_EVERY.as_micros() as u64);
         let mut published = clock.now();
+        let mut draining = None;
         self.stack
             .app_mut()
             .start(published.total_micros().max(0) as u64);
@@ -326,6 +423,7 @@ impl<A: CoreService> Core<'_, A> {
                 self.publish();
                 published = now;
             }
+            self.poll_renewal(clock, now, &mut draining);
             let received = self.queue.rx_burst(&mut rx);
             let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
             for i in 0..received {

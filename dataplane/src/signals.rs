@@ -2,7 +2,7 @@
 //! and the loops read it. Through `signal-hook`, as in the control
 //! process.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 fn flag_for(cell: &'static OnceLock<Arc<AtomicBool>>, signals: &[i32]) -> &'static AtomicBool {
@@ -24,6 +24,23 @@ pub fn stop_on_signals() -> &'static AtomicBool {
         &STOP,
         &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
     )
+}
+
+/// Counts SIGUSR2s in the returned counter: each asks every core for an
+/// in-process handover (the test trigger of `--handover-on-sigusr2`).
+pub fn handovers_on_sigusr2() -> &'static AtomicU64 {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static WATCH: OnceLock<()> = OnceLock::new();
+    WATCH.get_or_init(|| {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR2])
+            .expect("a handler for SIGUSR2");
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                COUNT.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    });
+    &COUNT
 }
 
 /// Makes SIGHUP set the returned flag (and nothing else): a request to

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use ferrox_block::{Block, Counter, Snapshot};
 use ferrox_dataplane::lcore::{
-    Clock, Core, CoreService, IdlePolicy, LoopStats, Steering, StopOnPanic, TestStall,
+    Clock, Core, CoreService, IdlePolicy, LoopStats, Renewal, Steering, StopOnPanic, TestStall,
 };
 use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
@@ -126,6 +126,15 @@ struct Args {
     /// debug stall-core N` wedges core N). For tests only.
     #[arg(long, hide = true)]
     test_hooks: bool,
+    /// On each SIGUSR2, every core hands its client connections over to a
+    /// fresh stack of its own (new sockets, new sequence numbers), with
+    /// no client noticing: the in-process form of the hot handover, for
+    /// tests.
+    #[arg(long, hide = true)]
+    handover_on_sigusr2: bool,
+    /// How long a handover waits for requests in flight before they fail.
+    #[arg(long, default_value_t = 500, hide = true)]
+    drain_ms: u64,
 }
 
 /// Set by `ferrox-control` to its pid in the dataplane's environment.
@@ -351,7 +360,7 @@ fn serve<A: CoreService + Send>(
     stop: &'static std::sync::atomic::AtomicBool,
     port: &mut Port,
     config: StackConfig,
-    make_app: impl Fn(usize) -> A,
+    make_app: impl Fn(usize) -> A + Sync,
     summary: impl Fn(&[&A]) -> String,
 ) -> Result<()> {
     let lcores = ferrox_dataplane::ffi::lcores();
@@ -405,6 +414,34 @@ fn serve<A: CoreService + Send>(
         Some(region) => Block::attach(region)?,
         None => Block::create(&Region::heap(Block::size() + (1 << 20)), cores)?,
     };
+    // The in-process handover: each core builds its successor stack on
+    // the other bank of pool cores (the old one still holds its own), with
+    // another seed, hence other initial sequence numbers.
+    let handovers = args
+        .handover_on_sigusr2
+        .then(ferrox_dataplane::signals::handovers_on_sigusr2);
+    let (sockets, make_app, clock_ref) = (&sockets, &make_app, &clock);
+    let renewal = |id: usize| {
+        let config = StackConfig {
+            core: id,
+            ..config.clone()
+        };
+        handovers.map(|requested| Renewal {
+            requested,
+            done: 0,
+            drain_for: std::time::Duration::from_millis(args.drain_ms),
+            build: Box::new(move |generation: u64| {
+                let bank = (generation % 2) as usize * hugepage_pool::pool::MAX_CORES / 2;
+                Ok(Stack::new(
+                    config.clone(),
+                    make_app(id),
+                    sockets.core(bank + id)?,
+                    clock_ref.now(),
+                    (std::process::id() as u64 ^ (id as u64) << 32).wrapping_add(generation << 48),
+                ))
+            }) as Box<dyn FnMut(u64) -> Result<Stack<A>> + Send + '_>,
+        })
+    };
     let mut all = Vec::with_capacity(cores);
     let mut queues = port.queues().into_iter();
     for (id, steering) in steering.iter_mut().enumerate() {
@@ -427,6 +464,7 @@ fn serve<A: CoreService + Send>(
             stats: LoopStats::default(),
             block: block.clone(),
             test_stall: test_stall(id),
+            renewal: renewal(id),
         });
     }
     // The queues hold the port now; it is reached through them.
