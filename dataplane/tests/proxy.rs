@@ -576,14 +576,7 @@ fn reloads_the_configuration_under_load_without_closing_a_client() {
     std::fs::write(&config.0, pool_toml(&shrunk, "\"LPUSH\"")).unwrap();
     hup();
     dp.wait_for_line("reloaded", 1, Duration::from_secs(10));
-    let out = bench.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    let errors = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}{errors}");
-    assert!(
-        !report.contains("rror") && !errors.contains("rror"),
-        "the clients saw errors: {report}{errors}"
-    );
+    let report = bench_report(bench);
     assert!(report.contains("GET:"), "{report}");
     assert!(ferrox("LPUSH l x").contains("blocked by configuration"));
     // Keys go where the new table says.
@@ -918,6 +911,20 @@ print("served after")
     dp.stop();
 }
 
+/// The report of a redis-benchmark run that must have succeeded with no
+/// error.
+fn bench_report(bench: Child) -> String {
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}{errors}");
+    assert!(
+        !report.contains("rror") && !errors.contains("rror"),
+        "the clients saw errors: {report}{errors}"
+    );
+    report
+}
+
 /// The namespace's nstat counters of reset connections: those reset by
 /// their peer (in ESTABLISHED or CLOSE-WAIT), and those this side reset.
 fn reset_counters(ns: &Netns) -> (u64, u64) {
@@ -1019,14 +1026,7 @@ print(calls, last, int(worst * 1000))
         .map(|f| f.parse().unwrap())
         .collect();
     assert_eq!(figures[0], figures[1], "every INCR counted once: {report}");
-    let out = bench.wait_with_output().unwrap();
-    let bench_report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    let errors = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{bench_report}{errors}");
-    assert!(
-        !bench_report.contains("rror") && !errors.contains("rror"),
-        "the benchmark saw errors: {bench_report}{errors}"
-    );
+    bench_report(bench);
     assert_eq!(
         cli(&ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
         n.to_string(),

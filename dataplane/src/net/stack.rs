@@ -888,6 +888,14 @@ impl<A: App> Stack<A> {
     }
 
     fn retire(&mut self, id: u32, now: u64) {
+        let (tag, handle) = self.forget(id);
+        self.stats.closed += 1;
+        self.app.handle_gone(tag, handle, now);
+    }
+
+    /// Drops connection `id` and gives its socket memory back, without a
+    /// word to the application; its tag and handle.
+    fn forget(&mut self, id: u32) -> (Tag, Handle) {
         let conn = self.conns[id as usize].take().expect("a live connection");
         if !conn.established && !conn.active {
             self.handshaking -= 1;
@@ -896,21 +904,14 @@ impl<A: App> Stack<A> {
         self.memory.release(conn.socket);
         self.generations[id as usize] = conn.generation.wrapping_add(1);
         self.free.push(id);
-        self.stats.closed += 1;
-        self.app
-            .handle_gone(conn.tag, handle_of(id, conn.generation), now);
+        (conn.tag, handle_of(id, conn.generation))
     }
 }
 
 /// Drops the output the peer acknowledged, then hands the socket what it
 /// has not taken yet; whether anything moved.
 fn send_output<A: App>(app: &mut A, conn: &mut Conn) -> bool {
-    let acked = conn.in_socket - conn.socket.send_queue().min(conn.in_socket);
-    if acked > 0 {
-        app.output_acked(conn.tag, acked);
-        conn.in_socket -= acked;
-        conn.wire.acked = conn.wire.acked.wrapping_add(acked as u32);
-    }
+    let acked = settle_acked(app, conn);
     let output = app.output(conn.tag);
     if output.len() <= conn.in_socket || !conn.socket.can_send() {
         return acked > 0;
@@ -921,6 +922,18 @@ fn send_output<A: App>(app: &mut A, conn: &mut Conn) -> bool {
         .unwrap_or(0);
     conn.in_socket += sent;
     acked > 0 || sent > 0
+}
+
+/// Drops the output the peer acknowledged since the last look (what the
+/// socket no longer holds); how many bytes.
+fn settle_acked<A: App>(app: &mut A, conn: &mut Conn) -> usize {
+    let acked = conn.in_socket - conn.socket.send_queue().min(conn.in_socket);
+    if acked > 0 {
+        app.output_acked(conn.tag, acked);
+        conn.in_socket -= acked;
+        conn.wire.acked = conn.wire.acked.wrapping_add(acked as u32);
+    }
+    acked
 }
 
 /// Rounds of input one service offers a connection's application.

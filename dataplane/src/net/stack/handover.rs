@@ -32,7 +32,7 @@ use smoltcp::wire::{
 use ferrox_handover::record::{self, flags, ConnRecord, Record, Streams, TcpState};
 use ferrox_handover::segment::{self, Handshake, Segment};
 
-use super::{handle_of, micros, App, Carry, Stack, WireTrack, KEEP_ALIVE};
+use super::{handle_of, micros, settle_acked, App, Carry, Stack, WireTrack, KEEP_ALIVE};
 use crate::net::device::FrameDevice;
 use crate::net::flow::FlowKey;
 use crate::net::link::{Link, MemoryLink};
@@ -169,10 +169,11 @@ impl<A: App> Stack<A> {
             }
             if self.export_conn(id, out) {
                 stats.exported += 1;
+                self.forget(id);
             } else {
                 stats.skipped += 1;
+                self.retire(id, micros(now));
             }
-            self.forget(id);
         }
         stats
     }
@@ -192,12 +193,7 @@ impl<A: App> Stack<A> {
             return false;
         }
         // What the peer acknowledged since the last service.
-        let acked = conn.in_socket - conn.socket.send_queue().min(conn.in_socket);
-        if acked > 0 {
-            self.app.output_acked(conn.tag, acked);
-            conn.in_socket -= acked;
-            conn.wire.acked = conn.wire.acked.wrapping_add(acked as u32);
-        }
+        settle_acked(&mut self.app, conn);
         let mut rx = Vec::new();
         while conn.socket.can_recv() {
             let _ = conn.socket.recv(|data| {
@@ -251,19 +247,6 @@ impl<A: App> Stack<A> {
         };
         out.push(record, &tx, &conn.input, &rx);
         true
-    }
-
-    /// Drops connection `id` without a word to the peer or the
-    /// application (it lives on in a record, or was not worth carrying).
-    fn forget(&mut self, id: u32) {
-        let conn = self.conns[id as usize].take().expect("a live connection");
-        if !conn.established && !conn.active {
-            self.handshaking -= 1;
-        }
-        self.flows.remove(&conn.key);
-        self.memory.release(conn.socket);
-        self.generations[id as usize] = conn.generation.wrapping_add(1);
-        self.free.push(id);
     }
 
     /// Restores the connections of `export` this core owns (by the flow's
@@ -508,39 +491,27 @@ impl<A: App> Stack<A> {
     /// Resets the record's peer (a connection that cannot be taken over is
     /// told so rather than left hanging).
     fn send_reset<L: Link>(&mut self, record: &ConnRecord, link: &mut L) {
-        let frame = Synthetic::new(record, self.config.mac).reset(record);
+        let frame = Synthetic::new(record, self.config.mac).reset();
         link.transmit(frame.len(), |buf| buf.copy_from_slice(&frame));
     }
 }
 
 /// Frames of a record's flow, as if from its peer.
-struct Synthetic {
-    peer_mac: [u8; 6],
+struct Synthetic<'r> {
+    record: &'r ConnRecord,
     our_mac: [u8; 6],
-    peer_ip: Ipv4Address,
-    local_ip: Ipv4Address,
-    peer_port: u16,
-    local_port: u16,
-    peer_mss: u16,
-    peer_window_scale: Option<u8>,
-    sack_permitted: bool,
-    peer_window: u16,
 }
 
-impl Synthetic {
-    fn new(record: &ConnRecord, our_mac: [u8; 6]) -> Synthetic {
-        Synthetic {
-            peer_mac: record.peer_mac,
-            our_mac,
-            peer_ip: Ipv4Address::from_octets(record.peer_ip),
-            local_ip: Ipv4Address::from_octets(record.local_ip),
-            peer_port: record.peer_port,
-            local_port: record.local_port,
-            peer_mss: record.peer_mss,
-            peer_window_scale: record.peer_window_scale,
-            sack_permitted: record.has(flags::SACK_OK),
-            peer_window: record.peer_window,
-        }
+impl<'r> Synthetic<'r> {
+    fn new(record: &'r ConnRecord, our_mac: [u8; 6]) -> Synthetic<'r> {
+        Synthetic { record, our_mac }
+    }
+
+    fn ips(&self) -> (Ipv4Address, Ipv4Address) {
+        (
+            Ipv4Address::from_octets(self.record.peer_ip),
+            Ipv4Address::from_octets(self.record.local_ip),
+        )
     }
 
     /// A segment from the peer. The SYN carries the peer's options as it
@@ -553,36 +524,35 @@ impl Synthetic {
         syn: bool,
         payload: &[u8],
     ) -> Vec<u8> {
+        let r = self.record;
         let tcp = TcpRepr {
-            src_port: self.peer_port,
-            dst_port: self.local_port,
+            src_port: r.peer_port,
+            dst_port: r.local_port,
             control,
             seq_number: TcpSeqNumber(seq as i32),
             ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
             // The SYN's window is never scaled; the ACK's is the peer's.
-            window_len: if syn { u16::MAX } else { self.peer_window },
-            window_scale: if syn { self.peer_window_scale } else { None },
-            max_seg_size: syn.then_some(self.peer_mss),
-            sack_permitted: syn && self.sack_permitted,
+            window_len: if syn { u16::MAX } else { r.peer_window },
+            window_scale: if syn { r.peer_window_scale } else { None },
+            max_seg_size: syn.then_some(r.peer_mss),
+            sack_permitted: syn && r.has(flags::SACK_OK),
             sack_ranges: [None; 3],
             timestamp: None,
             payload,
         };
-        emit(
-            (self.peer_mac, self.our_mac),
-            (self.peer_ip, self.local_ip),
-            &tcp,
-        )
+        let (peer, local) = self.ips();
+        emit((r.peer_mac, self.our_mac), (peer, local), &tcp)
     }
 
     /// A RST to the peer, in the real sequence space.
-    fn reset(&self, record: &ConnRecord) -> Vec<u8> {
+    fn reset(&self) -> Vec<u8> {
+        let r = self.record;
         let tcp = TcpRepr {
-            src_port: self.local_port,
-            dst_port: self.peer_port,
+            src_port: r.local_port,
+            dst_port: r.peer_port,
             control: TcpControl::Rst,
-            seq_number: TcpSeqNumber(record.snd_una as i32),
-            ack_number: Some(TcpSeqNumber(record.rcv_nxt as i32)),
+            seq_number: TcpSeqNumber(r.snd_una as i32),
+            ack_number: Some(TcpSeqNumber(r.rcv_nxt as i32)),
             window_len: 0,
             window_scale: None,
             max_seg_size: None,
@@ -591,11 +561,8 @@ impl Synthetic {
             timestamp: None,
             payload: &[],
         };
-        emit(
-            (self.our_mac, self.peer_mac),
-            (self.local_ip, self.peer_ip),
-            &tcp,
-        )
+        let (peer, local) = self.ips();
+        emit((self.our_mac, r.peer_mac), (local, peer), &tcp)
     }
 }
 

@@ -387,6 +387,18 @@ fn command(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Appends the reply a GET of `key` must get, by the model.
+fn expect_get(model: &HashMap<Vec<u8>, Vec<u8>>, key: &[u8], expected: &mut Vec<u8>) {
+    match model.get(key) {
+        Some(v) => {
+            expected.extend(format!("${}\r\n", v.len()).into_bytes());
+            expected.extend_from_slice(v);
+            expected.extend_from_slice(b"\r\n");
+        }
+        None => expected.extend_from_slice(b"$-1\r\n"),
+    }
+}
+
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
@@ -511,14 +523,7 @@ fn large_set_and_get_pipelines_are_answered_in_order() {
                     model.insert(key, value);
                 } else {
                     request.extend(command(&[b"GET", &key]));
-                    match model.get(&key) {
-                        Some(v) => {
-                            expected.extend(format!("${}\r\n", v.len()).into_bytes());
-                            expected.extend_from_slice(v);
-                            expected.extend_from_slice(b"\r\n");
-                        }
-                        None => expected.extend_from_slice(b"$-1\r\n"),
-                    }
+                    expect_get(&model, &key, &mut expected);
                 }
             }
             let before = net.received(c).len();

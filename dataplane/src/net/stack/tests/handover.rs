@@ -38,6 +38,11 @@ impl Net {
         self.peer.wire.rx.extend(self.link.sent.drain(..));
     }
 
+    fn assert_no_client_reset(&mut self) {
+        self.deliver();
+        assert_eq!(self.client_resets, 0, "the stack reset a client");
+    }
+
     /// One step of the peer alone (no stack serves): its frames are kept
     /// in `held` or lost.
     fn peer_step(&mut self, pause: Pause, held: &mut Vec<Vec<u8>>) {
@@ -137,14 +142,7 @@ fn script(client: usize, n: usize, seed: u64) -> Script {
             model.insert(key, value);
         } else {
             requests.push(command(&[b"GET", &key]));
-            match model.get(&key) {
-                Some(v) => {
-                    replies.extend(format!("${}\r\n", v.len()).into_bytes());
-                    replies.extend_from_slice(v);
-                    replies.extend_from_slice(b"\r\n");
-                }
-                None => replies.extend_from_slice(b"$-1\r\n"),
-            }
+            expect_get(&model, &key, &mut replies);
         }
     }
     Script { requests, replies }
@@ -324,8 +322,7 @@ fn unread_and_partial_input_is_answered_after_the_handover() {
         net.write(c, b"NG\r\n");
         assert!(net.run_until(20_000, |n| n.received(c).len() >= 21 * 7));
         assert_eq!(net.received(c), &b"+PONG\r\n".repeat(21)[..]);
-        net.deliver();
-        assert_eq!(net.client_resets, 0);
+        net.assert_no_client_reset();
     });
 }
 
@@ -394,8 +391,7 @@ fn half_closed_and_closing_connections_finish_after_a_handover() {
             n.state(bad),
             tcp::State::CloseWait | tcp::State::Closed
         )));
-        net.deliver();
-        assert_eq!(net.client_resets, 0);
+        net.assert_no_client_reset();
     });
 }
 
@@ -432,7 +428,189 @@ fn a_connection_in_its_handshake_is_restored_half_open() {
             "{:?}",
             net.received(c)
         );
-        net.deliver();
+        net.assert_no_client_reset();
+    });
+}
+
+/// Several cores' stacks behind one link: frames of a flow go to the core
+/// its hash names, anything else to every core.
+struct Cores {
+    stacks: Vec<Stack<Proxy>>,
+    link: MemoryLink,
+    peer: Peer,
+    pool: SocketPool,
+    now: Instant,
+    client_resets: usize,
+}
+
+impl Cores {
+    fn new(cores: usize) -> Cores {
+        let sizes = Sizes {
+            client: 32 << 10,
+            client_send: 8 << 10,
+            server: 256 << 10,
+        };
+        let pool = SocketPool::heap(sizes, 64);
+        let now = Instant::from_millis(1);
+        let mut this = Cores {
+            stacks: Vec::new(),
+            link: MemoryLink::new(1500),
+            peer: Peer::new(now),
+            pool,
+            now,
+            client_resets: 0,
+        };
+        this.stacks = this.fresh_stacks(cores, 0);
+        this
+    }
+
+    /// `cores` stacks of generation `generation` (its bank of pool cores).
+    fn fresh_stacks(&self, cores: usize, generation: u64) -> Vec<Stack<Proxy>> {
+        (0..cores)
+            .map(|core| {
+                let config = ferrox_config::parse_toml(CONFIG, "test").expect("valid");
+                let pools = ferrox_engine::configure::pools(&config).expect("builds");
+                let proxy = Proxy::new(pools, vec![(6379, 0)], 7 + core as u64);
+                let bank = (generation % 2) as usize * 32;
+                let memory = self.pool.core(bank + core).expect("a free core slot");
+                let stack_config = StackConfig {
+                    core,
+                    cores,
+                    ..StackConfig::default()
+                };
+                Stack::new(
+                    stack_config,
+                    proxy,
+                    memory,
+                    self.now,
+                    100 * generation + core as u64 + 1,
+                )
+            })
+            .collect()
+    }
+
+    fn step(&mut self) {
+        self.now += smoltcp::time::Duration::from_micros(100);
+        let now = self.now;
+        self.client_resets += self
+            .link
+            .sent
+            .iter()
+            .filter_map(|f| Segment::parse(f))
+            .filter(|s| s.has(flags::RST) && s.src_port == 6379)
+            .count();
+        let peer = &mut self.peer;
+        peer.wire.rx.extend(self.link.sent.drain(..));
+        peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
+        for client in &mut peer.clients {
+            let s = peer.sockets.get_mut::<tcp::Socket>(client.handle);
+            while s.can_recv() {
+                let _ = s.recv(|d| {
+                    client.received.extend_from_slice(d);
+                    (d.len(), ())
+                });
+            }
+        }
+        peer.run_apps();
+        peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
+        let cores = self.stacks.len();
+        while let Some(frame) = self.peer.wire.tx.pop_front() {
+            match crate::net::flow::classify(&frame) {
+                crate::net::flow::Frame::Tcp { key, .. } => {
+                    self.stacks[key.owner(cores)].handle_frame(now, &frame, &mut self.link)
+                }
+                crate::net::flow::Frame::Other => {
+                    for stack in &mut self.stacks {
+                        stack.handle_frame(now, &frame, &mut self.link);
+                    }
+                }
+            }
+        }
+        for stack in &mut self.stacks {
+            stack.poll(now, &mut self.link);
+        }
+    }
+
+    /// Every core drains and exports; `cores` fresh ones restore.
+    fn hand_over(&mut self, cores: usize, generation: u64) -> (u64, u64) {
+        for stack in &mut self.stacks {
+            stack.begin_drain();
+        }
+        for _ in 0..20_000 {
+            if self.stacks.iter().all(|s| s.drained()) {
+                break;
+            }
+            self.step();
+        }
+        let mut export = Export::default();
+        let mut exported = 0;
+        for stack in &mut self.stacks {
+            exported += stack.export(self.now, &mut self.link, &mut export).exported;
+        }
+        let fresh = self.fresh_stacks(cores, generation);
+        drop(std::mem::replace(&mut self.stacks, fresh));
+        let mut restored = 0;
+        for stack in &mut self.stacks {
+            let stats = stack.restore(&export, self.now, &mut self.link);
+            assert_eq!(stats.reset_on_restore, 0);
+            restored += stats.restored;
+        }
+        (exported, restored)
+    }
+}
+
+/// Two cores hand their clients to three: each record goes to the core
+/// its flow now hashes to, and every client goes on where it was.
+#[test]
+fn connections_rehome_from_two_cores_to_three() {
+    within(120, || {
+        let mut net = Cores::new(2);
+        let clients: Vec<usize> = (0..12)
+            .map(|_| net.peer.connect(6379, usize::MAX))
+            .collect();
+        for &c in &clients {
+            net.peer.clients[c].pending.extend(command(&[
+                b"SET",
+                format!("k{c}").as_bytes(),
+                b"before",
+            ]));
+        }
+        let all_got = |net: &Cores, want: &[u8]| {
+            clients
+                .iter()
+                .all(|&c| net.peer.clients[c].received.ends_with(want))
+        };
+        for _ in 0..5000 {
+            if all_got(&net, b"+OK\r\n") {
+                break;
+            }
+            net.step();
+        }
+        assert!(all_got(&net, b"+OK\r\n"), "served by two cores");
+        let (exported, restored) = net.hand_over(3, 1);
+        assert_eq!((exported, restored), (12, 12));
+        for &c in &clients {
+            net.peer.clients[c]
+                .pending
+                .extend(command(&[b"GET", format!("k{c}").as_bytes()]));
+        }
+        for _ in 0..20_000 {
+            if all_got(&net, b"$6\r\nbefore\r\n") {
+                break;
+            }
+            net.step();
+        }
+        for &c in &clients {
+            assert_eq!(
+                net.peer.clients[c].received, b"+OK\r\n$6\r\nbefore\r\n",
+                "client {c}"
+            );
+            let s = net
+                .peer
+                .sockets
+                .get::<tcp::Socket>(net.peer.clients[c].handle);
+            assert_eq!(s.state(), tcp::State::Established);
+        }
         assert_eq!(net.client_resets, 0);
     });
 }
