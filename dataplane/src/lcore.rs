@@ -23,8 +23,8 @@
 //! beats at least every ~100 ms, and the control process takes a silence of
 //! seconds for a stuck core.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrox_block::{Block, CoreRecord, Counter};
@@ -34,7 +34,7 @@ use hugepage_pool::Region;
 use crate::alloc_count;
 use crate::ffi::{L4Checksum, RxBurst};
 use crate::net::flow::{self, Frame};
-use crate::net::stack::{App, Stack, StackStats};
+use crate::net::stack::{App, Export, HandoverStats, Stack, StackStats};
 use crate::port::{Queue, RxChecksum, BURST};
 
 /// When to stop spinning and how long to sleep.
@@ -219,30 +219,98 @@ pub struct Core<'p, A: CoreService> {
     /// so, the core spins in its loop for ever, ignoring its stop flag and
     /// publishing nothing, as a livelocked core does. `None` in service.
     pub test_stall: Option<TestStall>,
-    /// In-process handover on request (`--handover-on-sigusr2`); `None`
-    /// in service.
-    pub renewal: Option<Renewal<'p, A>>,
+    /// Its part in a hot handover, when one may be asked for.
+    pub handover: Option<Handover<'p, A>>,
+    /// Connections a predecessor exported, restored before the first
+    /// frame is read.
+    pub inherited: Option<&'p Inherited>,
 }
 
-/// How a core hands its connections to a fresh stack of its own (the
-/// in-process handover): the requests it follows, and how to build the
-/// successor.
-pub struct Renewal<'a, A: CoreService> {
+/// A core's part in a hot handover: the requests it follows, how long it
+/// lets requests in flight finish, and who takes its connections over.
+pub struct Handover<'a, A: CoreService> {
     /// Handovers asked for so far; the core runs one whenever this is
     /// ahead of `done`.
     pub requested: &'static AtomicU64,
     pub done: u64,
     /// The longest wait for requests in flight; then they fail.
     pub drain_for: Duration,
-    /// Builds generation `n`'s stack (another bank of pool cores,
-    /// another seed).
-    pub build: Box<dyn FnMut(u64) -> anyhow::Result<Stack<A>> + Send + 'a>,
+    pub successor: Successor<'a, A>,
 }
 
-impl<A: CoreService> std::fmt::Debug for Renewal<'_, A> {
+/// Who takes a core's connections over.
+pub enum Successor<'a, A: CoreService> {
+    /// A fresh stack in this process (`--handover-on-sigusr2`): a builder
+    /// of generation `n`'s stack (another bank of pool cores, another
+    /// seed).
+    Stack(Box<dyn FnMut(u64) -> anyhow::Result<Stack<A>> + Send + 'a>),
+    /// Another process: every core's export goes into the sink, and the
+    /// cores stop once all have exported (`stop` is set by the last).
+    Process {
+        sink: &'a Mutex<Vec<Export>>,
+        cores: usize,
+        stop: &'a AtomicBool,
+    },
+}
+
+impl<A: CoreService> std::fmt::Debug for Successor<'_, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renewal")
+        f.write_str(match self {
+            Successor::Stack(_) => "Successor::Stack",
+            Successor::Process { .. } => "Successor::Process",
+        })
+    }
+}
+
+impl<A: CoreService> std::fmt::Debug for Handover<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handover")
             .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a predecessor exported, shared by the cores that restore it; the
+/// last core to finish reports the totals.
+pub struct Inherited {
+    pub export: Export,
+    left: AtomicUsize,
+    totals: Mutex<HandoverStats>,
+    done: Box<dyn Fn(HandoverStats) + Send + Sync>,
+}
+
+impl Inherited {
+    /// `export` for `cores` cores; `done` gets the totals once all restored.
+    pub fn new(
+        export: Export,
+        cores: usize,
+        done: impl Fn(HandoverStats) + Send + Sync + 'static,
+    ) -> Inherited {
+        Inherited {
+            export,
+            left: AtomicUsize::new(cores),
+            totals: Mutex::new(HandoverStats::default()),
+            done: Box::new(done),
+        }
+    }
+
+    fn add(&self, stats: HandoverStats) {
+        let totals = {
+            let mut totals = self.totals.lock().expect("not poisoned");
+            totals.restored += stats.restored;
+            totals.reset_on_restore += stats.reset_on_restore;
+            *totals
+        };
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.done)(totals);
+        }
+    }
+}
+
+impl std::fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inherited")
+            .field("records", &self.export.len())
             .finish_non_exhaustive()
     }
 }
@@ -335,49 +403,74 @@ impl<A: CoreService> Core<'_, A> {
         record.beat();
     }
 
-    /// Starts, and finishes, the in-process handover a request asks for:
-    /// the stack drains (no new requests; those in flight finish, for at
-    /// most `drain_for`), then every connection moves to a fresh stack.
-    fn poll_renewal(
+    /// Starts, and finishes, the handover a request asks for: the stack
+    /// drains (no new requests; those in flight finish, for at most
+    /// `drain_for`), then every connection moves to the successor.
+    /// Returns whether the core is done (its connections went to another
+    /// process).
+    fn poll_handover(
         &mut self,
         clock: Clock,
         now: smoltcp::time::Instant,
         draining: &mut Option<smoltcp::time::Instant>,
-    ) {
-        let Some(renewal) = self.renewal.as_mut() else {
-            return;
+    ) -> bool {
+        let Some(handover) = self.handover.as_mut() else {
+            return false;
         };
-        if renewal.requested.load(Ordering::Relaxed) <= renewal.done {
-            return;
+        if handover.requested.load(Ordering::Relaxed) <= handover.done {
+            return false;
         }
         let since = *draining.get_or_insert_with(|| {
             self.stack.begin_drain();
             now
         });
         let waited = Duration::from_micros((now - since).total_micros());
-        if !self.stack.drained() && waited < renewal.drain_for {
-            return;
+        if !self.stack.drained() && waited < handover.drain_for {
+            return false;
         }
         *draining = None;
-        renewal.done += 1;
-        let generation = renewal.done;
-        let fresh = match (renewal.build)(generation) {
-            Ok(stack) => stack,
-            Err(error) => {
-                tracing::error!(core = self.id, %error, "handover: no successor stack; this one goes on");
-                self.stack.end_drain();
-                return;
+        handover.done += 1;
+        let generation = handover.done;
+        let started = std::time::Instant::now();
+        let mut export = Export::default();
+        let (exported, restored) = match &mut handover.successor {
+            Successor::Stack(build) => {
+                let fresh = match build(generation) {
+                    Ok(stack) => stack,
+                    Err(error) => {
+                        tracing::error!(core = self.id, %error, "handover: no successor stack; this one goes on");
+                        self.stack.end_drain();
+                        return false;
+                    }
+                };
+                let exported = self.stack.export(clock.now(), &mut self.queue, &mut export);
+                self.queue.flush();
+                drop(std::mem::replace(&mut self.stack, fresh));
+                let now = clock.now();
+                self.stack.app_mut().start(now.total_micros().max(0) as u64);
+                let restored = self.stack.restore(&export, now, &mut self.queue);
+                self.queue.flush();
+                (exported, restored)
+            }
+            Successor::Process { sink, cores, stop } => {
+                let exported = self.stack.export(clock.now(), &mut self.queue, &mut export);
+                self.queue.flush();
+                let mut sink = sink.lock().expect("not poisoned");
+                sink.push(export);
+                if sink.len() == *cores {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                tracing::info!(
+                    core = self.id,
+                    exported = exported.exported,
+                    skipped = exported.skipped,
+                    servers_reset = exported.servers_reset,
+                    drain_us = waited.as_micros() as u64,
+                    "handover: connections exported for the successor"
+                );
+                return true;
             }
         };
-        let started = std::time::Instant::now();
-        let mut export = crate::net::stack::Export::default();
-        let exported = self.stack.export(clock.now(), &mut self.queue, &mut export);
-        self.queue.flush();
-        drop(std::mem::replace(&mut self.stack, fresh));
-        let now = clock.now();
-        self.stack.app_mut().start(now.total_micros().max(0) as u64);
-        let restored = self.stack.restore(&export, now, &mut self.queue);
-        self.queue.flush();
         // The event line on stdout, as for reloads: what scripts and
         // tests wait for.
         println!(
@@ -395,14 +488,12 @@ impl<A: CoreService> Core<'_, A> {
             core = self.id,
             generation,
             exported = exported.exported,
-            skipped = exported.skipped,
-            servers_reset = exported.servers_reset,
             restored = restored.restored,
             reset_on_restore = restored.reset_on_restore,
-            drain_us = waited.as_micros() as u64,
             blackout_us = started.elapsed().as_micros() as u64,
             "handover done"
         );
+        false
     }
 
     /// Runs this core until `stop` is set.
@@ -416,6 +507,21 @@ impl<A: CoreService> Core<'_, A> {
         self.stack
             .app_mut()
             .start(published.total_micros().max(0) as u64);
+        if let Some(inherited) = self.inherited {
+            // Before the first frame: one for a flow not restored yet
+            // would be answered with a RST.
+            let restored = self
+                .stack
+                .restore(&inherited.export, clock.now(), &mut self.queue);
+            self.queue.flush();
+            tracing::info!(
+                core = self.id,
+                restored = restored.restored,
+                reset_on_restore = restored.reset_on_restore,
+                "connections taken over from the predecessor"
+            );
+            inherited.add(restored);
+        }
         while !stop.load(Ordering::Relaxed) {
             self.stats.iterations += 1;
             let now = clock.now();
@@ -423,7 +529,9 @@ impl<A: CoreService> Core<'_, A> {
                 self.publish();
                 published = now;
             }
-            self.poll_renewal(clock, now, &mut draining);
+            if self.poll_handover(clock, now, &mut draining) {
+                break;
+            }
             let received = self.queue.rx_burst(&mut rx);
             let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
             for i in 0..received {

@@ -28,6 +28,7 @@ pub mod alloc_count;
 pub mod eal;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod handover;
 pub mod lcore;
 pub mod net;
 pub mod port;

@@ -1047,3 +1047,125 @@ print(calls, last, int(worst * 1000))
     // accepted once, never reopened.
     assert!(stat(&stats, "accepted") <= 50 + 1 + 4, "{stats}");
 }
+
+/// redis-py on one connection doing INCR every millisecond for `seconds`:
+/// fails unless every reply is the one before plus one and the connection
+/// (its local port) stays the same; prints calls, last value and the
+/// longest wait in ms.
+fn single_connection_incr(ns: &Netns, seconds: u32) -> Child {
+    ns.command(&[
+        "/usr/bin/python3",
+        "-c",
+        &format!(
+            r#"
+import time, redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, single_connection_client=True, socket_timeout=20)
+r.set("single", 0)
+port = r.connection._sock.getsockname()[1]
+last, calls, worst = 0, 0, 0.0
+end = time.time() + {seconds}
+while time.time() < end:
+    t = time.time()
+    value = r.incr("single")
+    worst = max(worst, time.time() - t)
+    calls += 1
+    assert value == last + 1, (value, last)
+    last = value
+    time.sleep(0.001)
+assert r.connection._sock.getsockname()[1] == port, "the connection changed"
+print(calls, last, int(worst * 1000))
+"#
+        ),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// What [`single_connection_incr`] printed, checked: (calls, longest wait
+/// in ms).
+fn single_connection_result(child: Child) -> (u64, u64) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the single-connection client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let figures: Vec<u64> = report
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(figures[0], figures[1], "every INCR counted once: {report}");
+    (figures[0], figures[2])
+}
+
+/// The hot handover between processes, as `ferrox-control` drives it but
+/// by hand: the old dataplane drains, writes its connections to the
+/// handover file, closes its port and exits 75; a new process opens the
+/// port and takes them over. redis-py (one connection, INCR every ms) and
+/// redis-benchmark (INCR, -P 16 -c 50) run across it: no error, no lost
+/// or repeated INCR, the same connections, no client reset. The pause
+/// here includes the new process's EAL start (no standby).
+#[test]
+fn hands_its_connections_to_a_new_process() {
+    let config = ConfigFile::new("toml", &pool_toml(&[(7001, 1), (7002, 1)], ""));
+    let file = std::env::temp_dir().join(format!("ferrox-handover-{}", std::process::id()));
+    let file_arg = file.to_str().unwrap();
+    let args = ["--config", config.path(), "--handover-file", file_arg];
+    let (ns, old) = setup_with(Pmd::AfXdp, 1, &args);
+    let _backends = Backends::start(&ns);
+    assert_eq!(cli(&ns, FERROX_IP, 6379, "SET warm 1"), "OK");
+    let (reset_before, aborts_before) = reset_counters(&ns);
+    let single = single_connection_incr(&ns, 6);
+    let n = 300_000;
+    let mut bench = redis_benchmark(&ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
+    std::thread::sleep(Duration::from_millis(800));
+    sh(&["kill", "-USR2", &old.pid().to_string()]);
+    let (code, lines) = old.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(75), "{lines:?}");
+    let handed = lines
+        .iter()
+        .find(|l| l.contains("handed over"))
+        .expect("a handed-over line");
+    let count: u64 = handed
+        .split("handed over ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(count >= 51, "redis-py's and the benchmark's: {handed}");
+    let new = Dataplane::start_with(
+        &ns,
+        "net_af_xdp0,iface=veth1,start_queue=0,queue_count=1",
+        "0",
+        &[&["--mtu", "1500"][..], &args].concat(),
+    );
+    let took = new.wait_for_line("took over", 0, Duration::from_secs(20));
+    assert!(took.ends_with(", 0 reset"), "{took}");
+    assert!(!file.exists(), "the handover file is removed once restored");
+    assert!(
+        bench.try_wait().unwrap().is_none(),
+        "raise the benchmark's -n"
+    );
+    bench_report(bench);
+    let (_, worst_ms) = single_connection_result(single);
+    assert_eq!(
+        cli(&ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
+        n.to_string(),
+        "INCRs lost or run twice"
+    );
+    let (reset_after, aborts_after) = reset_counters(&ns);
+    // Only the old process's server connections were reset (by it).
+    assert!(
+        reset_after - reset_before <= 2,
+        "client connections were reset"
+    );
+    assert_eq!(aborts_after, aborts_before);
+    eprintln!("longest INCR wait across the switch: {worst_ms} ms");
+    let stats = new.stop();
+    assert!(
+        stat(&stats, "accepted") <= 2,
+        "only redis-cli connected anew: {stats}"
+    );
+}

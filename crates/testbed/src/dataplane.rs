@@ -184,6 +184,25 @@ impl Dataplane {
             .expect("a closing statistics line")
     }
 
+    /// Waits (at most `within`) for the dataplane to exit by itself; its
+    /// exit code and every line it printed after the banner.
+    pub fn wait_exit(mut self, within: Duration) -> (Option<i32>, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + within;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the dataplane did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let code = child.wait().unwrap().code();
+        self.reader.take().unwrap().join().unwrap();
+        let lines = self.lines.lock().unwrap().clone();
+        (code, lines)
+    }
+
     /// Stops the dataplane and returns every line it printed after the banner.
     pub fn stop_all_lines(self) -> Vec<String> {
         let lines = self.lines.clone();

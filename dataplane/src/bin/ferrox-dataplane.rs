@@ -13,11 +13,12 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferrox_dataplane::eal::{Eal, EalConfig};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferrox_block::{Block, Counter, Snapshot};
 use ferrox_dataplane::lcore::{
-    Clock, Core, CoreService, IdlePolicy, LoopStats, Renewal, Steering, StopOnPanic, TestStall,
+    Clock, Core, CoreService, Handover, IdlePolicy, Inherited, LoopStats, Steering, StopOnPanic,
+    Successor, TestStall,
 };
 use ferrox_dataplane::net::device::{DEFAULT_MTU, MAX_MTU};
 use ferrox_dataplane::net::memory::{Sizes, SocketPool};
@@ -130,8 +131,24 @@ struct Args {
     /// fresh stack of its own (new sockets, new sequence numbers), with
     /// no client noticing: the in-process form of the hot handover, for
     /// tests.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "handover_file")]
     handover_on_sigusr2: bool,
+    /// Hot handover between processes: on SIGUSR2, drain, write every
+    /// client connection to this file, close the port and exit 75; at
+    /// start, take over the connections a predecessor wrote here. Set by
+    /// `ferrox-control`.
+    #[arg(long)]
+    handover_file: Option<std::path::PathBuf>,
+    /// Start the EAL, then wait for `go` on FERROX_GO_FD before opening
+    /// the port (the successor of a hot handover, started by
+    /// `ferrox-control` while its predecessor still serves).
+    #[arg(long, requires = "handover_file")]
+    standby: bool,
+    /// Which half of the socket pool's core slots this process claims (0
+    /// or 1): a successor takes the other half while its predecessor
+    /// still holds its own.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    core_bank: u8,
     /// How long a handover waits for requests in flight before they fail.
     #[arg(long, default_value_t = 500, hide = true)]
     drain_ms: u64,
@@ -178,9 +195,13 @@ fn main() {
         json: args.json,
         targets: true,
     });
-    if let Err(e) = die_with_control_process().and_then(|()| run(args)) {
-        eprintln!("ferrox-dataplane: {e:#}");
-        std::process::exit(1);
+    match die_with_control_process().and_then(|()| run(args)) {
+        Ok(Served::Stopped) => {}
+        Ok(Served::HandedOver) => std::process::exit(ferrox_dataplane::handover::EXIT_HANDED_OVER),
+        Err(e) => {
+            eprintln!("ferrox-dataplane: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -196,7 +217,15 @@ fn parse_cidr(text: &str) -> Result<(Ipv4Address, u8)> {
     Ok((ip, prefix))
 }
 
-fn run(args: Args) -> Result<()> {
+/// How the cores ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Stopped,
+    /// Their connections went to a successor process (the handover file).
+    HandedOver,
+}
+
+fn run(args: Args) -> Result<Served> {
     let (address, prefix_len) = parse_cidr(&args.address)?;
     if args.vdevs.is_empty() && args.pci_allow.is_empty() {
         bail!("name a port: --vdev (e.g. net_af_packet0,iface=veth1) or --pci");
@@ -232,6 +261,16 @@ fn run(args: Args) -> Result<()> {
         pci_allow: args.pci_allow.clone(),
         ..EalConfig::default()
     })?;
+    let notify = Arc::new(ferrox_dataplane::handover::Notify::from_env());
+    if args.standby {
+        // The EAL is up; the port is the predecessor's until it exits.
+        notify.line("standby");
+        tracing::info!("standby: waiting for the predecessor to hand over");
+        if !ferrox_dataplane::handover::wait_for_go() {
+            tracing::info!("standby: the upgrade was called off");
+            return Ok(Served::Stopped);
+        }
+    }
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
     let cores = ferrox_dataplane::ffi::lcores().len();
@@ -280,6 +319,7 @@ fn run(args: Args) -> Result<()> {
                 let errors: u64 = echo.iter().map(|e| e.protocol_errors).sum();
                 format!(" protocol_errors={errors}")
             },
+            notify,
         ),
         Some(proxy) => {
             config.ports = proxy.ports.iter().map(|&(port, _)| port).collect();
@@ -340,6 +380,7 @@ fn run(args: Args) -> Result<()> {
                     )
                 },
                 |_| format!(" reloads={}", board.version().saturating_sub(start_version)),
+                notify,
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(reloader) = reloader {
@@ -362,7 +403,8 @@ fn serve<A: CoreService + Send>(
     config: StackConfig,
     make_app: impl Fn(usize) -> A + Sync,
     summary: impl Fn(&[&A]) -> String,
-) -> Result<()> {
+    notify: Arc<ferrox_dataplane::handover::Notify>,
+) -> Result<Served> {
     let lcores = ferrox_dataplane::ffi::lcores();
     let cores = lcores.len();
     let clock = Clock::default();
@@ -414,34 +456,56 @@ fn serve<A: CoreService + Send>(
         Some(region) => Block::attach(region)?,
         None => Block::create(&Region::heap(Block::size() + (1 << 20)), cores)?,
     };
-    // The in-process handover: each core builds its successor stack on
-    // the other bank of pool cores (the old one still holds its own), with
-    // another seed, hence other initial sequence numbers.
-    let handovers = args
-        .handover_on_sigusr2
+    // Hot handover. In process (a test trigger): each core builds its
+    // successor stack on the other bank of pool cores (the old one still
+    // holds its own), with another seed, hence other initial sequence
+    // numbers. Between processes: each core's export goes to `sink`, and
+    // the file is written once all stopped.
+    let half = hugepage_pool::pool::MAX_CORES / 2;
+    let bank = |generation: u64| ((args.core_bank as u64 + generation) % 2) as usize * half;
+    let requested = (args.handover_on_sigusr2 || args.handover_file.is_some())
         .then(ferrox_dataplane::signals::handovers_on_sigusr2);
-    let (sockets, make_app, clock_ref) = (&sockets, &make_app, &clock);
-    let renewal = |id: usize| {
+    let sink = Mutex::new(Vec::new());
+    let (sockets, make_app, clock_ref, sink_ref) = (&sockets, &make_app, &clock, &sink);
+    let handover = |id: usize| {
         let config = StackConfig {
             core: id,
             ..config.clone()
         };
-        handovers.map(|requested| Renewal {
-            requested,
-            done: 0,
-            drain_for: std::time::Duration::from_millis(args.drain_ms),
-            build: Box::new(move |generation: u64| {
-                let bank = (generation % 2) as usize * hugepage_pool::pool::MAX_CORES / 2;
+        let successor = if args.handover_on_sigusr2 {
+            Successor::Stack(Box::new(move |generation: u64| {
                 Ok(Stack::new(
                     config.clone(),
                     make_app(id),
-                    sockets.core(bank + id)?,
+                    sockets.core(bank(generation) + id)?,
                     clock_ref.now(),
                     (std::process::id() as u64 ^ (id as u64) << 32).wrapping_add(generation << 48),
                 ))
-            }) as Box<dyn FnMut(u64) -> Result<Stack<A>> + Send + '_>,
+            })
+                as Box<dyn FnMut(u64) -> Result<Stack<A>> + Send + '_>)
+        } else {
+            Successor::Process {
+                sink: sink_ref,
+                cores,
+                stop,
+            }
+        };
+        requested.map(|requested| Handover {
+            requested,
+            done: 0,
+            drain_for: std::time::Duration::from_millis(args.drain_ms),
+            successor,
         })
     };
+    // What a predecessor handed over, if anything: restored by each core
+    // before its first frame, then the file is removed.
+    let inherited = match &args.handover_file {
+        Some(path) => inherit(path, port, &config, cores, notify.clone())?,
+        None => None,
+    };
+    if inherited.is_none() {
+        notify.line("committed restored=0 reset_on_restore=0");
+    }
     let mut all = Vec::with_capacity(cores);
     let mut queues = port.queues().into_iter();
     for (id, steering) in steering.iter_mut().enumerate() {
@@ -456,7 +520,7 @@ fn serve<A: CoreService + Send>(
                     ..config.clone()
                 },
                 make_app(id),
-                sockets.core(id)?,
+                sockets.core(bank(0) + id)?,
                 clock.now(),
                 std::process::id() as u64 ^ (id as u64) << 32,
             ),
@@ -464,7 +528,8 @@ fn serve<A: CoreService + Send>(
             stats: LoopStats::default(),
             block: block.clone(),
             test_stall: test_stall(id),
-            renewal: renewal(id),
+            handover: handover(id),
+            inherited: inherited.as_ref(),
         });
     }
     // The queues hold the port now; it is reached through them.
@@ -538,7 +603,61 @@ fn serve<A: CoreService + Send>(
     if failed > 0 {
         bail!("{failed} core(s) failed");
     }
-    Ok(())
+    let exports = std::mem::take(&mut *sink.lock().expect("not poisoned"));
+    if let (false, Some(path)) = (exports.is_empty(), &args.handover_file) {
+        let facts = ferrox_dataplane::handover::Facts {
+            mac: port.mac(),
+            address: config.address.octets(),
+            mtu: port.mtu(),
+        };
+        let records = ferrox_dataplane::handover::write(path, facts, &exports)?;
+        println!(
+            "ferrox-dataplane: handed over {records} connection(s) in {}",
+            path.display()
+        );
+        return Ok(Served::HandedOver);
+    }
+    Ok(Served::Stopped)
+}
+
+/// Reads what a predecessor handed over in `path`, if it suits this
+/// process (the same MAC and address, an MTU no smaller), for `cores`
+/// cores to restore; the last one reports to the control process and
+/// removes the file.
+fn inherit(
+    path: &std::path::Path,
+    port: &Port,
+    config: &StackConfig,
+    cores: usize,
+    notify: Arc<ferrox_dataplane::handover::Notify>,
+) -> Result<Option<Inherited>> {
+    let Some((facts, export)) = ferrox_dataplane::handover::read(path)? else {
+        return Ok(None);
+    };
+    if facts.mac != port.mac() || facts.address != config.address.octets() || facts.mtu > port.mtu()
+    {
+        // The peers would not reach these connections here: they are
+        // lost, as in a restart.
+        tracing::error!(?facts, mac = ?port.mac(), address = %config.address, mtu = port.mtu(), "the handed-over connections do not fit this port; not restored");
+        std::fs::remove_file(path)?;
+        return Ok(None);
+    }
+    tracing::info!(
+        records = export.len(),
+        "taking over connections from the predecessor"
+    );
+    let path = path.to_owned();
+    Ok(Some(Inherited::new(export, cores, move |totals| {
+        let _ = std::fs::remove_file(&path);
+        println!(
+            "ferrox-dataplane: took over {} connection(s), {} reset",
+            totals.restored, totals.reset_on_restore
+        );
+        notify.line(&format!(
+            "committed restored={} reset_on_restore={}",
+            totals.restored, totals.reset_on_restore
+        ));
+    })))
 }
 
 /// Until `stop`: on SIGHUP (`hup`), reads and validates the configuration

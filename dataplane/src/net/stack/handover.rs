@@ -71,6 +71,22 @@ impl Export {
         conn.emit(&mut Record::new_unchecked(&mut self.records[at..]));
     }
 
+    /// Appends `other`'s records (another core's), their streams with
+    /// them.
+    pub fn extend(&mut self, other: &Export) {
+        let base = self.streams.len() as u64;
+        self.streams.extend_from_slice(&other.streams);
+        for bytes in other.records.chunks(record::LEN) {
+            let at = self.records.len();
+            self.records.extend_from_slice(bytes);
+            let mut view = Record::new_unchecked(&mut self.records[at..]);
+            if let Ok(mut conn) = ConnRecord::parse(&Record::new_unchecked(&bytes[..])) {
+                conn.streams.at += base;
+                conn.emit(&mut view);
+            }
+        }
+    }
+
     /// The records, each with its tx, held and rx streams; a record that
     /// cannot be read, or whose streams lie outside, is an error.
     fn iter(&self) -> impl Iterator<Item = Result<(ConnRecord, [&[u8]; 3]), record::Error>> + '_ {

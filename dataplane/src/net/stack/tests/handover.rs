@@ -82,6 +82,20 @@ impl Net {
         let mut export = Export::default();
         let exported = self.stack.export(self.now, &mut self.link, &mut export);
         self.deliver();
+        // Through the handover file, as between processes.
+        let path = std::env::temp_dir().join(format!(
+            "ferrox-stack-handover-{}-{generation}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let facts = crate::handover::Facts {
+            mac: StackConfig::default().mac,
+            address: StackConfig::default().address.octets(),
+            mtu: 1500,
+        };
+        crate::handover::write(&path, facts, &[Export::default(), export]).unwrap();
+        let (_, export) = crate::handover::read(&path).unwrap().expect("written");
+        std::fs::remove_file(&path).unwrap();
         let mut held = Vec::new();
         // The old stack is gone: a fresh one on the other bank of pool
         // cores, with another seed.
