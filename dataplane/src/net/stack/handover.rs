@@ -80,7 +80,7 @@ impl Export {
             let at = self.records.len();
             self.records.extend_from_slice(bytes);
             let mut view = Record::new_unchecked(&mut self.records[at..]);
-            if let Ok(mut conn) = ConnRecord::parse(&Record::new_unchecked(&bytes[..])) {
+            if let Ok(mut conn) = ConnRecord::parse(&Record::new_unchecked(bytes)) {
                 conn.streams.at += base;
                 conn.emit(&mut view);
             }
