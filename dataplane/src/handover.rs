@@ -126,19 +126,14 @@ fn inherited(var: &str, write: bool) -> Option<std::fs::File> {
         .ok()
 }
 
-/// Lines to the control process (`FERROX_NOTIFY_FD`); nothing without one.
-#[derive(Debug)]
-pub struct Notify(std::sync::Mutex<Option<std::fs::File>>);
-
-impl Notify {
-    pub fn from_env() -> Notify {
-        Notify(std::sync::Mutex::new(inherited("FERROX_NOTIFY_FD", true)))
-    }
-
-    pub fn line(&self, text: &str) {
-        if let Some(file) = self.0.lock().expect("not poisoned").as_mut() {
-            let _ = writeln!(file, "{text}");
-        }
+/// Tells the control process `text`, a line on `FERROX_NOTIFY_FD` (like
+/// stdout, one channel per process); nothing without one.
+pub fn notify(text: &str) {
+    static PIPE: std::sync::OnceLock<std::sync::Mutex<Option<std::fs::File>>> =
+        std::sync::OnceLock::new();
+    let pipe = PIPE.get_or_init(|| std::sync::Mutex::new(inherited("FERROX_NOTIFY_FD", true)));
+    if let Some(file) = pipe.lock().expect("not poisoned").as_mut() {
+        let _ = writeln!(file, "{text}");
     }
 }
 

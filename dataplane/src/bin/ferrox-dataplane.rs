@@ -261,10 +261,9 @@ fn run(args: Args) -> Result<Served> {
         pci_allow: args.pci_allow.clone(),
         ..EalConfig::default()
     })?;
-    let notify = Arc::new(ferrox_dataplane::handover::Notify::from_env());
     if args.standby {
         // The EAL is up; the port is the predecessor's until it exits.
-        notify.line("standby");
+        ferrox_dataplane::handover::notify("standby");
         tracing::info!("standby: waiting for the predecessor to hand over");
         if !ferrox_dataplane::handover::wait_for_go() {
             tracing::info!("standby: the upgrade was called off");
@@ -319,7 +318,6 @@ fn run(args: Args) -> Result<Served> {
                 let errors: u64 = echo.iter().map(|e| e.protocol_errors).sum();
                 format!(" protocol_errors={errors}")
             },
-            notify,
         ),
         Some(proxy) => {
             config.ports = proxy.ports.iter().map(|&(port, _)| port).collect();
@@ -380,7 +378,6 @@ fn run(args: Args) -> Result<Served> {
                     )
                 },
                 |_| format!(" reloads={}", board.version().saturating_sub(start_version)),
-                notify,
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(reloader) = reloader {
@@ -403,7 +400,6 @@ fn serve<A: CoreService + Send>(
     config: StackConfig,
     make_app: impl Fn(usize) -> A + Sync,
     summary: impl Fn(&[&A]) -> String,
-    notify: Arc<ferrox_dataplane::handover::Notify>,
 ) -> Result<Served> {
     let lcores = ferrox_dataplane::ffi::lcores();
     let cores = lcores.len();
@@ -500,11 +496,11 @@ fn serve<A: CoreService + Send>(
     // What a predecessor handed over, if anything: restored by each core
     // before its first frame, then the file is removed.
     let inherited = match &args.handover_file {
-        Some(path) => inherit(path, port, &config, cores, notify.clone())?,
+        Some(path) => inherit(path, port, &config, cores)?,
         None => None,
     };
     if inherited.is_none() {
-        notify.line("committed restored=0 reset_on_restore=0");
+        ferrox_dataplane::handover::notify("committed restored=0 reset_on_restore=0");
     }
     let mut all = Vec::with_capacity(cores);
     let mut queues = port.queues().into_iter();
@@ -629,7 +625,6 @@ fn inherit(
     port: &Port,
     config: &StackConfig,
     cores: usize,
-    notify: Arc<ferrox_dataplane::handover::Notify>,
 ) -> Result<Option<Inherited>> {
     let Some((facts, export)) = ferrox_dataplane::handover::read(path)? else {
         return Ok(None);
@@ -653,7 +648,7 @@ fn inherit(
             "ferrox-dataplane: took over {} connection(s), {} reset",
             totals.restored, totals.reset_on_restore
         );
-        notify.line(&format!(
+        ferrox_dataplane::handover::notify(&format!(
             "committed restored={} reset_on_restore={}",
             totals.restored, totals.reset_on_restore
         ));
