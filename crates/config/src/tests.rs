@@ -73,6 +73,14 @@ protocol = \"redis\"
 servers = [\"198.18.0.1:7001:1\"]
 ";
 
+/// A redis pool table, four lines from `[pools.NAME]` to `servers =
+/// SERVERS` (which may run over more lines).
+fn redis_pool(name: &str, listen: &str, servers: &str) -> String {
+    format!("[pools.{name}]\nlisten = \"{listen}\"\nprotocol = \"redis\"\nservers = {servers}\n")
+}
+
+const ONE_SERVER: &str = r#"["198.18.0.1:7001:1"]"#;
+
 /// The same in YAML, lines 1-4; keys added from line 5 are in the pool.
 const YML_POOL: &str = "a:
   listen: 0.0.0.0:6379
@@ -301,12 +309,8 @@ weight = 2
 
     #[test]
     fn bad_addresses() {
-        assert_eq!(
-            toml_errors(
-                r#"[pools.a]
-listen = "0.0.0.0:99999"
-protocol = "redis"
-servers = [
+        // From line 5.
+        let servers = r#"[
     "1.2.3.4:99999:1",
     "cache.local:7001:1",
     "[::1]:7001:1",
@@ -318,17 +322,15 @@ servers = [
     { addr = "1.2.3.4" },
     { weight = 2 },
     "198.18.0.1:7001:1",
-]
-[pools.b]
-listen = "/tmp/sock 0666"
-protocol = "redis"
-servers = ["198.18.0.1:7001:1"]
-[pools.c]
-listen = "localhost:6379"
-protocol = "redis"
-servers = ["198.18.0.1:7001:1"]
-"#
-            ),
+]"#;
+        let text = [
+            redis_pool("a", "0.0.0.0:99999", servers),
+            redis_pool("b", "/tmp/sock 0666", ONE_SERVER),
+            redis_pool("c", "localhost:6379", ONE_SERVER),
+        ]
+        .concat();
+        assert_eq!(
+            toml_errors(&text),
             [
                 "x.toml:2: pool \"a\": listen \"0.0.0.0:99999\": port out of range",
                 "x.toml:5: pool \"a\": server \"1.2.3.4:99999:1\": port out of range",
@@ -349,9 +351,7 @@ servers = ["198.18.0.1:7001:1"]
 
     #[test]
     fn listen_addresses_must_not_overlap() {
-        let pool = |name: &str, listen: &str| {
-            format!("[pools.{name}]\nlisten = \"{listen}\"\nprotocol = \"redis\"\nservers = [\"198.18.0.1:7001:1\"]\n")
-        };
+        let pool = |name: &str, listen: &str| redis_pool(name, listen, ONE_SERVER);
         let text = [
             pool("a", "0.0.0.0:6379"),
             pool("b", "0.0.0.0:6379"),
@@ -373,12 +373,8 @@ servers = ["198.18.0.1:7001:1"]
 
     #[test]
     fn server_rules() {
-        assert_eq!(
-            toml_errors(
-                r#"[pools.a]
-listen = "0.0.0.0:6379"
-protocol = "redis"
-servers = [
+        // From line 5.
+        let servers = r#"[
     "198.18.0.1:7001:0",
     "198.18.0.1:7001:1 alpha",
     "198.18.0.2:7001:1 alpha",
@@ -387,16 +383,16 @@ servers = [
     "198.18.0.1:7003:1 two words",
     "198.18.0.1:7004:99999999999",
     { addr = "198.18.0.1:7005", weight = 0 },
-]
-[pools.b]
-listen = "0.0.0.0:6380"
-protocol = "redis"
-servers = []
-[pools.c]
-listen = "0.0.0.0:6381"
-protocol = "redis"
-"#
-            ),
+]"#;
+        let text = [
+            redis_pool("a", "0.0.0.0:6379", servers),
+            redis_pool("b", "0.0.0.0:6380", "[]"),
+            // Without the servers key.
+            "[pools.c]\nlisten = \"0.0.0.0:6381\"\nprotocol = \"redis\"\n".to_owned(),
+        ]
+        .concat();
+        assert_eq!(
+            toml_errors(&text),
             [
                 "x.toml:5: pool \"a\": server \"198.18.0.1:7001:0\": weight 0: a server needs a weight of at least 1",
                 "x.toml:7: pool \"a\": server name \"alpha\" is also the name of the server on line 6; ketama places servers by name, so names must differ",
