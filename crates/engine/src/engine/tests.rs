@@ -407,8 +407,7 @@ fn cmd(args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn single_key_commands_go_to_the_key_server() {
-    let mut net = Net::new(spec(2));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(2));
     // 'a' = 97 -> server 1, 'b' = 98 -> server 0.
     net.send(c, &cmd(&["SET", "a", "1"]));
     net.send(c, &cmd(&["SET", "b", "2"]));
@@ -420,8 +419,7 @@ fn single_key_commands_go_to_the_key_server() {
 
 #[test]
 fn pools_count_requests_bytes_latency_and_server_traffic() {
-    let mut net = Net::new(spec(2));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(2));
     let get = cmd(&["GET", "a"]);
     net.send(c, &get);
     net.advance(300);
@@ -467,8 +465,7 @@ fn pipelined_replies_keep_request_order_across_servers() {
 
 #[test]
 fn multi_key_commands_split_and_merge_in_key_order() {
-    let mut net = Net::new(spec(2));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(2));
     net.send(c, &cmd(&["MSET", "a", "1", "b", "2", "c", "3", "d", "4"]));
     assert_eq!(net.take(c), b"+OK\r\n");
     // a, c on server 1; b, d on server 0.
@@ -492,8 +489,7 @@ fn multi_key_commands_split_and_merge_in_key_order() {
 
 #[test]
 fn local_commands_and_refusals() {
-    let mut net = Net::new(spec(2));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(2));
     net.send(c, b"PING\r\n");
     net.send(c, &cmd(&["ECHO", "hi"]));
     net.send(c, &cmd(&["BLPOP", "a", "0"]));
@@ -530,8 +526,7 @@ fn local_commands_and_refusals() {
 
 #[test]
 fn hello_switches_to_resp3_on_separate_backend_connections() {
-    let mut net = Net::new(spec(1));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(1));
     net.send(c, &cmd(&["HELLO", "4"]));
     assert!(net.take(c).starts_with(b"-NOPROTO"));
     net.send(c, &cmd(&["HELLO", "3"]));
@@ -639,6 +634,13 @@ fn a_failing_server_is_ejected_and_returns_after_the_retry_time() {
     assert_eq!(net.servers[1].data[&b"a"[..]], b"3");
 }
 
+/// A net on `spec`, and a client.
+fn with_client(spec: PoolSpec) -> (Net, Handle) {
+    let mut net = Net::new(spec);
+    let c = net.client();
+    (net, c)
+}
+
 /// A net whose server `server` takes requests but never answers, and a
 /// client.
 fn muted(spec: PoolSpec, server: usize) -> (Net, Handle) {
@@ -667,8 +669,7 @@ fn a_request_timeout_fails_the_requests_in_flight_on_that_connection() {
 
 #[test]
 fn protocol_errors_answer_then_close_and_other_sessions_go_on() {
-    let mut net = Net::new(spec(1));
-    let bad = net.client();
+    let (mut net, bad) = with_client(spec(1));
     let good = net.client();
     net.send(bad, b"*1\r\n$-5\r\n");
     assert_eq!(
@@ -681,8 +682,7 @@ fn protocol_errors_answer_then_close_and_other_sessions_go_on() {
 
 #[test]
 fn a_large_value_is_held_until_whole_and_an_overlong_request_refused() {
-    let mut net = Net::new(spec(1));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(1));
     let tag = net.client_tag(c);
     // 900 KB of a 1 MB value: incomplete, within max_request (1 MiB).
     let mut set = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000000\r\n".to_vec();
@@ -754,11 +754,10 @@ fn a_full_pipeline_holds_input_back() {
 
 #[test]
 fn client_connection_limit() {
-    let mut net = Net::new(PoolSpec {
+    let (mut net, _c) = with_client(PoolSpec {
         client_connections: 1,
         ..spec(1)
     });
-    let _c = net.client();
     assert_eq!(net.engine.accept(0, 99), None);
     assert_eq!(net.engine.stats().sessions_refused, 1);
 }
@@ -772,8 +771,7 @@ fn memcache_spec(servers: usize) -> PoolSpec {
 
 #[test]
 fn memcache_multi_get_splits_and_merges() {
-    let mut net = Net::new(memcache_spec(2));
-    let c = net.client();
+    let (mut net, c) = with_client(memcache_spec(2));
     net.send(
         c,
         b"set a 0 0 1\r\nA\r\nset b 0 0 1 noreply\r\nB\r\nset c 0 0 1\r\nC\r\n",
@@ -794,8 +792,7 @@ fn memcache_multi_get_splits_and_merges() {
 
 #[test]
 fn memcache_quiet_meta_and_local_commands() {
-    let mut net = Net::new(memcache_spec(1));
-    let c = net.client();
+    let (mut net, c) = with_client(memcache_spec(1));
     // A quiet miss is dropped, a quiet hit is not; mn answers in order.
     net.send(c, b"mg nope v q\r\nset k 0 0 2\r\nhi\r\nmg k v q\r\nmn\r\n");
     assert_eq!(net.take(c), b"STORED\r\nVA 2\r\nhi\r\nMN\r\n");
@@ -856,8 +853,7 @@ mod arbitrary_input {
         ) {
             let mut pool = if memcache { memcache_spec(2) } else { spec(2) };
             pool.max_pipeline = 4096;
-            let mut net = Net::new(pool);
-            let fuzzed = net.client();
+            let (mut net, fuzzed) = with_client(pool);
             let bystander = net.client();
             let stream = pieces.concat();
             let mut at = 0;
@@ -921,8 +917,7 @@ mod reconfiguration {
 
     #[test]
     fn a_removed_server_answers_what_it_holds_before_it_is_closed() {
-        let mut net = Net::new(spec(2));
-        let c = net.client();
+        let (mut net, c) = with_client(spec(2));
         net.servers[1].hold = true;
         net.servers[1].data.insert(b"a".to_vec(), b"A".to_vec());
         net.send(c, &cmd(&["GET", "a"]));
@@ -953,8 +948,7 @@ mod reconfiguration {
 
     #[test]
     fn settings_change_in_place_and_removed_pools_close_their_clients() {
-        let mut net = Net::new(spec(1));
-        let c = net.client();
+        let (mut net, c) = with_client(spec(1));
         net.send(c, &cmd(&["GET", "a"]));
         assert_eq!(net.take(c), b"$-1\r\n");
         let mut blocking = spec(1);
@@ -979,8 +973,7 @@ mod reconfiguration {
 
 #[test]
 fn a_server_held_out_takes_no_keys_until_let_back_and_survives_a_reconfiguration() {
-    let mut net = Net::new(spec(2));
-    let c = net.client();
+    let (mut net, c) = with_client(spec(2));
     // 'a' lives on server 1; held out, its keys go to server 0.
     net.engine.hold_out(0, 0b10);
     assert!(!net.engine.is_live(0, 1));
@@ -1105,11 +1098,10 @@ mod memcache_client_requests {
 
     #[test]
     fn a_retrieval_line_is_bounded_by_max_request_and_other_lines_by_max_line() {
-        let mut net = Net::new(PoolSpec {
+        let (mut net, c) = with_client(PoolSpec {
             max_request: 100_000,
             ..memcache_spec(2)
         });
-        let c = net.client();
         let keys = many_keys(4_000);
         let line = format!("get {}\r\n", keys.join(" "));
         assert!(line.len() > 100_000);
@@ -1133,8 +1125,7 @@ mod memcache_client_requests {
 
     #[test]
     fn a_binary_protocol_request_gets_a_binary_error_then_a_close() {
-        let mut net = Net::new(memcache_spec(2));
-        let c = net.client();
+        let (mut net, c) = with_client(memcache_spec(2));
         let tag = session_tag(&net, c);
         // Part of the header: nothing to answer with yet.
         assert_eq!(net.engine.handle_input(tag, &BINARY_GET[..10], net.now), 0);
@@ -1305,8 +1296,7 @@ mod reconnecting {
 
     #[test]
     fn a_first_connect_that_is_refused_is_retried_at_once() {
-        let mut net = Net::new(preconnecting());
-        let c = net.client();
+        let (mut net, c) = with_client(preconnecting());
         let tag = match net.conns[&c] {
             Conn::Client { tag, .. } => tag,
             _ => unreachable!(),
@@ -1345,8 +1335,7 @@ mod reconnecting {
 
     #[test]
     fn after_a_restart_the_first_request_reaches_the_server() {
-        let mut net = Net::new(spec(2));
-        let c = net.client();
+        let (mut net, c) = with_client(spec(2));
         net.send(c, &set("a"));
         net.send(c, &set("b"));
         assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
@@ -1380,8 +1369,7 @@ mod reconnecting {
         s.server_connections = 2;
         s.connect_timeout = 1_000_000;
         s.timeout = None;
-        let mut net = Net::new(s);
-        let c = net.client();
+        let (mut net, c) = with_client(s);
         net.send(c, &[set("a"), set("a"), set("b")].concat());
         assert_eq!(net.take(c), b"+OK\r\n".repeat(3));
         // Server 1 dies, and its host stops answering SYNs.
@@ -1415,8 +1403,7 @@ mod reconnecting {
 
     #[test]
     fn an_ejected_server_gets_no_attempt_until_its_retry_time() {
-        let mut net = Net::new(ejecting(2, 1_000_000));
-        let c = net.client();
+        let (mut net, c) = with_client(ejecting(2, 1_000_000));
         net.send(c, &[set("a"), set("b")].concat());
         assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
         // The reset connection is one failure, the refused attempt of the
