@@ -283,6 +283,19 @@ pub struct PooledSocket {
     _region: Arc<Region>,
 }
 
+/// Read-only questions a `PooledSocket` passes on to its one socket, under
+/// the socket's own names.
+macro_rules! socket_queries {
+    ($($(#[$doc:meta])* $name:ident -> $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> $ty {
+                self.socket().$name()
+            }
+        )*
+    };
+}
+
 impl PooledSocket {
     fn socket(&self) -> &tcp::Socket<'static> {
         self.set.get::<tcp::Socket>(self.handle)
@@ -292,20 +305,17 @@ impl PooledSocket {
         self.set.get_mut::<tcp::Socket>(self.handle)
     }
 
-    pub fn state(&self) -> tcp::State {
-        self.socket().state()
-    }
-
-    pub fn can_recv(&self) -> bool {
-        self.socket().can_recv()
-    }
-
-    pub fn can_send(&self) -> bool {
-        self.socket().can_send()
-    }
-
-    pub fn may_send(&self) -> bool {
-        self.socket().may_send()
+    socket_queries! {
+        state -> tcp::State;
+        can_recv -> bool;
+        can_send -> bool;
+        may_send -> bool;
+        /// Bytes in the send buffer: sent and unacknowledged, or unsent.
+        send_queue -> usize;
+        /// Bytes received in order and not yet read.
+        recv_queue -> usize;
+        recv_capacity -> usize;
+        send_capacity -> usize;
     }
 
     /// Receives what is contiguous in the buffer; `f` returns how much it
@@ -315,24 +325,6 @@ impl PooledSocket {
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, tcp::RecvError> {
         self.socket_mut().recv(f)
-    }
-
-    /// Bytes in the send buffer: sent and unacknowledged, or unsent.
-    pub fn send_queue(&self) -> usize {
-        self.socket().send_queue()
-    }
-
-    /// Bytes received in order and not yet read.
-    pub fn recv_queue(&self) -> usize {
-        self.socket().recv_queue()
-    }
-
-    pub fn recv_capacity(&self) -> usize {
-        self.socket().recv_capacity()
-    }
-
-    pub fn send_capacity(&self) -> usize {
-        self.socket().send_capacity()
     }
 
     pub fn send_slice(&mut self, data: &[u8]) -> Result<usize, tcp::SendError> {
