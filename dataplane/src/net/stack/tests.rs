@@ -387,15 +387,53 @@ fn command(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// Appends the reply a GET of `key` must get, by the model.
-fn expect_get(model: &HashMap<Vec<u8>, Vec<u8>>, key: &[u8], expected: &mut Vec<u8>) {
-    match model.get(key) {
-        Some(v) => {
-            expected.extend(format!("${}\r\n", v.len()).into_bytes());
-            expected.extend_from_slice(v);
-            expected.extend_from_slice(b"\r\n");
+/// What a client's SETs and GETs must get back: each request made through
+/// it appends its reply to `replies`.
+#[derive(Default)]
+struct Model {
+    values: HashMap<Vec<u8>, Vec<u8>>,
+    replies: Vec<u8>,
+}
+
+impl Model {
+    /// The request `SET key value`.
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Vec<u8> {
+        let request = command(&[b"SET", &key, &value]);
+        self.replies.extend_from_slice(b"+OK\r\n");
+        self.values.insert(key, value);
+        request
+    }
+
+    /// The request `GET key`.
+    fn get(&mut self, key: &[u8]) -> Vec<u8> {
+        match self.values.get(key) {
+            Some(v) => {
+                let header = format!("${}\r\n", v.len());
+                self.replies.extend_from_slice(header.as_bytes());
+                self.replies.extend_from_slice(v);
+                self.replies.extend_from_slice(b"\r\n");
+            }
+            None => self.replies.extend_from_slice(b"$-1\r\n"),
         }
-        None => expected.extend_from_slice(b"$-1\r\n"),
+        command(&[b"GET", key])
+    }
+}
+
+/// xorshift64: the same numbers on every run from the same seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn step(&mut self) -> u64 {
+        let x = &mut self.0;
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// The next number below `n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.step() % n
     }
 }
 
@@ -467,15 +505,8 @@ fn a_deep_ping_pipeline_from_a_slow_reader_is_answered_in_full() {
 fn random_bytes_get_an_error_and_a_close_and_others_are_still_served() {
     within(60, || {
         let mut net = Net::new();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let garbage: Vec<u8> = (0..64 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let garbage: Vec<u8> = (0..64 << 10).map(|_| (rng.step() >> 24) as u8).collect();
         let c = net.client(usize::MAX);
         net.write(c, &garbage);
         let closed = net.run_until(20_000, |n| {
@@ -500,32 +531,24 @@ fn large_set_and_get_pipelines_are_answered_in_order() {
     within(120, || {
         let mut net = Net::new();
         let c = net.client(2048);
-        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        let mut x = 12345u64;
-        let mut rand = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut model = Model::default();
+        let mut rng = XorShift(12345);
         for round in 0..4 {
             let mut request = Vec::new();
-            let mut expected = Vec::new();
             for i in 0..(if round == 0 { 50u64 } else { 40 }) {
-                let key = format!("key:{}", if round == 0 { i } else { rand(50) }).into_bytes();
-                if round == 0 || rand(2) == 0 {
-                    let len = 5000 + rand(14_000) as usize;
+                let key =
+                    format!("key:{}", if round == 0 { i } else { rng.below(50) }).into_bytes();
+                if round == 0 || rng.below(2) == 0 {
+                    let len = 5000 + rng.below(14_000) as usize;
                     let value: Vec<u8> = (0..len)
                         .map(|j| b'a' + ((j as u64 + i) % 26) as u8)
                         .collect();
-                    request.extend(command(&[b"SET", &key, &value]));
-                    expected.extend_from_slice(b"+OK\r\n");
-                    model.insert(key, value);
+                    request.extend(model.set(key, value));
                 } else {
-                    request.extend(command(&[b"GET", &key]));
-                    expect_get(&model, &key, &mut expected);
+                    request.extend(model.get(&key));
                 }
             }
+            let expected = std::mem::take(&mut model.replies);
             let before = net.received(c).len();
             net.write(c, &request);
             let want = before + expected.len();
