@@ -62,6 +62,17 @@ pub enum Request {
     ServerEject { pool: String, addr: String },
     #[serde(rename = "server.restore")]
     ServerRestore { pool: String, addr: String },
+    /// Hot handover to another dataplane binary: every client connection
+    /// stays open. Answered once the new dataplane serves, or the upgrade
+    /// was refused or rolled back.
+    #[serde(rename = "upgrade")]
+    Upgrade {
+        binary: String,
+        /// The longest each step may take (standby, handing over, taking
+        /// over); default 10 000.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
     /// Refuses a command in one pool, or in every pool.
     #[serde(rename = "block")]
     Block {
@@ -185,6 +196,11 @@ pub struct Dataplane {
     /// Times it was killed because a core's heartbeat stood still.
     #[serde(default)]
     pub stalls: u64,
+    /// The binary it runs, and how many hot handovers brought it there.
+    #[serde(default)]
+    pub binary: String,
+    #[serde(default)]
+    pub generation: u64,
     /// Whether it runs and every core published since it started, within
     /// the last second.
     pub alive: bool,

@@ -94,6 +94,19 @@ pub struct DataplaneState {
     pub restarts: u64,
     /// Dataplanes killed for a stuck core.
     pub stalls: u64,
+    /// The binary it runs, and the hot handovers so far.
+    pub binary: PathBuf,
+    pub generation: u64,
+}
+
+/// An operator's request for a hot handover, for the supervisor (the
+/// thread that starts dataplanes) to carry out; the result goes back on
+/// `reply`.
+#[derive(Debug)]
+pub struct UpgradeJob {
+    pub binary: PathBuf,
+    pub timeout: Duration,
+    pub reply: std::sync::mpsc::Sender<Result<serde_json::Value, String>>,
 }
 
 /// The watchdog's view of the running dataplane's cores, reset when one
@@ -177,6 +190,8 @@ pub struct Control {
     pub stop: Arc<AtomicBool>,
     /// Set by SIGHUP: read the configuration file again.
     pub reload_requested: Arc<AtomicBool>,
+    /// A hot handover asked for and not yet taken up by the supervisor.
+    upgrade: Mutex<Option<UpgradeJob>>,
 }
 
 impl Control {
@@ -201,6 +216,7 @@ impl Control {
             started: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             reload_requested: Arc::new(AtomicBool::new(false)),
+            upgrade: Mutex::new(None),
         });
         {
             let mut running = control.running.lock().expect("not poisoned");
@@ -371,6 +387,50 @@ impl Control {
         Ok(serde_json::json!({ "pool": pool, "server": addr.to_string(), "held": held }))
     }
 
+    /// The hot handover asked for, if any (the supervisor's poll).
+    pub fn take_upgrade(&self) -> Option<UpgradeJob> {
+        self.upgrade.lock().expect("not poisoned").take()
+    }
+
+    /// Checks that `binary` runs (`--version`), then hands the upgrade to
+    /// the supervisor and waits for its result.
+    fn upgrade(&self, binary: &str, timeout_ms: Option<u64>) -> Result<serde_json::Value, Refused> {
+        let binary = PathBuf::from(binary);
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(10_000).clamp(100, 120_000));
+        let version = std::process::Command::new(&binary)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map_err(|e| Refused(format!("preflight: {} does not run: {e}", binary.display())))?;
+        let said = String::from_utf8_lossy(&version.stdout);
+        if !version.status.success() || !said.starts_with("ferrox-dataplane") {
+            return Err(Refused(format!(
+                "preflight: {} --version said {:?} ({}): not a ferrox dataplane; nothing changed",
+                binary.display(),
+                said.trim(),
+                version.status
+            )));
+        }
+        let (reply, result) = std::sync::mpsc::channel();
+        {
+            let mut slot = self.upgrade.lock().expect("not poisoned");
+            if slot.is_some() {
+                return Err(Refused("an upgrade is already under way".into()));
+            }
+            *slot = Some(UpgradeJob {
+                binary,
+                timeout,
+                reply,
+            });
+        }
+        // Standby, handing over and taking over: three steps at most.
+        match result.recv_timeout(timeout * 3 + Duration::from_secs(10)) {
+            Ok(outcome) => outcome.map_err(Refused),
+            Err(_) => Err(Refused("the supervisor did not answer".into())),
+        }
+    }
+
     /// Answers one admin request.
     pub fn handle(&self, request: Request) -> Response {
         let result = match request {
@@ -415,6 +475,7 @@ impl Control {
                 .grow(add_mb)
                 .map(|s| serde_json::to_value(s).expect("serializes")),
             Request::DebugStallCore { core } => self.stall_core(core),
+            Request::Upgrade { binary, timeout_ms } => self.upgrade(&binary, timeout_ms),
         };
         match result {
             Ok(value) => Response::ok(value),
@@ -438,6 +499,8 @@ impl Control {
                 cores: self.block.cores(),
                 restarts: dataplane.restarts,
                 stalls: dataplane.stalls,
+                binary: dataplane.binary.display().to_string(),
+                generation: dataplane.generation,
                 alive: alive && dataplane.pid.is_some(),
                 heartbeat_age_ms: ages.iter().map(|a| a.as_millis() as u64).collect(),
             },

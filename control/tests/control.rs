@@ -162,6 +162,19 @@ impl Appliance {
         control_args: &[&str],
         dataplane_args: &[&str],
     ) -> Appliance {
+        let port = ("net_af_packet0,iface=veth1,qpairs=2", "0-1");
+        Appliance::start_on(port, tag, servers, backends, control_args, dataplane_args)
+    }
+
+    /// [`Appliance::start`] on another port: a vdev and the lcores.
+    fn start_on(
+        (vdev, lcores): (&str, &str),
+        tag: &str,
+        servers: &[u16],
+        backends: &[u16],
+        control_args: &[&str],
+        dataplane_args: &[&str],
+    ) -> Appliance {
         let ns = Netns::new(tag);
         ns.add_veth();
         let backends = backends.iter().map(|&p| (p, backend(&ns, p))).collect();
@@ -182,9 +195,9 @@ impl Appliance {
             "--address",
             &address,
             "--lcores",
-            "0-1",
+            lcores,
             "--vdev",
-            "net_af_packet0,iface=veth1,qpairs=2",
+            vdev,
             "--admin-socket",
             &socket,
             "--metrics",
@@ -887,4 +900,143 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     );
     drop(silent);
     drop(appliance);
+}
+
+/// redis-py on one connection doing INCR every millisecond for `seconds`:
+/// fails unless every reply is the one before plus one and its local port
+/// never changes; prints the calls and the longest wait in ms.
+fn single_connection_incr(ns: &Netns, seconds: u32) -> Child {
+    ns.command(&[
+        "/usr/bin/python3",
+        "-c",
+        &format!(
+            r#"
+import time, redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, single_connection_client=True, socket_timeout=20)
+r.set("single", 0)
+port = r.connection._sock.getsockname()[1]
+last, worst = 0, 0.0
+end = time.time() + {seconds}
+while time.time() < end:
+    t = time.time()
+    value = r.incr("single")
+    worst = max(worst, time.time() - t)
+    assert value == last + 1, (value, last)
+    last = value
+    time.sleep(0.001)
+assert r.connection._sock.getsockname()[1] == port, "the connection changed"
+print(last, int(worst * 1000))
+"#
+        ),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// `ferroxctl upgrade` ten times, alternating two copies of the dataplane
+/// binary, on af_xdp, while redis-py holds one connection
+/// doing INCR every millisecond and redis-benchmark pipelines INCRs on 50
+/// connections: every reply follows the one before, the connections stay
+/// the same, the counter equals the INCRs sent, no client is reset, and
+/// the generation counts the upgrades. Then the failures: a binary that is
+/// not a dataplane is refused with nothing changed, and one that dies
+/// after taking the port is rolled back (the running binary takes the
+/// connections back from the file).
+#[test]
+fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
+    let dir = std::env::temp_dir().join(format!("fxc-bins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let built = PathBuf::from(CONTROL).with_file_name("ferrox-dataplane");
+    let builds: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("ferrox-dataplane-{name}"));
+            std::fs::copy(&built, &path).unwrap();
+            path
+        })
+        .collect();
+    let port = ("net_af_xdp0,iface=veth1,start_queue=0,queue_count=1", "0");
+    let appliance = Appliance::start_on(
+        port,
+        "u",
+        &[7001, 7002],
+        &[7001, 7002],
+        &[],
+        &["--drain-ms", "300"],
+    );
+    let ns = &appliance.ns;
+    let socket = appliance.socket.as_str();
+    let single = single_connection_incr(ns, 20);
+    let n = 2_000_000;
+    let mut bench = redis_benchmark(ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
+    std::thread::sleep(Duration::from_millis(800));
+    let mut pauses = Vec::new();
+    for i in 0..10 {
+        let binary = builds[i % 2].to_str().unwrap();
+        let done = json(socket, &["upgrade", "--binary", binary, "--json"]);
+        assert_eq!(done["generation"], i as u64 + 1, "{done}");
+        assert_eq!(done["reset_on_restore"], 0, "{done}");
+        assert!(done["restored"].as_u64().unwrap() >= 51, "{done}");
+        pauses.push(done["pause_ms"].as_f64().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        bench.try_wait().unwrap().is_none(),
+        "the benchmark ended before the last upgrade: raise its -n"
+    );
+    let status = appliance.status();
+    assert_eq!(status["dataplane"]["generation"], 10);
+    assert!(status["dataplane"]["binary"]
+        .as_str()
+        .unwrap()
+        .ends_with("ferrox-dataplane-b"));
+    // A binary that is not a dataplane: refused, nothing changes.
+    let pid = appliance.dataplane_pid();
+    let (ok, text) = ctl(socket, &["upgrade", "--binary", "/bin/true"]);
+    assert!(!ok && text.contains("preflight"), "{text}");
+    assert_eq!(appliance.dataplane_pid(), pid);
+    // One that dies once told to go: the running binary takes its
+    // connections back.
+    let failing = dir.join("ferrox-dataplane-failing");
+    std::fs::write(
+        &failing,
+        format!(
+            "#!/bin/sh\nFERROX_HANDOVER_FAULT=after-go exec {} \"$@\"\n",
+            builds[0].display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (ok, text) = ctl(socket, &["upgrade", "--binary", failing.to_str().unwrap()]);
+    assert!(!ok && text.contains("rolled back"), "{text}");
+    wait_for(
+        "the rolled-back dataplane serves",
+        Duration::from_secs(20),
+        || cli(ns, FERROX_IP, 6379, "PING") == "PONG",
+    );
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success() && !report.contains("rror"), "{report}");
+    let out = single.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "redis-py on one connection failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        cli(ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
+        n.to_string(),
+        "INCRs lost or run twice"
+    );
+    eprintln!(
+        "pauses (ms) of 10 upgrades: {pauses:?}; redis-py last value, longest wait ms: {report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

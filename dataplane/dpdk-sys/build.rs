@@ -44,7 +44,7 @@ fn main() {
         .allowlist_function("rte_eth_promiscuous_enable|rte_eth_macaddr_get|rte_eth_link_get_nowait|rte_eth_dev_set_mtu")
         .allowlist_function("rte_eth_stats_get|rte_eth_stats_reset|rte_eth_xstats_get|rte_eth_xstats_get_names|rte_eth_dev_socket_id")
         .allowlist_function("rte_eth_dev_rx_intr_enable|rte_eth_dev_rx_intr_disable|rte_eth_dev_rx_intr_ctl_q_get_fd")
-        .allowlist_function("rte_dev_probe|rte_dev_remove|rte_eth_iterator_.*")
+        .allowlist_function("rte_dev_probe|rte_dev_remove|rte_eal_hotplug_remove|rte_eth_iterator_.*")
         .allowlist_function("ferrox_.*")
         .allowlist_type("rte_eth_conf|rte_eth_dev_info|rte_eth_link|rte_eth_stats|rte_eth_xstat|rte_eth_xstat_name|rte_ether_addr|rte_mbuf|rte_mempool|rte_eth_rxconf|rte_eth_txconf")
         .allowlist_var("RTE_ETH_.*|RTE_MBUF_.*|RTE_PKTMBUF_HEADROOM|RTE_MAX_ETHPORTS|RTE_MAX_LCORE|RTE_ETHER_.*|RTE_PROC_.*|RTE_LCORE_.*")

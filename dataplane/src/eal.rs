@@ -145,6 +145,21 @@ impl Eal {
         })
     }
 
+    /// Probes a virtual device now (`--vdev`'s argument): a successor in
+    /// standby starts the EAL without its port, which its predecessor
+    /// still holds, and probes it once that one has closed it (af_xdp
+    /// cannot create its socket on a device probed while another process
+    /// had one).
+    pub fn probe(&self, devargs: &str) -> Result<(), EalError> {
+        ffi::dev_probe(devargs).map_err(|e| EalError::Init(e, format!("probe {devargs}")))
+    }
+
+    /// Removes a virtual device probed from `devargs` (its port closed).
+    pub fn remove(&self, devargs: &str) -> Result<(), EalError> {
+        let name = devargs.split(',').next().unwrap_or(devargs);
+        ffi::dev_remove("vdev", name).map_err(|e| EalError::Init(e, format!("remove {name}")))
+    }
+
     /// The lcore this thread runs on.
     pub fn lcore_id(&self) -> u32 {
         ffi::lcore_id()

@@ -14,7 +14,7 @@ mod ethdev;
 mod kernel;
 mod mbuf;
 
-pub(crate) use eal::{eal_cleanup, eal_init, lcore_id};
+pub(crate) use eal::{dev_probe, dev_remove, eal_cleanup, eal_init, lcore_id};
 pub use eal::{lcores, run_on_lcores, Task};
 pub(crate) use ethdev::*;
 pub use kernel::wait_readable;

@@ -188,7 +188,16 @@ impl Port {
             },
             mtu,
         };
-        let configured = ffi::port_start(id, &eth, 1024, &pool).map_err(&setup)?;
+        let configured = match ffi::port_start(id, &eth, 1024, &pool) {
+            Ok(configured) => configured,
+            Err(e) => {
+                // Leave nothing behind, so that the device can be probed
+                // and started again.
+                ffi::port_stop(id);
+                pool.free();
+                return Err(setup(e));
+            }
+        };
         let rx_wake = if configured {
             rx_wake_of(id, &info.driver)
         } else {

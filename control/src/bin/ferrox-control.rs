@@ -213,26 +213,41 @@ fn run(args: Args) -> Result<()> {
         dataplane.display()
     );
 
-    let mut command = Command::new(&dataplane);
-    command
-        .args([
-            "--control-region",
-            &args.region,
-            "--address",
-            &address_text,
-            "--lcores",
-            &args.lcores,
-        ])
-        .args(args.vdevs.iter().flat_map(|v| ["--vdev", v.as_str()]))
-        .args(args.pci_allow.iter().flat_map(|p| ["--pci", p.as_str()]))
-        .args(&args.dataplane_args)
-        // The dataplane dies with this process (its parent-death signal).
-        .env("FERROX_CONTROL_PID", std::process::id().to_string());
+    // Where a dataplane leaves its connections for its successor (hot
+    // handover). One left by an earlier run is stale: its peers are gone.
+    let handover_file = std::env::temp_dir().join(format!("ferrox-{}.handover", args.region));
+    let _ = std::fs::remove_file(&handover_file);
+    let mut dataplane_args: Vec<std::ffi::OsString> = Vec::new();
+    for arg in [
+        "--control-region",
+        &args.region,
+        "--address",
+        &address_text,
+        "--lcores",
+        &args.lcores,
+    ] {
+        dataplane_args.push(arg.into());
+    }
+    for vdev in &args.vdevs {
+        dataplane_args.extend(["--vdev".into(), vdev.into()]);
+    }
+    for pci in &args.pci_allow {
+        dataplane_args.extend(["--pci".into(), pci.into()]);
+    }
+    dataplane_args.extend(["--handover-file".into(), handover_file.clone().into()]);
+    dataplane_args.extend(args.dataplane_args.iter().map(Into::into));
+    control.dataplane.lock().expect("not poisoned").binary = dataplane.clone();
+    let mut template = Template {
+        binary: dataplane.clone(),
+        args: dataplane_args,
+        bank: 0,
+    };
     let supervised = supervise(
         &control,
-        &mut command,
+        &mut template,
         Duration::from_millis(args.stop_grace_ms),
     );
+    let _ = std::fs::remove_file(&handover_file);
 
     stop.store(true, Ordering::Relaxed);
     daemon::wake(&args.admin_socket, metrics);
@@ -254,12 +269,12 @@ fn run(args: Args) -> Result<()> {
 ///
 /// Runs on the main thread, which must spawn the dataplane: its
 /// parent-death signal follows the thread that forked it.
-fn supervise(control: &Arc<Control>, command: &mut Command, stop_grace: Duration) -> Result<()> {
+fn supervise(control: &Arc<Control>, template: &mut Template, stop_grace: Duration) -> Result<()> {
     let mut first = true;
     let mut backoff = Duration::from_millis(500);
     while !control.stop.load(Ordering::Relaxed) {
         control.dataplane_starting();
-        let child = match command.spawn() {
+        let child = match template.command(false).spawn() {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!("cannot start the dataplane: {e}");
@@ -272,7 +287,7 @@ fn supervise(control: &Arc<Control>, command: &mut Command, stop_grace: Duration
         let mut dataplane = Dataplane::new(child);
         control.dataplane.lock().expect("not poisoned").pid = Some(dataplane.pid());
         tracing::info!(pid = dataplane.pid(), "dataplane started");
-        let exit = wait_or_stop(control, &mut dataplane, stop_grace);
+        let exit = wait_or_stop(control, &mut dataplane, template, stop_grace);
         control.dataplane.lock().expect("not poisoned").pid = None;
         if stopping(control) {
             tracing::info!(status = ?exit.status, "dataplane stopped");
@@ -369,10 +384,25 @@ const STALL_GRACE: Duration = Duration::from_millis(500);
 /// Waits for the dataplane to exit, watching its cores' heartbeats. On
 /// stop, sends it SIGINT (its own clean shutdown) and, after `stop_grace`,
 /// SIGKILL; on a stuck core, the same with a shorter grace.
-fn wait_or_stop(control: &Control, dataplane: &mut Dataplane, stop_grace: Duration) -> Exit {
+fn wait_or_stop(
+    control: &Control,
+    dataplane: &mut Dataplane,
+    template: &mut Template,
+    stop_grace: Duration,
+) -> Exit {
     let mut stall: Option<Stall> = None;
     let mut kill_at: Option<Instant> = None;
     loop {
+        if kill_at.is_none() {
+            if let Some(job) = control.take_upgrade() {
+                let outcome = upgrade(control, dataplane, template, &job);
+                if let Err(why) = &outcome {
+                    tracing::error!("upgrade: {why}");
+                }
+                let _ = job.reply.send(outcome);
+                continue;
+            }
+        }
         if let Ok(Some(status)) = dataplane.child.try_wait() {
             return Exit {
                 status: Some(status),
@@ -421,5 +451,245 @@ fn sleep_unless_stopped(control: &Control, pause: Duration) {
     let deadline = Instant::now() + pause;
     while Instant::now() < deadline && !control.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How to start a dataplane: its binary, its arguments, and which half of
+/// the socket pool's core slots it claims (a successor takes the other
+/// half while its predecessor still holds its own).
+#[derive(Debug, Clone)]
+struct Template {
+    binary: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    bank: u8,
+}
+
+impl Template {
+    fn command(&self, standby: bool) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(&self.args)
+            .args(["--core-bank", &self.bank.to_string()])
+            // The dataplane dies with this process (its parent-death
+            // signal).
+            .env("FERROX_CONTROL_PID", std::process::id().to_string());
+        if standby {
+            command.arg("--standby");
+        }
+        command
+    }
+}
+
+/// A pipe whose `child` end the next dataplane inherits (its number in
+/// the environment) and whose other end stays here, closed on exec.
+fn pipe_for_child() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe()?;
+    Ok((read, write))
+}
+
+fn keep_here(fd: &OwnedFd) -> std::io::Result<()> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(())
+}
+
+/// Lines a dataplane tells the control process, read on a thread of their
+/// own so that waiting for one can time out.
+fn notify_lines(read: OwnedFd) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(std::fs::File::from(read))
+            .lines()
+            .map_while(Result::ok)
+        {
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// Waits up to `timeout` for a line starting with `want` from a
+/// dataplane; `Err` says why not (it exited, or said nothing in time).
+fn wait_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    child: &mut Dataplane,
+    want: &str,
+    timeout: Duration,
+) -> std::result::Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) if line.starts_with(want) => return Ok(line),
+            Ok(_) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.child.wait().ok();
+                return Err(format!("it exited ({status:?}) before saying {want:?}"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Ok(Some(status)) = child.child.try_wait() {
+            return Err(format!("it exited ({status}) before saying {want:?}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "it did not say {want:?} within {} ms",
+                timeout.as_millis()
+            ));
+        }
+    }
+}
+
+/// Kills a dataplane that failed its part in an upgrade.
+fn discard(mut dataplane: Dataplane) {
+    dataplane.signal(Signal::KILL);
+    let _ = dataplane.child.wait();
+}
+
+/// The field `name=` of a dataplane's line.
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hot handover from the running dataplane to `job.binary`:
+///
+/// 1. the new binary starts in standby (EAL up, port not opened) on the
+///    other half of the pool's core slots; if it does not get there, it
+///    is killed and nothing changed;
+/// 2. the old one is asked (SIGUSR2) to drain, write its connections to
+///    the handover file, close its port and exit;
+/// 3. the new one is told to go: it opens the port, restores every
+///    connection, and says `committed`. Should it fail before, the old
+///    binary is started again and restores the same file (rollback).
+fn upgrade(
+    control: &Control,
+    current: &mut Dataplane,
+    template: &mut Template,
+    job: &daemon::UpgradeJob,
+) -> std::result::Result<serde_json::Value, String> {
+    let begun = Instant::now();
+    let next = Template {
+        binary: job.binary.clone(),
+        args: template.args.clone(),
+        bank: 1 - template.bank,
+    };
+    tracing::info!(binary = %next.binary.display(), "upgrade: starting the new dataplane in standby");
+    let io = |e: std::io::Error| format!("upgrade: {e}");
+    let (notify_read, notify_write) = pipe_for_child().map_err(io)?;
+    let (go_read, go_write) = pipe_for_child().map_err(io)?;
+    keep_here(&notify_read).map_err(io)?;
+    keep_here(&go_write).map_err(io)?;
+    let mut command = next.command(true);
+    {
+        use std::os::fd::AsRawFd;
+        command
+            .env("FERROX_NOTIFY_FD", notify_write.as_raw_fd().to_string())
+            .env("FERROX_GO_FD", go_read.as_raw_fd().to_string());
+    }
+    let child = command.spawn().map_err(|e| {
+        format!(
+            "upgrade refused: {} does not start: {e}",
+            next.binary.display()
+        )
+    })?;
+    drop((notify_write, go_read));
+    let mut new = Dataplane::new(child);
+    let lines = notify_lines(notify_read);
+    if let Err(why) = wait_line(&lines, &mut new, "standby", job.timeout) {
+        discard(new);
+        return Err(format!("upgrade refused: the new dataplane did not reach standby: {why}; the running one goes on"));
+    }
+    let standby = begun.elapsed();
+    tracing::info!(
+        standby_ms = standby.as_millis() as u64,
+        "upgrade: standby; handing over"
+    );
+    let freeze = Instant::now();
+    current.signal(Signal::USR2);
+    let deadline = freeze + job.timeout;
+    let old_status = loop {
+        if let Ok(Some(status)) = current.child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(
+                pid = current.pid(),
+                "upgrade: the old dataplane did not hand over in time; SIGKILL"
+            );
+            current.signal(Signal::KILL);
+            break current.child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let sealed = Instant::now();
+    let handed_over = old_status.and_then(|s| s.code()) == Some(75);
+    if !handed_over {
+        tracing::error!(status = ?old_status, "upgrade: the old dataplane did not hand over; its connections are lost");
+    }
+    control.dataplane_starting();
+    control.dataplane.lock().expect("not poisoned").pid = Some(new.pid());
+    {
+        use std::io::Write;
+        let mut go = std::fs::File::from(go_write);
+        let _ = go.write_all(b"go\n");
+    }
+    match wait_line(&lines, &mut new, "committed", job.timeout) {
+        Ok(line) => {
+            let done = Instant::now();
+            let restored = field(&line, "restored");
+            let reset = field(&line, "reset_on_restore");
+            *template = next;
+            *current = new;
+            let generation = {
+                let mut state = control.dataplane.lock().expect("not poisoned");
+                state.binary = template.binary.clone();
+                state.generation += 1;
+                state.generation
+            };
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            tracing::info!(
+                generation,
+                restored,
+                reset_on_restore = reset,
+                pause_ms = ms(done - freeze),
+                "upgrade: done"
+            );
+            Ok(serde_json::json!({
+                "generation": generation,
+                "binary": template.binary.display().to_string(),
+                "pid": current.pid(),
+                "handed_over": handed_over,
+                "restored": restored,
+                "reset_on_restore": reset,
+                "standby_ms": ms(standby),
+                "hand_over_ms": ms(sealed - freeze),
+                "take_over_ms": ms(done - sealed),
+                "pause_ms": ms(done - freeze),
+            }))
+        }
+        Err(why) => {
+            discard(new);
+            // The old binary takes its connections back from the file
+            // (a normal start on the old half restores it).
+            tracing::error!(
+                "upgrade: the new dataplane failed ({why}); rolling back to {}",
+                template.binary.display()
+            );
+            control.dataplane_starting();
+            let back = template.command(false).spawn().map_err(|e| {
+                format!("upgrade failed ({why}) and the rollback did not start: {e}")
+            })?;
+            *current = Dataplane::new(back);
+            control.dataplane.lock().expect("not poisoned").pid = Some(current.pid());
+            Err(format!(
+                "upgrade failed: the new dataplane {why}; rolled back to {} (pid {}), which takes the connections back",
+                template.binary.display(),
+                current.pid()
+            ))
+        }
     }
 }

@@ -70,6 +70,19 @@ enum Cmd {
         #[command(subcommand)]
         action: ShmCmd,
     },
+    /// Hot handover to another dataplane binary: client connections stay
+    /// open (a pause of milliseconds); on failure the running binary goes
+    /// on, or takes its connections back.
+    Upgrade {
+        /// The new ferrox-dataplane.
+        #[arg(long)]
+        binary: PathBuf,
+        /// The longest each step may take, milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints shell completions.
     Completions { shell: clap_complete::Shell },
     /// Fault injection, for tests (the dataplane must run with
@@ -161,6 +174,12 @@ impl Admin {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         })
+    }
+
+    /// Waits up to `timeout` for each answer (a long operation).
+    fn wait_up_to(&mut self, timeout: Duration) -> Result<()> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        Ok(())
     }
 
     fn call(&mut self, request: &Request) -> Result<serde_json::Value> {
@@ -287,6 +306,25 @@ fn run(cli: Cli) -> Result<()> {
             };
             show(&mut out, &mut admin, &request, json, render_shm)?;
         }
+        Cmd::Upgrade {
+            binary,
+            timeout_ms,
+            json,
+        } => {
+            let binary = std::fs::canonicalize(&binary)
+                .with_context(|| format!("no binary at {}", binary.display()))?;
+            if !json {
+                writeln!(out, "upgrading the dataplane to {} ...", binary.display())?;
+                out.flush()?;
+            }
+            // Three steps of `timeout_ms` at most, and the answer.
+            admin.wait_up_to(Duration::from_millis(timeout_ms) * 3 + Duration::from_secs(15))?;
+            let request = Request::Upgrade {
+                binary: binary.display().to_string(),
+                timeout_ms: Some(timeout_ms),
+            };
+            show(&mut out, &mut admin, &request, json, render_upgrade)?;
+        }
         Cmd::Debug {
             action: DebugCmd::StallCore { core },
         } => {
@@ -376,6 +414,23 @@ fn micros(us: Option<u64>) -> String {
     }
 }
 
+fn render_upgrade(done: &serde_json::Value) -> String {
+    let ms = |name: &str| done[name].as_f64().unwrap_or(0.0);
+    format!(
+        "generation {}: {} (pid {}) serves; {} connection(s) taken over, {} reset\n\
+         pause {:.1} ms (hand over {:.1} ms, take over {:.1} ms); standby start {:.0} ms\n",
+        done["generation"],
+        done["binary"].as_str().unwrap_or("?"),
+        done["pid"],
+        done["restored"],
+        done["reset_on_restore"],
+        ms("pause_ms"),
+        ms("hand_over_ms"),
+        ms("take_over_ms"),
+        ms("standby_ms"),
+    )
+}
+
 fn render_status(status: &admin::Status) -> String {
     let mut s = String::new();
     let dp = &status.dataplane;
@@ -389,6 +444,12 @@ fn render_status(status: &admin::Status) -> String {
         dp.restarts,
         dp.stalls
     );
+    if !dp.binary.is_empty() {
+        s += &format!(
+            "dataplane binary {}, generation {} (hot handovers)\n",
+            dp.binary, dp.generation
+        );
+    }
     if !dp.alive && !dp.heartbeat_age_ms.is_empty() {
         let ages: Vec<String> = dp
             .heartbeat_age_ms

@@ -257,11 +257,25 @@ fn run(args: Args) -> Result<Served> {
             .file_prefix
             .clone()
             .unwrap_or_else(|| format!("ferrox-{}", std::process::id())),
-        vdevs: args.vdevs.clone(),
+        // In standby the port is the predecessor's: probed after `go`.
+        vdevs: if args.standby {
+            Vec::new()
+        } else {
+            args.vdevs.clone()
+        },
         pci_allow: args.pci_allow.clone(),
         ..EalConfig::default()
     })?;
     if args.standby {
+        // Fault injection for the rollback tests: hang before standby, or
+        // fail once told to go.
+        let fault = std::env::var("FERROX_HANDOVER_FAULT").unwrap_or_default();
+        if fault == "hang-in-standby" {
+            tracing::warn!("fault injection: hanging in standby");
+            loop {
+                std::thread::park();
+            }
+        }
         // The EAL is up; the port is the predecessor's until it exits.
         ferrox_dataplane::handover::notify("standby");
         tracing::info!("standby: waiting for the predecessor to hand over");
@@ -269,24 +283,55 @@ fn run(args: Args) -> Result<Served> {
             tracing::info!("standby: the upgrade was called off");
             return Ok(Served::Stopped);
         }
+        if fault == "after-go" {
+            bail!("fault injection: failing after go");
+        }
+        for vdev in &args.vdevs {
+            eal.probe(vdev)?;
+        }
     }
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
     let cores = ferrox_dataplane::ffi::lcores().len();
-    let mut port = Port::start(
-        &eal,
-        0,
-        PortConfig {
-            queues: cores as u16,
-            mbufs: args.mbufs,
-            mtu: args.mtu,
-            rx_checksum: match args.rx_checksum {
-                RxChecksumArg::Auto => None,
-                RxChecksumArg::Verify => Some(RxChecksum::Verify),
-                RxChecksumArg::Trust => Some(RxChecksum::Trust),
-            },
+    let port_config = PortConfig {
+        queues: cores as u16,
+        mbufs: args.mbufs,
+        mtu: args.mtu,
+        rx_checksum: match args.rx_checksum {
+            RxChecksumArg::Auto => None,
+            RxChecksumArg::Verify => Some(RxChecksum::Verify),
+            RxChecksumArg::Trust => Some(RxChecksum::Trust),
         },
-    )?;
+    };
+    // Right after a predecessor exited, the kernel may still be releasing
+    // its AF_XDP socket (the queue is freed by deferred work), and the
+    // queue setup fails: a successor removes the device, probes it again
+    // and retries for a moment.
+    let opening = std::time::Instant::now();
+    let mut port = loop {
+        match Port::start(&eal, 0, port_config) {
+            Ok(port) => break port,
+            Err(e)
+                if args.handover_file.is_some()
+                    && args.vdevs.len() == 1
+                    && opening.elapsed() < std::time::Duration::from_secs(2) =>
+            {
+                tracing::debug!("port not ready yet ({e}); probing it again");
+                eal.remove(&args.vdevs[0])?;
+                // Start-up, before any poll loop: a pause is what it needs.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                eal.probe(&args.vdevs[0])?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if opening.elapsed() > std::time::Duration::from_millis(50) {
+        tracing::info!(
+            waited_ms = opening.elapsed().as_millis() as u64,
+            "port opened after waiting for it"
+        );
+    }
     let (link_up, speed) = port.link();
     tracing::info!(link_up, speed_mbps = speed, "link");
     let mut config = StackConfig {

@@ -25,6 +25,34 @@ pub(crate) fn eal_init(args: Vec<CString>) -> Result<(), String> {
     }
 }
 
+/// Probes a device after the EAL started (`--vdev`'s argument).
+pub(crate) fn dev_probe(devargs: &str) -> Result<(), String> {
+    let devargs = CString::new(devargs).map_err(|_| "a NUL in the device arguments".to_owned())?;
+    // SAFETY: devargs is a valid NUL-terminated string for the call; the
+    // EAL is initialised (an `Eal` exists when this is reached).
+    let rc = unsafe { sys::rte_dev_probe(devargs.as_ptr()) };
+    if rc < 0 {
+        Err(errno_string(-rc))
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes the device `name` of `bus` (its port closed), so that it can be
+/// probed afresh.
+pub(crate) fn dev_remove(bus: &str, name: &str) -> Result<(), String> {
+    let bus = CString::new(bus).map_err(|_| "a NUL in the bus name".to_owned())?;
+    let name = CString::new(name).map_err(|_| "a NUL in the device name".to_owned())?;
+    // SAFETY: two valid NUL-terminated strings for the call; the EAL is
+    // initialised.
+    let rc = unsafe { sys::rte_eal_hotplug_remove(bus.as_ptr(), name.as_ptr()) };
+    if rc < 0 {
+        Err(errno_string(-rc))
+    } else {
+        Ok(())
+    }
+}
+
 pub(crate) fn eal_cleanup() {
     // SAFETY: called once, after every port is closed and every lcore joined.
     unsafe { sys::rte_eal_cleanup() };

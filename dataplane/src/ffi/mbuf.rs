@@ -41,6 +41,14 @@ impl Mempool {
         self.0.as_ptr()
     }
 
+    /// Gives the pool back to DPDK, after a port that failed to start was
+    /// closed (nothing refers to its buffers any more).
+    pub(crate) fn free(self) {
+        // SAFETY: the pool was created by `create` and is freed once (this
+        // consumes it); its only user, the port, is closed.
+        unsafe { sys::rte_mempool_free(self.0.as_ptr()) };
+    }
+
     /// Buffers free in the pool (including per-lcore caches).
     pub fn available(&self) -> u32 {
         // SAFETY: the pool is valid while self lives.
