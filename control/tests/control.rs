@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrox_testbed::{
-    cli, ketama_ports, redis_benchmark, redis_server, wait_for_port, Netns, FERROX_IP, KERNEL_IP,
+    bench_report, cli, ketama_ports, redis_benchmark, redis_server, single_connection_incr,
+    single_connection_result, wait_for_port, Netns, FERROX_IP, KERNEL_IP,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -132,6 +133,9 @@ fn pool_toml(servers: &str) -> String {
     )
 }
 
+/// The port most tests run on: af_packet with two queues, on two lcores.
+const AF_PACKET: (&str, &str) = ("net_af_packet0,iface=veth1,qpairs=2", "0-1");
+
 /// ferrox-control (with its dataplane) in a namespace of its own, logging
 /// to `control.log` in its directory; stopped (by PID), then the
 /// namespace, files and region removed, when dropped (the log is printed
@@ -150,24 +154,13 @@ struct Appliance {
 }
 
 impl Appliance {
-    /// Starts ferrox-control on a configuration of one pool over
-    /// `servers`, with `control_args`, and `dataplane_args` for the
-    /// dataplane; returns once the proxy answers and every core publishes.
+    /// Starts ferrox-control on `port` (a vdev and the lcores), on a
+    /// configuration of one pool over `servers`, with `control_args`, and
+    /// `dataplane_args` for the dataplane; returns once the proxy answers
+    /// and every core publishes.
     /// A `redis-server` is started on each of `backends` once the namespace
     /// exists.
     fn start(
-        tag: &str,
-        servers: &[u16],
-        backends: &[u16],
-        control_args: &[&str],
-        dataplane_args: &[&str],
-    ) -> Appliance {
-        let port = ("net_af_packet0,iface=veth1,qpairs=2", "0-1");
-        Appliance::start_on(port, tag, servers, backends, control_args, dataplane_args)
-    }
-
-    /// [`Appliance::start`] on another port: a vdev and the lcores.
-    fn start_on(
         (vdev, lcores): (&str, &str),
         tag: &str,
         servers: &[u16],
@@ -323,6 +316,7 @@ impl Drop for Orphan {
 #[test]
 fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     let mut appliance = Appliance::start(
+        AF_PACKET,
         "c",
         &[7001, 7002, 7003],
         &[7001, 7002, 7003, 7004],
@@ -541,6 +535,7 @@ fn the_dataplane_uses_socket_buffers_added_while_it_runs() {
     // room in the region: the 100 connections below need the memory that
     // `shm resize` adds.
     let appliance = Appliance::start(
+        AF_PACKET,
         "m",
         &[7001],
         &[7001],
@@ -632,7 +627,7 @@ fn silent_ms(log: &str) -> Option<u64> {
 
 #[test]
 fn a_stuck_core_is_found_and_the_dataplane_restarted() {
-    let mut appliance = Appliance::start("s", &[7001], &[7001], &[], &["--test-hooks"]);
+    let mut appliance = Appliance::start(AF_PACKET, "s", &[7001], &[7001], &[], &["--test-hooks"]);
     let socket = appliance.socket.clone();
     assert_eq!(
         cli(&appliance.ns, FERROX_IP, 6379, "SET stall:before 1"),
@@ -732,7 +727,7 @@ fn a_stuck_core_is_found_and_the_dataplane_restarted() {
 
 #[test]
 fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaimed() {
-    let mut appliance = Appliance::start("k", &[7001], &[7001], &[], &[]);
+    let mut appliance = Appliance::start(AF_PACKET, "k", &[7001], &[7001], &[], &[]);
     let dataplane = appliance.dataplane_pid();
     let _dataplane = Orphan(dataplane);
     let control = appliance.control().0.id();
@@ -767,7 +762,7 @@ fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaime
 
 #[test]
 fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
-    let mut appliance = Appliance::start("h", &[7001], &[7001, 7002], &[], &[]);
+    let mut appliance = Appliance::start(AF_PACKET, "h", &[7001], &[7001, 7002], &[], &[]);
     let socket = appliance.socket.clone();
     let v0 = appliance.status()["config_version"].as_u64().unwrap();
 
@@ -861,7 +856,7 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixStream;
 
-    let appliance = Appliance::start("q", &[7001], &[7001], &[], &[]);
+    let appliance = Appliance::start(AF_PACKET, "q", &[7001], &[7001], &[], &[]);
 
     // Metrics: ten silent clients and a slow one.
     let out = appliance
@@ -902,39 +897,6 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     drop(appliance);
 }
 
-/// redis-py on one connection doing INCR every millisecond for `seconds`:
-/// fails unless every reply is the one before plus one and its local port
-/// never changes; prints the calls and the longest wait in ms.
-fn single_connection_incr(ns: &Netns, seconds: u32) -> Child {
-    ns.command(&[
-        "/usr/bin/python3",
-        "-c",
-        &format!(
-            r#"
-import time, redis
-r = redis.Redis(host="{FERROX_IP}", port=6379, single_connection_client=True, socket_timeout=20)
-r.set("single", 0)
-port = r.connection._sock.getsockname()[1]
-last, worst = 0, 0.0
-end = time.time() + {seconds}
-while time.time() < end:
-    t = time.time()
-    value = r.incr("single")
-    worst = max(worst, time.time() - t)
-    assert value == last + 1, (value, last)
-    last = value
-    time.sleep(0.001)
-assert r.connection._sock.getsockname()[1] == port, "the connection changed"
-print(last, int(worst * 1000))
-"#
-        ),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
-}
-
 /// `ferroxctl upgrade` ten times, alternating two copies of the dataplane
 /// binary, on af_xdp, while redis-py holds one connection
 /// doing INCR every millisecond and redis-benchmark pipelines INCRs on 50
@@ -958,7 +920,7 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
         })
         .collect();
     let port = ("net_af_xdp0,iface=veth1,start_queue=0,queue_count=1", "0");
-    let appliance = Appliance::start_on(
+    let appliance = Appliance::start(
         port,
         "u",
         &[7001, 7002],
@@ -1020,23 +982,15 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
         Duration::from_secs(20),
         || cli(ns, FERROX_IP, 6379, "PING") == "PONG",
     );
-    let out = bench.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    assert!(out.status.success() && !report.contains("rror"), "{report}");
-    let out = single.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "redis-py on one connection failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
+    bench_report(bench);
+    let (calls, worst_ms) = single_connection_result(single);
     assert_eq!(
         cli(ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
         n.to_string(),
         "INCRs lost or run twice"
     );
     eprintln!(
-        "pauses (ms) of 10 upgrades: {pauses:?}; redis-py last value, longest wait ms: {report}"
+        "pauses (ms) of 10 upgrades: {pauses:?}; redis-py: {calls} INCRs, longest wait {worst_ms} ms"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

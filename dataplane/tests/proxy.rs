@@ -911,20 +911,6 @@ print("served after")
     dp.stop();
 }
 
-/// The report of a redis-benchmark run that must have succeeded with no
-/// error.
-fn bench_report(bench: Child) -> String {
-    let out = bench.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    let errors = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}{errors}");
-    assert!(
-        !report.contains("rror") && !errors.contains("rror"),
-        "the clients saw errors: {report}{errors}"
-    );
-    report
-}
-
 /// The namespace's nstat counters of reset connections: those reset by
 /// their peer (in ESTABLISHED or CLOSE-WAIT), and those this side reset.
 fn reset_counters(ns: &Netns) -> (u64, u64) {
@@ -961,37 +947,9 @@ fn hands_every_connection_to_a_fresh_stack_without_a_client_noticing() {
     assert_eq!(cli(&ns, FERROX_IP, 6379, "SET warm 1"), "OK");
     let (reset_before, aborts_before) = reset_counters(&ns);
     let mut servers_reset = 0;
-    let single = ns
-        .command(&[
-            "/usr/bin/python3",
-            "-c",
-            &format!(
-                r#"
-import time, redis
-r = redis.Redis(host="{FERROX_IP}", port=6379, single_connection_client=True, socket_timeout=10)
-r.set("single", 0)
-port = r.connection._sock.getsockname()[1]
-last, calls, worst = 0, 0, 0.0
-end = time.time() + 7
-while time.time() < end:
-    t = time.time()
-    value = r.incr("single")
-    worst = max(worst, time.time() - t)
-    calls += 1
-    assert value == last + 1, (value, last)
-    last = value
-    time.sleep(0.001)
-assert r.connection._sock.getsockname()[1] == port, "the connection changed"
-print(calls, last, int(worst * 1000))
-"#
-            ),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let single = single_connection_incr(&ns, 7);
     let n = 1_000_000;
-    let mut bench = redis_benchmark(&ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
+    let bench = redis_benchmark(&ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
     std::thread::sleep(Duration::from_millis(800));
     for i in 0..5 {
         sh(&["kill", "-USR2", &dp.pid().to_string()]);
@@ -1010,28 +968,7 @@ print(calls, last, int(worst * 1000))
         servers_reset += field("servers_reset");
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(
-        bench.try_wait().unwrap().is_none(),
-        "the benchmark ended before the last handover: raise its -n"
-    );
-    let out = single.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the single-connection client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
-    let figures: Vec<u64> = report
-        .split_whitespace()
-        .map(|f| f.parse().unwrap())
-        .collect();
-    assert_eq!(figures[0], figures[1], "every INCR counted once: {report}");
-    bench_report(bench);
-    assert_eq!(
-        cli(&ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
-        n.to_string(),
-        "INCRs lost or run twice"
-    );
+    let worst_ms = assert_incr_load_kept(&ns, bench, single, n);
     // The only connections reset are the proxy's own to its servers (the
     // successor opens new ones); no client's.
     let (reset_after, aborts_after) = reset_counters(&ns);
@@ -1042,63 +979,10 @@ print(calls, last, int(worst * 1000))
     );
     assert_eq!(aborts_after, aborts_before);
     let stats = dp.stop();
-    eprintln!("single connection: calls, last value, longest wait ms: {report}");
+    eprintln!("single connection: longest INCR wait {worst_ms} ms");
     // 50 benchmark connections, redis-py's, and the redis-cli calls: each
     // accepted once, never reopened.
     assert!(stat(&stats, "accepted") <= 50 + 1 + 4, "{stats}");
-}
-
-/// redis-py on one connection doing INCR every millisecond for `seconds`:
-/// fails unless every reply is the one before plus one and the connection
-/// (its local port) stays the same; prints calls, last value and the
-/// longest wait in ms.
-fn single_connection_incr(ns: &Netns, seconds: u32) -> Child {
-    ns.command(&[
-        "/usr/bin/python3",
-        "-c",
-        &format!(
-            r#"
-import time, redis
-r = redis.Redis(host="{FERROX_IP}", port=6379, single_connection_client=True, socket_timeout=20)
-r.set("single", 0)
-port = r.connection._sock.getsockname()[1]
-last, calls, worst = 0, 0, 0.0
-end = time.time() + {seconds}
-while time.time() < end:
-    t = time.time()
-    value = r.incr("single")
-    worst = max(worst, time.time() - t)
-    calls += 1
-    assert value == last + 1, (value, last)
-    last = value
-    time.sleep(0.001)
-assert r.connection._sock.getsockname()[1] == port, "the connection changed"
-print(calls, last, int(worst * 1000))
-"#
-        ),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
-}
-
-/// What [`single_connection_incr`] printed, checked: (calls, longest wait
-/// in ms).
-fn single_connection_result(child: Child) -> (u64, u64) {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the single-connection client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
-    let figures: Vec<u64> = report
-        .split_whitespace()
-        .map(|f| f.parse().unwrap())
-        .collect();
-    assert_eq!(figures[0], figures[1], "every INCR counted once: {report}");
-    (figures[0], figures[2])
 }
 
 /// The hot handover between processes, as `ferrox-control` drives it but
@@ -1120,7 +1004,7 @@ fn hands_its_connections_to_a_new_process() {
     let (reset_before, aborts_before) = reset_counters(&ns);
     let single = single_connection_incr(&ns, 6);
     let n = 300_000;
-    let mut bench = redis_benchmark(&ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
+    let bench = redis_benchmark(&ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
     std::thread::sleep(Duration::from_millis(800));
     sh(&["kill", "-USR2", &old.pid().to_string()]);
     let (code, lines) = old.wait_exit(Duration::from_secs(20));
@@ -1144,17 +1028,7 @@ fn hands_its_connections_to_a_new_process() {
     let took = new.wait_for_line("took over", 0, Duration::from_secs(20));
     assert!(took.ends_with(", 0 reset"), "{took}");
     assert!(!file.exists(), "the handover file is removed once restored");
-    assert!(
-        bench.try_wait().unwrap().is_none(),
-        "raise the benchmark's -n"
-    );
-    bench_report(bench);
-    let (_, worst_ms) = single_connection_result(single);
-    assert_eq!(
-        cli(&ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
-        n.to_string(),
-        "INCRs lost or run twice"
-    );
+    let worst_ms = assert_incr_load_kept(&ns, bench, single, n);
     let (reset_after, aborts_after) = reset_counters(&ns);
     // Only the old process's server connections were reset (by it).
     assert!(

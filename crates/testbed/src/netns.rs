@@ -160,6 +160,93 @@ pub fn redis_benchmark(ns: &Netns, host: &str, args: &str) -> Child {
         .unwrap()
 }
 
+/// redis-py on one connection doing INCR (of key `single`) every
+/// millisecond for `seconds`, in the background: it fails unless every
+/// reply is the one before plus one and its local port never changes.
+/// [`single_connection_result`] reads what it found.
+pub fn single_connection_incr(ns: &Netns, seconds: u32) -> Child {
+    let script = format!(
+        r#"
+import time, redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, single_connection_client=True, socket_timeout=20)
+r.set("single", 0)
+port = r.connection._sock.getsockname()[1]
+last, calls, worst = 0, 0, 0.0
+end = time.time() + {seconds}
+while time.time() < end:
+    t = time.time()
+    value = r.incr("single")
+    worst = max(worst, time.time() - t)
+    calls += 1
+    assert value == last + 1, (value, last)
+    last = value
+    time.sleep(0.001)
+assert r.connection._sock.getsockname()[1] == port, "the connection changed"
+print(calls, last, int(worst * 1000))
+"#
+    );
+    // Debian's interpreter, which has python3-redis.
+    ns.command(&["/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// What [`single_connection_incr`] found, checked (it succeeded, and its
+/// last value is its number of calls: none lost, none repeated): the
+/// calls and the longest wait in milliseconds.
+pub fn single_connection_result(child: Child) -> (u64, u64) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "redis-py on one connection failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let figures: Vec<u64> = report
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(figures[0], figures[1], "every INCR counted once: {report}");
+    (figures[0], figures[2])
+}
+
+/// The report of a redis-benchmark run that must have succeeded with no
+/// error.
+pub fn bench_report(bench: Child) -> String {
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}{errors}");
+    assert!(
+        !report.contains("rror") && !errors.contains("rror"),
+        "the clients saw errors: {report}{errors}"
+    );
+    report
+}
+
+/// The INCR load of a handover test, checked at its end: the benchmark
+/// (`redis-benchmark -t incr -n n`, still running when this is called, so
+/// that it spanned all that came before) saw no error, the one-connection
+/// client kept its connection and sequence, and the benchmark's counter
+/// through ferrox is exactly `n` (no INCR lost or run twice). Returns the
+/// longest wait of the one-connection client, in ms.
+pub fn assert_incr_load_kept(ns: &Netns, mut bench: Child, single: Child, n: u64) -> u64 {
+    assert!(
+        bench.try_wait().unwrap().is_none(),
+        "the benchmark ended before the last change: raise its -n"
+    );
+    bench_report(bench);
+    let (_, worst_ms) = single_connection_result(single);
+    assert_eq!(
+        cli(ns, FERROX_IP, 6379, "GET counter:__rand_int__"),
+        n.to_string(),
+        "INCRs lost or run twice"
+    );
+    worst_ms
+}
+
 /// `redis-cli -h host -p port ARGS` (a shell line) in the namespace.
 pub fn cli(ns: &Netns, host: &str, port: u16, args: &str) -> String {
     ns.shell(&format!("timeout 10 redis-cli -h {host} -p {port} {args}"))
