@@ -94,6 +94,9 @@ def parse_args():
     p.add_argument("--inject-stall", type=float, metavar="SECONDS",
                    help="wedge dataplane core 0 this many seconds in (ferroxctl debug stall-core; the "
                         "dataplane runs with --test-hooks): the soak must then fail, which checks the soak")
+    p.add_argument("--upgrade-every", type=float, metavar="SECONDS",
+                   help="hot-upgrade the dataplane this often (ferroxctl upgrade, alternating two copies of "
+                        "its binary): every client connection must survive, the load must not notice")
     p.add_argument("--dump-dir", help="save the request and reply bytes of a failing pipeline here")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory and logs")
     p.add_argument("--golden", help="the route crate's golden vectors (default: found in the tree)")
@@ -163,6 +166,8 @@ class Appliance:
         self.dataplane_pid = None
         self.ns_created = False
         self.stopped = False
+        self.builds = []
+        self.upgrades = []
 
     def binary(self, name):
         path = os.path.join(self.args.bin, name)
@@ -174,8 +179,15 @@ class Appliance:
     def start(self):
         args = self.args
         control = self.binary("ferrox-control")
-        self.binary("ferrox-dataplane")
+        dataplane = self.binary("ferrox-dataplane")
         self.ctl = self.binary("ferroxctl")
+        # Two copies of the dataplane binary for --upgrade-every to
+        # alternate between (distinct files, as two builds would be).
+        if args.upgrade_every:
+            for name in ("a", "b"):
+                path = os.path.join(self.tmp, f"ferrox-dataplane-{name}")
+                shutil.copy2(dataplane, path)
+                self.builds.append(path)
         for tool in ("redis-server", "memcached", "ip"):
             if not shutil.which(tool):
                 raise SystemExit(f"soak: {tool} is not installed")
@@ -292,6 +304,28 @@ max_pipeline = {a.max_pipeline}
             if ppid == self.control.pid and is_process(pid, "ferrox-dataplane"):
                 return int(pid)
         return None
+
+    def upgrade(self, ctx):
+        """One hot upgrade to the next copy of the dataplane binary; a
+        failure fails the run."""
+        binary = self.builds[len(self.upgrades) % 2]
+        try:
+            out = subprocess.run([self.ctl, "--socket", self.socket, "upgrade", "--binary", binary, "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=90)
+        except subprocess.TimeoutExpired:
+            ctx.fail("upgrade", "ferroxctl upgrade did not answer within 90 s")
+            return
+        text = out.stdout.decode(errors="replace")
+        if out.returncode != 0:
+            ctx.fail("upgrade", f"upgrade {len(self.upgrades) + 1} failed: {text.strip()}")
+            return
+        done = json.loads(text)
+        if done.get("reset_on_restore", 0) != 0:
+            ctx.fail("upgrade", f"upgrade {len(self.upgrades) + 1} reset connections: {text.strip()}")
+        self.upgrades.append(done)
+        self.dataplane_pid = done.get("pid", self.dataplane_pid)
+        log(f"upgrade {len(self.upgrades)}: {done.get('restored')} connection(s) taken over, "
+            f"pause {done.get('pause_ms', 0):.1f} ms, dataplane pid {self.dataplane_pid}")
 
     def status(self, timeout=5):
         if self.args.direct:
@@ -696,8 +730,12 @@ def main():
                 ctx.fail("status", f"the dataplane was restarted during the run: {json.dumps(dp)}")
             else:
                 log(f"dataplane ran throughout: restarts 0, stalls {dp.get('stalls', 0)}, "
-                    f"pid {dp.get('pid')}")
+                    f"pid {dp.get('pid')}, {len(appliance.upgrades)} hot upgrade(s)")
                 passed += 1
+            if appliance.upgrades:
+                pauses = sorted(u.get("pause_ms", 0) for u in appliance.upgrades)
+                log(f"hot upgrades: {len(pauses)}, pause ms min {pauses[0]:.1f}, "
+                    f"median {pauses[len(pauses) // 2]:.1f}, max {pauses[-1]:.1f}")
             if ctx.failures:
                 report_failure(ctx, appliance, workers, elapsed)
                 failed_checks += [who for who, _ in ctx.ordered_failures()]
@@ -732,9 +770,16 @@ def monitor(ctx, appliance, workers, threads):
     last_cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
     next_print = last_t + 10
     stall_at = None if ctx.args.inject_stall is None else last_t + ctx.args.inject_stall
+    every = ctx.args.upgrade_every
+    upgrade_at = last_t + every if every else None
     while ctx.running() and any(t.is_alive() for t in threads):
         time.sleep(0.25)
         now = time.monotonic()
+        # Not in the last seconds: the run's end checks need a settled
+        # dataplane.
+        if upgrade_at is not None and now >= upgrade_at and ctx.deadline - now > 5:
+            appliance.upgrade(ctx)
+            upgrade_at = time.monotonic() + every
         if stall_at is not None and now >= stall_at:
             stall_at = None
             out = subprocess.run([appliance.ctl, "--socket", appliance.socket, "debug", "stall-core", "0"],

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Hot handover benchmark: the pause of `ferroxctl upgrade` with many open
+# client connections, as the control process measures it and as a client
+# sees it.
+#
+#   bench/handover.sh   (CONNS: idle client connections per run, default
+#                        "1000 10000"; UPGRADES: upgrades per run, default 3)
+#
+# One namespace holds the clients and two redis-server backends on the
+# kernel side; ferrox-control runs the dataplane on DPDK af_xdp (one lcore,
+# MTU 1500) behind a veth pair, with 4 KiB socket buffers so that 10,000
+# connections fit. For each CONNS, a holder opens that many connections
+# (each answers one PING, then idles) and a probe client sends a PING every
+# millisecond on a connection of its own; then the dataplane is upgraded
+# UPGRADES times, alternating two copies of its binary. Figures per
+# upgrade: connections taken over, the pause (SIGUSR2 to the old process →
+# the new one committed: drain, export, exit, port reopen, restore), its
+# two halves, and the probe's longest wait for a PONG around it (which
+# adds the client's retransmission of what was lost while the port was
+# closed). Needs root, hugepages; not a pass/fail test.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+NS=fxh$$
+CONNS=${CONNS:-1000 10000}
+UPGRADES=${UPGRADES:-3}
+DIR=$(mktemp -d /tmp/ferrox-bench-handover-XXXXXX)
+PIDS=()
+CONTROL_PID=""
+
+cleanup() {
+  [ -n "$CONTROL_PID" ] && kill -INT "$CONTROL_PID" 2>/dev/null && sleep 3
+  [ -n "$CONTROL_PID" ] && kill -KILL "$CONTROL_PID" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+in_ns() { ip netns exec "$NS" "$@"; }
+
+cargo build --release --locked -q -p ferrox-dataplane -p ferrox-control
+for build in a b; do cp target/release/ferrox-dataplane "$DIR/ferrox-dataplane-$build"; done
+
+ip netns add "$NS"
+in_ns ip link set lo up
+in_ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+in_ns ip link add veth0 type veth peer name veth1
+in_ns ip addr add 198.18.0.1/24 dev veth0
+in_ns ip link set veth0 up
+in_ns ip link set veth1 up
+for port in 7001 7002; do
+  ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
+    --protected-mode no --daemonize no --loglevel warning >/dev/null &
+  PIDS+=("$!")
+done
+
+cat >"$DIR/ferrox.toml" <<'EOF'
+[pools.bench]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+hash = "fnv1a_64"
+distribution = "ketama"
+timeout_ms = 2000
+backlog = 16384
+servers = ["198.18.0.1:7001:1", "198.18.0.1:7002:1"]
+EOF
+
+ip netns exec "$NS" target/release/ferrox-control --config "$DIR/ferrox.toml" \
+  --address 198.18.0.2/24 --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 \
+  --lcores 0 --admin-socket "$DIR/admin.sock" --region "bench-handover-$$" --metrics off \
+  --dataplane "$DIR/ferrox-dataplane-a" -- \
+  --memory-mb 256 --mtu 1500 --client-buffer-kib 4 --client-send-buffer-kib 4 \
+  --max-connections 30000 --socket-pool-clients 12000 --drain-ms 200 \
+  >"$DIR/control.log" 2>&1 &
+CONTROL_PID=$!
+for _ in $(seq 60); do
+  in_ns timeout 2 redis-cli -h 198.18.0.2 -p 6379 PING 2>/dev/null | grep -q PONG && break
+  sleep 0.5
+done
+in_ns timeout 2 redis-cli -h 198.18.0.2 -p 6379 PING | grep -q PONG \
+  || { echo "ferrox did not answer" >&2; tail -20 "$DIR/control.log" >&2; exit 1; }
+
+cat >"$DIR/hold.py" <<'PY'
+import socket, sys
+n = int(sys.argv[1])
+socks = []
+for _ in range(n):
+    s = socket.create_connection(("198.18.0.2", 6379), timeout=30)
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+    socks.append(s)
+for s in socks:
+    assert s.recv(64).startswith(b"+PONG")
+print("ready", flush=True)
+sys.stdin.readline()
+# Each connection still works after the upgrades.
+for s in socks:
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+bad = sum(1 for s in socks if not s.recv(64).startswith(b"+PONG"))
+print(f"after: {n - bad} of {n} connections answered", flush=True)
+PY
+cat >"$DIR/probe.py" <<'PY'
+import socket, sys, threading, time
+s = socket.create_connection(("198.18.0.2", 6379), timeout=30)
+worst, stop = 0.0, threading.Event()
+def watch():
+    sys.stdin.readline()
+    stop.set()
+threading.Thread(target=watch, daemon=True).start()
+while not stop.is_set():
+    t = time.monotonic()
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+    assert s.recv(64).startswith(b"+PONG")
+    worst = max(worst, time.monotonic() - t)
+    time.sleep(0.001)
+print(f"{worst * 1000:.1f}", flush=True)
+PY
+
+printf '%-12s %-8s %-10s %-10s %-10s %-12s %s\n' connections restored pause_ms hand_ms take_ms probe_max_ms after
+build=b
+for n in $CONNS; do
+  coproc HOLD { in_ns bash -c "ulimit -n $((n + 256)); exec timeout 600 /usr/bin/python3 $DIR/hold.py $n"; }
+  read -r ready <&"${HOLD[0]}" || true
+  [ "$ready" = ready ] || { echo "could not hold $n connections" >&2; tail -20 "$DIR/control.log" >&2; exit 1; }
+  for _ in $(seq "$UPGRADES"); do
+    coproc PROBE { in_ns timeout 300 /usr/bin/python3 "$DIR/probe.py"; }
+    sleep 0.5
+    done_json=$(in_ns target/release/ferroxctl --socket "$DIR/admin.sock" upgrade \
+      --binary "$DIR/ferrox-dataplane-$build" --json --timeout-ms 30000)
+    sleep 0.5
+    echo >&"${PROBE[1]}"
+    read -r probe_ms <&"${PROBE[0]}" || probe_ms="?"
+    wait "$PROBE_PID" 2>/dev/null || true
+    /usr/bin/python3 - "$n" "$probe_ms" <<PY
+import json, sys
+d = json.loads('''$done_json''')
+print(f"{sys.argv[1]:<12} {d['restored']:<8} {d['pause_ms']:<10.1f} {d['hand_over_ms']:<10.1f} "
+      f"{d['take_over_ms']:<10.1f} {sys.argv[2]:<12}", end=" ")
+PY
+    echo
+    build=$([ "$build" = a ] && echo b || echo a)
+  done
+  echo >&"${HOLD[1]}"
+  read -r after <&"${HOLD[0]}" || after="?"
+  echo "  $n idle connections: $after"
+  wait "$HOLD_PID" 2>/dev/null || true
+done
+echo "af_xdp, MTU 1500, 1 dataplane lcore, $(nproc) vCPU; pause = SIGUSR2 to the old dataplane .. the new one committed"
