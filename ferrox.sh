@@ -204,8 +204,10 @@ run_soak_ci() {
   seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
   log "soak: fixed seed 1, ${seconds}s"
   "$SOAK_PYTHON" tests/soak/soak.py --seed 1 --duration "$seconds" || rc=1
-  log "soak: random seed $seed, ${seconds}s"
-  "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" || rc=1
+  # The random run also hot-upgrades the dataplane every 10 s: the
+  # randomized load must not notice.
+  log "soak: random seed $seed, ${seconds}s, a hot upgrade every 10 s"
+  "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" --upgrade-every 10 || rc=1
   return $rc
 }
 
@@ -278,6 +280,17 @@ cmd_demo() {
   $ns timeout 120 redis-benchmark -h 198.18.0.2 -t get,set -n 200000 -c 50 -P 16 -r 100000 -q 2>&1 \
     | tr '\r' '\n' | grep 'requests per second' | sed 's/^/  /'
   local ctl=./target/release/ferroxctl # its default socket is $DEMO_SOCKET
+  log "hot upgrade under load: the dataplane binary is replaced while redis-benchmark INCRs on 50 connections:"
+  local next=/tmp/ferrox-demo-dataplane-next bench_pid n=400000
+  cp target/release/ferrox-dataplane "$next"
+  CLEANUP+=("rm -f $next")
+  $cli DEL counter:__rand_int__ >/dev/null
+  $ns timeout 120 redis-benchmark -h 198.18.0.2 -t incr -n "$n" -c 50 -P 16 -q >/tmp/ferrox-demo-bench.log 2>&1 &
+  bench_pid=$!
+  sleep 0.5
+  $ctl upgrade --binary "$next" | sed 's/^/  /'
+  wait "$bench_pid" || true
+  echo "  redis-benchmark: $(tr '\r' '\n' </tmp/ferrox-demo-bench.log | grep -c -i error) error(s); INCRs counted $($cli GET counter:__rand_int__) of $n; every client kept its connection"
   sleep 1.5 # one sampling second for the rates
   log "ferroxctl status:"
   $ctl status | sed 's/^/  /'
@@ -300,6 +313,7 @@ and operate it with ferroxctl while traffic flows:
   $ctl server weight cache 198.18.0.1:7001 2
   $ctl block keys
   $ctl shm resize --add-mb 64
+  $ctl upgrade --binary target/release/ferrox-dataplane   # hot handover, clients stay connected
   $ctl config show
   ip netns exec $DEMO_NS bash -c 'exec 3<>/dev/tcp/127.0.0.1/9638; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3'
 

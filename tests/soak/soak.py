@@ -767,7 +767,8 @@ def monitor(ctx, appliance, workers, threads):
     """Waits for the end of the run, printing progress every 10 s with the
     dataplane's CPU, so a livelock shows as 100% CPU and no progress."""
     last_t = time.monotonic()
-    last_cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
+    cpu_pid = appliance.dataplane_pid
+    last_cpu = cpu_ticks(cpu_pid) if cpu_pid else None
     next_print = last_t + 10
     stall_at = None if ctx.args.inject_stall is None else last_t + ctx.args.inject_stall
     every = ctx.args.upgrade_every
@@ -786,6 +787,11 @@ def monitor(ctx, appliance, workers, threads):
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
             log(f"injected a stall of core 0 (ferroxctl debug stall-core 0: "
                 f"{out.stdout.decode(errors='replace').strip() or 'ok'})")
+        if appliance.dataplane_pid != cpu_pid:
+            # A hot upgrade: the new process's CPU time starts afresh.
+            cpu_pid = appliance.dataplane_pid
+            last_cpu = cpu_ticks(cpu_pid) if cpu_pid else None
+            last_t = now
         if now >= next_print:
             cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
             pct = "?"
