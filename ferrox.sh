@@ -281,7 +281,7 @@ cmd_demo() {
     | tr '\r' '\n' | grep 'requests per second' | sed 's/^/  /'
   local ctl=./target/release/ferroxctl # its default socket is $DEMO_SOCKET
   log "hot upgrade under load: the dataplane binary is replaced while redis-benchmark INCRs on 50 connections:"
-  local next=/tmp/ferrox-demo-dataplane-next bench_pid n=400000
+  local next=/tmp/ferrox-demo-dataplane-next bench_pid n=3000000
   cp target/release/ferrox-dataplane "$next"
   CLEANUP+=("rm -f $next")
   $cli DEL counter:__rand_int__ >/dev/null
