@@ -100,14 +100,11 @@ bad = sum(1 for s in socks if not s.recv(64).startswith(b"+PONG"))
 print(f"after: {n - bad} of {n} connections answered", flush=True)
 PY
 cat >"$DIR/probe.py" <<'PY'
-import socket, sys, threading, time
+import socket, sys, time
+# A PING every millisecond for argv[1] seconds; the longest wait for a PONG.
 s = socket.create_connection(("198.18.0.2", 6379), timeout=30)
-worst, stop = 0.0, threading.Event()
-def watch():
-    sys.stdin.readline()
-    stop.set()
-threading.Thread(target=watch, daemon=True).start()
-while not stop.is_set():
+worst, end = 0.0, time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
     t = time.monotonic()
     s.sendall(b"*1\r\n$4\r\nPING\r\n")
     assert s.recv(64).startswith(b"+PONG")
@@ -123,14 +120,13 @@ for n in $CONNS; do
   read -r ready <&"${HOLD[0]}" || true
   [ "$ready" = ready ] || { echo "could not hold $n connections" >&2; tail -20 "$DIR/control.log" >&2; exit 1; }
   for _ in $(seq "$UPGRADES"); do
-    coproc PROBE { in_ns timeout 300 /usr/bin/python3 "$DIR/probe.py"; }
+    in_ns timeout 300 /usr/bin/python3 "$DIR/probe.py" 3 >"$DIR/probe.out" &
+    probe=$!
     sleep 0.5
     done_json=$(in_ns target/release/ferroxctl --socket "$DIR/admin.sock" upgrade \
       --binary "$DIR/ferrox-dataplane-$build" --json --timeout-ms 30000)
-    sleep 0.5
-    echo >&"${PROBE[1]}"
-    read -r probe_ms <&"${PROBE[0]}" || probe_ms="?"
-    wait "$PROBE_PID" 2>/dev/null || true
+    wait "$probe" || true
+    probe_ms=$(cat "$DIR/probe.out" 2>/dev/null || echo "?")
     /usr/bin/python3 - "$n" "$probe_ms" <<PY
 import json, sys
 d = json.loads('''$done_json''')
