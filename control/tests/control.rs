@@ -901,8 +901,8 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
 /// binary, on af_xdp, while redis-py holds one connection
 /// doing INCR every millisecond and redis-benchmark pipelines INCRs on 50
 /// connections: every reply follows the one before, the connections stay
-/// the same, the counter equals the INCRs sent, no client is reset, and
-/// the generation counts the upgrades. Then the failures: a binary that is
+/// the same, the counter equals the INCRs sent, no client is reset, no
+/// socket buffer is leaked, and the generation counts the upgrades. Then the failures: a binary that is
 /// not a dataplane is refused with nothing changed, and one that dies
 /// after taking the port is rolled back (the running binary takes the
 /// connections back from the file).
@@ -934,6 +934,17 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     let n = 2_000_000;
     let bench = redis_benchmark(ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
     std::thread::sleep(Duration::from_millis(800));
+    // Socket buffers in use, per class: the same connections hold them
+    // before and after (each upgrade gives the old process's back).
+    let in_use = || -> Vec<u64> {
+        json(socket, &["shm", "show", "--json"])["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["in_use"].as_u64().unwrap())
+            .collect()
+    };
+    let before = in_use();
     let mut pauses = Vec::new();
     for i in 0..10 {
         let binary = builds[i % 2].to_str().unwrap();
@@ -944,6 +955,7 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
         pauses.push(done["pause_ms"].as_f64().unwrap());
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(in_use(), before, "socket buffers leaked across upgrades");
     let status = appliance.status();
     assert_eq!(status["dataplane"]["generation"], 10);
     assert!(status["dataplane"]["binary"]

@@ -791,11 +791,13 @@ def monitor(ctx, appliance, workers, threads):
             # A hot upgrade: the new process's CPU time starts afresh.
             cpu_pid = appliance.dataplane_pid
             last_cpu = cpu_ticks(cpu_pid) if cpu_pid else None
-            last_t = now
+            now = last_t = time.monotonic()
         if now >= next_print:
             cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
             pct = "?"
-            if cpu is not None and last_cpu is not None:
+            # Right after an upgrade the new process may have run for no
+            # measurable time yet: leave its figure for the next line.
+            if cpu is not None and last_cpu is not None and now - last_t >= 0.5:
                 pct = f"{100.0 * (cpu - last_cpu) / os.sysconf('SC_CLK_TCK') / (now - last_t):.0f}%"
             left = max(0, ctx.deadline - now)
             log(f"{ctx.args.duration - left:5.0f}s: redis ops {worker_total(workers, 'redis ops checked')}, "

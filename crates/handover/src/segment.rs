@@ -131,6 +131,14 @@ impl Segment {
     }
 }
 
+/// The window field of a segment that acknowledges (ACK set), read at
+/// fixed offsets without walking the options: the per-frame bookkeeping
+/// of a live connection. `None` for anything else.
+pub fn ack_window(frame: &[u8]) -> Option<u16> {
+    let b = bounds(frame)?;
+    (frame[b.tcp + 13] & flags::ACK != 0).then(|| u16_at(frame, b.tcp + 14))
+}
+
 /// TCP option kinds (RFC 9293, 7323, 2018).
 mod kind {
     pub const END: u8 = 0;
@@ -248,6 +256,14 @@ pub(crate) mod tests {
             }
         );
         assert_eq!((seg.src_port, seg.dst_port), (40000, 6379));
+    }
+
+    #[test]
+    fn the_window_of_an_acknowledging_segment_is_read_without_the_options() {
+        let f = frame(1, Some(2), 0, &[1, 1, 1, 1], b"");
+        assert_eq!(ack_window(&f), Some(1000));
+        assert_eq!(ack_window(&frame(1, None, flags::SYN, &[], b"")), None);
+        assert_eq!(ack_window(&f[..30]), None);
     }
 
     #[test]

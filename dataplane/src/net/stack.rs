@@ -1006,13 +1006,12 @@ fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
 }
 
 impl WireTrack {
-    /// Notes what a handover needs from a frame of the peer's.
+    /// Notes what a handover needs from a frame of the peer's: the window
+    /// it last advertised (a few loads; the MAC and options come from its
+    /// SYN).
     fn observe(&mut self, frame: &[u8]) {
-        if let Some(segment) = Segment::parse(frame) {
-            if segment.ack.is_some() {
-                self.peer_window = segment.window;
-            }
-            self.peer_mac = segment.src_mac;
+        if let Some(window) = ferrox_handover::segment::ack_window(frame) {
+            self.peer_window = window;
         }
     }
 }
