@@ -13,11 +13,13 @@
 # (each answers one PING, then idles) and a probe client sends a PING every
 # millisecond on a connection of its own; then the dataplane is upgraded
 # UPGRADES times, alternating two copies of its binary. Figures per
-# upgrade: connections taken over, the pause (SIGUSR2 to the old process →
-# the new one committed: drain, export, exit, port reopen, restore), its
-# two halves, and the probe's longest wait for a PONG around it (which
-# adds the client's retransmission of what was lost while the port was
-# closed). Needs root, hugepages; not a pass/fail test.
+# upgrade, from the handover board: connections exported and restored,
+# the brownout (drain: requests in flight finish), the blackout (the old
+# process freezes .. the new one receives its first frame), the whole
+# pause (SIGUSR2 .. the new one committed) with its two halves, and the
+# probe's longest wait for a PONG around it (which adds the client's
+# retransmission of what was lost while the port was closed). Needs root,
+# hugepages; not a pass/fail test.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -113,7 +115,7 @@ while time.monotonic() < end:
 print(f"{worst * 1000:.1f}", flush=True)
 PY
 
-printf '%-12s %-8s %-10s %-10s %-10s %-12s %s\n' connections restored pause_ms hand_ms take_ms probe_max_ms after
+printf '%-12s %-9s %-9s %-12s %-12s %-10s %-10s %-10s %-12s\n' connections exported restored brownout_ms blackout_ms pause_ms hand_ms take_ms probe_max_ms
 build=b
 for n in $CONNS; do
   coproc HOLD { in_ns bash -c "ulimit -n $((n + 256)); exec timeout 600 /usr/bin/python3 $DIR/hold.py $n"; }
@@ -130,7 +132,9 @@ for n in $CONNS; do
     /usr/bin/python3 - "$n" "$probe_ms" <<PY
 import json, sys
 d = json.loads('''$done_json''')
-print(f"{sys.argv[1]:<12} {d['restored']:<8} {d['pause_ms']:<10.1f} {d['hand_over_ms']:<10.1f} "
+opt = lambda v: "-" if v is None else f"{v:.1f}"
+print(f"{sys.argv[1]:<12} {d['exported']:<9} {d['restored']:<9} {opt(d['brownout_ms']):<12} "
+      f"{opt(d['blackout_ms']):<12} {d['pause_ms']:<10.1f} {d['hand_over_ms']:<10.1f} "
       f"{d['take_over_ms']:<10.1f} {sys.argv[2]:<12}", end=" ")
 PY
     echo

@@ -40,26 +40,52 @@ driver=$(basename "$(readlink "/sys/bus/pci/devices/$NIC/driver")")
 echo "ferrox-vm: $NIC bound to $driver at $(up)s"
 
 # 3. ferrox on that NIC only, on the lcores the host names (fxlcores= on
-# the kernel command line: one vCPU each).
-ferrox-dataplane --pci "$NIC" --lcores "${fxlcores:-0}" --address 198.18.2.2/24 --config /etc/ferrox.toml \
-  --memory-mb 128 --mbufs 4095 --idle-max-sleep-us 200 > /tmp/ferrox.out 2>&1 &
-pid=$!
-i=0
-until grep -q "serving" /tmp/ferrox.out; do
-  kill -0 "$pid" 2>/dev/null || { cat /tmp/ferrox.out; fail "ferrox exited"; }
-  i=$((i + 1))
-  [ "$i" -lt 1200 ] || { cat /tmp/ferrox.out; fail "ferrox did not start in 120s"; }
-  sleep 0.1
-done
-grep -i "EAL\|virtio\|serving" /tmp/ferrox.out
+# the kernel command line: one vCPU each). With a handover file: on
+# "upgrade" from the host, it hands every connection over to a new
+# process on the same NIC (SIGUSR2; exit 75 once the file is written and
+# the port closed), which restores them before its first frame.
+HANDOVER=/tmp/ferrox.handover
+start_ferrox() { # output file
+  out=$1
+  ferrox-dataplane --pci "$NIC" --lcores "${fxlcores:-0}" --address 198.18.2.2/24 --config /etc/ferrox.toml \
+    --memory-mb 128 --mbufs 4095 --idle-max-sleep-us 200 --handover-file "$HANDOVER" > "$out" 2>&1 &
+  pid=$!
+  i=0
+  until grep -q "serving" "$out"; do
+    kill -0 "$pid" 2>/dev/null || { cat "$out"; fail "ferrox exited"; }
+    i=$((i + 1))
+    [ "$i" -lt 1200 ] || { cat "$out"; fail "ferrox did not start in 120s"; }
+    sleep 0.1
+  done
+}
+start_ferrox /tmp/ferrox.out
+grep -i "EAL\|virtio\|serving" "$out"
 echo "ferrox-vm: READY at $(up)s"
 
 while read -r line; do
-  [ "$line" = stop ] && break
+  case "$line" in
+    stop) break ;;
+    upgrade)
+      asked=$(up)
+      kill -USR2 "$pid"
+      wait "$pid"
+      rc=$?
+      [ "$rc" = 75 ] || { cat "$out"; fail "the old dataplane exited with $rc, not 75 (handed over)"; }
+      grep "handed over" "$out"
+      start_ferrox /tmp/ferrox-upgraded.out
+      i=0
+      until grep -q "took over" "$out"; do
+        i=$((i + 1))
+        [ "$i" -lt 300 ] || { cat "$out"; fail "the new dataplane restored nothing in 30s"; }
+        sleep 0.1
+      done
+      echo "ferrox-vm: UPGRADED $(grep -o 'took over.*' "$out") (from ${asked}s to $(up)s)"
+      ;;
+  esac
 done < /dev/console
 kill -INT "$pid"
 wait "$pid"
 echo "ferrox-vm: ferrox exited with $?"
-grep "stopped;" /tmp/ferrox.out
+grep "stopped;" "$out"
 echo "ferrox-vm: DONE"
 poweroff -f

@@ -514,6 +514,51 @@ for i in 1 17 "$KEYS"; do
   [ "$(cli GET "vm:$i")" = "v$i" ] || fail "GET vm:$i through the guest"
 done
 log "redis-cli: $KEYS SETs and 3 GETs through ferrox in the guest"
+
+# ---- a hot upgrade on the PCI NIC --------------------------------------------
+# One client connection INCRs a counter without pause while the guest's
+# dataplane hands its connections to a new process on the same virtio NIC:
+# every reply must be the previous one plus one, on the same connection.
+cat >"$WORK/incr.py" <<'PY'
+import socket, sys, os, time
+host, ready, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+s = socket.create_connection((host, 6379), timeout=60)
+expected, worst, deadline = 1, 0.0, time.monotonic() + 300
+while time.monotonic() < deadline and not os.path.exists(stop):
+    t = time.monotonic()
+    s.sendall(b"*2\r\n$4\r\nINCR\r\n$7\r\nup:incr\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = s.recv(64)
+        if not chunk:
+            sys.exit(f"the connection closed after INCR {expected - 1}")
+        reply += chunk
+    if reply != b":%d\r\n" % expected:
+        sys.exit(f"INCR {expected} answered {reply!r}")
+    worst = max(worst, time.monotonic() - t)
+    if expected == 100:
+        open(ready, "w").close()
+    expected += 1
+    time.sleep(0.002)
+print(f"{expected - 1} {worst * 1000:.0f}", flush=True)
+PY
+in_ns timeout 400 "$PYTHON" "$WORK/incr.py" "$GUEST_IP" "$WORK/incr.ready" "$WORK/incr.stop" >"$WORK/incr.out" 2>&1 &
+incr_pid=$!
+PIDS+=("$incr_pid")
+for _ in $(seq 300); do
+  [ -f "$WORK/incr.ready" ] && break
+  kill -0 "$incr_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[ -f "$WORK/incr.ready" ] || fail "the INCR client did not get going: $(cat "$WORK/incr.out")"
+echo upgrade >&"$CON_IN"
+wait_console "ferrox-vm: UPGRADED" 120 || fail "the guest did not upgrade its dataplane"
+sleep 1
+touch "$WORK/incr.stop"
+wait "$incr_pid" || fail "the INCR client failed across the upgrade: $(cat "$WORK/incr.out")"
+read -r incrs incr_worst_ms <"$WORK/incr.out"
+[ "$(cli GET up:incr)" = "$incrs" ] || fail "the counter is $(cli GET up:incr), not $incrs"
+log "hot upgrade on the PCI NIC: $(grep -o 'UPGRADED.*' "$WORK/console.log" | tr -d '\r' | head -n 1 | cut -c10-); one connection's $incrs INCRs all in order, longest wait ${incr_worst_ms} ms"
 bench_started=$SECONDS
 # (redis-benchmark asks for CONFIG first; ferrox refuses administrative
 # commands, and the benchmark says so and goes on with its defaults.)

@@ -72,6 +72,10 @@ pub enum Request {
         /// over); default 10 000.
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// How long the running dataplane lets requests in flight finish
+        /// before it freezes; default: its `--drain-ms` (500).
+        #[serde(default)]
+        drain_ms: Option<u64>,
     },
     /// Refuses a command in one pool, or in every pool.
     #[serde(rename = "block")]

@@ -106,6 +106,8 @@ pub struct DataplaneState {
 pub struct UpgradeJob {
     pub binary: PathBuf,
     pub timeout: Duration,
+    /// The drain the running dataplane is asked for (`None`: its own).
+    pub drain: Option<Duration>,
     pub reply: std::sync::mpsc::Sender<Result<serde_json::Value, String>>,
 }
 
@@ -392,26 +394,17 @@ impl Control {
         self.upgrade.lock().expect("not poisoned").take()
     }
 
-    /// Checks that `binary` runs (`--version`), then hands the upgrade to
-    /// the supervisor and waits for its result.
-    fn upgrade(&self, binary: &str, timeout_ms: Option<u64>) -> Result<serde_json::Value, Refused> {
+    /// Hands the upgrade to the supervisor (which runs the preflight, the
+    /// standby start and the handover) and waits for its result.
+    fn upgrade(
+        &self,
+        binary: &str,
+        timeout_ms: Option<u64>,
+        drain_ms: Option<u64>,
+    ) -> Result<serde_json::Value, Refused> {
         let binary = PathBuf::from(binary);
         let timeout = Duration::from_millis(timeout_ms.unwrap_or(10_000).clamp(100, 120_000));
-        let version = std::process::Command::new(&binary)
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .map_err(|e| Refused(format!("preflight: {} does not run: {e}", binary.display())))?;
-        let said = String::from_utf8_lossy(&version.stdout);
-        if !version.status.success() || !said.starts_with("ferrox-dataplane") {
-            return Err(Refused(format!(
-                "preflight: {} --version said {:?} ({}): not a ferrox dataplane; nothing changed",
-                binary.display(),
-                said.trim(),
-                version.status
-            )));
-        }
+        let drain = drain_ms.map(|ms| Duration::from_millis(ms.clamp(1, 60_000)));
         let (reply, result) = std::sync::mpsc::channel();
         {
             let mut slot = self.upgrade.lock().expect("not poisoned");
@@ -421,11 +414,14 @@ impl Control {
             *slot = Some(UpgradeJob {
                 binary,
                 timeout,
+                drain,
                 reply,
             });
         }
-        // Standby, handing over and taking over: three steps at most.
-        match result.recv_timeout(timeout * 3 + Duration::from_secs(10)) {
+        // Preflight, standby, handing over (with its drain) and taking
+        // over: four steps at most.
+        let drain = drain.unwrap_or(Duration::from_secs(1));
+        match result.recv_timeout(timeout * 4 + drain + Duration::from_secs(10)) {
             Ok(outcome) => outcome.map_err(Refused),
             Err(_) => Err(Refused("the supervisor did not answer".into())),
         }
@@ -475,7 +471,11 @@ impl Control {
                 .grow(add_mb)
                 .map(|s| serde_json::to_value(s).expect("serializes")),
             Request::DebugStallCore { core } => self.stall_core(core),
-            Request::Upgrade { binary, timeout_ms } => self.upgrade(&binary, timeout_ms),
+            Request::Upgrade {
+                binary,
+                timeout_ms,
+                drain_ms,
+            } => self.upgrade(&binary, timeout_ms, drain_ms),
         };
         match result {
             Ok(value) => Response::ok(value),

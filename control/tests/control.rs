@@ -948,10 +948,29 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     let mut pauses = Vec::new();
     for i in 0..10 {
         let binary = builds[i % 2].to_str().unwrap();
-        let done = json(socket, &["upgrade", "--binary", binary, "--json"]);
+        // Every other one with a drain of its own.
+        let drain: &[&str] = if i % 2 == 1 {
+            &["--drain-ms", "50"]
+        } else {
+            &[]
+        };
+        let done = json(
+            socket,
+            &[&["upgrade", "--binary", binary, "--json"], drain].concat(),
+        );
         assert_eq!(done["generation"], i as u64 + 1, "{done}");
         assert_eq!(done["reset_on_restore"], 0, "{done}");
         assert!(done["restored"].as_u64().unwrap() >= 51, "{done}");
+        assert_eq!(done["exported"], done["restored"], "{done}");
+        // The board measured both (under load the new process's first
+        // frame comes at once); the drain asked for bounds the brownout
+        // (with a wide margin: a timing, on a shared machine).
+        let brownout = done["brownout_ms"].as_f64().expect("a brownout");
+        assert!(done["blackout_ms"].as_f64().is_some(), "{done}");
+        assert!(
+            brownout <= if drain.is_empty() { 300.0 } else { 50.0 } + 1000.0,
+            "{done}"
+        );
         pauses.push(done["pause_ms"].as_f64().unwrap());
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -966,6 +985,29 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     let pid = appliance.dataplane_pid();
     let (ok, text) = ctl(socket, &["upgrade", "--binary", "/bin/true"]);
     assert!(!ok && text.contains("preflight"), "{text}");
+    assert_eq!(appliance.dataplane_pid(), pid);
+    // One that hangs in standby: refused after the step's timeout, the
+    // running one never asked to hand over.
+    let hanging = dir.join("ferrox-dataplane-hanging");
+    std::fs::write(
+        &hanging,
+        format!(
+            "#!/bin/sh\nFERROX_HANDOVER_FAULT=hang-in-standby exec {} \"$@\"\n",
+            builds[0].display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &hanging,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let hanging = hanging.to_str().unwrap();
+    let (ok, text) = ctl(
+        socket,
+        &["upgrade", "--binary", hanging, "--timeout-ms", "3000"],
+    );
+    assert!(!ok && text.contains("did not reach standby"), "{text}");
     assert_eq!(appliance.dataplane_pid(), pid);
     // One that dies once told to go: the running binary takes its
     // connections back.

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrox_block::{Block, CoreRecord, Counter};
+use ferrox_block::{Block, CoreRecord, Counter, Step};
 use hugepage_pool::mq::{self, fanin, Sleep};
 use hugepage_pool::Region;
 
@@ -422,13 +422,17 @@ impl<A: CoreService> Core<'_, A> {
         }
         let since = *draining.get_or_insert_with(|| {
             self.stack.begin_drain();
+            self.block.stamp(Step::Asked);
             now
         });
         let waited = Duration::from_micros((now - since).total_micros());
-        if !self.stack.drained() && waited < handover.drain_for {
+        // The control process may ask for another drain time than ours.
+        let drain_for = self.block.handover_drain().unwrap_or(handover.drain_for);
+        if !self.stack.drained() && waited < drain_for {
             return false;
         }
         *draining = None;
+        self.block.stamp(Step::Frozen);
         handover.done += 1;
         let generation = handover.done;
         let started = std::time::Instant::now();
@@ -455,6 +459,7 @@ impl<A: CoreService> Core<'_, A> {
             Successor::Process { sink, cores, stop } => {
                 let exported = self.stack.export(clock.now(), &mut self.queue, &mut export);
                 self.queue.flush();
+                self.block.add_exported(exported.exported);
                 let mut sink = sink.lock().expect("not poisoned");
                 sink.push(export);
                 if sink.len() == *cores {
@@ -522,6 +527,8 @@ impl<A: CoreService> Core<'_, A> {
             );
             inherited.add(restored);
         }
+        // The first frame after taking connections over ends the blackout.
+        let mut first_frame_due = self.inherited.is_some();
         while !stop.load(Ordering::Relaxed) {
             self.stats.iterations += 1;
             let now = clock.now();
@@ -533,6 +540,10 @@ impl<A: CoreService> Core<'_, A> {
                 break;
             }
             let received = self.queue.rx_burst(&mut rx);
+            if first_frame_due && received > 0 {
+                self.block.stamp(Step::FirstFrame);
+                first_frame_due = false;
+            }
             let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
             for i in 0..received {
                 let frame = rx.frame(i);

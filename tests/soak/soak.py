@@ -322,10 +322,16 @@ max_pipeline = {a.max_pipeline}
         done = json.loads(text)
         if done.get("reset_on_restore", 0) != 0:
             ctx.fail("upgrade", f"upgrade {len(self.upgrades) + 1} reset connections: {text.strip()}")
+        if done.get("exported") != done.get("restored", 0) + done.get("reset_on_restore", 0):
+            ctx.fail("upgrade", f"upgrade {len(self.upgrades) + 1} lost connections between export "
+                     f"and restore: {text.strip()}")
         self.upgrades.append(done)
         self.dataplane_pid = done.get("pid", self.dataplane_pid)
-        log(f"upgrade {len(self.upgrades)}: {done.get('restored')} connection(s) taken over, "
-            f"pause {done.get('pause_ms', 0):.1f} ms, dataplane pid {self.dataplane_pid}")
+        blackout = done.get("blackout_ms")
+        log(f"upgrade {len(self.upgrades)}: {done.get('exported')} connection(s) exported, "
+            f"{done.get('restored')} taken over, pause {done.get('pause_ms', 0):.1f} ms, blackout "
+            + ("?" if blackout is None else f"{blackout:.1f} ms")
+            + f", dataplane pid {self.dataplane_pid}")
 
     def status(self, timeout=5):
         if self.args.direct:
@@ -792,11 +798,12 @@ def monitor(ctx, appliance, workers, threads):
             cpu_pid = appliance.dataplane_pid
             last_cpu = cpu_ticks(cpu_pid) if cpu_pid else None
             now = last_t = time.monotonic()
+            # Print a second later, with a figure for the new process.
+            next_print = max(next_print, now + 1)
         if now >= next_print:
             cpu = cpu_ticks(appliance.dataplane_pid) if appliance.dataplane_pid else None
             pct = "?"
-            # Right after an upgrade the new process may have run for no
-            # measurable time yet: leave its figure for the next line.
+            # A zero interval gives no figure.
             if cpu is not None and last_cpu is not None and now - last_t >= 0.5:
                 pct = f"{100.0 * (cpu - last_cpu) / os.sysconf('SC_CLK_TCK') / (now - last_t):.0f}%"
             left = max(0, ctx.deadline - now)

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ferrox_block::Block;
+use ferrox_block::{Block, Step};
 use ferrox_control::daemon::{self, Control, Settings, Stall};
 use hugepage_pool::{Region, RegionError, RegionOptions};
 use rustix::process::{Pid, PidfdFlags, Signal};
@@ -555,16 +555,95 @@ fn field(line: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `next` with `--check` (its arguments, the configuration, the
+/// control block's layout): a binary that would not start is refused
+/// before anything changes.
+fn preflight(next: &Template, timeout: Duration) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let refused = |why: String| {
+        format!(
+            "upgrade refused: preflight of {}: {why}; nothing changed",
+            next.binary.display()
+        )
+    };
+    let mut check = next
+        .command(false)
+        .arg("--check")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| refused(format!("it does not start: {e}")))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match check.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = check.kill();
+                let _ = check.wait();
+                return Err(refused(format!(
+                    "--check did not finish within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+        }
+    };
+    let (mut said, mut complained) = (String::new(), String::new());
+    if let Some(mut out) = check.stdout.take() {
+        let _ = out.read_to_string(&mut said);
+    }
+    if let Some(mut err) = check.stderr.take() {
+        let _ = err.read_to_string(&mut complained);
+    }
+    if status.success() && said.contains("ferrox-dataplane: check passed") {
+        return Ok(());
+    }
+    let why = complained
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .or_else(|| said.lines().next())
+        .unwrap_or("it said nothing");
+    Err(refused(format!("--check ended {status}: {}", why.trim())))
+}
+
+/// Waits up to `timeout` for a dataplane to exit, then kills it.
+fn reap(dataplane: &mut Dataplane, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = dataplane.child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(
+                pid = dataplane.pid(),
+                "the old dataplane did not exit in time; SIGKILL"
+            );
+            dataplane.signal(Signal::KILL);
+            return dataplane.child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A hot handover from the running dataplane to `job.binary`:
 ///
-/// 1. the new binary starts in standby (EAL up, port not opened) on the
-///    other half of the pool's core slots; if it does not get there, it
-///    is killed and nothing changed;
-/// 2. the old one is asked (SIGUSR2) to drain, write its connections to
-///    the handover file, close its port and exit;
-/// 3. the new one is told to go: it opens the port, restores every
+/// 1. preflight: the new binary checks its arguments, the configuration
+///    and the control block's layout (`--check`);
+/// 2. it starts in standby (EAL up, port not opened) on the other half of
+///    the pool's core slots; if it does not get there, it is killed and
+///    nothing changed;
+/// 3. the old one is asked (the handover board, then SIGUSR2) to drain,
+///    freeze, write its connections to the handover file and close its
+///    port (sealed on the board), then it exits;
+/// 4. the new one is told to go: it opens the port, restores every
 ///    connection, and says `committed`. Should it fail before, the old
 ///    binary is started again and restores the same file (rollback).
+///
+/// The answer has the board's measures: the brownout (drain: requests in
+/// flight finish, new ones wait), the blackout (freeze to the new
+/// process's first frame), and the connections exported and restored.
 fn upgrade(
     control: &Control,
     current: &mut Dataplane,
@@ -577,7 +656,8 @@ fn upgrade(
         args: template.args.clone(),
         bank: 1 - template.bank,
     };
-    tracing::info!(binary = %next.binary.display(), "upgrade: starting the new dataplane in standby");
+    preflight(&next, job.timeout)?;
+    tracing::info!(binary = %next.binary.display(), "upgrade: preflight passed; starting the new dataplane in standby");
     let io = |e: std::io::Error| format!("upgrade: {e}");
     let (notify_read, notify_write) = pipe_for_child().map_err(io)?;
     let (go_read, go_write) = pipe_for_child().map_err(io)?;
@@ -608,10 +688,17 @@ fn upgrade(
         standby_ms = standby.as_millis() as u64,
         "upgrade: standby; handing over"
     );
-    let freeze = Instant::now();
+    let board = control.block();
+    board.begin_handover(job.drain);
+    let asked = Instant::now();
     current.signal(Signal::USR2);
-    let deadline = freeze + job.timeout;
+    // Sealed (the file written, the port closed) is enough to go on: the
+    // old process may still be winding down. Drain, then export, at most.
+    let deadline = asked + job.drain.unwrap_or(Duration::from_secs(1)) + job.timeout;
     let old_status = loop {
+        if board.stamped(Step::Sealed) {
+            break None;
+        }
         if let Ok(Some(status)) = current.child.try_wait() {
             break Some(status);
         }
@@ -623,10 +710,10 @@ fn upgrade(
             current.signal(Signal::KILL);
             break current.child.wait().ok();
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(500));
     };
     let sealed = Instant::now();
-    let handed_over = old_status.and_then(|s| s.code()) == Some(75);
+    let handed_over = board.stamped(Step::Sealed) || old_status.and_then(|s| s.code()) == Some(75);
     if !handed_over {
         tracing::error!(status = ?old_status, "upgrade: the old dataplane did not hand over; its connections are lost");
     }
@@ -640,22 +727,37 @@ fn upgrade(
     match wait_line(&lines, &mut new, "committed", job.timeout) {
         Ok(line) => {
             let done = Instant::now();
-            let restored = field(&line, "restored");
-            let reset = field(&line, "reset_on_restore");
+            let mut old = std::mem::replace(current, new);
             *template = next;
-            *current = new;
             let generation = {
                 let mut state = control.dataplane.lock().expect("not poisoned");
                 state.binary = template.binary.clone();
                 state.generation += 1;
                 state.generation
             };
+            // The blackout ends with the first frame the new process
+            // receives: with clients talking, within a moment.
+            let waiting = Instant::now();
+            while !board.stamped(Step::FirstFrame) && waiting.elapsed() < Duration::from_millis(250)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let report = board.handover_report();
+            let old_status = old_status.or_else(|| reap(&mut old, job.timeout));
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let brownout = report.between(Step::Asked, Step::Frozen);
+            let blackout = report.between(Step::Frozen, Step::FirstFrame);
+            let restored = field(&line, "restored");
+            let reset = field(&line, "reset_on_restore");
             tracing::info!(
                 generation,
+                exported = report.exported,
                 restored,
                 reset_on_restore = reset,
-                pause_ms = ms(done - freeze),
+                brownout_ms = brownout.map(ms),
+                blackout_ms = blackout.map(ms),
+                pause_ms = ms(done - asked),
+                old_exit = ?old_status,
                 "upgrade: done"
             );
             Ok(serde_json::json!({
@@ -663,16 +765,25 @@ fn upgrade(
                 "binary": template.binary.display().to_string(),
                 "pid": current.pid(),
                 "handed_over": handed_over,
+                "exported": report.exported,
                 "restored": restored,
                 "reset_on_restore": reset,
                 "standby_ms": ms(standby),
-                "hand_over_ms": ms(sealed - freeze),
+                "brownout_ms": brownout.map(ms),
+                "blackout_ms": blackout.map(ms),
+                "sealed_to_restored_ms": report.between(Step::Sealed, Step::Restored).map(ms),
+                "hand_over_ms": ms(sealed - asked),
                 "take_over_ms": ms(done - sealed),
-                "pause_ms": ms(done - freeze),
+                "pause_ms": ms(done - asked),
             }))
         }
         Err(why) => {
             discard(new);
+            // The old process must be gone before its binary starts again
+            // on the same half of the pool.
+            if old_status.is_none() {
+                reap(current, job.timeout);
+            }
             // The old binary takes its connections back from the file
             // (a normal start on the old half restores it).
             tracing::error!(

@@ -80,6 +80,11 @@ enum Cmd {
         /// The longest each step may take, milliseconds.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        /// How long requests in flight may take to finish before the
+        /// running dataplane freezes, milliseconds (default: its
+        /// --drain-ms, 500); those still waiting then fail.
+        #[arg(long)]
+        drain_ms: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -309,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Upgrade {
             binary,
             timeout_ms,
+            drain_ms,
             json,
         } => {
             let binary = std::fs::canonicalize(&binary)
@@ -317,11 +323,15 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "upgrading the dataplane to {} ...", binary.display())?;
                 out.flush()?;
             }
-            // Three steps of `timeout_ms` at most, and the answer.
-            admin.wait_up_to(Duration::from_millis(timeout_ms) * 3 + Duration::from_secs(15))?;
+            // Four steps of `timeout_ms` at most, the drain, and the answer.
+            let drain = Duration::from_millis(drain_ms.unwrap_or(1_000));
+            admin.wait_up_to(
+                Duration::from_millis(timeout_ms) * 4 + drain + Duration::from_secs(15),
+            )?;
             let request = Request::Upgrade {
                 binary: binary.display().to_string(),
                 timeout_ms: Some(timeout_ms),
+                drain_ms,
             };
             show(&mut out, &mut admin, &request, json, render_upgrade)?;
         }
@@ -416,14 +426,25 @@ fn micros(us: Option<u64>) -> String {
 
 fn render_upgrade(done: &serde_json::Value) -> String {
     let ms = |name: &str| done[name].as_f64().unwrap_or(0.0);
+    let maybe_ms = |name: &str| {
+        done[name]
+            .as_f64()
+            .map_or("not measured".to_string(), |v| format!("{v:.1} ms"))
+    };
     format!(
-        "generation {}: {} (pid {}) serves; {} connection(s) taken over, {} reset\n\
+        "generation {}: {} (pid {}) serves\n\
+         connections: {} exported, {} restored, {} reset\n\
+         brownout {} (requests in flight finish, new ones wait)\n\
+         blackout {} (freeze to the new dataplane's first frame)\n\
          pause {:.1} ms (hand over {:.1} ms, take over {:.1} ms); standby start {:.0} ms\n",
         done["generation"],
         done["binary"].as_str().unwrap_or("?"),
         done["pid"],
+        done["exported"],
         done["restored"],
         done["reset_on_restore"],
+        maybe_ms("brownout_ms"),
+        maybe_ms("blackout_ms"),
         ms("pause_ms"),
         ms("hand_over_ms"),
         ms("take_over_ms"),

@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -37,6 +37,28 @@ pub struct BlockHeader {
     pub health: HealthBoard,
     pub core: [CoreRecord; MAX_CORES],
     pub test: TestBoard,
+    pub handover: HandoverBoard,
+}
+
+/// Steps of a hot handover that the board stamps.
+pub const HANDOVER_STEPS: usize = 5;
+
+/// A hot handover as the processes taking part see it. The control
+/// process clears it and writes the command before it asks the running
+/// dataplane to hand over; each step is stamped once, by the first core
+/// to get there, in `CLOCK_MONOTONIC` nanoseconds (0: not yet).
+#[repr(C)]
+pub struct HandoverBoard {
+    /// How long the running dataplane lets requests in flight finish, in
+    /// milliseconds; 0: its own `--drain-ms`.
+    pub drain_ms: AtomicU64,
+    /// By [`crate::Step`].
+    pub stamps: [AtomicU64; HANDOVER_STEPS],
+    /// Connections the old dataplane wrote to the handover file.
+    pub exported: AtomicU64,
+    /// Connections the new one restored, and those it had to reset.
+    pub restored: AtomicU64,
+    pub reset_on_restore: AtomicU64,
 }
 
 /// Requests for a dataplane started with `--test-hooks` only (any other

@@ -14,6 +14,9 @@
 //!   process reads them at any time without stopping anyone. The
 //!   heartbeat moves with every publication (at least every ~100 ms on a
 //!   healthy core); the control process's watchdog acts when it stops.
+//! - **The handover board.** The command for a hot handover (how long
+//!   to drain) and the moments each step happened, stamped by the old and
+//!   the new dataplane, which `ferroxctl upgrade` reports.
 //! - **Test hooks.** Per core, a request to wedge itself, honoured only by
 //!   a dataplane started with `--test-hooks`: the watchdog's fault
 //!   injection.
@@ -27,12 +30,16 @@ use std::sync::Arc;
 
 use hugepage_pool::{Offset, Region, RegionError};
 
+mod handover;
 #[allow(unsafe_code)] // declares the layout `Shared`
 mod layout;
 
+pub use handover::{monotonic_ns, HandoverReport, Step};
+
 pub use layout::{
-    BlockHeader, CoreRecord, PoolRecord, ServerRecord, TestBoard, COMMANDS, CONFIG_BYTES, COUNTERS,
-    LATENCY_BUCKETS, LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS, NAME_BYTES,
+    BlockHeader, CoreRecord, HandoverBoard, PoolRecord, ServerRecord, TestBoard, COMMANDS,
+    CONFIG_BYTES, COUNTERS, LATENCY_BUCKETS, LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS,
+    NAME_BYTES,
 };
 
 /// The region directory name of the block.

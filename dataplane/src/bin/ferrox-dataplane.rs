@@ -15,7 +15,7 @@ use clap::Parser;
 use ferrox_dataplane::eal::{Eal, EalConfig};
 use std::sync::{Arc, Mutex};
 
-use ferrox_block::{Block, Counter, Snapshot};
+use ferrox_block::{Block, Counter, Snapshot, Step};
 use ferrox_dataplane::lcore::{
     Clock, Core, CoreService, Handover, IdlePolicy, Inherited, LoopStats, Steering, StopOnPanic,
     Successor, TestStall,
@@ -33,6 +33,11 @@ use smoltcp::wire::Ipv4Address;
 #[derive(Parser, Debug)]
 #[command(version, about = "ferrox dataplane: smoltcp on a DPDK port")]
 struct Args {
+    /// Check the arguments, the configuration (or the control block's
+    /// layout and configuration) and exit, starting nothing: the preflight
+    /// of `ferroxctl upgrade`.
+    #[arg(long)]
+    check: bool,
     /// DPDK virtual device, e.g. net_af_packet0,iface=veth1 (repeatable).
     #[arg(long = "vdev")]
     vdevs: Vec<String>,
@@ -246,6 +251,14 @@ fn run(args: Args) -> Result<Served> {
         }
         (None, None) => (None, None),
     };
+    if args.check {
+        println!(
+            "ferrox-dataplane: check passed; {} {} pool(s)",
+            env!("CARGO_PKG_VERSION"),
+            proxy.as_ref().map_or(0, |p| p.config.pools.len())
+        );
+        return Ok(Served::Stopped);
+    }
     for pool in proxy.iter().flat_map(|p| &p.config.pools) {
         tracing::info!(pool = %pool.name, listen = %pool.listen, servers = pool.servers.len(), "pool");
     }
@@ -425,12 +438,24 @@ fn run(args: Args) -> Result<Served> {
                 |_| format!(" reloads={}", board.version().saturating_sub(start_version)),
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let (Ok(Served::HandedOver), Some((block, _))) = (&served, &block) {
+                seal(port, block);
+            }
             if let Some(reloader) = reloader {
                 let _ = reloader.join();
             }
             served
         }
     }
+}
+
+/// The last step of handing over to another process: the handover file
+/// is written; closing the port now, and saying so on the board, lets
+/// the successor open it while this process still winds down.
+fn seal(port: Port, block: &Block) {
+    drop(port);
+    block.stamp(Step::Sealed);
+    tracing::info!("handover sealed: the port is closed");
 }
 
 /// Runs one core loop per lcore, each with the application `make_app`
@@ -541,7 +566,7 @@ fn serve<A: CoreService + Send>(
     // What a predecessor handed over, if anything: restored by each core
     // before its first frame, then the file is removed.
     let inherited = match &args.handover_file {
-        Some(path) => inherit(path, port, &config, cores)?,
+        Some(path) => inherit(path, port, &config, cores, &block)?,
         None => None,
     };
     if inherited.is_none() {
@@ -670,6 +695,7 @@ fn inherit(
     port: &Port,
     config: &StackConfig,
     cores: usize,
+    block: &Block,
 ) -> Result<Option<Inherited>> {
     let Some((facts, export)) = ferrox_dataplane::handover::read(path)? else {
         return Ok(None);
@@ -686,9 +712,11 @@ fn inherit(
         records = export.len(),
         "taking over connections from the predecessor"
     );
-    let path = path.to_owned();
+    let (path, block) = (path.to_owned(), block.clone());
     Ok(Some(Inherited::new(export, cores, move |totals| {
         let _ = std::fs::remove_file(&path);
+        block.set_restored(totals.restored, totals.reset_on_restore);
+        block.stamp(Step::Restored);
         println!(
             "ferrox-dataplane: took over {} connection(s), {} reset",
             totals.restored, totals.reset_on_restore
