@@ -4,7 +4,8 @@
 # sees it.
 #
 #   bench/handover.sh   (CONNS: idle client connections per run, default
-#                        "1000 10000"; UPGRADES: upgrades per run, default 3)
+#                        "1000 10000"; UPGRADES: upgrades per run, default 3;
+#                        KEEP_LOG: a file to keep the processes' log in)
 #
 # One namespace holds the clients and two redis-server backends on the
 # kernel side; ferrox-control runs the dataplane on DPDK af_xdp (one lcore,
@@ -35,6 +36,8 @@ cleanup() {
   [ -n "$CONTROL_PID" ] && kill -KILL "$CONTROL_PID" 2>/dev/null || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
+  # KEEP_LOG=FILE keeps the control process's log (both dataplanes' too).
+  [ -n "${KEEP_LOG:-}" ] && cp "$DIR/control.log" "$KEEP_LOG"
   rm -rf "$DIR"
 }
 trap cleanup EXIT
