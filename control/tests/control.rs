@@ -16,8 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrox_testbed::{
-    assert_incr_load_kept, cli, ketama_ports, redis_benchmark, redis_server,
-    single_connection_incr, wait_for_port, Netns, FERROX_IP, KERNEL_IP,
+    assert_incr_load_kept, capture_client_flags, capture_result, cli, ketama_ports,
+    redis_benchmark, redis_server, single_connection_incr, wait_for_port, Netns, FERROX_IP,
+    KERNEL_IP,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -945,6 +946,9 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
             .collect()
     };
     let before = in_use();
+    // Every segment ferrox sends its clients with SYN, FIN or RST, from
+    // here to the end of the rollback: a RST would be a dropped client.
+    let capture = capture_client_flags(ns, "veth0", 6379);
     let mut pauses = Vec::new();
     for i in 0..10 {
         let binary = builds[i % 2].to_str().unwrap();
@@ -1031,6 +1035,14 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
         "the rolled-back dataplane serves",
         Duration::from_secs(20),
         || cli(ns, FERROX_IP, 6379, "PING") == "PONG",
+    );
+    let flags = capture_result(capture);
+    // The PING's connection proves the capture saw ferrox's segments.
+    assert!(flags.syn >= 1, "the capture saw nothing: {flags:?}");
+    assert_eq!(
+        (flags.rst, flags.dropped),
+        (0, 0),
+        "a client was reset: {flags:?}"
     );
     let worst_ms = assert_incr_load_kept(ns, bench, single, n);
     eprintln!("pauses (ms) of 10 upgrades: {pauses:?}; redis-py's longest wait {worst_ms} ms");

@@ -212,6 +212,110 @@ pub fn single_connection_result(child: Child) -> (u64, u64) {
     (figures[0], figures[2])
 }
 
+/// Starts a capture on `iface` in `ns` of the TCP segments ferrox sends
+/// from its listening `port`, i.e. to its clients, that carry SYN, FIN or
+/// RST: a kernel filter (classic BPF) passes only those, so a busy load
+/// does not swamp it. It runs until [`capture_result`] ends it.
+pub fn capture_client_flags(ns: &Netns, iface: &str, port: u16) -> Child {
+    let script = format!(
+        r#"
+import socket, struct, select, sys
+ETH_P_ALL, SOL_PACKET, PACKET_STATISTICS, SO_ATTACH_FILTER = 3, 263, 6, 26
+# ip, tcp, not a fragment, from ferrox, source port {port}, SYN|FIN|RST
+program = [
+    (0x28, 0, 0, 12), (0x15, 0, 12, 0x0800),
+    (0x30, 0, 0, 23), (0x15, 0, 10, 6),
+    (0x28, 0, 0, 20), (0x45, 8, 0, 0x1fff),
+    (0x20, 0, 0, 26), (0x15, 0, 6, int.from_bytes(socket.inet_aton("{FERROX_IP}"), "big")),
+    (0xb1, 0, 0, 14),
+    (0x48, 0, 0, 14), (0x15, 0, 3, {port}),
+    (0x50, 0, 0, 27), (0x45, 0, 1, 0x07),
+    (0x06, 0, 0, 0xffff), (0x06, 0, 0, 0),
+]
+code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+import ctypes
+blob = ctypes.create_string_buffer(code)
+fprog = struct.pack("HL", len(program), ctypes.addressof(blob))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(("{iface}", 0))
+# What arrived before the filter was attached is thrown away.
+s.setblocking(False)
+try:
+    while True:
+        s.recv(65535)
+except BlockingIOError:
+    pass
+# Reading the statistics resets them: drops count from here.
+s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+print("ready", flush=True)
+syn = fin = rst = 0
+while True:
+    readable, _, _ = select.select([s, sys.stdin], [], [], 1.0)
+    if sys.stdin in readable:
+        break
+    if s not in readable:
+        continue
+    frame = s.recv(65535)
+    ihl = (frame[14] & 0x0f) * 4
+    flags = frame[14 + ihl + 13]
+    syn += bool(flags & 0x02)
+    fin += bool(flags & 0x01)
+    rst += bool(flags & 0x04)
+_, drops = struct.unpack("II", s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+print(syn, fin, rst, drops, flush=True)
+"#
+    );
+    let mut child = ns
+        .command(&["/usr/bin/python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready", "the capture did not start");
+    child
+}
+
+/// What a [`capture_client_flags`] saw: segments with SYN, FIN and RST,
+/// and frames the kernel dropped before the capture read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientFlags {
+    pub syn: u64,
+    pub fin: u64,
+    pub rst: u64,
+    pub dropped: u64,
+}
+
+/// Ends a capture and says what it saw.
+pub fn capture_result(mut child: Child) -> ClientFlags {
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the capture failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let n: Vec<u64> = report
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    ClientFlags {
+        syn: n[0],
+        fin: n[1],
+        rst: n[2],
+        dropped: n[3],
+    }
+}
+
 /// The report of a redis-benchmark run that must have succeeded with no
 /// error.
 pub fn bench_report(bench: Child) -> String {
