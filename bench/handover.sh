@@ -20,7 +20,9 @@
 # pause (SIGUSR2 .. the new one committed) with its two halves, and the
 # probe's longest wait for a PONG around it (which adds the client's
 # retransmission of what was lost while the port was closed). Needs root,
-# hugepages; not a pass/fail test.
+# hugepages; not a pass/fail test. Then (THROUGHPUT=0 leaves it out) the
+# GET throughput of restored and of fresh flows, before and after an
+# upgrade (ROUNDS of each, default 3).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -149,3 +151,59 @@ PY
   wait "$HOLD_PID" 2>/dev/null || true
 done
 echo "af_xdp, MTU 1500, 1 dataplane lcore, $(nproc) vCPU; pause = SIGUSR2 to the old dataplane .. the new one committed"
+
+# ---- throughput before and after an upgrade ---------------------------------
+# Restored flows: one redis-benchmark (GET, 50 connections, pipelines of
+# 16) runs across an upgrade; its rate is read off the backends' own
+# command counters over 5 s before and 5 s after (its connections are the
+# restored ones, their segments translated). Fresh flows: the same
+# benchmark on new connections, before and after another upgrade.
+[ "${THROUGHPUT:-1}" = 1 ] || exit 0
+served() { # commands the backends processed so far
+  local total=0 b n
+  for b in 7001 7002; do
+    n=$(in_ns timeout 5 redis-cli -h 198.18.0.1 -p "$b" INFO stats | tr -d '\r' \
+      | sed -n 's/^total_commands_processed://p')
+    total=$((total + n))
+  done
+  echo "$total"
+}
+rate_over() { # seconds -> requests/s the backends saw
+  local a b
+  a=$(served)
+  sleep "$1"
+  b=$(served)
+  echo $(((b - a) / $1))
+}
+upgrade_quietly() {
+  in_ns target/release/ferroxctl --socket "$DIR/admin.sock" upgrade \
+    --binary "$DIR/ferrox-dataplane-$build" --json --timeout-ms 30000 >/dev/null
+  build=$([ "$build" = a ] && echo b || echo a)
+}
+bench_get() { # -n requests -> requests/s redis-benchmark reports
+  in_ns timeout 120 redis-benchmark -h 198.18.0.2 -p 6379 -t get -P 16 -c 50 -r 100000 -n "$1" -q 2>/dev/null \
+    | tr '\r' '\n' | sed -n 's/^GET: \([0-9.]*\) requests per second.*/\1/p' | tail -n 1
+}
+for round in $(seq "${ROUNDS:-3}"); do
+  echo "round $round:"
+  in_ns timeout 60 redis-benchmark -h 198.18.0.2 -p 6379 -t get -P 16 -c 50 -r 100000 -n 100000000 -q \
+    >/dev/null 2>&1 &
+  long=$!
+  sleep 2
+  before=$(rate_over 5)
+  upgrade_quietly
+  sleep 1
+  after=$(rate_over 5)
+  kill "$long" 2>/dev/null || true
+  wait "$long" 2>/dev/null || true
+  fresh_before=$(bench_get 1000000)
+  upgrade_quietly
+  fresh_after=$(bench_get 1000000)
+  /usr/bin/python3 - "$before" "$after" "$fresh_before" "$fresh_after" <<'PY'
+import sys
+b, a, fb, fa = (float(x) for x in sys.argv[1:])
+print(f"restored flows (one benchmark across an upgrade): {b:,.0f} -> {a:,.0f} GET/s ({a / b:.3f}x)")
+print(f"fresh flows (a new benchmark after an upgrade):   {fb:,.0f} -> {fa:,.0f} GET/s ({fa / fb:.3f}x)")
+PY
+done
+
