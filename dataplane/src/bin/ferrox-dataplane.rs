@@ -333,7 +333,7 @@ fn run(args: Args) -> Result<Served> {
                 eal.remove(&args.vdevs[0])?;
                 // Start-up, before any poll loop: a pause is what it needs.
                 #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(std::time::Duration::from_millis(2));
                 eal.probe(&args.vdevs[0])?;
             }
             Err(e) => return Err(e.into()),
