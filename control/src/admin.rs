@@ -205,6 +205,10 @@ pub struct Dataplane {
     pub binary: String,
     #[serde(default)]
     pub generation: u64,
+    /// The step of a hot upgrade under way: "preflight", "standby",
+    /// "handing over" or "taking over"; absent when none runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
     /// Whether it runs and every core published since it started, within
     /// the last second.
     pub alive: bool,

@@ -97,6 +97,8 @@ pub struct DataplaneState {
     /// The binary it runs, and the hot handovers so far.
     pub binary: PathBuf,
     pub generation: u64,
+    /// The step of a hot upgrade under way, for `status`.
+    pub upgrade: Option<&'static str>,
 }
 
 /// An operator's request for a hot handover, for the supervisor (the
@@ -390,6 +392,11 @@ impl Control {
     }
 
     /// The hot handover asked for, if any (the supervisor's poll).
+    /// Says which step of a hot upgrade runs (`None`: none any more).
+    pub fn upgrade_step(&self, step: Option<&'static str>) {
+        self.dataplane.lock().expect("not poisoned").upgrade = step;
+    }
+
     pub fn take_upgrade(&self) -> Option<UpgradeJob> {
         self.upgrade.lock().expect("not poisoned").take()
     }
@@ -501,6 +508,7 @@ impl Control {
                 stalls: dataplane.stalls,
                 binary: dataplane.binary.display().to_string(),
                 generation: dataplane.generation,
+                upgrade: dataplane.upgrade.map(str::to_string),
                 alive: alive && dataplane.pid.is_some(),
                 heartbeat_age_ms: ages.iter().map(|a| a.as_millis() as u64).collect(),
             },

@@ -1031,6 +1031,9 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     .unwrap();
     let (ok, text) = ctl(socket, &["upgrade", "--binary", failing.to_str().unwrap()]);
     assert!(!ok && text.contains("rolled back"), "{text}");
+    // ferroxctl showed the steps as they came (standby lasts long enough
+    // to be seen by its polling).
+    assert!(text.contains("  standby: "), "{text}");
     wait_for(
         "the rolled-back dataplane serves",
         Duration::from_secs(20),

@@ -650,13 +650,26 @@ fn upgrade(
     template: &mut Template,
     job: &daemon::UpgradeJob,
 ) -> std::result::Result<serde_json::Value, String> {
+    let outcome = upgrade_steps(control, current, template, job);
+    control.upgrade_step(None);
+    outcome
+}
+
+fn upgrade_steps(
+    control: &Control,
+    current: &mut Dataplane,
+    template: &mut Template,
+    job: &daemon::UpgradeJob,
+) -> std::result::Result<serde_json::Value, String> {
     let begun = Instant::now();
+    control.upgrade_step(Some("preflight"));
     let next = Template {
         binary: job.binary.clone(),
         args: template.args.clone(),
         bank: 1 - template.bank,
     };
     preflight(&next, job.timeout)?;
+    control.upgrade_step(Some("standby"));
     tracing::info!(binary = %next.binary.display(), "upgrade: preflight passed; starting the new dataplane in standby");
     let io = |e: std::io::Error| format!("upgrade: {e}");
     let (notify_read, notify_write) = pipe_for_child().map_err(io)?;
@@ -690,6 +703,7 @@ fn upgrade(
     );
     let board = control.block();
     board.begin_handover(job.drain);
+    control.upgrade_step(Some("handing over"));
     let asked = Instant::now();
     current.signal(Signal::USR2);
     // Sealed (the file written, the port closed) is enough to go on: the
@@ -719,6 +733,7 @@ fn upgrade(
     }
     control.dataplane_starting();
     control.dataplane.lock().expect("not poisoned").pid = Some(new.pid());
+    control.upgrade_step(Some("taking over"));
     {
         use std::io::Write;
         let mut go = std::fs::File::from(go_write);

@@ -323,6 +323,9 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "upgrading the dataplane to {} ...", binary.display())?;
                 out.flush()?;
             }
+            // The steps as they happen, read from `status` on a second
+            // connection while the first waits for the answer.
+            let progress = (!json).then(|| Progress::start(&cli.socket));
             // Four steps of `timeout_ms` at most, the drain, and the answer.
             let drain = Duration::from_millis(drain_ms.unwrap_or(1_000));
             admin.wait_up_to(
@@ -333,7 +336,16 @@ fn run(cli: Cli) -> Result<()> {
                 timeout_ms: Some(timeout_ms),
                 drain_ms,
             };
-            show(&mut out, &mut admin, &request, json, render_upgrade)?;
+            let answer = admin.call(&request);
+            if let Some(progress) = progress {
+                progress.stop();
+            }
+            let value = answer?;
+            if json {
+                writeln!(out, "{value:#}")?;
+            } else {
+                write!(out, "{}", render_upgrade(&value))?;
+            }
         }
         Cmd::Debug {
             action: DebugCmd::StallCore { core },
@@ -421,6 +433,57 @@ fn micros(us: Option<u64>) -> String {
         None => "-".into(),
         Some(us) if us < 1000 => format!("{us}µs"),
         Some(us) => format!("{:.1}ms", us as f64 / 1000.0),
+    }
+}
+
+/// Prints the step of an upgrade each time it changes, polling `status`
+/// on a connection of its own, until stopped.
+struct Progress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(socket: &std::path::Path) -> Progress {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (socket, stopped) = (socket.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(mut admin) = Admin::connect(&socket) else {
+                return;
+            };
+            let mut shown: Option<String> = None;
+            while !stopped.load(Ordering::Relaxed) {
+                let step = admin
+                    .call(&Request::Status {})
+                    .ok()
+                    .and_then(|s| s["dataplane"]["upgrade"].as_str().map(str::to_string));
+                if step.is_some() && step != shown {
+                    let step = step.clone().unwrap_or_default();
+                    let what = match step.as_str() {
+                        "preflight" => {
+                            "the new binary checks its arguments, configuration and layout"
+                        }
+                        "standby" => "the new dataplane starts (DPDK up, port not yet opened)",
+                        "handing over" => {
+                            "the running one drains, exports its connections, closes the port"
+                        }
+                        "taking over" => "the new one opens the port and restores every connection",
+                        _ => "",
+                    };
+                    // On stderr: stdout is held by the caller, and kept for the answer.
+                    eprintln!("  {step}: {what}");
+                    shown = Some(step);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Progress { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
     }
 }
 
