@@ -994,7 +994,19 @@ fn hands_every_connection_to_a_fresh_stack_without_a_client_noticing() {
 /// here includes the new process's EAL start (no standby).
 #[test]
 fn hands_its_connections_to_a_new_process() {
-    let config = ConfigFile::new("toml", &pool_toml(&[(7001, 1), (7002, 1)], ""));
+    let memcached: Vec<String> = MEMCACHED_PORTS
+        .iter()
+        .map(|p| format!("\"{KERNEL_IP}:{p}:1\""))
+        .collect();
+    let config = ConfigFile::new(
+        "toml",
+        &format!(
+            "{}\n[pools.sessions]\nlisten = \"0.0.0.0:11211\"\nprotocol = \"memcache\"\n\
+             hash = \"md5\"\ntimeout_ms = 2000\nservers = [{}]\n",
+            pool_toml(&[(7001, 1), (7002, 1)], ""),
+            memcached.join(", ")
+        ),
+    );
     let file = std::env::temp_dir().join(format!("ferrox-handover-{}", std::process::id()));
     let file_arg = file.to_str().unwrap();
     let args = ["--config", config.path(), "--handover-file", file_arg];
@@ -1003,6 +1015,7 @@ fn hands_its_connections_to_a_new_process() {
     assert_eq!(cli(&ns, FERROX_IP, 6379, "SET warm 1"), "OK");
     let (reset_before, aborts_before) = reset_counters(&ns);
     let single = single_connection_incr(&ns, 6);
+    let memcached_single = single_connection_memcached_incr(&ns, 11211, 6);
     let n = 300_000;
     let bench = redis_benchmark(&ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
     std::thread::sleep(Duration::from_millis(800));
@@ -1018,7 +1031,10 @@ fn hands_its_connections_to_a_new_process() {
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap();
-    assert!(count >= 51, "redis-py's and the benchmark's: {handed}");
+    assert!(
+        count >= 52,
+        "redis-py's, the memcached client's and the benchmark's: {handed}"
+    );
     let new = Dataplane::start_with(
         &ns,
         "net_af_xdp0,iface=veth1,start_queue=0,queue_count=1",
@@ -1029,14 +1045,19 @@ fn hands_its_connections_to_a_new_process() {
     assert!(took.ends_with(", 0 reset"), "{took}");
     assert!(!file.exists(), "the handover file is removed once restored");
     let worst_ms = assert_incr_load_kept(&ns, bench, single, n);
+    // memcached's `incr` on one connection: every reply the previous + 1.
+    let (memcached_calls, memcached_worst_ms) = single_connection_result(memcached_single);
+    assert!(memcached_calls > 100, "{memcached_calls}");
     let (reset_after, aborts_after) = reset_counters(&ns);
     // Only the old process's server connections were reset (by it).
     assert!(
-        reset_after - reset_before <= 2,
+        reset_after - reset_before <= 4,
         "client connections were reset"
     );
     assert_eq!(aborts_after, aborts_before);
-    eprintln!("longest INCR wait across the switch: {worst_ms} ms");
+    eprintln!(
+        "longest INCR wait across the switch: {worst_ms} ms (memcached: {memcached_worst_ms} ms)"
+    );
     let stats = new.stop();
     assert!(
         stat(&stats, "accepted") <= 2,

@@ -193,6 +193,46 @@ print(calls, last, int(worst * 1000))
         .unwrap()
 }
 
+/// The memcached form of [`single_connection_incr`]: one raw connection
+/// to ferrox's memcached pool on `port` sends `incr` every millisecond for
+/// `seconds`; every reply must be the previous plus one, on the same
+/// connection. Read its result with [`single_connection_result`].
+pub fn single_connection_memcached_incr(ns: &Netns, port: u16, seconds: u32) -> Child {
+    let script = format!(
+        r#"
+import socket, time
+s = socket.create_connection(("{FERROX_IP}", {port}), timeout=20)
+port = s.getsockname()[1]
+def ask(line):
+    s.sendall(line)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = s.recv(64)
+        assert chunk, "the connection closed"
+        reply += chunk
+    return reply
+assert ask(b"set single 0 0 1\r\n0\r\n") == b"STORED\r\n"
+last, calls, worst = 0, 0, 0.0
+end = time.time() + {seconds}
+while time.time() < end:
+    t = time.time()
+    value = int(ask(b"incr single 1\r\n"))
+    worst = max(worst, time.time() - t)
+    calls += 1
+    assert value == last + 1, (value, last)
+    last = value
+    time.sleep(0.001)
+assert s.getsockname()[1] == port, "the connection changed"
+print(calls, last, int(worst * 1000))
+"#
+    );
+    ns.command(&["/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// What [`single_connection_incr`] found, checked (it succeeded, and its
 /// last value is its number of calls: none lost, none repeated): the
 /// calls and the longest wait in milliseconds.
