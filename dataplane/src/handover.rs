@@ -26,7 +26,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use ferrox_block::{Block, Step};
+
+use crate::ffi::RxBurst;
 use crate::net::stack::Export;
+use crate::port::{Port, BURST};
 
 /// The exit status of a dataplane that handed its connections over.
 pub const EXIT_HANDED_OVER: i32 = 75;
@@ -137,14 +141,90 @@ pub fn notify(text: &str) {
     }
 }
 
-/// Waits for the control process's `go` (`FERROX_GO_FD`); false when the
-/// upgrade was called off (end of file) or there is no such pipe.
-pub fn wait_for_go() -> bool {
-    let Some(file) = inherited("FERROX_GO_FD", false) else {
-        return false;
+/// The control process's `go` (`FERROX_GO_FD`), read on a thread of its
+/// own so that a standby process can tend its port meanwhile. `false`
+/// means the upgrade was called off (end of file) or there is no pipe.
+#[derive(Debug)]
+pub struct GoSignal {
+    answer: std::sync::mpsc::Receiver<bool>,
+    got: std::cell::Cell<Option<bool>>,
+}
+
+impl GoSignal {
+    pub fn listen() -> GoSignal {
+        let (send, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let go = inherited("FERROX_GO_FD", false).is_some_and(|file| {
+                let mut line = String::new();
+                matches!(std::io::BufReader::new(file).read_line(&mut line), Ok(n) if n > 0 && line.trim() == "go")
+            });
+            let _ = send.send(go);
+        });
+        GoSignal {
+            answer,
+            got: std::cell::Cell::new(None),
+        }
+    }
+
+    fn poll(&self) -> Option<bool> {
+        if self.got.get().is_none() {
+            match self.answer.try_recv() {
+                Ok(go) => self.got.set(Some(go)),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.got.set(Some(false)),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+        }
+        self.got.get()
+    }
+
+    /// Whether the answer (go, or called off) came.
+    pub fn arrived(&self) -> bool {
+        self.poll().is_some()
+    }
+
+    /// Waits for the answer: go or not.
+    pub fn wait(&self) -> bool {
+        if let Some(go) = self.poll() {
+            return go;
+        }
+        let go = self.answer.recv().unwrap_or(false);
+        self.got.set(Some(go));
+        go
+    }
+}
+
+/// A standby successor that opened its port beside its predecessor's
+/// (af_packet: each socket gets a copy of every frame) reads and drops
+/// what arrives while the predecessor still serves it, until the board
+/// says the predecessor froze (or the control process answered); from
+/// then on frames wait in the port's ring for the restored connections.
+/// Returns the frames dropped. A start-up step, before any core runs.
+pub fn discard_until_frozen(port: &mut Port, board: Option<&Block>, go: &GoSignal) -> u64 {
+    let Some(board) = board else {
+        return 0;
     };
-    let mut line = String::new();
-    matches!(std::io::BufReader::new(file).read_line(&mut line), Ok(n) if n > 0 && line.trim() == "go")
+    board.stamp(Step::Overlapping);
+    let mut rx = RxBurst::<BURST>::default();
+    let mut queues = port.queues();
+    let mut discarded = 0u64;
+    while !board.stamped(Step::Frozen) && !go.arrived() {
+        let mut received = 0;
+        for queue in &mut queues {
+            received += queue.rx_burst(&mut rx);
+            rx.clear();
+        }
+        discarded += received as u64;
+        if received == 0 {
+            // A short nap: the predecessor polls on the same machine. What
+            // arrives meanwhile is its to serve until it freezes.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
+    // From here on frames stay in the ring; the predecessor's cores read
+    // their queues once more after seeing this.
+    board.stamp(Step::Listening);
+    discarded
 }
 
 #[cfg(test)]

@@ -414,12 +414,14 @@ impl<A: CoreService> Core<'_, A> {
         now: smoltcp::time::Instant,
         draining: &mut Option<smoltcp::time::Instant>,
     ) -> bool {
-        let Some(handover) = self.handover.as_mut() else {
+        let Some(handover) = self.handover.as_ref() else {
             return false;
         };
         if handover.requested.load(Ordering::Relaxed) <= handover.done {
             return false;
         }
+        let drain_default = handover.drain_for;
+        let to_process = matches!(handover.successor, Successor::Process { .. });
         let since = *draining.get_or_insert_with(|| {
             self.stack.begin_drain();
             self.block.stamp(Step::Asked);
@@ -427,12 +429,17 @@ impl<A: CoreService> Core<'_, A> {
         });
         let waited = Duration::from_micros((now - since).total_micros());
         // The control process may ask for another drain time than ours.
-        let drain_for = self.block.handover_drain().unwrap_or(handover.drain_for);
+        let drain_for = self.block.handover_drain().unwrap_or(drain_default);
         if !self.stack.drained() && waited < drain_for {
             return false;
         }
         *draining = None;
         self.block.stamp(Step::Frozen);
+        self.block.stamp_latest(Step::AllFrozen);
+        if to_process && self.block.stamped(Step::Overlapping) {
+            self.read_last_frames(clock);
+        }
+        let handover = self.handover.as_mut().expect("checked above");
         handover.done += 1;
         let generation = handover.done;
         let started = std::time::Instant::now();
@@ -501,6 +508,76 @@ impl<A: CoreService> Core<'_, A> {
         false
     }
 
+    /// Frozen, before its export to a successor whose port overlaps
+    /// (af_packet): waits (at most 10 ms) until the successor keeps every
+    /// frame, then reads its queue one last time, so that each frame is
+    /// either read here (and its bytes exported) or kept there.
+    fn read_last_frames(&mut self, clock: Clock) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(10);
+        while !self.block.stamped(Step::Listening) && std::time::Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
+        let mut rx = RxBurst::<BURST>::default();
+        // Bounded: a queue that never empties still ends.
+        for _ in 0..64 {
+            let received = self.queue.rx_burst(&mut rx);
+            let now = clock.now();
+            for i in 0..received {
+                if !nic_checks || checksum_ok(rx.l4_checksum(i), rx.frame(i)) {
+                    self.dispatch(now, rx.frame(i));
+                }
+            }
+            rx.clear();
+            if received == 0 {
+                break;
+            }
+        }
+        let now = clock.now();
+        self.drain_inbox(now);
+        self.stack.poll(now, &mut self.queue);
+        self.queue.flush();
+    }
+
+    /// After its export to another process, until every core exported:
+    /// frames that reach this core's queue for another core's connections
+    /// still go there (those cores may be draining: their servers'
+    /// replies must reach them), and frames for this core's own, exported,
+    /// connections are dropped unanswered (its stack must not answer
+    /// them with a RST; the successor has them, or the peer resends).
+    fn forward_until_stopped(&mut self, rx: &mut RxBurst<BURST>, stop: &AtomicBool) {
+        let mut polls = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let received = self.queue.rx_burst(rx);
+            if let Some(steering) = self.steering.as_mut() {
+                for i in 0..received {
+                    if let Frame::Tcp { key, .. } = flow::classify(rx.frame(i)) {
+                        let to = key.owner(steering.cores());
+                        if to != steering.me {
+                            if let Some(outbox) = steering.outboxes[to].as_mut() {
+                                match outbox.write(TAG_FRAME, rx.frame(i)) {
+                                    Ok(()) => self.stats.steered += 1,
+                                    Err(_) => self.stats.steer_drops += 1,
+                                }
+                            }
+                        }
+                    }
+                }
+                for outbox in steering.outboxes.iter_mut().flatten() {
+                    outbox.flush();
+                }
+                // Frames steered here are for exported connections.
+                while steering.inbox.pop(|_, _| ()).is_some() {}
+            }
+            rx.clear();
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(1024) {
+                self.block.core(self.id).beat();
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Runs this core until `stop` is set.
     pub fn run(&mut self, clock: Clock, idle: IdlePolicy, stop: &AtomicBool) {
         let mut rx = RxBurst::<BURST>::default();
@@ -537,6 +614,7 @@ impl<A: CoreService> Core<'_, A> {
                 published = now;
             }
             if self.poll_handover(clock, now, &mut draining) {
+                self.forward_until_stopped(&mut rx, stop);
                 break;
             }
             let received = self.queue.rx_burst(&mut rx);

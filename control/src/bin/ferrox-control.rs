@@ -670,6 +670,10 @@ fn upgrade_steps(
     };
     preflight(&next, job.timeout)?;
     control.upgrade_step(Some("standby"));
+    // A clean board before the successor starts: it watches for the
+    // freeze (af_packet overlap), which must be this handover's.
+    let board = control.block();
+    board.begin_handover(job.drain);
     tracing::info!(binary = %next.binary.display(), "upgrade: preflight passed; starting the new dataplane in standby");
     let io = |e: std::io::Error| format!("upgrade: {e}");
     let (notify_read, notify_write) = pipe_for_child().map_err(io)?;
@@ -701,8 +705,6 @@ fn upgrade_steps(
         standby_ms = standby.as_millis() as u64,
         "upgrade: standby; handing over"
     );
-    let board = control.block();
-    board.begin_handover(job.drain);
     control.upgrade_step(Some("handing over"));
     let asked = Instant::now();
     current.signal(Signal::USR2);
@@ -760,7 +762,7 @@ fn upgrade_steps(
             let report = board.handover_report();
             let old_status = old_status.or_else(|| reap(&mut old, job.timeout));
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            let brownout = report.between(Step::Asked, Step::Frozen);
+            let brownout = report.between(Step::Asked, Step::AllFrozen);
             let blackout = report.between(Step::Frozen, Step::FirstFrame);
             let restored = field(&line, "restored");
             let reset = field(&line, "reset_on_restore");

@@ -13,12 +13,23 @@ pub enum Step {
     /// The old dataplane saw the request and stopped taking new requests
     /// (the brownout begins: requests in flight still finish).
     Asked,
-    /// The old dataplane stopped serving and began exporting (the
-    /// blackout begins).
+    /// The old dataplane's first core stopped serving and began
+    /// exporting (the blackout begins).
     Frozen,
+    /// Its last core did (the brownout ends: with several cores, one may
+    /// drain longer than another).
+    AllFrozen,
     /// The handover file is written and the port closed: the new
     /// dataplane may open it.
     Sealed,
+    /// The new dataplane opened its port beside the old one's (af_packet:
+    /// each gets a copy of every frame) and drops what arrives until the
+    /// freeze.
+    Overlapping,
+    /// ...and, the freeze seen, keeps what arrives from now on: the old
+    /// one reads its queues one last time after this, so no frame falls
+    /// between the two.
+    Listening,
     /// The new dataplane restored every connection.
     Restored,
     /// The new dataplane received its first frame after restoring (the
@@ -86,6 +97,13 @@ impl Block {
         let _ = stamp.compare_exchange(0, monotonic_ns(), Ordering::AcqRel, Ordering::Relaxed);
     }
 
+    /// Records that `step` happened now, whoever stamped it before: the
+    /// last of several cores to get there.
+    pub fn stamp_latest(&self, step: Step) {
+        let stamp = &self.header().handover.stamps[step as usize];
+        stamp.fetch_max(monotonic_ns(), Ordering::AcqRel);
+    }
+
     /// Whether `step` happened.
     pub fn stamped(&self, step: Step) -> bool {
         self.header().handover.stamps[step as usize].load(Ordering::Acquire) != 0
@@ -139,6 +157,10 @@ mod tests {
         let frozen = block.handover_report().at(Step::Frozen).unwrap();
         while monotonic_ns() == frozen {}
         block.stamp(Step::Frozen); // a second core: the first stamp stands
+        block.stamp_latest(Step::AllFrozen);
+        let first = block.handover_report().at(Step::AllFrozen).unwrap();
+        while monotonic_ns() == first {}
+        block.stamp_latest(Step::AllFrozen); // the last one stands
         block.stamp(Step::FirstFrame);
         block.add_exported(3);
         block.add_exported(4);
@@ -146,6 +168,7 @@ mod tests {
         let report = block.handover_report();
         assert_eq!(report.at(Step::Frozen), Some(frozen));
         assert_eq!(report.at(Step::Sealed), None);
+        assert!(report.at(Step::AllFrozen).unwrap() > first);
         assert!(report.between(Step::Frozen, Step::FirstFrame).unwrap() > Duration::ZERO);
         assert_eq!(report.between(Step::Frozen, Step::Sealed), None);
         assert_eq!(

@@ -41,7 +41,7 @@ pub struct BlockHeader {
 }
 
 /// Steps of a hot handover that the board stamps.
-pub const HANDOVER_STEPS: usize = 5;
+pub const HANDOVER_STEPS: usize = 8;
 
 /// A hot handover as the processes taking part see it. The control
 /// process clears it and writes the command before it asks the running

@@ -263,6 +263,13 @@ fn run(args: Args) -> Result<Served> {
         tracing::info!(pool = %pool.name, listen = %pool.listen, servers = pool.servers.len(), "pool");
     }
     let stop = ferrox_dataplane::signals::stop_on_signals();
+    // A successor on af_packet opens its own socket on the interface
+    // while its predecessor still serves (each gets a copy of every
+    // frame): from the predecessor's freeze on, what arrives waits in its
+    // ring instead of being lost. Other PMDs give the port to one process
+    // at a time: the successor probes it after `go`.
+    let overlap =
+        args.standby && args.vdevs.len() == 1 && args.vdevs[0].starts_with("net_af_packet");
     let eal = Eal::init(&EalConfig {
         lcores: args.lcores.clone(),
         memory_mb: args.memory_mb,
@@ -270,8 +277,7 @@ fn run(args: Args) -> Result<Served> {
             .file_prefix
             .clone()
             .unwrap_or_else(|| format!("ferrox-{}", std::process::id())),
-        // In standby the port is the predecessor's: probed after `go`.
-        vdevs: if args.standby {
+        vdevs: if args.standby && !overlap {
             Vec::new()
         } else {
             args.vdevs.clone()
@@ -279,32 +285,6 @@ fn run(args: Args) -> Result<Served> {
         pci_allow: args.pci_allow.clone(),
         ..EalConfig::default()
     })?;
-    if args.standby {
-        // Fault injection for the rollback tests: hang before standby, or
-        // fail once told to go.
-        let fault = std::env::var("FERROX_HANDOVER_FAULT").unwrap_or_default();
-        if fault == "hang-in-standby" {
-            tracing::warn!("fault injection: hanging in standby");
-            loop {
-                std::thread::park();
-            }
-        }
-        // The EAL is up; the port is the predecessor's until it exits.
-        ferrox_dataplane::handover::notify("standby");
-        tracing::info!("standby: waiting for the predecessor to hand over");
-        if !ferrox_dataplane::handover::wait_for_go() {
-            tracing::info!("standby: the upgrade was called off");
-            return Ok(Served::Stopped);
-        }
-        if fault == "after-go" {
-            bail!("fault injection: failing after go");
-        }
-        for vdev in &args.vdevs {
-            eal.probe(vdev)?;
-        }
-    }
-    let ports = Port::available();
-    tracing::info!(?ports, "ports found");
     let cores = ferrox_dataplane::ffi::lcores().len();
     let port_config = PortConfig {
         queues: cores as u16,
@@ -316,28 +296,74 @@ fn run(args: Args) -> Result<Served> {
             RxChecksumArg::Trust => Some(RxChecksum::Trust),
         },
     };
+    let mut opened = None;
+    if args.standby {
+        // Fault injection for the rollback tests: hang before standby, or
+        // fail once told to go.
+        let fault = std::env::var("FERROX_HANDOVER_FAULT").unwrap_or_default();
+        if fault == "hang-in-standby" {
+            tracing::warn!("fault injection: hanging in standby");
+            loop {
+                std::thread::park();
+            }
+        }
+        let go = ferrox_dataplane::handover::GoSignal::listen();
+        if overlap {
+            let mut port = Port::start(&eal, 0, port_config)?;
+            ferrox_dataplane::handover::notify("standby");
+            tracing::info!("standby with the port open: waiting for the predecessor to freeze");
+            let board = block.as_ref().map(|(block, _)| block);
+            let discarded = ferrox_dataplane::handover::discard_until_frozen(&mut port, board, &go);
+            tracing::info!(
+                discarded,
+                "standby: the predecessor froze; frames wait in the ring"
+            );
+            opened = Some(port);
+        } else {
+            // The EAL is up; the port is the predecessor's until it exits.
+            ferrox_dataplane::handover::notify("standby");
+            tracing::info!("standby: waiting for the predecessor to hand over");
+        }
+        if !go.wait() {
+            tracing::info!("standby: the upgrade was called off");
+            return Ok(Served::Stopped);
+        }
+        if fault == "after-go" {
+            bail!("fault injection: failing after go");
+        }
+        if !overlap {
+            for vdev in &args.vdevs {
+                eal.probe(vdev)?;
+            }
+        }
+    }
+    let ports = Port::available();
+    tracing::info!(?ports, "ports found");
     // Right after a predecessor exited, the kernel may still be releasing
     // its AF_XDP socket (the queue is freed by deferred work), and the
     // queue setup fails: a successor removes the device, probes it again
     // and retries for a moment.
     let opening = std::time::Instant::now();
-    let mut port = loop {
-        match Port::start(&eal, 0, port_config) {
-            Ok(port) => break port,
-            Err(e)
-                if args.handover_file.is_some()
-                    && args.vdevs.len() == 1
-                    && opening.elapsed() < std::time::Duration::from_secs(2) =>
-            {
-                tracing::debug!("port not ready yet ({e}); probing it again");
-                eal.remove(&args.vdevs[0])?;
-                // Start-up, before any poll loop: a pause is what it needs.
-                #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(std::time::Duration::from_millis(2));
-                eal.probe(&args.vdevs[0])?;
+    let mut port = match opened {
+        Some(port) => port,
+        None => loop {
+            match Port::start(&eal, 0, port_config) {
+                Ok(port) => break port,
+                Err(e)
+                    if args.handover_file.is_some()
+                        && args.vdevs.len() == 1
+                        && opening.elapsed() < std::time::Duration::from_secs(2) =>
+                {
+                    tracing::debug!("port not ready yet ({e}); probing it again");
+                    eal.remove(&args.vdevs[0])?;
+                    // Start-up, before any poll loop: a pause is what it needs.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    eal.probe(&args.vdevs[0])?;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        }
+        },
     };
     if opening.elapsed() > std::time::Duration::from_millis(50) {
         tracing::info!(
@@ -453,6 +479,15 @@ fn run(args: Args) -> Result<Served> {
 /// is written; closing the port now, and saying so on the board, lets
 /// the successor open it while this process still winds down.
 fn seal(port: Port, block: &Block) {
+    // An af_packet successor has its own socket open already: it need
+    // not wait for this one to close (which takes tens of milliseconds:
+    // the kernel waits for readers of the old sockets to finish).
+    if port.driver() == "net_af_packet" {
+        block.stamp(Step::Sealed);
+        drop(port);
+        tracing::info!("handover sealed (the successor has its own socket); port closed");
+        return;
+    }
     drop(port);
     block.stamp(Step::Sealed);
     tracing::info!("handover sealed: the port is closed");
