@@ -8,7 +8,9 @@
 #                        KEEP_LOG: a file to keep the processes' log in)
 #
 # One namespace holds the clients and two redis-server backends on the
-# kernel side; ferrox-control runs the dataplane on DPDK af_xdp (one lcore,
+# kernel side; ferrox-control runs the dataplane on DPDK af_xdp (PMD=af_xdp,
+# the default: the port is reopened) or af_packet (PMD=af_packet: the
+# successor's socket overlaps, nothing is lost) (one lcore,
 # MTU 1500) behind a veth pair, with 4 KiB socket buffers so that 10,000
 # connections fit. For each CONNS, a holder opens that many connections
 # (each answers one PING, then idles) and a probe client sends a PING every
@@ -29,6 +31,12 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 NS=fxh$$
 CONNS=${CONNS:-1000 10000}
 UPGRADES=${UPGRADES:-3}
+PMD=${PMD:-af_xdp}
+case "$PMD" in
+  af_xdp) VDEV=net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 ;;
+  af_packet) VDEV=net_af_packet0,iface=veth1,framecnt=4096 ;;
+  *) echo "PMD is af_xdp or af_packet, not $PMD" >&2; exit 2 ;;
+esac
 DIR=$(mktemp -d /tmp/ferrox-bench-handover-XXXXXX)
 PIDS=()
 CONTROL_PID=""
@@ -74,7 +82,7 @@ servers = ["198.18.0.1:7001:1", "198.18.0.1:7002:1"]
 EOF
 
 ip netns exec "$NS" target/release/ferrox-control --config "$DIR/ferrox.toml" \
-  --address 198.18.0.2/24 --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 \
+  --address 198.18.0.2/24 --vdev "$VDEV" \
   --lcores 0 --admin-socket "$DIR/admin.sock" --region "bench-handover-$$" --metrics off \
   --dataplane "$DIR/ferrox-dataplane-a" -- \
   --memory-mb 256 --mtu 1500 --client-buffer-kib 4 --client-send-buffer-kib 4 \
@@ -150,7 +158,7 @@ PY
   echo "  $n idle connections: $after"
   wait "$HOLD_PID" 2>/dev/null || true
 done
-echo "af_xdp, MTU 1500, 1 dataplane lcore, $(nproc) vCPU; pause = SIGUSR2 to the old dataplane .. the new one committed"
+echo "$PMD, MTU 1500, 1 dataplane lcore, $(nproc) vCPU; pause = SIGUSR2 to the old dataplane .. the new one committed"
 
 # ---- throughput before and after an upgrade ---------------------------------
 # Restored flows: one redis-benchmark (GET, 50 connections, pipelines of
