@@ -193,7 +193,8 @@ cmd_soak() {
 
 # In `test`: a fixed seed (the same command streams every run) and a random
 # one (printed first, to replay), SOAK_SECONDS (default 50) each, Redis and
-# memcached clients at once. Both run; either failing fails the test.
+# memcached clients at once; the random one again on af_packet with two
+# lcores. All run; any failing fails the test.
 run_soak_ci() {
   local seconds=${SOAK_SECONDS:-50} seed rc=0
   if [ "$seconds" = 0 ]; then
@@ -208,6 +209,11 @@ run_soak_ci() {
   # randomized load must not notice.
   log "soak: random seed $seed, ${seconds}s, a hot upgrade every 10 s"
   "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" --upgrade-every 10 || rc=1
+  # The same seed on af_packet with two lcores: the zero-drop (overlap)
+  # handover and the multi-core export under the randomized load.
+  log "soak: random seed $seed on af_packet, 2 lcores, MTU 1500, a hot upgrade every 8 s"
+  "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" --upgrade-every 8 \
+    --pmd af_packet --lcores 0-1 --mtu 1500 || rc=1
   return $rc
 }
 

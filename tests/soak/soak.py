@@ -70,6 +70,10 @@ def parse_args():
     p.add_argument("--redis-workers", type=int, default=6)
     p.add_argument("--mc-workers", type=int, default=3)
     p.add_argument("--mtu", type=int, default=3438, help="of the veth pair and the dataplane (3438 or 1500)")
+    p.add_argument("--pmd", default="af_xdp", choices=["af_xdp", "af_packet"],
+                   help="the dataplane's port: af_xdp (one queue) or af_packet (a queue per lcore; "
+                        "its hot upgrades overlap the two processes' sockets)")
+    p.add_argument("--lcores", default="0", help="the dataplane's lcores, e.g. 0 or 0-1 (af_packet)")
     p.add_argument("--redis-hash", default="murmur", choices=sorted(route.HASHES))
     p.add_argument("--mc-hash", default="md5", choices=sorted(route.HASHES))
     p.add_argument("--server-connections", type=int, default=1)
@@ -112,6 +116,8 @@ def parse_args():
         args.proxy_host = KERNEL_IP
     if args.mtu < 576 or args.mtu > 3498:
         p.error("--mtu: af_xdp carries 576 to about 3500")
+    if args.pmd == "af_packet" and args.mtu > 1500:
+        p.error("--mtu: DPDK's af_packet carries at most 1500 (give --mtu 1500)")
     return args
 
 
@@ -208,6 +214,10 @@ class Appliance:
         run(ip + ["addr", "add", f"{KERNEL_IP}/24", "dev", "veth0"])
         run(ip + ["link", "set", "veth0", "up"])
         run(ip + ["link", "set", "veth1", "up"])
+        if args.pmd == "af_packet":
+            # af_packet takes no frame over the MTU: the kernel side must
+            # not hand it TSO super-frames (they would arrive cut).
+            run(["ip", "netns", "exec", self.ns, "ethtool", "-K", "veth0", "tso", "off"])
         # This process's sockets (and so every worker's) live in the
         # namespace from here on; children go through `ip netns exec`,
         # which also gives them the namespace's /sys.
@@ -235,8 +245,13 @@ class Appliance:
             return
         with open(self.config, "w") as f:
             f.write(self.config_text())
-        vdev = "net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0"
+        if args.pmd == "af_packet":
+            queues = len(lcore_list(args.lcores))
+            vdev = f"net_af_packet0,iface=veth1,qpairs={queues},framecnt=4096"
+        else:
+            vdev = "net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0"
         cmd = exec_ns + [control, "--config", self.config, "--address", f"{PROXY_IP}/24", "--vdev", vdev,
+                         "--lcores", args.lcores,
                          "--admin-socket", self.socket, "--region", self.region, "--metrics", "off", "--",
                          "--memory-mb", "256", "--mtu", str(args.mtu)] + args.dp_arg
         if args.inject_stall is not None:
@@ -620,7 +635,7 @@ def replay_command(args, seed):
     parts = [f"tests/soak/soak.py --seed {seed} --duration {args.duration:g}"]
     defaults = {"mtu": 3438, "redis_workers": 6, "mc_workers": 3, "redis_hash": "murmur", "mc_hash": "md5",
                 "server_connections": 1, "timeout_ms": 5000, "max_pipeline": 1024, "mc_long_share": 0.02, "mc_max_keys": 5000,
-                "only": None}
+                "only": None, "pmd": "af_xdp", "lcores": "0", "upgrade_every": None}
     for name, default in defaults.items():
         value = getattr(args, name)
         if value != default:
@@ -763,6 +778,15 @@ def main():
         appliance.stop()
     print(f"soak: {passed} passed, {len(failed_checks)} failed", flush=True)
     return 1 if failed_checks else 0
+
+
+def lcore_list(text):
+    """The lcores of a DPDK list such as "0", "0-1" or "0,2"."""
+    cores = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cores.extend(range(int(first), int(last or first) + 1))
+    return cores
 
 
 def worker_total(workers, key):
