@@ -11,7 +11,7 @@
 //! no scrape and no admin command.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -915,6 +915,26 @@ fn two_builds(tag: &str) -> (PathBuf, Vec<PathBuf>) {
     (dir, builds)
 }
 
+/// A wrapper beside `build` that runs it with the handover fault
+/// injection `fault` (FERROX_HANDOVER_FAULT).
+fn faulty_build(build: &Path, fault: &str) -> PathBuf {
+    let wrapper = build.with_file_name(format!("ferrox-dataplane-{fault}"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nFERROX_HANDOVER_FAULT={fault} exec {} \"$@\"\n",
+            build.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
+}
+
 /// On af_packet the successor opens its own socket in standby, beside its
 /// predecessor's (the overlap path): from the freeze on, frames wait in
 /// its ring. Two lcores, three upgrades under the INCR load: the counter
@@ -1042,20 +1062,7 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     assert_eq!(appliance.dataplane_pid(), pid);
     // One that hangs in standby: refused after the step's timeout, the
     // running one never asked to hand over.
-    let hanging = dir.join("ferrox-dataplane-hanging");
-    std::fs::write(
-        &hanging,
-        format!(
-            "#!/bin/sh\nFERROX_HANDOVER_FAULT=hang-in-standby exec {} \"$@\"\n",
-            builds[0].display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &hanging,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let hanging = faulty_build(&builds[0], "hang-in-standby");
     let hanging = hanging.to_str().unwrap();
     let (ok, text) = ctl(
         socket,
@@ -1065,20 +1072,7 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     assert_eq!(appliance.dataplane_pid(), pid);
     // One that dies once told to go: the running binary takes its
     // connections back.
-    let failing = dir.join("ferrox-dataplane-failing");
-    std::fs::write(
-        &failing,
-        format!(
-            "#!/bin/sh\nFERROX_HANDOVER_FAULT=after-go exec {} \"$@\"\n",
-            builds[0].display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &failing,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let failing = faulty_build(&builds[0], "after-go");
     let (ok, text) = ctl(socket, &["upgrade", "--binary", failing.to_str().unwrap()]);
     assert!(!ok && text.contains("rolled back"), "{text}");
     // ferroxctl showed the steps as they came (standby lasts long enough

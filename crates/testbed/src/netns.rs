@@ -237,19 +237,27 @@ print(calls, last, int(worst * 1000))
 /// last value is its number of calls: none lost, none repeated): the
 /// calls and the longest wait in milliseconds.
 pub fn single_connection_result(child: Child) -> (u64, u64) {
+    let figures = figures_of(child, "the client on one connection");
+    assert_eq!(
+        figures[0], figures[1],
+        "every INCR counted once: {figures:?}"
+    );
+    (figures[0], figures[2])
+}
+
+/// The numbers a helper script printed on its last line, once it ended
+/// well (`what` names it in the failure).
+fn figures_of(child: Child, what: &str) -> Vec<u64> {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "redis-py on one connection failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = String::from_utf8_lossy(&out.stdout);
-    let figures: Vec<u64> = report
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(|f| f.parse().unwrap())
-        .collect();
-    assert_eq!(figures[0], figures[1], "every INCR counted once: {report}");
-    (figures[0], figures[2])
+        .collect()
 }
 
 /// Starts a capture on `iface` in `ns` of the TCP segments ferrox sends
@@ -337,17 +345,7 @@ pub struct ClientFlags {
 /// Ends a capture and says what it saw.
 pub fn capture_result(mut child: Child) -> ClientFlags {
     drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the capture failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
-    let n: Vec<u64> = report
-        .split_whitespace()
-        .map(|f| f.parse().unwrap())
-        .collect();
+    let n = figures_of(child, "the capture");
     ClientFlags {
         syn: n[0],
         fin: n[1],
