@@ -185,8 +185,13 @@ assert r.connection._sock.getsockname()[1] == port, "the connection changed"
 print(calls, last, int(worst * 1000))
 "#
     );
-    // Debian's interpreter, which has python3-redis.
-    ns.command(&["/usr/bin/python3", "-c", &script])
+    python(ns, &script)
+}
+
+/// Runs `script` in Debian's interpreter (which has python3-redis and
+/// python3-pymemcache) in `ns`, its output piped.
+fn python(ns: &Netns, script: &str) -> Child {
+    ns.command(&["/usr/bin/python3", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -226,11 +231,7 @@ assert s.getsockname()[1] == port, "the connection changed"
 print(calls, last, int(worst * 1000))
 "#
     );
-    ns.command(&["/usr/bin/python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    python(ns, &script)
 }
 
 /// What [`single_connection_incr`] found, checked (it succeeded, and its
@@ -340,6 +341,19 @@ pub struct ClientFlags {
     pub fin: u64,
     pub rst: u64,
     pub dropped: u64,
+}
+
+/// Ends a capture that must have seen ferrox's segments (at least one
+/// SYN-ACK) and not one RST toward a client, nor dropped a frame.
+pub fn assert_no_client_reset(capture: Child) -> ClientFlags {
+    let flags = capture_result(capture);
+    assert!(flags.syn >= 1, "the capture saw nothing: {flags:?}");
+    assert_eq!(
+        (flags.rst, flags.dropped),
+        (0, 0),
+        "a client was reset: {flags:?}"
+    );
+    flags
 }
 
 /// Ends a capture and says what it saw.
