@@ -391,12 +391,12 @@ impl Control {
         Ok(serde_json::json!({ "pool": pool, "server": addr.to_string(), "held": held }))
     }
 
-    /// The hot handover asked for, if any (the supervisor's poll).
     /// Says which step of a hot upgrade runs (`None`: none any more).
     pub fn upgrade_step(&self, step: Option<&'static str>) {
         self.dataplane.lock().expect("not poisoned").upgrade = step;
     }
 
+    /// The hot handover asked for, if any (the supervisor's poll).
     pub fn take_upgrade(&self) -> Option<UpgradeJob> {
         self.upgrade.lock().expect("not poisoned").take()
     }

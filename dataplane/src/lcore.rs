@@ -205,6 +205,15 @@ fn checksum_ok(nic: L4Checksum, frame: &[u8]) -> bool {
     }
 }
 
+/// Writes `frame` to another core's `outbox`, counting it as steered or
+/// dropped.
+fn steer(outbox: &mut mq::Producer, frame: &[u8], stats: &mut LoopStats) {
+    match outbox.write(TAG_FRAME, frame) {
+        Ok(()) => stats.steered += 1,
+        Err(_) => stats.steer_drops += 1,
+    }
+}
+
 /// Everything one lcore owns.
 pub struct Core<'p, A: CoreService> {
     pub id: usize,
@@ -345,22 +354,36 @@ impl<A: CoreService> Core<'_, A> {
                     let outbox = steering.outboxes[to]
                         .as_mut()
                         .expect("an outbox to every other core");
-                    match outbox.write(TAG_FRAME, frame) {
-                        Ok(()) => self.stats.steered += 1,
-                        Err(_) => self.stats.steer_drops += 1,
-                    }
+                    steer(outbox, frame, &mut self.stats);
                 }
             }
             Frame::Other => {
                 for outbox in steering.outboxes.iter_mut().flatten() {
-                    match outbox.write(TAG_FRAME, frame) {
-                        Ok(()) => self.stats.steered += 1,
-                        Err(_) => self.stats.steer_drops += 1,
-                    }
+                    steer(outbox, frame, &mut self.stats);
                 }
                 self.stack.handle(now, frame, class, &mut self.queue);
             }
         }
+    }
+
+    /// Dispatches the `received` frames of `rx` (those whose checksum the
+    /// NIC found bad are counted and dropped), then empties it.
+    fn dispatch_burst(
+        &mut self,
+        now: smoltcp::time::Instant,
+        rx: &mut RxBurst<BURST>,
+        received: usize,
+    ) {
+        let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
+        for i in 0..received {
+            let frame = rx.frame(i);
+            if nic_checks && !checksum_ok(rx.l4_checksum(i), frame) {
+                self.stats.bad_checksum += 1;
+                continue;
+            }
+            self.dispatch(now, frame);
+        }
+        rx.clear();
     }
 
     /// Handles frames other cores steered here; returns how many.
@@ -517,18 +540,11 @@ impl<A: CoreService> Core<'_, A> {
         while !self.block.stamped(Step::Listening) && std::time::Instant::now() < deadline {
             std::hint::spin_loop();
         }
-        let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
         let mut rx = RxBurst::<BURST>::default();
         // Bounded: a queue that never empties still ends.
         for _ in 0..64 {
             let received = self.queue.rx_burst(&mut rx);
-            let now = clock.now();
-            for i in 0..received {
-                if !nic_checks || checksum_ok(rx.l4_checksum(i), rx.frame(i)) {
-                    self.dispatch(now, rx.frame(i));
-                }
-            }
-            rx.clear();
+            self.dispatch_burst(clock.now(), &mut rx, received);
             if received == 0 {
                 break;
             }
@@ -552,14 +568,11 @@ impl<A: CoreService> Core<'_, A> {
             if let Some(steering) = self.steering.as_mut() {
                 for i in 0..received {
                     if let Frame::Tcp { key, .. } = flow::classify(rx.frame(i)) {
+                        // No outbox leads to this core itself: its own
+                        // flows' frames are dropped here.
                         let to = key.owner(steering.cores());
-                        if to != steering.me {
-                            if let Some(outbox) = steering.outboxes[to].as_mut() {
-                                match outbox.write(TAG_FRAME, rx.frame(i)) {
-                                    Ok(()) => self.stats.steered += 1,
-                                    Err(_) => self.stats.steer_drops += 1,
-                                }
-                            }
+                        if let Some(outbox) = steering.outboxes[to].as_mut() {
+                            steer(outbox, rx.frame(i), &mut self.stats);
                         }
                     }
                 }
@@ -622,16 +635,7 @@ impl<A: CoreService> Core<'_, A> {
                 self.block.stamp(Step::FirstFrame);
                 first_frame_due = false;
             }
-            let nic_checks = self.queue.port().rx_checksum() == RxChecksum::Nic;
-            for i in 0..received {
-                let frame = rx.frame(i);
-                if nic_checks && !checksum_ok(rx.l4_checksum(i), frame) {
-                    self.stats.bad_checksum += 1;
-                    continue;
-                }
-                self.dispatch(now, frame);
-            }
-            rx.clear();
+            self.dispatch_burst(now, &mut rx, received);
             let steered_in = self.drain_inbox(now);
             if let Some(ports) = self.stack.app_mut().poll_reconfigure() {
                 self.stack.set_ports(ports);

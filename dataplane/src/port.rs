@@ -42,6 +42,11 @@ fn max_mtu(info: &DevInfo) -> u16 {
     max
 }
 
+/// The driver whose port two processes may open at once, each socket
+/// receiving a copy of every frame: a hot handover's successor opens it
+/// beside its predecessor's (zero-drop).
+pub const OVERLAPPING_DRIVER: &str = "net_af_packet";
+
 /// A started port. Dropping it stops and closes the device.
 #[derive(Debug)]
 pub struct Port {

@@ -608,23 +608,35 @@ fn preflight(next: &Template, timeout: Duration) -> std::result::Result<(), Stri
     Err(refused(format!("--check ended {status}: {}", why.trim())))
 }
 
-/// Waits up to `timeout` for a dataplane to exit, then kills it.
-fn reap(dataplane: &mut Dataplane, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
+/// Waits until `enough` says so (then `None`: it may still run) or the
+/// old dataplane exits (its status); past `deadline` it is killed.
+fn wait_for_old(
+    dataplane: &mut Dataplane,
+    deadline: Instant,
+    enough: impl Fn() -> bool,
+) -> Option<ExitStatus> {
     loop {
+        if enough() {
+            return None;
+        }
         if let Ok(Some(status)) = dataplane.child.try_wait() {
             return Some(status);
         }
         if Instant::now() >= deadline {
             tracing::error!(
                 pid = dataplane.pid(),
-                "the old dataplane did not exit in time; SIGKILL"
+                "the old dataplane did not hand over or exit in time; SIGKILL"
             );
             dataplane.signal(Signal::KILL);
             return dataplane.child.wait().ok();
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(500));
     }
+}
+
+/// Waits up to `timeout` for the old dataplane to exit, then kills it.
+fn reap(dataplane: &mut Dataplane, timeout: Duration) -> Option<ExitStatus> {
+    wait_for_old(dataplane, Instant::now() + timeout, || false)
 }
 
 /// A hot handover from the running dataplane to `job.binary`:
@@ -711,23 +723,7 @@ fn upgrade_steps(
     // Sealed (the file written, the port closed) is enough to go on: the
     // old process may still be winding down. Drain, then export, at most.
     let deadline = asked + job.drain.unwrap_or(Duration::from_secs(1)) + job.timeout;
-    let old_status = loop {
-        if board.stamped(Step::Sealed) {
-            break None;
-        }
-        if let Ok(Some(status)) = current.child.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            tracing::error!(
-                pid = current.pid(),
-                "upgrade: the old dataplane did not hand over in time; SIGKILL"
-            );
-            current.signal(Signal::KILL);
-            break current.child.wait().ok();
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    };
+    let old_status = wait_for_old(current, deadline, || board.stamped(Step::Sealed));
     let sealed = Instant::now();
     let handed_over = board.stamped(Step::Sealed) || old_status.and_then(|s| s.code()) == Some(75);
     if !handed_over {

@@ -268,8 +268,9 @@ fn run(args: Args) -> Result<Served> {
     // frame): from the predecessor's freeze on, what arrives waits in its
     // ring instead of being lost. Other PMDs give the port to one process
     // at a time: the successor probes it after `go`.
-    let overlap =
-        args.standby && args.vdevs.len() == 1 && args.vdevs[0].starts_with("net_af_packet");
+    let overlap = args.standby
+        && args.vdevs.len() == 1
+        && args.vdevs[0].starts_with(ferrox_dataplane::port::OVERLAPPING_DRIVER);
     let eal = Eal::init(&EalConfig {
         lcores: args.lcores.clone(),
         memory_mb: args.memory_mb,
@@ -479,18 +480,18 @@ fn run(args: Args) -> Result<Served> {
 /// is written; closing the port now, and saying so on the board, lets
 /// the successor open it while this process still winds down.
 fn seal(port: Port, block: &Block) {
-    // An af_packet successor has its own socket open already: it need
-    // not wait for this one to close (which takes tens of milliseconds:
-    // the kernel waits for readers of the old sockets to finish).
-    if port.driver() == "net_af_packet" {
+    // A successor on an overlapping port has its own socket open already:
+    // it need not wait for this one to close (which takes tens of
+    // milliseconds: the kernel waits for readers of the old sockets).
+    let overlapping = port.driver() == ferrox_dataplane::port::OVERLAPPING_DRIVER;
+    if overlapping {
         block.stamp(Step::Sealed);
-        drop(port);
-        tracing::info!("handover sealed (the successor has its own socket); port closed");
-        return;
     }
     drop(port);
-    block.stamp(Step::Sealed);
-    tracing::info!("handover sealed: the port is closed");
+    if !overlapping {
+        block.stamp(Step::Sealed);
+    }
+    tracing::info!("handover sealed; port closed");
 }
 
 /// Runs one core loop per lcore, each with the application `make_app`
