@@ -334,8 +334,16 @@ class Worker:
 
     def close(self, rst=False):
         if self.conn is not None:
+            self.retire_unconfirmed()
             self.conn.close(rst)
             self.conn = None
+
+    def retire_unconfirmed(self):
+        """Before the worker leaves its connection or writes through
+        another one: keys whose last commands on it are not known to
+        have run yet (none, unless a subclass has commands without a
+        reply) are retired, since nothing orders them against another
+        connection's commands."""
 
     def exchange(self, conn, payload, parse, n, plan, label, waiting_for, closing_ok=False):
         """Writes `payload` and reads `n` replies as `plan` says; a stuck or
@@ -350,7 +358,8 @@ class Worker:
         try:
             return wire.exchange(conn, payload, parse, n, plan, self.ctx.args.stuck_timeout, self.stats)
         except wire.Stuck as e:
-            raise Failure(f"the proxy stopped answering: {e} in {label} (behaviours: {behaviours}); "
+            raise Failure(f"the proxy stopped answering: {e} in {label} (behaviours: {behaviours}, "
+                          f"client port {conn.local_port}); "
                           f"waiting for the reply to {waiting_for(len(e.replies))}", e.since) from None
         except wire.Closed as e:
             if closing_ok:
@@ -404,15 +413,25 @@ class Worker:
             first_unknown = unknown[0]
             known = [st for i, st in entries if i < first_unknown]
             cands = [known[-1]] + [st for i, st in entries if i >= first_unknown]
-            uniq = []
-            for c in cands:
-                if c not in uniq:
-                    uniq.append(c)
-            self.retired[k] = (uniq, now, self.iteration)
-            self.forget(k)
-            if k in current:
-                self.gen[current[k]] += 1
-            self.stats["keys made uncertain"] += 1
+            self.make_uncertain(k, cands, now, current)
+
+    def make_uncertain(self, k, cands, now=None, current=None):
+        """Key `k` is in one of the states `cands` (or, if it was retired
+        already, in one of those before): the model forgets it, its slot
+        moves on to a fresh key name, and it is read back later."""
+        if now is None:
+            now = time.monotonic()
+        if current is None:
+            current = {self.key(slot): slot for slot in range(len(self.gen))}
+        uniq = list(self.retired.pop(k, ((), None, None))[0])
+        for c in cands:
+            if c not in uniq:
+                uniq.append(c)
+        self.retired[k] = (uniq, now, self.iteration)
+        self.forget(k)
+        if k in current:
+            self.gen[current[k]] += 1
+        self.stats["keys made uncertain"] += 1
 
     def forget(self, k):
         """The model no longer knows key `k`."""

@@ -221,6 +221,10 @@ class McWorker(common.Worker):
     def __init__(self, ctx, wid):
         super().__init__(ctx, wid, "memcached", Model(), SLOTS, port=11211, client="a memcached client",
                          stopped="the memcached port stopped answering")
+        # Per server, per key: the candidate states of noreply commands
+        # sent on this connection and not yet followed by an answered
+        # command on their server (see track_unconfirmed).
+        self.unconfirmed = {}
 
     def key(self, slot):
         base = b"m%d:%d.%d" % (self.wid, slot, self.gen[slot])
@@ -485,6 +489,7 @@ class McWorker(common.Worker):
         replying, replies, _ = self.send(ops, plan, label, closing_ok=plan.half_close)
         self.check_replies(label, replying, replies)
         if not (common.vanished(plan) or plan.half_close):
+            self.track_unconfirmed(ops, history, self.acked_ops(ops, len(replying)))
             return
         if plan.vanish_after is not None:
             acked = self.acked_ops(ops, plan.vanish_after)
@@ -519,6 +524,33 @@ class McWorker(common.Worker):
             if op.kind == wire.NONE and op.server is not None and last_answered.get(op.server, -1) > i:
                 acked.add(i)
         return acked
+
+    def track_unconfirmed(self, ops, history, acked):
+        """After a pipeline answered in full: noreply commands with no
+        answered command after them on their server may still be on their
+        way (in the proxy, or in a retransmission across a hot upgrade).
+        Later commands on this connection run after them, so the model
+        may count them as run; a command on another connection may not,
+        so their keys are retired before the worker goes elsewhere."""
+        for i, op in enumerate(ops):
+            if i in acked and op.kind != wire.NONE and op.server is not None:
+                self.unconfirmed.pop(op.server, None)
+        for k, entries in history.items():
+            pending = [i for i, _ in entries[1:] if i not in acked]
+            if not pending:
+                continue
+            first = pending[0]
+            known = [st for i, st in entries if i < first]
+            cands = [st for i, st in entries if i >= first]
+            per_key = self.unconfirmed.setdefault(ops[first].server, {})
+            per_key[k] = per_key.get(k, [known[-1]]) + cands
+
+    def retire_unconfirmed(self):
+        unconfirmed, self.unconfirmed = self.unconfirmed, {}
+        for per_key in unconfirmed.values():
+            for k, cands in per_key.items():
+                self.make_uncertain(k, cands)
+                self.stats["keys retired: noreply, then a switch"] += 1
 
     def forget(self, k):
         super().forget(k)
@@ -557,6 +589,8 @@ class McWorker(common.Worker):
         connection: the full answer, or (unless --strict-long-lines) the
         known refusal, which is counted."""
         rng = self.rng
+        # It reads through its own connection.
+        self.retire_unconfirmed()
         n = rng.randint(1025, self.ctx.args.mc_max_keys) if rng.random() < 0.7 else rng.randint(600, 1024)
         keys = self.multi_keys(n, [256 * 1024])
         if n <= 1024:
@@ -602,6 +636,8 @@ class McWorker(common.Worker):
             return
         rng = self.rng
         m = self.model
+        # It writes through its own connection.
+        self.retire_unconfirmed()
         client = Client((self.ctx.host, 11211), timeout=self.ctx.args.stuck_timeout, connect_timeout=5,
                         default_noreply=False)
         checked = 0

@@ -839,6 +839,16 @@ def monitor(ctx, appliance, workers, threads):
             last_t, last_cpu, next_print = now, cpu, now + 10
 
 
+def client_sockets():
+    """The kernel's view of every client connection to ferrox (sequence
+    numbers, windows, retransmissions, timers), for a stall's report."""
+    try:
+        out = run(["ss", "-tinoH", "dst", PROXY_IP], check=False, timeout=5).stdout.decode()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return "\n".join("    | " + line.strip() for line in out.splitlines() if line.strip())
+
+
 def report_failure(ctx, appliance, workers, elapsed):
     failures = ctx.ordered_failures()
     who, message = failures[0]
@@ -864,6 +874,9 @@ def report_failure(ctx, appliance, workers, elapsed):
         if dp.get("stalls", 0) or dp.get("restarts", 0):
             lines.append(f"  -> the dataplane was restarted {dp.get('restarts', 0)} time(s), "
                          f"{dp.get('stalls', 0)} of them by the watchdog for a core whose heartbeat stood still")
+    sockets = client_sockets()
+    if sockets:
+        lines.append("  the clients' TCP sockets (ss -tin, the kernel's side):\n" + sockets)
     lines.append("  ferrox log (last lines):\n" + appliance.log_tail())
     text = "\n".join(lines)
     print("soak: " + text, flush=True)

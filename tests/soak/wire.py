@@ -233,6 +233,7 @@ class Conn:
             raise Unreachable(f"cannot connect to {host}:{port}: {e}", started) from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
+        self.local_port = self.sock.getsockname()[1]
         self.buf = bytearray()
         self.pos = 0
         self.need = 0
