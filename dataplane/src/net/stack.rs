@@ -455,7 +455,8 @@ impl<A: App> Stack<A> {
                 if !conn.active {
                     conn.wire.observe(frame);
                 }
-                let frame = match conn.wire.xlate {
+                let xlate = conn.wire.xlate;
+                let frame = match xlate {
                     // A restored connection: the peer acknowledges in
                     // the real sequence space, the socket counts in its own.
                     Some(delta) => {
@@ -466,7 +467,10 @@ impl<A: App> Stack<A> {
                     }
                     None => frame,
                 };
-                let mut device = FrameDevice::ingress(frame, link);
+                // What smoltcp answers at once (an ACK for a resent or
+                // out-of-order segment) leaves from here, in the real
+                // space too.
+                let mut device = FrameDevice::ingress(frame, link).translated(xlate);
                 conn.socket.poll_ingress(&mut self.iface, now, &mut device);
                 self.stats.tx_no_mbuf += device.tx_no_mbuf;
                 if !conn.received {

@@ -253,6 +253,9 @@ struct Net {
     now: Instant,
     /// RSTs the stack sent toward clients.
     client_resets: usize,
+    /// Every frame of the peer reaches the stack twice (as a retransmission
+    /// of what already arrived would).
+    duplicate_peer_frames: bool,
 }
 
 const CONFIG: &str = r#"
@@ -294,6 +297,7 @@ impl Net {
             pool,
             now,
             client_resets: 0,
+            duplicate_peer_frames: false,
         }
     }
 
@@ -312,6 +316,9 @@ impl Net {
         peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
         while let Some(frame) = self.peer.wire.tx.pop_front() {
             self.stack.handle_frame(now, &frame, &mut self.link);
+            if self.duplicate_peer_frames {
+                self.stack.handle_frame(now, &frame, &mut self.link);
+            }
         }
         self.stack.poll(now, &mut self.link);
     }
