@@ -488,8 +488,10 @@ class McWorker(common.Worker):
         label = f"pipeline {self.pipeline_no} ({len(ops)} commands, {at} bytes)"
         replying, replies, _ = self.send(ops, plan, label, closing_ok=plan.half_close)
         self.check_replies(label, replying, replies)
+        answered = self.acked_ops(ops, len(replies))
+        self.confirm_unconfirmed(ops, answered)
         if not (common.vanished(plan) or plan.half_close):
-            self.track_unconfirmed(ops, history, self.acked_ops(ops, len(replying)))
+            self.track_unconfirmed(ops, history, answered)
             return
         if plan.vanish_after is not None:
             acked = self.acked_ops(ops, plan.vanish_after)
@@ -525,6 +527,13 @@ class McWorker(common.Worker):
                 acked.add(i)
         return acked
 
+    def confirm_unconfirmed(self, ops, answered):
+        """An answer from a server (also one read before a vanish) tells
+        that every earlier command on this connection to that server ran."""
+        for i, op in enumerate(ops):
+            if i in answered and op.kind != wire.NONE and op.server is not None:
+                self.unconfirmed.pop(op.server, None)
+
     def track_unconfirmed(self, ops, history, acked):
         """After a pipeline answered in full: noreply commands with no
         answered command after them on their server may still be on their
@@ -532,9 +541,6 @@ class McWorker(common.Worker):
         Later commands on this connection run after them, so the model
         may count them as run; a command on another connection may not,
         so their keys are retired before the worker goes elsewhere."""
-        for i, op in enumerate(ops):
-            if i in acked and op.kind != wire.NONE and op.server is not None:
-                self.unconfirmed.pop(op.server, None)
         for k, entries in history.items():
             pending = [i for i, _ in entries[1:] if i not in acked]
             if not pending:
