@@ -33,7 +33,8 @@ WHITESPACE = b" \t\n\v\f\r"
 
 def strtoull(value):
     """memcached's safe_strtoull over an item's data (which ends in CRLF),
-    or None where it refuses."""
+    or None where it refuses. The digits may end in whitespace or in a NUL
+    byte (strtoull stops there, and safe_strtoull takes it)."""
     data = value + b"\r\n"
     i = 0
     while i < len(data) and data[i] in WHITESPACE:
@@ -52,7 +53,7 @@ def strtoull(value):
         return None  # ERANGE
     if neg:
         n = (U64 - n) % U64
-    if data[j] not in WHITESPACE:
+    if data[j] not in WHITESPACE and data[j] != 0:
         return None
     if n >= (1 << 63) and b"-" in data[:j]:
         return None
