@@ -640,6 +640,17 @@ impl<A: App> Stack<A> {
         }
     }
 
+    /// The TCP states of the client connections (tests).
+    #[cfg(test)]
+    pub(crate) fn client_states(&self) -> Vec<State> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|conn| !conn.active)
+            .map(|conn| conn.socket.state())
+            .collect()
+    }
+
     fn live(&self, handle: Handle) -> Option<u32> {
         let id = handle as u32;
         let generation = (handle >> 32) as u32;

@@ -330,6 +330,44 @@ fn replies_owed_to_a_zero_window_across_a_handover(pause: Pause) {
     });
 }
 
+/// A client that closed after its reply, and whose proxy side closed in
+/// turn: frozen in LAST-ACK with the proxy's FIN lost, the successor sends
+/// the FIN again (in the real sequence space) and the client finishes.
+#[test]
+fn a_connection_in_last_ack_finishes_after_a_handover() {
+    within(60, || {
+        let mut net = Net::new();
+        let c = net.client(usize::MAX);
+        net.write(c, PING);
+        assert!(net.run_until(2000, |n| n.received(c) == b"+PONG\r\n"));
+        let s = net.peer.clients[c].handle;
+        net.peer.sockets.get_mut::<tcp::Socket>(s).close();
+        let proxy_fin = |n: &Net| {
+            n.link
+                .sent
+                .iter()
+                .filter_map(|f| Segment::parse(f))
+                .any(|s| s.has(flags::FIN) && s.src_port == 6379)
+        };
+        assert!(net.run_until(2000, proxy_fin), "the proxy never closed");
+        // Its FIN is lost: the proxy's side waits in LAST-ACK.
+        net.link.sent.clear();
+        assert_eq!(net.stack.client_states(), [tcp::State::LastAck]);
+        let (exported, restored) = net.hand_over(1, Pause::Dropped, 10, true);
+        assert_eq!((exported.exported, restored.restored), (1, 1));
+        assert!(
+            net.run_until(50_000, |n| matches!(
+                n.state(c),
+                tcp::State::TimeWait | tcp::State::Closed
+            )),
+            "the client is left in {}",
+            net.state(c)
+        );
+        assert_eq!(net.received(c), b"+PONG\r\n");
+        net.assert_no_client_reset();
+    });
+}
+
 /// smoltcp answers some segments at once, while it takes them in (a
 /// retransmission of bytes it has, data out of order): those answers leave
 /// through the ingress path, and must be translated like everything else.
