@@ -24,6 +24,8 @@ use crate::service::proxy::Proxy;
 const PEER_IP: IpAddress = IpAddress::v4(198, 18, 0, 1);
 const PROXY_IP: IpAddress = IpAddress::v4(198, 18, 0, 2);
 const REDIS_PORT: u16 = 7001;
+/// The port the proxy's pool listens on.
+const PROXY_PORT: u16 = 6379;
 
 /// Runs `f` on its own thread; fails if it has not finished within
 /// `seconds` (a livelocked stack never returns from `poll`).
@@ -280,7 +282,7 @@ impl Net {
     fn with(text: &str, stack_config: StackConfig) -> Net {
         let config = ferrox_config::parse_toml(text, "test").expect("valid");
         let pools = ferrox_engine::configure::pools(&config).expect("builds");
-        let proxy = Proxy::new(pools, vec![(6379, 0)], 7);
+        let proxy = Proxy::new(pools, vec![(PROXY_PORT, 0)], 7);
         let sizes = Sizes {
             client: 32 << 10,
             client_send: 8 << 10,
@@ -356,7 +358,7 @@ impl Net {
     }
 
     fn client(&mut self, read_per_step: usize) -> usize {
-        self.peer.connect(6379, read_per_step)
+        self.peer.connect(PROXY_PORT, read_per_step)
     }
 
     /// Whether a new client's PING gets its PONG within `steps`.

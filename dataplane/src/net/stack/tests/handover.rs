@@ -20,16 +20,19 @@ enum Pause {
     Dropped,
 }
 
+/// The segments among `link`'s sent frames that go to clients (from the
+/// proxy's port, not to the servers').
+fn to_clients(link: &MemoryLink) -> impl Iterator<Item = Segment> + '_ {
+    link.sent
+        .iter()
+        .filter_map(|f| Segment::parse(f))
+        .filter(|s| s.src_port == PROXY_PORT)
+}
+
 impl Net {
-    /// RSTs among the frames the stack sent, toward clients (not the
-    /// servers' port).
+    /// RSTs among the frames the stack sent, toward clients.
     pub(super) fn resets_to_clients(&self) -> usize {
-        self.link
-            .sent
-            .iter()
-            .filter_map(|f| Segment::parse(f))
-            .filter(|s| s.has(flags::RST) && s.src_port != REDIS_PORT && s.dst_port != REDIS_PORT)
-            .count()
+        to_clients(&self.link).filter(|s| s.has(flags::RST)).count()
     }
 
     /// Moves the stack's frames to the peer, counting RSTs to clients.
@@ -101,7 +104,7 @@ impl Net {
         // cores, with another seed.
         let config = ferrox_config::parse_toml(CONFIG, "test").expect("valid");
         let pools = ferrox_engine::configure::pools(&config).expect("builds");
-        let proxy = Proxy::new(pools, vec![(6379, 0)], 7 + generation);
+        let proxy = Proxy::new(pools, vec![(PROXY_PORT, 0)], 7 + generation);
         let memory = self
             .pool
             .core((generation % 2) as usize)
@@ -342,13 +345,7 @@ fn a_connection_in_last_ack_finishes_after_a_handover() {
         assert!(net.run_until(2000, |n| n.received(c) == b"+PONG\r\n"));
         let s = net.peer.clients[c].handle;
         net.peer.sockets.get_mut::<tcp::Socket>(s).close();
-        let proxy_fin = |n: &Net| {
-            n.link
-                .sent
-                .iter()
-                .filter_map(|f| Segment::parse(f))
-                .any(|s| s.has(flags::FIN) && s.src_port == 6379)
-        };
+        let proxy_fin = |n: &Net| to_clients(&n.link).any(|s| s.has(flags::FIN));
         assert!(net.run_until(2000, proxy_fin), "the proxy never closed");
         // Its FIN is lost: the proxy's side waits in LAST-ACK.
         net.link.sent.clear();
@@ -389,14 +386,7 @@ fn answers_to_segments_of_a_restored_flow_are_in_the_real_sequence_space() {
         for _ in 0..20 {
             net.write(c, &get);
             for _ in 0..30 {
-                seqs.extend(
-                    net.link
-                        .sent
-                        .iter()
-                        .filter_map(|f| Segment::parse(f))
-                        .filter(|s| s.src_port == 6379)
-                        .map(|s| s.seq),
-                );
+                seqs.extend(to_clients(&net.link).map(|s| s.seq));
                 net.step();
             }
         }
@@ -521,13 +511,7 @@ fn a_connection_in_its_handshake_is_restored_half_open() {
         let mut net = Net::new();
         let c = net.client(usize::MAX);
         // SYN to the stack; SYN-ACK to the peer; the peer's ACK is lost.
-        let syn_ack = |n: &Net| {
-            n.link
-                .sent
-                .iter()
-                .filter_map(|f| Segment::parse(f))
-                .any(|s| s.has(flags::SYN) && s.has(flags::ACK) && s.src_port == 6379)
-        };
+        let syn_ack = |n: &Net| to_clients(&n.link).any(|s| s.has(flags::SYN) && s.has(flags::ACK));
         assert!(net.run_until(1000, syn_ack));
         net.deliver();
         let peer = &mut net.peer;
@@ -588,7 +572,7 @@ impl Cores {
             .map(|core| {
                 let config = ferrox_config::parse_toml(CONFIG, "test").expect("valid");
                 let pools = ferrox_engine::configure::pools(&config).expect("builds");
-                let proxy = Proxy::new(pools, vec![(6379, 0)], 7 + core as u64);
+                let proxy = Proxy::new(pools, vec![(PROXY_PORT, 0)], 7 + core as u64);
                 let bank = (generation % 2) as usize * 32;
                 let memory = self.pool.core(bank + core).expect("a free core slot");
                 let stack_config = StackConfig {
@@ -610,13 +594,7 @@ impl Cores {
     fn step(&mut self) {
         self.now += smoltcp::time::Duration::from_micros(100);
         let now = self.now;
-        self.client_resets += self
-            .link
-            .sent
-            .iter()
-            .filter_map(|f| Segment::parse(f))
-            .filter(|s| s.has(flags::RST) && s.src_port == 6379)
-            .count();
+        self.client_resets += to_clients(&self.link).filter(|s| s.has(flags::RST)).count();
         let peer = &mut self.peer;
         peer.wire.rx.extend(self.link.sent.drain(..));
         peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
@@ -684,7 +662,7 @@ fn connections_rehome_from_two_cores_to_three() {
     within(120, || {
         let mut net = Cores::new(2);
         let clients: Vec<usize> = (0..12)
-            .map(|_| net.peer.connect(6379, usize::MAX))
+            .map(|_| net.peer.connect(PROXY_PORT, usize::MAX))
             .collect();
         for &c in &clients {
             net.peer.clients[c].pending.extend(command(&[
