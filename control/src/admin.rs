@@ -209,6 +209,13 @@ pub struct Dataplane {
     /// "handing over" or "taking over"; absent when none runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<String>,
+    /// The port holder's pid, where a process of its own holds the port
+    /// (tap, PCI) and dataplanes attach to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_holder_pid: Option<u32>,
+    /// Times the port holder was started again after it exited.
+    #[serde(default)]
+    pub port_holder_restarts: u64,
     /// Whether it runs and every core published since it started, within
     /// the last second.
     pub alive: bool,

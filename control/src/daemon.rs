@@ -99,6 +99,10 @@ pub struct DataplaneState {
     pub generation: u64,
     /// The step of a hot upgrade under way, for `status`.
     pub upgrade: Option<&'static str>,
+    /// The port holder's pid, where one holds the port.
+    pub port_holder_pid: Option<u32>,
+    /// Times the port holder was started again after it exited.
+    pub port_holder_restarts: u64,
 }
 
 /// An operator's request for a hot handover, for the supervisor (the
@@ -509,6 +513,8 @@ impl Control {
                 binary: dataplane.binary.display().to_string(),
                 generation: dataplane.generation,
                 upgrade: dataplane.upgrade.map(str::to_string),
+                port_holder_pid: dataplane.port_holder_pid,
+                port_holder_restarts: dataplane.port_holder_restarts,
                 alive: alive && dataplane.pid.is_some(),
                 heartbeat_age_ms: ages.iter().map(|a| a.as_millis() as u64).collect(),
             },

@@ -41,7 +41,7 @@ fn main() {
         .allowlist_function("rte_eth_dev_count_avail|rte_eth_dev_get_port_by_name|rte_eth_dev_get_name_by_port")
         .allowlist_function("rte_eth_dev_info_get|rte_eth_dev_configure|rte_eth_dev_adjust_nb_rx_tx_desc")
         .allowlist_function("rte_eth_rx_queue_setup|rte_eth_tx_queue_setup|rte_eth_dev_start|rte_eth_dev_stop|rte_eth_dev_close")
-        .allowlist_function("rte_eth_promiscuous_enable|rte_eth_macaddr_get|rte_eth_link_get_nowait|rte_eth_dev_set_mtu")
+        .allowlist_function("rte_eth_promiscuous_enable|rte_eth_macaddr_get|rte_eth_link_get_nowait|rte_eth_dev_set_mtu|rte_eth_dev_get_mtu")
         .allowlist_function("rte_eth_stats_get|rte_eth_stats_reset|rte_eth_xstats_get|rte_eth_xstats_get_names|rte_eth_dev_socket_id")
         .allowlist_function("rte_eth_dev_rx_intr_enable|rte_eth_dev_rx_intr_disable|rte_eth_dev_rx_intr_ctl_q_get_fd")
         .allowlist_function("rte_dev_probe|rte_dev_remove|rte_eal_hotplug_remove|rte_eth_iterator_.*")

@@ -31,10 +31,25 @@ pub struct EalConfig {
     pub pci_allow: Vec<String>,
     /// DPDK's own log level (`--log-level`), e.g. "notice".
     pub log_level: String,
-    /// Keep DPDK's memory private to this process (`--in-memory`): no
-    /// hugepage files or runtime directory are left behind, whatever way the
-    /// process ends. A primary that secondaries attach to needs `false`.
-    pub in_memory: bool,
+    /// Which part this process plays in its DPDK instance.
+    pub role: EalRole,
+}
+
+/// A DPDK process alone, or one of several sharing memory and ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EalRole {
+    /// DPDK's memory private to this process (`--in-memory`): no hugepage
+    /// files or runtime directory are left behind, whatever way the
+    /// process ends.
+    Private,
+    /// The primary that secondaries attach to (the port holder): its
+    /// hugepage files and runtime directory, under its file prefix, stay
+    /// until it is gone and someone removes them ([`remove_runtime_files`]).
+    Primary,
+    /// A secondary of the primary with the same file prefix: it maps that
+    /// process's memory and sees its ports, which it neither configures
+    /// nor closes.
+    Secondary,
 }
 
 impl Default for EalConfig {
@@ -46,7 +61,7 @@ impl Default for EalConfig {
             vdevs: Vec::new(),
             pci_allow: Vec::new(),
             log_level: "notice".into(),
-            in_memory: true,
+            role: EalRole::Private,
         }
     }
 }
@@ -58,8 +73,6 @@ impl EalConfig {
             "ferrox".to_owned(),
             "-l".into(),
             self.lcores.clone(),
-            "-m".into(),
-            self.memory_mb.to_string(),
             "--file-prefix".into(),
             self.file_prefix.clone(),
             "--log-level".into(),
@@ -71,8 +84,20 @@ impl EalConfig {
             // outlive the process in the runtime directory.
             "--no-telemetry".into(),
         ];
-        if self.in_memory {
-            args.push("--in-memory".into());
+        match self.role {
+            EalRole::Private => args.extend([
+                "-m".into(),
+                self.memory_mb.to_string(),
+                "--in-memory".into(),
+            ]),
+            EalRole::Primary => args.extend([
+                "-m".into(),
+                self.memory_mb.to_string(),
+                "--proc-type=primary".into(),
+            ]),
+            // Its memory is the primary's; its virtual devices too (the
+            // vdev bus asks the primary for them).
+            EalRole::Secondary => args.push("--proc-type=secondary".into()),
         }
         if self.pci_allow.is_empty() {
             args.push("--no-pci".into());
@@ -80,11 +105,58 @@ impl EalConfig {
         for pci in &self.pci_allow {
             args.extend(["-a".to_owned(), pci.clone()]);
         }
-        for vdev in &self.vdevs {
-            args.extend(["--vdev".to_owned(), vdev.clone()]);
+        if self.role != EalRole::Secondary {
+            for vdev in &self.vdevs {
+                args.extend(["--vdev".to_owned(), vdev.clone()]);
+            }
         }
         args
     }
+}
+
+/// Where the DPDK instance named `file_prefix` keeps its runtime files.
+fn runtime_dir(file_prefix: &str) -> std::path::PathBuf {
+    std::path::Path::new("/var/run/dpdk").join(file_prefix)
+}
+
+/// Removes what a primary with `file_prefix` leaves behind (its hugepage
+/// files in every hugetlbfs mount, its runtime directory): after it
+/// exited, in whatever way (a live primary's secondaries could not attach
+/// any more). Returns the hugepage files removed.
+pub fn remove_runtime_files(file_prefix: &str) -> std::io::Result<usize> {
+    if file_prefix.is_empty() || file_prefix.contains('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a file prefix: {file_prefix:?}"),
+        ));
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut removed = 0;
+    for dir in mounts.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "hugetlbfs").then(|| dir.to_owned())
+    }) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // DPDK names them <prefix>map_<n> (or <prefix>map_<list>_<n>).
+            let name = entry.file_name();
+            let is_ours = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(file_prefix))
+                .is_some_and(|rest| rest.starts_with("map_"));
+            if is_ours && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    let dir = runtime_dir(file_prefix);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(removed)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +232,11 @@ impl Eal {
         ffi::dev_remove("vdev", name).map_err(|e| EalError::Init(e, format!("remove {name}")))
     }
 
+    /// The file prefix that names this DPDK instance.
+    pub fn file_prefix(&self) -> &str {
+        &self.file_prefix
+    }
+
     /// The lcore this thread runs on.
     pub fn lcore_id(&self) -> u32 {
         ffi::lcore_id()
@@ -172,7 +249,7 @@ impl Drop for Eal {
     fn drop(&mut self) {
         ffi::eal_cleanup();
         // DPDK leaves its (by now empty) runtime directory behind.
-        let _ = std::fs::remove_dir(format!("/var/run/dpdk/{}", self.file_prefix));
+        let _ = std::fs::remove_dir(runtime_dir(&self.file_prefix));
     }
 }
 
@@ -408,6 +485,7 @@ mod tests {
         let args = EalConfig::default().args();
         assert!(args.contains(&"--no-pci".to_owned()));
         assert!(args.contains(&"--in-memory".to_owned()));
+        assert!(args.windows(2).any(|w| w == ["-m", "256"]));
         let config = EalConfig {
             pci_allow: vec!["0000:00:04.0".into()],
             ..EalConfig::default()
@@ -427,5 +505,38 @@ mod tests {
         assert!(args
             .windows(4)
             .any(|w| w == ["--vdev", "net_tap0", "--vdev", "net_null0"]));
+    }
+
+    #[test]
+    fn a_primary_keeps_its_files_and_a_secondary_takes_its_devices() {
+        let config = EalConfig {
+            vdevs: vec!["net_tap0".into()],
+            file_prefix: "ferrox-port-control".into(),
+            role: EalRole::Primary,
+            ..EalConfig::default()
+        };
+        let args = config.args();
+        assert!(!args.contains(&"--in-memory".to_owned()));
+        assert!(args.contains(&"--proc-type=primary".to_owned()));
+        assert!(args.windows(2).any(|w| w == ["--vdev", "net_tap0"]));
+        let args = EalConfig {
+            role: EalRole::Secondary,
+            ..config
+        }
+        .args();
+        assert!(args.contains(&"--proc-type=secondary".to_owned()));
+        assert!(!args.contains(&"--in-memory".to_owned()));
+        assert!(!args.iter().any(|a| a == "--vdev" || a == "-m"));
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--file-prefix", "ferrox-port-control"]));
+    }
+
+    #[test]
+    fn runtime_files_are_removed_only_for_a_real_prefix() {
+        assert!(remove_runtime_files("").is_err());
+        assert!(remove_runtime_files("../etc").is_err());
+        // Nothing of this prefix exists: nothing removed, no error.
+        assert_eq!(remove_runtime_files("ferrox-test-none").unwrap(), 0);
     }
 }

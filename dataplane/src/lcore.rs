@@ -561,10 +561,20 @@ impl<A: CoreService> Core<'_, A> {
     /// replies must reach them), and frames for this core's own, exported,
     /// connections are dropped unanswered (its stack must not answer
     /// them with a RST; the successor has them, or the peer resends).
+    ///
+    /// On a port held by another process (the port holder) the queue is
+    /// not read at all: what arrives waits there for the successor, and a
+    /// tap hands a flow's frames to the queue that last sent for it, so
+    /// the draining cores' replies are on their own queues.
     fn forward_until_stopped(&mut self, rx: &mut RxBurst<BURST>, stop: &AtomicBool) {
         let mut polls = 0u32;
+        let leave_queue = self.queue.port().is_attached();
         while !stop.load(Ordering::Relaxed) {
-            let received = self.queue.rx_burst(rx);
+            let received = if leave_queue {
+                0
+            } else {
+                self.queue.rx_burst(rx)
+            };
             if let Some(steering) = self.steering.as_mut() {
                 for i in 0..received {
                     if let Frame::Tcp { key, .. } = flow::classify(rx.frame(i)) {

@@ -60,6 +60,8 @@ pub struct Port {
     rx_checksum: RxChecksum,
     rx_wake: RxWake,
     pool: Mempool,
+    /// Started by another process (the port holder), which closes it.
+    attached: bool,
 }
 
 /// How a port is started.
@@ -137,14 +139,23 @@ pub struct PortStats {
     pub tx_errors: u64,
 }
 
-impl Port {
-    /// Starts port `id` as `config` says.
-    pub fn start(_eal: &Eal, id: u16, config: PortConfig) -> Result<Port, PortError> {
+/// What both ways of taking a port (starting it, attaching to it) decide
+/// alike from the driver's figures and the configuration.
+struct Plan {
+    name: String,
+    info: DevInfo,
+    rx_checksum: RxChecksum,
+    kernel_driver: Option<String>,
+    tx_checksum_offload: bool,
+}
+
+impl Plan {
+    fn of(id: u16, config: PortConfig) -> Result<Plan, PortError> {
         let PortConfig {
             queues,
-            mbufs,
             mtu,
             rx_checksum,
+            ..
         } = config;
         if id >= ffi::port_count() {
             return Err(PortError::NoPort);
@@ -155,7 +166,7 @@ impl Port {
             name: name.clone(),
             what,
         };
-        let info = ffi::dev_info(id).map_err(&setup)?;
+        let info = ffi::dev_info(id).map_err(setup)?;
         if queues > info.max_rx_queues.min(info.max_tx_queues) {
             return Err(setup(format!(
                 "{queues} queues requested, driver {} has {} rx / {} tx",
@@ -169,25 +180,54 @@ impl Port {
                 info.driver, info.min_mtu
             )));
         }
+        let (link_checksum, kernel_driver) = rx_checksum_of(&info);
+        let tx_checksum_offload = info.tx_offload_capa & ffi::tx_offload_tcp_cksum() != 0;
+        Ok(Plan {
+            name,
+            info,
+            rx_checksum: rx_checksum.unwrap_or(link_checksum),
+            kernel_driver,
+            tx_checksum_offload,
+        })
+    }
+
+    fn error(&self, id: u16, what: String) -> PortError {
+        PortError::Setup {
+            port: id,
+            name: self.name.clone(),
+            what,
+        }
+    }
+}
+
+/// The name of the mbuf pool of port `id`, which a secondary looks up.
+fn pool_name(id: u16) -> String {
+    format!("mbufs_p{id}")
+}
+
+impl Port {
+    /// Starts port `id` as `config` says.
+    pub fn start(_eal: &Eal, id: u16, config: PortConfig) -> Result<Port, PortError> {
+        let plan = Plan::of(id, config)?;
+        let PortConfig {
+            queues, mbufs, mtu, ..
+        } = config;
         let pool = Mempool::create(
-            &format!("mbufs_p{id}"),
+            &pool_name(id),
             mbufs,
             256,
             data_room(mtu),
             ffi::socket_of(id),
         )
-        .map_err(&setup)?;
-        let (link_checksum, kernel_driver) = rx_checksum_of(&info);
-        let rx_checksum = rx_checksum.unwrap_or(link_checksum);
-        let tx_checksum_offload = info.tx_offload_capa & ffi::tx_offload_tcp_cksum() != 0;
+        .map_err(|e| plan.error(id, e))?;
         let eth = ffi::EthConf {
             queues,
-            rss_hf: info.flow_type_rss_offloads & ffi::rss_hf_ip_tcp(),
-            rx_offloads: match rx_checksum {
+            rss_hf: plan.info.flow_type_rss_offloads & ffi::rss_hf_ip_tcp(),
+            rx_offloads: match plan.rx_checksum {
                 RxChecksum::Nic => ffi::rx_offload_tcp_cksum(),
                 _ => 0,
             },
-            tx_offloads: match tx_checksum_offload {
+            tx_offloads: match plan.tx_checksum_offload {
                 true => ffi::tx_offload_tcp_cksum(),
                 false => 0,
             },
@@ -200,32 +240,81 @@ impl Port {
                 // and started again.
                 ffi::port_stop(id);
                 pool.free();
-                return Err(setup(e));
+                return Err(plan.error(id, e));
             }
         };
         let rx_wake = if configured {
-            rx_wake_of(id, &info.driver)
+            rx_wake_of(id, &plan.info.driver)
         } else {
             RxWake::Poll
         };
+        Ok(Port::from_plan(id, plan, config, rx_wake, pool, false))
+    }
+
+    /// Takes port `id` as the primary process of this DPDK instance (the
+    /// port holder) started it with the same `config`: its queues, its
+    /// MTU and its mbuf pool, without configuring, starting or (when
+    /// dropped) closing anything. The queues' frames wait in the device
+    /// while no process polls them.
+    ///
+    /// Idle cores sleep and poll (no RX interrupts): the interrupt
+    /// descriptors are the primary's.
+    pub fn attach(_eal: &Eal, id: u16, config: PortConfig) -> Result<Port, PortError> {
+        let plan = Plan::of(id, config)?;
+        if plan.info.nb_rx_queues != config.queues {
+            let what = format!(
+                "the port holder set up {} queue(s); this dataplane runs {} core(s)",
+                plan.info.nb_rx_queues, config.queues
+            );
+            return Err(plan.error(id, what));
+        }
+        let mtu = ffi::mtu(id).map_err(|e| plan.error(id, e))?;
+        if mtu != config.mtu {
+            let what = format!(
+                "the port holder set MTU {mtu}; this dataplane is asked for {}",
+                config.mtu
+            );
+            return Err(plan.error(id, what));
+        }
+        let pool = Mempool::lookup(&pool_name(id))
+            .map_err(|e| plan.error(id, format!("the port holder's mbuf pool: {e}")))?;
+        Ok(Port::from_plan(id, plan, config, RxWake::Poll, pool, true))
+    }
+
+    fn from_plan(
+        id: u16,
+        plan: Plan,
+        config: PortConfig,
+        rx_wake: RxWake,
+        pool: Mempool,
+        attached: bool,
+    ) -> Port {
         let mac = ffi::mac_addr(id);
+        let Plan {
+            name,
+            info,
+            rx_checksum,
+            kernel_driver,
+            tx_checksum_offload,
+        } = plan;
         tracing::info!(
-            port = id, %name, driver = %info.driver, ?kernel_driver, queues, mtu,
-            tx_checksum_offload, ?rx_checksum, ?rx_wake,
+            port = id, %name, driver = %info.driver, ?kernel_driver, queues = config.queues,
+            mtu = config.mtu, tx_checksum_offload, ?rx_checksum, ?rx_wake, attached,
             mac = %format_mac(&mac), "port started"
         );
-        Ok(Port {
+        Port {
             id,
             name,
             info,
-            queues,
-            mtu,
+            queues: config.queues,
+            mtu: config.mtu,
             mac,
             tx_checksum_offload,
             rx_checksum,
             rx_wake,
             pool,
-        })
+            attached,
+        }
     }
 
     /// Every port DPDK found (vdevs and allowed PCI devices).
@@ -245,6 +334,12 @@ impl Port {
 
     pub fn driver(&self) -> &str {
         &self.info.driver
+    }
+
+    /// Whether another process (the port holder) started this port and
+    /// keeps it open when this one goes.
+    pub fn is_attached(&self) -> bool {
+        self.attached
     }
 
     /// How many queue pairs the port has.
@@ -326,7 +421,9 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
-        ffi::port_stop(self.id);
+        if !self.attached {
+            ffi::port_stop(self.id);
+        }
     }
 }
 
@@ -443,6 +540,7 @@ mod tests {
             max_mtu,
             max_rx_pktlen,
             if_index: 0,
+            nb_rx_queues: 0,
         }
     }
 

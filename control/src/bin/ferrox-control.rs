@@ -79,6 +79,14 @@ struct Args {
     /// On stop, how long the dataplane has after SIGINT before SIGKILL.
     #[arg(long, default_value_t = 3000)]
     stop_grace_ms: u64,
+    /// Hold the port in a process of its own, the port holder (a DPDK
+    /// primary), that each dataplane attaches to as a secondary: between a
+    /// dataplane and its successor (a hot handover, or a restart) frames
+    /// wait in the device instead of being lost. `auto`: for tap ports; `on`
+    /// also for PCI NICs; af_xdp and af_packet ports cannot be polled by a
+    /// secondary process (DPDK 22.11) and reopen instead.
+    #[arg(long, value_enum, default_value_t = PortHolderMode::Auto)]
+    port_holder: PortHolderMode,
     /// The dataplane binary; default: ferrox-dataplane next to this one.
     #[arg(long)]
     dataplane: Option<PathBuf>,
@@ -88,6 +96,26 @@ struct Args {
     /// Further dataplane arguments, after `--`.
     #[arg(last = true)]
     dataplane_args: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PortHolderMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl PortHolderMode {
+    /// Whether the dataplanes of these ports attach to a port holder.
+    fn wanted(self, vdevs: &[String], pci: &[String]) -> bool {
+        match self {
+            PortHolderMode::On => true,
+            PortHolderMode::Off => false,
+            PortHolderMode::Auto => {
+                pci.is_empty() && vdevs.iter().any(|v| v.starts_with("net_tap"))
+            }
+        }
+    }
 }
 
 fn main() {
@@ -236,17 +264,38 @@ fn run(args: Args) -> Result<()> {
     }
     dataplane_args.extend(["--handover-file".into(), handover_file.clone().into()]);
     dataplane_args.extend(args.dataplane_args.iter().map(Into::into));
+    // The port holder runs the first binary with the dataplane's own
+    // arguments (port, lcores, MTU, mbufs), so that what it starts is
+    // what every dataplane expects; they attach to it by its file prefix.
+    let mut holder = args
+        .port_holder
+        .wanted(&args.vdevs, &args.pci_allow)
+        .then(|| {
+            let prefix = format!("ferrox-port-{}", args.region);
+            let mut holder_args = dataplane_args.clone();
+            holder_args.extend([
+                "--hold-port".into(),
+                "--file-prefix".into(),
+                prefix.clone().into(),
+            ]);
+            dataplane_args.extend(["--attach".into(), prefix.into()]);
+            PortHolder {
+                binary: dataplane.clone(),
+                args: holder_args,
+                process: None,
+            }
+        });
     control.dataplane.lock().expect("not poisoned").binary = dataplane.clone();
     let mut template = Template {
         binary: dataplane.clone(),
         args: dataplane_args,
         bank: 0,
     };
-    let supervised = supervise(
-        &control,
-        &mut template,
-        Duration::from_millis(args.stop_grace_ms),
-    );
+    let stop_grace = Duration::from_millis(args.stop_grace_ms);
+    let supervised = supervise(&control, &mut template, holder.as_mut(), stop_grace);
+    if let Some(holder) = &mut holder {
+        holder.stop(&control, stop_grace);
+    }
     let _ = std::fs::remove_file(&handover_file);
 
     stop.store(true, Ordering::Relaxed);
@@ -269,10 +318,26 @@ fn run(args: Args) -> Result<()> {
 ///
 /// Runs on the main thread, which must spawn the dataplane: its
 /// parent-death signal follows the thread that forked it.
-fn supervise(control: &Arc<Control>, template: &mut Template, stop_grace: Duration) -> Result<()> {
+fn supervise(
+    control: &Arc<Control>,
+    template: &mut Template,
+    mut holder: Option<&mut PortHolder>,
+    stop_grace: Duration,
+) -> Result<()> {
     let mut first = true;
     let mut backoff = Duration::from_millis(500);
     while !control.stop.load(Ordering::Relaxed) {
+        if let Some(holder) = holder.as_deref_mut() {
+            if let Err(why) = holder.ensure(control) {
+                if first {
+                    anyhow::bail!("the port holder did not start: {why}; its errors are above");
+                }
+                tracing::error!("the port holder did not start again: {why}");
+                sleep_unless_stopped(control, backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        }
         control.dataplane_starting();
         let child = match template.command(false).spawn() {
             Ok(child) => child,
@@ -287,7 +352,13 @@ fn supervise(control: &Arc<Control>, template: &mut Template, stop_grace: Durati
         let mut dataplane = Dataplane::new(child);
         control.dataplane.lock().expect("not poisoned").pid = Some(dataplane.pid());
         tracing::info!(pid = dataplane.pid(), "dataplane started");
-        let exit = wait_or_stop(control, &mut dataplane, template, stop_grace);
+        let exit = wait_or_stop(
+            control,
+            &mut dataplane,
+            template,
+            holder.as_deref_mut(),
+            stop_grace,
+        );
         control.dataplane.lock().expect("not poisoned").pid = None;
         if stopping(control) {
             tracing::info!(status = ?exit.status, "dataplane stopped");
@@ -302,11 +373,15 @@ fn supervise(control: &Arc<Control>, template: &mut Template, stop_grace: Durati
             );
         }
         first = false;
-        match exit.stall {
-            Some(_) => {
+        match (exit.stall, exit.holder_gone) {
+            (Some(_), _) => {
                 tracing::error!(status = ?exit.status, "the dataplane was killed for a stuck core")
             }
-            None => tracing::error!(status = ?exit.status, "the dataplane exited"),
+            (None, true) => tracing::error!(
+                status = ?exit.status,
+                "the dataplane was stopped: the port holder is gone, and the port with it"
+            ),
+            (None, false) => tracing::error!(status = ?exit.status, "the dataplane exited"),
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(500);
@@ -375,6 +450,8 @@ struct Exit {
     status: Option<ExitStatus>,
     /// It was killed for this stuck core.
     stall: Option<Stall>,
+    /// It was killed because the port holder exited (its port went too).
+    holder_gone: bool,
 }
 
 /// The grace a dataplane killed for a stuck core has between SIGINT and
@@ -388,11 +465,27 @@ fn wait_or_stop(
     control: &Control,
     dataplane: &mut Dataplane,
     template: &mut Template,
+    mut holder: Option<&mut PortHolder>,
     stop_grace: Duration,
 ) -> Exit {
     let mut stall: Option<Stall> = None;
     let mut kill_at: Option<Instant> = None;
     loop {
+        if let Some(status) = holder.as_deref_mut().and_then(|h| h.exited(control)) {
+            if !control.stop.load(Ordering::Relaxed) {
+                tracing::error!(
+                    ?status,
+                    pid = dataplane.pid(),
+                    "the port holder exited; its port is gone: stopping the dataplane (SIGKILL)"
+                );
+                dataplane.signal(Signal::KILL);
+                return Exit {
+                    status: dataplane.child.wait().ok(),
+                    stall,
+                    holder_gone: true,
+                };
+            }
+        }
         if kill_at.is_none() {
             if let Some(job) = control.take_upgrade() {
                 let outcome = upgrade(control, dataplane, template, &job);
@@ -407,6 +500,7 @@ fn wait_or_stop(
             return Exit {
                 status: Some(status),
                 stall,
+                holder_gone: false,
             };
         }
         let now = Instant::now();
@@ -441,6 +535,7 @@ fn wait_or_stop(
             return Exit {
                 status: dataplane.child.wait().ok(),
                 stall,
+                holder_gone: false,
             };
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -477,6 +572,102 @@ impl Template {
             command.arg("--standby");
         }
         command
+    }
+}
+
+/// The process that holds the port (`ferrox-dataplane --hold-port`, a
+/// DPDK primary) for the dataplanes that attach to it: started before the
+/// first dataplane, again after it exited (the dataplane is then stopped:
+/// its port went with it), and stopped after the last.
+struct PortHolder {
+    binary: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    process: Option<Dataplane>,
+}
+
+/// How long a port holder has to start its port.
+const PORT_HOLDER_START: Duration = Duration::from_secs(30);
+
+impl PortHolder {
+    /// Starts the port holder unless it runs, and waits until it holds
+    /// the port. A holder left by an earlier one that died (its hugepage
+    /// files) is taken back by DPDK when the new one starts.
+    fn ensure(&mut self, control: &Control) -> std::result::Result<(), String> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| format!("port holder: {e}");
+        let (notify_read, notify_write) = pipe_for_child().map_err(io)?;
+        keep_here(&notify_read).map_err(io)?;
+        let mut command = Command::new(&self.binary);
+        {
+            use std::os::fd::AsRawFd;
+            command
+                .args(&self.args)
+                .env("FERROX_CONTROL_PID", std::process::id().to_string())
+                .env("FERROX_NOTIFY_FD", notify_write.as_raw_fd().to_string());
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("{} does not start: {e}", self.binary.display()))?;
+        drop(notify_write);
+        let mut holder = Dataplane::new(child);
+        let lines = notify_lines(notify_read);
+        if let Err(why) = wait_line(&lines, &mut holder, "holding", PORT_HOLDER_START) {
+            discard(holder);
+            return Err(why);
+        }
+        tracing::info!(pid = holder.pid(), "port holder started: it holds the port");
+        control
+            .dataplane
+            .lock()
+            .expect("not poisoned")
+            .port_holder_pid = Some(holder.pid());
+        self.process = Some(holder);
+        Ok(())
+    }
+
+    /// Its exit status, once it exited (then it is started again by the
+    /// next `ensure`).
+    fn exited(&mut self, control: &Control) -> Option<ExitStatus> {
+        let status = self.process.as_mut()?.child.try_wait().ok()??;
+        self.process = None;
+        let mut state = control.dataplane.lock().expect("not poisoned");
+        state.port_holder_pid = None;
+        state.port_holder_restarts += 1;
+        Some(status)
+    }
+
+    /// SIGINT (it closes the port and removes its files), SIGKILL after
+    /// `grace`.
+    fn stop(&mut self, control: &Control, grace: Duration) {
+        let Some(mut holder) = self.process.take() else {
+            return;
+        };
+        holder.signal(Signal::INT);
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            match holder.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    tracing::warn!(
+                        pid = holder.pid(),
+                        "the port holder did not stop; SIGKILL (its hugepage files are taken back at the next start)"
+                    );
+                    holder.signal(Signal::KILL);
+                    break holder.child.wait().ok();
+                }
+            }
+        };
+        tracing::info!(?status, "port holder stopped");
+        control
+            .dataplane
+            .lock()
+            .expect("not poisoned")
+            .port_holder_pid = None;
     }
 }
 

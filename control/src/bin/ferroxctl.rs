@@ -534,6 +534,12 @@ fn render_status(status: &admin::Status) -> String {
             dp.binary, dp.generation
         );
     }
+    if let Some(pid) = dp.port_holder_pid {
+        s += &format!(
+            "port held by pid {pid} (frames wait there during a handover), {} restart(s)\n",
+            dp.port_holder_restarts
+        );
+    }
     if !dp.alive && !dp.heartbeat_age_ms.is_empty() {
         let ages: Vec<String> = dp
             .heartbeat_age_ms

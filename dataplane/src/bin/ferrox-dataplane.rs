@@ -12,7 +12,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ferrox_dataplane::eal::{Eal, EalConfig};
+use ferrox_dataplane::eal::{Eal, EalConfig, EalRole};
 use std::sync::{Arc, Mutex};
 
 use ferrox_block::{Block, Counter, Snapshot, Step};
@@ -154,6 +154,19 @@ struct Args {
     /// still holds its own.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     core_bank: u8,
+    /// Be the port holder: start the EAL as the DPDK primary under
+    /// --file-prefix, start the port (its queues for --lcores, its MTU and
+    /// mbuf pool) and hold it until SIGINT or SIGTERM, serving nothing.
+    /// Dataplanes attach to it (--attach) and poll its queues; between
+    /// one dataplane and its successor the frames wait in the device.
+    /// Started by `ferrox-control` for tap and PCI ports.
+    #[arg(long, conflicts_with_all = ["attach", "standby", "handover_on_sigusr2"])]
+    hold_port: bool,
+    /// Attach, as a DPDK secondary, to the port holder with this file
+    /// prefix and poll the port it started (same --lcores and --mtu),
+    /// instead of opening a port of its own.
+    #[arg(long, value_name = "FILE_PREFIX")]
+    attach: Option<String>,
     /// How long a handover waits for requests in flight before they fail.
     #[arg(long, default_value_t = 500, hide = true)]
     drain_ms: u64,
@@ -232,7 +245,7 @@ enum Served {
 
 fn run(args: Args) -> Result<Served> {
     let (address, prefix_len) = parse_cidr(&args.address)?;
-    if args.vdevs.is_empty() && args.pci_allow.is_empty() {
+    if args.vdevs.is_empty() && args.pci_allow.is_empty() && args.attach.is_none() {
         bail!("name a port: --vdev (e.g. net_af_packet0,iface=veth1) or --pci");
     }
     // The whole configuration is checked before anything starts.
@@ -269,14 +282,21 @@ fn run(args: Args) -> Result<Served> {
     // ring instead of being lost. Other PMDs give the port to one process
     // at a time: the successor probes it after `go`.
     let overlap = args.standby
+        && args.attach.is_none()
         && args.vdevs.len() == 1
         && args.vdevs[0].starts_with(ferrox_dataplane::port::OVERLAPPING_DRIVER);
+    let role = match (args.hold_port, &args.attach) {
+        (true, _) => EalRole::Primary,
+        (false, Some(_)) => EalRole::Secondary,
+        (false, None) => EalRole::Private,
+    };
     let eal = Eal::init(&EalConfig {
         lcores: args.lcores.clone(),
         memory_mb: args.memory_mb,
         file_prefix: args
-            .file_prefix
+            .attach
             .clone()
+            .or_else(|| args.file_prefix.clone())
             .unwrap_or_else(|| format!("ferrox-{}", std::process::id())),
         vdevs: if args.standby && !overlap {
             Vec::new()
@@ -284,6 +304,7 @@ fn run(args: Args) -> Result<Served> {
             args.vdevs.clone()
         },
         pci_allow: args.pci_allow.clone(),
+        role,
         ..EalConfig::default()
     })?;
     let cores = ferrox_dataplane::ffi::lcores().len();
@@ -297,7 +318,15 @@ fn run(args: Args) -> Result<Served> {
             RxChecksumArg::Trust => Some(RxChecksum::Trust),
         },
     };
-    let mut opened = None;
+    if args.hold_port {
+        return hold_port(eal, port_config, stop);
+    }
+    // A port holder's port is there from the start: a successor attaches
+    // to it in standby already (frames wait in the device until it polls).
+    let mut opened = match &args.attach {
+        Some(_) => Some(Port::attach(&eal, 0, port_config)?),
+        None => None,
+    };
     if args.standby {
         // Fault injection for the rollback tests: hang before standby, or
         // fail once told to go.
@@ -320,6 +349,11 @@ fn run(args: Args) -> Result<Served> {
                 "standby: the predecessor froze; frames wait in the ring"
             );
             opened = Some(port);
+        } else if opened.is_some() {
+            ferrox_dataplane::handover::notify("standby");
+            tracing::info!(
+                "standby, attached to the port holder: waiting for the predecessor to hand over"
+            );
         } else {
             // The EAL is up; the port is the predecessor's until it exits.
             ferrox_dataplane::handover::notify("standby");
@@ -332,7 +366,7 @@ fn run(args: Args) -> Result<Served> {
         if fault == "after-go" {
             bail!("fault injection: failing after go");
         }
-        if !overlap {
+        if opened.is_none() {
             for vdev in &args.vdevs {
                 eal.probe(vdev)?;
             }
@@ -474,6 +508,35 @@ fn run(args: Args) -> Result<Served> {
             served
         }
     }
+}
+
+/// The port holder (`--hold-port`): starts the port and holds it, with
+/// the EAL's memory that dataplanes attach to, until told to stop; then
+/// closes it and removes its hugepage files and runtime directory.
+fn hold_port(eal: Eal, config: PortConfig, stop: &std::sync::atomic::AtomicBool) -> Result<Served> {
+    let port = Port::start(&eal, 0, config)?;
+    let prefix = eal.file_prefix().to_owned();
+    ferrox_dataplane::handover::notify("holding");
+    println!(
+        "ferrox-dataplane: holding port {} ({}), {} queue(s), MTU {}, mac {}, file prefix {prefix}",
+        port.name(),
+        port.driver(),
+        port.queue_count(),
+        port.mtu(),
+        ferrox_dataplane::port::format_mac(&port.mac())
+    );
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Nothing to poll: the dataplanes do. A sleep is this loop's work.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(port);
+    drop(eal);
+    match ferrox_dataplane::eal::remove_runtime_files(&prefix) {
+        Ok(pages) => tracing::info!(pages, "port holder stopped; its files removed"),
+        Err(e) => tracing::warn!("port holder stopped; its files stay: {e}"),
+    }
+    Ok(Served::Stopped)
 }
 
 /// The last step of handing over to another process: the handover file

@@ -23,6 +23,8 @@ pub struct DevInfo {
     pub max_rx_pktlen: u32,
     /// The kernel interface behind the port (kernel-backed PMDs), else 0.
     pub if_index: u32,
+    /// RX queues configured now (by whichever process configured it).
+    pub nb_rx_queues: u16,
 }
 
 pub(crate) fn dev_info(port: u16) -> Result<DevInfo, String> {
@@ -51,7 +53,19 @@ pub(crate) fn dev_info(port: u16) -> Result<DevInfo, String> {
         max_mtu: info.max_mtu,
         max_rx_pktlen: info.max_rx_pktlen,
         if_index: info.if_index,
+        nb_rx_queues: info.nb_rx_queues,
     })
+}
+
+/// The MTU the port is configured with.
+pub(crate) fn mtu(port: u16) -> Result<u16, String> {
+    let mut mtu = 0u16;
+    // SAFETY: valid out-parameter.
+    let rc = unsafe { sys::rte_eth_dev_get_mtu(port, &mut mtu) };
+    if rc != 0 {
+        return Err(errno_string(rc));
+    }
+    Ok(mtu)
 }
 
 /// RSS hash types ferrox asks for: IP and TCP.

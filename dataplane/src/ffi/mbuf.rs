@@ -37,6 +37,17 @@ impl Mempool {
             .ok_or_else(|| errno_string(last_errno()))
     }
 
+    /// The pool named `name` that another process of this DPDK instance
+    /// created (a secondary finds its primary's pool this way).
+    pub fn lookup(name: &str) -> Result<Mempool, String> {
+        let name = CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: a valid C string for the call.
+        let pool = unsafe { sys::rte_mempool_lookup(name.as_ptr()) };
+        NonNull::new(pool)
+            .map(Mempool)
+            .ok_or_else(|| errno_string(last_errno()))
+    }
+
     pub(crate) fn raw(&self) -> *mut sys::rte_mempool {
         self.0.as_ptr()
     }
