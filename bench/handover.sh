@@ -10,8 +10,9 @@
 # One namespace holds the clients and two redis-server backends on the
 # kernel side; ferrox-control runs the dataplane on DPDK af_xdp (PMD=af_xdp,
 # the default: the port is reopened) or af_packet (PMD=af_packet: the
-# successor's socket overlaps, nothing is lost) (one lcore,
-# MTU 1500) behind a veth pair, with 4 KiB socket buffers so that 10,000
+# successor's socket overlaps, nothing is lost) behind a veth pair, or on
+# a tap held by the port holder (PMD=tap: frames wait in the tap, nothing
+# is lost) (one lcore, MTU 1500), with 4 KiB socket buffers so that 10,000
 # connections fit. For each CONNS, a holder opens that many connections
 # (each answers one PING, then idles) and a probe client sends a PING every
 # millisecond on a connection of its own; then the dataplane is upgraded
@@ -35,7 +36,8 @@ PMD=${PMD:-af_xdp}
 case "$PMD" in
   af_xdp) VDEV=net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 ;;
   af_packet) VDEV=net_af_packet0,iface=veth1,framecnt=4096 ;;
-  *) echo "PMD is af_xdp or af_packet, not $PMD" >&2; exit 2 ;;
+  tap) VDEV=net_tap0,iface=fxtap0 ;;
+  *) echo "PMD is af_xdp, af_packet or tap, not $PMD" >&2; exit 2 ;;
 esac
 DIR=$(mktemp -d /tmp/ferrox-bench-handover-XXXXXX)
 PIDS=()
@@ -60,15 +62,20 @@ for build in a b; do cp target/release/ferrox-dataplane "$DIR/ferrox-dataplane-$
 ip netns add "$NS"
 in_ns ip link set lo up
 in_ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
-in_ns ip link add veth0 type veth peer name veth1
-in_ns ip addr add 198.18.0.1/24 dev veth0
-in_ns ip link set veth0 up
-in_ns ip link set veth1 up
-for port in 7001 7002; do
-  ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
-    --protected-mode no --daemonize no --loglevel warning >/dev/null &
-  PIDS+=("$!")
-done
+start_backends() {
+  for port in 7001 7002; do
+    ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
+      --protected-mode no --daemonize no --loglevel warning >/dev/null &
+    PIDS+=("$!")
+  done
+}
+if [ "$PMD" != tap ]; then
+  in_ns ip link add veth0 type veth peer name veth1
+  in_ns ip addr add 198.18.0.1/24 dev veth0
+  in_ns ip link set veth0 up
+  in_ns ip link set veth1 up
+  start_backends
+fi
 
 cat >"$DIR/ferrox.toml" <<'EOF'
 [pools.bench]
@@ -89,6 +96,13 @@ ip netns exec "$NS" target/release/ferrox-control --config "$DIR/ferrox.toml" \
   --max-connections 30000 --socket-pool-clients 12000 --drain-ms 200 \
   >"$DIR/control.log" 2>&1 &
 CONTROL_PID=$!
+if [ "$PMD" = tap ]; then
+  # The port holder makes the tap; the backends listen on its kernel side.
+  for _ in $(seq 300); do in_ns ip link show fxtap0 >/dev/null 2>&1 && break; sleep 0.1; done
+  in_ns ip addr add 198.18.0.1/24 dev fxtap0
+  in_ns ip link set fxtap0 txqueuelen 10000 up
+  start_backends
+fi
 for _ in $(seq 60); do
   in_ns timeout 2 redis-cli -h 198.18.0.2 -p 6379 PING 2>/dev/null | grep -q PONG && break
   sleep 0.5

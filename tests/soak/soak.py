@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Randomized, model-checked soak of the real ferrox appliance.
 
-Starts its own network namespace (fxsoak<PID>) with a veth pair, four
-redis-server and two memcached backends on the kernel side (198.18.0.1),
-and ferrox-control with its own configuration, whose dataplane runs on
-DPDK net_af_xdp on the other end (198.18.0.2). Then N client workers
+Starts its own network namespace (fxsoak<PID>) with a veth pair (or the
+dataplane's tap), four redis-server and two memcached backends on the
+kernel side (198.18.0.1), and ferrox-control with its own configuration,
+whose dataplane runs on DPDK net_af_xdp (or af_packet, or tap through a
+port holder) on the other end (198.18.0.2). Then N client workers
 (Redis and memcached) send random pipelines for the given time: commands,
 value sizes straddling every buffer size, pipeline depths, and clients
 that read slowly, stall, dribble bytes, vanish (FIN or RST) or send
@@ -70,9 +71,10 @@ def parse_args():
     p.add_argument("--redis-workers", type=int, default=6)
     p.add_argument("--mc-workers", type=int, default=3)
     p.add_argument("--mtu", type=int, default=3438, help="of the veth pair and the dataplane (3438 or 1500)")
-    p.add_argument("--pmd", default="af_xdp", choices=["af_xdp", "af_packet"],
-                   help="the dataplane's port: af_xdp (one queue) or af_packet (a queue per lcore; "
-                        "its hot upgrades overlap the two processes' sockets)")
+    p.add_argument("--pmd", default="af_xdp", choices=["af_xdp", "af_packet", "tap"],
+                   help="the dataplane's port: af_xdp (one queue), af_packet (a queue per lcore; "
+                        "its hot upgrades overlap the two processes' sockets) or tap (a queue per "
+                        "lcore, held by a port holder: hot upgrades leave frames waiting in the tap)")
     p.add_argument("--lcores", default="0", help="the dataplane's lcores, e.g. 0 or 0-1 (af_packet)")
     p.add_argument("--redis-hash", default="murmur", choices=sorted(route.HASHES))
     p.add_argument("--mc-hash", default="md5", choices=sorted(route.HASHES))
@@ -116,8 +118,8 @@ def parse_args():
         args.proxy_host = KERNEL_IP
     if args.mtu < 576 or args.mtu > 3498:
         p.error("--mtu: af_xdp carries 576 to about 3500")
-    if args.pmd == "af_packet" and args.mtu > 1500:
-        p.error("--mtu: DPDK's af_packet carries at most 1500 (give --mtu 1500)")
+    if args.pmd in ("af_packet", "tap") and args.mtu > 1500:
+        p.error(f"--mtu: DPDK's {args.pmd} carries at most 1500 (give --mtu 1500)")
     return args
 
 
@@ -209,11 +211,12 @@ class Appliance:
         self.ns_created = True
         ip = ["ip", "-n", self.ns]
         run(ip + ["link", "set", "lo", "up"])
-        run(ip + ["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
-        run(ip + ["link", "set", "veth0", "mtu", str(args.mtu)])
-        run(ip + ["addr", "add", f"{KERNEL_IP}/24", "dev", "veth0"])
-        run(ip + ["link", "set", "veth0", "up"])
-        run(ip + ["link", "set", "veth1", "up"])
+        if args.pmd != "tap":
+            run(ip + ["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
+            run(ip + ["link", "set", "veth0", "mtu", str(args.mtu)])
+            run(ip + ["addr", "add", f"{KERNEL_IP}/24", "dev", "veth0"])
+            run(ip + ["link", "set", "veth0", "up"])
+            run(ip + ["link", "set", "veth1", "up"])
         if args.pmd == "af_packet":
             # af_packet takes no frame over the MTU: the kernel side must
             # not hand it TSO super-frames (they would arrive cut).
@@ -228,17 +231,24 @@ class Appliance:
         os.close(fd)
         exec_ns = ["ip", "netns", "exec", self.ns]
         backend_log = open(os.path.join(self.tmp, "backends.log"), "wb")
-        for port in REDIS_PORTS:
-            self.spawn(exec_ns + ["redis-server", "--bind", KERNEL_IP, "--port", str(port), "--save", "",
-                                  "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
-                       backend_log)
-        for port in MC_PORTS:
-            # -M: an out-of-memory error rather than a silent eviction,
-            # which the models would take for lost data.
-            self.spawn(exec_ns + ["memcached", "-u", "root", "-l", KERNEL_IP, "-p", str(port), "-U", "0",
-                                  "-m", "256", "-I", "2m", "-M"], backend_log)
-        for port in REDIS_PORTS + MC_PORTS:
-            wait_port(KERNEL_IP, port, 10)
+
+        def start_backends():
+            for port in REDIS_PORTS:
+                self.spawn(exec_ns + ["redis-server", "--bind", KERNEL_IP, "--port", str(port), "--save", "",
+                                      "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
+                           backend_log)
+            for port in MC_PORTS:
+                # -M: an out-of-memory error rather than a silent eviction,
+                # which the models would take for lost data.
+                self.spawn(exec_ns + ["memcached", "-u", "root", "-l", KERNEL_IP, "-p", str(port), "-U", "0",
+                                      "-m", "256", "-I", "2m", "-M"], backend_log)
+            for port in REDIS_PORTS + MC_PORTS:
+                wait_port(KERNEL_IP, port, 10)
+
+        if args.direct and args.pmd == "tap":
+            raise SystemExit("soak: --direct needs a veth pair (not --pmd tap)")
+        if args.pmd != "tap":
+            start_backends()
         if args.direct:
             log(f"direct: redis-server {KERNEL_IP}:6379, memcached {KERNEL_IP}:11211, no proxy "
                 f"(namespace {self.ns}, logs {self.tmp})")
@@ -248,6 +258,8 @@ class Appliance:
         if args.pmd == "af_packet":
             queues = len(lcore_list(args.lcores))
             vdev = f"net_af_packet0,iface=veth1,qpairs={queues},framecnt=4096"
+        elif args.pmd == "tap":
+            vdev = "net_tap0,iface=fxtap0"
         else:
             vdev = "net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0"
         cmd = exec_ns + [control, "--config", self.config, "--address", f"{PROXY_IP}/24", "--vdev", vdev,
@@ -259,6 +271,17 @@ class Appliance:
         self.control_log = open(self.log_path, "wb")
         self.control = subprocess.Popen(cmd, stdout=self.control_log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        if args.pmd == "tap":
+            # The port holder makes the tap; its kernel side gets the
+            # backends' address, then the backends start.
+            deadline = time.monotonic() + 60
+            while run(ip + ["link", "show", "fxtap0"], check=False).returncode != 0:
+                if self.control.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("soak: the port holder made no tap:\n" + self.log_tail())
+                time.sleep(0.1)
+            run(ip + ["addr", "add", f"{KERNEL_IP}/24", "dev", "fxtap0"])
+            run(ip + ["link", "set", "fxtap0", "mtu", str(args.mtu), "txqueuelen", "10000", "up"])
+            start_backends()
         deadline = time.monotonic() + 60
         while True:
             if self.control.poll() is not None:
@@ -269,6 +292,17 @@ class Appliance:
                 raise SystemExit("soak: ferrox did not answer PING within 60 s:\n" + self.log_tail())
             time.sleep(0.2)
         status = self.status()
+        if args.pmd == "tap":
+            # Health checks ran before the tap was up: wait until every
+            # server is seen up again, so that the load starts on a
+            # healthy pool as on the other ports.
+            deadline = time.monotonic() + 30
+            while status and any(server["state"] != "up" for pool in status.get("pools", [])
+                                 for server in pool.get("servers", [])):
+                if time.monotonic() > deadline:
+                    raise SystemExit("soak: the backends are not up within 30 s:\n" + self.log_tail())
+                time.sleep(0.2)
+                status = self.status()
         if status:
             self.dataplane_pid = status.get("dataplane", {}).get("pid")
         if not self.dataplane_pid:
@@ -316,7 +350,8 @@ max_pipeline = {a.max_pipeline}
                     ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == self.control.pid and is_process(pid, "ferrox-dataplane"):
+            if ppid == self.control.pid and is_process(pid, "ferrox-dataplane") \
+                    and not is_process(pid, "--hold-port"):
                 return int(pid)
         return None
 
