@@ -128,13 +128,18 @@ boot() { # accel cpu
   new_console
   : >"$WORK/console.log"
   ACCEL_USED=$1
+  # q35 with a virtual IOMMU (VT-d), and the NIC behind it: vfio-pci, the
+  # driver real machines use, needs one (Debian's kernel has no VFIO
+  # no-IOMMU mode). 48-bit addresses: DPDK maps its memory at its virtual
+  # addresses (IOVA as VA), beyond the default 39 bits.
   "${QEMU_RUN[@]}" -accel "$1" -cpu "$2" -m 1024 -smp "$LCORES" \
+    -machine q35 -device intel-iommu,intremap=off,aw-bits=48 \
     -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
-    -append "console=ttyS0 panic=-1 quiet fxlcores=0-$((LCORES - 1))" \
+    -append "console=ttyS0 panic=-1 quiet intel_iommu=on fxlcores=0-$((LCORES - 1))" \
     -nodefaults -display none -no-reboot \
     -chardev pipe,id=con,path="$WORK/con" -serial chardev:con \
     -netdev tap,id=n0,ifname="$TAP",script=no,downscript=no,vhost=off"$NIC_QUEUES" \
-    -device virtio-net-pci,netdev=n0,addr=0x4,mac=52:54:00:f0:0f:01"$NIC_MQ" \
+    -device virtio-net-pci,netdev=n0,addr=0x4,mac=52:54:00:f0:0f:01,iommu_platform=on,disable-legacy=on"$NIC_MQ" \
     >"$WORK/qemu.log" 2>&1 &
   QEMU_PID=$!
   cat "$WORK/con.out" >>"$WORK/console.log" &
@@ -304,10 +309,12 @@ if [ "${VM_BUILD:-1}" = 1 ]; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
   flags=(--locked -q)
   [ "$PROFILE" = release ] && flags+=(--release)
-  cargo build "${flags[@]}" -p ferrox-dataplane
+  cargo build "${flags[@]}" -p ferrox-dataplane -p ferrox-control
   cargo build "${flags[@]}" -p ferrox-route --example place
 fi
 DATAPLANE=target/$PROFILE/ferrox-dataplane
+CONTROL=target/$PROFILE/ferrox-control
+CTL=target/$PROFILE/ferroxctl
 PLACE=target/$PROFILE/examples/place
 
 # The kernel: whatever linux-image-amd64 depends on, from the package
@@ -317,7 +324,7 @@ KPKG=$(kernel_package)
 [ -n "$KPKG" ] || { apt_update; KPKG=$(kernel_package); }
 [ -n "$KPKG" ] || fail "cannot find the kernel package behind linux-image-amd64"
 # What the guest loads: its virtio-net driver, and the driver DPDK uses.
-GUEST_MODULES=(virtio_pci virtio_net uio_pci_generic)
+GUEST_MODULES=(virtio_pci virtio_net vfio vfio_iommu_type1 vfio-pci)
 if [ "$(cat "$CACHE/$KPKG/done" 2>/dev/null)" != "${GUEST_MODULES[*]}" ]; then
   log "downloading $KPKG"
   if ! (cd "$WORK" && apt-get download -q "$KPKG" >/dev/null 2>&1); then
@@ -391,7 +398,7 @@ PYFILES=$(python_modules)
 [ -n "$PYFILES" ] || fail "cannot list the Python modules $DEVBIND imports"
 PYLIB=$("$PYTHON" -E -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
 PYEXE=$(readlink -f "$PYTHON")
-EXES=("$DATAPLANE" "$PYEXE" /usr/bin/lspci)
+EXES=("$DATAPLANE" "$CONTROL" "$CTL" "$PYEXE" /usr/bin/lspci)
 
 inputs=$( {
   sha256sum "${EXES[@]}" "$KDIR/vmlinuz" vm-testbed/guest-init.sh vm-testbed/run.sh "$CONFIG" /bin/busybox "$DEVBIND"
@@ -427,8 +434,10 @@ if [ ! -f "$INITRD" ]; then
   mkdir -p "$R/usr/lib/modules"
   cp -r "$KDIR/modules" "$R/usr/lib/modules/$KVER"
   depmod -b "$R" "$KVER"
-  # The dataplane, stripped of its debug info (the guest has no debugger).
-  objcopy --strip-debug "$DATAPLANE" "$R/usr/local/bin/ferrox-dataplane"
+  # The binaries, stripped of their debug info (the guest has no debugger).
+  for exe in "$DATAPLANE" "$CONTROL" "$CTL"; do
+    objcopy --strip-debug "$exe" "$R/usr/local/bin/$(basename "$exe")"
+  done
   # dpdk-devbind.py as Debian ships it, and what it runs: Python with the
   # modules it imports (byte code with its source, so nothing compiles in
   # the guest), lspci and the PCI ID list.
@@ -600,7 +609,7 @@ log "${#all_keys[@]} keys, each on the backend the router names; every SET and G
 # ---- stop --------------------------------------------------------------------
 echo stop >&"$CON_IN"
 wait_console "ferrox-vm: DONE" 60 || fail "the guest did not stop ferrox"
-stats=$(grep "stopped;" "$WORK/console.log" | tail -n 1 | tr -d '\r')
+stats=$(grep "ferrox-dataplane: stopped;" "$WORK/console.log" | tail -n 1 | tr -d '\r')
 echo "  ferrox: $(grep -o "requests=[0-9]* errors=[0-9]*\|steered=[0-9]*\|bad_checksum=[0-9]*\|core[0-9]*_accepted=[0-9]*" <<<"$stats" | tr '\n' ' ')" >&2
 grep -q " errors=0 " <<<"$stats" || fail "ferrox counted errors: $stats"
 grep -q " bad_checksum=0 " <<<"$stats" || fail "ferrox dropped frames for their checksum: $stats"

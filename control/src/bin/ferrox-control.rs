@@ -105,6 +105,22 @@ enum PortHolderMode {
     Off,
 }
 
+/// Why the port holder cannot hold the PCI device `address`, if it
+/// cannot: under `uio_pci_generic` every process that closes the device
+/// turns its DMA off (the kernel driver's release clears bus mastering),
+/// so the first dataplane to exit would stop the NIC under its successor.
+fn port_holder_refuses(address: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/bus/pci/devices/{address}/driver")).ok()?;
+    let driver = link.file_name()?.to_string_lossy().into_owned();
+    (driver == "uio_pci_generic").then(|| {
+        format!(
+            "--port-holder on: {address} is bound to uio_pci_generic, which turns the NIC's DMA \
+             off whenever a process closes it (a dataplane exiting under the port holder would \
+             stop the NIC): bind it to vfio-pci (or igb_uio), or give --port-holder off"
+        )
+    })
+}
+
 impl PortHolderMode {
     /// Whether the dataplanes of these ports attach to a port holder.
     fn wanted(self, vdevs: &[String], pci: &[String]) -> bool {
@@ -181,6 +197,12 @@ fn run(args: Args) -> Result<()> {
 
     // The whole configuration is checked before anything is created.
     daemon::read_config(&args.config, address)?;
+    let wants_holder = args.port_holder.wanted(&args.vdevs, &args.pci_allow);
+    if wants_holder {
+        if let Some(why) = args.pci_allow.iter().find_map(|a| port_holder_refuses(a)) {
+            anyhow::bail!(why);
+        }
+    }
     let options = RegionOptions {
         size: Block::size() + (args.shm_mb << 20),
         ..RegionOptions::default()
@@ -267,9 +289,7 @@ fn run(args: Args) -> Result<()> {
     // The port holder runs the first binary with the dataplane's own
     // arguments (port, lcores, MTU, mbufs), so that what it starts is
     // what every dataplane expects; they attach to it by its file prefix.
-    let mut holder = args
-        .port_holder
-        .wanted(&args.vdevs, &args.pci_allow)
+    let mut holder = wants_holder
         .then(|| {
             let prefix = format!("ferrox-port-{}", args.region);
             let mut holder_args = dataplane_args.clone();
