@@ -289,22 +289,21 @@ fn run(args: Args) -> Result<()> {
     // The port holder runs the first binary with the dataplane's own
     // arguments (port, lcores, MTU, mbufs), so that what it starts is
     // what every dataplane expects; they attach to it by its file prefix.
-    let mut holder = wants_holder
-        .then(|| {
-            let prefix = format!("ferrox-port-{}", args.region);
-            let mut holder_args = dataplane_args.clone();
-            holder_args.extend([
-                "--hold-port".into(),
-                "--file-prefix".into(),
-                prefix.clone().into(),
-            ]);
-            dataplane_args.extend(["--attach".into(), prefix.into()]);
-            PortHolder {
-                binary: dataplane.clone(),
-                args: holder_args,
-                process: None,
-            }
-        });
+    let mut holder = wants_holder.then(|| {
+        let prefix = format!("ferrox-port-{}", args.region);
+        let mut holder_args = dataplane_args.clone();
+        holder_args.extend([
+            "--hold-port".into(),
+            "--file-prefix".into(),
+            prefix.clone().into(),
+        ]);
+        dataplane_args.extend(["--attach".into(), prefix.into()]);
+        PortHolder {
+            binary: dataplane.clone(),
+            args: holder_args,
+            process: None,
+        }
+    });
     control.dataplane.lock().expect("not poisoned").binary = dataplane.clone();
     let mut template = Template {
         binary: dataplane.clone(),
@@ -380,6 +379,7 @@ fn supervise(
             stop_grace,
         );
         control.dataplane.lock().expect("not poisoned").pid = None;
+        remove_runtime_dir(dataplane.pid());
         if stopping(control) {
             tracing::info!(status = ?exit.status, "dataplane stopped");
             return Ok(());
@@ -756,6 +756,14 @@ fn wait_line(
 fn discard(mut dataplane: Dataplane) {
     dataplane.signal(Signal::KILL);
     let _ = dataplane.child.wait();
+    remove_runtime_dir(dataplane.pid());
+}
+
+/// A dataplane's DPDK runtime directory (`/var/run/dpdk/ferrox-<pid>`,
+/// empty with `--in-memory`) is removed by its own clean stop; one that
+/// was killed leaves it: removed here once it is reaped (only if empty).
+fn remove_runtime_dir(pid: u32) {
+    let _ = std::fs::remove_dir(format!("/var/run/dpdk/ferrox-{pid}"));
 }
 
 /// The field `name=` of a dataplane's line.
@@ -968,6 +976,7 @@ fn upgrade_steps(
             }
             let report = board.handover_report();
             let old_status = old_status.or_else(|| reap(&mut old, job.timeout));
+            remove_runtime_dir(old.pid());
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             let brownout = report.between(Step::Asked, Step::AllFrozen);
             let blackout = report.between(Step::Frozen, Step::FirstFrame);
