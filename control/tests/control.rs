@@ -967,6 +967,26 @@ fn faulty_build(build: &Path, fault: &str) -> PathBuf {
     wrapper
 }
 
+/// `count` upgrades alternating `builds`, under the INCR load of at least
+/// 51 connections: each one counted, every connection restored, none
+/// reset. Returns the blackouts (ms).
+fn upgrades_under_load(socket: &str, builds: &[PathBuf], count: usize) -> Vec<f64> {
+    let mut blackouts = Vec::new();
+    for (i, build) in builds.iter().cycle().take(count).enumerate() {
+        let done = json(
+            socket,
+            &["upgrade", "--binary", build.to_str().unwrap(), "--json"],
+        );
+        assert_eq!(done["generation"], i as u64 + 1, "{done}");
+        assert_eq!(done["reset_on_restore"], 0, "{done}");
+        assert_eq!(done["exported"], done["restored"], "{done}");
+        assert!(done["restored"].as_u64().unwrap() >= 51, "{done}");
+        blackouts.push(done["blackout_ms"].as_f64().unwrap_or(f64::NAN));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    blackouts
+}
+
 /// On af_packet the successor opens its own socket in standby, beside its
 /// predecessor's (the overlap path): from the freeze on, frames wait in
 /// its ring. Two lcores, three upgrades under the INCR load: the counter
@@ -982,19 +1002,7 @@ fn upgrades_on_af_packet_with_the_successor_port_open_in_standby() {
     let bench = redis_benchmark(ns, FERROX_IP, &format!("-t incr -P 16 -c 50 -n {n} -q"));
     std::thread::sleep(Duration::from_millis(800));
     let capture = capture_client_flags(ns, "veth0", 6379);
-    let mut blackouts = Vec::new();
-    for (i, build) in builds.iter().cycle().take(3).enumerate() {
-        let done = json(
-            socket,
-            &["upgrade", "--binary", build.to_str().unwrap(), "--json"],
-        );
-        assert_eq!(done["generation"], i as u64 + 1, "{done}");
-        assert_eq!(done["reset_on_restore"], 0, "{done}");
-        assert_eq!(done["exported"], done["restored"], "{done}");
-        assert!(done["restored"].as_u64().unwrap() >= 51, "{done}");
-        blackouts.push(done["blackout_ms"].as_f64().unwrap_or(f64::NAN));
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let blackouts = upgrades_under_load(socket, &builds, 3);
     assert_eq!(cli(ns, FERROX_IP, 6379, "PING"), "PONG");
     // The PING's connection shows the capture saw ferrox's segments.
     assert_no_client_reset(capture);
@@ -1043,19 +1051,7 @@ fn upgrades_on_tap_through_the_port_holder_lose_no_frame() {
     std::thread::sleep(Duration::from_millis(800));
     let capture = capture_client_flags(ns, "fxtap0", 6379);
     let drops = tap_drops(ns);
-    let mut blackouts = Vec::new();
-    for (i, build) in builds.iter().cycle().take(5).enumerate() {
-        let done = json(
-            socket,
-            &["upgrade", "--binary", build.to_str().unwrap(), "--json"],
-        );
-        assert_eq!(done["generation"], i as u64 + 1, "{done}");
-        assert_eq!(done["reset_on_restore"], 0, "{done}");
-        assert_eq!(done["exported"], done["restored"], "{done}");
-        assert!(done["restored"].as_u64().unwrap() >= 51, "{done}");
-        blackouts.push(done["blackout_ms"].as_f64().unwrap_or(f64::NAN));
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let blackouts = upgrades_under_load(socket, &builds, 5);
     assert_eq!(
         tap_drops(ns),
         drops,
