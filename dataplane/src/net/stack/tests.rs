@@ -258,6 +258,11 @@ struct Net {
     /// Every frame of the peer reaches the stack twice (as a retransmission
     /// of what already arrived would).
     duplicate_peer_frames: bool,
+    /// Of the data segments the peer sends from now on, this one (counted
+    /// from 0) is lost on its way to the stack.
+    lose_peer_data: Option<usize>,
+    /// The peer's segments that reached the stack with SACK blocks.
+    peer_sacks: usize,
 }
 
 const CONFIG: &str = r#"
@@ -300,6 +305,8 @@ impl Net {
             now,
             client_resets: 0,
             duplicate_peer_frames: false,
+            lose_peer_data: None,
+            peer_sacks: 0,
         }
     }
 
@@ -317,6 +324,18 @@ impl Net {
         peer.run_apps();
         peer.iface.poll(now, &mut peer.wire, &mut peer.sockets);
         while let Some(frame) = self.peer.wire.tx.pop_front() {
+            let data = ferrox_handover::segment::Segment::parse(&frame)
+                .is_some_and(|s| s.dst_port == PROXY_PORT && s.payload_len > 0);
+            if data {
+                if let Some(n) = self.lose_peer_data.as_mut() {
+                    if *n == 0 {
+                        self.lose_peer_data = None;
+                        continue;
+                    }
+                    *n -= 1;
+                }
+            }
+            self.peer_sacks += usize::from(has_sack_blocks(&frame));
             self.stack.handle_frame(now, &frame, &mut self.link);
             if self.duplicate_peer_frames {
                 self.stack.handle_frame(now, &frame, &mut self.link);
@@ -382,6 +401,37 @@ impl Net {
             .get::<tcp::Socket>(self.peer.clients[client].handle)
             .state()
     }
+}
+
+/// Whether `frame`'s TCP segment carries a SACK option with blocks.
+fn has_sack_blocks(frame: &[u8]) -> bool {
+    const SACK: u8 = 5;
+    let Some(ip) = frame.get(14..) else {
+        return false;
+    };
+    let ihl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+    let Some(tcp) = ip.get(ihl..) else {
+        return false;
+    };
+    let data_offset = usize::from(tcp.get(12).copied().unwrap_or(0) >> 4) * 4;
+    let mut options = tcp.get(20..data_offset).unwrap_or(&[]);
+    while let [kind, rest @ ..] = options {
+        match *kind {
+            0 => return false,
+            1 => options = rest,
+            kind => {
+                let len = usize::from(rest.first().copied().unwrap_or(0));
+                if len < 2 || len > options.len() {
+                    return false;
+                }
+                if kind == SACK && len >= 10 {
+                    return true;
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    false
 }
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";

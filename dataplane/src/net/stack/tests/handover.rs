@@ -414,6 +414,93 @@ fn answers_to_segments_of_a_restored_flow_are_in_the_real_sequence_space() {
     });
 }
 
+/// SACK after loss, both ways, on a restored flow. A segment of a
+/// client's large request is lost on its way in: smoltcp answers the
+/// later, out-of-order ones at once, with SACK blocks (and must do so in
+/// the real sequence space). A segment of the large reply is lost on its
+/// way out: the client's duplicate ACKs carry SACK blocks, whose edges the
+/// ingress translation moves into the socket's space. Both holes are
+/// repaired by retransmission, the replies arrive exact, every segment the
+/// stack sends is in the real space, and no client is reset.
+#[test]
+fn sack_after_loss_both_ways_on_a_restored_flow() {
+    within(120, || {
+        let mut net = Net::new();
+        let c = net.client(usize::MAX);
+        net.write(c, PING);
+        assert!(net.run_until(5000, |n| n.received(c) == b"+PONG\r\n"));
+        let (exported, restored) = net.hand_over(1, Pause::Buffered, 5, true);
+        assert_eq!((exported.exported, restored.restored), (1, 1));
+        let value = vec![b'x'; 12_000];
+        let mut want = b"+PONG\r\n+OK\r\n".to_vec();
+        // In: the request's second data segment is lost.
+        net.lose_peer_data = Some(1);
+        net.write(c, &command(&[b"SET", b"big", &value]));
+        let mut seqs = Vec::new();
+        let mut stack_sacks = 0;
+        let mut watch = |net: &mut Net| {
+            seqs.extend(to_clients(&net.link).map(|s| s.seq));
+            stack_sacks += net.link.sent.iter().filter(|f| has_sack_blocks(f)).count();
+        };
+        for _ in 0..50_000 {
+            if net.received(c) == want.as_slice() {
+                break;
+            }
+            watch(&mut net);
+            net.step();
+        }
+        assert_eq!(net.received(c), want.as_slice(), "the SET was not answered");
+        assert!(net.lose_peer_data.is_none(), "no request segment was lost");
+        // Out: the reply's second data segment to the client is lost.
+        net.write(c, &command(&[b"GET", b"big"]));
+        want.extend_from_slice(b"$12000\r\n");
+        want.extend_from_slice(&value);
+        want.extend_from_slice(b"\r\n");
+        let mut data_out = 0;
+        let mut lost_out = false;
+        for _ in 0..50_000 {
+            if net.received(c) == want.as_slice() {
+                break;
+            }
+            watch(&mut net);
+            if !lost_out {
+                net.link.sent.retain(|f| {
+                    let data = Segment::parse(f)
+                        .is_some_and(|s| s.src_port == PROXY_PORT && s.payload_len > 0);
+                    data_out += usize::from(data);
+                    let lose = data && data_out == 2;
+                    lost_out |= lose;
+                    !lose
+                });
+            }
+            net.step();
+        }
+        assert!(lost_out, "no reply segment was lost");
+        assert_eq!(net.received(c).len(), want.len());
+        assert!(net.received(c) == want.as_slice(), "the reply differs");
+        assert!(
+            stack_sacks > 0,
+            "the stack sent no SACK for the hole in the request"
+        );
+        assert!(
+            net.peer_sacks > 0,
+            "the client sent no SACK for the hole in the reply"
+        );
+        let first = seqs[0];
+        let strays = seqs
+            .iter()
+            .filter(|&&s| s.wrapping_sub(first) > 1 << 16)
+            .count();
+        assert_eq!(
+            strays,
+            0,
+            "{strays} of {} segments in another sequence space",
+            seqs.len()
+        );
+        net.assert_no_client_reset();
+    });
+}
+
 /// Requests sent while the stack drains stay unread in the socket, and
 /// part of a request waits in the stack: both cross the handover and are
 /// answered by the successor.
