@@ -18,7 +18,7 @@ pub(crate) use eal::{dev_probe, dev_remove, eal_cleanup, eal_init, lcore_id};
 pub use eal::{lcores, run_on_lcores, Task};
 pub(crate) use ethdev::*;
 pub use kernel::wait_readable;
-pub(crate) use kernel::{interface_driver, interface_name};
+pub(crate) use kernel::{interface_driver, interface_index, interface_name, xsk_queue_busy};
 pub use mbuf::{rx_burst, tx_burst, L4Checksum, Mbuf, Mempool, RxBurst, TxBurst};
 
 /// Bytes DPDK keeps free before each mbuf's data.

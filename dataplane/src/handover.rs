@@ -71,7 +71,10 @@ pub fn write(path: &Path, facts: Facts, exports: &[Export]) -> Result<usize> {
     for part in [&header, &all.records, &all.streams] {
         file.write_all(part)?;
     }
-    file.sync_all()?;
+    // No fsync: the reader is the next process on this machine, which the
+    // rename alone makes see all of it or nothing; should the machine go
+    // down, the connections the file describes are gone anyway. (An fsync
+    // here sat inside the blackout.)
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(all.len())
 }

@@ -47,6 +47,55 @@ fn max_mtu(info: &DevInfo) -> u16 {
 /// beside its predecessor's (zero-drop).
 pub const OVERLAPPING_DRIVER: &str = "net_af_packet";
 
+/// The interface and the queues a `net_af_xdp` vdev's sockets bind:
+/// `iface=`, and `queue_count` (default 1) queues from `start_queue`
+/// (default 0). `None` for any other vdev.
+fn af_xdp_queues(vdev: &str) -> Option<(String, std::ops::Range<u32>)> {
+    let mut parts = vdev.split(',');
+    if !parts.next()?.starts_with("net_af_xdp") {
+        return None;
+    }
+    let (mut iface, mut start, mut count) = (None, 0u32, 1u32);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("iface", v)) => iface = Some(v.to_owned()),
+            Some(("start_queue", v)) => start = v.parse().ok()?,
+            Some(("queue_count", v)) => count = v.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some((iface?, start..start + count))
+}
+
+/// Waits, at most `within`, until the kernel has released the AF_XDP
+/// queues `vdev` binds, which a predecessor's sockets held: a closed
+/// socket's memory leaves its queue by deferred work, 20–40 ms after the
+/// close, and a queue setup before that fails (after building the whole
+/// port, about 10–20 ms). A bind probe a few microseconds long, every
+/// 200 µs, finds the moment instead. Returns how long it waited, or
+/// `None` when it cannot tell (not af_xdp, or the probe says nothing on
+/// this driver): the caller then tries and retries the port itself.
+pub fn wait_for_af_xdp_queues(
+    vdev: &str,
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let (iface, queues) = af_xdp_queues(vdev)?;
+    let index = ffi::interface_index(&iface)?;
+    let begun = std::time::Instant::now();
+    loop {
+        let mut busy = false;
+        for queue in queues.clone() {
+            busy |= ffi::xsk_queue_busy(index, queue)?;
+        }
+        if !busy || begun.elapsed() >= within {
+            return Some(begun.elapsed());
+        }
+        // Start-up, before any poll loop: a pause is what it needs.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// A started port. Dropping it stops and closes the device.
 #[derive(Debug)]
 pub struct Port {
@@ -552,6 +601,21 @@ mod tests {
         assert_eq!(max_mtu(&info("net_af_packet", u16::MAX, 1518)), 1500);
         // A NIC with jumbo frames stops at ferrox's own limit.
         assert_eq!(max_mtu(&info("net_ice", 9702, 9728)), MAX_MTU);
+    }
+
+    #[test]
+    fn an_af_xdp_vdev_names_its_interface_and_queues() {
+        assert_eq!(
+            af_xdp_queues("net_af_xdp0,iface=veth1,start_queue=2,queue_count=3,busy_budget=0"),
+            Some(("veth1".to_owned(), 2..5))
+        );
+        assert_eq!(
+            af_xdp_queues("net_af_xdp1,iface=eth0"),
+            Some(("eth0".to_owned(), 0..1))
+        );
+        assert_eq!(af_xdp_queues("net_af_xdp0"), None, "no interface");
+        assert_eq!(af_xdp_queues("net_af_packet0,iface=veth1"), None);
+        assert_eq!(af_xdp_queues("net_af_xdp0,iface=v,start_queue=x"), None);
     }
 
     #[test]

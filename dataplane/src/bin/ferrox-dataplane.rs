@@ -215,7 +215,9 @@ fn main() {
     });
     match die_with_control_process().and_then(|()| run(args)) {
         Ok(Served::Stopped) => {}
-        Ok(Served::HandedOver) => std::process::exit(ferrox_dataplane::handover::EXIT_HANDED_OVER),
+        Ok(Served::HandedOver(_)) => {
+            std::process::exit(ferrox_dataplane::handover::EXIT_HANDED_OVER)
+        }
         Err(e) => {
             eprintln!("ferrox-dataplane: {e:#}");
             std::process::exit(1);
@@ -236,11 +238,20 @@ fn parse_cidr(text: &str) -> Result<(Ipv4Address, u8)> {
 }
 
 /// How the cores ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Served {
     Stopped,
-    /// Their connections went to a successor process (the handover file).
-    HandedOver,
+    /// Their connections go to a successor process: what each core
+    /// exported, for the handover file.
+    HandedOver(HandoverFile),
+}
+
+/// The handover file to write, once the port is closed.
+#[derive(Debug)]
+struct HandoverFile {
+    path: std::path::PathBuf,
+    facts: ferrox_dataplane::handover::Facts,
+    exports: Vec<ferrox_dataplane::net::stack::Export>,
 }
 
 fn run(args: Args) -> Result<Served> {
@@ -368,16 +379,24 @@ fn run(args: Args) -> Result<Served> {
         }
         if opened.is_none() {
             for vdev in &args.vdevs {
+                let wait = std::time::Duration::from_secs(2);
+                if let Some(waited) = ferrox_dataplane::port::wait_for_af_xdp_queues(vdev, wait) {
+                    tracing::info!(
+                        waited_us = waited.as_micros() as u64,
+                        "the kernel released the predecessor's AF_XDP queues"
+                    );
+                }
                 eal.probe(vdev)?;
             }
         }
     }
     let ports = Port::available();
     tracing::info!(?ports, "ports found");
-    // Right after a predecessor exited, the kernel may still be releasing
-    // its AF_XDP socket (the queue is freed by deferred work), and the
-    // queue setup fails: a successor removes the device, probes it again
-    // and retries for a moment.
+    // Right after a predecessor closed its port, the kernel may still be
+    // releasing its AF_XDP socket (the queue is freed by deferred work),
+    // and the queue setup fails. The successor waited for that above where
+    // the probe can tell; where it cannot, it removes the device, probes
+    // it again and retries for a moment.
     let opening = std::time::Instant::now();
     let mut port = match opened {
         Some(port) => port,
@@ -426,18 +445,24 @@ fn run(args: Args) -> Result<Served> {
     };
     let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;
     match proxy {
-        None => serve(
-            &args,
-            None,
-            stop,
-            &mut port,
-            config,
-            |_| PerConnection::new(RespEcho::default()),
-            |echo| {
-                let errors: u64 = echo.iter().map(|e| e.protocol_errors).sum();
-                format!(" protocol_errors={errors}")
-            },
-        ),
+        None => {
+            let served = serve(
+                &args,
+                None,
+                stop,
+                &mut port,
+                config,
+                |_| PerConnection::new(RespEcho::default()),
+                |echo| {
+                    let errors: u64 = echo.iter().map(|e| e.protocol_errors).sum();
+                    format!(" protocol_errors={errors}")
+                },
+            )?;
+            if let Served::HandedOver(handover) = &served {
+                seal(port, None, handover)?;
+            }
+            Ok(served)
+        }
         Some(proxy) => {
             config.ports = proxy.ports.iter().map(|&(port, _)| port).collect();
             config.backlog = args.backlog.unwrap_or(proxy.backlog());
@@ -499,8 +524,8 @@ fn run(args: Args) -> Result<Served> {
                 |_| format!(" reloads={}", board.version().saturating_sub(start_version)),
             );
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            if let (Ok(Served::HandedOver), Some((block, _))) = (&served, &block) {
-                seal(port, block);
+            if let Ok(Served::HandedOver(handover)) = &served {
+                seal(port, block.as_ref().map(|(block, _)| block), handover)?;
             }
             if let Some(reloader) = reloader {
                 let _ = reloader.join();
@@ -539,22 +564,32 @@ fn hold_port(eal: Eal, config: PortConfig, stop: &std::sync::atomic::AtomicBool)
     Ok(Served::Stopped)
 }
 
-/// The last step of handing over to another process: the handover file
-/// is written; closing the port now, and saying so on the board, lets
-/// the successor open it while this process still winds down.
-fn seal(port: Port, block: &Block) {
-    // A successor on an overlapping port has its own socket open already:
-    // it need not wait for this one to close (which takes tens of
-    // milliseconds: the kernel waits for readers of the old sockets).
+/// The last step of handing over to another process: the port closed,
+/// the handover file written whole, and "sealed" on the board. A port
+/// the successor reopens (af_xdp) is closed first: the kernel releases a
+/// closed AF_XDP socket's queue only tens of milliseconds later, and that
+/// wait then runs while the file is written. A successor on an
+/// overlapping port (af_packet) has its own socket open already: it is
+/// told at once, and the close (tens of milliseconds in the kernel)
+/// comes after. A port held by the port holder is not closed at all.
+fn seal(port: Port, block: Option<&Block>, handover: &HandoverFile) -> Result<()> {
     let overlapping = port.driver() == ferrox_dataplane::port::OVERLAPPING_DRIVER;
-    if overlapping {
+    let mut port = Some(port);
+    if !overlapping {
+        drop(port.take());
+    }
+    let records =
+        ferrox_dataplane::handover::write(&handover.path, handover.facts, &handover.exports)?;
+    if let Some(block) = block {
         block.stamp(Step::Sealed);
     }
     drop(port);
-    if !overlapping {
-        block.stamp(Step::Sealed);
-    }
+    println!(
+        "ferrox-dataplane: handed over {records} connection(s) in {}",
+        handover.path.display()
+    );
     tracing::info!("handover sealed; port closed");
+    Ok(())
 }
 
 /// Runs one core loop per lcore, each with the application `make_app`
@@ -775,12 +810,11 @@ fn serve<A: CoreService + Send>(
             address: config.address.octets(),
             mtu: port.mtu(),
         };
-        let records = ferrox_dataplane::handover::write(path, facts, &exports)?;
-        println!(
-            "ferrox-dataplane: handed over {records} connection(s) in {}",
-            path.display()
-        );
-        return Ok(Served::HandedOver);
+        return Ok(Served::HandedOver(HandoverFile {
+            path: path.clone(),
+            facts,
+            exports,
+        }));
     }
     Ok(Served::Stopped)
 }

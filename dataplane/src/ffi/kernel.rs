@@ -95,3 +95,96 @@ pub(crate) fn interface_driver(name: &str) -> Option<String> {
     let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
 }
+
+/// Whether queue `queue` of interface `if_index` still has an AF_XDP
+/// socket's memory attached. A closed socket's is detached by deferred
+/// kernel work, tens of milliseconds after the close, and no socket can
+/// bind to the queue before. The probe asks for a zero-copy bind, which
+/// the kernel refuses with EBUSY while the queue is held and, on a driver
+/// without zero-copy (veth), with EOPNOTSUPP once it is free, taking
+/// nothing: `Some(true)` and `Some(false)`. `None` when the probe tells
+/// nothing (no AF_XDP here, another error, or a zero-copy driver that
+/// took the bind, undone by closing).
+pub(crate) fn xsk_queue_busy(if_index: u32, queue: u32) -> Option<bool> {
+    const CHUNK: u32 = 2048;
+    const UMEM: usize = 4096;
+    // SAFETY: plain socket call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor of ours, closed when dropped.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // The umem must be page-aligned: one anonymous page, two chunks.
+    // SAFETY: a private anonymous mapping, unmapped below after the
+    // socket (which pins it while registered) is closed.
+    let area = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            UMEM,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if area == libc::MAP_FAILED {
+        return None;
+    }
+    let setsockopt = |name: libc::c_int, value: *const libc::c_void, len: usize| {
+        // SAFETY: `value` points at `len` readable bytes for the call.
+        unsafe { libc::setsockopt(raw, libc::SOL_XDP, name, value, len as libc::socklen_t) == 0 }
+    };
+    let umem = libc::xdp_umem_reg_v1 {
+        addr: area as u64,
+        len: UMEM as u64,
+        chunk_size: CHUNK,
+        headroom: 0,
+    };
+    let ring: u32 = 2;
+    let ring_ptr = (&ring as *const u32).cast();
+    let ready = setsockopt(
+        libc::XDP_UMEM_REG,
+        (&umem as *const libc::xdp_umem_reg_v1).cast(),
+        std::mem::size_of_val(&umem),
+    ) && setsockopt(libc::XDP_UMEM_FILL_RING, ring_ptr, 4)
+        && setsockopt(libc::XDP_UMEM_COMPLETION_RING, ring_ptr, 4)
+        && setsockopt(libc::XDP_RX_RING, ring_ptr, 4);
+    let answer = ready.then(|| {
+        let address = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: libc::XDP_ZEROCOPY,
+            sxdp_ifindex: if_index,
+            sxdp_queue_id: queue,
+            sxdp_shared_umem_fd: 0,
+        };
+        // SAFETY: a valid sockaddr_xdp of the size given.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                (&address as *const libc::sockaddr_xdp).cast(),
+                std::mem::size_of_val(&address) as libc::socklen_t,
+            )
+        };
+        match (rc, std::io::Error::last_os_error().raw_os_error()) {
+            (0, _) => None,
+            (_, Some(libc::EBUSY)) => Some(true),
+            (_, Some(libc::EOPNOTSUPP)) => Some(false),
+            _ => None,
+        }
+    });
+    drop(fd);
+    // SAFETY: the mapping made above, no longer registered (its socket is
+    // closed).
+    unsafe { libc::munmap(area, UMEM) };
+    answer.flatten()
+}
+
+/// The index of kernel interface `name` in this network namespace.
+pub(crate) fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
