@@ -20,6 +20,12 @@ fn main() {
         ),
     };
     let cflags = pkg_config_cflags();
+    // Where this DPDK loads its driver plugins from (`RTE_EAL_PMD_PATH`,
+    // empty for a build without one): a path that changes with DPDK's ABI.
+    println!(
+        "cargo:rustc-env=FERROX_DPDK_PMD_PATH={}",
+        eal_pmd_path(&cflags).unwrap_or_default()
+    );
 
     let mut shim = cc::Build::new();
     shim.file("shim/shim.c")
@@ -92,4 +98,18 @@ fn pkg_config_cflags() -> Vec<String> {
         }
     }
     flags
+}
+
+/// `RTE_EAL_PMD_PATH` of the `rte_build_config.h` on DPDK's include path.
+fn eal_pmd_path(cflags: &[String]) -> Option<String> {
+    cflags
+        .iter()
+        .filter_map(|flag| flag.strip_prefix("-I"))
+        .map(|dir| std::path::Path::new(dir).join("rte_build_config.h"))
+        .find_map(|header| std::fs::read_to_string(header).ok())?
+        .lines()
+        .find_map(|line| {
+            let value = line.strip_prefix("#define RTE_EAL_PMD_PATH")?.trim();
+            Some(value.strip_prefix('"')?.strip_suffix('"')?.to_owned())
+        })
 }

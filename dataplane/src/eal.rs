@@ -77,13 +77,14 @@ impl EalConfig {
             self.file_prefix.clone(),
             "--log-level".into(),
             self.log_level.clone(),
-            // Debian's shared DPDK loads its drivers as plugins from here.
-            "-d".into(),
-            crate::ffi::PMD_DIR.into(),
             // ferrox publishes its own statistics; DPDK's socket would also
             // outlive the process in the runtime directory.
             "--no-telemetry".into(),
         ];
+        // A shared DPDK loads its drivers as plugins from here.
+        if !crate::ffi::PMD_DIR.is_empty() {
+            args.extend(["-d".into(), crate::ffi::PMD_DIR.into()]);
+        }
         match self.role {
             EalRole::Private => args.extend([
                 "-m".into(),
@@ -478,6 +479,15 @@ mod tests {
         );
         // Nothing known about hugepages: nothing to add.
         assert_eq!(hugepage_advice(EACCES_ERROR, 256, None, None), None);
+    }
+
+    #[test]
+    fn the_driver_directory_is_the_one_dpdk_was_built_with() {
+        // Debian's DPDK names one; it must exist on this machine.
+        assert!(!crate::ffi::PMD_DIR.is_empty());
+        assert!(std::path::Path::new(crate::ffi::PMD_DIR).is_dir());
+        let args = EalConfig::default().args();
+        assert!(args.windows(2).any(|w| w == ["-d", crate::ffi::PMD_DIR]));
     }
 
     #[test]

@@ -26,8 +26,10 @@ pub const PKTMBUF_HEADROOM: u32 = sys::RTE_PKTMBUF_HEADROOM;
 /// DPDK's default mbuf buffer size (2 KiB of data after the headroom).
 pub const MBUF_DEFAULT_BUF_SIZE: u32 = sys::RTE_MBUF_DEFAULT_BUF_SIZE;
 
-/// Where Debian's shared DPDK keeps its drivers (plugins).
-pub const PMD_DIR: &str = "/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0";
+/// Where the shared DPDK ferrox was built against keeps its drivers
+/// (plugins), from DPDK's own build configuration (e.g. Debian 12's
+/// `/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0`); empty when it names none.
+pub const PMD_DIR: &str = sys::EAL_PMD_PATH;
 
 fn errno_string(code: i32) -> String {
     // SAFETY: plain call; any code is accepted.

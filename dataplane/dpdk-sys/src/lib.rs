@@ -19,3 +19,7 @@
 #![allow(missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+
+/// Where the system DPDK keeps its driver plugins (its `RTE_EAL_PMD_PATH`,
+/// read from `rte_build_config.h` at build time); empty when it has none.
+pub const EAL_PMD_PATH: &str = env!("FERROX_DPDK_PMD_PATH");
