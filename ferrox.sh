@@ -6,6 +6,7 @@
 #   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane and proxy harnesses)
 #   ./ferrox.sh fuzz    run every fuzz target for FUZZ_SECONDS (default 60) each
 #   ./ferrox.sh soak [SECONDS] [ARGS]  random clients against the real appliance, every reply checked
+#   ./ferrox.sh install  install ferrox as a systemd service (DESTDIR=DIR: staged under DIR)
 #   ./ferrox.sh demo-shm  the shared-memory foundation across three processes
 #
 # Run as root on Debian. Every step is idempotent: packages are installed only
@@ -158,6 +159,7 @@ cmd_test() {
   log "tests"
   cargo test --workspace --locked
   run_soak_ci
+  check_install
   log "vm-testbed: ferrox on a virtio-net PCI NIC in a QEMU guest"
   bash vm-testbed/run.sh
   log "loom: ring and doorbell orderings"
@@ -378,6 +380,79 @@ cmd_fuzz() {
   run_fuzz "${FUZZ_SECONDS:-60}"
 }
 
+# ./ferrox.sh install: ferrox as a systemd service. The release binaries go
+# to $PREFIX/bin (default /usr/local), the unit to
+# /etc/systemd/system/ferrox.service, /etc/default/ferrox (the port and
+# address: FERROX_ARGS) and /etc/ferrox/ferrox.toml only when they are not
+# there yet, hugepages reserved at boot (/etc/sysctl.d), and ferroxctl's
+# bash completions. With DESTDIR=DIR all of it is staged under DIR instead,
+# and nothing on the machine changes (what `./ferrox.sh test` checks).
+install_files() {
+  local dest=$1 prefix=$2 unit
+  cargo build --release --locked -q -p ferrox-control -p ferrox-dataplane
+  for bin in ferrox-control ferrox-dataplane ferroxctl; do
+    install -D -m 0755 "target/release/$bin" "$dest$prefix/bin/$bin"
+  done
+  unit=$(mktemp)
+  sed "s|@BINDIR@|$prefix/bin|g" deploy/ferrox.service >"$unit"
+  install -D -m 0644 "$unit" "$dest/etc/systemd/system/ferrox.service"
+  rm -f "$unit"
+  [ -e "$dest/etc/default/ferrox" ] || install -D -m 0644 deploy/ferrox.default "$dest/etc/default/ferrox"
+  [ -e "$dest/etc/ferrox/ferrox.toml" ] || install -D -m 0644 configs/ferrox.toml "$dest/etc/ferrox/ferrox.toml"
+  mkdir -p "$dest/etc/sysctl.d" "$dest/usr/share/bash-completion/completions"
+  printf '# 2 MiB hugepages for ferrox (DPDK and the shared region)\nvm.nr_hugepages = %s\n' \
+    "$HUGEPAGES_WANTED" >"$dest/etc/sysctl.d/80-ferrox-hugepages.conf"
+  "$dest$prefix/bin/ferroxctl" completions bash >"$dest/usr/share/bash-completion/completions/ferroxctl"
+}
+
+cmd_install() {
+  local dest=${DESTDIR:-} prefix=${PREFIX:-/usr/local}
+  if [ -z "$dest" ]; then
+    need_root
+    install_packages
+  fi
+  ensure_rust
+  install_files "$dest" "$prefix"
+  if [ -n "$dest" ]; then
+    log "staged under $dest"
+    return 0
+  fi
+  sysctl -q -p /etc/sysctl.d/80-ferrox-hugepages.conf || true
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+  fi
+  log "installed: set FERROX_ARGS in /etc/default/ferrox and the pools in /etc/ferrox/ferrox.toml,"
+  log "check them with '$prefix/bin/ferrox-control --check -c /etc/ferrox/ferrox.toml',"
+  log "then 'systemctl enable --now ferrox' ('systemctl reload ferrox' after a change)"
+}
+
+# The installation, staged under a scratch root: every file in place, the
+# unit accepted by systemd-analyze without a warning (with ExecStart on the
+# staged binary), and the installed configuration passing the offline check.
+check_install() {
+  log "install: staged under a scratch root"
+  local root unit said
+  root=$(mktemp -d /tmp/ferrox-install-XXXXXX)
+  CLEANUP+=("rm -rf $root")
+  install_files "$root" /usr/local
+  for f in usr/local/bin/ferrox-control usr/local/bin/ferrox-dataplane usr/local/bin/ferroxctl \
+    etc/systemd/system/ferrox.service etc/default/ferrox etc/ferrox/ferrox.toml \
+    etc/sysctl.d/80-ferrox-hugepages.conf usr/share/bash-completion/completions/ferroxctl; do
+    [ -s "$root/$f" ] || die "install: $f missing"
+  done
+  if command -v systemd-analyze >/dev/null; then
+    unit=$root/check/ferrox.service
+    mkdir -p "$root/check"
+    sed "s|/usr/local/bin|$root/usr/local/bin|g" "$root/etc/systemd/system/ferrox.service" >"$unit"
+    said=$(systemd-analyze verify "$unit" 2>&1) || die "install: systemd-analyze verify failed: $said"
+    [ -z "$said" ] || die "install: systemd-analyze verify warns: $said"
+  else
+    echo "install: systemd-analyze not found; the unit was not verified"
+  fi
+  "$root/usr/local/bin/ferrox-control" --check --config "$root/etc/ferrox/ferrox.toml" >/dev/null \
+    || die "install: the installed configuration does not pass --check"
+}
+
 case "${1:-}" in
   demo) shift; cmd_demo "$@" ;;
   demo-shm) shift; cmd_demo_shm "$@" ;;
@@ -385,5 +460,6 @@ case "${1:-}" in
   test) shift; cmd_test "$@" ;;
   bench) shift; cmd_bench "$@" ;;
   soak) shift; cmd_soak "$@" ;;
-  *) echo "usage: $0 demo|test|bench|fuzz|soak|demo-shm" >&2; exit 2 ;;
+  install) shift; cmd_install "$@" ;;
+  *) echo "usage: $0 demo|test|bench|fuzz|soak|install|demo-shm" >&2; exit 2 ;;
 esac

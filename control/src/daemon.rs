@@ -200,7 +200,18 @@ pub struct Control {
     pub reload_requested: Arc<AtomicBool>,
     /// A hot handover asked for and not yet taken up by the supervisor.
     upgrade: Mutex<Option<UpgradeJob>>,
+    /// systemd's notification socket, when systemd started this process.
+    notifier: Option<crate::notify::Notifier>,
+    /// When the supervisor (the thread that starts and watches dataplanes)
+    /// last went round its loop.
+    supervisor_beat: Mutex<Instant>,
 }
+
+/// The longest the supervisor may be away from its loop (a step of an
+/// upgrade waits up to its timeout) before systemd's watchdog is no
+/// longer fed; likewise a dataplane that has not published since it
+/// started.
+const SUPERVISION_GRACE: Duration = Duration::from_secs(60);
 
 impl Control {
     /// Validates `settings.config_file` and publishes it as the first
@@ -225,6 +236,8 @@ impl Control {
             stop: Arc::new(AtomicBool::new(false)),
             reload_requested: Arc::new(AtomicBool::new(false)),
             upgrade: Mutex::new(None),
+            notifier: crate::notify::Notifier::from_env(),
+            supervisor_beat: Mutex::new(Instant::now()),
         });
         {
             let mut running = control.running.lock().expect("not poisoned");
@@ -309,7 +322,14 @@ impl Control {
     /// stays).
     pub fn reload_on_signal(&self) {
         let running = self.running.lock().expect("not poisoned").version;
-        match self.reload(None) {
+        if let Some(notifier) = &self.notifier {
+            notifier.reloading();
+        }
+        let reloaded = self.reload(None);
+        if let Some(notifier) = &self.notifier {
+            notifier.ready(&self.service_status().1);
+        }
+        match reloaded {
             Ok(result) => tracing::info!(
                 version = %result["version"],
                 applied = %result["applied"],
@@ -320,6 +340,64 @@ impl Control {
                 "SIGHUP: reload refused, the running configuration stays: {refused}"
             ),
         }
+    }
+
+    /// The supervisor went round its loop.
+    pub fn supervisor_beat(&self) {
+        *self.supervisor_beat.lock().expect("not poisoned") = Instant::now();
+    }
+
+    /// Tells systemd (when it started this process) that the service
+    /// stops.
+    pub fn notify_stopping(&self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.stopping();
+        }
+    }
+
+    /// Whether the dataplane serves (every core publishes), and a status
+    /// line for systemd.
+    pub fn service_status(&self) -> (bool, String) {
+        let (_, alive) = self.heartbeat_ages();
+        let version = self.running.lock().expect("not poisoned").version;
+        let dataplane = self.dataplane.lock().expect("not poisoned");
+        let serving = alive && dataplane.pid.is_some();
+        let status = match (dataplane.upgrade, dataplane.pid, serving) {
+            (Some(step), _, _) => format!("upgrading the dataplane: {step}"),
+            (None, Some(pid), true) => format!(
+                "serving: dataplane pid {pid} on {} core(s), generation {}, configuration version {version}",
+                self.block.cores(),
+                dataplane.generation
+            ),
+            (None, Some(pid), false) => format!("dataplane pid {pid} starting or not publishing"),
+            (None, None, _) => format!(
+                "starting the dataplane ({} restart(s) so far)",
+                dataplane.restarts
+            ),
+        };
+        (serving, status)
+    }
+
+    /// Whether systemd's watchdog should be fed: the supervisor goes round
+    /// its loop, and the dataplane's cores beat, or it is being started
+    /// (not published yet, for a bounded time), restarted or upgraded. A
+    /// stuck core is the supervisor's to handle (`--stall-ms`); a stuck
+    /// supervisor, or a dataplane that never comes up, is systemd's.
+    pub fn watchdog_healthy(&self) -> bool {
+        if self.supervisor_beat.lock().expect("not poisoned").elapsed() > SUPERVISION_GRACE {
+            return false;
+        }
+        let (ages, alive) = self.heartbeat_ages();
+        let published = self
+            .watch
+            .lock()
+            .expect("not poisoned")
+            .published
+            .iter()
+            .all(|&p| p);
+        let dataplane = self.dataplane.lock().expect("not poisoned");
+        let starting = !published && ages.iter().all(|&age| age < SUPERVISION_GRACE);
+        alive || starting || dataplane.pid.is_none() || dataplane.upgrade.is_some()
     }
 
     /// Before a dataplane starts: it has applied nothing, published
@@ -795,7 +873,42 @@ pub fn spawn_background(control: &Arc<Control>) -> Vec<std::thread::JoinHandle<(
             }
         }
     });
-    vec![health, sampler, reloader]
+    let mut threads = vec![health, sampler, reloader];
+    if control.notifier.is_some() {
+        threads.push(background(control, "notify", notify_systemd));
+    }
+    threads
+}
+
+/// Tells systemd when the dataplane first serves (`READY=1`), how the
+/// service is doing when that changes, and feeds its watchdog while
+/// [`Control::watchdog_healthy`] holds.
+fn notify_systemd(control: &Control) {
+    let Some(notifier) = control.notifier.as_ref() else {
+        return;
+    };
+    let mut ready = false;
+    let mut said = String::new();
+    let mut fed: Option<Instant> = None;
+    while !control.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let (serving, status) = control.service_status();
+        if !ready && serving {
+            notifier.ready(&status);
+            ready = true;
+            said = status;
+        } else if ready && status != said {
+            notifier.status(&status);
+            said = status;
+        }
+        if let Some(every) = notifier.watchdog_every() {
+            if fed.is_none_or(|at| at.elapsed() >= every) && control.watchdog_healthy() {
+                notifier.watchdog();
+                fed = Some(now);
+            }
+        }
+        sleep_until(now + Duration::from_millis(100), &control.stop);
+    }
 }
 
 /// Runs `work` on a thread named `name` with a handle of its own on

@@ -8,6 +8,8 @@
 //! - `metrics`: statistics from the control block, rates, Prometheus text.
 //! - `daemon`: the process itself: the shared region it owns, the threads
 //!   that serve the admin socket and metrics, check health and sample.
+//! - `notify`: systemd's readiness, reload, status and watchdog
+//!   notifications.
 //!
 //! The control process never touches a packet: it runs on the kernel
 //! stack and reaches the dataplane only through the control block and the
@@ -17,6 +19,7 @@ pub mod admin;
 pub mod daemon;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod running;
 
 /// How many lcores a DPDK `--lcores` list names (`0`, `0-3`, `0,2-3`).

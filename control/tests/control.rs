@@ -149,6 +149,8 @@ struct Appliance {
     region: String,
     /// ferrox-control's command line.
     args: Vec<String>,
+    /// Its environment, beyond the test's own.
+    env: Vec<(String, String)>,
     /// `redis-server`s on the kernel side, by port; stopped after the
     /// namespace is removed, as fields drop in order.
     backends: Vec<(u16, Process)>,
@@ -162,12 +164,33 @@ impl Appliance {
     /// A `redis-server` is started on each of `backends` once the namespace
     /// exists.
     fn start(
+        port: (&str, &str),
+        tag: &str,
+        servers: &[u16],
+        backends: &[u16],
+        control_args: &[&str],
+        dataplane_args: &[&str],
+    ) -> Appliance {
+        Appliance::start_with_env(
+            port,
+            tag,
+            servers,
+            backends,
+            control_args,
+            dataplane_args,
+            &[],
+        )
+    }
+
+    /// [`Appliance::start`], with `env` in ferrox-control's environment.
+    fn start_with_env(
         (vdev, lcores): (&str, &str),
         tag: &str,
         servers: &[u16],
         backends: &[u16],
         control_args: &[&str],
         dataplane_args: &[&str],
+        env: &[(&str, &str)],
     ) -> Appliance {
         let ns = Netns::new(tag);
         // A tap appears with its port (the port holder makes it), so its
@@ -218,6 +241,10 @@ impl Appliance {
             socket,
             region,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             backends,
         };
         appliance.spawn_control();
@@ -259,7 +286,11 @@ impl Appliance {
             .open(self.dir.join("control.log"))
             .unwrap();
         let mut command = self.ns.command(&[CONTROL]);
-        command.args(&self.args).stdout(Stdio::null()).stderr(log);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log);
         self.control = Some(Process(command.spawn().unwrap()));
     }
 
@@ -928,6 +959,87 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     );
     drop(silent);
     drop(appliance);
+}
+
+/// Started as a systemd `Type=notify` service would be (`NOTIFY_SOCKET`,
+/// `WATCHDOG_USEC`), ferrox-control says READY once the dataplane serves,
+/// feeds the watchdog while its cores beat, brackets a SIGHUP reload with
+/// RELOADING and READY, and says STOPPING when it stops.
+#[test]
+fn systemd_hears_ready_the_watchdog_a_reload_and_stopping() {
+    let path = std::env::temp_dir().join(format!("fxc-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (heard, done) = (heard.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = listener.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    heard.lock().unwrap().push(text);
+                }
+            }
+        })
+    };
+    let count = |what: &str| {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.starts_with(what))
+            .count()
+    };
+    let mut appliance = Appliance::start_with_env(
+        ("net_af_packet0,iface=veth1", "0"),
+        "n",
+        &[7001],
+        &[7001],
+        &[],
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    wait_for("READY=1", Duration::from_secs(10), || count("READY=1") == 1);
+    let ready = heard
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|m| m.starts_with("READY=1"))
+        .cloned();
+    assert!(
+        ready
+            .as_deref()
+            .unwrap()
+            .contains("\nSTATUS=serving: dataplane pid "),
+        "{ready:?}"
+    );
+    // Fed every 200 ms (half the timeout).
+    let fed = count("WATCHDOG=1");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        count("WATCHDOG=1") >= fed + 4,
+        "{:?}",
+        heard.lock().unwrap()
+    );
+    appliance.control().signal(Signal::HUP);
+    wait_for("RELOADING=1, then READY=1", Duration::from_secs(10), || {
+        count("RELOADING=1") == 1 && count("READY=1") == 2
+    });
+    appliance.control().signal(Signal::INT);
+    wait_for("STOPPING=1", Duration::from_secs(20), || {
+        count("STOPPING=1") >= 1
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Two copies of the dataplane binary (two "builds" to alternate), in a

@@ -312,6 +312,7 @@ fn run(args: Args) -> Result<()> {
     };
     let stop_grace = Duration::from_millis(args.stop_grace_ms);
     let supervised = supervise(&control, &mut template, holder.as_mut(), stop_grace);
+    control.notify_stopping();
     if let Some(holder) = &mut holder {
         holder.stop(&control, stop_grace);
     }
@@ -491,6 +492,7 @@ fn wait_or_stop(
     let mut stall: Option<Stall> = None;
     let mut kill_at: Option<Instant> = None;
     loop {
+        control.supervisor_beat();
         if let Some(status) = holder.as_deref_mut().and_then(|h| h.exited(control)) {
             if !control.stop.load(Ordering::Relaxed) {
                 tracing::error!(
@@ -526,6 +528,7 @@ fn wait_or_stop(
         let now = Instant::now();
         if kill_at.is_none() {
             if control.stop.load(Ordering::Relaxed) {
+                control.notify_stopping();
                 tracing::info!(
                     pid = dataplane.pid(),
                     grace_ms = stop_grace.as_millis() as u64,
@@ -565,6 +568,7 @@ fn wait_or_stop(
 fn sleep_unless_stopped(control: &Control, pause: Duration) {
     let deadline = Instant::now() + pause;
     while Instant::now() < deadline && !control.stop.load(Ordering::Relaxed) {
+        control.supervisor_beat();
         std::thread::sleep(Duration::from_millis(50));
     }
 }

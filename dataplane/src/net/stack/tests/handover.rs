@@ -130,6 +130,23 @@ impl Net {
     }
 }
 
+/// The segments sent to clients numbered `seqs` all lie within 64 KiB of
+/// the first: the few kilobytes a test sends, in one sequence space
+/// (not some Δ away, in the socket's own).
+fn assert_one_sequence_space(seqs: &[u32]) {
+    let first = seqs[0];
+    let strays = seqs
+        .iter()
+        .filter(|&&s| s.wrapping_sub(first) > 1 << 16)
+        .count();
+    assert_eq!(
+        strays,
+        0,
+        "{strays} of {} segments in another sequence space",
+        seqs.len()
+    );
+}
+
 /// A client's model: the requests it sends and the replies they must get.
 struct Script {
     requests: Vec<Vec<u8>>,
@@ -394,22 +411,12 @@ fn answers_to_segments_of_a_restored_flow_are_in_the_real_sequence_space() {
         assert!(net.run_until(5000, |n| n.received(c).len() >= want));
         // The replies are a few hundred bytes: every segment's number lies
         // within them, whatever path it left by.
-        let first = seqs[0];
-        let strays = seqs
-            .iter()
-            .filter(|&&s| s.wrapping_sub(first) > 1 << 16)
-            .count();
         assert!(
             seqs.len() > 20,
             "the stack answered too little: {}",
             seqs.len()
         );
-        assert_eq!(
-            strays,
-            0,
-            "{strays} of {} segments in another sequence space",
-            seqs.len()
-        );
+        assert_one_sequence_space(&seqs);
         assert_eq!(net.client_resets, 0);
     });
 }
@@ -486,17 +493,7 @@ fn sack_after_loss_both_ways_on_a_restored_flow() {
             net.peer_sacks > 0,
             "the client sent no SACK for the hole in the reply"
         );
-        let first = seqs[0];
-        let strays = seqs
-            .iter()
-            .filter(|&&s| s.wrapping_sub(first) > 1 << 16)
-            .count();
-        assert_eq!(
-            strays,
-            0,
-            "{strays} of {} segments in another sequence space",
-            seqs.len()
-        );
+        assert_one_sequence_space(&seqs);
         net.assert_no_client_reset();
     });
 }
