@@ -150,6 +150,22 @@ pub struct Response {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With an error: whether the request was refused (nothing changed)
+    /// or carried out and failed. Absent from older control processes:
+    /// read as refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+}
+
+/// What an error answer means for the state of the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// Refused before anything changed (a bad change, a binary that failed
+    /// its preflight, an unknown pool).
+    Refused,
+    /// Carried out and failed (an upgrade rolled back).
+    Failed,
 }
 
 impl Response {
@@ -159,15 +175,22 @@ impl Response {
             ok: true,
             result: Some(serde_json::to_value(result).expect("results serialize")),
             error: None,
+            kind: None,
         }
     }
 
+    /// A refusal: nothing changed.
     pub fn error(error: impl std::fmt::Display) -> Response {
+        Response::error_of(ErrorKind::Refused, error)
+    }
+
+    pub fn error_of(kind: ErrorKind, error: impl std::fmt::Display) -> Response {
         Response {
             v: PROTOCOL_VERSION,
             ok: false,
             result: None,
             error: Some(error.to_string()),
+            kind: Some(kind),
         }
     }
 

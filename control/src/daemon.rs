@@ -207,6 +207,11 @@ pub struct Control {
     supervisor_beat: Mutex<Instant>,
 }
 
+/// How the supervisor's answer to an upgrade begins when the upgrade was
+/// carried out and failed (rather than refused: "upgrade refused").
+pub const UPGRADE_FAILED: &str = "upgrade failed";
+const SUPERVISOR_SILENT: &str = "the supervisor did not answer";
+
 /// The longest the supervisor may be away from its loop (a step of an
 /// upgrade waits up to its timeout) before systemd's watchdog is no
 /// longer fed; likewise a dataplane that has not published since it
@@ -512,7 +517,7 @@ impl Control {
         let drain = drain.unwrap_or(Duration::from_secs(1));
         match result.recv_timeout(timeout * 4 + drain + Duration::from_secs(10)) {
             Ok(outcome) => outcome.map_err(Refused),
-            Err(_) => Err(Refused("the supervisor did not answer".into())),
+            Err(_) => Err(Refused(SUPERVISOR_SILENT.into())),
         }
     }
 
@@ -568,6 +573,11 @@ impl Control {
         };
         match result {
             Ok(value) => Response::ok(value),
+            // An upgrade that got past its refusals and then failed (rolled
+            // back), or whose supervisor never answered, changed things.
+            Err(Refused(why)) if why.starts_with(UPGRADE_FAILED) || why == SUPERVISOR_SILENT => {
+                Response::error_of(admin::ErrorKind::Failed, why)
+            }
             Err(refused) => Response::error(refused),
         }
     }

@@ -63,6 +63,12 @@ fn backend(ns: &Netns, port: u16) -> Process {
 
 /// Runs `ferroxctl ARGS` against `socket`; (success, stdout + stderr).
 fn ctl(socket: &str, args: &[&str]) -> (bool, String) {
+    let (code, text) = ctl_exit(socket, args);
+    (code == 0, text)
+}
+
+/// Runs `ferroxctl ARGS` against `socket`; (exit code, stdout + stderr).
+fn ctl_exit(socket: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(CTL)
         .arg("--socket")
         .arg(socket)
@@ -74,7 +80,23 @@ fn ctl(socket: &str, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs `ferroxctl ARGS --json` against `socket`; its exit code and its
+/// answer (JSON on stdout, errors included).
+fn ctl_json(socket: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(CTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("ferroxctl {args:?} --json said {stdout:?}: {e}"));
+    (out.status.code().unwrap_or(-1), value)
 }
 
 fn ctl_ok(socket: &str, args: &[&str]) -> String {
@@ -408,6 +430,21 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
             &format!("{KERNEL_IP}:7001"),
             "3",
         ],
+    );
+    ctl_ok(socket, &["block", "keys"]);
+    // A change that cannot be: refused (exit 4), nothing changed; with
+    // --json, the answer to a change is JSON too.
+    let (code, answer) = ctl_json(socket, &["server", "add", "nopool", "198.18.0.1:7009:1"]);
+    assert_eq!(
+        (code, &answer["kind"]),
+        (4, &serde_json::json!("refused")),
+        "{answer}"
+    );
+    let (code, answer) = ctl_json(socket, &["unblock", "keys"]);
+    assert_eq!(
+        (code, &answer["applied"]),
+        (0, &serde_json::json!(true)),
+        "{answer}"
     );
     ctl_ok(socket, &["block", "keys"]);
     assert!(cli(ns, FERROX_IP, 6379, "KEYS '*'").contains("blocked"));
@@ -961,6 +998,27 @@ fn silent_clients_hold_up_no_scrape_and_no_admin_command() {
     drop(appliance);
 }
 
+/// Without a control process on the socket, ferroxctl exits 3 and, with
+/// `--json`, says so as JSON; a wrong command line exits 2, as JSON too.
+#[test]
+fn ferroxctl_exit_codes_say_what_happened() {
+    let (code, answer) = ctl_json("/nonexistent/admin.sock", &["status"]);
+    assert_eq!(code, 3, "{answer}");
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["kind"], "not_running");
+    let (code, answer) = ctl_json("/nonexistent/admin.sock", &["no-such-command"]);
+    assert_eq!(
+        (code, &answer["kind"]),
+        (2, &serde_json::json!("usage")),
+        "{answer}"
+    );
+    let (code, text) = ctl_exit("/nonexistent/admin.sock", &["stats"]);
+    assert!(
+        code == 3 && text.starts_with("ferroxctl: cannot reach"),
+        "{text}"
+    );
+}
+
 /// Started as a systemd `Type=notify` service would be (`NOTIFY_SOCKET`,
 /// `WATCHDOG_USEC`), ferrox-control says READY once the dataplane serves,
 /// feeds the watchdog while its cores beat, brackets a SIGHUP reload with
@@ -1282,6 +1340,17 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     let pid = appliance.dataplane_pid();
     let (ok, text) = ctl(socket, &["upgrade", "--binary", "/bin/true"]);
     assert!(!ok && text.contains("preflight"), "{text}");
+    // Refused: exit 4, and the error as JSON.
+    let (code, answer) = ctl_json(socket, &["upgrade", "--binary", "/bin/true"]);
+    assert_eq!(
+        (code, &answer["kind"]),
+        (4, &serde_json::json!("refused")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("preflight"),
+        "{answer}"
+    );
     assert_eq!(appliance.dataplane_pid(), pid);
     // One that hangs in standby: refused after the step's timeout, the
     // running one never asked to hand over.
@@ -1296,8 +1365,9 @@ fn upgrades_the_dataplane_binary_with_every_client_connection_open() {
     // One that dies once told to go: the running binary takes its
     // connections back.
     let failing = faulty_build(&builds[0], "after-go");
-    let (ok, text) = ctl(socket, &["upgrade", "--binary", failing.to_str().unwrap()]);
-    assert!(!ok && text.contains("rolled back"), "{text}");
+    let (code, text) = ctl_exit(socket, &["upgrade", "--binary", failing.to_str().unwrap()]);
+    // Carried out and failed: exit 1.
+    assert!(code == 1 && text.contains("rolled back"), "{code}: {text}");
     // ferroxctl showed the steps as they came (standby lasts long enough
     // to be seen by its polling).
     assert!(text.contains("  standby: "), "{text}");

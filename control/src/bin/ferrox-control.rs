@@ -1029,12 +1029,16 @@ fn upgrade_steps(
             );
             control.dataplane_starting();
             let back = template.command(false).spawn().map_err(|e| {
-                format!("upgrade failed ({why}) and the rollback did not start: {e}")
+                format!(
+                    "{} ({why}) and the rollback did not start: {e}",
+                    daemon::UPGRADE_FAILED
+                )
             })?;
             *current = Dataplane::new(back);
             control.dataplane.lock().expect("not poisoned").pid = Some(current.pid());
             Err(format!(
-                "upgrade failed: the new dataplane {why}; rolled back to {} (pid {}), which takes the connections back",
+                "{}: the new dataplane {why}; rolled back to {} (pid {}), which takes the connections back",
+                daemon::UPGRADE_FAILED,
                 template.binary.display(),
                 current.pid()
             ))

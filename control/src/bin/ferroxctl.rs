@@ -1,8 +1,10 @@
 //! `ferroxctl`: the operator's command line for a running ferrox.
 //!
 //! Speaks the admin protocol (`ferrox_control::admin`) on the control
-//! process's Unix socket. Every error is one line on stderr and a
-//! non-zero exit code.
+//! process's Unix socket. With `--json` every answer is JSON on stdout,
+//! errors too (`{"ok":false,"kind":…,"error":…}`); without it an error is
+//! one line on stderr. The exit code says what happened: see
+//! [`Failure`].
 #![allow(clippy::disallowed_methods)] // `top` sleeps between refreshes
 
 use std::fmt::{Display, Write as _};
@@ -16,27 +18,70 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use ferrox_control::admin::{self, Request, Response};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "ferroxctl: operate a running ferrox")]
+#[command(
+    version,
+    about = "ferroxctl: operate a running ferrox",
+    after_help = "Exit codes: 0 done; 1 failed (carried out and failed, e.g. an upgrade rolled back, \
+                  or the answer was lost); 2 usage; 3 ferrox not running (the admin socket does not \
+                  answer); 4 refused (nothing changed: a bad change, a binary that failed its preflight)."
+)]
 struct Cli {
     /// The control process's admin socket.
     #[arg(long, global = true, default_value = "/run/ferrox/admin.sock")]
     socket: PathBuf,
+    /// Answers, and errors, as JSON on stdout (`top`: a line per refresh).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Why ferroxctl failed, and its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Carried out and failed, or the answer was lost: 1.
+    Failed = 1,
+    /// The command line is wrong: 2 (as clap's own usage errors).
+    Usage = 2,
+    /// The control process does not answer on its socket: 3.
+    NotRunning = 3,
+    /// Refused, nothing changed: 4.
+    Refused = 4,
+}
+
+impl Failure {
+    fn name(self) -> &'static str {
+        match self {
+            Failure::Failed => "failed",
+            Failure::Usage => "usage",
+            Failure::NotRunning => "not_running",
+            Failure::Refused => "refused",
+        }
+    }
+}
+
+/// An error with its [`Failure`]; any other error counts as failed.
+#[derive(Debug)]
+struct Classified(Failure, anyhow::Error);
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.1)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+fn classified(failure: Failure, error: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Classified(failure, error.into()))
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// The dataplane, configuration versions and every server's health.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Requests, errors, bytes, connections and latency per pool and server.
-    Stats {
-        #[arg(long)]
-        json: bool,
-    },
+    Stats,
     /// A live view refreshed once a second (Ctrl-C ends it).
     Top {
         /// Stop after this many refreshes.
@@ -85,8 +130,6 @@ enum Cmd {
         /// --drain-ms, 500); those still waiting then fail.
         #[arg(long)]
         drain_ms: Option<u64>,
-        #[arg(long)]
-        json: bool,
     },
     /// Prints shell completions.
     Completions { shell: clap_complete::Shell },
@@ -145,10 +188,7 @@ struct ServerAt {
 
 #[derive(Subcommand, Debug)]
 enum ShmCmd {
-    Show {
-        #[arg(long)]
-        json: bool,
-    },
+    Show,
     /// Grows the socket buffer pool by MB MiB while traffic flows.
     Resize {
         #[arg(long = "add-mb")]
@@ -157,11 +197,34 @@ enum ShmCmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let json = std::env::args().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version are not errors; usage errors are JSON too.
+        Err(e) if json && e.use_stderr() => fail(true, Failure::Usage, &e.to_string()),
+        Err(e) => e.exit(),
+    };
     if let Err(e) = run(cli) {
-        eprintln!("ferroxctl: {e:#}");
-        std::process::exit(1);
+        let failure = e
+            .downcast_ref::<Classified>()
+            .map_or(Failure::Failed, |c| c.0);
+        fail(json, failure, &format!("{e:#}"));
     }
+}
+
+/// Reports `error` (as JSON on stdout with `--json`, else a line on
+/// stderr) and exits with `failure`'s code.
+fn fail(json: bool, failure: Failure, error: &str) -> ! {
+    if json {
+        let error = error.trim_end();
+        println!(
+            "{}",
+            serde_json::json!({ "ok": false, "kind": failure.name(), "error": error })
+        );
+    } else {
+        eprintln!("ferroxctl: {}", error.trim_end());
+    }
+    std::process::exit(failure as i32);
 }
 
 /// One connection to the control process.
@@ -172,8 +235,15 @@ struct Admin {
 
 impl Admin {
     fn connect(path: &PathBuf) -> Result<Admin> {
-        let stream = UnixStream::connect(path)
-            .with_context(|| format!("cannot reach the control process at {}", path.display()))?;
+        let stream = UnixStream::connect(path).map_err(|e| {
+            classified(
+                Failure::NotRunning,
+                anyhow::anyhow!(
+                    "cannot reach the control process at {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(Admin {
             reader: BufReader::new(stream.try_clone()?),
@@ -197,7 +267,13 @@ impl Admin {
             serde_json::from_str(&line).context("an answer that is not the admin protocol")?;
         match (response.ok, response.result, response.error) {
             (true, Some(result), _) => Ok(result),
-            (_, _, Some(error)) => bail!("{error}"),
+            (_, _, Some(error)) => {
+                let failure = match response.kind {
+                    Some(admin::ErrorKind::Failed) => Failure::Failed,
+                    _ => Failure::Refused,
+                };
+                Err(classified(failure, anyhow::anyhow!(error)))
+            }
             _ => bail!("an empty answer"),
         }
     }
@@ -213,24 +289,30 @@ fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
+    let json = cli.json;
     let mut admin = Admin::connect(&cli.socket)?;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Cmd::Completions { .. } => unreachable!("handled above"),
-        Cmd::Status { json } => show(
+        Cmd::Status => show(
             &mut out,
             &mut admin,
             &Request::Status {},
             json,
             render_status,
         )?,
-        Cmd::Stats { json } => show(&mut out, &mut admin, &Request::Stats {}, json, render_stats)?,
+        Cmd::Stats => show(&mut out, &mut admin, &Request::Stats {}, json, render_stats)?,
         Cmd::Top { count } => {
             let mut shown = 0;
             loop {
-                let stats: admin::Stats = serde_json::from_value(admin.call(&Request::Stats {})?)?;
-                // Clear the screen and go home, then the table.
-                write!(out, "\x1b[2J\x1b[H{}", render_stats(&stats))?;
+                let value = admin.call(&Request::Stats {})?;
+                if json {
+                    writeln!(out, "{value}")?;
+                } else {
+                    let stats: admin::Stats = serde_json::from_value(value)?;
+                    // Clear the screen and go home, then the table.
+                    write!(out, "\x1b[2J\x1b[H{}", render_stats(&stats))?;
+                }
                 out.flush()?;
                 shown += 1;
                 if count.is_some_and(|c| shown >= c) {
@@ -242,6 +324,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Config { action } => match action {
             ConfigCmd::Show => {
                 let value = admin.call(&Request::ConfigShow {})?;
+                if json {
+                    writeln!(out, "{value:#}")?;
+                    return Ok(());
+                }
                 writeln!(
                     out,
                     "# version {} from {}",
@@ -252,18 +338,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             ConfigCmd::Validate { file } => {
                 let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("{}: cannot read", file.display()))?;
+                    .with_context(|| format!("{}: cannot read", file.display()))
+                    .map_err(|e| classified(Failure::Usage, e))?;
                 let value = admin.call(&Request::ConfigValidate {
                     text,
                     file: file.display().to_string(),
                 })?;
-                writeln!(out, "{}: valid ({} pools)", file.display(), value["pools"])?;
+                if json {
+                    writeln!(out, "{value:#}")?;
+                } else {
+                    writeln!(out, "{}: valid ({} pools)", file.display(), value["pools"])?;
+                }
             }
             ConfigCmd::Reload { file } => {
                 let path = file
                     .map(|f| std::path::absolute(&f).map(|p| p.display().to_string()))
                     .transpose()?;
-                report_applied(&mut out, &admin.call(&Request::ConfigReload { path })?)?;
+                let value = admin.call(&Request::ConfigReload { path })?;
+                report_applied(&mut out, &value, json)?;
             }
         },
         Cmd::Server { action } => {
@@ -279,7 +371,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let value = admin.call(&request)?;
-            if value.get("held").is_some() {
+            if value.get("held").is_some() && !json {
                 let verb = if value["held"] == true {
                     "held out of"
                 } else {
@@ -292,21 +384,25 @@ fn run(cli: Cli) -> Result<()> {
                     value["pool"]
                 )?;
             } else {
-                report_applied(&mut out, &value)?;
+                report_applied(&mut out, &value, json)?;
             }
         }
         Cmd::Block { command, pool } => {
-            report_applied(&mut out, &admin.call(&Request::Block { pool, command })?)?
+            let value = admin.call(&Request::Block { pool, command })?;
+            report_applied(&mut out, &value, json)?
         }
         Cmd::Unblock { command, pool } => {
-            report_applied(&mut out, &admin.call(&Request::Unblock { pool, command })?)?
+            let value = admin.call(&Request::Unblock { pool, command })?;
+            report_applied(&mut out, &value, json)?
         }
         Cmd::Shm { action } => {
-            let (request, json) = match action {
-                ShmCmd::Show { json } => (Request::ShmShow {}, json),
+            let request = match action {
+                ShmCmd::Show => Request::ShmShow {},
                 ShmCmd::Resize { add_mb } => {
-                    writeln!(out, "growing the socket pool by {add_mb} MiB ...")?;
-                    (Request::ShmResize { add_mb }, false)
+                    if !json {
+                        writeln!(out, "growing the socket pool by {add_mb} MiB ...")?;
+                    }
+                    Request::ShmResize { add_mb }
                 }
             };
             show(&mut out, &mut admin, &request, json, render_shm)?;
@@ -315,10 +411,10 @@ fn run(cli: Cli) -> Result<()> {
             binary,
             timeout_ms,
             drain_ms,
-            json,
         } => {
             let binary = std::fs::canonicalize(&binary)
-                .with_context(|| format!("no binary at {}", binary.display()))?;
+                .with_context(|| format!("no binary at {}", binary.display()))
+                .map_err(|e| classified(Failure::Refused, e))?;
             if !json {
                 writeln!(out, "upgrading the dataplane to {} ...", binary.display())?;
                 out.flush()?;
@@ -350,8 +446,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Debug {
             action: DebugCmd::StallCore { core },
         } => {
-            admin.call(&Request::DebugStallCore { core })?;
-            writeln!(out, "core {core} asked to wedge itself")?;
+            let value = admin.call(&Request::DebugStallCore { core })?;
+            if json {
+                writeln!(out, "{value:#}")?;
+            } else {
+                writeln!(out, "core {core} asked to wedge itself")?;
+            }
         }
     }
     Ok(())
@@ -377,19 +477,29 @@ fn show<T: serde::de::DeserializeOwned>(
 
 /// Says which configuration version the change became and whether every
 /// core runs it.
-fn report_applied(out: &mut impl Write, value: &serde_json::Value) -> Result<()> {
+///
+/// A change published that not every core took in time is a failure (it
+/// is in force where it was taken, and will be everywhere).
+fn report_applied(out: &mut impl Write, value: &serde_json::Value, json: bool) -> Result<()> {
     let version = &value["version"];
     if value["applied"] == true {
-        writeln!(
-            out,
-            "configuration version {version}: running on every core"
-        )?;
+        if json {
+            writeln!(out, "{value:#}")?;
+        } else {
+            writeln!(
+                out,
+                "configuration version {version}: running on every core"
+            )?;
+        }
         Ok(())
     } else {
-        bail!(
-            "configuration version {version} published, but not every core took it within 5 s (cores run {})",
-            value["cores"]
-        )
+        Err(classified(
+            Failure::Failed,
+            anyhow::anyhow!(
+                "configuration version {version} published, but not every core took it within 5 s (cores run {})",
+                value["cores"]
+            ),
+        ))
     }
 }
 
