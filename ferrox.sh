@@ -20,7 +20,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Debian packages the build, the tests and the demo need.
 PACKAGES=(build-essential pkg-config procps iproute2 util-linux ethtool
   libdpdk-dev dpdk clang libclang-dev redis-tools redis-server memcached nutcracker
-  python3 python3-redis python3-pymemcache
+  python3 python3-redis python3-pymemcache python3-prometheus-client
   qemu-system-x86 busybox-static cpio kmod pciutils)
 # 2 MiB hugepages to have free while ferrox runs (2 GiB: the test suite runs
 # several DPDK processes at once).
@@ -385,7 +385,8 @@ cmd_fuzz() {
 # /etc/systemd/system/ferrox.service, /etc/default/ferrox (the port and
 # address: FERROX_ARGS) and /etc/ferrox/ferrox.toml only when they are not
 # there yet, hugepages reserved at boot (/etc/sysctl.d), and ferroxctl's
-# bash completions. With DESTDIR=DIR all of it is staged under DIR instead,
+# bash completions, the Grafana dashboard and Prometheus alert rules in
+# $PREFIX/share/ferrox. With DESTDIR=DIR all of it is staged under DIR instead,
 # and nothing on the machine changes (what `./ferrox.sh test` checks).
 install_files() {
   local dest=$1 prefix=$2 unit
@@ -403,6 +404,8 @@ install_files() {
   printf '# 2 MiB hugepages for ferrox (DPDK and the shared region)\nvm.nr_hugepages = %s\n' \
     "$HUGEPAGES_WANTED" >"$dest/etc/sysctl.d/80-ferrox-hugepages.conf"
   "$dest$prefix/bin/ferroxctl" completions bash >"$dest/usr/share/bash-completion/completions/ferroxctl"
+  install -D -m 0644 deploy/grafana/ferrox.json "$dest$prefix/share/ferrox/grafana/ferrox.json"
+  install -D -m 0644 deploy/prometheus/ferrox-alerts.yml "$dest$prefix/share/ferrox/prometheus/ferrox-alerts.yml"
 }
 
 cmd_install() {
@@ -437,7 +440,8 @@ check_install() {
   install_files "$root" /usr/local
   for f in usr/local/bin/ferrox-control usr/local/bin/ferrox-dataplane usr/local/bin/ferroxctl \
     etc/systemd/system/ferrox.service etc/default/ferrox etc/ferrox/ferrox.toml \
-    etc/sysctl.d/80-ferrox-hugepages.conf usr/share/bash-completion/completions/ferroxctl; do
+    etc/sysctl.d/80-ferrox-hugepages.conf usr/share/bash-completion/completions/ferroxctl \
+    usr/local/share/ferrox/grafana/ferrox.json usr/local/share/ferrox/prometheus/ferrox-alerts.yml; do
     [ -s "$root/$f" ] || die "install: $f missing"
   done
   if command -v systemd-analyze >/dev/null; then

@@ -294,6 +294,11 @@ pub fn prometheus(
             out,
             "{name}_bucket{{pool=\"{pool_label}\",le=\"+Inf\"}} {total}"
         );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{pool=\"{pool_label}\"}} {}",
+            pool.latency_sum_us as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{pool=\"{pool_label}\"}} {total}");
     }
     let name = "ferrox_command_requests_total";
@@ -394,6 +399,8 @@ mod tests {
                     name: "ca\"che".into(),
                     requests,
                     latency,
+                    // 200 µs each.
+                    latency_sum_us: requests * 200,
                     servers: vec![ServerSnapshot {
                         addr: "10.0.0.1:7001".parse().unwrap(),
                         requests,
@@ -475,6 +482,12 @@ mod tests {
         series.dedup();
         assert_eq!(series.len(), all);
         assert!(text.contains("# TYPE ferrox_pool_requests_total counter\n"));
+        // A histogram has its buckets, its sum (seconds) and its count.
+        assert!(
+            text.contains("ferrox_pool_request_duration_seconds_sum{pool=\"ca\\\"che\"} 0.0014\n"),
+            "{text}"
+        );
+        assert!(text.contains("ferrox_pool_request_duration_seconds_count{pool=\"ca\\\"che\"} 7\n"));
         assert!(text.contains("ferrox_pool_requests_total{pool=\"ca\\\"che\"} 7\n"));
         assert!(text.contains(
             "ferrox_pool_request_duration_seconds_bucket{pool=\"ca\\\"che\",le=\"+Inf\"} 7\n"

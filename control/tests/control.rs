@@ -611,7 +611,113 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     );
     assert_eq!(server_state(socket, 7004), "up");
 
+    // After all that traffic: the exposition as a Prometheus parser reads
+    // it, and every metric the shipped dashboard and alerts use is there.
+    let families = assert_exposition_is_valid(&appliance.metrics());
+    assert_dashboards_use_existing_metrics(&families);
     drop(appliance);
+}
+
+/// The body of a `GET /metrics` answer.
+fn exposition(answer: &str) -> &str {
+    answer
+        .split_once("\r\n\r\n")
+        .map_or(answer, |(_, body)| body)
+}
+
+/// Parses the exposition in `answer` with Python's `prometheus_client`
+/// (a real parser, not ours) and checks Prometheus's conventions:
+/// counters end in `_total`, a histogram has its buckets, sum and count,
+/// no family is declared twice. Returns every sample name.
+fn assert_exposition_is_valid(answer: &str) -> std::collections::BTreeSet<String> {
+    let text = exposition(answer);
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = [{"name": f.name, "type": f.type, "samples": sorted({s.name for s in f.samples})}
+            for f in text_string_to_metric_families(sys.stdin.read())]
+print(json.dumps(families))
+"#;
+    let mut parser = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        parser
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = parser.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(families.len() >= 15, "{families:?}");
+    let mut declared = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        assert!(declared.insert(name.to_owned()), "{name} declared twice");
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "counter {name} without _total");
+        }
+    }
+    let mut samples = std::collections::BTreeSet::new();
+    for family in &families {
+        let names: Vec<String> = family["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        if family["type"] == "histogram" {
+            let name = family["name"].as_str().unwrap();
+            for part in ["_bucket", "_sum", "_count"] {
+                assert!(
+                    names.contains(&format!("{name}{part}")),
+                    "histogram {name} has no {part}: {names:?}"
+                );
+            }
+        }
+        samples.extend(names);
+    }
+    samples
+}
+
+/// Every `ferrox_…` metric that `deploy/grafana/ferrox.json` and
+/// `deploy/prometheus/ferrox-alerts.yml` name is among `samples`.
+fn assert_dashboards_use_existing_metrics(samples: &std::collections::BTreeSet<String>) {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for file in ["grafana/ferrox.json", "prometheus/ferrox-alerts.yml"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        if file.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text).expect("the dashboard is JSON");
+        }
+        let mut used = 0;
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("ferrox_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                samples.contains(&name),
+                "{file} uses {name}, which ferrox does not export: {samples:?}"
+            );
+            used += 1;
+            rest = &rest[at + name.len()..];
+        }
+        assert!(used >= 8, "{file} names only {used} metrics");
+    }
 }
 
 /// Opens argv[2] connections to ferrox at argv[1], PINGs on each, says

@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -126,6 +126,8 @@ pub struct PoolRecord {
     pub bytes_out: AtomicU64,
     pub sessions: AtomicU64,
     pub latency: [AtomicU64; LATENCY_BUCKETS],
+    /// The latencies added up, microseconds.
+    pub latency_sum_us: AtomicU64,
     pub servers: [ServerRecord; MAX_SERVERS],
 }
 

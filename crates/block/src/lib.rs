@@ -494,6 +494,8 @@ pub struct PoolSnapshot {
     pub bytes_out: u64,
     pub sessions: u64,
     pub latency: [u64; LATENCY_BUCKETS],
+    /// The latencies added up, microseconds.
+    pub latency_sum_us: u64,
     pub servers: Vec<ServerSnapshot>,
 }
 
@@ -519,6 +521,7 @@ impl PoolSnapshot {
             bytes_out: record.bytes_out.load(Ordering::Relaxed),
             sessions: record.sessions.load(Ordering::Relaxed),
             latency: std::array::from_fn(|i| record.latency[i].load(Ordering::Relaxed)),
+            latency_sum_us: record.latency_sum_us.load(Ordering::Relaxed),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
@@ -541,6 +544,7 @@ impl PoolSnapshot {
         for (a, b) in self.latency.iter_mut().zip(other.latency) {
             *a += b;
         }
+        self.latency_sum_us += other.latency_sum_us;
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {

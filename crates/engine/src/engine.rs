@@ -200,6 +200,8 @@ pub struct PoolCounters {
     pub bytes_out: u64,
     /// From request to reply written out, by [`latency_bucket`].
     pub latency: [u64; LATENCY_BUCKETS],
+    /// The same times added up, in microseconds (a histogram's sum).
+    pub latency_sum_us: u64,
 }
 
 /// One server as statistics see it.

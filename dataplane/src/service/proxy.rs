@@ -280,6 +280,8 @@ fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_engine::PoolView<
     for (shared, &n) in slot.latency.iter().zip(&c.latency) {
         shared.store(n, Ordering::Relaxed);
     }
+    slot.latency_sum_us
+        .store(c.latency_sum_us, Ordering::Relaxed);
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
         record.set_addr(server.addr);

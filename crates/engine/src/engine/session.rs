@@ -389,7 +389,9 @@ impl Engine {
             slot.write(session.output.tail(), &limits, &mut self.scratch.cursors);
             let counters = &mut pool.counters;
             counters.bytes_out += (session.output.len() - before) as u64;
-            counters.latency[super::latency_bucket(self.now.saturating_sub(slot.opened))] += 1;
+            let took = self.now.saturating_sub(slot.opened);
+            counters.latency[super::latency_bucket(took)] += 1;
+            counters.latency_sum_us += took;
             close |= slot.close_after;
             session.held = session.held.saturating_sub(slot.reply.len());
             slot.shed();

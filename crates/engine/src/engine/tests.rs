@@ -443,6 +443,24 @@ fn pools_count_requests_bytes_latency_and_server_traffic() {
 }
 
 #[test]
+fn the_latency_sum_adds_up_every_request_time() {
+    let (mut net, c) = with_client(spec(2));
+    // GET a goes to server 1, which holds its answer for 300 µs.
+    net.servers[1].hold = true;
+    net.send(c, &cmd(&["GET", "a"]));
+    net.advance(300);
+    net.servers[1].hold = false;
+    net.advance(0);
+    net.send(c, &cmd(&["PING"]));
+    assert_eq!(net.take(c), b"$-1\r\n+PONG\r\n");
+    let pools: Vec<_> = net.engine.pools().collect();
+    let counters = &pools[0].counters;
+    assert_eq!(counters.latency[latency_bucket(300)], 1);
+    assert_eq!(counters.latency[latency_bucket(0)], 1);
+    assert_eq!(counters.latency_sum_us, 300);
+}
+
+#[test]
 fn pipelined_replies_keep_request_order_across_servers() {
     let mut net = Net::new(spec(2));
     net.servers[0].data.insert(b"b".to_vec(), b"B".to_vec());
