@@ -385,8 +385,8 @@ cmd_fuzz() {
 # /etc/systemd/system/ferrox.service, /etc/default/ferrox (the port and
 # address: FERROX_ARGS) and /etc/ferrox/ferrox.toml only when they are not
 # there yet, hugepages reserved at boot (/etc/sysctl.d), and ferroxctl's
-# bash completions, the Grafana dashboard and Prometheus alert rules in
-# $PREFIX/share/ferrox. With DESTDIR=DIR all of it is staged under DIR instead,
+# bash completions, the manual pages (made by the binaries: --man), the
+# Grafana dashboard and Prometheus alert rules in $PREFIX/share. With DESTDIR=DIR all of it is staged under DIR instead,
 # and nothing on the machine changes (what `./ferrox.sh test` checks).
 install_files() {
   local dest=$1 prefix=$2 unit
@@ -404,6 +404,10 @@ install_files() {
   printf '# 2 MiB hugepages for ferrox (DPDK and the shared region)\nvm.nr_hugepages = %s\n' \
     "$HUGEPAGES_WANTED" >"$dest/etc/sysctl.d/80-ferrox-hugepages.conf"
   "$dest$prefix/bin/ferroxctl" completions bash >"$dest/usr/share/bash-completion/completions/ferroxctl"
+  mkdir -p "$dest$prefix/share/man/man8"
+  for bin in ferrox-control ferrox-dataplane ferroxctl; do
+    "$dest$prefix/bin/$bin" --man >"$dest$prefix/share/man/man8/$bin.8"
+  done
   install -D -m 0644 deploy/grafana/ferrox.json "$dest$prefix/share/ferrox/grafana/ferrox.json"
   install -D -m 0644 deploy/prometheus/ferrox-alerts.yml "$dest$prefix/share/ferrox/prometheus/ferrox-alerts.yml"
 }
@@ -441,8 +445,17 @@ check_install() {
   for f in usr/local/bin/ferrox-control usr/local/bin/ferrox-dataplane usr/local/bin/ferroxctl \
     etc/systemd/system/ferrox.service etc/default/ferrox etc/ferrox/ferrox.toml \
     etc/sysctl.d/80-ferrox-hugepages.conf usr/share/bash-completion/completions/ferroxctl \
-    usr/local/share/ferrox/grafana/ferrox.json usr/local/share/ferrox/prometheus/ferrox-alerts.yml; do
+    usr/local/share/ferrox/grafana/ferrox.json usr/local/share/ferrox/prometheus/ferrox-alerts.yml \
+    usr/local/share/man/man8/ferrox-control.8 usr/local/share/man/man8/ferrox-dataplane.8 \
+    usr/local/share/man/man8/ferroxctl.8; do
     [ -s "$root/$f" ] || die "install: $f missing"
+  done
+  for page in "$root"/usr/local/share/man/man8/*.8; do
+    grep -q '^\.TH ' "$page" || die "install: $page is no manual page"
+    if command -v groff >/dev/null; then
+      said=$(groff -man -Tutf8 -ww "$page" 2>&1 >/dev/null) || die "install: groff failed on $page"
+      [ -z "$said" ] || die "install: groff warns on $page: $said"
+    fi
   done
   if command -v systemd-analyze >/dev/null; then
     unit=$root/check/ferrox.service

@@ -197,6 +197,13 @@ enum ShmCmd {
 }
 
 fn main() {
+    // `--man`: the manual page, from the same definitions as `--help`.
+    if std::env::args().nth(1).as_deref() == Some("--man") {
+        let _ = clap_mangen::Man::new(Cli::command().name("ferroxctl"))
+            .section("8")
+            .render(&mut std::io::stdout());
+        return;
+    }
     let json = std::env::args().any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -208,6 +208,14 @@ enum RxChecksumArg {
 }
 
 fn main() {
+    // `--man`: the manual page, from the same definitions as `--help`.
+    if std::env::args().nth(1).as_deref() == Some("--man") {
+        use clap::CommandFactory;
+        let _ = clap_mangen::Man::new(Args::command().name("ferrox-dataplane"))
+            .section("8")
+            .render(&mut std::io::stdout());
+        return;
+    }
     let args = Args::parse();
     ferrox_log::init(ferrox_log::Options {
         json: args.json,
