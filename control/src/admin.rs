@@ -96,6 +96,10 @@ pub enum Request {
     /// Grows the socket buffer pool by `add_mb` MiB of client buffers.
     #[serde(rename = "shm.resize")]
     ShmResize { add_mb: u64 },
+    /// Sets the log filter of the control process and of every dataplane
+    /// (`RUST_LOG`'s syntax: `info`, `debug`, `warn,ferrox_dataplane=debug`).
+    #[serde(rename = "log.level")]
+    LogLevel { level: String },
     /// Test hook: makes core `core` wedge itself (spin, ignore its stop
     /// flag, publish nothing), as a livelocked core would. Refused unless
     /// the dataplane runs with `--test-hooks`.
@@ -361,6 +365,9 @@ mod tests {
                 command: "KEYS".into(),
             },
             Request::ShmResize { add_mb: 64 },
+            Request::LogLevel {
+                level: "debug".into(),
+            },
             Request::DebugStallCore { core: 1 },
         ] {
             assert_eq!(parse_request(&request_line(&request)), Ok(request));

@@ -439,6 +439,20 @@ impl Control {
         (ages, alive)
     }
 
+    /// Sets the log filter here and publishes it for every dataplane (the
+    /// running ones take it within milliseconds, later ones at start).
+    pub fn set_log_level(&self, level: &str) -> Result<serde_json::Value, Refused> {
+        ferrox_log::check_level(level).map_err(Refused)?;
+        if let Err(why) = ferrox_log::set_level(level) {
+            tracing::debug!("the control process keeps its log filter: {why}");
+        }
+        self.block.publish_log_filter(level.trim());
+        tracing::info!(level = level.trim(), "log filter changed");
+        // Seen only where the new filter lets debug events through.
+        tracing::debug!(process = "control", "log filter in force");
+        Ok(serde_json::json!({ "level": level.trim() }))
+    }
+
     /// Test hook: asks core `core` to wedge itself.
     fn stall_core(&self, core: usize) -> Result<serde_json::Value, Refused> {
         if !self.settings.test_hooks {
@@ -565,6 +579,7 @@ impl Control {
                 .grow(add_mb)
                 .map(|s| serde_json::to_value(s).expect("serializes")),
             Request::DebugStallCore { core } => self.stall_core(core),
+            Request::LogLevel { level } => self.set_log_level(&level),
             Request::Upgrade {
                 binary,
                 timeout_ms,

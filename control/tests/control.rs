@@ -1024,6 +1024,45 @@ fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
     // Fault injection is refused without --test-hooks.
     let (ok, text) = ctl(&socket, &["debug", "stall-core", "0"]);
     assert!(!ok && text.contains("--test-hooks"), "{text}");
+
+    // The log filter changes while ferrox runs, in the control process
+    // and the dataplane alike; one that is not a filter is refused.
+    let (code, answer) = ctl_json(&socket, &["log-level", "ferrox=verbose"]);
+    assert_eq!(
+        (code, &answer["kind"]),
+        (4, &serde_json::json!("refused")),
+        "{answer}"
+    );
+    assert!(
+        !appliance.log().contains(" DEBUG "),
+        "debug lines before asked for"
+    );
+    ctl_ok(&socket, &["log-level", "debug"]);
+    wait_for(
+        "the dataplane takes the filter",
+        Duration::from_secs(10),
+        || {
+            appliance
+                .log()
+                .contains("log filter from the control process")
+        },
+    );
+    assert_eq!(cli(&appliance.ns, FERROX_IP, 6379, "PING"), "PONG");
+    wait_for(
+        "debug events in both processes",
+        Duration::from_secs(10),
+        || {
+            let log = appliance.log();
+            ["control", "dataplane"].iter().all(|p| {
+                log.lines().any(|l| {
+                    l.contains(" DEBUG ")
+                        && l.contains("log filter in force")
+                        && l.contains(&format!("process=\"{p}\""))
+                })
+            })
+        },
+    );
+    ctl_ok(&socket, &["log-level", "info"]);
     drop(appliance);
 }
 

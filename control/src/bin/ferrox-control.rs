@@ -93,6 +93,12 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Log filter, for this process and every dataplane it starts
+    /// (`RUST_LOG`'s syntax: `info`, `debug`, `warn,ferrox_dataplane=debug`;
+    /// default: `RUST_LOG`, else `info`); `ferroxctl log-level` changes it
+    /// while ferrox runs.
+    #[arg(long)]
+    log_level: Option<String>,
     /// Further dataplane arguments, after `--`.
     #[arg(last = true)]
     dataplane_args: Vec<String>,
@@ -147,6 +153,7 @@ fn main() {
     ferrox_log::init(ferrox_log::Options {
         json: args.json,
         targets: true,
+        level: args.log_level.clone(),
     });
     if let Err(e) = run(args) {
         eprintln!("ferrox-control: {e:#}");
@@ -248,6 +255,12 @@ fn run(args: Args) -> Result<()> {
         test_hooks: args.dataplane_args.iter().any(|a| a == "--test-hooks"),
     };
     let control = Control::start(settings, block)?;
+    if let Some(level) = &args.log_level {
+        // The dataplanes take it from the control block as they start.
+        control
+            .set_log_level(level)
+            .map_err(|refused| anyhow::anyhow!("--log-level: {}", refused.0))?;
+    }
     let stop = control.stop.clone();
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;

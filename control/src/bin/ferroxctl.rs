@@ -131,6 +131,10 @@ enum Cmd {
         #[arg(long)]
         drain_ms: Option<u64>,
     },
+    /// Sets the log filter of the control process and every dataplane,
+    /// at once: `info`, `debug`, `warn,ferrox_dataplane=debug`
+    /// (`RUST_LOG`'s syntax).
+    LogLevel { level: String },
     /// Prints shell completions.
     Completions { shell: clap_complete::Shell },
     /// Fault injection, for tests (the dataplane must run with
@@ -448,6 +452,14 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "{value:#}")?;
             } else {
                 write!(out, "{}", render_upgrade(&value))?;
+            }
+        }
+        Cmd::LogLevel { level } => {
+            let value = admin.call(&Request::LogLevel { level })?;
+            if json {
+                writeln!(out, "{value:#}")?;
+            } else {
+                writeln!(out, "log filter: {}", value["level"].as_str().unwrap_or(""))?;
             }
         }
         Cmd::Debug {

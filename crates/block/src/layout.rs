@@ -38,6 +38,20 @@ pub struct BlockHeader {
     pub core: [CoreRecord; MAX_CORES],
     pub test: TestBoard,
     pub handover: HandoverBoard,
+    pub log: LogBoard,
+}
+
+/// Longest log filter the control process passes to the dataplanes.
+pub const LOG_FILTER_BYTES: usize = 256;
+
+/// The log filter the control process asks every dataplane to use
+/// (`ferroxctl log-level`). One writer; `sequence` is odd while it
+/// writes, and grows by two with each filter.
+#[repr(C)]
+pub struct LogBoard {
+    pub sequence: AtomicU64,
+    pub len: AtomicU32,
+    pub text: [AtomicU64; LOG_FILTER_BYTES / 8],
 }
 
 /// Steps of a hot handover that the board stamps.

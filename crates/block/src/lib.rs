@@ -37,9 +37,9 @@ mod layout;
 pub use handover::{monotonic_ns, HandoverReport, Step};
 
 pub use layout::{
-    BlockHeader, CoreRecord, HandoverBoard, PoolRecord, ServerRecord, TestBoard, COMMANDS,
-    CONFIG_BYTES, COUNTERS, LATENCY_BUCKETS, LAYOUT_VERSION, MAX_CORES, MAX_POOLS, MAX_SERVERS,
-    NAME_BYTES,
+    BlockHeader, CoreRecord, HandoverBoard, LogBoard, PoolRecord, ServerRecord, TestBoard,
+    COMMANDS, CONFIG_BYTES, COUNTERS, LATENCY_BUCKETS, LAYOUT_VERSION, LOG_FILTER_BYTES, MAX_CORES,
+    MAX_POOLS, MAX_SERVERS, NAME_BYTES,
 };
 
 /// The region directory name of the block.
@@ -354,6 +354,44 @@ impl Block {
     /// starts, so that a new one does not wedge at once).
     pub fn clear_stalls(&self) {
         self.header().test.stall.store(0, Ordering::Release);
+    }
+
+    /// Publishes the log filter every dataplane is to use (cut at
+    /// [`LOG_FILTER_BYTES`]). One writer: the control process.
+    pub fn publish_log_filter(&self, filter: &str) {
+        let board = &self.header().log;
+        let bytes = &filter.as_bytes()[..filter.len().min(LOG_FILTER_BYTES)];
+        board.sequence.fetch_add(1, Ordering::AcqRel);
+        for (i, word) in board.text.iter().enumerate() {
+            let mut w = [0u8; 8];
+            for (j, b) in w.iter_mut().enumerate() {
+                *b = bytes.get(i * 8 + j).copied().unwrap_or(0);
+            }
+            word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        board.len.store(bytes.len() as u32, Ordering::Relaxed);
+        board.sequence.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The log filter published last and its sequence number (even, 0
+    /// when none was), read consistently; `None` while it is being written.
+    pub fn log_filter(&self) -> Option<(u64, String)> {
+        let board = &self.header().log;
+        let before = board.sequence.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            return None;
+        }
+        let len = (board.len.load(Ordering::Relaxed) as usize).min(LOG_FILTER_BYTES);
+        let mut bytes = Vec::with_capacity(LOG_FILTER_BYTES);
+        for word in &board.text {
+            bytes.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        bytes.truncate(len);
+        std::sync::atomic::fence(Ordering::Acquire);
+        if board.sequence.load(Ordering::Relaxed) != before {
+            return None;
+        }
+        Some((before, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Core `core`'s record, for that core to write.
@@ -703,6 +741,21 @@ mod tests {
         assert_eq!(pools[0].servers[0].requests, 10);
         assert_eq!(pools[0].latency_quantile(0.5), Some(512));
         assert_eq!(pools[0].latency_quantile(0.99), Some(4096));
+    }
+
+    #[test]
+    fn the_log_filter_round_trips_and_is_cut_at_its_room() {
+        let region = hugepage_pool::Region::heap(Block::size() + (1 << 20));
+        let block = Block::create(&region, 2).unwrap();
+        assert_eq!(block.log_filter(), Some((0, String::new())));
+        block.publish_log_filter("warn,ferrox_dataplane=debug");
+        assert_eq!(
+            block.log_filter(),
+            Some((2, "warn,ferrox_dataplane=debug".to_owned()))
+        );
+        block.publish_log_filter(&"x".repeat(LOG_FILTER_BYTES + 10));
+        let (sequence, filter) = block.log_filter().unwrap();
+        assert_eq!((sequence, filter.len()), (4, LOG_FILTER_BYTES));
     }
 
     #[test]

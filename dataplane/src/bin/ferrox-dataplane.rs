@@ -93,6 +93,11 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Log filter (`RUST_LOG`'s syntax; default: `RUST_LOG`, else `info`).
+    /// Under a control process, the filter it publishes (`ferroxctl
+    /// log-level`) replaces it.
+    #[arg(long)]
+    log_level: Option<String>,
     /// Print the port's extended statistics (name=value, non-zero ones) on
     /// stdout when stopping.
     #[arg(long)]
@@ -220,6 +225,7 @@ fn main() {
     ferrox_log::init(ferrox_log::Options {
         json: args.json,
         targets: true,
+        level: args.log_level.clone(),
     });
     match die_with_control_process().and_then(|()| run(args)) {
         Ok(Served::Stopped) => {}

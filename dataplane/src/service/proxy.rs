@@ -104,7 +104,23 @@ pub fn follow_block(
     // millisecond of being published.
     const POLL: std::time::Duration = std::time::Duration::from_millis(1);
     let mut text = String::new();
+    let mut log_filter = 0;
     while !stop.load(Ordering::Relaxed) {
+        // The log filter the control process published (`ferroxctl
+        // log-level`), once per change; the one published before this
+        // process started too.
+        if let Some((sequence, filter)) = block.log_filter() {
+            if sequence != log_filter && sequence > 0 {
+                log_filter = sequence;
+                match ferrox_log::set_level(&filter) {
+                    Ok(()) => {
+                        tracing::info!(%filter, "log filter from the control process");
+                        tracing::debug!(process = "dataplane", "log filter in force");
+                    }
+                    Err(why) => tracing::warn!("log filter {filter:?} refused: {why}"),
+                }
+            }
+        }
         if block.config_version() == version {
             std::thread::sleep(POLL);
             continue;
