@@ -7,6 +7,7 @@
 #   ./ferrox.sh fuzz    run every fuzz target for FUZZ_SECONDS (default 60) each
 #   ./ferrox.sh soak [SECONDS] [ARGS]  random clients against the real appliance, every reply checked
 #   ./ferrox.sh install  install ferrox as a systemd service (DESTDIR=DIR: staged under DIR)
+#   ./ferrox.sh package  build a Debian package of it (target/debian/ferrox_VERSION_ARCH.deb)
 #   ./ferrox.sh demo-shm  the shared-memory foundation across three processes
 #
 # Run as root on Debian. Every step is idempotent: packages are installed only
@@ -160,6 +161,7 @@ cmd_test() {
   cargo test --workspace --locked
   run_soak_ci
   check_install
+  check_package
   log "vm-testbed: ferrox on a virtio-net PCI NIC in a QEMU guest"
   bash vm-testbed/run.sh
   log "loom: ring and doorbell orderings"
@@ -388,21 +390,23 @@ cmd_fuzz() {
 # bash completions, the manual pages (made by the binaries: --man), the
 # Grafana dashboard and Prometheus alert rules in $PREFIX/share. With DESTDIR=DIR all of it is staged under DIR instead,
 # and nothing on the machine changes (what `./ferrox.sh test` checks).
+# install_files DEST PREFIX [UNIT_DIR SYSCTL_DIR]: a local install puts
+# the unit and the sysctl file under /etc, a package under /lib and /usr/lib.
 install_files() {
-  local dest=$1 prefix=$2 unit
+  local dest=$1 prefix=$2 unit_dir=${3:-/etc/systemd/system} sysctl_dir=${4:-/etc/sysctl.d} unit
   cargo build --release --locked -q -p ferrox-control -p ferrox-dataplane
   for bin in ferrox-control ferrox-dataplane ferroxctl; do
     install -D -m 0755 "target/release/$bin" "$dest$prefix/bin/$bin"
   done
   unit=$(mktemp)
   sed "s|@BINDIR@|$prefix/bin|g" deploy/ferrox.service >"$unit"
-  install -D -m 0644 "$unit" "$dest/etc/systemd/system/ferrox.service"
+  install -D -m 0644 "$unit" "$dest$unit_dir/ferrox.service"
   rm -f "$unit"
   [ -e "$dest/etc/default/ferrox" ] || install -D -m 0644 deploy/ferrox.default "$dest/etc/default/ferrox"
   [ -e "$dest/etc/ferrox/ferrox.toml" ] || install -D -m 0644 configs/ferrox.toml "$dest/etc/ferrox/ferrox.toml"
-  mkdir -p "$dest/etc/sysctl.d" "$dest/usr/share/bash-completion/completions"
+  mkdir -p "$dest$sysctl_dir" "$dest/usr/share/bash-completion/completions"
   printf '# 2 MiB hugepages for ferrox (DPDK and the shared region)\nvm.nr_hugepages = %s\n' \
-    "$HUGEPAGES_WANTED" >"$dest/etc/sysctl.d/80-ferrox-hugepages.conf"
+    "$HUGEPAGES_WANTED" >"$dest$sysctl_dir/80-ferrox-hugepages.conf"
   "$dest$prefix/bin/ferroxctl" completions bash >"$dest/usr/share/bash-completion/completions/ferroxctl"
   mkdir -p "$dest$prefix/share/man/man8"
   for bin in ferrox-control ferrox-dataplane ferroxctl; do
@@ -431,6 +435,109 @@ cmd_install() {
   log "installed: set FERROX_ARGS in /etc/default/ferrox and the pools in /etc/ferrox/ferrox.toml,"
   log "check them with '$prefix/bin/ferrox-control --check -c /etc/ferrox/ferrox.toml',"
   log "then 'systemctl enable --now ferrox' ('systemctl reload ferrox' after a change)"
+}
+
+# ./ferrox.sh package: a Debian package of ferrox,
+# target/debian/ferrox_VERSION_ARCH.deb: the binaries in /usr/bin, the unit
+# in /lib/systemd/system, hugepages in /usr/lib/sysctl.d, /etc/default/ferrox
+# and /etc/ferrox/ferrox.toml as configuration files (an upgrade keeps an
+# operator's changes), manual pages, completions, the dashboard and alert
+# rules. Depends: the packages of the shared libraries the binaries load and
+# of the DPDK drivers ferrox uses. Installing it reloads systemd and reserves
+# the hugepages; it starts nothing (FERROX_ARGS must be set first).
+PACKAGE_DRIVERS=(librte_bus_pci librte_bus_vdev librte_mempool_ring librte_net_af_xdp
+  librte_net_af_packet librte_net_tap librte_net_virtio)
+build_package() {
+  local out=$1 version arch root deps lib pmds drv bin
+  version=$(cargo pkgid -p ferrox-control | sed 's/.*[#@]//')
+  arch=$(dpkg --print-architecture)
+  root=$(mktemp -d /tmp/ferrox-package-XXXXXX)
+  install_files "$root" /usr /lib/systemd/system /usr/lib/sysctl.d
+  gzip -9n "$root"/usr/share/man/man8/*.8
+  install -D -m 0644 README.md "$root/usr/share/doc/ferrox/README.md"
+  printf 'ferrox\nLicense: Apache-2.0\n' >"$root/usr/share/doc/ferrox/copyright"
+  # DPDK's driver directory (pmds-<ABI>), where its drivers are <name>.so.<ABI major>.
+  pmds=$(find "$(pkg-config --variable=libdir libdpdk)/dpdk" -maxdepth 1 -type d -name 'pmds-*' | sort | tail -n 1)
+  deps=$( {
+    for bin in ferrox-control ferrox-dataplane ferroxctl; do
+      for lib in $(ldd "$root/usr/bin/$bin" | awk '/=> \// {print $3}'); do
+        dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null || dpkg -S "$lib" 2>/dev/null || true
+      done
+    done
+    for drv in "${PACKAGE_DRIVERS[@]}"; do
+      dpkg -S "$pmds/$drv.so.$(basename "$pmds" | sed 's/pmds-\([0-9]*\).*/\1/')" 2>/dev/null || true
+    done
+  } | cut -d: -f1 | sort -u | paste -sd, | sed 's/,/, /g')
+  [ -n "$deps" ] || die "package: no dependencies found"
+  mkdir -p "$root/DEBIAN"
+  {
+    echo "Package: ferrox"
+    echo "Version: $version"
+    echo "Architecture: $arch"
+    echo "Maintainer: ferrox <ferrox@localhost>"
+    echo "Depends: $deps"
+    echo "Recommends: dpdk, redis-tools"
+    echo "Section: net"
+    echo "Priority: optional"
+    echo "Description: sharding proxy for Redis and memcached with a DPDK dataplane"
+    echo " ferrox shards Redis (RESP2/RESP3) and memcached traffic over pools of"
+    echo " servers from poll-mode DPDK cores running a user-space TCP stack, with"
+    echo " a control process for live reconfiguration, health checks, statistics"
+    echo " and hot upgrades of the dataplane that keep every client connected."
+  } >"$root/DEBIAN/control"
+  printf '/etc/default/ferrox\n/etc/ferrox/ferrox.toml\n' >"$root/DEBIAN/conffiles"
+  printf '%s\n' '#!/bin/sh' 'set -e' \
+    'sysctl -q -p /usr/lib/sysctl.d/80-ferrox-hugepages.conf || true' \
+    'if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi' >"$root/DEBIAN/postinst"
+  printf '%s\n' '#!/bin/sh' 'set -e' \
+    'if [ "$1" = remove ] && [ -d /run/systemd/system ]; then systemctl stop ferrox.service || true; fi' \
+    >"$root/DEBIAN/prerm"
+  printf '%s\n' '#!/bin/sh' 'set -e' \
+    'if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi' >"$root/DEBIAN/postrm"
+  chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
+  mkdir -p "$(dirname "$out")"
+  dpkg-deb --root-owner-group -Zxz --build "$root" "$out" >/dev/null
+  rm -rf "$root"
+}
+
+cmd_package() {
+  need_root
+  install_packages
+  ensure_rust
+  local version out
+  version=$(cargo pkgid -p ferrox-control | sed 's/.*[#@]//')
+  out=target/debian/ferrox_${version}_$(dpkg --print-architecture).deb
+  build_package "$out"
+  log "built $out ($(du -h "$out" | cut -f1)); install it with 'apt install ./$out'"
+}
+
+# The package, checked: its control fields, its files, its unit verified by
+# systemd-analyze and its configuration by --check, from what it unpacks.
+check_package() {
+  log "package: a Debian package, unpacked and checked"
+  local dir deb said f
+  dir=$(mktemp -d /tmp/ferrox-deb-XXXXXX)
+  CLEANUP+=("rm -rf $dir")
+  deb=$dir/ferrox.deb
+  build_package "$deb"
+  dpkg-deb --field "$deb" Depends | grep -q 'librte-eal' || die "package: no DPDK dependency"
+  dpkg-deb --field "$deb" Depends | grep -q 'librte-net-af-xdp' || die "package: no af_xdp driver dependency"
+  dpkg-deb -x "$deb" "$dir/root"
+  dpkg-deb -e "$deb" "$dir/DEBIAN"
+  for f in usr/bin/ferrox-control usr/bin/ferrox-dataplane usr/bin/ferroxctl lib/systemd/system/ferrox.service \
+    etc/default/ferrox etc/ferrox/ferrox.toml usr/lib/sysctl.d/80-ferrox-hugepages.conf \
+    usr/share/man/man8/ferroxctl.8.gz usr/share/bash-completion/completions/ferroxctl \
+    usr/share/ferrox/grafana/ferrox.json; do
+    [ -s "$dir/root/$f" ] || die "package: $f missing"
+  done
+  grep -qx /etc/ferrox/ferrox.toml "$dir/DEBIAN/conffiles" || die "package: the configuration is not a conffile"
+  if command -v systemd-analyze >/dev/null; then
+    sed "s|/usr/bin|$dir/root/usr/bin|g" "$dir/root/lib/systemd/system/ferrox.service" >"$dir/ferrox.service"
+    said=$(systemd-analyze verify "$dir/ferrox.service" 2>&1) || die "package: systemd-analyze verify failed: $said"
+    [ -z "$said" ] || die "package: systemd-analyze verify warns: $said"
+  fi
+  "$dir/root/usr/bin/ferrox-control" --check -c "$dir/root/etc/ferrox/ferrox.toml" >/dev/null \
+    || die "package: its configuration does not pass --check"
 }
 
 # The installation, staged under a scratch root: every file in place, the
@@ -478,5 +585,6 @@ case "${1:-}" in
   bench) shift; cmd_bench "$@" ;;
   soak) shift; cmd_soak "$@" ;;
   install) shift; cmd_install "$@" ;;
-  *) echo "usage: $0 demo|test|bench|fuzz|soak|install|demo-shm" >&2; exit 2 ;;
+  package) shift; cmd_package "$@" ;;
+  *) echo "usage: $0 demo|test|bench|fuzz|soak|install|package|demo-shm" >&2; exit 2 ;;
 esac
