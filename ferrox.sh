@@ -515,7 +515,7 @@ cmd_package() {
 # systemd-analyze and its configuration by --check, from what it unpacks.
 check_package() {
   log "package: a Debian package, unpacked and checked"
-  local dir deb said f
+  local dir deb f
   dir=$(mktemp -d /tmp/ferrox-deb-XXXXXX)
   CLEANUP+=("rm -rf $dir")
   deb=$dir/ferrox.deb
@@ -531,13 +531,24 @@ check_package() {
     [ -s "$dir/root/$f" ] || die "package: $f missing"
   done
   grep -qx /etc/ferrox/ferrox.toml "$dir/DEBIAN/conffiles" || die "package: the configuration is not a conffile"
-  if command -v systemd-analyze >/dev/null; then
-    sed "s|/usr/bin|$dir/root/usr/bin|g" "$dir/root/lib/systemd/system/ferrox.service" >"$dir/ferrox.service"
-    said=$(systemd-analyze verify "$dir/ferrox.service" 2>&1) || die "package: systemd-analyze verify failed: $said"
-    [ -z "$said" ] || die "package: systemd-analyze verify warns: $said"
-  fi
+  verify_unit package "$dir/root/lib/systemd/system/ferrox.service" /usr/bin "$dir/root/usr/bin"
   "$dir/root/usr/bin/ferrox-control" --check -c "$dir/root/etc/ferrox/ferrox.toml" >/dev/null \
     || die "package: its configuration does not pass --check"
+}
+
+# verify_unit WHAT UNIT BINDIR STAGED_BINDIR: systemd-analyze accepts UNIT
+# without a warning, its ExecStart pointed at the staged binaries.
+verify_unit() {
+  local what=$1 unit=$2 bindir=$3 staged=$4 copy said
+  if ! command -v systemd-analyze >/dev/null; then
+    echo "$what: systemd-analyze not found; the unit was not verified"
+    return 0
+  fi
+  copy=$(mktemp -d /tmp/ferrox-unit-XXXXXX)
+  sed "s|$bindir|$staged|g" "$unit" >"$copy/ferrox.service"
+  said=$(systemd-analyze verify "$copy/ferrox.service" 2>&1) || { rm -rf "$copy"; die "$what: systemd-analyze verify failed: $said"; }
+  rm -rf "$copy"
+  [ -z "$said" ] || die "$what: systemd-analyze verify warns: $said"
 }
 
 # The installation, staged under a scratch root: every file in place, the
@@ -545,7 +556,7 @@ check_package() {
 # staged binary), and the installed configuration passing the offline check.
 check_install() {
   log "install: staged under a scratch root"
-  local root unit said
+  local root said page
   root=$(mktemp -d /tmp/ferrox-install-XXXXXX)
   CLEANUP+=("rm -rf $root")
   install_files "$root" /usr/local
@@ -564,15 +575,7 @@ check_install() {
       [ -z "$said" ] || die "install: groff warns on $page: $said"
     fi
   done
-  if command -v systemd-analyze >/dev/null; then
-    unit=$root/check/ferrox.service
-    mkdir -p "$root/check"
-    sed "s|/usr/local/bin|$root/usr/local/bin|g" "$root/etc/systemd/system/ferrox.service" >"$unit"
-    said=$(systemd-analyze verify "$unit" 2>&1) || die "install: systemd-analyze verify failed: $said"
-    [ -z "$said" ] || die "install: systemd-analyze verify warns: $said"
-  else
-    echo "install: systemd-analyze not found; the unit was not verified"
-  fi
+  verify_unit install "$root/etc/systemd/system/ferrox.service" /usr/local/bin "$root/usr/local/bin"
   "$root/usr/local/bin/ferrox-control" --check --config "$root/etc/ferrox/ferrox.toml" >/dev/null \
     || die "install: the installed configuration does not pass --check"
 }
