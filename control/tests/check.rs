@@ -60,4 +60,9 @@ fn a_good_configuration_passes_and_a_bad_one_is_refused_with_its_lines() {
         text.contains("but the dataplane's address is 10.9.9.9"),
         "{text}"
     );
+    // An address whose prefix is not one is refused, as the dataplane
+    // would refuse it.
+    let (code, text) = check(&["--check", "-c", example, "--address", "10.9.9.9/99"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("is not a prefix length"), "{text}");
 }

@@ -161,11 +161,16 @@ fn main() {
     }
 }
 
-/// `--address`'s IPv4 address (without the prefix).
+/// `--address`'s IPv4 address; its prefix, when given, must be one (the
+/// dataplane takes `ADDRESS/PREFIX`, /24 when none is given, and refuses
+/// a bad one: refused here first, before anything starts).
 fn parse_address(text: &str) -> Result<Ipv4Addr> {
-    text.split('/')
-        .next()
-        .unwrap_or_default()
+    let (address, prefix) = text.split_once('/').unwrap_or((text, "24"));
+    match prefix.parse::<u8>() {
+        Ok(prefix) if prefix <= 32 => {}
+        _ => anyhow::bail!("--address {text:?}: {prefix:?} is not a prefix length (0 to 32)"),
+    }
+    address
         .parse()
         .with_context(|| format!("--address {text:?} is not an IPv4 address"))
 }

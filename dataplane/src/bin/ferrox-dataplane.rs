@@ -239,6 +239,17 @@ fn main() {
     }
 }
 
+/// A random number of this process, the root of its stacks' seeds (their
+/// initial sequence numbers and ephemeral ports) and its engines': never
+/// to be guessed from the pid.
+fn process_random() -> u64 {
+    static RANDOM: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RANDOM.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    })
+}
+
 fn parse_cidr(text: &str) -> Result<(Ipv4Address, u8)> {
     let (ip, prefix) = text.split_once('/').unwrap_or((text, "24"));
     let ip: Ipv4Address = ip
@@ -457,7 +468,7 @@ fn run(args: Args) -> Result<Served> {
         tx_checksum_offload: port.tx_checksum_offload(),
         ..StackConfig::default()
     };
-    let seed = |core: usize| std::process::id() as u64 ^ (core as u64) << 32;
+    let seed = |core: usize| process_random() ^ (core as u64) << 32;
     match proxy {
         None => {
             let served = serve(
@@ -693,7 +704,7 @@ fn serve<A: CoreService + Send>(
                     make_app(id),
                     sockets.core(bank(generation) + id)?,
                     clock_ref.now(),
-                    (std::process::id() as u64 ^ (id as u64) << 32).wrapping_add(generation << 48),
+                    (process_random() ^ (id as u64) << 32).wrapping_add(generation << 48),
                 ))
             })
                 as Box<dyn FnMut(u64) -> Result<Stack<A>> + Send + '_>)
@@ -736,7 +747,7 @@ fn serve<A: CoreService + Send>(
                 make_app(id),
                 sockets.core(bank(0) + id)?,
                 clock.now(),
-                std::process::id() as u64 ^ (id as u64) << 32,
+                process_random() ^ (id as u64) << 32,
             ),
             steering: steering.take(),
             stats: LoopStats::default(),

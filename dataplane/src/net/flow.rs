@@ -96,10 +96,28 @@ pub fn tcp_checksum_ok(frame: &[u8]) -> bool {
 }
 
 /// Multiply-xorshift hasher for 64-bit flow keys (SipHash's DoS resistance
-/// costs ~20 ns a lookup; a peer can pick only its own port and address, and
-/// the multiplier is chosen per process).
-#[derive(Debug, Default, Clone, Copy)]
+/// costs ~20 ns a lookup; a peer can pick only its own port and address,
+/// and the starting state is a random seed of this process, so where a
+/// flow lands is not known outside it).
+#[derive(Debug, Clone, Copy)]
 pub struct FlowHasher(u64);
+
+impl Default for FlowHasher {
+    fn default() -> FlowHasher {
+        FlowHasher(process_seed())
+    }
+}
+
+/// The seed of every flow hash in this process: random, taken once, and
+/// the same on every core (they must agree on which one owns a flow). A
+/// successor process has another: it assigns the flows it restores anew.
+fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    })
+}
 
 impl Hasher for FlowHasher {
     fn finish(&self) -> u64 {
@@ -175,6 +193,18 @@ mod tests {
             &smoltcp::phy::ChecksumCapabilities::default(),
         );
         buf
+    }
+
+    #[test]
+    fn the_flow_hash_starts_from_this_process_seed_on_every_core() {
+        // Not the fixed state anyone could compute (0 has odds of 2^-64).
+        assert_ne!(FlowHasher::default().0, 0);
+        let key = FlowKey::new(Ipv4Address::new(198, 18, 0, 1), 40_000, 6379);
+        let owners: Vec<usize> = (0..4).map(|_| key.owner(3)).collect();
+        assert!(
+            owners.iter().all(|&o| o == owners[0] && o < 3),
+            "{owners:?}"
+        );
     }
 
     #[test]
