@@ -41,8 +41,10 @@ pub(crate) use sys::*;
 #[cfg(not(loom))]
 mod sys {
     use std::io;
-    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
     use std::time::Duration;
+
+    use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
     /// A non-blocking eventfd a consumer sleeps on.
     #[derive(Debug)]
@@ -50,13 +52,8 @@ mod sys {
 
     impl EventFd {
         pub(crate) fn new() -> io::Result<EventFd> {
-            // SAFETY: plain system call; no pointers.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-            Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+            let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+            Ok(EventFd(fd))
         }
 
         pub(crate) fn raw(&self) -> RawFd {
@@ -64,29 +61,24 @@ mod sys {
         }
 
         pub(crate) fn borrow(&self) -> BorrowedFd<'_> {
-            use std::os::fd::AsFd;
             self.0.as_fd()
         }
 
         /// Resets the counter; returns how many signals were pending.
         pub(crate) fn drain(&self) -> u64 {
-            let mut value = 0u64;
-            // SAFETY: reads 8 bytes into a live u64 from a descriptor we own.
-            let n = unsafe { libc::read(self.raw(), (&raw mut value).cast(), 8) };
-            if n == 8 {
-                value
-            } else {
-                0
+            let mut value = [0u8; 8];
+            match rustix::io::read(&self.0, &mut value) {
+                Ok(8) => u64::from_ne_bytes(value),
+                _ => 0,
             }
         }
     }
 
-    /// Adds 1 to the eventfd behind `fd`, waking whoever sleeps on it.
+    /// Adds 1 to the eventfd behind `fd`, waking whoever sleeps on it. A
+    /// full counter (EAGAIN) means a wake-up is already pending, which is
+    /// all we want.
     pub(crate) fn signal(fd: BorrowedFd<'_>) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN)
-        // means a wake-up is already pending, which is all we want.
-        let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
     }
 
     /// This process's own descriptor for descriptor `fd` of process `pid`:
@@ -94,47 +86,36 @@ mod sys {
     /// CAP_SYS_PTRACE).
     pub(crate) fn obtain(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
         if pid == std::process::id() {
-            // SAFETY: plain system call on a descriptor number.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(dup) });
+            // SAFETY: `fd` names a descriptor of this process that its
+            // owner keeps open while it is registered (the caller found it
+            // in a live registration); the borrow ends with this call.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            return Ok(rustix::io::fcntl_dupfd_cloexec(borrowed, 0)?);
         }
-        // SAFETY: plain system call; no pointers.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-        if pidfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `pidfd` is a fresh descriptor owned by nobody else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-        // SAFETY: plain system call; no pointers.
-        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-        if got < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel gave us a fresh descriptor owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
+        let pid = rustix::process::Pid::from_raw(pid as i32)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        Ok(rustix::process::pidfd_getfd(
+            &pidfd,
+            fd,
+            rustix::process::PidfdGetfdFlags::empty(),
+        )?)
     }
 
-    /// Blocks until `fd` is readable or `timeout` passes. Returns readiness.
+    /// Blocks until `fd` is readable or `timeout` passes (nanosecond
+    /// resolution: a wait under a millisecond is a wait, not a spin).
+    /// Returns readiness.
     pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let timeout = Timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         loop {
-            // SAFETY: one valid pollfd, count 1.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if n >= 0 {
-                return Ok(n > 0);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(n) => return Ok(n > 0),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }
