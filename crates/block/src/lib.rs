@@ -373,6 +373,12 @@ impl Block {
         board.sequence.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// The log filter's sequence number alone (one load): whether
+    /// [`Block::log_filter`] has anything new.
+    pub fn log_filter_sequence(&self) -> u64 {
+        self.header().log.sequence.load(Ordering::Acquire)
+    }
+
     /// The log filter published last and its sequence number (even, 0
     /// when none was), read consistently; `None` while it is being written.
     pub fn log_filter(&self) -> Option<(u64, String)> {

@@ -239,15 +239,10 @@ fn main() {
     }
 }
 
-/// A random number of this process, the root of its stacks' seeds (their
-/// initial sequence numbers and ephemeral ports) and its engines': never
-/// to be guessed from the pid.
-fn process_random() -> u64 {
-    static RANDOM: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *RANDOM.get_or_init(|| {
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
-    })
+/// Core `core`'s seed for its stack and engine: the process's random
+/// number, apart per core.
+fn core_seed(core: usize) -> u64 {
+    ferrox_dataplane::net::flow::process_seed() ^ (core as u64) << 32
 }
 
 fn parse_cidr(text: &str) -> Result<(Ipv4Address, u8)> {
@@ -468,7 +463,6 @@ fn run(args: Args) -> Result<Served> {
         tx_checksum_offload: port.tx_checksum_offload(),
         ..StackConfig::default()
     };
-    let seed = |core: usize| process_random() ^ (core as u64) << 32;
     match proxy {
         None => {
             let served = serve(
@@ -538,7 +532,7 @@ fn run(args: Args) -> Result<Served> {
                 &mut port,
                 config,
                 |core| {
-                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), seed(core)).with_board(
+                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), core_seed(core)).with_board(
                         board.clone(),
                         start_version,
                         block.as_ref().map(|(block, _)| block.clone()),
@@ -704,7 +698,7 @@ fn serve<A: CoreService + Send>(
                     make_app(id),
                     sockets.core(bank(generation) + id)?,
                     clock_ref.now(),
-                    (process_random() ^ (id as u64) << 32).wrapping_add(generation << 48),
+                    core_seed(id).wrapping_add(generation << 48),
                 ))
             })
                 as Box<dyn FnMut(u64) -> Result<Stack<A>> + Send + '_>)
@@ -747,7 +741,7 @@ fn serve<A: CoreService + Send>(
                 make_app(id),
                 sockets.core(bank(0) + id)?,
                 clock.now(),
-                process_random() ^ (id as u64) << 32,
+                core_seed(id),
             ),
             steering: steering.take(),
             stats: LoopStats::default(),

@@ -108,10 +108,13 @@ impl Default for FlowHasher {
     }
 }
 
-/// The seed of every flow hash in this process: random, taken once, and
-/// the same on every core (they must agree on which one owns a flow). A
-/// successor process has another: it assigns the flows it restores anew.
-fn process_seed() -> u64 {
+/// A random number of this process, taken once: the seed of every flow
+/// hash (the same on every core, which must agree on which one owns a
+/// flow; a successor process has another and assigns the flows it
+/// restores anew), and the root of the stacks' and engines' seeds (their
+/// initial sequence numbers and ephemeral ports), never to be guessed from
+/// the pid.
+pub fn process_seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SEED.get_or_init(|| {
         use std::hash::BuildHasher;

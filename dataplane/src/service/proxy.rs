@@ -109,8 +109,9 @@ pub fn follow_block(
         // The log filter the control process published (`ferroxctl
         // log-level`), once per change; the one published before this
         // process started too.
-        if let Some((sequence, filter)) = block.log_filter() {
-            if sequence != log_filter && sequence > 0 {
+        let published = block.log_filter_sequence();
+        if published != log_filter && published > 0 {
+            if let Some((sequence, filter)) = block.log_filter() {
                 log_filter = sequence;
                 match ferrox_log::set_level(&filter) {
                     Ok(()) => {
