@@ -300,18 +300,26 @@ except BlockingIOError:
 s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
 print("ready", flush=True)
 syn = fin = rst = 0
-while True:
-    readable, _, _ = select.select([s, sys.stdin], [], [], 1.0)
-    if sys.stdin in readable:
-        break
-    if s not in readable:
-        continue
-    frame = s.recv(65535)
+def count(frame):
+    global syn, fin, rst
     ihl = (frame[14] & 0x0f) * 4
     flags = frame[14 + ihl + 13]
     syn += bool(flags & 0x02)
     fin += bool(flags & 0x01)
     rst += bool(flags & 0x04)
+while True:
+    readable, _, _ = select.select([s, sys.stdin], [], [], 1.0)
+    if sys.stdin in readable:
+        # A starved capture may wake to both at once: what is queued
+        # arrived before the end was asked for, so it still counts.
+        try:
+            while True:
+                count(s.recv(65535))
+        except BlockingIOError:
+            pass
+        break
+    if s in readable:
+        count(s.recv(65535))
 _, drops = struct.unpack("II", s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
 print(syn, fin, rst, drops, flush=True)
 "#
