@@ -307,6 +307,20 @@ pub struct PoolStats {
     pub p50_us: Option<u64>,
     pub p99_us: Option<u64>,
     pub p999_us: Option<u64>,
+    /// Client connections that ended cleanly (FIN, QUIT), and otherwise
+    /// (reset, protocol error).
+    #[serde(default)]
+    pub client_eof: u64,
+    #[serde(default)]
+    pub client_err: u64,
+    /// Requests answered with an error because no server could take them.
+    #[serde(default)]
+    pub forward_errors: u64,
+    /// Pieces of split multi-key requests.
+    #[serde(default)]
+    pub fragments: u64,
+    #[serde(default)]
+    pub server_ejects: u64,
     pub servers: Vec<ServerStats>,
 }
 
@@ -315,7 +329,23 @@ pub struct ServerStats {
     pub addr: String,
     pub requests: u64,
     pub requests_per_s: f64,
+    #[serde(default)]
+    pub request_bytes: u64,
+    #[serde(default)]
+    pub responses: u64,
+    #[serde(default)]
+    pub response_bytes: u64,
     pub failures: u64,
+    #[serde(default)]
+    pub timeouts: u64,
+    /// Connections the server closed.
+    #[serde(default)]
+    pub eofs: u64,
+    /// Connections open to it now, and requests awaiting its reply.
+    #[serde(default)]
+    pub connections: u64,
+    #[serde(default)]
+    pub in_flight: u64,
     pub ejected: bool,
 }
 

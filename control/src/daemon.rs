@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrox_block::{Block, Snapshot};
+use ferrox_block::{Block, Counter, Snapshot};
 use ferrox_config::{self as config, Config};
 use hugepage_pool::pool::Pool;
 
@@ -844,6 +844,24 @@ impl Control {
             &supervision,
         )
     }
+
+    /// The twemproxy-compatible stats document.
+    pub fn twemproxy_stats(&self) -> String {
+        let snapshot = self.block.snapshot();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let service = crate::twemproxy::Service {
+            source: host.trim(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: self.started.elapsed().as_secs(),
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            total_connections: snapshot.total(Counter::Accepted),
+            curr_connections: snapshot.total(Counter::Open),
+        };
+        let running = self.running.lock().expect("not poisoned");
+        crate::twemproxy::document(&service, &running.config, &snapshot)
+    }
 }
 
 fn no_pool_yet() -> Refused {
@@ -1074,12 +1092,12 @@ impl Clients {
     }
 }
 
-/// Wakes the admin and metrics threads from `accept` once `stop` is set,
-/// so that they end.
-pub fn wake(admin: &Path, metrics: Option<SocketAddr>) {
+/// Wakes the admin, metrics and stats threads from `accept` once `stop`
+/// is set, so that they end.
+pub fn wake(admin: &Path, listeners: &[SocketAddr]) {
     let _ = UnixStream::connect(admin);
-    if let Some(addr) = metrics {
-        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    for addr in listeners {
+        let _ = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(1));
     }
 }
 
@@ -1218,6 +1236,30 @@ pub fn serve_metrics(
     // unanswered.
     let accept = move || listener.accept().map(|(stream, _)| stream);
     Ok(clients.serve(control, accept, drop, scrape)?)
+}
+
+/// Serves the twemproxy-compatible stats document on `addr` until `stop`:
+/// each client that connects is sent it, and the connection is closed.
+pub fn serve_twemproxy_stats(
+    control: Arc<Control>,
+    addr: SocketAddr,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("stats on {addr}: {e}"))?;
+    let clients = Clients {
+        thread: "stats",
+        what: "stats",
+        max: MAX_METRICS_CLIENTS,
+    };
+    let accept = move || listener.accept().map(|(stream, _)| stream);
+    Ok(clients.serve(control, accept, drop, send_twemproxy_stats)?)
+}
+
+fn send_twemproxy_stats(control: &Control, mut stream: std::net::TcpStream) {
+    let _ = stream.set_write_timeout(Some(READ_DEADLINE));
+    let _ = stream.write_all(control.twemproxy_stats().as_bytes());
+    // nutcracker's agents read to the end: a clean close, and what the
+    // client may have sent is not waited for.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Answers one metrics client.

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use ferrox_block::{Counter, PoolSnapshot, Snapshot, LATENCY_BUCKETS};
+use ferrox_block::{Counter, PoolSnapshot, ServerSnapshot, Snapshot, LATENCY_BUCKETS};
 
 use ferrox_engine::command::CommandId;
 
@@ -89,6 +89,11 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
         p50_us: pool.latency_quantile(0.5),
         p99_us: pool.latency_quantile(0.99),
         p999_us: pool.latency_quantile(0.999),
+        client_eof: pool.client_eof,
+        client_err: pool.client_err,
+        forward_errors: pool.forward_errors,
+        fragments: pool.fragments,
+        server_ejects: pool.server_ejects,
         servers: pool
             .servers
             .iter()
@@ -100,7 +105,14 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
                     addr: s.addr.to_string(),
                     requests: s.requests,
                     requests_per_s: rate(s.requests, before, seconds),
+                    request_bytes: s.request_bytes,
+                    responses: s.responses,
+                    response_bytes: s.response_bytes,
                     failures: s.failures,
+                    timeouts: s.timeouts,
+                    eofs: s.eofs,
+                    connections: s.connections,
+                    in_flight: s.in_flight,
                     ejected: s.ejected,
                 }
             })
@@ -259,6 +271,36 @@ pub fn prometheus(
             "Client connections open.",
             |p| p.sessions,
         ),
+        (
+            "ferrox_pool_client_eof_total",
+            "counter",
+            "Client connections that ended cleanly (FIN or QUIT).",
+            |p| p.client_eof,
+        ),
+        (
+            "ferrox_pool_client_errors_total",
+            "counter",
+            "Client connections reset, or closed after a protocol error.",
+            |p| p.client_err,
+        ),
+        (
+            "ferrox_pool_forward_errors_total",
+            "counter",
+            "Requests answered with an error because no server could take them.",
+            |p| p.forward_errors,
+        ),
+        (
+            "ferrox_pool_fragments_total",
+            "counter",
+            "Pieces that multi-key requests were split into.",
+            |p| p.fragments,
+        ),
+        (
+            "ferrox_pool_server_ejections_total",
+            "counter",
+            "Servers ejected after reaching the failure limit.",
+            |p| p.server_ejects,
+        ),
     ];
     for (name, kind, help, value) in per_pool {
         family(&mut out, name, kind, help);
@@ -316,32 +358,79 @@ pub fn prometheus(
             );
         }
     }
-    let per_server: &[(&str, &str, &str)] = &[
+    type ServerFigure = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ServerSnapshot) -> u64,
+    );
+    let per_server: &[ServerFigure] = &[
         (
             "ferrox_server_requests_total",
             "counter",
             "Requests (and pieces of split requests) sent.",
+            |s| s.requests,
+        ),
+        (
+            "ferrox_server_request_bytes_total",
+            "counter",
+            "Request bytes written to the server.",
+            |s| s.request_bytes,
+        ),
+        (
+            "ferrox_server_responses_total",
+            "counter",
+            "Replies read from the server.",
+            |s| s.responses,
+        ),
+        (
+            "ferrox_server_response_bytes_total",
+            "counter",
+            "Reply bytes read from the server.",
+            |s| s.response_bytes,
         ),
         (
             "ferrox_server_failures_total",
             "counter",
             "Connection failures.",
+            |s| s.failures,
+        ),
+        (
+            "ferrox_server_timeouts_total",
+            "counter",
+            "Requests or connection attempts that timed out.",
+            |s| s.timeouts,
+        ),
+        (
+            "ferrox_server_eof_total",
+            "counter",
+            "Connections the server closed.",
+            |s| s.eofs,
+        ),
+        (
+            "ferrox_server_connections",
+            "gauge",
+            "Connections open to the server.",
+            |s| s.connections,
+        ),
+        (
+            "ferrox_server_in_flight_requests",
+            "gauge",
+            "Requests sent or queued and not yet answered.",
+            |s| s.in_flight,
         ),
         (
             "ferrox_server_ejected",
             "gauge",
             "1 while the server is out of its pool.",
+            |s| s.ejected.into(),
         ),
     ];
-    for (name, kind, help) in per_server {
+    for (name, kind, help, value) in per_server {
         family(&mut out, name, kind, help);
         for pool in &pools {
             for s in &pool.servers {
-                let value = match *name {
-                    "ferrox_server_requests_total" => s.requests,
-                    "ferrox_server_failures_total" => s.failures,
-                    _ => s.ejected as u64,
-                };
+                let value = value(s);
                 let _ = writeln!(
                     out,
                     "{name}{{pool=\"{}\",server=\"{}\"}} {value}",
@@ -381,7 +470,7 @@ pub fn prometheus(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrox_block::{CoreSnapshot, ServerSnapshot, COUNTERS};
+    use ferrox_block::{CoreSnapshot, COUNTERS};
 
     fn snapshot(requests: u64) -> Snapshot {
         let mut latency = [0; LATENCY_BUCKETS];
@@ -404,8 +493,16 @@ mod tests {
                     servers: vec![ServerSnapshot {
                         addr: "10.0.0.1:7001".parse().unwrap(),
                         requests,
+                        request_bytes: requests * 20,
+                        responses: requests,
+                        response_bytes: requests * 5,
                         failures: 0,
+                        timeouts: 0,
+                        eofs: 0,
+                        connections: 1,
+                        in_flight: 0,
                         ejected: false,
+                        ejected_at_us: 0,
                     }],
                     ..PoolSnapshot::default()
                 }],

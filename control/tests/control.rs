@@ -406,7 +406,7 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
         "c",
         &[7001, 7002, 7003],
         &[7001, 7002, 7003, 7004],
-        &[],
+        &["--stats-port", "22222"],
         &[],
     );
     let ns = &appliance.ns;
@@ -615,7 +615,117 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
     // it, and every metric the shipped dashboard and alerts use is there.
     let families = assert_exposition_is_valid(&appliance.metrics());
     assert_dashboards_use_existing_metrics(&families);
+
+    // The twemproxy stats port: the keys of nutcracker's own document for
+    // the same pool, and figures that add up.
+    let ours = read_stats_port(ns, 22222);
+    let theirs = nutcracker_stats(ns, dir, &["7001", "7003", "7004"]);
+    assert_same_keys(&ours, &theirs, "");
+    let pool = &ours["cache"];
+    let server = |port: u16| &pool[format!("{KERNEL_IP}:{port}")];
+    let total = |field: &str| -> u64 {
+        pool.as_object()
+            .unwrap()
+            .values()
+            .filter_map(|s| s[field].as_u64())
+            .sum()
+    };
+    assert!(total("requests") >= 200_000, "{ours}");
+    assert!(
+        total("responses") >= 200_000 && total("responses") <= total("requests"),
+        "{ours}"
+    );
+    assert!(total("request_bytes") > 20 * total("requests"), "{ours}");
+    assert!(total("response_bytes") >= 5 * total("responses"), "{ours}");
+    // 7003 died: its connections failed, it was ejected, and it is back.
+    assert!(server(7003)["server_err"].as_u64() >= Some(1), "{ours}");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let ejected_at = server(7003)["server_ejected_at"].as_u64().unwrap();
+    assert!(
+        ejected_at > now_us - 120_000_000 && ejected_at <= now_us,
+        "{ours}"
+    );
+    assert!(
+        server(7001)["server_connections"].as_u64() >= Some(1),
+        "{ours}"
+    );
+    assert!(pool["client_eof"].as_u64() >= Some(20), "{ours}");
+    assert!(ours["total_connections"].as_u64() >= Some(20), "{ours}");
     drop(appliance);
+}
+
+/// The document a twemproxy-style stats port sends on connect.
+fn read_stats_port(ns: &Netns, port: u16) -> serde_json::Value {
+    let mut text = String::new();
+    wait_for("the stats port", Duration::from_secs(10), || {
+        text = ns.shell(&format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && timeout 5 cat <&3 || true"
+        ));
+        !text.is_empty()
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// nutcracker's stats document for a pool `cache` over `ports` of the
+/// kernel side (it need not reach them: only the shape is read).
+fn nutcracker_stats(ns: &Netns, dir: &Path, ports: &[&str]) -> serde_json::Value {
+    let yml = dir.join("nutcracker.yml");
+    let servers: String = ports
+        .iter()
+        .map(|p| format!("   - {KERNEL_IP}:{p}:1\n"))
+        .collect();
+    std::fs::write(
+        &yml,
+        format!("cache:\n  listen: 127.0.0.1:22121\n  redis: true\n  servers:\n{servers}"),
+    )
+    .unwrap();
+    let nutcracker = Process(
+        ns.command(&[
+            "nutcracker",
+            "-c",
+            yml.to_str().unwrap(),
+            "-s",
+            "22223",
+            "-a",
+            "127.0.0.1",
+            "-o",
+            dir.join("nutcracker.log").to_str().unwrap(),
+        ])
+        .spawn()
+        .expect("nutcracker (Debian's package nutcracker)"),
+    );
+    let doc = read_stats_port(ns, 22223);
+    drop(nutcracker);
+    doc
+}
+
+/// `ours` has exactly the keys of `theirs` at every level, object for
+/// object; values may differ.
+fn assert_same_keys(ours: &serde_json::Value, theirs: &serde_json::Value, at: &str) {
+    let (Some(a), Some(b)) = (ours.as_object(), theirs.as_object()) else {
+        assert_eq!(
+            ours.is_object(),
+            theirs.is_object(),
+            "{at}: {ours} vs {theirs}"
+        );
+        return;
+    };
+    let keys = |o: &serde_json::Map<String, serde_json::Value>| {
+        o.keys().cloned().collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(keys(a), keys(b), "keys at {at:?}");
+    for (key, value) in a {
+        assert_eq!(
+            value.is_number(),
+            b[key].is_number(),
+            "{at}.{key}: {value} vs {}",
+            b[key]
+        );
+        assert_same_keys(value, &b[key], &format!("{at}.{key}"));
+    }
 }
 
 /// The body of a `GET /metrics` answer.

@@ -57,6 +57,16 @@ struct Args {
     /// Prometheus endpoint; "off" for none.
     #[arg(long, default_value = "127.0.0.1:9638")]
     metrics: String,
+    /// Serve twemproxy's stats document (the JSON nutcracker writes to
+    /// whoever connects) on this TCP port, for the agents and dashboards
+    /// built for nutcracker; 0: off. nutcracker's -s (its default port is
+    /// 22222).
+    #[arg(short = 's', long, default_value_t = 0)]
+    stats_port: u16,
+    /// The address the stats port listens on. nutcracker's -a (whose
+    /// default is 0.0.0.0).
+    #[arg(short = 'a', long, default_value = "127.0.0.1")]
+    stats_addr: std::net::IpAddr,
     /// Name of the shared region (files ferrox-NAME.* in hugetlbfs or
     /// /dev/shm).
     #[arg(long, default_value = "control")]
@@ -281,10 +291,15 @@ fn run(args: Args) -> Result<()> {
     if let Some(addr) = metrics {
         threads.push(daemon::serve_metrics(control.clone(), addr)?);
     }
+    let stats = (args.stats_port != 0).then(|| SocketAddr::new(args.stats_addr, args.stats_port));
+    if let Some(addr) = stats {
+        threads.push(daemon::serve_twemproxy_stats(control.clone(), addr)?);
+    }
     println!(
-        "ferrox-control: admin socket {}, metrics {}, region {}, dataplane {} on {cores} core(s)",
+        "ferrox-control: admin socket {}, metrics {}, twemproxy stats {}, region {}, dataplane {} on {cores} core(s)",
         args.admin_socket.display(),
         metrics.map_or("off".into(), |a| format!("http://{a}/metrics")),
+        stats.map_or("off".into(), |a| a.to_string()),
         args.region,
         dataplane.display()
     );
@@ -345,7 +360,8 @@ fn run(args: Args) -> Result<()> {
     let _ = std::fs::remove_file(&handover_file);
 
     stop.store(true, Ordering::Relaxed);
-    daemon::wake(&args.admin_socket, metrics);
+    let listeners: Vec<SocketAddr> = metrics.into_iter().chain(stats).collect();
+    daemon::wake(&args.admin_socket, &listeners);
     for thread in threads {
         let _ = thread.join();
     }

@@ -732,7 +732,11 @@ fn render_stats(stats: &admin::Stats) -> String {
         ("SERVER", -22),
         ("REQ/S", 10),
         ("REQUESTS", 12),
+        ("RESPONSES", 12),
+        ("CONNS", 6),
+        ("INFLIGHT", 8),
         ("FAILURES", 9),
+        ("TIMEOUTS", 9),
         ("STATE", 8),
     ]);
     const COMMANDS: Columns = Columns(&[
@@ -764,7 +768,11 @@ fn render_stats(stats: &admin::Stats) -> String {
                 &server.addr,
                 &rate(server.requests_per_s),
                 &server.requests,
+                &server.responses,
+                &server.connections,
+                &server.in_flight,
                 &server.failures,
+                &server.timeouts,
                 &if server.ejected { "out" } else { "in" },
             ]);
         }

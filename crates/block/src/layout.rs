@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -142,6 +142,14 @@ pub struct PoolRecord {
     pub latency: [AtomicU64; LATENCY_BUCKETS],
     /// The latencies added up, microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Client connections that ended cleanly, and otherwise.
+    pub client_eof: AtomicU64,
+    pub client_err: AtomicU64,
+    /// Requests answered with an error for want of a server.
+    pub forward_errors: AtomicU64,
+    /// Pieces of split multi-key requests.
+    pub fragments: AtomicU64,
+    pub server_ejects: AtomicU64,
     pub servers: [ServerRecord; MAX_SERVERS],
 }
 
@@ -150,9 +158,21 @@ pub struct ServerRecord {
     /// IPv4 address << 16 | port.
     pub addr: AtomicU64,
     pub requests: AtomicU64,
+    pub request_bytes: AtomicU64,
+    pub responses: AtomicU64,
+    pub response_bytes: AtomicU64,
     pub failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Connections the server closed.
+    pub eofs: AtomicU64,
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Requests sent or queued and not yet answered.
+    pub in_flight: AtomicU64,
     /// 1 while ejected.
     pub ejected: AtomicU64,
+    /// When it was ejected, microseconds since the Unix epoch (0: never).
+    pub ejected_at_us: AtomicU64,
 }
 
 // SAFETY: repr(C) structs made only of atomic integers (and arrays of

@@ -540,6 +540,11 @@ pub struct PoolSnapshot {
     pub latency: [u64; LATENCY_BUCKETS],
     /// The latencies added up, microseconds.
     pub latency_sum_us: u64,
+    pub client_eof: u64,
+    pub client_err: u64,
+    pub forward_errors: u64,
+    pub fragments: u64,
+    pub server_ejects: u64,
     pub servers: Vec<ServerSnapshot>,
 }
 
@@ -547,8 +552,17 @@ pub struct PoolSnapshot {
 pub struct ServerSnapshot {
     pub addr: SocketAddrV4,
     pub requests: u64,
+    pub request_bytes: u64,
+    pub responses: u64,
+    pub response_bytes: u64,
     pub failures: u64,
+    pub timeouts: u64,
+    pub eofs: u64,
+    pub connections: u64,
+    pub in_flight: u64,
     pub ejected: bool,
+    /// Microseconds since the Unix epoch; 0: never ejected.
+    pub ejected_at_us: u64,
 }
 
 impl PoolSnapshot {
@@ -566,13 +580,26 @@ impl PoolSnapshot {
             sessions: record.sessions.load(Ordering::Relaxed),
             latency: std::array::from_fn(|i| record.latency[i].load(Ordering::Relaxed)),
             latency_sum_us: record.latency_sum_us.load(Ordering::Relaxed),
+            client_eof: record.client_eof.load(Ordering::Relaxed),
+            client_err: record.client_err.load(Ordering::Relaxed),
+            forward_errors: record.forward_errors.load(Ordering::Relaxed),
+            fragments: record.fragments.load(Ordering::Relaxed),
+            server_ejects: record.server_ejects.load(Ordering::Relaxed),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
                     addr: s.addr(),
                     requests: s.requests.load(Ordering::Relaxed),
+                    request_bytes: s.request_bytes.load(Ordering::Relaxed),
+                    responses: s.responses.load(Ordering::Relaxed),
+                    response_bytes: s.response_bytes.load(Ordering::Relaxed),
                     failures: s.failures.load(Ordering::Relaxed),
+                    timeouts: s.timeouts.load(Ordering::Relaxed),
+                    eofs: s.eofs.load(Ordering::Relaxed),
+                    connections: s.connections.load(Ordering::Relaxed),
+                    in_flight: s.in_flight.load(Ordering::Relaxed),
                     ejected: s.ejected.load(Ordering::Relaxed) != 0,
+                    ejected_at_us: s.ejected_at_us.load(Ordering::Relaxed),
                 })
                 .collect(),
         })
@@ -589,12 +616,26 @@ impl PoolSnapshot {
             *a += b;
         }
         self.latency_sum_us += other.latency_sum_us;
+        self.client_eof += other.client_eof;
+        self.client_err += other.client_err;
+        self.forward_errors += other.forward_errors;
+        self.fragments += other.fragments;
+        self.server_ejects += other.server_ejects;
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {
                     s.requests += server.requests;
+                    s.request_bytes += server.request_bytes;
+                    s.responses += server.responses;
+                    s.response_bytes += server.response_bytes;
                     s.failures += server.failures;
+                    s.timeouts += server.timeouts;
+                    s.eofs += server.eofs;
+                    s.connections += server.connections;
+                    s.in_flight += server.in_flight;
                     s.ejected |= server.ejected;
+                    // Each core ejects on its own: the latest one counts.
+                    s.ejected_at_us = s.ejected_at_us.max(server.ejected_at_us);
                 }
                 None => self.servers.push(server.clone()),
             }

@@ -202,6 +202,19 @@ pub struct PoolCounters {
     pub latency: [u64; LATENCY_BUCKETS],
     /// The same times added up, in microseconds (a histogram's sum).
     pub latency_sum_us: u64,
+    /// Client connections that ended cleanly: the client closed, or
+    /// asked to (`QUIT`).
+    pub client_eof: u64,
+    /// Client connections that ended otherwise: reset by the client, or
+    /// closed by the proxy after a protocol error.
+    pub client_err: u64,
+    /// Requests (or pieces) answered with an error because no server
+    /// could take them: none available, or theirs failed.
+    pub forward_errors: u64,
+    /// Pieces that split multi-key requests were cut into.
+    pub fragments: u64,
+    /// Servers ejected after failing `server_failure_limit` times.
+    pub server_ejects: u64,
 }
 
 /// One server as statistics see it.
@@ -210,9 +223,25 @@ pub struct ServerView {
     pub addr: SocketAddrV4,
     /// Requests (and pieces of split requests) sent.
     pub requests: u64,
+    /// Their bytes, as written to the server.
+    pub request_bytes: u64,
+    /// Replies read, and their bytes (handshake replies not counted).
+    pub responses: u64,
+    pub response_bytes: u64,
     /// Connection failures.
     pub failures: u64,
+    /// Requests or connection attempts that timed out.
+    pub timeouts: u64,
+    /// Times the server closed a connection (FIN).
+    pub eofs: u64,
+    /// Connections open to it now.
+    pub connections: u64,
+    /// Requests written or queued to it and not yet answered.
+    pub in_flight: u64,
     pub ejected: bool,
+    /// When it was last taken out of the pool (ejected or held out), in
+    /// the engine's clock; `None` while it is in.
+    pub ejected_since: Option<Micros>,
 }
 
 /// One pool as statistics see it.
@@ -224,6 +253,7 @@ pub struct PoolView<'a> {
     pub sessions: usize,
     pub counters: &'a PoolCounters,
     pool: &'a Pool,
+    backends: &'a [Backend],
 }
 
 impl PoolView<'_> {
@@ -233,11 +263,29 @@ impl PoolView<'_> {
             .servers
             .iter()
             .zip(&pool.health)
-            .map(|(server, health)| ServerView {
-                addr: server.addr,
-                requests: health.requests,
-                failures: health.failures_total,
-                ejected: !health.is_live(),
+            .zip(&pool.conns)
+            .map(|((server, health), conns)| {
+                let backends = || {
+                    conns
+                        .plain
+                        .iter()
+                        .chain(&conns.resp3)
+                        .map(|&b| &self.backends[b as usize])
+                };
+                ServerView {
+                    addr: server.addr,
+                    requests: health.requests,
+                    request_bytes: health.request_bytes,
+                    responses: health.responses,
+                    response_bytes: health.response_bytes,
+                    failures: health.failures_total,
+                    timeouts: health.timeouts,
+                    eofs: health.eofs,
+                    connections: backends().filter(|b| b.is_connected()).count() as u64,
+                    in_flight: backends().map(|b| b.in_flight() as u64).sum(),
+                    ejected: !health.is_live(),
+                    ejected_since: (!health.is_live()).then_some(health.out_since),
+                }
             })
     }
 }
@@ -327,8 +375,15 @@ struct Health {
     /// Held out of the pool by the control process (its health checks, or
     /// an operator), until it says otherwise.
     held_out: bool,
+    /// When it last left the pool (meaningful while it is out).
+    out_since: Micros,
     requests: u64,
+    request_bytes: u64,
+    responses: u64,
+    response_bytes: u64,
     failures_total: u64,
+    timeouts: u64,
+    eofs: u64,
 }
 
 /// Lists reused from request to request.
@@ -425,6 +480,11 @@ impl Engine {
         &self.stats
     }
 
+    /// The time of the latest call, in the engine's clock.
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
     /// Every pool, retired ones included, with its counters and servers.
     pub fn pools(&self) -> impl Iterator<Item = PoolView<'_>> {
         self.pools.iter().map(|pool| PoolView {
@@ -433,6 +493,7 @@ impl Engine {
             sessions: pool.sessions,
             counters: &pool.counters,
             pool,
+            backends: &self.backends,
         })
     }
 
@@ -529,6 +590,7 @@ impl Engine {
     pub fn handle_peer_closed(&mut self, tag: Tag, now: Micros) {
         self.now = now;
         if tag.is_backend() {
+            self.backend_closed_by_server(tag.index());
             self.backend_failed(tag.index(), now, "closed the connection");
         } else {
             self.session_peer_closed(tag.index());
@@ -622,6 +684,9 @@ impl Engine {
         for (s, health) in p.health.iter_mut().enumerate() {
             let held = s < 64 && held_out & (1 << s) != 0;
             if health.held_out != held {
+                if held && health.is_live() {
+                    health.out_since = self.now;
+                }
                 health.held_out = held;
                 p.live[s] = health.is_live();
                 changed = true;
@@ -647,8 +712,12 @@ impl Engine {
             let at = now + ejection.retry;
             self.next_return = Some(self.next_return.map_or(at, |n| n.min(at)));
             health.failures = 0;
+            if !health.held_out {
+                health.out_since = now;
+            }
             p.live[server] = false;
             p.spec.placement.set_live(&p.live);
+            p.counters.server_ejects += 1;
             self.stats.ejections += 1;
         }
     }

@@ -282,8 +282,13 @@ fn check(config: Config, address: Ipv4Address, source: &str) -> anyhow::Result<L
     Ok(Loaded { config, ports })
 }
 
-/// Copies one pool's figures into its shared record.
-fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_engine::PoolView<'_>) {
+/// Copies one pool's figures into its shared record. `to_unix_us` turns
+/// an engine time into microseconds since the Unix epoch.
+fn publish_pool(
+    slot: &ferrox_block::PoolRecord,
+    pool: &ferrox_engine::PoolView<'_>,
+    to_unix_us: impl Fn(u64) -> u64,
+) {
     const _: () = assert!(ferrox_engine::LATENCY_BUCKETS == ferrox_block::LATENCY_BUCKETS);
     if !slot.name_is(pool.name) {
         slot.set_name(pool.name);
@@ -299,14 +304,40 @@ fn publish_pool(slot: &ferrox_block::PoolRecord, pool: &ferrox_engine::PoolView<
     }
     slot.latency_sum_us
         .store(c.latency_sum_us, Ordering::Relaxed);
+    slot.client_eof.store(c.client_eof, Ordering::Relaxed);
+    slot.client_err.store(c.client_err, Ordering::Relaxed);
+    slot.forward_errors
+        .store(c.forward_errors, Ordering::Relaxed);
+    slot.fragments.store(c.fragments, Ordering::Relaxed);
+    slot.server_ejects.store(c.server_ejects, Ordering::Relaxed);
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
-        record.set_addr(server.addr);
-        record.requests.store(server.requests, Ordering::Relaxed);
-        record.failures.store(server.failures, Ordering::Relaxed);
-        record
-            .ejected
-            .store(server.ejected.into(), Ordering::Relaxed);
+        if record.addr() != server.addr {
+            // Another server took this place (a reconfiguration).
+            record.ejected_at_us.store(0, Ordering::Relaxed);
+            record.set_addr(server.addr);
+        }
+        for (field, value) in [
+            (&record.requests, server.requests),
+            (&record.request_bytes, server.request_bytes),
+            (&record.responses, server.responses),
+            (&record.response_bytes, server.response_bytes),
+            (&record.failures, server.failures),
+            (&record.timeouts, server.timeouts),
+            (&record.eofs, server.eofs),
+            (&record.connections, server.connections),
+            (&record.in_flight, server.in_flight),
+            (&record.ejected, server.ejected.into()),
+        ] {
+            field.store(value, Ordering::Relaxed);
+        }
+        // The time of the latest ejection stays after the server is back,
+        // as twemproxy's `server_ejected_at` does.
+        if let Some(since) = server.ejected_since {
+            record
+                .ejected_at_us
+                .store(to_unix_us(since), Ordering::Relaxed);
+        }
         count += 1;
     }
     slot.server_count.store(count, Ordering::Relaxed);
@@ -460,9 +491,14 @@ impl CoreService for Proxy {
             shared.store(n, Ordering::Relaxed);
         }
         let mut slots = record.pools.iter();
+        let engine_now = self.engine.now();
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let to_unix_us = |at: u64| unix_now.saturating_sub(engine_now.saturating_sub(at));
         for pool in self.engine.pools() {
             let Some(slot) = slots.next() else { break };
-            publish_pool(slot, &pool);
+            publish_pool(slot, &pool, to_unix_us);
         }
         for unused in slots {
             unused.name_len.store(0, Ordering::Relaxed);

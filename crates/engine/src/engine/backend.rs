@@ -79,6 +79,16 @@ pub(super) struct Backend {
 }
 
 impl Backend {
+    /// Connected (or connecting) to its server now.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Ready | State::Connecting) && self.handle.is_some()
+    }
+
+    /// Requests written or queued to it and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// The runtime's connection for it is `handle`.
     pub fn bind(&mut self, handle: Handle) {
         self.handle = Some(handle);
@@ -227,7 +237,11 @@ impl Engine {
             State::Connecting | State::Ready => {}
         }
         let backend = &mut self.backends[b];
+        let before = backend.output.tail().len();
         write(backend.output.tail());
+        let written = backend.output.tail().len() - before;
+        self.pools[pool].health[server].request_bytes += written as u64;
+        let backend = &mut self.backends[b];
         backend.inflight.push_back(InFlight {
             at,
             expect,
@@ -243,7 +257,9 @@ impl Engine {
 
     /// Answers one piece with an error naming backend `b`'s server.
     fn fail_piece(&mut self, b: usize, why: &str, at: SlotRef, suppress: Suppress) {
-        self.pools[self.backends[b].pool].counters.errors += 1;
+        let counters = &mut self.pools[self.backends[b].pool].counters;
+        counters.errors += 1;
+        counters.forward_errors += 1;
         let mut error = std::mem::take(&mut self.scratch.error);
         error.clear();
         if suppress != Suppress::Always {
@@ -368,7 +384,10 @@ impl Engine {
             backend.failures = 0;
             if !backend.retiring {
                 let (pool, server) = (backend.pool, backend.server);
-                self.pools[pool].health[server].failures = 0;
+                let health = &mut self.pools[pool].health[server];
+                health.failures = 0;
+                health.responses += 1;
+                health.response_bytes += len as u64;
             }
             let request = self.backends[b]
                 .inflight
@@ -461,6 +480,23 @@ impl Engine {
         self.server_failed(pool, server, now);
     }
 
+    /// Counts a timeout against backend `b`'s server (not for a
+    /// connection that outlived its server's place in the pool).
+    fn server_timed_out(&mut self, b: usize) {
+        let backend = &self.backends[b];
+        if !backend.retiring {
+            self.pools[backend.pool].health[backend.server].timeouts += 1;
+        }
+    }
+
+    /// Counts the server's FIN on backend `b` (a failure follows).
+    pub(super) fn backend_closed_by_server(&mut self, b: usize) {
+        let backend = &self.backends[b];
+        if !backend.retiring && backend.state == State::Ready {
+            self.pools[backend.pool].health[backend.server].eofs += 1;
+        }
+    }
+
     pub(super) fn backend_timeout(&mut self, b: usize, now: Micros) {
         let backend = &self.backends[b];
         let spec = &self.pools[backend.pool].spec;
@@ -471,10 +507,12 @@ impl Engine {
         match backend.state {
             State::Connecting => {
                 self.stats.timeouts += 1;
+                self.server_timed_out(b);
                 self.backend_failed(b, now, "did not accept a connection in time");
             }
             State::Ready => {
                 self.stats.timeouts += 1;
+                self.server_timed_out(b);
                 self.backend_failed(b, now, "timed out");
             }
             State::Backoff => {

@@ -26,6 +26,8 @@ pub(super) struct Session {
     closing: bool,
     /// The peer sent FIN: close once every slot is written.
     peer_closed: bool,
+    /// Closing after a protocol error (for the statistics).
+    failed: bool,
     /// How far the incomplete memcached request at the front of the
     /// held-back input was read, so a long line is searched once.
     memcache_progress: ferrox_proto::memcache::Progress,
@@ -113,6 +115,7 @@ impl Session {
         self.authed = authed;
         self.closing = false;
         self.peer_closed = false;
+        self.failed = false;
         self.memcache_progress = Default::default();
         self.send_queued = false;
         self.input_waits = false;
@@ -176,6 +179,7 @@ impl Engine {
             None => {
                 self.stats.errors += 1;
                 self.pools[pool].counters.errors += 1;
+                self.pools[pool].counters.forward_errors += 1;
                 let error: &[u8] = match self.pools[pool].spec.protocol {
                     Protocol::Redis => b"-ERR ferrox: no server is available\r\n",
                     Protocol::Memcache => b"SERVER_ERROR ferrox: no server is available\r\n",
@@ -240,6 +244,8 @@ impl Engine {
     ) -> u64 {
         self.stats.split_requests += 1;
         let pieces = groups.chunk_by(|a, b| a.0 == b.0).count() as u16;
+        let pool = self.sessions[index].pool;
+        self.pools[pool].counters.fragments += u64::from(pieces);
         let seq = self.open_slot(index, combine, pieces);
         let session = &mut self.sessions[index];
         let slot = &mut session.slots[(seq - session.head) as usize];
@@ -340,6 +346,13 @@ impl Engine {
         self.local_reply(index, write);
     }
 
+    /// Closes the session after a protocol error, once the error reply
+    /// is written.
+    pub(super) fn close_for_error(&mut self, index: usize) {
+        self.sessions[index].failed = true;
+        self.close_after_last(index);
+    }
+
     /// Marks the newest slot to close the session once written.
     pub(super) fn close_after_last(&mut self, index: usize) {
         let session = &mut self.sessions[index];
@@ -429,6 +442,12 @@ impl Engine {
             return;
         }
         session.live = false;
+        let counters = &mut self.pools[session.pool].counters;
+        if session.peer_closed || (session.closing && !session.failed) {
+            counters.client_eof += 1;
+        } else {
+            counters.client_err += 1;
+        }
         session.generation = session.generation.wrapping_add(1);
         session.head += session.slots.len() as u64;
         for mut slot in session.slots.drain(..) {

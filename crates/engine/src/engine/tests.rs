@@ -440,6 +440,14 @@ fn pools_count_requests_bytes_latency_and_server_traffic() {
     let servers: Vec<ServerView> = pool.servers().collect();
     assert_eq!(servers[1].requests, 1);
     assert_eq!(servers[0].requests, 0);
+    assert_eq!(servers[1].request_bytes, get.len() as u64);
+    assert_eq!(
+        (servers[1].responses, servers[1].response_bytes),
+        (1, b"$-1\r\n".len() as u64)
+    );
+    assert_eq!((servers[1].connections, servers[1].in_flight), (1, 0));
+    assert_eq!((servers[0].connections, servers[0].responses), (0, 0));
+    assert_eq!(servers[1].ejected_since, None);
 }
 
 #[test]
@@ -503,6 +511,9 @@ fn multi_key_commands_split_and_merge_in_key_order() {
     net.send(c, &cmd(&["MGET", "a", "c"]));
     assert_eq!(net.take(c), b"*2\r\n$-1\r\n$-1\r\n");
     assert_eq!(net.engine.stats().split_requests, 4);
+    // Each of the four split into two pieces.
+    let pool = net.engine.pools().next().unwrap();
+    assert_eq!(pool.counters.fragments, 8);
 }
 
 #[test]
@@ -639,6 +650,14 @@ fn a_failing_server_is_ejected_and_returns_after_the_retry_time() {
     assert_eq!(out.matches("refused the connection").count(), 2, "{out}");
     assert_eq!(net.engine.stats().ejections, 1);
     assert!(!net.engine.is_live(0, 1));
+    {
+        let pool = net.engine.pools().next().unwrap();
+        assert_eq!(pool.counters.server_ejects, 1);
+        assert_eq!(pool.counters.forward_errors, 2);
+        let server = pool.servers().nth(1).unwrap();
+        assert_eq!((server.failures, server.connections), (2, 0));
+        assert_eq!(server.ejected_since, Some(1_000 + RETRY_MIN));
+    }
     // Its keys now go to server 0.
     net.send(c, &cmd(&["SET", "a", "2"]));
     assert_eq!(net.take(c), b"+OK\r\n");
@@ -683,6 +702,11 @@ fn a_request_timeout_fails_the_requests_in_flight_on_that_connection() {
         b"-ERR ferrox: server s1 timed out\r\n-ERR ferrox: server s1 timed out\r\n$-1\r\n"
     );
     assert_eq!(net.engine.stats().timeouts, 1);
+    let pool = net.engine.pools().next().unwrap();
+    assert_eq!(pool.counters.forward_errors, 2);
+    let servers: Vec<ServerView> = pool.servers().collect();
+    assert_eq!((servers[1].timeouts, servers[1].responses), (1, 0));
+    assert_eq!((servers[0].timeouts, servers[0].responses), (0, 1));
 }
 
 #[test]
@@ -696,6 +720,15 @@ fn protocol_errors_answer_then_close_and_other_sessions_go_on() {
     );
     net.send(good, &cmd(&["PING"]));
     assert_eq!(net.take(good), b"+PONG\r\n");
+    let pool = net.engine.pools().next().unwrap();
+    assert_eq!((pool.counters.client_err, pool.counters.client_eof), (1, 0));
+    // A reset by the client is an error too; a FIN is a clean end.
+    net.engine.handle_gone(net.client_tag(good), good, net.now);
+    let c = net.client();
+    net.engine.handle_peer_closed(net.client_tag(c), net.now);
+    net.pump();
+    let pool = net.engine.pools().next().unwrap();
+    assert_eq!((pool.counters.client_err, pool.counters.client_eof), (2, 1));
 }
 
 #[test]
@@ -740,6 +773,9 @@ fn quit_flushes_earlier_replies_then_closes() {
         net.take(c),
         b"-ERR ferrox: server s0 timed out\r\n+OK\r\n<closed>"
     );
+    // QUIT is a clean end.
+    let pool = net.engine.pools().next().unwrap();
+    assert_eq!((pool.counters.client_eof, pool.counters.client_err), (1, 0));
 }
 
 #[test]

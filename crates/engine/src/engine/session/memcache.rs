@@ -39,7 +39,7 @@ impl Engine {
                         self.local_error(index, |out, _| error.emit_reply(out));
                     }
                     if error.fatal() {
-                        self.close_after_last(index);
+                        self.close_for_error(index);
                         used = input.len();
                     } else {
                         used += req.len;

@@ -27,7 +27,7 @@ impl Engine {
                             ),
                         )
                     });
-                    self.close_after_last(index);
+                    self.close_for_error(index);
                     used = input.len();
                 }
                 Ok(None) => break,
@@ -39,7 +39,7 @@ impl Engine {
                     self.local_error(index, |out, _| {
                         resp::write_error(out, format_args!("ERR Protocol error: {error}"))
                     });
-                    self.close_after_last(index);
+                    self.close_for_error(index);
                     used = input.len();
                 }
             }
