@@ -157,6 +157,7 @@ cmd_test() {
   cargo fmt --all -- --check
   log "clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  log "bench report (bench/report_test.py)" && python3 bench/report_test.py
   log "tests"
   cargo test --workspace --locked
   run_soak_ci
@@ -349,12 +350,20 @@ cmd_demo_shm() {
   ./target/release/ferrox-shm demo "$@"
 }
 
+# The benchmarks, then the proxy's figures as a report with SVG plots
+# (bench/report.py) in a fresh target/bench-report/, so that no plot of an
+# earlier run stays beside it.
 cmd_bench() {
+  local report=target/bench-report
   setup
   cargo bench --locked -p hugepage-pool -p ferrox-shm -p ferrox-proto -p ferrox-route -p ferrox-engine "$@"
   bench/dataplane.sh
-  bench/proxy.sh
+  rm -rf "$report"
+  mkdir -p "$report"
+  RESULTS=$report/results.tsv bench/proxy.sh
   bench/control.sh
+  python3 bench/report.py -o "$report" "$report/results.tsv" >/dev/null
+  log "benchmark report: $PWD/$report/report.md"
 }
 
 # Every cargo-fuzz target (the protocol crate's parsers, the admin

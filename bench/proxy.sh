@@ -6,9 +6,12 @@
 #                       subset of "plain P16 P16-1KiB"; ROUNDS: rounds of
 #                       every scenario, default 1; MTU: of ferrox's port
 #                       and the veth pair, default 3438, the most af_xdp
-#                       carries; IDLE: idle client connections for the
-#                       memory figure, default 5000, 0 to skip; DP_ARGS: more
-#                       ferrox-dataplane arguments, to try a setting)
+#                       carries; IDLE_STEPS: idle client connection counts
+#                       for the memory figure, default "1000 2000 5000", ""
+#                       or 0 to skip (IDLE=n, the older form: one count);
+#                       DP_ARGS: more ferrox-dataplane arguments, to try a
+#                       setting; RESULTS: a file to write every figure to,
+#                       tab-separated, for bench/report.py)
 #
 # One namespace holds the clients, the backends and twemproxy, on the kernel
 # stack; ferrox runs on DPDK af_xdp behind a veth pair:
@@ -30,14 +33,18 @@
 # a CPU profile of ferrox per scenario goes to path.<scenario>; and the
 # Ethernet frames ferrox sent and received per request (veth0's counters,
 # both directions); and, first, each proxy's memory per idle client
-# connection (IDLE, below). Ratios are against
+# connection at each of IDLE_STEPS (below). Ratios are against
 # twemproxy and direct Redis measured in the same run. Needs root, hugepages.
 set -euo pipefail
+# Before the cd: a relative RESULTS is the caller's.
+RESULTS=${RESULTS:+$(readlink -f "$RESULTS")}
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 NS=fxq$$
 N=${N:-100000}
-IDLE=${IDLE:-5000}
+IDLE_STEPS=${IDLE_STEPS-${IDLE:-1000 2000 5000}}
+# Ascending and without 0: the connections of one count stay open for the next.
+IDLE_STEPS=$(tr -s ' ' '\n' <<<"$IDLE_STEPS" | awk '$1 > 0' | sort -nu | xargs)
 MTU=${MTU:-3438}
 ROUNDS=${ROUNDS:-1}
 SCENARIOS=${SCENARIOS:-plain P16 P16-1KiB}
@@ -105,6 +112,41 @@ for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
     || { echo "no answer from $target" >&2; cat /tmp/ferrox-bench-proxy.log >&2; exit 1; }
 done
 
+# The results file: what each figure needs to be read (the machine, the
+# port, the build), then one line per measurement; "-" where a figure does
+# not apply (the CPU of direct Redis, the frames of twemproxy's path).
+result() {
+  if [ -n "$RESULTS" ]; then (IFS=$'\t'; echo "$*") >>"$RESULTS"; fi
+}
+if [ -n "$RESULTS" ]; then
+  cat >"$RESULTS" <<'EOF'
+# bench/proxy.sh results, tab-separated, by first field:
+# meta	KEY	VALUE
+# request	SCENARIO	TEST	TARGET	ROUND	REQ_PER_S	P50_MS	P99_MS	CPU_S_PER_M_REQ	FRAMES_PER_REQ
+# memory	TARGET	IDLE_CONNECTIONS	KIB_PER_CONNECTION
+# CPU and frames are per scenario, target and round (GET and SET together).
+EOF
+  result meta date "$(date -u +%Y-%m-%dT%H:%MZ)"
+  result meta kernel "$(uname -r)"
+  result meta vcpus "$(nproc)"
+  result meta cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  result meta memory "$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+  result meta dpdk "$(pkg-config --modversion libdpdk 2>/dev/null || echo unknown)"
+  result meta pmd "net_af_xdp (one queue, busy_budget=0) on a veth pair"
+  result meta mtu "$MTU"
+  lcores=$(sed -nE 's/.*--lcores[ =]([^ ]+).*/\1/p' <<<"${DP_ARGS:-}")
+  result meta lcores "${lcores:-0}"
+  result meta ferrox "$(git describe --always --dirty 2>/dev/null || echo unknown) ($DP)"
+  result meta dp_args "${DP_ARGS:--}"
+  result meta twemproxy "$(nutcracker --version 2>&1 | sed -n 's/^This is //p')"
+  result meta redis "$(redis-server --version | sed -nE 's/.* v=([^ ]+).*/\1/p')"
+  result meta requests "$N"
+  result meta clients 50
+  result meta keys 100000
+  result meta rounds "$ROUNDS"
+  result meta clk_tck "$(getconf CLK_TCK)"
+fi
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Frames through ferrox's port, both ways (all of its traffic crosses veth0).
 veth_frames() {
@@ -118,50 +160,61 @@ run() { # host port extra-args -> lines "TEST rps p50 p99"
     -r 100000 -t get,set $3 --csv" | grep -E '^"(GET|SET)"' | tr -d '"' | awk -F, '{print $1, $2, $5, $7}'
 }
 
-# Memory per idle client connection: IDLE connections that each sent one
-# PING (twemproxy answers it itself, as ferrox does) and stay open, against
-# the proxy's memory before. Memory is resident heap (VmRSS) plus hugepages
-# mapped (HugetlbPages: ferrox's socket buffers live there, and its pool
-# starts small, --socket-pool-clients 16, so it grows with the
-# connections). DPDK's fixed mempool reservation is in both readings, so
-# not in the difference. Measured first, on fresh proxies: after the
-# throughput runs their free lists would hide what a connection costs.
+# Memory per idle client connection: connections that each sent one PING
+# (twemproxy answers it itself, as ferrox does) and stay open, against the
+# proxy's memory before the first. Each count of IDLE_STEPS adds
+# connections to those of the count before, all held: closing them between
+# counts would let the next count reuse what the last one grew. Memory is
+# resident heap (VmRSS) plus hugepages mapped (HugetlbPages: ferrox's
+# socket buffers live there, and its pool starts small,
+# --socket-pool-clients 16, so it grows with the connections). DPDK's fixed
+# mempool reservation is in both readings, so not in the difference.
+# Measured first, on fresh proxies: after the throughput runs their free
+# lists would hide what a connection costs.
 memory_kib() { awk '/^(VmRSS|HugetlbPages):/ { n += $2 } END { print n }' "/proc/$1/status"; }
 HOLDER=$(mktemp /tmp/ferrox-bench-hold-XXXXXX.py)
 cat >"$HOLDER" <<'PY'
 import socket, sys
-host, n = sys.argv[1], int(sys.argv[2])
-socks = [socket.create_connection((host, 22121), timeout=30) for _ in range(n)]
-for s in socks:
-    s.sendall(b"*1\r\n$4\r\nPING\r\n")
-for s in socks:
-    assert s.recv(64).startswith(b"+PONG")
-print("ready", flush=True)
-sys.stdin.readline()
+host, socks = sys.argv[1], []
+for n in map(int, sys.argv[2:]):
+    new = [socket.create_connection((host, 22121), timeout=30) for _ in range(n - len(socks))]
+    for s in new:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+    for s in new:
+        assert s.recv(64).startswith(b"+PONG")
+    socks += new
+    print("ready", n, flush=True)
+    if not sys.stdin.readline():
+        break
 PY
 declare -A per_conn
 idle_memory() {
-  local target host pid before after ready
+  local target host pid before after ready held n most=${IDLE_STEPS##* }
   for target in twemproxy ferrox; do
     case "$target" in
       twemproxy) host=198.18.0.1 pid=$NC_PID ;;
       ferrox) host=198.18.0.2 pid=$DP_PID ;;
     esac
     before=$(memory_kib "$pid")
-    # The holder prints "ready" once every connection has its reply, then
-    # holds them until its stdin closes.
-    coproc HOLD { in_ns bash -c "ulimit -n $((IDLE + 64)); exec timeout 120 /usr/bin/python3 $HOLDER $host $IDLE"; }
-    read -r ready <&"${HOLD[0]}" || true
-    [ "$ready" = ready ] || { echo "could not hold $IDLE connections to $target" >&2; exit 1; }
-    sleep 1
-    after=$(memory_kib "$pid")
+    # The holder prints "ready N" once N connections have their reply, opens
+    # the next count's on a line from its stdin, and holds the last count's
+    # until its stdin closes.
+    coproc HOLD { in_ns bash -c "ulimit -n $((most + 64)); exec timeout 300 /usr/bin/python3 $HOLDER $host $IDLE_STEPS"; }
+    for n in $IDLE_STEPS; do
+      read -r ready held <&"${HOLD[0]}" || true
+      [ "$ready $held" = "ready $n" ] || { echo "could not hold $n connections to $target" >&2; exit 1; }
+      sleep 1
+      after=$(memory_kib "$pid")
+      per_conn[$target/$n]=$(awk -v a="$before" -v b="$after" -v n="$n" 'BEGIN { printf "%.1f", (b - a) / n }')
+      result memory "$target" "$n" "${per_conn[$target/$n]}"
+      [ "$n" = "$most" ] || echo >&"${HOLD[1]}"
+    done
     exec {HOLD[1]}>&-
     wait "$HOLD_PID" 2>/dev/null || true
-    per_conn[$target]=$(awk -v a="$before" -v b="$after" -v n="$IDLE" 'BEGIN { printf "%.1f", (b - a) / n }')
     sleep 2
   done
 }
-if [ "$IDLE" -gt 0 ]; then idle_memory; fi
+if [ -n "$IDLE_STEPS" ]; then idle_memory; fi
 
 hz=$(getconf CLK_TCK)
 declare -A rps p50 p99 cpu frames
@@ -188,23 +241,32 @@ for scenario in $SCENARIOS; do
       perf record -q -e cpu-clock -F 1999 -g -p "$DP_PID" -o "$PERF_DATA.$scenario" &
       perf_pid=$!
     fi
+    lines=()
     while read -r test r l50 l99; do
       key="$scenario/$test/$target"
       rps[$key]+="$r " p50[$key]+="$l50 " p99[$key]+="$l99 "
+      lines+=("$test $r $l50 $l99")
     done < <(run "$host" "$port" "$args")
     [ -n "$perf_pid" ] && kill -INT "$perf_pid" && wait "$perf_pid" || true
+    this_cpu=- this_frames=-
     if [ -n "$pid" ]; then
       t1=$(cpu_ticks "$pid")
       # CPU-seconds per million requests (GET and SET together: 2N requests).
-      cpu[$scenario/$target]+="$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$N" \
-        'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }') "
+      this_cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$N" \
+        'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }')
+      cpu[$scenario/$target]+="$this_cpu "
       if [ "$target" = ferrox ]; then
-        frames[$scenario]+="$(awk -v a="$f0" -v b="$(veth_frames)" -v n="$N" \
-          'BEGIN { printf "%.2f", (b - a) / (2 * n) }') "
+        this_frames=$(awk -v a="$f0" -v b="$(veth_frames)" -v n="$N" \
+          'BEGIN { printf "%.2f", (b - a) / (2 * n) }')
+        frames[$scenario]+="$this_frames "
       fi
     else
       cpu[$scenario/$target]="n/a"
     fi
+    for line in "${lines[@]}"; do
+      read -r test r l50 l99 <<<"$line"
+      result request "$scenario" "$test" "$target" "$round" "$r" "$l50" "$l99" "$this_cpu" "$this_frames"
+    done
   done
 done
 done
@@ -232,7 +294,10 @@ for scenario in $SCENARIOS; do
       "$(median "${frames[$scenario]}")"
   done
 done
-if [ "$IDLE" -gt 0 ]; then
-  printf '\n| %s idle client connections | twemproxy | ferrox |\n|---|---|---|\n' "$IDLE"
-  printf '| KiB per connection | %s | %s |\n' "${per_conn[twemproxy]}" "${per_conn[ferrox]}"
+if [ -n "$IDLE_STEPS" ]; then
+  printf '\n| idle client connections | twemproxy KiB per connection | ferrox KiB per connection |\n|---|---|---|\n'
+  for n in $IDLE_STEPS; do
+    printf '| %s | %s | %s |\n' "$n" "${per_conn[twemproxy/$n]}" "${per_conn[ferrox/$n]}"
+  done
 fi
+if [ -n "$RESULTS" ]; then echo "results: $RESULTS"; fi
