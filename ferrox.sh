@@ -165,6 +165,8 @@ cmd_test() {
   check_package
   log "vm-testbed: ferrox on a virtio-net PCI NIC in a QEMU guest"
   bash vm-testbed/run.sh
+  log "package: apt-get install in a Debian guest booted with systemd; start, scrape, reload, check, stop"
+  bash vm-testbed/package.sh "$PACKAGE_DEB"
   log "loom: ring and doorbell orderings"
   RUSTFLAGS="--cfg loom" cargo test -q --locked -p hugepage-pool --lib --release --target-dir target/loom -- loom
   run_miri
@@ -529,6 +531,8 @@ check_package() {
   CLEANUP+=("rm -rf $dir")
   deb=$dir/ferrox.deb
   build_package "$deb"
+  # For the guest that installs it (vm-testbed/package.sh), later in `test`.
+  PACKAGE_DEB=$deb
   dpkg-deb --field "$deb" Depends | grep -q 'librte-eal' || die "package: no DPDK dependency"
   dpkg-deb --field "$deb" Depends | grep -q 'librte-net-af-xdp' || die "package: no af_xdp driver dependency"
   dpkg-deb -x "$deb" "$dir/root"

@@ -326,9 +326,14 @@ impl Appliance {
         });
     }
 
-    /// What ferrox-control and its dataplanes logged so far.
+    /// What ferrox-control and its dataplanes logged so far: on stderr,
+    /// and in the log file of a test that asked for one (`--log-file
+    /// DIR/ferrox.log`, rotated to `ferrox.log.1`).
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("control.log")).unwrap_or_default()
+        ["control.log", "ferrox.log.1", "ferrox.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
     }
 
     fn control(&mut self) -> &mut Process {
@@ -1079,7 +1084,19 @@ fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaime
 
 #[test]
 fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
-    let mut appliance = Appliance::start(AF_PACKET, "h", &[7001], &[7001, 7002], &[], &[]);
+    // Logging to a file, as a log-rotated installation does.
+    let log_file = std::env::temp_dir()
+        .join(format!("fxc-{}h", std::process::id()))
+        .join("ferrox.log");
+    let log_arg = log_file.to_str().unwrap();
+    let mut appliance = Appliance::start(
+        AF_PACKET,
+        "h",
+        &[7001],
+        &[7001, 7002],
+        &["--log-file", log_arg],
+        &[],
+    );
     let socket = appliance.socket.clone();
     let v0 = appliance.status()["config_version"].as_u64().unwrap();
 
@@ -1173,6 +1190,31 @@ fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
         },
     );
     ctl_ok(&socket, &["log-level", "info"]);
+
+    // logrotate: the file moved away, then SIGUSR1 to ferrox-control (as
+    // `kill -USR1 $MAINPID` sends it); it and the dataplane it passes the
+    // signal on to write to a new file at the path, and nothing stops.
+    assert!(std::fs::metadata(&log_file).unwrap().len() > 0);
+    assert!(
+        !appliance.log().contains('\x1b'),
+        "colour codes in a log file"
+    );
+    std::fs::rename(&log_file, appliance.dir.join("ferrox.log.1")).unwrap();
+    appliance.control().signal(Signal::USR1);
+    wait_for(
+        "both processes writing to the new file",
+        Duration::from_secs(10),
+        || {
+            let new = std::fs::read_to_string(&log_file).unwrap_or_default();
+            ["ferrox_control", "ferrox_dataplane"].iter().all(|p| {
+                new.lines()
+                    .any(|l| l.contains(p) && l.contains("SIGUSR1: log file opened again"))
+            })
+        },
+    );
+    assert!(appliance.control().0.try_wait().unwrap().is_none());
+    assert_eq!(cli(&appliance.ns, FERROX_IP, 6379, "PING"), "PONG");
+    assert_eq!(appliance.status()["dataplane"]["restarts"], 0);
     drop(appliance);
 }
 

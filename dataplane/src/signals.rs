@@ -49,3 +49,27 @@ pub fn reload_on_sighup() -> &'static AtomicBool {
     static RELOAD: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     flag_for(&RELOAD, &[signal_hook::consts::SIGHUP])
 }
+
+/// SIGUSR1 opens the log file again (after logrotate moved it), on a
+/// thread of its own; caught in any case, as its default action would end
+/// the process.
+pub fn reopen_log_on_sigusr1() {
+    static WATCH: OnceLock<()> = OnceLock::new();
+    WATCH.get_or_init(|| {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+            .expect("a handler for SIGUSR1");
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                match ferrox_log::reopen() {
+                    Ok(Some(path)) => {
+                        tracing::info!(path = %path.display(), "SIGUSR1: log file opened again")
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(
+                        "SIGUSR1: the log file could not be opened again ({e}); the log goes on to the old one"
+                    ),
+                }
+            }
+        });
+    });
+}

@@ -109,6 +109,11 @@ struct Args {
     /// while ferrox runs.
     #[arg(long)]
     log_level: Option<String>,
+    /// Append the log to this file (this process's, the dataplanes' and the
+    /// port holder's) instead of writing to stderr; SIGUSR1 opens it again
+    /// (logrotate's postrotate: `kill -USR1 $MAINPID`).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
     /// Further dataplane arguments, after `--`.
     #[arg(last = true)]
     dataplane_args: Vec<String>,
@@ -160,11 +165,16 @@ fn main() {
         return;
     }
     let args = Args::parse();
-    ferrox_log::init(ferrox_log::Options {
+    if let Err(e) = ferrox_log::init(ferrox_log::Options {
         json: args.json,
         targets: true,
         level: args.log_level.clone(),
-    });
+        file: args.log_file.clone(),
+    }) {
+        let path = args.log_file.unwrap_or_default();
+        eprintln!("ferrox-control: --log-file {}: {e}", path.display());
+        std::process::exit(1);
+    }
     if let Err(e) = run(args) {
         eprintln!("ferrox-control: {e:#}");
         std::process::exit(1);
@@ -285,6 +295,7 @@ fn run(args: Args) -> Result<()> {
         signal_hook::consts::SIGHUP,
         control.reload_requested.clone(),
     )?;
+    reopen_logs_on_sigusr1(control.clone())?;
 
     let mut threads = daemon::spawn_background(&control);
     threads.push(daemon::serve_admin(control.clone(), &args.admin_socket)?);
@@ -326,6 +337,9 @@ fn run(args: Args) -> Result<()> {
         dataplane_args.extend(["--pci".into(), pci.into()]);
     }
     dataplane_args.extend(["--handover-file".into(), handover_file.clone().into()]);
+    if let Some(path) = &args.log_file {
+        dataplane_args.extend(["--log-file".into(), path.into()]);
+    }
     dataplane_args.extend(args.dataplane_args.iter().map(Into::into));
     // The port holder runs the first binary with the dataplane's own
     // arguments (port, lcores, MTU, mbufs), so that what it starts is
@@ -1086,4 +1100,35 @@ fn upgrade_steps(
             ))
         }
     }
+}
+
+/// SIGUSR1 (logrotate's postrotate) opens the log file again, here and,
+/// passed on, in the dataplane and the port holder, which write to the
+/// same file. Caught in any case: its default action ends the process.
+fn reopen_logs_on_sigusr1(control: Arc<Control>) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])?;
+    std::thread::Builder::new()
+        .name("sigusr1".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match ferrox_log::reopen() {
+                    Ok(Some(path)) => {
+                        tracing::info!(path = %path.display(), "SIGUSR1: log file opened again")
+                    }
+                    Ok(None) => tracing::info!("SIGUSR1: logging to stderr; no file to open again"),
+                    Err(e) => tracing::error!(
+                        "SIGUSR1: the log file could not be opened again ({e}); the log goes on to the old one"
+                    ),
+                }
+                let state = control.dataplane.lock().expect("not poisoned");
+                for pid in [state.pid, state.port_holder_pid].into_iter().flatten() {
+                    // Our own children, not yet reaped while their pid is
+                    // kept: the pid cannot have been reused.
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::USR1);
+                    }
+                }
+            }
+        })?;
+    Ok(())
 }

@@ -98,6 +98,10 @@ struct Args {
     /// log-level`) replaces it.
     #[arg(long)]
     log_level: Option<String>,
+    /// Append the log to this file instead of writing to stderr; SIGUSR1
+    /// opens it again (after logrotate moved it).
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
     /// Print the port's extended statistics (name=value, non-zero ones) on
     /// stdout when stopping.
     #[arg(long)]
@@ -222,11 +226,17 @@ fn main() {
         return;
     }
     let args = Args::parse();
-    ferrox_log::init(ferrox_log::Options {
+    if let Err(e) = ferrox_log::init(ferrox_log::Options {
         json: args.json,
         targets: true,
         level: args.log_level.clone(),
-    });
+        file: args.log_file.clone(),
+    }) {
+        let path = args.log_file.unwrap_or_default();
+        eprintln!("ferrox-dataplane: --log-file {}: {e}", path.display());
+        std::process::exit(1);
+    }
+    ferrox_dataplane::signals::reopen_log_on_sigusr1();
     match die_with_control_process().and_then(|()| run(args)) {
         Ok(Served::Stopped) => {}
         Ok(Served::HandedOver(_)) => {

@@ -86,7 +86,8 @@ const TAG_CHUNK: u32 = 1;
 const TAG_INLINE: u32 = 2;
 
 fn main() -> ExitCode {
-    ferrox_log::init(ferrox_log::Options::default());
+    // Logging to stderr: nothing to open, so nothing can fail.
+    let _ = ferrox_log::init(ferrox_log::Options::default());
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
