@@ -83,6 +83,8 @@ pub struct LoopStats {
     /// Frames dropped for a wrong checksum (found by the NIC, or by the
     /// runtime where the NIC did not check).
     pub bad_checksum: u64,
+    /// Idle waits that failed and were slept instead.
+    pub failed_waits: u64,
 }
 
 /// What a core's loop asks of the service it runs, beyond its
@@ -128,6 +130,7 @@ fn write_record(record: &CoreRecord, stack: &StackStats, loops: &LoopStats, tx_d
         // Called on the core's own thread.
         (Counter::Allocations, alloc_count::thread_allocations()),
         (Counter::TxDropped, tx_dropped),
+        (Counter::FailedWaits, loops.failed_waits),
     ]);
 }
 
@@ -701,7 +704,17 @@ impl<A: CoreService> Core<'_, A> {
             }
             None => until_deadline.min(sleep),
         };
-        crate::ffi::wait_readable(&fds[..n], timeout);
+        if let Err(e) = crate::ffi::wait_readable(&fds[..n], timeout) {
+            // Sleeping instead keeps the loop from spinning on a wait that
+            // returns at once; the poll loop still runs every `timeout`.
+            if self.stats.failed_waits == 0 {
+                tracing::error!(core = self.id, "idle wait failed ({e}); sleeping instead");
+            }
+            self.stats.failed_waits += 1;
+            // This is the adaptive poller's own sleep.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(timeout);
+        }
         if rx_fd.is_some() {
             self.queue.rx_wake_disarm();
         }

@@ -497,6 +497,17 @@ struct Dataplane {
     pidfd: Option<OwnedFd>,
 }
 
+impl Drop for Dataplane {
+    /// A dataplane that was killed (a stuck core, a stop past its grace)
+    /// leaves its DPDK runtime directory behind, empty (`--in-memory`):
+    /// removed once it is reaped, as it is named after its pid.
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            let _ = std::fs::remove_dir(format!("/var/run/dpdk/ferrox-{}", self.child.id()));
+        }
+    }
+}
+
 impl Dataplane {
     fn new(child: Child) -> Dataplane {
         let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())

@@ -146,6 +146,8 @@ counters! {
     Allocations "allocations",
     /// Frames the NIC queue refused to send (TCP retransmits).
     TxDropped "tx_dropped",
+    /// Idle waits that failed (and were slept instead).
+    FailedWaits "failed_waits",
 }
 
 /// The control block in a region.

@@ -221,6 +221,8 @@ impl Drop for Dataplane {
             std::thread::sleep(Duration::from_millis(300));
             let _ = child.kill();
             let _ = child.wait();
+            // A killed dataplane leaves its (empty) DPDK runtime directory.
+            let _ = std::fs::remove_dir(format!("/var/run/dpdk/ferrox-{}", child.id()));
         }
     }
 }

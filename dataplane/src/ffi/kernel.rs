@@ -4,8 +4,13 @@
 use std::ffi::CStr;
 
 /// Waits until one of `fds` is readable or `timeout` passes (nanosecond
-/// resolution, unlike poll's milliseconds). Interrupted waits just return.
-pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
+/// resolution, unlike poll's milliseconds). An interrupted wait just
+/// returns; any other failure (a descriptor closed under it) is returned,
+/// as the wait did not happen.
+pub fn wait_readable(
+    fds: &[std::os::fd::RawFd],
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
     let mut pollfds = [libc::pollfd {
         fd: -1,
         events: libc::POLLIN,
@@ -21,7 +26,7 @@ pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
     };
     // SAFETY: `pollfds` holds `n` initialised entries; `ts` is a valid
     // timespec; a null sigmask keeps the current one.
-    unsafe {
+    let ready = unsafe {
         libc::ppoll(
             pollfds.as_mut_ptr(),
             n as libc::nfds_t,
@@ -29,6 +34,23 @@ pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
             std::ptr::null(),
         )
     };
+    if ready < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    // POLLNVAL: a descriptor that is not open; ppoll reports it ready.
+    if let Some(bad) = pollfds[..n]
+        .iter()
+        .find(|p| p.revents & libc::POLLNVAL != 0)
+    {
+        return Err(std::io::Error::other(format!(
+            "descriptor {} is not open",
+            bad.fd
+        )));
+    }
+    Ok(())
 }
 
 /// The name of kernel interface `index` in this network namespace.
@@ -187,4 +209,27 @@ pub(crate) fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: a valid NUL-terminated name for the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn waits_for_readable_or_the_timeout_and_reports_a_closed_descriptor() {
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let started = Instant::now();
+        wait_readable(&[reader.as_raw_fd()], Duration::from_millis(30)).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(25));
+        rustix::io::write(&writer, b"x").unwrap();
+        let started = Instant::now();
+        wait_readable(&[reader.as_raw_fd()], Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A descriptor that is not open (far above any this process has,
+        // so no other test's can take its number): the wait did not happen.
+        let error = wait_readable(&[1 << 30], Duration::from_secs(10)).unwrap_err();
+        assert!(error.to_string().contains("not open"), "{error}");
+    }
 }
