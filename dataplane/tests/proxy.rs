@@ -227,6 +227,44 @@ fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
     // Every key is on exactly the server the router names.
     let (table, ports) = redis_table();
     assert_eq!(assert_keys_placed(&ns, &table, &ports, "*"), 40 + 4);
+
+    // Over every server: DBSIZE summed, KEYS concatenated, and SCAN
+    // (redis-cli --scan follows the proxy's cursor from server to server)
+    // lists every key exactly once; INFO and COMMAND answered by ferrox.
+    assert_eq!(ferrox("DBSIZE"), "44");
+    assert_eq!(ferrox("KEYS 'multi:*'").lines().count(), 40);
+    let scanned = ferrox("--scan");
+    let mut scanned: Vec<&str> = scanned.lines().collect();
+    scanned.sort();
+    let listed = scanned.len();
+    scanned.dedup();
+    assert_eq!((listed, scanned.len()), (44, 44), "{scanned:?}");
+    assert!(scanned.contains(&"{user:7}:first"), "{scanned:?}");
+    // redis-py's scan_iter, a few keys a call, with a pattern.
+    let matching = python(
+        &ns,
+        &format!(
+            "import redis\nr = redis.Redis(host='{FERROX_IP}', port=6379)\n\
+             print(len(list(r.scan_iter(match='multi:1*', count=3))))"
+        ),
+    );
+    assert_eq!(matching.trim(), "11", "{matching}");
+    let info = ferrox("INFO");
+    assert!(
+        info.contains("redis_mode:proxy") && info.contains("connected_clients:"),
+        "{info}"
+    );
+    assert!(ferrox("COMMAND COUNT").parse::<u64>().unwrap() > 150);
+    // redis-cli --stat reads INFO every second: keys (none: INFO keyspace
+    // is not kept), clients, requests.
+    let watched = ns.shell(&format!(
+        "timeout 3 stdbuf -oL redis-cli -h {FERROX_IP} -p 6379 --stat -i 1 2>&1 || true"
+    ));
+    let rows: Vec<&str> = watched.lines().skip(2).collect();
+    assert!(
+        watched.contains("clients") && rows.len() >= 2 && !watched.contains("ERR"),
+        "{watched}"
+    );
     let spread = ports
         .iter()
         .filter(|p| !keys_on(&ns, **p, "multi:*").is_empty())
@@ -257,9 +295,11 @@ p.execute()
 assert r.mget([f"py:{{i}}" for i in range(200)]) == [str(i).encode() for i in range(200)]
 assert r.delete(*[f"py:{{i}}" for i in range(100)]) == 100
 assert r.exists(*[f"py:{{i}}" for i in range(200)]) == 100
+assert len(r.keys("py:*")) == 100
+assert r.dbsize() >= 100
 try:
-    r.execute_command("KEYS", "*")
-    raise SystemExit("KEYS should be refused")
+    r.execute_command("MULTI")
+    raise SystemExit("MULTI should be refused")
 except redis.ResponseError as e:
     assert "ferrox" in str(e)
 print("redis-py ok")

@@ -22,6 +22,11 @@ pub enum Route {
     Together(Keys),
     /// Split per server and merged back in key order.
     Split(Merge),
+    /// Sent whole to every server of the pool that takes keys, the
+    /// replies merged (`DBSIZE`, `FLUSHDB`, `KEYS`).
+    All(Merge),
+    /// `SCAN`: one server after another, the cursor carrying which.
+    Scan,
     /// Known, but not safe to proxy; the reason is part of the reply.
     Refuse(&'static str),
 }
@@ -49,6 +54,8 @@ pub enum Merge {
     Sum,
     /// `MSET`: `+OK` when every piece says so (key-value pairs).
     Ok,
+    /// `KEYS`: the pieces' arrays one after another.
+    Concat,
 }
 
 /// Commands the proxy answers.
@@ -60,6 +67,7 @@ pub enum Local {
     Config,
     Echo,
     Hello,
+    Info,
     Ping,
     Quit,
     Select,
@@ -89,7 +97,7 @@ macro_rules! commands {
 /// Sorted by name (a test checks), upper case; a line or more per initial.
 static TABLE: &[(&[u8], Route)] = {
     use self::Local as L;
-    use Route::{Refuse, Split, Together};
+    use Route::{All, Refuse, Split, Together};
     // `numkeys` is argument 1 or 2 and the keys follow it; with a
     // destination, argument 1 is a key too.
     const NUMKEYS_1: Route = Together(Keys::Counted { at: 1, dest: false });
@@ -104,20 +112,20 @@ static TABLE: &[(&[u8], Route)] = {
         BZPOPMIN: Refuse(BLOCKING),
         CLIENT: Route::Local(L::Client), CLUSTER: Refuse(ADMIN), COMMAND: Route::Local(L::Command),
         CONFIG: Route::Local(L::Config), COPY: Together(Keys::Two),
-        DBSIZE: Refuse(CROSS_SHARD), DEBUG: Refuse(ADMIN), DECR, DECRBY, DEL: Split(Merge::Sum),
+        DBSIZE: All(Merge::Sum), DEBUG: Refuse(ADMIN), DECR, DECRBY, DEL: Split(Merge::Sum),
         DISCARD: Refuse(TRANSACTION), DUMP,
         ECHO: Route::Local(L::Echo), EVAL: NUMKEYS_2, EVALSHA: NUMKEYS_2, EVALSHA_RO: NUMKEYS_2,
         EVAL_RO: NUMKEYS_2, EXEC: Refuse(TRANSACTION), EXISTS: Split(Merge::Sum), EXPIRE, EXPIREAT,
         EXPIRETIME,
         FAILOVER: Refuse(ADMIN), FCALL: NUMKEYS_2, FCALL_RO: NUMKEYS_2,
-        FLUSHALL: Refuse(CROSS_SHARD), FLUSHDB: Refuse(CROSS_SHARD), FUNCTION: Refuse(ADMIN),
+        FLUSHALL: All(Merge::Ok), FLUSHDB: All(Merge::Ok), FUNCTION: Refuse(ADMIN),
         GEOADD, GEODIST, GEOHASH, GEOPOS, GEORADIUS, GEORADIUSBYMEMBER, GEORADIUSBYMEMBER_RO,
         GEORADIUS_RO, GEOSEARCH, GEOSEARCHSTORE: Together(Keys::Two), GET, GETBIT, GETDEL, GETEX,
         GETRANGE, GETSET,
         HDEL, HELLO: Route::Local(L::Hello), HEXISTS, HGET, HGETALL, HINCRBY, HINCRBYFLOAT, HKEYS,
         HLEN, HMGET, HMSET, HRANDFIELD, HSCAN, HSET, HSETNX, HSTRLEN, HVALS,
-        INCR, INCRBY, INCRBYFLOAT, INFO: Refuse(ADMIN),
-        KEYS: Refuse(CROSS_SHARD),
+        INCR, INCRBY, INCRBYFLOAT, INFO: Route::Local(L::Info),
+        KEYS: All(Merge::Concat),
         LASTSAVE: Refuse(ADMIN), LINDEX, LINSERT, LLEN, LMOVE: Together(Keys::Two),
         LMPOP: NUMKEYS_1, LPOP, LPOS, LPUSH, LPUSHX, LRANGE, LREM, LSET, LTRIM,
         MGET: Split(Merge::Array), MIGRATE: Refuse(ADMIN), MONITOR: Refuse(ADMIN),
@@ -131,7 +139,7 @@ static TABLE: &[(&[u8], Route)] = {
         QUIT: Route::Local(L::Quit),
         RANDOMKEY: Refuse(CROSS_SHARD), RENAME: Together(Keys::Two), RENAMENX: Together(Keys::Two),
         REPLICAOF: Refuse(ADMIN), RESTORE, RPOP, RPOPLPUSH: Together(Keys::Two), RPUSH, RPUSHX,
-        SADD, SAVE: Refuse(ADMIN), SCAN: Refuse(CROSS_SHARD), SCARD, SCRIPT: Refuse(SCRIPT),
+        SADD, SAVE: Refuse(ADMIN), SCAN: Route::Scan, SCARD, SCRIPT: Refuse(SCRIPT),
         SDIFF: Together(Keys::All), SDIFFSTORE: Together(Keys::All),
         SELECT: Route::Local(L::Select), SET, SETBIT, SETEX, SETNX, SETRANGE,
         SHUTDOWN: Refuse(ADMIN), SINTER: Together(Keys::All), SINTERCARD: NUMKEYS_1,
@@ -318,6 +326,47 @@ pub fn key_positions(
         _ => return Err("wrong number of arguments"),
     };
     Ok(keys)
+}
+
+/// What `COMMAND INFO` says of a command: its arity (negative: at least
+/// that many arguments, the name included), its flags, and its first and
+/// last key and the step between keys (0, 0, 0 when it has none, or
+/// when they move: the flag `movablekeys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandInfo {
+    pub name: &'static str,
+    pub arity: i64,
+    pub flags: &'static [&'static str],
+    pub keys: (i64, i64, i64),
+}
+
+/// Every command the proxy serves (answered itself or routed), in name
+/// order: what `COMMAND`, `COMMAND COUNT` and `COMMAND LIST` show.
+pub fn served() -> impl Iterator<Item = CommandInfo> {
+    TABLE.iter().filter_map(|&(name, route)| {
+        let name = std::str::from_utf8(name).expect("ASCII names");
+        let (arity, flags, keys): (i64, &'static [&'static str], _) = match route {
+            Route::Refuse(_) => return None,
+            Route::Local(_) => (-1, &["fast"], (0, 0, 0)),
+            Route::Single => (-2, &[], (1, 1, 1)),
+            Route::Split(Merge::Ok) => (-3, &[], (1, -1, 2)),
+            Route::Split(_) => (-2, &[], (1, -1, 1)),
+            Route::All(_) => (-1, &[], (0, 0, 0)),
+            Route::Scan => (-2, &["readonly"], (0, 0, 0)),
+            Route::Together(Keys::All) => (-2, &[], (1, -1, 1)),
+            Route::Together(Keys::Two) => (-3, &[], (1, 2, 1)),
+            Route::Together(Keys::AfterFirst) => (-4, &[], (2, -1, 1)),
+            Route::Together(Keys::Counted { at, .. }) => {
+                (-(at as i64 + 2), &["movablekeys"], (0, 0, 0))
+            }
+        };
+        Some(CommandInfo {
+            name,
+            arity,
+            flags,
+            keys,
+        })
+    })
 }
 
 /// Whether argument 1 is a key besides the counted ones.

@@ -28,6 +28,7 @@ use ferrox_proto::{memcache, resp};
 
 mod backend;
 pub mod handover;
+pub mod info;
 mod output;
 mod pipeline;
 pub mod reconfigure;
@@ -339,6 +340,8 @@ pub struct Engine {
     now: Micros,
     /// A handover is coming: no new requests are taken.
     draining: bool,
+    /// The whole dataplane's figures for `INFO`, once the runtime gave them.
+    totals: Option<info::Totals>,
 }
 
 #[derive(Debug)]
@@ -420,6 +423,7 @@ impl Engine {
             },
             now: 0,
             draining: false,
+            totals: None,
         };
         for spec in pools {
             engine.add_pool(spec);

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod testing;
 
 pub use engine::handover::Carried;
+pub use engine::info::Totals;
 pub use engine::reconfigure::Changes;
 pub use engine::{
     latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Output, Placement,

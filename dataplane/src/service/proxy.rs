@@ -26,7 +26,14 @@ pub struct Proxy {
     /// The engine's index of each pool of the running configuration.
     pool_index: Vec<usize>,
     reload: Option<CoreReload>,
+    /// When the proxy started, and when `INFO`'s dataplane-wide figures
+    /// were last taken (with the requests counted then, for the rate).
+    started: std::time::Instant,
+    totals_taken: Option<(std::time::Instant, u64)>,
 }
+
+/// How often a core takes the dataplane-wide figures `INFO` shows.
+const TOTALS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a core finds new configurations, and (under a control process)
 /// where it reports.
@@ -143,7 +150,47 @@ impl Proxy {
             engine: Engine::new(pools, seed),
             ports,
             reload: None,
+            started: std::time::Instant::now(),
+            totals_taken: None,
         }
+    }
+
+    /// Gives the engine every core's figures for `INFO`, once a
+    /// [`TOTALS_EVERY`], under a control process (whose block holds every
+    /// core's record); alone, `INFO` shows this core's own.
+    fn take_totals(&mut self) {
+        let Some(block) = self.reload.as_ref().and_then(|r| r.block.as_ref()) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if self
+            .totals_taken
+            .is_some_and(|(at, _)| now.duration_since(at) < TOTALS_EVERY)
+        {
+            return;
+        }
+        let snapshot = block.snapshot();
+        let pools = snapshot.pools();
+        let requests = snapshot.total(Counter::Requests);
+        let ops_per_sec = self.totals_taken.map_or(0, |(at, before)| {
+            (requests.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()) as u64
+        });
+        self.totals_taken = Some((now, requests));
+        self.engine.set_totals(ferrox_engine::Totals {
+            cores: snapshot.cores.len() as u64,
+            uptime_s: self.started.elapsed().as_secs(),
+            connected_clients: pools.iter().map(|p| p.sessions).sum(),
+            total_connections: snapshot.total(Counter::Accepted),
+            total_commands: requests,
+            ops_per_sec,
+            error_replies: snapshot.total(Counter::Errors),
+            net_input_bytes: pools.iter().map(|p| p.bytes_in).sum(),
+            net_output_bytes: pools.iter().map(|p| p.bytes_out).sum(),
+            used_memory: resident_bytes(),
+            rejected_connections: snapshot.total(Counter::Refused)
+                + snapshot.total(Counter::LimitDrops)
+                + snapshot.total(Counter::BacklogDrops),
+        });
     }
 
     /// Takes new configurations from `board`, as core `core` of `cores`,
@@ -280,6 +327,18 @@ fn check(config: Config, address: Ipv4Address, source: &str) -> anyhow::Result<L
         .map(|(i, pool)| (pool.listen.port(), i))
         .collect();
     Ok(Loaded { config, ports })
+}
+
+/// The process's resident memory (`/proc/self/statm`), 0 when unknown:
+/// what `INFO` calls `used_memory` for the proxy.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
 }
 
 /// Copies one pool's figures into its shared record. `to_unix_us` turns
@@ -474,6 +533,7 @@ impl CoreService for Proxy {
     }
 
     fn publish(&mut self, record: &CoreRecord) {
+        self.take_totals();
         let engine = self.engine.stats();
         record.set_all([
             (Counter::Requests, engine.requests),

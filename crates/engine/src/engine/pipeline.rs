@@ -62,7 +62,14 @@ pub(super) enum Combine {
     Redis(Merge),
     /// A memcached multi-get split per server.
     MemcacheGet,
+    /// A `SCAN` of server `shard` (in configuration order): the cursor of
+    /// its reply is rewritten to carry the shard, and a finished shard
+    /// hands on to `next` (none: the scan is over).
+    Scan { shard: u16, next: Option<u16> },
 }
+
+/// Shards a proxy `SCAN` cursor can name: the low byte of the cursor.
+pub(super) const SCAN_SHARDS: usize = 256;
 
 /// One request's slot. Slots and their buffers are recycled.
 #[derive(Debug, Default)]
@@ -143,9 +150,20 @@ impl Slot {
                     Merge::Array => self.merge_arrays(out, limits, cursors),
                     Merge::Sum => merge_sum((0..self.pieces.len()).map(piece), out),
                     Merge::Ok => merge_ok((0..self.pieces.len()).map(piece), out),
+                    Merge::Concat => merge_concat((0..self.pieces.len()).map(piece), out),
                 };
                 if merged.is_err() {
                     out.extend_from_slice(b"-ERR ferrox: a server sent an unexpected reply\r\n");
+                }
+            }
+            Combine::Scan { shard, next } => {
+                let reply = piece(0);
+                if reply.first() == Some(&b'-') {
+                    out.extend_from_slice(reply);
+                } else if rewrite_scan_cursor(reply, shard, next, out).is_err() {
+                    out.extend_from_slice(
+                        b"-ERR ferrox: a server sent an unexpected SCAN reply\r\n",
+                    );
                 }
             }
             Combine::MemcacheGet => {
@@ -250,6 +268,66 @@ fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> R
         sum = sum.saturating_add(n);
     }
     resp::write_integer(out, sum);
+    Ok(())
+}
+
+/// `KEYS`: one array of every piece's elements.
+fn merge_concat<'a>(
+    pieces: impl Iterator<Item = &'a [u8]> + Clone,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    let split = |p: &'a [u8]| -> Result<(usize, &'a [u8]), ()> {
+        let end = p.iter().position(|&b| b == b'\n').ok_or(())?;
+        let count = p
+            .strip_prefix(b"*")
+            .map(|p| &p[..end - 2])
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse().ok())
+            .ok_or(())?;
+        Ok((count, &p[end + 1..]))
+    };
+    let mut total = 0;
+    for p in pieces.clone() {
+        total += split(p)?.0;
+    }
+    resp::write_array_header(out, total);
+    for p in pieces {
+        out.extend_from_slice(split(p)?.1);
+    }
+    Ok(())
+}
+
+/// A server's `SCAN` reply (`*2`, its cursor, its keys) with the cursor
+/// made the proxy's: the server's cursor above the shard's byte, or, when
+/// the shard is done, the next shard's first cursor (0 once none is left).
+fn rewrite_scan_cursor(
+    reply: &[u8],
+    shard: u16,
+    next: Option<u16>,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    let rest = reply.strip_prefix(b"*2\r\n$").ok_or(())?;
+    let len_end = rest.iter().position(|&b| b == b'\r').ok_or(())?;
+    let len: usize = std::str::from_utf8(&rest[..len_end])
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .ok_or(())?;
+    let digits = rest.get(len_end + 2..len_end + 2 + len).ok_or(())?;
+    let keys = rest.get(len_end + 2 + len + 2..).ok_or(())?;
+    let cursor: u64 = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or(())?;
+    let ours = match (cursor, next) {
+        (0, None) => 0,
+        (0, Some(next)) => u64::from(next),
+        // A cursor with its top byte in use cannot carry the shard.
+        (c, _) if c >> 56 != 0 => return Err(()),
+        (c, _) => c << 8 | u64::from(shard),
+    };
+    out.extend_from_slice(b"*2\r\n");
+    resp::write_bulk(out, ours.to_string().as_bytes());
+    out.extend_from_slice(keys);
     Ok(())
 }
 

@@ -173,6 +173,27 @@ impl FakeServer {
                     }
                     resp::write_integer(out, n as i64);
                 }
+                "DBSIZE" => resp::write_integer(out, self.data.len() as i64),
+                "FLUSHDB" => {
+                    self.data.clear();
+                    out.extend(b"+OK\r\n");
+                }
+                "KEYS" => {
+                    let mut keys: Vec<_> = self.data.keys().collect();
+                    keys.sort();
+                    resp::write_bulk_array(out, keys.into_iter().map(|k| &k[..]));
+                }
+                // Two keys a call, the cursor an index into the sorted keys.
+                "SCAN" => {
+                    let mut keys: Vec<_> = self.data.keys().collect();
+                    keys.sort();
+                    let at: usize = std::str::from_utf8(a[1]).unwrap().parse().unwrap();
+                    let end = (at + 2).min(keys.len());
+                    let next = if end == keys.len() { 0 } else { end };
+                    out.extend(b"*2\r\n");
+                    resp::write_bulk(out, next.to_string().as_bytes());
+                    resp::write_bulk_array(out, keys[at.min(end)..end].iter().map(|k| &k[..]));
+                }
                 "INCR" => {
                     let v = self.data.entry(a[1].to_vec()).or_insert(b"0".to_vec());
                     let n: i64 = std::str::from_utf8(v).unwrap().parse::<i64>().unwrap() + 1;
@@ -1520,3 +1541,143 @@ fn a_sessions_requests_to_a_server_stay_on_one_connection() {
 
 mod back_pressure;
 mod handover;
+
+/// A pool of `servers` with nothing blocked.
+fn unblocked(servers: usize) -> PoolSpec {
+    PoolSpec {
+        blocked: Vec::new(),
+        ..spec(servers)
+    }
+}
+
+#[test]
+fn keyspace_commands_go_to_every_server_and_their_replies_merge() {
+    let (mut net, c) = with_client(unblocked(2));
+    net.send(c, &cmd(&["MSET", "a", "1", "b", "2", "c", "3"]));
+    net.take(c);
+    net.send(c, &cmd(&["DBSIZE"]));
+    assert_eq!(net.take(c), b":3\r\n");
+    // Server 0 holds b, server 1 a and c: the arrays one after another.
+    net.send(c, &cmd(&["KEYS", "*"]));
+    assert_eq!(net.take(c), b"*3\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nc\r\n");
+    net.send(c, &cmd(&["FLUSHDB"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    assert!(net.servers.iter().all(|s| s.data.is_empty()));
+    net.send(c, &cmd(&["DBSIZE"]));
+    assert_eq!(net.take(c), b":0\r\n");
+    // A server out of the pool holds no keys the pool places: it is left
+    // out, and a pool with one server left gets the request whole.
+    net.engine.hold_out(0, 0b01);
+    net.send(c, &cmd(&["SET", "b", "2"]));
+    net.take(c);
+    net.send(c, &cmd(&["DBSIZE"]));
+    assert_eq!(net.take(c), b":1\r\n");
+    let dbsizes = |server: &FakeServer| server.log.iter().filter(|c| *c == "DBSIZE").count();
+    assert_eq!((dbsizes(&net.servers[0]), dbsizes(&net.servers[1])), (2, 3));
+}
+
+/// Every key a proxy `SCAN` returns, and the cursors it went through.
+fn scan_all(net: &mut Net, c: Handle) -> (Vec<String>, Vec<u64>) {
+    let (mut keys, mut cursors) = (Vec::new(), Vec::new());
+    let mut cursor = 0u64;
+    for _ in 0..100 {
+        net.send(c, &cmd(&["SCAN", &cursor.to_string(), "COUNT", "2"]));
+        let reply = String::from_utf8(net.take(c)).unwrap();
+        let lines: Vec<&str> = reply.split("\r\n").collect();
+        assert_eq!(lines[0], "*2", "{reply}");
+        cursor = lines[2].parse().unwrap();
+        keys.extend(lines[4..].iter().skip(1).step_by(2).map(|k| k.to_string()));
+        cursors.push(cursor);
+        if cursor == 0 {
+            return (keys, cursors);
+        }
+    }
+    panic!("the scan did not end: {cursors:?}");
+}
+
+#[test]
+fn scan_walks_every_server_once_with_a_cursor_that_carries_the_server() {
+    let (mut net, c) = with_client(spec(3));
+    let all: Vec<String> = ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "c3", "c4"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    for key in &all {
+        net.send(c, &cmd(&["SET", key, "v"]));
+    }
+    net.take(c);
+    let (mut keys, cursors) = scan_all(&mut net, c);
+    keys.sort();
+    assert_eq!(keys, all, "every key once: {cursors:?}");
+    // Server 0 (c*: 4 keys, two a call), then 1 (a*: 3), then 2 (b*: 2):
+    // the low byte says which server the scan is on.
+    assert_eq!(cursors, [2 << 8, 1, 2 << 8 | 1, 2, 0]);
+    // The server's own arguments pass through.
+    assert!(net.servers[1].log.iter().any(|c| c == "SCAN"));
+    // A server out of the pool is skipped; its keys are not lost to the
+    // others' (they rehash), only not listed while it is out.
+    net.engine.hold_out(0, 0b010);
+    let (keys, _) = scan_all(&mut net, c);
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    net.send(c, &cmd(&["SCAN", "7"]));
+    assert_eq!(net.take(c), b"-ERR invalid cursor\r\n");
+    net.send(c, &cmd(&["SCAN", "x"]));
+    assert_eq!(net.take(c), b"-ERR invalid cursor\r\n");
+}
+
+#[test]
+fn command_and_info_are_answered_by_the_proxy() {
+    let (mut net, c) = with_client(spec(2));
+    net.send(c, &cmd(&["COMMAND", "COUNT"]));
+    let count: i64 = String::from_utf8(net.take(c)).unwrap()[1..]
+        .trim()
+        .parse()
+        .unwrap();
+    let served = crate::command::served().count() as i64;
+    assert!(count == served && count > 150, "{count}");
+    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "subscribe"]));
+    assert_eq!(
+        net.take(c),
+        [
+            &b"*3\r\n"[..],
+            b"*10\r\n$3\r\nget\r\n:-2\r\n*0\r\n:1\r\n:1\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n",
+            b"*10\r\n$4\r\nmset\r\n:-3\r\n*0\r\n:1\r\n:-1\r\n:2\r\n*0\r\n*0\r\n*0\r\n*0\r\n",
+            // Known but refused: not served, so not described.
+            b"*-1\r\n",
+        ]
+        .concat()
+    );
+    net.send(c, &cmd(&["COMMAND", "DOCS"]));
+    assert_eq!(net.take(c), b"*0\r\n");
+    net.send(c, &cmd(&["INFO"]));
+    let info = String::from_utf8(net.take(c)).unwrap();
+    for line in [
+        "# Server\r\n",
+        "redis_mode:proxy\r\n",
+        "connected_clients:1\r\n",
+        // The three COMMANDs: as in Redis, INFO does not count itself.
+        "total_commands_processed:3\r\n",
+        "# Proxy\r\n",
+        "server1:addr=10.0.0.1:7001,name=s1,in_pool=1\r\n",
+    ] {
+        assert!(info.contains(line), "{line:?} in {info}");
+    }
+    net.engine.set_totals(crate::engine::info::Totals {
+        cores: 2,
+        connected_clients: 40,
+        ops_per_sec: 1234,
+        ..Default::default()
+    });
+    net.send(c, &cmd(&["INFO", "clients", "STATS"]));
+    let info = String::from_utf8(net.take(c)).unwrap();
+    assert!(info.starts_with("$"), "{info}");
+    assert!(
+        info.contains("# Clients\r\nconnected_clients:40\r\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("instantaneous_ops_per_sec:1234\r\n"),
+        "{info}"
+    );
+    assert!(!info.contains("# Server"), "{info}");
+}

@@ -88,6 +88,8 @@ impl Engine {
                     error_about(out, "'", name, &["' is not supported: ", why])
                 })
             }
+            Route::All(merge) => return self.redis_all(index, merge, request, args, now),
+            Route::Scan => return self.redis_scan(index, request, args, now),
             _ => command::key_positions(route, args.len(), |i| {
                 std::str::from_utf8(arg(i)).ok()?.parse().ok()
             }),
@@ -157,6 +159,93 @@ impl Engine {
         });
     }
 
+    /// `DBSIZE`, `FLUSHDB`, `KEYS`: the request whole to every server
+    /// that takes keys, the replies merged.
+    fn redis_all(
+        &mut self,
+        index: usize,
+        merge: Merge,
+        request: &[u8],
+        args: &[Range<usize>],
+        now: Micros,
+    ) {
+        let pool = &self.pools[self.sessions[index].pool];
+        let mut groups = std::mem::take(&mut self.scratch.groups);
+        groups.clear();
+        groups.extend(
+            pool.live
+                .iter()
+                .enumerate()
+                .filter(|(_, &live)| live)
+                .map(|(server, _)| (server as u32, 0)),
+        );
+        if groups.len() < 2 {
+            let server = groups.first().map(|&(server, _)| server as usize);
+            self.scratch.groups = groups;
+            return self.send_whole(index, server, Expect::RESP, now, |out| {
+                write_whole(out, request, args)
+            });
+        }
+        let seq = self.open_split_slot(index, Combine::Redis(merge), &groups);
+        self.send_pieces(index, seq, groups, Expect::RESP, now, |out, _| {
+            write_whole(out, request, args)
+        });
+    }
+
+    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]` over every server in
+    /// turn: the low byte of the proxy's cursor is the server (in
+    /// configuration order), the rest the server's own cursor. Servers out
+    /// of the pool are skipped.
+    fn redis_scan(&mut self, index: usize, request: &[u8], args: &[Range<usize>], now: Micros) {
+        let cursor = args
+            .get(1)
+            .and_then(|a| std::str::from_utf8(&request[a.clone()]).ok())
+            .and_then(|c| c.parse::<u64>().ok());
+        let pool = &self.pools[self.sessions[index].pool];
+        let servers = pool.live.len();
+        let Some(cursor) = cursor.filter(|&c| ((c & 0xff) as usize) < servers.max(1)) else {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(if args.len() < 2 {
+                    b"-ERR wrong number of arguments for 'scan' command\r\n"
+                } else {
+                    b"-ERR invalid cursor\r\n"
+                })
+            });
+        };
+        if servers > super::super::pipeline::SCAN_SHARDS {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-ERR ferrox: SCAN covers pools of at most 256 servers\r\n")
+            });
+        }
+        let live_from = |from: usize| (from..servers).find(|&s| pool.live[s]);
+        let asked = (cursor & 0xff) as usize;
+        let (shard, server_cursor) = match live_from(asked) {
+            Some(shard) if shard == asked => (shard, cursor >> 8),
+            // Its server left the pool: the next one, from its start.
+            Some(shard) => (shard, 0),
+            None => {
+                return self.local_reply(index, |out, _| {
+                    out.extend_from_slice(b"*2\r\n$1\r\n0\r\n*0\r\n")
+                })
+            }
+        };
+        let next = live_from(shard + 1).map(|s| s as u16);
+        let combine = Combine::Scan {
+            shard: shard as u16,
+            next,
+        };
+        let seq = self.open_slot(index, combine, 1);
+        let at = self.slot_ref(index, seq, 0);
+        self.send_piece(at, Some(shard), Expect::RESP, now, |out| {
+            resp::write_array_header(out, args.len());
+            resp::write_bulk(out, &request[args[0].clone()]);
+            resp::write_bulk(out, server_cursor.to_string().as_bytes());
+            for arg in &args[2..] {
+                resp::write_bulk(out, &request[arg.clone()]);
+            }
+        });
+    }
+
     /// Commands the proxy answers itself.
     fn redis_local(&mut self, index: usize, local: Local, request: &[u8], args: &[Range<usize>]) {
         let arg = |i: usize| &request[args[i].clone()];
@@ -222,15 +311,10 @@ impl Engine {
                     })
                 }
             }
-            Local::Command => {
-                let count = argc >= 2 && arg(1).eq_ignore_ascii_case(b"COUNT");
-                self.local_reply(index, |out, _| {
-                    if count {
-                        resp::write_integer(out, 0);
-                    } else {
-                        out.extend_from_slice(b"*0\r\n");
-                    }
-                })
+            Local::Command => self.redis_command(index, request, args),
+            Local::Info => {
+                let text = self.info_text(index, (1..argc).map(arg));
+                self.local_reply(index, |out, _| resp::write_bulk(out, text.as_bytes()))
             }
             // `redis-benchmark` reads `save` and `appendonly` before it
             // starts; the proxy has no such settings.
@@ -246,6 +330,54 @@ impl Engine {
                 let name = arg(0);
                 self.local_error(index, |out, _| {
                     error_about(out, "wrong number of arguments for '", name, &["'"])
+                })
+            }
+        }
+    }
+
+    /// `COMMAND`, `COMMAND COUNT|LIST|INFO name...|DOCS`: from the
+    /// command table, the commands the proxy serves.
+    fn redis_command(&mut self, index: usize, request: &[u8], args: &[Range<usize>]) {
+        let arg = |i: usize| &request[args[i].clone()];
+        let sub = (args.len() >= 2).then(|| arg(1).to_ascii_uppercase());
+        match sub.as_deref() {
+            None => self.local_reply(index, |out, _| {
+                let served: Vec<_> = command::served().collect();
+                resp::write_array_header(out, served.len());
+                for info in &served {
+                    write_command_info(out, info);
+                }
+            }),
+            Some(b"COUNT") => self.local_reply(index, |out, _| {
+                resp::write_integer(out, command::served().count() as i64)
+            }),
+            Some(b"LIST") => self.local_reply(index, |out, _| {
+                let served: Vec<_> = command::served().collect();
+                resp::write_array_header(out, served.len());
+                for info in &served {
+                    resp::write_bulk(out, info.name.to_ascii_lowercase().as_bytes());
+                }
+            }),
+            Some(b"INFO") => self.local_reply(index, |out, _| {
+                resp::write_array_header(out, args.len() - 2);
+                for i in 2..args.len() {
+                    let wanted = arg(i);
+                    match command::served().find(|c| c.name.as_bytes().eq_ignore_ascii_case(wanted))
+                    {
+                        Some(info) => write_command_info(out, &info),
+                        None => out.extend_from_slice(b"*-1\r\n"),
+                    }
+                }
+            }),
+            // No documentation is kept: an empty answer, which clients
+            // take as "no hints".
+            Some(b"DOCS") => {
+                self.local_reply(index, |out, resp3| resp::write_map_header(out, 0, resp3))
+            }
+            Some(_) => {
+                let sub = arg(1);
+                self.local_error(index, |out, _| {
+                    error_about(out, "'COMMAND ", sub, &["' is not supported"])
                 })
             }
         }
@@ -320,6 +452,26 @@ impl Engine {
             out.extend_from_slice(b"*0\r\n");
         });
     }
+}
+
+/// One `COMMAND INFO` entry, as Redis 7 writes it: name, arity, flags,
+/// first key, last key, step, ACL categories, tips, key specs and
+/// subcommands (the last four empty).
+fn write_command_info(out: &mut Vec<u8>, info: &command::CommandInfo) {
+    resp::write_array_header(out, 10);
+    resp::write_bulk(out, info.name.to_ascii_lowercase().as_bytes());
+    resp::write_integer(out, info.arity);
+    resp::write_array_header(out, info.flags.len());
+    for flag in info.flags {
+        out.push(b'+');
+        out.extend_from_slice(flag.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let (first, last, step) = info.keys;
+    resp::write_integer(out, first);
+    resp::write_integer(out, last);
+    resp::write_integer(out, step);
+    out.extend_from_slice(b"*0\r\n*0\r\n*0\r\n*0\r\n");
 }
 
 /// Writes a request in RESP (an inline request comes out as an array).

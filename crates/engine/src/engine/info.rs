@@ -1,0 +1,141 @@
+//! `INFO`, answered by the proxy in Redis's format (`# Section` headers,
+//! `field:value` lines), so that `redis-cli --stat`, exporters and GUIs
+//! that start with it work through ferrox. The figures are the whole
+//! dataplane's when the runtime has said them ([`Totals`], every core's
+//! statistics added up), else this engine's own.
+
+use std::fmt::Write;
+
+use super::Engine;
+
+/// Figures of the whole dataplane, which one core's engine cannot see:
+/// the runtime sets them from the shared statistics every so often.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub cores: u64,
+    pub uptime_s: u64,
+    pub connected_clients: u64,
+    pub total_connections: u64,
+    pub total_commands: u64,
+    /// Requests per second over the runtime's last interval.
+    pub ops_per_sec: u64,
+    pub error_replies: u64,
+    pub net_input_bytes: u64,
+    pub net_output_bytes: u64,
+    /// Bytes the dataplane holds for connections (socket buffers in use).
+    pub used_memory: u64,
+    pub rejected_connections: u64,
+}
+
+/// The sections `INFO` writes, in order.
+const SECTIONS: [&str; 5] = ["server", "clients", "memory", "stats", "proxy"];
+
+impl Engine {
+    /// The dataplane-wide figures `INFO` shows from now on.
+    pub fn set_totals(&mut self, totals: Totals) {
+        self.totals = Some(totals);
+    }
+
+    /// The `INFO` text for session `index`'s pool: the sections named
+    /// (any case; `all`, `everything` and `default` mean every one), or
+    /// all of them when none is. Sections it does not keep are left out,
+    /// as Redis leaves out unknown ones.
+    pub(super) fn info_text<'a>(
+        &self,
+        index: usize,
+        asked: impl Iterator<Item = &'a [u8]>,
+    ) -> String {
+        let mut wanted = [false; SECTIONS.len()];
+        let mut any = false;
+        for name in asked {
+            any = true;
+            let every = [&b"all"[..], b"everything", b"default"]
+                .iter()
+                .any(|a| name.eq_ignore_ascii_case(a));
+            for (want, section) in wanted.iter_mut().zip(SECTIONS) {
+                *want |= every || name.eq_ignore_ascii_case(section.as_bytes());
+            }
+        }
+        if !any {
+            wanted = [true; SECTIONS.len()];
+        }
+        let own = Totals {
+            cores: 1,
+            connected_clients: self.pools.iter().map(|p| p.sessions as u64).sum(),
+            total_connections: self.stats.sessions_opened,
+            total_commands: self.stats.requests,
+            error_replies: self.stats.errors,
+            net_input_bytes: self.pools.iter().map(|p| p.counters.bytes_in).sum(),
+            net_output_bytes: self.pools.iter().map(|p| p.counters.bytes_out).sum(),
+            rejected_connections: self.stats.sessions_refused,
+            ..Totals::default()
+        };
+        let t = self.totals.as_ref().unwrap_or(&own);
+        let pool = &self.pools[self.sessions[index].route().0];
+        let mut out = String::new();
+        for (section, _) in SECTIONS.iter().zip(wanted).filter(|(_, w)| *w) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            // Writing to a String cannot fail.
+            let _ = match *section {
+                "server" => write!(
+                    out,
+                    "# Server\r\nredis_version:7.0.0\r\nferrox_version:{}\r\nredis_mode:proxy\r\n\
+                     arch_bits:64\r\nmultiplexing_api:dpdk\r\nuptime_in_seconds:{}\r\n\
+                     uptime_in_days:{}\r\n",
+                    env!("CARGO_PKG_VERSION"),
+                    t.uptime_s,
+                    t.uptime_s / 86_400
+                ),
+                "clients" => write!(
+                    out,
+                    "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n",
+                    t.connected_clients
+                ),
+                "memory" => write!(
+                    out,
+                    "# Memory\r\nused_memory:{}\r\nused_memory_human:{:.2}M\r\n",
+                    t.used_memory,
+                    t.used_memory as f64 / (1 << 20) as f64
+                ),
+                "stats" => write!(
+                    out,
+                    "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+                     instantaneous_ops_per_sec:{}\r\ntotal_net_input_bytes:{}\r\n\
+                     total_net_output_bytes:{}\r\nrejected_connections:{}\r\n\
+                     total_error_replies:{}\r\n",
+                    t.total_connections,
+                    t.total_commands,
+                    t.ops_per_sec,
+                    t.net_input_bytes,
+                    t.net_output_bytes,
+                    t.rejected_connections,
+                    t.error_replies
+                ),
+                _ => {
+                    let _ = write!(
+                        out,
+                        "# Proxy\r\ncores:{}\r\npool:{}\r\npool_servers:{}\r\npool_servers_out:{}\r\n",
+                        t.cores,
+                        pool.spec.name,
+                        pool.live.len(),
+                        pool.live.iter().filter(|l| !**l).count()
+                    );
+                    for (i, (server, live)) in pool.spec.servers.iter().zip(&pool.live).enumerate()
+                    {
+                        let _ = write!(
+                            out,
+                            "server{i}:addr={},name={},in_pool={}\r\n",
+                            server.addr,
+                            server.name,
+                            u8::from(*live)
+                        );
+                    }
+                    Ok(())
+                }
+            };
+        }
+        out
+    }
+}
