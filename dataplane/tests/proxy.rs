@@ -251,18 +251,20 @@ fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
     assert_eq!(matching.trim(), "11", "{matching}");
     let info = ferrox("INFO");
     assert!(
-        info.contains("redis_mode:proxy") && info.contains("connected_clients:"),
+        info.contains("redis_mode:proxy")
+            && info.contains("connected_clients:")
+            && info.contains("db0:keys=44,"),
         "{info}"
     );
     assert!(ferrox("COMMAND COUNT").parse::<u64>().unwrap() > 150);
-    // redis-cli --stat reads INFO every second: keys (none: INFO keyspace
-    // is not kept), clients, requests.
+    // redis-cli --stat reads INFO every second: keys (every server's),
+    // clients, requests.
     let watched = ns.shell(&format!(
         "timeout 3 stdbuf -oL redis-cli -h {FERROX_IP} -p 6379 --stat -i 1 2>&1 || true"
     ));
     let rows: Vec<&str> = watched.lines().skip(2).collect();
     assert!(
-        watched.contains("clients") && rows.len() >= 2 && !watched.contains("ERR"),
+        rows.len() >= 2 && rows.iter().all(|r| r.starts_with("44 ")) && !watched.contains("ERR"),
         "{watched}"
     );
     let spread = ports

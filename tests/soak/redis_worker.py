@@ -594,6 +594,8 @@ class RedisWorker(common.Worker):
             self.pipeline(deep=True)
         elif r < 0.072:
             self.fan_out()
+        elif r < 0.08:
+            self.scan_keys()
         else:
             self.pipeline()
 
@@ -694,6 +696,40 @@ class RedisWorker(common.Worker):
                 self.model.data.pop(k, None)
 
     # ------------------------------------------------ special scenarios
+
+    def scan_keys(self):
+        """SCAN MATCH r<worker>:* through the proxy, cursor after cursor
+        (the proxy walks its servers in turn), a few to hundreds of keys a
+        call: every key the model knows to exist must be listed, and
+        nothing else but keys whose state is uncertain (SCAN may repeat a
+        key; it may not miss or invent one)."""
+        rng = self.rng
+        if self.conn is None:
+            self.connect()
+        pattern = b"r%d:*" % self.wid
+        listed, cursor, calls = set(), b"0", 0
+        while True:
+            calls += 1
+            if calls > 100_000:
+                raise Failure(f"SCAN {pattern!r} did not end after {calls} calls")
+            count = rng.choice((b"3", b"40", b"400"))
+            command = [b"SCAN", cursor, b"MATCH", pattern, b"COUNT", count]
+            (reply,) = self.roundtrip([command], [("any",)], wire.Plan(), f"SCAN call {calls}")
+            if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], list)):
+                raise Failure(f"SCAN {show_args(command)} answered {show_value(reply)}")
+            cursor = reply[0]
+            listed.update(reply[1])
+            if cursor == b"0":
+                break
+        known = {k for k, st in self.model.data.items() if st is not None}
+        missing = known - listed
+        invented = listed - known - set(self.retired)
+        if missing or invented:
+            raise Failure(f"SCAN {pattern!r} over {calls} calls listed {len(listed)} keys: "
+                          f"{len(missing)} existing keys missing (e.g. {show_value(sorted(missing)[:3])}), "
+                          f"{len(invented)} keys that should not exist (e.g. {show_value(sorted(invented)[:3])})")
+        self.stats["scenario: SCAN walks"] += 1
+        self.stats["SCAN calls"] += calls
 
     def fan_out(self):
         """20 to 150 connections at once, each with a key of its own and a

@@ -39,25 +39,29 @@ impl Engine {
     /// The `INFO` text for session `index`'s pool: the sections named
     /// (any case; `all`, `everything` and `default` mean every one), or
     /// all of them when none is. Sections it does not keep are left out,
-    /// as Redis leaves out unknown ones.
+    /// as Redis leaves out unknown ones. The flag says whether the
+    /// keyspace section was asked for too: the servers' to add up.
     pub(super) fn info_text<'a>(
         &self,
         index: usize,
         asked: impl Iterator<Item = &'a [u8]>,
-    ) -> String {
+    ) -> (String, bool) {
         let mut wanted = [false; SECTIONS.len()];
         let mut any = false;
+        let mut keyspace = false;
         for name in asked {
             any = true;
             let every = [&b"all"[..], b"everything", b"default"]
                 .iter()
                 .any(|a| name.eq_ignore_ascii_case(a));
+            keyspace |= every || name.eq_ignore_ascii_case(b"keyspace");
             for (want, section) in wanted.iter_mut().zip(SECTIONS) {
                 *want |= every || name.eq_ignore_ascii_case(section.as_bytes());
             }
         }
         if !any {
             wanted = [true; SECTIONS.len()];
+            keyspace = true;
         }
         let own = Totals {
             cores: 1,
@@ -136,6 +140,52 @@ impl Engine {
                 }
             };
         }
-        out
+        (out, keyspace)
     }
+}
+
+/// The servers' `INFO keyspace` replies (bulk strings of `dbN:keys=K,
+/// expires=E,avg_ttl=T` lines) added up per database: keys and expires
+/// summed, the average TTL weighted by each server's expiring keys.
+/// `None` when a piece is not such a reply.
+pub(super) fn merge_keyspace<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    // Database number -> (keys, expires, sum of avg_ttl × expires).
+    let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> = Default::default();
+    for piece in pieces {
+        let body = piece.strip_prefix(b"$")?;
+        let start = body.iter().position(|&b| b == b'\n')? + 1;
+        let text = std::str::from_utf8(&body[start..]).ok()?;
+        for line in text.lines().filter(|l| l.starts_with("db")) {
+            let (db, fields) = line[2..].split_once(':')?;
+            let db: u32 = db.parse().ok()?;
+            let mut figures = (0u64, 0u64, 0u64);
+            for field in fields.split(',') {
+                let (name, value) = field.split_once('=')?;
+                let value = value.trim().parse().ok();
+                match name {
+                    "keys" => figures.0 = value?,
+                    "expires" => figures.1 = value?,
+                    "avg_ttl" => figures.2 = value?,
+                    _ => {}
+                }
+            }
+            let entry = dbs.entry(db).or_default();
+            entry.0 += figures.0;
+            entry.1 += figures.1;
+            entry.2 += u128::from(figures.2) * u128::from(figures.1);
+        }
+    }
+    let mut out = String::from("# Keyspace\r\n");
+    for (db, (keys, expires, ttl)) in dbs {
+        let avg_ttl = if expires == 0 {
+            0
+        } else {
+            ttl / u128::from(expires)
+        };
+        let _ = write!(
+            out,
+            "db{db}:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"
+        );
+    }
+    Some(out)
 }

@@ -66,6 +66,9 @@ pub(super) enum Combine {
     /// its reply is rewritten to carry the shard, and a finished shard
     /// hands on to `next` (none: the scan is over).
     Scan { shard: u16, next: Option<u16> },
+    /// `INFO` with its keyspace section: the proxy's own sections (kept
+    /// in the slot's `keys`), then every server's keyspace added up.
+    Info,
 }
 
 /// Shards a proxy `SCAN` cursor can name: the low byte of the cursor.
@@ -164,6 +167,26 @@ impl Slot {
                     out.extend_from_slice(
                         b"-ERR ferrox: a server sent an unexpected SCAN reply\r\n",
                     );
+                }
+            }
+            Combine::Info => {
+                let pieces = (0..self.pieces.len()).map(piece);
+                if let Some(error) = pieces.clone().find(|p| p.first() == Some(&b'-')) {
+                    out.extend_from_slice(error);
+                    return;
+                }
+                match super::info::merge_keyspace(pieces) {
+                    Some(keyspace) => {
+                        let mut text = self.keys.clone();
+                        if !text.is_empty() {
+                            text.extend_from_slice(b"\r\n");
+                        }
+                        text.extend_from_slice(keyspace.as_bytes());
+                        resp::write_bulk(out, &text);
+                    }
+                    None => out.extend_from_slice(
+                        b"-ERR ferrox: a server sent an unexpected INFO keyspace reply\r\n",
+                    ),
                 }
             }
             Combine::MemcacheGet => {

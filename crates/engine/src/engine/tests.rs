@@ -174,6 +174,15 @@ impl FakeServer {
                     resp::write_integer(out, n as i64);
                 }
                 "DBSIZE" => resp::write_integer(out, self.data.len() as i64),
+                // Every key of the fake expires, in 1,000 ms per key held.
+                "INFO" => {
+                    let n = self.data.len();
+                    let mut text = String::from("# Keyspace\r\n");
+                    if n > 0 {
+                        text += &format!("db0:keys={n},expires={n},avg_ttl={}\r\n", n * 1000);
+                    }
+                    resp::write_bulk(out, text.as_bytes());
+                }
                 "FLUSHDB" => {
                     self.data.clear();
                     out.extend(b"+OK\r\n");
@@ -1649,14 +1658,22 @@ fn command_and_info_are_answered_by_the_proxy() {
     );
     net.send(c, &cmd(&["COMMAND", "DOCS"]));
     assert_eq!(net.take(c), b"*0\r\n");
+    net.send(c, &cmd(&["MSET", "a", "1", "b", "2", "c", "3"]));
+    net.take(c);
     net.send(c, &cmd(&["INFO"]));
     let info = String::from_utf8(net.take(c)).unwrap();
+    // Server 0 holds b (avg_ttl 1000), server 1 a and c (2000).
+    assert!(
+        info.ends_with("\r\n# Keyspace\r\ndb0:keys=3,expires=3,avg_ttl=1666\r\n\r\n"),
+        "{info}"
+    );
     for line in [
         "# Server\r\n",
         "redis_mode:proxy\r\n",
         "connected_clients:1\r\n",
-        // The three COMMANDs: as in Redis, INFO does not count itself.
-        "total_commands_processed:3\r\n",
+        // The three COMMANDs and MSET: as in Redis, INFO does not count
+        // itself.
+        "total_commands_processed:4\r\n",
         "# Proxy\r\n",
         "server1:addr=10.0.0.1:7001,name=s1,in_pool=1\r\n",
     ] {

@@ -313,8 +313,12 @@ impl Engine {
             }
             Local::Command => self.redis_command(index, request, args),
             Local::Info => {
-                let text = self.info_text(index, (1..argc).map(arg));
-                self.local_reply(index, |out, _| resp::write_bulk(out, text.as_bytes()))
+                let (text, keyspace) = self.info_text(index, (1..argc).map(arg));
+                if keyspace {
+                    self.redis_info_keyspace(index, text);
+                } else {
+                    self.local_reply(index, |out, _| resp::write_bulk(out, text.as_bytes()))
+                }
             }
             // `redis-benchmark` reads `save` and `appendonly` before it
             // starts; the proxy has no such settings.
@@ -333,6 +337,35 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// `INFO` with a keyspace section: `INFO keyspace` to every server
+    /// that takes keys, added up after the proxy's own sections (`text`).
+    fn redis_info_keyspace(&mut self, index: usize, text: String) {
+        let pool = &self.pools[self.sessions[index].pool];
+        let mut groups = std::mem::take(&mut self.scratch.groups);
+        groups.clear();
+        groups.extend(
+            pool.live
+                .iter()
+                .enumerate()
+                .filter(|(_, &live)| live)
+                .map(|(server, _)| (server as u32, 0)),
+        );
+        if groups.is_empty() {
+            self.scratch.groups = groups;
+            return self.local_reply(index, |out, _| {
+                resp::write_bulk(out, format!("{text}\r\n# Keyspace\r\n").as_bytes())
+            });
+        }
+        let seq = self.open_split_slot(index, Combine::Info, &groups);
+        let session = &mut self.sessions[index];
+        let slot = &mut session.slots[(seq - session.head) as usize];
+        slot.keys.extend_from_slice(text.as_bytes());
+        let now = self.now;
+        self.send_pieces(index, seq, groups, Expect::RESP, now, |out, _| {
+            resp::write_bulk_array(out, [&b"INFO"[..], b"keyspace"])
+        });
     }
 
     /// `COMMAND`, `COMMAND COUNT|LIST|INFO name...|DOCS`: from the
