@@ -56,6 +56,9 @@ pub enum Merge {
     Ok,
     /// `KEYS`: the pieces' arrays one after another.
     Concat,
+    /// `RANDOMKEY`: the first piece's key that is not null, the pieces
+    /// taken from a random server on.
+    AnyKey,
 }
 
 /// Commands the proxy answers.
@@ -76,7 +79,6 @@ pub enum Local {
 const BLOCKING: &str = "blocking commands are not supported by the proxy";
 const PUBSUB: &str = "pub/sub is not supported by the proxy";
 const TRANSACTION: &str = "transactions are not supported by the proxy";
-const CROSS_SHARD: &str = "the command would need every shard";
 const ADMIN: &str = "administrative commands go to the servers directly";
 const SCRIPT: &str = "scripts without keys cannot be routed";
 
@@ -137,7 +139,7 @@ static TABLE: &[(&[u8], Route)] = {
         PSUBSCRIBE: Refuse(PUBSUB), PTTL, PUBLISH: Refuse(PUBSUB), PUBSUB: Refuse(PUBSUB),
         PUNSUBSCRIBE: Refuse(PUBSUB),
         QUIT: Route::Local(L::Quit),
-        RANDOMKEY: Refuse(CROSS_SHARD), RENAME: Together(Keys::Two), RENAMENX: Together(Keys::Two),
+        RANDOMKEY: All(Merge::AnyKey), RENAME: Together(Keys::Two), RENAMENX: Together(Keys::Two),
         REPLICAOF: Refuse(ADMIN), RESTORE, RPOP, RPOPLPUSH: Together(Keys::Two), RPUSH, RPUSHX,
         SADD, SAVE: Refuse(ADMIN), SCAN: Route::Scan, SCARD, SCRIPT: Refuse(SCRIPT),
         SDIFF: Together(Keys::All), SDIFFSTORE: Together(Keys::All),
@@ -369,6 +371,61 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
     })
 }
 
+/// What the proxy does with a command, in a few words, for the support
+/// table in the documentation.
+fn describe_route(route: Route) -> String {
+    match route {
+        Route::Local(_) => "answered by ferrox".into(),
+        Route::Single => "sent to the key's server".into(),
+        Route::Together(_) => {
+            "sent to the keys' server (every key must be on one: use a hashtag)".into()
+        }
+        Route::Split(Merge::Array) => "split per server, replies merged in key order".into(),
+        Route::Split(Merge::Sum) => "split per server, counts summed".into(),
+        Route::Split(_) => "split per server, `OK` when every server says so".into(),
+        Route::All(Merge::Sum) => "sent to every server, counts summed".into(),
+        Route::All(Merge::Concat) => "sent to every server, the arrays joined".into(),
+        Route::All(Merge::AnyKey) => {
+            "sent to every server, the first key found from a random one on".into()
+        }
+        Route::All(_) => "sent to every server, `OK` when every server says so".into(),
+        Route::Scan => "one server after another, the cursor naming the server".into(),
+        Route::Refuse(why) => format!("refused: {why}"),
+    }
+}
+
+/// The command support table of `docs/commands.md` (a test keeps the
+/// file equal to it).
+pub fn support_table() -> String {
+    let mut out = String::from(
+        "# Commands through ferrox\n\n\
+         Generated from the command table (`crates/engine/src/command.rs`); a\n\
+         test fails when this file and the table differ\n\
+         (`FERROX_BLESS=1 cargo test -p ferrox-engine support_table` writes it).\n\
+         Any command not listed is unknown to ferrox and answered\n\
+         `-ERR ferrox: unknown command`; a pool's `blocked_commands` are\n\
+         refused too.\n\n## Redis\n\n| command | through ferrox |\n|---|---|\n",
+    );
+    for &(name, route) in TABLE {
+        let name = std::str::from_utf8(name).expect("ASCII names");
+        out += &format!("| `{name}` | {} |\n", describe_route(route));
+    }
+    out += "\n## memcached (text protocol)\n\n| command | through ferrox |\n|---|---|\n";
+    for command in MEMCACHE {
+        let what = match command {
+            memcache::Command::Version | memcache::Command::Quit | memcache::Command::MetaNoop => {
+                "answered by ferrox"
+            }
+            c if c.is_retrieval() => {
+                "sent to the key's server; several keys split per server, values merged in key order"
+            }
+            _ => "sent to the key's server",
+        };
+        out += &format!("| `{}` | {what} |\n", command.name());
+    }
+    out
+}
+
 /// Whether argument 1 is a key besides the counted ones.
 pub fn dest_key(route: Route) -> bool {
     matches!(route, Route::Together(Keys::Counted { dest: true, .. }))
@@ -377,6 +434,20 @@ pub fn dest_key(route: Route) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_support_table_in_the_docs_is_the_command_tables() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/commands.md");
+        let table = support_table();
+        if std::env::var_os("FERROX_BLESS").is_some() {
+            std::fs::write(&path, &table).unwrap();
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == table,
+            "docs/commands.md differs from the command table: FERROX_BLESS=1 cargo test -p ferrox-engine support_table"
+        );
+    }
 
     #[test]
     fn every_command_has_a_statistics_id_that_names_it() {

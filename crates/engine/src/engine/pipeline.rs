@@ -154,6 +154,11 @@ impl Slot {
                     Merge::Sum => merge_sum((0..self.pieces.len()).map(piece), out),
                     Merge::Ok => merge_ok((0..self.pieces.len()).map(piece), out),
                     Merge::Concat => merge_concat((0..self.pieces.len()).map(piece), out),
+                    Merge::AnyKey => {
+                        let found = (0..self.pieces.len()).map(piece).find(|p| !is_null(p));
+                        out.extend_from_slice(found.unwrap_or(piece(0)));
+                        Ok(())
+                    }
                 };
                 if merged.is_err() {
                     out.extend_from_slice(b"-ERR ferrox: a server sent an unexpected reply\r\n");
@@ -292,6 +297,11 @@ fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> R
     }
     resp::write_integer(out, sum);
     Ok(())
+}
+
+/// A null reply, RESP2 or RESP3.
+fn is_null(reply: &[u8]) -> bool {
+    matches!(reply, b"$-1\r\n" | b"_\r\n" | b"*-1\r\n")
 }
 
 /// `KEYS`: one array of every piece's elements.

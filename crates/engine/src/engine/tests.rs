@@ -183,6 +183,10 @@ impl FakeServer {
                     }
                     resp::write_bulk(out, text.as_bytes());
                 }
+                "RANDOMKEY" => match self.data.keys().min() {
+                    Some(k) => resp::write_bulk(out, k),
+                    None => out.extend(b"$-1\r\n"),
+                },
                 "FLUSHDB" => {
                     self.data.clear();
                     out.extend(b"+OK\r\n");
@@ -1569,9 +1573,21 @@ fn keyspace_commands_go_to_every_server_and_their_replies_merge() {
     // Server 0 holds b, server 1 a and c: the arrays one after another.
     net.send(c, &cmd(&["KEYS", "*"]));
     assert_eq!(net.take(c), b"*3\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nc\r\n");
+    // RANDOMKEY: a key of some server; with server 0 emptied, always a
+    // key of server 1, whichever server the proxy asks first.
+    net.send(c, &cmd(&["RANDOMKEY"]));
+    let got = net.take(c);
+    assert!(got == b"$1\r\na\r\n" || got == b"$1\r\nb\r\n", "{got:?}");
+    net.servers[0].data.clear();
+    for _ in 0..8 {
+        net.send(c, &cmd(&["RANDOMKEY"]));
+        assert_eq!(net.take(c), b"$1\r\na\r\n");
+    }
     net.send(c, &cmd(&["FLUSHDB"]));
     assert_eq!(net.take(c), b"+OK\r\n");
     assert!(net.servers.iter().all(|s| s.data.is_empty()));
+    net.send(c, &cmd(&["RANDOMKEY"]));
+    assert_eq!(net.take(c), b"$-1\r\n");
     net.send(c, &cmd(&["DBSIZE"]));
     assert_eq!(net.take(c), b":0\r\n");
     // A server out of the pool holds no keys the pool places: it is left

@@ -186,6 +186,11 @@ impl Engine {
                 write_whole(out, request, args)
             });
         }
+        if merge == Merge::AnyKey {
+            // Pieces are read in order: start from a random server.
+            let start = self.random() as usize % groups.len();
+            groups.rotate_left(start);
+        }
         let seq = self.open_split_slot(index, Combine::Redis(merge), &groups);
         self.send_pieces(index, seq, groups, Expect::RESP, now, |out, _| {
             write_whole(out, request, args)
