@@ -404,6 +404,11 @@ import os
 big = os.urandom(500_000)
 assert c.set("mc:big", big)
 assert c.get("mc:big") == big
+# stats: the proxy's own, in memcached's format, as pymemcache reads it.
+stats = c.stats()
+assert stats[b"version"].startswith(b"ferrox-"), stats
+# Requests, a multi-get one of them (memcached counts its keys).
+assert stats[b"cmd_get"] == 3 and stats[b"cmd_set"] == 102, stats
 direct = {{}}
 for port in {MEMCACHED_PORTS:?}:
     d = Client(("{KERNEL_IP}", port), timeout=10)

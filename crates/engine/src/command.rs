@@ -186,7 +186,7 @@ pub struct CommandId(u16);
 pub const COMMAND_IDS: usize = 256;
 
 /// memcached's commands, in declaration order (`Command as usize`).
-const MEMCACHE: [memcache::Command; 21] = {
+const MEMCACHE: [memcache::Command; 22] = {
     use memcache::Command as C;
     [
         C::Get,
@@ -210,6 +210,7 @@ const MEMCACHE: [memcache::Command; 21] = {
         C::MetaDelete,
         C::MetaArithmetic,
         C::MetaNoop,
+        C::Stats,
     ]
 };
 
@@ -413,9 +414,10 @@ pub fn support_table() -> String {
     out += "\n## memcached (text protocol)\n\n| command | through ferrox |\n|---|---|\n";
     for command in MEMCACHE {
         let what = match command {
-            memcache::Command::Version | memcache::Command::Quit | memcache::Command::MetaNoop => {
-                "answered by ferrox"
-            }
+            memcache::Command::Version
+            | memcache::Command::Quit
+            | memcache::Command::MetaNoop
+            | memcache::Command::Stats => "answered by ferrox",
             c if c.is_retrieval() => {
                 "sent to the key's server; several keys split per server, values merged in key order"
             }

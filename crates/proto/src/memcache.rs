@@ -117,10 +117,12 @@ pub enum Command {
     MetaArithmetic,
     /// `mn`: answered `MN`, marks the end of a pipeline of quiet commands.
     MetaNoop,
+    /// `stats [group]`: `STAT name value` lines, then `END`.
+    Stats,
 }
 
 /// Every command, in declaration order.
-pub const COMMANDS: [Command; 21] = [
+pub const COMMANDS: [Command; 22] = [
     Command::Get,
     Command::Gets,
     Command::Gat,
@@ -142,6 +144,7 @@ pub const COMMANDS: [Command; 21] = [
     Command::MetaDelete,
     Command::MetaArithmetic,
     Command::MetaNoop,
+    Command::Stats,
 ];
 
 /// memcached's limit on the tokens of a meta command line
@@ -174,6 +177,7 @@ impl Command {
             b"md" => Command::MetaDelete,
             b"ma" => Command::MetaArithmetic,
             b"mn" => Command::MetaNoop,
+            b"stats" => Command::Stats,
             _ => return None,
         })
     }
@@ -202,6 +206,7 @@ impl Command {
             Command::MetaDelete => "md",
             Command::MetaArithmetic => "ma",
             Command::MetaNoop => "mn",
+            Command::Stats => "stats",
         }
     }
 
@@ -242,6 +247,8 @@ impl Command {
             | Command::MetaArithmetic
             | Command::MetaNoop => ReplyKind::Meta,
             Command::Quit => ReplyKind::Close,
+            // `stats` is answered by the proxy, never forwarded; the rest
+            // are answered by one line.
             _ => ReplyKind::Line,
         }
     }
@@ -272,6 +279,8 @@ impl Command {
             }
             Command::Delete | Command::Incr | Command::Decr | Command::Touch => 4,
             Command::Version | Command::Quit | Command::MetaNoop => 1,
+            // `stats cachedump <slab> <limit>` has the most.
+            Command::Stats => 4,
             Command::MetaGet | Command::MetaSet | Command::MetaDelete | Command::MetaArithmetic => {
                 MAX_META_TOKENS
             }
@@ -739,7 +748,7 @@ fn check(line: &[u8], limits: &Limits, req: &mut Request) -> Result<(), Error> {
             }
             req.keys = 1..2;
         }
-        Command::Version | Command::Quit | Command::MetaNoop => req.keys = 1..1,
+        Command::Version | Command::Quit | Command::MetaNoop | Command::Stats => req.keys = 1..1,
         Command::MetaGet | Command::MetaSet | Command::MetaDelete | Command::MetaArithmetic => {
             if n < 2 {
                 return Err(Error::Client(BAD_FORMAT));

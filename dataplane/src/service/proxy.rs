@@ -190,6 +190,7 @@ impl Proxy {
             rejected_connections: snapshot.total(Counter::Refused)
                 + snapshot.total(Counter::LimitDrops)
                 + snapshot.total(Counter::BacklogDrops),
+            commands: snapshot.commands(),
         });
     }
 

@@ -25,6 +25,8 @@ pub struct Totals {
     /// Bytes the dataplane holds for connections (socket buffers in use).
     pub used_memory: u64,
     pub rejected_connections: u64,
+    /// Requests per command id, every core's (empty: this engine's own).
+    pub commands: Vec<u64>,
 }
 
 /// The sections `INFO` writes, in order.
@@ -188,4 +190,86 @@ pub(super) fn merge_keyspace<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Opti
         );
     }
     Some(out)
+}
+
+impl Engine {
+    /// memcached's `stats`, in its format (`STAT name value` lines, then
+    /// `END`), from the proxy's own figures: what a proxy can say of
+    /// itself (no hits and misses, no items: those are the servers').
+    /// `cmd_*` count requests: a multi-get is one (memcached counts its
+    /// keys).
+    pub(super) fn memcache_stats(&self) -> String {
+        use ferrox_proto::memcache::Command as C;
+        let own = self.totals.is_none();
+        let t = self.totals.clone().unwrap_or_else(|| Totals {
+            cores: 1,
+            connected_clients: self.pools.iter().map(|p| p.sessions as u64).sum(),
+            total_connections: self.stats.sessions_opened,
+            net_input_bytes: self.pools.iter().map(|p| p.counters.bytes_in).sum(),
+            net_output_bytes: self.pools.iter().map(|p| p.counters.bytes_out).sum(),
+            rejected_connections: self.stats.sessions_refused,
+            ..Totals::default()
+        });
+        let commands = if own || t.commands.is_empty() {
+            &self.stats.commands
+        } else {
+            &t.commands
+        };
+        let count = |list: &[C]| -> u64 {
+            list.iter()
+                .map(|&c| {
+                    commands
+                        .get(crate::command::CommandId::memcache(c).index())
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut out = String::new();
+        for (name, value) in [
+            ("pid", u64::from(std::process::id())),
+            ("uptime", t.uptime_s),
+            ("time", now),
+        ] {
+            let _ = write!(out, "STAT {name} {value}\r\n");
+        }
+        let _ = write!(out, "STAT version ferrox-{}\r\n", env!("CARGO_PKG_VERSION"));
+        for (name, value) in [
+            ("threads", t.cores),
+            ("curr_connections", t.connected_clients),
+            ("total_connections", t.total_connections),
+            ("rejected_connections", t.rejected_connections),
+            (
+                "cmd_get",
+                count(&[C::Get, C::Gets, C::Gat, C::Gats, C::MetaGet]),
+            ),
+            (
+                "cmd_set",
+                count(&[
+                    C::Set,
+                    C::Add,
+                    C::Replace,
+                    C::Append,
+                    C::Prepend,
+                    C::Cas,
+                    C::MetaSet,
+                ]),
+            ),
+            ("cmd_touch", count(&[C::Touch, C::Gat, C::Gats])),
+            ("cmd_delete", count(&[C::Delete, C::MetaDelete])),
+            (
+                "cmd_arithmetic",
+                count(&[C::Incr, C::Decr, C::MetaArithmetic]),
+            ),
+            ("bytes_read", t.net_input_bytes),
+            ("bytes_written", t.net_output_bytes),
+        ] {
+            let _ = write!(out, "STAT {name} {value}\r\n");
+        }
+        out.push_str("END\r\n");
+        out
+    }
 }

@@ -1714,3 +1714,33 @@ fn command_and_info_are_answered_by_the_proxy() {
     );
     assert!(!info.contains("# Server"), "{info}");
 }
+
+#[test]
+fn memcached_stats_are_the_proxys_own() {
+    let (mut net, c) = with_client(memcache_spec(2));
+    net.send(c, b"set a 0 0 1\r\nx\r\nget a b\r\nmg a v\r\ndelete a\r\n");
+    net.take(c);
+    net.send(c, b"stats\r\n");
+    let stats = String::from_utf8(net.take(c)).unwrap();
+    assert!(
+        stats.starts_with("STAT pid ") && stats.ends_with("\r\nEND\r\n"),
+        "{stats}"
+    );
+    for line in [
+        "STAT cmd_get 2\r\n",
+        "STAT cmd_set 1\r\n",
+        "STAT cmd_delete 1\r\n",
+        "STAT curr_connections 1\r\n",
+        "STAT total_connections 1\r\n",
+    ] {
+        assert!(stats.contains(line), "{line:?} in {stats}");
+    }
+    // Its groups are the servers' to answer: an error, and the session
+    // goes on.
+    net.send(c, b"stats slabs\r\nversion\r\n");
+    let got = String::from_utf8(net.take(c)).unwrap();
+    assert!(
+        got.starts_with("CLIENT_ERROR ") && got.ends_with("VERSION ferrox-0.1.0\r\n"),
+        "{got}"
+    );
+}

@@ -71,6 +71,18 @@ impl Engine {
             Command::MetaNoop => {
                 return self.local_reply(index, |out, _| out.extend_from_slice(b"MN\r\n"))
             }
+            Command::Stats if req.tokens.len() == 1 => {
+                let stats = self.memcache_stats();
+                return self.local_reply(index, |out, _| out.extend_from_slice(stats.as_bytes()));
+            }
+            // `stats slabs`, `stats items`, ...: the servers' to say.
+            Command::Stats => {
+                return self.local_error(index, |out, _| {
+                    out.extend_from_slice(
+                        b"CLIENT_ERROR ferrox answers plain 'stats' only; ask the servers for the rest\r\n",
+                    )
+                })
+            }
             _ => {}
         }
         let keys = req.key_ranges();
