@@ -284,7 +284,11 @@ cmd_demo() {
   echo "  GET greeting       -> $($cli GET greeting)"
   echo "  MSET k1..k6        -> $($cli MSET k1 a k2 b k3 c k4 d k5 e k6 f)"
   echo "  MGET k1..k6        -> $($cli MGET k1 k2 k3 k4 k5 k6 | tr '\n' ' ')"
-  echo "  BLPOP q 0          -> $($cli BLPOP q 0)"
+  echo "  DBSIZE             -> $($cli DBSIZE) (added up over the servers)"
+  echo "  --scan             -> $($cli --scan | sort | tr '\n' ' ')(SCAN, server after server)"
+  (sleep 0.5 && $cli LPUSH jobs job-1 >/dev/null) &
+  echo "  BLPOP jobs 5       -> $($cli BLPOP jobs 5 | tr '\n' ' ')(released by another client's LPUSH)"
+  wait $!
   log "where the keys landed (asking each redis-server directly):"
   for port in 7001 7002 7003; do
     echo "  198.18.0.1:$port: $($ns redis-cli -h 198.18.0.1 -p "$port" --scan | sort | tr '\n' ' ')"

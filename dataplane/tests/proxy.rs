@@ -203,7 +203,37 @@ fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
     assert_eq!(ferrox("SET greeting hello"), "OK");
     assert_eq!(ferrox("GET greeting"), "hello");
     assert_eq!(ferrox("INCR counter"), "1");
-    assert!(ferrox("BLPOP q 0").contains("'BLPOP' is not supported"));
+    assert!(ferrox("XREAD BLOCK 0 STREAMS s $").contains("'XREAD' is not supported"));
+    // A blocking command holds a connection of its own: a BLPOP released
+    // by another client's LPUSH, while a third pipelines unaffected.
+    let blocking = python(
+        &ns,
+        &format!(
+            r#"
+import redis, threading, time
+r = lambda: redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=20)
+got = []
+waiter = threading.Thread(target=lambda: got.append(r().blpop("queue:1", 0)))
+waiter.start()
+time.sleep(0.3)
+busy = r()
+for round in range(20):
+    p = busy.pipeline(transaction=False)
+    for i in range(50):
+        p.set(f"busy:{{i}}", round)
+        p.get(f"busy:{{i}}")
+    assert p.execute()[1::2] == [str(round).encode()] * 50
+assert got == [], got
+r().lpush("queue:1", "job")
+waiter.join(10)
+assert got == [(b"queue:1", b"job")], got
+assert r().brpop("queue:empty", 1) is None
+assert busy.delete(*[f"busy:{{i}}" for i in range(50)]) == 50
+print("blocking ok")
+"#
+        ),
+    );
+    assert!(blocking.contains("blocking ok"), "{blocking}");
     assert!(ferrox("FLUSHDB").contains("blocked by configuration"));
     assert!(ferrox("SUBSCRIBE ch").contains("not supported"));
     // Multi-key commands split across servers and merge in key order.

@@ -27,6 +27,10 @@ pub enum Route {
     All(Merge),
     /// `SCAN`: one server after another, the cursor carrying which.
     Scan,
+    /// A blocking command (`BLPOP`, ...): its keys on one server, as
+    /// [`Route::Together`], sent on a connection of its own that it holds
+    /// until answered, so the shared ones do not wait behind it.
+    Blocking(Keys),
     /// Known, but not safe to proxy; the reason is part of the reply.
     Refuse(&'static str),
 }
@@ -40,6 +44,8 @@ pub enum Keys {
     Two,
     /// Every argument from 2 on (`BITOP op dest src...`).
     AfterFirst,
+    /// Every argument from 1 on but the last (`BLPOP k... timeout`).
+    AllButLast,
     /// The count is argument `at`, the keys follow it; with `dest`,
     /// argument 1 is a key too (`ZUNIONSTORE dest numkeys k...`).
     Counted { at: usize, dest: bool },
@@ -76,7 +82,7 @@ pub enum Local {
     Select,
 }
 
-const BLOCKING: &str = "blocking commands are not supported by the proxy";
+const BLOCKING: &str = "this blocking command is not supported by the proxy";
 const PUBSUB: &str = "pub/sub is not supported by the proxy";
 const TRANSACTION: &str = "transactions are not supported by the proxy";
 const ADMIN: &str = "administrative commands go to the servers directly";
@@ -99,7 +105,7 @@ macro_rules! commands {
 /// Sorted by name (a test checks), upper case; a line or more per initial.
 static TABLE: &[(&[u8], Route)] = {
     use self::Local as L;
-    use Route::{All, Refuse, Split, Together};
+    use Route::{All, Blocking, Refuse, Split, Together};
     // `numkeys` is argument 1 or 2 and the keys follow it; with a
     // destination, argument 1 is a key too.
     const NUMKEYS_1: Route = Together(Keys::Counted { at: 1, dest: false });
@@ -108,10 +114,11 @@ static TABLE: &[(&[u8], Route)] = {
     commands! {
         ACL: Refuse(ADMIN), APPEND, AUTH: Route::Local(L::Auth),
         BGREWRITEAOF: Refuse(ADMIN), BGSAVE: Refuse(ADMIN), BITCOUNT, BITFIELD, BITFIELD_RO,
-        BITOP: Together(Keys::AfterFirst), BITPOS, BLMOVE: Refuse(BLOCKING),
-        BLMPOP: Refuse(BLOCKING), BLPOP: Refuse(BLOCKING), BRPOP: Refuse(BLOCKING),
-        BRPOPLPUSH: Refuse(BLOCKING), BZMPOP: Refuse(BLOCKING), BZPOPMAX: Refuse(BLOCKING),
-        BZPOPMIN: Refuse(BLOCKING),
+        BITOP: Together(Keys::AfterFirst), BITPOS, BLMOVE: Blocking(Keys::Two),
+        BLMPOP: Blocking(Keys::Counted { at: 2, dest: false }), BLPOP: Blocking(Keys::AllButLast),
+        BRPOP: Blocking(Keys::AllButLast), BRPOPLPUSH: Blocking(Keys::Two),
+        BZMPOP: Blocking(Keys::Counted { at: 2, dest: false }),
+        BZPOPMAX: Blocking(Keys::AllButLast), BZPOPMIN: Blocking(Keys::AllButLast),
         CLIENT: Route::Local(L::Client), CLUSTER: Refuse(ADMIN), COMMAND: Route::Local(L::Command),
         CONFIG: Route::Local(L::Config), COPY: Together(Keys::Two),
         DBSIZE: All(Merge::Sum), DEBUG: Refuse(ADMIN), DECR, DECRBY, DEL: Split(Merge::Sum),
@@ -308,10 +315,24 @@ pub fn key_positions(
             _ => return Err("wrong number of arguments"),
         },
         Route::Split(_) if argc >= 2 => 1..argc,
-        Route::Together(Keys::All) if argc >= 2 => 1..argc,
-        Route::Together(Keys::Two) if argc >= 3 => 1..3,
-        Route::Together(Keys::AfterFirst) if argc >= 4 => 2..argc,
-        Route::Together(Keys::Counted { at, .. }) if argc > at => {
+        Route::Together(keys) | Route::Blocking(keys) => return together_keys(keys, argc, arg),
+        _ => return Err("wrong number of arguments"),
+    };
+    Ok(keys)
+}
+
+/// The key arguments of [`Keys`] in a request of `argc` arguments.
+fn together_keys(
+    keys: Keys,
+    argc: usize,
+    arg: impl Fn(usize) -> Option<i64>,
+) -> Result<std::ops::Range<usize>, &'static str> {
+    let keys = match keys {
+        Keys::All if argc >= 2 => 1..argc,
+        Keys::Two if argc >= 3 => 1..3,
+        Keys::AfterFirst if argc >= 4 => 2..argc,
+        Keys::AllButLast if argc >= 3 => 1..argc - 1,
+        Keys::Counted { at, .. } if argc > at => {
             let count = arg(at)
                 .filter(|&n| n >= 0)
                 .ok_or("the key count is not a valid number")? as usize;
@@ -359,9 +380,13 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
             Route::Together(Keys::All) => (-2, &[], (1, -1, 1)),
             Route::Together(Keys::Two) => (-3, &[], (1, 2, 1)),
             Route::Together(Keys::AfterFirst) => (-4, &[], (2, -1, 1)),
+            Route::Together(Keys::AllButLast) => (-3, &[], (1, -2, 1)),
             Route::Together(Keys::Counted { at, .. }) => {
                 (-(at as i64 + 2), &["movablekeys"], (0, 0, 0))
             }
+            Route::Blocking(Keys::AllButLast) => (-3, &["blocking"], (1, -2, 1)),
+            Route::Blocking(Keys::Two) => (-4, &["blocking"], (1, 2, 1)),
+            Route::Blocking(_) => (-4, &["blocking", "movablekeys"], (0, 0, 0)),
         };
         Some(CommandInfo {
             name,
@@ -391,6 +416,9 @@ fn describe_route(route: Route) -> String {
         }
         Route::All(_) => "sent to every server, `OK` when every server says so".into(),
         Route::Scan => "one server after another, the cursor naming the server".into(),
+        Route::Blocking(_) => "sent to the keys' server on a connection of its own, held until \
+            it answers (every key must be on one server)"
+            .into(),
         Route::Refuse(why) => format!("refused: {why}"),
     }
 }
@@ -498,7 +526,8 @@ mod tests {
     fn lookup_ignores_case_and_knows_unknown() {
         assert_eq!(lookup(b"get"), Some(Route::Single));
         assert_eq!(lookup(b"mGeT"), Some(Route::Split(Merge::Array)));
-        assert_eq!(lookup(b"BLPOP"), Some(Route::Refuse(BLOCKING)));
+        assert_eq!(lookup(b"BLPOP"), Some(Route::Blocking(Keys::AllButLast)));
+        assert_eq!(lookup(b"xread"), Some(Route::Refuse(BLOCKING)));
         assert_eq!(lookup(b"NOPE"), None);
         assert_eq!(lookup(b""), None);
         assert_eq!(lookup(&[b'A'; 100]), None);

@@ -76,6 +76,11 @@ pub(super) struct Backend {
     retiring: bool,
     /// The deadline filed for it in the engine's timer heap.
     armed: Option<Micros>,
+    /// A connection of one session's own, for a blocking command: the
+    /// session (index, generation). It has no request timeout (the command
+    /// waits as long as the client asked) and is closed once answered, or
+    /// when the session goes.
+    owner: Option<(u32, u32)>,
 }
 
 impl Backend {
@@ -139,6 +144,7 @@ impl Backend {
             retrying: false,
             retiring: false,
             armed: None,
+            owner: None,
         }
     }
 
@@ -147,6 +153,7 @@ impl Backend {
         match self.state {
             State::Idle => None,
             State::Connecting => Some(self.since + spec.connect_timeout),
+            State::Ready if self.owner.is_some() => None,
             State::Ready => Some(self.inflight.front()?.sent + spec.timeout?),
             State::Backoff => Some(self.since),
         }
@@ -253,6 +260,51 @@ impl Engine {
             self.actions.push_back(Action::Send(handle));
         }
         self.arm(b);
+    }
+
+    /// Sends slot piece `at`, a blocking command, to `server` on a new
+    /// connection of the session's own, closed once it has answered (or
+    /// when the session goes); `write` appends the request bytes.
+    pub(super) fn send_blocking(
+        &mut self,
+        server: usize,
+        at: SlotRef,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let index = at.session as usize;
+        let (pool, resp3) = self.sessions[index].route();
+        let b = self.new_backend(pool, server, resp3) as usize;
+        let owner = (at.session, self.sessions[index].generation());
+        // Retiring: it takes nothing else, and is freed once answered.
+        self.backends[b].retiring = true;
+        self.backends[b].owner = Some(owner);
+        let backends = &self.backends;
+        let session = &mut self.sessions[index];
+        session.forget_dedicated(|d| backends[d as usize].owner == Some(owner));
+        session.add_dedicated(b as u32);
+        self.backend_connect(b, now);
+        let backend = &mut self.backends[b];
+        write(backend.output.tail());
+        backend.inflight.push_back(InFlight {
+            at,
+            expect: Expect::RESP,
+            sent: now,
+        });
+        self.arm(b);
+    }
+
+    /// Closes the connections of session `index` (whose generation was
+    /// `generation`) that still wait for a blocking command: the server
+    /// then stops holding it.
+    pub(super) fn close_dedicated(&mut self, dedicated: &[u32], owner: (u32, u32)) {
+        for &b in dedicated {
+            let b = b as usize;
+            if self.backends[b].owner == Some(owner) {
+                self.backends[b].inflight.clear();
+                self.backend_free(b);
+            }
+        }
     }
 
     /// Answers one piece with an error naming backend `b`'s server.
@@ -421,6 +473,7 @@ impl Engine {
     /// Closes a retiring connection and frees its slot.
     fn backend_free(&mut self, b: usize) {
         let backend = &mut self.backends[b];
+        backend.owner = None;
         if let Some(handle) = backend.handle.take() {
             self.actions.push_back(Action::Close(handle));
         }
@@ -473,6 +526,8 @@ impl Engine {
         self.backends[b].inflight = inflight;
         if self.backends[b].retiring {
             self.backends[b].state = State::Idle;
+            // Freed: no session may close it again.
+            self.backends[b].owner = None;
             self.free_backends.push(b as u32);
             return;
         }

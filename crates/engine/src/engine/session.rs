@@ -41,6 +41,9 @@ pub(super) struct Session {
     /// Input stopped for want of room (pipeline or output full); the
     /// runtime is woken when room is back.
     input_waits: bool,
+    /// Backend connections opened for its blocking commands (some may
+    /// have answered and been freed since: their owner says).
+    dedicated: Vec<u32>,
 }
 
 impl Session {
@@ -104,6 +107,19 @@ impl Session {
     #[cfg(test)]
     pub fn memcache_searched(&self) -> usize {
         self.memcache_progress.searched()
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Drops the dedicated connections for which `still_ours` is false.
+    pub fn forget_dedicated(&mut self, still_ours: impl Fn(u32) -> bool) {
+        self.dedicated.retain(|&b| still_ours(b));
+    }
+
+    pub fn add_dedicated(&mut self, b: u32) {
+        self.dedicated.push(b);
     }
 
     pub fn open(&mut self, pool: usize, handle: Handle, authed: bool) {
@@ -442,6 +458,8 @@ impl Engine {
             return;
         }
         session.live = false;
+        let owner = (index as u32, session.generation);
+        let dedicated = std::mem::take(&mut session.dedicated);
         let counters = &mut self.pools[session.pool].counters;
         if session.peer_closed || (session.closing && !session.failed) {
             counters.client_eof += 1;
@@ -458,5 +476,6 @@ impl Engine {
         session.held = 0;
         self.pools[session.pool].sessions -= 1;
         self.free_sessions.push(index as u32);
+        self.close_dedicated(&dedicated, owner);
     }
 }

@@ -127,8 +127,13 @@ impl FakeServer {
         {
             let req = &input[used..used + len];
             let a: Vec<&[u8]> = args.iter().map(|r| &req[r.clone()]).collect();
-            used += len;
             let name = String::from_utf8_lossy(a[0]).to_ascii_uppercase();
+            // A BLPOP of a key that is not there waits, unread, for a
+            // later pump to find the key.
+            if name == "BLPOP" && !self.mute && !self.data.contains_key(a[1]) {
+                break;
+            }
+            used += len;
             self.log.push(name.clone());
             if self.mute {
                 continue;
@@ -172,6 +177,10 @@ impl FakeServer {
                         }
                     }
                     resp::write_integer(out, n as i64);
+                }
+                "BLPOP" => {
+                    let value = self.data.remove(a[1]).expect("waited for above");
+                    resp::write_bulk_array(out, [a[1], &value[..]]);
                 }
                 "DBSIZE" => resp::write_integer(out, self.data.len() as i64),
                 // Every key of the fake expires, in 1,000 ms per key held.
@@ -555,7 +564,7 @@ fn local_commands_and_refusals() {
     let (mut net, c) = with_client(spec(2));
     net.send(c, b"PING\r\n");
     net.send(c, &cmd(&["ECHO", "hi"]));
-    net.send(c, &cmd(&["BLPOP", "a", "0"]));
+    net.send(c, &cmd(&["XREAD", "BLOCK", "0", "STREAMS", "a", "$"]));
     net.send(c, &cmd(&["nosuch"]));
     net.send(c, &cmd(&["keys", "*"]));
     net.send(c, &cmd(&["SINTER", "a", "b"]));
@@ -568,7 +577,7 @@ fn local_commands_and_refusals() {
     assert_eq!(lines[1..3], ["$2", "hi"]);
     assert_eq!(
         lines[3],
-        "-ERR ferrox: 'BLPOP' is not supported: blocking commands are not supported by the proxy"
+        "-ERR ferrox: 'XREAD' is not supported: this blocking command is not supported by the proxy"
     );
     assert_eq!(lines[4], "-ERR ferrox: unknown command 'nosuch'");
     assert_eq!(
@@ -1743,4 +1752,55 @@ fn memcached_stats_are_the_proxys_own() {
         got.starts_with("CLIENT_ERROR ") && got.ends_with("VERSION ferrox-0.1.0\r\n"),
         "{got}"
     );
+}
+
+/// Backend connections up to `server`.
+fn backends_up(net: &Net, server: usize) -> usize {
+    net.conns
+        .values()
+        .filter(|c| matches!(c, Conn::Backend { server: s, up: true, .. } if *s == server))
+        .count()
+}
+
+#[test]
+fn a_blocking_command_waits_on_a_connection_of_its_own() {
+    let (mut net, c) = with_client(spec(2));
+    let other = net.client();
+    // 'q' lives on server 1.
+    net.send(c, &cmd(&["BLPOP", "q", "0"]));
+    // After it in c's pipeline: answered after it, in order.
+    net.send(c, &cmd(&["PING"]));
+    // The shared connection is not held up: another client goes on.
+    net.send(other, &cmd(&["SET", "a", "v"]));
+    assert_eq!(net.take(other), b"+OK\r\n");
+    // No request timeout: it waits as long as the client asked.
+    net.advance(10_000);
+    assert_eq!(net.take(c), b"");
+    assert_eq!(backends_up(&net, 1), 2, "the shared connection and c's own");
+    net.send(other, &cmd(&["SET", "q", "job"]));
+    assert_eq!(net.take(other), b"+OK\r\n");
+    assert_eq!(net.take(c), b"*2\r\n$1\r\nq\r\n$3\r\njob\r\n+PONG\r\n");
+    // Answered: its connection is closed.
+    assert_eq!(backends_up(&net, 1), 1);
+    // A client that goes while blocked takes its connection with it, and
+    // the slot it held is reused safely.
+    net.send(c, &cmd(&["BLPOP", "q", "0"]));
+    assert_eq!(backends_up(&net, 1), 2);
+    net.engine.handle_gone(net.client_tag(c), c, net.now);
+    net.pump();
+    assert_eq!(backends_up(&net, 1), 1);
+    let d = net.client();
+    net.send(d, &cmd(&["SET", "q", "next"]));
+    net.send(d, &cmd(&["BLPOP", "q", "5"]));
+    assert_eq!(net.take(d), b"+OK\r\n*2\r\n$1\r\nq\r\n$4\r\nnext\r\n");
+    assert_eq!(backends_up(&net, 1), 1);
+    // Its keys must share a server, as for every command with several.
+    net.send(d, &cmd(&["BLPOP", "a", "b", "0"]));
+    let got = String::from_utf8(net.take(d)).unwrap();
+    assert!(got.contains("are on different servers"), "{got}");
+    // A dead server fails it at once.
+    net.servers[0].down = true;
+    net.send(d, &cmd(&["BRPOP", "b", "0"]));
+    let got = String::from_utf8(net.take(d)).unwrap();
+    assert!(got.starts_with("-ERR ferrox: server s0"), "{got}");
 }

@@ -121,6 +121,15 @@ impl Engine {
                     server = Some(here);
                 }
                 let server = server.expect("a routed command has a key");
+                if let Route::Blocking(_) = route {
+                    let seq = self.open_slot(index, Combine::Pass, 1);
+                    let at = self.slot_ref(index, seq, 0);
+                    let write = |out: &mut Vec<u8>| write_whole(out, request, args);
+                    return match server {
+                        Some(server) => self.send_blocking(server, at, now, write),
+                        None => self.send_piece(at, None, Expect::RESP, now, write),
+                    };
+                }
                 self.send_whole(index, server, Expect::RESP, now, |out| {
                     write_whole(out, request, args)
                 });
