@@ -329,9 +329,23 @@ assert r.delete(*[f"py:{{i}}" for i in range(100)]) == 100
 assert r.exists(*[f"py:{{i}}" for i in range(200)]) == 100
 assert len(r.keys("py:*")) == 100
 assert r.dbsize() >= 100
+# A transaction whose keys a hashtag keeps on one server.
+t = r.pipeline(transaction=True)
+t.set("{{acct:9}}:balance", 100).incrby("{{acct:9}}:balance", -30).get("{{acct:9}}:balance")
+assert t.execute() == [True, 70, b"70"]
+# Keys on different servers: refused, the transaction discarded.
+t = r.pipeline(transaction=True)
+for i in range(20):
+    t.set(f"tx:{{i}}", i)
 try:
-    r.execute_command("MULTI")
-    raise SystemExit("MULTI should be refused")
+    t.execute()
+    raise SystemExit("a transaction over several servers should be refused")
+except redis.ResponseError as e:
+    assert "EXECABORT" in str(e) or "CROSSSLOT" in str(e), e
+assert r.exists(*[f"tx:{{i}}" for i in range(20)]) == 0
+try:
+    r.execute_command("WATCH", "py:1")
+    raise SystemExit("WATCH should be refused")
 except redis.ResponseError as e:
     assert "ferrox" in str(e)
 print("redis-py ok")

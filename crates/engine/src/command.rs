@@ -77,6 +77,12 @@ pub enum Local {
     Echo,
     Hello,
     Info,
+    /// `MULTI`, `EXEC`, `DISCARD`, `UNWATCH`: transactions whose keys are
+    /// on one server, queued by the proxy and sent together.
+    Multi,
+    Exec,
+    Discard,
+    Unwatch,
     Ping,
     Quit,
     Select,
@@ -84,7 +90,7 @@ pub enum Local {
 
 const BLOCKING: &str = "this blocking command is not supported by the proxy";
 const PUBSUB: &str = "pub/sub is not supported by the proxy";
-const TRANSACTION: &str = "transactions are not supported by the proxy";
+const WATCH: &str = "WATCH needs one server connection held from WATCH to EXEC, which the proxy does not keep (MULTI/EXEC without WATCH work)";
 const ADMIN: &str = "administrative commands go to the servers directly";
 const SCRIPT: &str = "scripts without keys cannot be routed";
 
@@ -122,9 +128,9 @@ static TABLE: &[(&[u8], Route)] = {
         CLIENT: Route::Local(L::Client), CLUSTER: Refuse(ADMIN), COMMAND: Route::Local(L::Command),
         CONFIG: Route::Local(L::Config), COPY: Together(Keys::Two),
         DBSIZE: All(Merge::Sum), DEBUG: Refuse(ADMIN), DECR, DECRBY, DEL: Split(Merge::Sum),
-        DISCARD: Refuse(TRANSACTION), DUMP,
+        DISCARD: Route::Local(L::Discard), DUMP,
         ECHO: Route::Local(L::Echo), EVAL: NUMKEYS_2, EVALSHA: NUMKEYS_2, EVALSHA_RO: NUMKEYS_2,
-        EVAL_RO: NUMKEYS_2, EXEC: Refuse(TRANSACTION), EXISTS: Split(Merge::Sum), EXPIRE, EXPIREAT,
+        EVAL_RO: NUMKEYS_2, EXEC: Route::Local(L::Exec), EXISTS: Split(Merge::Sum), EXPIRE, EXPIREAT,
         EXPIRETIME,
         FAILOVER: Refuse(ADMIN), FCALL: NUMKEYS_2, FCALL_RO: NUMKEYS_2,
         FLUSHALL: All(Merge::Ok), FLUSHDB: All(Merge::Ok), FUNCTION: Refuse(ADMIN),
@@ -139,7 +145,7 @@ static TABLE: &[(&[u8], Route)] = {
         LMPOP: NUMKEYS_1, LPOP, LPOS, LPUSH, LPUSHX, LRANGE, LREM, LSET, LTRIM,
         MGET: Split(Merge::Array), MIGRATE: Refuse(ADMIN), MONITOR: Refuse(ADMIN),
         MOVE: Refuse(ADMIN), MSET: Split(Merge::Ok), MSETNX: Together(Keys::All),
-        MULTI: Refuse(TRANSACTION),
+        MULTI: Route::Local(L::Multi),
         OBJECT: Refuse(ADMIN),
         PERSIST, PEXPIRE, PEXPIREAT, PEXPIRETIME, PFADD, PFCOUNT: Together(Keys::All),
         PFMERGE: Together(Keys::All), PING: Route::Local(L::Ping), PSETEX,
@@ -158,8 +164,8 @@ static TABLE: &[(&[u8], Route)] = {
         SUBSCRIBE: Refuse(PUBSUB), SUBSTR, SUNION: Together(Keys::All),
         SUNIONSTORE: Together(Keys::All), SUNSUBSCRIBE: Refuse(PUBSUB), SWAPDB: Refuse(ADMIN),
         TIME: Refuse(ADMIN), TOUCH: Split(Merge::Sum), TTL, TYPE,
-        UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Refuse(PUBSUB), UNWATCH: Refuse(TRANSACTION),
-        WAIT: Refuse(BLOCKING), WATCH: Refuse(TRANSACTION),
+        UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Refuse(PUBSUB), UNWATCH: Route::Local(L::Unwatch),
+        WAIT: Refuse(BLOCKING), WATCH: Refuse(WATCH),
         XACK, XADD, XAUTOCLAIM, XCLAIM, XDEL, XGROUP: Refuse(ADMIN), XINFO: Refuse(ADMIN), XLEN,
         XPENDING, XRANGE, XREAD: Refuse(BLOCKING), XREADGROUP: Refuse(BLOCKING), XREVRANGE, XSETID,
         XTRIM,
@@ -401,6 +407,11 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
 /// table in the documentation.
 fn describe_route(route: Route) -> String {
     match route {
+        Route::Local(Local::Multi | Local::Exec | Local::Discard) => {
+            "a transaction: its commands queued by ferrox, sent at `EXEC` as `MULTI` … `EXEC` on a \
+             connection of its own (every key on one server)"
+                .into()
+        }
         Route::Local(_) => "answered by ferrox".into(),
         Route::Single => "sent to the key's server".into(),
         Route::Together(_) => {

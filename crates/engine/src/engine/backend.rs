@@ -81,6 +81,8 @@ pub(super) struct Backend {
     /// waits as long as the client asked) and is closed once answered, or
     /// when the session goes.
     owner: Option<(u32, u32)>,
+    /// No request timeout (a blocking command waits as long as asked).
+    untimed: bool,
 }
 
 impl Backend {
@@ -145,6 +147,7 @@ impl Backend {
             retiring: false,
             armed: None,
             owner: None,
+            untimed: false,
         }
     }
 
@@ -153,7 +156,7 @@ impl Backend {
         match self.state {
             State::Idle => None,
             State::Connecting => Some(self.since + spec.connect_timeout),
-            State::Ready if self.owner.is_some() => None,
+            State::Ready if self.untimed => None,
             State::Ready => Some(self.inflight.front()?.sent + spec.timeout?),
             State::Backoff => Some(self.since),
         }
@@ -272,18 +275,7 @@ impl Engine {
         now: Micros,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
-        let index = at.session as usize;
-        let (pool, resp3) = self.sessions[index].route();
-        let b = self.new_backend(pool, server, resp3) as usize;
-        let owner = (at.session, self.sessions[index].generation());
-        // Retiring: it takes nothing else, and is freed once answered.
-        self.backends[b].retiring = true;
-        self.backends[b].owner = Some(owner);
-        let backends = &self.backends;
-        let session = &mut self.sessions[index];
-        session.forget_dedicated(|d| backends[d as usize].owner == Some(owner));
-        session.add_dedicated(b as u32);
-        self.backend_connect(b, now);
+        let b = self.open_dedicated(at.session as usize, server, true, now);
         let backend = &mut self.backends[b];
         write(backend.output.tail());
         backend.inflight.push_back(InFlight {
@@ -292,6 +284,67 @@ impl Engine {
             sent: now,
         });
         self.arm(b);
+    }
+
+    /// Sends session `index`'s transaction (`queued`, `count` commands)
+    /// to `server` as `MULTI`, the commands, `EXEC` on a new connection of
+    /// its own; slot `seq` has a piece per reply, and only `EXEC`'s is
+    /// kept.
+    pub(super) fn send_transaction(
+        &mut self,
+        index: usize,
+        server: usize,
+        seq: u64,
+        queued: &[u8],
+        count: usize,
+        now: Micros,
+    ) {
+        let b = self.open_dedicated(index, server, false, now);
+        let pieces = count + 2;
+        let ats: Vec<SlotRef> = (0..pieces)
+            .map(|piece| self.slot_ref(index, seq, piece as u16))
+            .collect();
+        let backend = &mut self.backends[b];
+        let out = backend.output.tail();
+        resp::write_bulk_array(out, [&b"MULTI"[..]]);
+        out.extend_from_slice(queued);
+        resp::write_bulk_array(out, [&b"EXEC"[..]]);
+        for (piece, at) in ats.into_iter().enumerate() {
+            let suppress = if piece + 1 == pieces {
+                Suppress::No
+            } else {
+                Suppress::Always
+            };
+            backend.inflight.push_back(InFlight {
+                at,
+                expect: Expect {
+                    shape: Shape::Resp,
+                    suppress,
+                },
+                sent: now,
+            });
+        }
+        self.arm(b);
+    }
+
+    /// A new connection to `server` of session `index`'s own, being
+    /// opened (with the pool's handshake in its output): retiring from
+    /// the start, so that it takes nothing else and is freed once it has
+    /// answered; `untimed`: no request timeout.
+    fn open_dedicated(&mut self, index: usize, server: usize, untimed: bool, now: Micros) -> usize {
+        let (pool, resp3) = self.sessions[index].route();
+        let b = self.new_backend(pool, server, resp3) as usize;
+        let owner = (index as u32, self.sessions[index].generation());
+        let backend = &mut self.backends[b];
+        backend.retiring = true;
+        backend.owner = Some(owner);
+        backend.untimed = untimed;
+        let backends = &self.backends;
+        let session = &mut self.sessions[index];
+        session.forget_dedicated(|d| backends[d as usize].owner == Some(owner));
+        session.add_dedicated(b as u32);
+        self.backend_connect(b, now);
+        b
     }
 
     /// Closes the connections of session `index` (whose generation was

@@ -41,10 +41,31 @@ pub(super) struct Session {
     /// Input stopped for want of room (pipeline or output full); the
     /// runtime is woken when room is back.
     input_waits: bool,
-    /// Backend connections opened for its blocking commands (some may
-    /// have answered and been freed since: their owner says).
+    /// Backend connections opened for its blocking commands and
+    /// transactions (some may have answered and been freed since: their
+    /// owner says).
     dedicated: Vec<u32>,
+    /// Between `MULTI` and `EXEC`/`DISCARD`.
+    pub tx: Option<Box<Transaction>>,
 }
+
+/// A transaction being queued: the proxy answers `+QUEUED` and sends it
+/// whole (`MULTI`, the commands, `EXEC`) on a connection of its own at
+/// `EXEC`, so no other session's request comes between.
+#[derive(Debug, Default)]
+pub(super) struct Transaction {
+    /// The server every key so far is on.
+    pub server: Option<usize>,
+    /// The commands, as written to the server.
+    pub queued: Vec<u8>,
+    pub count: usize,
+    /// A command was refused while queueing: `EXEC` answers `EXECABORT`.
+    pub failed: bool,
+}
+
+/// The most commands a transaction may queue (each is a piece of the
+/// `EXEC` slot).
+pub(super) const MAX_TRANSACTION: usize = 10_000;
 
 impl Session {
     /// Its output for the runtime to send; what it shows now is no longer
@@ -63,9 +84,10 @@ impl Session {
         self.live
     }
 
-    /// Whether no request of it is in flight.
+    /// Whether no request of it is in flight, nor a transaction queued
+    /// (which a successor could not carry on).
     pub fn is_idle(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.is_empty() && self.tx.is_none()
     }
 
     /// Its state for a successor.
@@ -132,6 +154,7 @@ impl Session {
         self.closing = false;
         self.peer_closed = false;
         self.failed = false;
+        self.tx = None;
         self.memcache_progress = Default::default();
         self.send_queued = false;
         self.input_waits = false;
@@ -474,6 +497,7 @@ impl Engine {
         }
         session.output.clear();
         session.held = 0;
+        session.tx = None;
         self.pools[session.pool].sessions -= 1;
         self.free_sessions.push(index as u32);
         self.close_dedicated(&dedicated, owner);

@@ -61,6 +61,9 @@ struct FakeServer {
     password: Option<Vec<u8>>,
     /// Every command name received, in order.
     log: Vec<String>,
+    /// In a MULTI (one connection's at a time): the commands queued and
+    /// their replies.
+    multi: Option<(usize, Vec<u8>)>,
 }
 
 impl FakeServer {
@@ -119,7 +122,7 @@ impl FakeServer {
     }
 
     /// Answers every complete request in `input`; returns bytes used.
-    fn serve(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+    fn serve(&mut self, input: &[u8], sink: &mut Vec<u8>) -> usize {
         let mut args = Vec::new();
         let mut used = 0;
         while let Ok(Some(len)) =
@@ -138,6 +141,23 @@ impl FakeServer {
             if self.mute {
                 continue;
             }
+            if name == "MULTI" {
+                self.multi = Some((0, Vec::new()));
+                sink.extend(b"+OK\r\n");
+                continue;
+            }
+            if name == "EXEC" {
+                let (n, replies) = self.multi.take().expect("EXEC after MULTI");
+                resp::write_array_header(sink, n);
+                sink.extend(replies);
+                continue;
+            }
+            let mut queued = Vec::new();
+            let out: &mut Vec<u8> = if self.multi.is_some() {
+                &mut queued
+            } else {
+                sink
+            };
             match name.as_str() {
                 "AUTH" if Some(a[1]) == self.password.as_deref() => out.extend(b"+OK\r\n"),
                 "AUTH" => out.extend(b"-WRONGPASS bad\r\n"),
@@ -223,6 +243,11 @@ impl FakeServer {
                     resp::write_integer(out, n);
                 }
                 _ => out.extend(b"-ERR unknown\r\n"),
+            }
+            if let Some((n, replies)) = &mut self.multi {
+                *n += 1;
+                replies.extend(queued);
+                sink.extend(b"+QUEUED\r\n");
             }
         }
         used
@@ -1803,4 +1828,57 @@ fn a_blocking_command_waits_on_a_connection_of_its_own() {
     net.send(d, &cmd(&["BRPOP", "b", "0"]));
     let got = String::from_utf8(net.take(d)).unwrap();
     assert!(got.starts_with("-ERR ferrox: server s0"), "{got}");
+}
+
+#[test]
+fn a_transaction_on_one_server_runs_whole_on_a_connection_of_its_own() {
+    let (mut net, c) = with_client(spec(2));
+    let other = net.client();
+    // a and c live on server 1.
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    // Queued by the proxy: nothing reaches a server before EXEC.
+    net.send(other, &cmd(&["SET", "a", "0"]));
+    net.send(c, &cmd(&["INCR", "c"]));
+    net.send(c, &cmd(&["GET", "a"]));
+    assert_eq!(net.take(c), b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n");
+    assert!(!net.servers[1].log.contains(&"MULTI".to_string()));
+    net.send(c, &cmd(&["EXEC"]));
+    assert_eq!(net.take(c), b"*3\r\n+OK\r\n:1\r\n$1\r\n1\r\n");
+    let log = &net.servers[1].log;
+    let at = log.iter().position(|c| c == "MULTI").unwrap();
+    assert_eq!(log[at..], ["MULTI", "SET", "INCR", "GET", "EXEC"]);
+    assert_eq!(
+        backends_up(&net, 1),
+        1,
+        "its connection closed once answered"
+    );
+    // A key on another server: refused, and EXEC discards the rest.
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["SET", "a", "2"]));
+    net.send(c, &cmd(&["SET", "b", "2"]));
+    net.send(c, &cmd(&["KEYS", "*"]));
+    net.send(c, &cmd(&["EXEC"]));
+    let got = String::from_utf8(net.take(c)).unwrap();
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert_eq!(lines[..2], ["+OK", "+QUEUED"]);
+    assert!(lines[2].starts_with("-CROSSSLOT "), "{got}");
+    assert!(lines[3].contains("blocked by configuration"), "{got}");
+    assert!(lines[4].starts_with("-EXECABORT"), "{got}");
+    assert_eq!(net.servers[1].data[&b"a"[..]], b"1");
+    // DISCARD, and the errors Redis gives out of place.
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["SET", "a", "3"]));
+    net.send(c, &cmd(&["DISCARD"]));
+    net.send(c, &cmd(&["EXEC"]));
+    net.send(c, &cmd(&["DISCARD"]));
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["EXEC"]));
+    assert_eq!(
+        String::from_utf8(net.take(c)).unwrap(),
+        "+OK\r\n-ERR MULTI calls can not be nested\r\n+QUEUED\r\n+OK\r\n\
+         -ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n*0\r\n"
+    );
+    assert_eq!(net.servers[1].data[&b"a"[..]], b"1");
 }

@@ -6,6 +6,7 @@ use ferrox_proto::resp;
 
 use super::super::pipeline::{Combine, Expect};
 use super::super::{Engine, Micros};
+use super::MAX_TRANSACTION;
 use crate::command::{self, Local, Merge, Route};
 
 impl Engine {
@@ -70,6 +71,16 @@ impl Engine {
             return self.local_error(index, |out, _| {
                 out.extend_from_slice(b"-NOAUTH Authentication required.\r\n")
             });
+        }
+        if self.sessions[index].tx.is_some()
+            && !matches!(
+                route,
+                Some(Route::Local(
+                    Local::Exec | Local::Discard | Local::Multi | Local::Quit
+                ))
+            )
+        {
+            return self.redis_tx_queue(index, route, blocked, request, args);
         }
         if blocked {
             return self.local_error(index, |out, _| {
@@ -166,6 +177,100 @@ impl Engine {
             let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
             write_piece(out, request, args, step, keys)
         });
+    }
+
+    /// A command between `MULTI` and `EXEC`: checked as it would be
+    /// routed (its keys on the transaction's one server), queued and
+    /// answered `+QUEUED`; refused, it is answered with the reason and
+    /// `EXEC` will discard the transaction, as Redis does.
+    fn redis_tx_queue(
+        &mut self,
+        index: usize,
+        route: Option<Route>,
+        blocked: bool,
+        request: &[u8],
+        args: &[Range<usize>],
+    ) {
+        let name = &request[args[0].clone()];
+        let arg = |i: usize| &request[args[i].clone()];
+        let refused: Result<Option<usize>, Vec<u8>> = (|| {
+            let mut why = Vec::new();
+            if blocked {
+                error_about(
+                    &mut why,
+                    "command '",
+                    name,
+                    &["' is blocked by configuration"],
+                );
+                return Err(why);
+            }
+            let Some(route) = route else {
+                error_about(&mut why, "unknown command '", name, &["'"]);
+                return Err(why);
+            };
+            if !matches!(route, Route::Single | Route::Together(_) | Route::Split(_)) {
+                error_about(
+                    &mut why,
+                    "'",
+                    name,
+                    &["' cannot be part of a transaction through the proxy"],
+                );
+                return Err(why);
+            }
+            let keys = command::key_positions(route, args.len(), |i| {
+                std::str::from_utf8(arg(i)).ok()?.parse().ok()
+            })
+            .map_err(|e| {
+                error_about(&mut why, "", name, &[": ", e]);
+                std::mem::take(&mut why)
+            })?;
+            let step = if route == Route::Split(Merge::Ok) {
+                2
+            } else {
+                1
+            };
+            let mut server = self.sessions[index].tx.as_ref().and_then(|tx| tx.server);
+            let key_args = keys
+                .step_by(step)
+                .chain(command::dest_key(route).then_some(1));
+            for i in key_args {
+                let Some(here) = self.place(index, arg(i)) else {
+                    why.extend_from_slice(b"-ERR ferrox: no server is available\r\n");
+                    return Err(why);
+                };
+                if server.is_some_and(|s| s != here) {
+                    why.extend_from_slice(
+                        b"-CROSSSLOT ferrox: the keys of a transaction must be on one server (a hashtag keeps them together)\r\n",
+                    );
+                    return Err(why);
+                }
+                server = Some(here);
+            }
+            if self.sessions[index]
+                .tx
+                .as_ref()
+                .is_some_and(|tx| tx.count >= MAX_TRANSACTION)
+            {
+                why.extend_from_slice(
+                    b"-ERR ferrox: a transaction through the proxy holds at most 10000 commands\r\n",
+                );
+                return Err(why);
+            }
+            Ok(server)
+        })();
+        let tx = self.sessions[index].tx.as_mut().expect("in a transaction");
+        match refused {
+            Ok(server) => {
+                tx.server = server;
+                tx.count += 1;
+                write_whole(&mut tx.queued, request, args);
+                self.local_reply(index, |out, _| out.extend_from_slice(b"+QUEUED\r\n"));
+            }
+            Err(why) => {
+                tx.failed = true;
+                self.local_error(index, |out, _| out.extend_from_slice(&why));
+            }
+        }
     }
 
     /// `DBSIZE`, `FLUSHDB`, `KEYS`: the request whole to every server
@@ -326,6 +431,45 @@ impl Engine {
                 }
             }
             Local::Command => self.redis_command(index, request, args),
+            Local::Multi if argc == 1 => {
+                if self.sessions[index].tx.is_some() {
+                    self.local_error(index, |out, _| {
+                        out.extend_from_slice(b"-ERR MULTI calls can not be nested\r\n")
+                    })
+                } else {
+                    self.sessions[index].tx = Some(Box::default());
+                    self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+                }
+            }
+            Local::Exec if argc == 1 => match self.sessions[index].tx.take() {
+                None => self.local_error(index, |out, _| {
+                    out.extend_from_slice(b"-ERR EXEC without MULTI\r\n")
+                }),
+                Some(tx) if tx.failed => self.local_error(index, |out, _| {
+                    out.extend_from_slice(
+                        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                    )
+                }),
+                Some(tx) => match tx.server {
+                    // Nothing queued (or only keyless commands): nothing to run.
+                    None => self.local_reply(index, |out, _| out.extend_from_slice(b"*0\r\n")),
+                    Some(server) => {
+                        let seq = self.open_slot(index, Combine::Pass, (tx.count + 2) as u16);
+                        let now = self.now;
+                        self.send_transaction(index, server, seq, &tx.queued, tx.count, now);
+                    }
+                },
+            },
+            Local::Discard if argc == 1 => match self.sessions[index].tx.take() {
+                None => self.local_error(index, |out, _| {
+                    out.extend_from_slice(b"-ERR DISCARD without MULTI\r\n")
+                }),
+                Some(_) => self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n")),
+            },
+            // Nothing is watched through the proxy (WATCH is refused).
+            Local::Unwatch => {
+                self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+            }
             Local::Info => {
                 let (text, keyspace) = self.info_text(index, (1..argc).map(arg));
                 if keyspace {
