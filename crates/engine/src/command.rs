@@ -83,13 +83,19 @@ pub enum Local {
     Exec,
     Discard,
     Unwatch,
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `UNSUBSCRIBE`, `PUNSUBSCRIBE`.
+    Subscribe,
+    Psubscribe,
+    Unsubscribe,
+    Punsubscribe,
     Ping,
     Quit,
     Select,
 }
 
 const BLOCKING: &str = "this blocking command is not supported by the proxy";
-const PUBSUB: &str = "pub/sub is not supported by the proxy";
+const PUBSUB: &str =
+    "this pub/sub command is not supported by the proxy (SUBSCRIBE, PSUBSCRIBE and PUBLISH are)";
 const WATCH: &str = "WATCH needs one server connection held from WATCH to EXEC, which the proxy does not keep (MULTI/EXEC without WATCH work)";
 const ADMIN: &str = "administrative commands go to the servers directly";
 const SCRIPT: &str = "scripts without keys cannot be routed";
@@ -149,8 +155,8 @@ static TABLE: &[(&[u8], Route)] = {
         OBJECT: Refuse(ADMIN),
         PERSIST, PEXPIRE, PEXPIREAT, PEXPIRETIME, PFADD, PFCOUNT: Together(Keys::All),
         PFMERGE: Together(Keys::All), PING: Route::Local(L::Ping), PSETEX,
-        PSUBSCRIBE: Refuse(PUBSUB), PTTL, PUBLISH: Refuse(PUBSUB), PUBSUB: Refuse(PUBSUB),
-        PUNSUBSCRIBE: Refuse(PUBSUB),
+        PSUBSCRIBE: Route::Local(L::Psubscribe), PTTL, PUBLISH, PUBSUB: Refuse(PUBSUB),
+        PUNSUBSCRIBE: Route::Local(L::Punsubscribe),
         QUIT: Route::Local(L::Quit),
         RANDOMKEY: All(Merge::AnyKey), RENAME: Together(Keys::Two), RENAMENX: Together(Keys::Two),
         REPLICAOF: Refuse(ADMIN), RESTORE, RPOP, RPOPLPUSH: Together(Keys::Two), RPUSH, RPUSHX,
@@ -161,10 +167,10 @@ static TABLE: &[(&[u8], Route)] = {
         SINTERSTORE: Together(Keys::All), SISMEMBER, SLAVEOF: Refuse(ADMIN), SLOWLOG: Refuse(ADMIN),
         SMEMBERS, SMISMEMBER, SMOVE: Together(Keys::Two), SORT, SORT_RO, SPOP,
         SPUBLISH: Refuse(PUBSUB), SRANDMEMBER, SREM, SSCAN, SSUBSCRIBE: Refuse(PUBSUB), STRLEN,
-        SUBSCRIBE: Refuse(PUBSUB), SUBSTR, SUNION: Together(Keys::All),
+        SUBSCRIBE: Route::Local(L::Subscribe), SUBSTR, SUNION: Together(Keys::All),
         SUNIONSTORE: Together(Keys::All), SUNSUBSCRIBE: Refuse(PUBSUB), SWAPDB: Refuse(ADMIN),
         TIME: Refuse(ADMIN), TOUCH: Split(Merge::Sum), TTL, TYPE,
-        UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Refuse(PUBSUB), UNWATCH: Route::Local(L::Unwatch),
+        UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Route::Local(L::Unsubscribe), UNWATCH: Route::Local(L::Unwatch),
         WAIT: Refuse(BLOCKING), WATCH: Refuse(WATCH),
         XACK, XADD, XAUTOCLAIM, XCLAIM, XDEL, XGROUP: Refuse(ADMIN), XINFO: Refuse(ADMIN), XLEN,
         XPENDING, XRANGE, XREAD: Refuse(BLOCKING), XREADGROUP: Refuse(BLOCKING), XREVRANGE, XSETID,
@@ -412,6 +418,11 @@ fn describe_route(route: Route) -> String {
              connection of its own (every key on one server)"
                 .into()
         }
+        Route::Local(
+            Local::Subscribe | Local::Psubscribe | Local::Unsubscribe | Local::Punsubscribe,
+        ) => "pub/sub: on a connection of the client's own to the channel's server (a pattern's: \
+              to every server), messages passed on as they come"
+            .into(),
         Route::Local(_) => "answered by ferrox".into(),
         Route::Single => "sent to the key's server".into(),
         Route::Together(_) => {

@@ -31,6 +31,7 @@ pub mod handover;
 pub mod info;
 mod output;
 mod pipeline;
+mod pubsub;
 pub mod reconfigure;
 mod session;
 #[cfg(test)]

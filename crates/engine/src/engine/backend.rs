@@ -83,6 +83,9 @@ pub(super) struct Backend {
     owner: Option<(u32, u32)>,
     /// No request timeout (a blocking command waits as long as asked).
     untimed: bool,
+    /// A session's pub/sub connection: frames come unasked for (messages),
+    /// and it stays open when it has answered everything.
+    subscriber: bool,
 }
 
 impl Backend {
@@ -148,7 +151,17 @@ impl Backend {
             armed: None,
             owner: None,
             untimed: false,
+            subscriber: false,
         }
+    }
+
+    pub fn make_subscriber(&mut self) {
+        self.subscriber = true;
+    }
+
+    /// Where the next request's bytes go.
+    pub fn output_tail(&mut self) -> &mut Vec<u8> {
+        self.output.tail()
     }
 
     /// When this connection next needs [`Engine::handle_timeout`].
@@ -327,11 +340,34 @@ impl Engine {
         self.arm(b);
     }
 
+    /// Records that backend `b` was sent slot piece `at`'s request (its
+    /// bytes already in the output), and asks for the send.
+    pub(super) fn queue_on(&mut self, b: usize, at: SlotRef, expect: Expect, now: Micros) {
+        let backend = &mut self.backends[b];
+        backend.inflight.push_back(InFlight {
+            at,
+            expect,
+            sent: now,
+        });
+        if backend.state == State::Ready && !backend.send_queued {
+            backend.send_queued = true;
+            let handle = backend.handle.expect("a ready connection has a handle");
+            self.actions.push_back(Action::Send(handle));
+        }
+        self.arm(b);
+    }
+
     /// A new connection to `server` of session `index`'s own, being
     /// opened (with the pool's handshake in its output): retiring from
     /// the start, so that it takes nothing else and is freed once it has
     /// answered; `untimed`: no request timeout.
-    fn open_dedicated(&mut self, index: usize, server: usize, untimed: bool, now: Micros) -> usize {
+    pub(super) fn open_dedicated(
+        &mut self,
+        index: usize,
+        server: usize,
+        untimed: bool,
+        now: Micros,
+    ) -> usize {
         let (pool, resp3) = self.sessions[index].route();
         let b = self.new_backend(pool, server, resp3) as usize;
         let owner = (index as u32, self.sessions[index].generation());
@@ -457,6 +493,8 @@ impl Engine {
             let shape = match (backend.handshake, backend.inflight.front()) {
                 (1.., _) => Shape::Resp,
                 (0, Some(request)) => request.expect.shape,
+                // A subscriber's messages come unasked for.
+                (0, None) if backend.subscriber => Shape::Resp,
                 (0, None) => {
                     self.backend_failed(b, now, "sent a reply to no request");
                     return input.len();
@@ -487,6 +525,10 @@ impl Engine {
                 continue;
             }
             backend.failures = 0;
+            if backend.subscriber {
+                self.subscriber_input(b, reply);
+                continue;
+            }
             if !backend.retiring {
                 let (pool, server) = (backend.pool, backend.server);
                 let health = &mut self.pools[pool].health[server];
@@ -512,6 +554,36 @@ impl Engine {
         // The next request in flight is timed from its own sending.
         self.arm(b);
         used
+    }
+
+    /// Closes session `index` (if it is still the one of `generation`)
+    /// after what it has been answered.
+    fn close_subscriber_session(&mut self, index: usize, generation: u32) {
+        let session = &self.sessions[index];
+        if session.is_live() && session.generation() == generation {
+            self.session_close_soon(index);
+        }
+    }
+
+    /// A frame on subscriber connection `b`: a message for its session's
+    /// client, or a confirmation for the slot of the request it answers.
+    fn subscriber_input(&mut self, b: usize, frame: &[u8]) {
+        let Some((index, generation)) = self.backends[b].owner else {
+            return;
+        };
+        let index = index as usize;
+        if !self.sessions[index].is_live() || self.sessions[index].generation() != generation {
+            return;
+        }
+        let Some(reply) = self.pubsub_frame(index, frame) else {
+            return;
+        };
+        let Some(request) = self.backends[b].inflight.pop_front() else {
+            // A confirmation no request of ours asked for: dropped.
+            return;
+        };
+        let suppressed = request.expect.suppress == Suppress::Always;
+        self.fill_slot(request.at, if suppressed { b"" } else { &reply });
     }
 
     /// Gives up a backend connection whose server left the configuration:
@@ -571,6 +643,14 @@ impl Engine {
         backend.send_queued = false;
         backend.handshake = 0;
         let (pool, server) = (backend.pool, backend.server);
+        if backend.subscriber {
+            // Its subscriptions are gone with it: the client is closed, to
+            // subscribe again on its next connection.
+            if let Some((index, generation)) = backend.owner {
+                self.close_subscriber_session(index as usize, generation);
+            }
+        }
+        let backend = &mut self.backends[b];
         let mut inflight = std::mem::take(&mut backend.inflight);
         for request in inflight.drain(..) {
             self.stats.errors += 1;

@@ -69,6 +69,9 @@ pub(super) enum Combine {
     /// `INFO` with its keyspace section: the proxy's own sections (kept
     /// in the slot's `keys`), then every server's keyspace added up.
     Info,
+    /// Pub/sub confirmations the proxy made (in the slot's `keys`), given
+    /// once every server confirmed; a server's error instead, if any.
+    Confirm,
 }
 
 /// Shards a proxy `SCAN` cursor can name: the low byte of the cursor.
@@ -172,6 +175,15 @@ impl Slot {
                     out.extend_from_slice(
                         b"-ERR ferrox: a server sent an unexpected SCAN reply\r\n",
                     );
+                }
+            }
+            Combine::Confirm => {
+                match (0..self.pieces.len())
+                    .map(piece)
+                    .find(|p| p.first() == Some(&b'-'))
+                {
+                    Some(error) => out.extend_from_slice(error),
+                    None => out.extend_from_slice(&self.keys),
                 }
             }
             Combine::Info => {

@@ -47,6 +47,8 @@ pub(super) struct Session {
     dedicated: Vec<u32>,
     /// Between `MULTI` and `EXEC`/`DISCARD`.
     pub tx: Option<Box<Transaction>>,
+    /// Its subscriptions, once it subscribed.
+    pub pubsub: Option<Box<super::pubsub::PubSub>>,
 }
 
 /// A transaction being queued: the proxy answers `+QUEUED` and sends it
@@ -85,9 +87,9 @@ impl Session {
     }
 
     /// Whether no request of it is in flight, nor a transaction queued
-    /// (which a successor could not carry on).
+    /// or a subscription held (which a successor could not carry on).
     pub fn is_idle(&self) -> bool {
-        self.slots.is_empty() && self.tx.is_none()
+        self.slots.is_empty() && self.tx.is_none() && self.pubsub.is_none()
     }
 
     /// Its state for a successor.
@@ -155,6 +157,7 @@ impl Session {
         self.peer_closed = false;
         self.failed = false;
         self.tx = None;
+        self.pubsub = None;
         self.memcache_progress = Default::default();
         self.send_queued = false;
         self.input_waits = false;
@@ -461,6 +464,46 @@ impl Engine {
         }
     }
 
+    /// Keeps `text` in slot `seq` of session `index` (for a combine that
+    /// writes it: `Info`, `Confirm`).
+    pub(super) fn set_slot_text(&mut self, index: usize, seq: u64, text: &[u8]) {
+        let session = &mut self.sessions[index];
+        let slot = &mut session.slots[(seq - session.head) as usize];
+        slot.keys.clear();
+        slot.keys.extend_from_slice(text);
+    }
+
+    /// Bytes a server pushed (a pub/sub message), for the client now:
+    /// after whatever is already written or held, before replies still to
+    /// come.
+    pub(super) fn session_push(&mut self, index: usize, frame: &[u8]) {
+        let session = &mut self.sessions[index];
+        match session.slots.back_mut() {
+            Some(slot) => {
+                slot.reply.extend_from_slice(frame);
+                session.held += frame.len();
+            }
+            None => session.output.tail().extend_from_slice(frame),
+        }
+        self.pools[session.pool].counters.bytes_out += frame.len() as u64;
+        self.session_wants_send(index);
+    }
+
+    /// Closes the session once the replies it is owed are written (at
+    /// once when it is owed none).
+    pub(super) fn session_close_soon(&mut self, index: usize) {
+        let session = &mut self.sessions[index];
+        if session.closing {
+            return;
+        }
+        if session.slots.is_empty() {
+            session.closing = true;
+            self.actions.push_back(Action::Close(session.handle));
+        } else {
+            self.close_after_last(index);
+        }
+    }
+
     pub(super) fn session_peer_closed(&mut self, index: usize) {
         let session = &mut self.sessions[index];
         if !session.live || session.closing {
@@ -498,6 +541,7 @@ impl Engine {
         session.output.clear();
         session.held = 0;
         session.tx = None;
+        session.pubsub = None;
         self.pools[session.pool].sessions -= 1;
         self.free_sessions.push(index as u32);
         self.close_dedicated(&dedicated, owner);

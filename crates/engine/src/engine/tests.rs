@@ -202,6 +202,15 @@ impl FakeServer {
                     let value = self.data.remove(a[1]).expect("waited for above");
                     resp::write_bulk_array(out, [a[1], &value[..]]);
                 }
+                // Stateless: every confirmation says one subscription.
+                "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
+                    let kind = name.to_ascii_lowercase();
+                    let count = i64::from(!kind.contains("unsub"));
+                    resp::write_array_header(out, 3);
+                    resp::write_bulk(out, kind.as_bytes());
+                    resp::write_bulk(out, a[1]);
+                    resp::write_integer(out, count);
+                }
                 "DBSIZE" => resp::write_integer(out, self.data.len() as i64),
                 // Every key of the fake expires, in 1,000 ms per key held.
                 "INFO" => {
@@ -1694,7 +1703,7 @@ fn command_and_info_are_answered_by_the_proxy() {
         .unwrap();
     let served = crate::command::served().count() as i64;
     assert!(count == served && count > 150, "{count}");
-    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "subscribe"]));
+    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "xread"]));
     assert_eq!(
         net.take(c),
         [
@@ -1881,4 +1890,74 @@ fn a_transaction_on_one_server_runs_whole_on_a_connection_of_its_own() {
          -ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n*0\r\n"
     );
     assert_eq!(net.servers[1].data[&b"a"[..]], b"1");
+}
+
+/// The newest backend connection to `server`: (handle, tag).
+fn newest_backend(net: &Net, server: usize) -> (Handle, Tag) {
+    net.conns
+        .iter()
+        .filter_map(|(h, c)| match c {
+            Conn::Backend {
+                tag,
+                server: s,
+                up: true,
+                ..
+            } if *s == server => Some((*h, *tag)),
+            _ => None,
+        })
+        .max_by_key(|(h, _)| *h)
+        .expect("a connection to the server")
+}
+
+#[test]
+fn subscriptions_hold_connections_of_their_own_and_pass_messages_on() {
+    let (mut net, c) = with_client(spec(2));
+    // 'a' on server 1, 'b' on server 0; servers answer from the last.
+    net.send(c, &cmd(&["SUBSCRIBE", "a", "b"]));
+    assert_eq!(
+        net.take(c),
+        b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n"
+    );
+    // Subscribed: other commands are refused, PING answers as RESP2 does.
+    net.send(c, &cmd(&["GET", "x"]));
+    let got = String::from_utf8(net.take(c)).unwrap();
+    assert!(got.contains("only (P)SUBSCRIBE"), "{got}");
+    net.send(c, &cmd(&["PING"]));
+    assert_eq!(net.take(c), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    // A message a server pushes goes to the client as it comes.
+    let (_, tag) = newest_backend(&net, 1);
+    let message = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n";
+    assert_eq!(
+        net.engine.handle_input(tag, message, net.now),
+        message.len()
+    );
+    net.pump();
+    assert_eq!(net.take(c), message);
+    // A pattern goes to every server; its confirmation comes once.
+    net.send(c, &cmd(&["PSUBSCRIBE", "n*"]));
+    assert_eq!(
+        net.take(c),
+        b"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:3\r\n"
+    );
+    net.send(c, &cmd(&["PUNSUBSCRIBE"]));
+    net.send(c, &cmd(&["UNSUBSCRIBE"]));
+    assert_eq!(
+        net.take(c),
+        b"*3\r\n$12\r\npunsubscribe\r\n$2\r\nn*\r\n:2\r\n\
+          *3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n"
+    );
+    // Out of subscribed mode: commands again.
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    assert_eq!(net.take(c), b"+OK\r\n");
+    // PUBLISH goes to the channel's server.
+    net.send(c, &cmd(&["PUBLISH", "a", "x"]));
+    assert!(net.servers[1].log.contains(&"PUBLISH".to_string()));
+    net.take(c);
+    // The client goes: its subscriber connections close with it.
+    let before = backends_up(&net, 0) + backends_up(&net, 1);
+    net.engine.handle_gone(net.client_tag(c), c, net.now);
+    net.pump();
+    assert_eq!(backends_up(&net, 0) + backends_up(&net, 1), before - 2);
 }

@@ -72,6 +72,31 @@ impl Engine {
                 out.extend_from_slice(b"-NOAUTH Authentication required.\r\n")
             });
         }
+        if self.sessions[index]
+            .pubsub
+            .as_ref()
+            .is_some_and(|p| p.active())
+            && !matches!(
+                route,
+                Some(Route::Local(
+                    Local::Subscribe
+                        | Local::Psubscribe
+                        | Local::Unsubscribe
+                        | Local::Punsubscribe
+                        | Local::Ping
+                        | Local::Quit
+                ))
+            )
+        {
+            return self.local_error(index, |out, _| {
+                error_about(
+                    out,
+                    "can't execute '",
+                    name,
+                    &["': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT are allowed while subscribed"],
+                )
+            });
+        }
         if self.sessions[index].tx.is_some()
             && !matches!(
                 route,
@@ -370,7 +395,28 @@ impl Engine {
         let arg = |i: usize| &request[args[i].clone()];
         let argc = args.len();
         let pool = self.session_spec(index);
+        let subscribed = self.sessions[index]
+            .pubsub
+            .as_ref()
+            .is_some_and(|p| p.active());
         match local {
+            // Subscribed, RESP2 answers PING as a message would come.
+            Local::Ping if subscribed && argc <= 2 && !self.sessions[index].resp3 => {
+                let payload: &[u8] = if argc == 2 { arg(1) } else { b"" };
+                self.local_reply(index, |out, _| {
+                    resp::write_bulk_array(out, [&b"pong"[..], payload])
+                })
+            }
+            Local::Subscribe | Local::Psubscribe if argc >= 2 => {
+                let names: Vec<&[u8]> = (1..argc).map(arg).collect();
+                let now = self.now;
+                self.redis_subscribe(index, local == Local::Psubscribe, &names, now)
+            }
+            Local::Unsubscribe | Local::Punsubscribe => {
+                let names: Vec<&[u8]> = (1..argc).map(arg).collect();
+                let now = self.now;
+                self.redis_unsubscribe(index, local == Local::Punsubscribe, &names, now)
+            }
             Local::Ping if argc == 1 => {
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+PONG\r\n"))
             }
@@ -517,9 +563,7 @@ impl Engine {
             });
         }
         let seq = self.open_split_slot(index, Combine::Info, &groups);
-        let session = &mut self.sessions[index];
-        let slot = &mut session.slots[(seq - session.head) as usize];
-        slot.keys.extend_from_slice(text.as_bytes());
+        self.set_slot_text(index, seq, text.as_bytes());
         let now = self.now;
         self.send_pieces(index, seq, groups, Expect::RESP, now, |out, _| {
             resp::write_bulk_array(out, [&b"INFO"[..], b"keyspace"])

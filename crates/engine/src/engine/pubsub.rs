@@ -1,0 +1,292 @@
+//! Pub/sub through the proxy. A channel lives on the server its name
+//! hashes to, as a key does (`PUBLISH` is routed like a single-key
+//! command); a subscribing session gets a connection of its own to each
+//! server it subscribes on (`SUBSCRIBE` to the channel's, `PSUBSCRIBE`
+//! to every server that takes keys, since a pattern may match a channel
+//! on any), and what those connections push (`message`, `pmessage`) goes
+//! to the client as it comes. The proxy keeps the session's channels and
+//! patterns, so that the counts in the (un)subscribe confirmations are the
+//! session's, not one server connection's, and a pattern's confirmation
+//! from every server reaches the client once.
+
+use std::collections::BTreeSet;
+
+use ferrox_proto::resp;
+
+use super::pipeline::{Combine, Expect, Shape, Suppress};
+use super::{Engine, Micros};
+
+/// A session's subscriptions.
+#[derive(Debug, Default)]
+pub(super) struct PubSub {
+    /// Its connection to each server it subscribes on: (server, backend).
+    pub conns: Vec<(u32, u32)>,
+    pub channels: BTreeSet<Vec<u8>>,
+    pub patterns: BTreeSet<Vec<u8>>,
+    /// Confirmations still to come.
+    pub pending: u32,
+}
+
+impl PubSub {
+    /// Whether the session is in subscribed mode (only the pub/sub
+    /// commands, `PING` and `QUIT` are taken).
+    pub fn active(&self) -> bool {
+        !self.channels.is_empty() || !self.patterns.is_empty() || self.pending > 0
+    }
+
+    fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+}
+
+/// A pub/sub frame a server pushes: `[kind, name, count-or-payload, ...]`
+/// as RESP2 array or RESP3 push. Returns the kind and, for confirmations,
+/// the name (`None` for a null one).
+fn frame_kind(frame: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let rest = match frame.first()? {
+        b'*' | b'>' => &frame[frame.iter().position(|&b| b == b'\n')? + 1..],
+        _ => return None,
+    };
+    /// A bulk string (or a null) at the start of `at`, and its length.
+    fn bulk(at: &[u8]) -> Option<(Option<&[u8]>, usize)> {
+        if at.starts_with(b"$-1\r\n") || at.starts_with(b"_\r\n") {
+            return Some((None, if at[0] == b'_' { 3 } else { 5 }));
+        }
+        let body = at.strip_prefix(b"$")?;
+        let end = body.iter().position(|&b| b == b'\r')?;
+        let len: usize = std::str::from_utf8(&body[..end]).ok()?.parse().ok()?;
+        let start = 1 + end + 2;
+        Some((Some(at.get(start..start + len)?), start + len + 2))
+    }
+    let (kind, used) = bulk(rest)?;
+    let (name, _) = bulk(rest.get(used..)?)?;
+    Some((kind?, name))
+}
+
+impl Engine {
+    /// `SUBSCRIBE ch...` or `PSUBSCRIBE pattern...`: each name to its
+    /// server's subscriber connection (a pattern to every server's). The
+    /// confirmations the client gets are made here, with the counts Redis
+    /// would give one connection, and released once every server has
+    /// confirmed (so a message published after the client saw one reaches
+    /// it).
+    pub(super) fn redis_subscribe(
+        &mut self,
+        index: usize,
+        pattern: bool,
+        names: &[&[u8]],
+        now: Micros,
+    ) {
+        let pool = self.sessions[index].route().0;
+        let live: Vec<usize> = self.pools[pool]
+            .live
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l)
+            .map(|(s, _)| s)
+            .collect();
+        let resp3 = self.sessions[index].resp3;
+        let kind: &[u8] = if pattern { b"psubscribe" } else { b"subscribe" };
+        let mut frames = Vec::new();
+        let mut sends: Vec<(usize, &[u8])> = Vec::new();
+        for &name in names {
+            let servers: Vec<usize> = if pattern {
+                live.clone()
+            } else {
+                self.place(index, name).into_iter().collect()
+            };
+            if servers.is_empty() {
+                frames.extend_from_slice(b"-ERR ferrox: no server is available\r\n");
+                continue;
+            }
+            let state = self.sessions[index].pubsub.get_or_insert_default();
+            let set = if pattern {
+                &mut state.patterns
+            } else {
+                &mut state.channels
+            };
+            set.insert(name.to_vec());
+            write_confirmation(&mut frames, resp3, kind, Some(name), state.count());
+            sends.extend(servers.into_iter().map(|s| (s, name)));
+        }
+        let command: &[u8] = if pattern { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
+        let targets: Vec<(usize, &[u8])> = sends
+            .into_iter()
+            .map(|(server, name)| (self.subscriber(index, server, now), name))
+            .collect();
+        self.confirm_after(index, command, &targets, frames, now);
+    }
+
+    /// `UNSUBSCRIBE [ch...]` or `PUNSUBSCRIBE [pattern...]` (none: every
+    /// one the session has), each to where it was subscribed; the
+    /// confirmations as for [`Engine::redis_subscribe`].
+    pub(super) fn redis_unsubscribe(
+        &mut self,
+        index: usize,
+        pattern: bool,
+        names: &[&[u8]],
+        now: Micros,
+    ) {
+        let resp3 = self.sessions[index].resp3;
+        let kind: &[u8] = if pattern {
+            b"punsubscribe"
+        } else {
+            b"unsubscribe"
+        };
+        let state = self.sessions[index].pubsub.get_or_insert_default();
+        let set = if pattern {
+            &state.patterns
+        } else {
+            &state.channels
+        };
+        let names: Vec<Vec<u8>> = if names.is_empty() {
+            set.iter().cloned().collect()
+        } else {
+            names.iter().map(|n| n.to_vec()).collect()
+        };
+        let mut frames = Vec::new();
+        if names.is_empty() {
+            // Nothing to leave: Redis answers with a null name.
+            write_confirmation(&mut frames, resp3, kind, None, state.count());
+        }
+        let conns = state.conns.clone();
+        let mut targets: Vec<(usize, &[u8])> = Vec::new();
+        for name in &names {
+            let server = if pattern {
+                None
+            } else {
+                self.place(index, name)
+            };
+            let state = self.sessions[index].pubsub.get_or_insert_default();
+            let set = if pattern {
+                &mut state.patterns
+            } else {
+                &mut state.channels
+            };
+            if set.remove(name) {
+                targets.extend(
+                    conns
+                        .iter()
+                        .filter(|&&(s, _)| pattern || Some(s as usize) == server)
+                        .map(|&(_, b)| (b as usize, &name[..])),
+                );
+            }
+            write_confirmation(&mut frames, resp3, kind, Some(name), state.count());
+        }
+        let command: &[u8] = if pattern {
+            b"PUNSUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
+        self.confirm_after(index, command, &targets, frames, now);
+    }
+
+    /// Sends `command name` on each of `targets` (subscriber connection,
+    /// name) and answers the client `frames` once all of them confirmed.
+    fn confirm_after(
+        &mut self,
+        index: usize,
+        command: &[u8],
+        targets: &[(usize, &[u8])],
+        frames: Vec<u8>,
+        now: Micros,
+    ) {
+        if targets.is_empty() {
+            return self.local_reply(index, |out, _| out.extend_from_slice(&frames));
+        }
+        let seq = self.open_slot(index, Combine::Confirm, targets.len() as u16);
+        self.set_slot_text(index, seq, &frames);
+        self.sessions[index].pubsub.get_or_insert_default().pending += targets.len() as u32;
+        for (piece, &(b, name)) in targets.iter().enumerate() {
+            let at = self.slot_ref(index, seq, piece as u16);
+            resp::write_bulk_array(self.backends[b].output_tail(), [command, name]);
+            let expect = Expect {
+                shape: Shape::Resp,
+                suppress: Suppress::No,
+            };
+            self.queue_on(b, at, expect, now);
+        }
+    }
+
+    /// Session `index`'s subscriber connection to `server`, opened (and
+    /// remembered) the first time.
+    fn subscriber(&mut self, index: usize, server: usize, now: Micros) -> usize {
+        let state = self.sessions[index].pubsub.get_or_insert_default();
+        if let Some(&(_, b)) = state.conns.iter().find(|&&(s, _)| s as usize == server) {
+            return b as usize;
+        }
+        let b = self.open_dedicated(index, server, true, now);
+        self.backends[b].make_subscriber();
+        self.sessions[index]
+            .pubsub
+            .get_or_insert_default()
+            .conns
+            .push((server as u32, b as u32));
+        b
+    }
+
+    /// A frame from a subscriber connection of session `index`: a message
+    /// goes to the client at once (`None`); anything else answers the
+    /// request in flight (a confirmation, or an error).
+    pub(super) fn pubsub_frame(&mut self, index: usize, frame: &[u8]) -> Option<Vec<u8>> {
+        match frame_kind(frame) {
+            Some((b"message" | b"pmessage" | b"smessage", _)) => {
+                self.session_push(index, frame);
+                None
+            }
+            Some((b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe", _)) => {
+                let state = self.sessions[index].pubsub.get_or_insert_default();
+                state.pending = state.pending.saturating_sub(1);
+                Some(frame.to_vec())
+            }
+            // Any other RESP3 push (the server's, unasked for).
+            _ if frame.first() == Some(&b'>') => {
+                self.session_push(index, frame);
+                None
+            }
+            _ => Some(frame.to_vec()),
+        }
+    }
+}
+
+/// An (un)subscribe confirmation: `[kind, name, count]`.
+fn write_confirmation(
+    out: &mut Vec<u8>,
+    resp3: bool,
+    kind: &[u8],
+    name: Option<&[u8]>,
+    count: usize,
+) {
+    out.extend_from_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
+    resp::write_bulk(out, kind);
+    match name {
+        Some(name) => resp::write_bulk(out, name),
+        None => resp::write_null(out, resp3),
+    }
+    resp::write_integer(out, count as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_told_apart() {
+        assert_eq!(
+            frame_kind(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"),
+            Some((&b"subscribe"[..], Some(&b"ch"[..])))
+        );
+        assert_eq!(
+            frame_kind(b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n"),
+            Some((&b"unsubscribe"[..], None))
+        );
+        assert_eq!(
+            frame_kind(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
+            Some((&b"message"[..], Some(&b"ch"[..])))
+        );
+        assert_eq!(frame_kind(b"+PONG\r\n"), None);
+        let mut out = Vec::new();
+        write_confirmation(&mut out, false, b"psubscribe", Some(b"n*"), 3);
+        assert_eq!(out, b"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:3\r\n");
+    }
+}
