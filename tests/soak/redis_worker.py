@@ -275,6 +275,8 @@ def check(expected, got, resp3):
         return None if got == "OK" and isinstance(got, wire.Status) else "expected +OK"
     if kind == "pong":
         return None if got == "PONG" and isinstance(got, wire.Status) else "expected +PONG"
+    if kind == "queued":
+        return None if got == "QUEUED" and isinstance(got, wire.Status) else "expected +QUEUED"
     if kind == "int":
         return None if type(got) is int and got == expected[1] else f"expected integer {expected[1]}"
     if kind == "bulk":
@@ -596,6 +598,10 @@ class RedisWorker(common.Worker):
             self.fan_out()
         elif r < 0.08:
             self.scan_keys()
+        elif r < 0.095:
+            self.transaction()
+        elif r < 0.105:
+            self.pubsub()
         else:
             self.pipeline()
 
@@ -696,6 +702,108 @@ class RedisWorker(common.Worker):
                 self.model.data.pop(k, None)
 
     # ------------------------------------------------ special scenarios
+
+    def pubsub(self):
+        """A subscriber connection: 1 to 3 channels and a pattern of this
+        worker's own (on whichever servers they hash to), their
+        confirmations with the counts one Redis connection gives; 1 to 40
+        PUBLISHes from the worker's connection, each counted one receiver
+        and delivered once, in order per channel; then the subscriber
+        unsubscribes from everything, or vanishes."""
+        rng = self.rng
+        self.stats["scenario: pub/sub"] += 1
+        n = self.stats["scenario: pub/sub"]
+        channels = [b"r%d:c%d.%d" % (self.wid, n, i) for i in range(rng.randint(1, 3))]
+        pattern = b"r%d:p%d:*" % (self.wid, n)
+        parse = lambda b, p: wire.parse_resp(b, p)  # noqa: E731
+
+        def waiting(what):
+            return lambda i: f"{what} #{i}"
+
+        sub = common.connect(self.ctx.host, 6379, "a subscriber")
+        try:
+            request = wire.encode_command([b"SUBSCRIBE"] + channels) + wire.encode_command([b"PSUBSCRIBE", pattern])
+            got = self.exchange(sub, request, parse, len(channels) + 1, wire.Plan(), "SUBSCRIBE",
+                                waiting("confirmation"))
+            want = [[b"subscribe", c, i + 1] for i, c in enumerate(channels)]
+            want.append([b"psubscribe", pattern, len(channels) + 1])
+            if got != want:
+                raise Failure(f"SUBSCRIBE confirmations {show_value(got)}, expected {show_value(want)}")
+            if self.conn is None:
+                self.connect()
+            sent = []
+            for _ in range(rng.randint(1, 40)):
+                if rng.random() < 0.7:
+                    channel = rng.choice(channels)
+                else:
+                    channel = pattern[:-1] + b"%d" % rng.randrange(5)
+                sent.append((channel, rng.randbytes(rng.randint(0, 3000))))
+            self.roundtrip([[b"PUBLISH", c, m] for c, m in sent], [("int", 1)] * len(sent), wire.Plan(),
+                           f"{len(sent)} PUBLISHes to a subscriber")
+            got = self.exchange(sub, b"", parse, len(sent), wire.Plan(), "the published messages",
+                                waiting("message"))
+            received = []
+            for frame in got:
+                if frame[:1] == [b"message"] and len(frame) == 3:
+                    received.append((frame[1], frame[2]))
+                elif frame[:2] == [b"pmessage", pattern] and len(frame) == 4:
+                    received.append((frame[2], frame[3]))
+                else:
+                    raise Failure(f"a subscriber got {show_value(frame)}")
+            # Each channel's messages in the order they were published.
+            for channel in {c for c, _ in sent}:
+                if [m for c, m in received if c == channel] != [m for c, m in sent if c == channel]:
+                    raise Failure(f"messages on {show_value(channel)} lost, repeated or out of order")
+            self.stats["pub/sub messages checked"] += len(sent)
+            if rng.random() < 0.3:
+                sub.close(rst=rng.random() < 0.5)
+                self.stats["pub/sub: subscriber vanished"] += 1
+                return
+            request = wire.encode_command([b"UNSUBSCRIBE"]) + wire.encode_command([b"PUNSUBSCRIBE"])
+            got = self.exchange(sub, request, parse, len(channels) + 1, wire.Plan(), "UNSUBSCRIBE",
+                                waiting("confirmation"))
+            want = [[b"unsubscribe", c, len(channels) - i] for i, c in enumerate(sorted(channels))]
+            want.append([b"punsubscribe", pattern, 0])
+            if got != want:
+                raise Failure(f"UNSUBSCRIBE confirmations {show_value(got)}, expected {show_value(want)}")
+        finally:
+            sub.close()
+
+    def transaction(self):
+        """MULTI, 2 to 12 commands on keys a hashtag keeps on one server,
+        EXEC, in one write: ferrox answers +QUEUED and sends the whole
+        transaction at EXEC; every reply, each element of EXEC's array
+        included, is checked against the model."""
+        rng = self.rng
+        if self.conn is None:
+            self.connect()
+        group = rng.randrange(3)
+        slots = [s for s in range(SLOTS) if s % 5 == 1 and s % 3 == group]
+        ops = []
+        for _ in range(rng.randint(2, 12)):
+            k = self.key(rng.choice(slots))
+            c = rng.random()
+            if c < 0.35:
+                ops.append(self.apply("SET", [k, self.value([64 * 1024])], (k,)))
+            elif c < 0.55:
+                ops.append(self.apply("APPEND", [k, self.small()], (k,)))
+            elif c < 0.85:
+                ops.append(self.apply("GET", [k], (k,)))
+            else:
+                ops.append(self.apply("DEL", [k], (k,)))
+        commands = [[b"MULTI"]] + [op.args for op in ops] + [[b"EXEC"]]
+        expected = [OK] + [("queued",)] * len(ops) + [("any",)]
+        label = f"transaction of {len(ops)} commands"
+        replies = self.roundtrip(commands, expected, wire.Plan(), label)
+        results = replies[-1]
+        if not isinstance(results, list) or len(results) != len(ops):
+            raise Failure(f"EXEC of a {label} answered {show_value(results)}")
+        for i, (op, got) in enumerate(zip(ops, results)):
+            why = check(op.expected, got, self.conn.resp3)
+            if why:
+                self.mismatch(f"EXEC of a {label}", i, len(ops), op.args, op.expected, got, why)
+            self.stats["redis ops checked"] += 1
+        self.stats["scenario: transaction"] += 1
 
     def scan_keys(self):
         """SCAN MATCH r<worker>:* through the proxy, cursor after cursor

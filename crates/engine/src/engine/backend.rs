@@ -264,18 +264,7 @@ impl Engine {
         write(backend.output.tail());
         let written = backend.output.tail().len() - before;
         self.pools[pool].health[server].request_bytes += written as u64;
-        let backend = &mut self.backends[b];
-        backend.inflight.push_back(InFlight {
-            at,
-            expect,
-            sent: now,
-        });
-        if backend.state == State::Ready && !backend.send_queued {
-            backend.send_queued = true;
-            let handle = backend.handle.expect("a ready connection has a handle");
-            self.actions.push_back(Action::Send(handle));
-        }
-        self.arm(b);
+        self.queue_on(b, at, expect, now);
     }
 
     /// Sends slot piece `at`, a blocking command, to `server` on a new

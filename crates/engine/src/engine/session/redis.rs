@@ -308,16 +308,7 @@ impl Engine {
         args: &[Range<usize>],
         now: Micros,
     ) {
-        let pool = &self.pools[self.sessions[index].pool];
-        let mut groups = std::mem::take(&mut self.scratch.groups);
-        groups.clear();
-        groups.extend(
-            pool.live
-                .iter()
-                .enumerate()
-                .filter(|(_, &live)| live)
-                .map(|(server, _)| (server as u32, 0)),
-        );
+        let mut groups = self.live_groups(index);
         if groups.len() < 2 {
             let server = groups.first().map(|&(server, _)| server as usize);
             self.scratch.groups = groups;
@@ -388,6 +379,22 @@ impl Engine {
                 resp::write_bulk(out, &request[arg.clone()]);
             }
         });
+    }
+
+    /// One group per server of session `index`'s pool that takes keys,
+    /// in the scratch list (given back by `send_pieces`, or by hand).
+    fn live_groups(&mut self, index: usize) -> Vec<(u32, u32)> {
+        let pool = &self.pools[self.sessions[index].pool];
+        let mut groups = std::mem::take(&mut self.scratch.groups);
+        groups.clear();
+        groups.extend(
+            pool.live
+                .iter()
+                .enumerate()
+                .filter(|(_, &live)| live)
+                .map(|(server, _)| (server as u32, 0)),
+        );
+        groups
     }
 
     /// Commands the proxy answers itself.
@@ -546,16 +553,7 @@ impl Engine {
     /// `INFO` with a keyspace section: `INFO keyspace` to every server
     /// that takes keys, added up after the proxy's own sections (`text`).
     fn redis_info_keyspace(&mut self, index: usize, text: String) {
-        let pool = &self.pools[self.sessions[index].pool];
-        let mut groups = std::mem::take(&mut self.scratch.groups);
-        groups.clear();
-        groups.extend(
-            pool.live
-                .iter()
-                .enumerate()
-                .filter(|(_, &live)| live)
-                .map(|(server, _)| (server as u32, 0)),
-        );
+        let groups = self.live_groups(index);
         if groups.is_empty() {
             self.scratch.groups = groups;
             return self.local_reply(index, |out, _| {
