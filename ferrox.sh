@@ -289,6 +289,15 @@ cmd_demo() {
   (sleep 0.5 && $cli LPUSH jobs job-1 >/dev/null) &
   echo "  BLPOP jobs 5       -> $($cli BLPOP jobs 5 | tr '\n' ' ')(released by another client's LPUSH)"
   wait $!
+  local heard
+  heard=$(mktemp)
+  $ns timeout 2 stdbuf -oL redis-cli -h 198.18.0.2 SUBSCRIBE news >"$heard" 2>&1 &
+  local listener=$!
+  sleep 0.5
+  echo "  PUBLISH news hello -> $($cli PUBLISH news hello) subscriber(s)"
+  wait $listener || true
+  echo "  SUBSCRIBE news     -> $(tr '\n' ' ' <"$heard")(another client, listening)"
+  rm -f "$heard"
   log "where the keys landed (asking each redis-server directly):"
   for port in 7001 7002 7003; do
     echo "  198.18.0.1:$port: $($ns redis-cli -h 198.18.0.1 -p "$port" --scan | sort | tr '\n' ' ')"

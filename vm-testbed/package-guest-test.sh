@@ -117,7 +117,8 @@ say "systemctl stop ferrox"
 systemctl stop ferrox || fail "systemctl stop failed"
 [ "$(systemctl is-active ferrox)" != active ] || fail "still active after stop"
 ! pgrep -x ferrox-dataplane >/dev/null || fail "a dataplane outlived the stop"
-! ls /dev/hugepages/ferrox-* >/dev/null 2>&1 || fail "the shared region outlived the stop"
+left=$(ls /dev/hugepages/ferrox-* /dev/shm/ferrox-* 2>/dev/null | tr '\n' ' ')
+[ -z "$left" ] || fail "the shared region outlived the stop: $left"
 
 say "PASS"
 systemctl poweroff --no-block

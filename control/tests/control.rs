@@ -1215,7 +1215,27 @@ fn sighup_reloads_the_configuration_file_and_a_bad_one_changes_nothing() {
     assert!(appliance.control().0.try_wait().unwrap().is_none());
     assert_eq!(cli(&appliance.ns, FERROX_IP, 6379, "PING"), "PONG");
     assert_eq!(appliance.status()["dataplane"]["restarts"], 0);
+
+    // Stopped (SIGTERM, as systemd stops it), it leaves no shared region.
+    assert!(!region_files(&appliance.region).is_empty());
+    appliance.control().signal(Signal::TERM);
+    let status = appliance.control().0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(region_files(&appliance.region), Vec::<PathBuf>::new());
     drop(appliance);
+}
+
+/// The files of shared region `region` (hugetlbfs or /dev/shm).
+fn region_files(region: &str) -> Vec<PathBuf> {
+    let prefix = format!("ferrox-{region}.");
+    ["/dev/hugepages", "/dev/shm"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Holds argv[1] silent connections and one that sent half a request line

@@ -295,7 +295,7 @@ fn run(args: Args) -> Result<()> {
         signal_hook::consts::SIGHUP,
         control.reload_requested.clone(),
     )?;
-    reopen_logs_on_sigusr1(control.clone())?;
+    reopen_logs_on_sigusr1(&control)?;
 
     let mut threads = daemon::spawn_background(&control);
     threads.push(daemon::serve_admin(control.clone(), &args.admin_socket)?);
@@ -1116,7 +1116,10 @@ fn upgrade_steps(
 /// SIGUSR1 (logrotate's postrotate) opens the log file again, here and,
 /// passed on, in the dataplane and the port holder, which write to the
 /// same file. Caught in any case: its default action ends the process.
-fn reopen_logs_on_sigusr1(control: Arc<Control>) -> anyhow::Result<()> {
+/// The thread is never joined, so it holds the control state weakly: the
+/// shared region is removed when the rest lets go of it.
+fn reopen_logs_on_sigusr1(control: &Arc<Control>) -> anyhow::Result<()> {
+    let control = Arc::downgrade(control);
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])?;
     std::thread::Builder::new()
         .name("sigusr1".into())
@@ -1131,6 +1134,9 @@ fn reopen_logs_on_sigusr1(control: Arc<Control>) -> anyhow::Result<()> {
                         "SIGUSR1: the log file could not be opened again ({e}); the log goes on to the old one"
                     ),
                 }
+                let Some(control) = control.upgrade() else {
+                    return;
+                };
                 let state = control.dataplane.lock().expect("not poisoned");
                 for pid in [state.pid, state.port_holder_pid].into_iter().flatten() {
                     // Our own children, not yet reaped while their pid is
