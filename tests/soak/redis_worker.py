@@ -770,8 +770,8 @@ class RedisWorker(common.Worker):
             sub.close()
 
     def transaction(self):
-        """MULTI, 2 to 12 commands on keys a hashtag keeps on one server,
-        EXEC, in one write: ferrox answers +QUEUED and sends the whole
+        """MULTI (now and then after a WATCH), 2 to 12 commands on keys a
+        hashtag keeps on one server, EXEC, in one write: ferrox answers +QUEUED and sends the whole
         transaction at EXEC; every reply, each element of EXEC's array
         included, is checked against the model."""
         rng = self.rng
@@ -791,9 +791,14 @@ class RedisWorker(common.Worker):
                 ops.append(self.apply("GET", [k], (k,)))
             else:
                 ops.append(self.apply("DEL", [k], (k,)))
-        commands = [[b"MULTI"]] + [op.args for op in ops] + [[b"EXEC"]]
-        expected = [OK] + [("queued",)] * len(ops) + [("any",)]
-        label = f"transaction of {len(ops)} commands"
+        # Now and then WATCHing one of the group's keys first (no one
+        # else writes the worker's keys: EXEC runs), on the connection
+        # the proxy then runs the transaction on.
+        watch = [[b"WATCH", self.key(rng.choice(slots))]] if rng.random() < 0.3 else []
+        commands = watch + [[b"MULTI"]] + [op.args for op in ops] + [[b"EXEC"]]
+        expected = [OK] * len(watch) + [OK] + [("queued",)] * len(ops) + [("any",)]
+        label = f"transaction of {len(ops)} commands" + (" after a WATCH" if watch else "")
+        self.stats["transactions after a WATCH"] += len(watch)
         replies = self.roundtrip(commands, expected, wire.Plan(), label)
         results = replies[-1]
         if not isinstance(results, list) or len(results) != len(ops):

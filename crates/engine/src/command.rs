@@ -82,6 +82,7 @@ pub enum Local {
     Multi,
     Exec,
     Discard,
+    Watch,
     Unwatch,
     /// `SUBSCRIBE`, `PSUBSCRIBE`, `UNSUBSCRIBE`, `PUNSUBSCRIBE`.
     Subscribe,
@@ -96,7 +97,6 @@ pub enum Local {
 const BLOCKING: &str = "this blocking command is not supported by the proxy";
 const PUBSUB: &str =
     "this pub/sub command is not supported by the proxy (SUBSCRIBE, PSUBSCRIBE and PUBLISH are)";
-const WATCH: &str = "WATCH needs one server connection held from WATCH to EXEC, which the proxy does not keep (MULTI/EXEC without WATCH work)";
 const ADMIN: &str = "administrative commands go to the servers directly";
 const SCRIPT: &str = "scripts without keys cannot be routed";
 
@@ -171,7 +171,7 @@ static TABLE: &[(&[u8], Route)] = {
         SUNIONSTORE: Together(Keys::All), SUNSUBSCRIBE: Refuse(PUBSUB), SWAPDB: Refuse(ADMIN),
         TIME: Refuse(ADMIN), TOUCH: Split(Merge::Sum), TTL, TYPE,
         UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Route::Local(L::Unsubscribe), UNWATCH: Route::Local(L::Unwatch),
-        WAIT: Refuse(BLOCKING), WATCH: Refuse(WATCH),
+        WAIT: Refuse(BLOCKING), WATCH: Route::Local(L::Watch),
         XACK, XADD, XAUTOCLAIM, XCLAIM, XDEL, XGROUP: Refuse(ADMIN), XINFO: Refuse(ADMIN), XLEN,
         XPENDING, XRANGE, XREAD: Refuse(BLOCKING), XREADGROUP: Refuse(BLOCKING), XREVRANGE, XSETID,
         XTRIM,
@@ -413,6 +413,11 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
 /// table in the documentation.
 fn describe_route(route: Route) -> String {
     match route {
+        Route::Local(Local::Watch) => {
+            "on a connection of the client's own to the keys' server, kept until `EXEC`, \
+             `DISCARD` or `UNWATCH` (the transaction then runs there)"
+                .into()
+        }
         Route::Local(Local::Multi | Local::Exec | Local::Discard) => {
             "a transaction: its commands queued by ferrox, sent at `EXEC` as `MULTI` … `EXEC` on a \
              connection of its own (every key on one server)"

@@ -86,6 +86,9 @@ pub(super) struct Backend {
     /// A session's pub/sub connection: frames come unasked for (messages),
     /// and it stays open when it has answered everything.
     subscriber: bool,
+    /// A dedicated connection kept open when it has answered everything
+    /// (a subscriber's, or one holding a `WATCH`).
+    keep_open: bool,
 }
 
 impl Backend {
@@ -152,11 +155,17 @@ impl Backend {
             owner: None,
             untimed: false,
             subscriber: false,
+            keep_open: false,
         }
     }
 
     pub fn make_subscriber(&mut self) {
         self.subscriber = true;
+        self.keep_open = true;
+    }
+
+    pub fn keep_open(&mut self, keep: bool) {
+        self.keep_open = keep;
     }
 
     /// Where the next request's bytes go.
@@ -301,32 +310,33 @@ impl Engine {
         count: usize,
         now: Micros,
     ) {
-        let b = self.open_dedicated(index, server, false, now);
+        // On the connection holding the session's WATCH, if any (EXEC
+        // ends the WATCH: the connection is let go once it has answered).
+        let b = match self.sessions[index].watch.take() {
+            Some((_, b)) => {
+                self.backends[b as usize].keep_open(false);
+                b as usize
+            }
+            None => self.open_dedicated(index, server, false, now),
+        };
         let pieces = count + 2;
-        let ats: Vec<SlotRef> = (0..pieces)
-            .map(|piece| self.slot_ref(index, seq, piece as u16))
-            .collect();
-        let backend = &mut self.backends[b];
-        let out = backend.output.tail();
+        let out = self.backends[b].output.tail();
         resp::write_bulk_array(out, [&b"MULTI"[..]]);
         out.extend_from_slice(queued);
         resp::write_bulk_array(out, [&b"EXEC"[..]]);
-        for (piece, at) in ats.into_iter().enumerate() {
+        for piece in 0..pieces {
+            let at = self.slot_ref(index, seq, piece as u16);
             let suppress = if piece + 1 == pieces {
                 Suppress::No
             } else {
                 Suppress::Always
             };
-            backend.inflight.push_back(InFlight {
-                at,
-                expect: Expect {
-                    shape: Shape::Resp,
-                    suppress,
-                },
-                sent: now,
-            });
+            let expect = Expect {
+                shape: Shape::Resp,
+                suppress,
+            };
+            self.queue_on(b, at, expect, now);
         }
-        self.arm(b);
     }
 
     /// Records that backend `b` was sent slot piece `at`'s request (its
@@ -370,6 +380,22 @@ impl Engine {
         session.add_dedicated(b as u32);
         self.backend_connect(b, now);
         b
+    }
+
+    /// Lets go of session `index`'s WATCH connection, if any: closed once
+    /// it has answered what it holds (the server then unwatches).
+    pub(super) fn drop_watch(&mut self, index: usize) {
+        let Some((_, b)) = self.sessions[index].watch.take() else {
+            return;
+        };
+        let b = b as usize;
+        let owner = (index as u32, self.sessions[index].generation());
+        if self.backends[b].owner == Some(owner) {
+            self.backends[b].keep_open(false);
+            if self.backends[b].inflight.is_empty() {
+                self.backend_free(b);
+            }
+        }
     }
 
     /// Closes the connections of session `index` (whose generation was
@@ -535,7 +561,8 @@ impl Engine {
                 Suppress::Quiet(command) => memcache::quiet_suppresses(command, reply),
             };
             self.fill_slot(request.at, if suppressed { b"" } else { reply });
-            if self.backends[b].retiring && self.backends[b].inflight.is_empty() {
+            let backend = &self.backends[b];
+            if backend.retiring && !backend.keep_open && backend.inflight.is_empty() {
                 self.backend_free(b);
                 return input.len();
             }

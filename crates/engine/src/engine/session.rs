@@ -49,6 +49,9 @@ pub(super) struct Session {
     pub tx: Option<Box<Transaction>>,
     /// Its subscriptions, once it subscribed.
     pub pubsub: Option<Box<super::pubsub::PubSub>>,
+    /// The server of its watched keys and the connection holding the
+    /// `WATCH`, until `EXEC`, `DISCARD` or `UNWATCH`.
+    pub watch: Option<(usize, u32)>,
 }
 
 /// A transaction being queued: the proxy answers `+QUEUED` and sends it
@@ -86,10 +89,10 @@ impl Session {
         self.live
     }
 
-    /// Whether no request of it is in flight, nor a transaction queued
-    /// or a subscription held (which a successor could not carry on).
+    /// Whether no request of it is in flight, nor a transaction queued, a
+    /// subscription or a WATCH held (which a successor could not carry on).
     pub fn is_idle(&self) -> bool {
-        self.slots.is_empty() && self.tx.is_none() && self.pubsub.is_none()
+        self.slots.is_empty() && self.tx.is_none() && self.pubsub.is_none() && self.watch.is_none()
     }
 
     /// Its state for a successor.
@@ -158,6 +161,7 @@ impl Session {
         self.failed = false;
         self.tx = None;
         self.pubsub = None;
+        self.watch = None;
         self.memcache_progress = Default::default();
         self.send_queued = false;
         self.input_waits = false;
@@ -542,6 +546,7 @@ impl Engine {
         session.held = 0;
         session.tx = None;
         session.pubsub = None;
+        session.watch = None;
         self.pools[session.pool].sessions -= 1;
         self.free_sessions.push(index as u32);
         self.close_dedicated(&dedicated, owner);

@@ -61,9 +61,11 @@ struct FakeServer {
     password: Option<Vec<u8>>,
     /// Every command name received, in order.
     log: Vec<String>,
-    /// In a MULTI (one connection's at a time): the commands queued and
-    /// their replies.
-    multi: Option<(usize, Vec<u8>)>,
+    /// In a MULTI (one connection's at a time): the commands queued, their
+    /// replies, and whether a watched key changed (nothing then runs).
+    multi: Option<(usize, Vec<u8>, bool)>,
+    /// A WATCHed key and its value then (one watcher at a time).
+    watched: Option<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl FakeServer {
@@ -142,14 +144,33 @@ impl FakeServer {
                 continue;
             }
             if name == "MULTI" {
-                self.multi = Some((0, Vec::new()));
+                // The proxy sends MULTI … EXEC at once: a change to a
+                // watched key came before this MULTI, or not at all.
+                let changed = self
+                    .watched
+                    .take()
+                    .is_some_and(|(key, then)| self.data.get(&key) != then.as_ref());
+                self.multi = Some((0, Vec::new(), changed));
+                sink.extend(b"+OK\r\n");
+                continue;
+            }
+            if name == "WATCH" {
+                self.watched = Some((a[1].to_vec(), self.data.get(a[1]).cloned()));
                 sink.extend(b"+OK\r\n");
                 continue;
             }
             if name == "EXEC" {
-                let (n, replies) = self.multi.take().expect("EXEC after MULTI");
-                resp::write_array_header(sink, n);
-                sink.extend(replies);
+                let (n, replies, changed) = self.multi.take().expect("EXEC after MULTI");
+                if changed {
+                    sink.extend(b"*-1\r\n");
+                } else {
+                    resp::write_array_header(sink, n);
+                    sink.extend(replies);
+                }
+                continue;
+            }
+            if self.multi.as_ref().is_some_and(|m| m.2) {
+                sink.extend(b"+QUEUED\r\n");
                 continue;
             }
             let mut queued = Vec::new();
@@ -253,7 +274,7 @@ impl FakeServer {
                 }
                 _ => out.extend(b"-ERR unknown\r\n"),
             }
-            if let Some((n, replies)) = &mut self.multi {
+            if let Some((n, replies, _)) = &mut self.multi {
                 *n += 1;
                 replies.extend(queued);
                 sink.extend(b"+QUEUED\r\n");
@@ -1960,4 +1981,59 @@ fn subscriptions_hold_connections_of_their_own_and_pass_messages_on() {
     net.engine.handle_gone(net.client_tag(c), c, net.now);
     net.pump();
     assert_eq!(backends_up(&net, 0) + backends_up(&net, 1), before - 2);
+}
+
+#[test]
+fn watch_holds_a_connection_of_its_own_and_exec_runs_there() {
+    let (mut net, c) = with_client(spec(2));
+    let other = net.client();
+    // 'a' lives on server 1.
+    net.send(c, &cmd(&["SET", "a", "1"]));
+    net.send(c, &cmd(&["WATCH", "a"]));
+    net.send(c, &cmd(&["GET", "a"]));
+    assert_eq!(net.take(c), b"+OK\r\n+OK\r\n$1\r\n1\r\n");
+    assert_eq!(
+        backends_up(&net, 1),
+        2,
+        "the shared connection and the WATCH's"
+    );
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["INCR", "n"]));
+    net.send(c, &cmd(&["EXEC"]));
+    // 'n' is on server 0, the watched key on server 1: refused whole.
+    let got = String::from_utf8(net.take(c)).unwrap();
+    assert!(got.ends_with("-EXECABORT ferrox: the transaction's keys are not on the server of the watched keys\r\n"), "{got}");
+    assert_eq!(backends_up(&net, 1), 1, "the WATCH let go");
+    // Unchanged since WATCH: the transaction runs on the WATCH's connection.
+    net.send(c, &cmd(&["WATCH", "a"]));
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["SET", "a", "2"]));
+    net.send(c, &cmd(&["EXEC"]));
+    assert_eq!(net.take(c), b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    assert_eq!(backends_up(&net, 1), 1);
+    // Changed by another client in between: EXEC answers nil.
+    net.send(c, &cmd(&["WATCH", "a"]));
+    net.send(other, &cmd(&["SET", "a", "9"]));
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["GET", "a"]));
+    net.send(c, &cmd(&["EXEC"]));
+    assert_eq!(net.take(c), b"+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n");
+    assert_eq!(net.servers[1].data[&b"a"[..]], b"9");
+    // Watched keys must share a server; WATCH is refused inside MULTI;
+    // UNWATCH lets the connection go.
+    net.send(c, &cmd(&["WATCH", "a", "b"]));
+    let got = String::from_utf8(net.take(c)).unwrap();
+    assert!(got.starts_with("-CROSSSLOT "), "{got}");
+    net.send(c, &cmd(&["WATCH", "a"]));
+    assert_eq!(backends_up(&net, 1), 2);
+    net.send(c, &cmd(&["UNWATCH"]));
+    assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
+    assert_eq!(backends_up(&net, 1), 1);
+    net.send(c, &cmd(&["MULTI"]));
+    net.send(c, &cmd(&["WATCH", "a"]));
+    net.send(c, &cmd(&["DISCARD"]));
+    assert_eq!(
+        net.take(c),
+        b"+OK\r\n-ERR WATCH inside MULTI is not allowed\r\n+OK\r\n"
+    );
 }

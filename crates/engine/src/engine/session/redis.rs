@@ -101,7 +101,7 @@ impl Engine {
             && !matches!(
                 route,
                 Some(Route::Local(
-                    Local::Exec | Local::Discard | Local::Multi | Local::Quit
+                    Local::Exec | Local::Discard | Local::Multi | Local::Quit | Local::Watch
                 ))
             )
         {
@@ -296,6 +296,43 @@ impl Engine {
                 self.local_error(index, |out, _| out.extend_from_slice(&why));
             }
         }
+    }
+
+    /// `WATCH key...`: on a connection of the session's own to the keys'
+    /// server (every watched key on one), kept until `EXEC` (the
+    /// transaction then runs there), `DISCARD` or `UNWATCH`.
+    fn redis_watch(&mut self, index: usize, request: &[u8], args: &[Range<usize>]) {
+        let mut server = self.sessions[index].watch.map(|(server, _)| server);
+        for key in &args[1..] {
+            let Some(here) = self.place(index, &request[key.clone()]) else {
+                return self.local_error(index, |out, _| {
+                    out.extend_from_slice(b"-ERR ferrox: no server is available\r\n")
+                });
+            };
+            if server.is_some_and(|s| s != here) {
+                return self.local_error(index, |out, _| {
+                    out.extend_from_slice(
+                        b"-CROSSSLOT ferrox: watched keys must be on one server (a hashtag keeps them together)\r\n",
+                    )
+                });
+            }
+            server = Some(here);
+        }
+        let server = server.expect("WATCH has a key");
+        let now = self.now;
+        let b = match self.sessions[index].watch {
+            Some((_, b)) => b as usize,
+            None => {
+                let b = self.open_dedicated(index, server, false, now);
+                self.backends[b].keep_open(true);
+                self.sessions[index].watch = Some((server, b as u32));
+                b
+            }
+        };
+        let seq = self.open_slot(index, Combine::Pass, 1);
+        let at = self.slot_ref(index, seq, 0);
+        write_whole(self.backends[b].output_tail(), request, args);
+        self.queue_on(b, at, Expect::RESP, now);
     }
 
     /// `DBSIZE`, `FLUSHDB`, `KEYS`: the request whole to every server
@@ -494,33 +531,56 @@ impl Engine {
                     self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
                 }
             }
-            Local::Exec if argc == 1 => match self.sessions[index].tx.take() {
-                None => self.local_error(index, |out, _| {
-                    out.extend_from_slice(b"-ERR EXEC without MULTI\r\n")
-                }),
-                Some(tx) if tx.failed => self.local_error(index, |out, _| {
-                    out.extend_from_slice(
-                        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-                    )
-                }),
-                Some(tx) => match tx.server {
-                    // Nothing queued (or only keyless commands): nothing to run.
-                    None => self.local_reply(index, |out, _| out.extend_from_slice(b"*0\r\n")),
-                    Some(server) => {
+            Local::Exec if argc == 1 => {
+                let watched = self.sessions[index].watch.map(|(server, _)| server);
+                match self.sessions[index].tx.take() {
+                    None => self.local_error(index, |out, _| {
+                        out.extend_from_slice(b"-ERR EXEC without MULTI\r\n")
+                    }),
+                    Some(tx) if tx.failed => {
+                        self.drop_watch(index);
+                        self.local_error(index, |out, _| {
+                            out.extend_from_slice(
+                                b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                            )
+                        })
+                    }
+                    Some(tx) if watched.is_some() && tx.server.is_some() && tx.server != watched => {
+                        self.drop_watch(index);
+                        self.local_error(index, |out, _| {
+                            out.extend_from_slice(
+                                b"-EXECABORT ferrox: the transaction's keys are not on the server of the watched keys\r\n",
+                            )
+                        })
+                    }
+                    // Nothing queued, nothing watched: nothing to run.
+                    Some(tx) if tx.server.is_none() && watched.is_none() => {
+                        self.local_reply(index, |out, _| out.extend_from_slice(b"*0\r\n"))
+                    }
+                    Some(tx) => {
+                        let server = tx.server.or(watched).expect("one of them, checked above");
                         let seq = self.open_slot(index, Combine::Pass, (tx.count + 2) as u16);
                         let now = self.now;
                         self.send_transaction(index, server, seq, &tx.queued, tx.count, now);
                     }
-                },
-            },
+                }
+            }
             Local::Discard if argc == 1 => match self.sessions[index].tx.take() {
                 None => self.local_error(index, |out, _| {
                     out.extend_from_slice(b"-ERR DISCARD without MULTI\r\n")
                 }),
-                Some(_) => self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n")),
+                Some(_) => {
+                    self.drop_watch(index);
+                    self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+                }
             },
-            // Nothing is watched through the proxy (WATCH is refused).
+            Local::Watch if self.sessions[index].tx.is_some() => self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-ERR WATCH inside MULTI is not allowed\r\n")
+            }),
+            Local::Watch if argc >= 2 => self.redis_watch(index, request, args),
+            // Closing the connection holding the WATCH unwatches.
             Local::Unwatch => {
+                self.drop_watch(index);
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
             }
             Local::Info => {
