@@ -46,6 +46,10 @@ pub enum Keys {
     AfterFirst,
     /// Every argument from 1 on but the last (`BLPOP k... timeout`).
     AllButLast,
+    /// The first half of the arguments after `STREAMS` (`XREAD`,
+    /// `XREADGROUP`; with `BLOCK`, a blocking command): see
+    /// [`stream_keys`].
+    Streams,
     /// The count is argument `at`, the keys follow it; with `dest`,
     /// argument 1 is a key too (`ZUNIONSTORE dest numkeys k...`).
     Counted { at: usize, dest: bool },
@@ -173,7 +177,8 @@ static TABLE: &[(&[u8], Route)] = {
         UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Route::Local(L::Unsubscribe), UNWATCH: Route::Local(L::Unwatch),
         WAIT: Refuse(BLOCKING), WATCH: Route::Local(L::Watch),
         XACK, XADD, XAUTOCLAIM, XCLAIM, XDEL, XGROUP: Refuse(ADMIN), XINFO: Refuse(ADMIN), XLEN,
-        XPENDING, XRANGE, XREAD: Refuse(BLOCKING), XREADGROUP: Refuse(BLOCKING), XREVRANGE, XSETID,
+        XPENDING, XRANGE, XREAD: Together(Keys::Streams), XREADGROUP: Together(Keys::Streams),
+        XREVRANGE, XSETID,
         XTRIM,
         ZADD, ZCARD, ZCOUNT, ZDIFF: NUMKEYS_1, ZDIFFSTORE: DEST_NUMKEYS_2, ZINCRBY,
         ZINTER: NUMKEYS_1, ZINTERCARD: NUMKEYS_1, ZINTERSTORE: DEST_NUMKEYS_2, ZLEXCOUNT,
@@ -344,6 +349,8 @@ fn together_keys(
         Keys::Two if argc >= 3 => 1..3,
         Keys::AfterFirst if argc >= 4 => 2..argc,
         Keys::AllButLast if argc >= 3 => 1..argc - 1,
+        // Found by name, not by position.
+        Keys::Streams => return Err("the keys follow STREAMS"),
         Keys::Counted { at, .. } if argc > at => {
             let count = arg(at)
                 .filter(|&n| n >= 0)
@@ -362,6 +369,24 @@ fn together_keys(
         _ => return Err("wrong number of arguments"),
     };
     Ok(keys)
+}
+
+/// The keys of an `XREAD`/`XREADGROUP` (`name(i)` is argument `i`): the
+/// first half of the arguments after `STREAMS`; and whether it blocks
+/// (`BLOCK` before `STREAMS`).
+pub fn stream_keys<'a>(
+    argc: usize,
+    name: impl Fn(usize) -> &'a [u8],
+) -> Result<(std::ops::Range<usize>, bool), &'static str> {
+    let streams = (1..argc)
+        .find(|&i| name(i).eq_ignore_ascii_case(b"STREAMS"))
+        .ok_or("STREAMS is missing")?;
+    let rest = argc - streams - 1;
+    if rest == 0 || rest % 2 == 1 {
+        return Err("unbalanced list of streams and IDs");
+    }
+    let blocking = (1..streams).any(|i| name(i).eq_ignore_ascii_case(b"BLOCK"));
+    Ok((streams + 1..streams + 1 + rest / 2, blocking))
 }
 
 /// What `COMMAND INFO` says of a command: its arity (negative: at least
@@ -393,6 +418,9 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
             Route::Together(Keys::Two) => (-3, &[], (1, 2, 1)),
             Route::Together(Keys::AfterFirst) => (-4, &[], (2, -1, 1)),
             Route::Together(Keys::AllButLast) => (-3, &[], (1, -2, 1)),
+            Route::Together(Keys::Streams) | Route::Blocking(Keys::Streams) => {
+                (-4, &["blocking", "movablekeys"], (0, 0, 0))
+            }
             Route::Together(Keys::Counted { at, .. }) => {
                 (-(at as i64 + 2), &["movablekeys"], (0, 0, 0))
             }
@@ -430,6 +458,9 @@ fn describe_route(route: Route) -> String {
             .into(),
         Route::Local(_) => "answered by ferrox".into(),
         Route::Single => "sent to the key's server".into(),
+        Route::Together(Keys::Streams) => "sent to the keys' server (every key must be on one); \
+            with `BLOCK`, on a connection of its own held until it answers"
+            .into(),
         Route::Together(_) => {
             "sent to the keys' server (every key must be on one: use a hashtag)".into()
         }
@@ -550,11 +581,25 @@ mod tests {
     }
 
     #[test]
+    fn stream_reads_have_their_keys_after_streams() {
+        let args: Vec<&[u8]> = vec![
+            b"XREAD", b"COUNT", b"2", b"block", b"0", b"streams", b"a", b"b", b"0", b"$",
+        ];
+        assert_eq!(stream_keys(args.len(), |i| args[i]), Ok((6..8, true)));
+        let args: Vec<&[u8]> = vec![b"XREADGROUP", b"GROUP", b"g", b"c", b"STREAMS", b"k", b">"];
+        assert_eq!(stream_keys(args.len(), |i| args[i]), Ok((5..6, false)));
+        let args: Vec<&[u8]> = vec![b"XREAD", b"STREAMS", b"a", b"b", b"0"];
+        assert!(stream_keys(args.len(), |i| args[i]).is_err());
+        let args: Vec<&[u8]> = vec![b"XREAD", b"BLOCK", b"0"];
+        assert!(stream_keys(args.len(), |i| args[i]).is_err());
+    }
+
+    #[test]
     fn lookup_ignores_case_and_knows_unknown() {
         assert_eq!(lookup(b"get"), Some(Route::Single));
         assert_eq!(lookup(b"mGeT"), Some(Route::Split(Merge::Array)));
         assert_eq!(lookup(b"BLPOP"), Some(Route::Blocking(Keys::AllButLast)));
-        assert_eq!(lookup(b"xread"), Some(Route::Refuse(BLOCKING)));
+        assert_eq!(lookup(b"wait"), Some(Route::Refuse(BLOCKING)));
         assert_eq!(lookup(b"NOPE"), None);
         assert_eq!(lookup(b""), None);
         assert_eq!(lookup(&[b'A'; 100]), None);

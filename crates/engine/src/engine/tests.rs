@@ -619,7 +619,7 @@ fn local_commands_and_refusals() {
     let (mut net, c) = with_client(spec(2));
     net.send(c, b"PING\r\n");
     net.send(c, &cmd(&["ECHO", "hi"]));
-    net.send(c, &cmd(&["XREAD", "BLOCK", "0", "STREAMS", "a", "$"]));
+    net.send(c, &cmd(&["WAIT", "1", "0"]));
     net.send(c, &cmd(&["nosuch"]));
     net.send(c, &cmd(&["keys", "*"]));
     net.send(c, &cmd(&["SINTER", "a", "b"]));
@@ -632,7 +632,7 @@ fn local_commands_and_refusals() {
     assert_eq!(lines[1..3], ["$2", "hi"]);
     assert_eq!(
         lines[3],
-        "-ERR ferrox: 'XREAD' is not supported: this blocking command is not supported by the proxy"
+        "-ERR ferrox: 'WAIT' is not supported: this blocking command is not supported by the proxy"
     );
     assert_eq!(lines[4], "-ERR ferrox: unknown command 'nosuch'");
     assert_eq!(
@@ -1724,7 +1724,7 @@ fn command_and_info_are_answered_by_the_proxy() {
         .unwrap();
     let served = crate::command::served().count() as i64;
     assert!(count == served && count > 150, "{count}");
-    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "xread"]));
+    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "wait"]));
     assert_eq!(
         net.take(c),
         [

@@ -7,7 +7,7 @@ use ferrox_proto::resp;
 use super::super::pipeline::{Combine, Expect};
 use super::super::{Engine, Micros};
 use super::MAX_TRANSACTION;
-use crate::command::{self, Local, Merge, Route};
+use crate::command::{self, Keys, Local, Merge, Route};
 
 impl Engine {
     pub(super) fn redis_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
@@ -112,7 +112,7 @@ impl Engine {
                 error_about(out, "command '", name, &["' is blocked by configuration"])
             });
         }
-        let Some(route) = route else {
+        let Some(mut route) = route else {
             return self.local_error(index, |out, _| {
                 error_about(out, "unknown command '", name, &["'"])
             });
@@ -126,6 +126,15 @@ impl Engine {
             }
             Route::All(merge) => return self.redis_all(index, merge, request, args, now),
             Route::Scan => return self.redis_scan(index, request, args, now),
+            Route::Together(Keys::Streams) => match command::stream_keys(args.len(), arg) {
+                Ok((keys, blocks)) => {
+                    if blocks {
+                        route = Route::Blocking(Keys::Streams);
+                    }
+                    Ok(keys)
+                }
+                Err(why) => Err(why),
+            },
             _ => command::key_positions(route, args.len(), |i| {
                 std::str::from_utf8(arg(i)).ok()?.parse().ok()
             }),
