@@ -252,6 +252,10 @@ assert publisher.publish("alerts:disk", "full") == 1
 messages = [sub.get_message(timeout=5) for _ in range(2)]
 assert {{(m["type"], m["channel"], m["data"]) for m in messages}} == {{
     ("message", b"news:2", b"hello"), ("pmessage", b"alerts:disk", b"full")}}, messages
+# PUBSUB asked of every server, the answers merged.
+assert sorted(publisher.pubsub_channels("news:*")) == [b"news:1", b"news:2", b"news:3"]
+assert publisher.pubsub_numsub("news:1", "news:9") == [(b"news:1", 1), (b"news:9", 0)]
+assert publisher.pubsub_numpat() == 1
 sub.unsubscribe()
 sub.punsubscribe()
 left = [sub.get_message(timeout=5) for _ in range(4)]
@@ -265,7 +269,7 @@ print("blocking ok")
     );
     assert!(blocking.contains("blocking ok"), "{blocking}");
     assert!(ferrox("FLUSHDB").contains("blocked by configuration"));
-    assert!(ferrox("PUBSUB CHANNELS").contains("not supported"));
+    assert!(ferrox("PUBSUB SHARDCHANNELS").contains("not supported"));
     // Multi-key commands split across servers and merge in key order.
     let keys: Vec<String> = (0..40).map(|i| format!("multi:{i}")).collect();
     let pairs: Vec<String> = keys.iter().map(|k| format!("{k} v{k}")).collect();

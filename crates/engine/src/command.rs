@@ -69,6 +69,11 @@ pub enum Merge {
     /// `RANDOMKEY`: the first piece's key that is not null, the pieces
     /// taken from a random server on.
     AnyKey,
+    /// `PUBSUB NUMPAT`: every server says the same (patterns are
+    /// subscribed on all of them): the first piece.
+    First,
+    /// `PUBSUB NUMSUB`: flat `name, count` pairs, the counts added up.
+    SumPairs,
 }
 
 /// Commands the proxy answers.
@@ -88,6 +93,8 @@ pub enum Local {
     Discard,
     Watch,
     Unwatch,
+    /// `PUBSUB CHANNELS|NUMSUB|NUMPAT`, asked of every server.
+    Pubsub,
     /// `SUBSCRIBE`, `PSUBSCRIBE`, `UNSUBSCRIBE`, `PUNSUBSCRIBE`.
     Subscribe,
     Psubscribe,
@@ -159,7 +166,7 @@ static TABLE: &[(&[u8], Route)] = {
         OBJECT: Refuse(ADMIN),
         PERSIST, PEXPIRE, PEXPIREAT, PEXPIRETIME, PFADD, PFCOUNT: Together(Keys::All),
         PFMERGE: Together(Keys::All), PING: Route::Local(L::Ping), PSETEX,
-        PSUBSCRIBE: Route::Local(L::Psubscribe), PTTL, PUBLISH, PUBSUB: Refuse(PUBSUB),
+        PSUBSCRIBE: Route::Local(L::Psubscribe), PTTL, PUBLISH, PUBSUB: Route::Local(L::Pubsub),
         PUNSUBSCRIBE: Route::Local(L::Punsubscribe),
         QUIT: Route::Local(L::Quit),
         RANDOMKEY: All(Merge::AnyKey), RENAME: Together(Keys::Two), RENAMENX: Together(Keys::Two),
@@ -441,6 +448,9 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
 /// table in the documentation.
 fn describe_route(route: Route) -> String {
     match route {
+        Route::Local(Local::Pubsub) => "`CHANNELS`, `NUMSUB`, `NUMPAT`: asked of every server, \
+            the answers merged; the shard forms are refused"
+            .into(),
         Route::Local(Local::Watch) => {
             "on a connection of the client's own to the keys' server, kept until `EXEC`, \
              `DISCARD` or `UNWATCH` (the transaction then runs there)"

@@ -162,6 +162,13 @@ impl Slot {
                         out.extend_from_slice(found.unwrap_or(piece(0)));
                         Ok(())
                     }
+                    Merge::First => {
+                        out.extend_from_slice(piece(0));
+                        Ok(())
+                    }
+                    Merge::SumPairs => {
+                        merge_sum_pairs((0..self.pieces.len()).map(piece), limits, out)
+                    }
                 };
                 if merged.is_err() {
                     out.extend_from_slice(b"-ERR ferrox: a server sent an unexpected reply\r\n");
@@ -311,6 +318,62 @@ fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> R
     Ok(())
 }
 
+/// `PUBSUB NUMSUB`: every piece is the same flat array of `name, count`
+/// pairs; the names of the first, with each count summed over the pieces.
+/// On a malformed piece, `out` is left as it was.
+fn merge_sum_pairs<'a>(
+    pieces: impl Iterator<Item = &'a [u8]> + Clone,
+    limits: &resp::Limits,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    // Each piece's elements, as (start, end) in the piece.
+    let elements = |p: &[u8]| -> Result<Vec<(usize, usize)>, ()> {
+        let header = p.iter().position(|&b| b == b'\n').ok_or(())? + 1;
+        let n: usize = p
+            .strip_prefix(b"*")
+            .and_then(|p| std::str::from_utf8(&p[..header - 3]).ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or(())?;
+        let mut at = header;
+        let mut found = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = resp::reply_len(&p[at..], limits).ok().flatten().ok_or(())?;
+            found.push((at, at + len));
+            at += len;
+        }
+        Ok(found)
+    };
+    let first = pieces.clone().next().ok_or(())?;
+    let names = elements(first)?;
+    if names.len() % 2 == 1 {
+        return Err(());
+    }
+    let mut sums = vec![0i64; names.len() / 2];
+    for p in pieces {
+        let found = elements(p)?;
+        if found.len() != names.len() {
+            return Err(());
+        }
+        for (sum, &(start, end)) in sums.iter_mut().zip(found.iter().skip(1).step_by(2)) {
+            let digits = p[start..end]
+                .strip_prefix(b":")
+                .and_then(|d| d.strip_suffix(b"\r\n"))
+                .ok_or(())?;
+            let n: i64 = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or(())?;
+            *sum += n;
+        }
+    }
+    resp::write_array_header(out, names.len());
+    for (pair, sum) in names.chunks(2).zip(sums) {
+        out.extend_from_slice(&first[pair[0].0..pair[0].1]);
+        resp::write_integer(out, sum);
+    }
+    Ok(())
+}
+
 /// A null reply, RESP2 or RESP3.
 fn is_null(reply: &[u8]) -> bool {
     matches!(reply, b"$-1\r\n" | b"_\r\n" | b"*-1\r\n")
@@ -445,6 +508,33 @@ mod tests {
             &[0, 1],
         );
         assert!(written(&s).starts_with(b"-ERR ferrox: a server sent"));
+    }
+
+    #[test]
+    fn pubsub_counts_add_up_per_channel_and_arrays_join() {
+        let s = slot(
+            Combine::Redis(Merge::SumPairs),
+            &[
+                b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:0\r\n",
+                b"*4\r\n$1\r\na\r\n:0\r\n$1\r\nb\r\n:2\r\n",
+            ],
+            &[],
+        );
+        assert_eq!(written(&s), b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:2\r\n");
+        let s = slot(
+            Combine::Redis(Merge::SumPairs),
+            &[b"*2\r\n$1\r\na\r\n:1\r\n", b"*0\r\n"],
+            &[],
+        );
+        assert!(written(&s).starts_with(b"-ERR ferrox: a server sent"));
+        let s = slot(
+            Combine::Redis(Merge::Concat),
+            &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"],
+            &[],
+        );
+        assert_eq!(written(&s), b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+        let s = slot(Combine::Redis(Merge::First), &[b":3\r\n", b":3\r\n"], &[]);
+        assert_eq!(written(&s), b":3\r\n");
     }
 
     fn with_keys(mut s: Slot, keys: &[&str]) -> Slot {

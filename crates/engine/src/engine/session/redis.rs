@@ -587,6 +587,27 @@ impl Engine {
                 out.extend_from_slice(b"-ERR WATCH inside MULTI is not allowed\r\n")
             }),
             Local::Watch if argc >= 2 => self.redis_watch(index, request, args),
+            Local::Pubsub if argc >= 2 => {
+                let sub = arg(1).to_ascii_uppercase();
+                let merge = match &sub[..] {
+                    b"CHANNELS" => Some(Merge::Concat),
+                    b"NUMSUB" => Some(Merge::SumPairs),
+                    b"NUMPAT" => Some(Merge::First),
+                    _ => None,
+                };
+                match merge {
+                    Some(merge) => {
+                        let now = self.now;
+                        self.redis_all(index, merge, request, args, now)
+                    }
+                    None => {
+                        let sub = arg(1);
+                        self.local_error(index, |out, _| {
+                            error_about(out, "'PUBSUB ", sub, &["' is not supported by the proxy"])
+                        })
+                    }
+                }
+            }
             // Closing the connection holding the WATCH unwatches.
             Local::Unwatch => {
                 self.drop_watch(index);
