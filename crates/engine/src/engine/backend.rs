@@ -591,15 +591,14 @@ impl Engine {
         if !self.sessions[index].is_live() || self.sessions[index].generation() != generation {
             return;
         }
-        let Some(reply) = self.pubsub_frame(index, frame) else {
+        if self.pubsub_frame(index, frame) {
             return;
-        };
+        }
         let Some(request) = self.backends[b].inflight.pop_front() else {
             // A confirmation no request of ours asked for: dropped.
             return;
         };
-        let suppressed = request.expect.suppress == Suppress::Always;
-        self.fill_slot(request.at, if suppressed { b"" } else { &reply });
+        self.fill_slot(request.at, frame);
     }
 
     /// Gives up a backend connection whose server left the configuration:

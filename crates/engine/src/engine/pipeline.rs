@@ -201,12 +201,17 @@ impl Slot {
                 }
                 match super::info::merge_keyspace(pieces) {
                     Some(keyspace) => {
-                        let mut text = self.keys.clone();
-                        if !text.is_empty() {
-                            text.extend_from_slice(b"\r\n");
+                        // One bulk string: the proxy's sections, a blank
+                        // line, the keyspace.
+                        let gap: &[u8] = if self.keys.is_empty() { b"" } else { b"\r\n" };
+                        let len = self.keys.len() + gap.len() + keyspace.len();
+                        out.push(b'$');
+                        out.extend_from_slice(len.to_string().as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                        for part in [&self.keys[..], gap, keyspace.as_bytes()] {
+                            out.extend_from_slice(part);
                         }
-                        text.extend_from_slice(keyspace.as_bytes());
-                        resp::write_bulk(out, &text);
+                        out.extend_from_slice(b"\r\n");
                     }
                     None => out.extend_from_slice(
                         b"-ERR ferrox: a server sent an unexpected INFO keyspace reply\r\n",

@@ -226,25 +226,26 @@ impl Engine {
     }
 
     /// A frame from a subscriber connection of session `index`: a message
-    /// goes to the client at once (`None`); anything else answers the
-    /// request in flight (a confirmation, or an error).
-    pub(super) fn pubsub_frame(&mut self, index: usize, frame: &[u8]) -> Option<Vec<u8>> {
+    /// goes to the client at once (true); anything else answers the
+    /// request in flight (false): a confirmation (its content is the
+    /// proxy's, made at request time) or an error.
+    pub(super) fn pubsub_frame(&mut self, index: usize, frame: &[u8]) -> bool {
         match frame_kind(frame) {
-            Some((b"message" | b"pmessage" | b"smessage", _)) => {
-                self.session_push(index, frame);
-                None
-            }
             Some((b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe", _)) => {
                 let state = self.sessions[index].pubsub.get_or_insert_default();
                 state.pending = state.pending.saturating_sub(1);
-                Some(frame.to_vec())
+                false
             }
-            // Any other RESP3 push (the server's, unasked for).
+            // A message, or any other RESP3 push (the server's, unasked for).
+            Some((b"message" | b"pmessage" | b"smessage", _)) => {
+                self.session_push(index, frame);
+                true
+            }
             _ if frame.first() == Some(&b'>') => {
                 self.session_push(index, frame);
-                None
+                true
             }
-            _ => Some(frame.to_vec()),
+            _ => false,
         }
     }
 }
