@@ -21,7 +21,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Debian packages the build, the tests and the demo need.
 PACKAGES=(build-essential pkg-config procps iproute2 util-linux ethtool
   libdpdk-dev dpdk clang libclang-dev redis-tools redis-server memcached nutcracker
-  python3 python3-redis python3-pymemcache python3-prometheus-client
+  python3 python3-redis python3-pymemcache python3-pylibmc python3-prometheus-client
   qemu-system-x86 busybox-static cpio kmod pciutils)
 # 2 MiB hugepages to have free while ferrox runs (2 GiB: the test suite runs
 # several DPDK processes at once).

@@ -528,6 +528,93 @@ print(direct)
     let listed = mc.matches("'mc:").count();
     assert_eq!(listed, 100, "{mc}");
 
+    // The binary protocol: libmemcached (pylibmc in binary mode) and raw
+    // packets, on the same pool and placement as the text protocol.
+    let binary = python(
+        &ns,
+        &format!(
+            r#"
+import os, socket, struct, pylibmc
+from pymemcache.client.base import Client
+c = pylibmc.Client(["{FERROX_IP}:11211"], binary=True)
+values = {{f"bin:{{i}}": f"binary {{i}}" for i in range(100)}}
+assert c.set_multi(values) == [], "set_multi"
+# libmemcached's multi-get is getkq per key, then a noop.
+assert c.get_multi(list(values) + ["bin:missing"]) == values
+assert c.get("bin:missing") is None
+assert c.add("bin:0", "taken") is False
+try:
+    c.replace("bin:missing", "x")
+    raise AssertionError("replace of a missing key")
+except pylibmc.NotFound:
+    pass
+c.set("bin:n", "5")
+assert c.incr("bin:n", 3) == 8 and c.decr("bin:n", 10) == 0
+try:
+    c.incr("bin:absent", 1)
+    raise AssertionError("incr of a missing key")
+except pylibmc.NotFound:
+    pass
+assert c.append("bin:1", "!") and c.get("bin:1") == "binary 1!"
+assert c.prepend("bin:2", "<") and c.get("bin:2") == "<binary 2"
+assert c.delete("bin:3") and c.get("bin:3") is None
+assert c.touch("bin:4", 100) and c.get("bin:4") == "binary 4"
+big = os.urandom(500_000)
+c.set("bin:big", big)
+assert c.get("bin:big") == big
+stats = c.get_stats()[0][1]
+assert stats["version"].startswith(b"ferrox-"), stats
+# Text clients read what binary clients wrote, and the other way round.
+t = Client(("{FERROX_IP}", 11211), timeout=10)
+assert t.get("bin:5") == b"binary 5"
+t.set("text:key", b"from text")
+assert c.get("text:key") in (b"from text", "from text"), c.get("text:key")
+
+# Raw packets: quiet gets answered by hits only, opaques echoed in order,
+# an unknown opcode answered without closing, a key no text token can be.
+def packet(opcode, key=b"", extras=b"", value=b"", opaque=0):
+    body = len(extras) + len(key) + len(value)
+    return struct.pack(">BBHBBHIIQ", 0x80, opcode, len(key), len(extras), 0, 0, body, opaque, 0) + extras + key + value
+s = socket.create_connection(("{FERROX_IP}", 11211), timeout=10)
+s.sendall(packet(0x01, b"odd key\r\n", struct.pack(">II", 7, 0), b"spaced", 1)
+          + packet(0x0d, b"bin:6", opaque=2) + packet(0x0d, b"bin:none", opaque=3)
+          + packet(0x0c, b"odd key\r\n", opaque=4) + packet(0x2b, opaque=5) + packet(0x0a, opaque=6))
+got = b""
+responses = []
+while not responses or responses[-1][2] != 6:
+    got += s.recv(65536)
+    while len(got) >= 24:
+        magic, opcode, keylen, extlen, _, status, body, opaque, cas = struct.unpack(">BBHBBHIIQ", got[:24])
+        if len(got) < 24 + body:
+            break
+        responses.append((opcode, status, opaque, got[24 + extlen:24 + body]))
+        got = got[24 + body:]
+assert [(r[0], r[1], r[2]) for r in responses] == [(0x01, 0, 1), (0x0d, 0, 2), (0x0c, 0, 4), (0x2b, 0x81, 5), (0x0a, 0, 6)], responses
+assert responses[1][3] == b"bin:6binary 6" and responses[2][3] == b"odd key\r\nspaced", responses
+direct = {{}}
+for port in {MEMCACHED_PORTS:?}:
+    d = Client(("{KERNEL_IP}", port), timeout=10)
+    direct[port] = [k for k in values if d.get(k) is not None]
+print(direct)
+"#
+        ),
+    );
+    let mut placed = 0;
+    for (i, port) in MEMCACHED_PORTS.iter().enumerate() {
+        let list = binary
+            .split(&format!("{port}: ["))
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_else(|| panic!("no keys listed for {port}: {binary}"));
+        for key in list.split(", ").filter(|k| !k.is_empty()) {
+            let key = key.trim_matches('\'');
+            assert_eq!(table.server_for(key.as_bytes(), 0), Some(i), "{key} on {port}");
+            placed += 1;
+        }
+    }
+    // bin:3 was deleted.
+    assert_eq!(placed, 99, "{binary}");
+
     // A malformed request: a protocol error and a close, nothing else lost.
     let reply = ns.shell(&format!(
         "exec 3<>/dev/tcp/{FERROX_IP}/6379; printf '*1\\r\\n$-7\\r\\n' >&3; timeout 5 cat <&3"

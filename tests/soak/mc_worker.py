@@ -20,6 +20,7 @@ run when a later command on the same server was answered.
 """
 
 import socket
+import struct
 import time
 
 import common
@@ -27,6 +28,10 @@ import wire
 from common import Failure, show_bytes, show_value
 
 SLOTS = 40
+# Binary opcodes of the stores, and what to add for the quiet variant.
+BINARY_STORES = {"set": 0x01, "add": 0x02, "replace": 0x03, "append": 0x0e, "prepend": 0x0f}
+quiet_offset = {0x01: 0x10, 0x02: 0x10, 0x03: 0x10, 0x0e: 0x0b, 0x0f: 0x0b, 0x00: 0x09, 0x0c: 0x01,
+                0x04: 0x10, 0x05: 0x10, 0x06: 0x10}
 U64 = 1 << 64
 WHITESPACE = b" \t\n\v\f\r"
 
@@ -136,9 +141,10 @@ class Model:
 
 
 class Op:
-    __slots__ = ("line", "data", "kind", "expected", "keys", "pre", "server", "noreply", "name")
+    __slots__ = ("line", "data", "kind", "expected", "keys", "pre", "server", "noreply", "name", "packet")
 
     def __init__(self, name, line, data, kind, expected, keys=(), pre=None, noreply=False):
+        self.packet = None  # a binary request's bytes (`line` then describes it)
         self.name = name
         self.line = line
         self.data = data
@@ -150,6 +156,8 @@ class Op:
         self.server = None
 
     def wire(self):
+        if self.packet is not None:
+            return self.packet
         if self.data is None:
             return self.line + b"\r\n"
         return self.line + b"\r\n" + self.data + b"\r\n"
@@ -166,6 +174,8 @@ def check(op, got):
     VALUE blocks come in the order of its keys, also when the proxy split
     it over servers, as one memcached answers."""
     exp = op.expected
+    if op.kind == wire.BINARY:
+        return check_binary(exp, got)
     if op.kind == wire.LINE:
         if exp == "CLIENT_ERROR":
             return None if got.startswith("CLIENT_ERROR ") else "expected CLIENT_ERROR"
@@ -203,6 +213,26 @@ def check(op, got):
     return None
 
 
+def check_binary(exp, got):
+    """A binary response against ("status", opaque, status), ("hit",
+    opaque, flags, values, key) or ("number", opaque, n)."""
+    _, status, opaque, _, extras, key, value = got
+    if opaque != exp[1]:
+        return f"expected the opaque {exp[1]} (replies out of order?)"
+    if exp[0] == "status":
+        return None if status == exp[2] else f"expected status {exp[2]:#x}"
+    if status != 0:
+        return "expected success"
+    if exp[0] == "number":
+        return None if value == exp[2].to_bytes(8, "big") else f"expected the counter {exp[2]}"
+    _, _, flags, values, want_key = exp
+    if len(extras) != 4 or int.from_bytes(extras, "big") != flags:
+        return f"expected flags {flags}"
+    if key != want_key:
+        return f"expected key {show_bytes(want_key)}"
+    return None if value in values else "expected the value " + " or ".join(show_bytes(v) for v in values)
+
+
 def state_in(observed, cands):
     for c in cands:
         if c is None and observed is None:
@@ -226,6 +256,7 @@ class McWorker(common.Worker):
         # sent on this connection and not yet followed by an answered
         # command on their server (see track_unconfirmed).
         self.unconfirmed = {}
+        self.opaque = 0  # of the last binary request
 
     def key(self, slot):
         base = b"m%d:%d.%d" % (self.wid, slot, self.gen[slot])
@@ -264,6 +295,8 @@ class McWorker(common.Worker):
         k = self.key(slot)
         if rng.random() < 0.08:
             return self.meta_op(k, budget, reply_budget)
+        if rng.random() < 0.08:
+            return self.binary_op(k, budget, reply_budget)
         r = rng.random()
         noreply = rng.random() < 0.2
         if r < 0.2:
@@ -346,6 +379,71 @@ class McWorker(common.Worker):
         suppressed = quiet and exp == "HD"
         return Op("md", b"md %s" % k + q, None, wire.NONE if suppressed else wire.META, (exp,), (k,), pre,
                   suppressed)
+
+    def binary_op(self, k, budget, reply_budget):
+        """A request in the binary protocol, on the same connection as the
+        text ones (the proxy tells them apart request by request): stores,
+        gets (with the key, quiet), delete, incr/decr; a third quiet, whose
+        successes (and, for gets, misses) get no response."""
+        rng = self.rng
+        m = self.model
+        self.stats["binary protocol requests"] += 1
+        quiet = rng.random() < 0.35
+        self.opaque += 1
+        opaque = self.opaque
+        pre = {k: m.data.get(k)}
+        c = rng.random()
+
+        def op(name, opcode, kind, expected, extras=b"", value=b"", keys=(k,), silent=False):
+            o = Op("bin-" + name, b"bin-%s %s" % (name.encode(), k), None, kind, expected, keys,
+                   pre if keys else None, silent)
+            o.packet = wire.binary_packet(opcode + (quiet_offset[opcode] if quiet else 0), k, extras, value,
+                                          opaque)
+            return o
+
+        if c < 0.45:
+            cmd = rng.choice(("set", "set", "add", "replace", "append", "prepend"))
+            flags = rng.choice((0, 3, 4294967295)) if cmd in ("set", "add", "replace") else 0
+            v = self.value(budget) if m.size(k) < 512 * 1024 else b"b"
+            got = m.store(cmd, k, flags, v)
+            status = 0 if got == "STORED" else {"add": 2, "replace": 1}.get(cmd, 5)
+            extras = struct.pack(">II", flags, 0) if cmd in ("set", "add", "replace") else b""
+            silent = quiet and status == 0
+            return op(cmd, BINARY_STORES[cmd], wire.NONE if silent else wire.BINARY, ("status", opaque, status),
+                      extras, v, silent=silent)
+        if c < 0.8:
+            st = m.data.get(k)
+            with_key = rng.random() < 0.5
+            opcode = 0x0c if with_key else 0x00
+            if st is None:
+                kind = wire.NONE if quiet else wire.BINARY
+                if with_key and not quiet:
+                    # A getk miss carries the key, and no message.
+                    return op("get", opcode, kind, ("status", opaque, 1), keys=())
+                return op("get", opcode, kind, ("status", opaque, 1), keys=(), silent=quiet)
+            reply_budget[0] -= m.size(k)
+            return op("get", opcode, wire.BINARY, ("hit", opaque, st[0], st[1], k if with_key else b""), keys=())
+        if c < 0.9:
+            got = m.delete(k)
+            status = 0 if got == "DELETED" else 1
+            silent = quiet and status == 0
+            return op("delete", 0x04, wire.NONE if silent else wire.BINARY, ("status", opaque, status),
+                      silent=silent)
+        if m.size(k) > 64:
+            return op("get", 0x00, wire.BINARY, ("hit", opaque, *m.data[k], b""), keys=())
+        incr = rng.random() < 0.55
+        delta = rng.choice((0, 1, 7, 10 ** 12, U64 - 1)) if incr else rng.choice((1, 5, 10 ** 6))
+        got = m.arith(incr, k, delta)
+        # Never created here (expiration 0xffffffff): the model's incr.
+        extras = struct.pack(">QQI", delta, 0, 0xFFFFFFFF)
+        if got == "NOT_FOUND":
+            expected, silent = ("status", opaque, 1), False
+        elif got == "CLIENT_ERROR":
+            expected, silent = ("status", opaque, 6), False
+        else:
+            expected, silent = ("number", opaque, int(got)), quiet
+        return op("incr" if incr else "decr", 0x05 if incr else 0x06, wire.NONE if silent else wire.BINARY,
+                  expected, extras, silent=silent)
 
     def multi_keys(self, n, reply_budget):
         """`n` keys, duplicates and never-stored ones among them; a stored

@@ -173,13 +173,44 @@ def encode_command(args):
 
 # How a memcached reply is framed: one line, VALUE blocks up to END, a
 # meta reply (a line, and a data block after "VA <len>"), or nothing.
-LINE, RETRIEVAL, META, NONE = "line", "retrieval", "meta", "none"
+LINE, RETRIEVAL, META, NONE, BINARY = "line", "retrieval", "meta", "none", "binary"
+
+# memcached's binary protocol: the 24-byte header of every packet.
+BINARY_HEADER = struct.Struct(">BBHBBHIIQ")
+
+
+def binary_packet(opcode, key=b"", extras=b"", value=b"", opaque=0, cas=0):
+    """A binary request packet."""
+    body = len(extras) + len(key) + len(value)
+    return BINARY_HEADER.pack(0x80, opcode, len(key), len(extras), 0, 0, body, opaque, cas) + extras + key + value
+
+
+def parse_binary(buf, pos):
+    """One binary response packet at `pos`: (opcode, status, opaque, cas,
+    extras, key, value)."""
+    if len(buf) < pos + BINARY_HEADER.size:
+        raise Incomplete(pos + BINARY_HEADER.size)
+    magic, opcode, keylen, extlen, _, status, body, opaque, cas = BINARY_HEADER.unpack_from(buf, pos)
+    if magic != 0x81:
+        raise ProtocolError(f"binary response magic {magic:#x}")
+    if extlen + keylen > body:
+        raise ProtocolError(f"binary response with extras {extlen} and key {keylen} over its body {body}")
+    at = pos + BINARY_HEADER.size
+    end = at + body
+    if len(buf) < end:
+        raise Incomplete(end)
+    extras = bytes(buf[at:at + extlen])
+    key = bytes(buf[at + extlen:at + extlen + keylen])
+    return (opcode, status, opaque, cas, extras, key, bytes(buf[at + extlen + keylen:end])), end
 
 
 def parse_mc(buf, pos, kind):
     """One memcached reply of `kind` at `pos`. A line reply is the line's
     text (str); a retrieval reply is a list of (key, flags, data, cas or
-    None), or the error line (str) that came instead."""
+    None), or the error line (str) that came instead; a binary reply is
+    `parse_binary`'s."""
+    if kind == BINARY:
+        return parse_binary(buf, pos)
     if kind == LINE:
         line, after = _line(buf, pos)
         return line.decode("latin-1"), after

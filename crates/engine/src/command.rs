@@ -521,8 +521,40 @@ pub fn support_table() -> String {
         };
         out += &format!("| `{}` | {what} |\n", command.name());
     }
+    out += BINARY_PROTOCOL;
     out
 }
+
+/// The binary protocol's part of the support table.
+const BINARY_PROTOCOL: &str = "
+## memcached (binary protocol)
+
+A connection whose request starts with byte 0x80 is read as the binary
+protocol, request by request. Each request is sent to its key's server as
+a meta command (memcached 1.6 or later), on the same pools, placement and
+connections as the text protocol, and the meta reply goes back as the
+binary response memcached would send (status, opaque, cas, flags; quiet
+variants answer only what memcached answers). A key that is no text token
+(spaces, control bytes) is sent base64-encoded (the meta `b` flag).
+
+| opcode | through ferrox |
+|---|---|
+| `get`, `getq`, `getk`, `getkq` | `mg <key> f v c` to the key's server |
+| `set`, `add`, `replace` (and quiet) | `ms` with mode `S`, `E`, `R`; flags, expiry and cas kept |
+| `append`, `prepend` (and quiet) | `ms` with mode `A`, `P` |
+| `delete` (and quiet) | `md`, cas kept |
+| `increment`, `decrement` (and quiet) | `ma`, created with the initial value unless the expiry is `0xffffffff` |
+| `touch`, `gat`, `gatq`, `gatk`, `gatkq` | `mg` with `T` |
+| `noop`, `version`, `quit`, `quitq` | answered by ferrox |
+| `stat` | answered by ferrox (its own `stats`); a stat group is refused `not supported` |
+| `flush`, `flushq` | refused `not supported`: flush each server |
+| any other opcode (SASL, verbosity, ...) | `unknown command`; the connection goes on |
+
+A malformed packet (lengths that do not fit its opcode, a key over 250
+bytes) is answered `invalid arguments` and the connection closed, as
+memcached does; a value over the pool's limit is answered `too large` and
+the connection closed.
+";
 
 /// Whether argument 1 is a key besides the counted ones.
 pub fn dest_key(route: Route) -> bool {

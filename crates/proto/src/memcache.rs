@@ -22,9 +22,9 @@
 //! [`Progress`] how much of the line it has searched, so each byte is
 //! searched once however many calls the line takes.
 //!
-//! A request in the binary protocol (first byte 0x80) is refused with
-//! [`Error::Binary`], whose reply is a binary error response
-//! ([`binary`]).
+//! A request in the binary protocol (first byte 0x80) is the [`binary`]
+//! module's to parse; this text parser refuses one with
+//! [`Error::Binary`], whose reply is a binary error response.
 //!
 //! The grammar is memcached's `doc/protocol.txt`; where that text is silent
 //! or out of date, memcached's own parser decides (quiet-mode rules, bare
@@ -421,12 +421,12 @@ impl Error {
             Error::TooLarge => (b"SERVER_ERROR ", "object too large for cache"),
             Error::Backend(message) => (b"SERVER_ERROR ", message),
             Error::Binary { opcode, opaque } => {
-                let response = binary::ErrorRepr {
+                let response = binary::Response::error(
                     opcode,
                     opaque,
-                    status: binary::STATUS_UNKNOWN_COMMAND,
-                    message: BINARY_REFUSED,
-                };
+                    binary::STATUS_UNKNOWN_COMMAND,
+                    BINARY_REFUSED,
+                );
                 return response.emit(out);
             }
         };

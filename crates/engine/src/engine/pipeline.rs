@@ -72,6 +72,10 @@ pub(super) enum Combine {
     /// Pub/sub confirmations the proxy made (in the slot's `keys`), given
     /// once every server confirmed; a server's error instead, if any.
     Confirm,
+    /// A memcached binary request sent as a meta command: the meta reply
+    /// becomes a binary response (the request's key, for the ops that
+    /// return it, is in the slot's `keys`).
+    Binary(memcache::binary::meta::Bridged),
 }
 
 /// Shards a proxy `SCAN` cursor can name: the low byte of the cursor.
@@ -192,6 +196,9 @@ impl Slot {
                     Some(error) => out.extend_from_slice(error),
                     None => out.extend_from_slice(&self.keys),
                 }
+            }
+            Combine::Binary(bridged) => {
+                memcache::binary::meta::write_response(&self.reply, bridged, &self.keys, out)
             }
             Combine::Info => {
                 let pieces = (0..self.pieces.len()).map(piece);

@@ -109,14 +109,91 @@ impl FakeServer {
                         (_, false) => b"NF\r\n",
                     });
                 }
-                Command::MetaGet => match self.data.get(token(1)) {
-                    Some(v) => {
-                        out.extend(format!("VA {}\r\n", v.len()).as_bytes());
-                        out.extend(v);
-                        out.extend(b"\r\n");
+                Command::MetaGet => {
+                    let flags: Vec<&[u8]> = (2..req.tokens.len()).map(token).collect();
+                    let has = |f: &[u8]| flags.contains(&f);
+                    // Client flags 0 and cas 1 when asked for.
+                    let extra = [(has(b"f"), " f0"), (has(b"c"), " c1")]
+                        .iter()
+                        .filter(|(asked, _)| *asked)
+                        .map(|(_, text)| *text)
+                        .collect::<String>();
+                    match self.data.get(token(1)) {
+                        Some(v) if has(b"v") => {
+                            out.extend(format!("VA {}{extra}\r\n", v.len()).as_bytes());
+                            out.extend(v);
+                            out.extend(b"\r\n");
+                        }
+                        Some(_) => out.extend(format!("HD{extra}\r\n").as_bytes()),
+                        None => out.extend(b"EN\r\n"),
                     }
-                    None => out.extend(b"EN\r\n"),
-                },
+                }
+                Command::MetaSet => {
+                    let data = req.data.clone().unwrap();
+                    let value = bytes[data.start..data.end - 2].to_vec();
+                    let mode = (3..req.tokens.len())
+                        .map(token)
+                        .find(|f| f.first() == Some(&b'M'))
+                        .map_or(b'S', |f| f[1]);
+                    let key = token(1).to_vec();
+                    let present = self.data.contains_key(&key);
+                    let stored = match mode {
+                        b'E' if present => None,
+                        b'R' | b'A' | b'P' if !present => None,
+                        b'A' => Some([&self.data[&key][..], &value].concat()),
+                        b'P' => Some([&value[..], &self.data[&key]].concat()),
+                        _ => Some(value),
+                    };
+                    match stored {
+                        Some(v) => {
+                            self.data.insert(key, v);
+                            out.extend(b"HD c1\r\n");
+                        }
+                        None => out.extend(b"NS\r\n"),
+                    }
+                }
+                Command::MetaArithmetic => {
+                    let flags: Vec<&[u8]> = (2..req.tokens.len()).map(token).collect();
+                    let number = |prefix: u8| {
+                        flags
+                            .iter()
+                            .find(|f| f.first() == Some(&prefix))
+                            .map(|f| String::from_utf8_lossy(&f[1..]).parse::<u64>().unwrap())
+                    };
+                    let key = token(1).to_vec();
+                    let current = match (self.data.get(&key), number(b'N')) {
+                        (Some(v), _) => String::from_utf8_lossy(v).parse::<u64>().ok(),
+                        (None, Some(_)) => {
+                            let initial = number(b'J').unwrap_or(0);
+                            self.data
+                                .insert(key.clone(), initial.to_string().into_bytes());
+                            out.extend(
+                                format!("VA {} c1\r\n{initial}\r\n", initial.to_string().len())
+                                    .as_bytes(),
+                            );
+                            continue;
+                        }
+                        (None, None) => {
+                            out.extend(b"NF\r\n");
+                            continue;
+                        }
+                    };
+                    let Some(current) = current else {
+                        out.extend(
+                            b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+                        );
+                        continue;
+                    };
+                    let delta = number(b'D').unwrap_or(1);
+                    let n = if flags.contains(&&b"MD"[..]) {
+                        current.saturating_sub(delta)
+                    } else {
+                        current.wrapping_add(delta)
+                    }
+                    .to_string();
+                    out.extend(format!("VA {} c1\r\n{n}\r\n", n.len()).as_bytes());
+                    self.data.insert(key, n.into_bytes());
+                }
                 _ => out.extend(b"SERVER_ERROR unsupported by the fake\r\n"),
             }
         }
@@ -968,6 +1045,172 @@ fn memcache_dead_server_answers_server_error() {
     );
 }
 
+/// A binary request packet, opaque `opaque`.
+fn binary_packet(opcode: u8, extras: &[u8], key: &[u8], value: &[u8], opaque: u32) -> Vec<u8> {
+    let body = extras.len() + key.len() + value.len();
+    let mut p = vec![0x80, opcode];
+    p.extend((key.len() as u16).to_be_bytes());
+    p.extend([extras.len() as u8, 0, 0, 0]);
+    p.extend((body as u32).to_be_bytes());
+    p.extend(opaque.to_be_bytes());
+    p.extend([0; 8]);
+    p.extend([extras, key, value].concat());
+    p
+}
+
+/// The binary response packets in `out`: (opcode, status, opaque, cas,
+/// body).
+fn binary_responses(mut out: &[u8]) -> Vec<(u8, u16, u32, u64, Vec<u8>)> {
+    use ferrox_proto::memcache::binary::{Header, HEADER_LEN};
+    let mut responses = Vec::new();
+    while !out.is_empty() {
+        let header = Header::new_checked(out).expect("a whole header");
+        let len = HEADER_LEN + header.body_length() as usize;
+        responses.push((
+            header.opcode(),
+            header.status(),
+            header.opaque(),
+            header.cas(),
+            out[HEADER_LEN..len].to_vec(),
+        ));
+        out = &out[len..];
+    }
+    responses
+}
+
+#[test]
+fn memcache_binary_requests_go_to_their_servers_as_meta_commands() {
+    use ferrox_proto::memcache::binary::opcode as o;
+    let (mut net, c) = with_client(memcache_spec(2));
+    let set_extras = [0, 0, 0, 0, 0, 0, 0, 0];
+    // A pipeline: set, a quiet set, getk hit, getq miss (silent), getkq
+    // hit, add on a present key, noop; responses in request order.
+    let mut input = binary_packet(o::SET, &set_extras, b"a", b"one", 1);
+    input.extend(binary_packet(o::SETQ, &set_extras, b"b", b"two", 2));
+    input.extend(binary_packet(o::GETK, &[], b"a", b"", 3));
+    input.extend(binary_packet(o::GETQ, &[], b"missing", b"", 4));
+    input.extend(binary_packet(o::GETKQ, &[], b"b", b"", 5));
+    input.extend(binary_packet(o::ADD, &set_extras, b"a", b"x", 6));
+    input.extend(binary_packet(o::NOOP, &[], b"", b"", 7));
+    net.send(c, &input);
+    let out = net.take(c);
+    let flags0 = [0u8, 0, 0, 0];
+    assert_eq!(
+        binary_responses(&out),
+        [
+            (o::SET, 0, 1, 1, vec![]),
+            (o::GETK, 0, 3, 1, [&flags0[..], b"aone"].concat()),
+            (o::GETKQ, 0, 5, 1, [&flags0[..], b"btwo"].concat()),
+            (o::ADD, 2, 6, 0, b"Data exists for key.".to_vec()),
+            (o::NOOP, 0, 7, 0, vec![]),
+        ]
+    );
+    // Each key on the server the text protocol would place it on.
+    let server = |net: &Net, key: &[u8]| net.servers.iter().position(|s| s.data.contains_key(key));
+    let (a, b) = (server(&net, b"a").unwrap(), server(&net, b"b").unwrap());
+    let placement = &memcache_spec(2).placement;
+    assert_eq!(Some(a), placement.server_for(b"a", 0));
+    assert_eq!(Some(b), placement.server_for(b"b", 0));
+    // Counters, append, delete, a miss, version; then quit closes.
+    // Delta 2, initial 40, created without expiry.
+    let create = [&2u64.to_be_bytes()[..], &40u64.to_be_bytes(), &[0; 4]].concat();
+    let mut input = binary_packet(o::INCREMENT, &create, b"n", b"", 8);
+    input.extend(binary_packet(o::INCREMENT, &create, b"n", b"", 9));
+    input.extend(binary_packet(o::APPEND, &[], b"a", b"+", 10));
+    input.extend(binary_packet(o::GET, &[], b"a", b"", 11));
+    input.extend(binary_packet(o::DELETE, &[], b"a", b"", 12));
+    input.extend(binary_packet(o::GET, &[], b"a", b"", 13));
+    input.extend(binary_packet(o::VERSION, &[], b"", b"", 14));
+    net.send(c, &input);
+    let responses = binary_responses(&net.take(c));
+    assert_eq!(
+        responses[0],
+        (o::INCREMENT, 0, 8, 1, 40u64.to_be_bytes().to_vec())
+    );
+    assert_eq!(
+        responses[1],
+        (o::INCREMENT, 0, 9, 1, 42u64.to_be_bytes().to_vec())
+    );
+    assert_eq!(responses[2], (o::APPEND, 0, 10, 1, vec![]));
+    assert_eq!(
+        responses[3],
+        (o::GET, 0, 11, 1, [&flags0[..], b"one+"].concat())
+    );
+    assert_eq!(responses[4], (o::DELETE, 0, 12, 0, vec![]));
+    assert_eq!(responses[5], (o::GET, 1, 13, 0, b"Not found".to_vec()));
+    assert_eq!(responses[6].0, o::VERSION);
+    assert!(responses[6].4.starts_with(b"ferrox-"));
+    net.send(c, &binary_packet(o::QUIT, &[], b"", b"", 15));
+    assert_eq!(
+        net.take(c),
+        [
+            binary_packet(0, &[], b"", b"", 15)[..24].to_vec(),
+            b"<closed>".to_vec()
+        ]
+        .concat()
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| match i {
+            0 => 0x81,
+            1 => o::QUIT,
+            _ => b,
+        })
+        .collect::<Vec<u8>>()
+    );
+}
+
+#[test]
+fn memcache_binary_errors_local_answers_and_refusals() {
+    use ferrox_proto::memcache::binary::opcode as o;
+    let mut net = Net::new(memcache_spec(2));
+    net.servers[0].down = true;
+    let c = net.client();
+    // An unknown opcode is answered and the stream goes on; stat is the
+    // proxy's own, ending with an empty response; a dead server's
+    // request gets an internal error naming it.
+    let key_on_dead = (b'a'..=b'z')
+        .map(|c| String::from(c as char))
+        .find(|k| memcache_spec(2).placement.server_for(k.as_bytes(), 0) == Some(0))
+        .unwrap();
+    let mut input = binary_packet(0x20, &[], b"PLAIN", b"", 1);
+    // Part of a header: nothing is taken or answered yet.
+    let tag = memcache_client_requests::session_tag(&net, c);
+    assert_eq!(net.engine.handle_input(tag, &input[..10], net.now), 0);
+    net.pump();
+    assert_eq!(net.take(c), b"");
+    input.extend(binary_packet(o::STAT, &[], b"", b"", 2));
+    input.extend(binary_packet(o::GET, &[], key_on_dead.as_bytes(), b"", 3));
+    input.extend(binary_packet(o::FLUSH, &[], b"", b"", 4));
+    net.send(c, &input);
+    let responses = binary_responses(&net.take(c));
+    assert_eq!(
+        responses[0],
+        (0x20, 0x81, 1, 0, b"Unknown command".to_vec())
+    );
+    let stats: Vec<_> = responses.iter().filter(|r| r.2 == 2).collect();
+    assert!(stats.len() > 5, "{stats:?}");
+    assert!(stats.iter().all(|r| r.0 == o::STAT && r.1 == 0));
+    assert_eq!(
+        stats.last().unwrap().4,
+        b"",
+        "an empty response ends the stats"
+    );
+    assert!(stats.iter().any(|r| r.4.starts_with(b"pid")), "{stats:?}");
+    let get = responses.iter().find(|r| r.2 == 3).unwrap();
+    assert_eq!(get.1, 0x84);
+    assert!(
+        String::from_utf8_lossy(&get.4).contains("server s0"),
+        "{get:?}"
+    );
+    assert_eq!(responses.last().unwrap().1, 0x83, "flush is refused");
+    // A malformed packet (a get with extras) is refused and closes.
+    net.send(c, &binary_packet(o::GET, &[1, 2, 3, 4], b"k", b"", 5));
+    let out = net.take(c);
+    let (refusal, closed) = out.split_at(out.len() - b"<closed>".len());
+    assert_eq!(closed, b"<closed>");
+    assert_eq!(binary_responses(refusal)[0].1, 0x04);
+}
+
 mod arbitrary_input {
     use proptest::prelude::*;
 
@@ -987,6 +1230,10 @@ mod arbitrary_input {
             Just(b"*2\r\n$3\r\nGET\r\n$-9\r\n".to_vec()),
             Just(b"get a b c\r\nset a 0 0 1 noreply\r\nx\r\nmg a v q\r\nmn\r\n".to_vec()),
             Just(b"set a 0 0 99\r\nshort\r\n".to_vec()),
+            Just(binary_packet(0x0d, &[], b"a", b"", 9)),
+            Just(binary_packet(0x11, &[0; 8], b"b", b"v", 9)),
+            Just(binary_packet(0x0a, &[], b"", b"", 9)),
+            Just(binary_packet(0x00, &[0; 4], b"a", b"", 9)),
             proptest::collection::vec(any::<u8>(), 0..40),
         ]
     }
@@ -1175,7 +1422,7 @@ mod memcache_client_requests {
             .collect()
     }
 
-    fn session_tag(net: &Net, client: Handle) -> Tag {
+    pub(super) fn session_tag(net: &Net, client: Handle) -> Tag {
         match net.conns.get(&client) {
             Some(Conn::Client { tag, .. }) => *tag,
             _ => panic!("no client {client}"),
@@ -1265,39 +1512,6 @@ mod memcache_client_requests {
         net.send(d, long.as_bytes());
         assert_eq!(net.take(d), b"CLIENT_ERROR line too long\r\n<closed>");
         assert!(net.servers.iter().all(|s| s.log.is_empty()));
-    }
-
-    /// A binary `get foo` (opcode 0x00) with opaque 0xdeadbeef.
-    const BINARY_GET: &[u8] = &[
-        0x80, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, // magic, get, key 3
-        0x00, 0x00, 0x00, 0x03, 0xde, 0xad, 0xbe, 0xef, // body 3, opaque
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // cas
-        b'f', b'o', b'o',
-    ];
-
-    #[test]
-    fn a_binary_protocol_request_gets_a_binary_error_then_a_close() {
-        let (mut net, c) = with_client(memcache_spec(2));
-        let tag = session_tag(&net, c);
-        // Part of the header: nothing to answer with yet.
-        assert_eq!(net.engine.handle_input(tag, &BINARY_GET[..10], net.now), 0);
-        net.pump();
-        assert_eq!(net.take(c), b"");
-        net.send(c, BINARY_GET);
-        // A binary response: `get` echoed, status 0x0081 (unknown
-        // command), the message as its 0x34-byte body, the opaque echoed;
-        // then the close.
-        #[rustfmt::skip]
-        const EXPECTED: &[u8] = b"\
-            \x81\x00\x00\x00\x00\x00\x00\x81\x00\x00\x00\x34\xde\xad\xbe\xef\
-            \x00\x00\x00\x00\x00\x00\x00\x00\
-            binary protocol not supported: use the text protocol<closed>";
-        assert_eq!(net.take(c), EXPECTED);
-        assert!(net.servers.iter().all(|s| s.log.is_empty()));
-        // Text clients are unaffected.
-        let d = net.client();
-        net.send(d, b"version\r\n");
-        assert!(net.take(d).starts_with(b"VERSION "));
     }
 }
 

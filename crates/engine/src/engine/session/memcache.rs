@@ -4,7 +4,13 @@
 //! `noreply` and the meta `q` flag are stripped before forwarding: every
 //! request the proxy sends gets a reply, which keeps each backend FIFO in
 //! step, and the proxy drops the replies the client asked not to see.
+//!
+//! A request in the binary protocol (its first byte 0x80) is sent to its
+//! server as a meta command, and the meta reply goes back to the client
+//! as a binary response ([`memcache::binary::meta`]): binary and text
+//! clients share pools, placement and backend connections.
 
+use ferrox_proto::memcache::binary::{self, meta::Bridged, Op};
 use ferrox_proto::memcache::{self, Command, Request};
 
 use super::super::pipeline::{Combine, Expect, Shape, Suppress};
@@ -26,6 +32,26 @@ impl Engine {
         let mut used = 0;
         while self.has_room(index) {
             let rest = &input[used..];
+            if rest.first() == Some(&binary::REQUEST_MAGIC) {
+                progress = memcache::Progress::new();
+                let binary_limits = binary::Limits {
+                    max_key: limits.max_key,
+                    max_value: limits.max_value,
+                };
+                match binary::parse_request(rest, &binary_limits) {
+                    Ok(None) => break,
+                    Ok(Some(request)) => {
+                        self.binary_request(index, &rest[..request.len], &request, now);
+                        used += request.len;
+                    }
+                    Err(refusal) => {
+                        self.local_error(index, |out, _| refusal.emit(out));
+                        self.close_for_error(index);
+                        used = input.len();
+                    }
+                }
+                continue;
+            }
             match memcache::parse_request_resumed(rest, &limits, &mut req, &mut progress) {
                 Ok(None) => break,
                 Ok(Some(len)) => {
@@ -114,6 +140,92 @@ impl Engine {
         );
     }
 
+    /// A binary request: answered here (noop, version, quit, stat), or
+    /// sent to its key's server as a meta command.
+    fn binary_request(
+        &mut self,
+        index: usize,
+        packet: &[u8],
+        request: &binary::Request,
+        now: Micros,
+    ) {
+        let (opcode, opaque) = (request.opcode, request.opaque);
+        if let Some(command) = text_equivalent(request.op) {
+            self.stats.commands[crate::command::CommandId::memcache(command).index()] += 1;
+        }
+        let error = |status: u16, message: &'static [u8]| {
+            move |out: &mut Vec<u8>, _| {
+                binary::Response::error(opcode, opaque, status, message).emit(out)
+            }
+        };
+        let ok = |value: &[u8], out: &mut Vec<u8>| {
+            binary::Response::error(opcode, opaque, binary::STATUS_OK, value).emit(out)
+        };
+        match request.op {
+            Op::Noop => return self.local_reply(index, |out, _| ok(b"", out)),
+            Op::Version => {
+                let version = concat!("ferrox-", env!("CARGO_PKG_VERSION")).as_bytes();
+                return self.local_reply(index, |out, _| ok(version, out));
+            }
+            Op::Quit => {
+                let quiet = request.quiet;
+                self.local_reply(index, |out, _| {
+                    if !quiet {
+                        ok(b"", out)
+                    }
+                });
+                return self.close_after_last(index);
+            }
+            Op::Stat if request.key.is_empty() => {
+                let stats = self.memcache_stats();
+                return self.local_reply(index, |out, _| {
+                    write_binary_stats(&stats, opcode, opaque, out)
+                });
+            }
+            Op::Stat => {
+                return self.local_error(
+                    index,
+                    error(
+                        binary::STATUS_NOT_SUPPORTED,
+                        b"ferrox answers plain stat only; ask the servers for the rest",
+                    ),
+                )
+            }
+            Op::Flush => {
+                return self.local_error(
+                    index,
+                    error(
+                        binary::STATUS_NOT_SUPPORTED,
+                        b"ferrox does not flush every server at once; flush each server",
+                    ),
+                )
+            }
+            Op::Unknown => {
+                return self.local_error(
+                    index,
+                    error(binary::STATUS_UNKNOWN_COMMAND, b"Unknown command"),
+                )
+            }
+            _ => {}
+        }
+        let key = &packet[request.key.clone()];
+        let server = self.place(index, key);
+        let seq = self.open_slot(index, Combine::Binary(Bridged::of(request)), 1);
+        if binary::meta::returns_key(request.op) {
+            let session = &mut self.sessions[index];
+            let slot = &mut session.slots[(seq - session.head) as usize];
+            slot.keys.extend_from_slice(key);
+        }
+        let expect = Expect {
+            shape: Shape::Memcache(memcache::ReplyKind::Meta),
+            suppress: Suppress::No,
+        };
+        let at = self.slot_ref(index, seq, 0);
+        self.send_piece(at, server, expect, now, |out| {
+            binary::meta::write_request(packet, request, out)
+        });
+    }
+
     /// A multi-key `get`/`gets`/`gat`/`gats`: one piece per server; the
     /// `VALUE` blocks are concatenated and end with one `END`.
     fn memcache_split(&mut self, index: usize, request: &[u8], req: &Request, now: Micros) {
@@ -149,6 +261,46 @@ impl Engine {
             write_line(out, words.map(|word| &request[word.clone()]));
         });
     }
+}
+
+/// The text command a binary op is counted as, in the statistics.
+fn text_equivalent(op: Op) -> Option<Command> {
+    Some(match op {
+        Op::Get | Op::GetK => Command::Get,
+        Op::Gat | Op::GatK => Command::Gat,
+        Op::Touch => Command::Touch,
+        Op::Set => Command::Set,
+        Op::Add => Command::Add,
+        Op::Replace => Command::Replace,
+        Op::Append => Command::Append,
+        Op::Prepend => Command::Prepend,
+        Op::Delete => Command::Delete,
+        Op::Increment => Command::Incr,
+        Op::Decrement => Command::Decr,
+        Op::Noop => Command::MetaNoop,
+        Op::Quit => Command::Quit,
+        Op::Version => Command::Version,
+        Op::Stat => Command::Stats,
+        Op::Flush | Op::Unknown => return None,
+    })
+}
+
+/// The binary `stat` reply: a response per `STAT name value` line of
+/// `stats` (the text reply), then one with neither key nor value.
+fn write_binary_stats(stats: &str, opcode: u8, opaque: u32, out: &mut Vec<u8>) {
+    let mut response = binary::Response::error(opcode, opaque, binary::STATUS_OK, b"");
+    for line in stats.lines() {
+        let mut words = line.splitn(3, ' ');
+        if let (Some("STAT"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
+        {
+            response.key = name.as_bytes();
+            response.value = value.as_bytes();
+            response.emit(out);
+        }
+    }
+    response.key = b"";
+    response.value = b"";
+    response.emit(out);
 }
 
 /// Writes `request` without its token `skip` (`noreply`, or a meta `q`).
