@@ -608,7 +608,11 @@ print(direct)
             .unwrap_or_else(|| panic!("no keys listed for {port}: {binary}"));
         for key in list.split(", ").filter(|k| !k.is_empty()) {
             let key = key.trim_matches('\'');
-            assert_eq!(table.server_for(key.as_bytes(), 0), Some(i), "{key} on {port}");
+            assert_eq!(
+                table.server_for(key.as_bytes(), 0),
+                Some(i),
+                "{key} on {port}"
+            );
             placed += 1;
         }
     }

@@ -284,6 +284,8 @@ pub(super) struct Draft {
     pub protocol_ok: bool,
     pub auth_line: Option<usize>,
     pub db_line: Option<usize>,
+    pub distribution_line: Option<usize>,
+    pub eject_line: Option<usize>,
     pub servers_line: Option<usize>,
     /// Server entries read, valid or not (a `servers` value that is not a
     /// list counts as one).
@@ -302,6 +304,8 @@ impl Draft {
             protocol_ok: true,
             auth_line: None,
             db_line: None,
+            distribution_line: None,
+            eject_line: None,
             servers_line: None,
             server_entries: 0,
             server_lines: Vec::new(),
@@ -345,6 +349,30 @@ pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report
                         format!("pool {name:?}: {key}: only a redis pool has it, and this pool speaks memcache"),
                     );
                 }
+            }
+        }
+        if pool.distribution == Distribution::RedisCluster {
+            let line = d.distribution_line.unwrap_or(d.line);
+            if d.protocol_ok && pool.protocol != Protocol::Redis {
+                report.error(
+                    line,
+                    format!("pool {name:?}: distribution redis_cluster: only a redis pool can front a Redis Cluster"),
+                );
+            }
+            if pool.db != 0 {
+                report.error(
+                    d.db_line.unwrap_or(line),
+                    format!("pool {name:?}: {db_key}: a Redis Cluster has database 0 only"),
+                );
+            }
+            if pool.auto_eject_hosts {
+                report.error(
+                    d.eject_line.unwrap_or(line),
+                    format!(
+                        "pool {name:?}: auto_eject_hosts: a redis_cluster pool follows the cluster's own \
+                         failover (its slot map), so it ejects nothing"
+                    ),
+                );
             }
         }
         let mut names = HashMap::new();

@@ -538,10 +538,18 @@ servers = [
                     }
                 }
                 let pool = Pool::new(name, SocketAddrV4::new(ip, port), protocol);
+                let distribution =
+                    Distribution::from_name(distribution).expect("one of DISTRIBUTIONS");
+                // A cluster pool speaks Redis, on database 0, ejecting nothing.
+                let cluster = distribution == Distribution::RedisCluster;
+                let (distribution, db, eject) = match (cluster, redis) {
+                    (true, true) => (distribution, 0, false),
+                    (true, false) => (Distribution::Ketama, db, eject),
+                    (false, _) => (distribution, db, eject),
+                };
                 Pool {
                     hash: HashFn::from_name(hash).expect("one of HASHES"),
-                    distribution: Distribution::from_name(distribution)
-                        .expect("one of DISTRIBUTIONS"),
+                    distribution,
                     hash_tag,
                     timeout_ms: timeout,
                     backlog,

@@ -131,7 +131,10 @@ fn pool(mapping: &Mapping, report: &mut Report) -> Draft {
             }
             "hash" => check::hash(value).map(|h| pool.hash = h),
             "hash_tag" => check::hash_tag(value).map(|t| pool.hash_tag = Some(t)),
-            "distribution" => check::distribution(value).map(|d| pool.distribution = d),
+            "distribution" => check::distribution(value).map(|d| {
+                pool.distribution = d;
+                draft.distribution_line = Some(line);
+            }),
             "timeout" => number(value).map(|t| pool.timeout_ms = (t > 0).then_some(t)),
             "backlog" => number(value).map(|n| pool.backlog = n),
             "client_connections" => number(value).map(|n| pool.client_connections = n),
@@ -155,7 +158,10 @@ fn pool(mapping: &Mapping, report: &mut Report) -> Draft {
                 draft.db_line = Some(line);
             }),
             "preconnect" => boolean(value).map(|b| pool.preconnect = b),
-            "auto_eject_hosts" => boolean(value).map(|b| pool.auto_eject_hosts = b),
+            "auto_eject_hosts" => boolean(value).map(|b| {
+                pool.auto_eject_hosts = b;
+                draft.eject_line = Some(line);
+            }),
             "server_connections" => match number(value) {
                 Ok(0) => Err("cannot be 0".into()),
                 n => n.map(|n| pool.server_connections = n),

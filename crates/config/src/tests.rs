@@ -436,7 +436,7 @@ servers = ["198.18.0.1:11211:1"]
                 "x.toml:4: pool \"a\": auth: only a redis pool has it, and this pool speaks memcache",
                 "x.toml:5: pool \"a\": db: only a redis pool has it, and this pool speaks memcache",
                 "x.toml:6: pool \"a\": hash \"fnv1a64\": unknown hash (did you mean \"fnv1a_64\"?); expected one of one_at_a_time, md5, crc16, crc32, crc32a, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, hsieh, murmur, jenkins",
-                "x.toml:7: pool \"a\": distribution \"consistent\": unknown distribution; expected one of ketama, modula, random, jump",
+                "x.toml:7: pool \"a\": distribution \"consistent\": unknown distribution; expected one of ketama, modula, random, jump, redis_cluster",
                 "x.toml:8: pool \"a\": hash_tag \"{\": a hash tag is exactly two characters, like \"{}\"",
                 "x.toml:9: pool \"a\": timeout_ms: 0 is no timeout; leave timeout_ms out to wait forever",
                 "x.toml:10: pool \"a\": server_connections: cannot be 0",
@@ -449,6 +449,32 @@ servers = ["198.18.0.1:11211:1"]
                 "x.toml:20: pool \"d\": protocol is missing: say \"redis\" or \"memcache\"",
                 "x.toml:20: pool \"d\": listen is missing",
                 "x.toml:20: pool \"d\": no servers",
+            ]
+        );
+    }
+
+    #[test]
+    fn redis_cluster_rules() {
+        assert_eq!(
+            toml_errors(
+                r#"[pools.a]
+listen = "0.0.0.0:11211"
+protocol = "memcache"
+distribution = "redis_cluster"
+servers = ["198.18.0.1:7000:1"]
+[pools.b]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+distribution = "redis_cluster"
+db = 2
+auto_eject_hosts = true
+servers = ["198.18.0.1:7000:1"]
+"#
+            ),
+            [
+                "x.toml:4: pool \"a\": distribution redis_cluster: only a redis pool can front a Redis Cluster",
+                "x.toml:10: pool \"b\": db: a Redis Cluster has database 0 only",
+                "x.toml:11: pool \"b\": auto_eject_hosts: a redis_cluster pool follows the cluster's own failover (its slot map), so it ejects nothing",
             ]
         );
     }
@@ -785,7 +811,7 @@ a:
                 "x.yml:16: pool \"a\": tcpkeepalive \"on\": expected true or false",
                 "x.yml:17: pool \"a\": reuseport \"no\": expected true or false",
                 "x.yml:18: pool \"a\": hash \"fnv\": unknown hash; expected one of one_at_a_time, md5, crc16, crc32, crc32a, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, hsieh, murmur, jenkins",
-                "x.yml:19: pool \"a\": distribution \"ring\": unknown distribution; expected one of ketama, modula, random, jump",
+                "x.yml:19: pool \"a\": distribution \"ring\": unknown distribution; expected one of ketama, modula, random, jump, redis_cluster",
                 "x.yml:20: pool \"a\": hash_tag \"ab c\": a hash tag is exactly two characters, like \"{}\"",
                 "x.yml:21: pool \"a\": stats_port: not a pool key: the stats server is set on nutcracker's command line (-s, -a, -i)",
                 "x.yml:22: pool \"a\": hash_tag is set twice (first on line 20); twemproxy refuses duplicates",

@@ -282,7 +282,10 @@ impl Cx<'_> {
                     .map(|h| pool.hash = h),
                 "distribution" => string(value)
                     .and_then(|s| check::distribution(s).map_err(|r| shown(s, r)))
-                    .map(|d| pool.distribution = d),
+                    .map(|d| {
+                        pool.distribution = d;
+                        draft.distribution_line = Some(line);
+                    }),
                 "hash_tag" => string(value)
                     .and_then(|s| check::hash_tag(s).map_err(|r| shown(s, r)))
                     .map(|t| pool.hash_tag = Some(t)),
@@ -308,7 +311,10 @@ impl Cx<'_> {
                     Ok(0) => Err(": cannot be 0".into()),
                     n => n.map(|n| pool.server_connections = n),
                 },
-                "auto_eject_hosts" => boolean(value).map(|b| pool.auto_eject_hosts = b),
+                "auto_eject_hosts" => boolean(value).map(|b| {
+                    pool.auto_eject_hosts = b;
+                    draft.eject_line = Some(line);
+                }),
                 "server_retry_timeout_ms" => {
                     integer(value).map(|n| pool.server_retry_timeout_ms = n)
                 }

@@ -115,6 +115,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         max_request: limits.max_request,
         max_output: crate::engine::MAX_OUTPUT,
         preconnect: pool.preconnect,
+        cluster: distribution == Distribution::RedisCluster,
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),
             retry: ms(pool.server_retry_timeout_ms),

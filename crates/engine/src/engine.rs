@@ -27,6 +27,7 @@ use std::ops::Range;
 use ferrox_proto::{memcache, resp};
 
 mod backend;
+mod cluster;
 pub mod handover;
 pub mod info;
 mod output;
@@ -174,6 +175,10 @@ pub struct PoolSpec {
     /// Eject failing servers; `None` keeps them (a request for a failed
     /// server reconnects, and fails if that attempt fails).
     pub ejection: Option<Ejection>,
+    /// The servers are seed nodes of a Redis Cluster, whose slot map
+    /// places the keys (see the `cluster` module); `placement` then only
+    /// serves until the map is known.
+    pub cluster: bool,
 }
 
 /// The default of [`PoolSpec::max_output`].
@@ -358,6 +363,8 @@ struct Pool {
     /// Left out of the configuration: takes no new sessions; its sessions
     /// finish what they asked and are closed.
     retired: bool,
+    /// A Redis Cluster pool's slot map.
+    cluster: Option<Box<cluster::Cluster>>,
 }
 
 /// One server's backend connections.
@@ -444,7 +451,11 @@ impl Engine {
             live: vec![true; servers],
             counters: PoolCounters::default(),
             retired: false,
+            cluster: None,
         });
+        if self.pools[p].spec.cluster {
+            self.pools[p].cluster = Some(Box::new(cluster::Cluster::new()));
+        }
         let conns = (0..servers).map(|s| self.server_conns(p, s)).collect();
         self.pools[p].conns = conns;
         p
@@ -624,7 +635,17 @@ impl Engine {
         // A stale entry on top only makes the call early: handle_timeout
         // then finds nothing due and files the real deadline.
         let backends = self.timers.peek().map(|Reverse((at, _))| *at);
-        backends.into_iter().chain(self.next_return).min()
+        let clusters = self
+            .pools
+            .iter()
+            .filter(|p| !p.retired)
+            .filter_map(|p| Some(p.cluster.as_ref()?.deadline()))
+            .min();
+        backends
+            .into_iter()
+            .chain(self.next_return)
+            .chain(clusters)
+            .min()
     }
 
     /// Fails requests and connection attempts that waited too long, ends
@@ -667,6 +688,7 @@ impl Engine {
                 pool.spec.placement.set_live(&pool.live);
             }
         }
+        self.cluster_maintain(now);
     }
 
     /// Whether server `server` of pool `pool` takes keys now.
@@ -685,6 +707,10 @@ impl Engine {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
+        if p.cluster.is_some() {
+            // The cluster fails over on its own; its map says who serves.
+            return;
+        }
         let mut changed = false;
         for (s, health) in p.health.iter_mut().enumerate() {
             let held = s < 64 && held_out & (1 << s) != 0;

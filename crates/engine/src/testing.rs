@@ -44,5 +44,6 @@ pub fn pool_spec(
         max_output: MAX_OUTPUT,
         preconnect: false,
         ejection: None,
+        cluster: false,
     }
 }

@@ -26,6 +26,7 @@
 //! `Strategy` trait: `ketama`, `modula`, `random`, and `jump`, which twemproxy
 //! does not have.
 
+pub mod cluster;
 mod hash;
 mod jump;
 mod ketama;
@@ -53,19 +54,24 @@ pub enum Distribution {
     /// appending a server to the config moves keys only onto it. Ejecting
     /// any but the last server reshuffles the keys of those after it.
     Jump,
+    /// The servers are seed nodes of a Redis Cluster, whose own slot map
+    /// (learnt at run time, see [`cluster`]) places the keys; a
+    /// [`Table`] places none.
+    RedisCluster,
 }
 
 impl Distribution {
-    /// All four, twemproxy's three first.
-    pub const ALL: [Distribution; 4] = [
+    /// All five, twemproxy's three first.
+    pub const ALL: [Distribution; 5] = [
         Distribution::Ketama,
         Distribution::Modula,
         Distribution::Random,
         Distribution::Jump,
+        Distribution::RedisCluster,
     ];
 
     /// The distribution a config calls `name` (`ketama`, `modula`,
-    /// `random`, `jump`).
+    /// `random`, `jump`, `redis_cluster`).
     pub fn from_name(name: &str) -> Option<Distribution> {
         Distribution::ALL.into_iter().find(|d| d.name() == name)
     }
@@ -77,6 +83,7 @@ impl Distribution {
             Distribution::Modula => "modula",
             Distribution::Random => "random",
             Distribution::Jump => "jump",
+            Distribution::RedisCluster => "redis_cluster",
         }
     }
 }
@@ -283,6 +290,9 @@ impl Table {
             Distribution::Modula => Placement::Modula(modula::Slots::build(&order)),
             Distribution::Random => Placement::Random(random::Live::build(&order)),
             Distribution::Jump => Placement::Jump(jump::Buckets::build(&order)),
+            // Before the cluster's slot map is known: any live seed, which
+            // redirects a key that is not its own.
+            Distribution::RedisCluster => Placement::Random(random::Live::build(&order)),
         });
         Ok(Table {
             hash,

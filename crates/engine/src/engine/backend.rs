@@ -229,7 +229,8 @@ impl Engine {
     /// Queues the request of slot piece `at` for `server` of its
     /// session's pool on one of the server's connections (RESP3 ones for
     /// a RESP3 session), opening it when needed; `write` appends the
-    /// request bytes.
+    /// request bytes. A cluster pool's request keeps a copy of them in its
+    /// slot, to follow a redirection.
     pub(super) fn send_to_server(
         &mut self,
         server: usize,
@@ -239,6 +240,31 @@ impl Engine {
         write: impl FnOnce(&mut Vec<u8>),
     ) {
         let (pool, resp3) = self.sessions[at.session as usize].route();
+        let b = self.pick_backend(pool, server, resp3, at.session as usize, now);
+        let backend = &mut self.backends[b];
+        let before = backend.output.tail().len();
+        write(backend.output.tail());
+        let tail = backend.output.tail();
+        let written = tail.len() - before;
+        self.pools[pool].health[server].request_bytes += written as u64;
+        if self.pools[pool].cluster.is_some() {
+            if let Some(slot) = self.sessions[at.session as usize].slot_mut(at) {
+                slot.keep_sent(at.piece, &tail[before..]);
+            }
+        }
+        self.queue_on(b, at, expect, now);
+    }
+
+    /// The connection of `server` of `pool` for session `session`'s
+    /// requests (RESP3 ones for `resp3`), opened when needed.
+    pub(super) fn pick_backend(
+        &mut self,
+        pool: usize,
+        server: usize,
+        resp3: bool,
+        session: usize,
+        now: Micros,
+    ) -> usize {
         let p = &mut self.pools[pool];
         let conns = &p.conns[server];
         let list = if resp3 && !conns.resp3.is_empty() {
@@ -249,7 +275,7 @@ impl Engine {
         // A session always uses the same one of a server's connections, so
         // its requests reach the server in the order it sent them (a read
         // after a write sees the write); sessions spread over them.
-        let mut b = list[at.session as usize % list.len()] as usize;
+        let mut b = list[session % list.len()] as usize;
         p.health[server].requests += 1;
         if self.backends[b].state == State::Backoff {
             // A failed connection: use one of the server's connections
@@ -268,12 +294,12 @@ impl Engine {
             State::Idle | State::Backoff => self.backend_connect(b, now),
             State::Connecting | State::Ready => {}
         }
-        let backend = &mut self.backends[b];
-        let before = backend.output.tail().len();
-        write(backend.output.tail());
-        let written = backend.output.tail().len() - before;
-        self.pools[pool].health[server].request_bytes += written as u64;
-        self.queue_on(b, at, expect, now);
+        b
+    }
+
+    /// Backend `b`'s pool and server.
+    pub(super) fn backend_place(&self, b: usize) -> (usize, usize) {
+        (self.backends[b].pool, self.backends[b].server)
     }
 
     /// Sends slot piece `at`, a blocking command, to `server` on a new
@@ -560,7 +586,18 @@ impl Engine {
                 Suppress::Always => true,
                 Suppress::Quiet(command) => memcache::quiet_suppresses(command, reply),
             };
-            self.fill_slot(request.at, if suppressed { b"" } else { reply });
+            let pool = self.backends[b].pool;
+            if request.at.session == super::cluster::INTERNAL {
+                self.internal_reply(b, request.at, reply, now);
+            } else if reply.first() == Some(&b'-')
+                && self.pools[pool].cluster.is_some()
+                && self.cluster_redirect(b, &request, reply, now)
+            {
+                // Sent again where the cluster said; the reply comes
+                // from there.
+            } else {
+                self.fill_slot(request.at, if suppressed { b"" } else { reply });
+            }
             let backend = &self.backends[b];
             if backend.retiring && !backend.keep_open && backend.inflight.is_empty() {
                 self.backend_free(b);
@@ -658,6 +695,11 @@ impl Engine {
         backend.send_queued = false;
         backend.handshake = 0;
         let (pool, server) = (backend.pool, backend.server);
+        if let Some(cluster) = self.pools[pool].cluster.as_mut() {
+            // A node failed: the cluster may be failing over.
+            cluster.make_stale(now);
+        }
+        let backend = &mut self.backends[b];
         if backend.subscriber {
             // Its subscriptions are gone with it: the client is closed, to
             // subscribe again on its next connection.

@@ -99,6 +99,12 @@ pub(super) struct Slot {
     pub key_ends: Vec<u32>,
     /// Close the session once this slot's reply is written.
     pub close_after: bool,
+    /// A cluster pool's request: the bytes each piece was sent with, one
+    /// after another, and where each piece's are, to send them again
+    /// where a redirection says; and how many redirections it followed.
+    pub sent: Vec<u8>,
+    pub sent_at: Vec<Range<usize>>,
+    pub redirects: u8,
     /// When the request arrived.
     pub opened: super::Micros,
 }
@@ -114,6 +120,9 @@ impl Slot {
             self.keys = Vec::new();
             self.key_ends = Vec::new();
         }
+        if self.sent.capacity() > super::output::KEEP_CAPACITY {
+            self.sent = Vec::new();
+        }
     }
 
     /// Makes a recycled slot ready for a new request.
@@ -126,6 +135,20 @@ impl Slot {
         self.keys.clear();
         self.key_ends.clear();
         self.close_after = false;
+        self.sent.clear();
+        self.sent_at.clear();
+        self.redirects = 0;
+    }
+
+    /// Keeps the bytes piece `piece` was sent with.
+    pub fn keep_sent(&mut self, piece: u16, bytes: &[u8]) {
+        let start = self.sent.len();
+        self.sent.extend_from_slice(bytes);
+        let piece = piece as usize;
+        if self.sent_at.len() <= piece {
+            self.sent_at.resize(piece + 1, 0..0);
+        }
+        self.sent_at[piece] = start..self.sent.len();
     }
 
     /// Stores piece `piece`'s reply.

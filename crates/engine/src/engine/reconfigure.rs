@@ -62,6 +62,22 @@ impl Engine {
 
     /// Gives pool `p` its new definition, keeping what carries over.
     fn update_pool(&mut self, p: usize, mut spec: PoolSpec, changes: &mut Changes) {
+        let cluster = match (spec.cluster, self.pools[p].cluster.take()) {
+            (true, Some(cluster)) => {
+                // The nodes it learnt stay, in their order (the map names
+                // them by index); seeds it did not know join them.
+                let mut servers = self.pools[p].spec.servers.clone();
+                for seed in std::mem::take(&mut spec.servers) {
+                    if !servers.iter().any(|s| s.addr == seed.addr) {
+                        servers.push(seed);
+                    }
+                }
+                spec.servers = servers;
+                Some(cluster)
+            }
+            (true, None) => Some(Box::new(super::cluster::Cluster::new())),
+            (false, _) => None,
+        };
         let mut old_conns: Vec<Option<ServerConns>> = std::mem::take(&mut self.pools[p].conns)
             .into_iter()
             .map(Some)
@@ -111,6 +127,8 @@ impl Engine {
             all.push(conns);
         }
         self.pools[p].conns = all;
+        self.pools[p].cluster = cluster;
+        self.cluster_set_live(p);
     }
 
     /// A kept server's connections, renumbered to index `s` and grown or

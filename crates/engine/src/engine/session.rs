@@ -130,6 +130,15 @@ impl Session {
         (self.pool, self.resp3)
     }
 
+    /// The slot of `at`, if it is this session's (the same occupant) and
+    /// still open.
+    pub fn slot_mut(&mut self, at: SlotRef) -> Option<&mut Slot> {
+        if !self.live || self.generation != at.generation || at.seq < self.head {
+            return None;
+        }
+        self.slots.get_mut((at.seq - self.head) as usize)
+    }
+
     /// How far the incremental parse of a long memcached line got.
     #[cfg(test)]
     pub fn memcache_searched(&self) -> usize {
@@ -169,6 +178,15 @@ impl Session {
     }
 }
 
+/// Where a key group's server is in its id: above the slot, which takes
+/// 14 bits (Redis Cluster's 16384 slots; 0 outside a cluster pool).
+pub(super) const GROUP_SERVER_SHIFT: u32 = 14;
+
+/// The server of key group `id`.
+pub(super) fn group_server(id: u32) -> usize {
+    (id >> GROUP_SERVER_SHIFT) as usize
+}
+
 impl Engine {
     pub(super) fn session_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
         let session = &self.sessions[index];
@@ -205,6 +223,10 @@ impl Engine {
     /// The server of `key` in the session's pool, or `None` when the pool
     /// has no live server.
     pub(super) fn place(&mut self, index: usize, key: &[u8]) -> Option<usize> {
+        let pool = self.sessions[index].pool;
+        if self.pools[pool].cluster.is_some() {
+            return self.cluster_place(pool, key);
+        }
         let random = self.random();
         self.session_spec(index).placement.server_for(key, random)
     }
@@ -249,8 +271,11 @@ impl Engine {
         self.send_piece(self.slot_ref(index, seq, 0), server, expect, now, write);
     }
 
-    /// Places the keys of a multi-key request and groups them by server:
-    /// `(server, key number)` sorted, one piece per server. `Err(server)`
+    /// Places the keys of a multi-key request and groups them by server
+    /// (and, in a Redis Cluster pool, by slot, since a cluster node
+    /// refuses a command whose keys are in different slots):
+    /// `(group, key number)` sorted, one piece per group, the group's
+    /// server in its high bits ([`group_server`]). `Err(server)`
     /// when splitting buys nothing and the request goes whole to
     /// `server`: every key is on one server, or some key has none
     /// (`None`, and the request fails). The groups are the scratch
@@ -263,16 +288,24 @@ impl Engine {
         let mut groups = std::mem::take(&mut self.scratch.groups);
         groups.clear();
         let mut unplaced = false;
+        let cluster = self.pools[self.sessions[index].pool].cluster.is_some();
         for (k, key) in keys.enumerate() {
+            let slot = if cluster {
+                u32::from(ferrox_route::cluster::key_slot(key))
+            } else {
+                0
+            };
             match self.place(index, key) {
-                Some(server) => groups.push((server as u32, k as u32)),
+                Some(server) => {
+                    groups.push(((server as u32) << GROUP_SERVER_SHIFT | slot, k as u32))
+                }
                 None => unplaced = true,
             }
         }
         groups.sort_unstable();
         let one_server = groups.first().map(|g| g.0) == groups.last().map(|g| g.0);
         if unplaced || one_server {
-            let server = (!unplaced).then(|| groups[0].0 as usize);
+            let server = (!unplaced).then(|| group_server(groups[0].0));
             self.scratch.groups = groups;
             return Err(server);
         }
@@ -317,7 +350,7 @@ impl Engine {
         mut write: impl FnMut(&mut Vec<u8>, &[(u32, u32)]),
     ) {
         for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
-            let server = Some(group[0].0 as usize);
+            let server = Some(group_server(group[0].0));
             let at = self.slot_ref(index, seq, piece as u16);
             self.send_piece(at, server, expect, now, |out| write(out, group));
         }

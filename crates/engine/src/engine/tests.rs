@@ -58,6 +58,8 @@ struct FakeServer {
     mute: bool,
     /// Leave requests unread (answered once this is off).
     hold: bool,
+    /// A node of a fake Redis Cluster.
+    cluster: Option<FakeCluster>,
     password: Option<Vec<u8>>,
     /// Every command name received, in order.
     log: Vec<String>,
@@ -66,6 +68,94 @@ struct FakeServer {
     multi: Option<(usize, Vec<u8>, bool)>,
     /// A WATCHed key and its value then (one watcher at a time).
     watched: Option<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What one node of a fake Redis Cluster knows: every slot's owner (an
+/// index into the net's servers, at port 7000 + index), a slot it is
+/// migrating away, and whether the last command was `ASKING`.
+#[derive(Debug, Clone)]
+struct FakeCluster {
+    me: usize,
+    owner: Vec<usize>,
+    migrating: Option<(u16, usize)>,
+    asking: bool,
+    /// Redirections it answered.
+    redirects: usize,
+}
+
+impl FakeCluster {
+    /// `nodes` nodes, slots split evenly in order.
+    fn new(me: usize, nodes: usize) -> FakeCluster {
+        let owner = (0..ferrox_route::cluster::SLOTS)
+            .map(|s| s * nodes / ferrox_route::cluster::SLOTS)
+            .collect();
+        FakeCluster {
+            me,
+            owner,
+            migrating: None,
+            asking: false,
+            redirects: 0,
+        }
+    }
+
+    /// The reply to `args` when this node is not the one to run it: a
+    /// redirection, a cross-slot error, or `CLUSTER SLOTS`.
+    fn intercept(
+        &mut self,
+        args: &[&[u8]],
+        name: &str,
+        has: impl Fn(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        use ferrox_route::cluster::key_slot;
+        let asking = std::mem::take(&mut self.asking);
+        match name {
+            "ASKING" => {
+                self.asking = true;
+                return Some(b"+OK\r\n".to_vec());
+            }
+            "CLUSTER" => {
+                let mut ranges = Vec::new();
+                for (slot, &node) in self.owner.iter().enumerate() {
+                    match ranges.last_mut() {
+                        Some((_, end, n)) if *n == node => *end = slot,
+                        _ => ranges.push((slot, slot, node)),
+                    }
+                }
+                let mut out = format!("*{}\r\n", ranges.len());
+                for (start, end, node) in ranges {
+                    out += &format!(
+                        "*3\r\n:{start}\r\n:{end}\r\n*3\r\n$8\r\n10.0.0.1\r\n:{}\r\n$2\r\nid\r\n",
+                        7000 + node
+                    );
+                }
+                return Some(out.into_bytes());
+            }
+            "GET" | "SET" | "INCR" | "DEL" | "MGET" => {}
+            _ => return None,
+        }
+        let keys: Vec<&[u8]> = if name == "SET" {
+            vec![args[1]]
+        } else {
+            args[1..].to_vec()
+        };
+        let slot = key_slot(keys[0]);
+        if keys.iter().any(|k| key_slot(k) != slot) {
+            return Some(b"-CROSSSLOT Keys in request don't hash to the same slot\r\n".to_vec());
+        }
+        let owner = self.owner[slot as usize];
+        let importing = asking && self.migrating.is_none_or(|_| owner != self.me);
+        if owner != self.me && !importing {
+            self.redirects += 1;
+            return Some(format!("-MOVED {slot} 10.0.0.1:{}\r\n", 7000 + owner).into_bytes());
+        }
+        if let Some((migrating, to)) = self.migrating {
+            if migrating == slot && owner == self.me && !keys.iter().all(|k| has(k)) {
+                self.redirects += 1;
+                return Some(format!("-ASK {slot} 10.0.0.1:{}\r\n", 7000 + to).into_bytes());
+            }
+        }
+        None
+    }
 }
 
 impl FakeServer {
@@ -219,6 +309,13 @@ impl FakeServer {
             self.log.push(name.clone());
             if self.mute {
                 continue;
+            }
+            if let Some(cluster) = &mut self.cluster {
+                let data = &self.data;
+                if let Some(reply) = cluster.intercept(&a, &name, |k| data.contains_key(k)) {
+                    sink.extend(reply);
+                    continue;
+                }
             }
             if name == "MULTI" {
                 // The proxy sends MULTI … EXEC at once: a change to a
@@ -2250,4 +2347,139 @@ fn watch_holds_a_connection_of_its_own_and_exec_runs_there() {
         net.take(c),
         b"+OK\r\n-ERR WATCH inside MULTI is not allowed\r\n+OK\r\n"
     );
+}
+
+/// Redis Cluster pools against fake cluster nodes: redirections followed,
+/// the slot map learnt, multi-key commands split per slot.
+mod cluster_pools {
+    use ferrox_route::cluster::key_slot;
+
+    use super::*;
+
+    /// A cluster pool with `seeds` seed nodes of a cluster of `nodes`
+    /// (slots split evenly in node order), and a client.
+    fn cluster_net(seeds: usize, nodes: usize) -> (Net, Handle) {
+        let mut net = Net::new(PoolSpec {
+            cluster: true,
+            ..spec(seeds)
+        });
+        while net.servers.len() < nodes {
+            net.servers.push(FakeServer::default());
+        }
+        for (i, server) in net.servers.iter_mut().enumerate() {
+            server.cluster = Some(FakeCluster::new(i, nodes));
+        }
+        let c = net.client();
+        (net, c)
+    }
+
+    fn redirects(net: &Net) -> usize {
+        net.servers
+            .iter()
+            .map(|s| s.cluster.as_ref().unwrap().redirects)
+            .sum()
+    }
+
+    fn owner(net: &Net, key: &str) -> usize {
+        net.servers[0].cluster.as_ref().unwrap().owner[key_slot(key.as_bytes()) as usize]
+    }
+
+    #[test]
+    fn moved_is_followed_then_the_map_sends_keys_straight_to_their_node() {
+        let (mut net, c) = cluster_net(1, 3);
+        let keys: Vec<String> = (0..30).map(|i| format!("key:{i}")).collect();
+        for k in &keys {
+            net.send(c, &cmd(&["SET", k, &format!("v{k}")]));
+        }
+        // The seed redirected most of them; the client saw none of it.
+        assert_eq!(net.take(c), b"+OK\r\n".repeat(keys.len()));
+        assert!(redirects(&net) > 0);
+        for k in &keys {
+            assert!(
+                net.servers[owner(&net, k)].data.contains_key(k.as_bytes()),
+                "{k}"
+            );
+        }
+        // MGET over the three nodes: one piece per slot (a node refuses
+        // keys of several slots), merged back in key order.
+        let mut mget = vec!["MGET"];
+        mget.extend(keys.iter().map(String::as_str));
+        net.send(c, &cmd(&mget));
+        let mut expected = format!("*{}\r\n", keys.len()).into_bytes();
+        for k in &keys {
+            resp::write_bulk(&mut expected, format!("v{k}").as_bytes());
+        }
+        assert_eq!(net.take(c), expected);
+        // The map, asked for once due, sends every key to its node.
+        net.advance(1);
+        assert!(net.servers[0].log.iter().any(|c| c == "CLUSTER"));
+        let before = redirects(&net);
+        for k in &keys {
+            net.send(c, &cmd(&["GET", k]));
+        }
+        assert_eq!(
+            redirects(&net),
+            before,
+            "no redirection once the map is known"
+        );
+        net.take(c);
+        // Every primary once in a fan-out.
+        net.send(c, &cmd(&["DBSIZE"]));
+        assert_eq!(net.take(c), b":30\r\n");
+    }
+
+    #[test]
+    fn a_migrating_slot_is_followed_with_asking_and_its_end_with_moved() {
+        let (mut net, c) = cluster_net(3, 3);
+        net.advance(1);
+        let key = "moving";
+        let slot = key_slot(key.as_bytes());
+        let from = owner(&net, key);
+        let to = (from + 1) % 3;
+        // The key already moved; the slot is still the old node's.
+        net.servers[to].data.insert(key.into(), b"there".to_vec());
+        net.servers[from].cluster.as_mut().unwrap().migrating = Some((slot, to));
+        net.send(c, &cmd(&["GET", key]));
+        assert_eq!(net.take(c), b"$5\r\nthere\r\n");
+        assert!(net.servers[to].log.iter().any(|c| c == "ASKING"));
+        // An ASK leaves the map as it is: the next GET asks `from` again.
+        net.send(c, &cmd(&["GET", key]));
+        assert_eq!(net.take(c), b"$5\r\nthere\r\n");
+        assert_eq!(net.servers[from].cluster.as_ref().unwrap().redirects, 2);
+        // The migration ends: the old node redirects for good, once.
+        for server in &mut net.servers {
+            let cluster = server.cluster.as_mut().unwrap();
+            cluster.owner[slot as usize] = to;
+            cluster.migrating = None;
+        }
+        for _ in 0..3 {
+            net.send(c, &cmd(&["GET", key]));
+            assert_eq!(net.take(c), b"$5\r\nthere\r\n");
+        }
+        assert_eq!(net.servers[from].cluster.as_ref().unwrap().redirects, 3);
+    }
+
+    #[test]
+    fn a_redirection_loop_ends_with_the_redirection_as_the_reply() {
+        let (mut net, c) = cluster_net(2, 2);
+        let key = "loop";
+        let slot = key_slot(key.as_bytes()) as usize;
+        // Each node says the other serves the slot.
+        net.servers[0].cluster.as_mut().unwrap().owner[slot] = 1;
+        net.servers[1].cluster.as_mut().unwrap().owner[slot] = 0;
+        net.send(c, &cmd(&["GET", key]));
+        let reply = net.take(c);
+        assert!(
+            reply.starts_with(b"-MOVED "),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert_eq!(
+            redirects(&net),
+            1 + super::super::cluster::MAX_REDIRECTS as usize
+        );
+        // Other keys are unaffected.
+        net.send(c, &cmd(&["SET", "other", "1"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+    }
 }

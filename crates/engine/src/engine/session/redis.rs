@@ -356,7 +356,7 @@ impl Engine {
     ) {
         let mut groups = self.live_groups(index);
         if groups.len() < 2 {
-            let server = groups.first().map(|&(server, _)| server as usize);
+            let server = groups.first().map(|&(id, _)| super::group_server(id));
             self.scratch.groups = groups;
             return self.send_whole(index, server, Expect::RESP, now, |out| {
                 write_whole(out, request, args)
@@ -438,7 +438,7 @@ impl Engine {
                 .iter()
                 .enumerate()
                 .filter(|(_, &live)| live)
-                .map(|(server, _)| (server as u32, 0)),
+                .map(|(server, _)| ((server as u32) << super::GROUP_SERVER_SHIFT, 0)),
         );
         groups
     }

@@ -1,0 +1,470 @@
+//! Redis Cluster pools: the servers of the configuration are seed nodes;
+//! the cluster's own slot map says which node serves each of its 16384
+//! slots, and the pool's servers grow as the map names new nodes.
+//!
+//! Each core learns the map on its own, as a cluster client does: a
+//! `CLUSTER SLOTS` sent by the proxy itself (an internal request: no
+//! session waits for it) at start, every [`REFRESH_EVERY`], after a
+//! `MOVED`, and after a connection to a node failed. Until the map is
+//! known, a key goes to a seed, which redirects it.
+//!
+//! Redirections never reach the client. A request of a cluster pool keeps
+//! a copy of its bytes in its slot until answered; a `-MOVED slot addr`
+//! reply sends the copy to `addr` (and updates the slot's entry at once),
+//! a `-ASK slot addr` sends `ASKING` and the copy to `addr` on the same
+//! connection, leaving the map as it is. A request redirected
+//! [`MAX_REDIRECTS`] times gets the last redirection as its reply.
+//!
+//! The pool's `live` servers are the nodes that serve slots, so commands
+//! sent to every server (`DBSIZE`, `SCAN`, `INFO keyspace`, ...) reach each
+//! primary once. Multi-key commands are split per slot (see
+//! `group_keys`), as a node refuses keys of several slots.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ferrox_proto::resp;
+use ferrox_route::cluster::{key_slot, SLOTS};
+
+use super::backend::InFlight;
+use super::pipeline::{Expect, SlotRef};
+use super::{Engine, Health, Micros, ServerSpec};
+
+/// Periodic refresh of the slot map.
+pub(super) const REFRESH_EVERY: Micros = 2_000_000;
+/// How long a refresh may stay unanswered before another is sent.
+const REFRESH_PATIENCE: Micros = 1_000_000;
+/// Redirections one request may follow.
+pub(super) const MAX_REDIRECTS: u8 = 5;
+/// Most nodes a cluster pool learns (each takes connections on every core).
+const MAX_NODES: usize = 250;
+
+/// No node is known for the slot.
+const UNKNOWN: u16 = u16::MAX;
+
+/// The session index of a request the proxy sends for itself.
+pub(super) const INTERNAL: u32 = u32::MAX;
+/// Internal requests, told apart by their piece number.
+const ASKING: u16 = 0;
+const SLOTS_QUERY: u16 = 1;
+
+/// One cluster pool's view of its cluster.
+#[derive(Debug)]
+pub(super) struct Cluster {
+    /// Slot → the pool's server serving it, or [`UNKNOWN`].
+    slots: Box<[u16]>,
+    /// A `CLUSTER SLOTS` reply was applied.
+    known: bool,
+    /// When the next refresh is due.
+    next_refresh: Micros,
+    /// When the refresh in flight was sent.
+    asked_at: Option<Micros>,
+    /// The server asked last (servers are asked in turn).
+    asked: usize,
+    /// Counters, for the statistics.
+    pub moved: u64,
+    pub asks: u64,
+    pub refreshes: u64,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster {
+            slots: vec![UNKNOWN; SLOTS].into_boxed_slice(),
+            known: false,
+            next_refresh: 0,
+            asked_at: None,
+            asked: usize::MAX,
+            moved: 0,
+            asks: 0,
+            refreshes: 0,
+        }
+    }
+
+    /// The server of `key`'s slot, if the map names one.
+    pub fn server_for(&self, key: &[u8]) -> Option<usize> {
+        match self.slots[key_slot(key) as usize] {
+            UNKNOWN => None,
+            s => Some(s as usize),
+        }
+    }
+
+    /// Asks for a refresh as soon as possible.
+    pub fn make_stale(&mut self, now: Micros) {
+        self.next_refresh = self.next_refresh.min(now);
+    }
+
+    /// When [`Engine::handle_timeout`] should refresh this map.
+    pub fn deadline(&self) -> Micros {
+        match self.asked_at {
+            Some(at) => self.next_refresh.max(at + REFRESH_PATIENCE),
+            None => self.next_refresh,
+        }
+    }
+
+    /// Which servers serve slots (all of them while the map is unknown).
+    fn owners(&self, servers: usize) -> Vec<bool> {
+        if !self.known {
+            return vec![true; servers];
+        }
+        let mut live = vec![false; servers];
+        for &s in self.slots.iter() {
+            if let Some(l) = live.get_mut(s as usize) {
+                *l = true;
+            }
+        }
+        live
+    }
+}
+
+/// A redirection: `-MOVED slot host:port` or `-ASK slot host:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Redirect {
+    pub ask: bool,
+    pub slot: u16,
+    /// `None` for the host: the node that sent it (Redis leaves the host
+    /// out when it does not know its own).
+    pub ip: Option<Ipv4Addr>,
+    pub port: u16,
+}
+
+/// Reads a redirection reply; anything else (or a host that is no IPv4
+/// address) is `None`.
+pub(super) fn redirect(reply: &[u8]) -> Option<Redirect> {
+    let line = reply.strip_suffix(b"\r\n")?;
+    let (ask, rest) = if let Some(rest) = line.strip_prefix(b"-MOVED ") {
+        (false, rest)
+    } else {
+        (true, line.strip_prefix(b"-ASK ")?)
+    };
+    let text = std::str::from_utf8(rest).ok()?;
+    let (slot, addr) = text.split_once(' ')?;
+    let slot: u16 = slot.parse().ok().filter(|&s| (s as usize) < SLOTS)?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let ip = if host.is_empty() {
+        None
+    } else {
+        Some(host.parse().ok()?)
+    };
+    Some(Redirect {
+        ask,
+        slot,
+        ip,
+        port: port.parse().ok()?,
+    })
+}
+
+/// One slot range of a `CLUSTER SLOTS` reply and its primary's address
+/// (`None` for the host: the node asked).
+type Range = (u16, u16, Option<Ipv4Addr>, u16);
+
+/// The slot ranges of a `CLUSTER SLOTS` reply (RESP2): an array of
+/// `[start, end, [host, port, id, ...], replicas...]`.
+fn slot_ranges(reply: &[u8]) -> Option<Vec<Range>> {
+    let (count, mut at) = array_header(reply, 0)?;
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (fields, next) = array_header(reply, at)?;
+        let end_of_range = at + resp::reply_len(&reply[at..], &resp::Limits::default()).ok()??;
+        if fields < 3 {
+            return None;
+        }
+        let (start, next) = integer(reply, next)?;
+        let (end, next) = integer(reply, next)?;
+        let (node_fields, next) = array_header(reply, next)?;
+        if node_fields < 2 {
+            return None;
+        }
+        let (host, next) = bulk(reply, next)?;
+        let (port, _) = integer(reply, next)?;
+        let host = std::str::from_utf8(host).ok()?;
+        let ip = match host {
+            // No endpoint, or one it does not know: the node asked.
+            "" | "?" => None,
+            host => Some(host.parse().ok()?),
+        };
+        let slot = |n: i64| u16::try_from(n).ok().filter(|&s| (s as usize) < SLOTS);
+        ranges.push((slot(start)?, slot(end)?, ip, u16::try_from(port).ok()?));
+        at = end_of_range;
+    }
+    Some(ranges)
+}
+
+/// `*n\r\n` at `at`: n, and where the elements start.
+fn array_header(reply: &[u8], at: usize) -> Option<(usize, usize)> {
+    let (line, next) = line(reply, at)?;
+    let n = std::str::from_utf8(line.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((n, next))
+}
+
+fn integer(reply: &[u8], at: usize) -> Option<(i64, usize)> {
+    let (line, next) = line(reply, at)?;
+    Some((
+        std::str::from_utf8(line.strip_prefix(b":")?)
+            .ok()?
+            .parse()
+            .ok()?,
+        next,
+    ))
+}
+
+fn bulk(reply: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let (line, next) = line(reply, at)?;
+    let len: usize = std::str::from_utf8(line.strip_prefix(b"$")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let data = reply.get(next..next + len)?;
+    Some((data, next + len + 2))
+}
+
+/// The line at `at`, without its CRLF, and where the next one starts.
+fn line(reply: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = reply.get(at..)?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    Some((&rest[..end], at + end + 2))
+}
+
+impl Engine {
+    /// The server of `key` in cluster pool `pool`: the map's, else a seed
+    /// (one serving slots, or the first).
+    pub(super) fn cluster_place(&self, pool: usize, key: &[u8]) -> Option<usize> {
+        let p = &self.pools[pool];
+        let cluster = p.cluster.as_ref()?;
+        cluster
+            .server_for(key)
+            .or_else(|| p.live.iter().position(|&l| l))
+            .or((!p.spec.servers.is_empty()).then_some(0))
+    }
+
+    /// The pool's server at `addr`, added (with its connections) when the
+    /// map names a node the pool does not have yet; `None` past
+    /// [`MAX_NODES`].
+    fn cluster_server(&mut self, pool: usize, addr: SocketAddrV4) -> Option<usize> {
+        let p = &self.pools[pool];
+        if let Some(s) = p.spec.servers.iter().position(|s| s.addr == addr) {
+            return Some(s);
+        }
+        if p.spec.servers.len() >= MAX_NODES {
+            return None;
+        }
+        let s = p.spec.servers.len();
+        let p = &mut self.pools[pool];
+        p.spec.servers.push(ServerSpec {
+            addr,
+            name: addr.to_string(),
+        });
+        p.health.push(Health::default());
+        p.live.push(false);
+        let conns = self.server_conns(pool, s);
+        self.pools[pool].conns.push(conns);
+        Some(s)
+    }
+
+    /// Sets the pool's live servers from its map.
+    pub(super) fn cluster_set_live(&mut self, pool: usize) {
+        let p = &mut self.pools[pool];
+        if let Some(cluster) = &p.cluster {
+            p.live = cluster.owners(p.spec.servers.len());
+        }
+    }
+
+    /// Sends the refreshes that are due.
+    pub(super) fn cluster_maintain(&mut self, now: Micros) {
+        for pool in 0..self.pools.len() {
+            let p = &self.pools[pool];
+            let Some(cluster) = &p.cluster else { continue };
+            if p.retired || cluster.deadline() > now || p.spec.servers.is_empty() {
+                continue;
+            }
+            // Ask the servers in turn, so one that is down costs one try.
+            let server = cluster.asked.wrapping_add(1) % p.spec.servers.len();
+            let cluster = self.pools[pool].cluster.as_mut().expect("checked");
+            cluster.asked = server;
+            cluster.asked_at = Some(now);
+            cluster.next_refresh = now + REFRESH_EVERY;
+            cluster.refreshes += 1;
+            self.send_internal(pool, server, SLOTS_QUERY, now, |out| {
+                resp::write_bulk_array(out, [&b"CLUSTER"[..], b"SLOTS"])
+            });
+        }
+    }
+
+    /// Sends a request of the proxy's own to `server` of `pool` on one of
+    /// its plain connections.
+    fn send_internal(
+        &mut self,
+        pool: usize,
+        server: usize,
+        kind: u16,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let b = self.pick_backend(pool, server, false, 0, now);
+        write(self.backends[b].output_tail());
+        self.queue_on(b, internal(kind), Expect::RESP, now);
+    }
+
+    /// The reply to an internal request, from backend `b`.
+    pub(super) fn internal_reply(&mut self, b: usize, at: SlotRef, reply: &[u8], now: Micros) {
+        if at.piece != SLOTS_QUERY {
+            return; // ASKING's +OK
+        }
+        let (pool, server) = self.backend_place(b);
+        let Some(ranges) = slot_ranges(reply) else {
+            return; // an error (not a cluster node?): asked again later
+        };
+        let asked_ip = *self.pools[pool].spec.servers[server].addr.ip();
+        let mut slots = vec![UNKNOWN; SLOTS];
+        for (start, end, ip, port) in ranges {
+            let addr = SocketAddrV4::new(ip.unwrap_or(asked_ip), port);
+            let Some(node) = self.cluster_server(pool, addr) else {
+                continue;
+            };
+            for slot in &mut slots[start as usize..=end as usize] {
+                *slot = node as u16;
+            }
+        }
+        let Some(cluster) = self.pools[pool].cluster.as_mut() else {
+            return;
+        };
+        cluster.slots.copy_from_slice(&slots);
+        cluster.known = true;
+        cluster.asked_at = None;
+        cluster.next_refresh = now + REFRESH_EVERY;
+        self.cluster_set_live(pool);
+    }
+
+    /// Follows a redirection of the request `request` answered on backend
+    /// `b` by `reply`. Returns whether it was followed (else the reply is
+    /// the client's).
+    pub(super) fn cluster_redirect(
+        &mut self,
+        b: usize,
+        request: &InFlight,
+        reply: &[u8],
+        now: Micros,
+    ) -> bool {
+        let Some(redirect) = redirect(reply) else {
+            return false;
+        };
+        let (pool, server) = self.backend_place(b);
+        let Some(sent) = self.kept_request(request.at) else {
+            // The session went, or its request kept no copy: nothing to
+            // send again; the reply is dropped with the slot, if any.
+            return false;
+        };
+        let ip = redirect
+            .ip
+            .unwrap_or(*self.pools[pool].spec.servers[server].addr.ip());
+        let Some(node) = self.cluster_server(pool, SocketAddrV4::new(ip, redirect.port)) else {
+            return false;
+        };
+        let cluster = self.pools[pool].cluster.as_mut().expect("a cluster pool");
+        if redirect.ask {
+            cluster.asks += 1;
+        } else {
+            cluster.moved += 1;
+            cluster.slots[redirect.slot as usize] = node as u16;
+            // The map moved: learn the rest of it.
+            cluster.make_stale(now);
+        }
+        let resp3 = self.sessions[request.at.session as usize].resp3;
+        let b = self.pick_backend(pool, node, resp3, request.at.session as usize, now);
+        if redirect.ask {
+            resp::write_bulk_array(self.backends[b].output_tail(), [&b"ASKING"[..]]);
+            self.queue_on(b, internal(ASKING), Expect::RESP, now);
+        }
+        self.backends[b].output_tail().extend_from_slice(&sent);
+        self.queue_on(b, request.at, request.expect, now);
+        self.pools[pool].live[node] = self.pools[pool].live[node] || !redirect.ask;
+        true
+    }
+
+    /// A copy of the bytes slot piece `at` was sent with, if its slot is
+    /// still there and may be redirected once more (counting this one).
+    fn kept_request(&mut self, at: SlotRef) -> Option<Vec<u8>> {
+        let session = self.sessions.get_mut(at.session as usize)?;
+        let slot = session.slot_mut(at)?;
+        if slot.redirects >= MAX_REDIRECTS {
+            return None;
+        }
+        slot.redirects += 1;
+        let range = slot.sent_at.get(at.piece as usize)?.clone();
+        Some(slot.sent[range].to_vec())
+    }
+}
+
+/// Names an internal request of kind `kind`.
+fn internal(kind: u16) -> SlotRef {
+    SlotRef {
+        session: INTERNAL,
+        generation: 0,
+        seq: 0,
+        piece: kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirections_are_read() {
+        assert_eq!(
+            redirect(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect {
+                ask: false,
+                slot: 3999,
+                ip: Some(Ipv4Addr::new(127, 0, 0, 1)),
+                port: 6381
+            })
+        );
+        assert_eq!(
+            redirect(b"-ASK 12182 :7002\r\n"),
+            Some(Redirect {
+                ask: true,
+                slot: 12182,
+                ip: None,
+                port: 7002
+            })
+        );
+        for other in [
+            &b"-ERR MOVED 1 1.2.3.4:5\r\n"[..],
+            b"-MOVED 16384 1.2.3.4:5\r\n",
+            b"-MOVED 1 host.example:5\r\n",
+            b"-MOVED 1 1.2.3.4\r\n",
+            b"+OK\r\n",
+        ] {
+            assert_eq!(redirect(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_slots_reply_gives_each_range_its_primary() {
+        // Two ranges; the second's primary has no known endpoint, and a
+        // replica and Redis 7's metadata map follow the primaries.
+        let reply = b"*2\r\n\
+            *4\r\n:0\r\n:5460\r\n*4\r\n$8\r\n10.0.0.1\r\n:7000\r\n$3\r\nid1\r\n*0\r\n\
+            *3\r\n$8\r\n10.0.0.2\r\n:7003\r\n$3\r\nid4\r\n\
+            *3\r\n:5461\r\n:16383\r\n*3\r\n$0\r\n\r\n:7001\r\n$3\r\nid2\r\n";
+        assert_eq!(
+            slot_ranges(reply),
+            Some(vec![
+                (0, 5460, Some(Ipv4Addr::new(10, 0, 0, 1)), 7000),
+                (5461, 16383, None, 7001),
+            ])
+        );
+        assert_eq!(
+            slot_ranges(b"-ERR This instance has cluster support disabled\r\n"),
+            None
+        );
+        assert_eq!(
+            slot_ranges(b"*1\r\n*3\r\n:0\r\n:99999\r\n*2\r\n$1\r\nx\r\n:1\r\n"),
+            None
+        );
+        assert_eq!(slot_ranges(b"*0\r\n"), Some(vec![]));
+    }
+}
