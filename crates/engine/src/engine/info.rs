@@ -128,6 +128,15 @@ impl Engine {
                         pool.live.len(),
                         pool.live.iter().filter(|l| !**l).count()
                     );
+                    if let Some(cluster) = &pool.cluster {
+                        // This core's: each core learns the map on its own.
+                        let _ = write!(
+                            out,
+                            "cluster_moved_followed:{}\r\ncluster_ask_followed:{}\r\n\
+                             cluster_map_refreshes:{}\r\n",
+                            cluster.moved, cluster.asks, cluster.refreshes
+                        );
+                    }
                     for (i, (server, live)) in pool.spec.servers.iter().zip(&pool.live).enumerate()
                     {
                         let _ = write!(
