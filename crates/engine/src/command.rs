@@ -74,6 +74,8 @@ pub enum Merge {
     First,
     /// `PUBSUB NUMSUB`: flat `name, count` pairs, the counts added up.
     SumPairs,
+    /// `WAIT`: the least of the pieces' integers.
+    Min,
 }
 
 /// Commands the proxy answers.
@@ -103,9 +105,11 @@ pub enum Local {
     Ping,
     Quit,
     Select,
+    /// `WAIT numreplicas timeout`: asked of every server on the client's
+    /// own (shared) connections, the least count the answer.
+    Wait,
 }
 
-const BLOCKING: &str = "this blocking command is not supported by the proxy";
 const PUBSUB: &str =
     "this pub/sub command is not supported by the proxy (SUBSCRIBE, PSUBSCRIBE and PUBLISH are)";
 const ADMIN: &str = "administrative commands go to the servers directly";
@@ -182,7 +186,7 @@ static TABLE: &[(&[u8], Route)] = {
         SUNIONSTORE: Together(Keys::All), SUNSUBSCRIBE: Refuse(PUBSUB), SWAPDB: Refuse(ADMIN),
         TIME: Refuse(ADMIN), TOUCH: Split(Merge::Sum), TTL, TYPE,
         UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Route::Local(L::Unsubscribe), UNWATCH: Route::Local(L::Unwatch),
-        WAIT: Refuse(BLOCKING), WATCH: Route::Local(L::Watch),
+        WAIT: Route::Local(L::Wait), WATCH: Route::Local(L::Watch),
         XACK, XADD, XAUTOCLAIM, XCLAIM, XDEL, XGROUP: Refuse(ADMIN), XINFO: Refuse(ADMIN), XLEN,
         XPENDING, XRANGE, XREAD: Together(Keys::Streams), XREADGROUP: Together(Keys::Streams),
         XREVRANGE, XSETID,
@@ -466,6 +470,10 @@ fn describe_route(route: Route) -> String {
         ) => "pub/sub: on a connection of the client's own to the channel's server (a pattern's: \
               to every server), messages passed on as they come"
             .into(),
+        Route::Local(Local::Wait) => "asked of every server on the connections the client's \
+            writes went through, the least count the reply; the timeout is at most 1 s (or half \
+            the pool's `timeout_ms`), since other clients' requests wait behind it there"
+            .into(),
         Route::Local(_) => "answered by ferrox".into(),
         Route::Single => "sent to the key's server".into(),
         Route::Together(Keys::Streams) => "sent to the keys' server (every key must be on one); \
@@ -641,7 +649,7 @@ mod tests {
         assert_eq!(lookup(b"get"), Some(Route::Single));
         assert_eq!(lookup(b"mGeT"), Some(Route::Split(Merge::Array)));
         assert_eq!(lookup(b"BLPOP"), Some(Route::Blocking(Keys::AllButLast)));
-        assert_eq!(lookup(b"wait"), Some(Route::Refuse(BLOCKING)));
+        assert_eq!(lookup(b"wait"), Some(Route::Local(Local::Wait)));
         assert_eq!(lookup(b"NOPE"), None);
         assert_eq!(lookup(b""), None);
         assert_eq!(lookup(&[b'A'; 100]), None);

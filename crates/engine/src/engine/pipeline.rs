@@ -193,6 +193,7 @@ impl Slot {
                         out.extend_from_slice(piece(0));
                         Ok(())
                     }
+                    Merge::Min => merge_min((0..self.pieces.len()).map(piece), out),
                     Merge::SumPairs => {
                         merge_sum_pairs((0..self.pieces.len()).map(piece), limits, out)
                     }
@@ -333,6 +334,24 @@ impl Slot {
         }
         Ok(())
     }
+}
+
+/// `WAIT`: the least of the pieces' integers.
+fn merge_min<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> Result<(), ()> {
+    let mut least = i64::MAX;
+    for p in pieces {
+        let digits = p
+            .strip_prefix(b":")
+            .and_then(|p| p.strip_suffix(b"\r\n"))
+            .ok_or(())?;
+        let n: i64 = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or(())?;
+        least = least.min(n);
+    }
+    resp::write_integer(out, least);
+    Ok(())
 }
 
 /// `DEL`, `EXISTS`, ...: the pieces' integers summed.

@@ -60,6 +60,9 @@ struct FakeServer {
     hold: bool,
     /// A node of a fake Redis Cluster.
     cluster: Option<FakeCluster>,
+    /// Replicas it has, for `WAIT`, and the last `WAIT`'s arguments.
+    replicas: i64,
+    waited: Option<(i64, i64)>,
     password: Option<Vec<u8>>,
     /// Every command name received, in order.
     log: Vec<String>,
@@ -407,6 +410,11 @@ impl FakeServer {
                     resp::write_integer(out, count);
                 }
                 "DBSIZE" => resp::write_integer(out, self.data.len() as i64),
+                "WAIT" => {
+                    let n = |i: usize| std::str::from_utf8(a[i]).unwrap().parse().unwrap();
+                    self.waited = Some((n(1), n(2)));
+                    resp::write_integer(out, self.replicas);
+                }
                 // Every key of the fake expires, in 1,000 ms per key held.
                 "INFO" => {
                     let n = self.data.len();
@@ -804,10 +812,8 @@ fn local_commands_and_refusals() {
     let lines: Vec<&str> = out.split("\r\n").collect();
     assert_eq!(lines[0], "+PONG");
     assert_eq!(lines[1..3], ["$2", "hi"]);
-    assert_eq!(
-        lines[3],
-        "-ERR ferrox: 'WAIT' is not supported: this blocking command is not supported by the proxy"
-    );
+    // No replicas behind the fake servers.
+    assert_eq!(lines[3], ":0");
     assert_eq!(lines[4], "-ERR ferrox: unknown command 'nosuch'");
     assert_eq!(
         lines[5],
@@ -821,8 +827,8 @@ fn local_commands_and_refusals() {
     assert!(lines[7].contains("fixed to 0"));
     assert_eq!(lines[8], "+OK");
     assert_eq!(lines[9], "-ERR ferrox: GET: wrong number of arguments");
-    // Nothing reached a server.
-    assert!(net.servers.iter().all(|s| s.log.is_empty()));
+    // Nothing but the WAIT reached a server.
+    assert!(net.servers.iter().all(|s| s.log == ["WAIT"]));
 }
 
 #[test]
@@ -2035,7 +2041,7 @@ fn command_and_info_are_answered_by_the_proxy() {
         .unwrap();
     let served = crate::command::served().count() as i64;
     assert!(count == served && count > 150, "{count}");
-    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "wait"]));
+    net.send(c, &cmd(&["COMMAND", "INFO", "get", "MSET", "monitor"]));
     assert_eq!(
         net.take(c),
         [
@@ -2482,4 +2488,42 @@ mod cluster_pools {
         net.send(c, &cmd(&["SET", "other", "1"]));
         assert_eq!(net.take(c), b"+OK\r\n");
     }
+}
+
+#[test]
+fn wait_asks_every_server_for_the_least_count_within_a_bounded_time() {
+    let (mut net, c) = with_client(spec(3));
+    for (server, replicas) in net.servers.iter_mut().zip([2, 1, 2]) {
+        server.replicas = replicas;
+    }
+    // spec() has a 1 ms timeout: WAIT may hold a shared connection for
+    // half of it at most (1 ms, the least it can ask).
+    net.send(c, &cmd(&["WAIT", "2", "0"]));
+    assert_eq!(net.take(c), b":1\r\n");
+    assert!(net.servers.iter().all(|s| s.waited == Some((2, 1))));
+    let (mut net, c) = with_client(PoolSpec {
+        timeout: None,
+        ..spec(2)
+    });
+    net.send(c, &cmd(&["WAIT", "1", "50"]));
+    assert_eq!(net.take(c), b":0\r\n");
+    assert!(net.servers.iter().all(|s| s.waited == Some((1, 50))));
+    net.send(c, &cmd(&["WAIT", "1", "0"]));
+    net.take(c);
+    assert!(
+        net.servers.iter().all(|s| s.waited == Some((1, 1000))),
+        "forever is 1 s"
+    );
+    net.send(c, &cmd(&["WAIT", "x", "0"]));
+    assert_eq!(
+        net.take(c),
+        b"-ERR value is not an integer or out of range\r\n"
+    );
+    net.send(c, &cmd(&["WAIT", "1"]));
+    let reply = net.take(c);
+    assert!(
+        reply.starts_with(b"-ERR ferrox: wrong number of arguments"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
 }

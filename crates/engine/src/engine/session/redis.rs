@@ -9,6 +9,9 @@ use super::super::{Engine, Micros};
 use super::MAX_TRANSACTION;
 use crate::command::{self, Keys, Local, Merge, Route};
 
+/// The longest a `WAIT` may hold a shared server connection, in ms.
+const MAX_WAIT_MS: i64 = 1_000;
+
 impl Engine {
     pub(super) fn redis_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
         let spec = self.session_spec(index);
@@ -427,6 +430,45 @@ impl Engine {
         });
     }
 
+    /// `WAIT numreplicas timeout`: a client's writes to a server went
+    /// through its one connection to that server (shared with other
+    /// clients), and `WAIT` on that connection waits for every write made
+    /// on it, the client's among them. So it is asked of every server on
+    /// those connections, and the least count is the answer. Other
+    /// clients' requests queue behind it there, so the timeout is bounded:
+    /// [`MAX_WAIT_MS`], or half the pool's timeout if that is shorter.
+    fn redis_wait(&mut self, index: usize, replicas: &[u8], timeout: &[u8]) {
+        let number = |arg: &[u8]| std::str::from_utf8(arg).ok()?.parse::<i64>().ok();
+        let (Some(replicas), Some(timeout)) = (number(replicas), number(timeout)) else {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-ERR value is not an integer or out of range\r\n")
+            });
+        };
+        if timeout < 0 {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-ERR timeout is negative\r\n")
+            });
+        }
+        let pool_cap = self
+            .session_spec(index)
+            .timeout
+            .map_or(MAX_WAIT_MS, |t| (t / 2_000).max(1) as i64);
+        let cap = MAX_WAIT_MS.min(pool_cap);
+        let timeout = if timeout == 0 { cap } else { timeout.min(cap) };
+        let request = format!("WAIT {replicas} {timeout}");
+        let words: Vec<&[u8]> = request.split(' ').map(str::as_bytes).collect();
+        let groups = self.live_groups(index);
+        let now = self.now;
+        if groups.is_empty() {
+            self.scratch.groups = groups;
+            return self.send_whole(index, None, Expect::RESP, now, |_| {});
+        }
+        let seq = self.open_split_slot(index, Combine::Redis(Merge::Min), &groups);
+        self.send_pieces(index, seq, groups, Expect::RESP, now, |out, _| {
+            resp::write_bulk_array(out, words.iter().copied())
+        });
+    }
+
     /// One group per server of session `index`'s pool that takes keys,
     /// in the scratch list (given back by `send_pieces`, or by hand).
     fn live_groups(&mut self, index: usize) -> Vec<(u32, u32)> {
@@ -621,6 +663,7 @@ impl Engine {
                     self.local_reply(index, |out, _| resp::write_bulk(out, text.as_bytes()))
                 }
             }
+            Local::Wait if argc == 3 => self.redis_wait(index, arg(1), arg(2)),
             // `redis-benchmark` reads `save` and `appendonly` before it
             // starts; the proxy has no such settings.
             Local::Config if argc >= 3 && arg(1).eq_ignore_ascii_case(b"GET") => {
