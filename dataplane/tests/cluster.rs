@@ -358,6 +358,43 @@ print("ok")
         ),
     );
     assert_eq!(out.trim(), "ok");
+    // Pub/sub through the cluster: a sharded subscription on the shard
+    // channel's node, a pattern on one node (the cluster passes every
+    // PUBLISH to all nodes: on each, the client would get it three times).
+    let out = python(
+        &ns,
+        &format!(
+            r#"
+import socket, time, redis
+def command(s, *args):
+    s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+sub = socket.create_connection(("{FERROX_IP}", 6379), timeout=10)
+command(sub, b"SSUBSCRIBE", b"news")
+command(sub, b"PSUBSCRIBE", b"n*")
+time.sleep(0.5)
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+assert r.execute_command("SPUBLISH", "news", "sharded") == 1
+r.publish("nope", "patterned")
+got = b""
+sub.settimeout(0.2)
+deadline = time.time() + 3
+while time.time() < deadline and not (b"sharded" in got and b"patterned" in got):
+    try:
+        got += sub.recv(65536)
+    except socket.timeout:
+        pass
+time.sleep(0.5)
+try:
+    got += sub.recv(65536)
+except socket.timeout:
+    pass
+assert got.count(b"smessage") == 1 and b"sharded" in got, got
+assert got.count(b"pmessage") == 1 and b"patterned" in got, got
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
     // Each key on its slot's primary, asked directly.
     for key in ["key:100", "key:555", "key:999"] {
         let port = primary_of(&ns, PORTS[0], key).unwrap();

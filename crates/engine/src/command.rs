@@ -102,6 +102,9 @@ pub enum Local {
     Psubscribe,
     Unsubscribe,
     Punsubscribe,
+    /// `SSUBSCRIBE`, `SUNSUBSCRIBE`: sharded pub/sub.
+    Ssubscribe,
+    Sunsubscribe,
     Ping,
     Quit,
     Select,
@@ -110,8 +113,6 @@ pub enum Local {
     Wait,
 }
 
-const PUBSUB: &str =
-    "this pub/sub command is not supported by the proxy (SUBSCRIBE, PSUBSCRIBE and PUBLISH are)";
 const ADMIN: &str = "administrative commands go to the servers directly";
 const SCRIPT: &str = "scripts without keys cannot be routed";
 
@@ -181,9 +182,10 @@ static TABLE: &[(&[u8], Route)] = {
         SHUTDOWN: Refuse(ADMIN), SINTER: Together(Keys::All), SINTERCARD: NUMKEYS_1,
         SINTERSTORE: Together(Keys::All), SISMEMBER, SLAVEOF: Refuse(ADMIN), SLOWLOG: Refuse(ADMIN),
         SMEMBERS, SMISMEMBER, SMOVE: Together(Keys::Two), SORT, SORT_RO, SPOP,
-        SPUBLISH: Refuse(PUBSUB), SRANDMEMBER, SREM, SSCAN, SSUBSCRIBE: Refuse(PUBSUB), STRLEN,
+        SPUBLISH, SRANDMEMBER, SREM, SSCAN, SSUBSCRIBE: Route::Local(L::Ssubscribe), STRLEN,
         SUBSCRIBE: Route::Local(L::Subscribe), SUBSTR, SUNION: Together(Keys::All),
-        SUNIONSTORE: Together(Keys::All), SUNSUBSCRIBE: Refuse(PUBSUB), SWAPDB: Refuse(ADMIN),
+        SUNIONSTORE: Together(Keys::All), SUNSUBSCRIBE: Route::Local(L::Sunsubscribe),
+        SWAPDB: Refuse(ADMIN),
         TIME: Refuse(ADMIN), TOUCH: Split(Merge::Sum), TTL, TYPE,
         UNLINK: Split(Merge::Sum), UNSUBSCRIBE: Route::Local(L::Unsubscribe), UNWATCH: Route::Local(L::Unwatch),
         WAIT: Route::Local(L::Wait), WATCH: Route::Local(L::Watch),
@@ -452,8 +454,8 @@ pub fn served() -> impl Iterator<Item = CommandInfo> {
 /// table in the documentation.
 fn describe_route(route: Route) -> String {
     match route {
-        Route::Local(Local::Pubsub) => "`CHANNELS`, `NUMSUB`, `NUMPAT`: asked of every server, \
-            the answers merged; the shard forms are refused"
+        Route::Local(Local::Pubsub) => "`CHANNELS`, `NUMSUB`, `NUMPAT`, `SHARDCHANNELS`, \
+            `SHARDNUMSUB`: asked of every server, the answers merged"
             .into(),
         Route::Local(Local::Watch) => {
             "on a connection of the client's own to the keys' server, kept until `EXEC`, \
@@ -466,9 +468,14 @@ fn describe_route(route: Route) -> String {
                 .into()
         }
         Route::Local(
-            Local::Subscribe | Local::Psubscribe | Local::Unsubscribe | Local::Punsubscribe,
+            Local::Subscribe
+            | Local::Psubscribe
+            | Local::Unsubscribe
+            | Local::Punsubscribe
+            | Local::Ssubscribe
+            | Local::Sunsubscribe,
         ) => "pub/sub: on a connection of the client's own to the channel's server (a pattern's: \
-              to every server), messages passed on as they come"
+              to every server; in a Redis Cluster pool, to one node), messages passed on as they come"
             .into(),
         Route::Local(Local::Wait) => "asked of every server on the connections the client's \
             writes went through, the least count the reply; the timeout is at most 1 s (or half \

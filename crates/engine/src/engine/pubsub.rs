@@ -8,6 +8,13 @@
 //! patterns, so that the counts in the (un)subscribe confirmations are the
 //! session's, not one server connection's, and a pattern's confirmation
 //! from every server reaches the client once.
+//!
+//! Sharded pub/sub (`SSUBSCRIBE`, `SUNSUBSCRIBE`, `SPUBLISH`, Redis 7) is
+//! routed the same way by the shard channel's name, and its counts are
+//! the shard channels', as Redis keeps them apart. In a Redis Cluster pool
+//! a pattern is subscribed on one node only: the cluster passes every
+//! `PUBLISH` to all of its nodes, so one node sees every message (on
+//! every node, each would come several times).
 
 use std::collections::BTreeSet;
 
@@ -23,6 +30,7 @@ pub(super) struct PubSub {
     pub conns: Vec<(u32, u32)>,
     pub channels: BTreeSet<Vec<u8>>,
     pub patterns: BTreeSet<Vec<u8>>,
+    pub shard_channels: BTreeSet<Vec<u8>>,
     /// Confirmations still to come.
     pub pending: u32,
 }
@@ -31,11 +39,54 @@ impl PubSub {
     /// Whether the session is in subscribed mode (only the pub/sub
     /// commands, `PING` and `QUIT` are taken).
     pub fn active(&self) -> bool {
-        !self.channels.is_empty() || !self.patterns.is_empty() || self.pending > 0
+        !self.channels.is_empty()
+            || !self.patterns.is_empty()
+            || !self.shard_channels.is_empty()
+            || self.pending > 0
     }
 
-    fn count(&self) -> usize {
-        self.channels.len() + self.patterns.len()
+    /// The count a confirmation of `kind` carries: channels and patterns
+    /// together, shard channels apart.
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Channel | Kind::Pattern => self.channels.len() + self.patterns.len(),
+            Kind::Shard => self.shard_channels.len(),
+        }
+    }
+
+    fn names(&mut self, kind: Kind) -> &mut BTreeSet<Vec<u8>> {
+        match kind {
+            Kind::Channel => &mut self.channels,
+            Kind::Pattern => &mut self.patterns,
+            Kind::Shard => &mut self.shard_channels,
+        }
+    }
+}
+
+/// What a (un)subscription is to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    /// The commands, and the kinds of their confirmations.
+    fn subscribe(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Kind::Channel => (b"SUBSCRIBE", b"subscribe"),
+            Kind::Pattern => (b"PSUBSCRIBE", b"psubscribe"),
+            Kind::Shard => (b"SSUBSCRIBE", b"ssubscribe"),
+        }
+    }
+
+    fn unsubscribe(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Kind::Channel => (b"UNSUBSCRIBE", b"unsubscribe"),
+            Kind::Pattern => (b"PUNSUBSCRIBE", b"punsubscribe"),
+            Kind::Shard => (b"SUNSUBSCRIBE", b"sunsubscribe"),
+        }
     }
 }
 
@@ -73,24 +124,28 @@ impl Engine {
     pub(super) fn redis_subscribe(
         &mut self,
         index: usize,
-        pattern: bool,
+        kind: Kind,
         names: &[&[u8]],
         now: Micros,
     ) {
         let pool = self.sessions[index].route().0;
-        let live: Vec<usize> = self.pools[pool]
+        let mut live: Vec<usize> = self.pools[pool]
             .live
             .iter()
             .enumerate()
             .filter(|(_, &l)| l)
             .map(|(s, _)| s)
             .collect();
+        if self.pools[pool].cluster.is_some() {
+            // Every node sees every message: one is enough.
+            live.truncate(1);
+        }
         let resp3 = self.sessions[index].resp3;
-        let kind: &[u8] = if pattern { b"psubscribe" } else { b"subscribe" };
+        let (command, confirmation) = kind.subscribe();
         let mut frames = Vec::new();
         let mut sends: Vec<(usize, &[u8])> = Vec::new();
         for &name in names {
-            let servers: Vec<usize> = if pattern {
+            let servers: Vec<usize> = if kind == Kind::Pattern {
                 live.clone()
             } else {
                 self.place(index, name).into_iter().collect()
@@ -100,16 +155,11 @@ impl Engine {
                 continue;
             }
             let state = self.sessions[index].pubsub.get_or_insert_default();
-            let set = if pattern {
-                &mut state.patterns
-            } else {
-                &mut state.channels
-            };
-            set.insert(name.to_vec());
-            write_confirmation(&mut frames, resp3, kind, Some(name), state.count());
+            state.names(kind).insert(name.to_vec());
+            let count = state.count(kind);
+            write_confirmation(&mut frames, resp3, confirmation, Some(name), count);
             sends.extend(servers.into_iter().map(|s| (s, name)));
         }
-        let command: &[u8] = if pattern { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
         let targets: Vec<(usize, &[u8])> = sends
             .into_iter()
             .map(|(server, name)| (self.subscriber(index, server, now), name))
@@ -123,31 +173,23 @@ impl Engine {
     pub(super) fn redis_unsubscribe(
         &mut self,
         index: usize,
-        pattern: bool,
+        kind: Kind,
         names: &[&[u8]],
         now: Micros,
     ) {
         let resp3 = self.sessions[index].resp3;
-        let kind: &[u8] = if pattern {
-            b"punsubscribe"
-        } else {
-            b"unsubscribe"
-        };
+        let (command, confirmation) = kind.unsubscribe();
+        let pattern = kind == Kind::Pattern;
         let state = self.sessions[index].pubsub.get_or_insert_default();
-        let set = if pattern {
-            &state.patterns
-        } else {
-            &state.channels
-        };
         let names: Vec<Vec<u8>> = if names.is_empty() {
-            set.iter().cloned().collect()
+            state.names(kind).iter().cloned().collect()
         } else {
             names.iter().map(|n| n.to_vec()).collect()
         };
         let mut frames = Vec::new();
         if names.is_empty() {
             // Nothing to leave: Redis answers with a null name.
-            write_confirmation(&mut frames, resp3, kind, None, state.count());
+            write_confirmation(&mut frames, resp3, confirmation, None, state.count(kind));
         }
         let conns = state.conns.clone();
         let mut targets: Vec<(usize, &[u8])> = Vec::new();
@@ -158,12 +200,7 @@ impl Engine {
                 self.place(index, name)
             };
             let state = self.sessions[index].pubsub.get_or_insert_default();
-            let set = if pattern {
-                &mut state.patterns
-            } else {
-                &mut state.channels
-            };
-            if set.remove(name) {
+            if state.names(kind).remove(name) {
                 targets.extend(
                     conns
                         .iter()
@@ -171,13 +208,9 @@ impl Engine {
                         .map(|&(_, b)| (b as usize, &name[..])),
                 );
             }
-            write_confirmation(&mut frames, resp3, kind, Some(name), state.count());
+            let count = state.count(kind);
+            write_confirmation(&mut frames, resp3, confirmation, Some(name), count);
         }
-        let command: &[u8] = if pattern {
-            b"PUNSUBSCRIBE"
-        } else {
-            b"UNSUBSCRIBE"
-        };
         self.confirm_after(index, command, &targets, frames, now);
     }
 
@@ -231,7 +264,11 @@ impl Engine {
     /// proxy's, made at request time) or an error.
     pub(super) fn pubsub_frame(&mut self, index: usize, frame: &[u8]) -> bool {
         match frame_kind(frame) {
-            Some((b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe", _)) => {
+            Some((
+                b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+                | b"sunsubscribe",
+                _,
+            )) => {
                 let state = self.sessions[index].pubsub.get_or_insert_default();
                 state.pending = state.pending.saturating_sub(1);
                 false

@@ -401,7 +401,8 @@ impl FakeServer {
                     resp::write_bulk_array(out, [a[1], &value[..]]);
                 }
                 // Stateless: every confirmation says one subscription.
-                "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
+                "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
+                | "SUNSUBSCRIBE" => {
                     let kind = name.to_ascii_lowercase();
                     let count = i64::from(!kind.contains("unsub"));
                     resp::write_array_header(out, 3);
@@ -2260,7 +2261,7 @@ fn subscriptions_hold_connections_of_their_own_and_pass_messages_on() {
     // Subscribed: other commands are refused, PING answers as RESP2 does.
     net.send(c, &cmd(&["GET", "x"]));
     let got = String::from_utf8(net.take(c)).unwrap();
-    assert!(got.contains("only (P)SUBSCRIBE"), "{got}");
+    assert!(got.contains("only (P|S)SUBSCRIBE"), "{got}");
     net.send(c, &cmd(&["PING"]));
     assert_eq!(net.take(c), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     // A message a server pushes goes to the client as it comes.
@@ -2526,4 +2527,38 @@ fn wait_asks_every_server_for_the_least_count_within_a_bounded_time() {
         "{}",
         String::from_utf8_lossy(&reply)
     );
+}
+
+#[test]
+fn sharded_subscriptions_count_apart_and_spublish_goes_to_the_channels_server() {
+    let (mut net, c) = with_client(spec(2));
+    // 'a' on server 1, 'b' on server 0.
+    net.send(c, &cmd(&["SUBSCRIBE", "a"]));
+    net.send(c, &cmd(&["SSUBSCRIBE", "a", "b"]));
+    assert_eq!(
+        net.take(c),
+        b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:2\r\n"
+    );
+    assert!(net.servers[0].log.contains(&"SSUBSCRIBE".to_string()));
+    assert!(net.servers[1].log.contains(&"SSUBSCRIBE".to_string()));
+    // A shard message passes on as it comes.
+    let (_, tag) = newest_backend(&net, 0);
+    let message = b"*3\r\n$8\r\nsmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n";
+    assert_eq!(net.engine.handle_input(tag, message, net.now), message.len());
+    net.pump();
+    assert_eq!(net.take(c), message);
+    net.send(c, &cmd(&["SUNSUBSCRIBE"]));
+    assert_eq!(
+        net.take(c),
+        b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:0\r\n"
+    );
+    net.send(c, &cmd(&["UNSUBSCRIBE"]));
+    assert_eq!(net.take(c), b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
+    // SPUBLISH is routed by its channel, as a key.
+    net.send(c, &cmd(&["SPUBLISH", "b", "x"]));
+    assert!(net.servers[0].log.contains(&"SPUBLISH".to_string()));
+    assert!(!net.servers[1].log.contains(&"SPUBLISH".to_string()));
 }

@@ -9,6 +9,16 @@ use super::super::{Engine, Micros};
 use super::MAX_TRANSACTION;
 use crate::command::{self, Keys, Local, Merge, Route};
 
+/// What a (un)subscribing command is to.
+fn pubsub_kind(local: Local) -> super::super::pubsub::Kind {
+    use super::super::pubsub::Kind;
+    match local {
+        Local::Psubscribe | Local::Punsubscribe => Kind::Pattern,
+        Local::Ssubscribe | Local::Sunsubscribe => Kind::Shard,
+        _ => Kind::Channel,
+    }
+}
+
 /// The longest a `WAIT` may hold a shared server connection, in ms.
 const MAX_WAIT_MS: i64 = 1_000;
 
@@ -84,8 +94,10 @@ impl Engine {
                 Some(Route::Local(
                     Local::Subscribe
                         | Local::Psubscribe
+                        | Local::Ssubscribe
                         | Local::Unsubscribe
                         | Local::Punsubscribe
+                        | Local::Sunsubscribe
                         | Local::Ping
                         | Local::Quit
                 ))
@@ -96,7 +108,7 @@ impl Engine {
                     out,
                     "can't execute '",
                     name,
-                    &["': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT are allowed while subscribed"],
+                    &["': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT are allowed while subscribed"],
                 )
             });
         }
@@ -502,15 +514,15 @@ impl Engine {
                     resp::write_bulk_array(out, [&b"pong"[..], payload])
                 })
             }
-            Local::Subscribe | Local::Psubscribe if argc >= 2 => {
+            Local::Subscribe | Local::Psubscribe | Local::Ssubscribe if argc >= 2 => {
                 let names: Vec<&[u8]> = (1..argc).map(arg).collect();
                 let now = self.now;
-                self.redis_subscribe(index, local == Local::Psubscribe, &names, now)
+                self.redis_subscribe(index, pubsub_kind(local), &names, now)
             }
-            Local::Unsubscribe | Local::Punsubscribe => {
+            Local::Unsubscribe | Local::Punsubscribe | Local::Sunsubscribe => {
                 let names: Vec<&[u8]> = (1..argc).map(arg).collect();
                 let now = self.now;
-                self.redis_unsubscribe(index, local == Local::Punsubscribe, &names, now)
+                self.redis_unsubscribe(index, pubsub_kind(local), &names, now)
             }
             Local::Ping if argc == 1 => {
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+PONG\r\n"))
@@ -635,6 +647,8 @@ impl Engine {
                     b"CHANNELS" => Some(Merge::Concat),
                     b"NUMSUB" => Some(Merge::SumPairs),
                     b"NUMPAT" => Some(Merge::First),
+                    b"SHARDCHANNELS" => Some(Merge::Concat),
+                    b"SHARDNUMSUB" => Some(Merge::SumPairs),
                     _ => None,
                 };
                 match merge {
