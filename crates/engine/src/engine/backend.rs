@@ -297,6 +297,12 @@ impl Engine {
         b
     }
 
+    /// Whether backend `b` is one session's own (a blocking command's,
+    /// a transaction's, a WATCH's or a subscriber's).
+    pub(super) fn is_dedicated(&self, b: usize) -> bool {
+        self.backends[b].owner.is_some()
+    }
+
     /// Backend `b`'s pool and server.
     pub(super) fn backend_place(&self, b: usize) -> (usize, usize) {
         (self.backends[b].pool, self.backends[b].server)
@@ -314,7 +320,16 @@ impl Engine {
     ) {
         let b = self.open_dedicated(at.session as usize, server, true, now);
         let backend = &mut self.backends[b];
+        let before = backend.output.tail().len();
         write(backend.output.tail());
+        let pool = backend.pool;
+        if self.pools[pool].cluster.is_some() {
+            let tail = self.backends[b].output.tail();
+            if let Some(slot) = self.sessions[at.session as usize].slot_mut(at) {
+                slot.keep_sent(at.piece, &tail[before..]);
+            }
+        }
+        let backend = &mut self.backends[b];
         backend.inflight.push_back(InFlight {
             at,
             expect: Expect::RESP,

@@ -8,12 +8,19 @@
 //! `MOVED`, and after a connection to a node failed. Until the map is
 //! known, a key goes to a seed, which redirects it.
 //!
-//! Redirections never reach the client. A request of a cluster pool keeps
+//! Redirections never reach the client (but see below). A request of a
+//! cluster pool keeps
 //! a copy of its bytes in its slot until answered; a `-MOVED slot addr`
 //! reply sends the copy to `addr` (and updates the slot's entry at once),
 //! a `-ASK slot addr` sends `ASKING` and the copy to `addr` on the same
-//! connection, leaving the map as it is. A request redirected
-//! [`MAX_REDIRECTS`] times gets the last redirection as its reply.
+//! connection, leaving the map as it is; a blocking command is sent again
+//! on a new connection of its own. A request redirected
+//! [`MAX_REDIRECTS`] times gets the last redirection as its reply, and so
+//! do the requests that keep no copy: a transaction's commands (redirected
+//! while queued, `EXEC` then answers `EXECABORT`) and `WATCH`, which run
+//! on a connection of the session's own; they reach the right node
+//! whenever the map is current, and are redirected only while a slot
+//! moves.
 //!
 //! The pool's `live` servers are the nodes that serve slots, so commands
 //! sent to every server (`DBSIZE`, `SCAN`, `INFO keyspace`, ...) reach each
@@ -371,8 +378,15 @@ impl Engine {
             // The map moved: learn the rest of it.
             cluster.make_stale(now);
         }
-        let resp3 = self.sessions[request.at.session as usize].resp3;
-        let b = self.pick_backend(pool, node, resp3, request.at.session as usize, now);
+        let index = request.at.session as usize;
+        let b = if self.is_dedicated(b) {
+            // A blocking command (the only kind on a connection of its
+            // own that keeps a copy): on a new one of its own there.
+            self.open_dedicated(index, node, true, now)
+        } else {
+            let resp3 = self.sessions[index].resp3;
+            self.pick_backend(pool, node, resp3, index, now)
+        };
         if redirect.ask {
             resp::write_bulk_array(self.backends[b].output_tail(), [&b"ASKING"[..]]);
             self.queue_on(b, internal(ASKING), Expect::RESP, now);

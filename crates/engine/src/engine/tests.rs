@@ -133,13 +133,13 @@ impl FakeCluster {
                 }
                 return Some(out.into_bytes());
             }
-            "GET" | "SET" | "INCR" | "DEL" | "MGET" => {}
+            "GET" | "SET" | "INCR" | "DEL" | "MGET" | "BLPOP" => {}
             _ => return None,
         }
-        let keys: Vec<&[u8]> = if name == "SET" {
-            vec![args[1]]
-        } else {
-            args[1..].to_vec()
+        let keys: Vec<&[u8]> = match name {
+            "SET" => vec![args[1]],
+            "BLPOP" => args[1..args.len() - 1].to_vec(),
+            _ => args[1..].to_vec(),
         };
         let slot = key_slot(keys[0]);
         if keys.iter().any(|k| key_slot(k) != slot) {
@@ -305,7 +305,11 @@ impl FakeServer {
             let name = String::from_utf8_lossy(a[0]).to_ascii_uppercase();
             // A BLPOP of a key that is not there waits, unread, for a
             // later pump to find the key.
-            if name == "BLPOP" && !self.mute && !self.data.contains_key(a[1]) {
+            let redirects = name == "BLPOP"
+                && self.cluster.as_ref().is_some_and(|c| {
+                    c.owner[ferrox_route::cluster::key_slot(a[1]) as usize] != c.me
+                });
+            if name == "BLPOP" && !self.mute && !self.data.contains_key(a[1]) && !redirects {
                 break;
             }
             used += len;
@@ -2467,6 +2471,27 @@ mod cluster_pools {
     }
 
     #[test]
+    fn a_blocking_command_redirected_waits_on_a_new_connection_of_its_own() {
+        let (mut net, c) = cluster_net(1, 3);
+        // Before the map is known the seed gets it, and redirects.
+        let key = (0..100)
+            .map(|i| format!("q{i}"))
+            .find(|k| owner(&net, k) != 0)
+            .unwrap();
+        let node = owner(&net, &key);
+        net.servers[node]
+            .data
+            .insert(key.clone().into(), b"item".to_vec());
+        net.send(c, &cmd(&["BLPOP", &key, "0"]));
+        assert_eq!(
+            net.take(c),
+            [format!("*2\r\n${}\r\n{key}\r\n$4\r\nitem\r\n", key.len()).as_bytes(),].concat()
+        );
+        assert_eq!(net.servers[0].cluster.as_ref().unwrap().redirects, 1);
+        assert!(net.servers[node].log.contains(&"BLPOP".to_string()));
+    }
+
+    #[test]
     fn a_redirection_loop_ends_with_the_redirection_as_the_reply() {
         let (mut net, c) = cluster_net(2, 2);
         let key = "loop";
@@ -2546,7 +2571,10 @@ fn sharded_subscriptions_count_apart_and_spublish_goes_to_the_channels_server() 
     // A shard message passes on as it comes.
     let (_, tag) = newest_backend(&net, 0);
     let message = b"*3\r\n$8\r\nsmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n";
-    assert_eq!(net.engine.handle_input(tag, message, net.now), message.len());
+    assert_eq!(
+        net.engine.handle_input(tag, message, net.now),
+        message.len()
+    );
     net.pump();
     assert_eq!(net.take(c), message);
     net.send(c, &cmd(&["SUNSUBSCRIBE"]));
@@ -2556,7 +2584,10 @@ fn sharded_subscriptions_count_apart_and_spublish_goes_to_the_channels_server() 
           *3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:0\r\n"
     );
     net.send(c, &cmd(&["UNSUBSCRIBE"]));
-    assert_eq!(net.take(c), b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
+    assert_eq!(
+        net.take(c),
+        b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+    );
     // SPUBLISH is routed by its channel, as a key.
     net.send(c, &cmd(&["SPUBLISH", "b", "x"]));
     assert!(net.servers[0].log.contains(&"SPUBLISH".to_string()));
