@@ -306,6 +306,12 @@ cmd_demo() {
   $ns timeout 5 bash -c 'exec 3<>/dev/tcp/198.18.0.2/11211
     printf "set m1 0 0 3\r\none\r\nset m2 0 0 3\r\ntwo\r\nget m1 m2 m3\r\nquit\r\n" >&3
     cat <&3' | sed 's/^/  /'
+  log "memcached's binary protocol on the same port (pylibmc in binary mode), reading what the text client wrote:"
+  $ns timeout 10 /usr/bin/python3 -c '
+import pylibmc
+c = pylibmc.Client(["198.18.0.2:11211"], binary=True)
+c.set("m3", "three")
+print("  get_multi:", c.get_multi(["m1", "m2", "m3"]))' 2>&1
   log "redis-benchmark (GET and SET, 50 clients, pipelines of 16):"
   $ns timeout 120 redis-benchmark -h 198.18.0.2 -t get,set -n 200000 -c 50 -P 16 -r 100000 -q 2>&1 \
     | tr '\r' '\n' | grep 'requests per second' | sed 's/^/  /'
