@@ -700,6 +700,8 @@ impl Engine {
             self.backend_dial(b, now);
             return;
         }
+        // Requests queued while connecting were never sent.
+        let never_sent = backend.state == State::Connecting;
         backend.retrying = false;
         backend.failures += 1;
         let spec = &self.pools[backend.pool].spec;
@@ -724,7 +726,13 @@ impl Engine {
         }
         let backend = &mut self.backends[b];
         let mut inflight = std::mem::take(&mut backend.inflight);
+        let park = never_sent && self.pools[pool].cluster.is_some() && !self.is_dedicated(b);
         for request in inflight.drain(..) {
+            // A cluster pool's request that never left waits for the
+            // cluster to fail over (see `cluster`), rather than fail.
+            if park && self.cluster_park(pool, server, &request) {
+                continue;
+            }
             self.stats.errors += 1;
             self.fail_piece(b, why, request.at, request.expect.suppress);
         }

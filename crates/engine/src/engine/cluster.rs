@@ -22,6 +22,16 @@
 //! whenever the map is current, and are redirected only while a slot
 //! moves.
 //!
+//! **Failover.** A request whose node could not be reached (its
+//! connection failed while connecting, so the request never left) is
+//! parked rather than failed: the failure makes the map stale, and each
+//! refresh sends the parked requests to whichever node now serves the
+//! slots their node served (the promoted replica), or tries their node
+//! again (it may be back). A request parked longer than the pool's
+//! timeout ([`PARK_DEFAULT`] without one) fails. So a primary's failure
+//! costs only the requests that were in flight to it; the others wait for
+//! the cluster's failover.
+//!
 //! The pool's `live` servers are the nodes that serve slots, so commands
 //! sent to every server (`DBSIZE`, `SCAN`, `INFO keyspace`, ...) reach each
 //! primary once. Multi-key commands are split per slot (see
@@ -40,10 +50,18 @@ use super::{Engine, Health, Micros, ServerSpec};
 pub(super) const REFRESH_EVERY: Micros = 2_000_000;
 /// How long a refresh may stay unanswered before another is sent.
 const REFRESH_PATIENCE: Micros = 1_000_000;
+/// The least time between two refreshes (while a node is down, each
+/// refresh retries the requests parked for it, whose failure asks for the
+/// next).
+const REFRESH_GAP: Micros = 100_000;
 /// Redirections one request may follow.
 pub(super) const MAX_REDIRECTS: u8 = 5;
 /// Most nodes a cluster pool learns (each takes connections on every core).
 const MAX_NODES: usize = 250;
+
+/// How long a parked request waits for a failover when the pool sets no
+/// timeout.
+const PARK_DEFAULT: Micros = 10_000_000;
 
 /// No node is known for the slot.
 const UNKNOWN: u16 = u16::MAX;
@@ -65,8 +83,12 @@ pub(super) struct Cluster {
     next_refresh: Micros,
     /// When the refresh in flight was sent.
     asked_at: Option<Micros>,
+    /// When the last refresh was sent.
+    last_asked: Option<Micros>,
     /// The server asked last (servers are asked in turn).
     asked: usize,
+    /// Requests waiting for a failover, in the order they were sent.
+    parked: std::collections::VecDeque<Parked>,
     /// Counters, for the statistics.
     pub moved: u64,
     pub asks: u64,
@@ -80,7 +102,9 @@ impl Cluster {
             known: false,
             next_refresh: 0,
             asked_at: None,
+            last_asked: None,
             asked: usize::MAX,
+            parked: std::collections::VecDeque::new(),
             moved: 0,
             asks: 0,
             refreshes: 0,
@@ -100,12 +124,16 @@ impl Cluster {
         self.next_refresh = self.next_refresh.min(now);
     }
 
-    /// When [`Engine::handle_timeout`] should refresh this map.
+    /// When [`Engine::handle_timeout`] should refresh this map, or fail
+    /// a parked request.
     pub fn deadline(&self) -> Micros {
-        match self.asked_at {
+        let refresh = match self.asked_at {
             Some(at) => self.next_refresh.max(at + REFRESH_PATIENCE),
             None => self.next_refresh,
         }
+        .max(self.last_asked.map_or(0, |at| at + REFRESH_GAP));
+        let parked = self.parked.iter().map(|p| p.deadline).min();
+        parked.map_or(refresh, |p| p.min(refresh))
     }
 
     /// Which servers serve slots (all of them while the map is unknown).
@@ -121,6 +149,17 @@ impl Cluster {
         }
         live
     }
+}
+
+/// A request waiting for its node's slots to be served again.
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    request: InFlight,
+    /// The server it was for, and a slot that server served then (where
+    /// to look for the node that took over).
+    server: usize,
+    slot: Option<u16>,
+    deadline: Micros,
 }
 
 /// A redirection: `-MOVED slot host:port` or `-ASK slot host:port`.
@@ -278,8 +317,12 @@ impl Engine {
         }
     }
 
-    /// Sends the refreshes that are due.
+    /// Sends the refreshes that are due, and fails the parked requests
+    /// whose time is up.
     pub(super) fn cluster_maintain(&mut self, now: Micros) {
+        for pool in 0..self.pools.len() {
+            self.cluster_expire(pool, now);
+        }
         for pool in 0..self.pools.len() {
             let p = &self.pools[pool];
             let Some(cluster) = &p.cluster else { continue };
@@ -291,6 +334,7 @@ impl Engine {
             let cluster = self.pools[pool].cluster.as_mut().expect("checked");
             cluster.asked = server;
             cluster.asked_at = Some(now);
+            cluster.last_asked = Some(now);
             cluster.next_refresh = now + REFRESH_EVERY;
             cluster.refreshes += 1;
             self.send_internal(pool, server, SLOTS_QUERY, now, |out| {
@@ -342,6 +386,96 @@ impl Engine {
         cluster.asked_at = None;
         cluster.next_refresh = now + REFRESH_EVERY;
         self.cluster_set_live(pool);
+        self.cluster_unpark(pool, now);
+    }
+
+    /// Parks `request`, which never reached `server` of cluster pool
+    /// `pool`; false when it cannot wait (it kept no copy, or its session
+    /// is gone), and fails.
+    pub(super) fn cluster_park(&mut self, pool: usize, server: usize, request: &InFlight) -> bool {
+        // Since the request arrived: parked again after a retry, it keeps
+        // its first deadline.
+        let Some(opened) = self
+            .sessions
+            .get_mut(request.at.session as usize)
+            .and_then(|s| s.slot_mut(request.at))
+            .filter(|slot| slot.sent_at.get(request.at.piece as usize).is_some())
+            .map(|slot| slot.opened)
+        else {
+            return false;
+        };
+        let wait = self.pools[pool].spec.timeout.unwrap_or(PARK_DEFAULT);
+        let Some(cluster) = self.pools[pool].cluster.as_mut() else {
+            return false;
+        };
+        let slot = cluster.slots.iter().position(|&s| s as usize == server);
+        cluster.parked.push_back(Parked {
+            request: *request,
+            server,
+            slot: slot.map(|s| s as u16),
+            deadline: opened + wait,
+        });
+        true
+    }
+
+    /// Sends every parked request of `pool` to the node that now serves
+    /// the slots of the node it was for (the same node, if no other took
+    /// them: it is tried again).
+    fn cluster_unpark(&mut self, pool: usize, now: Micros) {
+        let Some(cluster) = self.pools[pool].cluster.as_mut() else {
+            return;
+        };
+        let parked = std::mem::take(&mut cluster.parked);
+        for p in parked {
+            let cluster = self.pools[pool].cluster.as_ref().expect("a cluster pool");
+            let target = p
+                .slot
+                .and_then(|s| match cluster.slots[s as usize] {
+                    UNKNOWN => None,
+                    node => Some(node as usize),
+                })
+                .unwrap_or(p.server);
+            let index = p.request.at.session as usize;
+            let Some(sent) = self
+                .sessions
+                .get_mut(index)
+                .and_then(|s| s.slot_mut(p.request.at))
+                .and_then(|slot| {
+                    let range = slot.sent_at.get(p.request.at.piece as usize)?.clone();
+                    Some(slot.sent[range].to_vec())
+                })
+            else {
+                continue; // its session went
+            };
+            let resp3 = self.sessions[index].resp3;
+            let b = self.pick_backend(pool, target, resp3, index, now);
+            self.backends[b].output_tail().extend_from_slice(&sent);
+            self.queue_on(b, p.request.at, p.request.expect, now);
+        }
+    }
+
+    /// Fails the parked requests of `pool` whose wait is over.
+    fn cluster_expire(&mut self, pool: usize, now: Micros) {
+        let Some(cluster) = self.pools[pool].cluster.as_mut() else {
+            return;
+        };
+        if cluster.parked.iter().all(|p| p.deadline > now) {
+            return;
+        }
+        let (expired, kept): (Vec<Parked>, Vec<Parked>) =
+            cluster.parked.drain(..).partition(|p| p.deadline <= now);
+        cluster.parked.extend(kept);
+        for p in expired {
+            self.stats.errors += 1;
+            let counters = &mut self.pools[pool].counters;
+            counters.errors += 1;
+            counters.forward_errors += 1;
+            let name = &self.pools[pool].spec.servers[p.server].name;
+            let error = format!(
+                "-ERR ferrox: server {name} failed and no node took over its slots in time\r\n"
+            );
+            self.fill_slot(p.request.at, error.as_bytes());
+        }
     }
 
     /// Follows a redirection of the request `request` answered on backend

@@ -1681,7 +1681,7 @@ mod reconnecting {
 
     /// The connections to `server` are reset (the server was killed) and
     /// new ones are refused until `down` is cleared.
-    fn kill(net: &mut Net, server: usize) {
+    pub(super) fn kill(net: &mut Net, server: usize) {
         net.servers[server].down = true;
         let mut killed = Vec::new();
         for (handle, conn) in &mut net.conns {
@@ -2368,10 +2368,11 @@ mod cluster_pools {
     use super::*;
 
     /// A cluster pool with `seeds` seed nodes of a cluster of `nodes`
-    /// (slots split evenly in node order), and a client.
+    /// (slots split evenly in node order), a 5 s timeout, and a client.
     fn cluster_net(seeds: usize, nodes: usize) -> (Net, Handle) {
         let mut net = Net::new(PoolSpec {
             cluster: true,
+            timeout: Some(5_000_000),
             ..spec(seeds)
         });
         while net.servers.len() < nodes {
@@ -2489,6 +2490,53 @@ mod cluster_pools {
         );
         assert_eq!(net.servers[0].cluster.as_ref().unwrap().redirects, 1);
         assert!(net.servers[node].log.contains(&"BLPOP".to_string()));
+    }
+
+    #[test]
+    fn a_request_for_a_dead_primary_waits_for_the_failover() {
+        let (mut net, c) = cluster_net(3, 3);
+        net.advance(1);
+        let key = (0..100)
+            .map(|i| format!("f{i}"))
+            .find(|k| owner(&net, k) == 1)
+            .unwrap();
+        let slot = key_slot(key.as_bytes()) as usize;
+        // Node 1 dies; its replica (node 2 here) has the data.
+        super::reconnecting::kill(&mut net, 1);
+        net.servers[2]
+            .data
+            .insert(key.clone().into(), b"kept".to_vec());
+        net.send(c, &cmd(&["GET", &key]));
+        net.send(c, &cmd(&["SET", "other", "x"]));
+        // The GET waits (its reply holds back the SET's, in order).
+        assert_eq!(net.take(c), b"");
+        // The cluster promotes the replica: node 2 serves node 1's slots.
+        for server in &mut net.servers {
+            let cluster = server.cluster.as_mut().unwrap();
+            for owner in cluster.owner.iter_mut().filter(|o| **o == 1) {
+                *owner = 2;
+            }
+        }
+        assert_eq!(net.servers[0].cluster.as_ref().unwrap().owner[slot], 2);
+        // The next refresh learns it, and the GET goes there.
+        net.advance(1_000_000);
+        net.advance(1_000_000);
+        assert_eq!(net.take(c), b"$4\r\nkept\r\n+OK\r\n");
+        // Without a failover, a parked request fails at the pool's timeout.
+        super::reconnecting::kill(&mut net, 2);
+        let key2 = (0..100)
+            .map(|i| format!("g{i}"))
+            .find(|k| owner(&net, k) == 2)
+            .unwrap();
+        net.send(c, &cmd(&["GET", &key2]));
+        for _ in 0..6 {
+            net.advance(1_000_000);
+        }
+        let reply = String::from_utf8(net.take(c)).unwrap();
+        assert!(
+            reply.contains("failed and no node took over its slots in time"),
+            "{reply}"
+        );
     }
 
     #[test]
