@@ -549,6 +549,11 @@ impl Control {
                         pool.auth = Some(REDACTED.into());
                     }
                 }
+                for user in &mut shown.users {
+                    for password in &mut user.passwords {
+                        *password = REDACTED.into();
+                    }
+                }
                 Ok(serde_json::json!({
                     "version": running.version,
                     "file": running.file.display().to_string(),

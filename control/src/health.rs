@@ -256,6 +256,7 @@ mod tests {
         let mut config = Config {
             pools: vec![pool.clone()],
             limits: Default::default(),
+            users: Vec::new(),
         };
         config.pools[0].servers = vec![
             ferrox_config::Server {

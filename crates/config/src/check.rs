@@ -270,6 +270,51 @@ pub(super) fn command(name: &str) -> Result<String, String> {
     Ok(name.to_ascii_uppercase())
 }
 
+/// Checks the syntax of a Redis ACL rule string (the subset ferrox
+/// takes): `+@category`, `-@category`, `+command`, `-command`,
+/// `~pattern`, `allkeys`, `allcommands`, `nocommands`, `resetkeys`.
+pub(super) fn acl(rules: &str) -> Result<(), String> {
+    use super::model::ACL_CATEGORIES;
+    for word in rules.split_whitespace() {
+        match word {
+            "allkeys" | "allcommands" | "nocommands" | "resetkeys" => continue,
+            "on" | "off" | "nopass" | "reset" | "resetpass" => {
+                return Err(format!(
+                    "{word:?}: users are on while configured, and passwords go in password or passwords"
+                ))
+            }
+            _ => {}
+        }
+        if let Some(category) = word.strip_prefix("+@").or_else(|| word.strip_prefix("-@")) {
+            if !ACL_CATEGORIES.contains(&category) {
+                return Err(format!(
+                    "{word:?}: unknown category{}; expected one of {}",
+                    did_you_mean(category, &ACL_CATEGORIES),
+                    ACL_CATEGORIES.join(", ")
+                ));
+            }
+        } else if let Some(name) = word.strip_prefix('+').or_else(|| word.strip_prefix('-')) {
+            if name.contains('|') {
+                return Err(format!("{word:?}: subcommand rules are not supported; allow or refuse the whole command"));
+            }
+            command(name).map_err(|r| format!("{word:?}: {r}"))?;
+        } else if let Some(pattern) = word.strip_prefix('~') {
+            if pattern.is_empty() {
+                return Err("\"~\": a key pattern follows the ~".into());
+            }
+        } else if word.starts_with('%') || word.starts_with('&') {
+            return Err(format!(
+                "{word:?}: read/write key permissions and channel rules are not supported"
+            ));
+        } else {
+            return Err(format!(
+                "{word:?}: expected +@category, -@category, +command, -command, ~pattern, allkeys, allcommands, nocommands or resetkeys"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One pool while its keys are read, with the lines later checks point at.
 #[derive(Debug)]
 pub(super) struct Draft {
@@ -423,6 +468,51 @@ pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report
         }
     }
     drafts.into_iter().map(|d| d.pool).collect()
+}
+
+/// The checks of `[[users]]` that need every user and every pool: names
+/// unique and not `default` (each pool's `auth` user), a password each,
+/// pools that exist and speak Redis.
+pub(super) fn users(users: &[super::model::User], pools: &[Pool], report: &mut Report) {
+    for (i, user) in users.iter().enumerate() {
+        let name = &user.name;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            report.error(
+                user.line,
+                format!("user {name:?}: a user name is one word of printable ASCII"),
+            );
+        }
+        if name == "default" {
+            report.error(
+                user.line,
+                "user \"default\": that is each pool's own user, whose password is the pool's auth",
+            );
+        }
+        if let Some(first) = users[..i].iter().find(|u| u.name == *name) {
+            report.error(
+                user.line,
+                format!("user {name:?}: also defined on line {}", first.line),
+            );
+        }
+        if user.passwords.is_empty() || user.passwords.iter().any(String::is_empty) {
+            report.error(
+                user.line,
+                format!("user {name:?}: needs a password (password = \"...\", or passwords = [...]), none empty"),
+            );
+        }
+        for pool in &user.pools {
+            match pools.iter().find(|p| p.name == *pool) {
+                None => report.error(user.line, format!("user {name:?}: pools: no pool {pool:?}")),
+                Some(p) if p.protocol != Protocol::Redis => report.error(
+                    user.line,
+                    format!(
+                        "user {name:?}: pools: {pool:?} speaks memcache; users are for redis pools"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 /// Two listeners that would take the same connections: the same address,

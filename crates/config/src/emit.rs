@@ -50,6 +50,19 @@ pub fn emit_toml(config: &Config) -> String {
         out.push('\n');
         emit_pool(&mut out, pool);
     }
+    for user in &config.users {
+        out.push_str("\n[[users]]\n");
+        entry(&mut out, "name", string(&user.name));
+        let passwords: Vec<String> = user.passwords.iter().map(|p| string(p)).collect();
+        entry(
+            &mut out,
+            "passwords",
+            format_args!("[{}]", passwords.join(", ")),
+        );
+        let pools: Vec<String> = user.pools.iter().map(|p| string(p)).collect();
+        entry(&mut out, "pools", format_args!("[{}]", pools.join(", ")));
+        entry(&mut out, "acl", string(&user.acl));
+    }
     out
 }
 
@@ -214,7 +227,9 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::model::{Distribution, HashFn, Limits, DISTRIBUTIONS, HASHES, MAX_DEPTH};
+    use super::super::model::{
+        Distribution, HashFn, Limits, User, DISTRIBUTIONS, HASHES, MAX_DEPTH,
+    };
     use super::super::parse_toml;
     use super::*;
 
@@ -270,6 +285,7 @@ mod tests {
         let config = Config {
             pools: vec![pool, sessions],
             limits: Limits::default(),
+            users: Vec::new(),
         };
         let expected = r#"# ferrox configuration
 
@@ -619,7 +635,49 @@ servers = [
                 })
             },
         );
-        (pools, limits()).prop_map(|(pools, limits)| Config { pools, limits })
+        let users = prop::collection::vec(
+            (
+                "[a-z][a-z0-9_-]{0,8}",
+                prop::collection::vec(".{1,12}", 1..=2),
+                any::<bool>(),
+                prop::sample::select(vec![
+                    "",
+                    "+@read ~report:*",
+                    "allcommands allkeys -@dangerous -flushdb",
+                    "nocommands +get +set ~a* ~b:{x}* resetkeys ~c",
+                ]),
+            ),
+            0..=3,
+        );
+        (pools, limits(), users).prop_map(|(pools, limits, users)| {
+            let redis: Vec<String> = pools
+                .iter()
+                .filter(|p| p.protocol == Protocol::Redis)
+                .map(|p| p.name.clone())
+                .collect();
+            let mut seen = Vec::new();
+            let users = users
+                .into_iter()
+                .filter(|(name, ..)| {
+                    name != "default" && !seen.contains(name) && {
+                        seen.push(name.clone());
+                        true
+                    }
+                })
+                .map(|(name, passwords, all_pools, acl)| User {
+                    name,
+                    passwords,
+                    pools: if all_pools { Vec::new() } else { redis.clone() },
+                    acl: acl.into(),
+                    line: 0,
+                })
+                .collect();
+            Config {
+                pools,
+                limits,
+                users,
+            }
+        })
     }
 
     proptest! {

@@ -35,7 +35,61 @@ pub const DISTRIBUTIONS: [&str; Distribution::ALL.len()] = names_of!(Distributio
 pub struct Config {
     pub pools: Vec<Pool>,
     pub limits: Limits,
+    /// Users of the redis pools (`[[users]]`), in file order.
+    pub users: Vec<User>,
 }
+
+/// One user of the redis pools, besides each pool's default user (its
+/// `auth` password, with every permission). Users are equal whatever
+/// lines they were read from.
+#[derive(Debug, Clone, Eq, Serialize)]
+pub struct User {
+    pub name: String,
+    /// Any of them authenticates the user (several: a rotation).
+    pub passwords: Vec<String>,
+    /// The pools it may use; empty: every redis pool.
+    pub pools: Vec<String>,
+    /// Redis ACL rules, checked for their syntax (see [`ACL_CATEGORIES`]);
+    /// the command names are the engine's to check.
+    pub acl: String,
+    /// Where the user is in its file, for the engine's diagnostics.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+impl PartialEq for User {
+    fn eq(&self, other: &User) -> bool {
+        (&self.name, &self.passwords, &self.pools, &self.acl)
+            == (&other.name, &other.passwords, &other.pools, &other.acl)
+    }
+}
+
+/// The command categories an `acl` may name (`+@read`, `-@dangerous`),
+/// Redis's, and `all`.
+pub const ACL_CATEGORIES: [&str; 22] = [
+    "all",
+    "keyspace",
+    "read",
+    "write",
+    "set",
+    "sortedset",
+    "list",
+    "hash",
+    "string",
+    "bitmap",
+    "hyperloglog",
+    "geo",
+    "stream",
+    "pubsub",
+    "admin",
+    "fast",
+    "slow",
+    "blocking",
+    "dangerous",
+    "connection",
+    "transaction",
+    "scripting",
+];
 
 /// The protocol a pool speaks to clients and servers alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -59,6 +59,7 @@ pub fn parse_nutcracker(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut report = Report::new(file);
     let Some(mappings) = yaml::read(text, &mut report) else {
         return report.finish(Config {
+            users: Vec::new(),
             pools: Vec::new(),
             limits: Limits::default(),
         });
@@ -69,6 +70,7 @@ pub fn parse_nutcracker(text: &str, file: &str) -> Result<Config, ConfigError> {
     let drafts = mappings.iter().map(|m| pool(m, &mut report)).collect();
     let pools = check::finish(drafts, ("redis_auth", "redis_db"), &mut report);
     report.finish(Config {
+        users: Vec::new(),
         pools,
         limits: Limits::default(),
     })

@@ -295,7 +295,7 @@ weight = 2
                 "x.toml:6: pool \"a\": timeout: unknown key (twemproxy's timeout; here it is timeout_ms = 400)",
                 "x.toml:7: pool \"a\": redis: unknown key (twemproxy's redis; here it is protocol = \"redis\")",
                 "x.toml:9: limits: unknown key \"max_pipe\" (did you mean \"max_pipeline\"?)",
-                "x.toml:10: unknown key \"pool\" (did you mean \"pools\"?); the file has [limits] and [pools.NAME] tables",
+                "x.toml:10: unknown key \"pool\" (did you mean \"pools\"?); the file has [limits], [pools.NAME] and [[users]] tables",
             ]
         );
         assert_eq!(
@@ -449,6 +449,62 @@ servers = ["198.18.0.1:11211:1"]
                 "x.toml:20: pool \"d\": protocol is missing: say \"redis\" or \"memcache\"",
                 "x.toml:20: pool \"d\": listen is missing",
                 "x.toml:20: pool \"d\": no servers",
+            ]
+        );
+    }
+
+    #[test]
+    fn users_are_read_and_checked() {
+        let config = toml_ok(&format!(
+            r#"{POOL}
+[[users]]
+name = "reporting"
+password = "s3cret"
+pools = ["a"]
+acl = "+@read ~report:*"
+
+[[users]]
+name = "app"
+passwords = ["old", "new"]
+acl = "allcommands allkeys -@dangerous -flushdb"
+"#
+        ));
+        assert_eq!(config.users.len(), 2);
+        assert_eq!(config.users[0].passwords, ["s3cret"]);
+        assert_eq!(config.users[0].pools, ["a"]);
+        assert_eq!(config.users[1].passwords, ["old", "new"]);
+        assert!(config.users[1].pools.is_empty());
+        assert_eq!(
+            toml_errors(&format!(
+                r#"{POOL}
+[[users]]
+name = "default"
+password = "x"
+
+[[users]]
+name = "app"
+pools = ["nope"]
+acl = "+@reads ~ on %R~x +get|key"
+colour = "blue"
+
+[[users]]
+name = "app"
+password = ""
+acl = "+@read"
+
+[[users]]
+password = "x"
+"#
+            )),
+            [
+                "x.toml:6: user \"default\": that is each pool's own user, whose password is the pool's auth",
+                "x.toml:10: user \"app\": needs a password (password = \"...\", or passwords = [...]), none empty",
+                "x.toml:10: user \"app\": pools: no pool \"nope\"",
+                "x.toml:13: user \"app\": acl: \"+@reads\": unknown category (did you mean \"read\"?); expected one of all, keyspace, read, write, set, sortedset, list, hash, string, bitmap, hyperloglog, geo, stream, pubsub, admin, fast, slow, blocking, dangerous, connection, transaction, scripting",
+                "x.toml:14: user \"app\": colour: unknown key; a user has name, password, passwords, pools, acl",
+                "x.toml:16: user \"app\": also defined on line 10",
+                "x.toml:16: user \"app\": needs a password (password = \"...\", or passwords = [...]), none empty",
+                "x.toml:21: user: name is missing",
             ]
         );
     }

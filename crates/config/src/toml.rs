@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::check::{self, Draft, Report};
-use super::model::{Config, Limits, Protocol, MAX_DEPTH};
+use super::model::{Config, Limits, Protocol, User, MAX_DEPTH};
 use super::ConfigError;
 
 const POOL_KEYS: &[&str] = &[
@@ -35,6 +35,8 @@ const POOL_KEYS: &[&str] = &[
     "blocked_commands",
     "servers",
 ];
+
+const USER_KEYS: &[&str] = &["name", "password", "passwords", "pools", "acl"];
 
 const LIMIT_KEYS: &[&str] = &[
     "max_bulk",
@@ -63,6 +65,7 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut config = Config {
         pools: Vec::new(),
         limits: Limits::default(),
+        users: Vec::new(),
     };
     let root = match ::toml::from_str::<Node>(text) {
         Ok(Node::Table(root)) => root,
@@ -100,6 +103,21 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
                 )
             }
             ("limits", Node::Table(limits)) => config.limits = cx.limits(limits),
+            ("users", Node::Array(users)) => {
+                for user in users {
+                    let line = cx.line(user.span().start);
+                    if let Some(user) = cx.user(user.get_ref(), line) {
+                        config.users.push(user);
+                    }
+                }
+            }
+            ("users", other) => cx.report.error(
+                line,
+                format!(
+                    "users: expected a list of users ([[users]] tables), found {}",
+                    other.kind()
+                ),
+            ),
             ("limits", other) => cx.report.error(
                 line,
                 format!(
@@ -110,8 +128,8 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
             (key, _) => cx.report.error(
                 line,
                 format!(
-                    "unknown key {key:?}{}; the file has [limits] and [pools.NAME] tables",
-                    check::did_you_mean(key, &["pools", "limits"])
+                    "unknown key {key:?}{}; the file has [limits], [pools.NAME] and [[users]] tables",
+                    check::did_you_mean(key, &["pools", "limits", "users"])
                 ),
             ),
         }
@@ -124,6 +142,7 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
         );
     }
     config.pools = check::finish(drafts, ("auth", "db"), &mut report);
+    check::users(&config.users, &config.pools, &mut report);
     report.finish(config)
 }
 
@@ -386,6 +405,80 @@ impl Cx<'_> {
             let server = server.map_err(|m| self.report.error(line, m)).ok();
             draft.add_server(server, line);
         }
+    }
+
+    /// One `[[users]]` table, starting at `line`; `None` when it has no
+    /// usable name (its other mistakes are reported all the same).
+    fn user(&mut self, node: &Node, line: usize) -> Option<User> {
+        let Node::Table(entries) = node else {
+            self.report.error(
+                line,
+                format!("users: expected a [[users]] table, found {}", node.kind()),
+            );
+            return None;
+        };
+        let mut user = User {
+            name: String::new(),
+            passwords: Vec::new(),
+            pools: Vec::new(),
+            acl: String::new(),
+            line,
+        };
+        let mut name_line = None;
+        for (key, value) in entries {
+            let key_line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let what = |user: &User| {
+                if user.name.is_empty() {
+                    "user".to_owned()
+                } else {
+                    format!("user {:?}", user.name)
+                }
+            };
+            let result = match key {
+                "name" => string(value).map(|s| {
+                    user.name = s.to_owned();
+                    name_line = Some(key_line);
+                }),
+                "password" => string(value).map(|s| user.passwords.push(s.to_owned())),
+                "passwords" | "pools" => {
+                    let label = format!("{}: {key}", what(&user));
+                    if let Some(items) = self.list(value, key_line, &label, "a list of strings") {
+                        for (item_line, item) in items {
+                            match item {
+                                Node::Str(s) if key == "passwords" => {
+                                    user.passwords.push(s.clone())
+                                }
+                                Node::Str(s) => user.pools.push(s.clone()),
+                                other => self.report.error(
+                                    item_line,
+                                    format!("{label}: expected a string, found {}", other.kind()),
+                                ),
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                "acl" => string(value)
+                    .and_then(|s| check::acl(s).map_err(|r| format!(": {r}")))
+                    .map(|()| user.acl = string(value).unwrap_or_default().to_owned()),
+                _ => Err(format!(
+                    ": unknown key{}; a user has {}",
+                    check::did_you_mean(key, USER_KEYS),
+                    USER_KEYS.join(", ")
+                )),
+            };
+            if let Err(reason) = result {
+                let what = what(&user);
+                self.report
+                    .error(key_line, format!("{what}: {key}{reason}"));
+            }
+        }
+        if name_line.is_none() {
+            self.report.error(line, "user: name is missing");
+            return None;
+        }
+        Some(user)
     }
 
     fn commands(&mut self, pool: &str, value: &Node, line: usize, out: &mut Vec<String>) {

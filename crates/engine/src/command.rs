@@ -270,6 +270,14 @@ impl CommandId {
     }
 }
 
+/// Every Redis command of the table, by name (upper case), with its id.
+pub fn redis_commands() -> impl Iterator<Item = (&'static [u8], CommandId)> {
+    TABLE
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, _))| (name, CommandId(i as u16)))
+}
+
 /// The statistics id and route of the command named `name` (any case),
 /// and whether it is one of the upper-case names in `blocked`.
 pub fn lookup_blocked(name: &[u8], blocked: &[Vec<u8>]) -> (Option<(CommandId, Route)>, bool) {

@@ -4,7 +4,7 @@ use ferrox_config::{self as config, Config};
 use ferrox_proto::memcache;
 use ferrox_route::{self as route, Distribution, HashFn, Table};
 
-use crate::engine::{Ejection, Placement, PoolSpec, Protocol, ServerSpec};
+use crate::engine::{Ejection, Placement, PoolSpec, Protocol, ServerSpec, UserSpec};
 
 /// A pool's route table, rebuilt when servers leave or return.
 #[derive(Debug)]
@@ -53,7 +53,34 @@ pub fn pools(config: &Config) -> Result<Vec<PoolSpec>, BuildError> {
     config
         .pools
         .iter()
-        .map(|p| pool(p, &config.limits))
+        .map(|p| {
+            let mut spec = pool(p, &config.limits)?;
+            spec.users = users(p, &config.users)?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// The users of `pool`: those naming it, and those naming no pool when it
+/// speaks Redis.
+fn users(pool: &config::Pool, users: &[config::User]) -> Result<Vec<UserSpec>, BuildError> {
+    users
+        .iter()
+        .filter(|u| {
+            u.pools.contains(&pool.name)
+                || (u.pools.is_empty() && pool.protocol == config::Protocol::Redis)
+        })
+        .map(|u| {
+            let acl = crate::acl::Acl::compile(&u.acl).map_err(|e| BuildError {
+                pool: pool.name.clone(),
+                reason: format!("line {}: user {:?}: acl: {e}", u.line, u.name),
+            })?;
+            Ok(UserSpec {
+                name: u.name.clone(),
+                passwords: u.passwords.iter().map(|p| p.as_bytes().to_vec()).collect(),
+                acl: Box::new(acl),
+            })
+        })
         .collect()
 }
 
@@ -115,6 +142,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         max_request: limits.max_request,
         max_output: crate::engine::MAX_OUTPUT,
         preconnect: pool.preconnect,
+        users: Vec::new(),
         cluster: distribution == Distribution::RedisCluster,
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),

@@ -175,10 +175,29 @@ pub struct PoolSpec {
     /// Eject failing servers; `None` keeps them (a request for a failed
     /// server reconnects, and fails if that attempt fails).
     pub ejection: Option<Ejection>,
+    /// Users besides the default one (`auth`), with their permissions.
+    pub users: Vec<UserSpec>,
     /// The servers are seed nodes of a Redis Cluster, whose slot map
     /// places the keys (see the `cluster` module); `placement` then only
     /// serves until the map is known.
     pub cluster: bool,
+}
+
+/// A user of a redis pool: `AUTH name password` with any of its
+/// passwords gives a session its permissions.
+#[derive(Debug, Clone)]
+pub struct UserSpec {
+    pub name: String,
+    pub passwords: Vec<Vec<u8>>,
+    pub acl: Box<crate::acl::Acl>,
+}
+
+impl PoolSpec {
+    /// Whether a new session must authenticate first: the pool has a
+    /// password, or users (without a password, the default user is off).
+    pub fn needs_auth(&self) -> bool {
+        self.auth.is_some() || !self.users.is_empty()
+    }
 }
 
 /// The default of [`PoolSpec::max_output`].
@@ -264,6 +283,16 @@ pub struct PoolView<'a> {
 }
 
 impl PoolView<'_> {
+    /// Its users' names, in their order.
+    pub fn user_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.pool.spec.users.iter().map(|u| u.name.as_str())
+    }
+
+    /// The name of its user `index`.
+    pub fn user_name(&self, index: usize) -> Option<&str> {
+        self.pool.spec.users.get(index).map(|u| u.name.as_str())
+    }
+
     pub fn servers(&self) -> impl Iterator<Item = ServerView> + '_ {
         let pool = self.pool;
         pool.spec
@@ -524,7 +553,7 @@ impl Engine {
         }
         self.pools[pool].sessions += 1;
         self.stats.sessions_opened += 1;
-        let authed = self.pools[pool].spec.auth.is_none();
+        let authed = !self.pools[pool].spec.needs_auth();
         let index = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize].open(pool, handle, authed);

@@ -10,6 +10,7 @@
 //! `poll_action`, `poll_timeout`); tests drive it with an in-memory
 //! network.
 
+pub mod acl;
 pub mod command;
 pub mod configure;
 pub mod engine;
@@ -21,6 +22,6 @@ pub use engine::info::Totals;
 pub use engine::reconfigure::Changes;
 pub use engine::{
     latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Output, Placement,
-    PoolCounters, PoolSpec, PoolView, Protocol, ServerSpec, ServerView, Tag, LATENCY_BUCKETS,
-    MAX_OUTPUT,
+    PoolCounters, PoolSpec, PoolView, Protocol, ServerSpec, ServerView, Tag, UserSpec,
+    LATENCY_BUCKETS, MAX_OUTPUT,
 };

@@ -44,6 +44,7 @@ pub fn pool_spec(
         max_output: MAX_OUTPUT,
         preconnect: false,
         ejection: None,
+        users: Vec::new(),
         cluster: false,
     }
 }

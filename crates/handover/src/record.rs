@@ -137,7 +137,8 @@ mod field {
     pub const HELD_LEN: Range<usize> = 64..68;
     pub const RX_LEN: Range<usize> = 68..72;
     pub const STREAMS: Range<usize> = 72..80;
-    // 80..128 reserved, zero.
+    pub const USER_NAME_HASH: Range<usize> = 80..84;
+    // 84..128 reserved, zero.
 }
 
 /// A typed view of a record's bytes.
@@ -244,6 +245,9 @@ pub struct ConnRecord {
     /// The application's pool, by index and by a hash of its name.
     pub pool: u32,
     pub pool_name_hash: u32,
+    /// The user the session authenticated as, by [`name_hash`]; 0: the
+    /// pool's default user.
+    pub user_name_hash: u32,
     pub streams: Streams,
 }
 
@@ -270,6 +274,7 @@ impl ConnRecord {
             tx_capacity: record.u32(field::TX_CAPACITY),
             pool: record.u32(field::POOL),
             pool_name_hash: record.u32(field::POOL_NAME_HASH),
+            user_name_hash: record.u32(field::USER_NAME_HASH),
             streams: Streams {
                 at: u64::from_be_bytes(record.bytes(field::STREAMS)),
                 tx: record.u32(field::TX_LEN),
@@ -302,6 +307,7 @@ impl ConnRecord {
         record.put(field::TX_CAPACITY, &self.tx_capacity.to_be_bytes());
         record.put(field::POOL, &self.pool.to_be_bytes());
         record.put(field::POOL_NAME_HASH, &self.pool_name_hash.to_be_bytes());
+        record.put(field::USER_NAME_HASH, &self.user_name_hash.to_be_bytes());
         record.put(field::TX_LEN, &self.streams.tx.to_be_bytes());
         record.put(field::HELD_LEN, &self.streams.held.to_be_bytes());
         record.put(field::RX_LEN, &self.streams.rx.to_be_bytes());
@@ -346,6 +352,7 @@ mod tests {
             tx_capacity: 8 << 10,
             pool: 1,
             pool_name_hash: name_hash("alpha"),
+            user_name_hash: name_hash("reporting"),
             streams: Streams {
                 at: 4096,
                 tx: 75_000,
@@ -360,7 +367,7 @@ mod tests {
         let mut bytes = [0xaau8; LEN];
         let record = sample();
         record.emit(&mut Record::new_unchecked(&mut bytes[..]));
-        assert!(bytes[80..].iter().all(|&b| b == 0), "reserved bytes zeroed");
+        assert!(bytes[84..].iter().all(|&b| b == 0), "reserved bytes zeroed");
         let view = Record::new_checked(&bytes[..]).unwrap();
         assert_eq!(ConnRecord::parse(&view).unwrap(), record);
     }

@@ -112,6 +112,8 @@ pub struct Carry {
     /// ([`ferrox_handover::record::name_hash`]).
     pub pool: u32,
     pub pool_name_hash: u32,
+    /// The user it authenticated as, by name hash; 0: the default user.
+    pub user_name_hash: u32,
     pub resp3: bool,
     pub authed: bool,
     /// The application was told the peer closed.

@@ -443,10 +443,15 @@ impl App for Proxy {
 
     fn export(&mut self, tag: Tag) -> Option<Carry> {
         let carried = self.engine.export_session(tag)?;
-        let name = self.engine.pools().nth(carried.pool)?.name;
+        let pool = self.engine.pools().nth(carried.pool)?;
+        let user_name_hash = carried
+            .user
+            .and_then(|u| pool.user_name(u as usize))
+            .map_or(0, name_hash);
         Some(Carry {
             pool: carried.pool as u32,
-            pool_name_hash: name_hash(name),
+            pool_name_hash: name_hash(pool.name),
+            user_name_hash,
             resp3: carried.resp3,
             authed: carried.authed,
             peer_closed: carried.peer_closed,
@@ -461,10 +466,24 @@ impl App for Proxy {
             .engine
             .pools()
             .position(|pool| name_hash(pool.name) == carry.pool_name_hash)?;
+        // The user by name; one the configuration no longer has must
+        // authenticate again.
+        let user = match carry.user_name_hash {
+            0 => None,
+            hash => self
+                .engine
+                .pools()
+                .nth(pool)?
+                .user_names()
+                .position(|name| name_hash(name) == hash)
+                .map(|u| u as u16),
+        };
+        let known_user = carry.user_name_hash == 0 || user.is_some();
         let carried = ferrox_engine::Carried {
             pool,
             resp3: carry.resp3,
-            authed: carry.authed,
+            authed: carry.authed && known_user,
+            user,
             peer_closed: carry.peer_closed,
             closing: carry.closing,
         };

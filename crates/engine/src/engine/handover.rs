@@ -17,6 +17,8 @@ pub struct Carried {
     pub pool: usize,
     pub resp3: bool,
     pub authed: bool,
+    /// The pool's user it authenticated as, by index (`None`: default).
+    pub user: Option<u16>,
     /// The peer closed its side; the session closes once its output is
     /// sent.
     pub peer_closed: bool,

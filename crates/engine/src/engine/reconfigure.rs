@@ -62,6 +62,7 @@ impl Engine {
 
     /// Gives pool `p` its new definition, keeping what carries over.
     fn update_pool(&mut self, p: usize, mut spec: PoolSpec, changes: &mut Changes) {
+        self.carry_users(p, &spec);
         let cluster = match (spec.cluster, self.pools[p].cluster.take()) {
             (true, Some(cluster)) => {
                 // The nodes it learnt stay, in their order (the map names
@@ -129,6 +130,29 @@ impl Engine {
         self.pools[p].conns = all;
         self.pools[p].cluster = cluster;
         self.cluster_set_live(p);
+    }
+
+    /// Sessions of pool `p` authenticated as a user keep it (and take its
+    /// new permissions at their next command) if `spec` still has a user
+    /// of that name; else they must authenticate again. As in Redis, a
+    /// changed password leaves authenticated connections as they are.
+    fn carry_users(&mut self, p: usize, spec: &PoolSpec) {
+        let old = &self.pools[p].spec;
+        let names: Vec<String> = old.users.iter().map(|u| u.name.clone()).collect();
+        let needs_auth = spec.needs_auth();
+        for session in self.sessions.iter_mut().filter(|s| s.is_in(p)) {
+            if let Some(user) = session.user {
+                let name = &names[user as usize];
+                session.user = spec
+                    .users
+                    .iter()
+                    .position(|u| u.name == *name)
+                    .map(|i| i as u16);
+                if session.user.is_none() {
+                    session.deauthenticate(needs_auth);
+                }
+            }
+        }
     }
 
     /// A kept server's connections, renumbered to index `s` and grown or

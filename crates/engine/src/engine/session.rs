@@ -21,6 +21,9 @@ pub(super) struct Session {
     pool: usize,
     pub resp3: bool,
     authed: bool,
+    /// The pool's user it authenticated as (an index into the pool's
+    /// users); `None`: the default user, with every permission.
+    pub user: Option<u16>,
     /// Closing: no more input is read; the engine waits for the runtime to
     /// report the connection gone.
     closing: bool,
@@ -101,6 +104,7 @@ impl Session {
             pool: self.pool,
             resp3: self.resp3,
             authed: self.authed,
+            user: self.user,
             peer_closed: self.peer_closed,
             closing: self.closing,
         }
@@ -110,8 +114,16 @@ impl Session {
     pub fn import(&mut self, carried: super::handover::Carried, handle: Handle, output: &[u8]) {
         self.open(carried.pool, handle, carried.authed);
         self.resp3 = carried.resp3;
+        self.user = carried.user;
         self.closing = carried.closing;
         self.output.tail().extend_from_slice(output);
+    }
+
+    /// Its user is gone, or its password changed: it is the default user
+    /// again, and must authenticate when the pool asks for it.
+    pub fn deauthenticate(&mut self, needs_auth: bool) {
+        self.user = None;
+        self.authed = !needs_auth;
     }
 
     /// Whether it is open on the runtime's connection `handle`.
@@ -165,6 +177,7 @@ impl Session {
         self.pool = pool;
         self.resp3 = false;
         self.authed = authed;
+        self.user = None;
         self.closing = false;
         self.peer_closed = false;
         self.failed = false;

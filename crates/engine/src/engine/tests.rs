@@ -2641,3 +2641,144 @@ fn sharded_subscriptions_count_apart_and_spublish_goes_to_the_channels_server() 
     assert!(net.servers[0].log.contains(&"SPUBLISH".to_string()));
     assert!(!net.servers[1].log.contains(&"SPUBLISH".to_string()));
 }
+
+/// Users with Redis ACL rules beside the pool's default user.
+mod users {
+    use super::*;
+    use crate::acl::Acl;
+    use crate::UserSpec;
+
+    fn user(name: &str, passwords: &[&str], acl: &str) -> UserSpec {
+        UserSpec {
+            name: name.into(),
+            passwords: passwords.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            acl: Box::new(Acl::compile(acl).unwrap()),
+        }
+    }
+
+    fn pool() -> PoolSpec {
+        PoolSpec {
+            auth: Some(b"sesame".to_vec()),
+            users: vec![
+                user("reporting", &["r1"], "+@read +@transaction ~report:*"),
+                user("app", &["old", "new"], "allcommands allkeys -@dangerous"),
+            ],
+            ..spec(2)
+        }
+    }
+
+    /// A net whose servers take the pool's password, and a client.
+    fn users_net(spec: PoolSpec) -> (Net, Handle) {
+        let password = spec.auth.clone();
+        let (mut net, c) = with_client(spec);
+        for server in &mut net.servers {
+            server.password = password.clone();
+        }
+        (net, c)
+    }
+
+    #[test]
+    fn a_user_runs_what_its_rules_allow_and_nothing_else() {
+        let (mut net, c) = users_net(pool());
+        net.send(c, &cmd(&["GET", "report:1"]));
+        assert_eq!(net.take(c), b"-NOAUTH Authentication required.\r\n");
+        net.send(c, &cmd(&["AUTH", "reporting", "wrong"]));
+        net.send(c, &cmd(&["AUTH", "nobody", "r1"]));
+        net.send(c, &cmd(&["AUTH", "reporting", "r1"]));
+        assert_eq!(
+            net.take(c),
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n\
+              -WRONGPASS invalid username-password pair or user is disabled.\r\n\
+              +OK\r\n"
+        );
+        // Reads of its keys only; the refusals as Redis words them.
+        net.send(c, &cmd(&["GET", "report:1"]));
+        net.send(c, &cmd(&["GET", "user:1"]));
+        net.send(c, &cmd(&["set", "report:1", "x"]));
+        net.send(c, &cmd(&["MGET", "report:1", "report:2"]));
+        net.send(c, &cmd(&["MGET", "report:1", "user:2"]));
+        assert_eq!(
+            net.take(c),
+            b"$-1\r\n\
+              -NOPERM this user has no permissions to access one of the keys used as arguments\r\n\
+              -NOPERM this user has no permissions to run the 'set' command\r\n\
+              *2\r\n$-1\r\n$-1\r\n\
+              -NOPERM this user has no permissions to access one of the keys used as arguments\r\n"
+        );
+        // Nothing refused reached a server.
+        let logged: usize = net.servers.iter().map(|s| s.log.len()).sum();
+        assert_eq!(logged, 3, "the GET and the MGET's two pieces");
+        // A transaction's commands are checked as they are queued.
+        net.send(c, &cmd(&["MULTI"]));
+        net.send(c, &cmd(&["DEL", "report:1"]));
+        net.send(c, &cmd(&["EXEC"]));
+        let got = String::from_utf8(net.take(c)).unwrap();
+        assert!(
+            got.contains("-NOPERM this user has no permissions to run the 'del' command"),
+            "{got}"
+        );
+        assert!(
+            got.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"),
+            "{got}"
+        );
+        // AUTH again, as the default user: everything.
+        net.send(c, &cmd(&["AUTH", "sesame"]));
+        net.send(c, &cmd(&["SET", "user:1", "x"]));
+        assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
+    }
+
+    #[test]
+    fn hello_authenticates_users_and_every_password_of_a_rotation_works() {
+        let (mut net, c) = users_net(pool());
+        net.send(c, &cmd(&["HELLO", "3", "AUTH", "app", "new"]));
+        assert!(net.take(c).starts_with(b"%7\r\n"));
+        net.send(c, &cmd(&["SET", "a", "1"]));
+        net.send(c, &cmd(&["FLUSHALL"]));
+        assert_eq!(
+            net.take(c),
+            b"+OK\r\n-NOPERM this user has no permissions to run the 'flushall' command\r\n"
+        );
+        let d = net.client();
+        net.send(d, &cmd(&["AUTH", "app", "old"]));
+        net.send(d, &cmd(&["HELLO", "2", "AUTH", "app", "nope"]));
+        assert_eq!(
+            net.take(d),
+            b"+OK\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+    }
+
+    #[test]
+    fn a_pool_with_users_and_no_password_has_no_default_user() {
+        let (mut net, c) = with_client(PoolSpec {
+            auth: None,
+            ..pool()
+        });
+        net.send(c, &cmd(&["GET", "a"]));
+        net.send(c, &cmd(&["AUTH", "default", "anything"]));
+        net.send(c, &cmd(&["AUTH", "anything"]));
+        assert_eq!(
+            net.take(c),
+            b"-NOAUTH Authentication required.\r\n\
+              -WRONGPASS invalid username-password pair or user is disabled.\r\n\
+              -ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n"
+        );
+    }
+
+    #[test]
+    fn a_reload_gives_users_their_new_rules_and_removed_users_must_authenticate_again() {
+        let (mut net, c) = users_net(pool());
+        let d = net.client();
+        net.send(c, &cmd(&["AUTH", "reporting", "r1"]));
+        net.send(d, &cmd(&["AUTH", "app", "new"]));
+        net.take(c);
+        net.take(d);
+        // reporting may now write its keys; app is gone.
+        let mut next = pool();
+        next.users = vec![user("reporting", &["r1"], "+@read +@write ~report:*")];
+        net.engine.reconfigure(vec![next]);
+        net.send(c, &cmd(&["SET", "report:1", "x"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+        net.send(d, &cmd(&["GET", "a"]));
+        assert_eq!(net.take(d), b"-NOAUTH Authentication required.\r\n");
+    }
+}

@@ -259,6 +259,7 @@ impl<A: App> Stack<A> {
             tx_capacity: conn.socket.send_capacity() as u32,
             pool: carry.pool,
             pool_name_hash: carry.pool_name_hash,
+            user_name_hash: carry.user_name_hash,
             streams: Streams::default(),
         };
         out.push(record, &tx, &conn.input, &rx);
@@ -444,6 +445,7 @@ impl<A: App> Stack<A> {
         let carry = Carry {
             pool: record.pool,
             pool_name_hash: record.pool_name_hash,
+            user_name_hash: record.user_name_hash,
             resp3: record.has(flags::RESP3),
             authed: record.has(flags::AUTHED),
             peer_closed: record.has(flags::PEER_CLOSED),

@@ -9,6 +9,27 @@ use super::super::{Engine, Micros};
 use super::MAX_TRANSACTION;
 use crate::command::{self, Keys, Local, Merge, Route};
 
+const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+const NOPERM_KEYS: &[u8] =
+    b"-NOPERM this user has no permissions to access one of the keys used as arguments\r\n";
+
+/// Redis's refusal of a command the user may not run: the name in lower
+/// case, as Redis writes it.
+fn error_about_noperm(out: &mut Vec<u8>, name: &[u8]) {
+    out.extend_from_slice(b"-NOPERM this user has no permissions to run the '");
+    out.extend(
+        name.iter()
+            .filter(|b| b.is_ascii_graphic() && **b != b'\'')
+            .map(u8::to_ascii_lowercase),
+    );
+    out.extend_from_slice(b"' command\r\n");
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 /// What a (un)subscribing command is to.
 fn pubsub_kind(local: Local) -> super::super::pubsub::Kind {
     use super::super::pubsub::Kind;
@@ -112,6 +133,25 @@ impl Engine {
                 )
             });
         }
+        if let Some((id, _)) = found {
+            let exempt = matches!(
+                route,
+                Some(Route::Local(Local::Auth | Local::Hello | Local::Quit))
+            );
+            if !exempt
+                && self
+                    .session_acl(index)
+                    .is_some_and(|acl| !acl.allows_command(id))
+            {
+                // Refused while queueing: EXEC will discard the transaction.
+                if let Some(tx) = self.sessions[index].tx.as_mut() {
+                    tx.failed = true;
+                }
+                return self.local_error(index, |out, _| {
+                    error_about_noperm(out, name);
+                });
+            }
+        }
         if self.sessions[index].tx.is_some()
             && !matches!(
                 route,
@@ -160,6 +200,9 @@ impl Engine {
                 return self.local_error(index, |out, _| error_about(out, "", name, &[": ", why]))
             }
         };
+        if !self.keys_allowed(index, route, request, args, keys.clone()) {
+            return self.local_error(index, |out, _| out.extend_from_slice(NOPERM_KEYS));
+        }
         match route {
             Route::Split(merge) => self.redis_split(index, merge, request, args, keys, now),
             _ => {
@@ -278,6 +321,10 @@ impl Engine {
             } else {
                 1
             };
+            if !self.keys_allowed(index, route, request, args, keys.clone()) {
+                why.extend_from_slice(NOPERM_KEYS);
+                return Err(why);
+            }
             let mut server = self.sessions[index].tx.as_ref().and_then(|tx| tx.server);
             let key_args = keys
                 .step_by(step)
@@ -326,6 +373,15 @@ impl Engine {
     /// server (every watched key on one), kept until `EXEC` (the
     /// transaction then runs there), `DISCARD` or `UNWATCH`.
     fn redis_watch(&mut self, index: usize, request: &[u8], args: &[Range<usize>]) {
+        if !self.keys_allowed(
+            index,
+            Route::Together(Keys::All),
+            request,
+            args,
+            1..args.len(),
+        ) {
+            return self.local_error(index, |out, _| out.extend_from_slice(NOPERM_KEYS));
+        }
         let mut server = self.sessions[index].watch.map(|(server, _)| server);
         for key in &args[1..] {
             let Some(here) = self.place(index, &request[key.clone()]) else {
@@ -442,6 +498,73 @@ impl Engine {
         });
     }
 
+    /// Authenticates session `index` as `user` (`None` or `default`: the
+    /// pool's default user, whose password is the pool's `auth`) with
+    /// `password`. On success the session has the user's permissions.
+    fn authenticate(&mut self, index: usize, user: Option<&[u8]>, password: &[u8]) -> bool {
+        let spec = self.session_spec(index);
+        let found = match user {
+            None | Some(b"default") => spec
+                .auth
+                .as_deref()
+                .is_some_and(|expected| same_secret(expected, password))
+                .then_some(None),
+            Some(name) => spec
+                .users
+                .iter()
+                .position(|u| u.name.as_bytes() == name)
+                .filter(|&i| {
+                    spec.users[i]
+                        .passwords
+                        .iter()
+                        .any(|p| same_secret(p, password))
+                })
+                .map(|i| Some(i as u16)),
+        };
+        match found {
+            Some(user) => {
+                let session = &mut self.sessions[index];
+                session.authed = true;
+                session.user = user;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The permissions of session `index`'s user; `None` for the default
+    /// user, who has them all.
+    fn session_acl(&self, index: usize) -> Option<&crate::acl::Acl> {
+        let user = self.sessions[index].user?;
+        self.session_spec(index)
+            .users
+            .get(user as usize)
+            .map(|u| &*u.acl)
+    }
+
+    /// Whether session `index`'s user may touch every key of a request
+    /// routed by `route` whose key arguments are `keys`.
+    fn keys_allowed(
+        &self,
+        index: usize,
+        route: Route,
+        request: &[u8],
+        args: &[Range<usize>],
+        keys: Range<usize>,
+    ) -> bool {
+        let Some(acl) = self.session_acl(index) else {
+            return true;
+        };
+        let step = if route == Route::Split(Merge::Ok) {
+            2
+        } else {
+            1
+        };
+        keys.step_by(step)
+            .chain(command::dest_key(route).then_some(1))
+            .all(|i| acl.allows_key(&request[args[i].clone()]))
+    }
+
     /// `WAIT numreplicas timeout`: a client's writes to a server went
     /// through its one connection to that server (shared with other
     /// clients), and `WAIT` on that connection waits for every write made
@@ -534,24 +657,17 @@ impl Engine {
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"));
                 self.close_after_last(index);
             }
+            Local::Auth if argc == 2 && pool.auth.is_none() => self.local_error(index, |out, _| {
+                out.extend_from_slice(
+                    b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+                )
+            }),
             Local::Auth if argc == 2 || argc == 3 => {
-                let password = arg(argc - 1);
-                let user_ok = argc == 2 || arg(1) == b"default";
-                match pool.auth.as_deref().map(|expected| user_ok && expected == password) {
-                    None => self.local_error(index, |out, _| {
-                        out.extend_from_slice(
-                            b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
-                        )
-                    }),
-                    Some(true) => {
-                        self.sessions[index].authed = true;
-                        self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
-                    }
-                    Some(false) => self.local_error(index, |out, _| {
-                        out.extend_from_slice(
-                            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
-                        )
-                    }),
+                let user = (argc == 3).then(|| arg(1));
+                if self.authenticate(index, user, arg(argc - 1)) {
+                    self.local_reply(index, |out, _| out.extend_from_slice(b"+OK\r\n"))
+                } else {
+                    self.local_error(index, |out, _| out.extend_from_slice(WRONGPASS))
                 }
             }
             Local::Hello => self.redis_hello(index, request, args),
@@ -783,15 +899,8 @@ impl Engine {
         while i < args.len() {
             let option = arg(i);
             if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
-                let expected = &self.session_spec(index).auth;
-                let ok = arg(i + 1) == b"default"
-                    && expected.as_deref().is_some_and(|e| e == arg(i + 2));
-                if !ok {
-                    return self.local_error(index, |out, _| {
-                        out.extend_from_slice(
-                            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
-                        )
-                    });
+                if !self.authenticate(index, Some(arg(i + 1)), arg(i + 2)) {
+                    return self.local_error(index, |out, _| out.extend_from_slice(WRONGPASS));
                 }
                 authed = true;
                 i += 3;

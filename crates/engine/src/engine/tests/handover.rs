@@ -100,6 +100,7 @@ fn an_imported_session_goes_on_authenticated_in_resp3() {
         pool: 0,
         resp3: true,
         authed: true,
+        user: None,
         peer_closed: false,
         closing: false,
     };
@@ -113,4 +114,31 @@ fn an_imported_session_goes_on_authenticated_in_resp3() {
     );
     let missing = Carried { pool: 5, ..carried };
     assert_eq!(engine.import_session(5, missing, b""), None);
+}
+
+#[test]
+fn an_imported_session_keeps_its_users_permissions() {
+    let mut pool = spec(1);
+    pool.users = vec![crate::UserSpec {
+        name: "reader".into(),
+        passwords: vec![b"pw".to_vec()],
+        acl: Box::new(crate::acl::Acl::compile("+@read allkeys").unwrap()),
+    }];
+    let carried = Carried {
+        pool: 0,
+        resp3: false,
+        authed: true,
+        user: Some(0),
+        peer_closed: false,
+        closing: false,
+    };
+    let mut engine = Engine::new(vec![pool], 3);
+    let tag = engine.import_session(4, carried, b"").unwrap();
+    let set = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+    assert_eq!(engine.handle_input(tag, set, 0), set.len());
+    assert_eq!(
+        engine.output(tag),
+        b"-NOPERM this user has no permissions to run the 'set' command\r\n"
+    );
+    assert_eq!(engine.export_session(tag).unwrap().user, Some(0));
 }
