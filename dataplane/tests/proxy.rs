@@ -125,6 +125,28 @@ server_retry_timeout_ms = 500
 blocked_commands = ["FLUSHDB"]
 servers = [{}]
 
+# The same servers, for users with permissions.
+[pools.secure]
+listen = "0.0.0.0:6380"
+protocol = "redis"
+hash = "murmur"
+distribution = "ketama"
+hash_tag = "{{}}"
+timeout_ms = 2000
+servers = [{}]
+
+[[users]]
+name = "reporting"
+password = "r3port"
+pools = ["secure"]
+acl = "+@read +@connection ~report:*"
+
+[[users]]
+name = "app"
+passwords = ["old", "new"]
+pools = ["secure"]
+acl = "allcommands allkeys -@dangerous"
+
 [pools.sessions]
 listen = "0.0.0.0:11211"
 protocol = "memcache"
@@ -135,6 +157,7 @@ preconnect = true
 server_retry_timeout_ms = 500
 servers = [{}]
 "#,
+        redis.join(", "),
         redis.join(", "),
         memcached.join(", ")
     )
@@ -270,7 +293,45 @@ print("blocking ok")
     );
     assert!(blocking.contains("blocking ok"), "{blocking}");
     assert!(ferrox("FLUSHDB").contains("blocked by configuration"));
-    assert!(ferrox("PUBSUB SHARDCHANNELS").contains("not supported"));
+    assert!(!ferrox("PUBSUB SHARDCHANNELS").contains("ERR"));
+    assert!(ferrox("PUBSUB NOSUCH").contains("not supported"));
+    // Users with permissions, as redis-py and redis-cli authenticate.
+    let users = python(
+        &ns,
+        &format!(
+            r#"
+import redis
+app = redis.Redis(host="{FERROX_IP}", port=6380, username="app", password="new", socket_timeout=10)
+assert app.set("report:1", "r1") and app.set("user:1", "u1")
+try:
+    app.flushall()
+    raise AssertionError("flushall allowed")
+except redis.exceptions.NoPermissionError as e:
+    assert "flushall" in str(e), e
+reporting = redis.Redis(host="{FERROX_IP}", port=6380, username="reporting", password="r3port", socket_timeout=10)
+assert reporting.get("report:1") == b"r1"
+for refused in (lambda: reporting.get("user:1"), lambda: reporting.set("report:1", "x")):
+    try:
+        refused()
+        raise AssertionError("allowed")
+    except redis.exceptions.NoPermissionError:
+        pass
+try:
+    redis.Redis(host="{FERROX_IP}", port=6380, username="app", password="wrong").ping()
+    raise AssertionError("a wrong password was taken")
+except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as e:
+    assert "WRONGPASS" in str(e) or "invalid" in str(e).lower(), e
+try:
+    redis.Redis(host="{FERROX_IP}", port=6380).get("report:1")
+    raise AssertionError("no authentication needed")
+except redis.exceptions.AuthenticationError:
+    pass
+assert app.delete("report:1", "user:1") == 2
+print("users ok")
+"#
+        ),
+    );
+    assert!(users.contains("users ok"), "{users}");
     // Multi-key commands split across servers and merge in key order.
     let keys: Vec<String> = (0..40).map(|i| format!("multi:{i}")).collect();
     let pairs: Vec<String> = keys.iter().map(|k| format!("{k} v{k}")).collect();

@@ -1025,6 +1025,27 @@ servers = ["198.18.0.4:11211:1"]
     }
 
     #[test]
+    fn the_example_user_parses_once_uncommented() {
+        let (head, users) = FERROX_TOML
+            .split_once("# [[users]]")
+            .expect("the example user");
+        let uncommented: String = std::iter::once("[[users]]")
+            .chain(users.lines().filter_map(|l| {
+                l.strip_prefix("# ").filter(|l| {
+                    l.split_once(" = ").is_some_and(|(key, _)| {
+                        key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+                })
+            }))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&format!("{head}{uncommented}\n"), "configs/ferrox.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.users.len(), 1);
+        assert_eq!(config.users[0].acl, "+@read +@connection ~report:*");
+    }
+
+    #[test]
     fn every_file_in_configs_loads() {
         let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut loaded = 0;
