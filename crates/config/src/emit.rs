@@ -108,15 +108,41 @@ fn emit_pool(out: &mut String, pool: &Pool) {
     );
     if pool.servers.is_empty() {
         out.push_str("servers = []\n");
+    } else {
+        out.push_str("servers = [\n");
+        for s in &pool.servers {
+            out.push_str("    ");
+            out.push_str(&server(s));
+            out.push_str(",\n");
+        }
+        out.push_str("]\n");
+    }
+    let v = &pool.validate;
+    if v.is_off() {
         return;
     }
-    out.push_str("servers = [\n");
-    for s in &pool.servers {
-        out.push_str("    ");
-        out.push_str(&server(s));
-        out.push_str(",\n");
+    out.push_str("[pools.");
+    out.push_str(&key(&pool.name));
+    out.push_str(".validate]\n");
+    let patterns: Vec<String> = v.key_patterns.iter().map(|p| string(p)).collect();
+    entry(
+        out,
+        "key_patterns",
+        format_args!("[{}]", patterns.join(", ")),
+    );
+    for (name, value) in [
+        ("max_key_bytes", v.max_key_bytes),
+        ("max_value_bytes", v.max_value_bytes),
+        ("max_keys", v.max_keys),
+    ] {
+        if let Some(n) = value {
+            entry(out, name, size(n));
+        }
     }
-    out.push_str("]\n");
+    entry(out, "require_ttl", v.require_ttl);
+    if let Some(ttl) = v.max_ttl_s {
+        entry(out, "max_ttl_s", ttl);
+    }
 }
 
 fn entry(out: &mut String, key: &str, value: impl Display) {
@@ -228,7 +254,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::model::{
-        Distribution, HashFn, Limits, User, DISTRIBUTIONS, HASHES, MAX_DEPTH,
+        Distribution, HashFn, Limits, User, Validate, DISTRIBUTIONS, HASHES, MAX_DEPTH,
     };
     use super::super::parse_toml;
     use super::*;
@@ -649,7 +675,38 @@ servers = [
             ),
             0..=3,
         );
-        (pools, limits(), users).prop_map(|(pools, limits, users)| {
+        let validate = (
+            prop::collection::vec("[a-z:*?]{1,6}", 0..=2),
+            prop::option::of(1usize..1 << 20),
+            prop::option::of(1usize..1 << 40),
+            prop::option::of(1usize..1000),
+            any::<bool>(),
+            prop::option::of(1u64..1 << 40),
+        )
+            .prop_map(
+                |(
+                    key_patterns,
+                    max_key_bytes,
+                    max_value_bytes,
+                    max_keys,
+                    require_ttl,
+                    max_ttl_s,
+                )| {
+                    Validate {
+                        key_patterns,
+                        max_key_bytes,
+                        max_value_bytes,
+                        max_keys,
+                        require_ttl,
+                        max_ttl_s,
+                    }
+                },
+            );
+        let validates = prop::collection::vec(validate, 3);
+        (pools, limits(), users, validates).prop_map(|(mut pools, limits, users, validates)| {
+            for (pool, validate) in pools.iter_mut().zip(validates) {
+                pool.validate = validate;
+            }
             let redis: Vec<String> = pools
                 .iter()
                 .filter(|p| p.protocol == Protocol::Redis)

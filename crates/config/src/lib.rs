@@ -29,7 +29,7 @@ use std::path::Path;
 
 pub use emit::emit_toml;
 pub use model::{
-    Config, Distribution, HashFn, Limits, Pool, Protocol, Server, User, ACL_CATEGORIES,
+    Config, Distribution, HashFn, Limits, Pool, Protocol, Server, User, Validate, ACL_CATEGORIES,
     DISTRIBUTIONS, HASHES, MAX_DEPTH,
 };
 pub use nutcracker::parse_nutcracker;

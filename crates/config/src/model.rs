@@ -138,6 +138,35 @@ pub struct Pool {
     /// Commands refused with an error instead of forwarded, upper-cased.
     pub blocked_commands: Vec<String>,
     pub servers: Vec<Server>,
+    /// Rules every request must pass before it is forwarded.
+    pub validate: Validate,
+}
+
+/// A pool's data validation (`[pools.NAME.validate]`): requests that
+/// break a rule are refused with the rule's name; nothing reaches a
+/// server. Every rule is off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Validate {
+    /// Key globs (Redis's glob syntax); every key must match one.
+    pub key_patterns: Vec<String>,
+    pub max_key_bytes: Option<usize>,
+    /// The longest value a write may carry (each argument of a Redis
+    /// write command other than its name and keys; a memcached data
+    /// block).
+    pub max_value_bytes: Option<usize>,
+    /// The most keys one request may name.
+    pub max_keys: Option<usize>,
+    /// A SET (and SETNX, MSET, GETSET, which cannot have one) or a
+    /// memcached store without an expiry is refused.
+    pub require_ttl: bool,
+    /// The longest expiry a request may set, in seconds.
+    pub max_ttl_s: Option<u64>,
+}
+
+impl Validate {
+    pub fn is_off(&self) -> bool {
+        *self == Validate::default()
+    }
 }
 
 /// One backend server.
@@ -236,6 +265,7 @@ impl Pool {
             server_failure_limit: 2,
             blocked_commands: Vec::new(),
             servers: Vec::new(),
+            validate: Validate::default(),
         }
     }
 }

@@ -63,6 +63,7 @@ fn every_key_pool() -> Pool {
         server_failure_limit: 5,
         blocked_commands: vec!["FLUSHALL".into(), "KEYS".into()],
         servers: vec![server("198.18.0.1:7001", 2, "alpha")],
+        validate: Default::default(),
     }
 }
 
@@ -449,6 +450,37 @@ servers = ["198.18.0.1:11211:1"]
                 "x.toml:20: pool \"d\": protocol is missing: say \"redis\" or \"memcache\"",
                 "x.toml:20: pool \"d\": listen is missing",
                 "x.toml:20: pool \"d\": no servers",
+            ]
+        );
+    }
+
+    #[test]
+    fn validation_rules_are_read_and_checked() {
+        let config = toml_ok(&format!(
+            r#"{POOL}[pools.a.validate]
+key_patterns = ["app:*", "report:*"]
+max_key_bytes = 200
+max_value_bytes = "64 KiB"
+max_keys = 100
+require_ttl = true
+max_ttl_s = 86400
+"#
+        ));
+        let v = &config.pools[0].validate;
+        assert_eq!(v.key_patterns, ["app:*", "report:*"]);
+        assert_eq!(
+            (v.max_key_bytes, v.max_value_bytes, v.max_keys, v.max_ttl_s),
+            (Some(200), Some(65536), Some(100), Some(86400))
+        );
+        assert!(v.require_ttl);
+        assert_eq!(
+            toml_errors(&format!(
+                "{POOL}[pools.a.validate]\nkey_patterns = \"app:*\"\nmax_keys = 0\nrequire_tll = true\n"
+            )),
+            [
+                "x.toml:6: pool \"a\": validate: key_patterns: expected a list of key patterns, found a string",
+                "x.toml:7: pool \"a\": validate: max_keys: must be at least 1",
+                "x.toml:8: pool \"a\": validate: require_tll: unknown key (did you mean \"require_ttl\"?); validate has key_patterns, max_key_bytes, max_value_bytes, max_keys, require_ttl, max_ttl_s",
             ]
         );
     }
@@ -1043,6 +1075,33 @@ servers = ["198.18.0.4:11211:1"]
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.users.len(), 1);
         assert_eq!(config.users[0].acl, "+@read +@connection ~report:*");
+    }
+
+    #[test]
+    fn the_example_validation_parses_once_uncommented() {
+        let (head, rest) = FERROX_TOML
+            .split_once("# [pools.cache.validate]")
+            .expect("the example validation");
+        let (block, tail) = rest.split_once("\n\n").expect("a blank line after it");
+        let keys: Vec<&str> = block
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("# ").filter(|l| {
+                    l.split_once(" = ").is_some_and(|(key, _)| {
+                        key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+                })
+            })
+            .collect();
+        let text = format!(
+            "{head}[pools.cache.validate]\n{}\n\n{tail}",
+            keys.join("\n")
+        );
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        let v = &config.pools[0].validate;
+        assert_eq!(v.key_patterns, ["app:*", "report:*"]);
+        assert!(v.require_ttl);
+        assert_eq!(v.max_ttl_s, Some(86400));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::check::{self, Draft, Report};
-use super::model::{Config, Limits, Protocol, User, MAX_DEPTH};
+use super::model::{Config, Limits, Protocol, User, Validate, MAX_DEPTH};
 use super::ConfigError;
 
 const POOL_KEYS: &[&str] = &[
@@ -34,6 +34,16 @@ const POOL_KEYS: &[&str] = &[
     "server_failure_limit",
     "blocked_commands",
     "servers",
+    "validate",
+];
+
+const VALIDATE_KEYS: &[&str] = &[
+    "key_patterns",
+    "max_key_bytes",
+    "max_value_bytes",
+    "max_keys",
+    "require_ttl",
+    "max_ttl_s",
 ];
 
 const USER_KEYS: &[&str] = &["name", "password", "passwords", "pools", "acl"];
@@ -342,6 +352,16 @@ impl Cx<'_> {
                     self.commands(name, value, line, &mut pool.blocked_commands);
                     Ok(())
                 }
+                "validate" => match value {
+                    Node::Table(entries) => {
+                        pool.validate = self.validate(name, entries);
+                        Ok(())
+                    }
+                    other => Err(format!(
+                        ": expected a table ([pools.{name}.validate]), found {}",
+                        other.kind()
+                    )),
+                },
                 "servers" => {
                     draft.servers_line = Some(line);
                     self.servers(&mut draft, value, line);
@@ -479,6 +499,61 @@ impl Cx<'_> {
             return None;
         }
         Some(user)
+    }
+
+    /// A pool's `[pools.NAME.validate]` table.
+    fn validate(&mut self, pool: &str, entries: &[(::toml::Spanned<String>, Node)]) -> Validate {
+        let mut validate = Validate::default();
+        for (key, value) in entries {
+            let line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let what = format!("pool {pool:?}: validate: {key}");
+            let count = |value: &Node| {
+                match value {
+                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
+                    _ => integer::<usize>(value),
+                }
+                .and_then(|n| match n {
+                    0 => Err(": must be at least 1".to_owned()),
+                    n => Ok(n),
+                })
+            };
+            let result = match key {
+                "key_patterns" => {
+                    if let Some(items) = self.list(value, line, &what, "a list of key patterns") {
+                        for (item_line, item) in items {
+                            match item {
+                                Node::Str(s) if !s.is_empty() => {
+                                    validate.key_patterns.push(s.clone())
+                                }
+                                other => self.report.error(
+                                    item_line,
+                                    format!(
+                                        "{what}: expected a key pattern, found {}",
+                                        other.kind()
+                                    ),
+                                ),
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                "max_key_bytes" => count(value).map(|n| validate.max_key_bytes = Some(n)),
+                "max_value_bytes" => count(value).map(|n| validate.max_value_bytes = Some(n)),
+                "max_keys" => count(value).map(|n| validate.max_keys = Some(n)),
+                "require_ttl" => boolean(value).map(|b| validate.require_ttl = b),
+                "max_ttl_s" => count(value).map(|n| validate.max_ttl_s = Some(n as u64)),
+                _ => Err(format!(
+                    ": unknown key{}; validate has {}",
+                    check::did_you_mean(key, VALIDATE_KEYS),
+                    VALIDATE_KEYS.join(", ")
+                )),
+            };
+            if let Err(reason) = result {
+                self.report.error(line, format!("{what}{reason}"));
+            }
+        }
+        validate
     }
 
     fn commands(&mut self, pool: &str, value: &Node, line: usize, out: &mut Vec<String>) {

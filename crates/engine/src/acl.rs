@@ -298,6 +298,12 @@ fn categories_of(name: &[u8]) -> Option<u32> {
         .map(|i| COMMAND_CATEGORIES[i].1)
 }
 
+/// Whether the command named `name` (upper case) is a write (Redis's
+/// `@write` category).
+pub fn is_write(name: &[u8]) -> bool {
+    categories_of(name).is_some_and(|c| c & WRITE != 0)
+}
+
 /// What one user may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {

@@ -143,6 +143,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         max_output: crate::engine::MAX_OUTPUT,
         preconnect: pool.preconnect,
         users: Vec::new(),
+        validate: pool.validate.clone(),
         cluster: distribution == Distribution::RedisCluster,
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),

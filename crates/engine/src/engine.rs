@@ -37,6 +37,7 @@ pub mod reconfigure;
 mod session;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use backend::Backend;
 pub use output::Output;
@@ -177,6 +178,8 @@ pub struct PoolSpec {
     pub ejection: Option<Ejection>,
     /// Users besides the default one (`auth`), with their permissions.
     pub users: Vec<UserSpec>,
+    /// Rules every request must pass before it is forwarded.
+    pub validate: ferrox_config::Validate,
     /// The servers are seed nodes of a Redis Cluster, whose slot map
     /// places the keys (see the `cluster` module); `placement` then only
     /// serves until the map is known.

@@ -45,6 +45,7 @@ pub fn pool_spec(
         preconnect: false,
         ejection: None,
         users: Vec::new(),
+        validate: Default::default(),
         cluster: false,
     }
 }

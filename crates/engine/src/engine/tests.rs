@@ -2782,3 +2782,124 @@ mod users {
         assert_eq!(net.take(d), b"-NOAUTH Authentication required.\r\n");
     }
 }
+
+/// A pool's data validation: requests that break a rule are refused with
+/// the rule's name, and nothing reaches a server.
+mod validation {
+    use super::*;
+
+    fn rules() -> ferrox_config::Validate {
+        ferrox_config::Validate {
+            key_patterns: vec!["app:*".into()],
+            max_key_bytes: Some(16),
+            max_value_bytes: Some(8),
+            max_keys: Some(3),
+            require_ttl: true,
+            max_ttl_s: Some(3600),
+        }
+    }
+
+    #[test]
+    fn redis_requests_are_held_to_the_pools_rules() {
+        let (mut net, c) = with_client(PoolSpec {
+            validate: rules(),
+            ..spec(2)
+        });
+        for (request, reply) in [
+            (cmd(&["SET", "app:1", "v", "EX", "60"]), "+OK"),
+            (cmd(&["GET", "app:1"]), "$1\r\nv"),
+            (
+                cmd(&["GET", "other"]),
+                "-ERR ferrox: validate key_patterns: key 'other' matches none of app:*",
+            ),
+            (
+                cmd(&["GET", "app:0123456789abc"]),
+                "-ERR ferrox: validate max_key_bytes: a key of 17 bytes, longer than 16",
+            ),
+            (
+                cmd(&["MGET", "app:1", "app:2", "app:3", "app:4"]),
+                "-ERR ferrox: validate max_keys: 4 keys, at most 3",
+            ),
+            (
+                cmd(&["SET", "app:1", "123456789", "EX", "60"]),
+                "-ERR ferrox: validate max_value_bytes: a value of 9 bytes, longer than 8",
+            ),
+            (
+                cmd(&["LPUSH", "app:l", "a", "123456789"]),
+                "-ERR ferrox: validate max_value_bytes: a value of 9 bytes, longer than 8",
+            ),
+            (
+                cmd(&["SET", "app:1", "v"]),
+                "-ERR ferrox: validate require_ttl: 'SET' without EX, PX, EXAT, PXAT or KEEPTTL",
+            ),
+            (
+                cmd(&["SET", "app:1", "v", "EX", "3601"]),
+                "-ERR ferrox: validate max_ttl_s: an expiry over 3600 s",
+            ),
+            (
+                cmd(&["MSET", "app:1", "v"]),
+                "-ERR ferrox: validate require_ttl: 'MSET' cannot set an expiry; use SET with EX",
+            ),
+            (
+                cmd(&["EXPIRE", "app:1", "7200"]),
+                "-ERR ferrox: validate max_ttl_s: an expiry over 3600 s",
+            ),
+        ] {
+            net.send(c, &request);
+            let got = String::from_utf8(net.take(c)).unwrap();
+            assert_eq!(
+                got.trim_end(),
+                reply,
+                "{}",
+                String::from_utf8_lossy(&request)
+            );
+        }
+        let logged: Vec<String> = net.servers.iter().flat_map(|s| s.log.clone()).collect();
+        assert_eq!(
+            logged.len(),
+            2,
+            "only the SET and the GET reached a server: {logged:?}"
+        );
+        // In a transaction, a refusal discards it as Redis would.
+        net.send(c, &cmd(&["MULTI"]));
+        net.send(c, &cmd(&["SET", "app:1", "v"]));
+        net.send(c, &cmd(&["EXEC"]));
+        let got = String::from_utf8(net.take(c)).unwrap();
+        assert!(
+            got.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn memcached_requests_text_and_binary_are_held_to_the_pools_rules() {
+        let (mut net, c) = with_client(PoolSpec {
+            validate: rules(),
+            ..memcache_spec(2)
+        });
+        net.send(c, b"set app:1 0 60 1\r\nv\r\n");
+        net.send(c, b"set app:1 0 0 1\r\nv\r\n");
+        net.send(c, b"set other 0 60 1\r\nv\r\n");
+        net.send(c, b"set app:1 0 60 9\r\n123456789\r\n");
+        net.send(c, b"set app:1 0 0 1 noreply\r\nv\r\n");
+        net.send(c, b"get app:1 app:2 app:3 app:4\r\n");
+        net.send(c, b"get app:1\r\n");
+        assert_eq!(
+            String::from_utf8(net.take(c)).unwrap(),
+            "STORED\r\n\
+             CLIENT_ERROR ferrox: validate require_ttl: a store without an expiry (exptime 0)\r\n\
+             CLIENT_ERROR ferrox: validate key_patterns: key 'other' matches none of app:*\r\n\
+             CLIENT_ERROR ferrox: validate max_value_bytes: a value of 9 bytes, longer than 8\r\n\
+             CLIENT_ERROR ferrox: validate max_keys: 4 keys, at most 3\r\n\
+             VALUE app:1 0 1\r\nv\r\nEND\r\n"
+        );
+        // Binary: the error as a binary response, status "invalid
+        // arguments", the request's opaque.
+        let set = binary_packet(0x11, &[0, 0, 0, 0, 0, 0, 0, 0], b"app:1", b"v", 42);
+        net.send(c, &set);
+        let responses = binary_responses(&net.take(c));
+        assert_eq!(responses.len(), 1);
+        assert_eq!((responses[0].1, responses[0].2), (0x04, 42));
+        assert!(String::from_utf8_lossy(&responses[0].4).contains("validate require_ttl"));
+    }
+}

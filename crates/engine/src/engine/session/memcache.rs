@@ -111,6 +111,21 @@ impl Engine {
             }
             _ => {}
         }
+        if let Err(why) = self.memcache_validate(index, request, req) {
+            self.stats.errors += 1;
+            let pool = self.sessions[index].route().0;
+            self.pools[pool].counters.errors += 1;
+            // memcached answers nothing to a noreply request, errors
+            // included: the client reads no reply.
+            if req.noreply.is_none() {
+                self.local_reply(index, |out, _| {
+                    out.extend_from_slice(b"CLIENT_ERROR ferrox: ");
+                    out.extend_from_slice(why.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                });
+            }
+            return;
+        }
         let keys = req.key_ranges();
         let shape = Shape::Memcache(command.reply_kind());
         let suppress = match (req.noreply, req.quiet) {
@@ -209,6 +224,18 @@ impl Engine {
             _ => {}
         }
         let key = &packet[request.key.clone()];
+        if let Err(why) = self.binary_validate(index, packet, request) {
+            let message = format!("ferrox: {why}");
+            return self.local_error(index, |out, _| {
+                binary::Response::error(
+                    opcode,
+                    opaque,
+                    binary::STATUS_INVALID_ARGUMENTS,
+                    message.as_bytes(),
+                )
+                .emit(out)
+            });
+        }
         let server = self.place(index, key);
         let seq = self.open_slot(index, Combine::Binary(Bridged::of(request)), 1);
         if binary::meta::returns_key(request.op) {
@@ -224,6 +251,66 @@ impl Engine {
         self.send_piece(at, server, expect, now, |out| {
             binary::meta::write_request(packet, request, out)
         });
+    }
+
+    /// The pool's validation rules for a text request: the broken rule's
+    /// message, if any.
+    fn memcache_validate(&self, index: usize, request: &[u8], req: &Request) -> Result<(), String> {
+        use super::super::validate;
+        let rules = &self.session_spec(index).validate;
+        if rules.is_off() {
+            return Ok(());
+        }
+        let token = |i: usize| req.tokens.get(i).map(|t| &request[t.clone()]);
+        let number =
+            |t: Option<&[u8]>| -> Option<i64> { std::str::from_utf8(t?).ok()?.parse().ok() };
+        validate::keys(rules, req.key_ranges().iter().map(|k| &request[k.clone()]))?;
+        if let Some(data) = &req.data {
+            validate::value(rules, data.len().saturating_sub(2))?;
+        }
+        let exptime = match req.command {
+            Command::Set | Command::Add | Command::Replace | Command::Cas => number(token(3)),
+            Command::Touch => number(token(2)),
+            Command::Gat | Command::Gats => number(token(1)),
+            // A meta set without T stores without an expiry.
+            Command::MetaSet => Some(
+                (3..req.tokens.len())
+                    .filter_map(token)
+                    .find_map(|t| t.strip_prefix(b"T"))
+                    .and_then(|t| number(Some(t)))
+                    .unwrap_or(0),
+            ),
+            _ => None,
+        };
+        validate::memcache_ttl(rules, exptime, true)
+    }
+
+    /// The pool's validation rules for a binary request.
+    fn binary_validate(
+        &self,
+        index: usize,
+        packet: &[u8],
+        request: &binary::Request,
+    ) -> Result<(), String> {
+        use super::super::validate;
+        let rules = &self.session_spec(index).validate;
+        if rules.is_off() {
+            return Ok(());
+        }
+        validate::keys(rules, std::iter::once(&packet[request.key.clone()]))?;
+        let exptime = match request.op {
+            Op::Set | Op::Add | Op::Replace => {
+                validate::value(rules, request.value.len())?;
+                Some(i64::from(request.expiration))
+            }
+            Op::Append | Op::Prepend => {
+                validate::value(rules, request.value.len())?;
+                None
+            }
+            Op::Touch | Op::Gat | Op::GatK => Some(i64::from(request.expiration)),
+            _ => None,
+        };
+        validate::memcache_ttl(rules, exptime, true)
     }
 
     /// A multi-key `get`/`gets`/`gat`/`gats`: one piece per server; the

@@ -203,6 +203,11 @@ impl Engine {
         if !self.keys_allowed(index, route, request, args, keys.clone()) {
             return self.local_error(index, |out, _| out.extend_from_slice(NOPERM_KEYS));
         }
+        if let Err(why) = self.redis_validate(index, route, request, args, keys.clone()) {
+            return self.local_error(index, |out, _| {
+                resp::write_error(out, format_args!("ERR ferrox: {why}"))
+            });
+        }
         match route {
             Route::Split(merge) => self.redis_split(index, merge, request, args, keys, now),
             _ => {
@@ -323,6 +328,10 @@ impl Engine {
             };
             if !self.keys_allowed(index, route, request, args, keys.clone()) {
                 why.extend_from_slice(NOPERM_KEYS);
+                return Err(why);
+            }
+            if let Err(rule) = self.redis_validate(index, route, request, args, keys.clone()) {
+                resp::write_error(&mut why, format_args!("ERR ferrox: {rule}"));
                 return Err(why);
             }
             let mut server = self.sessions[index].tx.as_ref().and_then(|tx| tx.server);
@@ -563,6 +572,44 @@ impl Engine {
         keys.step_by(step)
             .chain(command::dest_key(route).then_some(1))
             .all(|i| acl.allows_key(&request[args[i].clone()]))
+    }
+
+    /// The pool's validation rules for a request routed by `route` whose
+    /// key arguments are `keys`: the broken rule's message, if any.
+    fn redis_validate(
+        &self,
+        index: usize,
+        route: Route,
+        request: &[u8],
+        args: &[Range<usize>],
+        keys: Range<usize>,
+    ) -> Result<(), String> {
+        let rules = &self.session_spec(index).validate;
+        if rules.is_off() {
+            return Ok(());
+        }
+        let arg = |i: usize| &request[args[i].clone()];
+        let step = if route == Route::Split(Merge::Ok) {
+            2
+        } else {
+            1
+        };
+        let key_args = || {
+            keys.clone()
+                .step_by(step)
+                .chain(command::dest_key(route).then_some(1))
+        };
+        super::super::validate::keys(rules, key_args().map(arg))?;
+        let name = arg(0).to_ascii_uppercase();
+        if crate::acl::is_write(&name) {
+            let mut is_key = vec![false; args.len()];
+            key_args().for_each(|i| is_key[i] = true);
+            for i in (1..args.len()).filter(|&i| !is_key[i]) {
+                super::super::validate::value(rules, arg(i).len())?;
+            }
+        }
+        let all: Vec<&[u8]> = (0..args.len()).map(arg).collect();
+        super::super::validate::redis_ttl(rules, &name, &all)
     }
 
     /// `WAIT numreplicas timeout`: a client's writes to a server went
