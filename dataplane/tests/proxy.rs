@@ -135,6 +135,20 @@ hash_tag = "{{}}"
 timeout_ms = 2000
 servers = [{}]
 
+# The same servers again, with validation rules.
+[pools.validated]
+listen = "0.0.0.0:6381"
+protocol = "redis"
+hash = "murmur"
+distribution = "ketama"
+timeout_ms = 2000
+servers = [{}]
+[pools.validated.validate]
+key_patterns = ["app:*"]
+max_value_bytes = 16
+require_ttl = true
+max_ttl_s = 600
+
 [[users]]
 name = "reporting"
 password = "r3port"
@@ -157,6 +171,7 @@ preconnect = true
 server_retry_timeout_ms = 500
 servers = [{}]
 "#,
+        redis.join(", "),
         redis.join(", "),
         redis.join(", "),
         memcached.join(", ")
@@ -332,6 +347,15 @@ print("users ok")
         ),
     );
     assert!(users.contains("users ok"), "{users}");
+    // Validation rules: what breaks them never reaches a server.
+    let validated = |args: &str| cli(&ns, FERROX_IP, 6381, args);
+    assert_eq!(validated("SET app:v hello EX 60"), "OK");
+    assert_eq!(validated("GET app:v"), "hello");
+    assert!(validated("SET app:v hello").contains("validate require_ttl"));
+    assert!(validated("SET app:v hello EX 601").contains("validate max_ttl_s"));
+    assert!(validated("SET other hello EX 60").contains("validate key_patterns"));
+    assert!(validated("SET app:v 01234567890123456 EX 60").contains("validate max_value_bytes"));
+    assert_eq!(validated("DEL app:v"), "1");
     // Multi-key commands split across servers and merge in key order.
     let keys: Vec<String> = (0..40).map(|i| format!("multi:{i}")).collect();
     let pairs: Vec<String> = keys.iter().map(|k| format!("{k} v{k}")).collect();
