@@ -321,6 +321,11 @@ pub struct PoolStats {
     pub fragments: u64,
     #[serde(default)]
     pub server_ejects: u64,
+    /// Requests refused by a user's permissions, and by validation rules.
+    #[serde(default)]
+    pub acl_refused: u64,
+    #[serde(default)]
+    pub validation_refused: u64,
     pub servers: Vec<ServerStats>,
 }
 

@@ -94,6 +94,8 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
         forward_errors: pool.forward_errors,
         fragments: pool.fragments,
         server_ejects: pool.server_ejects,
+        acl_refused: pool.acl_refused,
+        validation_refused: pool.validation_refused,
         servers: pool
             .servers
             .iter()
@@ -300,6 +302,18 @@ pub fn prometheus(
             "counter",
             "Servers ejected after reaching the failure limit.",
             |p| p.server_ejects,
+        ),
+        (
+            "ferrox_pool_acl_refused_total",
+            "counter",
+            "Requests refused by a user's permissions (NOPERM).",
+            |p| p.acl_refused,
+        ),
+        (
+            "ferrox_pool_validation_refused_total",
+            "counter",
+            "Requests refused by the pool's validation rules.",
+            |p| p.validation_refused,
         ),
     ];
     for (name, kind, help, value) in per_pool {

@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -150,6 +150,10 @@ pub struct PoolRecord {
     /// Pieces of split multi-key requests.
     pub fragments: AtomicU64,
     pub server_ejects: AtomicU64,
+    /// Requests refused by a user's permissions, and by the pool's
+    /// validation rules.
+    pub acl_refused: AtomicU64,
+    pub validation_refused: AtomicU64,
     pub servers: [ServerRecord; MAX_SERVERS],
 }
 

@@ -547,6 +547,8 @@ pub struct PoolSnapshot {
     pub forward_errors: u64,
     pub fragments: u64,
     pub server_ejects: u64,
+    pub acl_refused: u64,
+    pub validation_refused: u64,
     pub servers: Vec<ServerSnapshot>,
 }
 
@@ -587,6 +589,8 @@ impl PoolSnapshot {
             forward_errors: record.forward_errors.load(Ordering::Relaxed),
             fragments: record.fragments.load(Ordering::Relaxed),
             server_ejects: record.server_ejects.load(Ordering::Relaxed),
+            acl_refused: record.acl_refused.load(Ordering::Relaxed),
+            validation_refused: record.validation_refused.load(Ordering::Relaxed),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
@@ -623,6 +627,8 @@ impl PoolSnapshot {
         self.forward_errors += other.forward_errors;
         self.fragments += other.fragments;
         self.server_ejects += other.server_ejects;
+        self.acl_refused += other.acl_refused;
+        self.validation_refused += other.validation_refused;
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {

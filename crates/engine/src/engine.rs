@@ -244,6 +244,10 @@ pub struct PoolCounters {
     pub fragments: u64,
     /// Servers ejected after failing `server_failure_limit` times.
     pub server_ejects: u64,
+    /// Requests refused by a user's permissions (`NOPERM`).
+    pub acl_refused: u64,
+    /// Requests refused by the pool's validation rules.
+    pub validation_refused: u64,
 }
 
 /// One server as statistics see it.

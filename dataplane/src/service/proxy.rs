@@ -370,6 +370,9 @@ fn publish_pool(
         .store(c.forward_errors, Ordering::Relaxed);
     slot.fragments.store(c.fragments, Ordering::Relaxed);
     slot.server_ejects.store(c.server_ejects, Ordering::Relaxed);
+    slot.acl_refused.store(c.acl_refused, Ordering::Relaxed);
+    slot.validation_refused
+        .store(c.validation_refused, Ordering::Relaxed);
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
         if record.addr() != server.addr {

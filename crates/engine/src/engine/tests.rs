@@ -2705,9 +2705,10 @@ mod users {
               *2\r\n$-1\r\n$-1\r\n\
               -NOPERM this user has no permissions to access one of the keys used as arguments\r\n"
         );
-        // Nothing refused reached a server.
+        // Nothing refused reached a server; each refusal is counted.
         let logged: usize = net.servers.iter().map(|s| s.log.len()).sum();
         assert_eq!(logged, 3, "the GET and the MGET's two pieces");
+        assert_eq!(net.engine.pools().next().unwrap().counters.acl_refused, 3);
         // A transaction's commands are checked as they are queued.
         net.send(c, &cmd(&["MULTI"]));
         net.send(c, &cmd(&["DEL", "report:1"]));
@@ -2860,6 +2861,8 @@ mod validation {
             2,
             "only the SET and the GET reached a server: {logged:?}"
         );
+        let counters = &net.engine.pools().next().unwrap().counters;
+        assert_eq!((counters.validation_refused, counters.acl_refused), (9, 0));
         // In a transaction, a refusal discards it as Redis would.
         net.send(c, &cmd(&["MULTI"]));
         net.send(c, &cmd(&["SET", "app:1", "v"]));

@@ -112,6 +112,7 @@ impl Engine {
             _ => {}
         }
         if let Err(why) = self.memcache_validate(index, request, req) {
+            self.count_refusal(index, super::redis::Refusal::Validation);
             self.stats.errors += 1;
             let pool = self.sessions[index].route().0;
             self.pools[pool].counters.errors += 1;
@@ -225,6 +226,7 @@ impl Engine {
         }
         let key = &packet[request.key.clone()];
         if let Err(why) = self.binary_validate(index, packet, request) {
+            self.count_refusal(index, super::redis::Refusal::Validation);
             let message = format!("ferrox: {why}");
             return self.local_error(index, |out, _| {
                 binary::Response::error(

@@ -25,6 +25,13 @@ fn error_about_noperm(out: &mut Vec<u8>, name: &[u8]) {
     out.extend_from_slice(b"' command\r\n");
 }
 
+/// Why the proxy refused a request, for the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::engine) enum Refusal {
+    Acl,
+    Validation,
+}
+
 /// Compares two secrets in time that depends on their lengths only.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
@@ -147,6 +154,7 @@ impl Engine {
                 if let Some(tx) = self.sessions[index].tx.as_mut() {
                     tx.failed = true;
                 }
+                self.count_refusal(index, Refusal::Acl);
                 return self.local_error(index, |out, _| {
                     error_about_noperm(out, name);
                 });
@@ -201,9 +209,11 @@ impl Engine {
             }
         };
         if !self.keys_allowed(index, route, request, args, keys.clone()) {
+            self.count_refusal(index, Refusal::Acl);
             return self.local_error(index, |out, _| out.extend_from_slice(NOPERM_KEYS));
         }
         if let Err(why) = self.redis_validate(index, route, request, args, keys.clone()) {
+            self.count_refusal(index, Refusal::Validation);
             return self.local_error(index, |out, _| {
                 resp::write_error(out, format_args!("ERR ferrox: {why}"))
             });
@@ -327,10 +337,12 @@ impl Engine {
                 1
             };
             if !self.keys_allowed(index, route, request, args, keys.clone()) {
+                self.count_refusal(index, Refusal::Acl);
                 why.extend_from_slice(NOPERM_KEYS);
                 return Err(why);
             }
             if let Err(rule) = self.redis_validate(index, route, request, args, keys.clone()) {
+                self.count_refusal(index, Refusal::Validation);
                 resp::write_error(&mut why, format_args!("ERR ferrox: {rule}"));
                 return Err(why);
             }
@@ -572,6 +584,15 @@ impl Engine {
         keys.step_by(step)
             .chain(command::dest_key(route).then_some(1))
             .all(|i| acl.allows_key(&request[args[i].clone()]))
+    }
+
+    /// Counts a refusal in session `index`'s pool.
+    pub(in crate::engine) fn count_refusal(&mut self, index: usize, refusal: Refusal) {
+        let counters = &mut self.pools[self.sessions[index].route().0].counters;
+        match refusal {
+            Refusal::Acl => counters.acl_refused += 1,
+            Refusal::Validation => counters.validation_refused += 1,
+        }
     }
 
     /// The pool's validation rules for a request routed by `route` whose
