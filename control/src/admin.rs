@@ -326,6 +326,9 @@ pub struct PoolStats {
     pub acl_refused: u64,
     #[serde(default)]
     pub validation_refused: u64,
+    /// Requests refused by a rate limit.
+    #[serde(default)]
+    pub rate_limited: u64,
     pub servers: Vec<ServerStats>,
 }
 

@@ -96,6 +96,7 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
         server_ejects: pool.server_ejects,
         acl_refused: pool.acl_refused,
         validation_refused: pool.validation_refused,
+        rate_limited: pool.rate_limited,
         servers: pool
             .servers
             .iter()
@@ -314,6 +315,12 @@ pub fn prometheus(
             "counter",
             "Requests refused by the pool's validation rules.",
             |p| p.validation_refused,
+        ),
+        (
+            "ferrox_pool_rate_limited_total",
+            "counter",
+            "Requests refused by a rate limit.",
+            |p| p.rate_limited,
         ),
     ];
     for (name, kind, help, value) in per_pool {

@@ -154,6 +154,8 @@ pub struct PoolRecord {
     /// validation rules.
     pub acl_refused: AtomicU64,
     pub validation_refused: AtomicU64,
+    /// Requests refused by a rate limit.
+    pub rate_limited: AtomicU64,
     pub servers: [ServerRecord; MAX_SERVERS],
 }
 

@@ -549,6 +549,7 @@ pub struct PoolSnapshot {
     pub server_ejects: u64,
     pub acl_refused: u64,
     pub validation_refused: u64,
+    pub rate_limited: u64,
     pub servers: Vec<ServerSnapshot>,
 }
 
@@ -591,6 +592,7 @@ impl PoolSnapshot {
             server_ejects: record.server_ejects.load(Ordering::Relaxed),
             acl_refused: record.acl_refused.load(Ordering::Relaxed),
             validation_refused: record.validation_refused.load(Ordering::Relaxed),
+            rate_limited: record.rate_limited.load(Ordering::Relaxed),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
@@ -629,6 +631,7 @@ impl PoolSnapshot {
         self.server_ejects += other.server_ejects;
         self.acl_refused += other.acl_refused;
         self.validation_refused += other.validation_refused;
+        self.rate_limited += other.rate_limited;
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {

@@ -118,9 +118,28 @@ fn emit_pool(out: &mut String, pool: &Pool) {
         out.push_str("]\n");
     }
     let v = &pool.validate;
-    if v.is_off() {
-        return;
+    if !v.is_off() {
+        emit_validate(out, pool);
     }
+    for limit in &pool.rate_limits {
+        out.push_str("[[pools.");
+        out.push_str(&key(&pool.name));
+        out.push_str(".rate_limits]]\n");
+        entry(out, "by", string(limit.by.name()));
+        let commands: Vec<String> = limit.commands.iter().map(|c| string(c)).collect();
+        entry(out, "commands", format_args!("[{}]", commands.join(", ")));
+        if let Some(n) = limit.requests {
+            entry(out, "requests", n);
+        }
+        if let Some(n) = limit.bytes {
+            entry(out, "bytes", size(n));
+        }
+        entry(out, "per_ms", limit.per_ms);
+    }
+}
+
+fn emit_validate(out: &mut String, pool: &Pool) {
+    let v = &pool.validate;
     out.push_str("[pools.");
     out.push_str(&key(&pool.name));
     out.push_str(".validate]\n");
@@ -254,7 +273,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::model::{
-        Distribution, HashFn, Limits, User, Validate, DISTRIBUTIONS, HASHES, MAX_DEPTH,
+        Distribution, HashFn, Limits, RateBy, RateLimit, User, Validate, DISTRIBUTIONS, HASHES,
+        MAX_DEPTH,
     };
     use super::super::parse_toml;
     use super::*;
@@ -703,38 +723,60 @@ servers = [
                 },
             );
         let validates = prop::collection::vec(validate, 3);
-        (pools, limits(), users, validates).prop_map(|(mut pools, limits, users, validates)| {
-            for (pool, validate) in pools.iter_mut().zip(validates) {
-                pool.validate = validate;
-            }
-            let redis: Vec<String> = pools
-                .iter()
-                .filter(|p| p.protocol == Protocol::Redis)
-                .map(|p| p.name.clone())
-                .collect();
-            let mut seen = Vec::new();
-            let users = users
-                .into_iter()
-                .filter(|(name, ..)| {
-                    name != "default" && !seen.contains(name) && {
-                        seen.push(name.clone());
-                        true
-                    }
-                })
-                .map(|(name, passwords, all_pools, acl)| User {
-                    name,
-                    passwords,
-                    pools: if all_pools { Vec::new() } else { redis.clone() },
-                    acl: acl.into(),
-                    line: 0,
-                })
-                .collect();
-            Config {
-                pools,
-                limits,
-                users,
-            }
-        })
+        let rate_limit = (
+            prop::sample::select(RateBy::ALL.to_vec()),
+            prop::collection::vec(prop::sample::select(vec!["GET", "SET", "MGET"]), 0..=2),
+            prop::option::of(1u64..1 << 40),
+            prop::option::of(1usize..1 << 40),
+            1u64..100_000,
+        )
+            .prop_map(|((_, by), commands, requests, bytes, per_ms)| {
+                let mut commands: Vec<String> = commands.into_iter().map(String::from).collect();
+                commands.dedup();
+                RateLimit {
+                    by,
+                    commands,
+                    requests: requests.or(bytes.is_none().then_some(1)),
+                    bytes,
+                    per_ms,
+                }
+            });
+        let rate_limits = prop::collection::vec(prop::collection::vec(rate_limit, 0..=2), 3);
+        (pools, limits(), users, validates, rate_limits).prop_map(
+            |(mut pools, limits, users, validates, rate_limits)| {
+                for ((pool, validate), limits) in pools.iter_mut().zip(validates).zip(rate_limits) {
+                    pool.validate = validate;
+                    pool.rate_limits = limits;
+                }
+                let redis: Vec<String> = pools
+                    .iter()
+                    .filter(|p| p.protocol == Protocol::Redis)
+                    .map(|p| p.name.clone())
+                    .collect();
+                let mut seen = Vec::new();
+                let users = users
+                    .into_iter()
+                    .filter(|(name, ..)| {
+                        name != "default" && !seen.contains(name) && {
+                            seen.push(name.clone());
+                            true
+                        }
+                    })
+                    .map(|(name, passwords, all_pools, acl)| User {
+                        name,
+                        passwords,
+                        pools: if all_pools { Vec::new() } else { redis.clone() },
+                        acl: acl.into(),
+                        line: 0,
+                    })
+                    .collect();
+                Config {
+                    pools,
+                    limits,
+                    users,
+                }
+            },
+        )
     }
 
     proptest! {

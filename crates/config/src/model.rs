@@ -140,6 +140,70 @@ pub struct Pool {
     pub servers: Vec<Server>,
     /// Rules every request must pass before it is forwarded.
     pub validate: Validate,
+    /// Sliding-window rate limits, in file order.
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// One rate limit (`[[pools.NAME.rate_limits]]`): at most `requests`
+/// requests and `bytes` bytes (request and reply) in any `per_ms` span,
+/// counted separately for each client, user, key, command, or for the
+/// whole pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    pub by: RateBy,
+    /// Only these commands (upper case) count; empty: every command.
+    pub commands: Vec<String>,
+    pub requests: Option<u64>,
+    pub bytes: Option<usize>,
+    pub per_ms: u64,
+}
+
+/// What a rate limit counts separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateBy {
+    Client,
+    User,
+    Key,
+    Command,
+    Pool,
+}
+
+impl RateBy {
+    pub const ALL: [(&'static str, RateBy); 5] = [
+        ("client", RateBy::Client),
+        ("user", RateBy::User),
+        ("key", RateBy::Key),
+        ("command", RateBy::Command),
+        ("pool", RateBy::Pool),
+    ];
+
+    pub fn name(self) -> &'static str {
+        RateBy::ALL
+            .iter()
+            .find(|(_, by)| *by == self)
+            .map(|(name, _)| *name)
+            .expect("every kind is listed")
+    }
+}
+
+impl RateLimit {
+    /// How errors and statistics name it: `by client, SET: 1000 requests
+    /// per 1000 ms`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("by {}", self.by.name());
+        if !self.commands.is_empty() {
+            text += &format!(" {}", self.commands.join(" "));
+        }
+        let mut amounts = Vec::new();
+        if let Some(n) = self.requests {
+            amounts.push(format!("{n} requests"));
+        }
+        if let Some(n) = self.bytes {
+            amounts.push(format!("{n} bytes"));
+        }
+        format!("{text}: {} per {} ms", amounts.join(" and "), self.per_ms)
+    }
 }
 
 /// A pool's data validation (`[pools.NAME.validate]`): requests that
@@ -266,6 +330,7 @@ impl Pool {
             blocked_commands: Vec::new(),
             servers: Vec::new(),
             validate: Validate::default(),
+            rate_limits: Vec::new(),
         }
     }
 }

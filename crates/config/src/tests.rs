@@ -64,6 +64,7 @@ fn every_key_pool() -> Pool {
         blocked_commands: vec!["FLUSHALL".into(), "KEYS".into()],
         servers: vec![server("198.18.0.1:7001", 2, "alpha")],
         validate: Default::default(),
+        rate_limits: Vec::new(),
     }
 }
 
@@ -481,6 +482,51 @@ max_ttl_s = 86400
                 "x.toml:6: pool \"a\": validate: key_patterns: expected a list of key patterns, found a string",
                 "x.toml:7: pool \"a\": validate: max_keys: must be at least 1",
                 "x.toml:8: pool \"a\": validate: require_tll: unknown key (did you mean \"require_ttl\"?); validate has key_patterns, max_key_bytes, max_value_bytes, max_keys, require_ttl, max_ttl_s",
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_read_and_checked() {
+        let config = toml_ok(&format!(
+            r#"{POOL}
+[[pools.a.rate_limits]]
+by = "client"
+requests = 1000
+per_ms = 1000
+
+[[pools.a.rate_limits]]
+by = "key"
+commands = ["set", "GET"]
+bytes = "10 MiB"
+per_ms = 60000
+"#
+        ));
+        let limits = &config.pools[0].rate_limits;
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[0].describe(), "by client: 1000 requests per 1000 ms");
+        assert_eq!(limits[1].commands, ["SET", "GET"]);
+        assert_eq!(
+            limits[1].describe(),
+            "by key SET GET: 10485760 bytes per 60000 ms"
+        );
+        assert_eq!(
+            toml_errors(&format!(
+                r#"{POOL}
+[[pools.a.rate_limits]]
+by = "ip"
+per_ms = 0
+
+[[pools.a.rate_limits]]
+by = "pool"
+per_ms = 10
+"#
+            )),
+            [
+                "x.toml:6: pool \"a\": rate_limits: give requests, bytes, or both",
+                "x.toml:7: pool \"a\": rate_limits: by \"ip\": expected client, user, key, command or pool",
+                "x.toml:8: pool \"a\": rate_limits: per_ms: must be at least 1",
+                "x.toml:10: pool \"a\": rate_limits: give requests, bytes, or both",
             ]
         );
     }
@@ -1102,6 +1148,33 @@ servers = ["198.18.0.4:11211:1"]
         assert_eq!(v.key_patterns, ["app:*", "report:*"]);
         assert!(v.require_ttl);
         assert_eq!(v.max_ttl_s, Some(86400));
+    }
+
+    #[test]
+    fn the_example_rate_limit_parses_once_uncommented() {
+        let (head, rest) = FERROX_TOML
+            .split_once("# [[pools.cache.rate_limits]]")
+            .expect("the example rate limit");
+        let (block, tail) = rest.split_once("\n\n").expect("a blank line after it");
+        let keys: Vec<&str> = block
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("# ").filter(|l| {
+                    l.split_once(" = ").is_some_and(|(key, _)| {
+                        key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+                })
+            })
+            .collect();
+        let text = format!(
+            "{head}[[pools.cache.rate_limits]]\n{}\n\n{tail}",
+            keys.join("\n")
+        );
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.pools[0].rate_limits[0].describe(),
+            "by client SET GET: 1000 requests and 10485760 bytes per 1000 ms"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::check::{self, Draft, Report};
-use super::model::{Config, Limits, Protocol, User, Validate, MAX_DEPTH};
+use super::model::{Config, Limits, Protocol, RateBy, RateLimit, User, Validate, MAX_DEPTH};
 use super::ConfigError;
 
 const POOL_KEYS: &[&str] = &[
@@ -35,7 +35,10 @@ const POOL_KEYS: &[&str] = &[
     "blocked_commands",
     "servers",
     "validate",
+    "rate_limits",
 ];
+
+const RATE_KEYS: &[&str] = &["by", "commands", "requests", "bytes", "per_ms"];
 
 const VALIDATE_KEYS: &[&str] = &[
     "key_patterns",
@@ -349,7 +352,29 @@ impl Cx<'_> {
                 }
                 "server_failure_limit" => integer(value).map(|n| pool.server_failure_limit = n),
                 "blocked_commands" => {
-                    self.commands(name, value, line, &mut pool.blocked_commands);
+                    self.commands(
+                        name,
+                        "blocked_commands",
+                        value,
+                        line,
+                        &mut pool.blocked_commands,
+                    );
+                    Ok(())
+                }
+                "rate_limits" => {
+                    let what = format!("pool {name:?}: rate_limits");
+                    if let Some(items) = self.list(
+                        value,
+                        line,
+                        &what,
+                        "a list of [[pools.NAME.rate_limits]] tables",
+                    ) {
+                        for (item_line, item) in items {
+                            if let Some(limit) = self.rate_limit(name, item, item_line) {
+                                pool.rate_limits.push(limit);
+                            }
+                        }
+                    }
                     Ok(())
                 }
                 "validate" => match value {
@@ -501,6 +526,104 @@ impl Cx<'_> {
         Some(user)
     }
 
+    /// One `[[pools.NAME.rate_limits]]` table.
+    fn rate_limit(&mut self, pool: &str, node: &Node, line: usize) -> Option<RateLimit> {
+        let what = format!("pool {pool:?}: rate_limits");
+        let Node::Table(entries) = node else {
+            self.report.error(
+                line,
+                format!("{what}: expected a table, found {}", node.kind()),
+            );
+            return None;
+        };
+        let (mut by, mut commands, mut requests, mut bytes, mut per_ms) =
+            (None, Vec::new(), None, None, None);
+        let mut ok = true;
+        let mut seen = Vec::new();
+        for (key, value) in entries {
+            let key_line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            seen.push(key);
+            let result = match key {
+                "by" => string(value).and_then(|s| {
+                    RateBy::ALL
+                        .iter()
+                        .find(|(name, _)| *name == s)
+                        .map(|&(_, b)| by = Some(b))
+                        .ok_or_else(|| {
+                            format!(" {s:?}: expected client, user, key, command or pool")
+                        })
+                }),
+                "commands" => {
+                    self.commands(
+                        pool,
+                        "rate_limits: commands",
+                        value,
+                        key_line,
+                        &mut commands,
+                    );
+                    Ok(())
+                }
+                "requests" => integer::<u64>(value).and_then(|n| match n {
+                    0 => Err(": must be at least 1".into()),
+                    n => {
+                        requests = Some(n);
+                        Ok(())
+                    }
+                }),
+                "bytes" => match value {
+                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
+                    _ => integer::<usize>(value),
+                }
+                .and_then(|n| match n {
+                    0 => Err(": must be at least 1".into()),
+                    n => {
+                        bytes = Some(n);
+                        Ok(())
+                    }
+                }),
+                "per_ms" => integer::<u64>(value).and_then(|n| match n {
+                    0 => Err(": must be at least 1".into()),
+                    n => {
+                        per_ms = Some(n);
+                        Ok(())
+                    }
+                }),
+                _ => Err(format!(
+                    ": unknown key{}; a rate limit has {}",
+                    check::did_you_mean(key, RATE_KEYS),
+                    RATE_KEYS.join(", ")
+                )),
+            };
+            if let Err(reason) = result {
+                ok = false;
+                self.report
+                    .error(key_line, format!("{what}: {key}{reason}"));
+            }
+        }
+        let mut missing = |what_missing: &str| {
+            ok = false;
+            self.report.error(line, format!("{what}: {what_missing}"));
+        };
+        if !seen.contains(&"by") {
+            missing("by is missing (client, user, key, command or pool)");
+        }
+        if !seen.contains(&"per_ms") {
+            missing("per_ms is missing");
+        }
+        if requests.is_none() && bytes.is_none() {
+            missing("give requests, bytes, or both");
+        }
+        Some(RateLimit {
+            by: by?,
+            commands,
+            requests,
+            bytes,
+            per_ms: per_ms?,
+        })
+        .filter(|_| ok)
+    }
+
     /// A pool's `[pools.NAME.validate]` table.
     fn validate(&mut self, pool: &str, entries: &[(::toml::Spanned<String>, Node)]) -> Validate {
         let mut validate = Validate::default();
@@ -556,8 +679,16 @@ impl Cx<'_> {
         validate
     }
 
-    fn commands(&mut self, pool: &str, value: &Node, line: usize, out: &mut Vec<String>) {
-        let what = format!("pool {pool:?}: blocked_commands");
+    /// A list of command names under `key` of pool `pool`.
+    fn commands(
+        &mut self,
+        pool: &str,
+        key: &str,
+        value: &Node,
+        line: usize,
+        out: &mut Vec<String>,
+    ) {
+        let what = format!("pool {pool:?}: {key}");
         let Some(items) = self.list(value, line, &what, "a list of command names") else {
             return;
         };
@@ -569,9 +700,7 @@ impl Cx<'_> {
             match result {
                 Ok(c) if !out.contains(&c) => out.push(c),
                 Ok(_) => {}
-                Err(r) => self
-                    .report
-                    .error(line, format!("pool {pool:?}: blocked_commands: {r}")),
+                Err(r) => self.report.error(line, format!("{what}: {r}")),
             }
         }
     }

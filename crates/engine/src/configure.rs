@@ -144,6 +144,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         preconnect: pool.preconnect,
         users: Vec::new(),
         validate: pool.validate.clone(),
+        rate_limits: pool.rate_limits.clone(),
         cluster: distribution == Distribution::RedisCluster,
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),

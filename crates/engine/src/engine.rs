@@ -33,6 +33,7 @@ pub mod info;
 mod output;
 mod pipeline;
 mod pubsub;
+mod ratelimit;
 pub mod reconfigure;
 mod session;
 #[cfg(test)]
@@ -180,6 +181,8 @@ pub struct PoolSpec {
     pub users: Vec<UserSpec>,
     /// Rules every request must pass before it is forwarded.
     pub validate: ferrox_config::Validate,
+    /// Sliding-window rate limits.
+    pub rate_limits: Vec<ferrox_config::RateLimit>,
     /// The servers are seed nodes of a Redis Cluster, whose slot map
     /// places the keys (see the `cluster` module); `placement` then only
     /// serves until the map is known.
@@ -248,6 +251,8 @@ pub struct PoolCounters {
     pub acl_refused: u64,
     /// Requests refused by the pool's validation rules.
     pub validation_refused: u64,
+    /// Requests refused by a rate limit.
+    pub rate_limited: u64,
 }
 
 /// One server as statistics see it.
@@ -401,6 +406,8 @@ struct Pool {
     retired: bool,
     /// A Redis Cluster pool's slot map.
     cluster: Option<Box<cluster::Cluster>>,
+    /// Its rate limits' windows.
+    limiter: ratelimit::Limiter,
 }
 
 /// One server's backend connections.
@@ -444,6 +451,9 @@ struct Scratch {
     /// An error reply being made.
     error: Vec<u8>,
     memcache: memcache::Request,
+    /// Who the request being handled is, when a rate limit counts its
+    /// reply's bytes: the slot it opens is tagged with it.
+    rate_who: Option<ratelimit::Who>,
 }
 
 impl Engine {
@@ -488,7 +498,11 @@ impl Engine {
             counters: PoolCounters::default(),
             retired: false,
             cluster: None,
+            limiter: ratelimit::Limiter::default(),
         });
+        let users = self.pools[p].spec.users.len();
+        self.pools[p].limiter =
+            ratelimit::Limiter::new(&self.pools[p].spec.rate_limits, users, self.now);
         if self.pools[p].spec.cluster {
             self.pools[p].cluster = Some(Box::new(cluster::Cluster::new()));
         }

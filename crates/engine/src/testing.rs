@@ -46,6 +46,7 @@ pub fn pool_spec(
         ejection: None,
         users: Vec::new(),
         validate: Default::default(),
+        rate_limits: Vec::new(),
         cluster: false,
     }
 }

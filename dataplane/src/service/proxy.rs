@@ -373,6 +373,7 @@ fn publish_pool(
     slot.acl_refused.store(c.acl_refused, Ordering::Relaxed);
     slot.validation_refused
         .store(c.validation_refused, Ordering::Relaxed);
+    slot.rate_limited.store(c.rate_limited, Ordering::Relaxed);
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
         if record.addr() != server.addr {

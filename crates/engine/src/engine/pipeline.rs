@@ -105,6 +105,10 @@ pub(super) struct Slot {
     pub sent: Vec<u8>,
     pub sent_at: Vec<Range<usize>>,
     pub redirects: u8,
+    /// Who its request was, when a rate limit counts reply bytes; and the
+    /// bytes already written out for it.
+    pub rate: Option<super::ratelimit::Who>,
+    pub out_bytes: usize,
     /// When the request arrived.
     pub opened: super::Micros,
 }
@@ -138,6 +142,8 @@ impl Slot {
         self.sent.clear();
         self.sent_at.clear();
         self.redirects = 0;
+        self.rate = None;
+        self.out_bytes = 0;
     }
 
     /// Keeps the bytes piece `piece` was sent with.

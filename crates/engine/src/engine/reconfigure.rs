@@ -63,6 +63,13 @@ impl Engine {
     /// Gives pool `p` its new definition, keeping what carries over.
     fn update_pool(&mut self, p: usize, mut spec: PoolSpec, changes: &mut Changes) {
         self.carry_users(p, &spec);
+        // Changed rate limits start counting afresh; unchanged ones keep
+        // their windows.
+        let old = &self.pools[p].spec;
+        if old.rate_limits != spec.rate_limits || old.users.len() != spec.users.len() {
+            self.pools[p].limiter =
+                super::ratelimit::Limiter::new(&spec.rate_limits, spec.users.len(), self.now);
+        }
         let cluster = match (spec.cluster, self.pools[p].cluster.take()) {
             (true, Some(cluster)) => {
                 // The nodes it learnt stay, in their order (the map names

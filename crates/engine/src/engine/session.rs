@@ -370,6 +370,65 @@ impl Engine {
         self.scratch.groups = groups;
     }
 
+    /// Counts a request of session `index` (`bytes` long, `command`, its
+    /// first key `key`) against its pool's rate limits: `Err` names the
+    /// rule that refused it (counted). When a rule counts bytes, the slot
+    /// the request opens is tagged, so its reply is counted too
+    /// ([`Engine::tag_rate`]).
+    pub(super) fn rate_admit(
+        &mut self,
+        index: usize,
+        command: Option<crate::command::CommandId>,
+        key: Option<&[u8]>,
+        bytes: usize,
+    ) -> Result<(), String> {
+        let session = &self.sessions[index];
+        let pool = &mut self.pools[session.pool];
+        if pool.limiter.is_empty() {
+            return Ok(());
+        }
+        let who = super::ratelimit::Who {
+            session: (index as u32, session.generation),
+            user: session.user.map_or(0, |u| u as usize + 1),
+            command: command.map(|c| c.index() as u16),
+            key: key.map(super::ratelimit::key_hash),
+        };
+        match pool.limiter.admit(who, self.now, bytes as u64) {
+            Ok(()) => {
+                if pool.limiter.counts_bytes() {
+                    self.scratch.rate_who = Some(who);
+                }
+                Ok(())
+            }
+            Err(rule) => {
+                let rule = rule.to_owned();
+                pool.counters.rate_limited += 1;
+                Err(rule)
+            }
+        }
+    }
+
+    /// Tags slot `seq` of session `index` (if the request just handled
+    /// opened it) with who the request was, for its reply's bytes.
+    pub(super) fn tag_rate(&mut self, index: usize, seq: u64) {
+        let Some(who) = self.scratch.rate_who.take() else {
+            return;
+        };
+        let session = &mut self.sessions[index];
+        if let Some(slot) = seq
+            .checked_sub(session.head)
+            .and_then(|at| session.slots.get_mut(at as usize))
+        {
+            slot.rate = Some(who);
+        }
+    }
+
+    /// The sequence number the next slot of session `index` gets.
+    pub(super) fn next_seq(&self, index: usize) -> u64 {
+        let session = &self.sessions[index];
+        session.head + session.slots.len() as u64
+    }
+
     /// Queues a `Send` for a session, once per batch of output, or when
     /// its input waited for room and room is back (the runtime then
     /// offers the input it held back).
@@ -471,6 +530,7 @@ impl Engine {
             // The front slot's only piece: straight to the output.
             session.output.tail().extend_from_slice(reply);
             self.pools[session.pool].counters.bytes_out += reply.len() as u64;
+            slot.out_bytes += reply.len();
             slot.pending -= 1;
         } else {
             slot.fill(at.piece, reply);
@@ -492,8 +552,13 @@ impl Engine {
             session.head += 1;
             let before = session.output.len();
             slot.write(session.output.tail(), &limits, &mut self.scratch.cursors);
+            let written = session.output.len() - before;
+            if let Some(who) = slot.rate {
+                pool.limiter
+                    .charge(who, self.now, (written + slot.out_bytes) as u64);
+            }
             let counters = &mut pool.counters;
-            counters.bytes_out += (session.output.len() - before) as u64;
+            counters.bytes_out += written as u64;
             let took = self.now.saturating_sub(slot.opened);
             counters.latency[super::latency_bucket(took)] += 1;
             counters.latency_sum_us += took;

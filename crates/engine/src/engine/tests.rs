@@ -2906,3 +2906,87 @@ mod validation {
         assert!(String::from_utf8_lossy(&responses[0].4).contains("validate require_ttl"));
     }
 }
+
+/// Sliding-window rate limits, as clients meet them.
+mod rate_limits {
+    use ferrox_config::{RateBy, RateLimit};
+
+    use super::*;
+
+    fn limit(
+        by: RateBy,
+        commands: &[&str],
+        requests: Option<u64>,
+        bytes: Option<usize>,
+    ) -> RateLimit {
+        RateLimit {
+            by,
+            commands: commands.iter().map(|c| c.to_string()).collect(),
+            requests,
+            bytes,
+            per_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_client_over_its_limit_is_refused_until_the_span_passes() {
+        let (mut net, c) = with_client(PoolSpec {
+            rate_limits: vec![
+                limit(RateBy::Client, &[], Some(3), None),
+                limit(RateBy::Command, &["SET"], Some(1), None),
+            ],
+            ..spec(2)
+        });
+        let d = net.client();
+        net.send(c, &cmd(&["SET", "a", "1"]));
+        net.send(c, &cmd(&["SET", "b", "1"]));
+        net.send(c, &cmd(&["GET", "a"]));
+        net.send(c, &cmd(&["GET", "a"]));
+        net.send(c, &cmd(&["GET", "a"]));
+        assert_eq!(
+            String::from_utf8(net.take(c)).unwrap(),
+            "+OK\r\n\
+             -ERR ferrox: rate limit exceeded (by command SET: 1 requests per 1000 ms)\r\n\
+             $1\r\n1\r\n\
+             $1\r\n1\r\n\
+             -ERR ferrox: rate limit exceeded (by client: 3 requests per 1000 ms)\r\n",
+            "a refused request counts nowhere: the client's window holds 3"
+        );
+        // Another client has its own window (but shares SET's).
+        net.send(d, &cmd(&["GET", "a"]));
+        net.send(d, &cmd(&["SET", "c", "1"]));
+        assert_eq!(
+            String::from_utf8(net.take(d)).unwrap(),
+            "$1\r\n1\r\n-ERR ferrox: rate limit exceeded (by command SET: 1 requests per 1000 ms)\r\n"
+        );
+        // A span later, admitted again.
+        net.advance(1_200_000);
+        net.send(c, &cmd(&["GET", "a"]));
+        assert_eq!(net.take(c), b"$1\r\n1\r\n");
+        assert_eq!(net.engine.pools().next().unwrap().counters.rate_limited, 3);
+    }
+
+    #[test]
+    fn reply_bytes_count_and_memcached_clients_get_server_error() {
+        let (mut net, c) = with_client(PoolSpec {
+            rate_limits: vec![limit(RateBy::Key, &[], None, Some(120))],
+            ..memcache_spec(1)
+        });
+        // 30 bytes of request, then a reply of 30 + value.
+        net.send(
+            c,
+            b"set k 0 0 40\r\n0123456789012345678901234567890123456789\r\n",
+        );
+        net.send(c, b"get k\r\n");
+        net.send(c, b"get k\r\n");
+        let got = String::from_utf8(net.take(c)).unwrap();
+        assert!(got.starts_with("STORED\r\nVALUE k 0 40\r\n"), "{got}");
+        assert!(
+            got.ends_with("SERVER_ERROR rate limit exceeded (by key: 120 bytes per 1000 ms)\r\n"),
+            "the set (54), the get (7) and its reply (59) used the span's 120 bytes: {got}"
+        );
+        // Other keys are counted apart.
+        net.send(c, b"get other\r\n");
+        assert_eq!(net.take(c), b"END\r\n");
+    }
+}

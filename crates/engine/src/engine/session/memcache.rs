@@ -41,7 +41,9 @@ impl Engine {
                 match binary::parse_request(rest, &binary_limits) {
                     Ok(None) => break,
                     Ok(Some(request)) => {
+                        let seq = self.next_seq(index);
                         self.binary_request(index, &rest[..request.len], &request, now);
+                        self.tag_rate(index, seq);
                         used += request.len;
                     }
                     Err(refusal) => {
@@ -55,7 +57,9 @@ impl Engine {
             match memcache::parse_request_resumed(rest, &limits, &mut req, &mut progress) {
                 Ok(None) => break,
                 Ok(Some(len)) => {
+                    let seq = self.next_seq(index);
                     self.memcache_request(index, &rest[..len], &req, now);
+                    self.tag_rate(index, seq);
                     used += len;
                 }
                 Err(error) => {
@@ -126,6 +130,22 @@ impl Engine {
                 });
             }
             return;
+        }
+        let first_key = req.key_ranges().first().map(|k| &request[k.clone()]);
+        let id = crate::command::CommandId::memcache(command);
+        if let Err(rule) = self.rate_admit(index, Some(id), first_key, request.len()) {
+            if req.noreply.is_some() {
+                // No reply to a noreply request, errors included.
+                self.stats.errors += 1;
+                let pool = self.sessions[index].route().0;
+                self.pools[pool].counters.errors += 1;
+                return;
+            }
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"SERVER_ERROR rate limit exceeded (");
+                out.extend_from_slice(rule.as_bytes());
+                out.extend_from_slice(b")\r\n");
+            });
         }
         let keys = req.key_ranges();
         let shape = Shape::Memcache(command.reply_kind());
@@ -233,6 +253,19 @@ impl Engine {
                     opcode,
                     opaque,
                     binary::STATUS_INVALID_ARGUMENTS,
+                    message.as_bytes(),
+                )
+                .emit(out)
+            });
+        }
+        let id = text_equivalent(request.op).map(crate::command::CommandId::memcache);
+        if let Err(rule) = self.rate_admit(index, id, Some(key), packet.len()) {
+            let message = format!("rate limit exceeded ({rule})");
+            return self.local_error(index, |out, _| {
+                binary::Response::error(
+                    opcode,
+                    opaque,
+                    binary::STATUS_TEMPORARY_FAILURE,
                     message.as_bytes(),
                 )
                 .emit(out)

@@ -74,7 +74,9 @@ impl Engine {
                 }
                 Ok(None) => break,
                 Ok(Some(len)) => {
+                    let seq = self.next_seq(index);
                     self.redis_request(index, &rest[..len], &args, now);
+                    self.tag_rate(index, seq);
                     used += len;
                 }
                 Err(error) => {
@@ -157,6 +159,28 @@ impl Engine {
                 self.count_refusal(index, Refusal::Acl);
                 return self.local_error(index, |out, _| {
                     error_about_noperm(out, name);
+                });
+            }
+        }
+        if route != Some(Route::Local(Local::Quit)) {
+            let key = route
+                .and_then(|r| {
+                    command::key_positions(r, args.len(), |i| {
+                        std::str::from_utf8(arg(i)).ok()?.parse().ok()
+                    })
+                    .ok()
+                })
+                .filter(|k| k.start < args.len())
+                .map(|k| arg(k.start));
+            if let Err(rule) = self.rate_admit(index, found.map(|(id, _)| id), key, request.len()) {
+                if let Some(tx) = self.sessions[index].tx.as_mut() {
+                    tx.failed = true;
+                }
+                return self.local_error(index, |out, _| {
+                    resp::write_error(
+                        out,
+                        format_args!("ERR ferrox: rate limit exceeded ({rule})"),
+                    )
                 });
             }
         }
