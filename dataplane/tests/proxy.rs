@@ -148,6 +148,11 @@ key_patterns = ["app:*"]
 max_value_bytes = 16
 require_ttl = true
 max_ttl_s = 600
+[[pools.validated.rate_limits]]
+by = "client"
+commands = ["GET"]
+requests = 5
+per_ms = 60000
 
 [[users]]
 name = "reporting"
@@ -356,6 +361,26 @@ print("users ok")
     assert!(validated("SET other hello EX 60").contains("validate key_patterns"));
     assert!(validated("SET app:v 01234567890123456 EX 60").contains("validate max_value_bytes"));
     assert_eq!(validated("DEL app:v"), "1");
+    // A rate limit: five GETs a minute per client connection.
+    let limited = python(
+        &ns,
+        &format!(
+            r#"
+import redis
+r = redis.Redis(host="{FERROX_IP}", port=6381, socket_timeout=10)
+assert [r.get("app:none") for _ in range(5)] == [None] * 5
+try:
+    r.get("app:none")
+    raise AssertionError("a sixth GET was admitted")
+except redis.exceptions.ResponseError as e:
+    assert "rate limit exceeded (by client GET: 5 requests per 60000 ms)" in str(e), e
+assert r.set("app:x", "1", ex=10), "other commands are not counted"
+assert redis.Redis(host="{FERROX_IP}", port=6381).get("app:x") == b"1", "another client"
+print("limited ok")
+"#
+        ),
+    );
+    assert!(limited.contains("limited ok"), "{limited}");
     // Multi-key commands split across servers and merge in key order.
     let keys: Vec<String> = (0..40).map(|i| format!("multi:{i}")).collect();
     let pairs: Vec<String> = keys.iter().map(|k| format!("{k} v{k}")).collect();

@@ -472,7 +472,8 @@ pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report
 
 /// The checks of `[[users]]` that need every user and every pool: names
 /// unique and not `default` (each pool's `auth` user), a password each,
-/// pools that exist and speak Redis.
+/// pools that exist. A user naming no pool has every redis pool; a
+/// memcached pool takes the users that name it.
 pub(super) fn users(users: &[super::model::User], pools: &[Pool], report: &mut Report) {
     for (i, user) in users.iter().enumerate() {
         let name = &user.name;
@@ -501,15 +502,8 @@ pub(super) fn users(users: &[super::model::User], pools: &[Pool], report: &mut R
             );
         }
         for pool in &user.pools {
-            match pools.iter().find(|p| p.name == *pool) {
-                None => report.error(user.line, format!("user {name:?}: pools: no pool {pool:?}")),
-                Some(p) if p.protocol != Protocol::Redis => report.error(
-                    user.line,
-                    format!(
-                        "user {name:?}: pools: {pool:?} speaks memcache; users are for redis pools"
-                    ),
-                ),
-                Some(_) => {}
+            if !pools.iter().any(|p| p.name == *pool) {
+                report.error(user.line, format!("user {name:?}: pools: no pool {pool:?}"));
             }
         }
     }

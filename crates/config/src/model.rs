@@ -47,7 +47,8 @@ pub struct User {
     pub name: String,
     /// Any of them authenticates the user (several: a rotation).
     pub passwords: Vec<String>,
-    /// The pools it may use; empty: every redis pool.
+    /// The pools it may use; empty: every redis pool (a memcached pool
+    /// takes only the users that name it).
     pub pools: Vec<String>,
     /// Redis ACL rules, checked for their syntax (see [`ACL_CATEGORIES`]);
     /// the command names are the engine's to check.

@@ -304,6 +304,30 @@ pub fn is_write(name: &[u8]) -> bool {
     categories_of(name).is_some_and(|c| c & WRITE != 0)
 }
 
+/// The categories of a memcached command: reads (`get`, `gets`, `gat`,
+/// `gats`, `mg`), writes (whatever stores or deletes), and connection
+/// commands.
+fn memcache_categories(command: ferrox_proto::memcache::Command) -> u32 {
+    use ferrox_proto::memcache::Command as C;
+    match command {
+        C::Get | C::Gets | C::MetaGet => READ | FAST,
+        C::Gat | C::Gats | C::Touch => WRITE | FAST,
+        C::Set
+        | C::Add
+        | C::Replace
+        | C::Append
+        | C::Prepend
+        | C::Cas
+        | C::Delete
+        | C::Incr
+        | C::Decr
+        | C::MetaSet
+        | C::MetaDelete
+        | C::MetaArithmetic => WRITE | FAST,
+        C::Version | C::Quit | C::MetaNoop | C::Stats => CONNECTION | FAST,
+    }
+}
+
 /// What one user may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
@@ -378,6 +402,11 @@ impl Acl {
             let categories = categories_of(name).unwrap_or(0);
             if bits == ALL || categories & bits != 0 {
                 self.commands[id.index()] = allow;
+            }
+        }
+        for command in ferrox_proto::memcache::COMMANDS {
+            if bits == ALL || memcache_categories(command) & bits != 0 {
+                self.commands[CommandId::memcache(command).index()] = allow;
             }
         }
     }

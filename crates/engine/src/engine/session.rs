@@ -92,6 +92,11 @@ impl Session {
         self.live
     }
 
+    /// Whether it authenticated (or its pool asks for nothing).
+    pub fn is_authed(&self) -> bool {
+        self.authed
+    }
+
     /// Whether no request of it is in flight, nor a transaction queued, a
     /// subscription or a WATCH held (which a successor could not carry on).
     pub fn is_idle(&self) -> bool {

@@ -2766,6 +2766,40 @@ mod users {
     }
 
     #[test]
+    fn memcached_clients_authenticate_with_a_set_and_meet_the_same_rules() {
+        let (mut net, c) = with_client(PoolSpec {
+            users: vec![user("reader", &["pw"], "+@read ~s:*")],
+            ..memcache_spec(1)
+        });
+        net.servers[0].data.insert(b"s:1".to_vec(), b"one".to_vec());
+        net.send(c, b"get s:1\r\n");
+        net.send(c, b"set auth 0 0 9\r\nreader no\r\n");
+        net.send(c, b"set auth 0 0 9\r\nreader pw\r\n");
+        net.send(c, b"get s:1\r\n");
+        net.send(c, b"get other\r\n");
+        net.send(c, b"set s:1 0 0 1\r\nx\r\n");
+        assert_eq!(
+            String::from_utf8(net.take(c)).unwrap(),
+            "CLIENT_ERROR unauthenticated\r\n\
+             CLIENT_ERROR authentication failure\r\n\
+             STORED\r\n\
+             VALUE s:1 0 3\r\none\r\nEND\r\n\
+             CLIENT_ERROR ferrox: this user has no permissions to access one of the keys\r\n\
+             CLIENT_ERROR ferrox: this user has no permissions to run this command\r\n"
+        );
+        assert_eq!(
+            net.servers[0].log,
+            ["get"],
+            "nothing else reached the server"
+        );
+        // A binary client must authenticate with the text protocol first.
+        let d = net.client();
+        net.send(d, &binary_packet(0x00, &[], b"s:1", b"", 5));
+        let responses = binary_responses(&net.take(d));
+        assert_eq!((responses[0].1, responses[0].2), (0x20, 5));
+    }
+
+    #[test]
     fn a_reload_gives_users_their_new_rules_and_removed_users_must_authenticate_again() {
         let (mut net, c) = users_net(pool());
         let d = net.client();

@@ -49,6 +49,8 @@ pub const STATUS_INVALID_ARGUMENTS: u16 = 0x0004;
 pub const STATUS_NOT_STORED: u16 = 0x0005;
 /// Response status: `incr`/`decr` of a value that is not a number.
 pub const STATUS_NON_NUMERIC: u16 = 0x0006;
+/// Response status: authentication is needed, or failed.
+pub const STATUS_AUTH_ERROR: u16 = 0x0020;
 /// Response status: the server does not know the command.
 pub const STATUS_UNKNOWN_COMMAND: u16 = 0x0081;
 /// Response status: the server is out of memory.

@@ -85,6 +85,13 @@ impl Engine {
     fn memcache_request(&mut self, index: usize, request: &[u8], req: &Request, now: Micros) {
         let command = req.command;
         self.stats.commands[crate::command::CommandId::memcache(command).index()] += 1;
+        if !self.sessions[index].is_authed() && command != Command::Quit {
+            return self.memcache_authenticate(index, request, req);
+        }
+        if let Some(refusal) = self.memcache_permission(index, command, request, req) {
+            self.count_refusal(index, super::redis::Refusal::Acl);
+            return self.local_error(index, |out, _| out.extend_from_slice(refusal));
+        }
         match command {
             Command::Quit => {
                 self.local_reply(index, |_, _| {});
@@ -197,6 +204,30 @@ impl Engine {
         let ok = |value: &[u8], out: &mut Vec<u8>| {
             binary::Response::error(opcode, opaque, binary::STATUS_OK, value).emit(out)
         };
+        if !self.sessions[index].is_authed() && request.op != Op::Quit {
+            return self.local_error(
+                index,
+                error(
+                    binary::STATUS_AUTH_ERROR,
+                    b"ferrox: authenticate first, with the text protocol (a set of '<user> <password>')",
+                ),
+            );
+        }
+        if let Some(acl) = self.session_acl(index) {
+            let allowed = text_equivalent(request.op)
+                .is_none_or(|c| acl.allows_command(crate::command::CommandId::memcache(c)))
+                && (request.key.is_empty() || acl.allows_key(&packet[request.key.clone()]));
+            if !allowed {
+                self.count_refusal(index, super::redis::Refusal::Acl);
+                return self.local_error(
+                    index,
+                    error(
+                        binary::STATUS_AUTH_ERROR,
+                        b"ferrox: this user has no permissions to run this command on this key",
+                    ),
+                );
+            }
+        }
         match request.op {
             Op::Noop => return self.local_reply(index, |out, _| ok(b"", out)),
             Op::Version => {
@@ -286,6 +317,54 @@ impl Engine {
         self.send_piece(at, server, expect, now, |out| {
             binary::meta::write_request(packet, request, out)
         });
+    }
+
+    /// memcached's text authentication (`-Y`): before anything else, a
+    /// `set` whose data is `<user> <password>`, answered `STORED`.
+    fn memcache_authenticate(&mut self, index: usize, request: &[u8], req: &Request) {
+        let credentials = (req.command == Command::Set)
+            .then_some(req.data.as_ref())
+            .flatten()
+            .map(|d| &request[d.start..d.end.saturating_sub(2)]);
+        let Some(credentials) = credentials else {
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"CLIENT_ERROR unauthenticated\r\n")
+            });
+        };
+        let (user, password) = match credentials.iter().position(|&b| b == b' ') {
+            Some(at) => (&credentials[..at], &credentials[at + 1..]),
+            None => (credentials, &b""[..]),
+        };
+        if self.authenticate(index, Some(user), password) {
+            if req.noreply.is_none() {
+                self.local_reply(index, |out, _| out.extend_from_slice(b"STORED\r\n"));
+            }
+        } else {
+            self.local_error(index, |out, _| {
+                out.extend_from_slice(b"CLIENT_ERROR authentication failure\r\n")
+            });
+        }
+    }
+
+    /// The refusal of a text request its user may not make: the command,
+    /// or one of its keys.
+    fn memcache_permission(
+        &self,
+        index: usize,
+        command: Command,
+        request: &[u8],
+        req: &Request,
+    ) -> Option<&'static [u8]> {
+        let acl = self.session_acl(index)?;
+        if !acl.allows_command(crate::command::CommandId::memcache(command)) {
+            return Some(
+                b"CLIENT_ERROR ferrox: this user has no permissions to run this command\r\n",
+            );
+        }
+        let keys = req.key_ranges();
+        (!keys.iter().all(|k| acl.allows_key(&request[k.clone()]))).then_some(
+            b"CLIENT_ERROR ferrox: this user has no permissions to access one of the keys\r\n",
+        )
     }
 
     /// The pool's validation rules for a text request: the broken rule's

@@ -546,7 +546,12 @@ impl Engine {
     /// Authenticates session `index` as `user` (`None` or `default`: the
     /// pool's default user, whose password is the pool's `auth`) with
     /// `password`. On success the session has the user's permissions.
-    fn authenticate(&mut self, index: usize, user: Option<&[u8]>, password: &[u8]) -> bool {
+    pub(super) fn authenticate(
+        &mut self,
+        index: usize,
+        user: Option<&[u8]>,
+        password: &[u8],
+    ) -> bool {
         let spec = self.session_spec(index);
         let found = match user {
             None | Some(b"default") => spec
@@ -579,7 +584,7 @@ impl Engine {
 
     /// The permissions of session `index`'s user; `None` for the default
     /// user, who has them all.
-    fn session_acl(&self, index: usize) -> Option<&crate::acl::Acl> {
+    pub(super) fn session_acl(&self, index: usize) -> Option<&crate::acl::Acl> {
         let user = self.sessions[index].user?;
         self.session_spec(index)
             .users
