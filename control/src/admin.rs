@@ -329,6 +329,9 @@ pub struct PoolStats {
     /// Requests refused by a rate limit.
     #[serde(default)]
     pub rate_limited: u64,
+    /// Requests refused because a core was overloaded.
+    #[serde(default)]
+    pub overload_refused: u64,
     pub servers: Vec<ServerStats>,
 }
 

@@ -257,6 +257,7 @@ mod tests {
             pools: vec![pool.clone()],
             limits: Default::default(),
             users: Vec::new(),
+            overload: Default::default(),
         };
         config.pools[0].servers = vec![
             ferrox_config::Server {

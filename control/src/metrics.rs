@@ -97,6 +97,7 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
         acl_refused: pool.acl_refused,
         validation_refused: pool.validation_refused,
         rate_limited: pool.rate_limited,
+        overload_refused: pool.overload_refused,
         servers: pool
             .servers
             .iter()
@@ -213,8 +214,16 @@ pub fn prometheus(
         );
     }
 
-    // Every counter counts up, but for the open connections: a gauge.
-    for counter in Counter::ALL.into_iter().filter(|&c| c != Counter::Open) {
+    // Every counter counts up, but for the gauges.
+    const GAUGES: [(Counter, &str); 3] = [
+        (Counter::Open, "ferrox_core_open_connections"),
+        (Counter::InFlight, "ferrox_core_requests_in_flight"),
+        (Counter::ClientBuffered, "ferrox_core_client_buffered_bytes"),
+    ];
+    for counter in Counter::ALL
+        .into_iter()
+        .filter(|c| !GAUGES.iter().any(|(g, _)| g == c))
+    {
         let name = format!("ferrox_core_{}_total", counter.name());
         family(&mut out, &name, "counter", counter.help());
         for (core, c) in snapshot.cores.iter().enumerate() {
@@ -225,18 +234,15 @@ pub fn prometheus(
             );
         }
     }
-    family(
-        &mut out,
-        "ferrox_core_open_connections",
-        "gauge",
-        Counter::Open.help(),
-    );
-    for (core, c) in snapshot.cores.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ferrox_core_open_connections{{core=\"{core}\"}} {}",
-            c.counters[Counter::Open as usize]
-        );
+    for (counter, name) in GAUGES {
+        family(&mut out, name, "gauge", counter.help());
+        for (core, c) in snapshot.cores.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{core=\"{core}\"}} {}",
+                c.counters[counter as usize]
+            );
+        }
     }
 
     let pools = snapshot.pools();
@@ -321,6 +327,12 @@ pub fn prometheus(
             "counter",
             "Requests refused by a rate limit.",
             |p| p.rate_limited,
+        ),
+        (
+            "ferrox_pool_overload_refused_total",
+            "counter",
+            "Requests refused because a dataplane core was past an overload watermark.",
+            |p| p.overload_refused,
         ),
     ];
     for (name, kind, help, value) in per_pool {

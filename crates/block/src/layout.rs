@@ -156,6 +156,8 @@ pub struct PoolRecord {
     pub validation_refused: AtomicU64,
     /// Requests refused by a rate limit.
     pub rate_limited: AtomicU64,
+    /// Requests refused because the core was overloaded.
+    pub overload_refused: AtomicU64,
     pub servers: [ServerRecord; MAX_SERVERS],
 }
 

@@ -148,6 +148,10 @@ counters! {
     TxDropped "tx_dropped",
     /// Idle waits that failed (and were slept instead).
     FailedWaits "failed_waits",
+    /// Requests read and not yet answered (a gauge).
+    InFlight "in_flight",
+    /// Reply bytes held for clients, as last measured under a buffer watermark (a gauge).
+    ClientBuffered "client_buffered",
 }
 
 /// The control block in a region.
@@ -550,6 +554,7 @@ pub struct PoolSnapshot {
     pub acl_refused: u64,
     pub validation_refused: u64,
     pub rate_limited: u64,
+    pub overload_refused: u64,
     pub servers: Vec<ServerSnapshot>,
 }
 
@@ -593,6 +598,7 @@ impl PoolSnapshot {
             acl_refused: record.acl_refused.load(Ordering::Relaxed),
             validation_refused: record.validation_refused.load(Ordering::Relaxed),
             rate_limited: record.rate_limited.load(Ordering::Relaxed),
+            overload_refused: record.overload_refused.load(Ordering::Relaxed),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
@@ -632,6 +638,7 @@ impl PoolSnapshot {
         self.acl_refused += other.acl_refused;
         self.validation_refused += other.validation_refused;
         self.rate_limited += other.rate_limited;
+        self.overload_refused += other.overload_refused;
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {

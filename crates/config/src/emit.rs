@@ -46,6 +46,20 @@ pub fn emit_toml(config: &Config) -> String {
     entry(&mut out, "max_key", size(limits.max_key));
     entry(&mut out, "max_value", size(limits.max_value));
     entry(&mut out, "max_request", size(limits.max_request));
+    let o = &config.overload;
+    if !o.is_off() {
+        out.push_str("\n[overload]\n");
+        for (name, value) in [
+            ("max_in_flight", o.max_in_flight),
+            ("max_client_buffer_memory", o.max_client_buffer_memory),
+            ("max_backend_queue", o.max_backend_queue),
+            ("max_connections", o.max_connections),
+        ] {
+            if let Some(n) = value {
+                entry(&mut out, name, size(n));
+            }
+        }
+    }
     for pool in &config.pools {
         out.push('\n');
         emit_pool(&mut out, pool);
@@ -273,8 +287,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::model::{
-        Distribution, HashFn, Limits, RateBy, RateLimit, User, Validate, DISTRIBUTIONS, HASHES,
-        MAX_DEPTH,
+        Distribution, HashFn, Limits, Overload, RateBy, RateLimit, User, Validate, DISTRIBUTIONS,
+        HASHES, MAX_DEPTH,
     };
     use super::super::parse_toml;
     use super::*;
@@ -332,6 +346,7 @@ mod tests {
             pools: vec![pool, sessions],
             limits: Limits::default(),
             users: Vec::new(),
+            overload: Overload::default(),
         };
         let expected = r#"# ferrox configuration
 
@@ -742,8 +757,14 @@ servers = [
                 }
             });
         let rate_limits = prop::collection::vec(prop::collection::vec(rate_limit, 0..=2), 3);
-        (pools, limits(), users, validates, rate_limits).prop_map(
-            |(mut pools, limits, users, validates, rate_limits)| {
+        let overload = (
+            prop::option::of(1usize..1 << 30),
+            prop::option::of(1usize..1 << 40),
+            prop::option::of(1usize..1 << 20),
+            prop::option::of(1usize..1 << 20),
+        );
+        (pools, limits(), users, validates, rate_limits, overload).prop_map(
+            |(mut pools, limits, users, validates, rate_limits, overload)| {
                 for ((pool, validate), limits) in pools.iter_mut().zip(validates).zip(rate_limits) {
                     pool.validate = validate;
                     pool.rate_limits = limits;
@@ -774,6 +795,12 @@ servers = [
                     pools,
                     limits,
                     users,
+                    overload: Overload {
+                        max_in_flight: overload.0,
+                        max_client_buffer_memory: overload.1,
+                        max_backend_queue: overload.2,
+                        max_connections: overload.3,
+                    },
                 }
             },
         )

@@ -37,6 +37,32 @@ pub struct Config {
     pub limits: Limits,
     /// Users of the redis pools (`[[users]]`), in file order.
     pub users: Vec<User>,
+    /// Watermarks past which each dataplane core refuses work.
+    pub overload: Overload,
+}
+
+/// Overload protection (`[overload]`), per dataplane core: past a
+/// watermark, new requests are refused at once (`-ERR ferrox:
+/// overloaded`, memcached `SERVER_ERROR overloaded`) and new connections
+/// refused, rather than queued without bound. Every watermark is off by
+/// default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Overload {
+    /// Requests read and not yet answered, over every client.
+    pub max_in_flight: Option<usize>,
+    /// Reply bytes held for clients (sent and unacknowledged, or waiting
+    /// behind an earlier reply), over every client.
+    pub max_client_buffer_memory: Option<usize>,
+    /// Requests queued on one server connection.
+    pub max_backend_queue: Option<usize>,
+    /// Client connections open.
+    pub max_connections: Option<usize>,
+}
+
+impl Overload {
+    pub fn is_off(&self) -> bool {
+        *self == Overload::default()
+    }
 }
 
 /// One user of the redis pools, besides each pool's default user (its

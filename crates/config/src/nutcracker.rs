@@ -60,6 +60,7 @@ pub fn parse_nutcracker(text: &str, file: &str) -> Result<Config, ConfigError> {
     let Some(mappings) = yaml::read(text, &mut report) else {
         return report.finish(Config {
             users: Vec::new(),
+            overload: Default::default(),
             pools: Vec::new(),
             limits: Limits::default(),
         });
@@ -71,6 +72,7 @@ pub fn parse_nutcracker(text: &str, file: &str) -> Result<Config, ConfigError> {
     let pools = check::finish(drafts, ("redis_auth", "redis_db"), &mut report);
     report.finish(Config {
         users: Vec::new(),
+        overload: Default::default(),
         pools,
         limits: Limits::default(),
     })

@@ -297,7 +297,7 @@ weight = 2
                 "x.toml:6: pool \"a\": timeout: unknown key (twemproxy's timeout; here it is timeout_ms = 400)",
                 "x.toml:7: pool \"a\": redis: unknown key (twemproxy's redis; here it is protocol = \"redis\")",
                 "x.toml:9: limits: unknown key \"max_pipe\" (did you mean \"max_pipeline\"?)",
-                "x.toml:10: unknown key \"pool\" (did you mean \"pools\"?); the file has [limits], [pools.NAME] and [[users]] tables",
+                "x.toml:10: unknown key \"pool\" (did you mean \"pools\"?); the file has [limits], [overload], [pools.NAME] and [[users]] tables",
             ]
         );
         assert_eq!(
@@ -527,6 +527,31 @@ per_ms = 10
                 "x.toml:7: pool \"a\": rate_limits: by \"ip\": expected client, user, key, command or pool",
                 "x.toml:8: pool \"a\": rate_limits: per_ms: must be at least 1",
                 "x.toml:10: pool \"a\": rate_limits: give requests, bytes, or both",
+            ]
+        );
+    }
+
+    #[test]
+    fn overload_watermarks_are_read_and_checked() {
+        let config = toml_ok(&format!(
+            "[overload]\nmax_in_flight = 100000\nmax_client_buffer_memory = \"256 MiB\"\n\
+             max_backend_queue = 10000\nmax_connections = 50000\n{POOL}"
+        ));
+        let o = &config.overload;
+        assert_eq!(
+            (
+                o.max_in_flight,
+                o.max_client_buffer_memory,
+                o.max_backend_queue,
+                o.max_connections
+            ),
+            (Some(100_000), Some(256 << 20), Some(10_000), Some(50_000))
+        );
+        assert_eq!(
+            toml_errors(&format!("[overload]\nmax_in_flight = 0\nmax_conns = 5\n{POOL}")),
+            [
+                "x.toml:2: overload: max_in_flight: must be at least 1",
+                "x.toml:3: overload: unknown key \"max_conns\"; [overload] has max_in_flight, max_client_buffer_memory, max_backend_queue, max_connections",
             ]
         );
     }
@@ -1091,7 +1116,8 @@ servers = ["198.18.0.4:11211:1"]
         let toml = parse(FERROX_TOML, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
         let mut yml =
             parse(NUTCRACKER_YML, "configs/nutcracker.yml").unwrap_or_else(|e| panic!("{e}"));
-        // The YAML has no blocked commands; everything else is the same.
+        // The YAML has no blocked commands and no [overload]; everything
+        // else is the same.
         assert_eq!(
             toml.pools[0].blocked_commands,
             ["FLUSHALL", "FLUSHDB", "KEYS", "CONFIG"]
@@ -1099,6 +1125,8 @@ servers = ["198.18.0.4:11211:1"]
         yml.pools[0]
             .blocked_commands
             .clone_from(&toml.pools[0].blocked_commands);
+        assert_eq!(toml.overload.max_in_flight, Some(100_000));
+        yml.overload.clone_from(&toml.overload);
         assert_eq!(toml, yml);
     }
 

@@ -12,7 +12,9 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::check::{self, Draft, Report};
-use super::model::{Config, Limits, Protocol, RateBy, RateLimit, User, Validate, MAX_DEPTH};
+use super::model::{
+    Config, Limits, Overload, Protocol, RateBy, RateLimit, User, Validate, MAX_DEPTH,
+};
 use super::ConfigError;
 
 const POOL_KEYS: &[&str] = &[
@@ -49,6 +51,13 @@ const VALIDATE_KEYS: &[&str] = &[
     "max_ttl_s",
 ];
 
+const OVERLOAD_KEYS: &[&str] = &[
+    "max_in_flight",
+    "max_client_buffer_memory",
+    "max_backend_queue",
+    "max_connections",
+];
+
 const USER_KEYS: &[&str] = &["name", "password", "passwords", "pools", "acl"];
 
 const LIMIT_KEYS: &[&str] = &[
@@ -79,6 +88,7 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
         pools: Vec::new(),
         limits: Limits::default(),
         users: Vec::new(),
+        overload: Overload::default(),
     };
     let root = match ::toml::from_str::<Node>(text) {
         Ok(Node::Table(root)) => root,
@@ -116,6 +126,14 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
                 )
             }
             ("limits", Node::Table(limits)) => config.limits = cx.limits(limits),
+            ("overload", Node::Table(entries)) => config.overload = cx.overload(entries),
+            ("overload", other) => cx.report.error(
+                line,
+                format!(
+                    "overload: expected a table ([overload]), found {}",
+                    other.kind()
+                ),
+            ),
             ("users", Node::Array(users)) => {
                 for user in users {
                     let line = cx.line(user.span().start);
@@ -141,8 +159,8 @@ pub fn parse_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
             (key, _) => cx.report.error(
                 line,
                 format!(
-                    "unknown key {key:?}{}; the file has [limits], [pools.NAME] and [[users]] tables",
-                    check::did_you_mean(key, &["pools", "limits", "users"])
+                    "unknown key {key:?}{}; the file has [limits], [overload], [pools.NAME] and [[users]] tables",
+                    check::did_you_mean(key, &["pools", "limits", "overload", "users"])
                 ),
             ),
         }
@@ -622,6 +640,47 @@ impl Cx<'_> {
             per_ms: per_ms?,
         })
         .filter(|_| ok)
+    }
+
+    /// The `[overload]` table.
+    fn overload(&mut self, entries: &[(::toml::Spanned<String>, Node)]) -> Overload {
+        let mut overload = Overload::default();
+        for (key, value) in entries {
+            let line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let n = match value {
+                Node::Str(s) if key == "max_client_buffer_memory" => {
+                    size(s).map_err(|r| format!(" {s:?}: {r}"))
+                }
+                _ => integer::<usize>(value),
+            }
+            .and_then(|n| match n {
+                0 => Err(": must be at least 1".to_owned()),
+                n => Ok(n),
+            });
+            let field = match key {
+                "max_in_flight" => &mut overload.max_in_flight,
+                "max_client_buffer_memory" => &mut overload.max_client_buffer_memory,
+                "max_backend_queue" => &mut overload.max_backend_queue,
+                "max_connections" => &mut overload.max_connections,
+                _ => {
+                    self.report.error(
+                        line,
+                        format!(
+                            "overload: unknown key {key:?}{}; [overload] has {}",
+                            check::did_you_mean(key, OVERLOAD_KEYS),
+                            OVERLOAD_KEYS.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            match n {
+                Ok(n) => *field = Some(n),
+                Err(reason) => self.report.error(line, format!("overload: {key}{reason}")),
+            }
+        }
+        overload
     }
 
     /// A pool's `[pools.NAME.validate]` table.

@@ -253,6 +253,8 @@ pub struct PoolCounters {
     pub validation_refused: u64,
     /// Requests refused by a rate limit.
     pub rate_limited: u64,
+    /// Requests refused because the core was overloaded.
+    pub overload_refused: u64,
 }
 
 /// One server as statistics see it.
@@ -389,7 +391,18 @@ pub struct Engine {
     draining: bool,
     /// The whole dataplane's figures for `INFO`, once the runtime gave them.
     totals: Option<info::Totals>,
+    /// Overload watermarks, and where this core stands.
+    overload: ferrox_config::Overload,
+    /// Requests read and not yet answered (open slots), over every session.
+    open_slots: usize,
+    /// Reply bytes held for clients, as last measured, and when.
+    client_buffer: usize,
+    buffer_measured: Micros,
 }
+
+/// How often the bytes held for clients are measured when a watermark
+/// asks for it (a walk over the sessions).
+const BUFFER_MEASURE_EVERY: Micros = 10_000;
 
 #[derive(Debug)]
 struct Pool {
@@ -478,11 +491,57 @@ impl Engine {
             now: 0,
             draining: false,
             totals: None,
+            overload: Default::default(),
+            open_slots: 0,
+            client_buffer: 0,
+            buffer_measured: 0,
         };
         for spec in pools {
             engine.add_pool(spec);
         }
         engine
+    }
+
+    /// Sets the overload watermarks (`[overload]`), at start and on each
+    /// reload.
+    pub fn set_overload(&mut self, overload: ferrox_config::Overload) {
+        self.overload = overload;
+    }
+
+    /// Requests read and not yet answered, and reply bytes held for
+    /// clients (as last measured), over every session of this core.
+    pub fn load(&self) -> (usize, usize) {
+        (self.open_slots, self.client_buffer)
+    }
+
+    /// Whether a new request must be refused: past the in-flight or the
+    /// client-buffer watermark. Measures the buffers when due.
+    fn overloaded(&mut self) -> bool {
+        if self.overload.is_off() {
+            return false;
+        }
+        if self
+            .overload
+            .max_in_flight
+            .is_some_and(|max| self.open_slots >= max)
+        {
+            return true;
+        }
+        let Some(max) = self.overload.max_client_buffer_memory else {
+            return false;
+        };
+        if self.now >= self.buffer_measured + BUFFER_MEASURE_EVERY
+            || self.now < self.buffer_measured
+        {
+            self.buffer_measured = self.now;
+            self.client_buffer = self
+                .sessions
+                .iter()
+                .filter(|s| s.is_live())
+                .map(|s| s.buffered())
+                .sum();
+        }
+        self.client_buffer >= max
     }
 
     /// Appends a pool with fresh backend connections.
@@ -567,7 +626,9 @@ impl Engine {
     /// the connection.
     pub fn accept(&mut self, pool: usize, handle: Handle) -> Option<Tag> {
         let limit = self.pools[pool].spec.client_connections;
-        let full = limit != 0 && self.pools[pool].sessions >= limit;
+        let open: usize = self.pools.iter().map(|p| p.sessions).sum();
+        let full = (limit != 0 && self.pools[pool].sessions >= limit)
+            || self.overload.max_connections.is_some_and(|max| open >= max);
         if full || self.pools[pool].retired {
             self.stats.sessions_refused += 1;
             return None;

@@ -542,13 +542,15 @@ fn run(args: Args) -> Result<Served> {
                 &mut port,
                 config,
                 |core| {
-                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), core_seed(core)).with_board(
-                        board.clone(),
-                        start_version,
-                        block.as_ref().map(|(block, _)| block.clone()),
-                        core,
-                        cores,
-                    )
+                    Proxy::new(proxy.pools(cores), proxy.ports.clone(), core_seed(core))
+                        .with_overload(proxy.overload())
+                        .with_board(
+                            board.clone(),
+                            start_version,
+                            block.as_ref().map(|(block, _)| block.clone()),
+                            core,
+                            cores,
+                        )
                 },
                 |_| format!(" reloads={}", board.version().saturating_sub(start_version)),
             );

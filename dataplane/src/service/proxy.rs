@@ -143,6 +143,12 @@ pub fn follow_block(
 }
 
 impl Proxy {
+    /// Sets the overload watermarks.
+    pub fn with_overload(mut self, overload: ferrox_config::Overload) -> Proxy {
+        self.engine.set_overload(overload);
+        self
+    }
+
     /// A proxy for `pools`, the pool of each listening port in `ports`.
     pub fn new(pools: Vec<PoolSpec>, ports: Vec<(u16, usize)>, seed: u64) -> Proxy {
         Proxy {
@@ -270,6 +276,11 @@ impl Loaded {
         pools
     }
 
+    /// The overload watermarks (each core applies them to itself).
+    pub fn overload(&self) -> ferrox_config::Overload {
+        self.config.overload.clone()
+    }
+
     /// The largest handshake backlog any pool asks for.
     pub fn backlog(&self) -> usize {
         self.config
@@ -374,6 +385,8 @@ fn publish_pool(
     slot.validation_refused
         .store(c.validation_refused, Ordering::Relaxed);
     slot.rate_limited.store(c.rate_limited, Ordering::Relaxed);
+    slot.overload_refused
+        .store(c.overload_refused, Ordering::Relaxed);
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
         if record.addr() != server.addr {
@@ -537,6 +550,7 @@ impl CoreService for Proxy {
             if let Some((version, loaded)) = reload.board.latest() {
                 reload.version = version;
                 let (indices, changes) = self.engine.reconfigure(loaded.pools(reload.cores));
+                self.engine.set_overload(loaded.overload());
                 self.ports = loaded
                     .ports
                     .iter()
@@ -569,6 +583,11 @@ impl CoreService for Proxy {
             (Counter::Ejections, engine.ejections),
             (Counter::Reconfigurations, engine.reconfigurations),
             (Counter::ConnectRetries, engine.connect_retries),
+        ]);
+        let (in_flight, buffered) = self.engine.load();
+        record.set_all([
+            (Counter::InFlight, in_flight as u64),
+            (Counter::ClientBuffered, buffered as u64),
         ]);
         const _: () = assert!(ferrox_engine::command::COMMAND_IDS == ferrox_block::COMMANDS);
         for (shared, &n) in record.commands.iter().zip(&engine.commands) {

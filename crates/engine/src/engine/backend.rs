@@ -241,6 +241,22 @@ impl Engine {
     ) {
         let (pool, resp3) = self.sessions[at.session as usize].route();
         let b = self.pick_backend(pool, server, resp3, at.session as usize, now);
+        if self
+            .overload
+            .max_backend_queue
+            .is_some_and(|max| self.backends[b].inflight.len() >= max)
+        {
+            // Refused at once rather than queued without bound.
+            let p = &mut self.pools[pool];
+            p.counters.overload_refused += 1;
+            p.counters.errors += 1;
+            self.stats.errors += 1;
+            let error: &[u8] = match p.spec.protocol {
+                Protocol::Redis => b"-ERR ferrox: overloaded (the server's queue is full)\r\n",
+                Protocol::Memcache => b"SERVER_ERROR overloaded (the server's queue is full)\r\n",
+            };
+            return self.fill_slot(at, error);
+        }
         let backend = &mut self.backends[b];
         let before = backend.output.tail().len();
         write(backend.output.tail());

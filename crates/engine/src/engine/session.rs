@@ -92,6 +92,12 @@ impl Session {
         self.live
     }
 
+    /// Reply bytes it holds: written and not yet acknowledged, or
+    /// finished behind an unfinished slot.
+    pub fn buffered(&self) -> usize {
+        self.output.len() + self.held
+    }
+
     /// Whether it authenticated (or its pool asks for nothing).
     pub fn is_authed(&self) -> bool {
         self.authed
@@ -472,6 +478,7 @@ impl Engine {
         slot.opened = self.now;
         let session = &mut self.sessions[index];
         session.slots.push_back(slot);
+        self.open_slots += 1;
         self.stats.requests += 1;
         self.pools[session.pool].counters.requests += 1;
         session.head + session.slots.len() as u64 - 1
@@ -554,6 +561,7 @@ impl Engine {
         let mut close = false;
         while session.slots.front().is_some_and(|s| s.pending == 0) {
             let mut slot = session.slots.pop_front().expect("checked");
+            self.open_slots -= 1;
             session.head += 1;
             let before = session.output.len();
             slot.write(session.output.tail(), &limits, &mut self.scratch.cursors);
@@ -654,6 +662,7 @@ impl Engine {
         }
         session.generation = session.generation.wrapping_add(1);
         session.head += session.slots.len() as u64;
+        self.open_slots -= session.slots.len();
         for mut slot in session.slots.drain(..) {
             slot.shed();
             self.spare_slots.push(slot);

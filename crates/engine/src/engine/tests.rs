@@ -3024,3 +3024,98 @@ mod rate_limits {
         assert_eq!(net.take(c), b"END\r\n");
     }
 }
+
+/// Overload watermarks: past one, work is refused at once, never queued
+/// without bound.
+mod overload {
+    use ferrox_config::Overload;
+
+    use super::*;
+
+    #[test]
+    fn requests_past_the_in_flight_watermark_are_refused_at_once() {
+        // 'a' lives on server 1, which never answers.
+        let (mut net, c) = muted(
+            PoolSpec {
+                timeout: None,
+                ..spec(2)
+            },
+            1,
+        );
+        net.engine.set_overload(Overload {
+            max_in_flight: Some(2),
+            ..Overload::default()
+        });
+        let d = net.client();
+        net.send(c, &cmd(&["GET", "a"]));
+        net.send(c, &cmd(&["GET", "a"]));
+        // A third request on any connection: refused, not queued.
+        net.send(d, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(d), b"-ERR ferrox: overloaded\r\n");
+        assert_eq!(net.servers[1].log.len(), 2);
+        assert!(net.servers[0].log.is_empty());
+        assert_eq!(net.engine.load().0, 2);
+        let pool = net.engine.pools().next().unwrap();
+        assert_eq!(pool.counters.overload_refused, 1);
+        // Once the client goes, its requests no longer count.
+        net.engine.handle_gone(net.client_tag(c), c, net.now);
+        assert_eq!(net.engine.load().0, 0);
+        net.send(d, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(d), b"$-1\r\n");
+    }
+
+    #[test]
+    fn a_full_server_queue_and_the_connection_watermark_refuse_too() {
+        let (mut net, c) = muted(
+            PoolSpec {
+                timeout: None,
+                ..memcache_spec(2)
+            },
+            1,
+        );
+        net.engine.set_overload(Overload {
+            max_backend_queue: Some(1),
+            max_connections: Some(1),
+            ..Overload::default()
+        });
+        // 'a' on server 1 (muted): the second request finds its queue full.
+        net.send(c, b"get a\r\nget a\r\n");
+        let tag = net.client_tag(c);
+        assert_eq!(
+            net.engine.pools().next().unwrap().counters.overload_refused,
+            1
+        );
+        assert_eq!(net.servers[1].log.len(), 1);
+        // A second client connection is refused.
+        assert_eq!(net.engine.accept(0, 99), None);
+        net.engine.handle_gone(tag, c, net.now);
+        assert!(net.engine.accept(0, 100).is_some());
+    }
+
+    #[test]
+    fn replies_held_for_clients_past_the_buffer_watermark_refuse_new_requests() {
+        let (mut net, c) = muted(
+            PoolSpec {
+                timeout: None,
+                ..spec(2)
+            },
+            1,
+        );
+        net.engine.set_overload(Overload {
+            max_client_buffer_memory: Some(4),
+            ..Overload::default()
+        });
+        net.servers[0]
+            .data
+            .insert(b"b".to_vec(), b"held back".to_vec());
+        // 'b' is answered but held behind 'a', which never is.
+        net.send(c, &cmd(&["GET", "a"]));
+        net.send(c, &cmd(&["GET", "b"]));
+        let d = net.client();
+        // Measured once per 10 ms.
+        net.advance(20_000);
+        net.send(d, &cmd(&["PING"]));
+        assert_eq!(net.take(d), b"-ERR ferrox: overloaded\r\n");
+        assert!(net.engine.load().1 >= 15, "{:?}", net.engine.load());
+    }
+}

@@ -59,6 +59,8 @@ pub const STATUS_OUT_OF_MEMORY: u16 = 0x0082;
 pub const STATUS_NOT_SUPPORTED: u16 = 0x0083;
 /// Response status: the server failed to serve the request.
 pub const STATUS_INTERNAL_ERROR: u16 = 0x0084;
+/// Response status: the server is too busy to take the request.
+pub const STATUS_BUSY: u16 = 0x0085;
 /// Response status: try again later (a rate limit, say).
 pub const STATUS_TEMPORARY_FAILURE: u16 = 0x0086;
 

@@ -88,6 +88,18 @@ impl Engine {
         if !self.sessions[index].is_authed() && command != Command::Quit {
             return self.memcache_authenticate(index, request, req);
         }
+        if command != Command::Quit && self.overloaded() {
+            let pool = self.sessions[index].route().0;
+            self.pools[pool].counters.overload_refused += 1;
+            if req.noreply.is_some() {
+                self.stats.errors += 1;
+                self.pools[pool].counters.errors += 1;
+                return;
+            }
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"SERVER_ERROR overloaded\r\n")
+            });
+        }
         if let Some(refusal) = self.memcache_permission(index, command, request, req) {
             self.count_refusal(index, super::redis::Refusal::Acl);
             return self.local_error(index, |out, _| out.extend_from_slice(refusal));
@@ -212,6 +224,11 @@ impl Engine {
                     b"ferrox: authenticate first, with the text protocol (a set of '<user> <password>')",
                 ),
             );
+        }
+        if request.op != Op::Quit && self.overloaded() {
+            let pool = self.sessions[index].route().0;
+            self.pools[pool].counters.overload_refused += 1;
+            return self.local_error(index, error(binary::STATUS_BUSY, b"ferrox: overloaded"));
         }
         if let Some(acl) = self.session_acl(index) {
             let allowed = text_equivalent(request.op)

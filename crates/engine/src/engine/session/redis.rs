@@ -115,6 +115,14 @@ impl Engine {
                 out.extend_from_slice(b"-NOAUTH Authentication required.\r\n")
             });
         }
+        if route != Some(Route::Local(Local::Quit)) && self.overloaded() {
+            self.pools[self.sessions[index].route().0]
+                .counters
+                .overload_refused += 1;
+            return self.local_error(index, |out, _| {
+                out.extend_from_slice(b"-ERR ferrox: overloaded\r\n")
+            });
+        }
         if self.sessions[index]
             .pubsub
             .as_ref()
