@@ -90,6 +90,19 @@ pub enum Request {
         pool: Option<String>,
         command: String,
     },
+    /// Adds a user, or replaces one of that name: its passwords, pools
+    /// (empty: every redis pool) and ACL rules.
+    #[serde(rename = "user.set")]
+    UserSet {
+        name: String,
+        passwords: Vec<String>,
+        #[serde(default)]
+        pools: Vec<String>,
+        #[serde(default)]
+        acl: String,
+    },
+    #[serde(rename = "user.remove")]
+    UserRemove { name: String },
     /// The shared region and the socket buffer pool.
     #[serde(rename = "shm.show")]
     ShmShow {},
@@ -406,6 +419,13 @@ mod tests {
                 command: "KEYS".into(),
             },
             Request::ShmResize { add_mb: 64 },
+            Request::UserSet {
+                name: "app".into(),
+                passwords: vec!["a".into(), "b".into()],
+                pools: vec!["cache".into()],
+                acl: "+@read ~app:*".into(),
+            },
+            Request::UserRemove { name: "app".into() },
             Request::LogLevel {
                 level: "debug".into(),
             },

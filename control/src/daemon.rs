@@ -575,6 +575,18 @@ impl Control {
             Request::ServerEject { pool, addr } => self.hold(&pool, &addr, true),
             Request::ServerRestore { pool, addr } => self.hold(&pool, &addr, false),
             Request::Block { pool, command } => self.change(Change::Block { pool, command }),
+            Request::UserSet {
+                name,
+                passwords,
+                pools,
+                acl,
+            } => self.change(Change::SetUser {
+                name,
+                passwords,
+                pools,
+                acl,
+            }),
+            Request::UserRemove { name } => self.change(Change::RemoveUser { name }),
             Request::Unblock { pool, command } => self.change(Change::Unblock { pool, command }),
             Request::ShmShow {} => self
                 .shm()

@@ -64,6 +64,16 @@ pub enum Change {
         pool: Option<String>,
         command: String,
     },
+    /// Adds a user, or replaces the one of that name.
+    SetUser {
+        name: String,
+        passwords: Vec<String>,
+        pools: Vec<String>,
+        acl: String,
+    },
+    RemoveUser {
+        name: String,
+    },
 }
 
 /// `config` with `change` made, checked whole.
@@ -115,6 +125,31 @@ pub fn apply(config: &Config, change: &Change, address: Ipv4Addr) -> Result<Conf
             }
             if let (false, Some(pool)) = (found, pool) {
                 return Err(no_pool(pool));
+            }
+        }
+        Change::SetUser {
+            name,
+            passwords,
+            pools,
+            acl,
+        } => {
+            let user = config::User {
+                name: name.clone(),
+                passwords: passwords.clone(),
+                pools: pools.clone(),
+                acl: acl.clone(),
+                line: 0,
+            };
+            match next.users.iter_mut().find(|u| u.name == *name) {
+                Some(old) => *old = user,
+                None => next.users.push(user),
+            }
+        }
+        Change::RemoveUser { name } => {
+            let before = next.users.len();
+            next.users.retain(|u| u.name != *name);
+            if next.users.len() == before {
+                return Err(Refused(format!("no user {name:?}")));
             }
         }
     }
@@ -257,6 +292,52 @@ mod tests {
             (weight("cache", "10.0.0.9:1", 1), "has no server 10.0.0.9:1"),
             (weight("cache", "10.0.0.1:7001", 0), "weight"),
             (block(None, "two words"), "not a command name"),
+        ] {
+            let refused = change(bad.clone()).unwrap_err().0;
+            assert!(refused.contains(why), "{bad:?}: {refused}");
+        }
+    }
+
+    fn set_user(name: &str, pools: &[&str], acl: &str) -> Change {
+        Change::SetUser {
+            name: name.into(),
+            passwords: vec!["pw".into()],
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+            acl: acl.into(),
+        }
+    }
+
+    #[test]
+    fn users_are_set_replaced_and_removed_live() {
+        let config = apply(
+            &config(),
+            &set_user("app", &["cache"], "+@read ~a:*"),
+            ADDRESS,
+        )
+        .unwrap();
+        assert_eq!(config.users.len(), 1);
+        assert_eq!(config.users[0].acl, "+@read ~a:*");
+        let config = apply(
+            &config,
+            &set_user("app", &[], "allcommands allkeys"),
+            ADDRESS,
+        )
+        .unwrap();
+        assert_eq!(config.users.len(), 1, "replaced, not added");
+        assert_eq!(config.users[0].acl, "allcommands allkeys");
+        let config = apply(&config, &Change::RemoveUser { name: "app".into() }, ADDRESS).unwrap();
+        assert!(config.users.is_empty());
+        for (bad, why) in [
+            (set_user("app", &["nope"], ""), "no pool \"nope\""),
+            (set_user("default", &[], ""), "each pool's own user"),
+            (set_user("app", &[], "+@nothing"), "unknown category"),
+            (set_user("app", &[], "+nosuchcommand"), "unknown command"),
+            (
+                Change::RemoveUser {
+                    name: "ghost".into(),
+                },
+                "no user \"ghost\"",
+            ),
         ] {
             let refused = change(bad.clone()).unwrap_err().0;
             assert!(refused.contains(why), "{bad:?}: {refused}");

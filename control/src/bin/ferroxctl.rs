@@ -110,6 +110,12 @@ enum Cmd {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Users of the redis pools and their permissions (live: a changed
+    /// user's connections take the new rules at their next command).
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+    },
     /// The shared region and the socket buffer pool.
     Shm {
         #[command(subcommand)]
@@ -188,6 +194,25 @@ enum ServerCmd {
 struct ServerAt {
     pool: String,
     addr: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Add a user, or replace the one of that name.
+    Set {
+        name: String,
+        /// A password (repeat for a rotation: any of them authenticates).
+        #[arg(long, required = true)]
+        password: Vec<String>,
+        /// A pool it may use (repeat; none: every redis pool).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// Redis ACL rules, e.g. "+@read ~report:*".
+        #[arg(long, default_value = "")]
+        acl: String,
+    },
+    /// Remove a user: its connections must authenticate again.
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -404,6 +429,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Unblock { command, pool } => {
             let value = admin.call(&Request::Unblock { pool, command })?;
+            report_applied(&mut out, &value, json)?
+        }
+        Cmd::User { action } => {
+            let request = match action {
+                UserCmd::Set {
+                    name,
+                    password,
+                    pools,
+                    acl,
+                } => Request::UserSet {
+                    name,
+                    passwords: password,
+                    pools,
+                    acl,
+                },
+                UserCmd::Remove { name } => Request::UserRemove { name },
+            };
+            let value = admin.call(&request)?;
             report_applied(&mut out, &value, json)?
         }
         Cmd::Shm { action } => {

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Access-layer policy overhead: pipelined GET/SET through a ferrox pool with
+# a user (ACL rules checked on every command and key), two rate limits (by
+# client and by command, never reached) and validation rules (key pattern,
+# value size, expiry) against a pool of the same servers without any, in
+# the same run.
+#
+#   bench/policy.sh    (N: requests per test, default 200000; ROUNDS:
+#                       default 3; MTU: default 1500; P: pipeline depth,
+#                       default 16)
+#
+# One namespace holds the clients and three redis-servers on the kernel
+# stack; ferrox runs on DPDK af_packet behind a veth pair, one lcore:
+#   kernel 198.18.0.1: redis-server x3 (7001-7003), veth0 ── veth1 ferrox
+#                      198.18.0.2 (22121: plain pool, 22122: policy pool)
+# Needs root, hugepages, redis-server and redis-tools.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+NS=fxpol$$
+N=${N:-200000}
+ROUNDS=${ROUNDS:-3}
+MTU=${MTU:-1500}
+P=${P:-16}
+DIR=$(mktemp -d /tmp/ferrox-bench-policy-XXXXXX)
+PIDS=()
+DP_PID=""
+
+cleanup() {
+  set +e
+  if [ -n "$DP_PID" ]; then
+    kill -INT "$DP_PID" 2>/dev/null && sleep 1
+    kill -KILL "$DP_PID" 2>/dev/null
+  fi
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  ip netns del "$NS" 2>/dev/null
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+in_ns() { ip netns exec "$NS" "$@"; }
+
+cargo build --release --locked -q -p ferrox-dataplane
+
+ip netns add "$NS"
+in_ns ip link set lo up
+in_ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+in_ns ip link add veth0 type veth peer name veth1
+in_ns ip link set veth0 mtu "$MTU"
+in_ns ip addr add 198.18.0.1/24 dev veth0
+in_ns ip link set veth0 up
+in_ns ip link set veth1 up
+in_ns ethtool -K veth0 tso off >/dev/null 2>&1 || true
+
+for port in 7001 7002 7003; do
+  ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
+    --protected-mode no --daemonize no --loglevel warning --dir "$DIR" >/dev/null &
+  PIDS+=("$!")
+done
+for port in 7001 7002 7003; do
+  for _ in $(seq 50); do
+    in_ns redis-cli -h 198.18.0.1 -p "$port" PING 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+  done
+done
+
+cat >"$DIR/ferrox.toml" <<'TOML'
+[pools.plain]
+listen = "0.0.0.0:22121"
+protocol = "redis"
+hash = "fnv1a_64"
+distribution = "ketama"
+timeout_ms = 2000
+servers = ["198.18.0.1:7001:1", "198.18.0.1:7002:1", "198.18.0.1:7003:1"]
+
+[pools.policy]
+listen = "0.0.0.0:22122"
+protocol = "redis"
+hash = "fnv1a_64"
+distribution = "ketama"
+timeout_ms = 2000
+servers = ["198.18.0.1:7001:1", "198.18.0.1:7002:1", "198.18.0.1:7003:1"]
+[pools.policy.validate]
+key_patterns = ["key:*"]
+max_key_bytes = 64
+max_value_bytes = "1 KiB"
+max_keys = 100
+[[pools.policy.rate_limits]]
+by = "client"
+requests = 100000000
+per_ms = 1000
+[[pools.policy.rate_limits]]
+by = "command"
+commands = ["SET"]
+requests = 100000000
+bytes = "100 GiB"
+per_ms = 1000
+
+[[users]]
+name = "app"
+password = "secret"
+pools = ["policy"]
+acl = "+@read +@write +@connection -@dangerous ~key:*"
+TOML
+ip netns exec "$NS" target/release/ferrox-dataplane --vdev net_af_packet0,iface=veth1 \
+  --address 198.18.0.2/24 --config "$DIR/ferrox.toml" --memory-mb 512 --mbufs 32767 \
+  --mtu "$MTU" --file-prefix "$NS" >/dev/null 2>"$DIR/ferrox.log" &
+DP_PID=$!
+sleep 3
+in_ns timeout 10 redis-cli -h 198.18.0.2 -p 22121 SET key:warmup 1 | grep -q OK \
+  || { echo "no answer from the plain pool" >&2; cat "$DIR/ferrox.log" >&2; exit 1; }
+in_ns timeout 10 redis-cli -h 198.18.0.2 -p 22122 --user app --pass secret SET key:warmup 1 2>/dev/null | grep -q OK \
+  || { echo "no answer from the policy pool" >&2; cat "$DIR/ferrox.log" >&2; exit 1; }
+
+# redis-benchmark --csv: "test","rps",...; prints "TARGET TEST rps p50 p99".
+bench() { # label, redis-benchmark arguments
+  local label=$1
+  shift
+  in_ns timeout 300 redis-benchmark -c 50 -n "$N" -r 100000 -P "$P" -t get,set --csv "$@" 2>/dev/null \
+    | grep -E '^"(GET|SET)"' | tr -d '"' | awk -F, -v l="$label" '{print l, $1, $2, $5, $7}'
+}
+
+echo "# bench/policy.sh: $(nproc) vCPUs, MTU $MTU, ferrox on net_af_packet (1 lcore), -P $P, 50 clients, N=$N"
+echo "# target test rps p50_ms p99_ms (redis-benchmark's keys are key:__rand_int__)"
+for round in $(seq "$ROUNDS"); do
+  echo "# round $round"
+  out=$(
+    bench plain -h 198.18.0.2 -p 22121
+    bench policy -h 198.18.0.2 -p 22122 --user app -a secret
+  )
+  echo "$out"
+  for test in SET GET; do
+    awk -v t="$test" '$2 == t { rps[$1] = $3 }
+      END { printf "ratio %s policy/plain %.3f\n", t, rps["policy"] / rps["plain"] }' <<<"$out"
+  done
+done
+in_ns redis-cli -h 198.18.0.2 -p 22122 --user app --pass secret INFO stats 2>/dev/null \
+  | grep -E '^total_error_replies' || true
