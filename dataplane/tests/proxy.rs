@@ -376,6 +376,7 @@ except redis.exceptions.ResponseError as e:
     assert "rate limit exceeded (by client GET: 5 requests per 60000 ms)" in str(e), e
 assert r.set("app:x", "1", ex=10), "other commands are not counted"
 assert redis.Redis(host="{FERROX_IP}", port=6381).get("app:x") == b"1", "another client"
+assert r.delete("app:x") == 1
 print("limited ok")
 "#
         ),
