@@ -90,24 +90,6 @@ impl Drop for Nodes {
     }
 }
 
-/// A config file in the temporary directory, removed when dropped.
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(text: &str) -> ConfigFile {
-        let path =
-            std::env::temp_dir().join(format!("ferrox-cluster-test-{}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        ConfigFile(path)
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn shell_ok(ns: &Netns, script: &str) -> String {
     let out = ns.command(&["bash", "-c", script]).output().unwrap();
     assert!(
@@ -297,8 +279,10 @@ fn node_id(ns: &Netns, port: u16) -> String {
 
 #[test]
 fn fronts_a_redis_cluster_through_a_migration_and_a_failover() {
-    let config = ConfigFile::new(&format!(
-        r#"
+    let config = ConfigFile::new(
+        "toml",
+        &format!(
+            r#"
 [pools.cluster]
 listen = "0.0.0.0:6379"
 protocol = "redis"
@@ -307,9 +291,10 @@ timeout_ms = 6000
 server_retry_timeout_ms = 200
 servers = ["{KERNEL_IP}:{}:1"]
 "#,
-        PORTS[0]
-    ));
-    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.0.to_str().unwrap()]);
+            PORTS[0]
+        ),
+    );
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
     let mut nodes = Nodes::start(&ns);
     let addrs: Vec<String> = PORTS.iter().map(|p| format!("{KERNEL_IP}:{p}")).collect();
     shell_ok(

@@ -74,34 +74,6 @@ impl Drop for Backends {
     }
 }
 
-/// A config file in the temporary directory, removed when dropped.
-struct ConfigFile(std::path::PathBuf);
-
-impl ConfigFile {
-    fn new(extension: &str, text: &str) -> ConfigFile {
-        // One name per file: tests run in parallel, and several write the
-        // same text.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "ferrox-proxy-test-{}-{n}.{extension}",
-            std::process::id()
-        ));
-        std::fs::write(&path, text).unwrap();
-        ConfigFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn config() -> String {
     let redis: Vec<String> = REDIS_PORTS
         .iter()
@@ -900,12 +872,12 @@ fn reloads_the_configuration_under_load_without_closing_a_client() {
     std::thread::sleep(Duration::from_millis(500));
     // Two servers more, other weights, and LPUSH blocked.
     let grown = [(7001, 1), (7002, 2), (7003, 1), (7004, 3)];
-    std::fs::write(&config.0, pool_toml(&grown, "\"LPUSH\"")).unwrap();
+    std::fs::write(config.path(), pool_toml(&grown, "\"LPUSH\"")).unwrap();
     hup();
     dp.wait_for_line("reloaded", 0, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     // A broken file is refused with its line; the running one stays.
-    std::fs::write(&config.0, "[pools.cache]\nlisten = 12\n").unwrap();
+    std::fs::write(config.path(), "[pools.cache]\nlisten = 12\n").unwrap();
     hup();
     let refused = dp.wait_for_line("reload refused", 0, Duration::from_secs(10));
     assert!(
@@ -915,7 +887,7 @@ fn reloads_the_configuration_under_load_without_closing_a_client() {
     std::thread::sleep(Duration::from_millis(300));
     // One server less.
     let shrunk = [(7001, 1), (7002, 2), (7004, 3)];
-    std::fs::write(&config.0, pool_toml(&shrunk, "\"LPUSH\"")).unwrap();
+    std::fs::write(config.path(), pool_toml(&shrunk, "\"LPUSH\"")).unwrap();
     hup();
     dp.wait_for_line("reloaded", 1, Duration::from_secs(10));
     let report = bench_report(bench);

@@ -1130,33 +1130,14 @@ servers = ["198.18.0.4:11211:1"]
         assert_eq!(toml, yml);
     }
 
-    #[test]
-    fn the_example_user_parses_once_uncommented() {
-        let (head, users) = FERROX_TOML
-            .split_once("# [[users]]")
-            .expect("the example user");
-        let uncommented: String = std::iter::once("[[users]]")
-            .chain(users.lines().filter_map(|l| {
-                l.strip_prefix("# ").filter(|l| {
-                    l.split_once(" = ").is_some_and(|(key, _)| {
-                        key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                    })
-                })
-            }))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let config = parse(&format!("{head}{uncommented}\n"), "configs/ferrox.toml")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.users.len(), 1);
-        assert_eq!(config.users[0].acl, "+@read +@connection ~report:*");
-    }
-
-    #[test]
-    fn the_example_validation_parses_once_uncommented() {
+    /// The example file with the commented-out block that starts at
+    /// `# {header}` uncommented (its `key = value` lines, up to the next
+    /// blank line).
+    fn uncommented(header: &str) -> String {
         let (head, rest) = FERROX_TOML
-            .split_once("# [pools.cache.validate]")
-            .expect("the example validation");
-        let (block, tail) = rest.split_once("\n\n").expect("a blank line after it");
+            .split_once(&format!("# {header}"))
+            .unwrap_or_else(|| panic!("no example {header}"));
+        let (block, tail) = rest.split_once("\n\n").unwrap_or((rest, ""));
         let keys: Vec<&str> = block
             .lines()
             .filter_map(|l| {
@@ -1167,10 +1148,20 @@ servers = ["198.18.0.4:11211:1"]
                 })
             })
             .collect();
-        let text = format!(
-            "{head}[pools.cache.validate]\n{}\n\n{tail}",
-            keys.join("\n")
-        );
+        format!("{head}{header}\n{}\n\n{tail}", keys.join("\n"))
+    }
+
+    #[test]
+    fn the_example_user_parses_once_uncommented() {
+        let text = uncommented("[[users]]");
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.users.len(), 1);
+        assert_eq!(config.users[0].acl, "+@read +@connection ~report:*");
+    }
+
+    #[test]
+    fn the_example_validation_parses_once_uncommented() {
+        let text = uncommented("[pools.cache.validate]");
         let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
         let v = &config.pools[0].validate;
         assert_eq!(v.key_patterns, ["app:*", "report:*"]);
@@ -1180,24 +1171,7 @@ servers = ["198.18.0.4:11211:1"]
 
     #[test]
     fn the_example_rate_limit_parses_once_uncommented() {
-        let (head, rest) = FERROX_TOML
-            .split_once("# [[pools.cache.rate_limits]]")
-            .expect("the example rate limit");
-        let (block, tail) = rest.split_once("\n\n").expect("a blank line after it");
-        let keys: Vec<&str> = block
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("# ").filter(|l| {
-                    l.split_once(" = ").is_some_and(|(key, _)| {
-                        key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                    })
-                })
-            })
-            .collect();
-        let text = format!(
-            "{head}[[pools.cache.rate_limits]]\n{}\n\n{tail}",
-            keys.join("\n")
-        );
+        let text = uncommented("[[pools.cache.rate_limits]]");
         let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             config.pools[0].rate_limits[0].describe(),

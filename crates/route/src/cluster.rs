@@ -25,29 +25,11 @@ fn hash_tag(key: &[u8]) -> &[u8] {
 }
 
 /// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, no
-/// reflection, as the cluster specification's reference code.
+/// reflection, as the cluster specification's reference code (kept to 16
+/// bits, unlike twemproxy's `crc16` hash over the same table).
 fn crc16(bytes: &[u8]) -> u16 {
-    const TABLE: [u16; 256] = {
-        let mut table = [0u16; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut crc = (i as u16) << 8;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 0x8000 != 0 {
-                    crc << 1 ^ 0x1021
-                } else {
-                    crc << 1
-                };
-                bit += 1;
-            }
-            table[i] = crc;
-            i += 1;
-        }
-        table
-    };
     bytes.iter().fold(0u16, |crc, &b| {
-        crc << 8 ^ TABLE[((crc >> 8) as u8 ^ b) as usize]
+        crc << 8 ^ crate::hash::CRC16_TABLE[((crc >> 8) as u8 ^ b) as usize]
     })
 }
 

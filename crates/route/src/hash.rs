@@ -137,7 +137,9 @@ fn one_at_a_time(key: &[u8]) -> u32 {
     h.wrapping_add(h << 15)
 }
 
-const CRC16_TABLE: [u16; 256] = {
+/// CRC-16/XMODEM's table (polynomial 0x1021), shared with Redis
+/// Cluster's key slots.
+pub(crate) const CRC16_TABLE: [u16; 256] = {
     let mut table = [0u16; 256];
     let mut i = 0;
     while i < 256 {

@@ -344,25 +344,22 @@ impl Slot {
 
 /// `WAIT`: the least of the pieces' integers.
 fn merge_min<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> Result<(), ()> {
-    let mut least = i64::MAX;
-    for p in pieces {
-        let digits = p
-            .strip_prefix(b":")
-            .and_then(|p| p.strip_suffix(b"\r\n"))
-            .ok_or(())?;
-        let n: i64 = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|d| d.parse().ok())
-            .ok_or(())?;
-        least = least.min(n);
-    }
-    resp::write_integer(out, least);
-    Ok(())
+    merge_integers(pieces, out, i64::MAX, i64::min)
 }
 
 /// `DEL`, `EXISTS`, ...: the pieces' integers summed.
 fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> Result<(), ()> {
-    let mut sum = 0i64;
+    merge_integers(pieces, out, 0, i64::saturating_add)
+}
+
+/// The pieces' integer replies folded into one.
+fn merge_integers<'a>(
+    pieces: impl Iterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+    start: i64,
+    fold: impl Fn(i64, i64) -> i64,
+) -> Result<(), ()> {
+    let mut folded = start;
     for p in pieces {
         let digits = p
             .strip_prefix(b":")
@@ -372,9 +369,9 @@ fn merge_sum<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> R
             .ok()
             .and_then(|d| d.parse().ok())
             .ok_or(())?;
-        sum = sum.saturating_add(n);
+        folded = fold(folded, n);
     }
-    resp::write_integer(out, sum);
+    resp::write_integer(out, folded);
     Ok(())
 }
 
