@@ -1,7 +1,7 @@
 //! Once warmed up, the engine allocates nothing per request: a counting
 //! global allocator watches every engine call while a client pipelines
 //! single-key, split multi-key and local commands (RESP and memcached) to
-//! two servers.
+//! two servers, through pools with validation rules and rate limits.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -72,9 +72,31 @@ impl Placement for FirstByte {
     fn set_live(&mut self, _: &[bool]) {}
 }
 
+/// A pool of two servers with the access-layer checks on, so that they
+/// are counted too: validation and three rate limits (never reached).
 fn pool(protocol: Protocol, base_port: u16) -> PoolSpec {
+    use ferrox_config::{RateBy, RateLimit, Validate};
+    let limit = |by, bytes| RateLimit {
+        by,
+        commands: Vec::new(),
+        requests: Some(1 << 40),
+        bytes,
+        per_ms: 1000,
+    };
     PoolSpec {
         timeout: Some(1_000_000),
+        validate: Validate {
+            key_patterns: vec!["?".into()],
+            max_key_bytes: Some(64),
+            max_value_bytes: Some(1024),
+            max_keys: Some(10),
+            ..Validate::default()
+        },
+        rate_limits: vec![
+            limit(RateBy::Client, None),
+            limit(RateBy::Key, Some(1 << 50)),
+            limit(RateBy::Command, None),
+        ],
         ..pool_spec(protocol, 2, base_port, Box::new(FirstByte))
     }
 }

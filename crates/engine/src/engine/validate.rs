@@ -53,39 +53,47 @@ pub(super) fn value(rules: &Validate, len: usize) -> Result<(), String> {
     }
 }
 
-/// The expiry rules for a Redis command (`name` upper case, `args` every
-/// argument, the name first).
-pub(super) fn redis_ttl(rules: &Validate, name: &[u8], args: &[&[u8]]) -> Result<(), String> {
+/// The expiry rules for a Redis command (`name` upper case; `arg(i)` its
+/// argument `i`, the name being 0, of `argc`).
+pub(super) fn redis_ttl<'a>(
+    rules: &Validate,
+    name: &[u8],
+    argc: usize,
+    arg: impl Fn(usize) -> &'a [u8],
+) -> Result<(), String> {
     if !rules.require_ttl && rules.max_ttl_s.is_none() {
         return Ok(());
     }
-    let number = |i: usize| -> Option<i64> { std::str::from_utf8(args.get(i)?).ok()?.parse().ok() };
+    let number = |i: usize| -> Option<i64> {
+        (i < argc).then(|| std::str::from_utf8(arg(i)).ok()?.parse().ok())?
+    };
     let command = String::from_utf8_lossy(name);
     match name {
         b"SET" | b"GETEX" => {
             let first_option = if name == b"SET" { 3 } else { 2 };
             let mut expiry = false;
             let mut i = first_option;
-            while i < args.len() {
-                let option = args[i].to_ascii_uppercase();
-                match &option[..] {
-                    b"EX" => {
+            while i < argc {
+                let option = arg(i);
+                let is = |word: &[u8]| option.eq_ignore_ascii_case(word);
+                match () {
+                    () if is(b"EX") => {
                         expiry = true;
                         relative(rules, number(i + 1), 1)?;
                         i += 1;
                     }
-                    b"PX" => {
+                    () if is(b"PX") => {
                         expiry = true;
                         relative(rules, number(i + 1), 1000)?;
                         i += 1;
                     }
-                    b"EXAT" | b"PXAT" => {
+                    () if is(b"EXAT") || is(b"PXAT") => {
                         expiry = true;
                         absolute(rules)?;
                         i += 1;
                     }
-                    b"KEEPTTL" => expiry = true,
-                    _ => {}
+                    () if is(b"KEEPTTL") => expiry = true,
+                    () => {}
                 }
                 i += 1;
             }
@@ -187,13 +195,14 @@ mod tests {
             .unwrap_err()
             .starts_with("validate max_keys"));
         assert!(value(&r, 4).is_ok() && value(&r, 5).is_err());
+        let ttl = |name: &[u8], args: &[&[u8]]| redis_ttl(&r, name, args.len(), |i| args[i]);
         let set = |extra: &[&[u8]]| {
             let args: Vec<&[u8]> = [&b"SET"[..], b"app:1", b"v"]
                 .iter()
                 .chain(extra)
                 .copied()
                 .collect();
-            redis_ttl(&r, b"SET", &args)
+            ttl(b"SET", &args)
         };
         assert!(set(&[]).unwrap_err().starts_with("validate require_ttl"));
         assert!(set(&[b"EX", b"60"]).is_ok());
@@ -203,9 +212,9 @@ mod tests {
         assert!(set(&[b"PX", b"60000"]).is_ok() && set(&[b"PX", b"60001"]).is_err());
         assert!(set(&[b"EXAT", b"1"]).is_err());
         assert!(set(&[b"KEEPTTL"]).is_ok());
-        assert!(redis_ttl(&r, b"SETEX", &[b"SETEX", b"k", b"61", b"v"]).is_err());
-        assert!(redis_ttl(&r, b"MSET", &[b"MSET", b"k", b"v"]).is_err());
-        assert!(redis_ttl(&r, b"GET", &[b"GET", b"k"]).is_ok());
+        assert!(ttl(b"SETEX", &[b"SETEX", b"k", b"61", b"v"]).is_err());
+        assert!(ttl(b"MSET", &[b"MSET", b"k", b"v"]).is_err());
+        assert!(ttl(b"GET", &[b"GET", b"k"]).is_ok());
         assert!(memcache_ttl(&r, Some(0), true).is_err());
         assert!(memcache_ttl(&r, Some(0), false).is_ok());
         assert!(memcache_ttl(&r, Some(60), true).is_ok());

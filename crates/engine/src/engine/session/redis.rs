@@ -658,16 +658,27 @@ impl Engine {
                 .chain(command::dest_key(route).then_some(1))
         };
         super::super::validate::keys(rules, key_args().map(arg))?;
-        let name = arg(0).to_ascii_uppercase();
-        if crate::acl::is_write(&name) {
-            let mut is_key = vec![false; args.len()];
-            key_args().for_each(|i| is_key[i] = true);
-            for i in (1..args.len()).filter(|&i| !is_key[i]) {
+        // The name upper-cased on the stack: longer ones are no command.
+        let mut upper = [0u8; 32];
+        let name = arg(0);
+        let name = match upper.get_mut(..name.len()) {
+            Some(buffer) => {
+                buffer.copy_from_slice(name);
+                buffer.make_ascii_uppercase();
+                &*buffer
+            }
+            None => return Ok(()),
+        };
+        if rules.max_value_bytes.is_some() && crate::acl::is_write(name) {
+            let dest = command::dest_key(route);
+            let is_key = |i: usize| {
+                (keys.contains(&i) && (i - keys.start).is_multiple_of(step)) || (dest && i == 1)
+            };
+            for i in (1..args.len()).filter(|&i| !is_key(i)) {
                 super::super::validate::value(rules, arg(i).len())?;
             }
         }
-        let all: Vec<&[u8]> = (0..args.len()).map(arg).collect();
-        super::super::validate::redis_ttl(rules, &name, &all)
+        super::super::validate::redis_ttl(rules, name, args.len(), arg)
     }
 
     /// `WAIT numreplicas timeout`: a client's writes to a server went
