@@ -3,7 +3,7 @@
 #
 #   ./ferrox.sh demo    set this machine up and run ferrox's main job
 #   ./ferrox.sh test    set this machine up and run every check and test
-#   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane and proxy harnesses)
+#   ./ferrox.sh bench   run the benchmarks (criterion, then the dataplane, proxy, control, cluster and policy harnesses)
 #   ./ferrox.sh fuzz    run every fuzz target for FUZZ_SECONDS (default 60) each
 #   ./ferrox.sh soak [SECONDS] [ARGS]  random clients against the real appliance, every reply checked
 #   ./ferrox.sh install  install ferrox as a systemd service (DESTDIR=DIR: staged under DIR)
@@ -383,6 +383,8 @@ cmd_bench() {
   mkdir -p "$report"
   RESULTS=$report/results.tsv bench/proxy.sh
   bench/control.sh
+  bench/cluster.sh
+  bench/policy.sh
   python3 bench/report.py -o "$report" "$report/results.tsv" >/dev/null
   log "benchmark report: $PWD/$report/report.md"
 }

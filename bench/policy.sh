@@ -23,46 +23,15 @@ ROUNDS=${ROUNDS:-3}
 MTU=${MTU:-1500}
 P=${P:-16}
 DIR=$(mktemp -d /tmp/ferrox-bench-policy-XXXXXX)
-PIDS=()
-DP_PID=""
-
-cleanup() {
-  set +e
-  if [ -n "$DP_PID" ]; then
-    kill -INT "$DP_PID" 2>/dev/null && sleep 1
-    kill -KILL "$DP_PID" 2>/dev/null
-  fi
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  ip netns del "$NS" 2>/dev/null
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-in_ns() { ip netns exec "$NS" "$@"; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 cargo build --release --locked -q -p ferrox-dataplane
 
-ip netns add "$NS"
-in_ns ip link set lo up
-in_ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
-in_ns ip link add veth0 type veth peer name veth1
-in_ns ip link set veth0 mtu "$MTU"
-in_ns ip addr add 198.18.0.1/24 dev veth0
-in_ns ip link set veth0 up
-in_ns ip link set veth1 up
-in_ns ethtool -K veth0 tso off >/dev/null 2>&1 || true
+setup_netns
 
-for port in 7001 7002 7003; do
-  ip netns exec "$NS" redis-server --bind 198.18.0.1 --port "$port" --save '' --appendonly no \
-    --protected-mode no --daemonize no --loglevel warning --dir "$DIR" >/dev/null &
-  PIDS+=("$!")
-done
-for port in 7001 7002 7003; do
-  for _ in $(seq 50); do
-    in_ns redis-cli -h 198.18.0.1 -p "$port" PING 2>/dev/null | grep -q PONG && break
-    sleep 0.1
-  done
-done
+for port in 7001 7002 7003; do start_redis "$port"; done
+wait_redis 7001 7002 7003
 
 cat >"$DIR/ferrox.toml" <<'TOML'
 [pools.plain]
@@ -102,11 +71,7 @@ password = "secret"
 pools = ["policy"]
 acl = "+@read +@write +@connection -@dangerous ~key:*"
 TOML
-ip netns exec "$NS" target/release/ferrox-dataplane --vdev net_af_packet0,iface=veth1 \
-  --address 198.18.0.2/24 --config "$DIR/ferrox.toml" --memory-mb 512 --mbufs 32767 \
-  --mtu "$MTU" --file-prefix "$NS" >/dev/null 2>"$DIR/ferrox.log" &
-DP_PID=$!
-sleep 3
+start_ferrox "$DIR/ferrox.toml"
 in_ns timeout 10 redis-cli -h 198.18.0.2 -p 22121 SET key:warmup 1 | grep -q OK \
   || { echo "no answer from the plain pool" >&2; cat "$DIR/ferrox.log" >&2; exit 1; }
 in_ns timeout 10 redis-cli -h 198.18.0.2 -p 22122 --user app --pass secret SET key:warmup 1 2>/dev/null | grep -q OK \

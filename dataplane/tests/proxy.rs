@@ -594,21 +594,7 @@ print(direct)
         ),
     );
     let table = memcached_table();
-    for (i, port) in MEMCACHED_PORTS.iter().enumerate() {
-        let list = mc
-            .split(&format!("{port}: ["))
-            .nth(1)
-            .and_then(|rest| rest.split(']').next())
-            .unwrap_or_else(|| panic!("no keys listed for {port}: {mc}"));
-        for key in list.split(", ").filter(|k| !k.is_empty()) {
-            let key = key.trim_matches('\'');
-            assert_eq!(
-                table.server_for(key.as_bytes(), 0),
-                Some(i),
-                "{key} on {port}"
-            );
-        }
-    }
+    assert_memcached_placement(&mc, &table);
     let listed = mc.matches("'mc:").count();
     assert_eq!(listed, 100, "{mc}");
 
@@ -686,23 +672,7 @@ print(direct)
 "#
         ),
     );
-    let mut placed = 0;
-    for (i, port) in MEMCACHED_PORTS.iter().enumerate() {
-        let list = binary
-            .split(&format!("{port}: ["))
-            .nth(1)
-            .and_then(|rest| rest.split(']').next())
-            .unwrap_or_else(|| panic!("no keys listed for {port}: {binary}"));
-        for key in list.split(", ").filter(|k| !k.is_empty()) {
-            let key = key.trim_matches('\'');
-            assert_eq!(
-                table.server_for(key.as_bytes(), 0),
-                Some(i),
-                "{key} on {port}"
-            );
-            placed += 1;
-        }
-    }
+    let placed = assert_memcached_placement(&binary, &table);
     // bin:3 was deleted.
     assert_eq!(placed, 99, "{binary}");
 
@@ -751,6 +721,30 @@ print(direct)
     let stats = dp.stop();
     assert!(stat(&stats, "backend_failures") >= 1, "{stats}");
     assert!(stat(&stats, "split_requests") >= 3, "{stats}");
+}
+
+/// Checks that every key a script printed per memcached port (a Python
+/// dict `{port: ['key', ...]}`) is on the server the router names; the
+/// number of keys listed.
+fn assert_memcached_placement(listing: &str, table: &Table) -> usize {
+    let mut placed = 0;
+    for (i, port) in MEMCACHED_PORTS.iter().enumerate() {
+        let list = listing
+            .split(&format!("{port}: ["))
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_else(|| panic!("no keys listed for {port}: {listing}"));
+        for key in list.split(", ").filter(|k| !k.is_empty()) {
+            let key = key.trim_matches('\'');
+            assert_eq!(
+                table.server_for(key.as_bytes(), 0),
+                Some(i),
+                "{key} on {port}"
+            );
+            placed += 1;
+        }
+    }
+    placed
 }
 
 fn table_pick(key: &str) -> usize {
