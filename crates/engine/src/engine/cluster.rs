@@ -527,7 +527,10 @@ impl Engine {
         }
         self.backends[b].output_tail().extend_from_slice(&sent);
         self.queue_on(b, request.at, request.expect, now);
-        self.pools[pool].live[node] = self.pools[pool].live[node] || !redirect.ask;
+        if !redirect.ask {
+            // It serves a slot now.
+            self.pools[pool].live[node] = true;
+        }
         true
     }
 

@@ -381,6 +381,12 @@ impl Engine {
         self.scratch.groups = groups;
     }
 
+    /// Whether session `index`'s pool has rate limits (else nothing need
+    /// be worked out for them).
+    pub(super) fn has_rate_limits(&self, index: usize) -> bool {
+        !self.pools[self.sessions[index].pool].limiter.is_empty()
+    }
+
     /// Counts a request of session `index` (`bytes` long, `command`, its
     /// first key `key`) against its pool's rate limits: `Err` names the
     /// rule that refused it (counted). When a rule counts bytes, the slot

@@ -170,7 +170,7 @@ impl Engine {
                 });
             }
         }
-        if route != Some(Route::Local(Local::Quit)) {
+        if route != Some(Route::Local(Local::Quit)) && self.has_rate_limits(index) {
             let key = route
                 .and_then(|r| {
                     command::key_positions(r, args.len(), |i| {
