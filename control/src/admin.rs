@@ -345,6 +345,9 @@ pub struct PoolStats {
     /// Requests refused because a core was overloaded.
     #[serde(default)]
     pub overload_refused: u64,
+    /// Reads sent again after their replica failed.
+    #[serde(default)]
+    pub replica_retries: u64,
     pub servers: Vec<ServerStats>,
 }
 

@@ -647,15 +647,24 @@ impl Control {
                     listen: pool.listen.to_string(),
                     protocol: format!("{:?}", pool.protocol).to_lowercase(),
                     servers: pool
-                        .servers
-                        .iter()
-                        .map(|s| admin::ServerHealth {
-                            addr: s.addr.to_string(),
-                            name: s.name.clone(),
-                            weight: s.weight,
-                            state: health.state(&pool.name, s.addr).into(),
-                            failures: health.failures(&pool.name, s.addr),
-                            ejections: health.ejections(&pool.name, s.addr),
+                        .all_servers()
+                        .enumerate()
+                        .map(|(i, (addr, shard))| {
+                            let (name, weight) = match shard {
+                                // A replica: named after its shard, and
+                                // placed by nothing.
+                                Some(shard) => (format!("{}/replica", pool.servers[shard].name), 0),
+                                // The shards come first.
+                                None => (pool.servers[i].name.clone(), pool.servers[i].weight),
+                            };
+                            admin::ServerHealth {
+                                addr: addr.to_string(),
+                                name,
+                                weight,
+                                state: health.state(&pool.name, addr).into(),
+                                failures: health.failures(&pool.name, addr),
+                                ejections: health.ejections(&pool.name, addr),
+                            }
                         })
                         .collect(),
                 })
@@ -785,7 +794,10 @@ impl Control {
                 .pools
                 .iter()
                 .enumerate()
-                .flat_map(|(p, pool)| pool.servers.iter().map(move |s| (p, pool, s.addr)))
+                .flat_map(|(p, pool)| pool.all_servers().map(move |(addr, _)| (p, pool, addr)))
+                // A shard named by its Sentinel master: the dataplane
+                // follows Sentinel for it.
+                .filter(|(_, _, addr)| !addr.ip().is_unspecified())
                 .map(|(p, pool, addr)| {
                     scope.spawn(move || (p, addr, health::probe(pool, addr, timeout)))
                 })

@@ -89,7 +89,7 @@ impl Health {
             config
                 .pools
                 .iter()
-                .any(|p| p.name == *pool && p.servers.iter().any(|s| s.addr == *addr))
+                .any(|p| p.name == *pool && p.all_servers().any(|(a, _)| a == *addr))
         });
     }
 
@@ -128,11 +128,10 @@ impl Health {
             .pools
             .iter()
             .map(|pool| {
-                pool.servers
-                    .iter()
+                pool.all_servers()
                     .take(64)
                     .enumerate()
-                    .filter(|(_, s)| self.is_out(&pool.name, s.addr))
+                    .filter(|(_, (addr, _))| self.is_out(&pool.name, *addr))
                     .fold(0, |mask, (i, _)| mask | 1 << i)
             })
             .collect()
@@ -260,16 +259,8 @@ mod tests {
             overload: Default::default(),
         };
         config.pools[0].servers = vec![
-            ferrox_config::Server {
-                addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
-                weight: 1,
-                name: "x".into(),
-            },
-            ferrox_config::Server {
-                addr: A,
-                weight: 1,
-                name: "a".into(),
-            },
+            ferrox_config::Server::new(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000), 1, "x"),
+            ferrox_config::Server::new(A, 1, "a"),
         ];
         assert_eq!(health.masks(&config), [0b10]);
         health.hold("cache", A, false);

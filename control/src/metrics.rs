@@ -98,6 +98,7 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
         validation_refused: pool.validation_refused,
         rate_limited: pool.rate_limited,
         overload_refused: pool.overload_refused,
+        replica_retries: pool.replica_retries,
         servers: pool
             .servers
             .iter()
@@ -333,6 +334,12 @@ pub fn prometheus(
             "counter",
             "Requests refused because a dataplane core was past an overload watermark.",
             |p| p.overload_refused,
+        ),
+        (
+            "ferrox_pool_replica_retries_total",
+            "counter",
+            "Reads a failed replica held, sent again to another server of their shard.",
+            |p| p.replica_retries,
         ),
     ];
     for (name, kind, help, value) in per_pool {

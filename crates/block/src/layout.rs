@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -158,6 +158,8 @@ pub struct PoolRecord {
     pub rate_limited: AtomicU64,
     /// Requests refused because the core was overloaded.
     pub overload_refused: AtomicU64,
+    /// Reads a failed replica held, sent again to another server.
+    pub replica_retries: AtomicU64,
     pub servers: [ServerRecord; MAX_SERVERS],
 }
 

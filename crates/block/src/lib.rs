@@ -555,6 +555,7 @@ pub struct PoolSnapshot {
     pub validation_refused: u64,
     pub rate_limited: u64,
     pub overload_refused: u64,
+    pub replica_retries: u64,
     pub servers: Vec<ServerSnapshot>,
 }
 
@@ -599,6 +600,7 @@ impl PoolSnapshot {
             validation_refused: record.validation_refused.load(Ordering::Relaxed),
             rate_limited: record.rate_limited.load(Ordering::Relaxed),
             overload_refused: record.overload_refused.load(Ordering::Relaxed),
+            replica_retries: record.replica_retries.load(Ordering::Relaxed),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
@@ -639,6 +641,7 @@ impl PoolSnapshot {
         self.validation_refused += other.validation_refused;
         self.rate_limited += other.rate_limited;
         self.overload_refused += other.overload_refused;
+        self.replica_retries += other.replica_retries;
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::model::{Distribution, HashFn, Pool, Protocol, Server, DISTRIBUTIONS, HASHES};
+use super::model::{
+    Distribution, HashFn, Pool, Protocol, ReadPolicy, Server, DISTRIBUTIONS, HASHES,
+};
 use super::{ConfigError, Diagnostic};
 
 /// The diagnostics found so far in one file.
@@ -137,7 +139,7 @@ pub(super) fn listen(text: &str) -> Result<SocketAddrV4, String> {
 }
 
 /// `a.b.c.d:port`.
-fn address(text: &str) -> Result<SocketAddrV4, String> {
+pub(super) fn address(text: &str) -> Result<SocketAddrV4, String> {
     let Some((host, port_text)) = text.rsplit_once(':') else {
         return Err("expected \"address:port\"".into());
     };
@@ -154,7 +156,7 @@ fn default_name(host: &str, addr_text: &str, addr: SocketAddrV4) -> String {
     }
 }
 
-fn server_name(name: &str) -> Result<String, String> {
+pub(super) fn server_name(name: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err("the server name is empty".into());
     }
@@ -202,11 +204,11 @@ pub(super) fn server(spec: &str, weight_required: bool) -> Result<Server, String
     };
     let addr = address(addr_text)?;
     let host = addr_text.rsplit_once(':').map_or("", |(h, _)| h);
-    Ok(Server {
+    Ok(Server::new(
         addr,
         weight,
-        name: name.unwrap_or_else(|| default_name(host, addr_text, addr)),
-    })
+        name.unwrap_or_else(|| default_name(host, addr_text, addr)),
+    ))
 }
 
 /// The TOML table form `{ addr = "a.b.c.d:port", weight = 1, name = "x" }`.
@@ -220,14 +222,11 @@ pub(super) fn server_parts(
         return Err("weight 0: a server needs a weight of at least 1".into());
     }
     let host = addr_text.rsplit_once(':').map_or("", |(h, _)| h);
-    Ok(Server {
-        addr,
-        weight,
-        name: match name {
-            Some(n) => server_name(n)?,
-            None => default_name(host, addr_text, addr),
-        },
-    })
+    let name = match name {
+        Some(n) => server_name(n)?,
+        None => default_name(host, addr_text, addr),
+    };
+    Ok(Server::new(addr, weight, name))
 }
 
 pub(super) fn hash(name: &str) -> Result<HashFn, String> {
@@ -332,6 +331,8 @@ pub(super) struct Draft {
     pub distribution_line: Option<usize>,
     pub eject_line: Option<usize>,
     pub servers_line: Option<usize>,
+    pub read_policy_line: Option<usize>,
+    pub sentinels_line: Option<usize>,
     /// Server entries read, valid or not (a `servers` value that is not a
     /// list counts as one).
     pub server_entries: usize,
@@ -352,6 +353,8 @@ impl Draft {
             distribution_line: None,
             eject_line: None,
             servers_line: None,
+            read_policy_line: None,
+            sentinels_line: None,
             server_entries: 0,
             server_lines: Vec::new(),
         }
@@ -420,6 +423,7 @@ pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report
                 );
             }
         }
+        shards_and_replicas(d, report);
         let mut names = HashMap::new();
         for (i, server) in pool.servers.iter().enumerate() {
             let Some(&j) = names.get(server.name.as_str()) else {
@@ -506,6 +510,116 @@ pub(super) fn users(users: &[super::model::User], pools: &[Pool], report: &mut R
                 report.error(user.line, format!("user {name:?}: pools: no pool {pool:?}"));
             }
         }
+    }
+}
+
+/// The checks of replicas, read policies and Sentinel-named shards: only
+/// plain redis pools have them; every address is one server's; a pool
+/// with sentinels names every shard by its master, and only such a pool
+/// may.
+fn shards_and_replicas(d: &Draft, report: &mut Report) {
+    let pool = &d.pool;
+    let name = &pool.name;
+    let sentinel = !pool.sentinels.is_empty();
+    let other_kind = if !d.protocol_ok {
+        None
+    } else if pool.protocol == Protocol::Memcache {
+        Some("a memcache pool has no replicas")
+    } else if pool.distribution == Distribution::RedisCluster {
+        Some("a redis_cluster pool learns the cluster's replicas from its slot map")
+    } else {
+        None
+    };
+    if let Some(why) = other_kind {
+        for (i, server) in pool.servers.iter().enumerate() {
+            if !server.replicas.is_empty() || server.master.is_some() {
+                let key = if server.master.is_some() {
+                    "master"
+                } else {
+                    "replicas"
+                };
+                report.error(
+                    d.server_lines[i],
+                    format!("pool {name:?}: server {:?}: {key}: {why}", server.name),
+                );
+            }
+        }
+        for (key, line) in [
+            ("read_policy", d.read_policy_line),
+            ("sentinels", d.sentinels_line),
+        ] {
+            if let Some(line) = line {
+                report.error(line, format!("pool {name:?}: {key}: {why}"));
+            }
+        }
+        return;
+    }
+    for (i, server) in pool.servers.iter().enumerate() {
+        let line = d.server_lines[i];
+        match (&server.master, sentinel) {
+            (Some(master), false) => report.error(
+                line,
+                format!(
+                    "pool {name:?}: server {:?}: master {master:?}: the pool names no sentinels to ask for it",
+                    server.name
+                ),
+            ),
+            (None, true) => report.error(
+                line,
+                format!(
+                    "pool {name:?}: server {:?}: a pool with sentinels names each shard by its master \
+                     ({{ master = \"...\", name = \"...\" }}), not by address",
+                    server.name
+                ),
+            ),
+            (Some(_), true) if !server.replicas.is_empty() => report.error(
+                line,
+                format!(
+                    "pool {name:?}: server {:?}: replicas: Sentinel tells a master's replicas",
+                    server.name
+                ),
+            ),
+            _ => {}
+        }
+        let mut seen: Vec<SocketAddrV4> = pool
+            .servers
+            .iter()
+            .filter(|s| s.master.is_none())
+            .map(|s| s.addr)
+            .collect();
+        seen.extend(
+            pool.servers[..i]
+                .iter()
+                .flat_map(|s| s.replicas.iter().copied()),
+        );
+        for (r, replica) in server.replicas.iter().enumerate() {
+            if seen.contains(replica) || server.replicas[..r].contains(replica) {
+                report.error(
+                    line,
+                    format!(
+                        "pool {name:?}: server {:?}: replica {replica}: already a server or replica of this pool",
+                        server.name
+                    ),
+                );
+            }
+        }
+    }
+    if pool.read_policy == ReadPolicy::Replica && !sentinel {
+        if let Some(server) = pool.servers.iter().find(|s| s.replicas.is_empty()) {
+            report.error(
+                d.read_policy_line.unwrap_or(d.line),
+                format!(
+                    "pool {name:?}: read_policy \"replica\": server {:?} has no replicas, so every read of its keys would fail",
+                    server.name
+                ),
+            );
+        }
+    }
+    if sentinel && pool.servers.is_empty() {
+        report.error(
+            d.sentinels_line.unwrap_or(d.line),
+            format!("pool {name:?}: sentinels: no server names a master"),
+        );
     }
 }
 

@@ -30,7 +30,7 @@
 use std::fmt::Display;
 use std::net::SocketAddrV4;
 
-use super::model::{Config, Pool, Protocol, Server};
+use super::model::{Config, Pool, Protocol, ReadPolicy, Server};
 
 /// Renders `config` as ferrox TOML that [`parse_toml`](super::parse_toml)
 /// reads back as `config` (when `config` is valid: a value the parsers
@@ -120,6 +120,12 @@ fn emit_pool(out: &mut String, pool: &Pool) {
         "blocked_commands",
         format_args!("[{}]", commands.join(", ")),
     );
+    if pool.read_policy != ReadPolicy::Primary {
+        entry(out, "read_policy", string(pool.read_policy.name()));
+    }
+    if !pool.sentinels.is_empty() {
+        entry(out, "sentinels", addresses(&pool.sentinels));
+    }
     if pool.servers.is_empty() {
         out.push_str("servers = []\n");
     } else {
@@ -199,7 +205,22 @@ fn size(n: usize) -> String {
 /// written in the table form, to be refused there with its reason.
 fn server(s: &Server) -> String {
     let spec = format!("{}:{}", s.addr, s.weight);
-    if s.name == default_name(s.addr) {
+    if let Some(master) = &s.master {
+        format!(
+            "{{ master = {}, weight = {}, name = {} }}",
+            string(master),
+            s.weight,
+            string(&s.name)
+        )
+    } else if !s.replicas.is_empty() {
+        format!(
+            "{{ addr = {}, weight = {}, name = {}, replicas = {} }}",
+            string(&s.addr.to_string()),
+            s.weight,
+            string(&s.name),
+            addresses(&s.replicas)
+        )
+    } else if s.name == default_name(s.addr) {
         string(&spec)
     } else if !s.name.is_empty() && !s.name.contains(char::is_whitespace) {
         string(&format!("{spec} {}", s.name))
@@ -211,6 +232,12 @@ fn server(s: &Server) -> String {
             string(&s.name)
         )
     }
+}
+
+/// `["a.b.c.d:port", ...]`.
+fn addresses(addrs: &[SocketAddrV4]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(|a| string(&a.to_string())).collect();
+    format!("[{}]", addrs.join(", "))
 }
 
 /// twemproxy's name for a server given without one, as `check` derives it
@@ -553,7 +580,7 @@ servers = [
                 1 => ip.to_string(),
                 _ => word,
             };
-            Server { addr, weight, name }
+            Server::new(addr, weight, name)
         })
     }
 

@@ -169,6 +169,45 @@ pub struct Pool {
     pub validate: Validate,
     /// Sliding-window rate limits, in file order.
     pub rate_limits: Vec<RateLimit>,
+    /// Where read commands go when a shard has replicas.
+    pub read_policy: ReadPolicy,
+    /// Redis Sentinels that know the shards' primaries and replicas
+    /// (each server is then named by its Sentinel master name).
+    pub sentinels: Vec<SocketAddrV4>,
+}
+
+/// Where a redis pool sends read commands (Redis's `@read` category,
+/// blocking ones and transactions excepted) of a shard that has replicas.
+/// Writes always go to the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPolicy {
+    /// Every request to the primary.
+    #[default]
+    Primary,
+    /// A replica that is up, else the primary.
+    PreferReplica,
+    /// A replica that is up, else the read fails.
+    Replica,
+    /// The primary or any replica that is up.
+    Any,
+}
+
+impl ReadPolicy {
+    pub const ALL: [(&'static str, ReadPolicy); 4] = [
+        ("primary", ReadPolicy::Primary),
+        ("prefer_replica", ReadPolicy::PreferReplica),
+        ("replica", ReadPolicy::Replica),
+        ("any", ReadPolicy::Any),
+    ];
+
+    pub fn name(self) -> &'static str {
+        ReadPolicy::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map(|(name, _)| *name)
+            .expect("every policy is listed")
+    }
 }
 
 /// One rate limit (`[[pools.NAME.rate_limits]]`): at most `requests`
@@ -271,6 +310,25 @@ pub struct Server {
     /// (`host:port`, or just `host` when the port is 11211, for
     /// libmemcached compatibility).
     pub name: String,
+    /// Replicas of this shard (`replicaof` it), for reads by the pool's
+    /// read policy; placement never sees them.
+    pub replicas: Vec<SocketAddrV4>,
+    /// The shard's Sentinel master name, in a pool with sentinels: its
+    /// primary and replicas are asked of them, and `addr` is unspecified.
+    pub master: Option<String>,
+}
+
+impl Server {
+    /// A plain server: no replicas, not named by Sentinel.
+    pub fn new(addr: SocketAddrV4, weight: u32, name: impl Into<String>) -> Server {
+        Server {
+            addr,
+            weight,
+            name: name.into(),
+            replicas: Vec::new(),
+            master: None,
+        }
+    }
 }
 
 /// Bounds on what a peer may send, for every pool.
@@ -333,6 +391,19 @@ impl Limits {
 }
 
 impl Pool {
+    /// Every server's address: the shards in order, then each shard's
+    /// replicas with the shard's index (the order the dataplane numbers
+    /// them, and health checks hold them out, in).
+    pub fn all_servers(&self) -> impl Iterator<Item = (SocketAddrV4, Option<usize>)> + '_ {
+        let shards = self.servers.iter().map(|s| (s.addr, None));
+        let replicas = self
+            .servers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.replicas.iter().map(move |&r| (r, Some(i))));
+        shards.chain(replicas)
+    }
+
     /// A pool with twemproxy's defaults for everything but its name,
     /// address and protocol, and no servers yet.
     pub fn new(name: impl Into<String>, listen: SocketAddrV4, protocol: Protocol) -> Pool {
@@ -358,6 +429,8 @@ impl Pool {
             servers: Vec::new(),
             validate: Validate::default(),
             rate_limits: Vec::new(),
+            read_policy: ReadPolicy::Primary,
+            sentinels: Vec::new(),
         }
     }
 }

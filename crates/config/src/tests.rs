@@ -34,11 +34,7 @@ fn addr(text: &str) -> SocketAddrV4 {
 }
 
 pub(crate) fn server(address: &str, weight: u32, name: &str) -> Server {
-    Server {
-        addr: addr(address),
-        weight,
-        name: name.into(),
-    }
+    Server::new(addr(address), weight, name)
 }
 
 /// The pool of the `every_key` tests, which set every key of a pool.
@@ -62,9 +58,15 @@ fn every_key_pool() -> Pool {
         server_retry_timeout_ms: 2000,
         server_failure_limit: 5,
         blocked_commands: vec!["FLUSHALL".into(), "KEYS".into()],
-        servers: vec![server("198.18.0.1:7001", 2, "alpha")],
+        servers: vec![{
+            let mut s = server("198.18.0.1:7001", 2, "alpha");
+            s.replicas = vec![addr("198.18.0.1:7101")];
+            s
+        }],
         validate: Default::default(),
         rate_limits: Vec::new(),
+        read_policy: ReadPolicy::PreferReplica,
+        sentinels: Vec::new(),
     }
 }
 
@@ -125,7 +127,8 @@ auto_eject_hosts = true
 server_retry_timeout_ms = 2000
 server_failure_limit = 5
 blocked_commands = ["flushall", "Keys", "FLUSHALL"]
-servers = ["198.18.0.1:7001:2 alpha"]
+read_policy = "prefer_replica"
+servers = [{ addr = "198.18.0.1:7001", weight = 2, name = "alpha", replicas = ["198.18.0.1:7101"] }]
 "#,
         );
         assert_eq!(
@@ -305,7 +308,7 @@ weight = 2
                 "[pools.a]\nlisten = \"0.0.0.0:1\"\nprotocol = \"redis\"\n\
                  servers = [{ addr = \"198.18.0.1:1\", wieght = 2 }]\n"
             ),
-            ["x.toml:4: pool \"a\": server: unknown key \"wieght\" (did you mean \"weight\"?); a server has addr, weight and name"]
+            ["x.toml:4: pool \"a\": server: unknown key \"wieght\" (did you mean \"weight\"?); a server has addr, weight, name, replicas (or master instead of addr)"]
         );
     }
 
@@ -483,6 +486,90 @@ max_ttl_s = 86400
                 "x.toml:7: pool \"a\": validate: max_keys: must be at least 1",
                 "x.toml:8: pool \"a\": validate: require_tll: unknown key (did you mean \"require_ttl\"?); validate has key_patterns, max_key_bytes, max_value_bytes, max_keys, require_ttl, max_ttl_s",
             ]
+        );
+    }
+
+    #[test]
+    fn replicas_and_read_policies_are_read_and_checked() {
+        let config = toml_ok(&redis_pool(
+            "a",
+            "0.0.0.0:6379",
+            r#"[{ addr = "198.18.0.1:7001", name = "a", replicas = ["198.18.0.1:7101", "198.18.0.1:7102"] }]
+read_policy = "replica""#,
+        ));
+        let pool = &config.pools[0];
+        assert_eq!(pool.read_policy, ReadPolicy::Replica);
+        assert_eq!(
+            pool.servers[0].replicas,
+            [addr("198.18.0.1:7101"), addr("198.18.0.1:7102")]
+        );
+        assert_eq!(
+            toml_errors(&format!(
+                "{}read_policy = \"replicas\"\n",
+                redis_pool(
+                    "a",
+                    "0.0.0.0:6379",
+                    r#"[{ addr = "198.18.0.1:7001", name = "a", replicas = ["198.18.0.1:7001"] }]"#
+                )
+            )),
+            [
+                "x.toml:4: pool \"a\": server \"a\": replica 198.18.0.1:7001: already a server or replica of this pool",
+                "x.toml:5: pool \"a\": read_policy \"replicas\": expected one of primary, prefer_replica, replica, any (did you mean \"replica\"?)",
+            ]
+        );
+        assert_eq!(
+            toml_errors(&format!(
+                "{}read_policy = \"replica\"\n",
+                redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
+            )),
+            ["x.toml:5: pool \"a\": read_policy \"replica\": server \"198.18.0.1:7001\" has no replicas, so every read of its keys would fail"]
+        );
+        let memcache = "[pools.m]\nlisten = \"0.0.0.0:11211\"\nprotocol = \"memcache\"\n\
+             servers = [{ addr = \"198.18.0.1:11211\", replicas = [\"198.18.0.1:11212\"] }]\n\
+             read_policy = \"any\"\n";
+        assert_eq!(
+            toml_errors(memcache),
+            [
+                "x.toml:4: pool \"m\": server \"198.18.0.1\": replicas: a memcache pool has no replicas",
+                "x.toml:5: pool \"m\": read_policy: a memcache pool has no replicas",
+            ]
+        );
+    }
+
+    #[test]
+    fn sentinel_named_shards_are_read_and_checked() {
+        let config = toml_ok(&format!(
+            "{}sentinels = [\"198.18.0.1:26379\", \"198.18.0.1:26380\"]\nread_policy = \"prefer_replica\"\n",
+            redis_pool(
+                "a",
+                "0.0.0.0:6379",
+                r#"[{ master = "shard-a", name = "a" }, { master = "shard-b" }]"#
+            )
+        ));
+        let pool = &config.pools[0];
+        assert_eq!(pool.sentinels.len(), 2);
+        assert_eq!(pool.servers[0].master.as_deref(), Some("shard-a"));
+        assert_eq!(pool.servers[0].name, "a");
+        assert_eq!(pool.servers[1].name, "shard-b", "named by its master");
+        let emitted = crate::emit_toml(&config);
+        assert_eq!(toml_ok(&emitted), config, "{emitted}");
+        assert_eq!(
+            toml_errors(&redis_pool(
+                "a",
+                "0.0.0.0:6379",
+                r#"[{ master = "shard-a", addr = "198.18.0.1:7001" }, { master = "shard-b" }]"#
+            )),
+            [
+                "x.toml:4: pool \"a\": server: master \"shard-a\": a shard named by its Sentinel master has no addr (Sentinel tells it)",
+                "x.toml:4: pool \"a\": server \"shard-b\": master \"shard-b\": the pool names no sentinels to ask for it",
+            ]
+        );
+        assert_eq!(
+            toml_errors(&format!(
+                "{}sentinels = [\"198.18.0.1:26379\"]\n",
+                redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
+            )),
+            ["x.toml:4: pool \"a\": server \"198.18.0.1:7001\": a pool with sentinels names each shard by its master ({ master = \"...\", name = \"...\" }), not by address"]
         );
     }
 
@@ -718,11 +805,12 @@ mod nutcracker_format {
         assert_eq!(
             config.pools,
             // The TOML test's pool, in the format's own spellings; it
-            // has no blocked commands, and a server without a name is
-            // named by its address.
+            // has no blocked commands nor replicas, and a server without
+            // a name is named by its address.
             vec![Pool {
                 distribution: Distribution::from_name("modula").unwrap(),
                 blocked_commands: vec![],
+                read_policy: ReadPolicy::Primary,
                 servers: vec![
                     server("198.18.0.1:7001", 2, "alpha"),
                     server("198.18.0.1:11211", 1, "198.18.0.1"),

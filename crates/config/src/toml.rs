@@ -8,12 +8,13 @@
 //! them at once. Only a TOML syntax error stops the reading.
 
 use std::fmt;
+use std::net::SocketAddrV4;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::check::{self, Draft, Report};
 use super::model::{
-    Config, Limits, Overload, Protocol, RateBy, RateLimit, User, Validate, MAX_DEPTH,
+    Config, Limits, Overload, Protocol, RateBy, RateLimit, ReadPolicy, User, Validate, MAX_DEPTH,
 };
 use super::ConfigError;
 
@@ -38,6 +39,8 @@ const POOL_KEYS: &[&str] = &[
     "servers",
     "validate",
     "rate_limits",
+    "read_policy",
+    "sentinels",
 ];
 
 const RATE_KEYS: &[&str] = &["by", "commands", "requests", "bytes", "per_ms"];
@@ -405,6 +408,27 @@ impl Cx<'_> {
                         other.kind()
                     )),
                 },
+                "read_policy" => string(value).and_then(|s| {
+                    draft.read_policy_line = Some(line);
+                    let policy = ReadPolicy::ALL.iter().find(|(n, _)| *n == s);
+                    let names: Vec<&str> = ReadPolicy::ALL.iter().map(|(n, _)| *n).collect();
+                    let policy = policy.map(|(_, p)| *p).ok_or_else(|| {
+                        shown(
+                            s,
+                            format!(
+                                "expected one of {}{}",
+                                names.join(", "),
+                                check::did_you_mean(s, &names)
+                            ),
+                        )
+                    })?;
+                    pool.read_policy = policy;
+                    Ok(())
+                }),
+                "sentinels" => {
+                    draft.sentinels_line = Some(line);
+                    addresses(value).map(|a| pool.sentinels = a)
+                }
                 "servers" => {
                     draft.servers_line = Some(line);
                     self.servers(&mut draft, value, line);
@@ -827,26 +851,75 @@ impl Cx<'_> {
     }
 }
 
-/// `{ addr = "a.b.c.d:port", weight = 1, name = "x" }`.
+/// `{ addr = "a.b.c.d:port", weight = 1, name = "x", replicas = [...] }`,
+/// or a shard named by its Sentinel master: `{ master = "m", name = "x" }`.
 fn server_table(fields: &[(::toml::Spanned<String>, Node)]) -> Result<super::Server, String> {
+    const KEYS: [&str; 5] = ["addr", "weight", "name", "replicas", "master"];
     let (mut addr, mut weight, mut name) = (None, 1, None);
+    let (mut replicas, mut master) = (Vec::new(), None);
     for (key, value) in fields {
         match key.get_ref().as_str() {
             "addr" => addr = Some(string(value).map_err(|r| format!("addr{r}"))?),
             "weight" => weight = integer(value).map_err(|r| format!("weight{r}"))?,
             "name" => name = Some(string(value).map_err(|r| format!("name{r}"))?),
+            "replicas" => replicas = addresses(value).map_err(|r| format!("replicas{r}"))?,
+            "master" => {
+                let m = string(value).map_err(|r| format!("master{r}"))?;
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "master {m:?}: a Sentinel master name is one word of printable ASCII"
+                    ));
+                }
+                master = Some(m.to_owned());
+            }
             other => {
                 return Err(format!(
-                    "unknown key {other:?}{}; a server has addr, weight and name",
-                    check::did_you_mean(other, &["addr", "weight", "name"])
+                    "unknown key {other:?}{}; a server has addr, weight, name, replicas (or master instead of addr)",
+                    check::did_you_mean(other, &KEYS)
                 ))
             }
         }
     }
-    let Some(addr) = addr else {
-        return Err("addr is missing".into());
+    let mut server = match (addr, &master) {
+        (Some(addr), None) => {
+            check::server_parts(addr, weight, name).map_err(|r| format!("{addr:?}: {r}"))?
+        }
+        (None, Some(master)) => {
+            // Placement hashes the name, which the master's is by default.
+            let name = check::server_name(name.unwrap_or(master))?;
+            if weight == 0 {
+                return Err("weight 0: a server needs a weight of at least 1".into());
+            }
+            let unspecified = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+            super::Server::new(unspecified, weight, name)
+        }
+        (Some(_), Some(master)) => {
+            return Err(format!(
+                "master {master:?}: a shard named by its Sentinel master has no addr (Sentinel tells it)"
+            ))
+        }
+        (None, None) => return Err("addr is missing".into()),
     };
-    check::server_parts(addr, weight, name).map_err(|r| format!("{addr:?}: {r}"))
+    server.replicas = replicas;
+    server.master = master;
+    Ok(server)
+}
+
+/// A list of `"a.b.c.d:port"` addresses.
+fn addresses(node: &Node) -> Result<Vec<SocketAddrV4>, String> {
+    let Node::Array(items) = node else {
+        return Err(format!(
+            ": expected a list of \"address:port\", found {}",
+            node.kind()
+        ));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let text = string(item.get_ref())?;
+            check::address(text).map_err(|r| shown(text, r))
+        })
+        .collect()
 }
 
 /// The hint for an unknown pool key: its ferrox spelling if it is a

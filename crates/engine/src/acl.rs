@@ -304,6 +304,20 @@ pub fn is_write(name: &[u8]) -> bool {
     categories_of(name).is_some_and(|c| c & WRITE != 0)
 }
 
+/// Whether the command `id` only reads (Redis's `@read` category, and not
+/// `@write`): one a replica may answer.
+pub fn is_read_only(id: CommandId) -> bool {
+    static READS: std::sync::OnceLock<[bool; command::COMMAND_IDS]> = std::sync::OnceLock::new();
+    READS.get_or_init(|| {
+        let mut reads = [false; command::COMMAND_IDS];
+        for (name, id) in command::redis_commands() {
+            let categories = categories_of(name).unwrap_or(0);
+            reads[id.index()] = categories & READ != 0 && categories & WRITE == 0;
+        }
+        reads
+    })[id.index()]
+}
+
 /// The categories of a memcached command: reads (`get`, `gets`, `gat`,
 /// `gats`, `mg`), writes (whatever stores or deletes), and connection
 /// commands.

@@ -4,7 +4,7 @@ use ferrox_config::{self as config, Config};
 use ferrox_proto::memcache;
 use ferrox_route::{self as route, Distribution, HashFn, Table};
 
-use crate::engine::{Ejection, Placement, PoolSpec, Protocol, ServerSpec, UserSpec};
+use crate::engine::{Ejection, Placement, PoolSpec, Protocol, Role, ServerSpec, UserSpec};
 
 /// A pool's route table, rebuilt when servers leave or return.
 #[derive(Debug)]
@@ -105,14 +105,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
             config::Protocol::Redis => Protocol::Redis,
             config::Protocol::Memcache => Protocol::Memcache,
         },
-        servers: pool
-            .servers
-            .iter()
-            .map(|s| ServerSpec {
-                addr: s.addr,
-                name: s.addr.to_string(),
-            })
-            .collect(),
+        servers: engine_servers(pool),
         placement: Box::new(Routes {
             hash,
             distribution,
@@ -146,9 +139,27 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         validate: pool.validate.clone(),
         rate_limits: pool.rate_limits.clone(),
         cluster: distribution == Distribution::RedisCluster,
+        read_policy: pool.read_policy,
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),
             retry: ms(pool.server_retry_timeout_ms),
         }),
     })
+}
+
+/// The engine's servers of `pool`: its shards in configuration order
+/// (placement's indices), then every shard's replicas in the same order,
+/// as the control process numbers them too (see
+/// [`config::Pool::all_servers`]).
+fn engine_servers(pool: &config::Pool) -> Vec<ServerSpec> {
+    pool.all_servers()
+        .map(|(addr, shard)| ServerSpec {
+            addr,
+            name: match shard {
+                Some(shard) => format!("{}/replica {addr}", pool.servers[shard].name),
+                None => addr.to_string(),
+            },
+            role: shard.map_or(Role::Shard, Role::Replica),
+        })
+        .collect()
 }

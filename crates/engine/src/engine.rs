@@ -35,6 +35,7 @@ mod pipeline;
 mod pubsub;
 mod ratelimit;
 pub mod reconfigure;
+mod replica;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -134,6 +135,28 @@ pub struct ServerSpec {
     pub addr: SocketAddrV4,
     /// How errors name it.
     pub name: String,
+    pub role: Role,
+}
+
+impl ServerSpec {
+    /// A shard's server (its primary).
+    pub fn shard(addr: SocketAddrV4, name: impl Into<String>) -> ServerSpec {
+        ServerSpec {
+            addr,
+            name: name.into(),
+            role: Role::Shard,
+        }
+    }
+}
+
+/// What a pool's server is there for. A pool lists its shards first (in
+/// configuration order: placement's indices), then the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes the keys placement gives it (a primary).
+    Shard,
+    /// A replica of shard `.0`: takes reads by the pool's read policy.
+    Replica(usize),
 }
 
 /// One pool of servers behind one listener.
@@ -187,6 +210,8 @@ pub struct PoolSpec {
     /// places the keys (see the `cluster` module); `placement` then only
     /// serves until the map is known.
     pub cluster: bool,
+    /// Where reads go when a shard has replicas.
+    pub read_policy: ferrox_config::ReadPolicy,
 }
 
 /// A user of a redis pool: `AUTH name password` with any of its
@@ -255,6 +280,9 @@ pub struct PoolCounters {
     pub rate_limited: u64,
     /// Requests refused because the core was overloaded.
     pub overload_refused: u64,
+    /// Reads a failed replica held, sent again to another server of
+    /// their shard.
+    pub replica_retries: u64,
 }
 
 /// One server as statistics see it.
@@ -467,6 +495,9 @@ struct Scratch {
     /// Who the request being handled is, when a rate limit counts its
     /// reply's bytes: the slot it opens is tagged with it.
     rate_who: Option<ratelimit::Who>,
+    /// The request being handled only reads, in a pool whose read policy
+    /// may send it to a replica.
+    read: bool,
 }
 
 impl Engine {
@@ -796,7 +827,7 @@ impl Engine {
                 }
             }
             if changed {
-                pool.spec.placement.set_live(&pool.live);
+                pool.place_live();
             }
         }
         self.cluster_maintain(now);
@@ -835,7 +866,7 @@ impl Engine {
             }
         }
         if changed {
-            p.spec.placement.set_live(&p.live);
+            p.place_live();
         }
     }
 
@@ -846,9 +877,19 @@ impl Engine {
         let health = &mut p.health[server];
         health.failures += 1;
         health.failures_total += 1;
-        let Some(ejection) = p.spec.ejection else {
+        // A replica that fails is left out of reads at once (its reads go
+        // to the primary): there is no cost in trying it less.
+        let replica = matches!(p.spec.servers[server].role, Role::Replica(_));
+        let ejection = p.spec.ejection.or(replica.then_some(Ejection {
+            failure_limit: 1,
+            retry: p.spec.retry_max,
+        }));
+        let Some(mut ejection) = ejection else {
             return;
         };
+        if replica {
+            ejection.failure_limit = 1;
+        }
         if health.failures >= ejection.failure_limit && health.ejected_until.is_none() {
             health.ejected_until = Some(now + ejection.retry);
             let at = now + ejection.retry;
@@ -858,7 +899,7 @@ impl Engine {
                 health.out_since = now;
             }
             p.live[server] = false;
-            p.spec.placement.set_live(&p.live);
+            p.place_live();
             p.counters.server_ejects += 1;
             self.stats.ejections += 1;
         }
@@ -871,6 +912,24 @@ impl Engine {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+}
+
+impl Pool {
+    /// How many servers take keys: the leading ones, shards (every node
+    /// of a cluster pool).
+    fn shards(&self) -> usize {
+        self.spec
+            .servers
+            .iter()
+            .take_while(|s| s.role == Role::Shard)
+            .count()
+    }
+
+    /// Tells placement which shards are live.
+    fn place_live(&mut self) {
+        let shards = self.shards().min(self.live.len());
+        self.spec.placement.set_live(&self.live[..shards]);
     }
 }
 

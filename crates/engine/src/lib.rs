@@ -22,6 +22,6 @@ pub use engine::info::Totals;
 pub use engine::reconfigure::Changes;
 pub use engine::{
     latency_bucket, Action, Ejection, Engine, EngineStats, Handle, Micros, Output, Placement,
-    PoolCounters, PoolSpec, PoolView, Protocol, ServerSpec, ServerView, Tag, UserSpec,
+    PoolCounters, PoolSpec, PoolView, Protocol, Role, ServerSpec, ServerView, Tag, UserSpec,
     LATENCY_BUCKETS, MAX_OUTPUT,
 };

@@ -23,9 +23,11 @@ pub fn pool_spec(
         name: "test".into(),
         protocol,
         servers: (0..servers)
-            .map(|i| ServerSpec {
-                addr: SocketAddrV4::new([10, 0, 0, 1].into(), first_port + i as u16),
-                name: format!("s{i}"),
+            .map(|i| {
+                ServerSpec::shard(
+                    SocketAddrV4::new([10, 0, 0, 1].into(), first_port + i as u16),
+                    format!("s{i}"),
+                )
             })
             .collect(),
         placement,
@@ -48,5 +50,6 @@ pub fn pool_spec(
         validate: Default::default(),
         rate_limits: Vec::new(),
         cluster: false,
+        read_policy: Default::default(),
     }
 }

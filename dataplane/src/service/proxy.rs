@@ -387,6 +387,8 @@ fn publish_pool(
     slot.rate_limited.store(c.rate_limited, Ordering::Relaxed);
     slot.overload_refused
         .store(c.overload_refused, Ordering::Relaxed);
+    slot.replica_retries
+        .store(c.replica_retries, Ordering::Relaxed);
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
         if record.addr() != server.addr {

@@ -240,7 +240,26 @@ impl Engine {
         write: impl FnOnce(&mut Vec<u8>),
     ) {
         let (pool, resp3) = self.sessions[at.session as usize].route();
+        let server = if self.scratch.read {
+            match self.read_server(pool, server, at.session as usize, None) {
+                Some(server) => server,
+                None => {
+                    let p = &mut self.pools[pool];
+                    p.counters.errors += 1;
+                    p.counters.forward_errors += 1;
+                    self.stats.errors += 1;
+                    let name = &p.spec.servers[server].name;
+                    let error = format!("-ERR ferrox: no replica of server {name} is up\r\n");
+                    return self.fill_slot(at, error.as_bytes());
+                }
+            }
+        } else {
+            server
+        };
         let b = self.pick_backend(pool, server, resp3, at.session as usize, now);
+        // A copy to send again: after a redirection, or elsewhere when a
+        // replica fails.
+        let keep = self.pools[pool].cluster.is_some() || self.is_replica(pool, server);
         if self
             .overload
             .max_backend_queue
@@ -263,7 +282,7 @@ impl Engine {
         let tail = backend.output.tail();
         let written = tail.len() - before;
         self.pools[pool].health[server].request_bytes += written as u64;
-        if self.pools[pool].cluster.is_some() {
+        if keep {
             if let Some(slot) = self.sessions[at.session as usize].slot_mut(at) {
                 slot.keep_sent(at.piece, &tail[before..]);
             }
@@ -747,6 +766,10 @@ impl Engine {
             // A cluster pool's request that never left waits for the
             // cluster to fail over (see `cluster`), rather than fail.
             if park && self.cluster_park(pool, server, &request) {
+                continue;
+            }
+            // A read a replica held goes to another server of its shard.
+            if self.replica_retry(pool, server, &request, now) {
                 continue;
             }
             self.stats.errors += 1;

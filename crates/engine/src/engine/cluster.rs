@@ -298,10 +298,9 @@ impl Engine {
         }
         let s = p.spec.servers.len();
         let p = &mut self.pools[pool];
-        p.spec.servers.push(ServerSpec {
-            addr,
-            name: addr.to_string(),
-        });
+        p.spec
+            .servers
+            .push(ServerSpec::shard(addr, addr.to_string()));
         p.health.push(Health::default());
         p.live.push(false);
         let conns = self.server_conns(pool, s);
@@ -536,7 +535,7 @@ impl Engine {
 
     /// A copy of the bytes slot piece `at` was sent with, if its slot is
     /// still there and may be redirected once more (counting this one).
-    fn kept_request(&mut self, at: SlotRef) -> Option<Vec<u8>> {
+    pub(super) fn kept_request(&mut self, at: SlotRef) -> Option<Vec<u8>> {
         let session = self.sessions.get_mut(at.session as usize)?;
         let slot = session.slot_mut(at)?;
         if slot.redirects >= MAX_REDIRECTS {

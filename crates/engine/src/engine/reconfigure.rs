@@ -119,11 +119,11 @@ impl Engine {
             }
         }
         let live: Vec<bool> = health.iter().map(Health::is_live).collect();
-        spec.placement.set_live(&live);
         let pool = &mut self.pools[p];
         pool.spec = spec;
         pool.health = health;
         pool.live = live;
+        pool.place_live();
         // Kept servers may have moved in the list, or changed how many
         // connections they want.
         let mut all = Vec::with_capacity(conns.len());

@@ -3119,3 +3119,156 @@ mod overload {
         assert!(net.engine.load().1 >= 15, "{:?}", net.engine.load());
     }
 }
+
+/// Replicas: reads by the read policy, writes to the primary, and the
+/// reads of a replica that dies sent again rather than failed.
+mod replicas {
+    use ferrox_config::ReadPolicy;
+
+    use super::reconnecting::kill;
+    use super::*;
+
+    /// Two shards (a key's first byte, even: shard 0, odd: shard 1) and a
+    /// replica of shard 0 (server 2), read by `policy`; a client.
+    fn replica_net(policy: ReadPolicy) -> (Net, Handle) {
+        let mut spec = PoolSpec {
+            read_policy: policy,
+            placement: Box::new(FirstByte(vec![true; 2])),
+            ..spec(3)
+        };
+        spec.servers[2].role = Role::Replica(0);
+        spec.servers[2].name = "s0/replica".into();
+        let mut net = Net::new(spec);
+        net.servers[2]
+            .data
+            .insert(b"b".to_vec(), b"from-replica".to_vec());
+        let c = net.client();
+        (net, c)
+    }
+
+    fn pool_counters(net: &Net) -> PoolCounters {
+        net.engine.pools().next().unwrap().counters.clone()
+    }
+
+    #[test]
+    fn reads_go_to_a_replica_and_writes_to_the_primary() {
+        let (mut net, c) = replica_net(ReadPolicy::PreferReplica);
+        net.send(c, &cmd(&["SET", "b", "from-primary"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+        assert_eq!(net.servers[0].data[&b"b"[..]], b"from-primary");
+        assert!(!net.servers[2].log.contains(&"SET".to_string()));
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), b"$12\r\nfrom-replica\r\n");
+        // Split per shard: shard 0's piece from the replica.
+        net.send(c, &cmd(&["SET", "a", "1"]));
+        net.send(c, &cmd(&["MGET", "b", "a"]));
+        assert_eq!(
+            net.take(c),
+            b"+OK\r\n*2\r\n$12\r\nfrom-replica\r\n$1\r\n1\r\n"
+        );
+        // A write that reads (INCR) is a write.
+        net.send(c, &cmd(&["INCR", "n"]));
+        assert_eq!(net.take(c), b":1\r\n");
+        assert!(net.servers[0].data.contains_key(&b"n"[..]));
+        // The primary policy reads the primary.
+        let (mut net, c) = replica_net(ReadPolicy::Primary);
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), b"$-1\r\n");
+        assert!(net.servers[2].log.is_empty(), "never connected");
+    }
+
+    #[test]
+    fn a_replica_that_dies_costs_no_reads() {
+        let (mut net, c) = replica_net(ReadPolicy::PreferReplica);
+        net.send(c, &cmd(&["SET", "b", "from-primary"]));
+        net.take(c);
+        // Two reads wait on the replica when it is killed.
+        net.servers[2].hold = true;
+        net.send(c, &cmd(&["GET", "b"]));
+        net.send(c, &cmd(&["GET", "b"]));
+        assert!(net.take_peek(c).is_empty());
+        kill(&mut net, 2);
+        let primary = b"$12\r\nfrom-primary\r\n";
+        assert_eq!(net.take(c), [&primary[..], primary].concat());
+        assert_eq!(pool_counters(&net).replica_retries, 2);
+        assert_eq!(pool_counters(&net).errors, 0);
+        // Left out of reads: the next goes to the primary at once.
+        assert!(!net.engine.is_live(0, 2));
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), primary);
+        // Back after the retry time, it takes reads again.
+        net.servers[2].down = false;
+        net.servers[2].hold = false;
+        net.advance(1_000_001);
+        assert!(net.engine.is_live(0, 2));
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), b"$12\r\nfrom-replica\r\n");
+    }
+
+    #[test]
+    fn the_replica_policy_fails_reads_when_no_replica_is_up() {
+        let (mut net, c) = replica_net(ReadPolicy::Replica);
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), b"$12\r\nfrom-replica\r\n");
+        // Held out by the health checks (bit 2: the replica).
+        net.engine.hold_out(0, 0b100);
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(
+            net.take(c),
+            b"-ERR ferrox: no replica of server s0 is up\r\n"
+        );
+        // Writes, and shards without replicas, are not its business.
+        net.send(c, &cmd(&["SET", "b", "x"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+    }
+
+    #[test]
+    fn the_any_policy_spreads_sessions_over_the_primary_and_its_replicas() {
+        let (mut net, first) = replica_net(ReadPolicy::Any);
+        net.servers[0]
+            .data
+            .insert(b"b".to_vec(), b"from-primary".to_vec());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut clients = vec![first];
+        clients.extend((0..3).map(|_| net.client()));
+        for c in clients {
+            for _ in 0..3 {
+                net.send(c, &cmd(&["GET", "b"]));
+            }
+            let replies = net.take(c);
+            // One session keeps to one server.
+            assert_eq!(replies.len() % 3, 0);
+            let one = &replies[..replies.len() / 3];
+            assert_eq!(replies, one.repeat(3));
+            seen.insert(one.to_vec());
+        }
+        assert_eq!(seen.len(), 2, "both the primary and the replica read");
+    }
+
+    #[test]
+    fn fan_outs_and_placement_see_only_the_shards() {
+        let (mut net, c) = replica_net(ReadPolicy::PreferReplica);
+        // Its replica held out, shard 0 still takes its keys.
+        net.engine.hold_out(0, 0b100);
+        net.send(c, &cmd(&["SET", "b", "1"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+        assert_eq!(net.servers[0].data[&b"b"[..]], b"1");
+        net.engine.hold_out(0, 0);
+        // SCAN walks the two shards (a replica's answer would repeat
+        // shard 0's keys).
+        net.send(c, &cmd(&["SET", "a", "1"]));
+        net.take(c);
+        let mut cursor = "0".to_string();
+        let mut rounds = 0;
+        loop {
+            net.send(c, &cmd(&["SCAN", &cursor]));
+            let reply = String::from_utf8(net.take(c)).unwrap();
+            rounds += 1;
+            cursor = reply.split("\r\n").nth(2).unwrap().to_string();
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(rounds, 2);
+    }
+}

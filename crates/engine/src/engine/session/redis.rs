@@ -8,6 +8,7 @@ use super::super::pipeline::{Combine, Expect};
 use super::super::{Engine, Micros};
 use super::MAX_TRANSACTION;
 use crate::command::{self, Keys, Local, Merge, Route};
+use ferrox_config::ReadPolicy;
 
 const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
 const NOPERM_KEYS: &[u8] =
@@ -76,6 +77,7 @@ impl Engine {
                 Ok(Some(len)) => {
                     let seq = self.next_seq(index);
                     self.redis_request(index, &rest[..len], &args, now);
+                    self.scratch.read = false;
                     self.tag_rate(index, seq);
                     used += len;
                 }
@@ -212,6 +214,10 @@ impl Engine {
                 error_about(out, "unknown command '", name, &["'"])
             });
         };
+        // A read may go to a replica (see `replica`), except a blocking
+        // one (its connection is the session's own, to the primary).
+        self.scratch.read = self.session_spec(index).read_policy != ReadPolicy::Primary
+            && found.is_some_and(|(id, _)| crate::acl::is_read_only(id));
         let keys = match route {
             Route::Local(local) => return self.redis_local(index, local, request, args),
             Route::Refuse(why) => {
@@ -507,7 +513,7 @@ impl Engine {
             .and_then(|a| std::str::from_utf8(&request[a.clone()]).ok())
             .and_then(|c| c.parse::<u64>().ok());
         let pool = &self.pools[self.sessions[index].pool];
-        let servers = pool.live.len();
+        let servers = pool.shards().min(pool.live.len());
         let Some(cursor) = cursor.filter(|&c| ((c & 0xff) as usize) < servers.max(1)) else {
             return self.local_error(index, |out, _| {
                 out.extend_from_slice(if args.len() < 2 {
@@ -726,8 +732,9 @@ impl Engine {
         let pool = &self.pools[self.sessions[index].pool];
         let mut groups = std::mem::take(&mut self.scratch.groups);
         groups.clear();
+        let shards = pool.shards().min(pool.live.len());
         groups.extend(
-            pool.live
+            pool.live[..shards]
                 .iter()
                 .enumerate()
                 .filter(|(_, &live)| live)
