@@ -1,0 +1,230 @@
+//! Replicas behind ferrox, end to end: real `redis-server` primaries with
+//! `replicaof` replicas, redis-py through ferrox. Reads go where the read
+//! policy says (the servers' own command statistics tell), writes to the
+//! primaries, and a replica killed under read load costs no read.
+#![allow(clippy::disallowed_methods)] // tests wait for processes
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrox_testbed::*;
+
+/// Redis processes of a test, stopped (by PID) when dropped.
+#[derive(Default)]
+struct Servers(Vec<(u16, Child)>);
+
+impl Servers {
+    /// A `redis-server` on `port`, a replica of `primary` if given.
+    fn start(&mut self, ns: &Netns, port: u16, primary: Option<u16>) {
+        let mut args = vec![
+            "redis-server".to_owned(),
+            "--bind".into(),
+            KERNEL_IP.into(),
+            "--port".into(),
+            port.to_string(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--protected-mode".into(),
+            "no".into(),
+            "--loglevel".into(),
+            "warning".into(),
+        ];
+        if let Some(primary) = primary {
+            args.extend(["--replicaof".into(), KERNEL_IP.into(), primary.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = ns.command(&args).stdout(Stdio::null()).spawn().unwrap();
+        self.0.push((port, child));
+        wait_for_port(ns, port);
+    }
+
+    /// SIGKILLs the server on `port`.
+    fn kill(&mut self, port: u16) {
+        let at = self.0.iter().position(|(p, _)| *p == port).unwrap();
+        let (_, mut child) = self.0.remove(at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (up to 10 s) until the replica on `port` is in sync.
+fn wait_for_sync(ns: &Netns, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cli(ns, KERNEL_IP, port, "INFO replication").contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "replica {port} did not sync");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many times the server on `port` ran `command` (its INFO
+/// commandstats).
+fn calls(ns: &Netns, port: u16, command: &str) -> u64 {
+    let stats = cli(ns, KERNEL_IP, port, "INFO commandstats");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn python(ns: &Netns, script: &str) -> String {
+    let out = ns
+        .command(&["timeout", "120", "/usr/bin/python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads through ferrox in the background until `stop` exists (at most
+/// 60 s), each checked against the value every key was given before;
+/// prints `reads=N errors=N wrong=N`.
+fn start_reads(ns: &Netns, stop: &str, keys: usize) -> Child {
+    let script = format!(
+        r#"
+import os, random, time, redis, sys
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+rng = random.Random(11)
+reads = errors = wrong = 0
+deadline = time.time() + 60
+while not os.path.exists("{stop}") and time.time() < deadline:
+    batch = [f"k:{{rng.randrange({keys})}}" for _ in range(20)]
+    try:
+        p = r.pipeline(transaction=False)
+        for key in batch[:10]:
+            p.get(key)
+        got = p.execute() + r.mget(batch[10:])
+        reads += len(batch)
+        wrong += sum(g != f"v:{{k}}".encode() for k, g in zip(batch, got))
+    except Exception as e:
+        print(type(e).__name__, e, file=sys.stderr)
+        errors += 1
+        r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+print(f"reads={{reads}} errors={{errors}} wrong={{wrong}}")
+"#
+    );
+    ns.command(&["/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stop_reads(load: Child, stop: &str) -> (u64, u64, u64) {
+    std::fs::write(stop, b"").unwrap();
+    let out = load.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(stop);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("reads: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the load failed: {text}");
+    let n = |name: &str| -> u64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+            .parse()
+            .unwrap()
+    };
+    (n("reads"), n("errors"), n("wrong"))
+}
+
+#[test]
+fn reads_go_to_replicas_and_a_killed_replica_costs_no_read() {
+    // Two shards: 7201 with replicas 7211 and 7212, 7202 with 7221.
+    let config = ConfigFile::new(
+        "toml",
+        &format!(
+            r#"
+[pools.cache]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+timeout_ms = 5000
+read_policy = "prefer_replica"
+servers = [
+    {{ addr = "{KERNEL_IP}:7201", name = "a", replicas = ["{KERNEL_IP}:7211", "{KERNEL_IP}:7212"] }},
+    {{ addr = "{KERNEL_IP}:7202", name = "b", replicas = ["{KERNEL_IP}:7221"] }},
+]
+"#
+        ),
+    );
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let mut servers = Servers::default();
+    for port in [7201, 7202] {
+        servers.start(&ns, port, None);
+    }
+    for (port, primary) in [(7211, 7201), (7212, 7201), (7221, 7202)] {
+        servers.start(&ns, port, Some(primary));
+    }
+    for port in [7211, 7212, 7221] {
+        wait_for_sync(&ns, port);
+    }
+
+    // Writes reach the primaries, and once replicated every read is
+    // answered by a replica (a client per connection keeps to one).
+    const KEYS: usize = 2000;
+    let out = python(
+        &ns,
+        &format!(
+            r#"
+import time, redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+p = r.pipeline(transaction=False)
+for i in range({KEYS}):
+    p.set(f"k:{{i}}", f"v:k:{{i}}")
+assert all(p.execute())
+assert r.incr("counter") == 1
+time.sleep(0.5)  # replication is asynchronous
+clients = [redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10) for _ in range(8)]
+for c in clients:
+    keys = [f"k:{{i}}" for i in range(0, {KEYS}, 7)]
+    assert c.mget(keys) == [f"v:{{k}}".encode() for k in keys]
+    assert c.get("counter") == b"1"
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(calls(&ns, 7201, "get") + calls(&ns, 7201, "mget"), 0);
+    assert_eq!(calls(&ns, 7202, "get") + calls(&ns, 7202, "mget"), 0);
+    assert!(calls(&ns, 7201, "set") > 0 && calls(&ns, 7202, "set") > 0);
+    let replica_reads: u64 = [7211, 7212, 7221]
+        .iter()
+        .map(|&p| calls(&ns, p, "get") + calls(&ns, p, "mget"))
+        .sum();
+    assert!(replica_reads >= 8, "{replica_reads}");
+    assert!(
+        calls(&ns, 7211, "mget") > 0 && calls(&ns, 7212, "mget") > 0,
+        "both replicas of shard a take sessions"
+    );
+
+    // A replica killed under read load: its reads go to the primary (or
+    // the other replica), none fails.
+    let stop = format!("/tmp/ferrox-replica-load-stop-{}", std::process::id());
+    let _ = std::fs::remove_file(&stop);
+    let load = start_reads(&ns, &stop, KEYS);
+    std::thread::sleep(Duration::from_millis(1500));
+    servers.kill(7211);
+    std::thread::sleep(Duration::from_millis(1500));
+    servers.kill(7221);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (reads, errors, wrong) = stop_reads(load, &stop);
+    assert!(reads > 1000, "{reads} reads");
+    assert_eq!((errors, wrong), (0, 0), "{reads} reads");
+    // Shard b, its only replica gone, is read from its primary.
+    assert!(calls(&ns, 7202, "get") + calls(&ns, 7202, "mget") > 0);
+}
