@@ -140,6 +140,12 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         rate_limits: pool.rate_limits.clone(),
         cluster: distribution == Distribution::RedisCluster,
         read_policy: pool.read_policy,
+        sentinels: pool.sentinels.clone(),
+        masters: pool
+            .servers
+            .iter()
+            .filter_map(|s| s.master.clone())
+            .collect(),
         ejection: pool.auto_eject_hosts.then_some(Ejection {
             failure_limit: pool.server_failure_limit.max(1),
             retry: ms(pool.server_retry_timeout_ms),

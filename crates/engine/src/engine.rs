@@ -36,6 +36,7 @@ mod pubsub;
 mod ratelimit;
 pub mod reconfigure;
 mod replica;
+mod sentinel;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -157,6 +158,8 @@ pub enum Role {
     Shard,
     /// A replica of shard `.0`: takes reads by the pool's read policy.
     Replica(usize),
+    /// A Redis Sentinel that names the shards' primaries and replicas.
+    Sentinel,
 }
 
 /// One pool of servers behind one listener.
@@ -212,6 +215,12 @@ pub struct PoolSpec {
     pub cluster: bool,
     /// Where reads go when a shard has replicas.
     pub read_policy: ferrox_config::ReadPolicy,
+    /// Redis Sentinels to ask for the shards' primaries and replicas
+    /// (see the `sentinel` module); the shards' addresses are then
+    /// unspecified until Sentinel names them.
+    pub sentinels: Vec<SocketAddrV4>,
+    /// Each shard's Sentinel master name, when there are sentinels.
+    pub masters: Vec<String>,
 }
 
 /// A user of a redis pool: `AUTH name password` with any of its
@@ -447,6 +456,8 @@ struct Pool {
     retired: bool,
     /// A Redis Cluster pool's slot map.
     cluster: Option<Box<cluster::Cluster>>,
+    /// A pool whose shards Sentinel names: what it said.
+    sentinel: Option<Box<sentinel::Sentinel>>,
     /// Its rate limits' windows.
     limiter: ratelimit::Limiter,
 }
@@ -472,6 +483,8 @@ struct Health {
     held_out: bool,
     /// When it last left the pool (meaningful while it is out).
     out_since: Micros,
+    /// A replica Sentinel no longer reports up.
+    absent: bool,
     requests: u64,
     request_bytes: u64,
     responses: u64,
@@ -588,6 +601,7 @@ impl Engine {
             counters: PoolCounters::default(),
             retired: false,
             cluster: None,
+            sentinel: None,
             limiter: ratelimit::Limiter::default(),
         });
         let users = self.pools[p].spec.users.len();
@@ -598,6 +612,10 @@ impl Engine {
         }
         let conns = (0..servers).map(|s| self.server_conns(p, s)).collect();
         self.pools[p].conns = conns;
+        let sentinels = self.pools[p].spec.sentinels.clone();
+        if !sentinels.is_empty() {
+            self.sentinel_start(p, &sentinels);
+        }
         p
     }
 
@@ -605,8 +623,14 @@ impl Engine {
     /// `pool`, as many as the pool asks for.
     fn server_conns(&mut self, pool: usize, server: usize) -> ServerConns {
         let spec = &self.pools[pool].spec;
-        let count = spec.server_connections.max(1);
-        let resp3 = spec.protocol == Protocol::Redis;
+        // A sentinel is asked a few questions a second, on one connection.
+        let sentinel = spec.servers[server].role == Role::Sentinel;
+        let count = if sentinel {
+            1
+        } else {
+            spec.server_connections.max(1)
+        };
+        let resp3 = spec.protocol == Protocol::Redis && !sentinel;
         ServerConns {
             plain: (0..count)
                 .map(|_| self.new_backend(pool, server, false))
@@ -783,10 +807,17 @@ impl Engine {
             .filter(|p| !p.retired)
             .filter_map(|p| Some(p.cluster.as_ref()?.deadline()))
             .min();
+        let sentinels = self
+            .pools
+            .iter()
+            .filter(|p| !p.retired)
+            .filter_map(|p| Some(p.sentinel.as_ref()?.deadline()))
+            .min();
         backends
             .into_iter()
             .chain(self.next_return)
             .chain(clusters)
+            .chain(sentinels)
             .min()
     }
 
@@ -831,6 +862,7 @@ impl Engine {
             }
         }
         self.cluster_maintain(now);
+        self.sentinel_maintain(now);
     }
 
     /// Whether server `server` of pool `pool` takes keys now.
@@ -936,6 +968,6 @@ impl Pool {
 impl Health {
     /// Takes keys: neither ejected for failures nor held out.
     fn is_live(&self) -> bool {
-        self.ejected_until.is_none() && !self.held_out
+        self.ejected_until.is_none() && !self.held_out && !self.absent
     }
 }

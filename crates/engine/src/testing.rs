@@ -51,5 +51,7 @@ pub fn pool_spec(
         rate_limits: Vec::new(),
         cluster: false,
         read_policy: Default::default(),
+        sentinels: Vec::new(),
+        masters: Vec::new(),
     }
 }

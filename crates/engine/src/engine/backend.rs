@@ -159,6 +159,30 @@ impl Backend {
         }
     }
 
+    /// Makes this fresh connection the proxy's own subscription (to a
+    /// sentinel): nobody else's requests, no timeout, freed when it fails.
+    pub fn make_proxy_subscriber(&mut self) {
+        self.subscriber = true;
+        self.retiring = true;
+        self.keep_open = true;
+        self.untimed = true;
+    }
+
+    /// Whether this is the proxy's own subscription of pool `pool`, open
+    /// or opening (a failed one is freed, and its slot may serve another).
+    pub fn is_proxy_subscriber(&self, pool: usize) -> bool {
+        self.subscriber
+            && self.owner.is_none()
+            && self.pool == pool
+            && matches!(self.state, State::Connecting | State::Ready)
+    }
+
+    /// Forgets the requests it was sent (a subscription's confirmation
+    /// leaves nothing to wait for).
+    pub fn forget_inflight(&mut self) {
+        self.inflight.clear();
+    }
+
     pub fn make_subscriber(&mut self) {
         self.subscriber = true;
         self.keep_open = true;
@@ -191,7 +215,8 @@ impl Engine {
         for b in 0..self.backends.len() {
             let backend = &self.backends[b];
             let pool = &self.pools[backend.pool];
-            if pool.spec.preconnect && !backend.resp3 && !backend.retiring {
+            let known = !pool.spec.servers[backend.server].addr.ip().is_unspecified();
+            if pool.spec.preconnect && !backend.resp3 && !backend.retiring && known {
                 self.backend_connect(b, now);
             }
         }
@@ -240,6 +265,22 @@ impl Engine {
         write: impl FnOnce(&mut Vec<u8>),
     ) {
         let (pool, resp3) = self.sessions[at.session as usize].route();
+        if self.pools[pool].spec.servers[server]
+            .addr
+            .ip()
+            .is_unspecified()
+        {
+            // A shard whose primary Sentinel has not named yet.
+            let p = &mut self.pools[pool];
+            p.counters.errors += 1;
+            p.counters.forward_errors += 1;
+            self.stats.errors += 1;
+            let master = p.spec.masters.get(server).map_or("", String::as_str);
+            let error = format!(
+                "-ERR ferrox: no primary of master {master} is known yet (asking Sentinel)\r\n"
+            );
+            return self.fill_slot(at, error.as_bytes());
+        }
         let server = if self.scratch.read {
             match self.read_server(pool, server, at.session as usize, None) {
                 Some(server) => server,
@@ -518,7 +559,9 @@ impl Engine {
         let spec = &self.pools[backend.pool].spec;
         backend.output.clear();
         backend.handshake = 0;
-        if spec.protocol == Protocol::Redis {
+        // A sentinel knows nothing of the pool's password or database.
+        let sentinel = spec.servers[backend.server].role == super::Role::Sentinel;
+        if spec.protocol == Protocol::Redis && !sentinel {
             if let Some(password) = &spec.auth {
                 resp::write_bulk_array(backend.output.tail(), [&b"AUTH"[..], password]);
                 backend.handshake += 1;
@@ -672,7 +715,8 @@ impl Engine {
     /// client, or a confirmation for the slot of the request it answers.
     fn subscriber_input(&mut self, b: usize, frame: &[u8]) {
         let Some((index, generation)) = self.backends[b].owner else {
-            return;
+            // The proxy's own subscription, to a sentinel.
+            return self.sentinel_message(b, frame);
         };
         let index = index as usize;
         if !self.sessions[index].is_live() || self.sessions[index].generation() != generation {
@@ -750,6 +794,10 @@ impl Engine {
         if let Some(cluster) = self.pools[pool].cluster.as_mut() {
             // A node failed: the cluster may be failing over.
             cluster.make_stale(now);
+        }
+        if let Some(sentinel) = self.pools[pool].sentinel.as_mut() {
+            // A primary or replica failed: Sentinel may be failing it over.
+            sentinel.make_stale();
         }
         let backend = &mut self.backends[b];
         if backend.subscriber {

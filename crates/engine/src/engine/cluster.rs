@@ -69,8 +69,8 @@ const UNKNOWN: u16 = u16::MAX;
 /// The session index of a request the proxy sends for itself.
 pub(super) const INTERNAL: u32 = u32::MAX;
 /// Internal requests, told apart by their piece number.
-const ASKING: u16 = 0;
-const SLOTS_QUERY: u16 = 1;
+pub(super) const ASKING: u16 = 0;
+pub(super) const SLOTS_QUERY: u16 = 1;
 
 /// One cluster pool's view of its cluster.
 #[derive(Debug)]
@@ -236,7 +236,7 @@ fn slot_ranges(reply: &[u8]) -> Option<Vec<Range>> {
 }
 
 /// `*n\r\n` at `at`: n, and where the elements start.
-fn array_header(reply: &[u8], at: usize) -> Option<(usize, usize)> {
+pub(super) fn array_header(reply: &[u8], at: usize) -> Option<(usize, usize)> {
     let (line, next) = line(reply, at)?;
     let n = std::str::from_utf8(line.strip_prefix(b"*")?)
         .ok()?
@@ -256,7 +256,7 @@ fn integer(reply: &[u8], at: usize) -> Option<(i64, usize)> {
     ))
 }
 
-fn bulk(reply: &[u8], at: usize) -> Option<(&[u8], usize)> {
+pub(super) fn bulk(reply: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let (line, next) = line(reply, at)?;
     let len: usize = std::str::from_utf8(line.strip_prefix(b"$")?)
         .ok()?
@@ -359,6 +359,9 @@ impl Engine {
 
     /// The reply to an internal request, from backend `b`.
     pub(super) fn internal_reply(&mut self, b: usize, at: SlotRef, reply: &[u8], now: Micros) {
+        if at.piece >= super::sentinel::MASTER_QUERY {
+            return self.sentinel_reply(b, at, reply);
+        }
         if at.piece != SLOTS_QUERY {
             return; // ASKING's +OK
         }

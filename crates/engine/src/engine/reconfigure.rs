@@ -86,6 +86,18 @@ impl Engine {
             (true, None) => Some(Box::new(super::cluster::Cluster::new())),
             (false, _) => None,
         };
+        // The same sentinels and masters: what Sentinel said stays (the
+        // primaries, replicas and sentinels in their places); else it is
+        // asked afresh.
+        let old = &self.pools[p].spec;
+        let same_sentinels = old.sentinels == spec.sentinels && old.masters == spec.masters;
+        let sentinel = match self.pools[p].sentinel.take() {
+            Some(sentinel) if same_sentinels && sentinel.masters() == spec.masters => {
+                spec.servers = self.pools[p].spec.servers.clone();
+                Some(sentinel)
+            }
+            _ => None,
+        };
         let mut old_conns: Vec<Option<ServerConns>> = std::mem::take(&mut self.pools[p].conns)
             .into_iter()
             .map(Some)
@@ -137,6 +149,12 @@ impl Engine {
         self.pools[p].conns = all;
         self.pools[p].cluster = cluster;
         self.cluster_set_live(p);
+        let sentinels = self.pools[p].spec.sentinels.clone();
+        match sentinel {
+            Some(sentinel) => self.pools[p].sentinel = Some(sentinel),
+            None if !sentinels.is_empty() => self.sentinel_start(p, &sentinels),
+            None => {}
+        }
     }
 
     /// Sessions of pool `p` authenticated as a user keep it (and take its

@@ -60,6 +60,9 @@ struct FakeServer {
     hold: bool,
     /// A node of a fake Redis Cluster.
     cluster: Option<FakeCluster>,
+    /// A fake Redis Sentinel: each master's primary and replicas, as
+    /// fake server numbers.
+    sentinel: Option<BTreeMap<String, (usize, Vec<usize>)>>,
     /// Replicas it has, for `WAIT`, and the last `WAIT`'s arguments.
     replicas: i64,
     waited: Option<(i64, i64)>,
@@ -315,6 +318,45 @@ impl FakeServer {
             used += len;
             self.log.push(name.clone());
             if self.mute {
+                continue;
+            }
+            if let Some(masters) = &self.sentinel {
+                let port = |server: usize| (7000 + server).to_string();
+                let words: Vec<String> =
+                    match (name.as_str(), a.get(1).map(|w| w.to_ascii_uppercase())) {
+                        ("SENTINEL", Some(q)) if q == b"GET-MASTER-ADDR-BY-NAME" => {
+                            match masters.get(&*String::from_utf8_lossy(a[2])) {
+                                Some((primary, _)) => vec!["10.0.0.1".into(), port(*primary)],
+                                None => {
+                                    sink.extend_from_slice(b"*-1\r\n");
+                                    continue;
+                                }
+                            }
+                        }
+                        ("SENTINEL", Some(q)) if q == b"REPLICAS" => {
+                            let replicas = masters
+                                .get(&*String::from_utf8_lossy(a[2]))
+                                .map_or(&[][..], |(_, r)| &r[..]);
+                            sink.extend_from_slice(format!("*{}\r\n", replicas.len()).as_bytes());
+                            for &r in replicas {
+                                let fields = [
+                                    "ip",
+                                    "10.0.0.1",
+                                    "port",
+                                    &port(r),
+                                    "flags",
+                                    "slave",
+                                    "master-link-status",
+                                    "ok",
+                                ];
+                                resp::write_bulk_array(sink, fields.iter().map(|f| f.as_bytes()));
+                            }
+                            continue;
+                        }
+                        ("SUBSCRIBE", _) => vec!["subscribe".into(), "+switch-master".into()],
+                        _ => vec!["ERR unknown".into()],
+                    };
+                resp::write_bulk_array(sink, words.iter().map(|w| w.as_bytes()));
                 continue;
             }
             if let Some(cluster) = &mut self.cluster {
@@ -3270,5 +3312,135 @@ mod replicas {
             }
         }
         assert_eq!(rounds, 2);
+    }
+}
+
+/// Shards named by their Sentinel master: primaries and replicas learnt
+/// from a fake sentinel, and a failover followed.
+mod sentinel_pools {
+    use ferrox_config::ReadPolicy;
+
+    use super::*;
+
+    /// Shards "ma" (fake 0, replica fake 2) and "mb" (fake 1), fake 3 a
+    /// spare, the sentinel fake 4; read by `policy`.
+    fn sentinel_net(policy: ReadPolicy) -> (Net, Handle) {
+        let unknown = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+        let mut spec = PoolSpec {
+            read_policy: policy,
+            sentinels: vec!["10.0.0.1:7004".parse().unwrap()],
+            masters: vec!["ma".into(), "mb".into()],
+            timeout: Some(1_000_000),
+            ..spec(2)
+        };
+        for server in &mut spec.servers {
+            server.addr = unknown;
+        }
+        let mut net = Net::new(spec);
+        while net.servers.len() < 5 {
+            net.servers.push(FakeServer::default());
+        }
+        let mut masters = BTreeMap::new();
+        masters.insert("ma".to_string(), (0, vec![2]));
+        masters.insert("mb".to_string(), (1, vec![]));
+        net.servers[4].sentinel = Some(masters);
+        net.servers[2]
+            .data
+            .insert(b"b".to_vec(), b"from-replica".to_vec());
+        let c = net.client();
+        (net, c)
+    }
+
+    fn set_primary(net: &mut Net, master: &str, server: usize) {
+        let masters = net.servers[4].sentinel.as_mut().unwrap();
+        masters.get_mut(master).unwrap().0 = server;
+    }
+
+    #[test]
+    fn primaries_and_replicas_come_from_sentinel_and_follow_a_failover() {
+        let (mut net, c) = sentinel_net(ReadPolicy::PreferReplica);
+        // Before Sentinel has answered, the shard's requests fail clearly.
+        net.send(c, &cmd(&["SET", "b", "1"]));
+        assert_eq!(
+            net.take(c),
+            b"-ERR ferrox: no primary of master ma is known yet (asking Sentinel)\r\n"
+        );
+        net.advance(1);
+        net.send(c, &cmd(&["SET", "b", "1"]));
+        net.send(c, &cmd(&["SET", "a", "2"]));
+        assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
+        assert_eq!(net.servers[0].data[&b"b"[..]], b"1");
+        assert_eq!(net.servers[1].data[&b"a"[..]], b"2");
+        // The replica Sentinel reports takes the reads.
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), b"$12\r\nfrom-replica\r\n");
+        // A failover: Sentinel names fake 3 at its next refresh; writes
+        // go there, placement unchanged.
+        set_primary(&mut net, "ma", 3);
+        net.advance(1_000_000);
+        net.send(c, &cmd(&["SET", "b", "3"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+        assert_eq!(net.servers[3].data[&b"b"[..]], b"3");
+        assert_eq!(net.servers[0].data[&b"b"[..]], b"1");
+        // A +switch-master on the subscription applies at once.
+        set_primary(&mut net, "ma", 0);
+        // The subscription was opened first.
+        let subscription = net
+            .conns
+            .iter()
+            .filter_map(|(h, conn)| match conn {
+                Conn::Backend { tag, server: 4, .. } => Some((*h, *tag)),
+                _ => None,
+            })
+            .min_by_key(|(h, _)| *h)
+            .map(|(_, tag)| tag)
+            .unwrap();
+        let text = "ma 10.0.0.1 7003 10.0.0.1 7000";
+        let mut message = Vec::new();
+        resp::write_bulk_array(
+            &mut message,
+            [&b"message"[..], b"+switch-master", text.as_bytes()],
+        );
+        assert_eq!(
+            net.engine.handle_input(subscription, &message, net.now),
+            message.len()
+        );
+        net.pump();
+        net.send(c, &cmd(&["SET", "b", "4"]));
+        assert_eq!(net.take(c), b"+OK\r\n");
+        assert_eq!(net.servers[0].data[&b"b"[..]], b"4");
+        // A replica Sentinel stops reporting is left out: reads go to the
+        // primary.
+        net.servers[4]
+            .sentinel
+            .as_mut()
+            .unwrap()
+            .get_mut("ma")
+            .unwrap()
+            .1
+            .clear();
+        net.advance(1_000_000);
+        net.send(c, &cmd(&["GET", "b"]));
+        assert_eq!(net.take(c), b"$1\r\n4\r\n");
+    }
+
+    #[test]
+    fn a_reload_with_the_same_masters_keeps_what_sentinel_said() {
+        let (mut net, c) = sentinel_net(ReadPolicy::Primary);
+        net.advance(1);
+        let unknown = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+        let mut spec = PoolSpec {
+            sentinels: vec!["10.0.0.1:7004".parse().unwrap()],
+            masters: vec!["ma".into(), "mb".into()],
+            timeout: Some(1_000_000),
+            ..spec(2)
+        };
+        for server in &mut spec.servers {
+            server.addr = unknown;
+        }
+        net.engine.reconfigure(vec![spec]);
+        net.send(c, &cmd(&["SET", "b", "1"]));
+        assert_eq!(net.take(c), b"+OK\r\n", "the primary is still known");
+        assert_eq!(net.servers[0].data[&b"b"[..]], b"1");
     }
 }
