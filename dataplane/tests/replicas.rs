@@ -1,7 +1,11 @@
-//! Replicas behind ferrox, end to end: real `redis-server` primaries with
-//! `replicaof` replicas, redis-py through ferrox. Reads go where the read
-//! policy says (the servers' own command statistics tell), writes to the
-//! primaries, and a replica killed under read load costs no read.
+//! Replicas and Sentinel behind ferrox, end to end: real `redis-server`
+//! primaries with `replicaof` replicas, redis-py through ferrox. Reads go
+//! where the read policy says (the servers' own command statistics tell),
+//! writes to the primaries, and a replica killed under read load costs no
+//! read. With shards named by their Sentinel master and three real
+//! sentinels (`redis-server --sentinel`, what `redis-sentinel` runs), a
+//! primary killed under write load costs only the writes sent before the
+//! failover completed.
 #![allow(clippy::disallowed_methods)] // tests wait for processes
 
 use std::process::{Child, Stdio};
@@ -36,6 +40,30 @@ impl Servers {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = ns.command(&args).stdout(Stdio::null()).spawn().unwrap();
+        self.0.push((port, child));
+        wait_for_port(ns, port);
+    }
+
+    /// A sentinel on `port` watching `masters` (name, primary port), with
+    /// a quorum of 2 and a one-second down-after; its config file (which
+    /// it rewrites) in `dir`.
+    fn start_sentinel(&mut self, ns: &Netns, port: u16, masters: &[(&str, u16)], dir: &str) {
+        let mut conf = format!("port {port}\nbind {KERNEL_IP}\nprotected-mode no\ndir {dir}\n");
+        for (name, primary) in masters {
+            conf += &format!(
+                "sentinel monitor {name} {KERNEL_IP} {primary} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 10000\n\
+                 sentinel parallel-syncs {name} 1\n"
+            );
+        }
+        let path = format!("{dir}/sentinel-{port}.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = ns
+            .command(&["redis-server", &path, "--sentinel", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         self.0.push((port, child));
         wait_for_port(ns, port);
     }
@@ -98,7 +126,7 @@ fn python(ns: &Netns, script: &str) -> String {
 fn start_reads(ns: &Netns, stop: &str, keys: usize) -> Child {
     let script = format!(
         r#"
-import os, random, time, redis, sys
+import collections, os, random, sys, threading, time, redis
 r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
 rng = random.Random(11)
 reads = errors = wrong = 0
@@ -227,4 +255,198 @@ print("ok")
     assert_eq!((errors, wrong), (0, 0), "{reads} reads");
     // Shard b, its only replica gone, is read from its primary.
     assert!(calls(&ns, 7202, "get") + calls(&ns, 7202, "mget") > 0);
+}
+
+/// Seconds since the epoch, as the Python load writes its times.
+fn epoch_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn follows_a_sentinel_failover_under_write_load() {
+    let dir = std::env::temp_dir().join(format!("ferrox-sentinel-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _dir = RemoveDir(dir.clone());
+    let sentinels = [26379, 26380, 26381];
+    let config = ConfigFile::new(
+        "toml",
+        &format!(
+            r#"
+[pools.cache]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+timeout_ms = 3000
+sentinels = [{}]
+servers = [{{ master = "shard-a", name = "a" }}, {{ master = "shard-b", name = "b" }}]
+"#,
+            sentinels
+                .iter()
+                .map(|p| format!("\"{KERNEL_IP}:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let mut servers = Servers::default();
+    servers.start(&ns, 7301, None);
+    servers.start(&ns, 7302, None);
+    servers.start(&ns, 7311, Some(7301));
+    servers.start(&ns, 7321, Some(7302));
+    wait_for_sync(&ns, 7311);
+    wait_for_sync(&ns, 7321);
+    for port in sentinels {
+        servers.start_sentinel(
+            &ns,
+            port,
+            &[("shard-a", 7301), ("shard-b", 7302)],
+            dir.to_str().unwrap(),
+        );
+    }
+    // The sentinels find the replicas and each other.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&ns, KERNEL_IP, sentinels[0], "SENTINEL MASTER shard-a")
+        .contains("num-other-sentinels\n2")
+    {
+        assert!(Instant::now() < deadline, "the sentinels did not meet");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A write load through ferrox, with the time of each error.
+    let stop = format!("/tmp/ferrox-sentinel-load-stop-{}", std::process::id());
+    let _ = std::fs::remove_file(&stop);
+    let script = format!(
+        r#"
+import collections, os, random, sys, threading, time, redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+deadline = time.time() + 20
+while True:  # until Sentinel has named the primaries to ferrox
+    try:
+        r.set("ready", "1")
+        break
+    except redis.exceptions.ResponseError:
+        assert time.time() < deadline, "ferrox never learnt the primaries"
+        time.sleep(0.05)
+# When Sentinel completes the failover: the first +switch-master any
+# sentinel publishes.
+switched = []
+def watch(port):
+    p = redis.Redis(host="{KERNEL_IP}", port=port).pubsub()
+    p.subscribe("+switch-master")
+    for m in p.listen():
+        if m["type"] == "message":
+            switched.append(time.time())
+for port in {sentinels:?}:
+    threading.Thread(target=watch, args=(port,), daemon=True).start()
+print("ready", flush=True)
+rng = random.Random(3)
+writes = errors = 0
+failed, first_error, last_error = set(), 0.0, 0.0
+kinds = collections.Counter()
+deadline = time.time() + 60
+while not os.path.exists("{stop}") and time.time() < deadline:
+    key = f"w:{{rng.randrange(500)}}"
+    try:
+        assert r.set(key, str(writes))
+        writes += 1
+    except Exception as e:
+        errors += 1
+        failed.add(key)
+        last_error = time.time()
+        first_error = first_error or last_error
+        kinds[f"{{type(e).__name__}} {{str(e)[:80]}}"] += 1
+        if not isinstance(e, redis.exceptions.ResponseError):
+            r.close()
+            r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+print(dict(kinds), file=sys.stderr)
+print(f"writes={{writes}} errors={{errors}} first_error={{first_error}} last_error={{last_error}} switched={{min(switched, default=0)}} failed={{','.join(sorted(failed))}}")
+"#
+    );
+    let mut load = ns
+        .command(&["/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = load.stdout.as_mut().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut ready)
+            .unwrap();
+    }
+    assert_eq!(ready.trim(), "ready");
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // shard-a's primary dies; the sentinels promote its replica.
+    servers.kill(7301);
+    let killed_at = epoch_s();
+    let killed = Instant::now();
+    while !cli(&ns, KERNEL_IP, 7311, "ROLE").starts_with("master") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "Sentinel did not fail shard-a over"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "killed at {killed_at:.3}, promoted after {:?}",
+        killed.elapsed()
+    );
+    // Writes go on, to the new primary.
+    std::thread::sleep(Duration::from_millis(3000));
+    std::fs::write(&stop, b"").unwrap();
+    let out = load.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&stop);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("load: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the load failed");
+    let field = |name: &str| -> String {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+            .to_owned()
+    };
+    let writes: u64 = field("writes").parse().unwrap();
+    let last_error: f64 = field("last_error").parse().unwrap();
+    let switched: f64 = field("switched").parse().unwrap();
+    assert!(writes > 500, "{writes} writes");
+    assert!(switched > killed_at, "no +switch-master was published");
+    // Only writes sent before the failover completed failed: ferrox hears
+    // of it on its own subscription, or asks within 100 ms while the
+    // primary fails (a sentinel that has not heard yet costs a round).
+    eprintln!(
+        "Sentinel switched {:.2} s after the kill; the last error {:.2} s after the switch",
+        switched - killed_at,
+        last_error - switched
+    );
+    assert!(
+        last_error < switched + 0.5,
+        "an error {:.2} s after the switch",
+        last_error - switched
+    );
+    // And only shard-a's keys: none of them is on shard-b's primary.
+    for key in field("failed").split(',').filter(|k| !k.is_empty()) {
+        assert_eq!(
+            cli(&ns, KERNEL_IP, 7302, &format!("EXISTS {key}")),
+            "0",
+            "{key}"
+        );
+    }
+    // Writes after the failover are on the promoted replica.
+    let on_new = keys_on(&ns, 7311, "w:*").len();
+    let on_b = keys_on(&ns, 7302, "w:*").len();
+    assert!(
+        on_new > 100 && on_b > 100,
+        "{on_new} on 7311, {on_b} on 7302"
+    );
 }
