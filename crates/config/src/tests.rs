@@ -1268,6 +1268,25 @@ servers = ["198.18.0.4:11211:1"]
     }
 
     #[test]
+    fn the_example_replicated_pool_parses_once_uncommented() {
+        let text = uncommented("[pools.replicated]");
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        let pool = config.pools.iter().find(|p| p.name == "replicated").unwrap();
+        assert_eq!(pool.read_policy, crate::ReadPolicy::PreferReplica);
+        assert_eq!(pool.servers[0].replicas.len(), 2);
+        assert_eq!(pool.all_servers().count(), 5);
+    }
+
+    #[test]
+    fn the_example_sentinel_pool_parses_once_uncommented() {
+        let text = uncommented("[pools.failover]");
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        let pool = config.pools.iter().find(|p| p.name == "failover").unwrap();
+        assert_eq!(pool.sentinels.len(), 3);
+        assert_eq!(pool.servers[1].master.as_deref(), Some("shard-b"));
+    }
+
+    #[test]
     fn every_file_in_configs_loads() {
         let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut loaded = 0;
