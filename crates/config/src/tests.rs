@@ -1271,7 +1271,11 @@ servers = ["198.18.0.4:11211:1"]
     fn the_example_replicated_pool_parses_once_uncommented() {
         let text = uncommented("[pools.replicated]");
         let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
-        let pool = config.pools.iter().find(|p| p.name == "replicated").unwrap();
+        let pool = config
+            .pools
+            .iter()
+            .find(|p| p.name == "replicated")
+            .unwrap();
         assert_eq!(pool.read_policy, crate::ReadPolicy::PreferReplica);
         assert_eq!(pool.servers[0].replicas.len(), 2);
         assert_eq!(pool.all_servers().count(), 5);

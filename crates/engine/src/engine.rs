@@ -435,11 +435,23 @@ pub struct Engine {
     /// Reply bytes held for clients, as last measured, and when.
     client_buffer: usize,
     buffer_measured: Micros,
+    /// When idle sessions' buffers are next given back (see
+    /// [`Engine::trim_idle`]), while a pass is due; the sessions it has
+    /// still to visit, and where it goes on.
+    trim_at: Option<Micros>,
+    trim_left: usize,
+    trim_cursor: usize,
 }
 
 /// How often the bytes held for clients are measured when a watermark
 /// asks for it (a walk over the sessions).
 const BUFFER_MEASURE_EVERY: Micros = 10_000;
+
+/// How often, after activity, idle sessions give back their buffers; the
+/// most sessions one pass visits; the spare slots kept for reuse.
+const TRIM_EVERY: Micros = 100_000;
+const TRIM_BUDGET: usize = 4096;
+const SPARE_SLOTS_KEPT: usize = 1024;
 
 #[derive(Debug)]
 struct Pool {
@@ -539,6 +551,9 @@ impl Engine {
             open_slots: 0,
             client_buffer: 0,
             buffer_measured: 0,
+            trim_at: None,
+            trim_left: 0,
+            trim_cursor: 0,
         };
         for spec in pools {
             engine.add_pool(spec);
@@ -556,6 +571,20 @@ impl Engine {
     /// clients (as last measured), over every session of this core.
     pub fn load(&self) -> (usize, usize) {
         (self.open_slots, self.client_buffer)
+    }
+
+    /// Bytes of buffer room the sessions hold (their output and slot
+    /// queues, and the spare slots), used or not.
+    pub fn session_buffers(&self) -> usize {
+        let slot = std::mem::size_of::<pipeline::Slot>();
+        let sessions: usize = self
+            .sessions
+            .iter()
+            .filter(|s| s.is_live())
+            .map(|s| s.capacity(slot))
+            .sum();
+        let spares: usize = self.spare_slots.iter().map(|s| slot + s.capacity()).sum();
+        sessions + spares
     }
 
     /// Whether a new request must be refused: past the in-flight or the
@@ -818,6 +847,7 @@ impl Engine {
             .chain(self.next_return)
             .chain(clusters)
             .chain(sentinels)
+            .chain(self.trim_at)
             .min()
     }
 
@@ -863,6 +893,43 @@ impl Engine {
         }
         self.cluster_maintain(now);
         self.sentinel_maintain(now);
+        if self.trim_at.is_some_and(|at| at <= now) {
+            self.trim_idle(now);
+        }
+    }
+
+    /// Gives back what idle sessions hold beyond a small reply buffer (a
+    /// burst of large replies leaves each with its buffers grown), and the
+    /// spare slots beyond a burst's worth: an idle connection costs little
+    /// however busy it was. Runs every [`TRIM_EVERY`] after activity, at
+    /// most [`TRIM_BUDGET`] sessions a pass, until every session has been
+    /// visited since the last activity.
+    fn trim_idle(&mut self, now: Micros) {
+        let visit = self.trim_left.min(TRIM_BUDGET).min(self.sessions.len());
+        for _ in 0..visit {
+            if self.trim_cursor >= self.sessions.len() {
+                self.trim_cursor = 0;
+            }
+            let session = &mut self.sessions[self.trim_cursor];
+            if session.is_live() {
+                session.trim();
+            }
+            self.trim_cursor += 1;
+        }
+        self.trim_left -= visit;
+        if self.spare_slots.len() > SPARE_SLOTS_KEPT {
+            self.spare_slots.truncate(SPARE_SLOTS_KEPT);
+            self.spare_slots.shrink_to(SPARE_SLOTS_KEPT);
+        }
+        self.trim_at = (self.trim_left > 0).then_some(now + TRIM_EVERY);
+    }
+
+    /// Activity: a trim pass over every session is due.
+    fn trim_later(&mut self) {
+        self.trim_left = self.sessions.len();
+        if self.trim_at.is_none() {
+            self.trim_at = Some(self.now + TRIM_EVERY);
+        }
     }
 
     /// Whether server `server` of pool `pool` takes keys now.

@@ -135,6 +135,12 @@ impl Dataplane {
             .count()
     }
 
+    /// Every line so far that contains `text`.
+    pub fn lines_with(&self, text: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(text)).cloned().collect()
+    }
+
     /// The newest periodic statistics line.
     pub fn latest_stats(&self) -> Option<String> {
         self.lines

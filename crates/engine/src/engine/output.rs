@@ -14,6 +14,8 @@ const COMPACT_MIN: usize = 64 << 10;
 /// A buffer larger than this is given back to the allocator once empty, so
 /// a connection that passed one large reply does not keep its room.
 pub const KEEP_CAPACITY: usize = 256 << 10;
+/// Output room an idle session keeps (a few small replies' worth).
+pub const KEEP_IDLE: usize = 4 << 10;
 
 /// Output of one connection.
 #[derive(Debug, Default)]
@@ -81,6 +83,16 @@ impl Output {
             self.buf = Vec::new();
         } else {
             self.buf.clear();
+        }
+    }
+
+    /// Gives back its buffer's room when nothing waits and it holds more
+    /// than `keep` bytes.
+    pub fn shrink(&mut self, keep: usize) {
+        if self.is_empty() && self.buf.capacity() > keep {
+            self.buf = Vec::new();
+            self.sent = 0;
+            self.shown = 0;
         }
     }
 

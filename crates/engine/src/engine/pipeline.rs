@@ -81,6 +81,11 @@ pub(super) enum Combine {
 /// Shards a proxy `SCAN` cursor can name: the low byte of the cursor.
 pub(super) const SCAN_SHARDS: usize = 256;
 
+/// Room a recycled slot keeps in each of its buffers: a spare slot is
+/// reused by any request, so what a large reply grew goes back (a burst
+/// leaves up to `SPARE_SLOTS_KEPT` spares).
+const SLOT_KEEP: usize = 32 << 10;
+
 /// One request's slot. Slots and their buffers are recycled.
 #[derive(Debug, Default)]
 pub(super) struct Slot {
@@ -116,15 +121,26 @@ pub(super) struct Slot {
 impl Slot {
     /// Gives back a large reply buffer before the slot is kept for reuse,
     /// so a client that once fetched a large value does not pin its room.
+    /// Bytes of room its buffers hold.
+    pub fn capacity(&self) -> usize {
+        self.reply.capacity()
+            + self.pieces.capacity() * std::mem::size_of::<Range<usize>>()
+            + self.key_piece.capacity() * 2
+            + self.keys.capacity()
+            + self.key_ends.capacity() * 4
+            + self.sent.capacity()
+            + self.sent_at.capacity() * std::mem::size_of::<Range<usize>>()
+    }
+
     pub fn shed(&mut self) {
-        if self.reply.capacity() > super::output::KEEP_CAPACITY {
+        if self.reply.capacity() > SLOT_KEEP {
             self.reply = Vec::new();
         }
-        if self.keys.capacity() > super::output::KEEP_CAPACITY {
+        if self.keys.capacity() > SLOT_KEEP {
             self.keys = Vec::new();
             self.key_ends = Vec::new();
         }
-        if self.sent.capacity() > super::output::KEEP_CAPACITY {
+        if self.sent.capacity() > SLOT_KEEP {
             self.sent = Vec::new();
         }
     }

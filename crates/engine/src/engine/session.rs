@@ -98,6 +98,22 @@ impl Session {
         self.output.len() + self.held
     }
 
+    /// Gives back its buffers if it is idle (nothing in flight, nothing
+    /// to send): what a burst grew beyond a small reply buffer.
+    pub fn trim(&mut self) {
+        if self.slots.is_empty() && self.output.is_empty() {
+            self.output.shrink(super::output::KEEP_IDLE);
+            self.slots.shrink_to_fit();
+        }
+    }
+
+    /// Bytes of room it holds: output, and its slot queue (`slot` bytes a
+    /// slot) with each slot's buffers.
+    pub fn capacity(&self, slot: usize) -> usize {
+        let slots: usize = self.slots.iter().map(Slot::capacity).sum();
+        self.output.capacity() + self.slots.capacity() * slot + slots
+    }
+
     /// Whether it authenticated (or its pool asks for nothing).
     pub fn is_authed(&self) -> bool {
         self.authed
@@ -590,6 +606,10 @@ impl Engine {
             }
         }
         let drained = session.slots.is_empty();
+        if drained {
+            self.trim_later();
+        }
+        let session = &mut self.sessions[index];
         if close || (drained && session.peer_closed && !session.closing) {
             session.closing = true;
             self.actions.push_back(Action::Close(session.handle));

@@ -3107,6 +3107,29 @@ mod overload {
     }
 
     #[test]
+    fn an_idle_session_gives_back_what_a_burst_grew() {
+        let (mut net, c) = with_client(spec(2));
+        for server in &mut net.servers {
+            server.data.insert(b"big".to_vec(), vec![b'x'; 10_000]);
+        }
+        let idle = net.engine.session_buffers();
+        net.send(c, &cmd(&["GET", "big"]).repeat(16));
+        assert_eq!(net.take(c).len(), 16 * (10_000 + 10));
+        let burst = net.engine.session_buffers();
+        assert!(burst > 100_000, "{burst}");
+        // Once idle for a trim period, it holds little again.
+        net.advance(super::super::TRIM_EVERY);
+        let after = net.engine.session_buffers();
+        assert!(
+            after <= idle + 16 * 1024,
+            "{idle} idle, {after} after the burst"
+        );
+        // And serves the same as before.
+        net.send(c, &cmd(&["GET", "big"]));
+        assert_eq!(net.take(c).len(), 10_000 + 10);
+    }
+
+    #[test]
     fn a_full_server_queue_and_the_connection_watermark_refuse_too() {
         let (mut net, c) = muted(
             PoolSpec {
