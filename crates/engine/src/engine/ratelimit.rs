@@ -68,20 +68,22 @@ impl Window {
         self.started += elapsed as Micros * slice;
     }
 
-    /// Counts a request of `bytes` bytes if the rule admits it.
-    fn admit(&mut self, rule: &Rule, now: Micros, bytes: u64) -> bool {
+    /// Whether the rule admits a request of `bytes` bytes now (the window
+    /// moved up to `now`, nothing counted).
+    fn admits(&mut self, rule: &Rule, now: Micros, bytes: u64) -> bool {
         self.advance(now, rule.slice);
         let requests_ok = rule.requests.is_none_or(|max| self.total_requests < max);
         let bytes_ok = rule
             .bytes
             .is_none_or(|max| self.total_bytes.saturating_add(bytes) <= max);
-        if !(requests_ok && bytes_ok) {
-            return false;
-        }
+        requests_ok && bytes_ok
+    }
+
+    /// Counts a request of `bytes` bytes (after [`Window::admits`]).
+    fn count(&mut self, bytes: u64) {
         self.requests[self.current] = self.requests[self.current].saturating_add(1);
         self.total_requests += 1;
         self.add_bytes(bytes);
-        true
     }
 
     /// Counts bytes already sent (a reply's).
@@ -204,15 +206,14 @@ impl Limiter {
             let Some(window) = window_of(windows, who, now) else {
                 continue;
             };
-            let mut trial = window.clone();
-            if !trial.admit(rule, now, bytes) {
+            if !window.admits(rule, now, bytes) {
                 return Err(&self.rules[i].0.name);
             }
         }
         for (rule, windows) in &mut self.rules {
             if rule.counts(who.command) {
                 if let Some(window) = window_of(windows, who, now) {
-                    window.admit(rule, now, bytes);
+                    window.count(bytes);
                 }
             }
         }
