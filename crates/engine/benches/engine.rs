@@ -32,15 +32,57 @@ fn pool(servers: usize) -> PoolSpec {
     pool_spec(Protocol::Redis, servers, 7000, Box::new(LastByte(servers)))
 }
 
+/// `pool(1)` with the access-layer checks `bench/policy.sh` turns on: a
+/// user with ACL rules (its client authenticated), validation, and two
+/// rate limits (by client, and by command counting bytes) never reached.
+fn policy_pool() -> PoolSpec {
+    use ferrox_config::{RateBy, RateLimit, Validate};
+    use ferrox_engine::acl::Acl;
+    use ferrox_engine::UserSpec;
+    let limit = |by, commands: &[&str], bytes| RateLimit {
+        by,
+        commands: commands.iter().map(|c| c.to_string()).collect(),
+        requests: Some(100_000_000),
+        bytes,
+        per_ms: 1000,
+    };
+    PoolSpec {
+        users: vec![UserSpec {
+            name: "app".into(),
+            passwords: vec![b"secret".to_vec()],
+            acl: Box::new(Acl::compile("+@read +@write +@connection -@dangerous ~key:*").unwrap()),
+        }],
+        validate: Validate {
+            key_patterns: vec!["key:*".into()],
+            max_key_bytes: Some(64),
+            max_value_bytes: Some(1024),
+            max_keys: Some(100),
+            ..Validate::default()
+        },
+        rate_limits: vec![
+            limit(RateBy::Client, &[], None),
+            limit(RateBy::Command, &["SET"], Some(100 << 30)),
+        ],
+        ..pool(1)
+    }
+}
+
 /// An engine with one client whose backend connections are up; returns
 /// the client's tag and each server connection's tag.
 fn connected(servers: usize) -> (Engine, Tag, Vec<Tag>) {
-    let mut engine = Engine::new(vec![pool(servers)], 1);
+    connected_to(pool(servers), servers, b"")
+}
+
+/// [`connected`] for `spec` (of `servers` servers), the client having
+/// sent `hello` first.
+fn connected_to(spec: PoolSpec, servers: usize, hello: &[u8]) -> (Engine, Tag, Vec<Tag>) {
+    let mut engine = Engine::new(vec![spec], 1);
     let client = engine.accept(0, 1).unwrap();
+    engine.handle_input(client, hello, 0);
     // One request per server opens its connection.
     let mut warm = Vec::new();
     for s in 0..servers {
-        warm.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n$2\r\nk{s}\r\n").as_bytes());
+        warm.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n$5\r\nkey:{s}\r\n").as_bytes());
     }
     engine.handle_input(client, &warm, 0);
     let mut backends = vec![None; servers];
@@ -79,6 +121,28 @@ fn request_path(c: &mut Criterion) {
             while engine.poll_action().is_some() {}
         })
     });
+
+    let set = b"*3\r\n$3\r\nSET\r\n$16\r\nkey:000000012345\r\n$3\r\nxxx\r\n";
+    let auth = b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$6\r\nsecret\r\n";
+    for (name, spec, hello) in [
+        ("SET, one server", pool(1), &b""[..]),
+        (
+            "SET, one server, user, validation and rate limits",
+            policy_pool(),
+            &auth[..],
+        ),
+    ] {
+        let (mut engine, client, backends) = connected_to(spec, 1, hello);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                engine.handle_input(client, black_box(set), 0);
+                drain(&mut engine, backends[0]);
+                engine.handle_input(backends[0], black_box(b"+OK\r\n"), 0);
+                black_box(drain(&mut engine, client));
+                while engine.poll_action().is_some() {}
+            })
+        });
+    }
 
     let (mut engine, client, backends) = connected(4);
     let mut mget = b"*9\r\n$4\r\nMGET\r\n".to_vec();

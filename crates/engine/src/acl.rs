@@ -304,6 +304,19 @@ pub fn is_write(name: &[u8]) -> bool {
     categories_of(name).is_some_and(|c| c & WRITE != 0)
 }
 
+/// Whether the command `id` is a write (Redis's `@write` category): a
+/// table lookup, for the request path.
+pub fn is_write_command(id: CommandId) -> bool {
+    static WRITES: std::sync::OnceLock<[bool; command::COMMAND_IDS]> = std::sync::OnceLock::new();
+    WRITES.get_or_init(|| {
+        let mut writes = [false; command::COMMAND_IDS];
+        for (name, id) in command::redis_commands() {
+            writes[id.index()] = is_write(name);
+        }
+        writes
+    })[id.index()]
+}
+
 /// Whether the command `id` only reads (Redis's `@read` category, and not
 /// `@write`): one a replica may answer.
 pub fn is_read_only(id: CommandId) -> bool {
@@ -437,6 +450,19 @@ impl Acl {
 /// Redis's glob match (`stringmatchlen`): `*`, `?`, `[...]` with ranges
 /// and `^` negation, and `\\` escapes.
 pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // The common form, a literal prefix and one `*` (`user:*`), is a
+    // prefix comparison.
+    let is_meta = |c: &u8| matches!(c, b'*' | b'?' | b'[' | b'\\');
+    if let Some((b'*', prefix)) = pattern.split_last() {
+        if !prefix.iter().any(is_meta) {
+            return text.starts_with(prefix);
+        }
+    }
+    glob_general(pattern, text)
+}
+
+/// [`glob`] for any pattern.
+fn glob_general(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where to resume after the last `*`: (pattern after it, text).
     let mut star: Option<(usize, usize)> = None;
@@ -539,6 +565,22 @@ mod tests {
             Acl::compile("+nosuch"),
             Err("\"+nosuch\": unknown command \"nosuch\"".into())
         );
+    }
+
+    #[test]
+    proptest::proptest! {
+        /// The prefix fast path agrees with the general matcher.
+        #[test]
+        fn a_prefix_pattern_matches_as_the_general_matcher_does(
+            prefix in "[a-c:]{0,4}",
+            text in "[a-c:]{0,6}",
+        ) {
+            let pattern = format!("{prefix}*");
+            proptest::prop_assert_eq!(
+                glob(pattern.as_bytes(), text.as_bytes()),
+                glob_general(pattern.as_bytes(), text.as_bytes())
+            );
+        }
     }
 
     #[test]

@@ -193,6 +193,13 @@ impl Limiter {
         self.rules.is_empty()
     }
 
+    /// Whether a rule counts by key (only then is a request's key hashed).
+    pub fn by_key(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(_, windows)| matches!(windows, Windows::Key(_)))
+    }
+
     /// Counts a request of `bytes` bytes by `who` against every rule that
     /// counts it; `Err` names the first rule that refuses it (nothing is
     /// counted then).

@@ -424,7 +424,9 @@ impl Engine {
             session: (index as u32, session.generation),
             user: session.user.map_or(0, |u| u as usize + 1),
             command: command.map(|c| c.index() as u16),
-            key: key.map(super::ratelimit::key_hash),
+            key: key
+                .filter(|_| pool.limiter.by_key())
+                .map(super::ratelimit::key_hash),
         };
         match pool.limiter.admit(who, self.now, bytes as u64) {
             Ok(()) => {

@@ -202,7 +202,14 @@ impl Engine {
                 ))
             )
         {
-            return self.redis_tx_queue(index, route, blocked, request, args);
+            return self.redis_tx_queue(
+                index,
+                found.map(|(id, _)| id),
+                route,
+                blocked,
+                request,
+                args,
+            );
         }
         if blocked {
             return self.local_error(index, |out, _| {
@@ -250,7 +257,8 @@ impl Engine {
             self.count_refusal(index, Refusal::Acl);
             return self.local_error(index, |out, _| out.extend_from_slice(NOPERM_KEYS));
         }
-        if let Err(why) = self.redis_validate(index, route, request, args, keys.clone()) {
+        let id = found.map(|(id, _)| id);
+        if let Err(why) = self.redis_validate(index, id, route, request, args, keys.clone()) {
             self.count_refusal(index, Refusal::Validation);
             return self.local_error(index, |out, _| {
                 resp::write_error(out, format_args!("ERR ferrox: {why}"))
@@ -331,6 +339,7 @@ impl Engine {
     fn redis_tx_queue(
         &mut self,
         index: usize,
+        id: Option<command::CommandId>,
         route: Option<Route>,
         blocked: bool,
         request: &[u8],
@@ -379,7 +388,7 @@ impl Engine {
                 why.extend_from_slice(NOPERM_KEYS);
                 return Err(why);
             }
-            if let Err(rule) = self.redis_validate(index, route, request, args, keys.clone()) {
+            if let Err(rule) = self.redis_validate(index, id, route, request, args, keys.clone()) {
                 self.count_refusal(index, Refusal::Validation);
                 resp::write_error(&mut why, format_args!("ERR ferrox: {rule}"));
                 return Err(why);
@@ -643,6 +652,7 @@ impl Engine {
     fn redis_validate(
         &self,
         index: usize,
+        id: Option<command::CommandId>,
         route: Route,
         request: &[u8],
         args: &[Range<usize>],
@@ -675,7 +685,7 @@ impl Engine {
             }
             None => return Ok(()),
         };
-        if rules.max_value_bytes.is_some() && crate::acl::is_write(name) {
+        if rules.max_value_bytes.is_some() && id.is_some_and(crate::acl::is_write_command) {
             let dest = command::dest_key(route);
             let is_key = |i: usize| {
                 (keys.contains(&i) && (i - keys.start).is_multiple_of(step)) || (dest && i == 1)
