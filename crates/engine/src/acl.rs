@@ -526,6 +526,8 @@ fn class(pattern: &[u8], at: usize, c: u8) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn id(name: &str) -> CommandId {
@@ -567,8 +569,7 @@ mod tests {
         );
     }
 
-    #[test]
-    proptest::proptest! {
+    proptest! {
         /// The prefix fast path agrees with the general matcher.
         #[test]
         fn a_prefix_pattern_matches_as_the_general_matcher_does(
@@ -576,7 +577,7 @@ mod tests {
             text in "[a-c:]{0,6}",
         ) {
             let pattern = format!("{prefix}*");
-            proptest::prop_assert_eq!(
+            prop_assert_eq!(
                 glob(pattern.as_bytes(), text.as_bytes()),
                 glob_general(pattern.as_bytes(), text.as_bytes())
             );
