@@ -132,20 +132,6 @@ fn wait_for_cluster(ns: &Netns, port: u16) {
     }
 }
 
-fn python(ns: &Netns, script: &str) -> String {
-    let out = ns
-        .command(&["/usr/bin/python3", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A load through ferrox, in the background until `stop` exists: single
 /// SETs and GETs of `load:N` keys (each read checked against the last
 /// write acknowledged), counting errors by kind; prints a summary line
@@ -191,34 +177,14 @@ print(samples, file=sys.stderr)
 print(f"ops={{ops}} errors={{errors}} moved={{moved}} ask={{ask}} wrong={{wrong}} failed_keys={{','.join(sorted(failed))}}")
 "#
     );
-    ns.command(&["/usr/bin/python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    spawn_python(ns, &script)
 }
 
 /// Stops the load and reads its summary.
 fn stop_load(load: Child, stop: &str) -> (u64, u64, u64, u64, u64, Vec<String>) {
-    std::fs::write(stop, b"").unwrap();
-    let out = load.wait_with_output().unwrap();
-    let _ = std::fs::remove_file(stop);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("load: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "the load failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |name: &str| -> String {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
-            .to_owned()
-    };
-    let n = |name: &str| field(name).parse::<u64>().unwrap();
-    let failed = field("failed_keys");
-    let failed = failed
+    let text = stop_python(load, stop);
+    let n = |name| stat(&text, name);
+    let failed = field(&text, "failed_keys")
         .split(',')
         .filter(|k| !k.is_empty())
         .map(str::to_owned)

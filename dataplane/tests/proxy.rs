@@ -192,21 +192,6 @@ fn memcached_table() -> Table {
     .unwrap()
 }
 
-fn python(ns: &Netns, script: &str) -> String {
-    // Debian's interpreter, which has python3-redis and python3-pymemcache.
-    let out = ns
-        .command(&["/usr/bin/python3", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn proxies_redis_and_memcached(pmd: Pmd, cores: usize, mtu: u16) {
     let config = ConfigFile::new("toml", &config());
     let (ns, dp) = setup_with_mtu(pmd, cores, mtu, &["--config", config.path()]);

@@ -106,20 +106,6 @@ fn calls(ns: &Netns, port: u16, command: &str) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
-fn python(ns: &Netns, script: &str) -> String {
-    let out = ns
-        .command(&["timeout", "120", "/usr/bin/python3", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Reads through ferrox in the background until `stop` exists (at most
 /// 60 s), each checked against the value every key was given before;
 /// prints `reads=N errors=N wrong=N`.
@@ -147,27 +133,12 @@ while not os.path.exists("{stop}") and time.time() < deadline:
 print(f"reads={{reads}} errors={{errors}} wrong={{wrong}}")
 "#
     );
-    ns.command(&["/usr/bin/python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    spawn_python(ns, &script)
 }
 
 fn stop_reads(load: Child, stop: &str) -> (u64, u64, u64) {
-    std::fs::write(stop, b"").unwrap();
-    let out = load.wait_with_output().unwrap();
-    let _ = std::fs::remove_file(stop);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("reads: {text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the load failed: {text}");
-    let n = |name: &str| -> u64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
-            .parse()
-            .unwrap()
-    };
+    let text = stop_python(load, stop);
+    let n = |name| stat(&text, name);
     (n("reads"), n("errors"), n("wrong"))
 }
 
@@ -370,12 +341,7 @@ print(dict(kinds), file=sys.stderr)
 print(f"writes={{writes}} errors={{errors}} first_error={{first_error}} last_error={{last_error}} switched={{min(switched, default=0)}} failed={{','.join(sorted(failed))}}")
 "#
     );
-    let mut load = ns
-        .command(&["/usr/bin/python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut load = spawn_python(&ns, &script);
     let mut ready = String::new();
     {
         use std::io::BufRead;
@@ -404,19 +370,9 @@ print(f"writes={{writes}} errors={{errors}} first_error={{first_error}} last_err
     );
     // Writes go on, to the new primary.
     std::thread::sleep(Duration::from_millis(3000));
-    std::fs::write(&stop, b"").unwrap();
-    let out = load.wait_with_output().unwrap();
-    let _ = std::fs::remove_file(&stop);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("load: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the load failed");
-    let field = |name: &str| -> String {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
-            .to_owned()
-    };
-    let writes: u64 = field("writes").parse().unwrap();
+    let text = stop_python(load, &stop);
+    let field = |name| field(&text, name);
+    let writes = stat(&text, "writes");
     let last_error: f64 = field("last_error").parse().unwrap();
     let switched: f64 = field("switched").parse().unwrap();
     assert!(writes > 500, "{writes} writes");

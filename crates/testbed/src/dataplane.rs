@@ -297,12 +297,18 @@ pub fn rps(output: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The value of the word `name=value` in `text`.
+pub fn field<'a>(text: &'a str, name: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+}
+
+/// The number in the word `name=N` of a statistics line (or any text).
 pub fn stat(stats: &str, name: &str) -> u64 {
-    stats
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {stats:?}"))
+    field(stats, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is no number in {stats:?}"))
 }
 
 /// The number that follows `prefix` on the first line of `output` that

@@ -185,17 +185,48 @@ assert r.connection._sock.getsockname()[1] == port, "the connection changed"
 print(calls, last, int(worst * 1000))
 "#
     );
-    python(ns, &script)
+    spawn_python(ns, &script)
 }
 
-/// Runs `script` in Debian's interpreter (which has python3-redis and
+/// Starts `script` in Debian's interpreter (which has python3-redis and
 /// python3-pymemcache) in `ns`, its output piped.
-fn python(ns: &Netns, script: &str) -> Child {
+pub fn spawn_python(ns: &Netns, script: &str) -> Child {
     ns.command(&["/usr/bin/python3", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Stops a background Python load started with [`spawn_python`], which
+/// runs until the file `stop` exists: creates it, waits for the load,
+/// removes it, and returns the load's standard output (its standard
+/// error printed). The load must succeed.
+pub fn stop_python(load: Child, stop: &str) -> String {
+    std::fs::write(stop, b"").unwrap();
+    let out = load.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(stop);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    eprintln!("load: {text}{errors}");
+    assert!(out.status.success(), "the load failed: {text}{errors}");
+    text
+}
+
+/// Runs `script` as [`spawn_python`] does, for at most two minutes, and
+/// returns its standard output; it must succeed.
+pub fn python(ns: &Netns, script: &str) -> String {
+    let out = ns
+        .command(&["timeout", "120", "/usr/bin/python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The memcached form of [`single_connection_incr`]: one raw connection
@@ -231,7 +262,7 @@ assert s.getsockname()[1] == port, "the connection changed"
 print(calls, last, int(worst * 1000))
 "#
     );
-    python(ns, &script)
+    spawn_python(ns, &script)
 }
 
 /// What [`single_connection_incr`] found, checked (it succeeded, and its

@@ -3347,7 +3347,9 @@ mod sentinel_pools {
 
     /// Shards "ma" (fake 0, replica fake 2) and "mb" (fake 1), fake 3 a
     /// spare, the sentinel fake 4; read by `policy`.
-    fn sentinel_net(policy: ReadPolicy) -> (Net, Handle) {
+    /// Two shards named "ma" and "mb", their primaries unknown, the
+    /// sentinel fake 4; read by `policy`.
+    fn sentinel_spec(policy: ReadPolicy) -> PoolSpec {
         let unknown = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
         let mut spec = PoolSpec {
             read_policy: policy,
@@ -3359,7 +3361,11 @@ mod sentinel_pools {
         for server in &mut spec.servers {
             server.addr = unknown;
         }
-        let mut net = Net::new(spec);
+        spec
+    }
+
+    fn sentinel_net(policy: ReadPolicy) -> (Net, Handle) {
+        let mut net = Net::new(sentinel_spec(policy));
         while net.servers.len() < 5 {
             net.servers.push(FakeServer::default());
         }
@@ -3451,17 +3457,8 @@ mod sentinel_pools {
     fn a_reload_with_the_same_masters_keeps_what_sentinel_said() {
         let (mut net, c) = sentinel_net(ReadPolicy::Primary);
         net.advance(1);
-        let unknown = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
-        let mut spec = PoolSpec {
-            sentinels: vec!["10.0.0.1:7004".parse().unwrap()],
-            masters: vec!["ma".into(), "mb".into()],
-            timeout: Some(1_000_000),
-            ..spec(2)
-        };
-        for server in &mut spec.servers {
-            server.addr = unknown;
-        }
-        net.engine.reconfigure(vec![spec]);
+        net.engine
+            .reconfigure(vec![sentinel_spec(ReadPolicy::Primary)]);
         net.send(c, &cmd(&["SET", "b", "1"]));
         assert_eq!(net.take(c), b"+OK\r\n", "the primary is still known");
         assert_eq!(net.servers[0].data[&b"b"[..]], b"1");
