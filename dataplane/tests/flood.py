@@ -2,9 +2,9 @@
 
     flood.py HOST PORT CLIENTS DEPTH ROUNDS SEED
 
-Opens CLIENTS connections (in waves of 500), holds them all, then every
-client sends DEPTH requests at once (SET, GET and DEL of four keys of its
-own, values from 1 byte to 16 KiB), ROUNDS times. Each reply must be its
+Opens CLIENTS connections all at once (none may be refused), holds them
+all, then every client sends DEPTH requests at once (SET, GET and DEL of
+four keys of its own, values from 1 byte to 16 KiB), ROUNDS times. Each reply must be its
 request's answer by an in-order model of the client's keys, or ferrox's
 overload refusal (which changes nothing). Prints `name=value` counts;
 exits non-zero on the first wrong reply, a connection lost or refused, or
@@ -87,8 +87,7 @@ async def main(host, port, clients, depth, rounds, seed):
     resource.setrlimit(resource.RLIMIT_NOFILE, (clients + 1024, clients + 1024))
     all_clients = [Client(i, seed) for i in range(clients)]
     started = time.time()
-    for wave in range(0, clients, 500):
-        await asyncio.gather(*(c.connect(host, port) for c in all_clients[wave : wave + 500]))
+    await asyncio.gather(*(c.connect(host, port) for c in all_clients))
     connected = time.time()
     print(f"connect_s={connected - started:.2f}", flush=True)
     for _ in range(rounds):
