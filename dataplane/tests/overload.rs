@@ -46,24 +46,10 @@ servers = ["{KERNEL_IP}:7501:1 a", "{KERNEL_IP}:7502:1 b"]
         ),
     );
     let (ns, dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
-    let mut servers: Vec<_> = [7501, 7502]
-        .into_iter()
-        .map(|port| {
-            let child = redis_server(&ns, port);
-            wait_for_port(&ns, port);
-            child
-        })
-        .collect();
-    struct Stop<'a>(&'a mut Vec<std::process::Child>);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            for child in self.0.iter_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+    let mut servers = Children::default();
+    for port in [7501, 7502] {
+        servers.add(&ns, port, redis_server(&ns, port));
     }
-    let _servers = Stop(&mut servers);
 
     // The dataplane's memory, sampled every 20 ms from here on.
     let pid = dp.pid();

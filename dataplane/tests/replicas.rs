@@ -15,33 +15,18 @@ use ferrox_testbed::*;
 
 /// Redis processes of a test, stopped (by PID) when dropped.
 #[derive(Default)]
-struct Servers(Vec<(u16, Child)>);
+struct Servers(Children);
 
 impl Servers {
     /// A `redis-server` on `port`, a replica of `primary` if given.
     fn start(&mut self, ns: &Netns, port: u16, primary: Option<u16>) {
-        let mut args = vec![
-            "redis-server".to_owned(),
-            "--bind".into(),
-            KERNEL_IP.into(),
-            "--port".into(),
-            port.to_string(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-            "--protected-mode".into(),
-            "no".into(),
-            "--loglevel".into(),
-            "warning".into(),
-        ];
-        if let Some(primary) = primary {
-            args.extend(["--replicaof".into(), KERNEL_IP.into(), primary.to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = ns.command(&args).stdout(Stdio::null()).spawn().unwrap();
-        self.0.push((port, child));
-        wait_for_port(ns, port);
+        let primary = primary.map(|p| p.to_string());
+        let replicaof = match &primary {
+            Some(primary) => vec!["--replicaof", KERNEL_IP, primary],
+            None => Vec::new(),
+        };
+        let child = redis_server_with(ns, KERNEL_IP, port, &replicaof);
+        self.0.add(ns, port, child);
     }
 
     /// A sentinel on `port` watching `masters` (name, primary port), with
@@ -64,25 +49,12 @@ impl Servers {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        self.0.push((port, child));
-        wait_for_port(ns, port);
+        self.0.add(ns, port, child);
     }
 
     /// SIGKILLs the server on `port`.
     fn kill(&mut self, port: u16) {
-        let at = self.0.iter().position(|(p, _)| *p == port).unwrap();
-        let (_, mut child) = self.0.remove(at);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill(port);
     }
 }
 

@@ -111,12 +111,18 @@ pub fn redis_server(ns: &Netns, port: u16) -> Child {
 /// A `redis-server` on `ip`:`port` in `ns`, without persistence; the
 /// caller stops it.
 pub fn redis_server_at(ns: &Netns, ip: &str, port: u16) -> Child {
-    ns.command(&[
+    redis_server_with(ns, ip, port, &[])
+}
+
+/// [`redis_server_at`] with more arguments (`--replicaof ...`).
+pub fn redis_server_with(ns: &Netns, ip: &str, port: u16, extra: &[&str]) -> Child {
+    let port = port.to_string();
+    let args = [
         "redis-server",
         "--bind",
         ip,
         "--port",
-        &port.to_string(),
+        &port,
         "--save",
         "",
         "--appendonly",
@@ -125,10 +131,38 @@ pub fn redis_server_at(ns: &Netns, ip: &str, port: u16) -> Child {
         "no",
         "--loglevel",
         "warning",
-    ])
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap()
+    ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+    ns.command(&args).stdout(Stdio::null()).spawn().unwrap()
+}
+
+/// Server processes of a test by port, SIGKILLed (by PID) when dropped.
+#[derive(Debug, Default)]
+pub struct Children(Vec<(u16, Child)>);
+
+impl Children {
+    /// Keeps `child`, the server on `port`, once something listens there.
+    pub fn add(&mut self, ns: &Netns, port: u16, child: Child) {
+        self.0.push((port, child));
+        wait_for_port(ns, port);
+    }
+
+    /// SIGKILLs the server on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let at = self.0.iter().position(|(p, _)| *p == port).unwrap();
+        let (_, mut child) = self.0.remove(at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Waits (up to 10 s) until something listens on [`KERNEL_IP`]:`port`.

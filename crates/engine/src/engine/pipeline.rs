@@ -119,8 +119,6 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    /// Gives back a large reply buffer before the slot is kept for reuse,
-    /// so a client that once fetched a large value does not pin its room.
     /// Bytes of room its buffers hold.
     pub fn capacity(&self) -> usize {
         self.reply.capacity()
@@ -132,6 +130,8 @@ impl Slot {
             + self.sent_at.capacity() * std::mem::size_of::<Range<usize>>()
     }
 
+    /// Gives back large buffers before the slot is kept for reuse, so a
+    /// client that once fetched a large value does not pin its room.
     pub fn shed(&mut self) {
         if self.reply.capacity() > SLOT_KEEP {
             self.reply = Vec::new();

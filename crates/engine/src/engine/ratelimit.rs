@@ -166,6 +166,8 @@ enum Windows {
 #[derive(Debug, Default)]
 pub(super) struct Limiter {
     rules: Vec<(Rule, Windows)>,
+    /// Whether a rule counts by key (only then is a request's key hashed).
+    by_key: bool,
 }
 
 impl Limiter {
@@ -186,7 +188,8 @@ impl Limiter {
                 (rule, windows)
             })
             .collect();
-        Limiter { rules }
+        let by_key = limits.iter().any(|l| l.by == RateBy::Key);
+        Limiter { rules, by_key }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,9 +198,7 @@ impl Limiter {
 
     /// Whether a rule counts by key (only then is a request's key hashed).
     pub fn by_key(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|(_, windows)| matches!(windows, Windows::Key(_)))
+        self.by_key
     }
 
     /// Counts a request of `bytes` bytes by `who` against every rule that

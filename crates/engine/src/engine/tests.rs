@@ -3345,8 +3345,6 @@ mod sentinel_pools {
 
     use super::*;
 
-    /// Shards "ma" (fake 0, replica fake 2) and "mb" (fake 1), fake 3 a
-    /// spare, the sentinel fake 4; read by `policy`.
     /// Two shards named "ma" and "mb", their primaries unknown, the
     /// sentinel fake 4; read by `policy`.
     fn sentinel_spec(policy: ReadPolicy) -> PoolSpec {
@@ -3364,6 +3362,8 @@ mod sentinel_pools {
         spec
     }
 
+    /// Shards "ma" (fake 0, replica fake 2) and "mb" (fake 1), fake 3 a
+    /// spare, the sentinel fake 4; read by `policy`.
     fn sentinel_net(policy: ReadPolicy) -> (Net, Handle) {
         let mut net = Net::new(sentinel_spec(policy));
         while net.servers.len() < 5 {

@@ -674,17 +674,6 @@ impl Engine {
                 .chain(command::dest_key(route).then_some(1))
         };
         super::super::validate::keys(rules, key_args().map(arg))?;
-        // The name upper-cased on the stack: longer ones are no command.
-        let mut upper = [0u8; 32];
-        let name = arg(0);
-        let name = match upper.get_mut(..name.len()) {
-            Some(buffer) => {
-                buffer.copy_from_slice(name);
-                buffer.make_ascii_uppercase();
-                &*buffer
-            }
-            None => return Ok(()),
-        };
         if rules.max_value_bytes.is_some() && id.is_some_and(crate::acl::is_write_command) {
             let dest = command::dest_key(route);
             let is_key = |i: usize| {
@@ -694,7 +683,18 @@ impl Engine {
                 super::super::validate::value(rules, arg(i).len())?;
             }
         }
-        super::super::validate::redis_ttl(rules, name, args.len(), arg)
+        if !rules.require_ttl && rules.max_ttl_s.is_none() {
+            return Ok(());
+        }
+        // The name upper-cased on the stack: longer ones are no command.
+        let mut upper = [0u8; 32];
+        let name = arg(0);
+        let Some(buffer) = upper.get_mut(..name.len()) else {
+            return Ok(());
+        };
+        buffer.copy_from_slice(name);
+        buffer.make_ascii_uppercase();
+        super::super::validate::redis_ttl(rules, buffer, args.len(), arg)
     }
 
     /// `WAIT numreplicas timeout`: a client's writes to a server went
