@@ -348,7 +348,30 @@ pub struct PoolStats {
     /// Reads sent again after their replica failed.
     #[serde(default)]
     pub replica_retries: u64,
+    /// Compression and hot-key cache counters, by name (see
+    /// `ferrox_block::FEATURES`); only those of features in use.
+    #[serde(default)]
+    pub features: std::collections::BTreeMap<String, u64>,
+    /// Bytes after compression per byte before, for values stored
+    /// compressed.
+    #[serde(default)]
+    pub compression_ratio: Option<f64>,
+    /// The hot-key cache's hits per read of a hot key.
+    #[serde(default)]
+    pub cache_hit_ratio: Option<f64>,
+    /// Each core's hottest keys, hottest first.
+    #[serde(default)]
+    pub hot_keys: Vec<HotKeyStats>,
     pub servers: Vec<ServerStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotKeyStats {
+    pub core: usize,
+    /// The key, lossily as text (cut at 64 bytes).
+    pub key: String,
+    /// Reads per second on that core.
+    pub rate: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

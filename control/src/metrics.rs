@@ -8,7 +8,10 @@ use ferrox_block::{Counter, PoolSnapshot, ServerSnapshot, Snapshot, LATENCY_BUCK
 
 use ferrox_engine::command::CommandId;
 
-use crate::admin::{CommandStats, CoreStats, PoolStats, ServerStats, Shm, Stats};
+use crate::admin::{CommandStats, CoreStats, HotKeyStats, PoolStats, ServerStats, Shm, Stats};
+
+/// Hot keys exported per pool and core.
+const HOT_KEYS_EXPORTED: usize = 4;
 
 /// Two snapshots `seconds` apart make the rates.
 #[derive(Debug, Clone)]
@@ -99,6 +102,35 @@ fn pool_stats(pool: &PoolSnapshot, old: Option<&PoolSnapshot>, seconds: f64) -> 
         rate_limited: pool.rate_limited,
         overload_refused: pool.overload_refused,
         replica_retries: pool.replica_retries,
+        features: ferrox_block::FEATURES
+            .iter()
+            .zip(pool.features)
+            .filter(|&(_, n)| n > 0)
+            .map(|(f, n)| (f.name.to_owned(), n))
+            .collect(),
+        compression_ratio: {
+            let feature = |name| pool.features[ferrox_block::feature(name)];
+            let before = feature("compressed_bytes_in");
+            (before > 0).then(|| feature("compressed_bytes_out") as f64 / before as f64)
+        },
+        cache_hit_ratio: {
+            let feature = |name| pool.features[ferrox_block::feature(name)];
+            let reads = feature("cache_hits") + feature("cache_misses");
+            (reads > 0).then(|| feature("cache_hits") as f64 / reads as f64)
+        },
+        hot_keys: {
+            let mut keys: Vec<_> = pool
+                .hot_keys
+                .iter()
+                .map(|h| HotKeyStats {
+                    core: h.core,
+                    key: String::from_utf8_lossy(&h.key).into_owned(),
+                    rate: h.rate,
+                })
+                .collect();
+            keys.sort_by_key(|h| std::cmp::Reverse(h.rate));
+            keys
+        },
         servers: pool
             .servers
             .iter()
@@ -350,6 +382,55 @@ pub fn prometheus(
                 "{name}{{pool=\"{}\"}} {}",
                 label(&pool.name),
                 value(pool)
+            );
+        }
+    }
+    for (i, feature) in ferrox_block::FEATURES.iter().enumerate() {
+        // Only the families of features some pool uses.
+        if pools.iter().all(|p| p.features[i] == 0) {
+            continue;
+        }
+        let (name, kind) = if feature.gauge {
+            (format!("ferrox_pool_{}", feature.name), "gauge")
+        } else {
+            (format!("ferrox_pool_{}_total", feature.name), "counter")
+        };
+        family(&mut out, &name, kind, feature.help);
+        for pool in &pools {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\"}} {}",
+                label(&pool.name),
+                pool.features[i]
+            );
+        }
+    }
+    // The hottest few keys, per core.
+    let hot: Vec<_> = pools
+        .iter()
+        .flat_map(|p| {
+            p.hot_keys
+                .iter()
+                .take(HOT_KEYS_EXPORTED)
+                .map(move |h| (p, h))
+        })
+        .collect();
+    if !hot.is_empty() {
+        let name = "ferrox_pool_hot_key_reads_per_second";
+        family(
+            &mut out,
+            name,
+            "gauge",
+            "Reads per second of the hottest keys, per dataplane core.",
+        );
+        for (pool, h) in hot {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",core=\"{}\",key=\"{}\"}} {}",
+                label(&pool.name),
+                h.core,
+                label(&String::from_utf8_lossy(&h.key)),
+                h.rate
             );
         }
     }

@@ -82,6 +82,12 @@ enum Cmd {
     Status,
     /// Requests, errors, bytes, connections and latency per pool and server.
     Stats,
+    /// The keys each core counts as hot (read more than a pool's
+    /// hot_key_cache min_rate a second), hottest first.
+    Hotkeys {
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// A live view refreshed once a second (Ctrl-C ends it).
     Top {
         /// Stop after this many refreshes.
@@ -338,6 +344,26 @@ fn run(cli: Cli) -> Result<()> {
             render_status,
         )?,
         Cmd::Stats => show(&mut out, &mut admin, &Request::Stats {}, json, render_stats)?,
+        Cmd::Hotkeys { pool } => {
+            let value = admin.call(&Request::Stats {})?;
+            let stats: admin::Stats = serde_json::from_value(value)?;
+            let pools = stats
+                .pools
+                .iter()
+                .filter(|p| pool.as_ref().is_none_or(|name| &p.name == name));
+            if json {
+                let keys: Vec<_> = pools
+                    .flat_map(|p| {
+                        p.hot_keys.iter().map(move |h| {
+                            serde_json::json!({"pool": p.name, "core": h.core, "key": h.key, "rate": h.rate})
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(keys))?;
+            } else {
+                write!(out, "{}", render_hot_keys(pools))?;
+            }
+        }
         Cmd::Top { count } => {
             let mut shown = 0;
             loop {
@@ -820,6 +846,52 @@ fn render_stats(stats: &admin::Stats) -> String {
             ]);
         }
     }
+    // Compression and the hot-key cache, for the pools that use them.
+    const FEATURES: Columns = Columns(&[
+        ("POOL", -16),
+        ("COMPRESSED", 11),
+        ("RATIO", 6),
+        ("CPU MS", 8),
+        ("CORRUPT", 8),
+        ("HITS", 10),
+        ("HIT%", 6),
+        ("FILLS", 8),
+        ("INVALID", 8),
+        ("HOT", 5),
+    ]);
+    let featured: Vec<_> = stats
+        .pools
+        .iter()
+        .filter(|p| !p.features.is_empty())
+        .collect();
+    if !featured.is_empty() {
+        s += "\n";
+        s += &FEATURES.header();
+        for pool in featured {
+            let n = |name: &str| pool.features.get(name).copied().unwrap_or(0);
+            let invalidations = n("cache_invalidations_write")
+                + n("cache_invalidations_server")
+                + n("cache_invalidations_lost");
+            let ratio = pool
+                .compression_ratio
+                .map_or("-".to_owned(), |r| format!("{r:.2}"));
+            let hit = pool
+                .cache_hit_ratio
+                .map_or("-".to_owned(), |r| format!("{:.1}", r * 100.0));
+            s += &FEATURES.row(&[
+                &pool.name,
+                &n("compressed_values"),
+                &ratio,
+                &(n("compression_ns") / 1_000_000),
+                &n("corrupt_values"),
+                &n("cache_hits"),
+                &hit,
+                &n("cache_fills"),
+                &invalidations,
+                &n("hot_keys"),
+            ]);
+        }
+    }
     if !stats.commands.is_empty() {
         s += "\n";
         s += &COMMANDS.header();
@@ -830,6 +902,17 @@ fn render_stats(stats: &admin::Stats) -> String {
                 &rate(c.requests_per_s),
                 &c.requests,
             ]);
+        }
+    }
+    s
+}
+
+fn render_hot_keys<'a>(pools: impl Iterator<Item = &'a admin::PoolStats>) -> String {
+    const HOT: Columns = Columns(&[("POOL", -16), ("CORE", 5), ("READS/S", 10), ("KEY", -40)]);
+    let mut s = HOT.header();
+    for pool in pools {
+        for h in &pool.hot_keys {
+            s += &HOT.row(&[&pool.name, &h.core, &h.rate, &h.key]);
         }
     }
     s

@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -27,6 +27,13 @@ pub const NAME_BYTES: usize = 64;
 /// Latency buckets: bucket `i` counts requests that took less than
 /// `2^i` microseconds (the last one: everything longer).
 pub const LATENCY_BUCKETS: usize = 24;
+/// Counters of a pool's optional features (compression, the hot-key
+/// cache), by index in [`crate::FEATURES`].
+pub const FEATURE_COUNTERS: usize = 24;
+/// Hot keys each core shows per pool.
+pub const HOT_KEYS_SHOWN: usize = 8;
+/// Longest hot key shown (longer ones are cut).
+pub const HOT_KEY_BYTES: usize = 64;
 
 #[repr(C)]
 pub struct BlockHeader {
@@ -160,7 +167,19 @@ pub struct PoolRecord {
     pub overload_refused: AtomicU64,
     /// Reads a failed replica held, sent again to another server.
     pub replica_retries: AtomicU64,
+    pub features: [AtomicU64; FEATURE_COUNTERS],
+    /// The core's hottest keys of the pool, hottest first.
+    pub hot_keys: [HotKeyRecord; HOT_KEYS_SHOWN],
     pub servers: [ServerRecord; MAX_SERVERS],
+}
+
+#[repr(C)]
+pub struct HotKeyRecord {
+    /// 0: unused; otherwise the key's length (cut at [`HOT_KEY_BYTES`]).
+    pub len: AtomicU32,
+    /// Reads per second on this core.
+    pub rate: AtomicU32,
+    pub key: [AtomicU64; HOT_KEY_BYTES / 8],
 }
 
 #[repr(C)]

@@ -37,10 +37,95 @@ mod layout;
 pub use handover::{monotonic_ns, HandoverReport, Step};
 
 pub use layout::{
-    BlockHeader, CoreRecord, HandoverBoard, LogBoard, PoolRecord, ServerRecord, TestBoard,
-    COMMANDS, CONFIG_BYTES, COUNTERS, LATENCY_BUCKETS, LAYOUT_VERSION, LOG_FILTER_BYTES, MAX_CORES,
-    MAX_POOLS, MAX_SERVERS, NAME_BYTES,
+    BlockHeader, CoreRecord, HandoverBoard, HotKeyRecord, LogBoard, PoolRecord, ServerRecord,
+    TestBoard, COMMANDS, CONFIG_BYTES, COUNTERS, FEATURE_COUNTERS, HOT_KEYS_SHOWN, HOT_KEY_BYTES,
+    LATENCY_BUCKETS, LAYOUT_VERSION, LOG_FILTER_BYTES, MAX_CORES, MAX_POOLS, MAX_SERVERS,
+    NAME_BYTES,
 };
+
+/// A pool feature counter: its name (metrics add `ferrox_pool_` and, for
+/// counters, `_total`), whether it is a gauge, and what it counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Feature {
+    pub name: &'static str,
+    pub gauge: bool,
+    pub help: &'static str,
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Feature {
+    Feature {
+        name,
+        gauge: false,
+        help,
+    }
+}
+
+/// The feature counters, in their record order (append only: a record
+/// is read by index).
+pub const FEATURES: [Feature; 16] = [
+    counter("compressed_values", "Values stored compressed."),
+    counter(
+        "compressed_bytes_in",
+        "Bytes of the values stored compressed, before compression.",
+    ),
+    counter(
+        "compressed_bytes_out",
+        "Bytes of the values stored compressed, after compression.",
+    ),
+    counter(
+        "decompressed_values",
+        "Compressed values read back and decompressed.",
+    ),
+    counter(
+        "corrupt_values",
+        "Compressed values read back that failed their checks (answered with an error).",
+    ),
+    counter(
+        "compression_ns",
+        "Time spent compressing and decompressing, in nanoseconds.",
+    ),
+    counter("cache_hits", "Reads the hot-key cache answered."),
+    counter(
+        "cache_misses",
+        "Reads of hot keys the cache could not answer.",
+    ),
+    counter("cache_fills", "Values the hot-key cache took."),
+    counter(
+        "cache_evictions",
+        "Values the hot-key cache dropped for room.",
+    ),
+    counter(
+        "cache_invalidations_write",
+        "Cached values dropped for a write through the proxy.",
+    ),
+    counter(
+        "cache_invalidations_server",
+        "Cached values dropped because the server said they changed (tracking).",
+    ),
+    counter(
+        "cache_invalidations_lost",
+        "Cached values dropped because their server's invalidation channel was lost or flushed.",
+    ),
+    counter("cache_expirations", "Cached values dropped for their age."),
+    Feature {
+        name: "cache_memory_bytes",
+        gauge: true,
+        help: "Bytes the hot-key cache holds.",
+    },
+    Feature {
+        name: "hot_keys",
+        gauge: true,
+        help: "Keys the cores count as hot now.",
+    },
+];
+
+/// The index of feature `name` in [`FEATURES`].
+pub fn feature(name: &str) -> usize {
+    FEATURES
+        .iter()
+        .position(|f| f.name == name)
+        .expect("a listed feature")
+}
 
 /// The region directory name of the block.
 pub const ENTRY: &str = "control-block";
@@ -424,7 +509,15 @@ impl Block {
                         .iter()
                         .map(|c| c.load(Ordering::Relaxed))
                         .collect(),
-                    pools: record.pools.iter().filter_map(PoolSnapshot::read).collect(),
+                    pools: record
+                        .pools
+                        .iter()
+                        .filter_map(PoolSnapshot::read)
+                        .map(|mut pool| {
+                            pool.hot_keys.iter_mut().for_each(|h| h.core = c);
+                            pool
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -451,6 +544,47 @@ impl CoreRecord {
 }
 
 impl PoolRecord {
+    /// Shows `keys` (hottest first, at most [`HOT_KEYS_SHOWN`]) as the
+    /// core's hot keys; without allocating.
+    pub fn set_hot_keys<'a>(&self, keys: impl Iterator<Item = (&'a [u8], u32)>) {
+        let mut keys = keys.take(HOT_KEYS_SHOWN);
+        for record in &self.hot_keys {
+            let Some((key, rate)) = keys.next() else {
+                record.len.store(0, Ordering::Release);
+                continue;
+            };
+            let key = &key[..key.len().min(HOT_KEY_BYTES)];
+            record.len.store(0, Ordering::Release);
+            for (i, word) in record.key.iter().enumerate() {
+                let mut w = [0u8; 8];
+                for (j, b) in w.iter_mut().enumerate() {
+                    *b = key.get(i * 8 + j).copied().unwrap_or(0);
+                }
+                word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+            }
+            record.rate.store(rate, Ordering::Relaxed);
+            // A key of length 0 could not be told from an unused record.
+            record.len.store(key.len().max(1) as u32, Ordering::Release);
+        }
+    }
+
+    /// The hot keys a core showed.
+    pub fn hot_keys(&self) -> impl Iterator<Item = (Vec<u8>, u32)> + '_ {
+        self.hot_keys.iter().filter_map(|record| {
+            let len = (record.len.load(Ordering::Acquire) as usize).min(HOT_KEY_BYTES);
+            if len == 0 {
+                return None;
+            }
+            let key: Vec<u8> = record
+                .key
+                .iter()
+                .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+                .take(len)
+                .collect();
+            Some((key, record.rate.load(Ordering::Relaxed)))
+        })
+    }
+
     /// Names the record (empty: unused).
     pub fn set_name(&self, name: &str) {
         let bytes = &name.as_bytes()[..name.len().min(NAME_BYTES)];
@@ -556,7 +690,21 @@ pub struct PoolSnapshot {
     pub rate_limited: u64,
     pub overload_refused: u64,
     pub replica_retries: u64,
+    /// By index in [`FEATURES`].
+    pub features: [u64; FEATURE_COUNTERS],
+    /// Each core's hottest keys.
+    pub hot_keys: Vec<HotKey>,
     pub servers: Vec<ServerSnapshot>,
+}
+
+/// A key a core counts as hot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotKey {
+    pub core: usize,
+    /// Cut at [`HOT_KEY_BYTES`].
+    pub key: Vec<u8>,
+    /// Reads per second on that core.
+    pub rate: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -601,6 +749,11 @@ impl PoolSnapshot {
             rate_limited: record.rate_limited.load(Ordering::Relaxed),
             overload_refused: record.overload_refused.load(Ordering::Relaxed),
             replica_retries: record.replica_retries.load(Ordering::Relaxed),
+            features: std::array::from_fn(|i| record.features[i].load(Ordering::Relaxed)),
+            hot_keys: record
+                .hot_keys()
+                .map(|(key, rate)| HotKey { core: 0, key, rate })
+                .collect(),
             servers: record.servers[..servers]
                 .iter()
                 .map(|s| ServerSnapshot {
@@ -642,6 +795,10 @@ impl PoolSnapshot {
         self.rate_limited += other.rate_limited;
         self.overload_refused += other.overload_refused;
         self.replica_retries += other.replica_retries;
+        for (a, b) in self.features.iter_mut().zip(other.features) {
+            *a += b;
+        }
+        self.hot_keys.extend(other.hot_keys.iter().cloned());
         for server in &other.servers {
             match self.servers.iter_mut().find(|s| s.addr == server.addr) {
                 Some(s) => {

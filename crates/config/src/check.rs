@@ -333,6 +333,8 @@ pub(super) struct Draft {
     pub servers_line: Option<usize>,
     pub read_policy_line: Option<usize>,
     pub sentinels_line: Option<usize>,
+    pub compression_line: Option<usize>,
+    pub hot_key_cache_line: Option<usize>,
     /// Server entries read, valid or not (a `servers` value that is not a
     /// list counts as one).
     pub server_entries: usize,
@@ -355,6 +357,8 @@ impl Draft {
             servers_line: None,
             read_policy_line: None,
             sentinels_line: None,
+            compression_line: None,
+            hot_key_cache_line: None,
             server_entries: 0,
             server_lines: Vec::new(),
         }
@@ -424,6 +428,15 @@ pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report
             }
         }
         shards_and_replicas(d, report);
+        if pool.hot_key_cache.is_some() && pool.distribution == Distribution::RedisCluster {
+            report.error(
+                d.hot_key_cache_line.unwrap_or(d.line),
+                format!(
+                    "pool {name:?}: hot_key_cache: not supported on a redis_cluster pool (its \
+                     slots move between servers the cache could not follow)"
+                ),
+            );
+        }
         let mut names = HashMap::new();
         for (i, server) in pool.servers.iter().enumerate() {
             let Some(&j) = names.get(server.name.as_str()) else {

@@ -141,6 +141,27 @@ fn emit_pool(out: &mut String, pool: &Pool) {
     if !v.is_off() {
         emit_validate(out, pool);
     }
+    if let Some(c) = &pool.compression {
+        out.push_str("[pools.");
+        out.push_str(&key(&pool.name));
+        out.push_str(".compression]\n");
+        entry(out, "algorithm", string(c.algorithm.name()));
+        entry(out, "min_size", size(c.min_size));
+        entry(out, "level", c.level);
+        let patterns: Vec<String> = c.keys.iter().map(|p| string(p)).collect();
+        entry(out, "keys", format_args!("[{}]", patterns.join(", ")));
+        entry(out, "flag_bit", c.flag_bit);
+    }
+    if let Some(h) = &pool.hot_key_cache {
+        out.push_str("[pools.");
+        out.push_str(&key(&pool.name));
+        out.push_str(".hot_key_cache]\n");
+        entry(out, "min_rate", h.min_rate);
+        entry(out, "memory", size(h.memory));
+        if let Some(ms) = h.max_staleness_ms {
+            entry(out, "max_staleness_ms", ms);
+        }
+    }
     for limit in &pool.rate_limits {
         out.push_str("[[pools.");
         out.push_str(&key(&pool.name));
@@ -314,8 +335,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::model::{
-        Distribution, HashFn, Limits, Overload, RateBy, RateLimit, User, Validate, DISTRIBUTIONS,
-        HASHES, MAX_DEPTH,
+        Compression, CompressionAlgorithm, Distribution, HashFn, HotKeyCache, Limits, Overload,
+        RateBy, RateLimit, User, Validate, DISTRIBUTIONS, HASHES, MAX_DEPTH, ZSTD_LEVELS,
     };
     use super::super::parse_toml;
     use super::*;
@@ -765,6 +786,40 @@ servers = [
                 },
             );
         let validates = prop::collection::vec(validate, 3);
+        let compression = prop::option::of(
+            (
+                prop::sample::select(CompressionAlgorithm::ALL.to_vec()),
+                0usize..1 << 20,
+                ZSTD_LEVELS,
+                prop::collection::vec("[a-z:*?]{1,6}", 0..=2),
+                0u8..32,
+            )
+                .prop_map(|((_, algorithm), min_size, level, keys, flag_bit)| {
+                    Compression {
+                        algorithm,
+                        min_size,
+                        level,
+                        keys,
+                        flag_bit,
+                    }
+                }),
+        );
+        let hot_key_cache = prop::option::of(
+            (
+                1u32..1 << 20,
+                1usize..1 << 40,
+                prop::option::of(1u64..1 << 40),
+            )
+                .prop_map(|(min_rate, memory, max_staleness_ms)| HotKeyCache {
+                    min_rate,
+                    memory,
+                    max_staleness_ms,
+                }),
+        );
+        let validates = (
+            validates,
+            prop::collection::vec((compression, hot_key_cache), 3),
+        );
         let rate_limit = (
             prop::sample::select(RateBy::ALL.to_vec()),
             prop::collection::vec(prop::sample::select(vec!["GET", "SET", "MGET"]), 0..=2),
@@ -791,10 +846,18 @@ servers = [
             prop::option::of(1usize..1 << 20),
         );
         (pools, limits(), users, validates, rate_limits, overload).prop_map(
-            |(mut pools, limits, users, validates, rate_limits, overload)| {
-                for ((pool, validate), limits) in pools.iter_mut().zip(validates).zip(rate_limits) {
+            |(mut pools, limits, users, (validates, features), rate_limits, overload)| {
+                for (((pool, validate), limits), (compression, hot_key_cache)) in pools
+                    .iter_mut()
+                    .zip(validates)
+                    .zip(rate_limits)
+                    .zip(features)
+                {
                     pool.validate = validate;
                     pool.rate_limits = limits;
+                    pool.compression = compression;
+                    let cluster = pool.distribution == Distribution::RedisCluster;
+                    pool.hot_key_cache = hot_key_cache.filter(|_| !cluster);
                 }
                 let redis: Vec<String> = pools
                     .iter()

@@ -29,8 +29,9 @@ use std::path::Path;
 
 pub use emit::emit_toml;
 pub use model::{
-    Config, Distribution, HashFn, Limits, Overload, Pool, Protocol, RateBy, RateLimit, ReadPolicy,
-    Server, User, Validate, ACL_CATEGORIES, DISTRIBUTIONS, HASHES, MAX_DEPTH,
+    Compression, CompressionAlgorithm, Config, Distribution, HashFn, HotKeyCache, Limits, Overload,
+    Pool, Protocol, RateBy, RateLimit, ReadPolicy, Server, User, Validate, ACL_CATEGORIES,
+    DISTRIBUTIONS, HASHES, MAX_DEPTH, ZSTD_LEVELS,
 };
 pub use nutcracker::parse_nutcracker;
 pub use toml::parse_toml;

@@ -174,6 +174,90 @@ pub struct Pool {
     /// Redis Sentinels that know the shards' primaries and replicas
     /// (each server is then named by its Sentinel master name).
     pub sentinels: Vec<SocketAddrV4>,
+    /// Transparent value compression (`[pools.NAME.compression]`).
+    pub compression: Option<Compression>,
+    /// The per-core cache of hot keys' values (`[pools.NAME.hot_key_cache]`).
+    pub hot_key_cache: Option<HotKeyCache>,
+}
+
+/// A pool's transparent value compression: string values written through
+/// the proxy are stored compressed behind a self-describing header when
+/// that makes them smaller, and read back decompressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Compression {
+    pub algorithm: CompressionAlgorithm,
+    /// Values shorter than this are stored as they are.
+    pub min_size: usize,
+    /// zstd's level (lz4 has one speed).
+    pub level: i32,
+    /// Only keys matching one of these globs; empty: every key.
+    pub keys: Vec<String>,
+    /// memcached pools: the bit of the item flags that marks a compressed
+    /// value (0-31).
+    pub flag_bit: u8,
+}
+
+impl Default for Compression {
+    fn default() -> Compression {
+        Compression {
+            algorithm: CompressionAlgorithm::Lz4,
+            min_size: 1024,
+            level: 1,
+            keys: Vec::new(),
+            flag_bit: 29,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionAlgorithm {
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl CompressionAlgorithm {
+    pub const ALL: [(&'static str, CompressionAlgorithm); 2] = [
+        ("lz4", CompressionAlgorithm::Lz4),
+        ("zstd", CompressionAlgorithm::Zstd),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionAlgorithm::Lz4 => "lz4",
+            CompressionAlgorithm::Zstd => "zstd",
+        }
+    }
+}
+
+/// zstd's levels, fastest to smallest.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
+
+/// A pool's hot-key cache: each core counts reads per key, and keeps the
+/// values of the keys read more than `min_rate` times a second, to answer
+/// their reads itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HotKeyCache {
+    /// Reads per second (on one core) that make a key hot.
+    pub min_rate: u32,
+    /// Bytes of cached values per core.
+    pub memory: usize,
+    /// How old a cached value may get: memcached has no invalidation, so
+    /// this bounds how stale a write that bypasses the proxy leaves it
+    /// (default 1000 ms there); a Redis pool's entries are invalidated by
+    /// the servers and have no age limit unless this is set.
+    pub max_staleness_ms: Option<u64>,
+}
+
+impl Default for HotKeyCache {
+    fn default() -> HotKeyCache {
+        HotKeyCache {
+            min_rate: 1000,
+            memory: 64 << 20,
+            max_staleness_ms: None,
+        }
+    }
 }
 
 /// Where a redis pool sends read commands (Redis's `@read` category,
@@ -431,6 +515,8 @@ impl Pool {
             rate_limits: Vec::new(),
             read_policy: ReadPolicy::Primary,
             sentinels: Vec::new(),
+            compression: None,
+            hot_key_cache: None,
         }
     }
 }

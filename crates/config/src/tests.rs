@@ -67,6 +67,18 @@ fn every_key_pool() -> Pool {
         rate_limits: Vec::new(),
         read_policy: ReadPolicy::PreferReplica,
         sentinels: Vec::new(),
+        compression: Some(Compression {
+            algorithm: CompressionAlgorithm::Zstd,
+            min_size: 512,
+            level: 3,
+            keys: vec!["doc:*".into()],
+            flag_bit: 29,
+        }),
+        hot_key_cache: Some(HotKeyCache {
+            min_rate: 200,
+            memory: 8 << 20,
+            max_staleness_ms: Some(500),
+        }),
     }
 }
 
@@ -129,6 +141,17 @@ server_failure_limit = 5
 blocked_commands = ["flushall", "Keys", "FLUSHALL"]
 read_policy = "prefer_replica"
 servers = [{ addr = "198.18.0.1:7001", weight = 2, name = "alpha", replicas = ["198.18.0.1:7101"] }]
+
+[pools.cache.compression]
+algorithm = "zstd"
+min_size = 512
+level = 3
+keys = ["doc:*"]
+
+[pools.cache.hot_key_cache]
+min_rate = 200
+memory = "8 MiB"
+max_staleness_ms = 500
 "#,
         );
         assert_eq!(
@@ -490,6 +513,36 @@ max_ttl_s = 86400
     }
 
     #[test]
+    fn compression_and_hot_key_cache_tables() {
+        let config = toml_ok(&format!(
+            "{POOL}[pools.a.compression]\n[pools.a.hot_key_cache]\n"
+        ));
+        assert_eq!(config.pools[0].compression, Some(Compression::default()));
+        assert_eq!(config.pools[0].hot_key_cache, Some(HotKeyCache::default()));
+        assert_eq!(
+            toml_errors(&format!(
+                "{POOL}[pools.a.compression]\nalgorithm = \"lz5\"\nlevel = 99\nflag_bit = 32\nmin_sise = 1\n\
+                 [pools.a.hot_key_cache]\nmin_rate = 0\nmemory = \"lots\"\n"
+            )),
+            [
+                "x.toml:6: pool \"a\": compression: algorithm \"lz5\": expected one of lz4, zstd (did you mean \"lz4\"?)",
+                "x.toml:7: pool \"a\": compression: level: 99 is not a level: zstd's run from -7 to 22",
+                "x.toml:8: pool \"a\": compression: flag_bit: 32 is not a bit of memcached's 32-bit flags (0-31)",
+                "x.toml:9: pool \"a\": compression: min_sise: unknown key (did you mean \"min_size\"?); compression has algorithm, min_size, level, keys, flag_bit",
+                "x.toml:11: pool \"a\": hot_key_cache: min_rate: must be at least 1",
+                "x.toml:12: pool \"a\": hot_key_cache: memory \"lots\": expected a number of bytes, or a size like \"64 KiB\", \"512 MiB\" or \"1 GiB\"",
+            ]
+        );
+        assert_eq!(
+            toml_errors(
+                "[pools.c]\nlisten = \"0.0.0.0:7000\"\nprotocol = \"redis\"\ndistribution = \"redis_cluster\"\n\
+                 servers = [\"198.18.0.1:7001:1\"]\n[pools.c.hot_key_cache]\n"
+            ),
+            ["x.toml:6: pool \"c\": hot_key_cache: not supported on a redis_cluster pool (its slots move between servers the cache could not follow)"]
+        );
+    }
+
+    #[test]
     fn replicas_and_read_policies_are_read_and_checked() {
         let config = toml_ok(&redis_pool(
             "a",
@@ -811,6 +864,8 @@ mod nutcracker_format {
                 distribution: Distribution::from_name("modula").unwrap(),
                 blocked_commands: vec![],
                 read_policy: ReadPolicy::Primary,
+                compression: None,
+                hot_key_cache: None,
                 servers: vec![
                     server("198.18.0.1:7001", 2, "alpha"),
                     server("198.18.0.1:11211", 1, "198.18.0.1"),

@@ -14,7 +14,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::check::{self, Draft, Report};
 use super::model::{
-    Config, Limits, Overload, Protocol, RateBy, RateLimit, ReadPolicy, User, Validate, MAX_DEPTH,
+    Compression, CompressionAlgorithm, Config, HotKeyCache, Limits, Overload, Protocol, RateBy,
+    RateLimit, ReadPolicy, User, Validate, MAX_DEPTH, ZSTD_LEVELS,
 };
 use super::ConfigError;
 
@@ -41,7 +42,13 @@ const POOL_KEYS: &[&str] = &[
     "rate_limits",
     "read_policy",
     "sentinels",
+    "compression",
+    "hot_key_cache",
 ];
+
+const COMPRESSION_KEYS: &[&str] = &["algorithm", "min_size", "level", "keys", "flag_bit"];
+
+const HOT_KEY_CACHE_KEYS: &[&str] = &["min_rate", "memory", "max_staleness_ms"];
 
 const RATE_KEYS: &[&str] = &["by", "commands", "requests", "bytes", "per_ms"];
 
@@ -408,6 +415,28 @@ impl Cx<'_> {
                         other.kind()
                     )),
                 },
+                "compression" => match value {
+                    Node::Table(entries) => {
+                        draft.compression_line = Some(line);
+                        pool.compression = Some(self.compression(name, entries));
+                        Ok(())
+                    }
+                    other => Err(format!(
+                        ": expected a table ([pools.{name}.compression]), found {}",
+                        other.kind()
+                    )),
+                },
+                "hot_key_cache" => match value {
+                    Node::Table(entries) => {
+                        draft.hot_key_cache_line = Some(line);
+                        pool.hot_key_cache = Some(self.hot_key_cache(name, entries));
+                        Ok(())
+                    }
+                    other => Err(format!(
+                        ": expected a table ([pools.{name}.hot_key_cache]), found {}",
+                        other.kind()
+                    )),
+                },
                 "read_policy" => string(value).and_then(|s| {
                     draft.read_policy_line = Some(line);
                     let policy = ReadPolicy::ALL.iter().find(|(n, _)| *n == s);
@@ -760,6 +789,139 @@ impl Cx<'_> {
             }
         }
         validate
+    }
+
+    /// A pool's `[pools.NAME.compression]` table.
+    fn compression(
+        &mut self,
+        pool: &str,
+        entries: &[(::toml::Spanned<String>, Node)],
+    ) -> Compression {
+        let mut compression = Compression::default();
+        for (key, value) in entries {
+            let line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let what = format!("pool {pool:?}: compression: {key}");
+            let result = match key {
+                "algorithm" => string(value).and_then(|s| {
+                    let names: Vec<&str> =
+                        CompressionAlgorithm::ALL.iter().map(|(n, _)| *n).collect();
+                    let found = CompressionAlgorithm::ALL.iter().find(|(n, _)| *n == s);
+                    compression.algorithm = found.map(|(_, a)| *a).ok_or_else(|| {
+                        shown(
+                            s,
+                            format!(
+                                "expected one of {}{}",
+                                names.join(", "),
+                                check::did_you_mean(s, &names)
+                            ),
+                        )
+                    })?;
+                    Ok(())
+                }),
+                "min_size" => match value {
+                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
+                    _ => integer::<usize>(value),
+                }
+                .map(|n| compression.min_size = n),
+                "level" => match value {
+                    Node::Int(n) => Ok(*n),
+                    other => Err(format!(": expected an integer, found {}", other.kind())),
+                }
+                .and_then(|level| {
+                    if let Some(level) = i32::try_from(level)
+                        .ok()
+                        .filter(|l| ZSTD_LEVELS.contains(l))
+                    {
+                        compression.level = level;
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            ": {level} is not a level: zstd's run from {} to {}",
+                            ZSTD_LEVELS.start(),
+                            ZSTD_LEVELS.end()
+                        ))
+                    }
+                }),
+                "keys" => {
+                    if let Some(items) = self.list(value, line, &what, "a list of key patterns") {
+                        for (item_line, item) in items {
+                            match item {
+                                Node::Str(s) if !s.is_empty() => compression.keys.push(s.clone()),
+                                other => self.report.error(
+                                    item_line,
+                                    format!(
+                                        "{what}: expected a key pattern, found {}",
+                                        other.kind()
+                                    ),
+                                ),
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                "flag_bit" => integer::<u8>(value).and_then(|bit| {
+                    if bit < 32 {
+                        compression.flag_bit = bit;
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            ": {bit} is not a bit of memcached's 32-bit flags (0-31)"
+                        ))
+                    }
+                }),
+                _ => Err(format!(
+                    ": unknown key{}; compression has {}",
+                    check::did_you_mean(key, COMPRESSION_KEYS),
+                    COMPRESSION_KEYS.join(", ")
+                )),
+            };
+            if let Err(reason) = result {
+                self.report.error(line, format!("{what}{reason}"));
+            }
+        }
+        compression
+    }
+
+    /// A pool's `[pools.NAME.hot_key_cache]` table.
+    fn hot_key_cache(
+        &mut self,
+        pool: &str,
+        entries: &[(::toml::Spanned<String>, Node)],
+    ) -> HotKeyCache {
+        let mut cache = HotKeyCache::default();
+        for (key, value) in entries {
+            let line = self.line(key.span().start);
+            let key = key.get_ref().as_str();
+            let what = format!("pool {pool:?}: hot_key_cache: {key}");
+            let positive = |n: u64| match n {
+                0 => Err(": must be at least 1".to_owned()),
+                n => Ok(n),
+            };
+            let result = match key {
+                "min_rate" => integer::<u32>(value)
+                    .and_then(|n| positive(n.into()))
+                    .map(|n| cache.min_rate = n as u32),
+                "memory" => match value {
+                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
+                    _ => integer::<usize>(value),
+                }
+                .and_then(|n| positive(n as u64))
+                .map(|n| cache.memory = n as usize),
+                "max_staleness_ms" => integer::<u64>(value)
+                    .and_then(positive)
+                    .map(|n| cache.max_staleness_ms = Some(n)),
+                _ => Err(format!(
+                    ": unknown key{}; hot_key_cache has {}",
+                    check::did_you_mean(key, HOT_KEY_CACHE_KEYS),
+                    HOT_KEY_CACHE_KEYS.join(", ")
+                )),
+            };
+            if let Err(reason) = result {
+                self.report.error(line, format!("{what}{reason}"));
+            }
+        }
+        cache
     }
 
     /// A list of command names under `key` of pool `pool`.

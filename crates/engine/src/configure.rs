@@ -141,6 +141,8 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         cluster: distribution == Distribution::RedisCluster,
         read_policy: pool.read_policy,
         sentinels: pool.sentinels.clone(),
+        compression: pool.compression.clone(),
+        hot_key_cache: pool.hot_key_cache.clone(),
         masters: pool
             .servers
             .iter()

@@ -28,7 +28,9 @@ use ferrox_proto::{memcache, resp};
 
 mod backend;
 mod cluster;
+mod compression;
 pub mod handover;
+mod hot;
 pub mod info;
 mod output;
 mod pipeline;
@@ -221,6 +223,10 @@ pub struct PoolSpec {
     pub sentinels: Vec<SocketAddrV4>,
     /// Each shard's Sentinel master name, when there are sentinels.
     pub masters: Vec<String>,
+    /// Transparent value compression (see the `compression` module).
+    pub compression: Option<ferrox_config::Compression>,
+    /// The per-core cache of hot keys' values.
+    pub hot_key_cache: Option<ferrox_config::HotKeyCache>,
 }
 
 /// A user of a redis pool: `AUTH name password` with any of its
@@ -292,6 +298,43 @@ pub struct PoolCounters {
     /// Reads a failed replica held, sent again to another server of
     /// their shard.
     pub replica_retries: u64,
+    /// Values stored compressed, and their bytes before and after.
+    pub compressed_values: u64,
+    pub compressed_bytes_in: u64,
+    pub compressed_bytes_out: u64,
+    /// Values read back and decompressed.
+    pub decompressed_values: u64,
+    /// Compressed values read back that failed their checks.
+    pub corrupt_values: u64,
+    /// Time spent compressing and decompressing, in nanoseconds.
+    pub compress_ns: u64,
+    /// The hot-key cache: reads it answered, reads of hot keys it could
+    /// not, values it took and dropped (for room, for a write through the
+    /// proxy, for a server's invalidation, for a lost invalidation
+    /// channel, for age).
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_fills: u64,
+    pub cache_evictions: u64,
+    pub cache_invalidations_write: u64,
+    pub cache_invalidations_server: u64,
+    pub cache_invalidations_lost: u64,
+    pub cache_expirations: u64,
+    /// Gauges: bytes the cache holds, keys hot now.
+    pub cache_memory: u64,
+    pub hot_keys: u64,
+}
+
+impl PoolCounters {
+    /// Adds what compression counted elsewhere.
+    fn add_compression(&mut self, other: &PoolCounters) {
+        self.compressed_values += other.compressed_values;
+        self.compressed_bytes_in += other.compressed_bytes_in;
+        self.compressed_bytes_out += other.compressed_bytes_out;
+        self.decompressed_values += other.decompressed_values;
+        self.corrupt_values += other.corrupt_values;
+        self.compress_ns += other.compress_ns;
+    }
 }
 
 /// One server as statistics see it.
@@ -344,6 +387,16 @@ impl PoolView<'_> {
         self.pool.spec.users.get(index).map(|u| u.name.as_str())
     }
 
+    /// The keys this core counts as hot in the pool, hottest first (at
+    /// most a few dozen).
+    pub fn hot_keys(&self) -> impl Iterator<Item = (&[u8], u32)> + '_ {
+        let mut keys: Vec<(&[u8], u32)> = Vec::new();
+        if let Some(hot) = &self.pool.hot {
+            hot.detector.hot_sorted(&mut keys);
+        }
+        keys.into_iter()
+    }
+
     pub fn servers(&self) -> impl Iterator<Item = ServerView> + '_ {
         let pool = self.pool;
         pool.spec
@@ -357,6 +410,7 @@ impl PoolView<'_> {
                         .plain
                         .iter()
                         .chain(&conns.resp3)
+                        .chain(&conns.tracking)
                         .map(|&b| &self.backends[b as usize])
                 };
                 ServerView {
@@ -472,6 +526,8 @@ struct Pool {
     sentinel: Option<Box<sentinel::Sentinel>>,
     /// Its rate limits' windows.
     limiter: ratelimit::Limiter,
+    compression: Option<Box<compression::Compression>>,
+    hot: Option<Box<hot::Hot>>,
 }
 
 /// One server's backend connections.
@@ -481,6 +537,9 @@ struct ServerConns {
     plain: Vec<u32>,
     /// RESP3 connections (after `HELLO 3`), for sessions that asked for it.
     resp3: Vec<u32>,
+    /// The hot-key cache's connection, with `CLIENT TRACKING on` (see the
+    /// `hot` module); opened when first needed.
+    tracking: Option<u32>,
 }
 
 /// A server's failures, for ejection, and its counters.
@@ -523,6 +582,8 @@ struct Scratch {
     /// The request being handled only reads, in a pool whose read policy
     /// may send it to a replica.
     read: bool,
+    /// A reply being decompressed.
+    decoded: Vec<u8>,
 }
 
 impl Engine {
@@ -632,7 +693,19 @@ impl Engine {
             cluster: None,
             sentinel: None,
             limiter: ratelimit::Limiter::default(),
+            compression: None,
+            hot: None,
         });
+        self.pools[p].hot = self.pools[p]
+            .spec
+            .hot_key_cache
+            .as_ref()
+            .map(|h| Box::new(hot::Hot::new(h, self.pools[p].spec.protocol)));
+        self.pools[p].compression = self.pools[p]
+            .spec
+            .compression
+            .as_ref()
+            .map(|c| Box::new(compression::Compression::new(c)));
         let users = self.pools[p].spec.users.len();
         self.pools[p].limiter =
             ratelimit::Limiter::new(&self.pools[p].spec.rate_limits, users, self.now);
@@ -661,6 +734,7 @@ impl Engine {
         };
         let resp3 = spec.protocol == Protocol::Redis && !sentinel;
         ServerConns {
+            tracking: None,
             plain: (0..count)
                 .map(|_| self.new_backend(pool, server, false))
                 .collect(),
@@ -917,6 +991,12 @@ impl Engine {
             self.trim_cursor += 1;
         }
         self.trim_left -= visit;
+        for pool in &mut self.pools {
+            if let Some(hot) = pool.hot.as_mut() {
+                hot.tick(now);
+                hot.publish(&mut pool.counters);
+            }
+        }
         if self.spare_slots.len() > SPARE_SLOTS_KEPT {
             self.spare_slots.truncate(SPARE_SLOTS_KEPT);
             self.spare_slots.shrink_to(SPARE_SLOTS_KEPT);

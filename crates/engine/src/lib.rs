@@ -12,8 +12,10 @@
 
 pub mod acl;
 pub mod command;
+pub mod compress;
 pub mod configure;
 pub mod engine;
+pub mod hotkey;
 #[doc(hidden)]
 pub mod testing;
 

@@ -53,5 +53,7 @@ pub fn pool_spec(
         read_policy: Default::default(),
         sentinels: Vec::new(),
         masters: Vec::new(),
+        compression: None,
+        hot_key_cache: None,
     }
 }

@@ -389,6 +389,29 @@ fn publish_pool(
         .store(c.overload_refused, Ordering::Relaxed);
     slot.replica_retries
         .store(c.replica_retries, Ordering::Relaxed);
+    for (record, feature) in slot.features.iter().zip(ferrox_block::FEATURES) {
+        let value = match feature.name {
+            "compressed_values" => c.compressed_values,
+            "compressed_bytes_in" => c.compressed_bytes_in,
+            "compressed_bytes_out" => c.compressed_bytes_out,
+            "decompressed_values" => c.decompressed_values,
+            "corrupt_values" => c.corrupt_values,
+            "compression_ns" => c.compress_ns,
+            "cache_hits" => c.cache_hits,
+            "cache_misses" => c.cache_misses,
+            "cache_fills" => c.cache_fills,
+            "cache_evictions" => c.cache_evictions,
+            "cache_invalidations_write" => c.cache_invalidations_write,
+            "cache_invalidations_server" => c.cache_invalidations_server,
+            "cache_invalidations_lost" => c.cache_invalidations_lost,
+            "cache_expirations" => c.cache_expirations,
+            "cache_memory_bytes" => c.cache_memory,
+            "hot_keys" => c.hot_keys,
+            _ => 0,
+        };
+        record.store(value, Ordering::Relaxed);
+    }
+    slot.set_hot_keys(pool.hot_keys());
     let mut count = 0;
     for (record, server) in slot.servers.iter().zip(pool.servers()) {
         if record.addr() != server.addr {

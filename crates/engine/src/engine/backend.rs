@@ -89,6 +89,9 @@ pub(super) struct Backend {
     /// A dedicated connection kept open when it has answered everything
     /// (a subscriber's, or one holding a `WATCH`).
     keep_open: bool,
+    /// The hot-key cache's connection to its server: `CLIENT TRACKING on`,
+    /// and invalidation pushes come unasked for.
+    tracking: bool,
 }
 
 impl Backend {
@@ -156,7 +159,14 @@ impl Backend {
             untimed: false,
             subscriber: false,
             keep_open: false,
+            tracking: false,
         }
+    }
+
+    /// Makes this fresh RESP3 connection the hot-key cache's, tracking
+    /// the keys it reads.
+    pub fn make_tracking(&mut self) {
+        self.tracking = true;
     }
 
     /// Makes this fresh connection the proxy's own subscription (to a
@@ -575,6 +585,10 @@ impl Engine {
                 resp::write_bulk_array(backend.output.tail(), [&b"HELLO"[..], b"3"]);
                 backend.handshake += 1;
             }
+            if backend.tracking {
+                resp::write_bulk_array(backend.output.tail(), [&b"CLIENT"[..], b"TRACKING", b"on"]);
+                backend.handshake += 1;
+            }
         }
         self.backend_dial(b, now);
     }
@@ -627,8 +641,9 @@ impl Engine {
             let shape = match (backend.handshake, backend.inflight.front()) {
                 (1.., _) => Shape::Resp,
                 (0, Some(request)) => request.expect.shape,
-                // A subscriber's messages come unasked for.
-                (0, None) if backend.subscriber => Shape::Resp,
+                // A subscriber's messages, and a tracking connection's
+                // invalidations, come unasked for.
+                (0, None) if backend.subscriber || backend.tracking => Shape::Resp,
                 (0, None) => {
                     self.backend_failed(b, now, "sent a reply to no request");
                     return input.len();
@@ -650,6 +665,11 @@ impl Engine {
             };
             let reply = &rest[..len];
             used += len;
+            // An invalidation may come at any time, handshake included.
+            if backend.tracking && reply.first() == Some(&b'>') {
+                self.tracking_push(b, reply);
+                continue;
+            }
             if backend.handshake > 0 {
                 backend.handshake -= 1;
                 if reply.first() == Some(&b'-') {
@@ -657,6 +677,10 @@ impl Engine {
                     return input.len();
                 }
                 continue;
+            }
+            if backend.inflight.is_empty() && !backend.subscriber {
+                self.backend_failed(b, now, "sent a reply to no request");
+                return input.len();
             }
             backend.failures = 0;
             if backend.subscriber {
@@ -732,6 +756,58 @@ impl Engine {
         self.fill_slot(request.at, frame);
     }
 
+    /// A push on a tracking connection: an invalidation drops keys (a
+    /// flush, every entry of the server); other pushes are dropped.
+    fn tracking_push(&mut self, b: usize, push: &[u8]) {
+        let (pool, server) = (self.backends[b].pool, self.backends[b].server);
+        let p = &mut self.pools[pool];
+        let Some(hot) = p.hot.as_mut() else {
+            return;
+        };
+        let counters = &mut p.counters;
+        let keys = super::hot::invalidation(push, |key| hot.invalidated(key, counters));
+        if keys == Some(false) {
+            hot.lost(server, &mut p.counters);
+        }
+    }
+
+    /// The hot-key cache's connection to `server` of `pool`, opened when
+    /// needed.
+    pub(super) fn tracking_backend(&mut self, pool: usize, server: usize, now: Micros) -> usize {
+        let b = match self.pools[pool].conns[server].tracking {
+            Some(b) => b as usize,
+            None => {
+                let b = self.new_backend(pool, server, true);
+                self.backends[b as usize].make_tracking();
+                self.pools[pool].conns[server].tracking = Some(b);
+                b as usize
+            }
+        };
+        self.pools[pool].health[server].requests += 1;
+        if matches!(self.backends[b].state, State::Idle | State::Backoff) {
+            self.backend_connect(b, now);
+        }
+        b
+    }
+
+    /// Sends slot piece `at` on backend `b` (already chosen).
+    pub(super) fn send_on(
+        &mut self,
+        b: usize,
+        at: SlotRef,
+        expect: Expect,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let (pool, server) = (self.backends[b].pool, self.backends[b].server);
+        let backend = &mut self.backends[b];
+        let before = backend.output.tail().len();
+        write(backend.output.tail());
+        let written = backend.output.tail().len() - before;
+        self.pools[pool].health[server].request_bytes += written as u64;
+        self.queue_on(b, at, expect, now);
+    }
+
     /// Gives up a backend connection whose server left the configuration:
     /// at once if it holds no request, else once it has answered them.
     pub(super) fn backend_retire(&mut self, b: usize) {
@@ -805,6 +881,14 @@ impl Engine {
             // subscribe again on its next connection.
             if let Some((index, generation)) = backend.owner {
                 self.close_subscriber_session(index as usize, generation);
+            }
+        }
+        let backend = &mut self.backends[b];
+        if backend.tracking {
+            // Its invalidations may have been lost with it.
+            let p = &mut self.pools[pool];
+            if let Some(hot) = p.hot.as_mut() {
+                hot.lost(server, &mut p.counters);
             }
         }
         let backend = &mut self.backends[b];

@@ -116,6 +116,11 @@ pub(super) struct Slot {
     pub out_bytes: usize,
     /// When the request arrived.
     pub opened: super::Micros,
+    /// What its reply needs before the client sees it.
+    pub decode: super::compression::Decode,
+    /// A read of a hot key whose reply fills the cache (the key is in
+    /// `keys`): the cache's ticket when it was sent, and the server.
+    pub fill: Option<(crate::hotkey::FillTicket, u32)>,
 }
 
 impl Slot {
@@ -160,6 +165,8 @@ impl Slot {
         self.redirects = 0;
         self.rate = None;
         self.out_bytes = 0;
+        self.decode = super::compression::Decode::None;
+        self.fill = None;
     }
 
     /// Keeps the bytes piece `piece` was sent with.

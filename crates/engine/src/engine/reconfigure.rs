@@ -70,6 +70,37 @@ impl Engine {
             self.pools[p].limiter =
                 super::ratelimit::Limiter::new(&spec.rate_limits, spec.users.len(), self.now);
         }
+        if self.pools[p].spec.compression != spec.compression {
+            self.pools[p].compression = spec
+                .compression
+                .as_ref()
+                .map(|c| Box::new(super::compression::Compression::new(c)));
+        }
+        match (self.pools[p].hot.as_mut(), &spec.hot_key_cache) {
+            (Some(hot), Some(config)) => hot.reconfigure(config, spec.protocol),
+            (None, Some(config)) => {
+                self.pools[p].hot = Some(Box::new(super::hot::Hot::new(config, spec.protocol)))
+            }
+            (Some(_), None) => {
+                self.pools[p].hot = None;
+                let tracking: Vec<u32> = self.pools[p]
+                    .conns
+                    .iter_mut()
+                    .filter_map(|c| c.tracking.take())
+                    .collect();
+                for b in tracking {
+                    self.backend_retire(b as usize);
+                }
+            }
+            (None, None) => {}
+        }
+        // Entries name their server by index, which may change.
+        let old_addrs: Vec<_> = self.pools[p].spec.servers.iter().map(|s| s.addr).collect();
+        if let Some(hot) = self.pools[p].hot.as_mut() {
+            if spec.servers.iter().map(|s| s.addr).ne(old_addrs) {
+                hot.cache.clear();
+            }
+        }
         let cluster = match (spec.cluster, self.pools[p].cluster.take()) {
             (true, Some(cluster)) => {
                 // The nodes it learnt stay, in their order (the map names
@@ -126,7 +157,7 @@ impl Engine {
         // Connections of servers that left.
         for gone in old_conns.into_iter().flatten() {
             changes.servers_removed += 1;
-            for &b in gone.plain.iter().chain(&gone.resp3) {
+            for &b in gone.plain.iter().chain(&gone.resp3).chain(&gone.tracking) {
                 self.backend_retire(b as usize);
             }
         }
@@ -189,6 +220,9 @@ impl Engine {
                 self.backends[b as usize].renumber(s);
             }
         }
+        if let Some(b) = conns.tracking {
+            self.backends[b as usize].renumber(s);
+        }
         let resp3 = !conns.resp3.is_empty();
         for (list, is_resp3) in [(&mut conns.plain, false), (&mut conns.resp3, true)] {
             if is_resp3 && !resp3 {
@@ -210,7 +244,10 @@ impl Engine {
         let pool: &mut Pool = &mut self.pools[p];
         pool.retired = true;
         let conns = std::mem::take(&mut pool.conns);
-        for b in conns.iter().flat_map(|c| c.plain.iter().chain(&c.resp3)) {
+        for b in conns
+            .iter()
+            .flat_map(|c| c.plain.iter().chain(&c.resp3).chain(&c.tracking))
+        {
             self.backend_retire(*b as usize);
         }
         for index in 0..self.sessions.len() {

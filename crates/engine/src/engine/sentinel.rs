@@ -273,8 +273,13 @@ impl Engine {
         if let Some(sentinel) = p.sentinel.as_mut() {
             sentinel.switches += 1;
         }
-        for &b in old.plain.iter().chain(&old.resp3) {
+        for &b in old.plain.iter().chain(&old.resp3).chain(&old.tracking) {
             self.backend_retire(b as usize);
+        }
+        // Cached values of the old primary go with its tracking.
+        let p = &mut self.pools[pool];
+        if let Some(hot) = p.hot.as_mut() {
+            hot.lost(shard, &mut p.counters);
         }
         let conns = self.server_conns(pool, shard);
         self.pools[pool].conns[shard] = conns;

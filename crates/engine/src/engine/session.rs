@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use super::compression::Decode;
 use super::pipeline::{Combine, Expect, Slot, SlotRef};
 use super::{Action, Engine, Handle, Micros, Output, PoolSpec, Protocol};
 
@@ -171,6 +172,18 @@ impl Session {
 
     /// The slot of `at`, if it is this session's (the same occupant) and
     /// still open.
+    /// The slot opened last.
+    pub fn newest_slot(&mut self) -> &mut Slot {
+        self.slots.back_mut().expect("a slot was just opened")
+    }
+
+    pub fn slot(&self, at: SlotRef) -> Option<&Slot> {
+        if !self.live || self.generation != at.generation || at.seq < self.head {
+            return None;
+        }
+        self.slots.get((at.seq - self.head) as usize)
+    }
+
     pub fn slot_mut(&mut self, at: SlotRef) -> Option<&mut Slot> {
         if !self.live || self.generation != at.generation || at.seq < self.head {
             return None;
@@ -308,6 +321,21 @@ impl Engine {
         write: impl FnOnce(&mut Vec<u8>),
     ) {
         let seq = self.open_slot(index, Combine::Pass, 1);
+        self.send_piece(self.slot_ref(index, seq, 0), server, expect, now, write);
+    }
+
+    /// [`Self::send_whole`] for a reply that needs `decode` first.
+    pub(super) fn send_whole_decoded(
+        &mut self,
+        index: usize,
+        server: Option<usize>,
+        expect: Expect,
+        decode: Decode,
+        now: Micros,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let seq = self.open_slot(index, Combine::Pass, 1);
+        self.sessions[index].newest_slot().decode = decode;
         self.send_piece(self.slot_ref(index, seq, 0), server, expect, now, write);
     }
 
@@ -552,6 +580,53 @@ impl Engine {
     /// Puts piece `piece` of slot `at` in place; `reply` is what the
     /// server (or the proxy, for a failure) answered.
     pub(super) fn fill_slot(&mut self, at: SlotRef, reply: &[u8]) {
+        let (decode, fill) = self
+            .sessions
+            .get(at.session as usize)
+            .and_then(|s| s.slot(at))
+            .map_or((Decode::None, None), |slot| (slot.decode, slot.fill));
+        if decode == Decode::None && fill.is_none() {
+            return self.fill_slot_with(at, reply);
+        }
+        let index = at.session as usize;
+        let p = self.sessions[index].pool;
+        let pool = &mut self.pools[p];
+        let mut decoded = std::mem::take(&mut self.scratch.decoded);
+        decoded.clear();
+        let mut bytes = reply;
+        if let (Some(compression), true) = (pool.compression.as_mut(), decode != Decode::None) {
+            compression.decode_reply(decode, reply, &mut decoded, &mut pool.counters);
+            if decoded.capacity() > 1 << 20 {
+                compression.shed();
+            }
+            bytes = &decoded;
+        }
+        if let (Some((ticket, server)), Some(hot)) = (fill, pool.hot.as_mut()) {
+            // A value, or a nil (kept as no bytes); never an error.
+            let cached: Option<&[u8]> = match pool.spec.protocol {
+                Protocol::Redis if bytes == b"_\r\n" || bytes == b"$-1\r\n" => Some(b""),
+                Protocol::Redis => (bytes.first() == Some(&b'$')).then_some(bytes),
+                Protocol::Memcache => (bytes.ends_with(b"END\r\n")
+                    && (bytes.starts_with(b"VALUE ") || bytes == b"END\r\n"))
+                    .then_some(bytes),
+            };
+            let slot = self.sessions[index].slot(at).expect("found above");
+            if let Some(cached) = cached {
+                hot.fill(ticket, &slot.keys, server as usize, cached, self.now);
+            }
+            // The tracking connection speaks RESP3: a RESP2 client's nil.
+            if bytes == b"_\r\n" && !self.sessions[index].resp3 {
+                bytes = b"$-1\r\n";
+            }
+        }
+        self.fill_slot_with(at, bytes);
+        if decoded.capacity() > 1 << 20 {
+            decoded = Vec::new();
+        }
+        self.scratch.decoded = decoded;
+    }
+
+    fn fill_slot_with(&mut self, at: SlotRef, reply: &[u8]) {
         let Some(session) = self.sessions.get_mut(at.session as usize) else {
             return;
         };

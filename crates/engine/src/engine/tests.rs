@@ -52,6 +52,14 @@ fn ejecting(failure_limit: u32, retry: Micros) -> PoolSpec {
 #[derive(Debug, Default)]
 struct FakeServer {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// memcached item flags, by key.
+    flags: BTreeMap<Vec<u8>, u32>,
+    /// The connection being served, connections with `CLIENT TRACKING
+    /// on`, the keys each read, and the invalidation pushes owed.
+    current: Handle,
+    tracking: std::collections::BTreeSet<Handle>,
+    tracked: BTreeMap<Vec<u8>, std::collections::BTreeSet<Handle>>,
+    pushes: Vec<(Handle, Vec<u8>)>,
     /// Refuse connections.
     down: bool,
     /// Accept requests but never answer.
@@ -165,6 +173,21 @@ impl FakeCluster {
 }
 
 impl FakeServer {
+    /// `key` changed: every tracking connection that read it is told.
+    fn touched(&mut self, key: &[u8]) {
+        for handle in self.tracked.remove(key).unwrap_or_default() {
+            let mut push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n".to_vec();
+            resp::write_bulk(&mut push, key);
+            self.pushes.push((handle, push));
+        }
+    }
+
+    /// A client that bypasses the proxy sets `key`.
+    fn set_directly(&mut self, key: &[u8], value: &[u8]) {
+        self.data.insert(key.to_vec(), value.to_vec());
+        self.touched(key);
+    }
+
     /// Answers every complete memcached request in `input`.
     fn serve_memcache(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         use ferrox_proto::memcache::{parse_request, Command, Request};
@@ -184,7 +207,8 @@ impl FakeServer {
                     for k in req.key_ranges() {
                         let key = &bytes[k.clone()];
                         if let Some(v) = self.data.get(key) {
-                            let flags_len = format!(" 0 {}\r\n", v.len());
+                            let flags = self.flags.get(key).copied().unwrap_or(0);
+                            let flags_len = format!(" {flags} {}\r\n", v.len());
                             out.extend([b"VALUE ", key, flags_len.as_bytes(), v, b"\r\n"].concat());
                         }
                     }
@@ -194,6 +218,8 @@ impl FakeServer {
                     let data = req.data.clone().unwrap();
                     let value = bytes[data.start..data.end - 2].to_vec();
                     self.data.insert(token(1).to_vec(), value);
+                    let flags = String::from_utf8_lossy(token(2)).parse().unwrap();
+                    self.flags.insert(token(1).to_vec(), flags);
                     out.extend(b"STORED\r\n");
                 }
                 Command::Delete | Command::MetaDelete => {
@@ -402,7 +428,32 @@ impl FakeServer {
             } else {
                 sink
             };
+            let written: Vec<Vec<u8>> = match name.as_str() {
+                "SET" | "DEL" | "INCR" => a[1..2].iter().map(|k| k.to_vec()).collect(),
+                "MSET" => a[1..].chunks(2).map(|kv| kv[0].to_vec()).collect(),
+                _ => Vec::new(),
+            };
+            for key in written {
+                self.touched(&key);
+            }
+            if name == "GET" && self.tracking.contains(&self.current) {
+                self.tracked
+                    .entry(a[1].to_vec())
+                    .or_default()
+                    .insert(self.current);
+            }
+            if name == "FLUSHDB" {
+                for &handle in &self.tracking {
+                    self.pushes
+                        .push((handle, b">2\r\n$10\r\ninvalidate\r\n_\r\n".to_vec()));
+                }
+                self.tracked.clear();
+            }
             match name.as_str() {
+                "CLIENT" if a[1].eq_ignore_ascii_case(b"TRACKING") => {
+                    self.tracking.insert(self.current);
+                    out.extend(b"+OK\r\n");
+                }
                 "AUTH" if Some(a[1]) == self.password.as_deref() => out.extend(b"+OK\r\n"),
                 "AUTH" => out.extend(b"-WRONGPASS bad\r\n"),
                 "SELECT" => out.extend(b"+OK\r\n"),
@@ -641,24 +692,40 @@ impl Net {
                 if fake.hold {
                     continue;
                 }
+                fake.current = handle;
                 let used = if self.memcache {
                     fake.serve_memcache(inbox, &mut reply)
                 } else {
                     fake.serve(inbox, &mut reply)
                 };
                 inbox.drain(..used);
+                let server = *server;
                 if !reply.is_empty() {
                     moved = true;
                     let tag = *tag;
                     let used = self.engine.handle_input(tag, &reply, self.now);
                     assert_eq!(used, reply.len());
                 }
+                moved |= self.deliver_pushes(server);
             }
             if !moved {
                 return;
             }
         }
         panic!("the network never settled");
+    }
+
+    /// Hands server `server`'s invalidation pushes to their connections.
+    fn deliver_pushes(&mut self, server: usize) -> bool {
+        let pushes = std::mem::take(&mut self.servers[server].pushes);
+        let moved = !pushes.is_empty();
+        for (handle, push) in pushes {
+            if let Some(Conn::Backend { tag, up: true, .. }) = self.conns.get(&handle) {
+                let used = self.engine.handle_input(*tag, &push, self.now);
+                assert_eq!(used, push.len());
+            }
+        }
+        moved
     }
 
     fn act(&mut self, action: Action) {
@@ -1981,7 +2048,9 @@ fn a_sessions_requests_to_a_server_stay_on_one_connection() {
 }
 
 mod back_pressure;
+mod compression;
 mod handover;
+mod hot;
 
 /// A pool of `servers` with nothing blocked.
 fn unblocked(servers: usize) -> PoolSpec {

@@ -13,8 +13,10 @@
 use ferrox_proto::memcache::binary::{self, meta::Bridged, Op};
 use ferrox_proto::memcache::{self, Command, Request};
 
+use super::super::compression::Decode;
+use super::super::hot::Lookup;
 use super::super::pipeline::{Combine, Expect, Shape, Suppress};
-use super::super::{Engine, Micros};
+use super::super::{Engine, Micros, PoolCounters};
 
 impl Engine {
     pub(super) fn memcache_input(&mut self, index: usize, input: &[u8], now: Micros) -> usize {
@@ -173,8 +175,87 @@ impl Engine {
             (None, Some(_)) => Suppress::Quiet(command),
             (None, None) => Suppress::No,
         };
+        let pool = self.sessions[index].pool;
+        let mut fill = None;
+        if self.pools[pool].hot.is_some() {
+            match command {
+                Command::Set
+                | Command::Add
+                | Command::Replace
+                | Command::Cas
+                | Command::Append
+                | Command::Prepend
+                | Command::Delete
+                | Command::Incr
+                | Command::Decr
+                | Command::MetaSet
+                | Command::MetaDelete
+                | Command::MetaArithmetic => {
+                    let p = &mut self.pools[pool];
+                    let hot = p.hot.as_deref_mut().expect("checked above");
+                    for k in keys {
+                        hot.written(&request[k.clone()], &mut p.counters);
+                    }
+                }
+                // A plain get of one key: `gets` needs the CAS unique,
+                // which a cached copy could not keep exact.
+                Command::Get if keys.len() == 1 => {
+                    let server = self.place(index, &request[keys[0].clone()]);
+                    if let Some(server) = server {
+                        let p = &mut self.pools[pool];
+                        let hot = p.hot.as_deref_mut().expect("checked above");
+                        let key = &request[keys[0].clone()];
+                        match hot.read(key, now, &mut p.counters) {
+                            Lookup::Cold => {}
+                            Lookup::Hit(reply) => {
+                                let mut bytes = std::mem::take(&mut self.scratch.decoded);
+                                bytes.clear();
+                                bytes.extend_from_slice(reply);
+                                self.local_reply(index, |out, _| out.extend_from_slice(&bytes));
+                                self.scratch.decoded = bytes;
+                                return;
+                            }
+                            Lookup::Miss(ticket) => fill = Some((ticket, server as u32)),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (decode, compress) = match self.pools[pool].compression.as_deref() {
+            None => (Decode::None, false),
+            Some(compression) => {
+                let covered = keys.iter().any(|k| compression.covers(&request[k.clone()]));
+                match command {
+                    Command::Get | Command::Gets | Command::Gat | Command::Gats => {
+                        (Decode::Memcache, false)
+                    }
+                    Command::Set | Command::Add | Command::Replace | Command::Cas => {
+                        (Decode::None, covered)
+                    }
+                    Command::Append | Command::Prepend if covered => {
+                        return self.memcache_refuse(
+                            index,
+                            req,
+                            "append and prepend are refused on this pool, whose values may be stored compressed",
+                        );
+                    }
+                    // A meta get of the value would see its stored form.
+                    Command::MetaGet
+                        if covered && req.tokens[2..].iter().any(|t| request[t.start] == b'v') =>
+                    {
+                        return self.memcache_refuse(
+                            index,
+                            req,
+                            "mg with v is refused on this pool, whose values may be stored compressed (use get)",
+                        );
+                    }
+                    _ => (Decode::None, false),
+                }
+            }
+        };
         if command.is_retrieval() && keys.len() > 1 {
-            return self.memcache_split(index, request, req, now);
+            return self.memcache_split(index, request, req, decode, now);
         }
         let Some(key) = keys.first() else {
             return self.local_error(index, |out, _| {
@@ -183,16 +264,53 @@ impl Engine {
         };
         let server = self.place(index, &request[key.clone()]);
         let skip = req.noreply.or(req.quiet);
-        self.send_whole(
-            index,
-            server,
-            Expect { shape, suppress },
-            now,
-            |out| match skip {
+        let expect = Expect { shape, suppress };
+        if compress {
+            let mut compression = self.pools[pool].compression.take().expect("checked above");
+            if let Some(why) = compression.store_refusal(request, req) {
+                self.pools[pool].compression = Some(compression);
+                return self.memcache_refuse(index, req, why);
+            }
+            let mut counters = PoolCounters::default();
+            self.send_whole(index, server, expect, now, |out| {
+                compression.write_store(out, request, req, skip, &mut counters)
+            });
+            self.pools[pool].compression = Some(compression);
+            self.pools[pool].counters.add_compression(&counters);
+            return;
+        }
+        if let Some(fill) = fill {
+            let seq = self.open_slot(index, Combine::Pass, 1);
+            let slot = self.sessions[index].newest_slot();
+            slot.decode = decode;
+            slot.fill = Some(fill);
+            slot.keys.extend_from_slice(&request[key.clone()]);
+            let at = self.slot_ref(index, seq, 0);
+            return self.send_piece(at, server, expect, now, |out| match skip {
                 None => out.extend_from_slice(request),
                 Some(skip) => write_without(out, request, req, skip),
-            },
-        );
+            });
+        }
+        self.send_whole_decoded(index, server, expect, decode, now, |out| match skip {
+            None => out.extend_from_slice(request),
+            Some(skip) => write_without(out, request, req, skip),
+        });
+    }
+
+    /// Refuses a text request with `CLIENT_ERROR ferrox: <why>` (nothing,
+    /// to a `noreply` one).
+    fn memcache_refuse(&mut self, index: usize, req: &Request, why: &str) {
+        if req.noreply.is_some() {
+            self.stats.errors += 1;
+            let pool = self.sessions[index].route().0;
+            self.pools[pool].counters.errors += 1;
+            return;
+        }
+        self.local_error(index, |out, _| {
+            out.extend_from_slice(b"CLIENT_ERROR ferrox: ");
+            out.extend_from_slice(why.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        })
     }
 
     /// A binary request: answered here (noop, version, quit, stat), or
@@ -318,6 +436,25 @@ impl Engine {
                 )
                 .emit(out)
             });
+        }
+        let pool = self.sessions[index].pool;
+        let sees_stored_form = matches!(
+            request.op,
+            Op::Get | Op::GetK | Op::Gat | Op::GatK | Op::Append | Op::Prepend
+        );
+        if sees_stored_form
+            && self.pools[pool]
+                .compression
+                .as_deref()
+                .is_some_and(|c| c.covers(key))
+        {
+            return self.local_error(
+                index,
+                error(
+                    binary::STATUS_NOT_SUPPORTED,
+                    b"ferrox: this pool may store the value compressed; read and append it with the text protocol",
+                ),
+            );
         }
         let server = self.place(index, key);
         let seq = self.open_slot(index, Combine::Binary(Bridged::of(request)), 1);
@@ -446,7 +583,14 @@ impl Engine {
 
     /// A multi-key `get`/`gets`/`gat`/`gats`: one piece per server; the
     /// `VALUE` blocks are concatenated and end with one `END`.
-    fn memcache_split(&mut self, index: usize, request: &[u8], req: &Request, now: Micros) {
+    fn memcache_split(
+        &mut self,
+        index: usize,
+        request: &[u8],
+        req: &Request,
+        decode: Decode,
+        now: Micros,
+    ) {
         let expect = Expect {
             shape: Shape::Memcache(req.command.reply_kind()),
             suppress: Suppress::No,
@@ -455,7 +599,7 @@ impl Engine {
         let groups = match self.group_keys(index, keys.iter().map(|k| &request[k.clone()])) {
             Ok(groups) => groups,
             Err(server) => {
-                return self.send_whole(index, server, expect, now, |out| {
+                return self.send_whole_decoded(index, server, expect, decode, now, |out| {
                     out.extend_from_slice(request)
                 })
             }
@@ -465,6 +609,7 @@ impl Engine {
             // The keys in request order, for merging the values back.
             let session = &mut self.sessions[index];
             let slot = &mut session.slots[(seq - session.head) as usize];
+            slot.decode = decode;
             for key in keys {
                 slot.keys.extend_from_slice(&request[key.clone()]);
                 slot.key_ends.push(slot.keys.len() as u32);

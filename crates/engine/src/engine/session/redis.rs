@@ -4,8 +4,10 @@ use std::ops::Range;
 
 use ferrox_proto::resp;
 
+use super::super::compression::{self, Decode, Role};
+use super::super::hot::Lookup;
 use super::super::pipeline::{Combine, Expect};
-use super::super::{Engine, Micros};
+use super::super::{Engine, Micros, PoolCounters};
 use super::MAX_TRANSACTION;
 use crate::command::{self, Keys, Local, Merge, Route};
 use ferrox_config::ReadPolicy;
@@ -194,6 +196,20 @@ impl Engine {
                 });
             }
         }
+        let compress = match found {
+            Some((id, _)) if self.pools[self.sessions[index].pool].compression.is_some() => {
+                compression::role(id)
+            }
+            _ => Role::Pass,
+        };
+        if compress != Role::Pass {
+            if let Some(why) = self.compression_refuses(index, compress, route, request, args) {
+                if let Some(tx) = self.sessions[index].tx.as_mut() {
+                    tx.failed = true;
+                }
+                return self.local_error(index, |out, _| error_about(out, "", name, &[why]));
+            }
+        }
         if self.sessions[index].tx.is_some()
             && !matches!(
                 route,
@@ -264,8 +280,26 @@ impl Engine {
                 resp::write_error(out, format_args!("ERR ferrox: {why}"))
             });
         }
+        let pool = self.sessions[index].pool;
+        if self.pools[pool].hot.is_some() && id.is_some_and(crate::acl::is_write_command) {
+            // Dropped before the write is forwarded: the client's next
+            // read cannot be answered with the old value.
+            let step = if route == Route::Split(Merge::Ok) {
+                2
+            } else {
+                1
+            };
+            let dest = command::dest_key(route).then_some(1);
+            let p = &mut self.pools[pool];
+            let hot = p.hot.as_mut().expect("checked");
+            for k in keys.clone().step_by(step).chain(dest) {
+                hot.written(arg(k), &mut p.counters);
+            }
+        }
         match route {
-            Route::Split(merge) => self.redis_split(index, merge, request, args, keys, now),
+            Route::Split(merge) => {
+                self.redis_split(index, merge, compress, request, args, keys, now)
+            }
             _ => {
                 // Every key must be on one server.
                 let mut server = None;
@@ -294,19 +328,157 @@ impl Engine {
                         None => self.send_piece(at, None, Expect::RESP, now, write),
                     };
                 }
-                self.send_whole(index, server, Expect::RESP, now, |out| {
-                    write_whole(out, request, args)
-                });
+                if self.pools[pool].hot.is_some()
+                    && name.eq_ignore_ascii_case(b"GET")
+                    && self.redis_hot_read(index, server, compress, request, args, now)
+                {
+                    return;
+                }
+                self.redis_forward(index, server, compress, request, args, now);
             }
         }
     }
 
+    /// Why a request may not touch compressed values: a command that
+    /// would see or change their stored bytes, or a read inside a
+    /// transaction (EXEC's reply is not decompressed), on a covered key.
+    fn compression_refuses(
+        &self,
+        index: usize,
+        role: Role,
+        route: Option<Route>,
+        request: &[u8],
+        args: &[Range<usize>],
+    ) -> Option<&'static str> {
+        let why = match role {
+            Role::Refuse => {
+                ": refused on this pool, whose values may be stored compressed (GET and SET them whole)"
+            }
+            Role::Read(_) if self.sessions[index].tx.is_some() => {
+                ": refused inside MULTI on this pool, whose values may be stored compressed"
+            }
+            _ => return None,
+        };
+        let compression = self.pools[self.sessions[index].pool].compression.as_ref()?;
+        let keys = command::key_positions(route?, args.len(), |i| {
+            std::str::from_utf8(&request[args[i].clone()])
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .ok()?;
+        let mut keys = keys.chain(route.is_some_and(command::dest_key).then_some(1));
+        keys.any(|k| k < args.len() && compression.covers(&request[args[k].clone()]))
+            .then_some(why)
+    }
+
+    /// A GET of a hot key: answered from the cache, or sent on the
+    /// tracking connection so that its reply fills the cache. False when
+    /// the key is not hot, or the read must take the usual way: the
+    /// session waits for other replies (a read on another connection
+    /// could overtake its own write).
+    fn redis_hot_read(
+        &mut self,
+        index: usize,
+        server: Option<usize>,
+        compress: Role,
+        request: &[u8],
+        args: &[Range<usize>],
+        now: Micros,
+    ) -> bool {
+        let Some(server) = server else {
+            return false;
+        };
+        let key = &request[args[1].clone()];
+        let pool = self.sessions[index].pool;
+        let p = &mut self.pools[pool];
+        let hot = p.hot.as_mut().expect("checked by the caller");
+        let ticket = match hot.read(key, now, &mut p.counters) {
+            Lookup::Cold => return false,
+            Lookup::Hit(reply) => {
+                let mut bytes = std::mem::take(&mut self.scratch.decoded);
+                bytes.clear();
+                bytes.extend_from_slice(reply);
+                self.local_reply(index, |out, resp3| {
+                    if bytes.is_empty() {
+                        resp::write_null(out, resp3);
+                    } else {
+                        out.extend_from_slice(&bytes);
+                    }
+                });
+                self.scratch.decoded = bytes;
+                return true;
+            }
+            Lookup::Miss(ticket) => ticket,
+        };
+        if !self.sessions[index].slots.is_empty() {
+            return false;
+        }
+        let seq = self.open_slot(index, Combine::Pass, 1);
+        let slot = self.sessions[index].newest_slot();
+        if let Role::Read(decode) = compress {
+            slot.decode = decode;
+        }
+        slot.fill = Some((ticket, server as u32));
+        slot.keys.extend_from_slice(key);
+        let at = self.slot_ref(index, seq, 0);
+        let b = self.tracking_backend(pool, server, now);
+        self.send_on(b, at, Expect::RESP, now, |out| {
+            write_whole(out, request, args)
+        });
+        true
+    }
+
+    /// Sends a request whole to `server`: its values compressed, or its
+    /// reply decompressed, as `role` says.
+    fn redis_forward(
+        &mut self,
+        index: usize,
+        server: Option<usize>,
+        role: Role,
+        request: &[u8],
+        args: &[Range<usize>],
+        now: Micros,
+    ) {
+        let decode = match role {
+            Role::Pass | Role::Refuse => {
+                return self.send_whole(index, server, Expect::RESP, now, |out| {
+                    write_whole(out, request, args)
+                })
+            }
+            Role::Read(decode) => decode,
+            // SET ... GET and GETSET answer with the old value.
+            Role::Store { .. } => Decode::Bulk,
+        };
+        let seq = self.open_slot(index, Combine::Pass, 1);
+        self.sessions[index].newest_slot().decode = decode;
+        let at = self.slot_ref(index, seq, 0);
+        let Role::Store { .. } = role else {
+            return self.send_piece(at, server, Expect::RESP, now, |out| {
+                write_whole(out, request, args)
+            });
+        };
+        let pool = self.sessions[index].pool;
+        let mut compression = self.pools[pool]
+            .compression
+            .take()
+            .expect("checked by role");
+        let mut counters = PoolCounters::default();
+        self.send_piece(at, server, Expect::RESP, now, |out| {
+            compression.write_request(out, request, args, role, &mut counters)
+        });
+        self.pools[pool].compression = Some(compression);
+        self.pools[pool].counters.add_compression(&counters);
+    }
+
     /// `MGET`, `MSET`, `DEL`, ...: one piece per server, in key order
     /// within each; the replies are merged in the slot.
+    #[allow(clippy::too_many_arguments)]
     fn redis_split(
         &mut self,
         index: usize,
         merge: Merge,
+        compress: Role,
         request: &[u8],
         args: &[Range<usize>],
         keys: Range<usize>,
@@ -319,17 +491,45 @@ impl Engine {
             Ok(groups) => groups,
             // One server (or none): the request goes as it is, and so
             // does its reply.
-            Err(server) => {
-                return self.send_whole(index, server, Expect::RESP, now, |out| {
-                    write_whole(out, request, args)
-                })
-            }
+            Err(server) => return self.redis_forward(index, server, compress, request, args, now),
         };
         let seq = self.open_split_slot(index, Combine::Redis(merge), &groups);
+        if let Role::Read(decode) = compress {
+            // Each piece's reply is decompressed as it arrives, before
+            // the merge.
+            self.sessions[index].newest_slot().decode = decode;
+        }
+        let pool = self.sessions[index].pool;
+        let mut compression = match compress {
+            Role::Store { .. } => self.pools[pool].compression.take(),
+            _ => None,
+        };
+        let mut counters = PoolCounters::default();
         self.send_pieces(index, seq, groups, Expect::RESP, now, |out, group| {
             let keys = group.iter().map(|&(_, k)| 1 + k as usize * step);
-            write_piece(out, request, args, step, keys)
+            match compression.as_mut() {
+                // MSET: each key's value, compressed when covered.
+                Some(compression) => {
+                    resp::write_array_header(out, 1 + keys.clone().count() * step);
+                    resp::write_bulk(out, &request[args[0].clone()]);
+                    for k in keys {
+                        let key = &request[args[k].clone()];
+                        resp::write_bulk(out, key);
+                        let value = &request[args[k + 1].clone()];
+                        if compression.covers(key) {
+                            compression.write_bulk(out, value, &mut counters);
+                        } else {
+                            resp::write_bulk(out, value);
+                        }
+                    }
+                }
+                None => write_piece(out, request, args, step, keys),
+            }
         });
+        if compression.is_some() {
+            self.pools[pool].compression = compression;
+            self.pools[pool].counters.add_compression(&counters);
+        }
     }
 
     /// A command between `MULTI` and `EXEC`: checked as it would be
