@@ -626,7 +626,7 @@ impl Engine {
         self.scratch.decoded = decoded;
     }
 
-    fn fill_slot_with(&mut self, at: SlotRef, reply: &[u8]) {
+    pub(super) fn fill_slot_with(&mut self, at: SlotRef, reply: &[u8]) {
         let Some(session) = self.sessions.get_mut(at.session as usize) else {
             return;
         };

@@ -429,6 +429,102 @@ impl Engine {
         true
     }
 
+    /// An MGET some of whose keys are hot and cached: those are answered
+    /// from the cache, the others asked of their servers, and the replies
+    /// merged in key order (the cached values are one more piece). False
+    /// when no key was cached (the MGET goes as usual). Misses are filled
+    /// by GETs, not here.
+    fn redis_mget_cached(
+        &mut self,
+        index: usize,
+        compress: Role,
+        request: &[u8],
+        args: &[Range<usize>],
+        keys: Range<usize>,
+        now: Micros,
+    ) -> bool {
+        let (pool, resp3) = self.sessions[index].route();
+        let count = keys.len();
+        let mut local = std::mem::take(&mut self.scratch.decoded);
+        local.clear();
+        let mut hit = vec![false; count];
+        let mut hits = 0;
+        {
+            let p = &mut self.pools[pool];
+            let hot = p.hot.as_mut().expect("checked by the caller");
+            for (k, arg) in keys.clone().enumerate() {
+                if let Lookup::Hit(reply) =
+                    hot.read(&request[args[arg].clone()], now, &mut p.counters)
+                {
+                    if reply.is_empty() {
+                        resp::write_null(&mut local, resp3);
+                    } else {
+                        local.extend_from_slice(reply);
+                    }
+                    hit[k] = true;
+                    hits += 1;
+                }
+            }
+        }
+        if hits == 0 {
+            self.scratch.decoded = local;
+            return false;
+        }
+        let mut header = Vec::with_capacity(16);
+        resp::write_array_header(&mut header, hits);
+        if hits == count {
+            self.local_reply(index, |out, _| {
+                out.extend_from_slice(&header);
+                out.extend_from_slice(&local);
+            });
+            self.scratch.decoded = local;
+            return true;
+        }
+        // The other keys, grouped by server as a split would.
+        let mut groups = Vec::with_capacity(count - hits);
+        for (k, arg) in keys.enumerate() {
+            if hit[k] {
+                continue;
+            }
+            match self.place(index, &request[args[arg].clone()]) {
+                Some(server) => {
+                    groups.push(((server as u32) << super::GROUP_SERVER_SHIFT, k as u32))
+                }
+                None => {
+                    // The MGET goes as usual, and fails as usual.
+                    self.scratch.decoded = local;
+                    return false;
+                }
+            }
+        }
+        groups.sort_unstable();
+        let servers = groups.chunk_by(|a, b| a.0 == b.0).count();
+        self.stats.split_requests += 1;
+        self.pools[pool].counters.fragments += servers as u64;
+        let seq = self.open_slot(index, Combine::Redis(Merge::Array), servers as u16 + 1);
+        let slot = self.sessions[index].newest_slot();
+        if let Role::Read(decode) = compress {
+            slot.decode = decode;
+        }
+        slot.key_piece.clear();
+        slot.key_piece.resize(count, servers as u16);
+        for (piece, group) in groups.chunk_by(|a, b| a.0 == b.0).enumerate() {
+            for &(_, k) in group {
+                slot.key_piece[k as usize] = piece as u16;
+            }
+        }
+        // The cached values: the last piece, as they are (not decoded
+        // again).
+        header.extend_from_slice(&local);
+        self.scratch.decoded = local;
+        self.fill_slot_with(self.slot_ref(index, seq, servers as u16), &header);
+        self.send_pieces(index, seq, groups, Expect::RESP, now, |out, group| {
+            let keys = group.iter().map(|&(_, k)| 1 + k as usize);
+            write_piece(out, request, args, 1, keys)
+        });
+        true
+    }
+
     /// Sends a request whole to `server`: its values compressed, or its
     /// reply decompressed, as `role` says.
     fn redis_forward(
@@ -484,6 +580,13 @@ impl Engine {
         keys: Range<usize>,
         now: Micros,
     ) {
+        if merge == Merge::Array
+            && self.pools[self.sessions[index].pool].hot.is_some()
+            && request[args[0].clone()].eq_ignore_ascii_case(b"MGET")
+            && self.redis_mget_cached(index, compress, request, args, keys.clone(), now)
+        {
+            return;
+        }
         // MSET's keys are every other argument.
         let step = if merge == Merge::Ok { 2 } else { 1 };
         let key_args = keys.step_by(step).map(|i| &request[args[i].clone()]);

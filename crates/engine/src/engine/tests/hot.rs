@@ -219,3 +219,129 @@ fn hot_keys_are_listed_and_cool_down() {
     }
     assert_eq!(net.engine.pools().next().unwrap().hot_keys().count(), 0);
 }
+
+#[test]
+fn an_mget_takes_its_hot_keys_from_the_cache_and_asks_for_the_rest() {
+    let (mut net, c) = with_client(caching(Protocol::Redis));
+    for (key, value) in [("k", "v1"), ("a", "va"), ("b", "vb")] {
+        let s = (key.as_bytes()[0] % 2) as usize;
+        net.servers[s].data.insert(key.into(), value.into());
+    }
+    get_n(&mut net, c, "k", 30);
+    let served: usize = (0..2).map(|s| gets_served(&net, s)).sum();
+    let mget = |net: &mut Net| {
+        net.send(c, &cmd(&["MGET", "a", "k", "b", "k", "zz"]));
+        net.take(c)
+    };
+    assert_eq!(
+        mget(&mut net),
+        b"*5\r\n$2\r\nva\r\n$2\r\nv1\r\n$2\r\nvb\r\n$2\r\nv1\r\n$-1\r\n"
+    );
+    // Only the others were asked for.
+    let k = (b'k' % 2) as usize;
+    let mgets = net.servers[k].log.iter().filter(|c| *c == "MGET").count();
+    let asked: usize = (0..2).map(|s| gets_served(&net, s)).sum();
+    assert_eq!(asked, served);
+    assert_eq!(
+        mgets, 1,
+        "a only is asked of k's server: {:?}",
+        net.servers[k].log
+    );
+    // Every key cached: answered by the proxy alone.
+    let before: Vec<usize> = net.servers.iter().map(|s| s.log.len()).collect();
+    net.send(c, &cmd(&["MGET", "k", "k"]));
+    assert_eq!(net.take(c), b"*2\r\n$2\r\nv1\r\n$2\r\nv1\r\n");
+    let after: Vec<usize> = net.servers.iter().map(|s| s.log.len()).collect();
+    assert_eq!(before, after);
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// SET through the proxy, pipelined with `gets` GETs of the key.
+        Set {
+            key: u8,
+            value: u8,
+            gets: u8,
+        },
+        /// GETs, one at a time.
+        Get {
+            key: u8,
+            times: u8,
+        },
+        /// A client that bypasses the proxy.
+        Direct {
+            key: u8,
+            value: u8,
+        },
+        Advance {
+            ms: u16,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3, any::<u8>(), 0u8..3).prop_map(|(key, value, gets)| Op::Set {
+                key,
+                value,
+                gets
+            }),
+            (0u8..3, 1u8..30).prop_map(|(key, times)| Op::Get { key, times }),
+            (0u8..3, any::<u8>()).prop_map(|(key, value)| Op::Direct { key, value }),
+            (0u16..1500).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    proptest! {
+        /// However reads, writes through the proxy, writes around it and
+        /// time interleave, a read never sees a value older than the last
+        /// write.
+        #[test]
+        fn the_cache_never_serves_a_value_older_than_the_last_write(
+            ops in prop::collection::vec(op(), 1..60)
+        ) {
+            let (mut net, c) = with_client(caching(Protocol::Redis));
+            let mut model: BTreeMap<u8, u8> = BTreeMap::new();
+            let name = |key: u8| format!("key{key}");
+            // Every key starts with 'k': one server holds them all.
+            let server = (b'k' % 2) as usize;
+            let expect = |model: &BTreeMap<u8, u8>, key: u8| match model.get(&key) {
+                Some(v) => format!("$3\r\n{v:03}\r\n").into_bytes(),
+                None => b"$-1\r\n".to_vec(),
+            };
+            for op in ops {
+                match op {
+                    Op::Set { key, value, gets } => {
+                        let mut bytes = cmd(&["SET", &name(key), &format!("{value:03}")]);
+                        for _ in 0..gets {
+                            bytes.extend(cmd(&["GET", &name(key)]));
+                        }
+                        net.send(c, &bytes);
+                        model.insert(key, value);
+                        let mut want = b"+OK\r\n".to_vec();
+                        for _ in 0..gets {
+                            want.extend(expect(&model, key));
+                        }
+                        prop_assert_eq!(net.take(c), want);
+                    }
+                    Op::Get { key, times } => {
+                        for _ in 0..times {
+                            net.send(c, &cmd(&["GET", &name(key)]));
+                            prop_assert_eq!(net.take(c), expect(&model, key));
+                        }
+                    }
+                    Op::Direct { key, value } => {
+                        let s = server;
+                        net.servers[s].set_directly(name(key).as_bytes(), format!("{value:03}").as_bytes());
+                        net.deliver_pushes(s);
+                        model.insert(key, value);
+                    }
+                    Op::Advance { ms } => net.advance(u64::from(ms) * 1_000),
+                }
+            }
+        }
+    }
+}
