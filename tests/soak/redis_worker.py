@@ -376,6 +376,8 @@ def show_state(st):
 # Each slot's home type: strings (one of them a counter), hashes, a list, a set.
 HOME = ("s", "s", "c", "h", "h", "l", "z", "s")
 SLOTS = 48
+# Three string slots read far more than the rest (hot keys).
+HOT_SLOTS = [s for s in range(SLOTS) if HOME[s % len(HOME)] == "s"][:3]
 
 
 class Op:
@@ -447,6 +449,15 @@ class RedisWorker(common.Worker):
             # the key changes type.
             home = rng.choice("shlz")
             slot = rng.randrange(SLOTS)
+        elif r < 0.13:
+            # A few keys much read: hot keys a proxy may cache. Mostly
+            # GETs, written now and then in the same pipelines.
+            home = "s"
+            slot = rng.choice(HOT_SLOTS)
+            if rng.random() < 0.85:
+                k = self.key(slot)
+                reply_budget[0] -= state_size(m.get(k))
+                return self.apply("GET", [k], (k,))
         else:
             home = rng.choice("sssshhllzz")
             slot = self.slot_of(home)
@@ -548,6 +559,10 @@ class RedisWorker(common.Worker):
     def apply(self, name, args, keys):
         keys = keys if name in MUTATING else ()
         pre = {k: self.model.get(k) for k in keys}
+        if name in ("APPEND", "STRLEN") and self.ctx.args.features:
+            # A pool that compresses refuses them (they would see stored
+            # bytes); nothing changes.
+            return Op([name.encode()] + args, ERR, name, (), {})
         expected = getattr(self.model, name)(*args)
         return Op([name.encode()] + args, expected, name, keys, pre)
 
@@ -783,6 +798,10 @@ class RedisWorker(common.Worker):
         for _ in range(rng.randint(2, 12)):
             k = self.key(rng.choice(slots))
             c = rng.random()
+            if self.ctx.args.features and 0.35 <= c < 0.85:
+                # APPEND and GET are refused inside MULTI on a pool that
+                # compresses.
+                c = 0.0 if c < 0.6 else 0.9
             if c < 0.35:
                 ops.append(self.apply("SET", [k, self.value([64 * 1024])], (k,)))
             elif c < 0.55:

@@ -584,6 +584,9 @@ struct Scratch {
     read: bool,
     /// A reply being decompressed.
     decoded: Vec<u8>,
+    /// The request being handled is not a plain read, in a pool with a
+    /// hot-key cache: the slots it opens are marked.
+    may_write: bool,
 }
 
 impl Engine {

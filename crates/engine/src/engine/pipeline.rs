@@ -121,6 +121,8 @@ pub(super) struct Slot {
     /// A read of a hot key whose reply fills the cache (the key is in
     /// `keys`): the cache's ticket when it was sent, and the server.
     pub fill: Option<(crate::hotkey::FillTicket, u32)>,
+    /// Its request is not a plain read (in a pool with a hot-key cache).
+    pub may_write: bool,
 }
 
 impl Slot {
@@ -167,6 +169,7 @@ impl Slot {
         self.out_bytes = 0;
         self.decode = super::compression::Decode::None;
         self.fill = None;
+        self.may_write = false;
     }
 
     /// Keeps the bytes piece `piece` was sent with.

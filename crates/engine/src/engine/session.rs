@@ -45,6 +45,10 @@ pub(super) struct Session {
     /// Input stopped for want of room (pipeline or output full); the
     /// runtime is woken when room is back.
     input_waits: bool,
+    /// Its read of a hot key is in flight on the tracking connection: it
+    /// takes no more requests until answered, since one sent on its usual
+    /// connection could overtake that read (see the `hot` module).
+    pub tracking_read: bool,
     /// Backend connections opened for its blocking commands and
     /// transactions (some may have answered and been freed since: their
     /// owner says).
@@ -227,6 +231,7 @@ impl Session {
         self.memcache_progress = Default::default();
         self.send_queued = false;
         self.input_waits = false;
+        self.tracking_read = false;
         self.held = 0;
     }
 }
@@ -516,6 +521,7 @@ impl Engine {
         !self.draining
             && !session.closing
             && !session.peer_closed
+            && !session.tracking_read
             && session.slots.len() < spec.max_pipeline
             && session.output.len() + session.held < spec.max_output
     }
@@ -601,6 +607,12 @@ impl Engine {
             }
             bytes = &decoded;
         }
+        if fill.is_some() && self.sessions[index].tracking_read {
+            // Answered: the session's next requests may go.
+            self.sessions[index].tracking_read = false;
+            self.sessions[index].input_waits = true;
+        }
+        let pool = &mut self.pools[p];
         if let (Some((ticket, server)), Some(hot)) = (fill, pool.hot.as_mut()) {
             // A value, or a nil (kept as no bytes); never an error.
             let cached: Option<&[u8]> = match pool.spec.protocol {

@@ -80,6 +80,9 @@ impl Engine {
                     let seq = self.next_seq(index);
                     self.redis_request(index, &rest[..len], &args, now);
                     self.scratch.read = false;
+                    if std::mem::take(&mut self.scratch.may_write) {
+                        self.mark_may_write(index, seq);
+                    }
                     self.tag_rate(index, seq);
                     used += len;
                 }
@@ -281,6 +284,11 @@ impl Engine {
             });
         }
         let pool = self.sessions[index].pool;
+        // In a pool with a hot-key cache, a request that is not a plain
+        // read keeps the session's reads off the tracking connection
+        // until it is answered (see `redis_hot_read`).
+        self.scratch.may_write =
+            self.pools[pool].hot.is_some() && !id.is_some_and(crate::acl::is_read_only);
         if self.pools[pool].hot.is_some() && id.is_some_and(crate::acl::is_write_command) {
             // Dropped before the write is forwarded: the client's next
             // read cannot be answered with the old value.
@@ -372,11 +380,21 @@ impl Engine {
             .then_some(why)
     }
 
+    /// Marks the slots request `seq` opened as possibly writing.
+    fn mark_may_write(&mut self, index: usize, seq: u64) {
+        let session = &mut self.sessions[index];
+        let from = seq.saturating_sub(session.head) as usize;
+        for slot in session.slots.iter_mut().skip(from) {
+            slot.may_write = true;
+        }
+    }
+
     /// A GET of a hot key: answered from the cache, or sent on the
     /// tracking connection so that its reply fills the cache. False when
-    /// the key is not hot, or the read must take the usual way: the
-    /// session waits for other replies (a read on another connection
-    /// could overtake its own write).
+    /// the key is not hot, or the read must take the usual way: a request
+    /// of the session that may write waits for its reply (the read, on
+    /// another connection, could overtake it). Requests behind the read
+    /// wait for it (`tracking_read`).
     fn redis_hot_read(
         &mut self,
         index: usize,
@@ -411,7 +429,11 @@ impl Engine {
             }
             Lookup::Miss(ticket) => ticket,
         };
-        if !self.sessions[index].slots.is_empty() {
+        if self.sessions[index]
+            .slots
+            .iter()
+            .any(|slot| slot.may_write && slot.pending > 0)
+        {
             return false;
         }
         let seq = self.open_slot(index, Combine::Pass, 1);
@@ -422,6 +444,7 @@ impl Engine {
         slot.fill = Some((ticket, server as u32));
         slot.keys.extend_from_slice(key);
         let at = self.slot_ref(index, seq, 0);
+        self.sessions[index].tracking_read = true;
         let b = self.tracking_backend(pool, server, now);
         self.send_on(b, at, Expect::RESP, now, |out| {
             write_whole(out, request, args)

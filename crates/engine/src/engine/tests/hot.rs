@@ -85,6 +85,33 @@ fn a_write_through_the_proxy_is_read_back_by_the_same_client_at_once() {
 }
 
 #[test]
+fn a_write_behind_a_fill_read_waits_for_it() {
+    let (mut net, c) = with_client(caching(Protocol::Redis));
+    let s = (b'k' % 2) as usize;
+    net.servers[s].data.insert(b"k".to_vec(), b"v1".to_vec());
+    // Hot, not cached: the next GET goes on the tracking connection. A SET
+    // pipelined behind it must not reach the server first on the
+    // session's usual connection.
+    get_n(&mut net, c, "k", 9);
+    net.servers[s].hold = true;
+    let mut both = cmd(&["GET", "k"]);
+    let get_len = both.len();
+    both.extend(cmd(&["SET", "k", "v2"]));
+    let tag = net.client_tag(c);
+    let used = net.engine.handle_input(tag, &both, net.now);
+    assert_eq!(used, get_len, "the SET waits while the read is in flight");
+    net.pump();
+    net.servers[s].hold = false;
+    net.pump();
+    // Woken: the runtime offers the rest again.
+    let used = net.engine.handle_input(tag, &both[get_len..], net.now);
+    assert_eq!(used, both.len() - get_len);
+    net.pump();
+    assert_eq!(net.take(c), b"$2\r\nv1\r\n+OK\r\n");
+    assert_eq!(get_n(&mut net, c, "k", 1), [b"$2\r\nv2\r\n".to_vec()]);
+}
+
+#[test]
 fn a_read_answered_after_an_invalidation_does_not_fill_the_cache() {
     let (mut net, c) = with_client(caching(Protocol::Redis));
     let s = (b'k' % 2) as usize;
@@ -315,16 +342,31 @@ mod model {
             for op in ops {
                 match op {
                     Op::Set { key, value, gets } => {
-                        let mut bytes = cmd(&["SET", &name(key), &format!("{value:03}")]);
+                        // GETs before and after the SET, in one write.
+                        let mut bytes = Vec::new();
+                        let mut want = Vec::new();
                         for _ in 0..gets {
                             bytes.extend(cmd(&["GET", &name(key)]));
-                        }
-                        net.send(c, &bytes);
-                        model.insert(key, value);
-                        let mut want = b"+OK\r\n".to_vec();
-                        for _ in 0..gets {
                             want.extend(expect(&model, key));
                         }
+                        bytes.extend(cmd(&["SET", &name(key), &format!("{value:03}")]));
+                        model.insert(key, value);
+                        want.extend(b"+OK\r\n");
+                        for _ in 0..gets {
+                            bytes.extend(cmd(&["GET", &name(key)]));
+                            want.extend(expect(&model, key));
+                        }
+                        // Offered again as the engine takes it.
+                        let tag = net.client_tag(c);
+                        let mut at = 0;
+                        for _ in 0..100 {
+                            at += net.engine.handle_input(tag, &bytes[at..], net.now);
+                            net.pump();
+                            if at == bytes.len() {
+                                break;
+                            }
+                        }
+                        prop_assert_eq!(at, bytes.len());
                         prop_assert_eq!(net.take(c), want);
                     }
                     Op::Get { key, times } => {
