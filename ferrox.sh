@@ -202,7 +202,8 @@ cmd_soak() {
 # random one (printed first, to replay) with a hot upgrade every 10 s, then
 # another on af_packet with two lcores and an upgrade every 8 s (the
 # overlapping ports), and one on tap with two lcores through the port
-# holder (frames wait in the tap), SOAK_SECONDS (default 50) each, Redis
+# holder (frames wait in the tap), and one with compression and the
+# hot-key caches on (--features), SOAK_SECONDS (default 50) each, Redis
 # and memcached clients at once. All run; any failing fails the test.
 run_soak_ci() {
   local seconds=${SOAK_SECONDS:-50} seed rc=0
@@ -225,6 +226,10 @@ run_soak_ci() {
   log "soak: random seed $seed, ${seconds}s, tap through the port holder, two lcores, an upgrade every 8 s"
   "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" \
     --pmd tap --lcores 0-1 --mtu 1500 --upgrade-every 8 || rc=1
+  seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+  log "soak: random seed $seed, ${seconds}s, compression and hot-key caches on, af_packet, two lcores, an upgrade every 8 s"
+  "$SOAK_PYTHON" tests/soak/soak.py --seed "$seed" --duration "$seconds" --features \
+    --pmd af_packet --lcores 0-1 --mtu 1500 --upgrade-every 8 || rc=1
   return $rc
 }
 
