@@ -137,6 +137,53 @@ impl Engine {
                             cluster.moved, cluster.asks, cluster.refreshes
                         );
                     }
+                    let c = &pool.counters;
+                    if pool.compression.is_some() {
+                        // This core's, as the cluster's figures.
+                        let ratio = match c.compressed_bytes_in {
+                            0 => 0.0,
+                            before => c.compressed_bytes_out as f64 / before as f64,
+                        };
+                        let _ = write!(
+                            out,
+                            "compressed_values:{}\r\ncompressed_bytes_in:{}\r\n\
+                             compressed_bytes_out:{}\r\ncompression_ratio:{ratio:.4}\r\n\
+                             decompressed_values:{}\r\ncorrupt_values:{}\r\ncompression_ms:{}\r\n",
+                            c.compressed_values,
+                            c.compressed_bytes_in,
+                            c.compressed_bytes_out,
+                            c.decompressed_values,
+                            c.corrupt_values,
+                            c.compress_ns / 1_000_000
+                        );
+                    }
+                    if let Some(hot) = &pool.hot {
+                        let mut c = c.clone();
+                        hot.publish(&mut c);
+                        let reads = c.cache_hits + c.cache_misses;
+                        let ratio = if reads == 0 {
+                            0.0
+                        } else {
+                            c.cache_hits as f64 / reads as f64
+                        };
+                        let _ = write!(
+                            out,
+                            "cache_hits:{}\r\ncache_misses:{}\r\ncache_hit_ratio:{ratio:.4}\r\n\
+                             cache_fills:{}\r\ncache_evictions:{}\r\n\
+                             cache_invalidations:write={},server={},lost={}\r\n\
+                             cache_expirations:{}\r\ncache_memory:{}\r\nhot_keys:{}\r\n",
+                            c.cache_hits,
+                            c.cache_misses,
+                            c.cache_fills,
+                            c.cache_evictions,
+                            c.cache_invalidations_write,
+                            c.cache_invalidations_server,
+                            c.cache_invalidations_lost,
+                            c.cache_expirations,
+                            c.cache_memory,
+                            c.hot_keys
+                        );
+                    }
                     for (i, (server, live)) in pool.spec.servers.iter().zip(&pool.live).enumerate()
                     {
                         let _ = write!(
