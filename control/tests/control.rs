@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use ferrox_testbed::{
     assert_incr_load_kept, assert_no_client_reset, capture_client_flags, cli, ketama_ports,
-    redis_benchmark, redis_server, single_connection_incr, wait_for_port, Netns, FERROX_IP,
-    KERNEL_IP,
+    python, redis_benchmark, redis_server, single_connection_incr, wait_for_port, Netns,
+    FERROX_IP, KERNEL_IP,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -1080,6 +1080,68 @@ fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaime
     );
     assert_eq!(appliance.status()["dataplane"]["restarts"], 0);
     drop(appliance);
+}
+
+#[test]
+fn hot_keys_and_compression_are_shown_by_ferroxctl_and_exported() {
+    let mut appliance = Appliance::start(AF_PACKET, "hk", &[7001], &[7001], &[], &[]);
+    let socket = appliance.socket.clone();
+    let v0 = appliance.status()["config_version"].as_u64().unwrap();
+    let features = "[pools.cache.compression]\nmin_size = 256\n\
+                    [pools.cache.hot_key_cache]\nmin_rate = 50\nmemory = \"4 MiB\"\n";
+    std::fs::write(
+        appliance.config(),
+        pool_toml(&format!("\"{KERNEL_IP}:7001:1\"")) + features,
+    )
+    .unwrap();
+    appliance.control().signal(Signal::HUP);
+    wait_for("the features on every core", Duration::from_secs(10), || {
+        let status = appliance.status();
+        status["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| *v == v0 + 1)
+    });
+    // One hot key, read on one connection (one core) far above min_rate.
+    let out = python(
+        &appliance.ns,
+        &format!(
+            r#"
+import redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+r.set("hot:1", b"x" * 2000)
+for _ in range(3000):
+    assert r.get("hot:1") == b"x" * 2000
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+    // Cores publish every few milliseconds.
+    wait_for("the hot key listed", Duration::from_secs(5), || {
+        ctl_ok(&socket, &["hotkeys"]).contains("hot:1")
+    });
+    let listed = json(&socket, &["hotkeys", "--json", "--pool", "cache"]);
+    let key = &listed.as_array().unwrap()[0];
+    assert_eq!(key["key"], "hot:1", "{listed}");
+    assert!(key["rate"].as_u64().unwrap() >= 50, "{listed}");
+    let stats = json(&socket, &["stats", "--json"]);
+    let pool = &stats["pools"][0];
+    assert!(pool["features"]["cache_hits"].as_u64().unwrap() > 2000, "{pool}");
+    assert!(pool["cache_hit_ratio"].as_f64().unwrap() > 0.9, "{pool}");
+    assert_eq!(pool["features"]["compressed_values"], 1, "{pool}");
+    assert!(pool["compression_ratio"].as_f64().unwrap() < 0.1, "{pool}");
+    let table = ctl_ok(&socket, &["stats"]);
+    assert!(table.contains("HIT%"), "{table}");
+    let metrics = appliance.metrics();
+    for family in [
+        "ferrox_pool_cache_hits_total{pool=\"cache\"}",
+        "ferrox_pool_compressed_values_total{pool=\"cache\"} 1",
+        "ferrox_pool_hot_key_reads_per_second{pool=\"cache\",core=",
+    ] {
+        assert!(metrics.contains(family), "{family} in {metrics}");
+    }
 }
 
 #[test]

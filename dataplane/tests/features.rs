@@ -287,3 +287,88 @@ print("ok")
     // server's push arrives; the window is printed, not timed.
     assert_eq!(stat(&out, "slept_stale"), 0, "{out}");
 }
+
+#[test]
+fn both_features_turn_on_and_off_with_a_reload() {
+    let pool = |extra: &str| {
+        format!(
+            "[pools.live]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\ntimeout_ms = 5000\n\
+             servers = [\"{KERNEL_IP}:{REDIS}:1\"]\n{extra}"
+        )
+    };
+    let features = "[pools.live.compression]\nmin_size = 256\n\
+                    [pools.live.hot_key_cache]\nmin_rate = 100\n";
+    let config = ConfigFile::new("toml", &pool(""));
+    let (ns, dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let _backends = start_backends(&ns);
+    let stop = format!("/tmp/ferrox-features-reload-{}", std::process::id());
+    let _ = std::fs::remove_file(&stop);
+    // One client connection throughout, told by files when each reload
+    // is done; it checks what each configuration does.
+    let client = spawn_python(
+        &ns,
+        &format!(
+            r#"
+import os, time, redis
+r = redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10)
+direct = redis.Redis(host="{KERNEL_IP}", port={REDIS}, socket_timeout=10)
+def wait(name):
+    deadline = time.time() + 60
+    while not os.path.exists(f"{stop}.{{name}}"):
+        assert time.time() < deadline, name
+        time.sleep(0.05)
+def gets_served():
+    return direct.info("commandstats").get("cmdstat_get", {{}}).get("calls", 0)
+doc = b'{{"id": 1, "tags": ["a", "b"]}}' * 100
+assert r.set("doc:plain", doc)
+assert direct.get("doc:plain") == doc
+open(f"{stop}.ready", "w").close()
+wait("on")
+assert r.set("doc:packed", doc)
+assert direct.get("doc:packed")[:4] == b"\xf7FXZ"
+assert r.get("doc:plain") == doc and r.get("doc:packed") == doc
+before = gets_served()
+for _ in range(2000):
+    assert r.get("doc:packed") == doc
+cached = 2000 - (gets_served() - before)
+assert cached > 1000, cached
+print(f"cached_with_features={{cached}}", flush=True)
+open(f"{stop}.checked", "w").close()
+wait("off")
+before = gets_served()
+for _ in range(500):
+    assert r.get("doc:packed") == doc
+assert gets_served() - before == 500
+print("ok", flush=True)
+"#
+        ),
+    );
+    let wait_file = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::path::Path::new(&format!("{stop}.{name}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "no {name}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let hup = || sh(&["kill", "-HUP", &dp.pid().to_string()]);
+    wait_file("ready");
+    std::fs::write(config.path(), pool(features)).unwrap();
+    hup();
+    dp.wait_for_line("reloaded", 0, std::time::Duration::from_secs(10));
+    std::fs::write(format!("{stop}.on"), "").unwrap();
+    wait_file("checked");
+    // The cache off, compression kept: stored values still read back.
+    std::fs::write(
+        config.path(),
+        pool("[pools.live.compression]\nmin_size = 256\n"),
+    )
+    .unwrap();
+    hup();
+    dp.wait_for_line("reloaded", 1, std::time::Duration::from_secs(10));
+    std::fs::write(format!("{stop}.off"), "").unwrap();
+    let out = stop_python(client, &stop);
+    for name in ["ready", "on", "checked", "off"] {
+        let _ = std::fs::remove_file(format!("{stop}.{name}"));
+    }
+    assert!(out.trim().ends_with("ok"), "{out}");
+}

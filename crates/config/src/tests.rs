@@ -1323,6 +1323,20 @@ servers = ["198.18.0.4:11211:1"]
     }
 
     #[test]
+    fn the_example_compression_and_hot_key_cache_parse_once_uncommented() {
+        let text = uncommented("[pools.cache.compression]");
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        let compression = config.pools[0].compression.as_ref().unwrap();
+        assert_eq!(compression.keys, ["doc:*"]);
+        assert_eq!(compression.flag_bit, 29);
+        let text = uncommented("[pools.cache.hot_key_cache]");
+        let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
+        let cache = config.pools[0].hot_key_cache.as_ref().unwrap();
+        assert_eq!((cache.min_rate, cache.memory), (1000, 64 << 20));
+        assert_eq!(cache.max_staleness_ms, Some(1000));
+    }
+
+    #[test]
     fn the_example_replicated_pool_parses_once_uncommented() {
         let text = uncommented("[pools.replicated]");
         let config = parse(&text, "configs/ferrox.toml").unwrap_or_else(|e| panic!("{e}"));
