@@ -2,6 +2,8 @@
 # Compression and the hot-key cache against the same pool without them,
 # in the same run, alternating which goes first:
 #
+#   0. The most skewed load: redis-benchmark's GETs of one key (100 bytes),
+#      50 clients, pipelines of 16, through the plain and the cached pool.
 #   1. Zipf-skewed GETs (100,000 keys of 100 bytes, s = 1.1: a few very hot
 #      keys) through a plain pool and a pool with a hot-key cache: ferrox's
 #      GETs per second, and how many GETs reached the servers.
@@ -10,8 +12,9 @@
 #      second, bytes the servers received, the compression ratio and the
 #      time ferrox spent compressing and decompressing (its INFO).
 #
-#   bench/features.sh   (ROUNDS: default 3; SECONDS: per load, default 5;
-#                        MTU: default 1500; CONNS: default 4)
+#   bench/features.sh   (ROUNDS: default 3; LOAD_SECONDS: per load, default 5;
+#                        MTU: default 1500; CONNS: default 4; SCENARIOS:
+#                        default "one zipf docs")
 #
 # One namespace holds the clients (bench/features_load.py, a process per
 # connection) and three redis-servers on the kernel stack; ferrox runs on
@@ -22,9 +25,10 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 NS=fxfeat$$
 ROUNDS=${ROUNDS:-3}
-SECONDS_EACH=${SECONDS:-5}
+SECONDS_EACH=${LOAD_SECONDS:-5}
 MTU=${MTU:-1500}
 CONNS=${CONNS:-4}
+SCENARIOS=${SCENARIOS:-one zipf docs}
 DIR=$(mktemp -d /tmp/ferrox-bench-features-XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -83,8 +87,27 @@ proxy_stat() { # port, field of ferrox's INFO proxy section
 echo "# bench/features.sh: $(nproc) vCPUs, MTU $MTU, ferrox on net_af_packet (1 lcore), $CONNS client processes, ${SECONDS_EACH}s a load"
 in_ns /usr/bin/python3 bench/features_load.py fill-zipf 198.18.0.2 22121 --keys 100000 --value 100
 
-echo "# zipf: pool GET/s server_GETs server_share hit_ratio"
+if [[ " $SCENARIOS " == *" one "* ]]; then
+  in_ns redis-cli -h 198.18.0.2 -p 22121 SET key:__rand_int__ "$(head -c 100 /dev/zero | tr '\0' v)" >/dev/null
+  echo "# one key: pool GET/s p50_ms p99_ms server_GETs"
+  for round in $(seq "$ROUNDS"); do
+    order=(plain:22121 hot:22122)
+    ((round % 2)) || order=(hot:22122 plain:22121)
+    for entry in "${order[@]}"; do
+      name=${entry%%:*} port=${entry##*:}
+      before=$(servers_stat commandstats cmdstat_get)
+      line=$(in_ns timeout 300 redis-benchmark -h 198.18.0.2 -p "$port" -c 50 -n 1000000 -P 16 -t get --csv \
+        2>/dev/null | grep '^"GET"' | tr -d '"')
+      served=$(($(servers_stat commandstats cmdstat_get) - before))
+      awk -F, -v r="$round" -v n="$name" -v s="$served" \
+        '{ printf "round %d %-5s %9.0f %6s %6s %9d\n", r, n, $2, $5, $7, s }' <<<"$line"
+    done
+  done
+fi
+
+[[ " $SCENARIOS " == *" zipf "* ]] && echo "# zipf: pool GET/s server_GETs server_share hit_ratio"
 for round in $(seq "$ROUNDS"); do
+  [[ " $SCENARIOS " == *" zipf "* ]] || break
   order=(plain:22121 hot:22122)
   ((round % 2)) || order=(hot:22122 plain:22121)
   for entry in "${order[@]}"; do
@@ -100,8 +123,9 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-echo "# docs: size pool req/s server_input_MiB ratio compression_ms (per request)"
+[[ " $SCENARIOS " == *" docs "* ]] && echo "# docs: size pool req/s server_input_MiB ratio compression_ms (per request)"
 for size in 1024 4096 16384 65536; do
+  [[ " $SCENARIOS " == *" docs "* ]] || break
   for round in $(seq "$ROUNDS"); do
     order=(plain:22121 lz4:22123 zstd:22124)
     ((round % 2)) || order=(zstd:22124 lz4:22123 plain:22121)
