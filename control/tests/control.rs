@@ -16,9 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrox_testbed::{
-    assert_incr_load_kept, assert_no_client_reset, capture_client_flags, cli, ketama_ports,
-    python, redis_benchmark, redis_server, single_connection_incr, wait_for_port, Netns,
-    FERROX_IP, KERNEL_IP,
+    assert_incr_load_kept, assert_no_client_reset, capture_client_flags, cli, ketama_ports, python,
+    redis_benchmark, redis_server, single_connection_incr, wait_for_port, Netns, FERROX_IP,
+    KERNEL_IP,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -1095,14 +1095,18 @@ fn hot_keys_and_compression_are_shown_by_ferroxctl_and_exported() {
     )
     .unwrap();
     appliance.control().signal(Signal::HUP);
-    wait_for("the features on every core", Duration::from_secs(10), || {
-        let status = appliance.status();
-        status["applied"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| *v == v0 + 1)
-    });
+    wait_for(
+        "the features on every core",
+        Duration::from_secs(10),
+        || {
+            let status = appliance.status();
+            status["applied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| *v == v0 + 1)
+        },
+    );
     // One hot key, read on one connection (one core) far above min_rate.
     let out = python(
         &appliance.ns,
@@ -1128,7 +1132,10 @@ print("ok")
     assert!(key["rate"].as_u64().unwrap() >= 50, "{listed}");
     let stats = json(&socket, &["stats", "--json"]);
     let pool = &stats["pools"][0];
-    assert!(pool["features"]["cache_hits"].as_u64().unwrap() > 2000, "{pool}");
+    assert!(
+        pool["features"]["cache_hits"].as_u64().unwrap() > 2000,
+        "{pool}"
+    );
     assert!(pool["cache_hit_ratio"].as_f64().unwrap() > 0.9, "{pool}");
     assert_eq!(pool["features"]["compressed_values"], 1, "{pool}");
     assert!(pool["compression_ratio"].as_f64().unwrap() < 0.1, "{pool}");

@@ -102,6 +102,13 @@ pub trait CoreService: App {
     /// Writes the service's own counters into the core's record (the
     /// loop has written the stack's and its own).
     fn publish(&mut self, _record: &CoreRecord) {}
+    /// Hands `each` the messages for every other core since the last call
+    /// (the proxy's: keys written through this core, for the others'
+    /// hot-key caches).
+    fn take_peer_messages(&mut self, _each: &mut dyn FnMut(&[u8])) {}
+    /// Another core's message: taken after the frames of a burst are read
+    /// and before the service sees their bytes.
+    fn peer_message(&mut self, _message: &[u8]) {}
 }
 
 /// Writes everything the core and its stack count into `record`: the one
@@ -160,6 +167,8 @@ pub struct Steering {
 
 /// Message tag of a steered frame.
 const TAG_FRAME: u32 = 1;
+/// Message tag of a service's message to the other cores.
+const TAG_PEER: u32 = 2;
 
 impl Steering {
     /// Mailboxes for `cores` cores in `region` (one fan-in per core).
@@ -402,12 +411,42 @@ impl<A: CoreService> Core<'_, A> {
         while handled < BURST
             && steering
                 .inbox
-                .pop(|_, frame| stack.handle_frame(now, frame, queue))
+                .pop(|tag, message| match tag {
+                    TAG_PEER => stack.app_mut().peer_message(message),
+                    _ => stack.handle_frame(now, message, queue),
+                })
                 .is_some()
         {
             handled += 1;
         }
         handled
+    }
+
+    /// Sends what the service has for the other cores (after a poll, so
+    /// it leaves before the requests that caused it are answered).
+    fn send_peer_messages(&mut self) {
+        let Some(steering) = self.steering.as_mut() else {
+            return;
+        };
+        let stats = &mut self.stats;
+        let outboxes = &mut steering.outboxes;
+        let mut sent = false;
+        self.stack.app_mut().take_peer_messages(&mut |message| {
+            for outbox in outboxes.iter_mut().flatten() {
+                // A full inbox loses the message: the other core's entry
+                // then lives until the server's invalidation, its age
+                // limit or its eviction.
+                if outbox.write(TAG_PEER, message).is_err() {
+                    stats.steer_drops += 1;
+                }
+            }
+            sent = true;
+        });
+        if sent {
+            for outbox in outboxes.iter_mut().flatten() {
+                outbox.flush();
+            }
+        }
     }
 
     /// Writes the core's record (its own, its stack's and its service's
@@ -654,6 +693,7 @@ impl<A: CoreService> Core<'_, A> {
                 self.stack.set_ports(ports);
             }
             self.stack.poll(now, &mut self.queue);
+            self.send_peer_messages();
             self.queue.flush();
             self.stats.rx_frames += received as u64;
 

@@ -372,3 +372,64 @@ print("ok", flush=True)
     }
     assert!(out.trim().ends_with("ok"), "{out}");
 }
+
+#[test]
+fn a_write_through_one_core_is_read_back_on_every_core() {
+    let config = ConfigFile::new(
+        "toml",
+        &format!(
+            r#"
+[pools.hot]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+timeout_ms = 5000
+servers = ["{KERNEL_IP}:{REDIS}:1"]
+[pools.hot.hot_key_cache]
+min_rate = 20
+
+[pools.mc]
+listen = "0.0.0.0:11211"
+protocol = "memcache"
+timeout_ms = 5000
+servers = ["{KERNEL_IP}:{MEMCACHED}:1"]
+[pools.mc.hot_key_cache]
+min_rate = 20
+max_staleness_ms = 60000
+"#
+        ),
+    );
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 2, &["--config", config.path()]);
+    let _backends = start_backends(&ns);
+    // Eight connections of each kind spread over both cores; each write
+    // goes through one of them and is read back at once through all.
+    let out = python(
+        &ns,
+        &format!(
+            r#"
+import redis
+from pymemcache.client.base import Client
+rs = [redis.Redis(host="{FERROX_IP}", port=6379, socket_timeout=10) for _ in range(8)]
+ms = [Client(("{FERROX_IP}", 11211), timeout=10) for _ in range(8)]
+rs[0].set("hot", "v0")
+ms[0].set("hot", b"v0", noreply=False)
+for _ in range(100):
+    for r in rs:
+        assert r.get("hot") == b"v0"
+    for m in ms:
+        assert m.get("hot") == b"v0"
+for i in range(1, 201):
+    value = f"v{{i}}".encode()
+    rs[i % 8].set("hot", value)
+    ms[i % 8].set("hot", value, noreply=False)
+    for r in rs:
+        got = r.get("hot")
+        assert got == value, (i, got)
+    for m in ms:
+        got = m.get("hot")
+        assert got == value, (i, got)
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+}

@@ -482,6 +482,11 @@ pub struct Engine {
     draining: bool,
     /// The whole dataplane's figures for `INFO`, once the runtime gave them.
     totals: Option<info::Totals>,
+    /// Other cores run engines too: the keys written through this one
+    /// in pools with a hot-key cache, for the runtime to tell them
+    /// ([`Engine::take_peer_invalidations`]).
+    peers: bool,
+    peer_invalidations: Vec<u8>,
     /// Overload watermarks, and where this core stands.
     overload: ferrox_config::Overload,
     /// Requests read and not yet answered (open slots), over every session.
@@ -611,6 +616,8 @@ impl Engine {
             now: 0,
             draining: false,
             totals: None,
+            peers: false,
+            peer_invalidations: Vec::new(),
             overload: Default::default(),
             open_slots: 0,
             client_buffer: 0,
@@ -627,6 +634,62 @@ impl Engine {
 
     /// Sets the overload watermarks (`[overload]`), at start and on each
     /// reload.
+    /// Whether other cores run engines of the same pools: then the keys
+    /// written through this one are kept for them (see
+    /// [`Engine::take_peer_invalidations`]).
+    pub fn set_peers(&mut self, peers: bool) {
+        self.peers = peers;
+    }
+
+    /// Hands `each` every message for the other cores since the last call:
+    /// a key a write through this core changed, in a pool with a hot-key
+    /// cache, as `pool (u16 LE) | key`. The runtime passes each to
+    /// [`Engine::handle_peer_invalidation`] on every other core, before that
+    /// core reads its next frames, so no core serves a value older than a
+    /// write through the proxy that was answered.
+    pub fn take_peer_invalidations(&mut self, mut each: impl FnMut(&[u8])) {
+        let mut at = 0;
+        let buf = &self.peer_invalidations;
+        while at + 4 <= buf.len() {
+            let len = u16::from_le_bytes([buf[at], buf[at + 1]]) as usize;
+            each(&buf[at + 2..at + 2 + len]);
+            at += 2 + len;
+        }
+        self.peer_invalidations.clear();
+        if self.peer_invalidations.capacity() > 64 << 10 {
+            self.peer_invalidations.shrink_to(64 << 10);
+        }
+    }
+
+    /// Another core's message (see [`Engine::take_peer_invalidations`]).
+    pub fn handle_peer_invalidation(&mut self, message: &[u8]) {
+        let Some((pool, key)) = message.split_first_chunk::<2>() else {
+            return;
+        };
+        let p = u16::from_le_bytes(*pool) as usize;
+        if let Some(pool) = self.pools.get_mut(p) {
+            if let Some(hot) = pool.hot.as_mut() {
+                hot.written(key, &mut pool.counters);
+            }
+        }
+    }
+
+    /// Keeps the message telling other cores that `key` of pool `pool`
+    /// changed.
+    fn tell_peers(&mut self, pool: usize, key: &[u8]) {
+        // Keys longer than a message can say are not cached by peers
+        // either way: their entries expire or are evicted.
+        if !self.peers || key.len() > u16::MAX as usize - 2 {
+            return;
+        }
+        let len = (2 + key.len()) as u16;
+        self.peer_invalidations
+            .extend_from_slice(&len.to_le_bytes());
+        self.peer_invalidations
+            .extend_from_slice(&(pool as u16).to_le_bytes());
+        self.peer_invalidations.extend_from_slice(key);
+    }
+
     pub fn set_overload(&mut self, overload: ferrox_config::Overload) {
         self.overload = overload;
     }

@@ -215,6 +215,8 @@ impl Proxy {
         if let Some(block) = &block {
             block.set_applied(core, version);
         }
+        // Writes through one core drop hot keys on the others.
+        self.engine.set_peers(cores > 1);
         self.reload = Some(CoreReload {
             board,
             version,
@@ -593,6 +595,14 @@ impl CoreService for Proxy {
         }
         self.poll_held_out();
         ports
+    }
+
+    fn take_peer_messages(&mut self, each: &mut dyn FnMut(&[u8])) {
+        self.engine.take_peer_invalidations(each);
+    }
+
+    fn peer_message(&mut self, message: &[u8]) {
+        self.engine.handle_peer_invalidation(message);
     }
 
     fn publish(&mut self, record: &CoreRecord) {

@@ -71,6 +71,9 @@ pub(super) struct Transaction {
     pub server: Option<usize>,
     /// The commands, as written to the server.
     pub queued: Vec<u8>,
+    /// In a pool with a hot-key cache: the keys its commands may write,
+    /// each after its length (u16 LE), dropped from the caches at `EXEC`.
+    pub written: Vec<u8>,
     pub count: usize,
     /// A command was refused while queueing: `EXEC` answers `EXECABORT`.
     pub failed: bool,

@@ -191,10 +191,11 @@ impl Engine {
                 | Command::MetaSet
                 | Command::MetaDelete
                 | Command::MetaArithmetic => {
-                    let p = &mut self.pools[pool];
-                    let hot = p.hot.as_deref_mut().expect("checked above");
                     for k in keys {
+                        let p = &mut self.pools[pool];
+                        let hot = p.hot.as_deref_mut().expect("checked above");
                         hot.written(&request[k.clone()], &mut p.counters);
+                        self.tell_peers(pool, &request[k.clone()]);
                     }
                 }
                 // A plain get of one key: `gets` needs the CAS unique,
@@ -438,6 +439,23 @@ impl Engine {
             });
         }
         let pool = self.sessions[index].pool;
+        let writes = matches!(
+            request.op,
+            Op::Set
+                | Op::Add
+                | Op::Replace
+                | Op::Append
+                | Op::Prepend
+                | Op::Delete
+                | Op::Increment
+                | Op::Decrement
+        );
+        if writes && self.pools[pool].hot.is_some() {
+            let p = &mut self.pools[pool];
+            let hot = p.hot.as_mut().expect("checked");
+            hot.written(key, &mut p.counters);
+            self.tell_peers(pool, key);
+        }
         let sees_stored_form = matches!(
             request.op,
             Op::Get | Op::GetK | Op::Gat | Op::GatK | Op::Append | Op::Prepend

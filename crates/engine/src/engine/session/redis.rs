@@ -298,10 +298,11 @@ impl Engine {
                 1
             };
             let dest = command::dest_key(route).then_some(1);
-            let p = &mut self.pools[pool];
-            let hot = p.hot.as_mut().expect("checked");
             for k in keys.clone().step_by(step).chain(dest) {
+                let p = &mut self.pools[pool];
+                let hot = p.hot.as_mut().expect("checked");
                 hot.written(arg(k), &mut p.counters);
+                self.tell_peers(pool, arg(k));
             }
         }
         match route {
@@ -754,6 +755,23 @@ impl Engine {
                 tx.server = server;
                 tx.count += 1;
                 write_whole(&mut tx.queued, request, args);
+                let pool = self.sessions[index].pool;
+                let writes = id.is_some_and(crate::acl::is_write_command);
+                if let (true, Some(route)) = (self.pools[pool].hot.is_some() && writes, route) {
+                    let tx = self.sessions[index].tx.as_mut().expect("in a transaction");
+                    let arg = |i: usize| &request[args[i].clone()];
+                    if let Ok(keys) = command::key_positions(route, args.len(), |i| {
+                        std::str::from_utf8(arg(i)).ok()?.parse().ok()
+                    }) {
+                        let dest = command::dest_key(route).then_some(1);
+                        for k in keys.chain(dest).filter(|&k| k < args.len()) {
+                            let key = arg(k);
+                            let len = key.len().min(u16::MAX as usize);
+                            tx.written.extend_from_slice(&(len as u16).to_le_bytes());
+                            tx.written.extend_from_slice(&key[..len]);
+                        }
+                    }
+                }
                 self.local_reply(index, |out, _| out.extend_from_slice(b"+QUEUED\r\n"));
             }
             Err(why) => {
@@ -1197,6 +1215,19 @@ impl Engine {
                     }
                     Some(tx) => {
                         let server = tx.server.or(watched).expect("one of them, checked above");
+                        // Its writes leave the caches before it is sent.
+                        let pool = self.sessions[index].pool;
+                        let mut at = 0;
+                        while at + 2 <= tx.written.len() {
+                            let len = u16::from_le_bytes([tx.written[at], tx.written[at + 1]]);
+                            let key = &tx.written[at + 2..at + 2 + len as usize];
+                            let p = &mut self.pools[pool];
+                            if let Some(hot) = p.hot.as_mut() {
+                                hot.written(key, &mut p.counters);
+                            }
+                            self.tell_peers(pool, key);
+                            at += 2 + len as usize;
+                        }
                         let seq = self.open_slot(index, Combine::Pass, (tx.count + 2) as u16);
                         let now = self.now;
                         self.send_transaction(index, server, seq, &tx.queued, tx.count, now);

@@ -387,3 +387,48 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_write_through_one_core_drops_the_key_on_the_others() {
+    for protocol in [Protocol::Redis, Protocol::Memcache] {
+        let (mut a, ca) = with_client(caching(protocol));
+        let (mut b, cb) = with_client(caching(protocol));
+        a.engine.set_peers(true);
+        b.engine.set_peers(true);
+        let s = (b'k' % 2) as usize;
+        let (set, get): (&[u8], &[u8]) = match protocol {
+            Protocol::Redis => (
+                b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv2\r\n",
+                b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+            ),
+            Protocol::Memcache => (b"set k 0 0 2\r\nv2\r\n", b"get k\r\n"),
+        };
+        b.servers[s].data.insert(b"k".to_vec(), b"v1".to_vec());
+        for _ in 0..30 {
+            b.send(cb, get);
+        }
+        b.take(cb);
+        let log = |net: &Net| net.servers[s].log.len();
+        let before = log(&b);
+        b.send(cb, get);
+        assert_eq!(log(&b), before, "{protocol:?}: cached on core b");
+        // Core a takes a write of k: core b hears of it before its next
+        // frames, and its next read goes to the server.
+        a.send(ca, set);
+        let mut messages = Vec::new();
+        a.engine
+            .take_peer_invalidations(|m| messages.push(m.to_vec()));
+        assert_eq!(messages, [b"\0\0k".to_vec()], "{protocol:?}");
+        for m in &messages {
+            b.engine.handle_peer_invalidation(m);
+        }
+        b.take(cb);
+        b.send(cb, get);
+        assert_eq!(
+            log(&b),
+            before + 1,
+            "{protocol:?}: read again from the server"
+        );
+        assert_eq!(counters(&b).cache_invalidations_write, 1, "{protocol:?}");
+    }
+}
