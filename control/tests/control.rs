@@ -1140,7 +1140,7 @@ print("ok")
     assert_eq!(pool["features"]["compressed_values"], 1, "{pool}");
     assert!(pool["compression_ratio"].as_f64().unwrap() < 0.1, "{pool}");
     let table = ctl_ok(&socket, &["stats"]);
-    assert!(table.contains("HIT%"), "{table}");
+    assert!(table.contains("HIT%") && table.contains("hot:1"), "{table}");
     let metrics = appliance.metrics();
     for family in [
         "ferrox_pool_cache_hits_total{pool=\"cache\"}",

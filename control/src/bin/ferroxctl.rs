@@ -361,7 +361,7 @@ fn run(cli: Cli) -> Result<()> {
                     .collect();
                 writeln!(out, "{}", serde_json::Value::Array(keys))?;
             } else {
-                write!(out, "{}", render_hot_keys(pools))?;
+                write!(out, "{}", render_hot_keys(pools, usize::MAX))?;
             }
         }
         Cmd::Top { count } => {
@@ -892,6 +892,11 @@ fn render_stats(stats: &admin::Stats) -> String {
             ]);
         }
     }
+    if stats.pools.iter().any(|p| !p.hot_keys.is_empty()) {
+        // The hottest few (ferroxctl hotkeys lists them all).
+        s += "\n";
+        s += &render_hot_keys(stats.pools.iter(), TOP_HOT_KEYS);
+    }
     if !stats.commands.is_empty() {
         s += "\n";
         s += &COMMANDS.header();
@@ -907,13 +912,19 @@ fn render_stats(stats: &admin::Stats) -> String {
     s
 }
 
-fn render_hot_keys<'a>(pools: impl Iterator<Item = &'a admin::PoolStats>) -> String {
+/// Hot keys `ferroxctl stats` and `top` show.
+const TOP_HOT_KEYS: usize = 8;
+
+/// The pools' hot keys, hottest first, at most `most`.
+fn render_hot_keys<'a>(pools: impl Iterator<Item = &'a admin::PoolStats>, most: usize) -> String {
     const HOT: Columns = Columns(&[("POOL", -16), ("CORE", 5), ("READS/S", 10), ("KEY", -40)]);
+    let mut keys: Vec<(&str, &admin::HotKeyStats)> = pools
+        .flat_map(|p| p.hot_keys.iter().map(move |h| (p.name.as_str(), h)))
+        .collect();
+    keys.sort_by_key(|(_, h)| std::cmp::Reverse(h.rate));
     let mut s = HOT.header();
-    for pool in pools {
-        for h in &pool.hot_keys {
-            s += &HOT.row(&[&pool.name, &h.core, &h.rate, &h.key]);
-        }
+    for (pool, h) in keys.into_iter().take(most) {
+        s += &HOT.row(&[&pool, &h.core, &h.rate, &h.key]);
     }
     s
 }
