@@ -587,8 +587,10 @@ struct Scratch {
     /// The request being handled only reads, in a pool whose read policy
     /// may send it to a replica.
     read: bool,
-    /// A reply being decompressed.
+    /// A reply being decompressed; a hot key's cached reply.
     decoded: Vec<u8>,
+    /// Which keys of an MGET the hot-key cache had.
+    hits: Vec<bool>,
     /// The request being handled is not a plain read, in a pool with a
     /// hot-key cache: the slots it opens are marked.
     may_write: bool,

@@ -469,9 +469,13 @@ impl Engine {
     ) -> bool {
         let (pool, resp3) = self.sessions[index].route();
         let count = keys.len();
+        // Scratch lists, given back on every way out: no allocation per
+        // request once warm.
         let mut local = std::mem::take(&mut self.scratch.decoded);
         local.clear();
-        let mut hit = vec![false; count];
+        let mut hit = std::mem::take(&mut self.scratch.hits);
+        hit.clear();
+        hit.resize(count, false);
         let mut hits = 0;
         {
             let p = &mut self.pools[pool];
@@ -490,22 +494,23 @@ impl Engine {
                 }
             }
         }
-        if hits == 0 {
-            self.scratch.decoded = local;
-            return false;
-        }
-        let mut header = Vec::with_capacity(16);
-        resp::write_array_header(&mut header, hits);
-        if hits == count {
-            self.local_reply(index, |out, _| {
-                out.extend_from_slice(&header);
-                out.extend_from_slice(&local);
-            });
-            self.scratch.decoded = local;
-            return true;
+        // The cached values as one array: the reply, or a piece of it.
+        let mut piece = std::mem::take(&mut self.scratch.error);
+        piece.clear();
+        resp::write_array_header(&mut piece, hits);
+        piece.extend_from_slice(&local);
+        self.scratch.decoded = local;
+        if hits == 0 || hits == count {
+            if hits == count {
+                self.local_reply(index, |out, _| out.extend_from_slice(&piece));
+            }
+            self.scratch.error = piece;
+            self.scratch.hits = hit;
+            return hits > 0;
         }
         // The other keys, grouped by server as a split would.
-        let mut groups = Vec::with_capacity(count - hits);
+        let mut groups = std::mem::take(&mut self.scratch.groups);
+        groups.clear();
         for (k, arg) in keys.enumerate() {
             if hit[k] {
                 continue;
@@ -516,11 +521,14 @@ impl Engine {
                 }
                 None => {
                     // The MGET goes as usual, and fails as usual.
-                    self.scratch.decoded = local;
+                    self.scratch.error = piece;
+                    self.scratch.hits = hit;
+                    self.scratch.groups = groups;
                     return false;
                 }
             }
         }
+        self.scratch.hits = hit;
         groups.sort_unstable();
         let servers = groups.chunk_by(|a, b| a.0 == b.0).count();
         self.stats.split_requests += 1;
@@ -539,9 +547,8 @@ impl Engine {
         }
         // The cached values: the last piece, as they are (not decoded
         // again).
-        header.extend_from_slice(&local);
-        self.scratch.decoded = local;
-        self.fill_slot_with(self.slot_ref(index, seq, servers as u16), &header);
+        self.fill_slot_with(self.slot_ref(index, seq, servers as u16), &piece);
+        self.scratch.error = piece;
         self.send_pieces(index, seq, groups, Expect::RESP, now, |out, group| {
             let keys = group.iter().map(|&(_, k)| 1 + k as usize);
             write_piece(out, request, args, 1, keys)
