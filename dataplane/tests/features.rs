@@ -39,34 +39,33 @@ fn start_backends(ns: &Netns) -> Children {
     children
 }
 
-#[test]
-fn values_round_trip_compressed_and_bypassing_clients_read_the_header() {
-    let config = ConfigFile::new(
-        "toml",
-        &format!(
-            r#"
-[pools.docs]
+/// A redis pool `cache` on 6379 and a memcached pool `mc` on 11211, each
+/// with its one server and the tables given (`[pools.cache.X]` ...).
+fn pools(redis: &str, memcached: &str) -> String {
+    format!(
+        r#"
+[pools.cache]
 listen = "0.0.0.0:6379"
 protocol = "redis"
 timeout_ms = 5000
 servers = ["{KERNEL_IP}:{REDIS}:1"]
-
-[pools.docs.compression]
-algorithm = "zstd"
-min_size = 1024
-level = 3
-keys = ["doc:*"]
-
+{redis}
 [pools.mc]
 listen = "0.0.0.0:11211"
 protocol = "memcache"
 timeout_ms = 5000
 servers = ["{KERNEL_IP}:{MEMCACHED}:1"]
+{memcached}"#
+    )
+}
 
-[pools.mc.compression]
-algorithm = "lz4"
-min_size = 512
-"#
+#[test]
+fn values_round_trip_compressed_and_bypassing_clients_read_the_header() {
+    let config = ConfigFile::new(
+        "toml",
+        &pools(
+            "[pools.cache.compression]\nalgorithm = \"zstd\"\nmin_size = 1024\nlevel = 3\nkeys = [\"doc:*\"]\n",
+            "[pools.mc.compression]\nalgorithm = \"lz4\"\nmin_size = 512\n",
         ),
     );
     let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
@@ -180,29 +179,9 @@ print("ok")
 fn a_direct_write_invalidates_the_cached_copy_before_the_next_read() {
     let config = ConfigFile::new(
         "toml",
-        &format!(
-            r#"
-[pools.hot]
-listen = "0.0.0.0:6379"
-protocol = "redis"
-timeout_ms = 5000
-servers = ["{KERNEL_IP}:{REDIS}:1"]
-
-[pools.hot.hot_key_cache]
-min_rate = 100
-memory = "8 MiB"
-
-[pools.mc]
-listen = "0.0.0.0:11211"
-protocol = "memcache"
-timeout_ms = 5000
-servers = ["{KERNEL_IP}:{MEMCACHED}:1"]
-
-[pools.mc.hot_key_cache]
-min_rate = 100
-memory = "8 MiB"
-max_staleness_ms = 300
-"#
+        &pools(
+            "[pools.cache.hot_key_cache]\nmin_rate = 100\nmemory = \"8 MiB\"\n",
+            "[pools.mc.hot_key_cache]\nmin_rate = 100\nmemory = \"8 MiB\"\nmax_staleness_ms = 300\n",
         ),
     );
     let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
@@ -290,15 +269,9 @@ print("ok")
 
 #[test]
 fn both_features_turn_on_and_off_with_a_reload() {
-    let pool = |extra: &str| {
-        format!(
-            "[pools.live]\nlisten = \"0.0.0.0:6379\"\nprotocol = \"redis\"\ntimeout_ms = 5000\n\
-             servers = [\"{KERNEL_IP}:{REDIS}:1\"]\n{extra}"
-        )
-    };
-    let features = "[pools.live.compression]\nmin_size = 256\n\
-                    [pools.live.hot_key_cache]\nmin_rate = 100\n";
-    let config = ConfigFile::new("toml", &pool(""));
+    let features = "[pools.cache.compression]\nmin_size = 256\n\
+                    [pools.cache.hot_key_cache]\nmin_rate = 100\n";
+    let config = ConfigFile::new("toml", &pools("", ""));
     let (ns, dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
     let _backends = start_backends(&ns);
     let stop = format!("/tmp/ferrox-features-reload-{}", std::process::id());
@@ -352,7 +325,7 @@ print("ok", flush=True)
     };
     let hup = || sh(&["kill", "-HUP", &dp.pid().to_string()]);
     wait_file("ready");
-    std::fs::write(config.path(), pool(features)).unwrap();
+    std::fs::write(config.path(), pools(features, "")).unwrap();
     hup();
     dp.wait_for_line("reloaded", 0, std::time::Duration::from_secs(10));
     std::fs::write(format!("{stop}.on"), "").unwrap();
@@ -360,7 +333,7 @@ print("ok", flush=True)
     // The cache off, compression kept: stored values still read back.
     std::fs::write(
         config.path(),
-        pool("[pools.live.compression]\nmin_size = 256\n"),
+        pools("[pools.cache.compression]\nmin_size = 256\n", ""),
     )
     .unwrap();
     hup();
@@ -377,25 +350,9 @@ print("ok", flush=True)
 fn a_write_through_one_core_is_read_back_on_every_core() {
     let config = ConfigFile::new(
         "toml",
-        &format!(
-            r#"
-[pools.hot]
-listen = "0.0.0.0:6379"
-protocol = "redis"
-timeout_ms = 5000
-servers = ["{KERNEL_IP}:{REDIS}:1"]
-[pools.hot.hot_key_cache]
-min_rate = 20
-
-[pools.mc]
-listen = "0.0.0.0:11211"
-protocol = "memcache"
-timeout_ms = 5000
-servers = ["{KERNEL_IP}:{MEMCACHED}:1"]
-[pools.mc.hot_key_cache]
-min_rate = 20
-max_staleness_ms = 60000
-"#
+        &pools(
+            "[pools.cache.hot_key_cache]\nmin_rate = 20\n",
+            "[pools.mc.hot_key_cache]\nmin_rate = 20\nmax_staleness_ms = 60000\n",
         ),
     );
     let (ns, _dp) = setup_with(Pmd::AfPacket, 2, &["--config", config.path()]);

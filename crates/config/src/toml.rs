@@ -642,11 +642,7 @@ impl Cx<'_> {
                         Ok(())
                     }
                 }),
-                "bytes" => match value {
-                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
-                    _ => integer::<usize>(value),
-                }
-                .and_then(|n| match n {
+                "bytes" => byte_size(value).and_then(|n| match n {
                     0 => Err(": must be at least 1".into()),
                     n => {
                         bytes = Some(n);
@@ -736,58 +732,79 @@ impl Cx<'_> {
         overload
     }
 
-    /// A pool's `[pools.NAME.validate]` table.
-    fn validate(&mut self, pool: &str, entries: &[(::toml::Spanned<String>, Node)]) -> Validate {
-        let mut validate = Validate::default();
+    /// Reads a pool's table `[pools.POOL.SECTION]`: `each` reads one key
+    /// (its value, its line, and how errors name it) and says what is
+    /// wrong with it; a key not in `known` is reported with the keys the
+    /// section has.
+    fn pool_table(
+        &mut self,
+        pool: &str,
+        section: &str,
+        known: &[&str],
+        entries: &[(::toml::Spanned<String>, Node)],
+        mut each: impl FnMut(&mut Self, &str, &Node, usize, &str) -> Result<(), String>,
+    ) {
         for (key, value) in entries {
             let line = self.line(key.span().start);
             let key = key.get_ref().as_str();
-            let what = format!("pool {pool:?}: validate: {key}");
-            let count = |value: &Node| {
-                match value {
-                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
-                    _ => integer::<usize>(value),
-                }
-                .and_then(|n| match n {
-                    0 => Err(": must be at least 1".to_owned()),
-                    n => Ok(n),
-                })
+            let what = format!("pool {pool:?}: {section}: {key}");
+            let result = if known.contains(&key) {
+                each(self, key, value, line, &what)
+            } else {
+                Err(format!(
+                    ": unknown key{}; {section} has {}",
+                    check::did_you_mean(key, known),
+                    known.join(", ")
+                ))
             };
-            let result = match key {
+            if let Err(reason) = result {
+                self.report.error(line, format!("{what}{reason}"));
+            }
+        }
+    }
+
+    /// A list of key globs (`value`, at `line`) into `out`.
+    fn patterns(&mut self, value: &Node, line: usize, what: &str, out: &mut Vec<String>) {
+        let Some(items) = self.list(value, line, what, "a list of key patterns") else {
+            return;
+        };
+        for (item_line, item) in items {
+            match item {
+                Node::Str(s) if !s.is_empty() => out.push(s.clone()),
+                other => self.report.error(
+                    item_line,
+                    format!("{what}: expected a key pattern, found {}", other.kind()),
+                ),
+            }
+        }
+    }
+
+    /// A pool's `[pools.NAME.validate]` table.
+    fn validate(&mut self, pool: &str, entries: &[(::toml::Spanned<String>, Node)]) -> Validate {
+        let mut validate = Validate::default();
+        let count = |value: &Node| {
+            byte_size(value).and_then(|n| match n {
+                0 => Err(": must be at least 1".to_owned()),
+                n => Ok(n),
+            })
+        };
+        self.pool_table(
+            pool,
+            "validate",
+            VALIDATE_KEYS,
+            entries,
+            |this, key, value, line, what| match key {
                 "key_patterns" => {
-                    if let Some(items) = self.list(value, line, &what, "a list of key patterns") {
-                        for (item_line, item) in items {
-                            match item {
-                                Node::Str(s) if !s.is_empty() => {
-                                    validate.key_patterns.push(s.clone())
-                                }
-                                other => self.report.error(
-                                    item_line,
-                                    format!(
-                                        "{what}: expected a key pattern, found {}",
-                                        other.kind()
-                                    ),
-                                ),
-                            }
-                        }
-                    }
+                    this.patterns(value, line, what, &mut validate.key_patterns);
                     Ok(())
                 }
                 "max_key_bytes" => count(value).map(|n| validate.max_key_bytes = Some(n)),
                 "max_value_bytes" => count(value).map(|n| validate.max_value_bytes = Some(n)),
                 "max_keys" => count(value).map(|n| validate.max_keys = Some(n)),
                 "require_ttl" => boolean(value).map(|b| validate.require_ttl = b),
-                "max_ttl_s" => count(value).map(|n| validate.max_ttl_s = Some(n as u64)),
-                _ => Err(format!(
-                    ": unknown key{}; validate has {}",
-                    check::did_you_mean(key, VALIDATE_KEYS),
-                    VALIDATE_KEYS.join(", ")
-                )),
-            };
-            if let Err(reason) = result {
-                self.report.error(line, format!("{what}{reason}"));
-            }
-        }
+                _ => count(value).map(|n| validate.max_ttl_s = Some(n as u64)),
+            },
+        );
         validate
     }
 
@@ -798,11 +815,13 @@ impl Cx<'_> {
         entries: &[(::toml::Spanned<String>, Node)],
     ) -> Compression {
         let mut compression = Compression::default();
-        for (key, value) in entries {
-            let line = self.line(key.span().start);
-            let key = key.get_ref().as_str();
-            let what = format!("pool {pool:?}: compression: {key}");
-            let result = match key {
+        let known = COMPRESSION_KEYS;
+        self.pool_table(
+            pool,
+            "compression",
+            known,
+            entries,
+            |this, key, value, line, what| match key {
                 "algorithm" => string(value).and_then(|s| {
                     let names: Vec<&str> =
                         CompressionAlgorithm::ALL.iter().map(|(n, _)| *n).collect();
@@ -819,67 +838,40 @@ impl Cx<'_> {
                     })?;
                     Ok(())
                 }),
-                "min_size" => match value {
-                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
-                    _ => integer::<usize>(value),
-                }
-                .map(|n| compression.min_size = n),
+                "min_size" => byte_size(value).map(|n| compression.min_size = n),
                 "level" => match value {
                     Node::Int(n) => Ok(*n),
                     other => Err(format!(": expected an integer, found {}", other.kind())),
                 }
                 .and_then(|level| {
-                    if let Some(level) = i32::try_from(level)
+                    let level = i32::try_from(level)
                         .ok()
                         .filter(|l| ZSTD_LEVELS.contains(l))
-                    {
-                        compression.level = level;
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            ": {level} is not a level: zstd's run from {} to {}",
-                            ZSTD_LEVELS.start(),
-                            ZSTD_LEVELS.end()
-                        ))
-                    }
+                        .ok_or_else(|| {
+                            format!(
+                                ": {level} is not a level: zstd's run from {} to {}",
+                                ZSTD_LEVELS.start(),
+                                ZSTD_LEVELS.end()
+                            )
+                        })?;
+                    compression.level = level;
+                    Ok(())
                 }),
                 "keys" => {
-                    if let Some(items) = self.list(value, line, &what, "a list of key patterns") {
-                        for (item_line, item) in items {
-                            match item {
-                                Node::Str(s) if !s.is_empty() => compression.keys.push(s.clone()),
-                                other => self.report.error(
-                                    item_line,
-                                    format!(
-                                        "{what}: expected a key pattern, found {}",
-                                        other.kind()
-                                    ),
-                                ),
-                            }
-                        }
-                    }
+                    this.patterns(value, line, what, &mut compression.keys);
                     Ok(())
                 }
-                "flag_bit" => integer::<u8>(value).and_then(|bit| {
-                    if bit < 32 {
+                _ => integer::<u8>(value).and_then(|bit| match bit {
+                    0..32 => {
                         compression.flag_bit = bit;
                         Ok(())
-                    } else {
-                        Err(format!(
-                            ": {bit} is not a bit of memcached's 32-bit flags (0-31)"
-                        ))
                     }
+                    _ => Err(format!(
+                        ": {bit} is not a bit of memcached's 32-bit flags (0-31)"
+                    )),
                 }),
-                _ => Err(format!(
-                    ": unknown key{}; compression has {}",
-                    check::did_you_mean(key, COMPRESSION_KEYS),
-                    COMPRESSION_KEYS.join(", ")
-                )),
-            };
-            if let Err(reason) = result {
-                self.report.error(line, format!("{what}{reason}"));
-            }
-        }
+            },
+        );
         compression
     }
 
@@ -890,37 +882,28 @@ impl Cx<'_> {
         entries: &[(::toml::Spanned<String>, Node)],
     ) -> HotKeyCache {
         let mut cache = HotKeyCache::default();
-        for (key, value) in entries {
-            let line = self.line(key.span().start);
-            let key = key.get_ref().as_str();
-            let what = format!("pool {pool:?}: hot_key_cache: {key}");
-            let positive = |n: u64| match n {
-                0 => Err(": must be at least 1".to_owned()),
-                n => Ok(n),
-            };
-            let result = match key {
+        let positive = |n: u64| match n {
+            0 => Err(": must be at least 1".to_owned()),
+            n => Ok(n),
+        };
+        let known = HOT_KEY_CACHE_KEYS;
+        self.pool_table(
+            pool,
+            "hot_key_cache",
+            known,
+            entries,
+            |_, key, value, _, _| match key {
                 "min_rate" => integer::<u32>(value)
                     .and_then(|n| positive(n.into()))
                     .map(|n| cache.min_rate = n as u32),
-                "memory" => match value {
-                    Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
-                    _ => integer::<usize>(value),
-                }
-                .and_then(|n| positive(n as u64))
-                .map(|n| cache.memory = n as usize),
-                "max_staleness_ms" => integer::<u64>(value)
+                "memory" => byte_size(value)
+                    .and_then(|n| positive(n as u64))
+                    .map(|n| cache.memory = n as usize),
+                _ => integer::<u64>(value)
                     .and_then(positive)
                     .map(|n| cache.max_staleness_ms = Some(n)),
-                _ => Err(format!(
-                    ": unknown key{}; hot_key_cache has {}",
-                    check::did_you_mean(key, HOT_KEY_CACHE_KEYS),
-                    HOT_KEY_CACHE_KEYS.join(", ")
-                )),
-            };
-            if let Err(reason) = result {
-                self.report.error(line, format!("{what}{reason}"));
-            }
-        }
+            },
+        );
         cache
     }
 
@@ -1119,6 +1102,14 @@ fn integer<T: TryFrom<i64>>(node: &Node) -> Result<T, String> {
         Node::Int(n) if *n < 0 => Err(format!(" {n}: cannot be negative")),
         Node::Int(n) => T::try_from(*n).map_err(|_| format!(" {n}: too large")),
         other => Err(format!(": expected an integer, found {}", other.kind())),
+    }
+}
+
+/// A number of bytes: an integer, or a size with a unit.
+fn byte_size(value: &Node) -> Result<usize, String> {
+    match value {
+        Node::Str(s) => size(s).map_err(|r| format!(" {s:?}: {r}")),
+        _ => integer::<usize>(value),
     }
 }
 
