@@ -405,38 +405,16 @@ impl Cx<'_> {
                     }
                     Ok(())
                 }
-                "validate" => match value {
-                    Node::Table(entries) => {
-                        pool.validate = self.validate(name, entries);
-                        Ok(())
-                    }
-                    other => Err(format!(
-                        ": expected a table ([pools.{name}.validate]), found {}",
-                        other.kind()
-                    )),
-                },
-                "compression" => match value {
-                    Node::Table(entries) => {
-                        draft.compression_line = Some(line);
-                        pool.compression = Some(self.compression(name, entries));
-                        Ok(())
-                    }
-                    other => Err(format!(
-                        ": expected a table ([pools.{name}.compression]), found {}",
-                        other.kind()
-                    )),
-                },
-                "hot_key_cache" => match value {
-                    Node::Table(entries) => {
-                        draft.hot_key_cache_line = Some(line);
-                        pool.hot_key_cache = Some(self.hot_key_cache(name, entries));
-                        Ok(())
-                    }
-                    other => Err(format!(
-                        ": expected a table ([pools.{name}.hot_key_cache]), found {}",
-                        other.kind()
-                    )),
-                },
+                "validate" => sub_table(value, name, key)
+                    .map(|entries| pool.validate = self.validate(name, entries)),
+                "compression" => sub_table(value, name, key).map(|entries| {
+                    draft.compression_line = Some(line);
+                    pool.compression = Some(self.compression(name, entries));
+                }),
+                "hot_key_cache" => sub_table(value, name, key).map(|entries| {
+                    draft.hot_key_cache_line = Some(line);
+                    pool.hot_key_cache = Some(self.hot_key_cache(name, entries));
+                }),
                 "read_policy" => string(value).and_then(|s| {
                     draft.read_policy_line = Some(line);
                     let policy = ReadPolicy::ALL.iter().find(|(n, _)| *n == s);
@@ -1102,6 +1080,21 @@ fn integer<T: TryFrom<i64>>(node: &Node) -> Result<T, String> {
         Node::Int(n) if *n < 0 => Err(format!(" {n}: cannot be negative")),
         Node::Int(n) => T::try_from(*n).map_err(|_| format!(" {n}: too large")),
         other => Err(format!(": expected an integer, found {}", other.kind())),
+    }
+}
+
+/// The entries of `value`, which must be the table `[pools.POOL.SECTION]`.
+fn sub_table<'v>(
+    value: &'v Node,
+    pool: &str,
+    section: &str,
+) -> Result<&'v [(::toml::Spanned<String>, Node)], String> {
+    match value {
+        Node::Table(entries) => Ok(entries),
+        other => Err(format!(
+            ": expected a table ([pools.{pool}.{section}]), found {}",
+            other.kind()
+        )),
     }
 }
 
