@@ -8,7 +8,8 @@
 #                       and the veth pair, default 3438, the most af_xdp
 #                       carries; IDLE_STEPS: idle client connection counts
 #                       for the memory figure, default "1000 2000 5000", ""
-#                       or 0 to skip (IDLE=n, the older form: one count);
+#                       or 0 to skip (IDLE=n, the older form: one count;
+#                       up to 250,000: five source addresses);
 #                       DP_ARGS: more ferrox-dataplane arguments, to try a
 #                       setting; RESULTS: a file to write every figure to,
 #                       tab-separated, for bench/report.py)
@@ -74,6 +75,9 @@ in_ns sysctl -qw net.ipv4.tcp_tw_reuse=1
 in_ns ip link add veth0 type veth peer name veth1
 in_ns ip link set veth0 mtu "$MTU"
 in_ns ip addr add 198.18.0.1/24 dev veth0
+# More source addresses for the idle clients: one address has ~64,000
+# ephemeral ports toward one proxy port.
+for a in 11 12 13 14; do in_ns ip addr add "198.18.0.$a/24" dev veth0; done
 in_ns ip link set veth0 up
 in_ns ip link set veth1 up
 
@@ -99,12 +103,19 @@ bench:
     - 198.18.0.1:7004:1
 EOF
 
-ip netns exec "$NS" nutcracker -c "$CONF" -s 22222 -o /tmp/ferrox-bench-nutcracker.log &
+# As many descriptors as the idle clients need, up to the hard limit: past
+# it twemproxy cannot hold the count, and is not measured there (exec
+# keeps $! the server's).
+FD_LIMIT=$(ulimit -Hn)
+[ "$FD_LIMIT" = unlimited ] && FD_LIMIT=1048576
+NC_MOST=$((FD_LIMIT - 64))
+ip netns exec "$NS" bash -c "ulimit -n $FD_LIMIT; exec nutcracker -c $CONF -s 22222 -o /tmp/ferrox-bench-nutcracker.log" &
 NC_PID=$!
 PIDS+=("$NC_PID")
 ip netns exec "$NS" "$DP" --vdev net_af_xdp0,iface=veth1,start_queue=0,queue_count=1,busy_budget=0 \
   --address 198.18.0.2/24 --config "$CONF" --memory-mb 512 --mbufs 32767 \
-  --mtu "$MTU" --socket-pool-clients 16 --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
+  --mtu "$MTU" --socket-pool-clients 16 --max-connections $(( ${IDLE_STEPS##* } + 4096 )) \
+  --file-prefix "fxq$$" ${DP_ARGS:-} >/dev/null 2>/tmp/ferrox-bench-proxy.log &
 DP_PID=$!
 sleep 2
 for target in 198.18.0.1:7001 198.18.0.1:22121 198.18.0.2:22121; do
@@ -165,42 +176,99 @@ run() { # host port extra-args -> lines "TEST rps p50 p99"
 # proxy's memory before the first. Each count of IDLE_STEPS adds
 # connections to those of the count before, all held: closing them between
 # counts would let the next count reuse what the last one grew. Memory is
-# resident heap (VmRSS) plus hugepages mapped (HugetlbPages: ferrox's
-# socket buffers live there, and its pool starts small,
-# --socket-pool-clients 16, so it grows with the connections). DPDK's fixed
+# everything the process holds: every mapping's resident pages (heap,
+# stacks, files, hugepages touched), except its shared-memory regions
+# (hugetlbfs or /dev/shm files: ferrox's socket buffers, whose pool starts
+# small, --socket-pool-clients 16, and grows with the connections), which
+# count whole, touched or not, since they are reserved. DPDK's fixed
 # mempool reservation is in both readings, so not in the difference.
 # Measured first, on fresh proxies: after the throughput runs their free
 # lists would hide what a connection costs.
-memory_kib() { awk '/^(VmRSS|HugetlbPages):/ { n += $2 } END { print n }' "/proc/$1/status"; }
+memory_kib() {
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { region = ($6 ~ "^/dev/(hugepages|shm)/") }
+       /^Size:/ && region { n += $2 }
+       /^(Rss|Shared_Hugetlb|Private_Hugetlb):/ && !region { n += $2 }
+       END { print n }' "/proc/$1/smaps"
+}
 HOLDER=$(mktemp /tmp/ferrox-bench-hold-XXXXXX.py)
 cat >"$HOLDER" <<'PY'
-import socket, sys
-host, socks = sys.argv[1], []
-for n in map(int, sys.argv[2:]):
-    new = [socket.create_connection((host, 22121), timeout=30) for _ in range(n - len(socks))]
-    for s in new:
-        s.sendall(b"*1\r\n$4\r\nPING\r\n")
-    for s in new:
-        assert s.recv(64).startswith(b"+PONG")
-    socks += new
+# Holds idle connections for bench/proxy.sh: for each count on the command
+# line, opens connections up to it (each sends one PING and reads +PONG),
+# prints "ready N", and waits for a line before the next count. Worker
+# processes hold 15,000 each (a process's descriptors are limited), from
+# five source addresses in turn (each has ~64,000 ports toward one proxy
+# port); closing its stdin ends them all.
+import os, socket, sys
+host, steps = sys.argv[1], list(map(int, sys.argv[2:]))
+PER = 15000
+SOURCES = ["198.18.0.1", "198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"]
+
+def worker(commands, replies):
+    held = []
+    for line in commands:
+        start, count = map(int, line.split())
+        new = []
+        for i in range(start, start + count):
+            s = socket.socket()
+            s.settimeout(30)
+            s.bind((SOURCES[i // 50000], 0))
+            s.connect((host, 22121))
+            new.append(s)
+        for s in new:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        for s in new:
+            assert s.recv(64).startswith(b"+PONG")
+        held += new
+        replies.write("ok\n")
+        replies.flush()
+
+def spawn():
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    if os.fork() == 0:
+        os.close(w1)
+        os.close(r2)
+        worker(os.fdopen(r1), os.fdopen(w2, "w"))
+        os._exit(0)
+    os.close(r1)
+    os.close(w2)
+    return [os.fdopen(w1, "w"), os.fdopen(r2), 0]
+
+workers, total = [], 0
+for n in steps:
+    while total < n:
+        if not workers or workers[-1][2] == PER:
+            workers.append(spawn())
+        w = workers[-1]
+        count = min(PER - w[2], n - total)
+        w[0].write(f"{total} {count}\n")
+        w[0].flush()
+        assert w[1].readline().strip() == "ok", f"a worker failed at {total}"
+        w[2] += count
+        total += count
     print("ready", n, flush=True)
     if not sys.stdin.readline():
         break
 PY
 declare -A per_conn
 idle_memory() {
-  local target host pid before after ready held n most=${IDLE_STEPS##* }
+  local target host pid before after ready held n steps most
   for target in twemproxy ferrox; do
     case "$target" in
       twemproxy) host=198.18.0.1 pid=$NC_PID ;;
       ferrox) host=198.18.0.2 pid=$DP_PID ;;
     esac
+    steps=$IDLE_STEPS
+    # twemproxy takes a descriptor a connection.
+    [ "$target" = twemproxy ] && steps=$(tr ' ' '\n' <<<"$IDLE_STEPS" | awk -v m="$NC_MOST" '$1 <= m' | xargs)
+    [ -n "$steps" ] || continue
+    most=${steps##* }
     before=$(memory_kib "$pid")
     # The holder prints "ready N" once N connections have their reply, opens
     # the next count's on a line from its stdin, and holds the last count's
     # until its stdin closes.
-    coproc HOLD { in_ns bash -c "ulimit -n $((most + 64)); exec timeout 300 /usr/bin/python3 $HOLDER $host $IDLE_STEPS"; }
-    for n in $IDLE_STEPS; do
+    coproc HOLD { in_ns timeout 900 /usr/bin/python3 "$HOLDER" "$host" $steps; }
+    for n in $steps; do
       read -r ready held <&"${HOLD[0]}" || true
       [ "$ready $held" = "ready $n" ] || { echo "could not hold $n connections to $target" >&2; exit 1; }
       sleep 1
@@ -297,7 +365,7 @@ done
 if [ -n "$IDLE_STEPS" ]; then
   printf '\n| idle client connections | twemproxy KiB per connection | ferrox KiB per connection |\n|---|---|---|\n'
   for n in $IDLE_STEPS; do
-    printf '| %s | %s | %s |\n' "$n" "${per_conn[twemproxy/$n]}" "${per_conn[ferrox/$n]}"
+    printf '| %s | %s | %s |\n' "$n" "${per_conn[twemproxy/$n]:--}" "${per_conn[ferrox/$n]}"
   done
 fi
 if [ -n "$RESULTS" ]; then echo "results: $RESULTS"; fi
