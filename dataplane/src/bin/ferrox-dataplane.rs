@@ -126,6 +126,12 @@ struct Args {
     /// did not serve pipelines faster (docs/performance.md).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(4..=128))]
     client_send_buffer_kib: u32,
+    /// Receive and send buffers of a client connection until it needs
+    /// more, in KiB: a connection moves to the buffers above (without the
+    /// client noticing) once a request or reply outgrows these, so an
+    /// idle one holds little. 0: the full buffers from accept on.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
+    client_idle_buffer_kib: u32,
     /// How long an ACK may wait to ride on outgoing data, in microseconds
     /// (0: acknowledge at once).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
@@ -655,6 +661,7 @@ fn serve<A: CoreService + Send>(
         client: args.client_buffer_kib << 10,
         client_send: args.client_send_buffer_kib << 10,
         server: SERVER_SOCKET_BUFFER,
+        idle: args.client_idle_buffer_kib << 10,
     };
     let clients = args
         .socket_pool_clients

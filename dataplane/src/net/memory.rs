@@ -46,6 +46,10 @@ pub struct Sizes {
     /// Replies beyond it wait in the application's output.
     pub client_send: u32,
     pub server: u32,
+    /// An accepted connection's receive and send buffers until it needs
+    /// more (then it moves to `client` and `client_send` buffers); 0:
+    /// those from accept on.
+    pub idle: u32,
 }
 
 /// The pool's classes for `sizes` (one per distinct chunk size, in
@@ -53,11 +57,16 @@ pub struct Sizes {
 /// connections' worth of chunks to start with.
 fn pool_config(sizes: Sizes, clients: u32) -> PoolConfig {
     let mut classes: Vec<ClassConfig> = Vec::new();
-    for (bytes, chunks) in [
+    let idle = [(sizes.idle, 2 * clients)];
+    let idle = if sizes.idle > 0 { &idle[..] } else { &[] };
+    for &(bytes, chunks) in [
         (sizes.client, clients),
         (sizes.client_send, clients),
         (sizes.server, 16),
-    ] {
+    ]
+    .iter()
+    .chain(idle)
+    {
         let chunk_size = chunk_size(bytes);
         match classes.iter_mut().find(|c| c.chunk_size == chunk_size) {
             Some(class) => class.chunks += chunks,
@@ -152,6 +161,11 @@ impl SocketPool {
                 class_of(sizes, sizes.client),
                 class_of(sizes, sizes.client_send),
                 class_of(sizes, sizes.server),
+                if sizes.idle > 0 {
+                    class_of(sizes, sizes.idle)
+                } else {
+                    usize::MAX
+                },
             ],
         })
     }
@@ -171,21 +185,30 @@ impl SocketPool {
 pub struct SocketMemory {
     cache: CoreCache,
     sizes: Sizes,
-    /// The pool classes of a client's receive and send buffers and a
-    /// server connection's.
-    classes: [usize; 3],
+    /// The pool classes of a client's receive and send buffers, a server
+    /// connection's, and an idle client's (`usize::MAX`: none).
+    classes: [usize; 4],
 }
 
 /// Which buffers a socket gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Accepted from a client.
+    /// Accepted from a client, or one that outgrew its idle buffers.
     Client,
+    /// Accepted from a client, with the small buffers it keeps until it
+    /// needs more (`Sizes::idle`).
+    Idle,
     /// Opened to a server.
     Server,
 }
 
 impl SocketMemory {
+    /// The receive buffer of an idle client connection (0: none; accepted
+    /// connections get the full buffers).
+    pub fn idle_size(&self) -> u32 {
+        self.sizes.idle
+    }
+
     /// A chunk of `class`; when the pool has none left, it grows by half
     /// the chunks it has: geometric growth keeps the region's segment
     /// count low (from 1,024 connections to 100,000 in a dozen steps per
@@ -210,12 +233,18 @@ impl SocketMemory {
         role: Role,
         configure: impl FnOnce(&mut tcp::Socket<'static>),
     ) -> Result<PooledSocket, PoolError> {
-        let [client, client_send, server] = self.classes;
+        let [client, client_send, server, idle] = self.classes;
+        let role = if role == Role::Idle && idle == usize::MAX {
+            Role::Client
+        } else {
+            role
+        };
         let ((rx_class, rx_size), (tx_class, tx_size)) = match role {
             Role::Client => (
                 (client, self.sizes.client),
                 (client_send, self.sizes.client_send),
             ),
+            Role::Idle => ((idle, self.sizes.idle), (idle, self.sizes.idle)),
             Role::Server => ((server, self.sizes.server), (server, self.sizes.server)),
         };
         let mut rx = self.chunk(rx_class)?;
@@ -391,6 +420,7 @@ mod tests {
             client,
             client_send,
             server,
+            idle: 0,
         };
         SocketPool::heap(sizes, clients)
     }

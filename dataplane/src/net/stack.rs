@@ -200,6 +200,8 @@ pub struct StackStats {
     pub budget_exhausted: u64,
     /// Closing connections reset because the peer never finished closing.
     pub close_timeouts: u64,
+    /// Client connections moved from idle buffers to full ones.
+    pub upgrades: u64,
 }
 
 /// Room for held-back input a connection keeps between messages.
@@ -259,6 +261,9 @@ struct Conn {
     in_socket: usize,
     /// What a handover needs that the socket does not show.
     wire: WireTrack,
+    /// Accepted with idle buffers (`Sizes::idle`), not yet moved to full
+    /// ones.
+    small: bool,
 }
 
 /// The real sequence numbers of a client connection and the handshake
@@ -697,6 +702,7 @@ impl<A: App> Stack<A> {
             close_deadline: None,
             in_socket: 0,
             wire: WireTrack::default(),
+            small: false,
         });
         self.flows.insert(key, id);
         id
@@ -719,7 +725,9 @@ impl<A: App> Stack<A> {
             .keep_alive_ports
             .contains(&key.local_port())
             .then_some(KEEP_ALIVE);
-        let Some(mut socket) = self.new_socket(Role::Client, keep_alive) else {
+        let small = self.memory.idle_size() > 0;
+        let role = if small { Role::Idle } else { Role::Client };
+        let Some(mut socket) = self.new_socket(role, keep_alive) else {
             self.stats.limit_drops += 1;
             return Opened::Dropped;
         };
@@ -727,6 +735,7 @@ impl<A: App> Stack<A> {
             .listen(key.local_port())
             .expect("a fresh socket listens on a non-zero port");
         let id = self.insert(key, socket, false);
+        self.conn_mut(id).small = small;
         let handle = handle_of(id, self.generations[id as usize]);
         let Some(tag) = self.app.accept(handle, key.local_port()) else {
             self.stats.refused += 1;
@@ -818,6 +827,16 @@ impl<A: App> Stack<A> {
             }
         }
 
+        if conn.small && state == State::Established && needs_room(&mut self.app, conn) {
+            // Outgrown its idle buffers: onto full ones, the client none
+            // the wiser.
+            if let Err(why) = self.upgrade(id, now, link) {
+                tracing::debug!(why, "a connection keeps its idle buffers");
+            }
+            self.stats.upgrades += 1;
+            progressed = true;
+        }
+        let conn = self.conns[id as usize].as_mut().expect("a live connection");
         if !conn.aborted {
             progressed |= send_output(&mut self.app, conn);
         }
@@ -923,6 +942,20 @@ impl<A: App> Stack<A> {
         self.free.push(id);
         (conn.tag, handle_of(id, conn.generation))
     }
+}
+
+/// Whether a connection on idle buffers needs full ones: the peer filled
+/// half its receive buffer, or a request is held incomplete, or the
+/// socket cannot take the output waiting for it.
+fn needs_room<A: App>(app: &mut A, conn: &Conn) -> bool {
+    if conn.aborted || conn.closing || conn.peer_closed {
+        return false;
+    }
+    let socket = &conn.socket;
+    socket.recv_queue() * 2 >= socket.recv_capacity()
+        || !conn.input.is_empty()
+        || app.output(conn.tag).len()
+            > conn.in_socket + (socket.send_capacity() - socket.send_queue())
 }
 
 /// Drops the output the peer acknowledged, then hands the socket what it

@@ -36,7 +36,7 @@ use super::{handle_of, micros, settle_acked, App, Carry, Stack, WireTrack, KEEP_
 use crate::net::device::FrameDevice;
 use crate::net::flow::FlowKey;
 use crate::net::link::{Link, MemoryLink};
-use crate::net::memory::Role;
+use crate::net::memory::{PooledSocket, Role};
 
 /// Exported connections in memory: records of [`record::LEN`] bytes, and
 /// the byte streams they point into. (Across processes the same records
@@ -340,22 +340,21 @@ impl<A: App> Stack<A> {
             .poll_ingress_single(now, &mut device, &mut self.no_sockets);
     }
 
-    /// Brings a fresh socket to the record's state through a synthetic
-    /// handshake, and files it as a connection of this stack.
-    #[allow(clippy::too_many_arguments)]
-    fn restore_conn<L: Link>(
+    /// A fresh socket for `role`, brought to the record's state by a
+    /// synthetic handshake that never leaves this stack: the peer's SYN
+    /// (so that its next byte is the first one unread), our SYN-ACK
+    /// captured for its ISN, the peer's ACK, the unread bytes `rx`, and
+    /// its FIN if it sent one. Returns the socket, the Δ from its
+    /// sequence numbers to the real ones, and the SYN's sequence number.
+    fn synthesize<L: Link>(
         &mut self,
         key: FlowKey,
         record: &ConnRecord,
-        tx: &[u8],
-        held: &[u8],
         rx: &[u8],
+        role: Role,
         now: Instant,
         link: &mut L,
-    ) -> Result<(), &'static str> {
-        if self.flows.contains_key(&key) {
-            return Err("the flow is already open");
-        }
+    ) -> Result<(PooledSocket, u32, u32), &'static str> {
         if mss(self.config.mtu) < record.our_mss {
             return Err("the MTU is smaller than the one the peer was told");
         }
@@ -365,21 +364,14 @@ impl<A: App> Stack<A> {
             .contains(&key.local_port())
             .then_some(KEEP_ALIVE);
         let mut socket = self
-            .new_socket(Role::Client, keep_alive)
+            .new_socket(role, keep_alive)
             .ok_or("no socket memory")?;
-        if socket.recv_capacity() != record.rx_capacity as usize {
-            // Our window scale follows the receive buffer; the peer keeps
-            // applying the old one.
-            self.memory.release(socket);
-            return Err("the receive buffer size differs");
-        }
         socket.listen(key.local_port()).expect("a non-zero port");
         let synthetic = Synthetic::new(record, self.config.mac);
         let mut capture = MemoryLink {
             caps: link.capabilities(),
             sent: Default::default(),
         };
-        // The peer's SYN, so that its next byte is the first one unread.
         let syn_seq = record.rcv_nxt.wrapping_sub(rx.len() as u32).wrapping_sub(1);
         let syn = synthetic.frame(syn_seq, None, TcpControl::Syn, true, &[]);
         socket.poll_ingress(
@@ -439,6 +431,134 @@ impl<A: App> Stack<A> {
                 self.memory.release(socket);
                 return Err("the synthetic handshake did not reach the record's state");
             }
+        }
+        Ok((socket, delta, syn_seq))
+    }
+
+    /// Moves client connection `id` from its idle buffers to full ones:
+    /// a new socket brought to the connection's state by a synthetic
+    /// handshake (as a successor restores one), holding the bytes the old
+    /// one had received and not yet given out, and the output the peer
+    /// has not acknowledged; the old socket is dropped without a word to
+    /// the peer. Both receive buffers are under 64 KiB, so neither uses a
+    /// window scale: the peer's view of the window stays right. On `Err`
+    /// the connection keeps its idle buffers for good.
+    pub(super) fn upgrade<L: Link>(
+        &mut self,
+        id: u32,
+        now: Instant,
+        link: &mut L,
+    ) -> Result<(), &'static str> {
+        let (cfg_address, mtu) = (self.config.address, self.config.mtu);
+        let conn = self.conns[id as usize].as_mut().expect("a live connection");
+        conn.small = false;
+        let Some(snd_base) = conn.wire.snd_base else {
+            return Err("our SYN-ACK was not seen");
+        };
+        settle_acked(&mut self.app, conn);
+        let mut rx = Vec::new();
+        while conn.socket.can_recv() {
+            let _ = conn.socket.recv(|data| {
+                rx.extend_from_slice(data);
+                (data.len(), ())
+            });
+        }
+        let tx = self.app.output(conn.tag).to_vec();
+        let wire = conn.wire;
+        let (peer_ip, peer_port) = conn.key.peer();
+        let record = ConnRecord {
+            state: TcpState::Established,
+            flags: if wire.handshake.sack_permitted {
+                flags::SACK_OK
+            } else {
+                0
+            },
+            old_core: 0,
+            peer_ip: peer_ip.octets(),
+            local_ip: cfg_address.octets(),
+            peer_port,
+            local_port: conn.key.local_port(),
+            peer_mac: wire.peer_mac,
+            peer_mss: wire.handshake.mss.unwrap_or(536),
+            peer_window_scale: wire.handshake.window_scale,
+            our_mss: mss(mtu),
+            peer_window: wire.peer_window,
+            snd_una: snd_base.wrapping_add(wire.acked),
+            rcv_nxt: wire
+                .rcv_base
+                .wrapping_add(wire.read)
+                .wrapping_add(rx.len() as u32),
+            peer_tsval: 0,
+            rx_capacity: 0,
+            tx_capacity: 0,
+            pool: 0,
+            pool_name_hash: 0,
+            user_name_hash: 0,
+            streams: Streams::default(),
+        };
+        let key = conn.key;
+        let (socket, delta, syn_seq) =
+            match self.synthesize(key, &record, &rx, Role::Client, now, link) {
+                Ok(done) => done,
+                Err(why) => {
+                    // The old socket gave its unread bytes out: they wait
+                    // as held input instead.
+                    let conn = self.conns[id as usize].as_mut().expect("a live connection");
+                    conn.wire.read = conn.wire.read.wrapping_add(rx.len() as u32);
+                    conn.input.extend_from_slice(&rx);
+                    conn.input_blocked |= !conn.input.is_empty();
+                    return Err(why);
+                }
+            };
+        let conn = self.conns[id as usize].as_mut().expect("a live connection");
+        let old = std::mem::replace(&mut conn.socket, socket);
+        conn.wire.rcv_base = syn_seq.wrapping_add(1);
+        conn.wire.read = 0;
+        conn.wire.snd_base = Some(record.snd_una);
+        conn.wire.acked = 0;
+        conn.wire.xlate = Some(delta);
+        #[cfg(test)]
+        if !self.translate {
+            conn.wire.xlate = None;
+        }
+        conn.in_socket = conn.socket.send_slice(&tx).unwrap_or(0);
+        if !conn.received {
+            conn.received = true;
+            self.received.push(id);
+        }
+        self.memory.release(old);
+        Ok(())
+    }
+
+    /// Brings a fresh socket to the record's state through a synthetic
+    /// handshake, and files it as a connection of this stack.
+    #[allow(clippy::too_many_arguments)]
+    fn restore_conn<L: Link>(
+        &mut self,
+        key: FlowKey,
+        record: &ConnRecord,
+        tx: &[u8],
+        held: &[u8],
+        rx: &[u8],
+        now: Instant,
+        link: &mut L,
+    ) -> Result<(), &'static str> {
+        if self.flows.contains_key(&key) {
+            return Err("the flow is already open");
+        }
+        // Idle buffers for a connection that had them.
+        let idle = self.memory.idle_size();
+        let role = if idle > 0 && record.rx_capacity == idle {
+            Role::Idle
+        } else {
+            Role::Client
+        };
+        let (socket, delta, syn_seq) = self.synthesize(key, record, rx, role, now, link)?;
+        if socket.recv_capacity() != record.rx_capacity as usize {
+            // Our window scale follows the receive buffer; the peer keeps
+            // applying the old one.
+            self.memory.release(socket);
+            return Err("the receive buffer size differs");
         }
         let id = self.insert(key, socket, false);
         let handle = handle_of(id, self.generations[id as usize]);

@@ -292,6 +292,7 @@ impl Net {
             client: 32 << 10,
             client_send: 8 << 10,
             server: 256 << 10,
+            idle: 2 << 10,
         };
         let pool = SocketPool::heap(sizes, 64);
         let memory = pool.core(0).expect("core 0");
@@ -622,6 +623,38 @@ fn large_set_and_get_pipelines_are_answered_in_order() {
                 "round {round}: replies differ"
             );
         }
+        // It started on idle buffers and outgrew them, unseen.
+        assert_eq!(net.stack.stats().upgrades, 1);
+    });
+}
+
+/// A client that only pings keeps its idle buffers; one that sends a
+/// request larger than them moves to full ones and is answered in full,
+/// then goes on pipelining.
+#[test]
+fn an_idle_client_keeps_small_buffers_until_a_request_outgrows_them() {
+    within(60, || {
+        let mut net = Net::new();
+        let idle = net.client(4096);
+        let busy = net.client(4096);
+        assert!(net.pings(2000));
+        assert_eq!(net.stack.stats().upgrades, 0);
+        let mut model = Model::default();
+        let value = vec![b'v'; 20_000];
+        let mut request = model.set(b"big".to_vec(), value);
+        request.extend(model.get(b"big"));
+        for _ in 0..200 {
+            request.extend(model.get(b"big"));
+        }
+        let expected = std::mem::take(&mut model.replies);
+        net.write(busy, &request);
+        assert!(net.run_until(400_000, |n| n.received(busy).len() >= expected.len()));
+        assert!(net.received(busy) == &expected[..], "replies differ");
+        assert_eq!(net.stack.stats().upgrades, 1);
+        // The idle one still answers, on its small buffers.
+        net.write(idle, b"*1\r\n$4\r\nPING\r\n");
+        assert!(net.run_until(10_000, |n| n.received(idle).ends_with(b"+PONG\r\n")));
+        assert_eq!(net.stack.stats().upgrades, 1);
     });
 }
 

@@ -635,6 +635,7 @@ impl Cores {
             client: 32 << 10,
             client_send: 8 << 10,
             server: 256 << 10,
+            idle: 2 << 10,
         };
         let pool = SocketPool::heap(sizes, 64);
         let now = Instant::from_millis(1);
