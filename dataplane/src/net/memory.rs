@@ -123,13 +123,26 @@ impl SocketPool {
         clients: u32,
     ) -> Result<SocketPool, PoolError> {
         let config = pool_config(sizes, clients);
+        let mut sizes = sizes;
         let pool = match Pool::attach(region, "sockets") {
             Ok(pool) => {
                 let found: Vec<u32> = (0..pool.class_count())
                     .map(|c| pool.chunk_size(c))
                     .collect();
-                let wanted: Vec<u32> = config.classes.iter().map(|c| c.chunk_size).collect();
-                if found != wanted {
+                let chunk_sizes = |sizes: Sizes| -> Vec<u32> {
+                    let config = pool_config(sizes, 0);
+                    config.classes.iter().map(|c| c.chunk_size).collect()
+                };
+                let wanted = chunk_sizes(sizes);
+                let without_idle = Sizes { idle: 0, ..sizes };
+                if found != wanted && found == chunk_sizes(without_idle) {
+                    // Left by a dataplane without idle buffers (a hot
+                    // upgrade from one): full buffers from accept on.
+                    tracing::warn!(
+                        "the region's socket pool has no class for idle buffers: client connections get full buffers from accept on"
+                    );
+                    sizes = without_idle;
+                } else if found != wanted {
                     return Err(PoolError::Config(format!(
                         "the region's socket pool has chunks of {found:?} bytes; this dataplane wants {wanted:?} (other --client-*-buffer-kib?)"
                     )));
@@ -443,6 +456,32 @@ mod tests {
         memory.release(server);
         let stats = pool.pool.stats();
         assert!(stats.classes.iter().all(|c| c.in_use == 0));
+    }
+
+    #[test]
+    fn a_pool_left_without_idle_buffers_is_taken_with_full_buffers() {
+        let old = Sizes {
+            client: 4096,
+            client_send: 2048,
+            server: 8192,
+            idle: 0,
+        };
+        let region = Region::heap(1 << 20);
+        drop(SocketPool::in_region(&region, old, 4).unwrap());
+        // A successor with idle buffers takes the pool, without them.
+        let new = Sizes { idle: 1024, ..old };
+        let pool = SocketPool::in_region(&region, new, 4).unwrap();
+        let mut memory = pool.core(0).unwrap();
+        assert_eq!(memory.idle_size(), 0);
+        let socket = memory.socket(Role::Idle, |_| {}).unwrap();
+        assert_eq!(socket.socket().recv_capacity(), 4096);
+        memory.release(socket);
+        // Other sizes still are refused.
+        let other = Sizes {
+            client: 8192,
+            ..new
+        };
+        assert!(SocketPool::in_region(&region, other, 4).is_err());
     }
 
     #[test]
