@@ -28,6 +28,19 @@ def parse(value):
     return value[5], length, crc, value[HEADER:]
 
 
+def _length(src, i, length):
+    """A token's 4-bit length, extended by the bytes at `i` when it is 15;
+    the length and where the bytes end."""
+    if length == 15:
+        while True:
+            b = src[i]
+            i += 1
+            length += b
+            if b != 255:
+                break
+    return length, i
+
+
 def lz4_block(src, n):
     """LZ4 block format (no frame, no size prefix), to n bytes."""
     out = bytearray()
@@ -35,28 +48,14 @@ def lz4_block(src, n):
     while i < len(src):
         token = src[i]
         i += 1
-        literals = token >> 4
-        if literals == 15:
-            while True:
-                b = src[i]
-                i += 1
-                literals += b
-                if b != 255:
-                    break
+        literals, i = _length(src, i, token >> 4)
         out += src[i:i + literals]
         i += literals
         if i >= len(src):
             break
         offset = src[i] | src[i + 1] << 8
         i += 2
-        length = token & 15
-        if length == 15:
-            while True:
-                b = src[i]
-                i += 1
-                length += b
-                if b != 255:
-                    break
+        length, i = _length(src, i, token & 15)
         length += 4
         start = len(out) - offset
         if offset >= length:

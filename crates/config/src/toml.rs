@@ -417,19 +417,7 @@ impl Cx<'_> {
                 }),
                 "read_policy" => string(value).and_then(|s| {
                     draft.read_policy_line = Some(line);
-                    let policy = ReadPolicy::ALL.iter().find(|(n, _)| *n == s);
-                    let names: Vec<&str> = ReadPolicy::ALL.iter().map(|(n, _)| *n).collect();
-                    let policy = policy.map(|(_, p)| *p).ok_or_else(|| {
-                        shown(
-                            s,
-                            format!(
-                                "expected one of {}{}",
-                                names.join(", "),
-                                check::did_you_mean(s, &names)
-                            ),
-                        )
-                    })?;
-                    pool.read_policy = policy;
+                    pool.read_policy = one_of(s, &ReadPolicy::ALL)?;
                     Ok(())
                 }),
                 "sentinels" => {
@@ -801,19 +789,7 @@ impl Cx<'_> {
             entries,
             |this, key, value, line, what| match key {
                 "algorithm" => string(value).and_then(|s| {
-                    let names: Vec<&str> =
-                        CompressionAlgorithm::ALL.iter().map(|(n, _)| *n).collect();
-                    let found = CompressionAlgorithm::ALL.iter().find(|(n, _)| *n == s);
-                    compression.algorithm = found.map(|(_, a)| *a).ok_or_else(|| {
-                        shown(
-                            s,
-                            format!(
-                                "expected one of {}{}",
-                                names.join(", "),
-                                check::did_you_mean(s, &names)
-                            ),
-                        )
-                    })?;
+                    compression.algorithm = one_of(s, &CompressionAlgorithm::ALL)?;
                     Ok(())
                 }),
                 "min_size" => byte_size(value).map(|n| compression.min_size = n),
@@ -1057,6 +1033,23 @@ fn unknown_hint(key: &str) -> String {
 /// ` "value": reason`, the way a rejected value is shown after its key.
 fn shown(value: &str, reason: String) -> String {
     format!(" {value:?}: {reason}")
+}
+
+/// The value named `s` in `all` (name, value), or why not, with the names
+/// there are and the nearest one.
+fn one_of<T: Copy>(s: &str, all: &[(&str, T)]) -> Result<T, String> {
+    if let Some(&(_, value)) = all.iter().find(|(name, _)| *name == s) {
+        return Ok(value);
+    }
+    let names: Vec<&str> = all.iter().map(|(name, _)| *name).collect();
+    Err(shown(
+        s,
+        format!(
+            "expected one of {}{}",
+            names.join(", "),
+            check::did_you_mean(s, &names)
+        ),
+    ))
 }
 
 /// Type mismatches read `key: expected ..., found ...`, hence the leading

@@ -22,6 +22,7 @@
 //! reads (`mg`), which would see the stored form, are refused on covered
 //! keys.
 
+use std::io::Write;
 use std::sync::OnceLock;
 
 use ferrox_proto::memcache;
@@ -303,15 +304,13 @@ impl Compression {
                     out.truncate(start);
                     out.extend_from_slice(b"SERVER_ERROR ferrox: the stored value of ");
                     out.extend_from_slice(&key[..key.len().min(250)]);
-                    out.extend_from_slice(format!(" is unreadable: {corrupt}\r\n").as_bytes());
+                    let _ = write!(out, " is unreadable: {corrupt}\r\n");
                     return Ok(());
                 }
                 counters.decompressed_values += 1;
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(key);
-                out.extend_from_slice(
-                    format!(" {} {}", flags & !self.flag, self.scratch.len()).as_bytes(),
-                );
+                let _ = write!(out, " {} {}", flags & !self.flag, self.scratch.len());
                 if let Some(cas) = cas {
                     out.push(b' ');
                     out.extend_from_slice(cas);
@@ -360,8 +359,13 @@ impl Compression {
                 out.push(b' ');
             }
             match i {
-                2 if framed => out.extend_from_slice((flags | self.flag).to_string().as_bytes()),
-                4 => out.extend_from_slice(len.to_string().as_bytes()),
+                // Numbers written in place: no allocation per store.
+                2 if framed => {
+                    let _ = write!(out, "{}", flags | self.flag);
+                }
+                4 => {
+                    let _ = write!(out, "{len}");
+                }
                 _ => out.extend_from_slice(&request[range.clone()]),
             }
         }

@@ -95,11 +95,11 @@ impl Hot {
 
     /// Counts a read of `key`, and looks it up when it is hot.
     pub fn read(&mut self, key: &[u8], now: Micros, counters: &mut PoolCounters) -> Lookup<'_> {
-        if !self.detector.record(key, now) {
-            self.forget_cooled();
+        let hot = self.detector.record(key, now);
+        self.forget_cooled();
+        if !hot {
             return Lookup::Cold;
         }
-        self.forget_cooled();
         let ticket = self.cache.ticket();
         match self.cache.get(key, now) {
             Some(reply) => {

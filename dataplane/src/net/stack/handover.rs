@@ -135,6 +135,51 @@ fn exported_state(state: State) -> Option<TcpState> {
 
 /// The MSS a port of `mtu` announces (IPv4 and TCP headers without
 /// options), as smoltcp computes it.
+/// What the wire says of an established connection (`unread`: bytes it
+/// received that are not yet counted as read), for a synthetic handshake:
+/// addresses, options, windows and sequence numbers; no application state.
+fn wire_record(
+    conn: &super::Conn,
+    snd_base: u32,
+    unread: usize,
+    address: Ipv4Address,
+    mtu: u16,
+) -> ConnRecord {
+    let wire = conn.wire;
+    let (peer_ip, peer_port) = conn.key.peer();
+    ConnRecord {
+        state: TcpState::Established,
+        flags: if wire.handshake.sack_permitted {
+            flags::SACK_OK
+        } else {
+            0
+        },
+        old_core: 0,
+        peer_ip: peer_ip.octets(),
+        local_ip: address.octets(),
+        peer_port,
+        local_port: conn.key.local_port(),
+        peer_mac: wire.peer_mac,
+        // RFC 9293: 536 when the SYN named none.
+        peer_mss: wire.handshake.mss.unwrap_or(536),
+        peer_window_scale: wire.handshake.window_scale,
+        our_mss: mss(mtu),
+        peer_window: wire.peer_window,
+        snd_una: snd_base.wrapping_add(wire.acked),
+        rcv_nxt: wire
+            .rcv_base
+            .wrapping_add(wire.read)
+            .wrapping_add(unread as u32),
+        peer_tsval: 0,
+        rx_capacity: 0,
+        tx_capacity: 0,
+        pool: 0,
+        pool_name_hash: 0,
+        user_name_hash: 0,
+        streams: Streams::default(),
+    }
+}
+
 fn mss(mtu: u16) -> u16 {
     mtu.saturating_sub(40)
 }
@@ -222,7 +267,6 @@ impl<A: App> Stack<A> {
             return false;
         };
         let wire = conn.wire;
-        let (peer_ip, peer_port) = conn.key.peer();
         let mut record_flags = 0;
         for (on, flag) in [
             (wire.handshake.sack_permitted, flags::SACK_OK),
@@ -239,28 +283,12 @@ impl<A: App> Stack<A> {
             state,
             flags: record_flags,
             old_core: cfg_core as u16,
-            peer_ip: peer_ip.octets(),
-            local_ip: cfg_address.octets(),
-            peer_port,
-            local_port: conn.key.local_port(),
-            peer_mac: wire.peer_mac,
-            // RFC 9293: 536 when the SYN named none.
-            peer_mss: wire.handshake.mss.unwrap_or(536),
-            peer_window_scale: wire.handshake.window_scale,
-            our_mss: mss(mtu),
-            peer_window: wire.peer_window,
-            snd_una: snd_base.wrapping_add(wire.acked),
-            rcv_nxt: wire
-                .rcv_base
-                .wrapping_add(wire.read)
-                .wrapping_add(rx.len() as u32),
-            peer_tsval: 0,
             rx_capacity: conn.socket.recv_capacity() as u32,
             tx_capacity: conn.socket.send_capacity() as u32,
             pool: carry.pool,
             pool_name_hash: carry.pool_name_hash,
             user_name_hash: carry.user_name_hash,
-            streams: Streams::default(),
+            ..wire_record(conn, snd_base, rx.len(), cfg_address, mtu)
         };
         out.push(record, &tx, &conn.input, &rx);
         true
@@ -464,38 +492,7 @@ impl<A: App> Stack<A> {
             });
         }
         let tx = self.app.output(conn.tag).to_vec();
-        let wire = conn.wire;
-        let (peer_ip, peer_port) = conn.key.peer();
-        let record = ConnRecord {
-            state: TcpState::Established,
-            flags: if wire.handshake.sack_permitted {
-                flags::SACK_OK
-            } else {
-                0
-            },
-            old_core: 0,
-            peer_ip: peer_ip.octets(),
-            local_ip: cfg_address.octets(),
-            peer_port,
-            local_port: conn.key.local_port(),
-            peer_mac: wire.peer_mac,
-            peer_mss: wire.handshake.mss.unwrap_or(536),
-            peer_window_scale: wire.handshake.window_scale,
-            our_mss: mss(mtu),
-            peer_window: wire.peer_window,
-            snd_una: snd_base.wrapping_add(wire.acked),
-            rcv_nxt: wire
-                .rcv_base
-                .wrapping_add(wire.read)
-                .wrapping_add(rx.len() as u32),
-            peer_tsval: 0,
-            rx_capacity: 0,
-            tx_capacity: 0,
-            pool: 0,
-            pool_name_hash: 0,
-            user_name_hash: 0,
-            streams: Streams::default(),
-        };
+        let record = wire_record(conn, snd_base, rx.len(), cfg_address, mtu);
         let key = conn.key;
         let (socket, delta, syn_seq) =
             match self.synthesize(key, &record, &rx, Role::Client, now, link) {
