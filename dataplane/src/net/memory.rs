@@ -180,6 +180,7 @@ impl SocketPool {
                     usize::MAX
                 },
             ],
+            held: 0,
         })
     }
 
@@ -201,6 +202,8 @@ pub struct SocketMemory {
     /// The pool classes of a client's receive and send buffers, a server
     /// connection's, and an idle client's (`usize::MAX`: none).
     classes: [usize; 4],
+    /// Bytes of buffers this core's sockets hold.
+    held: u64,
 }
 
 /// Which buffers a socket gets.
@@ -220,6 +223,11 @@ impl SocketMemory {
     /// connections get the full buffers).
     pub fn idle_size(&self) -> u32 {
         self.sizes.idle
+    }
+
+    /// Bytes of buffers this core's sockets hold.
+    pub fn held_bytes(&self) -> u64 {
+        self.held
     }
 
     /// A chunk of `class`; when the pool has none left, it grows by half
@@ -268,6 +276,7 @@ impl SocketMemory {
                 return Err(e);
             }
         };
+        self.held += u64::from(rx_size) + u64::from(tx_size);
         let pool = self.cache.pool();
         let rx_bytes = unbounded(&mut pool.payload_mut(&mut rx)[..rx_size as usize]);
         let tx_bytes = unbounded(&mut pool.payload_mut(&mut tx)[..tx_size as usize]);
@@ -288,6 +297,7 @@ impl SocketMemory {
 
     /// Drops the socket, then gives its buffers back.
     pub fn release(&mut self, socket: PooledSocket) {
+        self.held -= (socket.recv_capacity() + socket.send_capacity()) as u64;
         let PooledSocket {
             set,
             chunks,

@@ -202,6 +202,8 @@ pub struct StackStats {
     pub close_timeouts: u64,
     /// Client connections moved from idle buffers to full ones.
     pub upgrades: u64,
+    /// Bytes of socket buffers held (a gauge).
+    pub socket_buffer_bytes: u64,
 }
 
 /// Room for held-back input a connection keeps between messages.
@@ -278,6 +280,11 @@ struct WireTrack {
     peer_mac: [u8; 6],
     /// The window field of the peer's last segment, unscaled.
     peer_window: u16,
+    /// The real sequence number just past the furthest data the peer
+    /// sent. Past the bytes the socket holds in order, it is data behind
+    /// a hole, which smoltcp keeps and may have acknowledged selectively
+    /// (or data it dropped, which the peer sends again).
+    rcv_high: u32,
     /// The real sequence number of the first byte the socket received
     /// (the peer's ISN + 1), and bytes read from the socket since.
     rcv_base: u32,
@@ -396,6 +403,7 @@ impl<A: App> Stack<A> {
     pub fn stats(&self) -> StackStats {
         StackStats {
             open: self.flows.len() as u64,
+            socket_buffer_bytes: self.memory.held_bytes(),
             ..self.stats.clone()
         }
     }
@@ -460,7 +468,7 @@ impl<A: App> Stack<A> {
                     .as_mut()
                     .expect("flow table points at a live connection");
                 if !conn.active {
-                    conn.wire.observe(frame);
+                    conn.wire.observe(frame, conn.socket.recv_capacity());
                 }
                 let xlate = conn.wire.xlate;
                 let frame = match xlate {
@@ -751,6 +759,7 @@ impl<A: App> Stack<A> {
             conn.wire.handshake = syn.options;
             conn.wire.peer_mac = syn.src_mac;
             conn.wire.rcv_base = syn.seq.wrapping_add(1);
+            conn.wire.rcv_high = conn.wire.rcv_base;
         }
         self.handshaking += 1;
         self.stats.accepted += 1;
@@ -827,7 +836,11 @@ impl<A: App> Stack<A> {
             }
         }
 
-        if conn.small && state == State::Established && needs_room(&mut self.app, conn) {
+        if conn.small
+            && state == State::Established
+            && !holds_data_past_a_hole(conn)
+            && needs_room(&mut self.app, conn)
+        {
             // Outgrown its idle buffers: onto full ones, the client none
             // the wiser.
             if let Err(why) = self.upgrade(id, now, link) {
@@ -944,6 +957,22 @@ impl<A: App> Stack<A> {
     }
 }
 
+/// Whether the socket holds data past a hole. A move waits for the hole
+/// to fill: the new socket would not have that data, and a peer that saw
+/// it acknowledged selectively does not send it again (Linux waits for
+/// its retransmission timer to back off, minutes, with the connection
+/// stalled).
+fn holds_data_past_a_hole(conn: &Conn) -> bool {
+    // Once the peer's FIN is in, nothing lies past it.
+    matches!(
+        conn.socket.state(),
+        State::Established | State::FinWait1 | State::FinWait2
+    ) && seq_after(
+        conn.wire.rcv_high,
+        conn.wire.rcv_nxt(conn.socket.recv_queue()),
+    )
+}
+
 /// Whether a connection on idle buffers needs full ones: the peer filled
 /// half its receive buffer, or a request is held incomplete, or the
 /// socket cannot take the output waiting for it.
@@ -1056,14 +1085,39 @@ fn take_input<A: App>(app: &mut A, conn: &mut Conn, now: u64) -> (bool, bool) {
 }
 
 impl WireTrack {
-    /// Notes what a handover needs from a frame of the peer's: the window
-    /// it last advertised (a few loads; the MAC and options come from its
-    /// SYN).
-    fn observe(&mut self, frame: &[u8]) {
-        if let Some(window) = ferrox_handover::segment::ack_window(frame) {
-            self.peer_window = window;
+    /// Notes what a handover needs from a frame of the peer's (a few
+    /// loads; the MAC and options come from its SYN): the window it last
+    /// advertised, and how far its data reached within a receive buffer
+    /// of `capacity` bytes (smoltcp drops what lies beyond).
+    fn observe(&mut self, frame: &[u8], capacity: usize) {
+        if let Some(glance) = ferrox_handover::segment::glance(frame) {
+            if let Some(window) = glance.window {
+                self.peer_window = window;
+            }
+            let room_end = self.rcv_nxt(capacity);
+            let end = if seq_after(glance.data_end, room_end) {
+                room_end
+            } else {
+                glance.data_end
+            };
+            if seq_after(end, self.rcv_high) {
+                self.rcv_high = end;
+            }
         }
     }
+
+    /// The real sequence number after the bytes the socket holds in
+    /// order (`unread` of them not yet read).
+    fn rcv_nxt(&self, unread: usize) -> u32 {
+        self.rcv_base
+            .wrapping_add(self.read)
+            .wrapping_add(unread as u32)
+    }
+}
+
+/// Whether sequence number `a` comes after `b` (modulo 2³²).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 mod handover;

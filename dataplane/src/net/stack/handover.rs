@@ -166,10 +166,7 @@ fn wire_record(
         our_mss: mss(mtu),
         peer_window: wire.peer_window,
         snd_una: snd_base.wrapping_add(wire.acked),
-        rcv_nxt: wire
-            .rcv_base
-            .wrapping_add(wire.read)
-            .wrapping_add(unread as u32),
+        rcv_nxt: wire.rcv_nxt(unread),
         peer_tsval: 0,
         rx_capacity: 0,
         tx_capacity: 0,
@@ -195,8 +192,16 @@ impl<A: App> Stack<A> {
         self.app.end_drain();
     }
 
+    /// No request is in flight, and no client socket holds data past a
+    /// hole (a successor would not have it, and a peer that saw it
+    /// acknowledged selectively would not send it again).
     pub fn drained(&self) -> bool {
         self.app.drained()
+            && !self
+                .conns
+                .iter()
+                .flatten()
+                .any(|conn| !conn.active && super::holds_data_past_a_hole(conn))
     }
 
     /// Freezes the core: resets every server connection (their requests
@@ -459,6 +464,18 @@ impl<A: App> Stack<A> {
                 self.memory.release(socket);
                 return Err("the synthetic handshake did not reach the record's state");
             }
+            // smoltcp's answers to all this were captured, yet it now
+            // believes the peer heard them: it would send no window
+            // update when its window opens, and a peer that last heard of
+            // a full (or idle-sized) window would wait on its persist
+            // timer, backing off for minutes. An old byte, resent, is
+            // answered at once with an ACK that tells the peer the window.
+            let rcv_nxt = seq.wrapping_add(u32::from(record.state.peer_closed()));
+            let old_byte =
+                synthetic.frame(rcv_nxt.wrapping_sub(1), ack, TcpControl::None, false, b"\0");
+            let mut device = FrameDevice::ingress(&old_byte, link).translated(Some(delta));
+            socket.poll_ingress(&mut self.iface, now, &mut device);
+            self.stats.tx_no_mbuf += device.tx_no_mbuf;
         }
         Ok((socket, delta, syn_seq))
     }
@@ -593,6 +610,7 @@ impl<A: App> Stack<A> {
             peer_mac: record.peer_mac,
             peer_window: record.peer_window,
             rcv_base: syn_seq.wrapping_add(1),
+            rcv_high: record.rcv_nxt,
             read: 0,
             snd_base: Some(record.snd_una),
             acked: 0,
