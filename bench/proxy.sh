@@ -7,7 +7,8 @@
 #                       every scenario, default 1; MTU: of ferrox's port
 #                       and the veth pair, default 3438, the most af_xdp
 #                       carries; IDLE_STEPS: idle client connection counts
-#                       for the memory figure, default "1000 2000 5000", ""
+#                       for the memory figure, and the GET rate of 100
+#                       active clients beside the most, default "1000 2000 5000", ""
 #                       or 0 to skip (IDLE=n, the older form: one count;
 #                       up to 250,000: five source addresses);
 #                       DP_ARGS: more ferrox-dataplane arguments, to try a
@@ -135,6 +136,7 @@ if [ -n "$RESULTS" ]; then
 # meta	KEY	VALUE
 # request	SCENARIO	TEST	TARGET	ROUND	REQ_PER_S	P50_MS	P99_MS	CPU_S_PER_M_REQ	FRAMES_PER_REQ
 # memory	TARGET	IDLE_CONNECTIONS	KIB_PER_CONNECTION
+# active	TARGET	IDLE_CONNECTIONS	GET_PER_S	RATIO_TO_NO_IDLE
 # CPU and frames are per scenario, target and round (GET and SET together).
 EOF
   result meta date "$(date -u +%Y-%m-%dT%H:%MZ)"
@@ -250,7 +252,13 @@ for n in steps:
     if not sys.stdin.readline():
         break
 PY
-declare -A per_conn
+declare -A per_conn active
+# GET/s of 100 active clients (unpipelined, like pooled application
+# connections), beside however many idle ones are held.
+active_rate() {
+  in_ns bash -c "ulimit -n 65536 2>/dev/null; timeout 120 redis-benchmark -h $1 -p 22121 -c 100 \
+    -n $N -r 100000 -t get --csv" | grep -E '^"GET"' | tr -d '"' | awk -F, '{print $2}'
+}
 idle_memory() {
   local target host pid before after ready held n steps most
   for target in twemproxy ferrox; do
@@ -263,6 +271,11 @@ idle_memory() {
     [ "$target" = twemproxy ] && steps=$(tr ' ' '\n' <<<"$IDLE_STEPS" | awk -v m="$NC_MOST" '$1 <= m' | xargs)
     [ -n "$steps" ] || continue
     most=${steps##* }
+    # The active clients' rate with no idle connection, and (below) beside
+    # the most; measured out of the memory readings (they would count
+    # what the active connections grew).
+    active[$target/0]=$(active_rate "$host")
+    sleep 2
     before=$(memory_kib "$pid")
     # The holder prints "ready N" once N connections have their reply, opens
     # the next count's on a line from its stdin, and holds the last count's
@@ -275,6 +288,11 @@ idle_memory() {
       after=$(memory_kib "$pid")
       per_conn[$target/$n]=$(awk -v a="$before" -v b="$after" -v n="$n" 'BEGIN { printf "%.1f", (b - a) / n }')
       result memory "$target" "$n" "${per_conn[$target/$n]}"
+      if [ "$n" = "$most" ]; then
+        active[$target/$n]=$(active_rate "$host")
+        result active "$target" "$n" "${active[$target/$n]}" \
+          "$(awk -v a="${active[$target/$n]}" -v b="${active[$target/0]}" 'BEGIN { printf "%.2f", a / b }')"
+      fi
       [ "$n" = "$most" ] || echo >&"${HOLD[1]}"
     done
     exec {HOLD[1]}>&-
@@ -363,9 +381,14 @@ for scenario in $SCENARIOS; do
   done
 done
 if [ -n "$IDLE_STEPS" ]; then
-  printf '\n| idle client connections | twemproxy KiB per connection | ferrox KiB per connection |\n|---|---|---|\n'
+  printf '\n| idle client connections | twemproxy KiB per connection | ferrox KiB per connection | twemproxy GET/s of 100 active | ferrox GET/s of 100 active (vs none idle) |\n|---|---|---|---|---|\n'
+  printf '| 0 | - | - | %s | %s |\n' "${active[twemproxy/0]:--}" "${active[ferrox/0]}"
   for n in $IDLE_STEPS; do
-    printf '| %s | %s | %s |\n' "$n" "${per_conn[twemproxy/$n]:--}" "${per_conn[ferrox/$n]}"
+    ratio=-
+    [ -n "${active[ferrox/$n]:-}" ] &&
+      ratio="$(awk -v a="${active[ferrox/$n]}" -v b="${active[ferrox/0]}" 'BEGIN { printf "%.2f", a / b }')×"
+    printf '| %s | %s | %s | %s | %s (%s) |\n' "$n" "${per_conn[twemproxy/$n]:--}" "${per_conn[ferrox/$n]}" \
+      "${active[twemproxy/$n]:--}" "${active[ferrox/$n]:--}" "$ratio"
   done
 fi
 if [ -n "$RESULTS" ]; then echo "results: $RESULTS"; fi

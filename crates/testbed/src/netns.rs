@@ -462,10 +462,14 @@ pub fn bench_report(bench: Child) -> String {
 /// through ferrox is exactly `n` (no INCR lost or run twice). Returns the
 /// longest wait of the one-connection client, in ms.
 pub fn assert_incr_load_kept(ns: &Netns, mut bench: Child, single: Child, n: u64) -> u64 {
-    assert!(
-        bench.try_wait().unwrap().is_none(),
-        "the benchmark ended before the last change: raise its -n"
-    );
+    if bench.try_wait().unwrap().is_some() {
+        let out = bench.wait_with_output().unwrap();
+        panic!(
+            "the benchmark ended before the last change: raise its -n ({}{})",
+            String::from_utf8_lossy(&out.stdout).replace('\r', "\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     bench_report(bench);
     let (_, worst_ms) = single_connection_result(single);
     assert_eq!(
