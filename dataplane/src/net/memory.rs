@@ -230,6 +230,26 @@ impl SocketMemory {
         self.held
     }
 
+    /// The receive buffer size a socket for `role` gets.
+    pub fn recv_size(&self, role: Role) -> u32 {
+        self.buffers(role).0 .1
+    }
+
+    /// The pool class and size of the receive and the send buffer of a
+    /// socket for `role` (an idle one gets full buffers when the pool has
+    /// no idle class).
+    fn buffers(&self, role: Role) -> ((usize, u32), (usize, u32)) {
+        let [client, client_send, server, idle] = self.classes;
+        match role {
+            Role::Idle if idle != usize::MAX => ((idle, self.sizes.idle), (idle, self.sizes.idle)),
+            Role::Client | Role::Idle => (
+                (client, self.sizes.client),
+                (client_send, self.sizes.client_send),
+            ),
+            Role::Server => ((server, self.sizes.server), (server, self.sizes.server)),
+        }
+    }
+
     /// A chunk of `class`; when the pool has none left, it grows by half
     /// the chunks it has: geometric growth keeps the region's segment
     /// count low (from 1,024 connections to 100,000 in a dozen steps per
@@ -254,20 +274,7 @@ impl SocketMemory {
         role: Role,
         configure: impl FnOnce(&mut tcp::Socket<'static>),
     ) -> Result<PooledSocket, PoolError> {
-        let [client, client_send, server, idle] = self.classes;
-        let role = if role == Role::Idle && idle == usize::MAX {
-            Role::Client
-        } else {
-            role
-        };
-        let ((rx_class, rx_size), (tx_class, tx_size)) = match role {
-            Role::Client => (
-                (client, self.sizes.client),
-                (client_send, self.sizes.client_send),
-            ),
-            Role::Idle => ((idle, self.sizes.idle), (idle, self.sizes.idle)),
-            Role::Server => ((server, self.sizes.server), (server, self.sizes.server)),
-        };
+        let ((rx_class, rx_size), (tx_class, tx_size)) = self.buffers(role);
         let mut rx = self.chunk(rx_class)?;
         let mut tx = match self.chunk(tx_class) {
             Ok(chunk) => chunk,

@@ -843,10 +843,10 @@ impl<A: App> Stack<A> {
         {
             // Outgrown its idle buffers: onto full ones, the client none
             // the wiser.
-            if let Err(why) = self.upgrade(id, now, link) {
-                tracing::debug!(why, "a connection keeps its idle buffers");
+            match self.upgrade(id, now, link) {
+                Ok(()) => self.stats.upgrades += 1,
+                Err(why) => tracing::debug!(why, "a connection keeps its idle buffers"),
             }
-            self.stats.upgrades += 1;
             progressed = true;
         }
         let conn = self.conns[id as usize].as_mut().expect("a live connection");
@@ -959,9 +959,9 @@ impl<A: App> Stack<A> {
 
 /// Whether the socket holds data past a hole. A move waits for the hole
 /// to fill: the new socket would not have that data, and a peer that saw
-/// it acknowledged selectively does not send it again (Linux waits for
-/// its retransmission timer to back off, minutes, with the connection
-/// stalled).
+/// it acknowledged selectively need not send it again (until its
+/// retransmission timer gives up on the SACK, with the connection
+/// stalled meanwhile).
 fn holds_data_past_a_hole(conn: &Conn) -> bool {
     // Once the peer's FIN is in, nothing lies past it.
     matches!(

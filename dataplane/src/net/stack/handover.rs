@@ -133,8 +133,6 @@ fn exported_state(state: State) -> Option<TcpState> {
     })
 }
 
-/// The MSS a port of `mtu` announces (IPv4 and TCP headers without
-/// options), as smoltcp computes it.
 /// What the wire says of an established connection (`unread`: bytes it
 /// received that are not yet counted as read), for a synthetic handshake:
 /// addresses, options, windows and sequence numbers; no application state.
@@ -177,6 +175,24 @@ fn wire_record(
     }
 }
 
+/// What another socket needs to carry `conn` on: the bytes its socket
+/// received and did not give out yet (taken out of it), and the output
+/// the peer has not acknowledged (what it acknowledged since the last
+/// service is dropped first).
+fn take_streams<A: App>(app: &mut A, conn: &mut super::Conn) -> (Vec<u8>, Vec<u8>) {
+    settle_acked(app, conn);
+    let mut rx = Vec::new();
+    while conn.socket.can_recv() {
+        let _ = conn.socket.recv(|data| {
+            rx.extend_from_slice(data);
+            (data.len(), ())
+        });
+    }
+    (rx, app.output(conn.tag).to_vec())
+}
+
+/// The MSS a port of `mtu` announces (IPv4 and TCP headers without
+/// options), as smoltcp computes it.
 fn mss(mtu: u16) -> u16 {
     mtu.saturating_sub(40)
 }
@@ -258,16 +274,7 @@ impl<A: App> Stack<A> {
         if conn.aborted {
             return false;
         }
-        // What the peer acknowledged since the last service.
-        settle_acked(&mut self.app, conn);
-        let mut rx = Vec::new();
-        while conn.socket.can_recv() {
-            let _ = conn.socket.recv(|data| {
-                rx.extend_from_slice(data);
-                (data.len(), ())
-            });
-        }
-        let tx = self.app.output(conn.tag).to_vec();
+        let (rx, tx) = take_streams(&mut self.app, conn);
         let Some(carry) = self.app.export(conn.tag) else {
             return false;
         };
@@ -468,7 +475,7 @@ impl<A: App> Stack<A> {
             // believes the peer heard them: it would send no window
             // update when its window opens, and a peer that last heard of
             // a full (or idle-sized) window would wait on its persist
-            // timer, backing off for minutes. An old byte, resent, is
+            // timer, backing off. An old byte, resent, is
             // answered at once with an ACK that tells the peer the window.
             let rcv_nxt = seq.wrapping_add(u32::from(record.state.peer_closed()));
             let old_byte =
@@ -500,15 +507,7 @@ impl<A: App> Stack<A> {
         let Some(snd_base) = conn.wire.snd_base else {
             return Err("our SYN-ACK was not seen");
         };
-        settle_acked(&mut self.app, conn);
-        let mut rx = Vec::new();
-        while conn.socket.can_recv() {
-            let _ = conn.socket.recv(|data| {
-                rx.extend_from_slice(data);
-                (data.len(), ())
-            });
-        }
-        let tx = self.app.output(conn.tag).to_vec();
+        let (rx, tx) = take_streams(&mut self.app, conn);
         let record = wire_record(conn, snd_base, rx.len(), cfg_address, mtu);
         let key = conn.key;
         let (socket, delta, syn_seq) =
@@ -567,13 +566,12 @@ impl<A: App> Stack<A> {
         } else {
             Role::Client
         };
-        let (socket, delta, syn_seq) = self.synthesize(key, record, rx, role, now, link)?;
-        if socket.recv_capacity() != record.rx_capacity as usize {
+        if self.memory.recv_size(role) != record.rx_capacity {
             // Our window scale follows the receive buffer; the peer keeps
             // applying the old one.
-            self.memory.release(socket);
             return Err("the receive buffer size differs");
         }
+        let (socket, delta, syn_seq) = self.synthesize(key, record, rx, role, now, link)?;
         let id = self.insert(key, socket, false);
         let handle = handle_of(id, self.generations[id as usize]);
         let carry = Carry {
