@@ -11,6 +11,7 @@
 #                       active clients beside the most, default "1000 2000 5000", ""
 #                       or 0 to skip (IDLE=n, the older form: one count;
 #                       up to 250,000: five source addresses);
+#                       HOST_NIC: gro (default) or inline, below;
 #                       DP_ARGS: more ferrox-dataplane arguments, to try a
 #                       setting; RESULTS: a file to write every figure to,
 #                       tab-separated, for bench/report.py)
@@ -32,7 +33,8 @@
 # Figures: requests/s, p50/p99 (ms), and the proxy's CPU-seconds per million
 # requests (user+system from /proc; ferrox's poll-mode core spins while
 # traffic flows, so its CPU time is close to wall time); with PERF_DATA=path,
-# a CPU profile of ferrox per scenario goes to path.<scenario>; and the
+# a CPU profile of ferrox per scenario goes to path.<scenario> (of the
+# whole machine with PERF_SCOPE=system: where the two vCPUs go); and the
 # Ethernet frames ferrox sent and received per request (veth0's counters,
 # both directions); and, first, each proxy's memory per idle client
 # connection at each of IDLE_STEPS (below). Ratios are against
@@ -81,6 +83,21 @@ in_ns ip addr add 198.18.0.1/24 dev veth0
 for a in 11 12 13 14; do in_ns ip addr add "198.18.0.$a/24" dev veth0; done
 in_ns ip link set veth0 up
 in_ns ip link set veth1 up
+# veth0 stands for the NIC of the hosts ferrox serves. A host's NIC driver
+# coalesces received frames (GRO) in its own NAPI context; veth by default
+# does neither (it expects GSO packets whole, and runs its receive inline
+# in the sender's transmit call: here, on ferrox's core, frame by frame).
+# HOST_NIC=inline keeps veth's defaults. veth coalesces only what comes
+# from a peer without TSO (ferrox's af_xdp transmit never uses it).
+HOST_NIC=${HOST_NIC:-gro}
+case $HOST_NIC in
+  gro)
+    in_ns ethtool -K veth1 tso off >/dev/null
+    in_ns ethtool -K veth0 gro on >/dev/null
+    in_ns sh -c 'echo 1 > /sys/class/net/veth0/threaded' ;;
+  inline) ;;
+  *) echo "HOST_NIC is gro or inline, not '$HOST_NIC'" >&2; exit 2 ;;
+esac
 
 for port in 7001 7002 7003 7004; do
   # Not through in_ns: $! must be the server itself (ip netns exec execs it).
@@ -137,6 +154,7 @@ if [ -n "$RESULTS" ]; then
 # request	SCENARIO	TEST	TARGET	ROUND	REQ_PER_S	P50_MS	P99_MS	CPU_S_PER_M_REQ	FRAMES_PER_REQ
 # memory	TARGET	IDLE_CONNECTIONS	KIB_PER_CONNECTION
 # active	TARGET	IDLE_CONNECTIONS	GET_PER_S	RATIO_TO_NO_IDLE
+# machine	SCENARIO	TARGET	ROUND	MACHINE_CPU_S_PER_M_REQ
 # CPU and frames are per scenario, target and round (GET and SET together).
 EOF
   result meta date "$(date -u +%Y-%m-%dT%H:%MZ)"
@@ -147,6 +165,7 @@ EOF
   result meta dpdk "$(pkg-config --modversion libdpdk 2>/dev/null || echo unknown)"
   result meta pmd "net_af_xdp (one queue, busy_budget=0) on a veth pair"
   result meta mtu "$MTU"
+  result meta host_nic "$HOST_NIC"
   lcores=$(sed -nE 's/.*--lcores[ =]([^ ]+).*/\1/p' <<<"${DP_ARGS:-}")
   result meta lcores "${lcores:-0}"
   result meta ferrox "$(git describe --always --dirty 2>/dev/null || echo unknown) ($DP)"
@@ -161,6 +180,8 @@ EOF
 fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Busy ticks of the whole machine, every vCPU: all but idle and iowait.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 # Frames through ferrox's port, both ways (all of its traffic crosses veth0).
 veth_frames() {
   in_ns cat /sys/class/net/veth0/statistics/rx_packets /sys/class/net/veth0/statistics/tx_packets \
@@ -275,6 +296,7 @@ idle_memory() {
     # the most; measured out of the memory readings (they would count
     # what the active connections grew).
     active[$target/0]=$(active_rate "$host")
+    result active "$target" 0 "${active[$target/0]}" 1.00
     sleep 2
     before=$(memory_kib "$pid")
     # The holder prints "ready N" once N connections have their reply, opens
@@ -303,7 +325,7 @@ idle_memory() {
 if [ -n "$IDLE_STEPS" ]; then idle_memory; fi
 
 hz=$(getconf CLK_TCK)
-declare -A rps p50 p99 cpu frames
+declare -A rps p50 p99 cpu frames machine
 # Rounds of every scenario, direct, twemproxy and ferrox back to back in
 # each: the machine's load drifts, so each round's ratios compare figures
 # taken within seconds of each other; the table shows medians.
@@ -320,11 +342,13 @@ for scenario in $SCENARIOS; do
       twemproxy) host=198.18.0.1 port=22121 pid=$NC_PID ;;
       ferrox) host=198.18.0.2 port=22121 pid=$DP_PID ;;
     esac
-    t0=0 f0=$(veth_frames)
+    t0=0 f0=$(veth_frames) m0=$(machine_ticks)
     [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
     perf_pid=""
     if [ -n "${PERF_DATA:-}" ] && [ "$target" = ferrox ] && [ "$round" = 1 ]; then
-      perf record -q -e cpu-clock -F 1999 -g -p "$DP_PID" -o "$PERF_DATA.$scenario" &
+      perf_scope=(-p "$DP_PID")
+      [ "${PERF_SCOPE:-ferrox}" = system ] && perf_scope=(-a)
+      perf record -q -e cpu-clock -F 1999 -g "${perf_scope[@]}" -o "$PERF_DATA.$scenario" &
       perf_pid=$!
     fi
     lines=()
@@ -335,6 +359,10 @@ for scenario in $SCENARIOS; do
     done < <(run "$host" "$port" "$args")
     [ -n "$perf_pid" ] && kill -INT "$perf_pid" && wait "$perf_pid" || true
     this_cpu=- this_frames=-
+    this_machine=$(awk -v a="$m0" -v b="$(machine_ticks)" -v hz="$hz" -v n="$N" \
+      'BEGIN { printf "%.2f", (b - a) / hz / (2 * n / 1e6) }')
+    machine[$scenario/$target]+="$this_machine "
+    result machine "$scenario" "$target" "$round" "$this_machine"
     if [ -n "$pid" ]; then
       t1=$(cpu_ticks "$pid")
       # CPU-seconds per million requests (GET and SET together: 2N requests).
@@ -363,20 +391,22 @@ ratios() {
   paste -d' ' <(tr ' ' '\n' <<<"$1" | grep -v '^$') <(tr ' ' '\n' <<<"$2" | grep -v '^$') \
     | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), ($2 > 0 ? $1 / $2 : 0) }'
 }
-printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) | ferrox frames per req |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| scenario | test | direct req/s | twemproxy req/s | ferrox req/s | ferrox/twemproxy | ferrox/direct | p50 ms (d/t/f) | p99 ms (d/t/f) | CPU-s per M req (t/f) | machine CPU-s per M req (d/t/f) | ferrox frames per req |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for scenario in $SCENARIOS; do
   for test in GET SET; do
     d=$scenario/$test/direct t=$scenario/$test/twemproxy f=$scenario/$test/ferrox
     vs_t=$(ratios "${rps[$f]:-}" "${rps[$t]:-}") vs_d=$(ratios "${rps[$f]:-}" "${rps[$d]:-}")
     # The median ratio, and every round's when there are several.
     show() { if [ "$ROUNDS" -gt 1 ]; then echo "$(median "$1") ($1)"; else echo "$1"; fi; }
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s | %s |\n' "$scenario" "$test" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s/%s/%s | %s/%s/%s | %s/%s | %s/%s/%s | %s |\n' "$scenario" "$test" \
       "$(median "${rps[$d]:-}")" "$(median "${rps[$t]:-}")" "$(median "${rps[$f]:-}")" \
       "$(show "$vs_t")" "$(show "$vs_d")" \
       "$(median "${p50[$d]:-}")" "$(median "${p50[$t]:-}")" "$(median "${p50[$f]:-}")" \
       "$(median "${p99[$d]:-}")" "$(median "${p99[$t]:-}")" "$(median "${p99[$f]:-}")" \
       "$(median "${cpu[$scenario/twemproxy]}")" "$(median "${cpu[$scenario/ferrox]}")" \
+      "$(median "${machine[$scenario/direct]}")" "$(median "${machine[$scenario/twemproxy]}")" \
+      "$(median "${machine[$scenario/ferrox]}")" \
       "$(median "${frames[$scenario]}")"
   done
 done

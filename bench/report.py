@@ -59,6 +59,11 @@ class Results:
     meta: dict[str, list[str]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     memory: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    # (target, idle connections) -> GET/s of 100 active clients beside them.
+    active: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    # (scenario, target) -> {run: CPU-seconds of the whole machine per
+    # million requests}: clients, backends, kernel and proxy together.
+    machine: dict[tuple[str, str], dict] = field(default_factory=dict)
 
 
 def _number(text: str, where: str) -> float | None:
@@ -116,10 +121,26 @@ def parse(paths: list[str]) -> Results:
                     except ValueError:
                         raise ResultsError(f"{where}: not a number: {fields[3]!r}") from None
                     results.memory.setdefault((target, int(fields[2])), []).append(kib)
+                elif kind == "active" and len(fields) == 5:
+                    target = fields[1]
+                    if target not in PROXIES:
+                        raise ResultsError(f"{where}: unknown proxy {target!r}")
+                    if not fields[2].isdigit():
+                        raise ResultsError(f"{where}: not a connection count: {fields[2]!r}")
+                    rate = _number(fields[3], where)
+                    if rate is not None:
+                        results.active.setdefault((target, int(fields[2])), []).append(rate)
+                elif kind == "machine" and len(fields) == 5:
+                    scenario, target, rnd = fields[1:4]
+                    if target not in TARGETS:
+                        raise ResultsError(f"{where}: unknown target {target!r}")
+                    cpu = _number(fields[4], where)
+                    if cpu is not None:
+                        results.machine.setdefault((scenario, target), {})[(index, rnd)] = cpu
                 else:
-                    raise ResultsError(f"{where}: not a meta, request or memory line "
+                    raise ResultsError(f"{where}: not a meta, request, memory, active or machine line "
                                        f"with its number of fields: {line!r}")
-    if not results.requests and not results.memory:
+    if not results.requests and not results.memory and not results.active:
         raise ResultsError("no measurements in " + ", ".join(paths))
     return results
 
@@ -180,6 +201,12 @@ class Summary:
 
     def frames(self, scenario: str) -> float | None:
         return median(list(self._frames.get(scenario, {}).values()))
+
+    def machine_cpu(self, scenario: str, target: str) -> float | None:
+        return median(list(self.results.machine.get((scenario, target), {}).values()))
+
+    def active(self, target: str, idle: int) -> float | None:
+        return median(self.results.active.get((target, idle), []))
 
     def memory(self, target: str, conns: int) -> float | None:
         return median(self.results.memory.get((target, conns), []))
@@ -418,6 +445,13 @@ def _lcores(text: str) -> str:
     return f"{count} lcore" + ("s" if count != 1 else "")
 
 
+HOST_NIC = {
+    "gro": "GRO in a NAPI thread of its own, as a host's NIC driver",
+    "inline": "veth's defaults: each frame received inside ferrox's transmit call",
+    "unknown": "veth's defaults (not recorded)",
+}
+
+
 def subtitle(s: Summary) -> str:
     pmd = " / ".join(v.split()[0] for v in s.results.meta.get("pmd", ["?"]))
     return (f"MTU {s.meta('mtu')} · {pmd} · ferrox on {_lcores(s.meta('lcores', '0'))} · "
@@ -506,6 +540,7 @@ def markdown(s: Summary, svgs: dict[str, str], sources: list[str], note: str | N
         f"| kernel | Linux {m('kernel')} |",
         f"| DPDK | {m('dpdk')} |",
         f"| ferrox's port | {m('pmd')}, MTU {m('mtu')} |",
+        f"| the hosts' NIC (veth0) | {HOST_NIC.get(m('host_nic'), m('host_nic'))} |",
         f"| ferrox's cores | `--lcores {m('lcores', '0')}` ({_lcores(m('lcores', '0'))}) |",
         f"| ferrox build | {m('ferrox')}"
         + (f", with `{m('dp_args')}`" if m("dp_args", "-") != "-" else "") + " |",
@@ -561,6 +596,21 @@ def markdown(s: Summary, svgs: dict[str, str], sources: list[str], note: str | N
                          f"{_ratio_text(*s.cpu_ratio(scen))} | "
                          f"{_or_dash(s.frames(scen), '.2f')} |")
         lines.append("")
+    if s.results.machine:
+        lines += ["The whole machine's CPU per request (every vCPU's busy time from "
+                  "/proc/stat while a target is measured: the client, the backends, "
+                  "the kernel on both sides and the proxy), µs per request. The "
+                  "difference to direct Redis is what the proxy's path costs the "
+                  "machine, its kernel side included.", "",
+                  "| scenario | direct | twemproxy | ferrox | ferrox − direct | twemproxy − direct |",
+                  "|---|---|---|---|---|---|"]
+        for scen in s.scenarios:
+            d, t, f = (s.machine_cpu(scen, x) for x in TARGETS)
+            lines.append(f"| {_scenario(scen)} | {_or_dash(d, '.2f')} | {_or_dash(t, '.2f')} | "
+                         f"{_or_dash(f, '.2f')} | "
+                         f"{_or_dash(f - d if f is not None and d is not None else None, '.2f')} | "
+                         f"{_or_dash(t - d if t is not None and d is not None else None, '.2f')} |")
+        lines.append("")
     if "memory.svg" in svgs:
         lines += ["## Memory per idle client connection", "",
                   "![Memory per idle connection](memory.svg)", "",
@@ -576,6 +626,18 @@ def markdown(s: Summary, svgs: dict[str, str], sources: list[str], note: str | N
             t, f = s.memory("twemproxy", n), s.memory("ferrox", n)
             ratio = f"{f / t:.1f}" if t and f is not None and t > 0 else "–"
             lines.append(f"| {n:,} | {_or_dash(t, '.1f')} | {_or_dash(f, '.1f')} | {ratio} |")
+        lines.append("")
+    if s.results.active:
+        lines += ["The GET rate of 100 unpipelined active clients with no idle connection, "
+                  "and beside the most idle connections held (each proxy's own figure "
+                  "with none idle is the reference).", "",
+                  "| proxy | idle connections | GET/s | vs none idle |", "|---|---|---|---|"]
+        for target in PROXIES:
+            base = s.active(target, 0)
+            for n in sorted({n for t, n in s.results.active if t == target}):
+                rate = s.active(target, n)
+                ratio = f"{rate / base:.2f}×" if n and rate and base else "–"
+                lines.append(f"| {target} | {n:,} | {_or_dash(rate, ',.0f')} | {ratio} |")
         lines.append("")
     else:
         lines += ["Memory per idle connection was not measured in this run "

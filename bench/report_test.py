@@ -146,6 +146,19 @@ class FixtureReport(unittest.TestCase):
                      "one tick is 0.25 µs per request"):
             self.assertIn(fact, self.md)
 
+    def test_machine_cpu_and_active_rates(self):
+        rows = (
+            # Medians (lower middle) of 3.10 3.00 3.20, 7.40 7.60 7.20, 8.20 8.00 8.60.
+            "| P16, 1 KiB | 3.10 | 7.40 | 8.20 | 5.10 | 4.30 |",
+            # The machine was not measured for plain: dashes, not zeros.
+            "| plain | – | – | – | – | – |",
+            "| twemproxy | 0 | 90,000 | – |",
+            "| twemproxy | 5,000 | 81,000 | 0.90× |",
+            "| ferrox | 5,000 | 85,800 | 0.97× |",
+        )
+        for row in rows:
+            self.assertIn(row, self.md.splitlines())
+
     def test_markdown_ratios_are_same_round_medians(self):
         rows = (
             # ferrox/twemproxy rounds 1.10 1.00 1.10; ferrox/direct 0.733 0.64 0.718.
