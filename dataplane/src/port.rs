@@ -47,6 +47,26 @@ fn max_mtu(info: &DevInfo) -> u16 {
 /// beside its predecessor's (zero-drop).
 pub const OVERLAPPING_DRIVER: &str = "net_af_packet";
 
+/// Frames in each ring of an af_packet queue when its vdev names none.
+pub const AF_PACKET_FRAMES: u32 = 4096;
+
+/// `vdev` with a ring of [`AF_PACKET_FRAMES`] frames when it is an
+/// af_packet vdev that does not size its own (`framecnt=`); any other
+/// vdev as it is. DPDK's default ring of 512 frames overflows on the
+/// burst many clients send at once (a window opening, a reconnect
+/// storm), and DPDK 22.11 counts none of those drops: clients stall on
+/// their retransmission timers with every counter clean.
+pub fn with_af_packet_ring(vdev: &str) -> std::borrow::Cow<'_, str> {
+    let mut parts = vdev.split(',');
+    let is_af_packet = parts
+        .next()
+        .is_some_and(|name| name.starts_with(OVERLAPPING_DRIVER));
+    if !is_af_packet || parts.any(|part| part.starts_with("framecnt=")) {
+        return vdev.into();
+    }
+    format!("{vdev},framecnt={AF_PACKET_FRAMES}").into()
+}
+
 /// The interface and the queues a `net_af_xdp` vdev's sockets bind:
 /// `iface=`, and `queue_count` (default 1) queues from `start_queue`
 /// (default 0). `None` for any other vdev.
@@ -601,6 +621,37 @@ mod tests {
         assert_eq!(max_mtu(&info("net_af_packet", u16::MAX, 1518)), 1500);
         // A NIC with jumbo frames stops at ferrox's own limit.
         assert_eq!(max_mtu(&info("net_ice", 9702, 9728)), MAX_MTU);
+    }
+
+    #[test]
+    fn an_af_packet_vdev_gets_a_ring_that_absorbs_bursts() {
+        assert_eq!(
+            with_af_packet_ring("net_af_packet0,iface=veth1"),
+            "net_af_packet0,iface=veth1,framecnt=4096"
+        );
+        assert_eq!(
+            with_af_packet_ring("net_af_packet1,iface=eth1,qpairs=2"),
+            "net_af_packet1,iface=eth1,qpairs=2,framecnt=4096"
+        );
+        // The user's own size stands, whatever it is.
+        for vdev in [
+            "net_af_packet0,iface=veth1,framecnt=512",
+            "net_af_packet0,framecnt=8192,iface=veth1",
+        ] {
+            assert_eq!(with_af_packet_ring(vdev), vdev);
+        }
+        // Other drivers, and an option that only ends in "framecnt=".
+        for vdev in [
+            "net_af_xdp0,iface=veth1",
+            "net_tap0",
+            "net_null0,xframecnt=1",
+        ] {
+            assert_eq!(with_af_packet_ring(vdev), vdev);
+        }
+        assert_eq!(
+            with_af_packet_ring("net_af_packet0,iface=v,xframecnt=1"),
+            "net_af_packet0,iface=v,xframecnt=1,framecnt=4096"
+        );
     }
 
     #[test]

@@ -231,7 +231,7 @@ fn main() {
             .render(&mut std::io::stdout());
         return;
     }
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Err(e) = ferrox_log::init(ferrox_log::Options {
         json: args.json,
         targets: true,
@@ -243,6 +243,14 @@ fn main() {
         std::process::exit(1);
     }
     ferrox_dataplane::signals::reopen_log_on_sigusr1();
+    for vdev in &mut args.vdevs {
+        let sized = ferrox_dataplane::port::with_af_packet_ring(vdev).into_owned();
+        if sized != *vdev {
+            tracing::info!(vdev = %sized, "af_packet rings of {} frames (framecnt= sets another size)",
+                ferrox_dataplane::port::AF_PACKET_FRAMES);
+            *vdev = sized;
+        }
+    }
     match die_with_control_process().and_then(|()| run(args)) {
         Ok(Served::Stopped) => {}
         Ok(Served::HandedOver(_)) => {
