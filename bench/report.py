@@ -616,9 +616,11 @@ def markdown(s: Summary, svgs: dict[str, str], sources: list[str], note: str | N
                   "![Memory per idle connection](memory.svg)", "",
                   "Each proxy, fresh, before the throughput runs: connections that each "
                   "sent a PING and stay open, added count by count and all held; the "
-                  "proxy's resident heap plus hugepages mapped, against before the first, "
-                  "divided by the count. ferrox's socket buffers are hugepage chunks "
-                  "given when a connection is accepted; twemproxy takes buffers while a "
+                  "proxy's resident pages of every mapping plus its shared regions whole "
+                  "(hugepage files, reserved whether touched or not), against before the "
+                  "first, divided by the count. ferrox gives a connection two 2 KiB socket "
+                  "buffers (hugepage chunks) when it accepts it, and full ones once its "
+                  "requests or replies outgrow them; twemproxy takes buffers while a "
                   "request is read or written.", "",
                   "| idle connections | twemproxy KiB/conn | ferrox KiB/conn | ferrox/twemproxy |",
                   "|---|---|---|---|"]
