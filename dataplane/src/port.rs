@@ -42,10 +42,13 @@ fn max_mtu(info: &DevInfo) -> u16 {
     max
 }
 
+/// DPDK's af_packet driver.
+pub const AF_PACKET_DRIVER: &str = "net_af_packet";
+
 /// The driver whose port two processes may open at once, each socket
 /// receiving a copy of every frame: a hot handover's successor opens it
 /// beside its predecessor's (zero-drop).
-pub const OVERLAPPING_DRIVER: &str = "net_af_packet";
+pub const OVERLAPPING_DRIVER: &str = AF_PACKET_DRIVER;
 
 /// Frames in each ring of an af_packet queue when its vdev names none.
 pub const AF_PACKET_FRAMES: u32 = 4096;
@@ -60,7 +63,7 @@ pub fn with_af_packet_ring(vdev: &str) -> std::borrow::Cow<'_, str> {
     let mut parts = vdev.split(',');
     let is_af_packet = parts
         .next()
-        .is_some_and(|name| name.starts_with(OVERLAPPING_DRIVER));
+        .is_some_and(|name| name.starts_with(AF_PACKET_DRIVER));
     if !is_af_packet || parts.any(|part| part.starts_with("framecnt=")) {
         return vdev.into();
     }
