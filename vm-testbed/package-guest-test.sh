@@ -33,6 +33,9 @@ until_ok() {
 }
 proxied() { redis-cli -h "$PROXY" -p 6379 "$@"; }
 config_version() { ferroxctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["config_version"])'; }
+# A function, so that until_ok asks for the version again on every try
+# (a "$(config_version)" argument would be read once, before the first).
+config_version_above() { [ "$(config_version)" -gt "$1" ]; }
 
 say "installed: $(dpkg-query -W -f='${Package} ${Version} ${Status}' ferrox)"
 [ -x /usr/bin/ferrox-control ] && [ -f /lib/systemd/system/ferrox.service ] || fail "the package's files are missing"
@@ -80,7 +83,7 @@ distribution = "ketama"
 servers = ["198.18.0.1:7001:1 alpha", "198.18.0.1:7002:1 beta"]
 EOF
 systemctl reload ferrox || fail "systemctl reload failed"
-until_ok 20 "the reloaded configuration running" test "$(config_version)" -gt "$before"
+until_ok 20 "the reloaded configuration running" config_version_above "$before"
 for i in $(seq 1 50); do
   got=$(proxied SET "key:$i" "$i" 2>&1)
   [ "$got" = OK ] || fail "SET key:$i through the proxy: $got"
