@@ -336,6 +336,7 @@ for scenario in $SCENARIOS; do
     plain) args="" ;;
     P16) args="-P 16" ;;
     P16-1KiB) args="-P 16 -d 1024" ;;
+    P16-16KiB) args="-P 16 -d 16384" ;;
   esac
   for target in direct twemproxy ferrox; do
     case "$target" in

@@ -309,24 +309,39 @@ impl Control {
     }
 
     /// Reads the configuration file again (or `path`, which becomes it).
+    /// A refusal is logged whoever asked (`ferroxctl config reload`, which
+    /// is also `systemctl reload`, or SIGHUP), so the journal has it.
     fn reload(&self, path: Option<String>) -> Result<serde_json::Value, Refused> {
-        let version = {
+        let published = {
             let mut running = self.running.lock().expect("not poisoned");
             let file = path.map_or_else(|| running.file.clone(), PathBuf::from);
-            let config =
-                read_config(&file, self.settings.address).map_err(|e| Refused(format!("{e:#}")))?;
-            running.file = file;
-            self.publish(&mut running, config)?
+            read_config(&file, self.settings.address)
+                .map_err(|e| Refused(format!("{e:#}")))
+                .and_then(|config| {
+                    running.file = file;
+                    self.publish(&mut running, config)
+                })
+                .map_err(|refused| (refused, running.version))
         };
-        tracing::info!(version, "configuration reloaded");
-        Ok(self.applied_result(version))
+        match published {
+            Ok(version) => {
+                tracing::info!(version, "configuration reloaded");
+                Ok(self.applied_result(version))
+            }
+            Err((refused, running)) => {
+                tracing::error!(
+                    version = running,
+                    "reload refused, the running configuration stays: {refused}"
+                );
+                Err(refused)
+            }
+        }
     }
 
     /// Reads the configuration file again on SIGHUP: logs the new
     /// version, or why the file was refused (the running configuration
     /// stays).
     pub fn reload_on_signal(&self) {
-        let running = self.running.lock().expect("not poisoned").version;
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
@@ -334,16 +349,13 @@ impl Control {
         if let Some(notifier) = &self.notifier {
             notifier.ready(&self.service_status().1);
         }
-        match reloaded {
-            Ok(result) => tracing::info!(
+        // A refusal was logged by `reload`.
+        if let Ok(result) = reloaded {
+            tracing::info!(
                 version = %result["version"],
                 applied = %result["applied"],
                 "SIGHUP: configuration file read again"
-            ),
-            Err(refused) => tracing::error!(
-                version = running,
-                "SIGHUP: reload refused, the running configuration stays: {refused}"
-            ),
+            );
         }
     }
 

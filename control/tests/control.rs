@@ -526,6 +526,13 @@ fn changes_while_traffic_flows_and_a_dead_backend_is_ejected_and_returns() {
         !ok && text.contains("bad.toml:4:") && text.contains("sha1"),
         "{text}"
     );
+    // The log has it too, as for SIGHUP (`systemctl reload` is this call).
+    let log = appliance.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload refused") && l.contains("bad.toml:4:")),
+        "{log}"
+    );
     let (ok, text) = ctl(socket, &["server", "weight", "cache", "10.9.9.9:1", "2"]);
     assert!(!ok && text.contains("no server 10.9.9.9:1"), "{text}");
     let raw = {
