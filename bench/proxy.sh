@@ -3,7 +3,8 @@
 # in the same run, on the same four redis-server backends.
 #
 #   bench/proxy.sh     (N: requests per test, default 100000; SCENARIOS: a
-#                       subset of "plain P16 P16-1KiB"; ROUNDS: rounds of
+#                       subset of "plain P16 P16-1KiB P16-16KiB", default
+#                       the first three; ROUNDS: rounds of
 #                       every scenario, default 1; MTU: of ferrox's port
 #                       and the veth pair, default 3438, the most af_xdp
 #                       carries; IDLE_STEPS: idle client connection counts
@@ -336,7 +337,8 @@ for scenario in $SCENARIOS; do
     plain) args="" ;;
     P16) args="-P 16" ;;
     P16-1KiB) args="-P 16 -d 1024" ;;
-    P16-16KiB) args="-P 16 -d 16384" ;;
+    # 1,000 keys: 16 MiB of values, where 100,000 would hold 1.6 GB.
+    P16-16KiB) args="-P 16 -d 16384 -r 1000" ;;
   esac
   for target in direct twemproxy ferrox; do
     case "$target" in
@@ -344,6 +346,9 @@ for scenario in $SCENARIOS; do
       twemproxy) host=198.18.0.1 port=22121 pid=$NC_PID ;;
       ferrox) host=198.18.0.2 port=22121 pid=$DP_PID ;;
     esac
+    # Every target starts from empty servers: GETs must not find values
+    # of another scenario's size.
+    for p in 7001 7002 7003 7004; do in_ns redis-cli -h 198.18.0.1 -p "$p" FLUSHALL >/dev/null; done
     t0=0 f0=$(veth_frames) m0=$(machine_ticks)
     [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
     perf_pid=""

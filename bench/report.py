@@ -28,11 +28,12 @@ PROXIES = ("twemproxy", "ferrox")
 TESTS = ("GET", "SET")
 # Okabe-Ito: told apart with any colour vision and in greyscale.
 COLORS = {"direct": "#8c8c8c", "twemproxy": "#e69f00", "ferrox": "#0072b2"}
-SHORT = {"plain": "plain", "P16": "P16", "P16-1KiB": "P16, 1 KiB"}
+SHORT = {"plain": "plain", "P16": "P16", "P16-1KiB": "P16, 1 KiB", "P16-16KiB": "P16, 16 KiB"}
 DESCRIBED = {
     "plain": "GET/SET, unpipelined",
     "P16": "GET/SET, 16 requests pipelined",
     "P16-1KiB": "GET/SET of 1 KiB values, 16 pipelined",
+    "P16-16KiB": "GET/SET of 16 KiB values, 16 pipelined",
 }
 FONT = "DejaVu Sans, Arial, Helvetica, sans-serif"
 
