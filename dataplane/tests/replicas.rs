@@ -30,10 +30,18 @@ impl Servers {
     }
 
     /// A sentinel on `port` watching `masters` (name, primary port), with
-    /// a quorum of 2 and a one-second down-after; its config file (which
-    /// it rewrites) in `dir`.
-    fn start_sentinel(&mut self, ns: &Netns, port: u16, masters: &[(&str, u16)], dir: &str) {
-        let mut conf = format!("port {port}\nbind {KERNEL_IP}\nprotected-mode no\ndir {dir}\n");
+    /// a quorum of 2 and a one-second down-after, and `extra` lines of
+    /// configuration; its config file (which it rewrites) in `dir`.
+    fn start_sentinel(
+        &mut self,
+        ns: &Netns,
+        port: u16,
+        masters: &[(&str, u16)],
+        dir: &str,
+        extra: &str,
+    ) {
+        let mut conf =
+            format!("port {port}\nbind {KERNEL_IP}\nprotected-mode no\ndir {dir}\n{extra}");
         for (name, primary) in masters {
             conf += &format!(
                 "sentinel monitor {name} {KERNEL_IP} {primary} 2\n\
@@ -252,6 +260,7 @@ servers = [{{ master = "shard-a", name = "a" }}, {{ master = "shard-b", name = "
             port,
             &[("shard-a", 7301), ("shard-b", 7302)],
             dir.to_str().unwrap(),
+            "",
         );
     }
     // The sentinels find the replicas and each other.
@@ -377,4 +386,91 @@ print(f"writes={{writes}} errors={{errors}} first_error={{first_error}} last_err
         on_new > 100 && on_b > 100,
         "{on_new} on 7311, {on_b} on 7302"
     );
+}
+
+/// Sentinels that want a password (`requirepass`, and an ACL user): a
+/// pool logs in with `sentinel_auth`, as Sentinel's default user or as
+/// `sentinel_user`, and learns its primary; a pool with a wrong password
+/// learns nothing, and its requests fail with an error that says so.
+#[test]
+fn sentinels_with_a_password_are_logged_into() {
+    let dir = std::env::temp_dir().join(format!("ferrox-sentinel-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _dir = RemoveDir(dir.clone());
+    let sentinel = 26390;
+    let pool = |name: &str, port: u16, login: &str| {
+        format!(
+            "[pools.{name}]\nlisten = \"0.0.0.0:{port}\"\nprotocol = \"redis\"\ntimeout_ms = 3000\n\
+             sentinels = [\"{KERNEL_IP}:{sentinel}\"]\n{login}\n\
+             servers = [{{ master = \"shard-a\", name = \"a\" }}]\n"
+        )
+    };
+    let config = ConfigFile::new(
+        "toml",
+        &[
+            pool("as_default", 6379, "sentinel_auth = \"s3cret\""),
+            pool(
+                "as_user",
+                6380,
+                "sentinel_user = \"watcher\"\nsentinel_auth = \"w4tch\"",
+            ),
+            pool("wrong", 6381, "sentinel_auth = \"nope\""),
+        ]
+        .join("\n"),
+    );
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let mut servers = Servers::default();
+    servers.start(&ns, 7331, None);
+    servers.start_sentinel(
+        &ns,
+        sentinel,
+        &[("shard-a", 7331)],
+        dir.to_str().unwrap(),
+        "requirepass s3cret\nuser watcher on >w4tch allchannels +@all\n",
+    );
+    // Without a login the sentinel answers nothing.
+    assert!(
+        cli(
+            &ns,
+            KERNEL_IP,
+            sentinel,
+            "SENTINEL GET-MASTER-ADDR-BY-NAME shard-a"
+        )
+        .contains("NOAUTH"),
+        "the sentinel wants no password"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cli(&ns, FERROX_IP, 6379, "SET k from-default") != "OK" {
+        assert!(
+            Instant::now() < deadline,
+            "the pool never learnt its primary"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while cli(&ns, FERROX_IP, 6380, "SET j from-user") != "OK" {
+        assert!(
+            Instant::now() < deadline,
+            "the ACL user's pool never learnt its primary"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cli(&ns, KERNEL_IP, 7331, "GET k"), "from-default");
+    assert_eq!(cli(&ns, FERROX_IP, 6380, "GET k"), "from-default");
+    assert_eq!(cli(&ns, FERROX_IP, 6379, "GET j"), "from-user");
+
+    // The wrong password: asked as often as the others, never answered.
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = cli(&ns, FERROX_IP, 6381, "SET k wrong");
+    assert!(
+        refused.contains("no primary of master shard-a is known yet"),
+        "{refused}"
+    );
+    assert_eq!(cli(&ns, KERNEL_IP, 7331, "GET k"), "from-default");
 }

@@ -261,6 +261,14 @@ pub(super) fn auth(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// An ACL user name to `AUTH` as: one word of printable ASCII.
+pub(super) fn user_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a user name is one word of printable ASCII".into());
+    }
+    Ok(text.to_owned())
+}
+
 /// A command name to block, upper-cased.
 pub(super) fn command(name: &str) -> Result<String, String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
@@ -333,6 +341,8 @@ pub(super) struct Draft {
     pub servers_line: Option<usize>,
     pub read_policy_line: Option<usize>,
     pub sentinels_line: Option<usize>,
+    pub sentinel_auth_line: Option<usize>,
+    pub sentinel_user_line: Option<usize>,
     pub compression_line: Option<usize>,
     pub hot_key_cache_line: Option<usize>,
     /// Server entries read, valid or not (a `servers` value that is not a
@@ -357,6 +367,8 @@ impl Draft {
             servers_line: None,
             read_policy_line: None,
             sentinels_line: None,
+            sentinel_auth_line: None,
+            sentinel_user_line: None,
             compression_line: None,
             hot_key_cache_line: None,
             server_entries: 0,
@@ -560,6 +572,8 @@ fn shards_and_replicas(d: &Draft, report: &mut Report) {
         for (key, line) in [
             ("read_policy", d.read_policy_line),
             ("sentinels", d.sentinels_line),
+            ("sentinel_auth", d.sentinel_auth_line),
+            ("sentinel_user", d.sentinel_user_line),
         ] {
             if let Some(line) = line {
                 report.error(line, format!("pool {name:?}: {key}: {why}"));
@@ -632,6 +646,24 @@ fn shards_and_replicas(d: &Draft, report: &mut Report) {
         report.error(
             d.sentinels_line.unwrap_or(d.line),
             format!("pool {name:?}: sentinels: no server names a master"),
+        );
+    }
+    if !sentinel {
+        for (key, line) in [
+            ("sentinel_auth", d.sentinel_auth_line),
+            ("sentinel_user", d.sentinel_user_line),
+        ] {
+            if let Some(line) = line {
+                report.error(
+                    line,
+                    format!("pool {name:?}: {key}: the pool names no sentinels"),
+                );
+            }
+        }
+    } else if let (Some(line), None) = (d.sentinel_user_line, &pool.sentinel_auth) {
+        report.error(
+            line,
+            format!("pool {name:?}: sentinel_user: without sentinel_auth (its password) there is nothing to log in with"),
         );
     }
 }

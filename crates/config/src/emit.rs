@@ -126,6 +126,12 @@ fn emit_pool(out: &mut String, pool: &Pool) {
     if !pool.sentinels.is_empty() {
         entry(out, "sentinels", addresses(&pool.sentinels));
     }
+    if let Some(password) = &pool.sentinel_auth {
+        entry(out, "sentinel_auth", string(password));
+    }
+    if let Some(user) = &pool.sentinel_user {
+        entry(out, "sentinel_user", string(user));
+    }
     if pool.servers.is_empty() {
         out.push_str("servers = []\n");
     } else {

@@ -174,6 +174,13 @@ pub struct Pool {
     /// Redis Sentinels that know the shards' primaries and replicas
     /// (each server is then named by its Sentinel master name).
     pub sentinels: Vec<SocketAddrV4>,
+    /// The sentinels' password (`requirepass` in sentinel.conf), sent as
+    /// `AUTH` on each connection to a sentinel; the pool's `auth` is the
+    /// data servers'.
+    pub sentinel_auth: Option<String>,
+    /// With `sentinel_auth`, the ACL user it belongs to (`AUTH user
+    /// password`); without, Sentinel's default user.
+    pub sentinel_user: Option<String>,
     /// Transparent value compression (`[pools.NAME.compression]`).
     pub compression: Option<Compression>,
     /// The per-core cache of hot keys' values (`[pools.NAME.hot_key_cache]`).
@@ -515,6 +522,8 @@ impl Pool {
             rate_limits: Vec::new(),
             read_policy: ReadPolicy::Primary,
             sentinels: Vec::new(),
+            sentinel_auth: None,
+            sentinel_user: None,
             compression: None,
             hot_key_cache: None,
         }

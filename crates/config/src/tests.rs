@@ -67,6 +67,8 @@ fn every_key_pool() -> Pool {
         rate_limits: Vec::new(),
         read_policy: ReadPolicy::PreferReplica,
         sentinels: Vec::new(),
+        sentinel_auth: None,
+        sentinel_user: None,
         compression: Some(Compression {
             algorithm: CompressionAlgorithm::Zstd,
             min_size: 512,
@@ -623,6 +625,46 @@ read_policy = "replica""#,
                 redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
             )),
             ["x.toml:4: pool \"a\": server \"198.18.0.1:7001\": a pool with sentinels names each shard by its master ({ master = \"...\", name = \"...\" }), not by address"]
+        );
+    }
+
+    #[test]
+    fn sentinel_logins_are_read_and_checked() {
+        let shards = r#"[{ master = "shard-a" }]"#;
+        let config = toml_ok(&format!(
+            "{}sentinels = [\"198.18.0.1:26379\"]\nsentinel_auth = \"s3cret\"\nsentinel_user = \"watcher\"\n",
+            redis_pool("a", "0.0.0.0:6379", shards)
+        ));
+        let pool = &config.pools[0];
+        assert_eq!(pool.sentinel_auth.as_deref(), Some("s3cret"));
+        assert_eq!(pool.sentinel_user.as_deref(), Some("watcher"));
+        let emitted = crate::emit_toml(&config);
+        assert_eq!(toml_ok(&emitted), config, "{emitted}");
+        // A password alone logs in as Sentinel's default user.
+        let config = toml_ok(&format!(
+            "{}sentinels = [\"198.18.0.1:26379\"]\nsentinel_auth = \"s3cret\"\n",
+            redis_pool("a", "0.0.0.0:6379", shards)
+        ));
+        assert_eq!(config.pools[0].sentinel_user, None);
+        assert_eq!(
+            toml_errors(&format!(
+                "{}sentinel_auth = \"s3cret\"\nsentinel_user = \"watcher\"\n",
+                redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
+            )),
+            [
+                "x.toml:5: pool \"a\": sentinel_auth: the pool names no sentinels",
+                "x.toml:6: pool \"a\": sentinel_user: the pool names no sentinels",
+            ]
+        );
+        assert_eq!(
+            toml_errors(&format!(
+                "{}sentinels = [\"198.18.0.1:26379\"]\nsentinel_user = \"watcher\"\nsentinel_auth = \"\"\n",
+                redis_pool("a", "0.0.0.0:6379", shards)
+            )),
+            [
+                "x.toml:6: pool \"a\": sentinel_user: without sentinel_auth (its password) there is nothing to log in with",
+                "x.toml:7: pool \"a\": sentinel_auth: the password is empty",
+            ]
         );
     }
 

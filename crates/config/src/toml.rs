@@ -42,6 +42,8 @@ const POOL_KEYS: &[&str] = &[
     "rate_limits",
     "read_policy",
     "sentinels",
+    "sentinel_auth",
+    "sentinel_user",
     "compression",
     "hot_key_cache",
 ];
@@ -424,6 +426,18 @@ impl Cx<'_> {
                     draft.sentinels_line = Some(line);
                     addresses(value).map(|a| pool.sentinels = a)
                 }
+                "sentinel_auth" => string(value)
+                    .and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
+                    .map(|a| {
+                        pool.sentinel_auth = Some(a);
+                        draft.sentinel_auth_line = Some(line);
+                    }),
+                "sentinel_user" => string(value)
+                    .and_then(|s| check::user_name(s).map_err(|r| format!(": {r}")))
+                    .map(|u| {
+                        pool.sentinel_user = Some(u);
+                        draft.sentinel_user_line = Some(line);
+                    }),
                 "servers" => {
                     draft.servers_line = Some(line);
                     self.servers(&mut draft, value, line);

@@ -4,7 +4,9 @@ use ferrox_config::{self as config, Config};
 use ferrox_proto::memcache;
 use ferrox_route::{self as route, Distribution, HashFn, Table};
 
-use crate::engine::{Ejection, Placement, PoolSpec, Protocol, Role, ServerSpec, UserSpec};
+use crate::engine::{
+    Credentials, Ejection, Placement, PoolSpec, Protocol, Role, ServerSpec, UserSpec,
+};
 
 /// A pool's route table, rebuilt when servers leave or return.
 #[derive(Debug)]
@@ -141,6 +143,10 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         cluster: distribution == Distribution::RedisCluster,
         read_policy: pool.read_policy,
         sentinels: pool.sentinels.clone(),
+        sentinel_auth: pool.sentinel_auth.as_ref().map(|password| Credentials {
+            user: pool.sentinel_user.as_ref().map(|u| u.as_bytes().to_vec()),
+            password: password.as_bytes().to_vec(),
+        }),
         compression: pool.compression.clone(),
         hot_key_cache: pool.hot_key_cache.clone(),
         masters: pool

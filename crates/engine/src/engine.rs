@@ -223,10 +223,19 @@ pub struct PoolSpec {
     pub sentinels: Vec<SocketAddrV4>,
     /// Each shard's Sentinel master name, when there are sentinels.
     pub masters: Vec<String>,
+    /// What connections to the sentinels log in with, if they must.
+    pub sentinel_auth: Option<Credentials>,
     /// Transparent value compression (see the `compression` module).
     pub compression: Option<ferrox_config::Compression>,
     /// The per-core cache of hot keys' values.
     pub hot_key_cache: Option<ferrox_config::HotKeyCache>,
+}
+
+/// An `AUTH` to send: `AUTH password`, or `AUTH user password`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Option<Vec<u8>>,
+    pub password: Vec<u8>,
 }
 
 /// A user of a redis pool: `AUTH name password` with any of its

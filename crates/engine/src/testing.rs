@@ -53,6 +53,7 @@ pub fn pool_spec(
         read_policy: Default::default(),
         sentinels: Vec::new(),
         masters: Vec::new(),
+        sentinel_auth: None,
         compression: None,
         hot_key_cache: None,
     }

@@ -569,8 +569,16 @@ impl Engine {
         let spec = &self.pools[backend.pool].spec;
         backend.output.clear();
         backend.handshake = 0;
-        // A sentinel knows nothing of the pool's password or database.
+        // A sentinel knows nothing of the pool's password or database; it
+        // may have a password of its own.
         let sentinel = spec.servers[backend.server].role == super::Role::Sentinel;
+        if let (true, Some(login)) = (sentinel, &spec.sentinel_auth) {
+            let mut words: Vec<&[u8]> = vec![b"AUTH"];
+            words.extend(login.user.as_deref());
+            words.push(&login.password);
+            resp::write_bulk_array(backend.output.tail(), words);
+            backend.handshake += 1;
+        }
         if spec.protocol == Protocol::Redis && !sentinel {
             if let Some(password) = &spec.auth {
                 resp::write_bulk_array(backend.output.tail(), [&b"AUTH"[..], password]);

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The sentinels are servers of the pool after its shards (role
-//! [`Role::Sentinel`]), spoken to without the pool's handshake. A shard's
+//! [`Role::Sentinel`]), spoken to without the pool's handshake (only
+//! `AUTH` with the pool's `sentinel_auth`, if it has one). A shard's
 //! primary is its server's address: when Sentinel names another, the
 //! shard's connections are retired (what they hold fails with the old
 //! primary, or completes if it still answers) and new ones opened to the

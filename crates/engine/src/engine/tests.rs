@@ -74,7 +74,11 @@ struct FakeServer {
     /// Replicas it has, for `WAIT`, and the last `WAIT`'s arguments.
     replicas: i64,
     waited: Option<(i64, i64)>,
+    /// `requirepass`: a connection must `AUTH` (as `user`, or as
+    /// `default`) before anything else, and those that did are `authed`.
     password: Option<Vec<u8>>,
+    user: Option<Vec<u8>>,
+    authed: std::collections::BTreeSet<Handle>,
     /// Every command name received, in order.
     log: Vec<String>,
     /// In a MULTI (one connection's at a time): the commands queued, their
@@ -345,6 +349,26 @@ impl FakeServer {
             self.log.push(name.clone());
             if self.mute {
                 continue;
+            }
+            if let Some(password) = &self.password {
+                if name == "AUTH" {
+                    let (user, given) = match a.len() {
+                        3 => (a[1], a[2]),
+                        _ => (&b"default"[..], a[1]),
+                    };
+                    if given == &password[..] && user == self.user.as_deref().unwrap_or(b"default")
+                    {
+                        self.authed.insert(self.current);
+                        sink.extend(b"+OK\r\n");
+                    } else {
+                        sink.extend(b"-WRONGPASS bad\r\n");
+                    }
+                    continue;
+                }
+                if !self.authed.contains(&self.current) {
+                    sink.extend(b"-NOAUTH Authentication required.\r\n");
+                    continue;
+                }
             }
             if let Some(masters) = &self.sentinel {
                 let port = |server: usize| (7000 + server).to_string();
@@ -3434,7 +3458,11 @@ mod sentinel_pools {
     /// Shards "ma" (fake 0, replica fake 2) and "mb" (fake 1), fake 3 a
     /// spare, the sentinel fake 4; read by `policy`.
     fn sentinel_net(policy: ReadPolicy) -> (Net, Handle) {
-        let mut net = Net::new(sentinel_spec(policy));
+        sentinel_net_of(sentinel_spec(policy))
+    }
+
+    fn sentinel_net_of(spec: PoolSpec) -> (Net, Handle) {
+        let mut net = Net::new(spec);
         while net.servers.len() < 5 {
             net.servers.push(FakeServer::default());
         }
@@ -3452,6 +3480,59 @@ mod sentinel_pools {
     fn set_primary(net: &mut Net, master: &str, server: usize) {
         let masters = net.servers[4].sentinel.as_mut().unwrap();
         masters.get_mut(master).unwrap().0 = server;
+    }
+
+    /// A net whose sentinel wants `AUTH [user] s3cret`, and a pool that
+    /// logs in with `login`.
+    fn guarded_sentinel(user: Option<&str>, login: Option<Credentials>) -> (Net, Handle) {
+        let spec = PoolSpec {
+            sentinel_auth: login,
+            ..sentinel_spec(ReadPolicy::Primary)
+        };
+        let (mut net, c) = sentinel_net_of(spec);
+        net.servers[4].password = Some(b"s3cret".to_vec());
+        net.servers[4].user = user.map(|u| u.as_bytes().to_vec());
+        (net, c)
+    }
+
+    fn login(user: Option<&str>, password: &str) -> Option<Credentials> {
+        Some(Credentials {
+            user: user.map(|u| u.as_bytes().to_vec()),
+            password: password.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn a_sentinel_with_a_password_is_logged_into_first() {
+        for user in [None, Some("watcher")] {
+            let (mut net, c) = guarded_sentinel(user, login(user, "s3cret"));
+            net.advance(1);
+            net.send(c, &cmd(&["SET", "b", "1"]));
+            assert_eq!(net.take(c), b"+OK\r\n", "as {user:?}");
+            assert_eq!(net.servers[0].data[&b"b"[..]], b"1");
+            // Each connection to the sentinel (the queries', the
+            // subscription's) logged in before its first command.
+            let log = &net.servers[4].log;
+            assert!(log.iter().filter(|c| *c == "AUTH").count() >= 2, "{log:?}");
+            assert_eq!(log[0], "AUTH", "{log:?}");
+            assert!(!net.servers[0].log.contains(&"AUTH".to_string()));
+        }
+    }
+
+    #[test]
+    fn a_sentinel_refusing_the_login_names_no_primary() {
+        for login in [None, login(None, "wrong"), login(Some("watcher"), "s3cret")] {
+            let (mut net, c) = guarded_sentinel(None, login.clone());
+            net.advance(1);
+            net.advance(1_000_000);
+            net.send(c, &cmd(&["SET", "b", "1"]));
+            assert_eq!(
+                net.take(c),
+                b"-ERR ferrox: no primary of master ma is known yet (asking Sentinel)\r\n",
+                "{login:?}"
+            );
+            assert!(net.servers[0].data.is_empty());
+        }
     }
 
     #[test]
