@@ -1360,3 +1360,87 @@ fn hands_its_connections_to_a_new_process() {
         "only redis-cli connected anew: {stats}"
     );
 }
+
+/// Backends whose default user is off, with an ACL user for the proxy:
+/// the pool sends `AUTH app backend-pw` (`server_user`, `server_auth`)
+/// while its clients log in with the pool's own password (`auth`); a pool
+/// with the servers' wrong password fails its requests with an error
+/// that says so, and its clients get nothing else.
+#[test]
+fn logs_into_backends_as_their_acl_user() {
+    let config = ConfigFile::new(
+        "toml",
+        &format!(
+            r#"
+[pools.app]
+listen = "0.0.0.0:6379"
+protocol = "redis"
+auth = "client-pw"
+server_user = "app"
+server_auth = "backend-pw"
+servers = ["{KERNEL_IP}:7401:1", "{KERNEL_IP}:7402:1"]
+
+[pools.wrong]
+listen = "0.0.0.0:6380"
+protocol = "redis"
+server_user = "app"
+server_auth = "not-it"
+servers = ["{KERNEL_IP}:7401:1"]
+"#
+        ),
+    );
+    let (ns, _dp) = setup_with(Pmd::AfPacket, 1, &["--config", config.path()]);
+    let mut servers = Children::default();
+    for port in [7401, 7402] {
+        let child = redis_server_with(
+            &ns,
+            KERNEL_IP,
+            port,
+            &[
+                "--user",
+                "default",
+                "off",
+                "--user",
+                "app",
+                "on",
+                ">backend-pw",
+                "~*",
+                "&*",
+                "+@all",
+            ],
+        );
+        servers.add(&ns, port, child);
+    }
+    assert!(cli(&ns, KERNEL_IP, 7401, "PING").contains("NOAUTH"));
+
+    assert!(cli(&ns, FERROX_IP, 6379, "SET k v").contains("NOAUTH"));
+    // The servers' password is not the clients'.
+    let wrong = cli(&ns, FERROX_IP, 6379, "AUTH backend-pw");
+    assert!(wrong.contains("WRONGPASS"), "{wrong}");
+    for i in 0..20 {
+        let set = cli(
+            &ns,
+            FERROX_IP,
+            6379,
+            &format!("-a client-pw --no-auth-warning SET key:{i} {i}"),
+        );
+        assert_eq!(set, "OK", "key:{i}");
+    }
+    let on_servers: usize = [7401, 7402]
+        .iter()
+        .map(|port| {
+            let n = cli(
+                &ns,
+                KERNEL_IP,
+                *port,
+                "--user app --pass backend-pw --no-auth-warning DBSIZE",
+            );
+            n.parse::<usize>()
+                .unwrap_or_else(|_| panic!("DBSIZE on {port}: {n}"))
+        })
+        .sum();
+    assert_eq!(on_servers, 20);
+
+    let refused = cli(&ns, FERROX_IP, 6380, "GET key:1");
+    assert!(refused.contains("refused the handshake"), "{refused}");
+}

@@ -335,6 +335,8 @@ pub(super) struct Draft {
     /// `pool.protocol` is known (its key was not given a bad value).
     pub protocol_ok: bool,
     pub auth_line: Option<usize>,
+    pub server_auth_line: Option<usize>,
+    pub server_user_line: Option<usize>,
     pub db_line: Option<usize>,
     pub distribution_line: Option<usize>,
     pub eject_line: Option<usize>,
@@ -361,6 +363,8 @@ impl Draft {
             listen_ok: false,
             protocol_ok: true,
             auth_line: None,
+            server_auth_line: None,
+            server_user_line: None,
             db_line: None,
             distribution_line: None,
             eject_line: None,
@@ -405,8 +409,19 @@ pub(super) fn finish(drafts: Vec<Draft>, keys: (&str, &str), report: &mut Report
                 format!("pool {name:?}: no servers"),
             );
         }
+        if let (Some(line), None) = (d.server_user_line, &pool.server_auth) {
+            report.error(
+                line,
+                format!("pool {name:?}: server_user: without server_auth (its password) there is nothing to log in with"),
+            );
+        }
         if d.protocol_ok && pool.protocol == Protocol::Memcache {
-            for (key, line) in [(auth_key, d.auth_line), (db_key, d.db_line)] {
+            for (key, line) in [
+                (auth_key, d.auth_line),
+                ("server_auth", d.server_auth_line),
+                ("server_user", d.server_user_line),
+                (db_key, d.db_line),
+            ] {
                 if let Some(line) = line {
                     report.error(
                         line,

@@ -108,6 +108,12 @@ fn emit_pool(out: &mut String, pool: &Pool) {
         if let Some(auth) = &pool.auth {
             entry(out, "auth", string(auth));
         }
+        if let Some(password) = &pool.server_auth {
+            entry(out, "server_auth", string(password));
+        }
+        if let Some(user) = &pool.server_user {
+            entry(out, "server_user", string(user));
+        }
         entry(out, "db", pool.db);
     }
     entry(out, "server_connections", pool.server_connections);

@@ -151,8 +151,13 @@ pub struct Pool {
     pub preconnect: bool,
     /// TCP keep-alive on client connections (twemproxy's `tcpkeepalive`).
     pub tcp_keepalive: bool,
-    /// Clients must `AUTH` with this; it is also sent to the servers.
+    /// Clients must `AUTH` with this; it is also sent to the servers,
+    /// unless `server_auth` is set.
     pub auth: Option<String>,
+    /// What the servers are sent as `AUTH` instead of `auth`: their own
+    /// password, as their ACL user `server_user` if that is set.
+    pub server_auth: Option<String>,
+    pub server_user: Option<String>,
     /// The database servers `SELECT`.
     pub db: u32,
     /// Connections to each server, per dataplane core.
@@ -511,6 +516,8 @@ impl Pool {
             preconnect: false,
             tcp_keepalive: false,
             auth: None,
+            server_auth: None,
+            server_user: None,
             db: 0,
             server_connections: 1,
             auto_eject_hosts: false,

@@ -52,6 +52,8 @@ fn every_key_pool() -> Pool {
         preconnect: true,
         tcp_keepalive: true,
         auth: Some("s3cret".into()),
+        server_auth: None,
+        server_user: None,
         db: 3,
         server_connections: 2,
         auto_eject_hosts: true,
@@ -625,6 +627,37 @@ read_policy = "replica""#,
                 redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
             )),
             ["x.toml:4: pool \"a\": server \"198.18.0.1:7001\": a pool with sentinels names each shard by its master ({ master = \"...\", name = \"...\" }), not by address"]
+        );
+    }
+
+    #[test]
+    fn server_logins_are_read_and_checked() {
+        let config = toml_ok(&format!(
+            "{}auth = \"clients\"\nserver_auth = \"backend\"\nserver_user = \"app\"\n",
+            redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
+        ));
+        let pool = &config.pools[0];
+        assert_eq!(pool.auth.as_deref(), Some("clients"));
+        assert_eq!(pool.server_auth.as_deref(), Some("backend"));
+        assert_eq!(pool.server_user.as_deref(), Some("app"));
+        let emitted = crate::emit_toml(&config);
+        assert_eq!(toml_ok(&emitted), config, "{emitted}");
+        assert_eq!(
+            toml_errors(&format!(
+                "{}server_user = \"app\"\nserver_auth = \"\"\n",
+                redis_pool("a", "0.0.0.0:6379", ONE_SERVER)
+            )),
+            [
+                "x.toml:5: pool \"a\": server_user: without server_auth (its password) there is nothing to log in with",
+                "x.toml:6: pool \"a\": server_auth: the password is empty",
+            ]
+        );
+        assert_eq!(
+            toml_errors(
+                "[pools.m]\nlisten = \"0.0.0.0:11211\"\nprotocol = \"memcache\"\n\
+                 servers = [\"198.18.0.1:11211:1\"]\nserver_auth = \"x\"\n"
+            ),
+            ["x.toml:5: pool \"m\": server_auth: only a redis pool has it, and this pool speaks memcache"]
         );
     }
 

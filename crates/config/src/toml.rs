@@ -31,6 +31,8 @@ const POOL_KEYS: &[&str] = &[
     "preconnect",
     "tcp_keepalive",
     "auth",
+    "server_auth",
+    "server_user",
     "db",
     "server_connections",
     "auto_eject_hosts",
@@ -364,6 +366,18 @@ impl Cx<'_> {
                     .map(|a| {
                         pool.auth = Some(a);
                         draft.auth_line = Some(line);
+                    }),
+                "server_auth" => string(value)
+                    .and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
+                    .map(|a| {
+                        pool.server_auth = Some(a);
+                        draft.server_auth_line = Some(line);
+                    }),
+                "server_user" => string(value)
+                    .and_then(|s| check::user_name(s).map_err(|r| format!(": {r}")))
+                    .map(|u| {
+                        pool.server_user = Some(u);
+                        draft.server_user_line = Some(line);
                     }),
                 "db" => integer(value).map(|n| {
                     pool.db = n;

@@ -118,6 +118,10 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         timeout: pool.timeout_ms.map(ms),
         connect_timeout: ms(pool.timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)),
         auth: pool.auth.as_ref().map(|a| a.as_bytes().to_vec()),
+        server_login: pool.server_auth.as_ref().map(|password| Credentials {
+            user: pool.server_user.as_ref().map(|u| u.as_bytes().to_vec()),
+            password: password.as_bytes().to_vec(),
+        }),
         db: pool.db,
         server_connections: pool.server_connections.max(1) as usize,
         client_connections: pool.client_connections as usize,

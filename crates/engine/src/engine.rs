@@ -175,8 +175,11 @@ pub struct PoolSpec {
     /// backend connection (its replies can no longer be matched).
     pub timeout: Option<Micros>,
     pub connect_timeout: Micros,
-    /// Clients must `AUTH` with this; backends are sent it on connect.
+    /// Clients must `AUTH` with this.
     pub auth: Option<Vec<u8>>,
+    /// What backends are sent as `AUTH` on connect (the pool's
+    /// `server_auth` and `server_user`); `None` sends them `auth`.
+    pub server_login: Option<Credentials>,
     /// Backends `SELECT` this database on connect.
     pub db: u32,
     /// Connections per server (and per RESP version in use).

@@ -54,6 +54,7 @@ pub fn pool_spec(
         sentinels: Vec::new(),
         masters: Vec::new(),
         sentinel_auth: None,
+        server_login: None,
         compression: None,
         hot_key_cache: None,
     }

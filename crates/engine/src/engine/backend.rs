@@ -572,18 +572,20 @@ impl Engine {
         // A sentinel knows nothing of the pool's password or database; it
         // may have a password of its own.
         let sentinel = spec.servers[backend.server].role == super::Role::Sentinel;
-        if let (true, Some(login)) = (sentinel, &spec.sentinel_auth) {
+        let (user, password) = match (sentinel, &spec.sentinel_auth, &spec.server_login) {
+            (true, login, _) | (false, _, login @ Some(_)) => login
+                .as_ref()
+                .map_or((None, None), |l| (l.user.as_deref(), Some(&l.password[..]))),
+            (false, _, None) => (None, spec.auth.as_deref()),
+        };
+        if let (Protocol::Redis, Some(password)) = (spec.protocol, password) {
             let mut words: Vec<&[u8]> = vec![b"AUTH"];
-            words.extend(login.user.as_deref());
-            words.push(&login.password);
+            words.extend(user);
+            words.push(password);
             resp::write_bulk_array(backend.output.tail(), words);
             backend.handshake += 1;
         }
         if spec.protocol == Protocol::Redis && !sentinel {
-            if let Some(password) = &spec.auth {
-                resp::write_bulk_array(backend.output.tail(), [&b"AUTH"[..], password]);
-                backend.handshake += 1;
-            }
             if spec.db != 0 {
                 let db = spec.db.to_string();
                 resp::write_bulk_array(backend.output.tail(), [&b"SELECT"[..], db.as_bytes()]);

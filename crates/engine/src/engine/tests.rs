@@ -1009,6 +1009,42 @@ fn auth_is_required_and_sent_to_backends() {
 }
 
 #[test]
+fn backends_get_their_own_login_when_the_pool_has_one() {
+    // Clients log in with the pool's password, the servers are sent
+    // theirs, as their ACL user.
+    let mut s = spec(1);
+    s.auth = Some(b"sesame".to_vec());
+    s.server_login = Some(Credentials {
+        user: Some(b"app".to_vec()),
+        password: b"backend".to_vec(),
+    });
+    let mut net = Net::new(s);
+    net.servers[0].user = Some(b"app".to_vec());
+    net.servers[0].password = Some(b"backend".to_vec());
+    let c = net.client();
+    net.send(c, &cmd(&["AUTH", "backend"]));
+    assert!(net.take(c).starts_with(b"-WRONGPASS"));
+    net.send(c, &cmd(&["AUTH", "sesame"]));
+    net.send(c, &cmd(&["SET", "k", "1"]));
+    assert_eq!(net.take(c), b"+OK\r\n+OK\r\n");
+    assert_eq!(net.servers[0].log, ["AUTH", "SET"]);
+    assert_eq!(net.servers[0].data[&b"k"[..]], b"1");
+
+    // No client password: clients need none, the servers still get theirs.
+    let mut s = spec(1);
+    s.server_login = Some(Credentials {
+        user: None,
+        password: b"backend".to_vec(),
+    });
+    let mut net = Net::new(s);
+    net.servers[0].password = Some(b"backend".to_vec());
+    let c = net.client();
+    net.send(c, &cmd(&["GET", "k"]));
+    assert_eq!(net.take(c), b"$-1\r\n");
+    assert_eq!(net.servers[0].log, ["AUTH", "GET"]);
+}
+
+#[test]
 fn a_backend_refusing_the_handshake_fails_only_its_requests() {
     let mut s = spec(2);
     s.auth = Some(b"sesame".to_vec());
