@@ -216,17 +216,30 @@ fn epoch_s() -> f64 {
         .as_secs_f64()
 }
 
+/// A directory for the sentinels' files, removed when dropped.
+struct SentinelDir(std::path::PathBuf);
+
+impl SentinelDir {
+    fn new(test: &str) -> SentinelDir {
+        let dir = std::env::temp_dir().join(format!("ferrox-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        SentinelDir(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for SentinelDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn follows_a_sentinel_failover_under_write_load() {
-    let dir = std::env::temp_dir().join(format!("ferrox-sentinel-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct RemoveDir(std::path::PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _dir = RemoveDir(dir.clone());
+    let dir = SentinelDir::new("sentinel-test");
     let sentinels = [26379, 26380, 26381];
     let config = ConfigFile::new(
         "toml",
@@ -259,7 +272,7 @@ servers = [{{ master = "shard-a", name = "a" }}, {{ master = "shard-b", name = "
             &ns,
             port,
             &[("shard-a", 7301), ("shard-b", 7302)],
-            dir.to_str().unwrap(),
+            dir.path(),
             "",
         );
     }
@@ -394,15 +407,7 @@ print(f"writes={{writes}} errors={{errors}} first_error={{first_error}} last_err
 /// learns nothing, and its requests fail with an error that says so.
 #[test]
 fn sentinels_with_a_password_are_logged_into() {
-    let dir = std::env::temp_dir().join(format!("ferrox-sentinel-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct RemoveDir(std::path::PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _dir = RemoveDir(dir.clone());
+    let dir = SentinelDir::new("sentinel-auth");
     let sentinel = 26390;
     let pool = |name: &str, port: u16, login: &str| {
         format!(
@@ -431,7 +436,7 @@ fn sentinels_with_a_password_are_logged_into() {
         &ns,
         sentinel,
         &[("shard-a", 7331)],
-        dir.to_str().unwrap(),
+        dir.path(),
         "requirepass s3cret\nuser watcher on >w4tch allchannels +@all\n",
     );
     // Without a login the sentinel answers nothing.
