@@ -21,6 +21,7 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod running;
+pub mod runtime_dir;
 pub mod twemproxy;
 
 /// How many lcores a DPDK `--lcores` list names (`0`, `0-3`, `0,2-3`).

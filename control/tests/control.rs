@@ -1078,12 +1078,16 @@ fn a_killed_control_process_takes_its_dataplane_along_and_its_region_is_reclaime
         "the dataplane died {:.3} s after its control process was killed",
         killed.elapsed().as_secs_f64()
     );
-    // The region outlived its owner ...
+    // The region outlived its owner, and so did the dataplane's DPDK
+    // runtime directory ...
     drop(hugepage_pool::Region::attach(&appliance.region, &Default::default()).unwrap());
+    let runtime_dir = std::path::PathBuf::from(format!("/var/run/dpdk/ferrox-{dataplane}"));
+    assert!(runtime_dir.exists(), "{}", runtime_dir.display());
 
-    // ... and the next control process takes it back and serves.
+    // ... and the next control process takes them back and serves.
     appliance.spawn_control();
     appliance.wait_ready();
+    assert!(!runtime_dir.exists(), "{}", runtime_dir.display());
     let log = appliance.log();
     assert!(
         log.contains(&format!(

@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use ferrox_block::{Block, Step};
 use ferrox_control::daemon::{self, Control, Settings, Stall};
+use ferrox_control::runtime_dir;
 use hugepage_pool::{Region, RegionError, RegionOptions};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
@@ -268,6 +269,15 @@ fn run(args: Args) -> Result<()> {
             })
         }
     }
+    // So are the DPDK runtime directories of its dataplanes (their pids
+    // died with it).
+    let swept = runtime_dir::sweep(std::path::Path::new(runtime_dir::DPDK_RUN));
+    if swept > 0 {
+        tracing::info!(
+            swept,
+            "removed the DPDK runtime directories of dataplanes that are gone"
+        );
+    }
     let region = Region::create(&args.region, &options)
         .with_context(|| format!("creating region {:?}", args.region))?;
     let block = Block::create(&region, cores)?;
@@ -436,7 +446,7 @@ fn supervise(
             stop_grace,
         );
         control.dataplane.lock().expect("not poisoned").pid = None;
-        remove_runtime_dir(dataplane.pid());
+        runtime_dir::remove(dataplane.pid());
         if stopping(control) {
             tracing::info!(status = ?exit.status, "dataplane stopped");
             return Ok(());
@@ -503,7 +513,7 @@ impl Drop for Dataplane {
     /// removed once it is reaped, as it is named after its pid.
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
-            let _ = std::fs::remove_dir(format!("/var/run/dpdk/ferrox-{}", self.child.id()));
+            runtime_dir::remove(self.child.id());
         }
     }
 }
@@ -827,14 +837,7 @@ fn wait_line(
 fn discard(mut dataplane: Dataplane) {
     dataplane.signal(Signal::KILL);
     let _ = dataplane.child.wait();
-    remove_runtime_dir(dataplane.pid());
-}
-
-/// A dataplane's DPDK runtime directory (`/var/run/dpdk/ferrox-<pid>`,
-/// empty with `--in-memory`) is removed by its own clean stop; one that
-/// was killed leaves it: removed here once it is reaped (only if empty).
-fn remove_runtime_dir(pid: u32) {
-    let _ = std::fs::remove_dir(format!("/var/run/dpdk/ferrox-{pid}"));
+    runtime_dir::remove(dataplane.pid());
 }
 
 /// The field `name=` of a dataplane's line.
@@ -1047,7 +1050,7 @@ fn upgrade_steps(
             }
             let report = board.handover_report();
             let old_status = old_status.or_else(|| reap(&mut old, job.timeout));
-            remove_runtime_dir(old.pid());
+            runtime_dir::remove(old.pid());
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             let brownout = report.between(Step::Asked, Step::AllFrozen);
             let blackout = report.between(Step::Frozen, Step::FirstFrame);
