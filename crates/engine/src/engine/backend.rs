@@ -572,11 +572,16 @@ impl Engine {
         // A sentinel knows nothing of the pool's password or database; it
         // may have a password of its own.
         let sentinel = spec.servers[backend.server].role == super::Role::Sentinel;
-        let (user, password) = match (sentinel, &spec.sentinel_auth, &spec.server_login) {
-            (true, login, _) | (false, _, login @ Some(_)) => login
-                .as_ref()
-                .map_or((None, None), |l| (l.user.as_deref(), Some(&l.password[..]))),
-            (false, _, None) => (None, spec.auth.as_deref()),
+        let login = match sentinel {
+            true => spec.sentinel_auth.as_ref(),
+            false => spec.server_login.as_ref(),
+        };
+        let (user, password) = match login {
+            Some(login) => (login.user.as_deref(), Some(&login.password[..])),
+            // A data server without a login of its own gets the clients'
+            // password (twemproxy's redis_auth).
+            None if !sentinel => (None, spec.auth.as_deref()),
+            None => (None, None),
         };
         if let (Protocol::Redis, Some(password)) = (spec.protocol, password) {
             let mut words: Vec<&[u8]> = vec![b"AUTH"];
