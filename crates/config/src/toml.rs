@@ -361,24 +361,18 @@ impl Cx<'_> {
                 "client_connections" => integer(value).map(|n| pool.client_connections = n),
                 "preconnect" => boolean(value).map(|b| pool.preconnect = b),
                 "tcp_keepalive" => boolean(value).map(|b| pool.tcp_keepalive = b),
-                "auth" => string(value)
-                    .and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
-                    .map(|a| {
-                        pool.auth = Some(a);
-                        draft.auth_line = Some(line);
-                    }),
-                "server_auth" => string(value)
-                    .and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
-                    .map(|a| {
-                        pool.server_auth = Some(a);
-                        draft.server_auth_line = Some(line);
-                    }),
-                "server_user" => string(value)
-                    .and_then(|s| check::user_name(s).map_err(|r| format!(": {r}")))
-                    .map(|u| {
-                        pool.server_user = Some(u);
-                        draft.server_user_line = Some(line);
-                    }),
+                "auth" => password(value).map(|a| {
+                    pool.auth = Some(a);
+                    draft.auth_line = Some(line);
+                }),
+                "server_auth" => password(value).map(|a| {
+                    pool.server_auth = Some(a);
+                    draft.server_auth_line = Some(line);
+                }),
+                "server_user" => user_name(value).map(|u| {
+                    pool.server_user = Some(u);
+                    draft.server_user_line = Some(line);
+                }),
                 "db" => integer(value).map(|n| {
                     pool.db = n;
                     draft.db_line = Some(line);
@@ -440,18 +434,14 @@ impl Cx<'_> {
                     draft.sentinels_line = Some(line);
                     addresses(value).map(|a| pool.sentinels = a)
                 }
-                "sentinel_auth" => string(value)
-                    .and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
-                    .map(|a| {
-                        pool.sentinel_auth = Some(a);
-                        draft.sentinel_auth_line = Some(line);
-                    }),
-                "sentinel_user" => string(value)
-                    .and_then(|s| check::user_name(s).map_err(|r| format!(": {r}")))
-                    .map(|u| {
-                        pool.sentinel_user = Some(u);
-                        draft.sentinel_user_line = Some(line);
-                    }),
+                "sentinel_auth" => password(value).map(|a| {
+                    pool.sentinel_auth = Some(a);
+                    draft.sentinel_auth_line = Some(line);
+                }),
+                "sentinel_user" => user_name(value).map(|u| {
+                    pool.sentinel_user = Some(u);
+                    draft.sentinel_user_line = Some(line);
+                }),
                 "servers" => {
                     draft.servers_line = Some(line);
                     self.servers(&mut draft, value, line);
@@ -1087,6 +1077,16 @@ fn string(node: &Node) -> Result<&str, String> {
         Node::Str(s) => Ok(s),
         other => Err(format!(": expected a string, found {}", other.kind())),
     }
+}
+
+/// A password (`auth`, `server_auth`, `sentinel_auth`).
+fn password(node: &Node) -> Result<String, String> {
+    string(node).and_then(|s| check::auth(s).map_err(|r| format!(": {r}")))
+}
+
+/// An ACL user name to log in as (`server_user`, `sentinel_user`).
+fn user_name(node: &Node) -> Result<String, String> {
+    string(node).and_then(|s| check::user_name(s).map_err(|r| format!(": {r}")))
 }
 
 fn boolean(node: &Node) -> Result<bool, String> {
