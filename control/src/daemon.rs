@@ -312,30 +312,25 @@ impl Control {
     /// A refusal is logged whoever asked (`ferroxctl config reload`, which
     /// is also `systemctl reload`, or SIGHUP), so the journal has it.
     fn reload(&self, path: Option<String>) -> Result<serde_json::Value, Refused> {
-        let published = {
+        let version = {
             let mut running = self.running.lock().expect("not poisoned");
             let file = path.map_or_else(|| running.file.clone(), PathBuf::from);
-            read_config(&file, self.settings.address)
+            let published = read_config(&file, self.settings.address)
                 .map_err(|e| Refused(format!("{e:#}")))
                 .and_then(|config| {
                     running.file = file;
                     self.publish(&mut running, config)
-                })
-                .map_err(|refused| (refused, running.version))
-        };
-        match published {
-            Ok(version) => {
-                tracing::info!(version, "configuration reloaded");
-                Ok(self.applied_result(version))
-            }
-            Err((refused, running)) => {
+                });
+            if let Err(refused) = &published {
                 tracing::error!(
-                    version = running,
+                    version = running.version,
                     "reload refused, the running configuration stays: {refused}"
                 );
-                Err(refused)
             }
-        }
+            published?
+        };
+        tracing::info!(version, "configuration reloaded");
+        Ok(self.applied_result(version))
     }
 
     /// Reads the configuration file again on SIGHUP: logs the new

@@ -24,6 +24,22 @@ pub mod running;
 pub mod runtime_dir;
 pub mod twemproxy;
 
+/// Whether process `pid` runs: it exists and is not a zombie (one that
+/// died waits for its parent, or init, to reap it, and holds nothing
+/// meanwhile).
+pub fn process_runs(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // hold anything.
+    !matches!(
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next()),
+        Some('Z' | 'X')
+    )
+}
+
 /// How many lcores a DPDK `--lcores` list names (`0`, `0-3`, `0,2-3`).
 pub fn lcore_count(spec: &str) -> Option<usize> {
     let mut count = 0;
@@ -48,6 +64,23 @@ pub fn lcore_count(spec: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[allow(clippy::disallowed_methods)] // waits for a process to exit
+    fn a_zombie_does_not_run() {
+        use std::time::{Duration, Instant};
+        assert!(super::process_runs(std::process::id()));
+        // A child that exited and is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while super::process_runs(child.id()) {
+            assert!(Instant::now() < deadline, "never a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{}", child.id())).exists());
+        child.wait().unwrap();
+        assert!(!super::process_runs(child.id()));
+    }
+
     #[test]
     fn lcore_lists_are_counted() {
         assert_eq!(super::lcore_count("0"), Some(1));

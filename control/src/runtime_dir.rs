@@ -14,8 +14,9 @@ pub fn remove(pid: u32) {
 }
 
 /// Removes, under `dir`, the empty `ferrox-<pid>` directories of processes
-/// that are gone (or zombies): those a control process that was killed (its dataplane
-/// dying with it) could not remove, and its successor cannot name. A live
+/// that no longer run: those a control process that was killed (its
+/// dataplane dying with it) could not remove, and its successor cannot
+/// name. A live
 /// process's directory, a directory with files in it and other prefixes
 /// (the port holder's `ferrox-port-…`) are left alone. Returns how many
 /// went.
@@ -32,24 +33,10 @@ pub fn sweep(dir: &Path) -> usize {
                 .and_then(|n| n.strip_prefix("ferrox-"))
                 .and_then(|p| p.parse::<u32>().ok());
             // remove_dir takes only an empty directory.
-            pid.is_some_and(|pid| !alive(pid)) && std::fs::remove_dir(entry.path()).is_ok()
+            pid.is_some_and(|pid| !crate::process_runs(pid))
+                && std::fs::remove_dir(entry.path()).is_ok()
         })
         .count()
-}
-
-/// Whether process `pid` exists and is not a zombie (one that died with
-/// its parent waits for init to reap it, and uses nothing meanwhile).
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may
-    // hold anything.
-    !matches!(
-        stat.rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next()),
-        Some('Z' | 'X')
-    )
 }
 
 #[cfg(test)]
@@ -63,22 +50,6 @@ mod tests {
             .step_by(7)
             .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
             .unwrap()
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // waits for a process to exit
-    fn a_zombie_is_not_alive() {
-        assert!(alive(std::process::id()));
-        assert!(!alive(gone_pid()));
-        // A child that exited and is not reaped yet.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while alive(child.id()) {
-            assert!(std::time::Instant::now() < deadline, "never a zombie");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(Path::new(&format!("/proc/{}", child.id())).exists());
-        child.wait().unwrap();
     }
 
     #[test]

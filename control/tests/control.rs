@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferrox_control::process_runs as running;
 use ferrox_testbed::{
     assert_incr_load_kept, assert_no_client_reset, capture_client_flags, cli, ketama_ports, python,
     redis_benchmark, redis_server, single_connection_incr, wait_for_port, Netns, FERROX_IP,
@@ -375,18 +376,6 @@ impl Drop for Appliance {
         let _ = std::fs::remove_dir_all(&self.dir);
         // Left behind when ferrox-control was killed.
         let _ = hugepage_pool::Region::remove(&self.region, &Default::default());
-    }
-}
-
-/// Whether process `pid` runs (exists and is not a zombie).
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next()),
-            Some('Z' | 'X')
-        ),
-        Err(_) => false,
     }
 }
 

@@ -86,6 +86,14 @@ fn users(pool: &config::Pool, users: &[config::User]) -> Result<Vec<UserSpec>, B
         .collect()
 }
 
+/// A login from a configuration's user (optional) and password.
+fn credentials(user: &Option<String>, password: &Option<String>) -> Option<Credentials> {
+    password.as_ref().map(|password| Credentials {
+        user: user.as_ref().map(|u| u.as_bytes().to_vec()),
+        password: password.as_bytes().to_vec(),
+    })
+}
+
 fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildError> {
     let fail = |reason: String| BuildError {
         pool: pool.name.clone(),
@@ -118,10 +126,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         timeout: pool.timeout_ms.map(ms),
         connect_timeout: ms(pool.timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)),
         auth: pool.auth.as_ref().map(|a| a.as_bytes().to_vec()),
-        server_login: pool.server_auth.as_ref().map(|password| Credentials {
-            user: pool.server_user.as_ref().map(|u| u.as_bytes().to_vec()),
-            password: password.as_bytes().to_vec(),
-        }),
+        server_login: credentials(&pool.server_user, &pool.server_auth),
         db: pool.db,
         server_connections: pool.server_connections.max(1) as usize,
         client_connections: pool.client_connections as usize,
@@ -147,10 +152,7 @@ fn pool(pool: &config::Pool, limits: &config::Limits) -> Result<PoolSpec, BuildE
         cluster: distribution == Distribution::RedisCluster,
         read_policy: pool.read_policy,
         sentinels: pool.sentinels.clone(),
-        sentinel_auth: pool.sentinel_auth.as_ref().map(|password| Credentials {
-            user: pool.sentinel_user.as_ref().map(|u| u.as_bytes().to_vec()),
-            password: password.as_bytes().to_vec(),
-        }),
+        sentinel_auth: credentials(&pool.sentinel_user, &pool.sentinel_auth),
         compression: pool.compression.clone(),
         hot_key_cache: pool.hot_key_cache.clone(),
         masters: pool

@@ -584,10 +584,11 @@ impl Engine {
             None => (None, None),
         };
         if let (Protocol::Redis, Some(password)) = (spec.protocol, password) {
-            let mut words: Vec<&[u8]> = vec![b"AUTH"];
-            words.extend(user);
-            words.push(password);
-            resp::write_bulk_array(backend.output.tail(), words);
+            let out = backend.output.tail();
+            match user {
+                Some(user) => resp::write_bulk_array(out, [&b"AUTH"[..], user, password]),
+                None => resp::write_bulk_array(out, [&b"AUTH"[..], password]),
+            }
             backend.handshake += 1;
         }
         if spec.protocol == Protocol::Redis && !sentinel {
